@@ -1,0 +1,91 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric the sidecar exports, defined here and only here, on a registry
+ * of our own (never prom-client's global one). Label values are low-cardinality
+ * by construction: reason codes, route hosts and audiences from config, never
+ * a raw path or a `sub`.
+ */
+export interface Metrics {
+  registry: Registry;
+  inboundRequests: Counter<'decision' | 'reason'>;
+  outboundRequests: Counter<'route' | 'status'>;
+  tokenRequests: Counter<'source' | 'audience' | 'result'>;
+  tokenExpiry: Gauge<'audience'>;
+  jwksFetches: Counter<'issuer' | 'result'>;
+  requestDuration: Histogram<'direction'>;
+  upstreamErrors: Counter<'direction' | 'reason'>;
+  configReloads: Counter<'result'>;
+  verifyCacheLookups: Counter<'result'>;
+}
+
+export interface MetricsOptions {
+  /** Collect Node process metrics (default true). */
+  processMetrics?: boolean;
+  service?: string;
+}
+
+export function createMetrics(opts: MetricsOptions = {}): Metrics {
+  const registry = new Registry();
+  if (opts.service) registry.setDefaultLabels({ service: opts.service });
+  if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    inboundRequests: new Counter({
+      name: 'oidc_sidecar_inbound_requests_total',
+      help: 'Inbound requests by decision (allow, reject, deny, error) and reason code',
+      labelNames: ['decision', 'reason'],
+      registers,
+    }),
+    outboundRequests: new Counter({
+      name: 'oidc_sidecar_outbound_requests_total',
+      help: 'Outbound requests by route host and response status (or error code)',
+      labelNames: ['route', 'status'],
+      registers,
+    }),
+    tokenRequests: new Counter({
+      name: 'oidc_sidecar_token_requests_total',
+      help: 'Token fetches from the token source by result (success, error code)',
+      labelNames: ['source', 'audience', 'result'],
+      registers,
+    }),
+    tokenExpiry: new Gauge({
+      name: 'oidc_sidecar_token_expiry_timestamp_seconds',
+      help: 'Expiry (unix seconds) of the cached outbound token per audience',
+      labelNames: ['audience'],
+      registers,
+    }),
+    jwksFetches: new Counter({
+      name: 'oidc_sidecar_jwks_fetches_total',
+      help: 'JWKS and discovery fetches per issuer by result',
+      labelNames: ['issuer', 'result'],
+      registers,
+    }),
+    requestDuration: new Histogram({
+      name: 'oidc_sidecar_request_duration_seconds',
+      help: 'Time from request start to upstream response headers (or rejection), by direction',
+      labelNames: ['direction'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+    upstreamErrors: new Counter({
+      name: 'oidc_sidecar_upstream_errors_total',
+      help: 'Upstream failures by direction and reason (upstream_connect_failed, upstream_timeout, upstream_reset)',
+      labelNames: ['direction', 'reason'],
+      registers,
+    }),
+    configReloads: new Counter({
+      name: 'oidc_sidecar_config_reloads_total',
+      help: 'Config reload attempts by result (success, invalid, error)',
+      labelNames: ['result'],
+      registers,
+    }),
+    verifyCacheLookups: new Counter({
+      name: 'oidc_sidecar_verify_cache_lookups_total',
+      help: 'Verified-token cache lookups by result (hit, miss)',
+      labelNames: ['result'],
+      registers,
+    }),
+  };
+}

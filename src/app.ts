@@ -1,0 +1,204 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Config } from './config/schema.js';
+import { createMetrics, type Metrics } from './admin/metrics.js';
+import { createAdminServer } from './admin/server.js';
+import { systemClock, type Clock } from './clock.js';
+import type { Component, ComponentDeps } from './component.js';
+import { createInbound } from './inbound/index.js';
+import { createOutbound } from './outbound/index.js';
+import type { Logger } from './log.js';
+import { createLimitedServer, formatAddress, listenOn, parseListen, type ListenAddress } from './proxy/listen.js';
+
+type Side = 'inbound' | 'outbound';
+
+export interface AppOptions {
+  logger: Logger;
+  metrics?: Metrics;
+  clock?: Clock;
+}
+
+export interface RunningApp {
+  /** Bound addresses (real ports when the config said port 0). */
+  readonly addresses: { inbound?: string; outbound?: string; admin: string };
+  readonly metrics: Metrics;
+  isReady(): boolean;
+  /** Swaps in a new config; listeners whose address is unchanged keep their sockets. */
+  reload(next: Config): Promise<void>;
+  /** Stops accepting, lets in-flight requests finish (bounded by the drain timeout), then closes everything. */
+  shutdown(): Promise<void>;
+}
+
+/** One listening socket whose component can be swapped on reload. */
+interface Slot {
+  listen: string;
+  server: Server;
+  component: Component;
+  address: ListenAddress;
+}
+
+/**
+ * Composition root: builds the components, listeners and admin server from a
+ * validated Config, and owns their lifecycle.
+ */
+export async function startApp(config: Config, opts: AppOptions): Promise<RunningApp> {
+  const logger = opts.logger;
+  const metrics = opts.metrics ?? createMetrics({ service: config.service });
+  const clock = opts.clock ?? systemClock;
+  let current = config;
+  let accepting = true;
+  const slots = new Map<Side, Slot>();
+
+  const build = (side: Side, cfg: Config): Component => {
+    const deps: ComponentDeps = { logger: logger.child({ component: side }), metrics, clock, service: cfg.service };
+    return side === 'inbound' ? createInbound(cfg.inbound!, cfg.limits, deps) : createOutbound(cfg.outbound!, cfg.limits, deps);
+  };
+
+  const openSlot = async (side: Side, cfg: Config, component: Component): Promise<Slot> => {
+    const listen = side === 'inbound' ? cfg.inbound!.listen : cfg.outbound!.listen;
+    const tls = side === 'inbound' ? cfg.inbound!.tls : undefined;
+    const slot = { listen, component } as Slot;
+    const server = createLimitedServer(
+      cfg.limits,
+      (req: IncomingMessage, res: ServerResponse) => {
+        if (!accepting) res.shouldKeepAlive = false;
+        slot.component.handle(req, res);
+      },
+      tls,
+    );
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (slot.component.upgrade) slot.component.upgrade(req, socket, head);
+      else refuseRaw(socket, 501, 'upgrade_not_supported');
+    });
+    server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (slot.component.connect) slot.component.connect(req, socket, head);
+      else refuseRaw(socket, 405, 'connect_not_supported');
+    });
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      // Malformed requests, oversize headers, slowloris: answer the right 4xx and keep serving others.
+      if (!socket.writable) return socket.destroy();
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      refuseRaw(socket, status, err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : status === 408 ? 'request_timeout' : 'bad_request');
+    });
+    slot.server = server;
+    slot.address = await listenOn(server, parseListen(listen));
+    logger.info({ event: 'listening', side, address: formatAddress(slot.address) }, `${side} listening on ${formatAddress(slot.address)}`);
+    return slot;
+  };
+
+  const admin = createAdminServer(metrics, {
+    isAccepting: () => accepting,
+    isReady: () => [...slots.values()].every((s) => s.component.isReady()),
+  });
+
+  try {
+    for (const side of ['inbound', 'outbound'] as const) {
+      if (!config[side]) continue;
+      const component = build(side, config);
+      slots.set(side, await openSlot(side, config, component));
+      void component.start();
+    }
+  } catch (err) {
+    await Promise.all([...slots.values()].map((s) => closeServer(s.server, 0)));
+    throw err;
+  }
+  const adminAddress = await listenOn(admin, parseListen(config.admin.listen)).catch(async (err) => {
+    await Promise.all([...slots.values()].map((s) => closeServer(s.server, 0)));
+    throw err;
+  });
+  logger.info({ event: 'listening', side: 'admin', address: formatAddress(adminAddress) }, `admin listening on ${formatAddress(adminAddress)}`);
+
+  const addresses: RunningApp['addresses'] = { admin: formatAddress(adminAddress) };
+  const syncAddresses = () => {
+    for (const side of ['inbound', 'outbound'] as const) {
+      const slot = slots.get(side);
+      if (slot) addresses[side] = formatAddress(slot.address);
+      else delete addresses[side];
+    }
+  };
+  syncAddresses();
+
+  return {
+    addresses,
+    metrics,
+    isReady: () => accepting && [...slots.values()].every((s) => s.component.isReady()),
+
+    async reload(next) {
+      // Build and warm up every new component before touching a socket, so a reload never causes a gap.
+      const fresh = new Map<Side, Component>();
+      for (const side of ['inbound', 'outbound'] as const) if (next[side]) fresh.set(side, build(side, next));
+      await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), 10_000)));
+      const retired: Component[] = [];
+      for (const side of ['inbound', 'outbound'] as const) {
+        const slot = slots.get(side);
+        const component = fresh.get(side);
+        if (slot) retired.push(slot.component);
+        if (!component) {
+          if (slot) {
+            slots.delete(side);
+            await closeServer(slot.server, next.lifecycle.drainTimeoutSeconds * 1000);
+          }
+          continue;
+        }
+        const nextListen = side === 'inbound' ? next.inbound!.listen : next.outbound!.listen;
+        const sameTls = side === 'outbound' || JSON.stringify(current.inbound?.tls) === JSON.stringify(next.inbound?.tls);
+        if (slot && slot.listen === nextListen && sameTls && sameLimits(current, next)) {
+          slot.component = component;
+        } else {
+          const opened = await openSlot(side, next, component);
+          slots.set(side, opened);
+          if (slot) void closeServer(slot.server, next.lifecycle.drainTimeoutSeconds * 1000);
+        }
+      }
+      current = next;
+      syncAddresses();
+      // Old components finish their in-flight work in the background.
+      for (const c of retired) void c.close();
+    },
+
+    async shutdown() {
+      if (!accepting) return;
+      accepting = false;
+      logger.info({ event: 'shutdown' }, 'draining in-flight requests');
+      const drainMs = current.lifecycle.drainTimeoutSeconds * 1000;
+      await Promise.all([...slots.values()].map((s) => closeServer(s.server, drainMs)));
+      await Promise.all([...slots.values()].map((s) => s.component.close()));
+      await closeServer(admin, 0);
+      logger.info({ event: 'stopped' }, 'stopped');
+    },
+  };
+}
+
+function sameLimits(a: Config, b: Config): boolean {
+  return JSON.stringify(a.limits) === JSON.stringify(b.limits);
+}
+
+/** Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. */
+function closeServer(server: Server, drainMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    const cut = setTimeout(() => server.closeAllConnections(), drainMs);
+    const idle = setInterval(() => server.closeIdleConnections(), 100);
+    server.close(() => {
+      clearTimeout(cut);
+      clearInterval(idle);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+function refuseRaw(socket: Duplex, status: number, reason: string): void {
+  const body = JSON.stringify({ error: reason.replaceAll('_', ' '), reason });
+  const text = { 400: 'Bad Request', 405: 'Method Not Allowed', 408: 'Request Timeout', 431: 'Request Header Fields Too Large', 501: 'Not Implemented' }[status] ?? 'Error';
+  socket.end(
+    `HTTP/1.1 ${status} ${text}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
+async function withTimeout(p: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+

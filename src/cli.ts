@@ -1,0 +1,60 @@
+import yargs from 'yargs';
+import { SidecarError, ConfigError } from './errors.js';
+import { runCommand } from './commands/run.js';
+import { validateCommand } from './commands/validate.js';
+import { schemaCommand } from './commands/schema.js';
+import { extraCommands } from './commands/index.js';
+import type { Io } from './commands/shared.js';
+
+/**
+ * The `oidc-sidecar` command line: parses flags and hands over to one command
+ * module. Returns the exit code. Every expected failure (bad flag, missing file,
+ * invalid config) is one clear message on stderr, never a stack trace.
+ */
+export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin }): Promise<number> {
+  let exitCode = 0;
+  const setExit = (code: number) => {
+    exitCode = code;
+  };
+  let usageFailure: string | undefined;
+  const cli = yargs(argv)
+    .scriptName('oidc-sidecar')
+    .usage('$0 <command> [options]\n\nA sidecar proxy that gives every service-to-service hop a short-lived OIDC identity.')
+    .command(runCommand())
+    .command(validateCommand(io, setExit))
+    .command(schemaCommand(io, setExit));
+  for (const make of extraCommands) cli.command(make(io, setExit));
+  cli
+    .demandCommand(1, 'name a command (see --help)')
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias('h', 'help')
+    .version()
+    .wrap(Math.min(110, process.stdout.columns ?? 100))
+    .exitProcess(false)
+    .fail((msg, err) => {
+      if (err) throw err;
+      usageFailure = msg;
+    });
+  try {
+    await cli.parseAsync();
+  } catch (err) {
+    io.stderr.write(`oidc-sidecar: ${describe(err)}\n`);
+    return 1;
+  }
+  if (usageFailure !== undefined) {
+    io.stderr.write(`oidc-sidecar: ${usageFailure}\nRun "oidc-sidecar --help" for usage.\n`);
+    return 1;
+  }
+  return exitCode;
+}
+
+function describe(err: unknown): string {
+  if (err instanceof ConfigError) return `invalid config:\n${err.message}`;
+  if (err instanceof SidecarError) return err.message;
+  if (err && typeof err === 'object' && 'code' in err && (err as { code: string }).code === 'EADDRINUSE') {
+    return `cannot listen: address ${(err as { address?: string; port?: number }).address}:${(err as { port?: number }).port} is already in use`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}

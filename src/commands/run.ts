@@ -1,0 +1,82 @@
+import type { CommandModule } from 'yargs';
+import { startApp } from '../app.js';
+import { loadConfig, resolveConfigPaths } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { watchConfigFiles } from '../config/watch.js';
+import { createMetrics } from '../admin/metrics.js';
+import { ConfigError, SidecarError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { withConfigOption } from './shared.js';
+
+/**
+ * `run`: start the sidecar and keep it running until SIGTERM/SIGINT.
+ * SIGHUP or a changed config file reloads; a bad new config is refused and the
+ * old one keeps serving.
+ */
+export function runCommand(): CommandModule<object, { config?: string[] }> {
+  return {
+    command: 'run',
+    describe: 'Start the sidecar',
+    builder: (y) => withConfigOption(y),
+    handler: async (argv) => {
+      const paths = resolveConfigPaths(argv.config);
+      const config = loadConfig(paths);
+      const logger = createLogger({ level: config.log.level, service: config.service });
+      const metrics = createMetrics({ service: config.service });
+      const app = await startApp(config, { logger, metrics });
+      logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
+
+      let reloading: Promise<void> = Promise.resolve();
+      const reload = (trigger: string) => {
+        reloading = reloading.then(() => reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next)));
+      };
+      const stopWatching = config.lifecycle.watchConfig ? watchConfigFiles(paths, () => reload('file_changed')) : () => {};
+      process.on('SIGHUP', () => reload('SIGHUP'));
+
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string) => {
+          logger.info({ event: 'signal', signal }, `received ${signal}`);
+          stopWatching();
+          app.shutdown().then(resolve, (err) => {
+            logger.error({ err: errorSummary(err) }, 'shutdown failed');
+            resolve();
+          });
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      logger.flush();
+    },
+  };
+}
+
+async function reloadFrom(
+  paths: string[],
+  trigger: string,
+  logger: Logger,
+  metrics: ReturnType<typeof createMetrics>,
+  apply: (c: Config) => Promise<void>,
+): Promise<void> {
+  let next: Config;
+  try {
+    next = loadConfig(paths);
+  } catch (err) {
+    metrics.configReloads.inc({ result: 'invalid' });
+    const errors = err instanceof ConfigError ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)) : [errorSummary(err)];
+    logger.error({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
+    return;
+  }
+  try {
+    await apply(next);
+    metrics.configReloads.inc({ result: 'success' });
+    logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
+  } catch (err) {
+    metrics.configReloads.inc({ result: 'error' });
+    logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
+  }
+}
+
+function errorSummary(err: unknown): string {
+  if (err instanceof SidecarError) return `${err.code}: ${err.message}`;
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,32 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from './log.js';
+import type { Metrics } from './admin/metrics.js';
+import type { Clock } from './clock.js';
+
+/**
+ * One half of the sidecar (inbound or outbound) as the composition root sees it:
+ * a request handler plus a lifecycle. Listeners are owned by the app, so a
+ * reload can swap a component without dropping the socket.
+ */
+export interface Component {
+  handle(req: IncomingMessage, res: ServerResponse): void;
+  /** `Upgrade:` requests (WebSocket); absent = refused. */
+  upgrade?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** `CONNECT` requests; absent = refused. */
+  connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Starts background work (key loading, token prefetch). Never rejects. */
+  start(): Promise<void>;
+  /** True once it can serve (keys loaded, tokens fetched). */
+  isReady(): boolean;
+  /** Stops timers and closes its pools after in-flight work ends. */
+  close(): Promise<void>;
+}
+
+/** What every component is built with: injected, never global. */
+export interface ComponentDeps {
+  logger: Logger;
+  metrics: Metrics;
+  clock: Clock;
+  service: string;
+}

@@ -1,0 +1,68 @@
+/**
+ * Every default of the sidecar, in one place. The schema applies them; nothing
+ * else in `src/` invents its own. Durations are seconds, sizes are bytes.
+ */
+export const DEFAULTS = Object.freeze({
+  inbound: Object.freeze({
+    listen: '0.0.0.0:15006',
+    /** RFC 8725 §3.1: pin algorithms. `none` and HS* are never accepted whatever the config says. */
+    algorithms: Object.freeze(['RS256', 'PS256', 'ES256', 'EdDSA'] as const),
+    clockSkewSeconds: 30,
+    tokenHeader: 'authorization',
+    /** A token larger than this is refused before it is parsed (CVE-2025-30204 class). */
+    maxTokenBytes: 8192,
+    jwks: Object.freeze({
+      refreshIntervalSeconds: 300,
+      /** Last good keys keep verifying this long through IdP outages (Istio keeps up to 7 days). */
+      maxStaleSeconds: 86_400,
+      /** An unknown `kid` refetches at most once per cooldown per issuer. */
+      cooldownSeconds: 30,
+      timeoutSeconds: 5,
+      /** Startup and failure retry backoff: starts here, doubles, capped at the max. */
+      retryMinSeconds: 1,
+      retryMaxSeconds: 60,
+    }),
+    cache: Object.freeze({ maxEntries: 10_000 }),
+    forward: Object.freeze({
+      subjectHeader: 'x-peer-sub',
+      issuerHeader: 'x-peer-iss',
+      claimsHeader: 'x-peer-claims',
+      keepToken: false,
+    }),
+  }),
+  outbound: Object.freeze({
+    listen: '127.0.0.1:15001',
+    tokenHeader: 'authorization',
+    unknownHosts: 'deny' as const,
+    /** Long-lived tokens renew no later than this before `exp`. */
+    refreshMarginSeconds: 60,
+    audienceParam: 'resource' as const,
+    authMethod: 'client_secret_basic' as const,
+    subjectTokenType: 'urn:ietf:params:oauth:token-type:jwt',
+    tokenRequestTimeoutSeconds: 10,
+    retryMinSeconds: 1,
+    retryMaxSeconds: 60,
+  }),
+  admin: Object.freeze({ listen: '0.0.0.0:15020' }),
+  log: Object.freeze({ level: 'info' as const }),
+  limits: Object.freeze({
+    /** Node's own default; a larger header block gets 431. */
+    maxHeaderBytes: 16_384,
+    maxHeaderCount: 100,
+    /** Slowloris guard: the whole header block must arrive within this. */
+    headersTimeoutSeconds: 10,
+    /** Whole request (headers and body) from the client. 0 disables. */
+    requestTimeoutSeconds: 300,
+    keepAliveTimeoutSeconds: 5,
+    /** Waiting for the upstream's response headers. */
+    upstreamTimeoutSeconds: 30,
+    upstreamConnectTimeoutSeconds: 5,
+    /** Keep-alive connections per upstream origin. */
+    upstreamConnections: 128,
+  }),
+  lifecycle: Object.freeze({
+    drainTimeoutSeconds: 20,
+    /** Reload when a config file changes on disk. */
+    watchConfig: true,
+  }),
+});

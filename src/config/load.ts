@@ -1,0 +1,83 @@
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
+import { interpolateEnv } from './interpolate.js';
+import { deepMerge } from './merge.js';
+import { type Config, configSchema } from './schema.js';
+
+/** Where config files come from: the `--config` flags, else `OIDC_SIDECAR_CONFIG` (comma-separated). */
+export function resolveConfigPaths(flags: readonly string[] | undefined, env: NodeJS.ProcessEnv = process.env): string[] {
+  const fromFlags = (flags ?? []).filter((p) => p.length > 0);
+  if (fromFlags.length > 0) return fromFlags;
+  const fromEnv = (env.OIDC_SIDECAR_CONFIG ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (fromEnv.length > 0) return fromEnv;
+  throw new UsageError('no config given: pass --config FILE (repeatable) or set OIDC_SIDECAR_CONFIG');
+}
+
+/**
+ * Reads, interpolates, merges (in order) and validates config files.
+ * Returns a frozen, fully defaulted config or throws a ConfigError listing
+ * every problem as `path.to.key: message`.
+ */
+export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {
+  const issues: ConfigIssue[] = [];
+  const layers = paths.map((p) => interpolateEnv(readLayer(p), env, issues));
+  if (issues.length > 0) throw new ConfigError(issues);
+  return parseConfig(deepMerge(layers));
+}
+
+/** Validates an already-parsed document (used by loadConfig and by tests/embedders). */
+export function parseConfig(doc: unknown): Config {
+  const result = configSchema.safeParse(doc ?? {});
+  if (!result.success) throw new ConfigError(zodIssues(result.error));
+  return deepFreeze(result.data);
+}
+
+function readLayer(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new UsageError(`cannot read config file ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(err)}`);
+  }
+  // The YAML parser reads JSON too (JSON is a subset of YAML 1.2).
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      doc.errors.map((e) => ({ path: path, message: `${e.message.split('\n')[0]}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
+    );
+  }
+  const value = doc.toJS({ maxAliasCount: 100 });
+  if (value !== null && value !== undefined && (typeof value !== 'object' || Array.isArray(value))) {
+    throw new ConfigError([{ path, message: 'the top level must be a mapping of keys' }]);
+  }
+  return value ?? {};
+}
+
+function zodIssues(error: z.ZodError): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  for (const issue of error.issues) {
+    const base = issue.path.map(String);
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) out.push({ path: [...base, key].join('.'), message: 'unknown key' });
+    } else if (issue.code === 'invalid_union' && 'note' in issue && issue.note === 'No matching discriminator') {
+      out.push({ path: (base.at(-1) === 'type' ? base : [...base, 'type']).join('.'), message: 'must be one of client_credentials, token_exchange, file, github_actions, env' });
+    } else {
+      out.push({ path: base.join('.'), message: issue.message });
+    }
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

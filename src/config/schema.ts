@@ -1,0 +1,278 @@
+import { z } from 'zod';
+import { DEFAULTS } from './defaults.js';
+
+/**
+ * The config schema: the single source for validation, defaults, TypeScript
+ * types and the JSON Schema that `oidc-sidecar schema` prints. Every object is
+ * strict, because a typo such as `rule:` for `rules:` must not silently turn a
+ * security check off.
+ */
+
+const seconds = (what: string) => z.number().nonnegative().describe(`${what} (seconds)`);
+const positiveInt = z.number().int().positive();
+
+/** `host:port`, `:port` or `[v6]:port`; port 0 picks a free port (tests). */
+export const listenAddress = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, 'must be "host:port", e.g. "0.0.0.0:15006"')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+
+const httpUrl = z
+  .string()
+  .refine((s) => {
+    try {
+      const u = new URL(s);
+      return u.protocol === 'http:' || u.protocol === 'https:';
+    } catch {
+      return false;
+    }
+  }, 'must be an absolute http(s) URL');
+
+const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
+
+/** Asymmetric JWS algorithms only: `none` and HS* are not even expressible (RFC 8725 §3.1, CVE-2015-9235). */
+export const ALGORITHMS = [
+  'RS256', 'RS384', 'RS512',
+  'PS256', 'PS384', 'PS512',
+  'ES256', 'ES384', 'ES512',
+  'EdDSA', 'Ed25519',
+] as const;
+
+const headerName = z
+  .string()
+  .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
+  .transform((s) => s.toLowerCase());
+
+const issuerSchema = z.strictObject({
+  issuer: z.string().min(1).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
+  jwksUri: httpUrl.optional().describe('Skip discovery and fetch keys from here'),
+  algorithms: z.array(z.enum(ALGORITHMS)).min(1).default([...DEFAULTS.inbound.algorithms]),
+  audience: stringOrList.optional().describe('Overrides inbound.audience for tokens of this issuer'),
+  caFile: z.string().min(1).optional().describe('PEM CA bundle for an IdP behind a private CA'),
+});
+
+const claimValue = z.union([z.string(), z.number(), z.boolean(), z.array(z.union([z.string(), z.number(), z.boolean()])).min(1)]);
+
+const allowEntrySchema = z
+  .strictObject({
+    sub: stringOrList.optional(),
+    iss: stringOrList.optional(),
+    azp: stringOrList.optional(),
+    client_id: stringOrList.optional(),
+    claims: z.record(z.string().min(1), claimValue).optional(),
+  })
+  .refine((e) => Object.values(e).some((v) => v !== undefined), 'an allow entry needs at least one of sub, iss, azp, client_id, claims');
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'] as const;
+
+const ruleSchema = z
+  .strictObject({
+    match: z.strictObject({
+      path: z.string().startsWith('/', 'must start with "/"').describe('Glob: * matches one segment, ** any number'),
+      methods: z
+        .array(z.string().transform((m) => m.toUpperCase()).pipe(z.enum(METHODS)))
+        .min(1)
+        .optional()
+        .describe('Default: every method'),
+    }),
+    public: z.boolean().default(false).describe('No token needed on this route'),
+    allow: z.array(allowEntrySchema).min(1).optional().describe('Any entry matching allows; every key of an entry must match'),
+  })
+  .refine((r) => r.public || r.allow !== undefined, {
+    message: 'a rule needs `public: true` or an `allow` list',
+    path: ['allow'],
+  })
+  .refine((r) => !(r.public && r.allow), { message: 'a public rule takes no `allow` list', path: ['public'] });
+
+const forwardSchema = z
+  .strictObject({
+    subjectHeader: headerName.default(DEFAULTS.inbound.forward.subjectHeader),
+    issuerHeader: headerName.default(DEFAULTS.inbound.forward.issuerHeader),
+    claimsHeader: headerName.default(DEFAULTS.inbound.forward.claimsHeader),
+    claimHeaders: z.record(headerName, z.string().min(1)).default({}).describe('header name -> claim name'),
+    keepToken: z.boolean().default(DEFAULTS.inbound.forward.keepToken),
+  })
+  .prefault({});
+
+const tlsSchema = z.strictObject({
+  certFile: z.string().min(1),
+  keyFile: z.string().min(1),
+});
+
+const inboundSchema = z.strictObject({
+  listen: listenAddress.default(DEFAULTS.inbound.listen),
+  target: httpUrl.describe('The app, e.g. http://127.0.0.1:8080'),
+  audience: stringOrList.describe("The token's aud must contain one of these"),
+  issuers: z.array(issuerSchema).min(1, 'at least one trusted issuer is required'),
+  clockSkewSeconds: seconds('Allowed clock difference for exp/nbf/iat').max(300).default(DEFAULTS.inbound.clockSkewSeconds),
+  maxTokenLifetimeSeconds: z.number().positive().optional().describe('Reject tokens whose exp - iat is longer'),
+  requiredClaims: z.array(z.string().min(1)).optional().describe('Claims every token must carry'),
+  typ: z.string().min(1).optional().describe('Required JWT `typ` header, e.g. at+jwt (RFC 9068)'),
+  tokenHeader: headerName.default(DEFAULTS.inbound.tokenHeader),
+  maxTokenBytes: positiveInt.default(DEFAULTS.inbound.maxTokenBytes),
+  jwks: z
+    .strictObject({
+      refreshIntervalSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.refreshIntervalSeconds),
+      maxStaleSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.maxStaleSeconds),
+      cooldownSeconds: seconds('Minimum gap between unknown-kid refetches').default(DEFAULTS.inbound.jwks.cooldownSeconds),
+      timeoutSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.timeoutSeconds),
+      retryMinSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMinSeconds),
+      retryMaxSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMaxSeconds),
+    })
+    .prefault({}),
+  cache: z.strictObject({ maxEntries: z.number().int().nonnegative().default(DEFAULTS.inbound.cache.maxEntries) }).prefault({}),
+  rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),
+  forward: forwardSchema,
+  tls: tlsSchema.optional().describe('Serve the inbound listener over HTTPS'),
+});
+
+const clientAuthFields = {
+  clientId: z.string().min(1),
+  clientSecret: z.string().min(1).optional(),
+  clientSecretFile: z.string().min(1).optional(),
+  authMethod: z.enum(['client_secret_basic', 'client_secret_post']).optional().describe('For clientSecret; default client_secret_basic'),
+  privateKeyFile: z.string().min(1).optional().describe('PEM or JWK private key for private_key_jwt (RFC 7523)'),
+  privateKeyAlg: z.enum(ALGORITHMS).optional().describe('Default: from the key'),
+  clientAssertionFile: z.string().min(1).optional().describe('A federated JWT used as jwt-bearer client assertion, re-read each time'),
+};
+
+const tokenEndpointFields = {
+  issuer: z.string().min(1).optional().describe('Discover the token endpoint from this issuer'),
+  tokenEndpoint: httpUrl.optional(),
+  audienceParam: z.enum(['resource', 'audience', 'none']).default(DEFAULTS.outbound.audienceParam),
+  params: z.record(z.string().min(1), z.string()).optional().describe('Extra form fields for the token request'),
+  caFile: z.string().min(1).optional(),
+  ...clientAuthFields,
+};
+
+type EndpointSource = { issuer?: string | undefined; tokenEndpoint?: string | undefined; clientSecret?: string | undefined; clientSecretFile?: string | undefined; privateKeyFile?: string | undefined; clientAssertionFile?: string | undefined; authMethod?: string | undefined };
+
+function checkEndpointSource(s: EndpointSource, ctx: z.RefinementCtx): void {
+  if (!s.issuer === !s.tokenEndpoint) {
+    ctx.addIssue({ code: 'custom', message: 'set exactly one of `issuer` (discovery) or `tokenEndpoint`', path: ['tokenEndpoint'] });
+  }
+  const auth = [s.clientSecret, s.clientSecretFile, s.privateKeyFile, s.clientAssertionFile].filter((v) => v !== undefined);
+  if (auth.length !== 1) {
+    ctx.addIssue({
+      code: 'custom',
+      message: 'set exactly one client credential: clientSecret, clientSecretFile, privateKeyFile or clientAssertionFile',
+      path: ['clientSecret'],
+    });
+  }
+  if (s.authMethod && !(s.clientSecret || s.clientSecretFile)) {
+    ctx.addIssue({ code: 'custom', message: 'authMethod applies only to clientSecret/clientSecretFile', path: ['authMethod'] });
+  }
+}
+
+const clientCredentialsSource = z
+  .strictObject({ type: z.literal('client_credentials'), ...tokenEndpointFields })
+  .superRefine(checkEndpointSource);
+
+const tokenExchangeSource = z
+  .strictObject({
+    type: z.literal('token_exchange'),
+    ...tokenEndpointFields,
+    subjectTokenFile: z.string().min(1),
+    subjectTokenType: z.string().min(1).default(DEFAULTS.outbound.subjectTokenType),
+    requestedTokenType: z.string().min(1).optional(),
+  })
+  .superRefine(checkEndpointSource);
+
+const fileSource = z.strictObject({
+  type: z.literal('file'),
+  path: z.string().min(1).describe('May contain {audience}'),
+});
+
+const githubActionsSource = z.strictObject({ type: z.literal('github_actions') });
+
+const envSource = z.strictObject({
+  type: z.literal('env'),
+  variable: z.string().min(1).describe('May contain {audience}'),
+});
+
+export const tokenSourceSchema = z.discriminatedUnion('type', [
+  clientCredentialsSource,
+  tokenExchangeSource,
+  fileSource,
+  githubActionsSource,
+  envSource,
+]);
+
+const routeSchema = z.strictObject({
+  host: z
+    .string()
+    .min(1)
+    .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, 'must be a host name, optionally with :port')
+    .transform((s) => s.toLowerCase()),
+  target: httpUrl.optional().describe('Default http://{host}'),
+  audience: z.string().min(1),
+  scopes: z.array(z.string().min(1)).optional(),
+  tokenSource: tokenSourceSchema.optional(),
+  caFile: z.string().min(1).optional().describe('PEM CA bundle for an https target'),
+});
+
+const outboundSchema = z
+  .strictObject({
+    listen: listenAddress.default(DEFAULTS.outbound.listen),
+    tokenSource: tokenSourceSchema.optional().describe('Default for every route'),
+    tokenHeader: headerName.default(DEFAULTS.outbound.tokenHeader),
+    routes: z.array(routeSchema).default([]),
+    unknownHosts: z.enum(['deny', 'passthrough']).default(DEFAULTS.outbound.unknownHosts),
+    refreshMarginSeconds: seconds('Renew long-lived tokens no later than this before exp').default(DEFAULTS.outbound.refreshMarginSeconds),
+    tokenRequestTimeoutSeconds: z.number().positive().default(DEFAULTS.outbound.tokenRequestTimeoutSeconds),
+  })
+  .superRefine((o, ctx) => {
+    const seen = new Set<string>();
+    o.routes.forEach((r, i) => {
+      if (!r.tokenSource && !o.tokenSource) {
+        ctx.addIssue({ code: 'custom', message: 'no tokenSource here and no outbound.tokenSource default', path: ['routes', i, 'tokenSource'] });
+      }
+      if (seen.has(r.host)) ctx.addIssue({ code: 'custom', message: `duplicate route for host "${r.host}"`, path: ['routes', i, 'host'] });
+      seen.add(r.host);
+    });
+  });
+
+export const configSchema = z
+  .strictObject({
+    service: z.string().min(1).describe("This workload's name, used in logs and metrics"),
+    inbound: inboundSchema.optional(),
+    outbound: outboundSchema.optional(),
+    admin: z.strictObject({ listen: listenAddress.default(DEFAULTS.admin.listen) }).prefault({}),
+    log: z
+      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.log.level) })
+      .prefault({}),
+    limits: z
+      .strictObject({
+        maxHeaderBytes: positiveInt.default(DEFAULTS.limits.maxHeaderBytes),
+        maxHeaderCount: positiveInt.default(DEFAULTS.limits.maxHeaderCount),
+        headersTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.headersTimeoutSeconds),
+        requestTimeoutSeconds: seconds('Whole request from the client; 0 disables').default(DEFAULTS.limits.requestTimeoutSeconds),
+        keepAliveTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.keepAliveTimeoutSeconds),
+        upstreamTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.upstreamTimeoutSeconds),
+        upstreamConnectTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.upstreamConnectTimeoutSeconds),
+        upstreamConnections: positiveInt.default(DEFAULTS.limits.upstreamConnections),
+      })
+      .prefault({}),
+    lifecycle: z
+      .strictObject({
+        drainTimeoutSeconds: seconds('How long in-flight requests may take after SIGTERM').default(DEFAULTS.lifecycle.drainTimeoutSeconds),
+        watchConfig: z.boolean().default(DEFAULTS.lifecycle.watchConfig),
+      })
+      .prefault({}),
+  })
+  .refine((c) => c.inbound !== undefined || c.outbound !== undefined, {
+    message: 'configure `inbound`, `outbound` or both',
+    path: ['inbound'],
+  });
+
+/** The validated, fully defaulted config. */
+export type Config = z.output<typeof configSchema>;
+export type InboundConfig = NonNullable<Config['inbound']>;
+export type IssuerConfig = InboundConfig['issuers'][number];
+export type RuleConfig = NonNullable<InboundConfig['rules']>[number];
+export type AllowEntry = NonNullable<RuleConfig['allow']>[number];
+export type ForwardConfig = InboundConfig['forward'];
+export type OutboundConfig = NonNullable<Config['outbound']>;
+export type RouteConfig = OutboundConfig['routes'][number];
+export type TokenSourceConfig = z.output<typeof tokenSourceSchema>;
+export type LimitsConfig = Config['limits'];

@@ -1,0 +1,112 @@
+/**
+ * Every failure the sidecar reports carries a stable `code` (the SPEC's reason
+ * code where one exists). The same word appears in the HTTP body, the audit log
+ * event and the metric label, so callers switch on `code`, never on a message.
+ */
+
+/** Inbound reason codes from the product contract (SPEC.md). */
+export const INBOUND_REASONS = [
+  'missing_token',
+  'malformed_token',
+  'unsupported_alg',
+  'unknown_issuer',
+  'unknown_key',
+  'bad_signature',
+  'expired',
+  'not_yet_valid',
+  'issued_in_future',
+  'audience_mismatch',
+  'lifetime_too_long',
+  'missing_claim',
+  'policy_denied',
+  'keys_unavailable',
+] as const;
+export type InboundReason = (typeof INBOUND_REASONS)[number];
+
+/** Base class: `code` is stable, `status` is the HTTP status a proxy answers with. */
+export class SidecarError extends Error {
+  readonly code: string;
+  readonly status: number;
+  /** Whether `message` may be shown to a remote caller (never for internals). */
+  readonly expose: boolean;
+
+  constructor(code: string, message: string, status: number, expose = true, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.status = status;
+    this.expose = expose;
+  }
+}
+
+/** A bearer token that is missing, malformed or fails verification: 401 (RFC 6750 §3.1 invalid_token). */
+export class TokenRejectedError extends SidecarError {
+  declare readonly code: InboundReason;
+  constructor(reason: InboundReason, message: string, options?: { cause?: unknown }) {
+    super(reason, message, 401, true, options);
+  }
+}
+
+/** A valid token that the route's rules do not allow: 403 (RFC 6750 §3.1 insufficient_scope). */
+export class PolicyDeniedError extends SidecarError {
+  constructor(message = 'no allow rule matched this identity') {
+    super('policy_denied', message, 403);
+  }
+}
+
+/** The issuer's keys cannot be obtained, so the token cannot be judged: 503, never a pass. */
+export class KeysUnavailableError extends SidecarError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('keys_unavailable', message, 503, true, options);
+  }
+}
+
+/** The outbound side has no route for the requested host: 403. */
+export class RouteNotFoundError extends SidecarError {
+  constructor(host: string) {
+    super('no_route', `no outbound route for host "${host}"`, 403);
+  }
+}
+
+/** No token could be obtained for an outbound call: 503 with the cause (an OAuth error code when there is one). */
+export class TokenUnavailableError extends SidecarError {
+  /** The OAuth `error` from the IdP (RFC 6749 §5.2), when it sent one. */
+  readonly oauthError: string | undefined;
+  constructor(message: string, oauthError?: string, options?: { cause?: unknown }) {
+    super('token_unavailable', message, 503, true, options);
+    this.oauthError = oauthError;
+  }
+}
+
+/** Upstream (the app or the peer sidecar) could not be reached or answered too slowly. */
+export class UpstreamError extends SidecarError {
+  constructor(code: 'upstream_connect_failed' | 'upstream_timeout' | 'upstream_reset', message: string, options?: { cause?: unknown }) {
+    super(code, message, code === 'upstream_timeout' ? 504 : 502, true, options);
+  }
+}
+
+/** One problem in a config file, addressed by its key path (`inbound.issuers.0.issuer`). */
+export interface ConfigIssue {
+  path: string;
+  message: string;
+}
+
+/** An invalid config: lists every problem, each as `path.to.key: message`. */
+export class ConfigError extends SidecarError {
+  readonly issues: readonly ConfigIssue[];
+  constructor(issues: ConfigIssue[]) {
+    super('invalid_config', issues.map(formatIssue).join('\n'), 1, false);
+    this.issues = issues;
+  }
+}
+
+export function formatIssue(issue: ConfigIssue): string {
+  return issue.path ? `${issue.path}: ${issue.message}` : issue.message;
+}
+
+/** A bad command-line usage or an unreadable file: a one-line message, exit 1. */
+export class UsageError extends SidecarError {
+  constructor(message: string) {
+    super('usage', message, 1, false);
+  }
+}

@@ -1,0 +1,81 @@
+import { pino, type Logger, type DestinationStream } from 'pino';
+
+export type { Logger } from 'pino';
+
+/**
+ * Paths pino censors wherever they appear. Defence in depth: the code never
+ * passes a token, secret or Authorization header to the logger in the first
+ * place; this catches the day someone logs a whole headers object.
+ */
+const REDACT_PATHS = [
+  'authorization', '*.authorization', '*.*.authorization',
+  'Authorization', '*.Authorization', '*.*.Authorization',
+  'cookie', '*.cookie', '*.*.cookie',
+  'set-cookie', '*["set-cookie"]', '*.*["set-cookie"]',
+  'token', '*.token', 'access_token', '*.access_token', 'id_token', '*.id_token',
+  'clientSecret', '*.clientSecret', '*.*.clientSecret', 'client_secret', '*.client_secret',
+  'client_assertion', '*.client_assertion', 'subject_token', '*.subject_token',
+  'secret', '*.secret', 'password', '*.password',
+];
+
+export interface LoggerOptions {
+  level?: string;
+  service?: string;
+  /** Where lines go; default stdout. Tests pass a stream to assert on log lines. */
+  destination?: DestinationStream;
+}
+
+/** A JSON logger with the sidecar's redaction rules. */
+export function createLogger(opts: LoggerOptions = {}): Logger {
+  return pino(
+    {
+      level: opts.level ?? 'info',
+      base: opts.service ? { service: opts.service } : {},
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    opts.destination ?? pino.destination({ dest: 1, sync: false }),
+  );
+}
+
+/** Audit events named by the product contract. */
+export type AuditEvent = 'token_issued' | 'token_fetch_failed' | 'token_rejected' | 'policy_denied';
+
+export interface AuditFields {
+  reason?: string;
+  issuer?: string;
+  audience?: string | readonly string[];
+  path?: string;
+  method?: string;
+  peer?: string;
+  [key: string]: unknown;
+}
+
+/** Writes one audit event. Rejections log at warn, issuance at info. */
+export function audit(logger: Logger, event: AuditEvent, fields: AuditFields): void {
+  const level = event === 'token_issued' ? 'info' : 'warn';
+  logger[level]({ event, ...fields }, event);
+}
+
+const MAX_LOGGED_CLAIM = 128;
+
+/**
+ * Claims read from a token that did not verify, made safe to log: marked as
+ * unverified, only a few well-known claims, each length-capped, so an attacker
+ * cannot use our logs as a write channel.
+ */
+export function unverifiedClaims(payload: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
+  if (!payload) return undefined;
+  const out: Record<string, unknown> = { verified: false };
+  for (const key of ['iss', 'sub', 'aud', 'azp', 'client_id', 'exp', 'iat', 'nbf', 'jti']) {
+    const v = payload[key];
+    if (v === undefined) continue;
+    out[key] = typeof v === 'number' ? v : truncate(typeof v === 'string' ? v : JSON.stringify(v));
+  }
+  return out;
+}
+
+function truncate(s: string): string {
+  return s.length > MAX_LOGGED_CLAIM ? `${s.slice(0, MAX_LOGGED_CLAIM)}…` : s;
+}

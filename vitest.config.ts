@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/unit/**/*.test.ts', 'test/e2e/**/*.test.ts'],
+    testTimeout: 30_000,
+    hookTimeout: 30_000,
+    // e2e suites spawn sidecars and IdPs; two cores, so keep parallelism modest.
+    pool: 'forks',
+    maxWorkers: 2,
+  },
+});
