@@ -1,0 +1,35 @@
+import type { Dispatcher } from 'undici';
+import { IdpHttpError, requestJson } from './http.js';
+
+/** The subset of OpenID Provider Metadata (OIDC Discovery 1.0 §3) the sidecar uses. */
+export interface ProviderMetadata {
+  issuer: string;
+  jwks_uri: string;
+  token_endpoint?: string;
+  [key: string]: unknown;
+}
+
+/** `{issuer}/.well-known/openid-configuration` (OIDC Discovery §4.1: appended, keeping any path). */
+export function discoveryUrl(issuer: string): string {
+  return `${issuer.replace(/\/+$/, '')}/.well-known/openid-configuration`;
+}
+
+/**
+ * Fetches and checks the issuer's metadata. The `issuer` it returns must be
+ * exactly the configured one (OIDC Discovery §4.3), otherwise a compromised
+ * or misconfigured endpoint could point us at someone else's keys.
+ */
+export async function discover(issuer: string, dispatcher: Dispatcher, timeoutMs: number): Promise<ProviderMetadata> {
+  const url = discoveryUrl(issuer);
+  const res = await requestJson(dispatcher, url, { timeoutMs });
+  if (res.status !== 200) throw new IdpHttpError('discovery_failed', `${url}: HTTP ${res.status}`, res.status, res.body);
+  const meta = res.body as Partial<ProviderMetadata> | undefined;
+  if (!meta || typeof meta !== 'object') throw new IdpHttpError('discovery_failed', `${url}: not a JSON object`);
+  if (meta.issuer !== issuer) {
+    throw new IdpHttpError('discovery_failed', `${url}: metadata names issuer "${String(meta.issuer)}", expected exactly "${issuer}"`);
+  }
+  if (typeof meta.jwks_uri !== 'string' || !/^https?:\/\//.test(meta.jwks_uri)) {
+    throw new IdpHttpError('discovery_failed', `${url}: no usable jwks_uri`);
+  }
+  return meta as ProviderMetadata;
+}
