@@ -46,10 +46,10 @@ function readLayer(path: string): unknown {
     throw new UsageError(`cannot read config file ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(err)}`);
   }
   // The YAML parser reads JSON too (JSON is a subset of YAML 1.2).
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
-      doc.errors.map((e) => ({ path: path, message: `${e.message.split('\n')[0]}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
+      doc.errors.map((e) => ({ path, message: `${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
     );
   }
   const value = doc.toJS({ maxAliasCount: 100 });

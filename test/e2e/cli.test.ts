@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest';
+import { runCli, writeConfig } from '../support/sidecar.js';
+
+const valid = {
+  service: 'orders',
+  inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'https://idp.example' }] },
+  outbound: {
+    tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp.example/token', clientId: 'orders', clientSecret: 'hunter2-secret' },
+    routes: [{ host: 'payments', audience: 'payments' }],
+  },
+};
+
+describe('oidc-sidecar CLI', () => {
+  it('validate prints the merged config with secrets redacted and exits 0', async () => {
+    const base = writeConfig(valid);
+    const overlay = writeConfig({ inbound: { clockSkewSeconds: 5 } });
+    const r = await runCli(['validate', '--config', base, '--config', overlay]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('clockSkewSeconds: 5');
+    expect(r.stdout).toContain('clientSecret: "[redacted]"');
+    expect(r.stdout).not.toContain('hunter2-secret');
+    expect(r.stderr).toBe('');
+  });
+
+  it('validate reads OIDC_SIDECAR_CONFIG when no --config is given, and prints JSON with --json', async () => {
+    const r = await runCli(['validate', '--json'], { env: { OIDC_SIDECAR_CONFIG: writeConfig(valid) } });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).inbound.audience).toBe('orders');
+  });
+
+  it('validate lists every error as path: message and exits 1, without a stack trace', async () => {
+    const bad = writeConfig({ service: 'x', inbound: { target: 'nope', audience: 'a', issuers: [{ issuer: 'https://i', algorithms: ['HS256'] }], rulez: [] } });
+    const r = await runCli(['validate', '--config', bad]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('inbound.target: must be an absolute http(s) URL');
+    expect(r.stderr).toMatch(/inbound\.issuers\.0\.algorithms\.0: /);
+    expect(r.stderr).toContain('inbound.rulez: unknown key');
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(r.stdout).toBe('');
+  });
+
+  it('run refuses an invalid config before listening', async () => {
+    const r = await runCli(['run', '--config', writeConfig({ service: 'x' })]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('configure `inbound`, `outbound` or both');
+  });
+
+  it('a missing file, an unknown command and a bad flag each give one clear line and exit 1', async () => {
+    const missing = await runCli(['validate', '--config', '/definitely/missing.yaml']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr.trim()).toBe('oidc-sidecar: cannot read config file /definitely/missing.yaml: no such file');
+
+    const unknown = await runCli(['frobnicate']);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^oidc-sidecar: Unknown argument: frobnicate/);
+
+    const flag = await runCli(['validate', '--config', writeConfig(valid), '--bogus-flag']);
+    expect(flag.code).toBe(1);
+    expect(flag.stderr).toMatch(/Unknown argument/);
+
+    const none = await runCli(['validate'], { env: { OIDC_SIDECAR_CONFIG: '' } });
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain('no config given');
+  });
+
+  it('schema prints a JSON Schema that describes the config keys', async () => {
+    const r = await runCli(['schema']);
+    expect(r.code).toBe(0);
+    const schema = JSON.parse(r.stdout);
+    expect(schema.$schema).toMatch(/json-schema\.org/);
+    expect(schema.required).toContain('service');
+    expect(schema.additionalProperties).toBe(false);
+    expect(Object.keys(schema.properties)).toEqual(expect.arrayContaining(['service', 'inbound', 'outbound', 'admin', 'log']));
+    expect(schema.properties.inbound.properties.issuers.items.properties.algorithms.items.enum).not.toContain('HS256');
+  });
+
+  it('every command has --help', async () => {
+    const top = await runCli(['--help']);
+    expect(top.code).toBe(0);
+    for (const cmd of ['run', 'validate', 'schema']) {
+      expect(top.stdout).toContain(`oidc-sidecar ${cmd}`);
+      const r = await runCli([cmd, '--help']);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`oidc-sidecar ${cmd}`);
+    }
+  });
+});

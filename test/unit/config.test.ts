@@ -1,0 +1,195 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { DEFAULTS } from '../../src/config/defaults.js';
+import { loadConfig, parseConfig, resolveConfigPaths } from '../../src/config/load.js';
+import { deepMerge } from '../../src/config/merge.js';
+import { redactConfig } from '../../src/config/redact.js';
+import { ConfigError, UsageError } from '../../src/errors.js';
+
+const minimalInbound = {
+  service: 'orders',
+  inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'https://idp.example' }] },
+};
+
+function tmpFile(name: string, text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'cfg-'));
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+function issuesOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err.issues.map((i) => `${i.path}: ${i.message}`);
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('config defaults', () => {
+  it('fills every default from DEFAULTS and freezes the result', () => {
+    const c = parseConfig(minimalInbound);
+    expect(c.inbound!.listen).toBe(DEFAULTS.inbound.listen);
+    expect(c.inbound!.clockSkewSeconds).toBe(30);
+    expect(c.inbound!.issuers[0]!.algorithms).toEqual(['RS256', 'PS256', 'ES256', 'EdDSA']);
+    expect(c.inbound!.forward).toEqual({
+      subjectHeader: 'x-peer-sub',
+      issuerHeader: 'x-peer-iss',
+      claimsHeader: 'x-peer-claims',
+      claimHeaders: {},
+      keepToken: false,
+    });
+    expect(c.admin.listen).toBe('0.0.0.0:15020');
+    expect(c.inbound!.jwks.maxStaleSeconds).toBe(86_400);
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.inbound!.issuers[0])).toBe(true);
+  });
+
+  it('defaults the outbound listener to loopback and unknown hosts to deny', () => {
+    const c = parseConfig({ service: 'a', outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host: 'Payments', audience: 'payments' }] } });
+    expect(c.outbound!.listen).toBe('127.0.0.1:15001');
+    expect(c.outbound!.unknownHosts).toBe('deny');
+    expect(c.outbound!.routes[0]!.host).toBe('payments');
+  });
+});
+
+describe('config validation errors name the key path', () => {
+  it('rejects unknown keys anywhere (a typo must not disable security)', () => {
+    const issues = issuesOf(() =>
+      parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rule: [], forward: { keeptoken: true } } }),
+    );
+    expect(issues).toContain('inbound.rule: unknown key');
+    expect(issues).toContain('inbound.forward.keeptoken: unknown key');
+  });
+
+  it('reports every problem at once', () => {
+    const issues = issuesOf(() => parseConfig({ inbound: { target: 'not a url', audience: [], issuers: [] } }));
+    expect(issues.some((i) => i.startsWith('service:'))).toBe(true);
+    expect(issues.some((i) => i.startsWith('inbound.target:'))).toBe(true);
+    expect(issues.some((i) => i.startsWith('inbound.audience:'))).toBe(true);
+    expect(issues.some((i) => i.startsWith('inbound.issuers:'))).toBe(true);
+  });
+
+  it('never accepts none or HS* algorithms', () => {
+    for (const alg of ['none', 'HS256', 'HS512']) {
+      const issues = issuesOf(() =>
+        parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, issuers: [{ issuer: 'https://i', algorithms: [alg] }] } }),
+      );
+      expect(issues[0]).toMatch(/^inbound\.issuers\.0\.algorithms\.0: /);
+    }
+  });
+
+  it('requires a rule to be public or to have allow entries, never both', () => {
+    const base = (rule: unknown) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [rule] } });
+    expect(issuesOf(() => parseConfig(base({ match: { path: '/x' } })))).toEqual(['inbound.rules.0.allow: a rule needs `public: true` or an `allow` list']);
+    expect(issuesOf(() => parseConfig(base({ match: { path: '/x' }, public: true, allow: [{ sub: 'a' }] })))[0]).toMatch(/^inbound\.rules\.0\.public:/);
+    expect(issuesOf(() => parseConfig(base({ match: { path: '/x' }, allow: [{}] })))[0]).toMatch(/^inbound\.rules\.0\.allow\.0:/);
+    expect(issuesOf(() => parseConfig(base({ match: { path: 'x' }, public: true })))[0]).toMatch(/^inbound\.rules\.0\.match\.path:/);
+  });
+
+  it('names the token source type when it is unknown', () => {
+    const issues = issuesOf(() => parseConfig({ service: 'a', outbound: { tokenSource: { type: 'magic' }, routes: [] } }));
+    expect(issues).toEqual(['outbound.tokenSource.type: must be one of client_credentials, token_exchange, file, github_actions, env']);
+  });
+
+  it('needs exactly one token endpoint and one client credential', () => {
+    const issues = issuesOf(() =>
+      parseConfig({ service: 'a', outbound: { tokenSource: { type: 'client_credentials', clientId: 'a' }, routes: [] } }),
+    );
+    expect(issues).toContain('outbound.tokenSource.tokenEndpoint: set exactly one of `issuer` (discovery) or `tokenEndpoint`');
+    expect(issues.some((i) => i.startsWith('outbound.tokenSource.clientSecret: set exactly one client credential'))).toBe(true);
+  });
+
+  it('flags a route with no token source and duplicate hosts', () => {
+    const issues = issuesOf(() =>
+      parseConfig({ service: 'a', outbound: { routes: [{ host: 'b', audience: 'b' }, { host: 'B', audience: 'b', tokenSource: { type: 'env', variable: 'X' } }] } }),
+    );
+    expect(issues).toContain('outbound.routes.0.tokenSource: no tokenSource here and no outbound.tokenSource default');
+    expect(issues).toContain('outbound.routes.1.host: duplicate route for host "b"');
+  });
+
+  it('needs inbound or outbound', () => {
+    expect(issuesOf(() => parseConfig({ service: 'a' }))).toEqual(['inbound: configure `inbound`, `outbound` or both']);
+  });
+
+  it('never throws anything but a ConfigError for arbitrary documents', () => {
+    fc.assert(
+      fc.property(fc.jsonValue(), (doc) => {
+        try {
+          parseConfig(doc);
+        } catch (err) {
+          expect(err).toBeInstanceOf(ConfigError);
+          for (const i of (err as ConfigError).issues) expect(typeof i.message).toBe('string');
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('loading files', () => {
+  it('interpolates ${VAR} and ${VAR:-default} after parsing, so values cannot inject YAML', () => {
+    const p = tmpFile(
+      'c.yaml',
+      'service: ${SVC}\ninbound:\n  target: "http://127.0.0.1:${PORT:-8080}"\n  audience: ${AUD}\n  issuers: [{ issuer: "https://idp" }]\n',
+    );
+    const c = loadConfig([p], { SVC: 'orders', AUD: 'x\ninbound: evil' });
+    expect(c.service).toBe('orders');
+    expect(c.inbound!.target).toBe('http://127.0.0.1:8080');
+    expect(c.inbound!.audience).toBe('x\ninbound: evil');
+  });
+
+  it('reports an unset variable with its key path, and keeps $${VAR} literal', () => {
+    const p = tmpFile('c.yaml', 'service: "$${LITERAL}"\ninbound:\n  target: ${MISSING}\n');
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default)']);
+  });
+
+  it('deep-merges overlays in order; arrays replace; null removes', () => {
+    const base = tmpFile('base.yaml', 'service: orders\ninbound:\n  target: http://127.0.0.1:1\n  audience: [a, b]\n  issuers: [{ issuer: "https://one" }]\n  clockSkewSeconds: 10\noutbound:\n  tokenSource: { type: env, variable: T }\n');
+    const overlay = tmpFile('ns.json', JSON.stringify({ inbound: { audience: ['c'], clockSkewSeconds: 5 }, outbound: null }));
+    const c = loadConfig([base, overlay], {});
+    expect(c.inbound!.audience).toEqual(['c']);
+    expect(c.inbound!.clockSkewSeconds).toBe(5);
+    expect(c.inbound!.target).toBe('http://127.0.0.1:1');
+    expect(c.outbound).toBeUndefined();
+    expect(deepMerge([{ a: { b: 1, c: [1, 2] } }, { a: { c: [3] } }])).toEqual({ a: { b: 1, c: [3] } });
+  });
+
+  it('gives a clear error for missing files, YAML syntax errors, duplicate keys and non-mapping documents', () => {
+    expect(() => loadConfig(['/nonexistent/x.yaml'])).toThrow(new UsageError('cannot read config file /nonexistent/x.yaml: no such file'));
+    const bad = tmpFile('bad.yaml', 'service: [unclosed\n');
+    expect(issuesOf(() => loadConfig([bad]))[0]).toMatch(/bad\.yaml: .*line/);
+    const dup = tmpFile('dup.yaml', 'service: a\nservice: b\n');
+    expect(issuesOf(() => loadConfig([dup]))[0]).toMatch(/dup\.yaml: .*(unique|duplicate)/i);
+    const list = tmpFile('list.yaml', '- a\n- b\n');
+    expect(issuesOf(() => loadConfig([list]))).toEqual([`${list}: the top level must be a mapping of keys`]);
+  });
+
+  it('takes config paths from flags, else OIDC_SIDECAR_CONFIG, else fails clearly', () => {
+    expect(resolveConfigPaths(['a.yaml', 'b.yaml'], { OIDC_SIDECAR_CONFIG: 'x' })).toEqual(['a.yaml', 'b.yaml']);
+    expect(resolveConfigPaths(undefined, { OIDC_SIDECAR_CONFIG: 'a.yaml, b.yaml' })).toEqual(['a.yaml', 'b.yaml']);
+    expect(() => resolveConfigPaths([], {})).toThrow(UsageError);
+  });
+});
+
+describe('redaction', () => {
+  it('replaces client secrets wherever they are and leaves the rest', () => {
+    const c = parseConfig({
+      service: 'a',
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp/token', clientId: 'a', clientSecret: 's3cr3t' },
+        routes: [{ host: 'b', audience: 'b', tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp/token', clientId: 'b', clientSecret: 'other' } }],
+      },
+    });
+    const text = JSON.stringify(redactConfig(c));
+    expect(text).not.toContain('s3cr3t');
+    expect(text).not.toContain('other');
+    expect(text).toContain('"clientId":"a"');
+    expect(text.match(/\[redacted\]/g)).toHaveLength(2);
+  });
+});
