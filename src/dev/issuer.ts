@@ -1,0 +1,157 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type Provider from 'oidc-provider';
+import type { Logger } from '../log.js';
+import { withNormalizedAudience } from './audience-param.js';
+import { generateSigningKey, type DevAlg, type DevSigningKey } from './keys.js';
+import { createDevProvider, type DevClient } from './provider.js';
+
+export interface DevIssuerOptions {
+  /** The issuer identifier tokens carry, e.g. `http://127.0.0.1:9000` or `http://dev-issuer:9000`. */
+  issuer: string;
+  clients: readonly DevClient[];
+  /** Signing keys (first signs); default one generated key of `alg`. */
+  signingKeys?: readonly DevSigningKey[];
+  /** Algorithm of generated keys; default RS256. */
+  alg?: DevAlg;
+  /** Access token lifetime in seconds; default 300. */
+  accessTokenTtlSeconds?: number;
+  /** Receives one line per token issued or refused (never the token itself). */
+  logger?: Logger;
+}
+
+/** A dev issuer without a socket of its own: `handle` serves discovery, JWKS and the token endpoint. */
+export interface DevIssuer {
+  readonly issuer: string;
+  readonly tokenEndpoint: string;
+  readonly jwksUri: string;
+  /** Current signing keys, the signing one first. */
+  readonly signingKeys: readonly DevSigningKey[];
+  handle(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * Puts a new signing key (new `kid`) in front. The previous keys stay in the
+   * JWKS unless `keepOld` is false, as a real IdP does during a rollover.
+   */
+  rotateKeys(opts?: { keepOld?: boolean; alg?: DevAlg }): Promise<DevSigningKey>;
+}
+
+const TOKEN_PATH = '/token';
+
+/** Builds a dev issuer (oidc-provider underneath) for the given issuer URL. */
+export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer> {
+  const issuer = opts.issuer.replace(/\/+$/, '');
+  let keys: DevSigningKey[] = opts.signingKeys?.length ? [...opts.signingKeys] : [await generateSigningKey(opts.alg ?? 'RS256')];
+  const build = (): { provider: Provider; callback: (req: IncomingMessage, res: ServerResponse) => void } => {
+    const provider = createDevProvider({
+      issuer,
+      clients: opts.clients,
+      signingKeys: keys,
+      ...(opts.accessTokenTtlSeconds !== undefined ? { accessTokenTtlSeconds: opts.accessTokenTtlSeconds } : {}),
+    });
+    observe(provider, opts.logger);
+    return { provider, callback: provider.callback() as (req: IncomingMessage, res: ServerResponse) => void };
+  };
+  let current = build();
+
+  return {
+    issuer,
+    tokenEndpoint: `${issuer}${TOKEN_PATH}`,
+    jwksUri: `${issuer}/jwks`,
+    get signingKeys() {
+      return keys;
+    },
+    handle(req, res) {
+      const { callback } = current;
+      withNormalizedAudience(req, TOKEN_PATH).then(
+        (normalized) => {
+          if (normalized) return callback(normalized, res);
+          res.writeHead(413, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_request', error_description: 'request body too large' }));
+        },
+        () => res.destroy(),
+      );
+    },
+    async rotateKeys(rotateOpts = {}) {
+      const fresh = await generateSigningKey(rotateOpts.alg ?? keys[0]!.alg);
+      keys = rotateOpts.keepOld === false ? [fresh] : [fresh, ...keys];
+      // oidc-provider's keystore is fixed at construction: a rotation builds a new provider.
+      // Client credentials JWTs need no server-side state, so nothing is lost.
+      current = build();
+      return fresh;
+    },
+  };
+}
+
+function observe(provider: Provider, logger: Logger | undefined): void {
+  if (!logger) return;
+  provider.on('grant.success', (ctx) => {
+    const params = ctx.oidc.params as Record<string, unknown> | undefined;
+    logger.info({ event: 'dev_token_issued', client: ctx.oidc.client?.clientId, resource: params?.resource, scope: params?.scope }, 'token issued');
+  });
+  provider.on('grant.error', (ctx, err) => {
+    const e = err as { error?: string; error_description?: string };
+    logger.warn({ event: 'dev_token_refused', client: ctx.oidc.client?.clientId, error: e.error, description: e.error_description }, 'token refused');
+  });
+  provider.on('server_error', (_ctx, err) => {
+    logger.error({ event: 'dev_issuer_error', error: (err as Error).message }, 'dev issuer internal error');
+  });
+}
+
+/** A dev issuer listening on its own HTTP server. */
+export interface RunningDevIssuer extends DevIssuer {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a dev issuer on `host:port` (port 0 picks a free one). The issuer URL
+ * defaults to `http://{host}:{port}`; pass `issuer` when clients reach it under
+ * another name (a compose service name). Default host 127.0.0.1.
+ */
+export async function startDevIssuer(
+  opts: Omit<DevIssuerOptions, 'issuer'> & { host?: string; port?: number; issuer?: string },
+): Promise<RunningDevIssuer> {
+  let target: DevIssuer | undefined;
+  const server: Server = createServer((req, res) => {
+    if (target) target.handle(req, res);
+    else res.writeHead(503).end();
+  });
+  const host = opts.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const { port } = server.address() as AddressInfo;
+  const urlHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+  try {
+    target = await createDevIssuer({ ...opts, issuer: opts.issuer ?? `http://${urlHost}:${port}` });
+  } catch (err) {
+    server.close();
+    throw err;
+  }
+  const issuerObj = target;
+  return {
+    get issuer() {
+      return issuerObj.issuer;
+    },
+    get tokenEndpoint() {
+      return issuerObj.tokenEndpoint;
+    },
+    get jwksUri() {
+      return issuerObj.jwksUri;
+    },
+    get signingKeys() {
+      return issuerObj.signingKeys;
+    },
+    handle: (req, res) => issuerObj.handle(req, res),
+    rotateKeys: (o) => issuerObj.rotateKeys(o),
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
