@@ -9,6 +9,7 @@ import { createInbound } from './inbound/index.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
 import { createLimitedServer, formatAddress, listenOn, parseListen, type ListenAddress } from './proxy/listen.js';
+import { writeRawError } from './proxy/respond.js';
 
 type Side = 'inbound' | 'outbound';
 
@@ -65,21 +66,19 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         slot.component.handle(req, res);
       },
       tls,
+      {
+        logger,
+        // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
+        upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+          if (slot.component.upgrade) slot.component.upgrade(req, socket, head);
+          else writeRawError(socket, 501, 'upgrade_not_supported');
+        },
+        connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+          if (slot.component.connect) slot.component.connect(req, socket, head);
+          else writeRawError(socket, 405, 'connect_not_supported');
+        },
+      },
     );
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      if (slot.component.upgrade) slot.component.upgrade(req, socket, head);
-      else refuseRaw(socket, 501, 'upgrade_not_supported');
-    });
-    server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      if (slot.component.connect) slot.component.connect(req, socket, head);
-      else refuseRaw(socket, 405, 'connect_not_supported');
-    });
-    server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-      // Malformed requests, oversize headers, slowloris: answer the right 4xx and keep serving others.
-      if (!socket.writable) return socket.destroy();
-      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-      refuseRaw(socket, status, err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : status === 408 ? 'request_timeout' : 'bad_request');
-    });
     slot.server = server;
     slot.address = await listenOn(server, parseListen(listen));
     logger.info({ event: 'listening', side, address: formatAddress(slot.address) }, `${side} listening on ${formatAddress(slot.address)}`);
@@ -186,14 +185,6 @@ function closeServer(server: Server, drainMs: number): Promise<void> {
     });
     server.closeIdleConnections();
   });
-}
-
-function refuseRaw(socket: Duplex, status: number, reason: string): void {
-  const body = JSON.stringify({ error: reason.replaceAll('_', ' '), reason });
-  const text = { 400: 'Bad Request', 405: 'Method Not Allowed', 408: 'Request Timeout', 431: 'Request Header Fields Too Large', 501: 'Not Implemented' }[status] ?? 'Error';
-  socket.end(
-    `HTTP/1.1 ${status} ${text}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
 }
 
 async function withTimeout(p: Promise<void>, ms: number): Promise<void> {

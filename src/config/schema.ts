@@ -252,6 +252,11 @@ export const configSchema = z
         upstreamConnectTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.upstreamConnectTimeoutSeconds),
         upstreamConnections: positiveInt.default(DEFAULTS.limits.upstreamConnections),
       })
+      // Node refuses to start a server whose headers timeout outlasts its request timeout.
+      .refine((l) => l.requestTimeoutSeconds === 0 || l.headersTimeoutSeconds <= l.requestTimeoutSeconds, {
+        message: 'must be <= limits.requestTimeoutSeconds (or set requestTimeoutSeconds to 0)',
+        path: ['headersTimeoutSeconds'],
+      })
       .prefault({}),
     lifecycle: z
       .strictObject({

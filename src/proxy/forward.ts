@@ -1,8 +1,7 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { UpstreamError } from '../errors.js';
-import { forwardableHeaders, forwardableResponseHeaders } from './headers.js';
+import { buildUpstreamHeaders, forwardableResponseHeaders } from './headers.js';
 
 export interface ForwardOptions {
   dispatcher: Dispatcher;
@@ -19,64 +18,130 @@ export interface ForwardOptions {
 /**
  * Streams `req` to the upstream and the upstream's answer back to `res`, with
  * backpressure both ways and no body buffering. Resolves when the exchange is
- * over; rejects with an UpstreamError only if no response headers were sent yet.
- * A client that goes away aborts the upstream request.
+ * over (also when the client went away: nobody is left to answer); rejects
+ * with an UpstreamError only if no response headers were sent yet. A client
+ * that goes away aborts the upstream request.
+ *
+ * Built on undici's `dispatch` rather than `request`: no body stream, no
+ * `pipeline`, no AbortController per request — the response chunks are written
+ * straight to `res`, and the upstream socket is paused while `res` is full.
  */
-export async function forward(req: IncomingMessage, res: ServerResponse, opts: ForwardOptions): Promise<void> {
-  const abort = new AbortController();
-  const onClose = () => {
-    if (!res.writableFinished) abort.abort();
+export function forward(req: IncomingMessage, res: ServerResponse, opts: ForwardOptions): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const handler = new ForwardHandler(req, res, opts.onResponse, resolve, reject);
+    const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders);
+    opts.dispatcher.dispatch(
+      {
+        path: opts.path,
+        method: req.method as Dispatcher.HttpMethod,
+        headers,
+        body: hasBody(req) ? req : null,
+      },
+      handler,
+    );
+  });
+}
+
+/** RFC 9112 §6.3: a request has a body only when it says so with Transfer-Encoding or a non-zero Content-Length. */
+function hasBody(req: IncomingMessage): boolean {
+  const h = req.headers;
+  return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
+}
+
+class ClientGoneError extends Error {
+  readonly code = 'client_aborted';
+}
+
+/** One proxied exchange as an undici dispatch handler (one object instead of closures, a stream and a promise chain). */
+class ForwardHandler implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | undefined;
+  private started = false;
+  private settled = false;
+  private clientGone = false;
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly onResponse: ((status: number) => void) | undefined,
+    private readonly resolve: () => void,
+    private readonly reject: (err: UpstreamError) => void,
+  ) {
+    res.on('close', this.onClientClose);
+  }
+
+  /** The client's socket closed before the response was complete: cancel the upstream request. */
+  private readonly onClientClose = (): void => {
+    if (this.res.writableFinished || this.settled) return;
+    this.clientGone = true;
+    this.controller?.abort(new ClientGoneError('client went away'));
   };
-  res.once('close', onClose);
-  const headers = forwardableHeaders(req.rawHeaders, opts.dropHeaders);
-  appendForwarded(headers, req);
-  for (const h of opts.addHeaders) headers.push(h);
-  const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
 
-  let upstream: Dispatcher.ResponseData;
-  try {
-    upstream = await opts.dispatcher.request({
-      path: opts.path,
-      method: req.method as Dispatcher.HttpMethod,
-      headers,
-      body: hasBody ? req : null,
-      signal: abort.signal,
-    });
-  } catch (err) {
-    res.off('close', onClose);
-    throw toUpstreamError(err);
+  private readonly onDrain = (): void => {
+    this.controller?.resume();
+  };
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.clientGone) controller.abort(new ClientGoneError('client went away'));
   }
-  opts.onResponse?.(upstream.statusCode);
-  res.writeHead(upstream.statusCode, forwardableResponseHeaders(upstream.headers));
-  try {
-    await pipeline(upstream.body, res);
-  } catch {
-    // Client went away or upstream reset mid-body: headers are out, so the only honest signal is a cut connection.
-    res.destroy();
-    upstream.body.destroy();
-  } finally {
-    res.off('close', onClose);
-  }
-}
 
-/** X-Forwarded-For/-Proto/-Host: appended to what earlier hops said (de-facto convention, RFC 7239 for the idea). */
-function appendForwarded(headers: string[], req: IncomingMessage): void {
-  const peer = req.socket.remoteAddress ?? '';
-  const proto = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
-  mergeAppend(headers, 'x-forwarded-for', peer);
-  mergeAppend(headers, 'x-forwarded-proto', proto);
-  if (req.headers.host) mergeAppend(headers, 'x-forwarded-host', req.headers.host);
-}
-
-function mergeAppend(headers: string[], name: string, value: string): void {
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i]!.toLowerCase() === name) {
-      headers[i + 1] = `${headers[i + 1]}, ${value}`;
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    // 1xx informational answers (103 Early Hints) are not the response; wait for the final one (RFC 9110 §15.2).
+    if (statusCode < 200 || this.settled) return;
+    this.onResponse?.(statusCode);
+    try {
+      this.res.writeHead(statusCode, forwardableResponseHeaders(headers));
+    } catch (err) {
+      // Node refused a header undici accepted: treat like a broken upstream, before anything went out.
+      controller.abort(err as Error);
       return;
     }
+    this.started = true;
+    this.res.on('drain', this.onDrain);
   }
-  headers.push(name, value);
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    // Backpressure: stop reading the upstream socket until the client drains what it has.
+    if (!this.res.write(chunk)) controller.pause();
+  }
+
+  onResponseEnd(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.cleanup();
+    this.res.end();
+    this.resolve();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.cleanup();
+    if (this.clientGone || err instanceof ClientGoneError) {
+      this.res.destroy();
+      this.resolve();
+    } else if (this.started || this.res.headersSent) {
+      // Headers are out: the only honest signal of a broken body is a cut connection, never a fake complete response.
+      this.res.destroy();
+      this.resolve();
+    } else {
+      // A request body that broke because the client vanished is not the upstream's fault.
+      if (this.req.destroyed && !this.req.complete) {
+        this.res.destroy();
+        this.resolve();
+        return;
+      }
+      this.reject(toUpstreamError(err));
+    }
+  }
+
+  private cleanup(): void {
+    this.res.off('close', this.onClientClose);
+    this.res.off('drain', this.onDrain);
+  }
 }
+
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
 
 /** undici error codes → our coded upstream errors (timeout → 504, connect failure → 502). */
 export function toUpstreamError(err: unknown): UpstreamError {
@@ -86,9 +151,9 @@ export function toUpstreamError(err: unknown): UpstreamError {
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return new UpstreamError('upstream_timeout', 'upstream did not answer in time', { cause: err });
   }
-  if (code === 'UND_ERR_CONNECT_TIMEOUT' || ['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ECONNRESET', 'EAI_AGAIN'].includes(code || cause)) {
-    if (code === 'ECONNRESET' || cause === 'ECONNRESET') return new UpstreamError('upstream_reset', 'upstream closed the connection', { cause: err });
+  if (CONNECT_FAILURES.has(code) || CONNECT_FAILURES.has(cause)) {
     return new UpstreamError('upstream_connect_failed', 'upstream is unreachable', { cause: err });
   }
+  if (code === 'ECONNRESET' || cause === 'ECONNRESET') return new UpstreamError('upstream_reset', 'upstream closed the connection', { cause: err });
   return new UpstreamError('upstream_reset', 'upstream connection failed', { cause: err });
 }

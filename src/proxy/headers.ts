@@ -1,3 +1,5 @@
+import type { IncomingMessage } from 'node:http';
+
 /**
  * Header hygiene for a forwarding proxy (RFC 9110 §7.6.1): hop-by-hop headers
  * and every header named in `Connection` belong to one connection and are
@@ -16,17 +18,29 @@ export const HOP_BY_HOP = new Set([
   'http2-settings',
 ]);
 
+/**
+ * True for a header that must not cross this proxy: the hop-by-hop list plus
+ * any `Proxy-*` header (credentials and state meant for the proxy itself).
+ */
+export function isHopByHop(lowerName: string): boolean {
+  return HOP_BY_HOP.has(lowerName) || lowerName.startsWith('proxy-');
+}
+
 /** Names listed in the Connection header(s), lower-cased. */
 export function connectionTokens(rawHeaders: readonly string[]): Set<string> {
   const out = new Set<string>();
   for (let i = 0; i < rawHeaders.length; i += 2) {
     if (rawHeaders[i]!.toLowerCase() !== 'connection') continue;
-    for (const token of rawHeaders[i + 1]!.split(',')) {
-      const t = token.trim().toLowerCase();
-      if (t) out.add(t);
-    }
+    addTokens(out, rawHeaders[i + 1]!);
   }
   return out;
+}
+
+function addTokens(out: Set<string>, value: string): void {
+  for (const token of value.split(',')) {
+    const t = token.trim().toLowerCase();
+    if (t) out.add(t);
+  }
 }
 
 /**
@@ -35,29 +49,98 @@ export function connectionTokens(rawHeaders: readonly string[]): Set<string> {
  * and any name in `drop`.
  */
 export function forwardableHeaders(rawHeaders: readonly string[], drop: ReadonlySet<string>): string[] {
-  const named = connectionTokens(rawHeaders);
+  const named = rawHeaders.length > 0 ? namedByConnection(rawHeaders) : undefined;
   const out: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || named.has(lower) || drop.has(lower)) continue;
+    if (isHopByHop(lower) || drop.has(lower) || named?.has(lower)) continue;
     out.push(name, rawHeaders[i + 1]!);
   }
   return out;
 }
 
+/** Connection-named headers, or undefined when there is no Connection header (the common case: no Set allocated). */
+function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefined {
+  let named: Set<string> | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    // Cheap length check first: this loop runs on every request.
+    if (name.length !== 10 || name.toLowerCase() !== 'connection') continue;
+    addTokens((named ??= new Set()), rawHeaders[i + 1]!);
+  }
+  return named;
+}
+
+/**
+ * The header list sent upstream for a proxied request, built in one pass:
+ * hop-by-hop, Connection-named and `drop` headers removed; `Expect` removed
+ * too (Node already answered `100-continue` to the client, RFC 9110 §10.1.1);
+ * `X-Forwarded-For/-Proto/-Host` appended to what earlier hops said (the
+ * de-facto convention; RFC 7239 §4 for the idea); then `add` appended.
+ * `traceparent`/`tracestate` and every other end-to-end header pass untouched.
+ */
+export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<string>, add: readonly string[]): string[] {
+  const raw = req.rawHeaders;
+  const named = namedByConnection(raw);
+  const out: string[] = [];
+  let xff = -1;
+  let xfp = -1;
+  let xfh = -1;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (isHopByHop(lower) || lower === 'expect' || drop.has(lower) || named?.has(lower)) continue;
+    // Several X-Forwarded-* lines are merged into the first so the appended hop lands at the end of one list.
+    if (lower === 'x-forwarded-for') {
+      if (xff >= 0) {
+        out[xff] = `${out[xff]}, ${raw[i + 1]}`;
+        continue;
+      }
+      xff = out.length + 1;
+    } else if (lower === 'x-forwarded-proto') {
+      if (xfp >= 0) {
+        out[xfp] = `${out[xfp]}, ${raw[i + 1]}`;
+        continue;
+      }
+      xfp = out.length + 1;
+    } else if (lower === 'x-forwarded-host') {
+      if (xfh >= 0) {
+        out[xfh] = `${out[xfh]}, ${raw[i + 1]}`;
+        continue;
+      }
+      xfh = out.length + 1;
+    }
+    out.push(name, raw[i + 1]!);
+  }
+  const socket = req.socket as { remoteAddress?: string; encrypted?: boolean };
+  appendAt(out, xff, 'x-forwarded-for', socket.remoteAddress ?? '');
+  appendAt(out, xfp, 'x-forwarded-proto', socket.encrypted ? 'https' : 'http');
+  const host = req.headers.host;
+  if (host) appendAt(out, xfh, 'x-forwarded-host', host);
+  for (let i = 0; i < add.length; i++) out.push(add[i]!);
+  return out;
+}
+
+function appendAt(out: string[], valueIndex: number, name: string, value: string): void {
+  if (valueIndex >= 0) out[valueIndex] = `${out[valueIndex]}, ${value}`;
+  else out.push(name, value);
+}
+
 /** The same filtering for a response header object as undici returns it. */
 export function forwardableResponseHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
-  const named = new Set<string>();
+  let named: Set<string> | undefined;
   const conn = headers.connection;
-  for (const v of Array.isArray(conn) ? conn : conn ? [conn] : []) {
-    for (const t of v.split(',')) if (t.trim()) named.add(t.trim().toLowerCase());
+  if (conn !== undefined) {
+    named = new Set();
+    for (const v of Array.isArray(conn) ? conn : [conn]) addTokens(named, v);
   }
   const out: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(headers)) {
+  for (const name in headers) {
+    const value = headers[name];
     if (value === undefined) continue;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || named.has(lower)) continue;
+    if (isHopByHop(lower) || named?.has(lower)) continue;
     out[name] = value;
   }
   return out;

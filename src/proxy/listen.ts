@@ -1,8 +1,14 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
-import { readFileSync } from 'node:fs';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { checkRequestHead, handleClientError } from './limits.js';
+import { sendError, writeRawError } from './respond.js';
+import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
+
+export type { TlsFiles } from './tls.js';
 
 export interface ListenAddress {
   host: string;
@@ -17,30 +23,80 @@ export function parseListen(listen: string): ListenAddress {
   return { host: host || '0.0.0.0', port: Number(listen.slice(idx + 1)) };
 }
 
-export interface TlsFiles {
-  certFile: string;
-  keyFile: string;
+/** A handler for requests that leave HTTP behind (`Upgrade`, `CONNECT`). */
+export type SocketHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+
+export interface LimitedServerOptions {
+  /** `Upgrade:` requests (WebSocket), after the same limit checks as any request. Absent: Upgrade is ignored and the request served as plain HTTP. */
+  upgrade?: SocketHandler;
+  /** `CONNECT` requests. Absent: 405. */
+  connect?: SocketHandler;
+  /** For TLS reload events. */
+  logger?: Logger;
+  /** How often TLS files are polled for changes, milliseconds (default 1000). */
+  tlsPollMs?: number;
 }
 
-/** An HTTP(S) server with the sidecar's limits applied (slowloris, header size/count, idle keep-alive). */
+/**
+ * An HTTP(S) server with the sidecar's limits applied: header size (431),
+ * header count (431), a single Host (400), headers timeout against slowloris
+ * (408), whole-request timeout (408), idle keep-alive timeout. A client that
+ * breaks a limit gets its 4xx on its own connection; others keep being served.
+ * With `tls`, the certificate is reloaded when its files change.
+ */
 export function createLimitedServer(
   limits: LimitsConfig,
   handler: (req: IncomingMessage, res: ServerResponse) => void,
   tls?: TlsFiles,
+  options: LimitedServerOptions = {},
 ): Server {
-  const options = {
+  const headersTimeout = limits.headersTimeoutSeconds * 1000;
+  const requestTimeout = limits.requestTimeoutSeconds * 1000;
+  const serverOptions = {
     maxHeaderSize: limits.maxHeaderBytes,
-    headersTimeout: limits.headersTimeoutSeconds * 1000,
-    requestTimeout: limits.requestTimeoutSeconds * 1000,
+    headersTimeout,
+    requestTimeout,
     keepAliveTimeout: limits.keepAliveTimeoutSeconds * 1000,
+    // Node checks the two timeouts above only every `connectionsCheckingInterval` (30 s by default),
+    // which would let a slowloris client hold a socket up to 30 s past the limit.
+    connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 2))),
     // Node rejects a request with both Content-Length and Transfer-Encoding (smuggling); keep that strictness.
     insecureHTTPParser: false,
   };
-  const server = tls
-    ? createHttpsServer({ ...options, cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) }, handler)
-    : createHttpServer(options, handler);
+  const guarded = (req: IncomingMessage, res: ServerResponse) => {
+    const violation = checkRequestHead(req, limits.maxHeaderCount);
+    if (violation) {
+      res.shouldKeepAlive = false;
+      sendError(res, violation.status, violation.reason, violation.message);
+      return;
+    }
+    handler(req, res);
+  };
+  let server: Server;
+  let stopTls = () => {};
+  if (tls) {
+    const https = createHttpsServer({ ...serverOptions, ...loadTlsMaterial(tls) }, guarded);
+    stopTls = watchTlsFiles(https, tls, options.logger, options.tlsPollMs);
+    server = https as HttpsServer as unknown as Server;
+  } else {
+    server = createHttpServer(serverOptions, guarded);
+  }
+  server.once('close', () => stopTls());
+  // Requests over the count limit are refused above; this only keeps Node from building a huge req.headers first.
   server.maxHeadersCount = limits.maxHeaderCount;
-  return server as Server;
+  server.on('clientError', handleClientError);
+
+  const guardSocket = (next: SocketHandler | undefined, fallback: (socket: Duplex) => void): SocketHandler => (req, socket, head) => {
+    // Node hands these sockets over without an error listener; one reset must not take the process down.
+    socket.on('error', () => socket.destroy());
+    const violation = checkRequestHead(req, limits.maxHeaderCount);
+    if (violation) return writeRawError(socket, violation.status, violation.reason, violation.message);
+    if (next) next(req, socket, head);
+    else fallback(socket);
+  };
+  if (options.upgrade) server.on('upgrade', guardSocket(options.upgrade, () => {}));
+  server.on('connect', guardSocket(options.connect, (socket) => writeRawError(socket, 405, 'connect_not_supported')));
+  return server;
 }
 
 /** Listens and resolves with the bound address (port 0 → the real port). */

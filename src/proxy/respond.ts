@@ -1,4 +1,5 @@
-import type { ServerResponse } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 
 /**
  * Sends the sidecar's own small JSON error response: `{"error": "...", "reason": "<code>"}`.
@@ -24,4 +25,28 @@ export function sendError(
     ...extraHeaders,
   });
   res.end(body);
+}
+
+/**
+ * The same JSON error written straight onto a socket that has no
+ * ServerResponse (Upgrade and CONNECT requests, parser errors), then the
+ * connection is closed: after an error on a raw socket nothing reliable can
+ * follow on it. `message` defaults to the reason with spaces.
+ */
+export function writeRawError(
+  socket: Duplex,
+  status: number,
+  reason: string,
+  message: string = reason.replaceAll('_', ' '),
+  extraHeaders: Record<string, string> = {},
+): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: message, reason });
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nconnection: close\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`;
+  // Values are ours (e.g. WWW-Authenticate), but a stray CR/LF must never split the response.
+  for (const name in extraHeaders) head += `${name}: ${extraHeaders[name]!.replace(/[\r\n]/g, ' ')}\r\n`;
+  socket.end(`${head}\r\n${body}`);
 }

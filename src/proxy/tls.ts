@@ -1,0 +1,76 @@
+import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import type { Server as HttpsServer } from 'node:https';
+import { SidecarError } from '../errors.js';
+import type { Logger } from '../log.js';
+
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+}
+
+export interface TlsMaterial {
+  cert: Buffer;
+  key: Buffer;
+}
+
+/** The inbound certificate or key cannot be read or do not form a usable pair. */
+export class TlsConfigError extends SidecarError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('tls_invalid', message, 1, false, options);
+  }
+}
+
+/**
+ * Reads the PEM certificate chain and private key and checks that they form a
+ * usable pair (the key matches the certificate), so a bad pair is refused
+ * before it replaces a good one.
+ */
+export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
+  const cert = readPem(files.certFile, 'certFile');
+  const key = readPem(files.keyFile, 'keyFile');
+  try {
+    createSecureContext({ cert, key });
+  } catch (err) {
+    throw new TlsConfigError(`inbound.tls: certFile and keyFile are not a usable pair: ${(err as Error).message}`, { cause: err });
+  }
+  return { cert, key };
+}
+
+function readPem(path: string, key: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new TlsConfigError(`inbound.tls.${key}: cannot read "${path}": ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+  }
+}
+
+/** How often the certificate files are checked for changes (milliseconds). */
+export const TLS_POLL_MS = 1000;
+
+/**
+ * Swaps the server's certificate when `certFile` or `keyFile` changes on disk
+ * (cert-manager renewals, Kubernetes secret updates). Stat polling rather than
+ * inotify because secret volumes are updated by swapping a symlink, which an
+ * inotify watch on the old file never sees. A new pair that is unreadable or
+ * mismatched (for instance the cert written before its key) is logged and the
+ * current one keeps serving. Returns a function that stops watching.
+ */
+export function watchTlsFiles(server: HttpsServer, files: TlsFiles, logger: Logger | undefined, pollMs = TLS_POLL_MS): () => void {
+  const onChange = (curr: Stats, prev: Stats) => {
+    if (curr.mtimeMs === prev.mtimeMs && curr.ino === prev.ino && curr.size === prev.size) return;
+    try {
+      server.setSecureContext(loadTlsMaterial(files));
+      logger?.info({ event: 'tls_reloaded', certFile: files.certFile }, 'inbound TLS certificate reloaded');
+    } catch (err) {
+      logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
+    }
+  };
+  const opts = { interval: pollMs, persistent: false };
+  watchFile(files.certFile, opts, onChange);
+  watchFile(files.keyFile, opts, onChange);
+  return () => {
+    unwatchFile(files.certFile, onChange);
+    unwatchFile(files.keyFile, onChange);
+  };
+}

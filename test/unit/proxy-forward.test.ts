@@ -1,0 +1,443 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { closedPort, rawConnect, rawExchange, readResponse, startTestProxy, type TestProxy } from './proxy-harness.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function upstream(handler?: Parameters<typeof startUpstream>[0]): Promise<UpstreamApp> {
+  const app = await startUpstream(handler);
+  cleanups.push(() => app.close());
+  return app;
+}
+
+async function proxyTo(target: string, opts: Parameters<typeof startTestProxy>[1] = {}): Promise<TestProxy> {
+  const p = await startTestProxy(target, opts);
+  cleanups.push(() => p.close());
+  return p;
+}
+
+/** A raw node:http app whose handler sees the request before its body is read. */
+async function rawApp(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ url: string; server: Server }> {
+  const server = createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(
+    () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+function sha(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** A deterministic body of `total` bytes produced on demand, honouring backpressure; `sent` counts what the consumer took. */
+function generated(total: number, chunk = 64 * 1024): { stream: Readable; sent: () => number; digest: () => string } {
+  const block = randomBytes(chunk);
+  const hash = createHash('sha256');
+  let sent = 0;
+  const stream = new Readable({
+    read() {
+      if (sent >= total) return void this.push(null);
+      const n = Math.min(chunk, total - sent);
+      const piece = n === chunk ? block : block.subarray(0, n);
+      sent += n;
+      hash.update(piece);
+      this.push(piece);
+    },
+  });
+  return { stream, sent: () => sent, digest: () => hash.copy().digest('hex') };
+}
+
+/** Waits until `value()` stops growing between two looks a while apart (a stall, however long it took to get there). */
+async function untilStalled(value: () => number, gapMs = 300): Promise<number> {
+  let last = -1;
+  for (;;) {
+    const v = value();
+    if (v === last) return v;
+    last = v;
+    await new Promise((r) => setTimeout(r, gapMs));
+  }
+}
+
+function get(url: string, headers: Record<string, string> = {}, method = 'GET'): Promise<{ status: number; headers: IncomingMessage['headers']; rawHeaders: string[]; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('forward(): streaming bodies', () => {
+  it('uploads a 24 MiB body byte-identical, chunked and with Content-Length', async () => {
+    const app = await upstream();
+    const proxy = await proxyTo(app.url);
+    const body = randomBytes(24 * 1024 * 1024);
+    for (const mode of ['chunked', 'length'] as const) {
+      const res = await new Promise<{ status: number; json: { bodyBytes: number; bodySha256: string } }>((resolve, reject) => {
+        const headers: Record<string, string | number> = mode === 'length' ? { 'content-length': body.length } : { 'transfer-encoding': 'chunked' };
+        const req = httpRequest(`${proxy.url}/upload`, { method: 'POST', headers, agent: false }, (r) => {
+          let text = '';
+          r.on('data', (d) => (text += d));
+          r.on('end', () => resolve({ status: r.statusCode!, json: JSON.parse(text) }));
+        });
+        req.on('error', reject);
+        // Several writes so the chunked mode really sends several chunks.
+        for (let off = 0; off < body.length; off += 1024 * 1024) req.write(body.subarray(off, off + 1024 * 1024));
+        req.end();
+      });
+      expect(res.status).toBe(200);
+      expect(res.json.bodyBytes).toBe(body.length);
+      expect(res.json.bodySha256).toBe(sha(body));
+    }
+  });
+
+  it('downloads a 24 MiB body byte-identical', async () => {
+    const body = randomBytes(24 * 1024 * 1024);
+    const app = await rawApp((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      for (let off = 0; off < body.length; off += 1024 * 1024) res.write(body.subarray(off, off + 1024 * 1024));
+      res.end();
+    });
+    const proxy = await proxyTo(app.url);
+    const res = await get(`${proxy.url}/download`);
+    expect(res.status).toBe(200);
+    expect(res.body.length).toBe(body.length);
+    expect(sha(res.body)).toBe(sha(body));
+  });
+
+  it('does not buffer a response the client is not reading (backpressure reaches the upstream)', async () => {
+    const total = 256 * 1024 * 1024;
+    let body: ReturnType<typeof generated> | undefined;
+    const app = await rawApp((_req, res) => {
+      body = generated(total);
+      res.writeHead(200, { 'content-length': total });
+      body.stream.pipe(res);
+    });
+    const proxy = await proxyTo(app.url);
+    const s = await rawConnect(proxy.port);
+    cleanups.push(async () => void s.destroy());
+    s.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n');
+    s.pause(); // the client reads nothing
+    while (!body) await new Promise((r) => setTimeout(r, 20));
+    const produced = await untilStalled(() => body!.sent());
+    // Socket buffers on both hops hold a few MiB; a buffering proxy would have pulled all 256 MiB.
+    expect(produced).toBeLessThan(48 * 1024 * 1024);
+
+    // Now read everything: nothing was lost while paused.
+    const hash = createHash('sha256');
+    let headerDone = false;
+    let pending = Buffer.alloc(0);
+    let bytes = 0;
+    await new Promise<void>((resolve) => {
+      s.on('data', (d: Buffer) => {
+        if (!headerDone) {
+          pending = Buffer.concat([pending, d]);
+          const end = pending.indexOf('\r\n\r\n');
+          if (end < 0) return;
+          headerDone = true;
+          d = pending.subarray(end + 4);
+        }
+        bytes += d.length;
+        hash.update(d);
+        if (bytes >= total) resolve();
+      });
+      s.resume();
+    });
+    expect(bytes).toBe(total);
+    expect(hash.digest('hex')).toBe(body!.digest());
+  });
+
+  it('does not buffer an upload the upstream is not reading (backpressure reaches the client)', async () => {
+    let upstreamReq: IncomingMessage | undefined;
+    const hash = createHash('sha256');
+    let received = 0;
+    const app = await rawApp((req, res) => {
+      upstreamReq = req;
+      req.pause(); // the app reads nothing, for now
+      req.on('end', () => res.end(JSON.stringify({ received, sha: hash.digest('hex') })));
+    });
+    const proxy = await proxyTo(app.url);
+    const total = 256 * 1024 * 1024;
+    const body = generated(total);
+    let answer: Promise<string> | undefined;
+    const req = httpRequest(`${proxy.url}/upload`, { method: 'PUT', headers: { 'content-length': total }, agent: false }, (res) => {
+      answer = new Promise((resolve) => {
+        let t = '';
+        res.on('data', (d) => (t += d));
+        res.on('end', () => resolve(t));
+      });
+    });
+    req.on('error', () => {});
+    body.stream.pipe(req);
+    cleanups.push(async () => void req.destroy());
+    while (!upstreamReq) await new Promise((r) => setTimeout(r, 20));
+    const produced = await untilStalled(() => body.sent());
+    expect(produced).toBeLessThan(48 * 1024 * 1024);
+
+    upstreamReq.on('data', (c: Buffer) => {
+      received += c.length;
+      hash.update(c);
+    });
+    upstreamReq.resume();
+    while (!answer) await new Promise((r) => setTimeout(r, 20));
+    const result = JSON.parse(await answer);
+    expect(result.received).toBe(total);
+    expect(result.sha).toBe(body.digest());
+  });
+});
+
+describe('forward(): header hygiene (RFC 9110 §7.6.1)', () => {
+  it('removes hop-by-hop and Connection-named request headers, keeps end-to-end ones byte-exact', async () => {
+    const app = await upstream();
+    const proxy = await proxyTo(app.url);
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    const tracestate = 'rojo=00f067aa0ba902b7,congo=t61rcWkgMzE';
+    const answer = await rawExchange(
+      proxy.port,
+      [
+        'POST /h?q=1 HTTP/1.1',
+        'Host: orders.internal',
+        'Connection: close, X-Named-One , x-named-two',
+        'X-Named-One: secret-for-this-hop',
+        'X-Named-Two: also',
+        'Keep-Alive: timeout=99',
+        'TE: trailers',
+        'Trailer: x-checksum',
+        'Upgrade: h2c',
+        'Proxy-Authorization: Basic dXNlcjpwYXNz',
+        'Proxy-Connection: keep-alive',
+        'Proxy-Anything: x',
+        'Transfer-Encoding: chunked',
+        `traceparent: ${traceparent}`,
+        `tracestate: ${tracestate}`,
+        'X-Custom: Kept  as-is',
+        '',
+        '5',
+        'hello',
+        '0',
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 200/);
+    const seen = app.seen[0]!;
+    const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+    for (const gone of ['x-named-one', 'x-named-two', 'keep-alive', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-anything']) {
+      expect(names).not.toContain(gone);
+    }
+    // The upstream hop has its own framing and connection management.
+    expect(seen.headers.connection).not.toMatch(/x-named/i);
+    expect(seen.headers.traceparent).toBe(traceparent);
+    expect(seen.headers.tracestate).toBe(tracestate);
+    expect(seen.headers['x-custom']).toBe('Kept  as-is');
+    expect(seen.headers.host).toBe('orders.internal');
+    expect(seen.url).toBe('/h?q=1');
+    expect(seen.bodyBytes).toBe(5);
+  });
+
+  it('removes hop-by-hop and Connection-named response headers, keeps repeated Set-Cookie', async () => {
+    const app = await rawApp((_req, res) => {
+      res.setHeader('connection', 'keep-alive, X-Resp-Named');
+      res.setHeader('x-resp-named', 'hop-only');
+      res.setHeader('keep-alive', 'timeout=99');
+      res.setHeader('trailer', 'x-sum');
+      res.setHeader('proxy-authenticate', 'Basic realm="x"');
+      res.setHeader('upgrade', 'h2c');
+      res.setHeader('set-cookie', ['a=1; Path=/', 'b=2; Path=/']);
+      res.setHeader('x-end-to-end', 'yes');
+      res.writeHead(201);
+      res.write('part one, ');
+      res.end('part two');
+    });
+    const proxy = await proxyTo(app.url);
+    const res = await get(`${proxy.url}/r`);
+    expect(res.status).toBe(201);
+    expect(res.body.toString()).toBe('part one, part two');
+    expect(res.headers['x-resp-named']).toBeUndefined();
+    expect(res.headers['trailer']).toBeUndefined();
+    expect(res.headers['proxy-authenticate']).toBeUndefined();
+    expect(res.headers['upgrade']).toBeUndefined();
+    expect(res.headers['keep-alive'] ?? '').not.toContain('99');
+    expect(res.headers['x-end-to-end']).toBe('yes');
+    expect(res.headers['set-cookie']).toEqual(['a=1; Path=/', 'b=2; Path=/']);
+  });
+
+  it('appends X-Forwarded-For/-Proto/-Host to what earlier hops said', async () => {
+    const app = await upstream();
+    const proxy = await proxyTo(app.url);
+    await rawExchange(
+      proxy.port,
+      'GET / HTTP/1.1\r\nHost: api.example\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.2\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n',
+    );
+    await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: first.example\r\nConnection: close\r\n\r\n');
+    const [withHops, fresh] = app.seen;
+    expect(withHops!.headers['x-forwarded-for']).toBe('203.0.113.7, 198.51.100.2, 127.0.0.1');
+    expect(withHops!.headers['x-forwarded-proto']).toBe('https, http');
+    expect(withHops!.headers['x-forwarded-host']).toBe('api.example');
+    expect(fresh!.headers['x-forwarded-for']).toBe('127.0.0.1');
+    expect(fresh!.headers['x-forwarded-proto']).toBe('http');
+    expect(fresh!.headers['x-forwarded-host']).toBe('first.example');
+    // One line each: the appended hop is at the end of a single list.
+    expect(withHops!.rawHeaders.filter((n) => n.toLowerCase() === 'x-forwarded-for')).toHaveLength(1);
+  });
+
+  it('drops the caller-named headers before adding its own (identity headers cannot be spoofed)', async () => {
+    const app = await upstream();
+    const proxy = await proxyTo(app.url, { dropHeaders: ['x-peer-sub', 'authorization'], addHeaders: ['x-peer-sub', 'verified-subject'] });
+    await get(`${proxy.url}/`, { 'X-Peer-Sub': 'forged', authorization: 'Bearer abc' });
+    expect(app.seen[0]!.headers['x-peer-sub']).toBe('verified-subject');
+    expect(app.seen[0]!.headers.authorization).toBeUndefined();
+  });
+
+  it('answers Expect: 100-continue itself and forwards the body without the Expect header', async () => {
+    const app = await upstream();
+    const proxy = await proxyTo(app.url);
+    const status = await new Promise<{ continued: boolean; status: number }>((resolve, reject) => {
+      let continued = false;
+      const req = httpRequest(`${proxy.url}/e`, { method: 'POST', headers: { expect: '100-continue', 'content-length': 3 }, agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve({ continued, status: res.statusCode! }));
+      });
+      req.on('continue', () => {
+        continued = true;
+        req.end('abc');
+      });
+      req.on('error', reject);
+    });
+    expect(status).toEqual({ continued: true, status: 200 });
+    expect(app.seen[0]!.headers.expect).toBeUndefined();
+    expect(app.seen[0]!.bodyBytes).toBe(3);
+  });
+
+  it('passes HEAD, 204 and 304 answers through without inventing a body', async () => {
+    const app = await rawApp((req, res) => {
+      if (req.url === '/204') return void res.writeHead(204).end();
+      if (req.url === '/304') return void res.writeHead(304, { etag: '"v1"' }).end();
+      res.writeHead(200, { 'content-length': 11, 'content-type': 'text/plain' }).end(req.method === 'HEAD' ? undefined : 'hello world');
+    });
+    const proxy = await proxyTo(app.url);
+    const head = await get(`${proxy.url}/x`, {}, 'HEAD');
+    expect(head.status).toBe(200);
+    expect(head.headers['content-length']).toBe('11');
+    expect(head.body.length).toBe(0);
+    expect((await get(`${proxy.url}/204`)).status).toBe(204);
+    const notModified = await get(`${proxy.url}/304`, { 'if-none-match': '"v1"' });
+    expect(notModified.status).toBe(304);
+    expect(notModified.headers.etag).toBe('"v1"');
+  });
+});
+
+describe('forward(): upstream failures', () => {
+  it('answers 502 upstream_connect_failed when nothing listens upstream', async () => {
+    const port = await closedPort();
+    const proxy = await proxyTo(`http://127.0.0.1:${port}`);
+    const res = await get(`${proxy.url}/`);
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body.toString())).toEqual({ error: 'upstream is unreachable', reason: 'upstream_connect_failed' });
+    expect(proxy.errors).toEqual(['upstream_connect_failed']);
+  });
+
+  it('answers 504 upstream_timeout when the upstream does not answer in time', async () => {
+    const app = await rawApp(() => {
+      /* never answers */
+    });
+    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.3 } });
+    const res = await get(`${proxy.url}/slow`);
+    expect(res.status).toBe(504);
+    expect(JSON.parse(res.body.toString()).reason).toBe('upstream_timeout');
+    expect(proxy.errors).toEqual(['upstream_timeout']);
+  });
+
+  it('answers 502 upstream_reset when the upstream closes the connection before answering', async () => {
+    const app = await rawApp((req) => req.socket.destroy());
+    const proxy = await proxyTo(app.url);
+    const res = await get(`${proxy.url}/`);
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body.toString()).reason).toBe('upstream_reset');
+  });
+
+  for (const framing of ['content-length', 'chunked'] as const) {
+    it(`cuts the client connection when the upstream resets mid-body (${framing}): never a fake complete response`, async () => {
+      const app = await rawApp((req, res) => {
+        res.writeHead(200, framing === 'content-length' ? { 'content-length': 1_000_000 } : {});
+        res.write(Buffer.alloc(100_000, 1), () => setTimeout(() => req.socket.destroy(), 20));
+      });
+      const proxy = await proxyTo(app.url);
+      const outcome = await new Promise<{ status: number; bytes: number; complete: boolean }>((resolve) => {
+        const req = httpRequest(`${proxy.url}/`, { agent: false }, (res) => {
+          let bytes = 0;
+          res.on('data', (c: Buffer) => (bytes += c.length));
+          res.on('end', () => resolve({ status: res.statusCode!, bytes, complete: res.complete }));
+          res.on('error', () => resolve({ status: res.statusCode!, bytes, complete: res.complete }));
+          res.on('close', () => resolve({ status: res.statusCode!, bytes, complete: res.complete }));
+        });
+        req.on('error', () => {});
+        req.end();
+      });
+      expect(outcome.status).toBe(200);
+      expect(outcome.complete).toBe(false);
+      expect(outcome.bytes).toBeLessThan(1_000_000);
+    });
+  }
+
+  it('cancels the upstream request when the client goes away while waiting', async () => {
+    let upstreamClosed: Promise<boolean> | undefined;
+    const app = await rawApp((req, res) => {
+      upstreamClosed = new Promise((resolve) => res.on('close', () => resolve(!res.writableFinished)));
+      // Never answers: only a cancelled request ends this exchange.
+    });
+    const proxy = await proxyTo(app.url);
+    const s = await rawConnect(proxy.port);
+    s.write('GET /wait HTTP/1.1\r\nHost: x\r\n\r\n');
+    while (!upstreamClosed) await new Promise((r) => setTimeout(r, 10));
+    s.destroy();
+    expect(await upstreamClosed).toBe(true);
+    expect(proxy.errors).toEqual([]);
+  });
+
+  it('cancels the upstream request when the client goes away mid-upload', async () => {
+    let upstreamAborted: Promise<boolean> | undefined;
+    let upstreamBytes = 0;
+    const app = await rawApp((req) => {
+      upstreamAborted = new Promise((resolve) => {
+        req.on('data', (c: Buffer) => (upstreamBytes += c.length));
+        req.on('close', () => resolve(!req.complete));
+      });
+    });
+    const proxy = await proxyTo(app.url);
+    const s = await rawConnect(proxy.port);
+    s.write('POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n');
+    s.write(Buffer.alloc(50_000, 7));
+    while (!upstreamAborted || upstreamBytes === 0) await new Promise((r) => setTimeout(r, 10));
+    s.destroy();
+    expect(await upstreamAborted).toBe(true);
+    expect(proxy.errors).toEqual([]);
+  });
+
+  it('keeps serving on the same keep-alive connection after an upstream error', async () => {
+    const port = await closedPort();
+    const proxy = await proxyTo(`http://127.0.0.1:${port}`);
+    const s = await rawConnect(proxy.port);
+    cleanups.push(async () => void s.destroy());
+    s.write('GET /1 HTTP/1.1\r\nHost: x\r\n\r\n');
+    expect((await readResponse(s)).status).toBe(502);
+    s.write('GET /2 HTTP/1.1\r\nHost: x\r\n\r\n');
+    expect((await readResponse(s)).status).toBe(502);
+  });
+});

@@ -1,0 +1,171 @@
+import { request as httpRequest } from 'node:http';
+import type { Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { configSchema, type LimitsConfig } from '../../src/config/schema.js';
+import type { LimitedServerOptions } from '../../src/proxy/listen.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { rawConnect, rawExchange, readResponse, startTestProxy, type TestProxy } from './proxy-harness.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup(limits: Partial<LimitsConfig> = {}, server?: LimitedServerOptions): Promise<{ app: UpstreamApp; proxy: TestProxy }> {
+  const app = await startUpstream();
+  const proxy = await startTestProxy(app.url, { limits, ...(server ? { server } : {}) });
+  cleanups.push(() => app.close(), () => proxy.close());
+  return { app, proxy };
+}
+
+function headerLines(n: number): string {
+  let s = '';
+  for (let i = 0; i < n; i++) s += `X-H${i}: v\r\n`;
+  return s;
+}
+
+function jsonBody(raw: string): unknown {
+  return JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4));
+}
+
+/** Plain GET through a fresh connection; resolves with the status. */
+function getStatus(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    httpRequest(url, { agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
+describe('header limits', () => {
+  it('refuses more headers than limits.maxHeaderCount with 431 instead of silently truncating', async () => {
+    const { app, proxy } = await setup({ maxHeaderCount: 20 });
+    // Host + 18 + Connection = 20: exactly at the limit passes.
+    const ok = await rawExchange(proxy.port, `GET /ok HTTP/1.1\r\nHost: x\r\n${headerLines(18)}Connection: close\r\n\r\n`);
+    expect(ok).toMatch(/^HTTP\/1\.1 200/);
+    // One more, and the last one is an Authorization header Node would have dropped from req.headers.
+    const over = await rawExchange(proxy.port, `GET /over HTTP/1.1\r\nHost: x\r\n${headerLines(18)}Connection: close\r\nAuthorization: Bearer hidden\r\n\r\n`);
+    expect(over).toMatch(/^HTTP\/1\.1 431 /);
+    expect(jsonBody(over)).toEqual({ error: 'more than 20 request headers', reason: 'too_many_headers' });
+    expect(app.seen.map((s) => s.url)).toEqual(['/ok']);
+  });
+
+  it('refuses a header block larger than limits.maxHeaderBytes with 431', async () => {
+    const { app, proxy } = await setup({ maxHeaderBytes: 4096 });
+    const answer = await rawExchange(proxy.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(5000)}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+    expect(jsonBody(answer)).toEqual({ error: 'headers too large', reason: 'headers_too_large' });
+    expect(app.seen).toHaveLength(0);
+    expect(await getStatus(`${proxy.url}/after`)).toBe(200);
+  });
+
+  it('refuses two Host headers with 400 (RFC 9112 §3.2)', async () => {
+    const { app, proxy } = await setup();
+    const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(jsonBody(answer)).toMatchObject({ reason: 'bad_request' });
+    expect(app.seen).toHaveLength(0);
+  });
+
+  it('answers a malformed request with 400 JSON and keeps serving', async () => {
+    const { proxy } = await setup();
+    const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(jsonBody(answer)).toEqual({ error: 'bad request', reason: 'bad_request' });
+    expect(await getStatus(`${proxy.url}/`)).toBe(200);
+  });
+});
+
+describe('timeouts', () => {
+  it('answers a client that never finishes its headers (slowloris) with 408 while others are served', async () => {
+    const { proxy } = await setup({ headersTimeoutSeconds: 0.5, requestTimeoutSeconds: 5 });
+    const slow = await rawConnect(proxy.port);
+    let answer = '';
+    slow.on('data', (d) => (answer += d));
+    const closed = new Promise<void>((r) => slow.on('close', () => r()));
+    slow.write('GET / HTTP/1.1\r\nHost: x\r\nX-Dribble: a');
+    // Served while the slow one dribbles.
+    expect(await getStatus(`${proxy.url}/meanwhile`)).toBe(200);
+    slow.write('b');
+    await closed;
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+    expect(jsonBody(answer)).toEqual({ error: 'request timeout', reason: 'request_timeout' });
+  });
+
+  it('closes an idle keep-alive connection after limits.keepAliveTimeoutSeconds', async () => {
+    const { proxy } = await setup({ keepAliveTimeoutSeconds: 0.3 });
+    const s = await rawConnect(proxy.port);
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.write('GET /1 HTTP/1.1\r\nHost: x\r\n\r\n');
+    const first = await readResponse(s);
+    expect(first.status).toBe(200);
+    // The connection was kept open for reuse...
+    s.write('GET /2 HTTP/1.1\r\nHost: x\r\n\r\n');
+    expect((await readResponse(s)).status).toBe(200);
+    // ...and once idle, the server closes it on its own.
+    await closed;
+    expect(s.destroyed).toBe(true);
+  });
+
+  it('serves real clients while 300 idle and half-open connections hang around, then sheds them', async () => {
+    const { app, proxy } = await setup({ headersTimeoutSeconds: 1, requestTimeoutSeconds: 5 });
+    const idle: Socket[] = [];
+    const closedIdle: Promise<string>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const s = await rawConnect(proxy.port);
+      // A third send nothing, a third half a request line, a third half the headers.
+      if (i % 3 === 1) s.write('GET /idle');
+      if (i % 3 === 2) s.write('GET /idle HTTP/1.1\r\nHost: x\r\n');
+      let got = '';
+      s.on('data', (d) => (got += d));
+      s.on('error', () => {});
+      closedIdle.push(new Promise((r) => s.on('close', () => r(got))));
+      idle.push(s);
+    }
+    cleanups.push(async () => idle.forEach((s) => s.destroy()));
+    const statuses = await Promise.all(Array.from({ length: 50 }, (_, i) => getStatus(`${proxy.url}/real/${i}`)));
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    expect(app.seen.filter((s) => s.url.startsWith('/real/'))).toHaveLength(50);
+    // The headers timeout reclaims every one of them; the ones that started a request are told why.
+    const answers = await Promise.all(closedIdle);
+    expect(answers).toHaveLength(300);
+    for (let i = 1; i < 300; i += 3) expect(answers[i]).toMatch(/^HTTP\/1\.1 408 /);
+    expect(app.seen.some((s) => s.url === '/idle')).toBe(false);
+  });
+});
+
+describe('listener hygiene', () => {
+  it('refuses CONNECT with 405 when no handler is given', async () => {
+    const { proxy } = await setup();
+    const answer = await rawExchange(proxy.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 405 /);
+    expect(jsonBody(answer)).toMatchObject({ reason: 'connect_not_supported' });
+  });
+
+  it('applies the header-count limit to Upgrade requests too, and survives a client resetting an upgraded socket', async () => {
+    const upgraded: Socket[] = [];
+    const { proxy } = await setup({ maxHeaderCount: 10 }, { upgrade: (_req, socket) => void upgraded.push(socket as Socket) });
+    const over = await rawExchange(proxy.port, `GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n${headerLines(10)}\r\n`);
+    expect(over).toMatch(/^HTTP\/1\.1 431 /);
+    expect(upgraded).toHaveLength(0);
+
+    const s = await rawConnect(proxy.port);
+    s.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    while (upgraded.length === 0) await new Promise((r) => setTimeout(r, 10));
+    s.resetAndDestroy();
+    await new Promise((r) => upgraded[0]!.once('close', r));
+    expect(await getStatus(`${proxy.url}/still-alive`)).toBe(200);
+  });
+});
+
+describe('limits config', () => {
+  it('refuses a headers timeout longer than the request timeout, naming the key', () => {
+    const r = configSchema.safeParse({ service: 's', outbound: {}, limits: { headersTimeoutSeconds: 20, requestTimeoutSeconds: 10 } });
+    expect(r.success).toBe(false);
+    expect(r.error!.issues.map((i) => i.path.join('.'))).toContain('limits.headersTimeoutSeconds');
+    expect(configSchema.safeParse({ service: 's', outbound: {}, limits: { headersTimeoutSeconds: 20, requestTimeoutSeconds: 0 } }).success).toBe(true);
+  });
+});
