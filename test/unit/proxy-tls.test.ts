@@ -1,0 +1,115 @@
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/log.js';
+import { createLimitedServer } from '../../src/proxy/listen.js';
+import { loadTlsMaterial, TlsConfigError } from '../../src/proxy/tls.js';
+import { startUpstream } from '../support/upstream.js';
+import { limitsWith, startTestProxy } from './proxy-harness.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-tls-'));
+
+/** A self-signed certificate for 127.0.0.1 made with the openssl CLI (node:crypto cannot sign X.509). */
+function selfSigned(name: string): { cert: string; key: string; pem: string } {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`,
+    '-addext', 'subjectAltName=IP:127.0.0.1',
+  ], { stdio: 'ignore' });
+  return { cert, key, pem: execFileSync('cat', [cert]).toString() };
+}
+
+function captureLogs(): { logger: ReturnType<typeof createLogger>; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const logger = createLogger({ level: 'info', destination: { write: (s: string) => void lines.push(JSON.parse(s)) } });
+  return { logger, lines };
+}
+
+/** One HTTPS GET trusting `ca`; resolves with the certificate's CN and the JSON body. */
+function get(url: string, ca: string): Promise<{ cn: string; body: { headers: Record<string, string> } }> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(url, { ca, agent: false }, (res) => {
+      const cn = String((res.socket as TLSSocket).getPeerCertificate().subject.CN);
+      let t = '';
+      res.on('data', (d) => (t += d));
+      res.on('end', () => resolve({ cn, body: JSON.parse(t) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function until(pred: () => boolean | Promise<boolean>): Promise<void> {
+  while (!(await pred())) await new Promise((r) => setTimeout(r, 25));
+}
+
+describe('inbound TLS', () => {
+  it('serves HTTPS, tells the app X-Forwarded-Proto: https, and reloads the certificate when its files change', async () => {
+    const a = selfSigned('cert-a');
+    const b = selfSigned('cert-b');
+    const live = { cert: join(dir, 'live.crt'), key: join(dir, 'live.key') };
+    copyFileSync(a.cert, live.cert);
+    copyFileSync(a.key, live.key);
+    const { logger, lines } = captureLogs();
+    const app = await startUpstream();
+    const proxy = await startTestProxy(app.url, { tls: { certFile: live.cert, keyFile: live.key }, server: { logger, tlsPollMs: 50 } });
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    const first = await get(`${proxy.url}/`, a.pem);
+    expect(first.cn).toBe('cert-a');
+    expect(first.body.headers['x-forwarded-proto']).toBe('https');
+
+    // Renewal: key and certificate replaced on disk (key first, as a careless writer might).
+    copyFileSync(b.key, live.key);
+    copyFileSync(b.cert, live.cert);
+    await until(() => lines.some((l) => l.event === 'tls_reloaded'));
+    await until(async () => (await get(`${proxy.url}/`, b.pem).catch(() => undefined))?.cn === 'cert-b');
+  });
+
+  it('keeps serving the current certificate when the new files do not form a pair', async () => {
+    const a = selfSigned('keep-a');
+    const b = selfSigned('keep-b');
+    const live = { cert: join(dir, 'keep.crt'), key: join(dir, 'keep.key') };
+    copyFileSync(a.cert, live.cert);
+    copyFileSync(a.key, live.key);
+    const { logger, lines } = captureLogs();
+    const app = await startUpstream();
+    const proxy = await startTestProxy(app.url, { tls: { certFile: live.cert, keyFile: live.key }, server: { logger, tlsPollMs: 50 } });
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    copyFileSync(b.cert, live.cert); // certificate B with key A: mismatched
+    await until(() => lines.some((l) => l.event === 'tls_reload_failed'));
+    expect((await get(`${proxy.url}/`, a.pem)).cn).toBe('keep-a');
+    expect(JSON.stringify(lines)).not.toContain('PRIVATE KEY');
+  });
+
+  it('refuses unreadable or mismatched files at startup with a coded error naming the key', () => {
+    const a = selfSigned('start-a');
+    const b = selfSigned('start-b');
+    const missing = { certFile: join(dir, 'nope.crt'), keyFile: a.key };
+    expect(() => loadTlsMaterial(missing)).toThrow(TlsConfigError);
+    expect(() => loadTlsMaterial(missing)).toThrow(/inbound\.tls\.certFile: cannot read ".*nope\.crt": ENOENT/);
+    expect(() => createLimitedServer(limitsWith(), () => {}, missing)).toThrow(TlsConfigError);
+    try {
+      loadTlsMaterial({ certFile: a.cert, keyFile: b.key });
+      expect.unreachable();
+    } catch (err) {
+      expect((err as TlsConfigError).code).toBe('tls_invalid');
+      expect((err as Error).message).toMatch(/not a usable pair/);
+    }
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, 'not a pem');
+    expect(() => loadTlsMaterial({ certFile: garbage, keyFile: a.key })).toThrow(TlsConfigError);
+  });
+});
