@@ -1,0 +1,170 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { ConfigError } from '../../src/errors.js';
+import { compileGlob, createMatcher } from '../../src/inbound/matcher.js';
+import { BadPathError, normalizePath, normalizeTarget } from '../../src/inbound/path.js';
+
+function badPath(p: string): string {
+  try {
+    normalizePath(p);
+  } catch (err) {
+    expect(err).toBeInstanceOf(BadPathError);
+    return (err as BadPathError).code;
+  }
+  throw new Error(`expected ${p} to be refused`);
+}
+
+describe('normalizePath', () => {
+  it('resolves dot segments (RFC 3986 §5.2.4), also percent-encoded, and never climbs above /', () => {
+    const cases: [string, string][] = [
+      ['/', '/'],
+      ['/a/b/../c', '/a/c'],
+      ['/a/./b', '/a/b'],
+      ['/a/b/..', '/a/'],
+      ['/a/b/.', '/a/b/'],
+      ['/../../etc/passwd', '/etc/passwd'],
+      ['/public/%2e%2e/admin', '/admin'],
+      ['/public/%2E%2E/admin', '/admin'],
+      ['/public/.%2e/admin', '/admin'],
+      ['/public/%2e./admin', '/admin'],
+      ['/a/%2e/b', '/a/b'],
+      ['/a/...', '/a/...'],
+      ['/a/..b/c', '/a/..b/c'],
+    ];
+    for (const [input, want] of cases) expect(normalizePath(input), input).toBe(want);
+  });
+
+  it('collapses empty segments, keeps a trailing slash and case', () => {
+    expect(normalizePath('//a///b//')).toBe('/a/b/');
+    expect(normalizePath('/A/b')).toBe('/A/b');
+  });
+
+  it('decodes percent-encoded unreserved characters and upper-cases other escapes (RFC 3986 §6.2.2)', () => {
+    expect(normalizePath('/%61%62%7e%2d%5f')).toBe('/ab~-_');
+    expect(normalizePath('/a%3bb/%25/%c3%a9')).toBe('/a%3Bb/%25/%C3%A9');
+    expect(normalizePath('/a%20b')).toBe('/a%20b');
+  });
+
+  it('refuses encoded slash/backslash/NUL, raw backslash, ";", "#", controls, spaces, non-ASCII and broken escapes', () => {
+    for (const p of ['/a%2Fb', '/a%2fb', '/a%5Cb', '/a%5cb', '/a%00', '/a\\b', '/admin;x/y', '/a#b', '/a\u0001', '/a b', '/caf\u00e9', '/a%', '/a%4', '/a%zz', 'a/b']) {
+      expect(badPath(p), JSON.stringify(p)).toBe('bad_path');
+    }
+  });
+
+  it('splits off the query untouched, accepts absolute-form and refuses asterisk-form', () => {
+    expect(normalizeTarget('/a/../b?x=%2e%2e&y=/..')).toEqual({ path: '/b', query: '?x=%2e%2e&y=/..' });
+    expect(normalizeTarget('http://orders:8080/a/./b?q')).toEqual({ path: '/a/b', query: '?q' });
+    expect(normalizeTarget('http://orders:8080')).toEqual({ path: '/', query: '' });
+    expect(() => normalizeTarget('*')).toThrow(BadPathError);
+    expect(() => normalizeTarget('orders:443')).toThrow(BadPathError);
+  });
+
+  const segment = fc.oneof(
+    fc.constantFrom('.', '..', '%2e', '%2E%2e', '.%2e', '', 'a', 'admin', 'public', '%41', '~', '%7E', '*', '%20', '...'),
+    fc.stringMatching(/^[A-Za-z0-9._~!$&'()*+,=:@-]{1,6}$/),
+  );
+  const path = fc.array(segment, { maxLength: 12 }).map((s) => `/${s.join('/')}`);
+
+  it('property: normalised paths are absolute, have no dot or empty segments, and normalising again changes nothing', () => {
+    fc.assert(
+      fc.property(path, (p) => {
+        const n = normalizePath(p);
+        expect(n.startsWith('/')).toBe(true);
+        const segs = n.split('/').slice(1, n.endsWith('/') ? -1 : undefined);
+        for (const s of segs) expect(['', '.', '..']).not.toContain(s);
+        expect(normalizePath(n)).toBe(n);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('property: agrees with the WHATWG URL resolver on dot segments (the resolver apps and browsers use)', () => {
+    const plain = fc.array(fc.constantFrom('.', '..', '%2e', '%2e%2e', '.%2e', 'a', 'b', 'admin'), { minLength: 1, maxLength: 10 });
+    fc.assert(
+      fc.property(plain, (segs) => {
+        const p = `/${segs.join('/')}`;
+        const viaUrl = new URL(`http://h${p}`).pathname;
+        expect(normalizePath(p)).toBe(viaUrl);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('property: "x/.." inserted anywhere (plain or encoded) never changes the path, so it never changes the matched rule', () => {
+    const matcher = createMatcher([
+      { match: { path: '/admin/**' }, tag: 'admin' },
+      { match: { path: '/public/**' }, tag: 'public' },
+      { match: { path: '/**' }, tag: 'rest' },
+    ]);
+    const seg = fc.constantFrom('admin', 'public', 'x', 'y', 'a.b');
+    fc.assert(
+      fc.property(fc.array(seg, { minLength: 1, maxLength: 6 }), fc.nat(), seg, fc.constantFrom('..', '%2e%2e', '.%2E'), (segs, at, detour, up) => {
+        const real = `/${segs.join('/')}`;
+        const i = at % segs.length; // before a real segment: a trailing "x/.." would leave a trailing slash (RFC 3986 §5.2.4)
+        const tricky = `/${[...segs.slice(0, i), detour, up, ...segs.slice(i)].join('/')}`;
+        expect(normalizePath(tricky)).toBe(normalizePath(real));
+        expect(matcher.match('GET', normalizePath(tricky))?.rule.tag).toBe(matcher.match('GET', normalizePath(real))?.rule.tag);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
+describe('compileGlob and the matcher', () => {
+  it('"*" matches within one segment, "**" any number of segments including none', () => {
+    const g = compileGlob('/payments/**');
+    for (const p of ['/payments', '/payments/', '/payments/a', '/payments/a/b/c']) expect(g.test(p), p).toBe(true);
+    for (const p of ['/paymentsX', '/payment', '/x/payments']) expect(g.test(p), p).toBe(false);
+
+    const one = compileGlob('/users/*/profile');
+    expect(one.test('/users/42/profile')).toBe(true);
+    expect(one.test('/users/42/43/profile')).toBe(false);
+    expect(one.test('/users//profile')).toBe(false);
+
+    const within = compileGlob('/files/*.json');
+    expect(within.test('/files/a.json')).toBe(true);
+    expect(within.test('/files/a/b.json')).toBe(false);
+
+    const middle = compileGlob('/a/**/z');
+    for (const p of ['/a/z', '/a/b/z', '/a/b/c/z']) expect(middle.test(p), p).toBe(true);
+    expect(middle.test('/a/b/c')).toBe(false);
+
+    expect(compileGlob('/').test('/')).toBe(true);
+    expect(compileGlob('/').test('/a')).toBe(false);
+    expect(compileGlob('/**').test('/anything/at/all')).toBe(true);
+  });
+
+  it('treats regex metacharacters in globs literally and canonicalises escapes like request paths', () => {
+    expect(compileGlob('/v1.0/(x)').test('/v1.0/(x)')).toBe(true);
+    expect(compileGlob('/v1.0/(x)').test('/v1x0/(x)')).toBe(false);
+    expect(compileGlob('/a%7Eb').test(normalizePath('/a~b'))).toBe(true);
+    expect(compileGlob('/caf%c3%a9').test(normalizePath('/caf%C3%A9'))).toBe(true);
+  });
+
+  it('refuses globs with dot segments or characters requests can never have, naming the rule key path', () => {
+    for (const g of ['/a/../b', '/a/./b', '/a/%2e%2e/b', '/a;b', '/a\\b', '/a%2Fb']) {
+      expect(() => compileGlob(g), g).toThrow();
+    }
+    try {
+      createMatcher([{ match: { path: '/ok' } }, { match: { path: '/a/../admin' } }]);
+      throw new Error('expected a ConfigError');
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).issues[0]!.path).toBe('inbound.rules.1.match.path');
+    }
+  });
+
+  it('returns the first matching rule, honouring methods (no method list = every method)', () => {
+    const m = createMatcher([
+      { match: { path: '/healthz', methods: ['GET'] }, id: 'health' },
+      { match: { path: '/payments/**', methods: ['POST', 'PUT'] }, id: 'pay-write' },
+      { match: { path: '/payments/**' }, id: 'pay-any' },
+    ]);
+    expect(m.match('GET', '/healthz')?.rule.id).toBe('health');
+    expect(m.match('HEAD', '/healthz')).toBeUndefined();
+    expect(m.match('POST', '/payments/1')?.rule.id).toBe('pay-write');
+    expect(m.match('GET', '/payments/1')?.rule.id).toBe('pay-any');
+    expect(m.match('GET', '/other')).toBeUndefined();
+    expect(m.match('POST', '/payments/1')?.index).toBe(1);
+  });
+});
