@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import type { Io } from './shared.js';
+import { devIssuerCommand } from './dev-issuer.js';
 
 /** Commands beyond run/validate/schema, one module each. */
-export const extraCommands: Array<(io: Io, setExit: (code: number) => void) => CommandModule<any, any>> = [];
+export const extraCommands: Array<(io: Io, setExit: (code: number) => void) => CommandModule<any, any>> = [devIssuerCommand];

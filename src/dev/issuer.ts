@@ -3,8 +3,9 @@ import type { AddressInfo } from 'node:net';
 import type Provider from 'oidc-provider';
 import type { Logger } from '../log.js';
 import { withNormalizedAudience } from './audience-param.js';
+import { GITHUB_ACTIONS_PATH, handleGithubActionsRequest } from './github-actions.js';
 import { generateSigningKey, type DevAlg, type DevSigningKey } from './keys.js';
-import { createDevProvider, type DevClient } from './provider.js';
+import { createDevProvider, DEV_ACCESS_TOKEN_TTL_SECONDS, type DevClient } from './provider.js';
 
 export interface DevIssuerOptions {
   /** The issuer identifier tokens carry, e.g. `http://127.0.0.1:9000` or `http://dev-issuer:9000`. */
@@ -52,6 +53,7 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
     return { provider, callback: provider.callback() as (req: IncomingMessage, res: ServerResponse) => void };
   };
   let current = build();
+  const clientsById = new Map(opts.clients.map((c) => [c.clientId, c]));
 
   return {
     issuer,
@@ -61,6 +63,10 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
       return keys;
     },
     handle(req, res) {
+      if ((req.url ?? '').split('?')[0] === GITHUB_ACTIONS_PATH) {
+        const ttlSeconds = opts.accessTokenTtlSeconds ?? DEV_ACCESS_TOKEN_TTL_SECONDS;
+        return handleGithubActionsRequest(req, res, { issuer, clients: clientsById, signingKey: keys[0]!, ttlSeconds, logger: opts.logger });
+      }
       const { callback } = current;
       withNormalizedAudience(req, TOKEN_PATH).then(
         (normalized) => {

@@ -1,0 +1,108 @@
+import type { CommandModule } from 'yargs';
+import { UsageError } from '../errors.js';
+import { createLogger } from '../log.js';
+import type { Io } from './shared.js';
+
+interface DevIssuerArgs {
+  port: number;
+  host: string;
+  clients?: string;
+  'key-file'?: string;
+  issuer?: string;
+  alg?: string;
+  ttl?: number;
+  'log-level': string;
+}
+
+/** The warning every start of the dev issuer prints, so nobody mistakes it for a real IdP. */
+export const DEV_ISSUER_WARNING = [
+  '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!',
+  '!!  oidc-sidecar dev-issuer: DEVELOPMENT ONLY - never use in production.  !!',
+  '!!  Clients and secrets are for local testing, keys live in memory or   !!',
+  '!!  in a plain file, and anyone who can reach it can mint identities.   !!',
+  '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!',
+].join('\n');
+
+/**
+ * `dev-issuer`: a local OpenID provider (oidc-provider) issuing client
+ * credentials JWTs, for laptops and docker-compose. Runs until SIGTERM/SIGINT.
+ */
+export function devIssuerCommand(io: Io, setExit: (code: number) => void): CommandModule<object, DevIssuerArgs> {
+  return {
+    command: 'dev-issuer',
+    describe: 'Run a local OIDC issuer for development (built on oidc-provider; never for production)',
+    builder: (y) =>
+      y
+        .option('port', { alias: 'p', type: 'number', default: 9000, describe: 'Port to listen on (0 picks a free one)' })
+        .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0 in a container)' })
+        .option('clients', { type: 'string', describe: 'Clients file (YAML/JSON); default: built-in demo clients orders, payments, deployer, github-main, github-feature' })
+        .option('key-file', { type: 'string', describe: 'JWKS file of private signing keys; created with a new key if missing, so tokens survive restarts' })
+        .option('issuer', { type: 'string', describe: 'Issuer URL in tokens and discovery (default http://HOST:PORT); set it when clients use another name, e.g. http://dev-issuer:9000' })
+        .option('alg', { type: 'string', choices: ['RS256', 'PS256', 'ES256', 'EdDSA'], describe: 'Algorithm of generated keys (default RS256, or the clients file `alg`)' })
+        .option('ttl', { type: 'number', describe: 'Access token lifetime in seconds (default 300, or the clients file `accessTokenTtlSeconds`)' })
+        .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }),
+    handler: async (argv) => {
+      if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0-65535, got ${argv.port}`);
+      if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0)) throw new UsageError(`--ttl must be a positive whole number of seconds, got ${argv.ttl}`);
+      if (argv.issuer !== undefined && !/^https?:\/\/[^/]+/.test(argv.issuer)) throw new UsageError(`--issuer must be an http(s) URL, got ${argv.issuer}`);
+      const { DEFAULT_DEV_CLIENTS, loadDevClientsFile } = await import('../dev/clients-file.js');
+      const { loadOrCreateKeyFile } = await import('../dev/keys.js');
+      const file = argv.clients ? loadDevClientsFile(argv.clients, process.env) : undefined;
+      const alg = (argv.alg ?? file?.alg ?? 'RS256') as 'RS256';
+      const signingKeys = argv['key-file'] ? await loadOrCreateKeyFile(argv['key-file'], alg) : undefined;
+      // Loaded lazily and only after the inputs are valid: oidc-provider is needed by the dev commands alone.
+      const { startDevIssuer } = await import('../dev/issuer.js');
+      const ttl = argv.ttl ?? file?.accessTokenTtlSeconds;
+      const clients = file?.clients ?? DEFAULT_DEV_CLIENTS;
+      const logger = createLogger({ level: argv['log-level'], service: 'dev-issuer' });
+
+      io.stderr.write(`${DEV_ISSUER_WARNING}\n`);
+      let running;
+      try {
+        running = await startDevIssuer({
+          host: argv.host,
+          port: argv.port,
+          clients,
+          alg,
+          logger,
+          ...(argv.issuer ? { issuer: argv.issuer } : {}),
+          ...(signingKeys ? { signingKeys } : {}),
+          ...(ttl !== undefined ? { accessTokenTtlSeconds: ttl } : {}),
+        });
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (e.code === 'EADDRINUSE') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: address already in use (try --port 0)`);
+        if (e.code === 'EADDRNOTAVAIL' || e.code === 'EACCES') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: ${e.code}`);
+        throw err;
+      }
+      io.stderr.write(
+        [
+          `dev issuer ready`,
+          `  issuer:         ${running.issuer}`,
+          `  discovery:      ${running.issuer}/.well-known/openid-configuration`,
+          `  token endpoint: ${running.tokenEndpoint}`,
+          `  jwks:           ${running.jwksUri}`,
+          `  clients:        ${clients.map((c) => c.clientId).join(', ')}`,
+          `  try: curl -s -u ${clients[0]!.clientId}:<secret> -d grant_type=client_credentials -d audience=payments ${running.tokenEndpoint}`,
+          '',
+        ].join('\n'),
+      );
+      logger.info(
+        { event: 'started', issuer: running.issuer, tokenEndpoint: running.tokenEndpoint, jwksUri: running.jwksUri, port: running.port, clients: clients.map((c) => c.clientId), kid: running.signingKeys[0]!.kid },
+        `dev issuer listening: ${running.issuer}`,
+      );
+
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string) => {
+          logger.info({ event: 'signal', signal }, `received ${signal}`);
+          void running.close().then(resolve);
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      logger.info({ event: 'stopped' }, 'dev issuer stopped');
+      logger.flush();
+      setExit(0);
+    },
+  };
+}

@@ -1,0 +1,169 @@
+import { createPublicKey, type JsonWebKey } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import type { JWK } from 'jose';
+import { UsageError, formatIssue, type ConfigIssue } from '../errors.js';
+import { interpolateEnv } from '../config/interpolate.js';
+import { DEV_ALGORITHMS, type DevAlg } from './keys.js';
+import type { DevClient } from './provider.js';
+
+/**
+ * The dev issuer's clients file (YAML or JSON). Strict like the sidecar
+ * config: a typo is an error, reported with its key path.
+ */
+const clientSchema = z
+  .strictObject({
+    clientId: z.string().min(1),
+    clientSecret: z.string().min(1).optional(),
+    authMethod: z.enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt']).optional(),
+    jwks: z.strictObject({ keys: z.array(z.record(z.string(), z.unknown())).min(1) }).optional().describe('Public keys for private_key_jwt'),
+    publicKeyFile: z.string().min(1).optional().describe('PEM public key, JWK or JWKS file for private_key_jwt (relative to this file)'),
+    jwksUri: z.url({ protocol: /^https?$/ }).optional(),
+    subject: z.string().min(1).optional().describe('Overrides sub (default: clientId)'),
+    claims: z.record(z.string().min(1), z.unknown()).optional().describe('Extra claims in every token, e.g. repository, ref, environment'),
+    defaultAudience: z.string().min(1).optional().describe('Audience when the request names none'),
+    allowAssertionReuse: z.boolean().optional().describe('Accept one client assertion many times (federated tokens)'),
+  })
+  .superRefine((c, ctx) => {
+    const keySources = [c.jwks, c.publicKeyFile, c.jwksUri].filter((v) => v !== undefined).length;
+    const method = c.authMethod ?? (c.clientSecret === undefined && keySources > 0 ? 'private_key_jwt' : 'client_secret_basic');
+    if (method === 'private_key_jwt') {
+      if (keySources !== 1) ctx.addIssue({ code: 'custom', message: 'private_key_jwt needs exactly one of jwks, publicKeyFile, jwksUri', path: ['jwks'] });
+      if (c.clientSecret !== undefined) ctx.addIssue({ code: 'custom', message: 'a private_key_jwt client takes no clientSecret', path: ['clientSecret'] });
+    } else if (c.clientSecret === undefined) {
+      ctx.addIssue({ code: 'custom', message: `${method} needs a clientSecret (or give jwks/publicKeyFile/jwksUri for private_key_jwt)`, path: ['clientSecret'] });
+    }
+  });
+
+export const devClientsFileSchema = z
+  .strictObject({
+    clients: z.array(clientSchema).min(1, 'at least one client is required'),
+    accessTokenTtlSeconds: z.number().int().positive().optional().describe('Access token lifetime (seconds); default 300'),
+    alg: z.enum(DEV_ALGORITHMS).optional().describe('Signing algorithm of generated keys; default RS256'),
+  })
+  .superRefine((f, ctx) => {
+    const seen = new Set<string>();
+    f.clients.forEach((c, i) => {
+      if (seen.has(c.clientId)) ctx.addIssue({ code: 'custom', message: `duplicate clientId "${c.clientId}"`, path: ['clients', i, 'clientId'] });
+      seen.add(c.clientId);
+    });
+  });
+
+export interface DevClientsFile {
+  clients: DevClient[];
+  accessTokenTtlSeconds?: number;
+  alg?: DevAlg;
+}
+
+/**
+ * The clients the dev issuer and the demo use when no file is given. Secrets
+ * are well known on purpose: this is for a laptop or a compose network.
+ * The two `github-*` clients get GitHub-Actions-shaped tokens (FIELD-NOTES).
+ */
+export const DEFAULT_DEV_CLIENTS: readonly DevClient[] = Object.freeze([
+  { clientId: 'orders', clientSecret: 'orders-secret' },
+  { clientId: 'payments', clientSecret: 'payments-secret' },
+  { clientId: 'deployer', clientSecret: 'deployer-secret' },
+  {
+    clientId: 'github-main',
+    clientSecret: 'github-main-secret',
+    subject: 'repo:acme/app:environment:production',
+    extraClaims: {
+      repository: 'acme/app',
+      repository_owner: 'acme',
+      ref: 'refs/heads/main',
+      environment: 'production',
+      job_workflow_ref: 'acme/app/.github/workflows/deploy.yml@refs/heads/main',
+    },
+  },
+  {
+    clientId: 'github-feature',
+    clientSecret: 'github-feature-secret',
+    subject: 'repo:acme/app:ref:refs/heads/feature/login',
+    extraClaims: {
+      repository: 'acme/app',
+      repository_owner: 'acme',
+      ref: 'refs/heads/feature/login',
+      job_workflow_ref: 'acme/app/.github/workflows/deploy.yml@refs/heads/feature/login',
+    },
+  },
+]);
+
+/** Reads and validates a clients file; every problem is reported as `path.to.key: message` in one UsageError. */
+export function loadDevClientsFile(path: string, env: NodeJS.ProcessEnv): DevClientsFile {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new UsageError(`cannot read clients file ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(err)}`);
+  }
+  const doc = parseDocument(text, { uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0]!;
+    throw new UsageError(`invalid clients file ${path}: ${first.message.split('\n')[0]}`);
+  }
+  const issues: ConfigIssue[] = [];
+  const value = interpolateEnv(doc.toJS({ maxAliasCount: 100 }) ?? {}, env, issues);
+  const parsed = devClientsFileSchema.safeParse(value);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const base = issue.path.map(String);
+      if (issue.code === 'unrecognized_keys') for (const key of issue.keys) issues.push({ path: [...base, key].join('.'), message: 'unknown key' });
+      else issues.push({ path: base.join('.'), message: issue.message });
+    }
+  }
+  if (issues.length > 0 || !parsed.success) fail(path, issues);
+  const dir = dirname(resolve(path));
+  const clients: DevClient[] = parsed.data.clients.map((c, i) => {
+    const out: DevClient = { clientId: c.clientId };
+    if (c.clientSecret !== undefined) out.clientSecret = c.clientSecret;
+    if (c.authMethod !== undefined) out.authMethod = c.authMethod;
+    if (c.jwks !== undefined) out.jwks = c.jwks as { keys: JWK[] };
+    if (c.jwksUri !== undefined) out.jwksUri = c.jwksUri;
+    if (c.publicKeyFile !== undefined) out.jwks = readPublicKeys(resolve(dir, c.publicKeyFile), path, `clients.${i}.publicKeyFile`);
+    if (c.subject !== undefined) out.subject = c.subject;
+    if (c.claims !== undefined) out.extraClaims = c.claims;
+    if (c.defaultAudience !== undefined) out.defaultAudience = c.defaultAudience;
+    if (c.allowAssertionReuse !== undefined) out.allowAssertionReuse = c.allowAssertionReuse;
+    return out;
+  });
+  return {
+    clients,
+    ...(parsed.data.accessTokenTtlSeconds !== undefined ? { accessTokenTtlSeconds: parsed.data.accessTokenTtlSeconds } : {}),
+    ...(parsed.data.alg !== undefined ? { alg: parsed.data.alg } : {}),
+  };
+}
+
+function fail(path: string, issues: ConfigIssue[]): never {
+  throw new UsageError(`invalid clients file ${path}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`);
+}
+
+/** A PEM (public or private: only the public half is kept), a JWK or a JWKS, as a JWKS of public keys. */
+function readPublicKeys(file: string, clientsPath: string, keyPath: string): { keys: JWK[] } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    fail(clientsPath, [{ path: keyPath, message: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }]);
+  }
+  try {
+    if (text.trimStart().startsWith('{')) {
+      const doc = JSON.parse(text) as { keys?: JsonWebKey[] } & JsonWebKey;
+      const jwks = Array.isArray(doc.keys) ? doc.keys : [doc];
+      return { keys: jwks.map((k) => ({ ...(createPublicKey({ key: k, format: 'jwk' }).export({ format: 'jwk' }) as JWK), ...pick(k) })) };
+    }
+    return { keys: [createPublicKey(text).export({ format: 'jwk' }) as JWK] };
+  } catch (err) {
+    fail(clientsPath, [{ path: keyPath, message: `${file} is not a PEM key, JWK or JWKS (${(err as Error).message})` }]);
+  }
+}
+
+function pick(k: JsonWebKey): Partial<JWK> {
+  const out: Partial<JWK> = {};
+  if (typeof k.kid === 'string') out.kid = k.kid;
+  if (typeof k.alg === 'string') out.alg = k.alg;
+  return out;
+}

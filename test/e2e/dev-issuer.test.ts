@@ -1,0 +1,238 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
+import { BIN, runCli } from '../support/sidecar.js';
+import { clientAssertion } from '../support/idp.js';
+
+interface DevIssuerProcess {
+  issuer: string;
+  /** Where it listens (differs from the issuer URL when --issuer is given). */
+  local: string;
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  stop(): Promise<number | null>;
+}
+
+const running: DevIssuerProcess[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((p) => p.stop()));
+});
+
+/** Starts `oidc-sidecar dev-issuer ARGS` and resolves once it logged its `started` event. */
+function startDevIssuerCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<DevIssuerProcess> {
+  const child = spawn(process.execPath, [BIN, 'dev-issuer', ...(args.includes('--port') ? [] : ['--port', '0']), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  let done = false;
+  void exited.then(() => (done = true));
+  const proc = (issuer: string, port: number): DevIssuerProcess => ({
+    issuer,
+    local: `http://127.0.0.1:${port}`,
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    async stop() {
+      if (!done) child.kill('SIGTERM');
+      return exited;
+    },
+  });
+  return new Promise((resolve, reject) => {
+    child.stderr!.on('data', (d) => (err += d));
+    child.stdout!.on('data', (d) => {
+      out += d;
+      for (const line of out.split('\n')) {
+        if (!line.includes('"event":"started"')) continue;
+        const started = JSON.parse(line) as { issuer: string; port: number };
+        const p = proc(started.issuer, started.port);
+        running.push(p);
+        return resolve(p);
+      }
+    });
+    void exited.then((code) => reject(new Error(`dev-issuer exited with ${code} before starting.\nstdout:\n${out}\nstderr:\n${err}`)));
+  });
+}
+
+async function token(issuer: string, form: Record<string, string>, basic?: string): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${issuer}/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...(basic ? { authorization: `Basic ${Buffer.from(basic).toString('base64')}` } : {}) },
+    body: new URLSearchParams(form),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+async function verify(issuer: string, jwt: string, audience: string) {
+  const jwks = (await (await fetch(`${issuer}/jwks`)).json()) as JSONWebKeySet;
+  return jwtVerify(jwt, createLocalJWKSet(jwks), { issuer, audience });
+}
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), 'dev-issuer-test-'));
+}
+
+describe('oidc-sidecar dev-issuer', () => {
+  it('warns loudly, serves discovery, and issues at+jwt tokens to the built-in clients; exits 0 on SIGTERM', async () => {
+    const p = await startDevIssuerCli([]);
+    expect(p.stderr()).toContain('DEVELOPMENT ONLY - never use in production');
+    expect(p.stderr()).toContain(`issuer:         ${p.issuer}`);
+    const meta = (await (await fetch(`${p.issuer}/.well-known/openid-configuration`)).json()) as Record<string, unknown>;
+    expect(meta).toMatchObject({ issuer: p.issuer, token_endpoint: `${p.issuer}/token`, jwks_uri: `${p.issuer}/jwks` });
+
+    const viaAudience = await token(p.issuer, { grant_type: 'client_credentials', audience: 'payments' }, 'orders:orders-secret');
+    expect(viaAudience.status).toBe(200);
+    const { payload, protectedHeader } = await verify(p.issuer, viaAudience.body.access_token, 'payments');
+    expect(protectedHeader.typ).toBe('at+jwt');
+    expect(payload).toMatchObject({ sub: 'orders', aud: 'payments', iss: p.issuer });
+    expect(payload.exp! - payload.iat!).toBe(300);
+
+    const ci = await token(p.issuer, { grant_type: 'client_credentials', resource: 'deployer' }, 'github-main:github-main-secret');
+    expect((await verify(p.issuer, ci.body.access_token, 'deployer')).payload).toMatchObject({
+      sub: 'repo:acme/app:environment:production',
+      repository: 'acme/app',
+      ref: 'refs/heads/main',
+      environment: 'production',
+    });
+
+    expect(await p.stop()).toBe(0);
+    // Issuance is logged, but never the token or the secret.
+    expect(p.stdout()).toContain('"event":"dev_token_issued"');
+    for (const secret of [viaAudience.body.access_token, ci.body.access_token, 'orders-secret', 'github-main-secret']) {
+      expect(p.stdout() + p.stderr()).not.toContain(secret);
+    }
+  });
+
+  it('loads clients from a YAML file: ${ENV} secrets, private_key_jwt with a PEM public key, CI claims, ttl', async () => {
+    const dir = tempDir();
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    writeFileSync(join(dir, 'signer.pub.pem'), publicKey.export({ type: 'spki', format: 'pem' }));
+    writeFileSync(
+      join(dir, 'clients.yaml'),
+      [
+        'accessTokenTtlSeconds: 90',
+        'alg: ES256',
+        'clients:',
+        '  - clientId: web',
+        '    clientSecret: ${WEB_SECRET}',
+        '    authMethod: client_secret_post',
+        '  - clientId: signer',
+        '    publicKeyFile: signer.pub.pem',
+        '  - clientId: ci',
+        '    clientSecret: ci-secret',
+        '    subject: repo:acme/app:ref:refs/heads/main',
+        '    claims: { repository: acme/app, ref: refs/heads/main, environment: staging }',
+      ].join('\n'),
+    );
+    const p = await startDevIssuerCli(['--clients', join(dir, 'clients.yaml')], { WEB_SECRET: 'from-env' });
+
+    const web = await token(p.issuer, { grant_type: 'client_credentials', audience: 'orders', client_id: 'web', client_secret: 'from-env' });
+    expect(web.status).toBe(200);
+    expect(decodeProtectedHeader(web.body.access_token).alg).toBe('ES256');
+    const { payload } = await verify(p.issuer, web.body.access_token, 'orders');
+    expect(payload.exp! - payload.iat!).toBe(90);
+
+    const assertion = await clientAssertion('signer', `${p.issuer}/token`, { key: privateKey, alg: 'ES256' });
+    const signed = await token(p.issuer, {
+      grant_type: 'client_credentials',
+      resource: 'payments',
+      client_id: 'signer',
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+      client_assertion: assertion,
+    });
+    expect(signed.status).toBe(200);
+    expect((await verify(p.issuer, signed.body.access_token, 'payments')).payload.sub).toBe('signer');
+
+    const ci = await token(p.issuer, { grant_type: 'client_credentials', audience: 'deployer' }, 'ci:ci-secret');
+    expect((await verify(p.issuer, ci.body.access_token, 'deployer')).payload).toMatchObject({ sub: 'repo:acme/app:ref:refs/heads/main', environment: 'staging' });
+  });
+
+  it('keeps its signing key in --key-file (created 0600 if missing), so tokens verify across restarts', async () => {
+    const keyFile = join(tempDir(), 'keys', 'dev-issuer.jwks.json');
+    const first = await startDevIssuerCli(['--key-file', keyFile]);
+    expect(existsSync(keyFile)).toBe(true);
+    expect(statSync(keyFile).mode & 0o777).toBe(0o600);
+    const issued = await token(first.issuer, { grant_type: 'client_credentials', audience: 'payments' }, 'orders:orders-secret');
+    const port = new URL(first.issuer).port;
+    expect(await first.stop()).toBe(0);
+
+    const second = await startDevIssuerCli(['--key-file', keyFile, '--port', port]);
+    expect(second.issuer).toBe(first.issuer);
+    expect((await verify(second.issuer, issued.body.access_token, 'payments')).payload.sub).toBe('orders');
+    expect(JSON.parse(readFileSync(keyFile, 'utf8')).keys).toHaveLength(1);
+  });
+
+  it('uses --issuer as the identifier in discovery and tokens (for compose service names)', async () => {
+    const p = await startDevIssuerCli(['--issuer', 'http://dev-issuer:9000']);
+    expect(p.issuer).toBe('http://dev-issuer:9000');
+    const meta = (await (await fetch(`${p.local}/.well-known/openid-configuration`)).json()) as Record<string, unknown>;
+    // The identifier is fixed; endpoint URLs follow the Host the client used (oidc-provider), so they stay reachable.
+    expect(meta).toMatchObject({ issuer: 'http://dev-issuer:9000', token_endpoint: `${p.local}/token`, jwks_uri: `${p.local}/jwks` });
+    const issued = await token(p.local, { grant_type: 'client_credentials', audience: 'payments' }, 'orders:orders-secret');
+    expect(decodeJwt(issued.body.access_token).iss).toBe('http://dev-issuer:9000');
+  });
+
+  it('emulates the GitHub Actions OIDC request endpoint for CI-shaped clients', async () => {
+    const p = await startDevIssuerCli([]);
+    const url = `${p.issuer}/github-actions/token?client=github-feature&audience=deployer`;
+    const res = await fetch(url, { headers: { authorization: 'bearer github-feature-secret' } });
+    expect(res.status).toBe(200);
+    const { value } = (await res.json()) as { value: string };
+    const { payload } = await verify(p.issuer, value, 'deployer');
+    expect(payload).toMatchObject({ sub: 'repo:acme/app:ref:refs/heads/feature/login', ref: 'refs/heads/feature/login', repository: 'acme/app' });
+    expect((await fetch(url, { headers: { authorization: 'bearer wrong' } })).status).toBe(401);
+    expect((await fetch(url)).status).toBe(401);
+  });
+
+  it('rejects an invalid clients file with every problem as a key path, and no stack trace', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'clients.yaml');
+    writeFileSync(
+      file,
+      ['clients:', '  - clientId: a', '  - clientId: b', '    clientSecret: s', '    scret: typo', '  - clientId: c', '    clientSecret: t', '    authMethod: private_key_jwt', 'alg: HS256'].join('\n'),
+    );
+    const r = await runCli(['dev-issuer', '--port', '0', '--clients', file]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`invalid clients file ${file}`);
+    // Inputs are checked before oidc-provider is even loaded.
+    expect(r.stderr).not.toContain('oidc-provider');
+    expect(r.stderr).toContain('clients.0.clientSecret: client_secret_basic needs a clientSecret');
+    expect(r.stderr).toContain('clients.1.scret: unknown key');
+    expect(r.stderr).toContain('clients.2.jwks: private_key_jwt needs exactly one of jwks, publicKeyFile, jwksUri');
+    expect(r.stderr).toContain('clients.2.clientSecret: a private_key_jwt client takes no clientSecret');
+    expect(r.stderr).toMatch(/\n {2}alg: Invalid option/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+
+    writeFileSync(file, ['clients:', '  - { clientId: a, clientSecret: x }', '  - { clientId: a, clientSecret: y }'].join('\n'));
+    const dupes = await runCli(['dev-issuer', '--port', '0', '--clients', file]);
+    expect([dupes.code, dupes.stderr]).toEqual([1, expect.stringContaining('clients.1.clientId: duplicate clientId "a"')]);
+  });
+
+  it('gives one clear line for a missing clients file, a broken key file, a bad port and a port in use', async () => {
+    const dir = tempDir();
+    const missing = await runCli(['dev-issuer', '--clients', join(dir, 'nope.yaml')]);
+    expect([missing.code, missing.stderr.trim().split('\n').at(-1)]).toEqual([1, `oidc-sidecar: cannot read clients file ${join(dir, 'nope.yaml')}: no such file`]);
+
+    writeFileSync(join(dir, 'bad.json'), '{"keys": [{"kty": "RSA", "alg": "RS256", "n": "x", "e": "AQAB"}]}');
+    const badKey = await runCli(['dev-issuer', '--port', '0', '--key-file', join(dir, 'bad.json')]);
+    expect(badKey.code).toBe(1);
+    expect(badKey.stderr).toContain('keys.0: a private key is needed');
+
+    const badPort = await runCli(['dev-issuer', '--port', '70000']);
+    expect([badPort.code, badPort.stderr]).toEqual([1, expect.stringContaining('--port must be 0-65535')]);
+
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    const port = (blocker.address() as { port: number }).port;
+    const inUse = await runCli(['dev-issuer', '--port', String(port)]);
+    blocker.close();
+    expect(inUse.code).toBe(1);
+    expect(inUse.stderr).toContain('address already in use');
+    expect(inUse.stderr).not.toMatch(/\n\s+at /);
+  });
+});
