@@ -1,0 +1,103 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Metrics } from '../admin/metrics.js';
+import type { Logger } from '../log.js';
+import type { Router } from './router.js';
+
+export interface ConnectHandler {
+  handle(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Cuts every open tunnel. */
+  close(): void;
+}
+
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 405: 'Method Not Allowed', 502: 'Bad Gateway' };
+
+/** Answers a CONNECT on the raw socket with the sidecar's JSON error shape, then closes it. */
+function refuse(socket: Duplex, status: number, reason: string, message: string): void {
+  const body = JSON.stringify({ error: message, reason });
+  const allow = status === 405 ? 'allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n' : '';
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\nconnection: close\r\ncontent-type: application/json\r\n${allow}content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
+/**
+ * CONNECT (RFC 9110 §9.3.6) opens an opaque tunnel, usually for TLS, so the
+ * sidecar could never add a token inside it. For a routed host that would
+ * silently send the call without identity; it is refused with 405 telling
+ * the app to send plain http:// through the proxy. With `unknownHosts:
+ * passthrough` an unrouted host gets a plain TCP tunnel (no token, as for
+ * any passthrough).
+ */
+export function createConnectHandler(opts: {
+  router: Router;
+  unknownHosts: 'deny' | 'passthrough';
+  connectTimeoutMs: number;
+  logger: Logger;
+  metrics: Metrics;
+}): ConnectHandler {
+  const tunnels = new Set<Socket>();
+  const count = (route: string, status: string) => opts.metrics.outboundRequests.inc({ route, status });
+  return {
+    handle(req, socket, head) {
+      socket.on('error', () => socket.destroy());
+      const { route, authority } = opts.router.resolveConnect(req.url ?? '');
+      if (!authority) {
+        count('none', 'bad_request');
+        return refuse(socket, 400, 'bad_request', 'CONNECT needs an authority-form target (host:port)');
+      }
+      if (route) {
+        count(route.host, 'connect_not_supported');
+        return refuse(
+          socket,
+          405,
+          'connect_not_supported',
+          `CONNECT tunnels cannot carry a token: send plain http:// requests for ${route.host} through the sidecar (HTTP proxy without tunnelling, or origin-form with a Host header)`,
+        );
+      }
+      if (opts.unknownHosts !== 'passthrough') {
+        count('none', 'connect_not_supported');
+        return refuse(socket, 405, 'connect_not_supported', 'CONNECT tunnels are refused: the sidecar only forwards plain HTTP so it can attach a token');
+      }
+      const host = authority.host.replace(/^\[|\]$/g, '');
+      const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });
+      tunnels.add(upstream);
+      let settled = false;
+      let connected = false;
+      upstream.once('connect', () => {
+        settled = true;
+        connected = true;
+        upstream.setTimeout(0);
+        count('passthrough', '200');
+        socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        if (head.length > 0) upstream.write(head);
+        upstream.pipe(socket);
+        socket.pipe(upstream);
+      });
+      const fail = () => {
+        if (settled) return;
+        settled = true;
+        count('passthrough', 'upstream_connect_failed');
+        upstream.destroy();
+        refuse(socket, 502, 'upstream_connect_failed', `cannot open a tunnel to ${authority.host}:${authority.port}`);
+      };
+      upstream.once('timeout', fail);
+      upstream.once('error', (err) => {
+        if (!connected) return fail();
+        opts.logger.debug({ event: 'tunnel_error', code: (err as NodeJS.ErrnoException).code }, 'tunnel closed with an error');
+        socket.destroy();
+      });
+      upstream.once('close', () => {
+        tunnels.delete(upstream);
+        // Before the tunnel was up, the socket carries our error answer: let it flush.
+        if (connected) socket.destroy();
+      });
+      socket.once('close', () => upstream.destroy());
+    },
+    close() {
+      for (const t of tunnels) t.destroy();
+      tunnels.clear();
+    },
+  };
+}

@@ -1,0 +1,109 @@
+import type { RouteConfig } from '../config/schema.js';
+import { ConfigError } from '../errors.js';
+
+/** A host and port as a request named them; `host` is lower-case, IPv6 in brackets. */
+export interface Authority {
+  host: string;
+  port: number;
+  /** Whether the port was written out (else it is the scheme's default). */
+  explicitPort: boolean;
+}
+
+/** Where a request goes: scheme + authority, plus a base path prefixed to every request path. */
+export interface Target {
+  origin: string;
+  basePath: string;
+  caFile?: string;
+}
+
+export type Resolution =
+  | { kind: 'route'; route: RouteConfig; target: Target; path: string; authority: string }
+  | { kind: 'passthrough'; target: Target; path: string; authority: string }
+  | { kind: 'reject'; status: number; reason: string; message: string };
+
+export interface Router {
+  /** Routes an HTTP request by its absolute-form target (HTTP_PROXY style) or else its Host header (origin-form). */
+  resolve(url: string, hostHeader: string | undefined): Resolution;
+  /** The route for a CONNECT authority (`host:port`), or undefined; `authority` undefined when it does not parse. */
+  resolveConnect(target: string): { route?: RouteConfig; authority?: Authority };
+}
+
+const AUTHORITY = /^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(\d{1,5}))?$/;
+
+/** Parses `host`, `host:port` or `[v6]:port` (case-insensitive); undefined when it is not one. */
+export function parseAuthority(text: string, defaultPort: number): Authority | undefined {
+  const m = AUTHORITY.exec(text.toLowerCase());
+  if (!m || m[1]!.startsWith('.') || m[1]!.endsWith('-')) return undefined;
+  const port = m[2] === undefined ? defaultPort : Number(m[2]);
+  if (m[2] !== undefined && !(port > 0 && port <= 65535)) return undefined;
+  return { host: m[1]!, port, explicitPort: m[2] !== undefined };
+}
+
+function formatAuthority(a: Authority): string {
+  return a.explicitPort ? `${a.host}:${a.port}` : a.host;
+}
+
+/** The route's `target`, default `http://{host}` (the route's host, with its port if it has one). */
+export function routeTarget(route: RouteConfig): Target {
+  const url = new URL(route.target ?? `http://${route.host}`);
+  const basePath = url.pathname.replace(/\/+$/, '');
+  return route.caFile ? { origin: url.origin, basePath, caFile: route.caFile } : { origin: url.origin, basePath };
+}
+
+const reject = (status: number, reason: string, message: string): Resolution => ({ kind: 'reject', status, reason, message });
+
+/**
+ * Outbound routing by host. A route host with a port matches only that port;
+ * one without matches any port; both compare case-insensitively and exactly
+ * (no suffix or wildcard match, so `payments.evil` is not `payments`).
+ */
+export function createRouter(routes: readonly RouteConfig[], unknownHosts: 'deny' | 'passthrough'): Router {
+  const withPort = new Map<string, RouteConfig>();
+  const anyPort = new Map<string, RouteConfig>();
+  const targets = new Map<RouteConfig, Target>();
+  routes.forEach((r, i) => {
+    const a = parseAuthority(r.host, 0);
+    if (!a) throw new ConfigError([{ path: `outbound.routes.${i}.host`, message: 'must be a host name, optionally with a port 1-65535' }]);
+    (a.explicitPort ? withPort : anyPort).set(a.explicitPort ? `${a.host}:${a.port}` : a.host, r);
+    targets.set(r, routeTarget(r));
+  });
+  const lookup = (a: Authority) => withPort.get(`${a.host}:${a.port}`) ?? anyPort.get(a.host);
+
+  const decide = (a: Authority, scheme: 'http' | 'https', path: string): Resolution => {
+    const route = lookup(a);
+    const authority = formatAuthority(a);
+    if (route) {
+      const target = targets.get(route)!;
+      return { kind: 'route', route, target, path: target.basePath + path, authority };
+    }
+    if (unknownHosts === 'passthrough') return { kind: 'passthrough', target: { origin: `${scheme}://${authority}`, basePath: '' }, path, authority };
+    return reject(403, 'no_route', `no outbound route for host "${authority}"`);
+  };
+
+  return {
+    resolve(url, hostHeader) {
+      if (url.startsWith('/')) {
+        if (!hostHeader) return reject(400, 'bad_request', 'origin-form request without a Host header: name the peer in Host or use the sidecar as HTTP proxy');
+        const a = parseAuthority(hostHeader, 80);
+        if (!a) return reject(400, 'bad_request', 'the Host header is not a valid host[:port]');
+        return decide(a, 'http', url);
+      }
+      // RFC 9112 §3.2.2: with an absolute-form target the Host header is ignored in favour of the URI's authority.
+      const m = /^(https?):\/\/([^/?#]*)([^#]*)/i.exec(url);
+      if (!m) return reject(400, 'bad_request', 'request target must be origin-form (/path) or an absolute http:// URL');
+      const scheme = m[1]!.toLowerCase() as 'http' | 'https';
+      if (m[2]!.includes('@')) return reject(400, 'bad_request', 'user information in the request target is not allowed');
+      const a = parseAuthority(m[2]!, scheme === 'https' ? 443 : 80);
+      if (!a) return reject(400, 'bad_request', 'the request target has no valid host[:port]');
+      const rest = m[3]!;
+      return decide(a, scheme, rest.startsWith('/') ? rest : `/${rest}`);
+    },
+    resolveConnect(target) {
+      // CONNECT uses authority-form (RFC 9112 §3.2.3): the port is required.
+      const a = parseAuthority(target, 0);
+      if (!a || !a.explicitPort) return {};
+      const route = lookup(a);
+      return route ? { route, authority: a } : { authority: a };
+    },
+  };
+}

@@ -1,0 +1,28 @@
+import type { TokenSourceConfig } from '../../config/schema.js';
+import { TokenUnavailableError } from '../../errors.js';
+import { assertBearerToken, jwtClaims, toIssuedToken } from './token-format.js';
+import type { SourceDeps, TokenSource } from './types.js';
+
+type Config = Extract<TokenSourceConfig, { type: 'env' }>;
+
+/**
+ * A token handed to the process in an environment variable, e.g. GitLab CI
+ * `id_tokens` (one variable per audience: `variable: "ID_TOKEN_{audience}"`).
+ * The environment cannot change under a running process, so once the token
+ * expires it stays unavailable: this source suits jobs shorter than the token.
+ */
+export function createEnvSource(cfg: Config, deps: SourceDeps): TokenSource {
+  return {
+    kind: 'env',
+    async fetch(req) {
+      const name = cfg.variable.replaceAll('{audience}', req.audience);
+      const value = deps.env[name]?.trim();
+      if (!value) throw new TokenUnavailableError(`environment variable ${name} is not set or empty`);
+      const what = `environment variable ${name}`;
+      assertBearerToken(value, what);
+      if (!jwtClaims(value)) throw new TokenUnavailableError(`${what} does not hold a JWT (its exp claim gives the expiry)`);
+      return toIssuedToken(value, undefined, deps.clock.now(), what);
+    },
+    async close() {},
+  };
+}

@@ -1,0 +1,106 @@
+import type { Dispatcher } from 'undici';
+import { TokenUnavailableError } from '../../errors.js';
+import { discover } from '../../oidc/discovery.js';
+import { createIdpAgent, IdpHttpError, requestJson } from '../../oidc/http.js';
+import type { ClientAuth } from './client-auth.js';
+import { assertBearerToken, toIssuedToken } from './token-format.js';
+import type { IssuedToken, SourceDeps } from './types.js';
+
+export interface TokenEndpointConfig {
+  issuer?: string | undefined;
+  tokenEndpoint?: string | undefined;
+  caFile?: string | undefined;
+}
+
+/** One OAuth token endpoint and the dispatcher that talks to it. */
+export interface TokenEndpoint {
+  /** The endpoint URL: configured, or found once by OIDC discovery (then kept for the life of the source). */
+  url(): Promise<string>;
+  /**
+   * POSTs a token request (RFC 6749 §4.4.2 / RFC 8693 §2.1) with client
+   * authentication and returns the token. `tokenTypes` are the accepted
+   * `token_type` values, lower-case (absent is accepted).
+   */
+  request(form: URLSearchParams, auth: ClientAuth, tokenTypes: readonly string[]): Promise<IssuedToken>;
+  close(): Promise<void>;
+}
+
+/** Builds the token endpoint client for a client_credentials or token_exchange source. */
+export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps): TokenEndpoint {
+  const owned = deps.dispatcher ? undefined : createIdpAgent({ caFile: cfg.caFile, timeoutMs: deps.timeoutMs });
+  const dispatcher: Dispatcher = deps.dispatcher ?? owned!;
+  let resolved: Promise<string> | undefined = cfg.tokenEndpoint ? Promise.resolve(cfg.tokenEndpoint) : undefined;
+
+  const url = (): Promise<string> => {
+    if (!resolved) {
+      const issuer = cfg.issuer!;
+      resolved = discover(issuer, dispatcher, deps.timeoutMs).then(
+        (meta) => {
+          const endpoint = meta.token_endpoint;
+          if (typeof endpoint !== 'string' || !/^https?:\/\//.test(endpoint)) {
+            throw new TokenUnavailableError(`issuer ${issuer} publishes no usable token_endpoint in its discovery document`);
+          }
+          return endpoint;
+        },
+        (err: unknown) => {
+          throw new TokenUnavailableError(`token endpoint discovery failed: ${errorText(err)}`, undefined, { cause: err });
+        },
+      );
+      // A failed discovery is retried by the next fetch (the cache's backoff paces it).
+      resolved.catch(() => (resolved = undefined));
+    }
+    return resolved;
+  };
+
+  return {
+    url,
+    async request(form, auth, tokenTypes) {
+      const endpoint = await url();
+      const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };
+      await auth.apply(form, headers, endpoint);
+      let res;
+      try {
+        res = await requestJson(dispatcher, endpoint, { method: 'POST', headers, body: form.toString(), timeoutMs: deps.timeoutMs });
+      } catch (err) {
+        throw new TokenUnavailableError(`token request failed: ${errorText(err)}`, undefined, { cause: err });
+      }
+      const body = (res.body && typeof res.body === 'object' ? res.body : {}) as Record<string, unknown>;
+      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body);
+      const what = `token endpoint ${endpoint}`;
+      assertBearerToken(body.access_token, what);
+      const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
+      if (type !== undefined && !tokenTypes.includes(type)) {
+        throw new TokenUnavailableError(`${what}: token_type "${safeText(type, 32)}" is not a bearer token`);
+      }
+      return toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what);
+    },
+    async close() {
+      await owned?.close();
+    },
+  };
+}
+
+/**
+ * RFC 6749 §5.2 error response → a TokenUnavailableError carrying `error`
+ * and `error_description`, which reach the logs and the app's 503 body. The
+ * request's own secrets are never part of it.
+ */
+function oauthError(status: number, body: Record<string, unknown>): TokenUnavailableError {
+  if (typeof body.error === 'string' && body.error.length > 0) {
+    const code = safeText(body.error, 64);
+    const description = typeof body.error_description === 'string' ? safeText(body.error_description, 256) : '';
+    return new TokenUnavailableError(`token endpoint refused the request (HTTP ${status}): ${code}${description ? ` (${description})` : ''}`, code);
+  }
+  return new TokenUnavailableError(`token endpoint answered HTTP ${status} without an OAuth error`);
+}
+
+/** RFC 6749 §5.2 allows only printable ASCII without `"` and `\` in error fields; anything else is masked and the length capped. */
+export function safeText(s: string, max: number): string {
+  const clean = s.replace(/[^\x20\x21\x23-\x5B\x5D-\x7E]/g, '?');
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean;
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof IdpHttpError || err instanceof TokenUnavailableError) return err.message;
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,49 @@
+import { decodeJwt } from 'jose';
+import { TokenUnavailableError } from '../../errors.js';
+import type { IssuedToken } from './types.js';
+
+/**
+ * RFC 6750 §2.1 b64token: the only characters a bearer token may carry. The
+ * token goes into a request header, so anything else (spaces, CR/LF, control
+ * bytes) is refused rather than risk header injection on the next hop.
+ */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+/** Tokens larger than this are refused (a peer's default header limit is 16 KiB). */
+export const MAX_TOKEN_BYTES = 12 * 1024;
+
+/** Throws a TokenUnavailableError unless `value` can be sent as a bearer token. `what` names where it came from. */
+export function assertBearerToken(value: unknown, what: string): asserts value is string {
+  if (typeof value !== 'string' || value.length === 0) throw new TokenUnavailableError(`${what}: no token`);
+  if (value.length > MAX_TOKEN_BYTES) throw new TokenUnavailableError(`${what}: token larger than ${MAX_TOKEN_BYTES} bytes`);
+  if (!B64TOKEN.test(value)) throw new TokenUnavailableError(`${what}: not a valid bearer token (RFC 6750 §2.1 characters only)`);
+}
+
+/** The JWT's payload if `token` is a JWS compact JWT, else undefined. Decoding only: the issuer vouches, the peer verifies. */
+export function jwtClaims(token: string): Record<string, unknown> | undefined {
+  if (token.split('.').length !== 3) return undefined;
+  try {
+    return decodeJwt(token) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Expiry of a token: the JWT's `exp` when it has one, else `expires_in`
+ * (seconds, RFC 6749 §5.1) counted from `nowMs`. A token with neither is an
+ * error: without an expiry the cache could neither renew nor stop using it.
+ */
+export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, what: string): IssuedToken {
+  const claims = jwtClaims(token);
+  const jti = typeof claims?.jti === 'string' ? claims.jti.slice(0, 128) : undefined;
+  let expiresAt: number | undefined;
+  if (typeof claims?.exp === 'number' && Number.isFinite(claims.exp)) expiresAt = claims.exp * 1000;
+  else if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) expiresAt = nowMs + expiresIn * 1000;
+  else if (typeof expiresIn === 'string' && /^\d+$/.test(expiresIn) && Number(expiresIn) > 0) expiresAt = nowMs + Number(expiresIn) * 1000;
+  if (expiresAt === undefined) throw new TokenUnavailableError(`${what}: the token has neither a JWT exp claim nor expires_in`);
+  if (expiresAt <= nowMs) {
+    throw new TokenUnavailableError(`${what}: the token expired at ${new Date(expiresAt).toISOString()}`);
+  }
+  return jti === undefined ? { token, expiresAt } : { token, expiresAt, jti };
+}

@@ -1,0 +1,87 @@
+import type { Dispatcher } from 'undici';
+import type { Clock } from '../clock.js';
+import type { OutboundConfig, RouteConfig, TokenSourceConfig } from '../config/schema.js';
+import { UsageError } from '../errors.js';
+import { createTokenSource, type TokenSource } from './sources/index.js';
+import type { TokenBinding } from './token-cache.js';
+
+export interface TokenBrokerDeps {
+  clock: Clock;
+  /** Read by the env and github_actions sources at fetch time. */
+  env: NodeJS.ProcessEnv;
+  dispatcher?: Dispatcher;
+}
+
+/** Which source serves which audience: one source per distinct `tokenSource` block, one binding per route. */
+export interface TokenBroker {
+  forRoute(route: RouteConfig): TokenBinding;
+  /** The `token` command's lookup: the first route with this audience, else the default source. */
+  forAudience(audience: string, scopes?: readonly string[]): TokenBinding;
+  /** Every route's binding, in config order. */
+  routeBindings(): TokenBinding[];
+  close(): Promise<void>;
+}
+
+/** Builds every token source the outbound config names (reading their secret files now). */
+export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps): TokenBroker {
+  const timeoutMs = config.tokenRequestTimeoutSeconds * 1000;
+  // Routes that share an identical tokenSource block share one source (and its connection pool).
+  const byShape = new Map<string, { id: string; source: TokenSource }>();
+  const sourceFor = (cfg: TokenSourceConfig, configPath: string) => {
+    const shape = canonicalJson(cfg);
+    let entry = byShape.get(shape);
+    if (!entry) {
+      const source = createTokenSource(cfg, { clock: deps.clock, env: deps.env, timeoutMs, configPath, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });
+      entry = { id: `s${byShape.size}`, source };
+      byShape.set(shape, entry);
+    }
+    return entry;
+  };
+  const fallback = config.tokenSource ? sourceFor(config.tokenSource, 'outbound.tokenSource') : undefined;
+
+  const bind = (entry: { id: string; source: TokenSource }, audience: string, scopes: readonly string[] | undefined): TokenBinding => {
+    const normal = [...new Set(scopes ?? [])].sort();
+    return { key: `${entry.id}\u0000${audience}\u0000${normal.join(' ')}`, source: entry.source, audience, scopes: normal };
+  };
+
+  const routes = new Map<RouteConfig, { entry: { id: string; source: TokenSource }; binding: TokenBinding }>();
+  config.routes.forEach((route, i) => {
+    // The schema guarantees a route without its own tokenSource has the default.
+    const entry = route.tokenSource ? sourceFor(route.tokenSource, `outbound.routes.${i}.tokenSource`) : fallback!;
+    routes.set(route, { entry, binding: bind(entry, route.audience, route.scopes) });
+  });
+
+  return {
+    forRoute(route) {
+      const r = routes.get(route);
+      if (!r) throw new Error('route does not belong to this broker');
+      return r.binding;
+    },
+    forAudience(audience, scopes) {
+      const route = config.routes.find((r) => r.audience === audience);
+      if (route) {
+        const r = routes.get(route)!;
+        return scopes && scopes.length > 0 ? bind(r.entry, audience, scopes) : r.binding;
+      }
+      if (!fallback) throw new UsageError(`no outbound route has audience "${audience}" and there is no default outbound.tokenSource`);
+      return bind(fallback, audience, scopes);
+    },
+    routeBindings: () => [...routes.values()].map((r) => r.binding),
+    async close() {
+      await Promise.all([...byShape.values()].map((e) => e.source.close()));
+    },
+  };
+}
+
+/** JSON with object keys sorted, so equal configs compare equal whatever their key order. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}

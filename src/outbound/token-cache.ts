@@ -1,0 +1,221 @@
+import type { Metrics } from '../admin/metrics.js';
+import type { Clock } from '../clock.js';
+import { DEFAULTS } from '../config/defaults.js';
+import { SidecarError, TokenUnavailableError } from '../errors.js';
+import { audit, type Logger } from '../log.js';
+import { timerScheduler, type Scheduler } from './scheduler.js';
+import type { IssuedToken, TokenSource } from './sources/index.js';
+
+/** One cached token's identity: which source, for which audience and scopes. */
+export interface TokenBinding {
+  /** Cache key: source identity + audience + scopes. */
+  key: string;
+  source: TokenSource;
+  audience: string;
+  /** Sorted, de-duplicated. */
+  scopes: readonly string[];
+}
+
+export interface TokenCacheOptions {
+  clock: Clock;
+  logger: Logger;
+  metrics: Metrics;
+  /** Long-lived tokens renew no later than this before `exp` (seconds). */
+  refreshMarginSeconds: number;
+  /** First retry delay after a failed fetch (seconds); doubles per failure. Default DEFAULTS.outbound.retryMinSeconds. */
+  retryMinSeconds?: number;
+  /** Retry delay ceiling (seconds). Default DEFAULTS.outbound.retryMaxSeconds. */
+  retryMaxSeconds?: number;
+  /** [0, 1) source for jitter; default Math.random. */
+  random?: () => number;
+  scheduler?: Scheduler;
+}
+
+export interface TokenCache {
+  /** A valid token for the binding: cached, or fetched (one request per key however many callers wait). Rejects with TokenUnavailableError. */
+  get(binding: TokenBinding): Promise<string>;
+  /** Fetches if there is no valid token yet; never rejects (start-up prefetch). */
+  prefetch(binding: TokenBinding): Promise<void>;
+  /** True while the key holds a token that has not expired. */
+  hasValid(key: string): boolean;
+  /** Cancels every timer and forgets every token. */
+  close(): void;
+}
+
+interface Entry {
+  binding: TokenBinding;
+  token?: IssuedToken;
+  refreshAt: number;
+  inflight?: Promise<IssuedToken>;
+  failures: number;
+  /** No caller-triggered fetch before this time after a failure (backoff). */
+  retryAt: number;
+  lastError?: TokenUnavailableError;
+  cancel?: () => void;
+}
+
+/**
+ * When to renew a token obtained at `obtainedAt` that expires at `expiresAt`
+ * (ms): a jittered point between 50% and 80% of its lifetime, moved earlier
+ * to `expiresAt - marginMs` for long-lived tokens, but never before half the
+ * lifetime so short tokens do not loop; a source's `recheckAt` wins when earlier.
+ */
+export function computeRefreshAt(obtainedAt: number, expiresAt: number, marginMs: number, random: number, recheckAt?: number): number {
+  const lifetime = expiresAt - obtainedAt;
+  const earliest = obtainedAt + lifetime * 0.5;
+  const latest = Math.min(obtainedAt + lifetime * 0.8, expiresAt - marginMs);
+  const jittered = obtainedAt + lifetime * (0.5 + 0.3 * clamp01(random));
+  const at = Math.max(earliest, Math.min(jittered, latest));
+  return recheckAt !== undefined ? Math.min(at, Math.max(obtainedAt, recheckAt)) : at;
+}
+
+/**
+ * Delay before retry number `failures` (1-based), ms: exponential from
+ * `minMs`, ±20% jitter so a fleet does not retry in step, within [minMs, maxMs].
+ */
+export function backoffDelay(failures: number, minMs: number, maxMs: number, random: number): number {
+  const base = Math.min(maxMs, minMs * 2 ** Math.min(failures - 1, 30));
+  return Math.min(maxMs, Math.max(minMs, base * (0.8 + 0.4 * clamp01(random))));
+}
+
+function clamp01(n: number): number {
+  return Math.min(Math.max(n, 0), 1);
+}
+
+/**
+ * The outbound token cache: keeps one token per (source, audience, scopes),
+ * renews it ahead of expiry in the background, keeps using it while renewal
+ * fails (until it expires) and retries with backoff.
+ */
+export function createTokenCache(opts: TokenCacheOptions): TokenCache {
+  const { clock, logger, metrics } = opts;
+  const random = opts.random ?? Math.random;
+  const scheduler = opts.scheduler ?? timerScheduler;
+  const marginMs = opts.refreshMarginSeconds * 1000;
+  const retryMinMs = (opts.retryMinSeconds ?? DEFAULTS.outbound.retryMinSeconds) * 1000;
+  const retryMaxMs = (opts.retryMaxSeconds ?? DEFAULTS.outbound.retryMaxSeconds) * 1000;
+  const entries = new Map<string, Entry>();
+  let closed = false;
+
+  const entryFor = (binding: TokenBinding): Entry => {
+    let e = entries.get(binding.key);
+    if (!e) {
+      e = { binding, refreshAt: 0, failures: 0, retryAt: 0 };
+      entries.set(binding.key, e);
+    }
+    return e;
+  };
+
+  const isValid = (e: Entry, now: number): e is Entry & { token: IssuedToken } => e.token !== undefined && now < e.token.expiresAt;
+
+  const arm = (e: Entry, at: number): void => {
+    e.cancel?.();
+    e.cancel = undefined;
+    if (closed) return;
+    e.cancel = scheduler.schedule(at - clock.now(), () => {
+      e.cancel = undefined;
+      if (closed || entries.get(e.binding.key) !== e) return;
+      // Timers cap at ~24.8 days; a far-off renewal re-arms instead of firing early.
+      if (at - clock.now() > 1000) return arm(e, at);
+      if (!e.inflight) void renew(e).catch(() => {});
+    });
+  };
+
+  const renew = (e: Entry): Promise<IssuedToken> => {
+    if (e.inflight) return e.inflight;
+    const p = fetchOnce(e).finally(() => {
+      if (e.inflight === p) e.inflight = undefined;
+    });
+    e.inflight = p;
+    p.catch(() => {});
+    return p;
+  };
+
+  const fetchOnce = async (e: Entry): Promise<IssuedToken> => {
+    const { source, audience, scopes } = e.binding;
+    let token: IssuedToken;
+    try {
+      token = await source.fetch({ audience, scopes });
+      if (!(token.expiresAt > clock.now())) throw new TokenUnavailableError('the token source returned a token that has already expired');
+    } catch (raw) {
+      const err = raw instanceof TokenUnavailableError
+        ? raw
+        : new TokenUnavailableError(`token source failed: ${raw instanceof Error ? raw.message : String(raw)}`, undefined, { cause: raw });
+      const now = clock.now();
+      e.failures += 1;
+      e.lastError = err;
+      e.retryAt = now + backoffDelay(e.failures, retryMinMs, retryMaxMs, random());
+      const result = resultLabel(err);
+      metrics.tokenRequests.inc({ source: source.kind, audience, result });
+      audit(logger, 'token_fetch_failed', {
+        source: source.kind,
+        audience,
+        scopes,
+        reason: result,
+        oauthError: err.oauthError,
+        error: err.message,
+        failures: e.failures,
+        keepingToken: isValid(e, now),
+        retryInMs: Math.round(e.retryAt - now),
+      });
+      if (!closed) arm(e, e.retryAt);
+      throw err;
+    }
+    const now = clock.now();
+    e.token = token;
+    e.failures = 0;
+    e.retryAt = 0;
+    e.lastError = undefined;
+    e.refreshAt = computeRefreshAt(now, token.expiresAt, marginMs, random(), token.recheckAt);
+    metrics.tokenRequests.inc({ source: source.kind, audience, result: 'success' });
+    metrics.tokenExpiry.set({ audience }, Math.floor(token.expiresAt / 1000));
+    audit(logger, 'token_issued', {
+      source: source.kind,
+      audience,
+      scopes,
+      expiresAt: new Date(token.expiresAt).toISOString(),
+      jti: token.jti,
+      refreshAt: new Date(e.refreshAt).toISOString(),
+    });
+    if (!closed) arm(e, e.refreshAt);
+    return token;
+  };
+
+  const get = async (binding: TokenBinding): Promise<string> => {
+    if (closed) throw new TokenUnavailableError('the token cache is closed');
+    const e = entryFor(binding);
+    const now = clock.now();
+    if (isValid(e, now)) {
+      // The timer normally renews; this catches a late timer (suspended process, fake clock).
+      if (now >= e.refreshAt && now >= e.retryAt && !e.inflight) void renew(e).catch(() => {});
+      return e.token.token;
+    }
+    // During backoff, fail fast with the last error instead of sending every call to a failing IdP.
+    if (!e.inflight && now < e.retryAt && e.lastError) throw e.lastError;
+    return (await renew(e)).token;
+  };
+
+  return {
+    get,
+    async prefetch(binding) {
+      await get(binding).catch(() => {});
+    },
+    hasValid(key) {
+      const e = entries.get(key);
+      return e !== undefined && isValid(e, clock.now());
+    },
+    close() {
+      closed = true;
+      for (const e of entries.values()) e.cancel?.();
+      entries.clear();
+    },
+  };
+}
+
+/** Low-cardinality metric label for a failure: the OAuth error code, else the failing step's code. */
+function resultLabel(err: TokenUnavailableError): string {
+  if (err.oauthError) return /^[a-z0-9_]{1,40}$/.test(err.oauthError) ? err.oauthError : 'oauth_error';
+  const cause = err.cause;
+  if (cause instanceof SidecarError && /^[a-z0-9_]{1,40}$/.test(cause.code)) return cause.code;
+  return 'error';
+}

@@ -1,0 +1,217 @@
+import fc from 'fast-check';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { tokenSourceSchema } from '../../src/config/schema.js';
+import { TokenUnavailableError } from '../../src/errors.js';
+import { createTokenSource } from '../../src/outbound/sources/index.js';
+import { backoffDelay, computeRefreshAt, createTokenCache, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
+import { rawToken } from '../support/tokens.js';
+import { createFakeTime, metricValue, observed, startStubTokenEndpoint, type FakeTime, type StubTokenEndpoint, type TokenReply } from './outbound-harness.js';
+
+const SECRET = 'cache-test-s3cret';
+const TTL_S = 600;
+
+describe('computeRefreshAt', () => {
+  it('always lands between 50% and 80% of the lifetime, and never after exp - margin unless that is before half-life', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 4e12 }),
+        fc.integer({ min: 1, max: 90 * 86_400_000 }),
+        fc.integer({ min: 0, max: 3_600_000 }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        (obtained, lifetime, margin, r) => {
+          const at = computeRefreshAt(obtained, obtained + lifetime, margin, r);
+          expect(at).toBeGreaterThanOrEqual(obtained + lifetime * 0.5);
+          expect(at).toBeLessThanOrEqual(obtained + lifetime * 0.8 + 1e-6);
+          expect(at).toBeLessThanOrEqual(Math.max(obtained + lifetime * 0.5, obtained + lifetime - margin) + 1e-6);
+        },
+      ),
+    );
+  });
+
+  it('uses the jitter across the whole 50%..80% window', () => {
+    expect(computeRefreshAt(0, 1000_000, 60_000, 0)).toBe(500_000);
+    expect(computeRefreshAt(0, 1000_000, 60_000, 1)).toBe(800_000);
+    expect(computeRefreshAt(0, 1000_000, 60_000, 0.5)).toBe(650_000);
+  });
+
+  it('renews long-lived tokens by the margin and short ones at half-life, so they do not loop', () => {
+    // 1 h token, 20 min margin: 80% (48 min) is later than exp - margin (40 min).
+    expect(computeRefreshAt(0, 3_600_000, 1_200_000, 1)).toBe(2_400_000);
+    // 100 s token, 60 s margin: exp - margin (40 s) is before half-life, so half-life wins.
+    expect(computeRefreshAt(0, 100_000, 60_000, 0.9)).toBe(50_000);
+  });
+
+  it('lets a source ask for an earlier recheck (file sources re-read every minute)', () => {
+    expect(computeRefreshAt(0, 3_600_000, 60_000, 0, 60_000)).toBe(60_000);
+    expect(computeRefreshAt(0, 100_000, 60_000, 0, 90_000)).toBe(50_000);
+  });
+});
+
+describe('backoffDelay', () => {
+  it('doubles from the minimum, stays within [min, max] whatever the jitter', () => {
+    expect([1, 2, 3, 4, 5, 6, 7, 8].map((n) => backoffDelay(n, 1000, 60_000, 0.5))).toEqual([1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 200 }), fc.double({ min: 0, max: 1, noNaN: true }), (n, r) => {
+        const d = backoffDelay(n, 1000, 60_000, r);
+        expect(d).toBeGreaterThanOrEqual(1000);
+        expect(d).toBeLessThanOrEqual(60_000);
+      }),
+    );
+  });
+});
+
+describe('token cache (clock-controlled, real client_credentials source against a stand-in token endpoint)', () => {
+  let time: FakeTime;
+  let stub: StubTokenEndpoint;
+  let issued = 0;
+  let obs: ReturnType<typeof observed>;
+  let cache: TokenCache;
+  let binding: TokenBinding;
+  let random = 0;
+  const ok = (): TokenReply => ({ body: { access_token: `opaque-${++issued}`, token_type: 'Bearer', expires_in: TTL_S } });
+  const refused = (): TokenReply => ({ status: 401, body: { error: 'invalid_client', error_description: 'client authentication failed' } });
+
+  beforeEach(async () => {
+    time = createFakeTime();
+    issued = 0;
+    random = 0;
+    obs = observed();
+    stub = await startStubTokenEndpoint(ok);
+    const source = createTokenSource(
+      tokenSourceSchema.parse({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: SECRET }),
+      { clock: time.clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource' },
+    );
+    binding = { key: 'k1', source, audience: 'payments', scopes: [] };
+    cache = createTokenCache({
+      clock: time.clock,
+      scheduler: time.scheduler,
+      random: () => random,
+      logger: obs.logger,
+      metrics: obs.metrics,
+      refreshMarginSeconds: 60,
+    });
+  });
+
+  afterEach(async () => {
+    cache.close();
+    await binding.source.close();
+    await stub.close();
+  });
+
+  it('200 concurrent callers cost exactly one token request', async () => {
+    const release = stub.hold();
+    const calls = Array.from({ length: 200 }, () => cache.get(binding));
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    release();
+    const tokens = await Promise.all(calls);
+    expect(new Set(tokens)).toEqual(new Set(['opaque-1']));
+    expect(await cache.get(binding)).toBe('opaque-1');
+    expect(stub.requests).toHaveLength(1);
+    expect(stub.requests[0]!.form.get('resource')).toBe('payments');
+    expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'success' })).toBe(1);
+  });
+
+  it('renews in the background at the jittered point, not a moment before', async () => {
+    random = 0.5; // 65% of 600 s = 390 s
+    const start = time.now();
+    expect(await cache.get(binding)).toBe('opaque-1');
+    expect(time.pending()).toEqual([start + 390_000]);
+    time.advance(389_999);
+    expect(await cache.get(binding)).toBe('opaque-1');
+    expect(stub.requests).toHaveLength(1);
+    time.advance(1);
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+    await vi.waitFor(async () => expect(await cache.get(binding)).toBe('opaque-2'));
+    // The next renewal is scheduled from the new token's own lifetime.
+    expect(time.pending()).toEqual([start + 390_000 + 390_000]);
+    expect(await metricValue(obs.metrics, 'oidc_sidecar_token_expiry_timestamp_seconds', { audience: 'payments' })).toBe(
+      Math.floor((start + 390_000 + TTL_S * 1000) / 1000),
+    );
+  });
+
+  it('keeps serving the current token while renewal fails, until it expires; then 503-class error', async () => {
+    const start = time.now();
+    expect(await cache.get(binding)).toBe('opaque-1');
+    stub.reply = () => ({ status: 503, body: { error: 'temporarily_unavailable' } });
+    time.advance(300_000); // half-life with random 0
+    await vi.waitFor(() => expect(obs.lines.some((l) => l.event === 'token_fetch_failed')).toBe(true));
+    expect(await cache.get(binding)).toBe('opaque-1');
+    // Retries keep failing with backoff while the old token is still used.
+    const expiry = start + TTL_S * 1000;
+    const failures = () => obs.lines.filter((l) => l.event === 'token_fetch_failed').length;
+    for (let n = 2; time.pending()[0]! < expiry; n++) {
+      time.advance(time.pending()[0]! - time.now());
+      await vi.waitFor(() => expect(failures()).toBe(n));
+      expect(await cache.get(binding)).toBe('opaque-1');
+      expect(cache.hasValid('k1')).toBe(true);
+    }
+    time.advance(expiry - 1 - time.now());
+    expect(await cache.get(binding)).toBe('opaque-1');
+    time.advance(1);
+    expect(cache.hasValid('k1')).toBe(false);
+    const err = await cache.get(binding).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenUnavailableError);
+    expect((err as TokenUnavailableError).oauthError).toBe('temporarily_unavailable');
+    expect((err as TokenUnavailableError).status).toBe(503);
+    const kept = obs.lines.filter((l) => l.event === 'token_fetch_failed');
+    expect(kept.length).toBeGreaterThan(3);
+    expect(kept.every((l) => l.keepingToken === true)).toBe(true);
+  });
+
+  it('retries with exponential backoff and fails fast in between instead of hammering the IdP', async () => {
+    random = 0.5; // jitter factor 1.0
+    stub.reply = refused;
+    const first = await cache.get(binding).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(TokenUnavailableError);
+    expect((first as TokenUnavailableError).oauthError).toBe('invalid_client');
+    expect((first as Error).message).toContain('invalid_client (client authentication failed)');
+    expect((first as Error).message).not.toContain(SECRET);
+
+    // Calls during the backoff window get the last error without a request.
+    await expect(cache.get(binding)).rejects.toBeInstanceOf(TokenUnavailableError);
+    expect(stub.requests).toHaveLength(1);
+
+    const gaps: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const next = time.pending()[0]!;
+      gaps.push(next - time.now());
+      time.advance(next - time.now());
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(i + 2));
+      await vi.waitFor(() => expect(time.pending()[0]).toBeGreaterThan(time.now()));
+    }
+    expect(gaps).toEqual([1000, 2000, 4000]);
+    stub.reply = ok;
+    time.advance(time.pending()[0]! - time.now());
+    await vi.waitFor(() => expect(cache.hasValid('k1')).toBe(true));
+    expect(await cache.get(binding)).toBe('opaque-1');
+    expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'invalid_client' })).toBe(4);
+    const failed = obs.lines.filter((l) => l.event === 'token_fetch_failed');
+    expect(failed[0]).toMatchObject({ level: 'warn', source: 'client_credentials', audience: 'payments', oauthError: 'invalid_client', reason: 'invalid_client' });
+  });
+
+  it('audits token_issued with source, audience, expiry from the JWT exp and jti, never the token or the secret', async () => {
+    const exp = Math.floor(time.now() / 1000) + 120;
+    const jwt = rawToken({ alg: 'RS256', typ: 'at+jwt' }, { sub: 'orders', aud: 'payments', exp, jti: 'jti-123' }, 'c2ln');
+    stub.reply = () => ({ body: { access_token: jwt, token_type: 'bearer', expires_in: 99_999 } });
+    expect(await cache.get(binding)).toBe(jwt);
+    const line = obs.lines.find((l) => l.event === 'token_issued');
+    expect(line).toMatchObject({ level: 'info', source: 'client_credentials', audience: 'payments', jti: 'jti-123', expiresAt: new Date(exp * 1000).toISOString() });
+    expect(obs.text()).not.toContain(jwt.split('.')[1]);
+    expect(obs.text()).not.toContain(SECRET);
+  });
+
+  it('treats a token that is already expired as a failure', async () => {
+    const jwt = rawToken({ alg: 'RS256' }, { exp: Math.floor(time.now() / 1000) - 5 }, 'c2ln');
+    stub.reply = () => ({ body: { access_token: jwt, token_type: 'Bearer' } });
+    await expect(cache.get(binding)).rejects.toThrow(/expired/);
+    expect(cache.hasValid('k1')).toBe(false);
+  });
+
+  it('close() cancels renewals and refuses further calls', async () => {
+    await cache.get(binding);
+    expect(time.pending()).toHaveLength(1);
+    cache.close();
+    expect(time.pending()).toHaveLength(0);
+    await expect(cache.get(binding)).rejects.toBeInstanceOf(TokenUnavailableError);
+  });
+});
