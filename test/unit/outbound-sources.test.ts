@@ -1,0 +1,265 @@
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { jwtVerify, createLocalJWKSet, SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tokenSourceSchema } from '../../src/config/schema.js';
+import { TokenUnavailableError } from '../../src/errors.js';
+import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
+import { createTokenSource, type SourceDeps, type TokenSource } from '../../src/outbound/sources/index.js';
+import { TOKEN_EXCHANGE_GRANT } from '../../src/outbound/sources/token-exchange.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { rawToken } from '../support/tokens.js';
+import { startStubTokenEndpoint, type StubTokenEndpoint } from './outbound-harness.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'outbound-sources-'));
+const clock = { now: () => Date.now() };
+const deps = (extra: Partial<SourceDeps> = {}): SourceDeps => ({ clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource', ...extra });
+const sources: TokenSource[] = [];
+function source(cfg: Record<string, unknown>, extra: Partial<SourceDeps> = {}): TokenSource {
+  const s = createTokenSource(tokenSourceSchema.parse(cfg), deps(extra));
+  sources.push(s);
+  return s;
+}
+const jwtWith = (claims: Record<string, unknown>) => rawToken({ alg: 'RS256', typ: 'JWT' }, claims, 'c2lnbmF0dXJl');
+const inSeconds = (s: number) => Math.floor(Date.now() / 1000) + s;
+
+const pkjwtKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+let idp: TestIdp;
+
+beforeAll(async () => {
+  idp = await startIdp({
+    clients: [
+      { clientId: 'orders', clientSecret: 'orders s3cret:with+specials' },
+      { clientId: 'poster', clientSecret: 'poster-secret', authMethod: 'client_secret_post' },
+      { clientId: 'signer', privateKey: { key: pkjwtKey.privateKey, alg: 'ES256' } },
+    ],
+  });
+});
+afterAll(async () => {
+  await Promise.all(sources.map((s) => s.close()));
+  await idp.close();
+});
+
+async function verifyAtIdp(token: string) {
+  const jwks = (await (await fetch(idp.jwksUri)).json()) as { keys: [] };
+  return (await jwtVerify(token, createLocalJWKSet(jwks), { issuer: idp.issuer })).payload;
+}
+
+describe('client_credentials against a real OpenID provider', () => {
+  it('client_secret_basic with a secret full of specials, token endpoint from discovery, audience as RFC 8707 resource', async () => {
+    const s = source({ type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders s3cret:with+specials' });
+    const before = idp.counts.discovery;
+    const t = await s.fetch({ audience: 'payments', scopes: ['read', 'write'] });
+    const claims = await verifyAtIdp(t.token);
+    expect(claims).toMatchObject({ aud: 'payments', client_id: 'orders', scope: 'read write' });
+    expect(t.expiresAt).toBe((claims.exp as number) * 1000);
+    expect(t.jti).toBe(claims.jti);
+    await s.fetch({ audience: 'ledger', scopes: [] });
+    expect(idp.counts.discovery - before).toBe(1);
+  });
+
+  it('client_secret_post with a static tokenEndpoint and audienceParam: audience (Auth0 style)', async () => {
+    const s = source({ type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'poster', clientSecret: 'poster-secret', authMethod: 'client_secret_post', audienceParam: 'audience' });
+    expect(await verifyAtIdp((await s.fetch({ audience: 'payments', scopes: [] })).token)).toMatchObject({ aud: 'payments', client_id: 'poster' });
+  });
+
+  it('private_key_jwt with a PEM key (alg from the key)', async () => {
+    const keyFile = join(dir, 'signer.pem');
+    writeFileSync(keyFile, pkjwtKey.privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    const s = source({ type: 'client_credentials', issuer: idp.issuer, clientId: 'signer', privateKeyFile: keyFile });
+    // Twice: each assertion must carry a fresh jti (the IdP refuses replays).
+    for (const aud of ['payments', 'ledger']) expect(await verifyAtIdp((await s.fetch({ audience: aud, scopes: [] })).token)).toMatchObject({ aud, client_id: 'signer' });
+  });
+
+  it('surfaces the OAuth error (invalid_client) and never the secret', async () => {
+    const s = source({ type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'wrong-secret-value' });
+    const err = await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenUnavailableError);
+    expect(err).toMatchObject({ code: 'token_unavailable', status: 503, oauthError: 'invalid_client' });
+    expect((err as Error).message).toMatch(/^token endpoint refused the request \(HTTP 401\): invalid_client/);
+    expect((err as Error).message).not.toContain('wrong-secret-value');
+  });
+
+  it('an unreachable IdP is a TokenUnavailableError with the failing step as cause code', async () => {
+    const s = source({ type: 'client_credentials', issuer: 'http://127.0.0.1:1', clientId: 'orders', clientSecret: 'x' });
+    const err = await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenUnavailableError);
+    expect((err as Error).message).toMatch(/token endpoint discovery failed: .*connection refused/);
+    expect(((err as Error).cause as { code: string }).code).toBe('idp_unreachable');
+  });
+});
+
+describe('client_credentials request shape and response checks (stand-in token endpoint)', () => {
+  let stub: StubTokenEndpoint;
+  beforeAll(async () => {
+    stub = await startStubTokenEndpoint(() => ({ body: { access_token: 'opaque-token', token_type: 'Bearer', expires_in: 300 } }));
+  });
+  afterAll(() => stub.close());
+  const cc = (extra: Record<string, unknown> = {}) => source({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: 's', ...extra });
+
+  it('audienceParam none sends scopes only (Entra .default style); params add fields but cannot replace the grant', async () => {
+    await cc({ audienceParam: 'none', params: { grant_type: 'password', tenant: 't1' } }).fetch({ audience: 'payments', scopes: ['api://payments/.default'] });
+    const form = stub.requests.at(-1)!.form;
+    expect(Object.fromEntries(form)).toEqual({ tenant: 't1', grant_type: 'client_credentials', scope: 'api://payments/.default' });
+  });
+
+  it('expires_in gives the expiry of an opaque token', async () => {
+    const before = Date.now();
+    const t = await cc().fetch({ audience: 'payments', scopes: [] });
+    expect(t.token).toBe('opaque-token');
+    expect(t.expiresAt).toBeGreaterThanOrEqual(before + 300_000);
+    expect(t.expiresAt).toBeLessThanOrEqual(Date.now() + 300_000);
+  });
+
+  const badAnswers: Array<[string, { status?: number; body: unknown; contentType?: string }, RegExp]> = [
+    ['a DPoP token', { body: { access_token: 'abc', token_type: 'DPoP', expires_in: 60 } }, /token_type "dpop" is not a bearer token/],
+    ['a token with CR/LF (header injection)', { body: { access_token: 'abc\r\nx-evil: 1', expires_in: 60 } }, /not a valid bearer token/],
+    ['no access_token', { body: { token_type: 'Bearer', expires_in: 60 } }, /no token/],
+    ['neither exp nor expires_in', { body: { access_token: 'abc', token_type: 'Bearer' } }, /neither a JWT exp claim nor expires_in/],
+    ['an expired JWT', { body: { access_token: jwtWith({ exp: inSeconds(-10) }), token_type: 'Bearer', expires_in: 600 } }, /the token expired at/],
+    ['HTML instead of JSON', { body: '<html>oops</html>', contentType: 'text/html' }, /not JSON/],
+    ['a 500 without an OAuth error', { status: 500, body: 'boom' }, /answered HTTP 500 without an OAuth error/],
+    ['an OAuth error with control characters', { status: 400, body: { error: 'invalid_scope\nx', error_description: 'bad "scope"\u0000' } }, /invalid_scope\?x \(bad \?scope\?\?\)/],
+  ];
+  for (const [what, answer, message] of badAnswers) {
+    it(`refuses ${what}`, async () => {
+      stub.reply = () => answer;
+      const err = await cc().fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TokenUnavailableError);
+      expect((err as Error).message).toMatch(message);
+      stub.reply = () => ({ body: { access_token: 'opaque-token', token_type: 'Bearer', expires_in: 300 } });
+    });
+  }
+});
+
+describe('token_exchange (RFC 8693)', () => {
+  it('sends the subject token re-read from its file, its type, the requested type and the audience', async () => {
+    const exchanged = jwtWith({ aud: 'payments', exp: inSeconds(300), jti: 'x-1' });
+    const stub = await startStubTokenEndpoint(() => ({ body: { access_token: exchanged, issued_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_type: 'N_A' } }));
+    try {
+      const subjectFile = join(dir, 'sa-token');
+      writeFileSync(subjectFile, 'subject.one.sig\n');
+      const s = source({
+        type: 'token_exchange',
+        tokenEndpoint: stub.url,
+        clientId: 'orders',
+        clientSecret: 'sec',
+        audienceParam: 'audience',
+        subjectTokenFile: subjectFile,
+        requestedTokenType: 'urn:ietf:params:oauth:token-type:access_token',
+      });
+      const t = await s.fetch({ audience: 'payments', scopes: ['read'] });
+      expect(t).toMatchObject({ token: exchanged, jti: 'x-1' });
+      expect(Object.fromEntries(stub.requests[0]!.form)).toEqual({
+        grant_type: TOKEN_EXCHANGE_GRANT,
+        audience: 'payments',
+        scope: 'read',
+        subject_token: 'subject.one.sig',
+        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+        requested_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+      });
+      expect(stub.requests[0]!.headers.authorization).toMatch(/^Basic /);
+      writeFileSync(subjectFile, 'subject.two.sig');
+      await s.fetch({ audience: 'payments', scopes: [] });
+      expect(stub.requests[1]!.form.get('subject_token')).toBe('subject.two.sig');
+      rmSync(subjectFile);
+      await expect(s.fetch({ audience: 'payments', scopes: [] })).rejects.toThrow(/cannot read subjectTokenFile .*sa-token: no such file/);
+      expect(stub.requests).toHaveLength(2);
+    } finally {
+      await stub.close();
+    }
+  });
+});
+
+describe('file source', () => {
+  it('re-reads when the file changes (kubelet-style atomic swap), at least every minute, and substitutes {audience}', async () => {
+    let now = Date.now();
+    const fakeClock = { now: () => now };
+    const path = join(dir, 'tokens-payments.jwt');
+    const first = jwtWith({ aud: 'payments', exp: inSeconds(3600), jti: 'f-1' });
+    writeFileSync(path, `${first}\n`);
+    const s = source({ type: 'file', path: join(dir, 'tokens-{audience}.jwt') }, { clock: fakeClock });
+    const t1 = await s.fetch({ audience: 'payments', scopes: [] });
+    expect(t1).toMatchObject({ token: first, jti: 'f-1', recheckAt: now + FILE_RECHECK_MS });
+    const second = jwtWith({ aud: 'payments', exp: inSeconds(7200), jti: 'f-2' });
+    const tmp = join(dir, 'swap.tmp');
+    writeFileSync(tmp, second);
+    renameSync(tmp, path);
+    expect(await s.fetch({ audience: 'payments', scopes: [] })).toMatchObject({ token: second, jti: 'f-2' });
+    now += FILE_RECHECK_MS;
+    expect((await s.fetch({ audience: 'payments', scopes: [] })).token).toBe(second);
+  });
+
+  it('a missing, expired, empty or non-JWT file is an error', async () => {
+    const s = source({ type: 'file', path: join(dir, 'f-{audience}') });
+    writeFileSync(join(dir, 'f-expired'), jwtWith({ exp: inSeconds(-1) }));
+    writeFileSync(join(dir, 'f-empty'), '');
+    writeFileSync(join(dir, 'f-opaque'), 'not-a-jwt');
+    await expect(s.fetch({ audience: 'missing', scopes: [] })).rejects.toThrow(/cannot read token file .*f-missing: no such file/);
+    await expect(s.fetch({ audience: 'expired', scopes: [] })).rejects.toThrow(/the token expired at/);
+    await expect(s.fetch({ audience: 'empty', scopes: [] })).rejects.toThrow(/is empty/);
+    await expect(s.fetch({ audience: 'opaque', scopes: [] })).rejects.toThrow(/does not hold a JWT/);
+  });
+});
+
+describe('env source', () => {
+  it('reads the variable named after the audience (GitLab id_tokens style)', async () => {
+    const token = jwtWith({ aud: 'payments', exp: inSeconds(600), jti: 'e-1' });
+    const s = source({ type: 'env', variable: 'ID_TOKEN_{audience}' }, { env: { ID_TOKEN_payments: token, ID_TOKEN_old: jwtWith({ exp: inSeconds(-5) }), ID_TOKEN_junk: 'a b' } });
+    expect(await s.fetch({ audience: 'payments', scopes: [] })).toMatchObject({ token, jti: 'e-1' });
+    await expect(s.fetch({ audience: 'ledger', scopes: [] })).rejects.toThrow(/environment variable ID_TOKEN_ledger is not set or empty/);
+    await expect(s.fetch({ audience: 'old', scopes: [] })).rejects.toThrow(/expired/);
+    await expect(s.fetch({ audience: 'junk', scopes: [] })).rejects.toThrow(/not a valid bearer token/);
+  });
+});
+
+describe('github_actions source (stand-in for the Actions token endpoint)', () => {
+  let seen: { url: string; headers: IncomingHttpHeaders }[];
+  let base: string;
+  let close: () => Promise<void>;
+  let status = 200;
+  beforeAll(async () => {
+    seen = [];
+    const server = createServer((req, res) => {
+      seen.push({ url: req.url!, headers: req.headers });
+      const audience = new URL(req.url!, 'http://x').searchParams.get('audience');
+      if (status !== 200) return void res.writeHead(status).end('{"message":"nope"}');
+      void new SignJWT({ repository: 'acme/app' })
+        .setProtectedHeader({ alg: 'ES256' })
+        .setAudience(audience!)
+        .setExpirationTime('5m')
+        .setJti(randomUUID())
+        .sign(pkjwtKey.privateKey)
+        .then((value) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ count: 1, value })));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    close = () => new Promise((r) => server.close(() => r()));
+  });
+  afterAll(() => close());
+
+  it('GETs the request URL with &audience= and the bearer request token, and returns the JWT with its exp', async () => {
+    const env = { ACTIONS_ID_TOKEN_REQUEST_URL: `${base}/_apis/idtoken?api-version=2.0`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'runner-request-token' };
+    const s = source({ type: 'github_actions' }, { env });
+    const t = await s.fetch({ audience: 'https://payments.example', scopes: [] });
+    const { payload } = await jwtVerify(t.token, pkjwtKey.publicKey, { audience: 'https://payments.example' });
+    expect(t.expiresAt).toBe(payload.exp! * 1000);
+    expect(seen.at(-1)!.url).toBe('/_apis/idtoken?api-version=2.0&audience=https%3A%2F%2Fpayments.example');
+    expect(seen.at(-1)!.headers.authorization).toBe('bearer runner-request-token');
+  });
+
+  it('explains missing permissions and refuses non-200 answers', async () => {
+    await expect(source({ type: 'github_actions' }).fetch({ audience: 'a', scopes: [] })).rejects.toThrow(/permissions: id-token: write/);
+    status = 403;
+    const env = { ACTIONS_ID_TOKEN_REQUEST_URL: `${base}/_apis/idtoken?api-version=2.0`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'runner-request-token' };
+    const err = await source({ type: 'github_actions' }, { env }).fetch({ audience: 'a', scopes: [] }).catch((e: unknown) => e);
+    status = 200;
+    expect(err).toBeInstanceOf(TokenUnavailableError);
+    expect((err as Error).message).toMatch(/GitHub Actions token endpoint http:\/\/127\.0\.0\.1:\d+\/_apis\/idtoken answered HTTP 403/);
+    expect((err as Error).message).not.toContain('runner-request-token');
+  });
+});
