@@ -1,0 +1,177 @@
+import { jwtVerify, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyObject, type CryptoKey } from 'jose';
+import type { Clock } from '../clock.js';
+import type { InboundConfig, IssuerConfig } from '../config/schema.js';
+import { TokenRejectedError } from '../errors.js';
+import type { ExtractedToken } from './extractor.js';
+import type { Identity } from './identity.js';
+import { fromJoseError } from './jose-errors.js';
+import type { IssuerKeys, KeyStore } from './key-store.js';
+import type { Claims } from './policy.js';
+import type { VerifyCache } from './verify-cache.js';
+
+/** Verifies one token against the issuer it names. */
+export interface Authenticator {
+  /** The verified identity; throws TokenRejectedError (401) or KeysUnavailableError (503). */
+  authenticate(token: ExtractedToken): Promise<Identity>;
+}
+
+export interface AuthenticatorDeps {
+  keyStore: KeyStore;
+  cache: VerifyCache<Identity>;
+  clock: Clock;
+  buildIdentity: (claims: Claims, issuer: string) => Identity;
+}
+
+/** Header parameters that point at a key chosen by the sender: never followed (RFC 8725 §3.10, CVE-2018-0114). */
+const KEY_BEARING_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;
+
+/** When several keys match a token without `kid`, at most this many are tried (bounds the work per token). */
+const MAX_CANDIDATE_KEYS = 8;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * The verifier: one token, one issuer (Envoy's authenticator). The issuer is
+ * picked by exact match of the UNVERIFIED `iss` before anything else happens,
+ * so an unknown issuer costs no network call; the header is checked before
+ * any key is looked up; then jose verifies signature and claims with the
+ * algorithms pinned to the issuer's allowlist (RFC 8725 §3.1) and `exp`
+ * required (RFC 9068 §2.2). Verified results are cached; a cache hit re-checks
+ * the time claims and the issuer's key-set version.
+ */
+export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDeps): Authenticator {
+  const { keyStore, cache, clock, buildIdentity } = deps;
+  const skew = config.clockSkewSeconds;
+  const defaultAudience = listOf(config.audience);
+  const required = ['exp', ...(config.requiredClaims ?? [])];
+  const issuers = new Map<string, IssuerConfig>(config.issuers.map((i) => [i.issuer, i]));
+  const algorithms = new Map(config.issuers.map((i) => [i.issuer, new Set<string>(i.algorithms)]));
+
+  const options = (issuer: IssuerConfig): JWTVerifyOptions => ({
+    algorithms: [...issuer.algorithms],
+    issuer: issuer.issuer,
+    audience: issuer.audience !== undefined ? listOf(issuer.audience) : defaultAudience,
+    clockTolerance: skew,
+    requiredClaims: required,
+    currentDate: new Date(clock.now()),
+    ...(config.typ !== undefined ? { typ: config.typ } : {}),
+  });
+
+  const verifyWith = async (token: string, keySet: JWTVerifyGetKey, opts: JWTVerifyOptions): Promise<Claims> => {
+    try {
+      return (await jwtVerify(token, keySet, opts)).payload;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
+      // No `kid` and several candidate keys: try each, a bounded number (jose leaves this loop to the caller).
+      let tried = 0;
+      for await (const key of err as AsyncIterable<CryptoKey | KeyObject>) {
+        if (++tried > MAX_CANDIDATE_KEYS) break;
+        try {
+          return (await jwtVerify(token, key, opts)).payload;
+        } catch (inner) {
+          if ((inner as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
+        }
+      }
+      throw new TokenRejectedError('bad_signature', 'signature does not verify with any key of the issuer');
+    }
+  };
+
+  const verify = async (token: string, issuer: IssuerConfig, keys: IssuerKeys): Promise<{ claims: Claims; version: number }> => {
+    let version = keys.version;
+    let keySet = keys.keySet();
+    try {
+      return { claims: await verifyWith(token, keySet, options(issuer)), version };
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw fromJoseError(err);
+    }
+    // Unknown kid: maybe the issuer rotated. Refetch (rate-limited per issuer), then try once more if the keys changed.
+    await keys.refetchForUnknownKey();
+    if (keys.version === version) throw new TokenRejectedError('unknown_key', 'no key of the issuer matches the token (kid)');
+    version = keys.version;
+    keySet = keys.keySet();
+    try {
+      return { claims: await verifyWith(token, keySet, options(issuer)), version };
+    } catch (err) {
+      throw fromJoseError(err);
+    }
+  };
+
+  return {
+    async authenticate({ token, dot1, dot2 }) {
+      const cached = cache.get(token, (e) => keyStore.get(e.value.issuer)?.version === e.keyVersion);
+      if (cached) {
+        const keys = keyStore.get(cached.value.issuer)!;
+        keys.keySet(); // throws KeysUnavailableError once the keys are too stale, cached or not
+        checkTimes(cached.value.claims, clock.now() / 1000, skew);
+        return cached.value;
+      }
+
+      const header = decodeSegment(token.slice(0, dot1), 'header');
+      const alg = header.alg;
+      if (typeof alg !== 'string' || alg === '') throw new TokenRejectedError('malformed_token', 'token header has no "alg"');
+      // RFC 8725 §3.1/§3.2: no unsigned tokens, no shared-secret algorithms with public keys (CVE-2015-9235, CVE-2022-23540).
+      if (alg.toLowerCase() === 'none' || /^HS/i.test(alg)) throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is never accepted`);
+      for (const h of KEY_BEARING_HEADERS) {
+        if (h in header) throw new TokenRejectedError('malformed_token', `token header carries "${h}"; keys are only taken from the issuer's JWKS`);
+      }
+      // RFC 7515 §4.1.11: a recipient must reject extensions it does not understand, and we understand none.
+      if (header.crit !== undefined) throw new TokenRejectedError('malformed_token', 'token header lists critical extensions (crit) that are not supported');
+      if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenRejectedError('malformed_token', 'token header "kid" is not a string');
+
+      const payload = decodeSegment(token.slice(dot1 + 1, dot2), 'payload');
+      const iss = payload.iss;
+      if (iss === undefined) throw new TokenRejectedError('missing_claim', 'token has no "iss" claim');
+      const issuer = typeof iss === 'string' ? issuers.get(iss) : undefined;
+      const keys = typeof iss === 'string' ? keyStore.get(iss) : undefined;
+      if (!issuer || !keys) throw new TokenRejectedError('unknown_issuer', 'token issuer is not trusted');
+      if (!algorithms.get(issuer.issuer)!.has(alg)) {
+        throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is not allowed for this issuer`);
+      }
+
+      const { claims, version } = await verify(token, issuer, keys);
+      const now = clock.now() / 1000;
+      for (const c of ['exp', 'nbf', 'iat'] as const) {
+        if (claims[c] !== undefined && !Number.isFinite(claims[c])) throw new TokenRejectedError('malformed_token', `"${c}" is not a finite number`);
+      }
+      checkTimes(claims, now, skew);
+      checkLifetime(claims, now, config.maxTokenLifetimeSeconds);
+
+      const identity = buildIdentity(claims, issuer.issuer);
+      cache.set(token, { value: identity, expiresAt: ((claims.exp as number) + skew) * 1000, keyVersion: version });
+      return identity;
+    },
+  };
+}
+
+/** exp, nbf and iat against now (seconds) with the allowed skew; the same rules as jose plus a future iat. */
+export function checkTimes(claims: Claims, now: number, skew: number): void {
+  const { exp, nbf, iat } = claims as { exp?: number; nbf?: number; iat?: number };
+  if (typeof exp === 'number' && exp <= now - skew) throw new TokenRejectedError('expired', 'token has expired');
+  if (typeof nbf === 'number' && nbf > now + skew) throw new TokenRejectedError('not_yet_valid', 'token is not valid yet (nbf)');
+  if (typeof iat === 'number' && iat > now + skew) throw new TokenRejectedError('issued_in_future', 'token is issued in the future (iat)');
+}
+
+/** exp minus iat (else nbf, else now) must not exceed `max` seconds. */
+function checkLifetime(claims: Claims, now: number, max: number | undefined): void {
+  if (max === undefined) return;
+  const { exp, nbf, iat } = claims as { exp: number; nbf?: number; iat?: number };
+  const from = typeof iat === 'number' ? iat : typeof nbf === 'number' ? nbf : now;
+  if (exp - from > max) throw new TokenRejectedError('lifetime_too_long', `token lifetime ${Math.round(exp - from)} s exceeds ${max} s`);
+}
+
+function decodeSegment(segment: string, what: 'header' | 'payload'): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(utf8.decode(Buffer.from(segment, 'base64url')));
+  } catch {
+    throw new TokenRejectedError('malformed_token', `token ${what} is not base64url JSON`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new TokenRejectedError('malformed_token', `token ${what} is not a JSON object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function listOf(v: string | readonly string[]): string[] {
+  return typeof v === 'string' ? [v] : [...v];
+}

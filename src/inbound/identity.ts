@@ -1,0 +1,60 @@
+import type { ForwardConfig } from '../config/schema.js';
+import type { Claims } from './policy.js';
+
+/** A verified caller, with the identity headers for the app computed once (they are cached with it). */
+export interface Identity {
+  claims: Claims;
+  issuer: string;
+  /** Flat [name, value, ...] list of the headers to set on the forwarded request. */
+  headers: readonly string[];
+}
+
+/**
+ * Builds the identity headers of `inbound.forward` from verified claims:
+ * subject, issuer, every claim as base64url(JSON) (RFC 4648 §5, so any value
+ * survives a header), and the configured claim headers (strings as-is, other
+ * JSON values JSON-encoded). A claim that is absent sets no header.
+ */
+export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, issuer: string) => Identity {
+  const claimHeaders = Object.entries(forward.claimHeaders);
+  return (claims, issuer) => {
+    const headers: string[] = [];
+    if (typeof claims.sub === 'string') headers.push(forward.subjectHeader, headerValue(claims.sub));
+    headers.push(forward.issuerHeader, headerValue(issuer));
+    headers.push(forward.claimsHeader, Buffer.from(JSON.stringify(claims)).toString('base64url'));
+    for (const [name, claim] of claimHeaders) {
+      const v = claims[claim];
+      if (v === undefined) continue;
+      headers.push(name, headerValue(typeof v === 'string' ? v : JSON.stringify(v)));
+    }
+    return { claims, issuer, headers };
+  };
+}
+
+/**
+ * Every header the sidecar sets for the app (and the token header unless
+ * `keepToken`): removed from the incoming request first, on every route, so a
+ * caller can never supply its own identity.
+ */
+export function identityHeaderNames(forward: ForwardConfig, tokenHeader: string): Set<string> {
+  const names = new Set([forward.subjectHeader, forward.issuerHeader, forward.claimsHeader, ...Object.keys(forward.claimHeaders)]);
+  if (!forward.keepToken) names.add(tokenHeader);
+  return names;
+}
+
+const PLAIN = /^[\x21-\x24\x26-\x7e](?:[\x20-\x24\x26-\x7e]*[\x21-\x24\x26-\x7e])?$/;
+
+/**
+ * A claim value as a header value. Printable ASCII without `%` and without
+ * edge spaces goes as-is; otherwise every byte outside printable ASCII, every
+ * space and every `%` is percent-encoded (UTF-8), so CR/LF can never split a
+ * header and an app may always apply decodeURIComponent to get the exact value.
+ */
+export function headerValue(value: string): string {
+  if (value === '' || PLAIN.test(value)) return value;
+  let out = '';
+  for (const byte of Buffer.from(value, 'utf8')) {
+    out += byte > 0x20 && byte < 0x7f && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}

@@ -1,0 +1,64 @@
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { Metrics } from '../admin/metrics.js';
+import type { Clock } from '../clock.js';
+
+/** What a cache hit gives back: enough to skip signature and claim checks except the time-based ones. */
+export interface CacheEntry<T> {
+  value: T;
+  /** Clock time (ms) after which the entry is dead: the token's exp plus the allowed skew. */
+  expiresAt: number;
+  /** The issuer key-set version the token was verified against. */
+  keyVersion: number;
+}
+
+/** A bounded LRU of verified tokens. */
+export interface VerifyCache<T> {
+  /** The live entry for `token`, if any; `isCurrent` may veto it (the entry is dropped). Counts hit/miss. */
+  get(token: string, isCurrent?: (entry: CacheEntry<T>) => boolean): CacheEntry<T> | undefined;
+  set(token: string, entry: CacheEntry<T>): void;
+  readonly size: number;
+}
+
+export interface VerifyCacheOptions {
+  /** Most entries kept (least recently used go first); 0 disables the cache. Default 10000. */
+  maxEntries: number;
+  clock: Clock;
+  metrics: Metrics;
+}
+
+/**
+ * The verified-token cache, so a hot caller costs a hash and a map lookup
+ * instead of a signature check. Keyed by the SHA-256 of the token, so memory
+ * per entry does not grow with token size and the cache never holds a token.
+ * An entry never outlives its token (`expiresAt`), and the caller vetoes
+ * entries verified against an older key set (rotation removes keys).
+ */
+export function createVerifyCache<T>(opts: VerifyCacheOptions): VerifyCache<T> {
+  const { clock, metrics } = opts;
+  if (opts.maxEntries === 0) {
+    return { get: () => undefined, set: () => {}, size: 0 };
+  }
+  const lru = new LRUCache<string, CacheEntry<T>>({ max: opts.maxEntries });
+  const keyOf = (token: string) => createHash('sha256').update(token).digest('base64url');
+  return {
+    get(token, isCurrent) {
+      const key = keyOf(token);
+      const entry = lru.get(key);
+      if (entry && clock.now() < entry.expiresAt && (!isCurrent || isCurrent(entry))) {
+        metrics.verifyCacheLookups.inc({ result: 'hit' });
+        return entry;
+      }
+      if (entry) lru.delete(key);
+      metrics.verifyCacheLookups.inc({ result: 'miss' });
+      return undefined;
+    },
+    set(token, entry) {
+      if (entry.expiresAt <= clock.now()) return;
+      lru.set(keyOf(token), entry);
+    },
+    get size() {
+      return lru.size;
+    },
+  };
+}

@@ -1,0 +1,266 @@
+import { createHmac, KeyObject, sign } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import { KeysUnavailableError, TokenRejectedError } from '../../src/errors.js';
+import { createAuthenticator } from '../../src/inbound/authenticator.js';
+import { checkShape } from '../../src/inbound/extractor.js';
+import { createIdentityBuilder, type Identity } from '../../src/inbound/identity.js';
+import { createKeyStore } from '../../src/inbound/key-store.js';
+import { createVerifyCache } from '../../src/inbound/verify-cache.js';
+import { algNoneToken, b64url, corruptSignature, rawToken, signToken, testKeyPair, type TestKeyPair } from '../support/tokens.js';
+import { captureLogger, counterValue, inboundConfig, manualClock, manualScheduler, startJwksServer, testMetrics } from './inbound-support.js';
+
+const ISS = 'https://idp.test';
+const cleanups: Array<() => Promise<unknown> | void> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup(inbound: Record<string, unknown> = {}, opts: { keys?: TestKeyPair[]; cacheEntries?: number } = {}) {
+  const rsa = await testKeyPair('RS256', 'rsa-1');
+  const ec = await testKeyPair('ES256', 'ec-1');
+  const keys = opts.keys ?? [rsa, ec];
+  const server = await startJwksServer({ keys: keys.map((k) => k.publicJwk) });
+  cleanups.push(() => server.close());
+  const config = inboundConfig({
+    issuers: [{ issuer: ISS, jwksUri: server.url }, { issuer: 'https://other.test', jwksUri: server.url, algorithms: ['ES256'] }],
+    ...inbound,
+    cache: { maxEntries: opts.cacheEntries ?? 100 },
+  });
+  const clock = manualClock(Date.parse('2030-01-01T00:00:00Z'));
+  const metrics = testMetrics();
+  const keyStore = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics, clock, scheduler: manualScheduler() });
+  cleanups.push(() => keyStore.close());
+  const auth = createAuthenticator(config, {
+    keyStore,
+    cache: createVerifyCache<Identity>({ maxEntries: config.cache.maxEntries, clock, metrics }),
+    clock,
+    buildIdentity: createIdentityBuilder(config.forward),
+  });
+  const now = () => Math.floor(clock.now() / 1000);
+  const claims = (over: Record<string, unknown> = {}) => {
+    const c: Record<string, unknown> = { iss: ISS, sub: 'orders', aud: 'orders', iat: now(), exp: now() + 300, ...over };
+    for (const [k, v] of Object.entries(c)) if (v === undefined) delete c[k];
+    return c;
+  };
+  const mint = (over: Record<string, unknown> = {}, o: { key?: TestKeyPair; kid?: string | null; header?: Record<string, unknown>; typ?: string | null } = {}) => {
+    const key = o.key ?? rsa;
+    return signToken(claims(over), {
+      key: key.privateKey,
+      alg: key.alg,
+      kid: o.kid === null ? undefined : (o.kid ?? key.kid),
+      ...(o.typ !== undefined ? { typ: o.typ } : {}),
+      ...(o.header ? { header: o.header } : {}),
+    });
+  };
+  const verify = (token: string) => auth.authenticate(checkShape(token));
+  const reason = async (token: string) => {
+    try {
+      await verify(token);
+    } catch (err) {
+      if (err instanceof TokenRejectedError || err instanceof KeysUnavailableError) return err.code;
+      throw err;
+    }
+    return 'accepted';
+  };
+  await keyStore.start();
+  return { rsa, ec, server, config, clock, metrics, keyStore, mint, verify, reason, claims, now };
+}
+
+describe('authenticator', () => {
+  it('accepts a valid token and builds the identity headers once', async () => {
+    const { mint, verify, ec } = await setup();
+    const id = await verify(await mint({ roles: ['a'] }));
+    expect(id.issuer).toBe(ISS);
+    expect(id.claims.sub).toBe('orders');
+    const headers = Object.fromEntries(pairs(id.headers));
+    expect(headers['x-peer-sub']).toBe('orders');
+    expect(headers['x-peer-iss']).toBe(ISS);
+    expect(JSON.parse(Buffer.from(headers['x-peer-claims']!, 'base64url').toString())).toMatchObject({ sub: 'orders', roles: ['a'] });
+    expect((await verify(await mint({}, { key: ec }))).claims.sub).toBe('orders');
+  });
+
+  it('maps every time-claim problem to its reason code, with the configured skew', async () => {
+    const { mint, reason, now } = await setup({ clockSkewSeconds: 30 });
+    expect(await reason(await mint({ exp: now() - 31 }))).toBe('expired');
+    expect(await reason(await mint({ exp: now() - 29 }))).toBe('accepted');
+    expect(await reason(await mint({ nbf: now() + 31 }))).toBe('not_yet_valid');
+    expect(await reason(await mint({ nbf: now() + 29 }))).toBe('accepted');
+    expect(await reason(await mint({ iat: now() + 31 }))).toBe('issued_in_future');
+    expect(await reason(await mint({ iat: now() + 29 }))).toBe('accepted');
+    expect(await reason(await mint({ exp: undefined }))).toBe('missing_claim');
+    expect(await reason(await mint({ exp: 'tomorrow' }))).toBe('malformed_token');
+  });
+
+  it('refuses a non-finite exp (1e400 parses as Infinity and would never expire)', async () => {
+    const { rsa, reason, claims } = await setup();
+    const payload = JSON.stringify(claims()).replace(/"exp":\d+/, '"exp":1e400');
+    const token = await signRaw(payload, rsa);
+    expect(await reason(token)).toBe('malformed_token');
+  });
+
+  it('checks audience (string or list, per-issuer override) and a missing aud', async () => {
+    const { mint, reason } = await setup({ audience: ['orders', 'orders-v2'] });
+    expect(await reason(await mint({ aud: 'payments' }))).toBe('audience_mismatch');
+    expect(await reason(await mint({ aud: ['payments', 'orders-v2'] }))).toBe('accepted');
+    expect(await reason(await mint({ aud: undefined }))).toBe('audience_mismatch');
+  });
+
+  it('picks the issuer by exact iss, with no network call for an unknown one', async () => {
+    const { mint, reason, server } = await setup();
+    const before = server.count;
+    expect(await reason(await mint({ iss: 'https://evil.test' }))).toBe('unknown_issuer');
+    expect(await reason(await mint({ iss: `${ISS}/` }))).toBe('unknown_issuer');
+    expect(await reason(await mint({ iss: ['https://idp.test'] }))).toBe('unknown_issuer');
+    expect(await reason(await mint({ iss: undefined }))).toBe('missing_claim');
+    expect(server.count).toBe(before);
+  });
+
+  it('pins algorithms per issuer and never accepts none or HS* (CVE-2015-9235, CVE-2022-23540)', async () => {
+    const { mint, reason, rsa, claims, ec } = await setup();
+    expect(await reason(algNoneToken(claims()))).toBe('unsupported_alg');
+    expect(await reason(algNoneToken(claims(), { alg: 'None' }))).toBe('unsupported_alg');
+    // HS256 "signed" with the issuer's public key as the HMAC secret: the classic confusion attack.
+    const pem = KeyObject.from(rsa.publicKey as never).export({ type: 'spki', format: 'pem' }) as string;
+    const h = b64url({ alg: 'HS256', kid: rsa.kid });
+    const p = b64url(claims());
+    const sig = createHmac('sha256', pem).update(`${h}.${p}`).digest('base64url');
+    expect(await reason(`${h}.${p}.${sig}`)).toBe('unsupported_alg');
+    // ES256 is allowed for idp.test, but other.test only allows ES256 so RS256 is refused there.
+    expect(await reason(await mint({ iss: 'https://other.test' }))).toBe('unsupported_alg');
+    expect(await reason(await mint({ iss: 'https://other.test' }, { key: ec }))).toBe('accepted');
+    // An alg that is not a JWS alg at all.
+    expect(await reason(rawToken({ alg: 'RSA-OAEP', kid: rsa.kid }, claims(), 'c2ln'))).toBe('unsupported_alg');
+  });
+
+  it('never follows jwk, jku, x5u or x5c headers (CVE-2018-0114)', async () => {
+    const { mint, reason, server } = await setup();
+    const attacker = await testKeyPair('RS256', 'attacker');
+    const before = server.count;
+    for (const header of [
+      { jwk: attacker.publicJwk },
+      { jku: 'http://127.0.0.1:1/jwks' },
+      { x5u: 'http://127.0.0.1:1/cert.pem' },
+      { x5c: ['MIIB'] },
+    ]) {
+      expect(await reason(await mint({}, { key: attacker, header })), Object.keys(header)[0]).toBe('malformed_token');
+    }
+    expect(server.count).toBe(before);
+  });
+
+  it('reports bad signatures, psychic ECDSA signatures (CVE-2022-21449) and unknown kids', async () => {
+    const { mint, reason, ec, claims } = await setup();
+    expect(await reason(corruptSignature(await mint()))).toBe('bad_signature');
+    const psychic = rawToken({ alg: 'ES256', kid: ec.kid, typ: 'at+jwt' }, claims(), Buffer.alloc(64).toString('base64url'));
+    expect(await reason(psychic)).toBe('bad_signature');
+    const forged = await mint({}, { key: await testKeyPair('RS256', 'rsa-1') });
+    expect(await reason(forged)).toBe('bad_signature');
+    expect(await reason(await mint({}, { kid: 'nope' }))).toBe('unknown_key');
+    expect(await reason(await mint({}, { kid: '../../../../dev/null' }))).toBe('unknown_key');
+    expect(await reason(rawToken({ alg: 'RS256', kid: 7 }, claims(), 'c2ln'))).toBe('malformed_token');
+  });
+
+  it('tries each candidate key when a token has no kid (bounded), accepting the right one', async () => {
+    const a = await testKeyPair('RS256', 'a');
+    const b = await testKeyPair('RS256', 'b');
+    const { mint, reason } = await setup({}, { keys: [a, b] });
+    expect(await reason(await mint({}, { key: b, kid: null }))).toBe('accepted');
+    expect(await reason(await mint({}, { key: await testKeyPair('RS256'), kid: null }))).toBe('bad_signature');
+  });
+
+  it('refuses unknown crit, unencoded payloads (b64:false) and malformed segments', async () => {
+    const { mint, reason, rsa, claims } = await setup();
+    // jose refuses to sign an unknown crit, so sign by hand: a correctly signed token the verifier cannot understand.
+    const critToken = rsaSign({ alg: 'RS256', kid: rsa.kid, crit: ['exp-policy'], 'exp-policy': 1 }, claims(), rsa);
+    expect(await reason(critToken)).toBe('malformed_token');
+    expect(await reason(rsaSign({ alg: 'RS256', kid: rsa.kid }, claims(), rsa))).toBe('accepted');
+    expect(await reason(rawToken({ alg: 'RS256', kid: rsa.kid, b64: false, crit: ['b64'] }, claims(), 'c2ln'))).toBe('malformed_token');
+    expect(await reason(rawToken('e30', claims(), 'c2ln'))).toBe('malformed_token');
+    expect(await reason(rawToken('bm90IGpzb24', claims(), 'c2ln'))).toBe('malformed_token');
+    expect(await reason(rawToken({ alg: 'RS256' }, 'WzFd', 'c2ln'))).toBe('malformed_token');
+    expect(await reason(rawToken(b64url('[1]'), claims(), 'c2ln'))).toBe('malformed_token');
+  });
+
+  it('enforces typ, requiredClaims and maxTokenLifetimeSeconds when configured', async () => {
+    const { mint, reason, now } = await setup({ typ: 'at+jwt', requiredClaims: ['client_id'], maxTokenLifetimeSeconds: 600 });
+    expect(await reason(await mint({ client_id: 'orders' }))).toBe('accepted');
+    expect(await reason(await mint({ client_id: 'orders' }, { typ: 'JWT' }))).toBe('malformed_token');
+    expect(await reason(await mint({ client_id: 'orders' }, { typ: 'application/at+jwt' }))).toBe('accepted');
+    expect(await reason(await mint({}))).toBe('missing_claim');
+    expect(await reason(await mint({ client_id: 'orders', exp: now() + 601 }))).toBe('lifetime_too_long');
+    expect(await reason(await mint({ client_id: 'orders', iat: undefined, exp: now() + 601 }))).toBe('lifetime_too_long');
+    expect(await reason(await mint({ client_id: 'orders', iat: undefined, nbf: now() - 100, exp: now() + 550 }))).toBe('lifetime_too_long');
+  });
+
+  it('answers keys_unavailable (never a pass) when the issuer has no keys', async () => {
+    const { mint, server } = await setup();
+    server.set({ status: 503 });
+    const config = inboundConfig({ issuers: [{ issuer: ISS, jwksUri: server.url }] });
+    const clock = manualClock();
+    const metrics = testMetrics();
+    const empty = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics, clock, scheduler: manualScheduler() });
+    cleanups.push(() => empty.close());
+    await empty.start();
+    const auth = createAuthenticator(config, { keyStore: empty, cache: createVerifyCache({ maxEntries: 10, clock, metrics }), clock, buildIdentity: createIdentityBuilder(config.forward) });
+    const token = await mint();
+    await expect(auth.authenticate(checkShape(token))).rejects.toBeInstanceOf(KeysUnavailableError);
+  });
+
+  it('serves repeat tokens from the cache, re-checking exp on every hit', async () => {
+    const { mint, verify, reason, metrics, clock, now } = await setup({ clockSkewSeconds: 0 });
+    const token = await mint({ exp: now() + 60 });
+    const first = await verify(token);
+    const second = await verify(token);
+    expect(second).toBe(first);
+    expect(await counterValue(metrics, 'verifyCacheLookups', { result: 'hit' })).toBe(1);
+    clock.advance(60_000);
+    expect(await reason(token)).toBe('expired');
+  });
+
+  it('drops cached entries verified against a key set that has since changed, so a removed key stops passing', async () => {
+    const { mint, verify, reason, server, keyStore, clock } = await setup({ jwks: { cooldownSeconds: 0 } });
+    const token = await mint();
+    await verify(token);
+    expect(await reason(token)).toBe('accepted');
+    // The IdP rotates rsa-1 out; a token with a new kid triggers the refetch that notices it.
+    const next = await testKeyPair('RS256', 'rsa-2');
+    server.set({ keys: [next.publicJwk] });
+    clock.advance(1000);
+    expect(await reason(await mint({}, { key: next }))).toBe('accepted');
+    expect(keyStore.get(ISS)!.version).toBe(2);
+    expect(await reason(token)).toBe('unknown_key');
+  });
+
+  it('rate-limits unknown-kid refetches per issuer (kid flood)', async () => {
+    const { mint, reason, server } = await setup({ jwks: { cooldownSeconds: 30 } });
+    const before = server.count;
+    for (let i = 0; i < 25; i++) expect(await reason(await mint({}, { kid: `random-${i}` }))).toBe('unknown_key');
+    expect(server.count - before).toBe(0);
+  });
+
+  it('with the cache disabled every call verifies', async () => {
+    const { mint, verify, metrics } = await setup({}, { cacheEntries: 0 });
+    const token = await mint();
+    await verify(token);
+    await verify(token);
+    expect(await counterValue(metrics, 'verifyCacheLookups', { result: 'hit' })).toBe(0);
+  });
+});
+
+function pairs(flat: readonly string[]): [string, string][] {
+  const out: [string, string][] = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i]!, flat[i + 1]!]);
+  return out;
+}
+
+/** RS256 over arbitrary header/payload with node:crypto (no jose checks on the header). */
+function rsaSign(header: Record<string, unknown>, payload: Record<string, unknown>, key: TestKeyPair): string {
+  const input = `${b64url(header)}.${b64url(payload)}`;
+  const sig = sign('sha256', Buffer.from(input), KeyObject.from(key.privateKey as never));
+  return `${input}.${sig.toString('base64url')}`;
+}
+
+/** Signs an exact payload string (for number forms JSON.stringify cannot produce). */
+async function signRaw(payload: string, key: TestKeyPair): Promise<string> {
+  const { CompactSign } = await import('jose');
+  return new CompactSign(new TextEncoder().encode(payload)).setProtectedHeader({ alg: key.alg, kid: key.kid }).sign(key.privateKey);
+}

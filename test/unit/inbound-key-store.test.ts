@@ -1,0 +1,258 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { KeysUnavailableError } from '../../src/errors.js';
+import { filterJwks } from '../../src/inbound/jwks-filter.js';
+import { createKeyStore } from '../../src/inbound/key-store.js';
+import { startIdp } from '../support/idp.js';
+import { testKeyPair } from '../support/tokens.js';
+import {
+  captureLogger,
+  counterValue,
+  inboundConfig,
+  manualClock,
+  manualScheduler,
+  startJwksServer,
+  testMetrics,
+  type JwksServer,
+} from './inbound-support.js';
+
+const cleanups: Array<() => Promise<unknown> | void> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup(jwks: Record<string, unknown> = {}, initialKeys?: unknown[]) {
+  const k1 = await testKeyPair('RS256', 'k1');
+  const server = await startJwksServer({ keys: initialKeys ?? [k1.publicJwk] });
+  cleanups.push(() => server.close());
+  const config = inboundConfig({ issuers: [{ issuer: 'https://idp.test', jwksUri: server.url }], jwks });
+  const clock = manualClock();
+  const scheduler = manualScheduler();
+  const metrics = testMetrics();
+  const { logger, lines } = captureLogger();
+  const store = createKeyStore(config.issuers, config.jwks, { logger, metrics, clock, scheduler });
+  cleanups.push(() => store.close());
+  return { k1, server, config, clock, scheduler, metrics, lines, store, keys: () => store.get('https://idp.test')! };
+}
+
+/** Runs the pending refresh timer and waits until that fetch reached the server and its outcome is applied. */
+async function fireTimer(server: JwksServer, scheduler: ReturnType<typeof manualScheduler>): Promise<void> {
+  const before = server.count;
+  expect(scheduler.runAll()).toBe(1);
+  await vi.waitFor(() => expect(server.count).toBe(before + 1));
+  await vi.waitFor(() => expect(scheduler.pending()).toHaveLength(1));
+}
+
+describe('key store', () => {
+  it('loads the keys from jwksUri, becomes ready, counts the fetch and schedules the refresh', async () => {
+    const { store, server, metrics, scheduler, keys } = await setup({ refreshIntervalSeconds: 120 });
+    expect(store.isReady()).toBe(false);
+    expect(() => keys().keySet()).toThrow(KeysUnavailableError);
+    await store.start();
+    expect(store.isReady()).toBe(true);
+    expect(server.count).toBe(1);
+    expect(keys().version).toBe(1);
+    expect(typeof keys().keySet()).toBe('function');
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'success' })).toBe(1);
+    expect(scheduler.pending()).toEqual([{ ms: 120_000 }]);
+  });
+
+  it('finds the JWKS by OIDC discovery on a real provider', async () => {
+    const idp = await startIdp();
+    cleanups.push(() => idp.close());
+    const config = inboundConfig({ issuers: [{ issuer: idp.issuer }] });
+    const store = createKeyStore(config.issuers, config.jwks, {
+      logger: captureLogger().logger,
+      metrics: testMetrics(),
+      clock: manualClock(),
+      scheduler: manualScheduler(),
+    });
+    cleanups.push(() => store.close());
+    await store.start();
+    expect(store.isReady()).toBe(true);
+    expect(idp.counts.discovery).toBe(1);
+    expect(idp.counts.jwks).toBe(1);
+  });
+
+  it('retries a failing startup with doubling backoff capped at retryMaxSeconds, and is ready once a fetch works', async () => {
+    const { store, server, scheduler, metrics, keys, lines } = await setup({ retryMinSeconds: 1, retryMaxSeconds: 4 });
+    server.set({ status: 503, body: '{}' });
+    await store.start();
+    expect(store.isReady()).toBe(false);
+    expect(keys().lastError).toMatch(/HTTP 503/);
+    expect(() => keys().keySet()).toThrow(/not loaded/);
+    const delays = [scheduler.pending()[0]!.ms];
+    for (let i = 0; i < 4; i++) {
+      await fireTimer(server, scheduler);
+      delays.push(scheduler.pending()[0]!.ms);
+    }
+    expect(delays).toEqual([1000, 2000, 4000, 4000, 4000]);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'jwks_http_error' })).toBe(5);
+    expect(lines.some((l) => l.event === 'jwks_fetch_failed')).toBe(true);
+
+    server.set({ keys: [(await testKeyPair('ES256', 'e1')).publicJwk] });
+    await fireTimer(server, scheduler);
+    expect(store.isReady()).toBe(true);
+    expect(scheduler.pending()[0]!.ms).toBe(300_000);
+  });
+
+  it('keeps verifying with the last good keys through fetch failures, until maxStaleSeconds', async () => {
+    const { store, server, scheduler, clock, keys } = await setup({ maxStaleSeconds: 3600, refreshIntervalSeconds: 60 });
+    await store.start();
+    const before = keys().keySet();
+    server.set({ status: 500, body: 'oops' });
+    clock.advance(60_000);
+    await fireTimer(server, scheduler);
+    clock.advance(3_000_000);
+    expect(keys().keySet()).toBe(before);
+    expect(store.isReady()).toBe(true);
+    clock.advance(600_001);
+    expect(store.isReady()).toBe(false);
+    expect(() => keys().keySet()).toThrow(KeysUnavailableError);
+    expect(() => keys().keySet()).toThrow(/older than 3600 s/);
+
+    server.set({ keys: [(await testKeyPair('RS256', 'k2')).publicJwk] });
+    await fireTimer(server, scheduler);
+    expect(store.isReady()).toBe(true);
+  });
+
+  it('refetches for an unknown kid at most once per cooldown, counted from the last fetch of any kind', async () => {
+    const { store, server, clock, keys } = await setup({ cooldownSeconds: 30 });
+    await store.start();
+    expect(server.count).toBe(1);
+    for (let i = 0; i < 20; i++) await keys().refetchForUnknownKey();
+    expect(server.count).toBe(1);
+    clock.advance(30_000);
+    for (let i = 0; i < 20; i++) await keys().refetchForUnknownKey();
+    expect(server.count).toBe(2);
+    clock.advance(29_999);
+    await keys().refetchForUnknownKey();
+    expect(server.count).toBe(2);
+  });
+
+  it('shares one in-flight fetch between concurrent unknown-kid callers (single-flight)', async () => {
+    const { store, server, clock, keys } = await setup({ cooldownSeconds: 0 });
+    await store.start();
+    server.hold();
+    clock.advance(1);
+    const waiting = Array.from({ length: 50 }, () => keys().refetchForUnknownKey());
+    await vi.waitFor(() => expect(server.count).toBe(2));
+    server.release();
+    await Promise.all(waiting);
+    expect(server.count).toBe(2);
+  });
+
+  it('bumps the version only when the usable key set changes', async () => {
+    const { store, server, scheduler, keys, lines } = await setup({}, undefined);
+    await store.start();
+    expect(keys().version).toBe(1);
+    await fireTimer(server, scheduler);
+    expect(keys().version).toBe(1);
+    const k2 = await testKeyPair('RS256', 'k2');
+    server.set({ keys: [k2.publicJwk] });
+    await fireTimer(server, scheduler);
+    expect(keys().version).toBe(2);
+    expect(lines.filter((l) => l.event === 'jwks_updated').map((l) => l.kids)).toEqual([['k1'], ['k2']]);
+  });
+
+  it('keeps the last good keys when the IdP serves an empty, unusable or non-JSON key set', async () => {
+    const { store, server, scheduler, metrics, keys } = await setup();
+    await store.start();
+    const good = keys().keySet();
+    for (const bad of [{ keys: [] }, { keys: [{ kty: 'oct', k: 'c2VjcmV0' }] }, { status: 200, body: 'not json' }, { status: 200, body: '{"nokeys":1}' }]) {
+      server.set(bad as never);
+      await fireTimer(server, scheduler);
+      expect(keys().keySet()).toBe(good);
+    }
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'jwks_no_usable_keys' })).toBe(2);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'idp_bad_response' })).toBe(1);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'jwks_invalid' })).toBe(1);
+  });
+
+  it('does not follow a redirect from the JWKS endpoint', async () => {
+    const { store, server, keys } = await setup();
+    server.set({ status: 302, body: '' });
+    await store.start();
+    expect(store.isReady()).toBe(false);
+    expect(keys().lastError).toMatch(/HTTP 302/);
+  });
+
+  it('close() clears the refresh timer and later fetches never start', async () => {
+    const { store, scheduler, server } = await setup();
+    await store.start();
+    expect(scheduler.pending()).toHaveLength(1);
+    await store.close();
+    expect(scheduler.pending()).toHaveLength(0);
+    await store.get('https://idp.test')!.refetchForUnknownKey();
+    expect(server.count).toBe(1);
+  });
+
+  it('waitUntilReady resolves true once keys arrive and false after the timeout', async () => {
+    const { store, server, scheduler } = await setup();
+    server.set({ status: 503 });
+    await store.start();
+    expect(await store.waitUntilReady(20)).toBe(false);
+    const ready = store.waitUntilReady(10_000);
+    server.set({ keys: [(await testKeyPair()).publicJwk] });
+    scheduler.runAll();
+    expect(await ready).toBe(true);
+  });
+
+  it('trusts an IdP behind a private CA through caFile', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-ca-'));
+    const cert = join(dir, 'idp.crt');
+    const key = join(dir, 'idp.key');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=idp', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const jwk = (await testKeyPair()).publicJwk;
+    const server = createHttpsServer({ cert: readFileSync(cert), key: readFileSync(key) }, (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/jwks`;
+    const make = (caFile?: string) => {
+      const config = inboundConfig({ issuers: [{ issuer: 'https://idp.test', jwksUri: url, ...(caFile ? { caFile } : {}) }] });
+      const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock: manualClock(), scheduler: manualScheduler() });
+      cleanups.push(() => store.close());
+      return store;
+    };
+    const untrusted = make();
+    await untrusted.start();
+    expect(untrusted.isReady()).toBe(false);
+    const trusted = make(cert);
+    await trusted.start();
+    expect(trusted.isReady()).toBe(true);
+  });
+});
+
+describe('filterJwks', () => {
+  it('keeps only asymmetric signing keys usable with the allowed algorithms and without private parts', async () => {
+    const rsa = await testKeyPair('RS256', 'rsa');
+    const ec = await testKeyPair('ES256', 'ec');
+    const ed = await testKeyPair('EdDSA', 'ed');
+    const es384 = await testKeyPair('ES384', 'es384');
+    const keys = [
+      rsa.publicJwk,
+      ec.publicJwk,
+      ed.publicJwk,
+      es384.publicJwk, // alg not allowed
+      { ...ec.publicJwk, kid: 'enc', use: 'enc' },
+      { ...ec.publicJwk, kid: 'ops', key_ops: ['encrypt'] },
+      { kty: 'oct', kid: 'hmac', k: 'c2VjcmV0' },
+      { ...rsa.privateJwk, kid: 'private' },
+      { ...ec.publicJwk, kid: 'ps', alg: 'PS256' }, // alg allowed but EC cannot do PS256
+      { ...ec.publicJwk, kid: 123 },
+      'garbage',
+      null,
+    ];
+    const kept = filterJwks({ keys }, ['RS256', 'ES256', 'EdDSA']);
+    expect(kept.map((k) => k.kid)).toEqual(['rsa', 'ec', 'ed']);
+    expect(filterJwks({ keys }, ['ES256']).map((k) => k.kid)).toEqual(['ec']);
+    expect(() => filterJwks({ keys }, ['PS512'])).toThrow(/no key usable/);
+  });
+});

@@ -1,0 +1,94 @@
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { createIdentityBuilder, headerValue, identityHeaderNames } from '../../src/inbound/identity.js';
+import { createVerifyCache } from '../../src/inbound/verify-cache.js';
+import { counterValue, manualClock, testMetrics } from './inbound-support.js';
+
+describe('verify cache', () => {
+  it('returns a live entry and counts hits and misses', async () => {
+    const clock = manualClock(1_000_000);
+    const metrics = testMetrics();
+    const cache = createVerifyCache<string>({ maxEntries: 10, clock, metrics });
+    expect(cache.get('t1')).toBeUndefined();
+    cache.set('t1', { value: 'id-1', expiresAt: 1_060_000, keyVersion: 1 });
+    expect(cache.get('t1')?.value).toBe('id-1');
+    expect(cache.get('t2')).toBeUndefined();
+    expect(await counterValue(metrics, 'verifyCacheLookups', { result: 'hit' })).toBe(1);
+    expect(await counterValue(metrics, 'verifyCacheLookups', { result: 'miss' })).toBe(2);
+  });
+
+  it('never returns an entry at or after its expiry, and drops it', () => {
+    const clock = manualClock(0);
+    const cache = createVerifyCache<string>({ maxEntries: 10, clock, metrics: testMetrics() });
+    cache.set('t', { value: 'x', expiresAt: 5000, keyVersion: 1 });
+    clock.set(4999);
+    expect(cache.get('t')).toBeDefined();
+    clock.set(5000);
+    expect(cache.get('t')).toBeUndefined();
+    expect(cache.size).toBe(0);
+    // already-dead entries are not stored at all
+    cache.set('late', { value: 'x', expiresAt: 5000, keyVersion: 1 });
+    expect(cache.size).toBe(0);
+  });
+
+  it('lets the caller veto an entry (key set changed) and drops it', () => {
+    const cache = createVerifyCache<string>({ maxEntries: 10, clock: manualClock(0), metrics: testMetrics() });
+    cache.set('t', { value: 'x', expiresAt: 10_000, keyVersion: 1 });
+    expect(cache.get('t', (e) => e.keyVersion === 2)).toBeUndefined();
+    expect(cache.get('t')).toBeUndefined();
+  });
+
+  it('is bounded: the least recently used entry goes first', () => {
+    const cache = createVerifyCache<string>({ maxEntries: 3, clock: manualClock(0), metrics: testMetrics() });
+    for (const t of ['a', 'b', 'c']) cache.set(t, { value: t, expiresAt: 10_000, keyVersion: 1 });
+    cache.get('a');
+    cache.set('d', { value: 'd', expiresAt: 10_000, keyVersion: 1 });
+    expect(cache.size).toBe(3);
+    expect(cache.get('b')).toBeUndefined();
+    expect(cache.get('a')?.value).toBe('a');
+    expect(cache.get('d')?.value).toBe('d');
+  });
+
+  it('maxEntries 0 disables caching', () => {
+    const cache = createVerifyCache<string>({ maxEntries: 0, clock: manualClock(0), metrics: testMetrics() });
+    cache.set('t', { value: 'x', expiresAt: 10_000, keyVersion: 1 });
+    expect(cache.get('t')).toBeUndefined();
+  });
+});
+
+describe('identity headers', () => {
+  const forward = (f: Record<string, unknown> = {}) =>
+    parseConfig({ service: 't', inbound: { target: 'http://127.0.0.1:9', audience: 'a', issuers: [{ issuer: 'https://i' }], forward: f } }).inbound!.forward;
+
+  it('sets sub, iss, base64url JSON of all claims and the configured claim headers', () => {
+    const build = createIdentityBuilder(forward({ claimHeaders: { 'X-Peer-Env': 'environment', 'x-peer-roles': 'roles', 'x-peer-none': 'absent' } }));
+    const claims = { sub: 'orders', iss: 'https://i', environment: 'prod', roles: ['a', 'b'], n: 1 };
+    const id = build(claims, 'https://i');
+    const h = new Map<string, string>();
+    for (let i = 0; i < id.headers.length; i += 2) h.set(id.headers[i]!, id.headers[i + 1]!);
+    expect(h.get('x-peer-sub')).toBe('orders');
+    expect(h.get('x-peer-iss')).toBe('https://i');
+    expect(JSON.parse(Buffer.from(h.get('x-peer-claims')!, 'base64url').toString())).toEqual(claims);
+    expect(h.get('x-peer-env')).toBe('prod');
+    expect(h.get('x-peer-roles')).toBe('["a","b"]');
+    expect(h.has('x-peer-none')).toBe(false);
+  });
+
+  it('drops every identity header name (and the token unless keepToken) from incoming requests', () => {
+    expect([...identityHeaderNames(forward({ claimHeaders: { 'x-peer-env': 'environment' } }), 'authorization')].sort()).toEqual(
+      ['authorization', 'x-peer-claims', 'x-peer-env', 'x-peer-iss', 'x-peer-sub'],
+    );
+    expect(identityHeaderNames(forward({ keepToken: true }), 'authorization').has('authorization')).toBe(false);
+  });
+
+  it('percent-encodes claim values that are not plain printable ASCII, so CR/LF can never split a header', () => {
+    expect(headerValue('orders')).toBe('orders');
+    expect(headerValue('repo:acme/x:ref:refs/heads/main')).toBe('repo:acme/x:ref:refs/heads/main');
+    expect(headerValue('a b')).toBe('a b');
+    expect(headerValue('evil\r\nx-peer-sub: admin')).toBe('evil%0D%0Ax-peer-sub:%20admin');
+    expect(headerValue('caf\u00e9')).toBe('caf%C3%A9');
+    expect(headerValue('100%')).toBe('100%25');
+    expect(headerValue(' padded ')).toBe('%20padded%20');
+    for (const v of ['evil\r\nx: y', 'caf\u00e9', '100%', ' padded ', '\u0000', 'ok']) expect(decodeURIComponent(headerValue(v))).toBe(v);
+  });
+});
