@@ -1,0 +1,230 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { Agent } from 'node:http';
+import { connect } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { bearerOf, metricsText, sample, send, verifyWithIdp } from './outbound-support.js';
+
+const SECRET = 'orders-secret';
+let idp: TestIdp;
+let app: UpstreamApp;
+const running: SidecarProcess[] = [];
+
+beforeAll(async () => {
+  idp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: SECRET }] });
+  app = await startUpstream();
+});
+afterAll(async () => {
+  await app.close();
+  await idp.close();
+});
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.stop()));
+  app.seen.length = 0;
+});
+
+function outboundConfig(extra: Record<string, unknown> = {}, source: Record<string, unknown> = {}) {
+  return {
+    service: 'orders',
+    outbound: {
+      tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: SECRET, ...source },
+      routes: [{ host: 'payments', target: app.url, audience: 'payments', scopes: ['pay'] }],
+      ...extra,
+    },
+  };
+}
+
+async function sidecar(config: Record<string, unknown>, opts: Parameters<typeof startSidecar>[1] = {}): Promise<SidecarProcess> {
+  const s = await startSidecar(config, opts);
+  running.push(s);
+  return s;
+}
+
+describe('outbound sidecar (CLI) with a real OpenID provider', () => {
+  it('attaches a token bound to the route audience in both addressing modes, replacing the app Authorization', async () => {
+    const s = await sidecar(outboundConfig());
+    const proxied = await send(s.outbound!, {
+      method: 'POST',
+      target: 'http://payments/charge?id=7',
+      host: 'payments',
+      headers: { authorization: 'Bearer app-own-token', 'proxy-authorization': 'Basic cHJveHk6cHc=', 'content-type': 'application/json' },
+      body: '{"amount":1}',
+    });
+    const originForm = await send(s.outbound!, { target: '/charge?id=8', host: 'PAYMENTS:15006' });
+    expect([proxied.status, originForm.status]).toEqual([200, 200]);
+    expect(app.seen.map((r) => `${r.method} ${r.url}`)).toEqual(['POST /charge?id=7', 'GET /charge?id=8']);
+    for (const seen of app.seen) {
+      const token = bearerOf(seen.headers.authorization)!;
+      expect(token).toBeDefined();
+      expect(seen.rawHeaders.filter((h) => h.toLowerCase() === 'authorization')).toHaveLength(1);
+      expect(seen.headers['proxy-authorization']).toBeUndefined();
+      const claims = await verifyWithIdp(idp, token, 'payments');
+      expect(claims).toMatchObject({ sub: 'orders', client_id: 'orders', scope: 'pay' });
+    }
+    expect(app.seen[0]!.headers['x-forwarded-host']).toBe('payments');
+    expect(app.seen[0]!.bodyBytes).toBe(12);
+    expect(s.output()).not.toContain(SECRET);
+    expect(s.output()).not.toContain(bearerOf(app.seen[0]!.headers.authorization)!);
+    expect(s.output()).not.toContain('app-own-token');
+  });
+
+  it('with another tokenHeader keeps the app Authorization (end-user token) and puts ours beside it', async () => {
+    const s = await sidecar(outboundConfig({ tokenHeader: 'x-workload-token' }));
+    const r = await send(s.outbound!, { target: '/me', host: 'payments', headers: { authorization: 'Bearer end-user', 'x-workload-token': 'Bearer forged' } });
+    expect(r.status).toBe(200);
+    const seen = app.seen[0]!;
+    expect(seen.headers.authorization).toBe('Bearer end-user');
+    expect(seen.rawHeaders.filter((h) => h.toLowerCase() === 'x-workload-token')).toHaveLength(1);
+    expect((await verifyWithIdp(idp, bearerOf(seen.headers['x-workload-token'])!, 'payments')).sub).toBe('orders');
+  });
+
+  it('200 concurrent calls on a cold start cost one token request', async () => {
+    idp.resetCounts();
+    const s = await sidecar(outboundConfig(), { waitReady: false });
+    const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+    const replies = await Promise.all(Array.from({ length: 200 }, (_, i) => send(s.outbound!, { target: `http://payments/n/${i}`, host: 'payments', agent })));
+    agent.destroy();
+    expect(replies.map((r) => r.status)).toEqual(Array(200).fill(200));
+    expect(new Set(app.seen.map((r) => r.headers.authorization)).size).toBe(1);
+    expect(idp.counts.token).toBe(1);
+    const text = await metricsText(s.admin);
+    expect(sample(text, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'success' })).toBe(1);
+    expect(sample(text, 'oidc_sidecar_outbound_requests_total', { route: 'payments', status: '200' })).toBe(200);
+    const exp = sample(text, 'oidc_sidecar_token_expiry_timestamp_seconds', { audience: 'payments' })!;
+    expect(exp).toBe((await verifyWithIdp(idp, bearerOf(app.seen[0]!.headers.authorization)!, 'payments')).exp);
+    expect(text).toMatch(/oidc_sidecar_request_duration_seconds_count\{[^}]*direction="outbound"[^}]*\} 200/);
+  });
+
+  it('refuses an unknown host with 403 no_route and asks the IdP for nothing', async () => {
+    const s = await sidecar(outboundConfig());
+    idp.resetCounts();
+    for (const r of [
+      await send(s.outbound!, { target: 'http://payments.evil.example/x', host: 'payments' }),
+      await send(s.outbound!, { target: '/x', host: 'ledger' }),
+    ]) {
+      expect(r.status).toBe(403);
+      expect(r.json()).toMatchObject({ reason: 'no_route' });
+    }
+    expect(idp.counts).toMatchObject({ token: 0, discovery: 0 });
+    expect(app.seen).toHaveLength(0);
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'no_route' })).toBe(2);
+  });
+
+  it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token)', async () => {
+    const s = await sidecar(outboundConfig());
+    for (const target of ['payments:443', 'elsewhere:443']) {
+      const raw = await rawExchange(s.outbound!, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
+      expect(raw).toMatch(/^HTTP\/1\.1 405 /);
+      expect(raw).toContain('"reason":"connect_not_supported"');
+    }
+  });
+
+  it('passthrough forwards unknown hosts without a token (and tunnels CONNECT to them)', async () => {
+    const s = await sidecar(outboundConfig({ unknownHosts: 'passthrough' }));
+    idp.resetCounts();
+    const r = await send(s.outbound!, { target: `${app.url}/open`, host: 'ignored', headers: { authorization: 'Bearer app-own' } });
+    expect(r.status).toBe(200);
+    expect(app.seen[0]!.headers.authorization).toBe('Bearer app-own');
+    expect(idp.counts.token).toBe(0);
+    const tunnelled = await rawExchange(s.outbound!, `CONNECT ${app.hostPort} HTTP/1.1\r\nHost: ${app.hostPort}\r\n\r\nGET /through-tunnel HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    expect(tunnelled).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200 OK/);
+    expect(app.seen[1]!.url).toBe('/through-tunnel');
+    expect(app.seen[1]!.headers.authorization).toBeUndefined();
+    // A routed host is still never tunnelled.
+    expect(await rawExchange(s.outbound!, 'CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n\r\n')).toMatch(/^HTTP\/1\.1 405 /);
+  });
+
+  it('streams a 5 MiB upload byte-identical to the peer', async () => {
+    const s = await sidecar(outboundConfig());
+    const body = randomBytes(5 * 1024 * 1024);
+    const r = await send(s.outbound!, { method: 'PUT', target: 'http://payments/blob', host: 'payments', body, headers: { 'content-type': 'application/octet-stream' } });
+    expect(r.status).toBe(200);
+    expect(app.seen[0]!.bodyBytes).toBe(body.length);
+    expect(app.seen[0]!.bodySha256).toBe(createHash('sha256').update(body).digest('hex'));
+  });
+
+  it('without a token the call gets 503 token_unavailable with the OAuth error, and goes nowhere', async () => {
+    const wrong = 'wrong-secret-0xdeadbeef';
+    const s = await sidecar(outboundConfig({}, { clientSecret: wrong }), { waitReady: false });
+    const failed = await s.waitForLog((l) => l.event === 'token_fetch_failed');
+    expect(failed).toMatchObject({ level: 'warn', audience: 'payments', oauthError: 'invalid_client', source: 'client_credentials' });
+    const r = await send(s.outbound!, { target: 'http://payments/charge', host: 'payments', method: 'POST', body: 'x' });
+    expect(r.status).toBe(503);
+    expect(r.json()).toMatchObject({ reason: 'token_unavailable', oauth_error: 'invalid_client' });
+    expect(r.json().error).toMatch(/invalid_client/);
+    expect(app.seen).toHaveLength(0);
+    expect((await fetch(`${s.admin}/readyz`)).status).toBe(503);
+    expect(s.output()).not.toContain(wrong);
+    const text = await metricsText(s.admin);
+    expect(sample(text, 'oidc_sidecar_token_requests_total', { result: 'invalid_client' })).toBeGreaterThanOrEqual(1);
+    expect(sample(text, 'oidc_sidecar_outbound_requests_total', { route: 'payments', status: 'token_unavailable' })).toBe(1);
+  });
+});
+
+describe('outbound token lifetime with short-lived tokens', () => {
+  let shortIdp: TestIdp;
+  beforeAll(async () => {
+    shortIdp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: SECRET }], accessTokenTtlSeconds: 4 });
+  });
+  afterAll(() => shortIdp.close());
+  const cfg = () => ({
+    service: 'orders',
+    outbound: {
+      tokenSource: { type: 'client_credentials', tokenEndpoint: shortIdp.tokenEndpoint, clientId: 'orders', clientSecret: SECRET },
+      routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+    },
+  });
+
+  it('renews before expiry while calls keep succeeding', async () => {
+    const s = await sidecar(cfg());
+    const issued = () => s.logs.filter((l) => l.event === 'token_issued').length;
+    const statuses: number[] = [];
+    while (issued() < 3) {
+      statuses.push((await send(s.outbound!, { target: '/tick', host: 'payments' })).status);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(statuses.every((st) => st === 200)).toBe(true);
+    const tokens = [...new Set(app.seen.map((r) => bearerOf(r.headers.authorization)!))];
+    expect(tokens.length).toBeGreaterThanOrEqual(2);
+    const claims = await Promise.all(tokens.map((t) => verifyWithIdp(shortIdp, t, 'payments').catch(() => decodePayload(t))));
+    // Each successor was issued before its predecessor expired: renewal ahead of expiry, no gap.
+    for (let i = 1; i < claims.length; i++) expect(claims[i]!.iat!).toBeLessThan(claims[i - 1]!.exp!);
+    const lines = s.logs.filter((l) => l.event === 'token_issued');
+    for (const l of lines) expect(l).toMatchObject({ source: 'client_credentials', audience: 'payments', jti: expect.any(String), expiresAt: expect.any(String) });
+  });
+
+  it('keeps using the cached token while the IdP is down, until it expires', async () => {
+    const s = await sidecar(cfg());
+    const before = (await send(s.outbound!, { target: '/a', host: 'payments' })).status;
+    shortIdp.setDown('503');
+    try {
+      const failed = await s.waitForLog((l) => l.event === 'token_fetch_failed');
+      expect(failed).toMatchObject({ keepingToken: true, oauthError: 'temporarily_unavailable' });
+      const during = await send(s.outbound!, { target: '/b', host: 'payments' });
+      expect([before, during.status]).toEqual([200, 200]);
+      expect(app.seen.at(-1)!.headers.authorization).toBe(app.seen.at(-2)!.headers.authorization);
+    } finally {
+      shortIdp.setDown(false);
+    }
+  });
+});
+
+function decodePayload(token: string): { iat?: number; exp?: number } {
+  return JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8'));
+}
+
+/** Writes raw bytes to a listener and collects everything it answers until it closes (or 2 s of silence). */
+function rawExchange(listener: string, data: string): Promise<string> {
+  const url = new URL(listener);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(url.port), url.hostname);
+    let out = '';
+    socket.setTimeout(2000, () => socket.destroy());
+    socket.on('data', (c: Buffer) => (out += c.toString('latin1')));
+    socket.on('close', () => resolve(out));
+    socket.on('error', reject);
+    socket.write(data);
+  });
+}
