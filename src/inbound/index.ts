@@ -1,6 +1,4 @@
-import type { Component, ComponentDeps } from '../component.js';
-import type { InboundConfig, LimitsConfig } from '../config/schema.js';
-
-export function createInbound(_config: InboundConfig, _limits: LimitsConfig, _deps: ComponentDeps): Component {
-  throw new Error('inbound is being built');
-}
+/** The inbound half of the sidecar: verify the caller's token, apply rules, forward with identity headers. */
+export { createInbound, createInboundParts, toInboundRequest, type InboundComponent } from './handler.js';
+export type { Decision, InboundRequest, Authorizer } from './authorizer.js';
+export { rejectionResponse, type RejectionResponse } from './rejection.js';

@@ -1,0 +1,103 @@
+import type { CommandModule } from 'yargs';
+import { createMetrics } from '../admin/metrics.js';
+import { systemClock } from '../clock.js';
+import { loadConfig, resolveConfigPaths } from '../config/load.js';
+import { UsageError } from '../errors.js';
+import { createInboundParts } from '../inbound/handler.js';
+import { createLogger } from '../log.js';
+import { withConfigOption, type Io } from './shared.js';
+
+interface VerifyArgs {
+  config?: string[];
+  token?: string;
+  method?: string;
+  path?: string;
+  json?: boolean;
+  timeout?: number;
+}
+
+/** Longest token read from stdin; the configured maxTokenBytes still applies after it. */
+const MAX_STDIN_BYTES = 1024 * 1024;
+
+/**
+ * `verify`: the inbound pipeline on one token, for operators and CI. Without
+ * `--path` only the token is judged; with it the rules are applied as for a
+ * request with that method and path. Exit 0 allow, 1 reject/deny/keys_unavailable.
+ */
+export function verifyCommand(io: Io, setExit: (code: number) => void): CommandModule<object, VerifyArgs> {
+  return {
+    command: 'verify',
+    describe: 'Verify a token (from --token or stdin) against the inbound config and rules',
+    builder: (y) =>
+      withConfigOption(y)
+        .option('token', { type: 'string', describe: 'The JWT; read from stdin when omitted' })
+        .option('method', { type: 'string', default: 'GET', describe: 'Request method the rules are evaluated for' })
+        .option('path', { type: 'string', describe: 'Request path the rules are evaluated for; omit to check only the token' })
+        .option('json', { type: 'boolean', default: false, describe: 'Print the result as JSON' })
+        .option('timeout', { type: 'number', default: 10, describe: 'Seconds to wait for the issuers\' keys' }) as never,
+    handler: async (argv) => {
+      const config = loadConfig(resolveConfigPaths(argv.config));
+      if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');
+      if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
+      const token = (argv.token ?? (await readStdin(io.stdin))).trim();
+      const inbound = argv.path === undefined ? { ...config.inbound, rules: undefined } : config.inbound;
+      const { keyStore, authorizer } = createInboundParts(inbound, {
+        // Audit lines would only repeat the result on stdout; errors still reach stderr.
+        logger: createLogger({ level: 'silent' }),
+        metrics: createMetrics({ processMetrics: false }),
+        clock: systemClock,
+        service: config.service,
+      });
+      try {
+        await keyStore.start();
+        if (!(await keyStore.waitUntilReady((argv.timeout ?? 10) * 1000))) {
+          const missing = keyStore.issuers.filter((k) => !k.isUsable());
+          const detail = missing.map((k) => `${k.issuer}${k.lastError ? ` (${k.lastError})` : ''}`).join('; ');
+          if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail })}\n`);
+          io.stderr.write(`oidc-sidecar: keys_unavailable: cannot load keys for ${detail}\n`);
+          setExit(1);
+          return;
+        }
+        const path = argv.path ?? '/';
+        const decision = await authorizer.authorize({
+          method: (argv.method ?? 'GET').toUpperCase(),
+          url: path,
+          rawHeaders: token ? ['authorization', `Bearer ${token}`] : [],
+        });
+        const rule = decision.rule ? `#${decision.rule.index} ${decision.rule.methods ? [...decision.rule.methods].join(',') : '*'} ${decision.rule.pattern}` : undefined;
+        const result = {
+          decision: decision.allowed ? 'allow' : decision.error.status === 403 ? 'deny' : decision.error.status >= 500 ? 'error' : 'reject',
+          reason: decision.allowed ? decision.reason : decision.error.code,
+          ...(decision.allowed ? {} : { detail: decision.error.message }),
+          ...(argv.path !== undefined ? { method: (argv.method ?? 'GET').toUpperCase(), path: decision.target ?? path } : {}),
+          ...(rule ? { rule } : {}),
+          ...(decision.identity ? { issuer: decision.identity.issuer, claims: decision.identity.claims } : {}),
+        };
+        io.stdout.write(argv.json ? `${JSON.stringify(result, null, 2)}\n` : humanReadable(result));
+        setExit(decision.allowed ? 0 : 1);
+      } finally {
+        await keyStore.close();
+      }
+    },
+  };
+}
+
+function humanReadable(r: Record<string, unknown>): string {
+  const lines = [`decision: ${r.decision}`, `reason:   ${r.reason}`];
+  if (r.detail) lines.push(`detail:   ${r.detail}`);
+  if (r.path) lines.push(`request:  ${r.method} ${r.path}`);
+  if (r.rule) lines.push(`rule:     ${r.rule}`);
+  if (r.issuer) lines.push(`issuer:   ${r.issuer}`);
+  if (r.claims) lines.push('claims (verified):', ...JSON.stringify(r.claims, null, 2).split('\n').map((l) => `  ${l}`));
+  return `${lines.join('\n')}\n`;
+}
+
+async function readStdin(stdin: NodeJS.ReadableStream): Promise<string> {
+  if ((stdin as { isTTY?: boolean }).isTTY) throw new UsageError('no token: pass --token JWT or pipe the token on stdin');
+  let text = '';
+  for await (const chunk of stdin) {
+    text += chunk.toString();
+    if (text.length > MAX_STDIN_BYTES) throw new UsageError(`token on stdin is larger than ${MAX_STDIN_BYTES} bytes`);
+  }
+  return text;
+}

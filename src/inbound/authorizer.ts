@@ -1,0 +1,161 @@
+import type { Metrics } from '../admin/metrics.js';
+import type { InboundConfig, RuleConfig } from '../config/schema.js';
+import { KeysUnavailableError, PolicyDeniedError, SidecarError, TokenRejectedError } from '../errors.js';
+import { audit, unverifiedClaims, type Logger } from '../log.js';
+import type { Authenticator } from './authenticator.js';
+import type { ExtractedToken, Extractor } from './extractor.js';
+import type { Identity } from './identity.js';
+import type { CompiledRule, Matcher } from './matcher.js';
+import { BadPathError, normalizeTarget } from './path.js';
+import type { Policy } from './policy.js';
+import { InternalError } from './rejection.js';
+
+/** The parts of a request the decision needs, so HTTP requests, WebSocket upgrades and the verify command share it. */
+export interface InboundRequest {
+  method: string;
+  /** The request-target as received (origin-form or absolute-form). */
+  url: string;
+  /** Node's flat [name, value, ...] list, duplicates kept. */
+  rawHeaders: readonly string[];
+  /** Remote address, for the audit log. */
+  peer?: string | undefined;
+}
+
+/** A rule with its compiled allow list. */
+export type InboundRule = RuleConfig & { policy?: Policy };
+
+export type Decision =
+  | {
+      allowed: true;
+      /** `ok` for a verified and allowed token, `public` for a public route. */
+      reason: 'ok' | 'public';
+      /** Normalised path plus the untouched query: what the app must receive. */
+      target: string;
+      identity?: Identity;
+      rule?: CompiledRule<InboundRule>;
+    }
+  | {
+      allowed: false;
+      /** TokenRejectedError (401), PolicyDeniedError (403), KeysUnavailableError (503), BadPathError (400) or InternalError (500). */
+      error: SidecarError;
+      target?: string;
+      identity?: Identity;
+      rule?: CompiledRule<InboundRule>;
+    };
+
+/** The inbound decision, separate from any response writing. */
+export interface Authorizer {
+  /** Decides, counts the decision in `inbound_requests_total` and writes the audit event for refusals. Never rejects. */
+  authorize(req: InboundRequest): Promise<Decision>;
+}
+
+export interface AuthorizerDeps {
+  extractor: Extractor;
+  authenticator: Authenticator;
+  /** Undefined when no rules are configured (any valid token passes). */
+  matcher: Matcher<InboundRule> | undefined;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+const MAX_LOGGED_PATH = 256;
+const MAX_LOGGED_DETAIL = 200;
+
+/**
+ * normalise path → first matching rule → public? allow : extract + verify →
+ * rule's allow list → allow. Fails closed at every step: anything unexpected
+ * is a 500, never a pass. Metric decisions: allow (reason ok|public), reject
+ * (401 reasons and bad_path), deny (policy_denied), error (keys_unavailable,
+ * internal_error).
+ */
+export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): Authorizer {
+  const { extractor, authenticator, matcher, metrics, logger } = deps;
+  const audience = config.audience;
+
+  const refuse = (
+    req: InboundRequest,
+    error: SidecarError,
+    ctx: { target?: string; token?: ExtractedToken; identity?: Identity; rule?: CompiledRule<InboundRule> },
+  ): Decision => {
+    const decision = error instanceof PolicyDeniedError ? 'deny' : error instanceof TokenRejectedError || error instanceof BadPathError ? 'reject' : 'error';
+    metrics.inboundRequests.inc({ decision, reason: error.code });
+    const fields = {
+      reason: error.code,
+      audience,
+      // The path only: a query string may carry a token (RFC 6750 §2.3), and logs must never hold one.
+      path: cap((ctx.target ?? req.url).split('?')[0]!, MAX_LOGGED_PATH),
+      method: cap(req.method, 16),
+      peer: req.peer,
+      detail: cap(error.message, MAX_LOGGED_DETAIL),
+      ...(ctx.rule ? { rule: ctx.rule.index } : {}),
+    };
+    if (error instanceof BadPathError) {
+      logger.warn({ event: 'request_rejected', ...fields }, 'request_rejected');
+    } else if (error instanceof InternalError) {
+      logger.error({ event: 'authorize_failed', ...fields, err: String((error.cause as Error)?.stack ?? error.cause) }, 'authorize_failed');
+    } else if (ctx.identity) {
+      audit(logger, 'policy_denied', { ...fields, issuer: ctx.identity.issuer, claims: { ...unverifiedClaims(ctx.identity.claims), verified: true } });
+    } else {
+      const claims = ctx.token ? peekClaims(ctx.token) : undefined;
+      audit(logger, 'token_rejected', {
+        ...fields,
+        ...(typeof claims?.iss === 'string' ? { issuer: cap(claims.iss, 128) } : {}),
+        ...(claims ? { claims: unverifiedClaims(claims) } : {}),
+      });
+    }
+    return { allowed: false, error, ...(ctx.target !== undefined ? { target: ctx.target } : {}), ...(ctx.identity ? { identity: ctx.identity } : {}), ...(ctx.rule ? { rule: ctx.rule } : {}) };
+  };
+
+  return {
+    async authorize(req) {
+      let target: string;
+      let path: string;
+      try {
+        const t = normalizeTarget(req.url);
+        path = t.path;
+        target = t.path + t.query;
+      } catch (err) {
+        return refuse(req, err instanceof SidecarError ? err : new InternalError(err), {});
+      }
+      const method = req.method.toUpperCase();
+      const rule = matcher?.match(method, path);
+      if (rule?.rule.public) {
+        metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });
+        return { allowed: true, reason: 'public', target, rule };
+      }
+
+      let token: ExtractedToken | undefined;
+      let identity: Identity;
+      try {
+        token = extractor(req.rawHeaders);
+        identity = await authenticator.authenticate(token);
+      } catch (err) {
+        const error = err instanceof TokenRejectedError || err instanceof KeysUnavailableError ? err : new InternalError(err);
+        return refuse(req, error, { target, ...(token ? { token } : {}), ...(rule ? { rule } : {}) });
+      }
+
+      if (matcher) {
+        if (!rule) return refuse(req, new PolicyDeniedError('no rule matches this method and path'), { target, identity });
+        if (!rule.rule.policy || !rule.rule.policy(identity.claims)) {
+          return refuse(req, new PolicyDeniedError(`no allow entry of rule ${rule.index} matched this identity`), { target, identity, rule });
+        }
+      }
+      metrics.inboundRequests.inc({ decision: 'allow', reason: 'ok' });
+      return { allowed: true, reason: 'ok', target, identity, ...(rule ? { rule } : {}) };
+    },
+  };
+}
+
+/** The unverified payload of a rejected token, for the audit log only (marked unverified by unverifiedClaims). */
+function peekClaims(token: ExtractedToken): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(Buffer.from(token.token.slice(token.dot1 + 1, token.dot2), 'base64url').toString('utf8'));
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function cap(s: string, max: number): string {
+  return s.length > max ? `${s.slice(0, max)}…` : s;
+}

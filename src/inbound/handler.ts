@@ -1,0 +1,132 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Component, ComponentDeps } from '../component.js';
+import type { InboundConfig, LimitsConfig } from '../config/schema.js';
+import { SidecarError } from '../errors.js';
+import { forward } from '../proxy/forward.js';
+import { sendError } from '../proxy/respond.js';
+import { createUpstreamPools } from '../proxy/upstreams.js';
+import { createAuthenticator } from './authenticator.js';
+import { createAuthorizer, type Authorizer, type Decision, type InboundRequest, type InboundRule } from './authorizer.js';
+import { createExtractor } from './extractor.js';
+import { createIdentityBuilder, identityHeaderNames, type Identity } from './identity.js';
+import { createKeyStore, type KeyStore, type Scheduler } from './key-store.js';
+import { createMatcher } from './matcher.js';
+import { compilePolicy } from './policy.js';
+import { rejectionResponse } from './rejection.js';
+import { createVerifyCache } from './verify-cache.js';
+
+/** The inbound component plus its decision logic, for callers that answer on something other than a ServerResponse (WebSocket upgrades). */
+export interface InboundComponent extends Component {
+  /** The decision for a request, counted and audited; the caller writes the answer (see rejectionResponse). */
+  authorize(req: IncomingMessage): Promise<Decision>;
+  /** Lower-case headers removed from every forwarded request: identity headers (anti-spoofing) and the token unless keepToken. */
+  readonly dropHeaders: ReadonlySet<string>;
+  /** The path prefix of `inbound.target` ('' for none), to put before a decision's `target`. */
+  readonly targetPrefix: string;
+}
+
+export interface InboundParts {
+  keyStore: KeyStore;
+  authorizer: Authorizer;
+}
+
+/** Builds everything but the forwarding: shared by the component and the `verify` command. */
+export function createInboundParts(config: InboundConfig, deps: ComponentDeps & { scheduler?: Scheduler }): InboundParts {
+  const keyStore = createKeyStore(config.issuers, config.jwks, {
+    logger: deps.logger,
+    metrics: deps.metrics,
+    clock: deps.clock,
+    ...(deps.scheduler ? { scheduler: deps.scheduler } : {}),
+  });
+  const authenticator = createAuthenticator(config, {
+    keyStore,
+    cache: createVerifyCache<Identity>({ maxEntries: config.cache.maxEntries, clock: deps.clock, metrics: deps.metrics }),
+    clock: deps.clock,
+    buildIdentity: createIdentityBuilder(config.forward),
+  });
+  const rules: InboundRule[] | undefined = config.rules?.map((r) => ({ ...r, ...(r.allow ? { policy: compilePolicy(r.allow) } : {}) }));
+  const authorizer = createAuthorizer(config, {
+    extractor: createExtractor({ header: config.tokenHeader, maxTokenBytes: config.maxTokenBytes }),
+    authenticator,
+    matcher: rules ? createMatcher(rules) : undefined,
+    metrics: deps.metrics,
+    logger: deps.logger,
+  });
+  return { keyStore, authorizer };
+}
+
+/** Adapts a Node request to what the decision needs. */
+export function toInboundRequest(req: IncomingMessage): InboundRequest {
+  return { method: req.method ?? 'GET', url: req.url ?? '/', rawHeaders: req.rawHeaders, peer: req.socket.remoteAddress };
+}
+
+/**
+ * The inbound half: verify the caller, apply the rules, forward to the app
+ * with verified identity headers, refuse everything else before it reaches
+ * the app. Bodies stream (src/proxy/forward.ts).
+ */
+export function createInbound(config: InboundConfig, limits: LimitsConfig, deps: ComponentDeps): InboundComponent {
+  const { keyStore, authorizer } = createInboundParts(config, deps);
+  const { metrics, logger } = deps;
+  const pools = createUpstreamPools(limits);
+  const targetUrl = new URL(config.target);
+  const dispatcher = pools.get(targetUrl.origin);
+  const targetPrefix = targetUrl.pathname.replace(/\/+$/, '');
+  const dropHeaders = identityHeaderNames(config.forward, config.tokenHeader);
+  const duration = metrics.requestDuration.labels({ direction: 'inbound' });
+
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
+    const started = performance.now();
+    const observe = () => duration.observe((performance.now() - started) / 1000);
+    authorizer.authorize(toInboundRequest(req)).then(
+      async (decision) => {
+        if (!decision.allowed) {
+          observe();
+          return reject(req, res, decision.error);
+        }
+        try {
+          await forward(req, res, {
+            dispatcher,
+            path: targetPrefix + decision.target,
+            dropHeaders,
+            addHeaders: decision.identity?.headers ?? [],
+            onResponse: observe,
+          });
+        } catch (err) {
+          observe();
+          const e = err instanceof SidecarError ? err : new SidecarError('upstream_reset', 'upstream failed', 502);
+          metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
+          logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, method: req.method }, 'upstream_error');
+          sendError(res, e.status, e.code, e.message);
+        }
+      },
+    ).catch((err) => {
+      logger.error({ event: 'inbound_failed', err: String(err) }, 'inbound_failed');
+      sendError(res, 500, 'internal_error', 'internal error');
+    });
+  };
+
+  return {
+    handle,
+    authorize: (req) => authorizer.authorize(toInboundRequest(req)),
+    dropHeaders,
+    targetPrefix,
+    start: () => keyStore.start(),
+    isReady: () => keyStore.isReady(),
+    async close() {
+      await keyStore.close();
+      await pools.close();
+    },
+  };
+}
+
+function reject(req: IncomingMessage, res: ServerResponse, error: SidecarError): void {
+  const r = rejectionResponse(error);
+  // An unread request body would otherwise be drained off the socket to keep it alive; a refused caller gets no such service.
+  const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
+  if (hasBody && !req.complete) r.headers.connection = 'close';
+  if (res.headersSent) return void res.destroy();
+  res.writeHead(r.status, r.headers);
+  res.end(r.body);
+}

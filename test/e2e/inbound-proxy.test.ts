@@ -1,0 +1,188 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { call, inboundSidecarConfig, metricsText, rawRequest, sample } from './inbound-support.js';
+
+/**
+ * The happy path, end to end: a real OpenID provider issues client_credentials
+ * JWT access tokens, the sidecar runs as users run it (the built CLI), and a
+ * real app behind it records what it receives.
+ */
+describe('inbound: a verified call reaches the app with identity headers', () => {
+  let idp: TestIdp;
+  let app: UpstreamApp;
+  let sidecar: SidecarProcess;
+
+  beforeAll(async () => {
+    idp = await startIdp({
+      clients: [
+        { clientId: 'orders', clientSecret: 'orders-secret' },
+        { clientId: 'billing', clientSecret: 'billing-secret', extraClaims: { environment: 'prod', roles: ['reader', 'writer'] } },
+      ],
+    });
+    app = await startUpstream();
+    sidecar = await startSidecar(
+      inboundSidecarConfig(app, [idp], {
+        typ: 'at+jwt',
+        forward: { claimHeaders: { 'x-peer-env': 'environment', 'x-peer-roles': 'roles' } },
+        rules: [
+          { match: { path: '/healthz', methods: ['GET'] }, public: true },
+          { match: { path: '/**' }, allow: [{ sub: ['orders', 'billing'] }] },
+        ],
+      }),
+    );
+  });
+  afterAll(async () => {
+    await sidecar?.stop();
+    await app?.close();
+    await idp?.close();
+  });
+
+  it('accepts a token from the IdP; the app sees x-peer-* and no Authorization', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const res = await call(sidecar.inbound!, '/orders/42?expand=items', { token });
+    expect(res.status).toBe(200);
+    const seen = app.seen.at(-1)!;
+    expect(seen.url).toBe('/orders/42?expand=items');
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(seen.headers['x-peer-sub']).toBe('orders');
+    expect(seen.headers['x-peer-iss']).toBe(idp.issuer);
+    const claims = JSON.parse(Buffer.from(String(seen.headers['x-peer-claims']), 'base64url').toString('utf8'));
+    expect(claims).toMatchObject({ iss: idp.issuer, sub: 'orders', aud: 'orders', client_id: 'orders' });
+    expect(typeof claims.exp).toBe('number');
+  });
+
+  it('forwards configured claim headers (strings as-is, other values as JSON)', async () => {
+    const token = await idp.getToken('billing', 'orders');
+    expect((await call(sidecar.inbound!, '/x', { token })).status).toBe(200);
+    const seen = app.seen.at(-1)!;
+    expect(seen.headers['x-peer-sub']).toBe('billing');
+    expect(seen.headers['x-peer-env']).toBe('prod');
+    expect(seen.headers['x-peer-roles']).toBe('["reader","writer"]');
+  });
+
+  it('removes caller-supplied identity headers, also on public routes, so they cannot be spoofed', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const spoof = {
+      'x-peer-sub': 'admin',
+      'x-peer-iss': 'https://evil',
+      'x-peer-claims': Buffer.from('{"sub":"admin"}').toString('base64url'),
+      'x-peer-env': 'prod-spoofed',
+    };
+    expect((await call(sidecar.inbound!, '/x', { token, headers: spoof })).status).toBe(200);
+    let seen = app.seen.at(-1)!;
+    expect(seen.headers['x-peer-sub']).toBe('orders');
+    expect(seen.headers['x-peer-iss']).toBe(idp.issuer);
+    expect(seen.headers['x-peer-env']).toBeUndefined();
+    expect(seen.rawHeaders.filter((h) => h.toLowerCase() === 'x-peer-sub')).toHaveLength(1);
+
+    expect((await call(sidecar.inbound!, '/healthz', { headers: { ...spoof, authorization: 'Bearer whatever' } })).status).toBe(200);
+    seen = app.seen.at(-1)!;
+    expect(seen.url).toBe('/healthz');
+    for (const h of ['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x-peer-env', 'authorization']) expect(seen.headers[h], h).toBeUndefined();
+  });
+
+  it('removes spoofed identity headers in any letter case and when sent twice', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const res = await rawRequest(
+      sidecar.inbound!,
+      `GET /dup HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer ${token}\r\nX-PEER-SUB: admin\r\nx-Peer-Sub: root\r\nX-Peer-Claims: e30`,
+    );
+    expect(res.status).toBe(200);
+    const seen = app.seen.at(-1)!;
+    const subs = [];
+    for (let i = 0; i < seen.rawHeaders.length; i += 2) if (seen.rawHeaders[i]!.toLowerCase() === 'x-peer-sub') subs.push(seen.rawHeaders[i + 1]);
+    expect(subs).toEqual(['orders']);
+    expect(seen.headers['x-peer-claims']).not.toBe('e30');
+  });
+
+  it('streams request bodies to the app unchanged', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const body = randomBytes(2 * 1024 * 1024);
+    const res = await call(sidecar.inbound!, '/upload', { token, method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } });
+    expect(res.status).toBe(200);
+    expect(res.body.bodyBytes).toBe(body.length);
+    expect(res.body.bodySha256).toBe(createHash('sha256').update(body).digest('hex'));
+  });
+
+  it('serves repeat calls of a hot caller from the verified-token cache', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const before = sample(await metricsText(sidecar.admin), 'oidc_sidecar_verify_cache_lookups_total', { result: 'hit' });
+    for (let i = 0; i < 5; i++) expect((await call(sidecar.inbound!, '/hot', { token })).status).toBe(200);
+    const after = sample(await metricsText(sidecar.admin), 'oidc_sidecar_verify_cache_lookups_total', { result: 'hit' });
+    expect(after - before).toBe(4);
+  });
+
+  it('counts decisions and durations in /metrics', async () => {
+    const text = await metricsText(sidecar.admin);
+    expect(sample(text, 'oidc_sidecar_inbound_requests_total', { decision: 'allow', reason: 'ok' })).toBeGreaterThan(0);
+    expect(sample(text, 'oidc_sidecar_inbound_requests_total', { decision: 'allow', reason: 'public' })).toBeGreaterThan(0);
+    expect(sample(text, 'oidc_sidecar_request_duration_seconds_count', { direction: 'inbound' })).toBeGreaterThan(0);
+    expect(sample(text, 'oidc_sidecar_jwks_fetches_total', { issuer: idp.issuer, result: 'success' })).toBeGreaterThanOrEqual(1);
+  });
+
+  it('never logs the token', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    await call(sidecar.inbound!, '/x', { token });
+    await call(sidecar.inbound!, '/x', { token: `${token}x` });
+    expect(sidecar.output()).not.toContain(token.split('.')[2]);
+    expect(sidecar.output()).not.toContain(token.split('.')[1]);
+  });
+});
+
+describe('inbound: forwarding options and upstream failures', () => {
+  let idp: TestIdp;
+  let app: UpstreamApp;
+
+  beforeAll(async () => {
+    idp = await startIdp();
+    app = await startUpstream();
+  });
+  afterAll(async () => {
+    await app?.close();
+    await idp?.close();
+  });
+
+  it('keepToken passes the bearer token on; custom header names are honoured', async () => {
+    const sidecar = await startSidecar(
+      inboundSidecarConfig(app, [idp], {
+        tokenHeader: 'x-service-token',
+        forward: { keepToken: true, subjectHeader: 'x-caller', issuerHeader: 'x-caller-iss', claimsHeader: 'x-caller-claims' },
+      }),
+    );
+    try {
+      const token = await idp.getToken('orders', 'orders');
+      const res = await call(sidecar.inbound!, '/k', { headers: { 'x-service-token': token, authorization: 'Bearer end-user-token' } });
+      expect(res.status).toBe(200);
+      const seen = app.seen.at(-1)!;
+      expect(seen.headers['x-service-token']).toBe(token);
+      // The app's own Authorization (an end-user token) is not ours to judge or remove.
+      expect(seen.headers.authorization).toBe('Bearer end-user-token');
+      expect(seen.headers['x-caller']).toBe('orders');
+      expect(seen.headers['x-caller-iss']).toBe(idp.issuer);
+      expect(seen.headers['x-caller-claims']).toBeDefined();
+      expect(seen.headers['x-peer-sub']).toBeUndefined();
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
+  it('answers 502 upstream_connect_failed when the app is down, and counts it', async () => {
+    const gone = await startUpstream();
+    const url = gone.url;
+    await gone.close();
+    const sidecar = await startSidecar({ ...inboundSidecarConfig(gone, [idp]), inbound: { ...inboundSidecarConfig(gone, [idp]).inbound, target: url } });
+    try {
+      const token = await idp.getToken('orders', 'orders');
+      const res = await call(sidecar.inbound!, '/x', { token });
+      expect(res.status).toBe(502);
+      expect(res.body.reason).toBe('upstream_connect_failed');
+      const text = await metricsText(sidecar.admin);
+      expect(sample(text, 'oidc_sidecar_upstream_errors_total', { direction: 'inbound', reason: 'upstream_connect_failed' })).toBe(1);
+    } finally {
+      await sidecar.stop();
+    }
+  });
+});
