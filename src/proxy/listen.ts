@@ -86,9 +86,19 @@ export function createLimitedServer(
   server.maxHeadersCount = limits.maxHeaderCount;
   server.on('clientError', handleClientError);
 
+  // Node stops tracking a socket once it leaves HTTP (Upgrade, CONNECT): closeAllConnections() would not cut it and
+  // server.close() would wait for it forever. Track them here so a drain deadline also ends open tunnels.
+  const detached = new Set<Duplex>();
+  const closeAll = server.closeAllConnections.bind(server);
+  server.closeAllConnections = () => {
+    closeAll();
+    for (const s of detached) s.destroy();
+  };
   const guardSocket = (next: SocketHandler | undefined, fallback: (socket: Duplex) => void): SocketHandler => (req, socket, head) => {
     // Node hands these sockets over without an error listener; one reset must not take the process down.
     socket.on('error', () => socket.destroy());
+    detached.add(socket);
+    socket.once('close', () => detached.delete(socket));
     const violation = checkRequestHead(req, limits.maxHeaderCount);
     if (violation) return writeRawError(socket, violation.status, violation.reason, violation.message);
     if (next) next(req, socket, head);

@@ -1,0 +1,159 @@
+import { request as httpRequest, STATUS_CODES, type ClientRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { UpstreamError } from '../errors.js';
+import { toUpstreamError } from './forward.js';
+import { buildUpstreamHeaders, isHopByHop } from './headers.js';
+
+export interface TunnelOptions {
+  /** The upstream origin, `http://host:port` or `https://host:port`. */
+  target: URL;
+  /** Path and query to send upstream (origin-form). */
+  path: string;
+  /** Lower-case header names removed from the request besides hop-by-hop ones. */
+  dropHeaders: ReadonlySet<string>;
+  /** Headers added after filtering (flat [name, value, ...]). */
+  addHeaders: readonly string[];
+  /** How long the upstream may take to connect and answer the upgrade, and how long a tunnel may linger after one side ended, milliseconds. */
+  timeoutMs: number;
+  /** PEM CA bundle for an https target. */
+  ca?: Buffer;
+}
+
+/**
+ * Tunnels an `Upgrade` request (WebSocket, RFC 6455 §4; HTTP/1.1 Upgrade,
+ * RFC 9110 §7.8) that the caller has already authorized: sends the request
+ * upstream with hop-by-hop headers filtered and `Connection: Upgrade` +
+ * `Upgrade` restored, relays the upstream's `101` and then pipes bytes both
+ * ways until either side closes. If the upstream declines (any non-101
+ * answer), that answer is relayed and the connection closed.
+ *
+ * Resolves with the upstream's status once its answer has been relayed.
+ * Rejects with an UpstreamError only if nothing was written to `socket` yet,
+ * so the caller can answer 502/504 itself.
+ */
+export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts: TunnelOptions): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders);
+    headers.push('connection', 'upgrade', 'upgrade', req.headers.upgrade ?? '');
+    const isHttps = opts.target.protocol === 'https:';
+    const request = isHttps ? httpsRequest : httpRequest;
+    let settled = false;
+    const upReq: ClientRequest = request({
+      host: opts.target.hostname.replace(/^\[|\]$/g, ''),
+      port: opts.target.port || (isHttps ? 443 : 80),
+      method: req.method,
+      path: opts.path,
+      headers,
+      agent: false,
+      timeout: opts.timeoutMs,
+      ...(opts.ca ? { ca: opts.ca } : {}),
+    });
+
+    const fail = (err: UpstreamError) => {
+      if (settled) return;
+      settled = true;
+      socket.off('close', onClientClose);
+      reject(err);
+    };
+    // The client gave up while we were still connecting: nothing to tunnel to.
+    const onClientClose = () => {
+      if (settled) return;
+      settled = true;
+      upReq.destroy();
+      resolve(0);
+    };
+    socket.once('close', onClientClose);
+
+    upReq.on('timeout', () => {
+      const connecting = (upReq.socket as Socket | null)?.connecting ?? true;
+      upReq.destroy(
+        connecting
+          ? new UpstreamError('upstream_connect_failed', 'upstream is unreachable')
+          : new UpstreamError('upstream_timeout', 'upstream did not answer the upgrade in time'),
+      );
+    });
+    upReq.on('error', (err) => fail(toUpstreamError(err)));
+
+    upReq.on('upgrade', (upRes: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
+      if (settled) return void upSocket.destroy();
+      settled = true;
+      socket.off('close', onClientClose);
+      upSocket.setTimeout(0);
+      socket.write(responseHead(upRes, true));
+      if (upHead.length > 0) socket.write(upHead);
+      if (head.length > 0) upSocket.write(head);
+      splice(socket, upSocket, opts.timeoutMs);
+      resolve(upRes.statusCode ?? 101);
+    });
+
+    upReq.on('response', (upRes: IncomingMessage) => {
+      if (settled) return void upRes.destroy();
+      settled = true;
+      socket.off('close', onClientClose);
+      // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
+      socket.write(responseHead(upRes, false));
+      upRes.pipe(socket);
+      upRes.on('error', () => socket.destroy());
+      socket.on('close', () => upRes.destroy());
+      resolve(upRes.statusCode ?? 502);
+    });
+
+    upReq.end();
+  });
+}
+
+/** The status line and filtered headers of an upstream answer, as raw bytes for the client socket. */
+function responseHead(upRes: IncomingMessage, upgraded: boolean): string {
+  const status = upRes.statusCode ?? 502;
+  let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
+  const raw = upRes.rawHeaders;
+  const named = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() === 'connection') for (const t of raw[i + 1]!.split(',')) named.add(t.trim().toLowerCase());
+  }
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = raw[i]!.toLowerCase();
+    if (isHopByHop(lower) || named.has(lower)) continue;
+    // Transfer-Encoding is hop-by-hop and gone: a declined upgrade's body is relayed close-delimited (or by its Content-Length).
+    out += `${raw[i]}: ${raw[i + 1]}\r\n`;
+  }
+  if (upgraded) out += `connection: upgrade\r\nupgrade: ${upRes.headers.upgrade ?? ''}\r\n`;
+  else out += 'connection: close\r\n';
+  return `${out}\r\n`;
+}
+
+/**
+ * Pipes two sockets into each other. An orderly end on one side is passed on
+ * as an end on the other, after what is queued is flushed (so a WebSocket
+ * close handshake completes). WebSocket does not use TCP half-close, so once
+ * one side has ended the other gets `graceMs` to finish before both are cut;
+ * an error or reset on either side cuts both at once. No half-dead tunnel
+ * lingers.
+ */
+function splice(a: Duplex, b: Duplex, graceMs: number): void {
+  a.pipe(b);
+  b.pipe(a);
+  let grace: NodeJS.Timeout | undefined;
+  const destroyBoth = () => {
+    clearTimeout(grace);
+    a.destroy();
+    b.destroy();
+  };
+  const onEnd = () => {
+    grace ??= setTimeout(destroyBoth, graceMs).unref();
+  };
+  a.on('error', destroyBoth);
+  b.on('error', destroyBoth);
+  a.on('end', onEnd);
+  b.on('end', onEnd);
+  a.on('close', () => {
+    if (!b.destroyed) b.end();
+    if (b.destroyed) clearTimeout(grace);
+  });
+  b.on('close', () => {
+    if (!a.destroyed) a.end();
+    if (a.destroyed) clearTimeout(grace);
+  });
+}

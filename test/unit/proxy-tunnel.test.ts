@@ -1,0 +1,195 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocket } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { UpstreamError } from '../../src/errors.js';
+import { writeRawError } from '../../src/proxy/respond.js';
+import { tunnel } from '../../src/proxy/tunnel.js';
+import { closedPort, rawConnect, rawExchange, startTestProxy, type TestProxy } from './proxy-harness.js';
+import { startWsEcho, type WsEcho } from './proxy-ws-echo.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+/** A proxy whose upgrade handler tunnels to `target` the way the inbound side does after authorizing. */
+async function tunnelProxy(target: string, timeoutMs = 5000): Promise<{ proxy: TestProxy; outcomes: Array<number | string>; clientSockets: Duplex[] }> {
+  const outcomes: Array<number | string> = [];
+  const clientSockets: Duplex[] = [];
+  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    clientSockets.push(socket);
+    tunnel(req, socket, head, {
+      target: new URL(target),
+      path: req.url!,
+      dropHeaders: new Set(['x-peer-sub', 'authorization']),
+      addHeaders: ['x-peer-sub', 'verified-caller'],
+      timeoutMs,
+    }).then(
+      (status) => outcomes.push(status),
+      (err: UpstreamError) => {
+        outcomes.push(err.code);
+        writeRawError(socket, err.status, err.code, err.message);
+      },
+    );
+  };
+  const proxy = await startTestProxy(target, { server: { upgrade } });
+  cleanups.push(() => proxy.close());
+  return { proxy, outcomes, clientSockets };
+}
+
+async function echo(opts?: Parameters<typeof startWsEcho>[0]): Promise<WsEcho> {
+  const e = await startWsEcho(opts);
+  cleanups.push(() => e.close());
+  return e;
+}
+
+function until(pred: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const tick = () => (pred() ? resolve() : setTimeout(tick, 10));
+    tick();
+  });
+}
+
+describe('tunnel(): WebSocket through the proxy', () => {
+  it('carries a real WebSocket session with filtered headers, identity added, and a clean close', async () => {
+    const app = await echo();
+    const { proxy, outcomes } = await tunnelProxy(app.url);
+    const ws = new WebSocket(`ws://127.0.0.1:${proxy.port}/chat?room=1`, { headers: { 'x-peer-sub': 'forged', authorization: 'Bearer t', 'x-custom': 'kept' } } as never);
+    const messages: string[] = [];
+    ws.addEventListener('message', (e) => messages.push(String(e.data)));
+    await new Promise((resolve, reject) => {
+      ws.addEventListener('open', resolve);
+      ws.addEventListener('error', reject);
+    });
+    ws.send('hello');
+    ws.send('again');
+    await until(() => messages.length === 2);
+    expect(messages).toEqual(['echo:hello', 'echo:again']);
+    const closed = new Promise<{ code: number; wasClean: boolean }>((r) => ws.addEventListener('close', (e) => r({ code: e.code, wasClean: e.wasClean })));
+    ws.close(1000, 'bye');
+    expect(await closed).toEqual({ code: 1000, wasClean: true });
+    await until(() => app.open.size === 0);
+
+    expect(outcomes).toEqual([101]);
+    const seen = app.seen[0]!;
+    expect(seen.url).toBe('/chat?room=1');
+    expect(seen.headers['x-peer-sub']).toBe('verified-caller');
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(seen.headers['x-custom']).toBe('kept');
+    expect(seen.headers.upgrade).toBe('websocket');
+    expect(seen.headers.connection).toBe('upgrade');
+    expect(seen.headers['sec-websocket-key']).toBeTruthy();
+    expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
+  });
+
+  it('passes early data sent right behind the upgrade request', async () => {
+    const app = await echo();
+    const { proxy } = await tunnelProxy(app.url);
+    const s = await rawConnect(proxy.port);
+    cleanups.push(async () => void s.destroy());
+    let got = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+    // A masked text frame "hi" in the same write as the handshake.
+    const mask = [1, 2, 3, 4];
+    const frame = Buffer.from([0x81, 0x82, ...mask, 'h'.charCodeAt(0) ^ 1, 'i'.charCodeAt(0) ^ 2]);
+    s.write(
+      Buffer.concat([
+        Buffer.from('GET /early HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'),
+        frame,
+      ]),
+    );
+    await until(() => got.includes(Buffer.from('echo:hi')));
+    const text = got.toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    expect(text).toMatch(/sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=\r\n/i);
+    expect(text).toMatch(/x-app: ws\r\n/i);
+  });
+
+  it('relays an upstream that declines the upgrade, then closes', async () => {
+    const app = await echo({ refuse: { status: 403, body: 'not here' } });
+    const { proxy, outcomes } = await tunnelProxy(app.url);
+    const answer = await rawExchange(proxy.port, 'GET /no HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(answer).toMatch(/x-app: ws\r\n/i);
+    expect(answer).toMatch(/connection: close\r\n/i);
+    expect(answer.endsWith('\r\n\r\nnot here')).toBe(true);
+    expect(outcomes).toEqual([403]);
+  });
+
+  it('answers 502 upstream_connect_failed when the upstream is down', async () => {
+    const port = await closedPort();
+    const { proxy, outcomes } = await tunnelProxy(`http://127.0.0.1:${port}`);
+    const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 502 /);
+    expect(answer).toContain('"reason":"upstream_connect_failed"');
+    expect(outcomes).toEqual(['upstream_connect_failed']);
+  });
+
+  it('answers 504 upstream_timeout when the upstream never answers the upgrade', async () => {
+    const app = await echo();
+    app.server.removeAllListeners('upgrade');
+    app.server.on('upgrade', (_req, socket: Duplex) => {
+      // Holds the socket and never answers.
+      cleanups.push(async () => void socket.destroy());
+    });
+    const { proxy, outcomes } = await tunnelProxy(app.url, 300);
+    const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 504 /);
+    expect(answer).toContain('"reason":"upstream_timeout"');
+    expect(outcomes).toEqual(['upstream_timeout']);
+  });
+
+  it('tears the upstream side down when the client resets, and the client side when the upstream resets', async () => {
+    const app = await echo();
+    const { proxy } = await tunnelProxy(app.url);
+    const open = async () => {
+      const s = await rawConnect(proxy.port);
+      s.on('error', () => {});
+      let got = '';
+      s.on('data', (d) => (got += d.toString('latin1')));
+      s.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+      await until(() => got.includes('\r\n\r\n') && app.open.size > 0);
+      return s;
+    };
+    const first = await open();
+    first.resetAndDestroy();
+    await until(() => app.open.size === 0);
+
+    const second = await open();
+    const secondClosed = new Promise<void>((r) => second.on('close', () => r()));
+    [...app.open][0]!.resetAndDestroy();
+    await secondClosed;
+    expect(second.destroyed).toBe(true);
+  });
+
+  it('cuts a tunnel left half-open: the upstream ignores the client\'s end', async () => {
+    const app = await echo({ ignoreEnd: true });
+    const { proxy, clientSockets } = await tunnelProxy(app.url, 300);
+    const s = await rawConnect(proxy.port);
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    s.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    await until(() => got.includes('\r\n\r\n'));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.end();
+    await closed;
+    await until(() => clientSockets[0]!.destroyed);
+  });
+
+  it('ends open tunnels when the server cuts all connections (drain deadline)', async () => {
+    const app = await echo();
+    const { proxy } = await tunnelProxy(app.url);
+    const s = await rawConnect(proxy.port);
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    s.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    await until(() => got.includes('\r\n\r\n'));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    proxy.server.closeAllConnections();
+    await closed;
+    await until(() => app.open.size === 0);
+  });
+});
