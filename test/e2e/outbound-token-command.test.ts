@@ -1,0 +1,98 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { runCli, writeConfig } from '../support/sidecar.js';
+import { verifyWithIdp } from './outbound-support.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'outbound-token-cmd-'));
+const key = generateKeyPairSync('rsa', { modulusLength: 2048 });
+let idp: TestIdp;
+let configPath: string;
+
+beforeAll(async () => {
+  idp = await startIdp({
+    clients: [
+      { clientId: 'orders', clientSecret: 'orders-secret' },
+      { clientId: 'ci-job', privateKey: { key: key.privateKey, alg: 'RS256' } },
+    ],
+  });
+  const keyFile = join(dir, 'ci-job.pem');
+  writeFileSync(keyFile, key.privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  configPath = writeConfig(
+    {
+      service: 'orders',
+      outbound: {
+        tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecretFile: writeSecret('orders-secret\n') },
+        routes: [
+          { host: 'payments', audience: 'payments', scopes: ['pay'] },
+          { host: 'deployer', audience: 'deployer', tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'ci-job', privateKeyFile: keyFile } },
+        ],
+      },
+    },
+    dir,
+  );
+});
+afterAll(() => idp.close());
+
+function writeSecret(text: string): string {
+  const p = join(dir, 'secret');
+  writeFileSync(p, text);
+  return p;
+}
+
+describe('oidc-sidecar token', () => {
+  it("prints only the token (for $(...) in CI), with the route's source and scopes", async () => {
+    const r = await runCli(['token', '--config', configPath, '--audience', 'payments']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\n$/);
+    expect(await verifyWithIdp(idp, r.stdout.trim(), 'payments')).toMatchObject({ sub: 'orders', scope: 'pay' });
+  });
+
+  it("uses the route's own source (private_key_jwt) and --scope overrides the route scopes", async () => {
+    const r = await runCli(['token', '-c', configPath, '-a', 'deployer', '--scope', 'deploy', '--scope', 'audit']);
+    expect(r.code).toBe(0);
+    expect(await verifyWithIdp(idp, r.stdout.trim(), 'deployer')).toMatchObject({ sub: 'ci-job', scope: 'audit deploy' });
+  });
+
+  it('falls back to the default tokenSource for an audience no route names', async () => {
+    const r = await runCli(['token', '--config', configPath, '--audience', 'https://reports.example']);
+    expect(r.code).toBe(0);
+    expect((await verifyWithIdp(idp, r.stdout.trim(), 'https://reports.example')).sub).toBe('orders');
+  });
+
+  it('fails with one line on stderr, nothing on stdout and exit 1 when the IdP refuses', async () => {
+    writeSecret('not-the-secret');
+    try {
+      const r = await runCli(['token', '--config', configPath, '--audience', 'payments']);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      const lines = r.stderr.split('\n').filter((l) => l.startsWith('oidc-sidecar:'));
+      expect(lines).toEqual([expect.stringMatching(/^oidc-sidecar: token endpoint refused the request \(HTTP 401\): invalid_client/)]);
+      expect(r.stderr).not.toContain('not-the-secret');
+    } finally {
+      writeSecret('orders-secret\n');
+    }
+  });
+
+  it('explains usage errors: no --audience, no outbound section, unreadable key file', async () => {
+    const noAudience = await runCli(['token', '--config', configPath]);
+    expect(noAudience.code).toBe(1);
+    expect(noAudience.stderr).toMatch(/--audience is required/);
+    expect(noAudience.stdout).toBe('');
+    const inboundOnly = writeConfig({ service: 's', inbound: { target: 'http://127.0.0.1:1', audience: 'a', issuers: [{ issuer: 'http://127.0.0.1:2' }] } }, mkdtempSync(join(tmpdir(), 'x-')));
+    const r2 = await runCli(['token', '--config', inboundOnly, '--audience', 'a']);
+    expect(r2.code).toBe(1);
+    expect(r2.stderr).toMatch(/the config has no outbound section/);
+    const badKey = writeConfig(
+      { service: 's', outbound: { tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'x', privateKeyFile: join(dir, 'nope.pem') } } },
+      mkdtempSync(join(tmpdir(), 'x-')),
+    );
+    const r3 = await runCli(['token', '--config', badKey, '--audience', 'a']);
+    expect(r3.code).toBe(1);
+    expect(r3.stderr).toMatch(/outbound\.tokenSource\.privateKeyFile: cannot read .*nope\.pem: no such file/);
+    expect(r3.stdout).toBe('');
+  });
+});
