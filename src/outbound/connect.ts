@@ -3,6 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
 import type { Logger } from '../log.js';
+import { writeRawError } from '../proxy/respond.js';
 import type { Router } from './router.js';
 
 export interface ConnectHandler {
@@ -11,16 +12,7 @@ export interface ConnectHandler {
   close(): void;
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 405: 'Method Not Allowed', 502: 'Bad Gateway' };
-
-/** Answers a CONNECT on the raw socket with the sidecar's JSON error shape, then closes it. */
-function refuse(socket: Duplex, status: number, reason: string, message: string): void {
-  const body = JSON.stringify({ error: message, reason });
-  const allow = status === 405 ? 'allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n' : '';
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\nconnection: close\r\ncontent-type: application/json\r\n${allow}content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
-}
+const ALLOW = { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' };
 
 /**
  * CONNECT (RFC 9110 §9.3.6) opens an opaque tunnel, usually for TLS, so the
@@ -45,20 +37,21 @@ export function createConnectHandler(opts: {
       const { route, authority } = opts.router.resolveConnect(req.url ?? '');
       if (!authority) {
         count('none', 'bad_request');
-        return refuse(socket, 400, 'bad_request', 'CONNECT needs an authority-form target (host:port)');
+        return writeRawError(socket, 400, 'bad_request', 'CONNECT needs an authority-form target (host:port)');
       }
       if (route) {
         count(route.host, 'connect_not_supported');
-        return refuse(
+        return writeRawError(
           socket,
           405,
           'connect_not_supported',
           `CONNECT tunnels cannot carry a token: send plain http:// requests for ${route.host} through the sidecar (HTTP proxy without tunnelling, or origin-form with a Host header)`,
+          ALLOW,
         );
       }
       if (opts.unknownHosts !== 'passthrough') {
         count('none', 'connect_not_supported');
-        return refuse(socket, 405, 'connect_not_supported', 'CONNECT tunnels are refused: the sidecar only forwards plain HTTP so it can attach a token');
+        return writeRawError(socket, 405, 'connect_not_supported', 'CONNECT tunnels are refused: the sidecar only forwards plain HTTP so it can attach a token', ALLOW);
       }
       const host = authority.host.replace(/^\[|\]$/g, '');
       const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });
@@ -80,7 +73,7 @@ export function createConnectHandler(opts: {
         settled = true;
         count('passthrough', 'upstream_connect_failed');
         upstream.destroy();
-        refuse(socket, 502, 'upstream_connect_failed', `cannot open a tunnel to ${authority.host}:${authority.port}`);
+        writeRawError(socket, 502, 'upstream_connect_failed', `cannot open a tunnel to ${authority.host}:${authority.port}`);
       };
       upstream.once('timeout', fail);
       upstream.once('error', (err) => {

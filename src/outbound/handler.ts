@@ -1,14 +1,17 @@
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { Component, ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
 import { forward } from '../proxy/forward.js';
-import { sendError } from '../proxy/respond.js';
+import { sendError, writeRawError } from '../proxy/respond.js';
+import { tunnel } from '../proxy/tunnel.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createConnectHandler } from './connect.js';
-import { createRouter } from './router.js';
+import { createRouter, type Resolution } from './router.js';
 import type { Scheduler } from './scheduler.js';
 import { createTokenBroker } from './token-broker.js';
 import { createTokenCache } from './token-cache.js';
@@ -65,6 +68,20 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     metrics.requestDuration.observe({ direction: 'outbound' }, (performance.now() - started) / 1000);
   };
 
+  /** The token header for a routed request; throws TokenUnavailableError. Passthrough gets none. */
+  const tokenHeaders = async (r: Exclude<Resolution, { kind: 'reject' }>): Promise<string[]> => {
+    if (r.kind !== 'route') return [];
+    // With `authorization` this replaces the app's own header; any other name keeps it (end-user token beside ours).
+    return [tokenHeader, `Bearer ${await cache.get(broker.forRoute(r.route))}`];
+  };
+  const asTokenError = (err: unknown) => (err instanceof TokenUnavailableError ? err : new TokenUnavailableError('no token available', undefined, { cause: err }));
+  const asUpstreamError = (err: unknown) => (err instanceof UpstreamError ? err : new UpstreamError('upstream_reset', 'upstream connection failed', { cause: err }));
+  const upstreamFailed = (label: string, target: string, e: UpstreamError, started: number) => {
+    metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
+    record(label, e.code, started);
+    logger.warn({ event: 'upstream_error', route: label, reason: e.code, target }, e.message);
+  };
+
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = performance.now();
     const r = router.resolve(req.url ?? '/', req.headers.host);
@@ -73,16 +90,13 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       return sendError(res, r.status, r.reason, r.message);
     }
     const label = r.kind === 'route' ? r.route.host : 'passthrough';
-    const addHeaders: string[] = [];
-    if (r.kind === 'route') {
-      try {
-        // With `authorization` this replaces the app's own header; any other name keeps it (end-user token beside ours).
-        addHeaders.push(tokenHeader, `Bearer ${await cache.get(broker.forRoute(r.route))}`);
-      } catch (err) {
-        const e = err instanceof TokenUnavailableError ? err : new TokenUnavailableError('no token available', undefined, { cause: err });
-        record(label, e.code, started);
-        return sendTokenUnavailable(res, e);
-      }
+    let addHeaders: string[];
+    try {
+      addHeaders = await tokenHeaders(r);
+    } catch (err) {
+      const e = asTokenError(err);
+      record(label, e.code, started);
+      return sendTokenUnavailable(res, e);
     }
     try {
       await forward(req, res, {
@@ -93,11 +107,53 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         onResponse: (status) => record(label, String(status), started),
       });
     } catch (err) {
-      const e = err instanceof UpstreamError ? err : new UpstreamError('upstream_reset', 'upstream connection failed', { cause: err });
-      metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
-      record(label, e.code, started);
-      logger.warn({ event: 'upstream_error', route: label, reason: e.code, target: r.target.origin }, e.message);
+      const e = asUpstreamError(err);
+      upstreamFailed(label, r.target.origin, e, started);
       sendError(res, e.status, e.code, e.message);
+    }
+  };
+
+  // CA bundles for https upgrade targets, read on first use (the keep-alive pools do the same for requests).
+  const caCache = new Map<string, Buffer>();
+  const caFor = (file: string | undefined) => {
+    if (!file) return undefined;
+    let ca = caCache.get(file);
+    if (!ca) caCache.set(file, (ca = readFileSync(file)));
+    return ca;
+  };
+
+  /** WebSocket and other `Upgrade` requests: same routing and token as plain requests, then a byte tunnel. */
+  const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
+    const started = performance.now();
+    const r = router.resolve(req.url ?? '/', req.headers.host);
+    if (r.kind === 'reject') {
+      record('none', r.reason, started);
+      return writeRawError(socket, r.status, r.reason, r.message);
+    }
+    const label = r.kind === 'route' ? r.route.host : 'passthrough';
+    let addHeaders: string[];
+    try {
+      addHeaders = await tokenHeaders(r);
+    } catch (err) {
+      const e = asTokenError(err);
+      record(label, e.code, started);
+      return writeRawError(socket, 503, e.code, e.message);
+    }
+    try {
+      const ca = caFor(r.target.caFile);
+      const status = await tunnel(req, socket, head, {
+        target: new URL(r.target.origin),
+        path: r.path,
+        dropHeaders: r.kind === 'route' ? dropWithToken : dropPassthrough,
+        addHeaders,
+        timeoutMs: limits.upstreamTimeoutSeconds * 1000,
+        ...(ca ? { ca } : {}),
+      });
+      if (status !== 0) record(label, String(status), started);
+    } catch (err) {
+      const e = asUpstreamError(err);
+      upstreamFailed(label, r.target.origin, e, started);
+      writeRawError(socket, e.status, e.code, e.message);
     }
   };
 
@@ -106,6 +162,12 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       serve(req, res).catch((err: unknown) => {
         logger.error({ event: 'internal_error', error: err instanceof Error ? err.message : String(err) }, 'outbound request failed');
         sendError(res, 500, 'internal_error', 'internal error');
+      });
+    },
+    upgrade(req, socket, head) {
+      serveUpgrade(req, socket, head).catch((err: unknown) => {
+        logger.error({ event: 'internal_error', error: err instanceof Error ? err.message : String(err) }, 'outbound upgrade failed');
+        writeRawError(socket, 500, 'internal_error', 'internal error');
       });
     },
     connect: (req, socket, head) => connect.handle(req, socket, head),

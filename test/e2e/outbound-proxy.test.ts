@@ -5,6 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { startWsEcho } from '../unit/proxy-ws-echo.js';
 import { bearerOf, metricsText, sample, send, verifyWithIdp } from './outbound-support.js';
 
 const SECRET = 'orders-secret';
@@ -136,6 +137,31 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(await rawExchange(s.outbound!, 'CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n\r\n')).toMatch(/^HTTP\/1\.1 405 /);
   });
 
+  it('carries a WebSocket upgrade to the peer with the token attached', async () => {
+    const ws = await startWsEcho();
+    try {
+      const s = await sidecar({ ...outboundConfig(), outbound: { ...outboundConfig().outbound, routes: [{ host: 'chat', target: ws.url, audience: 'payments' }] } });
+      const handshake =
+        'GET /room?id=1 HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer app-own\r\n\r\n';
+      // One masked text frame "hi" (RFC 6455 §5.2), then a close frame.
+      const mask = [1, 2, 3, 4];
+      const frame = Buffer.from([0x81, 0x82, ...mask, 'h'.charCodeAt(0) ^ 1, 'i'.charCodeAt(0) ^ 2]);
+      const raw = await rawExchange(s.outbound!, handshake, [frame, Buffer.from([0x88, 0x80, 0, 0, 0, 0])]);
+      expect(raw).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+      expect(raw).toContain('echo:hi');
+      expect(ws.seen[0]!.url).toBe('/room?id=1');
+      expect((await verifyWithIdp(idp, bearerOf(ws.seen[0]!.headers.authorization)!, 'payments')).sub).toBe('orders');
+      // An unrouted host is refused before any upstream or IdP traffic.
+      const refused = await rawExchange(s.outbound!, handshake.replace('Host: chat', 'Host: elsewhere'));
+      expect(refused).toMatch(/^HTTP\/1\.1 403 /);
+      expect(refused).toContain('"reason":"no_route"');
+      expect(ws.seen).toHaveLength(1);
+    } finally {
+      await ws.close();
+    }
+  });
+
   it('streams a 5 MiB upload byte-identical to the peer', async () => {
     const s = await sidecar(outboundConfig());
     const body = randomBytes(5 * 1024 * 1024);
@@ -215,14 +241,20 @@ function decodePayload(token: string): { iat?: number; exp?: number } {
   return JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8'));
 }
 
-/** Writes raw bytes to a listener and collects everything it answers until it closes (or 2 s of silence). */
-function rawExchange(listener: string, data: string): Promise<string> {
+/**
+ * Writes raw bytes to a listener and collects everything it answers until it
+ * closes (or 2 s of silence). `after` chunks are written once the first answer bytes arrive.
+ */
+function rawExchange(listener: string, data: string, after: Buffer[] = []): Promise<string> {
   const url = new URL(listener);
   return new Promise((resolve, reject) => {
     const socket = connect(Number(url.port), url.hostname);
     let out = '';
     socket.setTimeout(2000, () => socket.destroy());
-    socket.on('data', (c: Buffer) => (out += c.toString('latin1')));
+    socket.on('data', (c: Buffer) => {
+      out += c.toString('latin1');
+      for (const chunk of after.splice(0)) socket.write(chunk);
+    });
     socket.on('close', () => resolve(out));
     socket.on('error', reject);
     socket.write(data);
