@@ -1,0 +1,341 @@
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parse, parseAllDocuments } from 'yaml';
+import { DEFAULT_DEV_CLIENTS, loadDevClientsFile } from '../../src/dev/clients-file.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const at = (...p: string[]) => join(ROOT, ...p);
+
+/** Every sidecar config shipped, as the layers a user passes to `--config`, with the env it needs. */
+function sidecarConfigSets(): Array<{ name: string; layers: string[]; env?: Record<string, string>; service: string }> {
+  const namespaces = readdirSync(at('config/namespaces')).filter((f) => /\.ya?ml$/.test(f));
+  const overlays = readdirSync(at('examples/kubernetes/overlays'));
+  return [
+    { name: 'config/base.yaml alone', layers: ['config/base.yaml'], service: 'workload' },
+    ...namespaces.map((f) => ({ name: `config/base.yaml + config/namespaces/${f}`, layers: ['config/base.yaml', `config/namespaces/${f}`], service: f.replace(/\.ya?ml$/, '') })),
+    ...overlays.map((ns) => ({
+      name: `kubernetes overlay ${ns}`,
+      layers: ['examples/kubernetes/base/config/base.yaml', `examples/kubernetes/overlays/${ns}/config/namespace.yaml`],
+      service: ns,
+    })),
+    { name: 'compose orders sidecar', layers: ['examples/docker-compose/sidecars/orders.yaml'], env: { ORDERS_CLIENT_SECRET: 'compose-secret-value' }, service: 'orders' },
+    { name: 'compose payments sidecar', layers: ['examples/docker-compose/sidecars/payments.yaml'], service: 'payments' },
+    { name: 'ci deploy gate: deployer sidecar', layers: ['examples/ci-deploy-gate/deployer-sidecar.yaml'], service: 'deployer' },
+    { name: 'ci deploy gate: token config', layers: ['examples/ci-deploy-gate/ci-token.yaml'], service: 'deploy-job' },
+  ];
+}
+
+/** YAML files that are not sidecar configs, each checked by its own test below. */
+const OTHER_YAML = new Set([
+  'examples/docker-compose/docker-compose.yaml',
+  'examples/docker-compose/dev-clients.yaml',
+  'examples/ci-deploy-gate/deploy.yml',
+]);
+
+function yamlFilesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const entry of readdirSync(at(dir))) {
+    const rel = `${dir}/${entry}`;
+    if (statSync(at(rel)).isDirectory()) out.push(...yamlFilesUnder(rel));
+    else if (/\.ya?ml$/.test(entry)) out.push(rel);
+  }
+  return out;
+}
+
+const hasCommand = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
+
+describe('shipped configs validate with the CLI', () => {
+  for (const set of sidecarConfigSets()) {
+    it(`${set.name}`, async () => {
+      const r = await runCli(['validate', ...set.layers.flatMap((l) => ['--config', at(l)])], { env: set.env ?? {} });
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(parse(r.stdout)).toMatchObject({ service: set.service });
+      for (const secret of Object.values(set.env ?? {})) expect(r.stdout).not.toContain(secret);
+    });
+  }
+
+  it('every YAML file under config/ and examples/ is covered by a test', () => {
+    const covered = new Set([...sidecarConfigSets().flatMap((s) => s.layers), ...OTHER_YAML]);
+    const manifests = (f: string) => f.startsWith('examples/kubernetes/') && !f.includes('/config/');
+    const uncovered = [...yamlFilesUnder('config'), ...yamlFilesUnder('examples')].filter((f) => !covered.has(f) && !manifests(f));
+    expect(uncovered).toEqual([]);
+  });
+
+  it('the Kubernetes ConfigMap sources are exactly config/base.yaml and config/namespaces/<ns>.yaml', () => {
+    expect(readFileSync(at('examples/kubernetes/base/config/base.yaml'), 'utf8')).toBe(readFileSync(at('config/base.yaml'), 'utf8'));
+    const overlays = readdirSync(at('examples/kubernetes/overlays'));
+    expect(overlays.sort()).toEqual(readdirSync(at('config/namespaces')).map((f) => f.replace(/\.ya?ml$/, '')).sort());
+    for (const ns of overlays) {
+      expect(readFileSync(at(`examples/kubernetes/overlays/${ns}/config/namespace.yaml`), 'utf8')).toBe(readFileSync(at(`config/namespaces/${ns}.yaml`), 'utf8'));
+    }
+  });
+
+  it('an invalid overlay is refused with its key path (the layering really merges)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'examples-'));
+    const bad = join(dir, 'bad-ns.yaml');
+    writeFileSync(bad, 'inbound:\n  rules:\n    - match: { path: nope }\n      public: true\n');
+    const r = await runCli(['validate', '--config', at('config/base.yaml'), '--config', bad]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('inbound.rules.0.match.path');
+  });
+});
+
+describe('docker-compose example', () => {
+  const composeDir = at('examples/docker-compose');
+  const compose = parse(readFileSync(join(composeDir, 'docker-compose.yaml'), 'utf8'), { merge: true }) as { services: Record<string, any>; networks: Record<string, any> };
+
+  it.skipIf(!hasCommand('docker-compose', ['version']))('passes `docker-compose config`', () => {
+    const r = spawnSync('docker-compose', ['-f', join(composeDir, 'docker-compose.yaml'), 'config', '-q'], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  });
+
+  it('references only files that exist, and a build context with the Dockerfile', () => {
+    for (const [name, svc] of Object.entries(compose.services)) {
+      for (const v of (svc.volumes ?? []) as string[]) {
+        const source = v.split(':')[0]!;
+        if (source.startsWith('.')) expect(existsSync(resolve(composeDir, source)), `${name}: ${source}`).toBe(true);
+      }
+      if (svc.build) expect(existsSync(resolve(composeDir, svc.build.context, svc.build.dockerfile ?? 'Dockerfile')), `${name}: build`).toBe(true);
+      const cfg = svc.environment?.OIDC_SIDECAR_CONFIG as string | undefined;
+      if (cfg) {
+        const mounted = (svc.volumes as string[]).find((v) => v.split(':')[1] === cfg);
+        expect(mounted, `${name}: ${cfg} is mounted`).toBeDefined();
+      }
+    }
+  });
+
+  it('reaches each app only through its sidecar: the app shares the sidecar network namespace and publishes nothing', () => {
+    for (const app of ['orders', 'payments']) {
+      const svc = compose.services[app];
+      expect(svc.network_mode).toBe(`service:${app}-sidecar`);
+      expect(svc.ports).toBeUndefined();
+      expect(compose.services[`${app}-sidecar`]).toBeDefined();
+    }
+    expect(compose.networks.mesh.internal).toBe(true);
+  });
+
+  it('its dev-clients.yaml is a valid dev issuer clients file', () => {
+    const file = loadDevClientsFile(join(composeDir, 'dev-clients.yaml'), {});
+    expect(file.clients.map((c) => c.clientId)).toEqual(['orders', 'payments']);
+  });
+
+  describe('its sidecar configs and demo app work together (compose hostnames mapped to loopback)', () => {
+    let idp: TestIdp;
+    const children: ChildProcess[] = [];
+    const sidecars: SidecarProcess[] = [];
+    beforeAll(async () => {
+      idp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: 'orders-secret' }, { clientId: 'payments', clientSecret: 'payments-secret' }] });
+    });
+    afterAll(async () => {
+      await Promise.all(sidecars.map((s) => s.stop()));
+      for (const c of children) c.kill('SIGTERM');
+      await idp.close();
+    });
+
+    it('GET /checkout on orders reaches payments through both sidecars, as the README says', async () => {
+      const mapHosts = (text: string, map: Record<string, string>) => Object.entries(map).reduce((t, [from, to]) => t.replaceAll(from, to), text);
+      const payApp = await startApp({ SERVICE: 'payments' });
+      children.push(payApp.child);
+      const paymentsCfg = parse(mapHosts(readFileSync(join(composeDir, 'sidecars/payments.yaml'), 'utf8'), { 'http://dev-issuer:9000': idp.issuer, 'http://127.0.0.1:8080': payApp.url }));
+      paymentsCfg.inbound.listen = '127.0.0.1:0';
+      paymentsCfg.admin.listen = '127.0.0.1:0';
+      const payments = await startSidecar(paymentsCfg);
+      sidecars.push(payments);
+
+      const outboundPort = await freePort();
+      const ordersApp = await startApp({ SERVICE: 'orders', HTTP_PROXY: `http://127.0.0.1:${outboundPort}`, PEER_URL: 'http://payments/payments/charge' });
+      children.push(ordersApp.child);
+      const ordersCfg = parse(
+        mapHosts(readFileSync(join(composeDir, 'sidecars/orders.yaml'), 'utf8'), {
+          'http://dev-issuer:9000': idp.issuer,
+          'http://payments-sidecar:15006': payments.inbound!,
+          'http://127.0.0.1:8080': ordersApp.url,
+        }),
+      );
+      ordersCfg.inbound.listen = '127.0.0.1:0';
+      ordersCfg.outbound.listen = `127.0.0.1:${outboundPort}`;
+      ordersCfg.admin.listen = '127.0.0.1:0';
+      const orders = await startSidecar(ordersCfg, { env: { ORDERS_CLIENT_SECRET: 'orders-secret' } });
+      sidecars.push(orders);
+
+      const res = await fetch(`${orders.inbound}/checkout`);
+      const body = (await res.json()) as any;
+      expect(res.status).toBe(200);
+      expect(body).toMatchObject({
+        service: 'orders',
+        peerStatus: 200,
+        peerAnswer: { service: 'payments', method: 'POST', path: '/payments/charge', caller: { sub: 'orders', iss: idp.issuer, client: 'orders' }, bearerTokenReachedApp: false },
+      });
+
+      // README steps 2-5 against the payments sidecar.
+      expect((await fetch(`${payments.inbound}/payments/charge`, { method: 'POST' })).status).toBe(401);
+      const call = (token: string) => fetch(`${payments.inbound}/payments/charge`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+      expect((await call(await idp.getToken('orders', 'payments', { audienceParam: 'audience' }))).status).toBe(200);
+      const wrong = await call(await idp.getToken('orders', 'orders', { audienceParam: 'audience' }));
+      expect([wrong.status, ((await wrong.json()) as any).reason]).toEqual([401, 'audience_mismatch']);
+      const other = await call(await idp.getToken('payments', 'payments', { audienceParam: 'audience' }));
+      expect([other.status, ((await other.json()) as any).reason]).toEqual([403, 'policy_denied']);
+    });
+  });
+});
+
+describe('kubernetes example', () => {
+  const overlays = readdirSync(at('examples/kubernetes/overlays'));
+  const hasKubectl = hasCommand('kubectl', ['version', '--client']);
+  expect(overlays.length).toBeGreaterThanOrEqual(2);
+
+  for (const ns of overlays) {
+    it.skipIf(!hasKubectl)(`overlay ${ns} builds with kubectl kustomize into a hardened pod with a projected token`, async () => {
+      const rendered = execFileSync('kubectl', ['kustomize', at(`examples/kubernetes/overlays/${ns}`)], { encoding: 'utf8' });
+      const docs = parseAllDocuments(rendered).map((d) => d.toJS()) as any[];
+      const byKind = (kind: string) => docs.filter((d) => d.kind === kind);
+      for (const d of docs) if (d.kind !== 'Namespace') expect(d.metadata.namespace, `${d.kind}/${d.metadata.name}`).toBe(ns);
+
+      const [deploy] = byKind('Deployment');
+      const pod = deploy.spec.template.spec;
+      expect(pod.serviceAccountName).toBe(ns);
+      expect(byKind('ServiceAccount').map((s) => s.metadata.name)).toContain(ns);
+      expect(pod.securityContext.runAsNonRoot).toBe(true);
+      const sidecar = pod.containers.find((c: any) => c.name === 'oidc-sidecar');
+      expect(sidecar.args).toEqual(['run', '--config=/etc/oidc-sidecar/base.yaml', '--config=/etc/oidc-sidecar/namespace.yaml']);
+      expect(sidecar.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
+      expect(sidecar.livenessProbe.httpGet).toMatchObject({ path: '/healthz', port: 'admin' });
+      expect(sidecar.readinessProbe.httpGet).toMatchObject({ path: '/readyz', port: 'admin' });
+      expect(sidecar.ports).toEqual(expect.arrayContaining([{ name: 'admin', containerPort: 15020 }, { name: 'inbound', containerPort: 15006 }]));
+
+      // The projected tokens cover exactly the audiences of the namespace config's outbound routes.
+      const nsConfig = parse(readFileSync(at(`config/namespaces/${ns}.yaml`), 'utf8'));
+      const audiences = ((nsConfig.outbound?.routes ?? []) as Array<{ audience: string }>).map((r) => r.audience).sort();
+      const tokens = pod.volumes.find((v: any) => v.name === 'oidc-tokens').projected.sources.map((s: any) => s.serviceAccountToken);
+      expect(tokens.map((t: any) => t.audience).sort()).toEqual(audiences);
+      for (const t of tokens) {
+        expect(t.path).toBe(t.audience);
+        expect(t.expirationSeconds).toBeGreaterThanOrEqual(600);
+      }
+
+      const [svc] = byKind('Service');
+      expect(svc.spec.ports.map((p: any) => p.targetPort)).toEqual(['inbound']);
+
+      // The ConfigMap as rendered validates as the sidecar would load it.
+      const [cm] = byKind('ConfigMap');
+      expect(Object.keys(cm.data).sort()).toEqual(['base.yaml', 'namespace.yaml']);
+      const dir = mkdtempSync(join(tmpdir(), `k8s-${ns}-`));
+      for (const [file, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(join(dir, file), text);
+      const env = Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
+      const r = await runCli(['validate', '--config', join(dir, 'base.yaml'), '--config', join(dir, 'namespace.yaml')], { env });
+      expect(r.stderr).toBe('');
+      expect(parse(r.stdout)).toMatchObject({ service: ns, inbound: { audience: ns } });
+    });
+  }
+
+  it.skipIf(!hasKubectl)('cluster/ builds (the issuer discovery binding)', () => {
+    const rendered = execFileSync('kubectl', ['kustomize', at('examples/kubernetes/cluster')], { encoding: 'utf8' });
+    expect(parse(rendered)).toMatchObject({ kind: 'ClusterRoleBinding', roleRef: { name: 'system:service-account-issuer-discovery' } });
+  });
+});
+
+describe('ci deploy gate example', () => {
+  let idp: TestIdp;
+  let deployer: UpstreamApp;
+  let sidecar: SidecarProcess | undefined;
+  const gate = at('examples/ci-deploy-gate');
+
+  beforeAll(async () => {
+    // The dev issuer's GitHub-Actions-shaped clients, with its GitHub token request emulation.
+    idp = await startIdp({
+      clients: DEFAULT_DEV_CLIENTS.filter((c) => c.clientId.startsWith('github-')).map((c) => ({
+        clientId: c.clientId,
+        clientSecret: c.clientSecret!,
+        subject: c.subject!,
+        extraClaims: c.extraClaims!,
+      })),
+    });
+    deployer = await startUpstream();
+  });
+  afterAll(async () => {
+    await sidecar?.stop();
+    await deployer.close();
+    await idp.close();
+  });
+  afterEach(() => {
+    deployer.seen.length = 0;
+  });
+
+  it('the workflow asks for id-token: write and fetches its token with `oidc-sidecar token` from the github_actions config', () => {
+    const wf = parse(readFileSync(join(gate, 'deploy.yml'), 'utf8'));
+    expect(wf.permissions['id-token']).toBe('write');
+    const job = Object.values(wf.jobs as Record<string, any>)[0];
+    expect(job.environment).toBe('production');
+    const script = (job.steps as Array<{ run?: string }>).map((s) => s.run ?? '').join('\n');
+    expect(script).toMatch(/oidc-sidecar token --config \S*ci-token\.yaml --audience deployer/);
+    expect(parse(readFileSync(join(gate, 'ci-token.yaml'), 'utf8')).outbound.tokenSource.type).toBe('github_actions');
+  });
+
+  async function ciToken(client: 'github-main' | 'github-feature'): Promise<string> {
+    const r = await runCli(['token', '--config', join(gate, 'ci-token.yaml'), '--audience', 'deployer'], {
+      env: { ACTIONS_ID_TOKEN_REQUEST_URL: `${idp.issuer}/github-actions/token?client=${client}`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: `${client}-secret` },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    return r.stdout.trim();
+  }
+
+  it('lets main/production deploy and refuses a feature branch, a GET and no token (the deployer sees only the allowed call)', async () => {
+    const cfg = parse(readFileSync(join(gate, 'deployer-sidecar.yaml'), 'utf8'));
+    cfg.inbound.listen = '127.0.0.1:0';
+    cfg.admin.listen = '127.0.0.1:0';
+    sidecar = await startSidecar(cfg, { env: { DEPLOY_GATE_ISSUER: idp.issuer, DEPLOYER_PORT: String(new URL(deployer.url).port) } });
+    const deploy = (token: string | undefined, method = 'POST') =>
+      fetch(`${sidecar!.inbound}/deploy`, { method, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(method === 'POST' ? { body: '{"sha":"abc"}' } : {}) });
+
+    const main = await ciToken('github-main');
+    const ok = await deploy(main);
+    expect(ok.status).toBe(200);
+    expect(deployer.seen).toHaveLength(1);
+    expect(deployer.seen[0]!.headers).toMatchObject({ 'x-deploy-repository': 'acme/app', 'x-deploy-ref': 'refs/heads/main', 'x-peer-sub': 'repo:acme/app:environment:production' });
+    expect(deployer.seen[0]!.headers.authorization).toBeUndefined();
+
+    const feature = await deploy(await ciToken('github-feature'));
+    expect([feature.status, ((await feature.json()) as any).reason]).toEqual([403, 'policy_denied']);
+    expect((await deploy(main, 'GET')).status).toBe(403);
+    const none = await deploy(undefined);
+    expect([none.status, ((await none.json()) as any).reason]).toEqual([401, 'missing_token']);
+    expect(deployer.seen).toHaveLength(1);
+    expect(sidecar.output()).not.toContain(main);
+  });
+});
+
+/** Runs examples/docker-compose/app/app.mjs on a free loopback port. */
+async function startApp(env: Record<string, string>): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, [at('examples/docker-compose/app/app.mjs')], { env: { ...process.env, PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<string>((res, rej) => {
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += d;
+      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) res(m[1]!);
+    });
+    child.once('exit', (code) => rej(new Error(`app exited with ${code}`)));
+  });
+  return { url: `http://127.0.0.1:${port}`, child };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => res(port));
+    });
+  });
+}
+
