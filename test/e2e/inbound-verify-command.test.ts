@@ -1,0 +1,108 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { runCli, writeConfig } from '../support/sidecar.js';
+import { corruptSignature, epochSeconds } from '../support/tokens.js';
+
+/** `oidc-sidecar verify` as an operator runs it, against a real IdP. */
+describe('oidc-sidecar verify', () => {
+  let idp: TestIdp;
+  let config: string;
+
+  beforeAll(async () => {
+    idp = await startIdp();
+    config = writeConfig({
+      service: 'orders',
+      inbound: {
+        target: 'http://127.0.0.1:8080',
+        audience: 'orders',
+        issuers: [{ issuer: idp.issuer }],
+        rules: [
+          { match: { path: '/healthz' }, public: true },
+          { match: { path: '/payments/**', methods: ['POST'] }, allow: [{ sub: 'orders' }] },
+        ],
+      },
+    });
+  });
+  afterAll(async () => {
+    await idp?.close();
+  });
+
+  it('prints allow, the reason and the verified claims, exit 0', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const r = await runCli(['verify', '--config', config, '--token', token]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^decision: allow$/m);
+    expect(r.stdout).toMatch(/^reason: +ok$/m);
+    expect(r.stdout).toContain('claims (verified):');
+    expect(r.stdout).toContain('"sub": "orders"');
+    expect(r.stderr).toBe('');
+  });
+
+  it('reads the token from stdin and prints JSON with --json', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const r = await runCli(['verify', '--config', config, '--json'], { input: `${token}\n` });
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ decision: 'allow', reason: 'ok', issuer: idp.issuer, claims: { sub: 'orders', aud: 'orders' } });
+  });
+
+  it('rejects with the reason code and exit 1: expired, forged, wrong audience, empty', async () => {
+    const cases: [string, string][] = [
+      [await idp.mint({ aud: 'orders', iat: epochSeconds() - 7200, exp: epochSeconds() - 3600 }), 'expired'],
+      [corruptSignature(await idp.getToken('orders', 'orders')), 'bad_signature'],
+      [await idp.getToken('orders', 'payments'), 'audience_mismatch'],
+      ['', 'missing_token'],
+    ];
+    for (const [token, reason] of cases) {
+      const r = await runCli(['verify', '--config', config, '--json'], { input: token });
+      expect(r.code, reason).toBe(1);
+      expect(JSON.parse(r.stdout), reason).toMatchObject({ decision: 'reject', reason });
+    }
+  });
+
+  it('applies the rules with --method and --path (normalised), printing the rule', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const allow = await runCli(['verify', '--config', config, '--token', token, '--method', 'post', '--path', '/payments/x/../1']);
+    expect(allow.code).toBe(0);
+    expect(allow.stdout).toMatch(/^request: +POST \/payments\/1$/m);
+    expect(allow.stdout).toMatch(/^rule: +#1 POST \/payments\/\*\*$/m);
+    const deny = await runCli(['verify', '--config', config, '--token', token, '--path', '/payments/1', '--json']);
+    expect(deny.code).toBe(1);
+    expect(JSON.parse(deny.stdout)).toMatchObject({ decision: 'deny', reason: 'policy_denied' });
+    const pub = await runCli(['verify', '--config', config, '--path', '/healthz', '--json'], { input: '' });
+    expect(pub.code).toBe(0);
+    expect(JSON.parse(pub.stdout)).toMatchObject({ decision: 'allow', reason: 'public' });
+  });
+
+  it('IdP unreachable: one clear line, keys_unavailable, exit 1', async () => {
+    const dead: Server = createServer((_req, res) => res.writeHead(503).end());
+    await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
+    await new Promise((r) => dead.close(r));
+    const cfg = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: url }] } });
+    const r = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--timeout', '1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^oidc-sidecar: keys_unavailable: cannot load keys for http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)/);
+    expect(r.stdout).toBe('');
+  });
+
+  it('usage errors are one line with exit 1: no inbound section, bad --path', async () => {
+    const outboundOnly = writeConfig({ service: 'x', outbound: { routes: [] } });
+    const a = await runCli(['verify', '--config', outboundOnly, '--token', 'a.b.c']);
+    expect(a.code).toBe(1);
+    expect(a.stderr).toBe('oidc-sidecar: the config has no inbound section to verify against\n');
+    const b = await runCli(['verify', '--config', config, '--token', 'a.b.c', '--path', 'payments']);
+    expect(b.code).toBe(1);
+    expect(b.stderr).toBe('oidc-sidecar: --path must start with "/"\n');
+  });
+
+  it('has --help', async () => {
+    const r = await runCli(['verify', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('--token');
+    expect(r.stdout).toContain('--path');
+  });
+});
