@@ -125,6 +125,13 @@ describe('private_key_jwt (RFC 7523)', () => {
     }
   });
 
+  it("copies the JWK's certificate thumbprints into the header (Entra ID certificate credentials need x5t#S256)", async () => {
+    const { privateKey } = rsa();
+    const jwk = { ...privateKey.export({ format: 'jwk' }), 'x5t#S256': 'dGh1bWJwcmludA', x5t: 'c2hhMQ' };
+    const { form } = await assertion(createClientAuth({ clientId: 'o', privateKeyFile: file(JSON.stringify(jwk)) }, deps));
+    expect(decodeProtectedHeader(form.get('client_assertion')!)).toEqual({ alg: 'RS256', 'x5t#S256': 'dGh1bWJwcmludA', x5t: 'c2hhMQ' });
+  });
+
   it('privateKeyAlg overrides the default when the key supports it', async () => {
     const { privateKey } = rsa();
     const { form } = await assertion(createClientAuth({ clientId: 'o', privateKeyFile: file(CASES[0]!.pem(privateKey)), privateKeyAlg: 'RS512' }, deps));

@@ -45,7 +45,7 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
         const now = Math.floor(deps.clock.now() / 1000);
         // RFC 7523 §3: iss = sub = client_id, aud = the token endpoint, a unique jti and a short exp.
         const assertion = await new SignJWT({})
-          .setProtectedHeader(signing.kid ? { alg: signing.alg, kid: signing.kid } : { alg: signing.alg })
+          .setProtectedHeader({ alg: signing.alg, ...signing.header })
           .setIssuer(cfg.clientId)
           .setSubject(cfg.clientId)
           .setAudience(tokenEndpoint)
@@ -111,8 +111,12 @@ export function formEncode(value: string): string {
 export interface SigningKey {
   key: KeyObject;
   alg: string;
-  kid?: string;
+  /** JOSE header parameters naming the key: `kid`, and the certificate thumbprints `x5t`/`x5t#S256` (Entra ID requires one). */
+  header: Record<string, string>;
 }
+
+/** JWK members copied into the assertion's header so the IdP can pick the right registered key or certificate. */
+const KEY_ID_MEMBERS = ['kid', 'x5t', 'x5t#S256'] as const;
 
 /** Which JWS algorithms a key type can sign with (RFC 7518 §3, RFC 8037). */
 function algorithmsFor(key: KeyObject): readonly string[] {
@@ -139,7 +143,8 @@ function algorithmsFor(key: KeyObject): readonly string[] {
  * Parses a private key given as PEM (PKCS#8, PKCS#1 or SEC1) or as a JWK
  * (or a JWK Set holding exactly one private key). The algorithm is
  * `privateKeyAlg`, else the JWK's `alg`, else the natural one for the key
- * type (RS256, ES256/384/512, EdDSA).
+ * type (RS256, ES256/384/512, EdDSA). A JWK's `kid`, `x5t` and `x5t#S256`
+ * go into the assertion header.
  */
 export function loadSigningKey(text: string, alg: string | undefined, configPath: string): SigningKey {
   const fail = (key: string, message: string): never => {
@@ -147,7 +152,7 @@ export function loadSigningKey(text: string, alg: string | undefined, configPath
   };
   let key: KeyObject;
   let jwkAlg: string | undefined;
-  let kid: string | undefined;
+  const header: Record<string, string> = {};
   const trimmed = text.trim();
   try {
     if (trimmed.startsWith('{')) {
@@ -160,7 +165,7 @@ export function loadSigningKey(text: string, alg: string | undefined, configPath
       if (!('d' in jwk)) return fail('privateKeyFile', 'the JWK is a public key; private_key_jwt needs the private key');
       key = createPrivateKey({ key: jwk as never, format: 'jwk' });
       if (typeof jwk.alg === 'string') jwkAlg = jwk.alg;
-      if (typeof jwk.kid === 'string') kid = jwk.kid;
+      for (const m of KEY_ID_MEMBERS) if (typeof jwk[m] === 'string') header[m] = jwk[m] as string;
     } else {
       key = createPrivateKey(trimmed);
     }
@@ -174,5 +179,5 @@ export function loadSigningKey(text: string, alg: string | undefined, configPath
   if (!supported.includes(chosen)) {
     return fail(alg ? 'privateKeyAlg' : 'privateKeyFile', `${chosen} cannot be used with this ${key.asymmetricKeyType} key (possible: ${supported.join(', ')})`);
   }
-  return kid === undefined ? { key, alg: chosen } : { key, alg: chosen, kid };
+  return { key, alg: chosen, header };
 }
