@@ -14,6 +14,7 @@ import { createKeyStore, type KeyStore, type Scheduler } from './key-store.js';
 import { createMatcher } from './matcher.js';
 import { compilePolicy } from './policy.js';
 import { rejectionResponse } from './rejection.js';
+import { createInboundUpgrade } from './upgrade.js';
 import { createVerifyCache } from './verify-cache.js';
 
 /** The inbound component plus its decision logic, for callers that answer on something other than a ServerResponse (WebSocket upgrades). */
@@ -107,9 +108,14 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     });
   };
 
+  const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
+  // WebSocket / Upgrade: the same decision, then a tunnel (src/inbound/upgrade.ts, src/proxy/tunnel.ts).
+  const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, metrics, logger });
+
   return {
     handle,
-    authorize: (req) => authorizer.authorize(toInboundRequest(req)),
+    upgrade,
+    authorize,
     dropHeaders,
     targetPrefix,
     start: () => keyStore.start(),

@@ -28,11 +28,23 @@ export function sendError(
 }
 
 /**
- * The same JSON error written straight onto a socket that has no
+ * A complete response written straight onto a socket that has no
  * ServerResponse (Upgrade and CONNECT requests, parser errors), then the
- * connection is closed: after an error on a raw socket nothing reliable can
- * follow on it. `message` defaults to the reason with spaces.
+ * connection is closed: after a refusal on a raw socket nothing reliable can
+ * follow on it. `headers` should carry the body's content-type and length.
  */
+export function writeRawResponse(socket: Duplex, status: number, headers: Record<string, string>, body: string): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nconnection: close\r\n`;
+  // Values are ours (e.g. WWW-Authenticate), but a stray CR/LF must never split the response.
+  for (const name in headers) if (name !== 'connection') head += `${name}: ${headers[name]!.replace(/[\r\n]/g, ' ')}\r\n`;
+  socket.end(`${head}\r\n${body}`);
+}
+
+/** The sidecar's JSON error (`{"error","reason"}`) as a raw response; `message` defaults to the reason with spaces. */
 export function writeRawError(
   socket: Duplex,
   status: number,
@@ -40,13 +52,11 @@ export function writeRawError(
   message: string = reason.replaceAll('_', ' '),
   extraHeaders: Record<string, string> = {},
 ): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
   const body = JSON.stringify({ error: message, reason });
-  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nconnection: close\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`;
-  // Values are ours (e.g. WWW-Authenticate), but a stray CR/LF must never split the response.
-  for (const name in extraHeaders) head += `${name}: ${extraHeaders[name]!.replace(/[\r\n]/g, ' ')}\r\n`;
-  socket.end(`${head}\r\n${body}`);
+  writeRawResponse(
+    socket,
+    status,
+    { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': String(Buffer.byteLength(body)), ...extraHeaders },
+    body,
+  );
 }

@@ -1,0 +1,68 @@
+import type { IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
+import type { Metrics } from '../admin/metrics.js';
+import { UpstreamError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { writeRawError, writeRawResponse } from '../proxy/respond.js';
+import { tunnel } from '../proxy/tunnel.js';
+import type { Decision } from './authorizer.js';
+import { rejectionResponse } from './rejection.js';
+
+export interface InboundUpgradeDeps {
+  /** The same decision as for any inbound request (counted and audited there). */
+  authorize(req: IncomingMessage): Promise<Decision>;
+  /** Identity headers and the token (unless keepToken): removed before the app, as for plain requests. */
+  dropHeaders: ReadonlySet<string>;
+  /** `inbound.target` as a URL; its path is the prefix before a decision's target. */
+  target: URL;
+  targetPrefix: string;
+  /** How long the app may take to accept the upgrade, milliseconds. */
+  timeoutMs: number;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+/**
+ * `Upgrade` requests (WebSocket) on the inbound listener: verified exactly
+ * like any other request, then tunnelled to the app with the verified
+ * identity headers. A refused caller gets the same 401/403/503 answer as a
+ * plain request, written on the raw socket, and nothing reaches the app.
+ */
+export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+  const duration = deps.metrics.requestDuration.labels({ direction: 'inbound' });
+  return (req, socket, head) => {
+    const started = performance.now();
+    const observe = () => duration.observe((performance.now() - started) / 1000);
+    deps
+      .authorize(req)
+      .then(async (decision) => {
+        if (socket.destroyed) return;
+        if (!decision.allowed) {
+          observe();
+          const r = rejectionResponse(decision.error);
+          return writeRawResponse(socket, r.status, r.headers, r.body);
+        }
+        try {
+          await tunnel(req, socket, head, {
+            target: deps.target,
+            path: deps.targetPrefix + decision.target,
+            dropHeaders: deps.dropHeaders,
+            addHeaders: decision.identity?.headers ?? [],
+            timeoutMs: deps.timeoutMs,
+          });
+          observe();
+        } catch (err) {
+          observe();
+          const e = err instanceof UpstreamError ? err : new UpstreamError('upstream_reset', 'upstream failed');
+          deps.metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
+          deps.logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, method: req.method, upgrade: true }, 'upstream_error');
+          writeRawError(socket, e.status, e.code, e.message);
+        }
+      })
+      .catch((err: unknown) => {
+        deps.logger.error({ event: 'inbound_failed', err: String(err), upgrade: true }, 'inbound_failed');
+        writeRawError(socket, 500, 'internal_error', 'internal error');
+      });
+  };
+}
