@@ -86,6 +86,8 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
           observe();
           return reject(req, res, decision.error);
         }
+        // The caller hung up while we were deciding: nobody is left to answer, so the app is not called.
+        if (req.socket.destroyed) return;
         try {
           await forward(req, res, {
             dispatcher,
