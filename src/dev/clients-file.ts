@@ -66,6 +66,7 @@ export const DEFAULT_DEV_CLIENTS: readonly DevClient[] = Object.freeze([
   { clientId: 'orders', clientSecret: 'orders-secret' },
   { clientId: 'payments', clientSecret: 'payments-secret' },
   { clientId: 'deployer', clientSecret: 'deployer-secret' },
+  { clientId: 'analytics', clientSecret: 'analytics-secret' },
   {
     clientId: 'github-main',
     clientSecret: 'github-main-secret',

@@ -1,0 +1,78 @@
+import { spawn } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { BIN, runCli } from '../support/sidecar.js';
+
+/** The demo's rows as the product contract describes them: scenario and outcome. */
+const ROWS: Array<[string, string]> = [
+  ['orders → payments, both sidecars', '200'],
+  ['no token', '401 missing_token'],
+  ['wrong audience', '401 audience_mismatch'],
+  ['forged signature', '401 bad_signature'],
+  ['expired token', '401 expired'],
+  ['subject the rule forbids', '403 policy_denied'],
+  ['deploy from feature branch', '403 policy_denied'],
+  ['deploy from main, production', '200'],
+];
+
+describe('oidc-sidecar demo', () => {
+  it('prints a table where every scenario got its expected outcome, and exits 0', async () => {
+    const r = await runCli(['demo'], { timeoutMs: 60_000 });
+    expect(r.code, `stdout:\n${r.stdout}\nstderr:\n${r.stderr}`).toBe(0);
+    const lines = r.stdout.split('\n');
+    for (const [title, outcome] of ROWS) {
+      const row = lines.find((l) => l.includes(`│ ${title} `));
+      expect(row, `row "${title}"`).toBeDefined();
+      const cells = row!.split('│').map((c) => c.trim());
+      // │ # │ scenario │ expected │ got │ why │
+      expect(cells.slice(2, 5)).toEqual([title, outcome, `✓ ${outcome}`]);
+    }
+    expect(r.stdout).toMatch(/payments app saw x-peer-sub=orders/);
+    // The "why" column wraps; joined back it names the identity each app saw.
+    const why = lines.filter((l) => l.startsWith('│')).map((l) => l.split('│').at(-2)!.trim()).join(' ');
+    expect(why).toContain('deployer saw x-peer-sub=repo:acme/app:environment:production');
+    expect(r.stdout).toContain(`All ${ROWS.length} outcomes were as expected. No token appeared in any of the`);
+    expect(r.stdout + r.stderr).not.toMatch(/eyJ[A-Za-z0-9_-]+\.eyJ/);
+  });
+
+  it('--json gives the same outcomes, machine-readable', async () => {
+    const r = await runCli(['demo', '--json'], { timeoutMs: 60_000 });
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as { ok: boolean; results: Array<{ title: string; expected: string; got: string; passed: boolean }>; logLines: number; logLinesWithTokens: number };
+    expect(report.ok).toBe(true);
+    expect(report.results.map((x) => [x.title, x.got])).toEqual(ROWS);
+    expect(report.results.every((x) => x.passed && x.expected === x.got)).toBe(true);
+    expect(report.logLines).toBeGreaterThan(0);
+    expect(report.logLinesWithTokens).toBe(0);
+    expect((report.results[0] as unknown as { why: string }).why).toContain('the bearer token was removed before the app');
+  });
+
+  it('--keep leaves everything running with curl instructions, and Ctrl-C cleans up with exit 0', async () => {
+    const child = spawn(process.execPath, [BIN, 'demo', '--keep'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (out.includes('Press Ctrl-C to stop')) resolve();
+      });
+      void exited.then((code) => reject(new Error(`demo --keep exited early with ${code}:\n${out}`)));
+    });
+    const checkout = /curl -s (http:\/\/127\.0\.0\.1:\d+)\/checkout/.exec(out)![1]!;
+    const payments = /curl -si -X POST (http:\/\/127\.0\.0\.1:\d+)\/payments\/charge/.exec(out)![1]!;
+
+    const viaOrders = await fetch(`${checkout}/checkout`);
+    expect(viaOrders.status).toBe(200);
+    expect(((await viaOrders.json()) as { peer: { sub: string } }).peer.sub).toBe('orders');
+    const noToken = await fetch(`${payments}/payments/charge`, { method: 'POST' });
+    expect(noToken.status).toBe(401);
+
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    await expect(fetch(`${payments}/payments/charge`, { method: 'POST' })).rejects.toThrow();
+  });
+
+  it('is listed in --help', async () => {
+    const r = await runCli(['--help']);
+    expect(r.stdout).toMatch(/oidc-sidecar demo\s+Run the whole thing on this machine/);
+  });
+});
