@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DEFAULTS } from './defaults.js';
+import { compileGlob } from '../inbound/matcher.js';
 
 /**
  * The config schema: the single source for validation, defaults, TypeScript
@@ -68,7 +69,19 @@ const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TR
 const ruleSchema = z
   .strictObject({
     match: z.strictObject({
-      path: z.string().startsWith('/', 'must start with "/"').describe('Glob: * matches one segment, ** any number'),
+      path: z
+        .string()
+        .startsWith('/', 'must start with "/"')
+        .superRefine((glob, ctx) => {
+          // The same compilation the inbound matcher does, so `validate` catches a glob no request path could match.
+          if (!glob.startsWith('/')) return;
+          try {
+            compileGlob(glob);
+          } catch (err) {
+            ctx.addIssue({ code: 'custom', message: (err as Error).message });
+          }
+        })
+        .describe('Glob: * matches one segment, ** any number'),
       methods: z
         .array(z.string().transform((m) => m.toUpperCase()).pipe(z.enum(METHODS)))
         .min(1)

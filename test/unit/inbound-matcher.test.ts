@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
+import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { compileGlob, createMatcher } from '../../src/inbound/matcher.js';
 import { BadPathError, normalizePath, normalizeTarget } from '../../src/inbound/path.js';
@@ -151,6 +152,19 @@ describe('compileGlob and the matcher', () => {
     } catch (err) {
       expect(err).toBeInstanceOf(ConfigError);
       expect((err as ConfigError).issues[0]!.path).toBe('inbound.rules.1.match.path');
+    }
+  });
+
+  it('the config schema runs the same glob check, so `validate` reports a bad glob by key path', () => {
+    try {
+      parseConfig({
+        service: 't',
+        inbound: { target: 'http://127.0.0.1:9', audience: 'a', issuers: [{ issuer: 'https://i' }], rules: [{ match: { path: '/x/%2e%2e/admin' }, public: true }] },
+      });
+      throw new Error('expected a ConfigError');
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).issues).toEqual([{ path: 'inbound.rules.0.match.path', message: 'must not contain "." or ".." segments' }]);
     }
   });
 
