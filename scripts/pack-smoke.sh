@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Pack smoke test: packs oidc-sidecar exactly as `npm publish` would, installs
+# the tarball into an empty directory with production dependencies only, and
+# runs the installed `oidc-sidecar demo` (plus a validate of the shipped
+# config layers). Exits 0 only if all of that works.
+#
+#   bash scripts/pack-smoke.sh
+#
+# Needs the npm registry for the production dependencies.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/oidc-sidecar-pack.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+cd "$root"
+# `npm pack` runs the `prepare` script (the TypeScript build) first.
+tarball="$(npm pack --json --pack-destination "$work" | node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>console.log(JSON.parse(s)[0].filename))')"
+echo "pack-smoke: packed ${tarball}"
+
+mkdir "$work/consumer"
+cd "$work/consumer"
+echo '{"name":"pack-smoke-consumer","version":"1.0.0","private":true}' > package.json
+npm install --omit=dev --no-audit --no-fund --loglevel=error "$work/${tarball}"
+
+# Production install only: no build or test tooling came along.
+for dev in typescript vitest @types/node; do
+  if [ -e "node_modules/${dev}" ]; then
+    echo "pack-smoke: dev dependency ${dev} was installed" >&2
+    exit 1
+  fi
+done
+
+bin="./node_modules/.bin/oidc-sidecar"
+"$bin" --version
+"$bin" validate \
+  --config node_modules/oidc-sidecar/config/base.yaml \
+  --config node_modules/oidc-sidecar/config/namespaces/payments.yaml > /dev/null
+"$bin" demo
+echo "pack-smoke: installed package passed its demo"
