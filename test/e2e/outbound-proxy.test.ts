@@ -189,6 +189,38 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
   });
 });
 
+describe('outbound lifecycle', () => {
+  it('starts while the IdP is down, is not ready, and becomes ready by itself once the IdP is back', async () => {
+    idp.setDown('503');
+    try {
+      const s = await sidecar(outboundConfig(), { waitReady: false });
+      await s.waitForLog((l) => l.event === 'token_fetch_failed');
+      expect((await fetch(`${s.admin}/readyz`)).status).toBe(503);
+      const r = await send(s.outbound!, { target: '/x', host: 'payments' });
+      expect(r.status).toBe(503);
+      expect(r.json()).toMatchObject({ reason: 'token_unavailable', error: expect.stringMatching(/^token endpoint discovery failed: .*HTTP 503/) });
+      idp.setDown(false);
+      await s.waitReady();
+      expect((await send(s.outbound!, { target: '/x', host: 'payments' })).status).toBe(200);
+    } finally {
+      idp.setDown(false);
+    }
+  });
+
+  it('a config reload adds routes on the same listener, and SIGTERM exits 0', async () => {
+    const s = await sidecar(outboundConfig());
+    const outbound = s.outbound!;
+    const next = outboundConfig();
+    next.outbound.routes = [...next.outbound.routes, { host: 'ledger', target: app.url, audience: 'ledger', scopes: ['pay'] }];
+    s.rewriteConfig(next);
+    await s.waitForLog((l) => l.event === 'config_reloaded');
+    const r = await send(outbound, { target: '/entries', host: 'ledger' });
+    expect(r.status).toBe(200);
+    expect((await verifyWithIdp(idp, bearerOf(app.seen.at(-1)!.headers.authorization)!, 'ledger')).sub).toBe('orders');
+    expect(await s.stop()).toBe(0);
+  });
+});
+
 describe('outbound token lifetime with short-lived tokens', () => {
   let shortIdp: TestIdp;
   beforeAll(async () => {
@@ -243,14 +275,14 @@ function decodePayload(token: string): { iat?: number; exp?: number } {
 
 /**
  * Writes raw bytes to a listener and collects everything it answers until it
- * closes (or 2 s of silence). `after` chunks are written once the first answer bytes arrive.
+ * closes (or 10 s of silence). `after` chunks are written once the first answer bytes arrive.
  */
 function rawExchange(listener: string, data: string, after: Buffer[] = []): Promise<string> {
   const url = new URL(listener);
   return new Promise((resolve, reject) => {
     const socket = connect(Number(url.port), url.hostname);
     let out = '';
-    socket.setTimeout(2000, () => socket.destroy());
+    socket.setTimeout(10_000, () => socket.destroy());
     socket.on('data', (c: Buffer) => {
       out += c.toString('latin1');
       for (const chunk of after.splice(0)) socket.write(chunk);
