@@ -152,6 +152,25 @@ describe('oidc-sidecar dev-issuer', () => {
     expect((await verify(p.issuer, ci.body.access_token, 'deployer')).payload).toMatchObject({ sub: 'repo:acme/app:ref:refs/heads/main', environment: 'staging' });
   });
 
+  it('starts with the clients file example of docs/deploy.md, and its clients work as documented', async () => {
+    const doc = readFileSync(join(import.meta.dirname, '../../docs/deploy.md'), 'utf8');
+    const example = /<!-- dev-clients-example -->\n```yaml\n([\s\S]*?)```/.exec(doc)?.[1];
+    expect(example).toBeDefined();
+    const dir = tempDir();
+    const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    writeFileSync(join(dir, 'signer.pub.pem'), publicKey.export({ type: 'spki', format: 'pem' }));
+    writeFileSync(join(dir, 'clients.yaml'), example!);
+    const p = await startDevIssuerCli(['--clients', join(dir, 'clients.yaml')]);
+    expect(p.stderr()).toContain('clients:        orders, batch, signer, pod, ci');
+    const ci = await token(p.issuer, { grant_type: 'client_credentials' }, 'ci:ci-secret');
+    expect(decodeProtectedHeader(ci.body.access_token).alg).toBe('ES256');
+    const { payload } = await verify(p.issuer, ci.body.access_token, 'deployer');
+    expect(payload).toMatchObject({ sub: 'repo:acme/app:ref:refs/heads/main', environment: 'staging' });
+    expect(payload.exp! - payload.iat!).toBe(600);
+    const orders = await token(p.issuer, { grant_type: 'client_credentials', audience: 'payments' }, 'orders:orders-secret');
+    expect(orders.status).toBe(200);
+  });
+
   it('keeps its signing key in --key-file (created 0600 if missing), so tokens verify across restarts', async () => {
     const keyFile = join(tempDir(), 'keys', 'dev-issuer.jwks.json');
     const first = await startDevIssuerCli(['--key-file', keyFile]);
