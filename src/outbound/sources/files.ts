@@ -32,6 +32,7 @@ export async function readRuntimeFile(path: string, what: string): Promise<strin
   return text;
 }
 
+/** A short, path-free reason for a failed file operation (`no such file`, `permission denied`, ...). */
 export function describeFsError(err: unknown): string {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOENT') return 'no such file';
