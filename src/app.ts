@@ -1,6 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Config } from './config/schema.js';
+import type { Config, InboundConfig } from './config/schema.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
 import { createAdminServer } from './admin/server.js';
 import { systemClock, type Clock } from './clock.js';
@@ -12,6 +12,7 @@ import { createLimitedServer, formatAddress, listenOn, parseListen, type ListenA
 import { writeRawError } from './proxy/respond.js';
 
 type Side = 'inbound' | 'outbound';
+const SIDES = ['inbound', 'outbound'] as const;
 
 export interface AppOptions {
   logger: Logger;
@@ -33,6 +34,8 @@ export interface RunningApp {
 /** One listening socket whose component can be swapped on reload. */
 interface Slot {
   listen: string;
+  tls: InboundConfig['tls'];
+  limits: Config['limits'];
   server: Server;
   component: Component;
   address: ListenAddress;
@@ -58,7 +61,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   const openSlot = async (side: Side, cfg: Config, component: Component): Promise<Slot> => {
     const listen = side === 'inbound' ? cfg.inbound!.listen : cfg.outbound!.listen;
     const tls = side === 'inbound' ? cfg.inbound!.tls : undefined;
-    const slot = { listen, component } as Slot;
+    const slot = { listen, tls, limits: cfg.limits, component } as Slot;
     const server = createLimitedServer(
       cfg.limits,
       (req: IncomingMessage, res: ServerResponse) => {
@@ -91,7 +94,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   });
 
   try {
-    for (const side of ['inbound', 'outbound'] as const) {
+    for (const side of SIDES) {
       if (!config[side]) continue;
       const component = build(side, config);
       slots.set(side, await openSlot(side, config, component));
@@ -109,7 +112,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
 
   const addresses: RunningApp['addresses'] = { admin: formatAddress(adminAddress) };
   const syncAddresses = () => {
-    for (const side of ['inbound', 'outbound'] as const) {
+    for (const side of SIDES) {
       const slot = slots.get(side);
       if (slot) addresses[side] = formatAddress(slot.address);
       else delete addresses[side];
@@ -123,30 +126,37 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     isReady: () => accepting && [...slots.values()].every((s) => s.component.isReady()),
 
     async reload(next) {
-      // Build and warm up every new component before touching a socket, so a reload never causes a gap.
+      // Build, warm up and bind everything new before touching what serves now, so a reload
+      // never causes a gap, and a failure (e.g. the new address is taken) changes nothing.
       const fresh = new Map<Side, Component>();
-      for (const side of ['inbound', 'outbound'] as const) if (next[side]) fresh.set(side, build(side, next));
-      await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), 10_000)));
-      const retired: Component[] = [];
-      for (const side of ['inbound', 'outbound'] as const) {
-        const slot = slots.get(side);
-        const component = fresh.get(side);
-        if (slot) retired.push(slot.component);
-        if (!component) {
-          if (slot) {
-            slots.delete(side);
-            await closeServer(slot.server, next.lifecycle.drainTimeoutSeconds * 1000);
-          }
-          continue;
+      for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next));
+      const opened = new Map<Side, Slot>();
+      try {
+        await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), 10_000)));
+        for (const [side, component] of fresh) {
+          const slot = slots.get(side);
+          if (!slot || !canKeepListener(slot, side, next)) opened.set(side, await openSlot(side, next, component));
         }
-        const nextListen = side === 'inbound' ? next.inbound!.listen : next.outbound!.listen;
-        const sameTls = side === 'outbound' || JSON.stringify(current.inbound?.tls) === JSON.stringify(next.inbound?.tls);
-        if (slot && slot.listen === nextListen && sameTls && sameLimits(current, next)) {
+      } catch (err) {
+        await Promise.all([...opened.values()].map((s) => closeServer(s.server, 0)));
+        await Promise.all([...fresh.values()].map((c) => c.close()));
+        throw err;
+      }
+      const drainMs = next.lifecycle.drainTimeoutSeconds * 1000;
+      const retired: Component[] = [];
+      for (const side of SIDES) {
+        const slot = slots.get(side);
+        if (slot) retired.push(slot.component);
+        const replacement = opened.get(side);
+        const component = fresh.get(side);
+        if (replacement) {
+          slots.set(side, replacement);
+          if (slot) void closeServer(slot.server, drainMs);
+        } else if (component && slot) {
           slot.component = component;
-        } else {
-          const opened = await openSlot(side, next, component);
-          slots.set(side, opened);
-          if (slot) void closeServer(slot.server, next.lifecycle.drainTimeoutSeconds * 1000);
+        } else if (slot) {
+          slots.delete(side);
+          void closeServer(slot.server, drainMs);
         }
       }
       current = next;
@@ -168,8 +178,11 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
 }
 
-function sameLimits(a: Config, b: Config): boolean {
-  return JSON.stringify(a.limits) === JSON.stringify(b.limits);
+/** A listener survives a reload only if nothing it was created with changed. */
+function canKeepListener(slot: Slot, side: Side, next: Config): boolean {
+  const listen = side === 'inbound' ? next.inbound!.listen : next.outbound!.listen;
+  const tls = side === 'inbound' ? next.inbound!.tls : undefined;
+  return slot.listen === listen && JSON.stringify(slot.tls) === JSON.stringify(tls) && JSON.stringify(slot.limits) === JSON.stringify(next.limits);
 }
 
 /** Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. */

@@ -1,3 +1,5 @@
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -111,6 +113,27 @@ describe('reload', () => {
     expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="success".* 1/);
     expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="invalid".* 1/);
     expect(sidecar.output()).not.toContain(token);
+  });
+
+  it('a reload that cannot bind its new address changes nothing and the old listener keeps serving', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments')));
+    const token = await idp.getToken('payments', 'orders');
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    const taken = (squatter.address() as AddressInfo).port;
+    try {
+      const next = inboundConfig(allowSub('nobody')) as Record<string, any>;
+      next.inbound.listen = `127.0.0.1:${taken}`;
+      sidecar.rewriteConfig(next);
+      sidecar.signal('SIGHUP');
+      const failed = await sidecar.waitForLog((l) => l.event === 'config_reload_failed');
+      expect(String(failed.error)).toMatch(/EADDRINUSE|in use/);
+      // Old rules and old socket: still allowed.
+      expect(await call('/z', token)).toBe(200);
+      expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="error".* 1/);
+    } finally {
+      squatter.close();
+    }
   });
 
   it('reloads when the config file changes on disk', async () => {
