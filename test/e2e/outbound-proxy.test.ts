@@ -1,6 +1,11 @@
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { Agent } from 'node:http';
-import { connect } from 'node:net';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { Agent, type IncomingHttpHeaders } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { connect, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -159,6 +164,43 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect(ws.seen).toHaveLength(1);
     } finally {
       await ws.close();
+    }
+  });
+
+  it('reaches an https target through the route caFile, and refuses one it cannot verify (502)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outbound-tls-'));
+    const [cert, key] = [join(dir, 'peer.crt'), join(dir, 'peer.key')];
+    // A self-signed certificate for 127.0.0.1 (node:crypto cannot sign X.509).
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=peer', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const seen: IncomingHttpHeaders[] = [];
+    const peer = createHttpsServer({ cert: readFileSync(cert), key: readFileSync(key) }, (req, res) => {
+      seen.push(req.headers);
+      req.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('tls ok');
+    });
+    await new Promise<void>((r) => peer.listen(0, '127.0.0.1', r));
+    const target = `https://127.0.0.1:${(peer.address() as AddressInfo).port}`;
+    try {
+      const base = outboundConfig();
+      const s = await sidecar({
+        ...base,
+        outbound: {
+          ...base.outbound,
+          routes: [
+            { host: 'secure', target, caFile: cert, audience: 'payments' },
+            { host: 'unverified', target, audience: 'payments' },
+          ],
+        },
+      });
+      const ok = await send(s.outbound!, { target: '/x', host: 'secure' });
+      expect([ok.status, ok.text]).toEqual([200, 'tls ok']);
+      expect((await verifyWithIdp(idp, bearerOf(seen[0]!.authorization)!, 'payments')).sub).toBe('orders');
+      const bad = await send(s.outbound!, { target: '/x', host: 'unverified' });
+      expect(bad.status).toBe(502);
+      expect(seen).toHaveLength(1);
+    } finally {
+      peer.closeAllConnections();
+      await new Promise<void>((r) => peer.close(() => r()));
     }
   });
 
