@@ -1,8 +1,12 @@
 import type { ScenarioResult } from './demo-scenarios.js';
 
+/** Narrowest "why" column worth drawing; below it the results are printed as a list. */
+const MIN_WHY = 36;
+
 /**
  * Renders the demo's results as a box table, wrapping the "why" column to
- * fit `width` columns (default 150).
+ * fit `width` columns (default 150); on a terminal too narrow for that, as
+ * an indented list.
  */
 export function renderTable(results: readonly ScenarioResult[], width = 150): string {
   const head = ['#', 'scenario', 'expected', 'got', 'why'];
@@ -10,7 +14,8 @@ export function renderTable(results: readonly ScenarioResult[], width = 150): st
   const widths = head.map((h, c) => Math.max(h.length, ...rows.map((r) => (c === 4 ? 0 : r[c]!.length))));
   // Borders and padding take 3 columns per cell plus one.
   const fixed = widths.slice(0, 4).reduce((a, b) => a + b, 0) + 3 * 5 + 1;
-  widths[4] = Math.max(40, width - fixed);
+  if (width - fixed < MIN_WHY) return renderList(results, width);
+  widths[4] = width - fixed;
   const line = (l: string, m: string, r: string) => `${l}${widths.map((w) => '─'.repeat(w + 2)).join(m)}${r}`;
   const cells = (values: string[][]) => {
     const height = Math.max(...values.map((v) => v.length));
@@ -24,6 +29,15 @@ export function renderTable(results: readonly ScenarioResult[], width = 150): st
     if (i < rows.length - 1) out.push(line('├', '┼', '┤'));
   });
   out.push(line('└', '┴', '┘'));
+  return out.join('\n');
+}
+
+function renderList(results: readonly ScenarioResult[], width: number): string {
+  const out: string[] = [];
+  results.forEach((r, i) => {
+    out.push(`${String(i + 1).padStart(2)}. ${r.passed ? '✓' : '✗'} ${r.title}: expected ${r.expected}, got ${r.got}`);
+    for (const line of wrap(r.why, Math.max(20, width - 7))) out.push(`       ${line}`);
+  });
   return out.join('\n');
 }
 
