@@ -1,5 +1,5 @@
 import yargs from 'yargs';
-import { SidecarError, ConfigError } from './errors.js';
+import { SidecarError, ConfigError, UsageError } from './errors.js';
 import { runCommand } from './commands/run.js';
 import { validateCommand } from './commands/validate.js';
 import { schemaCommand } from './commands/schema.js';
@@ -16,7 +16,6 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
   const setExit = (code: number) => {
     exitCode = code;
   };
-  let usageFailure: string | undefined;
   const cli = yargs(argv)
     .scriptName('oidc-sidecar')
     .usage('$0 <command> [options]\n\nA sidecar proxy that gives every service-to-service hop a short-lived OIDC identity.')
@@ -34,17 +33,14 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .wrap(Math.min(110, process.stdout.columns ?? 100))
     .exitProcess(false)
     .fail((msg, err) => {
-      if (err) throw err;
-      usageFailure = msg;
+      // Throwing stops yargs before the command's handler runs (a missing required option must not run it).
+      throw err && err.name !== 'YError' ? err : new UsageError(msg ?? err?.message ?? 'invalid command line', true);
     });
   try {
     await cli.parseAsync();
   } catch (err) {
     io.stderr.write(`oidc-sidecar: ${describe(err)}\n`);
-    return 1;
-  }
-  if (usageFailure !== undefined) {
-    io.stderr.write(`oidc-sidecar: ${usageFailure}\nRun "oidc-sidecar --help" for usage.\n`);
+    if (err instanceof UsageError && err.fromParser) io.stderr.write('Run "oidc-sidecar --help" for usage.\n');
     return 1;
   }
   return exitCode;

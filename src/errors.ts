@@ -106,7 +106,10 @@ export function formatIssue(issue: ConfigIssue): string {
 
 /** A bad command-line usage or an unreadable file: a one-line message, exit 1. */
 export class UsageError extends SidecarError {
-  constructor(message: string) {
+  /** True when yargs rejected the command line (then --help is worth pointing at). */
+  readonly fromParser: boolean;
+  constructor(message: string, fromParser = false) {
     super('usage', message, 1, false);
+    this.fromParser = fromParser;
   }
 }

@@ -6,6 +6,7 @@ export function withConfigOption<T>(y: Argv<T>) {
     alias: 'c',
     type: 'string',
     array: true,
+    requiresArg: true,
     describe: 'Config file (YAML or JSON); repeat to deep-merge overlays in order. Fallback: OIDC_SIDECAR_CONFIG (comma-separated)',
   });
 }

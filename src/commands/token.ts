@@ -26,7 +26,7 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
         .option('audience', { alias: 'a', type: 'string', demandOption: true, requiresArg: true, describe: 'Audience of the service the token is for' })
         .option('scope', { type: 'string', array: true, describe: "Scopes to request (repeatable); default: the route's scopes" }) as never,
     handler: async (argv) => {
-      // yargs' own demandOption failure is reported only after the handler runs (exitProcess false), so check here too.
+      // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');
       const config = loadConfig(resolveConfigPaths(argv.config));
       if (!config.outbound) throw new UsageError('the config has no outbound section, so it names no token source');

@@ -30,11 +30,11 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
     describe: 'Verify a token (from --token or stdin) against the inbound config and rules',
     builder: (y) =>
       withConfigOption(y)
-        .option('token', { type: 'string', describe: 'The JWT; read from stdin when omitted' })
-        .option('method', { type: 'string', default: 'GET', describe: 'Request method the rules are evaluated for' })
-        .option('path', { type: 'string', describe: 'Request path the rules are evaluated for; omit to check only the token' })
+        .option('token', { type: 'string', requiresArg: true, describe: 'The JWT; read from stdin when omitted' })
+        .option('method', { type: 'string', requiresArg: true, default: 'GET', describe: 'Request method the rules are evaluated for' })
+        .option('path', { type: 'string', requiresArg: true, describe: 'Request path the rules are evaluated for; omit to check only the token' })
         .option('json', { type: 'boolean', default: false, describe: 'Print the result as JSON' })
-        .option('timeout', { type: 'number', default: 10, describe: 'Seconds to wait for the issuers\' keys' }) as never,
+        .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the issuers\' keys' }) as never,
     handler: async (argv) => {
       const config = loadConfig(resolveConfigPaths(argv.config));
       if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');

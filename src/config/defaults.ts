@@ -42,6 +42,8 @@ export const DEFAULTS = Object.freeze({
     tokenRequestTimeoutSeconds: 10,
     retryMinSeconds: 1,
     retryMaxSeconds: 60,
+    /** Retry ceiling while no valid token is held (calls are failing meanwhile). */
+    retryMaxWithoutTokenSeconds: 5,
   }),
   admin: Object.freeze({ listen: '0.0.0.0:15020' }),
   log: Object.freeze({ level: 'info' as const }),

@@ -94,6 +94,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   const marginMs = opts.refreshMarginSeconds * 1000;
   const retryMinMs = (opts.retryMinSeconds ?? DEFAULTS.outbound.retryMinSeconds) * 1000;
   const retryMaxMs = (opts.retryMaxSeconds ?? DEFAULTS.outbound.retryMaxSeconds) * 1000;
+  const noTokenRetryMaxMs = DEFAULTS.outbound.retryMaxWithoutTokenSeconds * 1000;
   const entries = new Map<string, Entry>();
   let closed = false;
 
@@ -144,7 +145,10 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const now = clock.now();
       e.failures += 1;
       e.lastError = err;
-      e.retryAt = now + backoffDelay(e.failures, retryMinMs, retryMaxMs, random());
+      // With no usable token every call is failing, so retry sooner: a recovered IdP should
+      // bring calls back within seconds, not after a full backoff ceiling.
+      const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
+      e.retryAt = now + backoffDelay(e.failures, retryMinMs, ceilingMs, random());
       const result = resultLabel(err);
       metrics.tokenRequests.inc({ source: source.kind, audience, result });
       audit(logger, 'token_fetch_failed', {

@@ -85,3 +85,17 @@ describe('oidc-sidecar CLI', () => {
     }
   });
 });
+
+describe('required options stop the command before it runs', () => {
+  it('a missing required option or a flag without its value is a usage error', async () => {
+    const noAudience = await runCli(['token', '--config', writeConfig(valid)]);
+    expect(noAudience.code).toBe(1);
+    expect(noAudience.stderr).toContain('Missing required argument: audience');
+    expect(noAudience.stderr).toContain('oidc-sidecar --help');
+    expect(noAudience.stdout).toBe('');
+
+    const noValue = await runCli(['validate', '--config']);
+    expect(noValue.code).toBe(1);
+    expect(noValue.stderr).toMatch(/Not enough arguments following: config/);
+  });
+});

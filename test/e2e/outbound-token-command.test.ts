@@ -80,7 +80,7 @@ describe('oidc-sidecar token', () => {
   it('explains usage errors: no --audience, no outbound section, unreadable key file', async () => {
     const noAudience = await runCli(['token', '--config', configPath]);
     expect(noAudience.code).toBe(1);
-    expect(noAudience.stderr).toMatch(/--audience is required/);
+    expect(noAudience.stderr).toMatch(/Missing required argument: audience/);
     expect(noAudience.stdout).toBe('');
     const inboundOnly = writeConfig({ service: 's', inbound: { target: 'http://127.0.0.1:1', audience: 'a', issuers: [{ issuer: 'http://127.0.0.1:2' }] } }, mkdtempSync(join(tmpdir(), 'x-')));
     const r2 = await runCli(['token', '--config', inboundOnly, '--audience', 'a']);
