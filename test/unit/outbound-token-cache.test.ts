@@ -189,6 +189,21 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(failed[0]).toMatchObject({ level: 'warn', source: 'client_credentials', audience: 'payments', oauthError: 'invalid_client', reason: 'invalid_client' });
   });
 
+  it('while it holds no valid token, retries at most every 5 s, so calls recover soon after the IdP does', async () => {
+    random = 0.5;
+    stub.reply = refused;
+    await cache.get(binding).catch(() => {});
+    const gaps: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const next = time.pending()[0]!;
+      gaps.push(next - time.now());
+      time.advance(next - time.now());
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(i + 2));
+      await vi.waitFor(() => expect(time.pending()[0]).toBeGreaterThan(time.now()));
+    }
+    expect(gaps).toEqual([1000, 2000, 4000, 5000, 5000, 5000]);
+  });
+
   it('audits token_issued with source, audience, expiry from the JWT exp and jti, never the token or the secret', async () => {
     const exp = Math.floor(time.now() / 1000) + 120;
     const jwt = rawToken({ alg: 'RS256', typ: 'at+jwt' }, { sub: 'orders', aud: 'payments', exp, jti: 'jti-123' }, 'c2ln');
