@@ -1,0 +1,400 @@
+import { createHmac, createPublicKey, sign as nodeSign, type KeyObject } from 'node:crypto';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { expect } from 'vitest';
+import type { SidecarProcess } from './sidecar.js';
+import { b64url } from './tokens.js';
+
+/**
+ * Building blocks for the hardening suites: raw-socket HTTP (clients would
+ * normalise paths and merge headers), an app and an attacker server that
+ * record everything at the TCP level, the attack token corpus, leak checks
+ * and the fuzz budget.
+ */
+
+// ---------------------------------------------------------------- raw HTTP
+
+export interface ParsedResponse {
+  status: number;
+  /** Lower-case names; repeated headers joined with ", ". */
+  headers: Record<string, string>;
+  body: string;
+  json(): any;
+}
+
+export interface Exchange {
+  /** Every byte the server sent, latin1. */
+  raw: string;
+  /** The responses in `raw`, in order (pipelined requests get several). */
+  responses: ParsedResponse[];
+  /** True when the server closed the connection (false: we gave up after `idleMs` of silence). */
+  closedByServer: boolean;
+}
+
+/**
+ * Writes `data` byte-exact to a listener and collects the answer until the
+ * server closes, or until `idleMs` (default 5000) passes with no bytes.
+ */
+export function rawExchange(baseUrl: string, data: string | Buffer, opts: { idleMs?: number; halfClose?: boolean } = {}): Promise<Exchange> {
+  const { hostname, port } = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname);
+    const chunks: Buffer[] = [];
+    let closedByServer = true;
+    socket.setTimeout(opts.idleMs ?? 5000, () => {
+      closedByServer = false;
+      socket.destroy();
+    });
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      // A reset after the server answered is still an answer.
+      if (chunks.length === 0 && err.code !== 'ECONNRESET') reject(err);
+    });
+    socket.on('close', () => {
+      const raw = Buffer.concat(chunks).toString('latin1');
+      resolve({ raw, responses: parseResponses(raw), closedByServer });
+    });
+    socket.write(typeof data === 'string' ? Buffer.from(data, 'latin1') : data);
+    if (opts.halfClose) socket.end();
+  });
+}
+
+/** A GET with `Connection: close`; `headers` are written as given (order, case and duplicates kept). */
+export function rawRequestBytes(target: string, headers: [string, string][], opts: { method?: string; body?: string; version?: string } = {}): string {
+  let head = `${opts.method ?? 'GET'} ${target} ${opts.version ?? 'HTTP/1.1'}\r\n`;
+  for (const [n, v] of headers) head += `${n}: ${v}\r\n`;
+  if (!headers.some(([n]) => n.toLowerCase() === 'connection')) head += 'Connection: close\r\n';
+  return `${head}\r\n${opts.body ?? ''}`;
+}
+
+/** Parses every HTTP/1.1 response in a byte string (Content-Length, chunked, or to the end). */
+export function parseResponses(raw: string): ParsedResponse[] {
+  const out: ParsedResponse[] = [];
+  let i = 0;
+  while (i < raw.length) {
+    const end = raw.indexOf('\r\n\r\n', i);
+    if (end < 0 || !raw.startsWith('HTTP/', i)) break;
+    const lines = raw.slice(i, end).split('\r\n');
+    const status = Number(lines[0]!.split(' ')[1]);
+    const headers: Record<string, string> = {};
+    for (const l of lines.slice(1)) {
+      const c = l.indexOf(':');
+      const name = l.slice(0, c).trim().toLowerCase();
+      const value = l.slice(c + 1).trim();
+      headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
+    }
+    let body: string;
+    let next: number;
+    if (headers['transfer-encoding']?.toLowerCase().includes('chunked')) {
+      body = '';
+      let p = end + 4;
+      for (;;) {
+        const nl = raw.indexOf('\r\n', p);
+        if (nl < 0) {
+          p = raw.length;
+          break;
+        }
+        const size = parseInt(raw.slice(p, nl), 16);
+        p = nl + 2;
+        if (!size) {
+          p = raw.indexOf('\r\n', p) + 2 || raw.length;
+          break;
+        }
+        body += raw.slice(p, p + size);
+        p += size + 2;
+      }
+      next = p;
+    } else if (headers['content-length'] !== undefined) {
+      const len = Number(headers['content-length']);
+      body = raw.slice(end + 4, end + 4 + len);
+      next = end + 4 + len;
+    } else {
+      body = raw.slice(end + 4);
+      next = raw.length;
+    }
+    const text = body;
+    out.push({ status, headers, body: text, json: () => JSON.parse(text) });
+    i = next;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- servers at the network edge
+
+export interface RecordedRequest {
+  method: string;
+  url: string;
+  headers: IncomingHttpHeaders;
+  rawHeaders: string[];
+}
+
+export interface RecordingApp {
+  url: string;
+  /** Every request, recorded when its head arrives (before any body), in order. */
+  requests: RecordedRequest[];
+  /** TCP connections accepted so far. */
+  connections: number;
+  close(): Promise<void>;
+}
+
+/**
+ * The protected app: answers 200 with a JSON echo of what it saw (or runs
+ * `handler`), and records each request as soon as its head arrives, so even
+ * a request whose body never ends counts as "reached the app".
+ */
+export async function startRecordingApp(handler?: (req: IncomingMessage, res: ServerResponse) => void): Promise<RecordingApp> {
+  const sockets = new Set<Socket>();
+  const app: RecordingApp = { url: '', requests: [], connections: 0, close: async () => {} };
+  const server = createServer((req, res) => {
+    app.requests.push({ method: req.method!, url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders });
+    if (handler) return handler(req, res);
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ url: req.url, sub: req.headers['x-peer-sub'] ?? null }));
+    });
+  });
+  server.on('connection', (s: Socket) => {
+    app.connections++;
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  app.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  app.close = () =>
+    new Promise((r) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => r());
+    });
+  return app;
+}
+
+export interface AttackerServer {
+  url: string;
+  /** TCP connections (not only requests): the sidecar must never open one. */
+  connections: number;
+  requests: string[];
+  close(): Promise<void>;
+}
+
+/** A server an attacker controls, answering every request with `body` (e.g. a JWKS of the attacker's keys). */
+export async function startAttackerServer(body: () => unknown): Promise<AttackerServer> {
+  const sockets = new Set<Socket>();
+  const s: AttackerServer = { url: '', connections: 0, requests: [], close: async () => {} };
+  const server = createServer((req, res) => {
+    s.requests.push(`${req.method} ${req.url}`);
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body()));
+  });
+  server.on('connection', (sock: Socket) => {
+    s.connections++;
+    sockets.add(sock);
+    sock.once('close', () => sockets.delete(sock));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  s.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  s.close = () =>
+    new Promise((r) => {
+      for (const sock of sockets) sock.destroy();
+      server.close(() => r());
+    });
+  return s;
+}
+
+// ---------------------------------------------------------------- leak checks
+
+/**
+ * The parts of each token found in `output`: the whole token, its signature
+ * segment and its payload segment (segments shorter than 16 characters are
+ * too generic to search for). Empty when nothing leaked.
+ */
+export function tokenLeaks(output: string, tokens: readonly string[]): string[] {
+  const found: string[] = [];
+  for (const t of tokens) {
+    const [, payload = '', signature = ''] = t.split('.');
+    for (const needle of [t, signature, payload]) {
+      if (needle.length >= 16 && output.includes(needle)) found.push(needle.length > 40 ? `${needle.slice(0, 40)}…` : needle);
+    }
+  }
+  return found;
+}
+
+/**
+ * Waits until everything the sidecar logged before now has reached its
+ * output: sends a marker request (no token, so it is audited with its path)
+ * and waits for that line; log lines are written in order.
+ */
+export async function flushLogs(sidecar: SidecarProcess): Promise<void> {
+  const marker = `/__flush/${randomUUID()}`;
+  await rawExchange(sidecar.inbound!, rawRequestBytes(marker, [['Host', 'orders']]));
+  await sidecar.waitForLog((l) => l.path === marker);
+}
+
+/** A request carrying `Authorization: Bearer <token>` (raw bytes, Connection: close). */
+export function bearerRequest(token: string, opts: { path?: string; method?: string; headers?: [string, string][] } = {}): string {
+  return rawRequestBytes(opts.path ?? '/api/orders', [['Host', 'orders'], ['Authorization', `Bearer ${token}`], ...(opts.headers ?? [])], {
+    method: opts.method ?? 'GET',
+  });
+}
+
+export interface Refusal {
+  status: number;
+  reason: string;
+}
+
+/**
+ * Sends one raw request to the inbound listener and checks a refusal the way
+ * every attack test must: the status, the reason code in the JSON body and
+ * in WWW-Authenticate (401 invalid_token, 403 insufficient_scope), that the
+ * app received nothing, and (after the logs are flushed) that none of
+ * `secrets` (tokens) reached the sidecar's output.
+ */
+export async function expectRefused(
+  sidecar: SidecarProcess,
+  app: RecordingApp,
+  label: string,
+  request: string | Buffer,
+  want: Refusal,
+  secrets: readonly string[] = [],
+): Promise<ParsedResponse> {
+  const before = app.requests.length;
+  const ex = await rawExchange(sidecar.inbound!, request);
+  const res = ex.responses[0];
+  expect(res, `${label}: no response (raw: ${JSON.stringify(ex.raw.slice(0, 200))})`).toBeDefined();
+  expect(res!.status, `${label}: status`).toBe(want.status);
+  expect(res!.json(), `${label}: body`).toEqual({ error: expect.any(String), reason: want.reason });
+  if (want.status === 401) expect(res!.headers['www-authenticate'], label).toBe(`Bearer error="invalid_token", error_description="${want.reason}"`);
+  if (want.status === 403) expect(res!.headers['www-authenticate'], label).toBe(`Bearer error="insufficient_scope", error_description="${want.reason}"`);
+  expect(app.requests.slice(before), `${label}: the app must receive nothing`).toEqual([]);
+  if (secrets.length > 0) {
+    await flushLogs(sidecar);
+    expect(tokenLeaks(sidecar.output(), secrets), `${label}: token text in the sidecar output`).toEqual([]);
+  }
+  return res!;
+}
+
+// ---------------------------------------------------------------- the attack token corpus
+
+/** `header.payload.signature` with header and payload JSON-encoded, signature given as bytes or a raw segment. */
+export function assemble(header: unknown, payload: unknown, signature: Buffer | string = ''): string {
+  const seg = (v: unknown) => (typeof v === 'string' ? v : b64url(v));
+  return `${seg(header)}.${seg(payload)}.${typeof signature === 'string' ? signature : signature.toString('base64url')}`;
+}
+
+/**
+ * Signs with node:crypto so tests control every byte: the header and payload
+ * segments are used exactly as given (strings are raw segments), and ECDSA
+ * signatures come out raw r||s (JOSE, RFC 7518 §3.4) or DER (what most
+ * crypto libraries emit by default).
+ */
+export function signRaw(
+  header: unknown,
+  payload: unknown,
+  key: KeyObject,
+  opts: { ecdsa?: 'raw' | 'der'; hash?: 'sha256' | 'sha384' | 'sha512' } = {},
+): string {
+  const seg = (v: unknown) => (typeof v === 'string' ? v : b64url(v));
+  const input = `${seg(header)}.${seg(payload)}`;
+  const hash = opts.hash ?? 'sha256';
+  let sig: Buffer;
+  if (key.asymmetricKeyType === 'ed25519') sig = nodeSign(null, Buffer.from(input), key);
+  else if (key.asymmetricKeyType === 'ec') sig = nodeSign(hash, Buffer.from(input), { key, dsaEncoding: opts.ecdsa === 'der' ? 'der' : 'ieee-p1363' });
+  else sig = nodeSign(hash, Buffer.from(input), key);
+  return `${input}.${sig.toString('base64url')}`;
+}
+
+/** HMAC-signed token (`alg` HS256/384/512 in any case) with `secret` as the key. */
+export function hmacToken(alg: string, secret: string | Buffer, header: Record<string, unknown>, payload: unknown): string {
+  const bits = /512/.test(alg) ? 'sha512' : /384/.test(alg) ? 'sha384' : 'sha256';
+  const input = `${b64url({ ...header, alg })}.${b64url(payload)}`;
+  return `${input}.${createHmac(bits, secret).update(input).digest('base64url')}`;
+}
+
+/**
+ * Every byte string an HS/RS confusion attack (CVE-2015-9235) may use as
+ * the HMAC secret: the issuer's public key as SPKI PEM, PKCS#1 PEM, DER, the
+ * JWK JSON, and its modulus.
+ */
+export function confusionSecrets(publicOrPrivate: KeyObject): Record<string, Buffer> {
+  const pub = publicOrPrivate.type === 'public' ? publicOrPrivate : createPublicKey(publicOrPrivate);
+  const out: Record<string, Buffer> = {
+    'spki-pem': Buffer.from(pub.export({ type: 'spki', format: 'pem' }) as string),
+    'spki-pem-no-newline': Buffer.from((pub.export({ type: 'spki', format: 'pem' }) as string).trimEnd()),
+    'spki-der': pub.export({ type: 'spki', format: 'der' }),
+    'jwk-json': Buffer.from(JSON.stringify(pub.export({ format: 'jwk' }))),
+  };
+  if (pub.asymmetricKeyType === 'rsa') {
+    out['pkcs1-pem'] = Buffer.from(pub.export({ type: 'pkcs1', format: 'pem' }) as string);
+    out['jwk-n'] = Buffer.from(String((pub.export({ format: 'jwk' }) as { n: string }).n));
+  }
+  return out;
+}
+
+/** The order n of P-256, big-endian. */
+const P256_ORDER = Buffer.from('ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551', 'hex');
+
+/**
+ * "Psychic" ECDSA signatures (CVE-2022-21449) for P-256: r = s = 0 and
+ * r = s = n (which is 0 mod n), each in the JOSE raw form and in DER.
+ */
+export function psychicSignatures(): Record<string, Buffer> {
+  const derOf = (r: Buffer, s: Buffer) => {
+    const int = (b: Buffer) => {
+      const v = b[0]! & 0x80 ? Buffer.concat([Buffer.from([0]), b]) : b;
+      return Buffer.concat([Buffer.from([0x02, v.length]), v]);
+    };
+    const body = Buffer.concat([int(r), int(s)]);
+    return Buffer.concat([Buffer.from([0x30, body.length]), body]);
+  };
+  const zero32 = Buffer.alloc(32);
+  return {
+    'raw r=s=0': Buffer.alloc(64),
+    'der r=s=0': Buffer.from('3006020100020100', 'hex'),
+    'der r=s=0 (32-byte ints)': derOf(zero32, zero32),
+    'raw r=s=n': Buffer.concat([P256_ORDER, P256_ORDER]),
+    'der r=s=n': derOf(P256_ORDER, P256_ORDER),
+    'raw r=0 s=1': Buffer.concat([zero32, Buffer.alloc(31), Buffer.from([1])]),
+    'empty': Buffer.alloc(0),
+  };
+}
+
+/** A JWE in compact form (RFC 7516 §7.1): five segments. */
+export function jweCompact(header: Record<string, unknown> = { alg: 'RSA-OAEP-256', enc: 'A256GCM' }): string {
+  return [b64url(header), b64url(Buffer.alloc(256, 7)), b64url(Buffer.alloc(12, 1)), b64url('{"sub":"admin"}'), b64url(Buffer.alloc(16, 2))].join('.');
+}
+
+/** The JWS JSON serializations (RFC 7515 §7.2) of a compact token: flattened and general. */
+export function jwsJson(compact: string): { flattened: string; general: string } {
+  const [protectedHeader, payload, signature] = compact.split('.') as [string, string, string];
+  return {
+    flattened: JSON.stringify({ payload, protected: protectedHeader, signature }),
+    general: JSON.stringify({ payload, signatures: [{ protected: protectedHeader, signature }] }),
+  };
+}
+
+/** An RFC 7797 token: `b64: false` in `crit`, the payload segment is the JSON itself, signed with `key`. */
+export function unencodedPayloadToken(header: Record<string, unknown>, payload: unknown, key: KeyObject): string {
+  const h = b64url({ ...header, b64: false, crit: ['b64'] });
+  const p = JSON.stringify(payload);
+  const sig = nodeSign('sha256', Buffer.from(`${h}.${p}`), key);
+  return `${h}.${p}.${sig.toString('base64url')}`;
+}
+
+// ---------------------------------------------------------------- fuzz budget
+
+/**
+ * fast-check runs for one property: `FUZZ_RUNS` (default 200, what `npm test`
+ * runs) times `weight`, at least 1. The hard suite raises FUZZ_RUNS.
+ */
+export function fuzzRuns(weight = 1): number {
+  const base = Number(process.env.FUZZ_RUNS ?? 200);
+  return Math.max(1, Math.round((Number.isFinite(base) && base > 0 ? base : 200) * weight));
+}
+
+/** Adds `cases` to the hard suite's tally (a file per worker under FUZZ_TALLY_DIR), so the suite can prove its total. */
+export async function tallyFuzzCases(name: string, cases: number): Promise<void> {
+  const dir = process.env.FUZZ_TALLY_DIR;
+  if (!dir) return;
+  const { appendFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  appendFileSync(join(dir, `tally-${process.pid}.txt`), `${name}\t${cases}\n`);
+}
