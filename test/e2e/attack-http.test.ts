@@ -1,0 +1,233 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  bearerRequest,
+  expectRefused,
+  flushLogs,
+  rawExchange,
+  rawRequestBytes,
+  startRecordingApp,
+  tokenLeaks,
+  type RecordingApp,
+  type Refusal,
+} from '../support/attacks.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { tamperHeader } from '../support/tokens.js';
+
+/**
+ * HTTP-level attacks: duplicate credentials (CVE-2025-64527 class), request
+ * smuggling and framing tricks, oversized and overlong header blocks. All
+ * sent as raw bytes, since HTTP clients merge headers and fix framing. The
+ * sidecar has a public route, so a request that slipped past the parser
+ * would be forwarded: a smuggled request targets /admin, which only the
+ * deployer may reach, and the app must never see it.
+ */
+
+let idp: TestIdp;
+let app: RecordingApp;
+let sidecar: SidecarProcess;
+let orders: string;
+let deployer: string;
+
+const rules = [
+  { match: { path: '/public/**' }, public: true },
+  { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
+  { match: { path: '/api/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+];
+
+beforeAll(async () => {
+  idp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: 's1' }, { clientId: 'deployer', clientSecret: 's2' }] });
+  app = await startRecordingApp();
+  sidecar = await startSidecar({
+    service: 'orders',
+    log: { level: 'info' },
+    lifecycle: { watchConfig: false },
+    inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }], rules },
+  });
+  [orders, deployer] = await Promise.all([idp.getToken('orders', 'orders'), idp.getToken('deployer', 'orders')]);
+});
+afterAll(async () => {
+  await sidecar?.stop();
+  await Promise.all([app?.close(), idp?.close()]);
+});
+
+const reject = (reason: string): Refusal => ({ status: 401, reason });
+const badRequest: Refusal = { status: 400, reason: 'bad_request' };
+const adminSeen = () => app.requests.filter((r) => r.url.includes('admin'));
+
+describe('CVE-2025-64527 class: duplicate Authorization headers', () => {
+  it('two credentials are malformed_token whatever their case, order or validity; never "the first one wins"', async () => {
+    const cases: [string, [string, string][]][] = [
+      ['two valid tokens', [['Authorization', `Bearer ${orders}`], ['Authorization', `Bearer ${orders}`]]],
+      ['valid + another valid (different subject)', [['Authorization', `Bearer ${orders}`], ['authorization', `Bearer ${deployer}`]]],
+      ['Basic then Bearer', [['authorization', 'Basic b3JkZXJzOnM='], ['Authorization', `Bearer ${deployer}`]]],
+      ['Bearer then garbage', [['AUTHORIZATION', `Bearer ${deployer}`], ['aUtHoRiZaTiOn', 'x']]],
+      ['empty then Bearer', [['Authorization', ''], ['Authorization', `Bearer ${deployer}`]]],
+    ];
+    for (const [label, headers] of cases) {
+      const req = rawRequestBytes('/admin/users', [['Host', 'orders'], ...headers]);
+      await expectRefused(sidecar, app, label, req, reject('malformed_token'), [orders, deployer]);
+    }
+  });
+
+  it('two tokens folded into one header value are malformed_token', async () => {
+    for (const value of [`Bearer ${orders}, Bearer ${deployer}`, `Bearer ${orders} ${deployer}`, `Bearer ${orders},${deployer}`]) {
+      await expectRefused(sidecar, app, value.slice(0, 20), rawRequestBytes('/admin/users', [['Host', 'orders'], ['Authorization', value]]), reject('malformed_token'), [orders, deployer]);
+    }
+  });
+
+  it('an Authorization header hidden past the header-count limit is refused with 431 (Node would drop it from req.headers)', async () => {
+    const filler: [string, string][] = Array.from({ length: 100 }, (_, i) => [`x-filler-${i}`, 'a']);
+    const req = rawRequestBytes('/admin/users', [['Host', 'orders'], ['Authorization', `Bearer ${orders}`], ...filler, ['Authorization', `Bearer ${deployer}`]]);
+    await expectRefused(sidecar, app, 'past the count limit', req, { status: 431, reason: 'too_many_headers' }, [orders, deployer]);
+  });
+
+  it('with JWKS fetches failing: concurrent duplicate headers and unknown-kid tokens are refused, the process stays up, and serves again on recovery', async () => {
+    const flaky = await startIdp();
+    const s = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: flaky.issuer }], jwks: { cooldownSeconds: 0, retryMinSeconds: 0.2, retryMaxSeconds: 0.5 } },
+    });
+    try {
+      const good = await flaky.getToken('orders', 'orders');
+      flaky.setDown('reset');
+      const before = app.requests.length;
+      const dup = rawRequestBytes('/api/x', [['Host', 'orders'], ['Authorization', `Bearer ${good}`], ['Authorization', `Bearer ${good}`]]);
+      const unknownKid = (i: number) => bearerRequest(tamperHeader(good, { kid: `rotated-${i}` }));
+      const results = await Promise.all([
+        ...Array.from({ length: 50 }, () => rawExchange(s.inbound!, dup)),
+        ...Array.from({ length: 50 }, (_, i) => rawExchange(s.inbound!, unknownKid(i))),
+      ]);
+      const outcomes = results.map((r) => `${r.responses[0]?.status} ${r.responses[0]?.json().reason}`);
+      expect(new Set(outcomes.slice(0, 50))).toEqual(new Set(['401 malformed_token']));
+      // Each unknown kid tries a refetch (cooldown 0) and the IdP resets it: still a plain 401, never a crash or a pass.
+      expect(new Set(outcomes.slice(50))).toEqual(new Set(['401 unknown_key']));
+      expect(app.requests.length).toBe(before);
+      expect(s.child.exitCode).toBeNull();
+      expect((await fetch(`${s.admin}/healthz`)).status).toBe(200);
+
+      // The IdP is back: the same process serves the real token.
+      flaky.setDown(false);
+      expect((await rawExchange(s.inbound!, bearerRequest(good))).responses[0]!.status).toBe(200);
+      await flushLogs(s);
+      expect(tokenLeaks(s.output(), [good])).toEqual([]);
+    } finally {
+      await s.stop();
+      await flaky.close();
+    }
+  });
+
+  it('with keys never loaded (IdP down since start): duplicates are malformed_token, a single token is 503 keys_unavailable', async () => {
+    const down = await startIdp();
+    down.setDown('reset');
+    const s = await startSidecar(
+      { service: 'orders', log: { level: 'info' }, lifecycle: { watchConfig: false }, inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: down.issuer }] } },
+      { waitReady: false },
+    );
+    try {
+      const token = await down.mint({ aud: 'orders' });
+      const dup = rawRequestBytes('/api/x', [['Host', 'orders'], ['Authorization', `Bearer ${token}`], ['Authorization', `Bearer ${token}`]]);
+      await expectRefused(s, app, 'dup, no keys', dup, reject('malformed_token'), [token]);
+      const single = await expectRefused(s, app, 'single, no keys', bearerRequest(token), { status: 503, reason: 'keys_unavailable' }, [token]);
+      expect(single.headers['www-authenticate']).toBeUndefined();
+      expect(s.child.exitCode).toBeNull();
+    } finally {
+      await s.stop();
+      await down.close();
+    }
+  });
+});
+
+describe('request smuggling: ambiguous framing is refused by the parser, nothing reaches the app', () => {
+  const smuggled = 'GET /admin/users HTTP/1.1\r\nHost: orders\r\n\r\n';
+  const chunkedBody = `0\r\n\r\n${smuggled}`;
+  const variants: [string, string][] = [
+    ['CL + TE', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: ${chunkedBody.length}\r\nTransfer-Encoding: chunked\r\n\r\n${chunkedBody}`],
+    ['TE + CL', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n${chunkedBody}`],
+    ['TE: chunked, identity', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked, identity\r\n\r\n${chunkedBody}`],
+    ['TE: identity (not chunked last)', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: identity\r\n\r\n${chunkedBody}`],
+    ['TE: xchunked', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: xchunked\r\n\r\n${chunkedBody}`],
+    ['space before colon', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding : chunked\r\n\r\n${chunkedBody}`],
+    ['obs-fold TE', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding:\r\n chunked\r\n\r\n${chunkedBody}`],
+    ['TE twice (chunked, then identity)', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n${chunkedBody}`],
+    ['double Content-Length (different)', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: 0\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`],
+    ['double Content-Length (same)', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n${smuggled}`],
+    ['Content-Length list', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: 0, ${smuggled.length}\r\n\r\n${smuggled}`],
+    ['Content-Length +0', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: +0\r\n\r\n${smuggled}`],
+    ['Content-Length -1', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: -1\r\n\r\n${smuggled}`],
+    ['Content-Length hex', `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: 0x0\r\n\r\n${smuggled}`],
+    ['chunk size overflow', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\n${smuggled}\r\n0\r\n\r\n`],
+    ['chunk size with junk', `POST /public/x HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n0x0\r\n\r\n${smuggled}`],
+    ['NUL in a header value', `GET /public/x HTTP/1.1\r\nHost: orders\r\nX-A: a\u0000b\r\n\r\n${smuggled}`],
+    ['CR inside a header value', `GET /public/x HTTP/1.1\r\nHost: orders\r\nX-A: a\rContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`],
+    ['two Host headers', `GET /public/x HTTP/1.1\r\nHost: orders\r\nHost: admin\r\n\r\n`],
+    ['lower-case method', `get /public/x HTTP/1.1\r\nHost: orders\r\n\r\n`],
+  ];
+
+  for (const [label, bytes] of variants) {
+    it(`${label}: 400 bad_request, the app sees no request at all`, async () => {
+      const before = app.requests.length;
+      const ex = await rawExchange(sidecar.inbound!, bytes);
+      expect(ex.responses.length, `${label}: ${JSON.stringify(ex.raw.slice(0, 300))}`).toBeGreaterThanOrEqual(1);
+      expect(ex.responses[0]!.status, label).toBe(badRequest.status);
+      expect(ex.responses[0]!.json()).toEqual({ error: expect.any(String), reason: badRequest.reason });
+      // Nothing after the refusal: the connection is closed, so the smuggled request is never parsed.
+      expect(ex.responses).toHaveLength(1);
+      expect(ex.closedByServer).toBe(true);
+      expect(app.requests.slice(before)).toEqual([]);
+    });
+  }
+
+  it('HTTP/1.1 without Host: 400 from Node itself (RFC 9112 §3.2), the app sees no request', async () => {
+    const before = app.requests.length;
+    const ex = await rawExchange(sidecar.inbound!, 'GET /public/x HTTP/1.1\r\n\r\n');
+    // Node answers this one before any handler runs, so the body is empty rather than the sidecar's JSON.
+    expect(ex.responses.map((r) => r.status)).toEqual([400]);
+    expect(ex.closedByServer).toBe(true);
+    expect(app.requests.slice(before)).toEqual([]);
+  });
+
+  it('valid framing is re-framed by the sidecar: a request hidden in a body or pipelined behind it is judged on its own', async () => {
+    const before = app.requests.length;
+    // A body that looks like a request is a body; the pipelined /admin request gets its own decision (no token: 401).
+    const bodyLooksLikeRequest = `POST /public/x HTTP/1.1\r\nHost: orders\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`;
+    const chunked = `POST /public/y HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: chunked\r\n\r\n${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`;
+    const ex = await rawExchange(sidecar.inbound!, `${bodyLooksLikeRequest}${chunked}${smuggled.replace('\r\n\r\n', '\r\nConnection: close\r\n\r\n')}`);
+    expect(ex.responses.map((r) => r.status)).toEqual([200, 200, 401]);
+    expect(ex.responses[2]!.json().reason).toBe('missing_token');
+    expect(app.requests.slice(before).map((r) => `${r.method} ${r.url}`)).toEqual(['POST /public/x', 'POST /public/y']);
+    expect(adminSeen()).toEqual([]);
+  });
+
+  it('a request with a body refused by the verifier does not get its body parsed as the next request', async () => {
+    const before = app.requests.length;
+    const ex = await rawExchange(
+      sidecar.inbound!,
+      `POST /admin/users HTTP/1.1\r\nHost: orders\r\nContent-Length: ${smuggled.length}\r\nConnection: keep-alive\r\n\r\n${smuggled}`,
+    );
+    expect(ex.responses.map((r) => r.status)).toEqual([401]);
+    expect(ex.responses[0]!.headers.connection).toBe('close');
+    expect(app.requests.slice(before)).toEqual([]);
+  });
+});
+
+describe('oversized header blocks', () => {
+  it('a header block over limits.maxHeaderBytes is 431 headers_too_large; over maxHeaderCount is 431 too_many_headers', async () => {
+    const before = app.requests.length;
+    const big = await rawExchange(sidecar.inbound!, rawRequestBytes('/public/x', [['Host', 'orders'], ['X-Big', 'a'.repeat(17_000)]]));
+    expect(big.responses[0]!.status).toBe(431);
+    expect(big.responses[0]!.json().reason).toBe('headers_too_large');
+    const many = await rawExchange(sidecar.inbound!, rawRequestBytes('/public/x', [['Host', 'orders'], ...Array.from({ length: 120 }, (_, i): [string, string] => [`x-${i}`, '1'])]));
+    expect(many.responses[0]!.status).toBe(431);
+    expect(many.responses[0]!.json().reason).toBe('too_many_headers');
+    expect(app.requests.slice(before)).toEqual([]);
+  });
+
+  it('no token sent in this file reached the sidecar output', async () => {
+    await flushLogs(sidecar);
+    expect(tokenLeaks(sidecar.output(), [orders, deployer])).toEqual([]);
+    expect(adminSeen()).toEqual([]);
+  });
+});
