@@ -1,0 +1,162 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectRefused, flushLogs, rawExchange, rawRequestBytes, startRecordingApp, tokenLeaks, type RecordingApp, type Refusal } from '../support/attacks.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+
+/**
+ * Path tricks against per-route rules, sent as raw bytes (clients normalise
+ * URLs before sending). The invariant: a request never reaches the app under
+ * a more permissive rule than its real path. Either the sidecar refuses the
+ * path as ambiguous (400 bad_path), or it decides on one canonical form and
+ * forwards exactly that form, so the app and the rules never disagree.
+ *
+ * Each row is written by hand: raw request target → the canonical path the
+ * app must receive (or bad_path) → the rule that must decide. Every row is
+ * sent by an anonymous caller, by `orders` (may use /api) and by `deployer`
+ * (may use /api and /admin).
+ */
+
+type Rule = 'public' | 'admin' | 'api' | 'healthz' | 'none';
+type Caller = 'anonymous' | 'orders' | 'deployer';
+
+const rules = [
+  { match: { path: '/healthz', methods: ['GET'] }, public: true },
+  { match: { path: '/public/**' }, public: true },
+  { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
+  { match: { path: '/api/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+];
+
+/** [method, raw target, canonical path + query the app must receive | 'bad_path', rule that decides] */
+const ROWS: [string, string, string, Rule][] = [
+  // dot segments, plain and percent-encoded in every case mix
+  ['GET', '/public/../admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/%2e%2e/admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/%2E%2e/admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/%2e%2E/admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/.%2E/admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/%2e./admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/./../admin/./users', '/admin/users', 'admin'],
+  ['GET', '/public/x/../../admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/../../../../admin/users', '/admin/users', 'admin'],
+  ['GET', '/api/../admin/users', '/admin/users', 'admin'],
+  ['GET', '/public/.%2e', '/', 'none'],
+  ['GET', '/public/x/%2e', '/public/x/', 'public'],
+  // empty segments
+  ['GET', '//admin//users', '/admin/users', 'admin'],
+  ['GET', '///public/../admin', '/admin', 'admin'],
+  ['GET', '/public//..//admin/users', '/admin/users', 'admin'],
+  // case and trailing slashes: paths are case-sensitive (RFC 3986 §6.2.2.1), so no rule matches a different case
+  ['GET', '/Admin/users', '/Admin/users', 'none'],
+  ['GET', '/PUBLIC/x', '/PUBLIC/x', 'none'],
+  ['GET', '/admin/users/', '/admin/users/', 'admin'],
+  ['GET', '/admin', '/admin', 'admin'],
+  ['GET', '/healthz/', '/healthz/', 'none'],
+  ['HEAD', '/healthz', '/healthz', 'none'],
+  ['POST', '/healthz', '/healthz', 'none'],
+  ['GET', '/healthz', '/healthz', 'healthz'],
+  // path parameters, encoded separators, backslashes, NUL, fragments: refused as ambiguous
+  ['GET', '/public/x;/../../admin', 'bad_path', 'none'],
+  ['GET', '/public/..;/admin/users', 'bad_path', 'none'],
+  ['GET', '/admin;jsessionid=1/users', 'bad_path', 'none'],
+  ['GET', '/public;/admin/users', 'bad_path', 'none'],
+  ['GET', '/public%2f..%2fadmin/users', 'bad_path', 'none'],
+  ['GET', '/public/..%2fadmin', 'bad_path', 'none'],
+  ['GET', '/public/..%2Fadmin', 'bad_path', 'none'],
+  ['GET', '/public/%2e%2e%2fadmin', 'bad_path', 'none'],
+  ['GET', '/public\\..\\admin\\users', 'bad_path', 'none'],
+  ['GET', '/public/..%5cadmin', 'bad_path', 'none'],
+  ['GET', '/public/..%5Cadmin', 'bad_path', 'none'],
+  ['GET', '/public/%00/../admin', 'bad_path', 'none'],
+  ['GET', '/public#/../admin', 'bad_path', 'none'],
+  ['GET', '/public/%zz/../admin', 'bad_path', 'none'],
+  ['GET', '/public/%2/../admin', 'bad_path', 'none'],
+  ['GET', '*', 'bad_path', 'none'],
+  // double encoding and overlong or look-alike dots are literal segments, forwarded exactly as matched
+  ['GET', '/public/%252e%252e/admin/users', '/public/%252e%252e/admin/users', 'public'],
+  ['GET', '/public/%c0%ae%c0%ae/admin', '/public/%C0%AE%C0%AE/admin', 'public'],
+  ['GET', '/public/%ef%bc%8e%ef%bc%8e/admin', '/public/%EF%BC%8E%EF%BC%8E/admin', 'public'],
+  // a query is not a path
+  ['GET', '/public/x?/../../admin', '/public/x?/../../admin', 'public'],
+  ['GET', '/admin/users?next=/public', '/admin/users?next=/public', 'admin'],
+  // absolute-form targets: the authority is not ours to trust, only the path decides
+  ['GET', 'http://orders/public/../admin/users', '/admin/users', 'admin'],
+  ['GET', 'http://evil.example//admin', '/admin', 'admin'],
+  ['GET', 'http://orders/public/%2e%2e/api/x', '/api/x', 'api'],
+];
+
+let idp: TestIdp;
+let app: RecordingApp;
+let sidecar: SidecarProcess;
+const tokens: Partial<Record<Caller, string>> = {};
+
+beforeAll(async () => {
+  idp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: 's1' }, { clientId: 'deployer', clientSecret: 's2' }] });
+  app = await startRecordingApp();
+  sidecar = await startSidecar({
+    service: 'orders',
+    log: { level: 'info' },
+    lifecycle: { watchConfig: false },
+    inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }], rules },
+  });
+  tokens.orders = await idp.getToken('orders', 'orders');
+  tokens.deployer = await idp.getToken('deployer', 'orders');
+});
+afterAll(async () => {
+  await sidecar?.stop();
+  await Promise.all([app?.close(), idp?.close()]);
+});
+
+/** What `caller` must get on a path decided by `rule`: 200 or the refusal. */
+function expected(rule: Rule, caller: Caller): 200 | Refusal {
+  if (rule === 'public' || rule === 'healthz') return 200;
+  if (caller === 'anonymous') return { status: 401, reason: 'missing_token' };
+  if (rule === 'api') return 200;
+  if (rule === 'admin' && caller === 'deployer') return 200;
+  return { status: 403, reason: 'policy_denied' };
+}
+
+describe('path tricks never reach the app under a more permissive rule than the real path', () => {
+  for (const [method, target, canonical, rule] of ROWS) {
+    it(`${method} ${target} → ${canonical === 'bad_path' ? '400 bad_path' : `${canonical} (${rule})`}`, async () => {
+      for (const caller of ['anonymous', 'orders', 'deployer'] as const) {
+        const token = tokens[caller as 'orders'];
+        const headers: [string, string][] = [['Host', 'orders'], ...(token ? [['Authorization', `Bearer ${token}`] as [string, string]] : [])];
+        const bytes = rawRequestBytes(target, headers, { method });
+        const label = `${caller} ${method} ${target}`;
+        if (canonical === 'bad_path') {
+          await expectRefused(sidecar, app, label, bytes, { status: 400, reason: 'bad_path' });
+          continue;
+        }
+        const want = expected(rule, caller);
+        if (want === 200) {
+          const before = app.requests.length;
+          const res = (await rawExchange(sidecar.inbound!, bytes)).responses[0]!;
+          expect(res.status, label).toBe(200);
+          const seen = app.requests.slice(before);
+          expect(seen.map((r) => `${r.method} ${r.url}`), label).toEqual([`${method} ${canonical}`]);
+          // A verified caller arrives with its identity; a public route never carries one the caller made up.
+          expect(seen[0]!.headers['x-peer-sub'], label).toBe(rule === 'public' || rule === 'healthz' ? undefined : caller);
+        } else {
+          await expectRefused(sidecar, app, label, bytes, want);
+        }
+      }
+    });
+  }
+
+  it('a raw NUL or space inside the request line is refused by the parser (400), nothing reaches the app', async () => {
+    for (const target of ['/public/\u0000/../admin', '/public/ /../admin']) {
+      const before = app.requests.length;
+      const ex = await rawExchange(sidecar.inbound!, rawRequestBytes(target, [['Host', 'orders']]));
+      expect(ex.responses[0]!.status, JSON.stringify(target)).toBe(400);
+      expect(app.requests.slice(before)).toEqual([]);
+    }
+  });
+
+  it('refusals are audited with the canonical path, and no token reached the output', async () => {
+    await flushLogs(sidecar);
+    const denied = sidecar.logs.filter((l) => l.event === 'policy_denied').map((l) => l.path);
+    expect(denied).toContain('/admin/users');
+    expect(denied).not.toContain('/public/../admin/users');
+    expect(tokenLeaks(sidecar.output(), Object.values(tokens) as string[])).toEqual([]);
+  });
+});
