@@ -2,6 +2,7 @@ import { createHmac, createPublicKey, sign as nodeSign, type KeyObject } from 'n
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { connect, type AddressInfo, type Socket } from 'node:net';
+import fc from 'fast-check';
 import { expect } from 'vitest';
 import type { SidecarProcess } from './sidecar.js';
 import { b64url } from './tokens.js';
@@ -379,6 +380,155 @@ export function unencodedPayloadToken(header: Record<string, unknown>, payload: 
   const p = JSON.stringify(payload);
   const sig = nodeSign('sha256', Buffer.from(`${h}.${p}`), key);
   return `${h}.${p}.${sig.toString('base64url')}`;
+}
+
+// ---------------------------------------------------------------- fuzz arbitraries
+
+const B64URL_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** Any string of latin1 characters (what Node hands us for header bytes). */
+export const latin1String = (maxLength = 64): fc.Arbitrary<string> =>
+  fc.array(fc.integer({ min: 0, max: 255 }), { maxLength }).map((codes) => String.fromCharCode(...codes));
+
+/** base64url-looking segments, so garbage gets past the cheap shape checks and into the decoder. */
+export const b64urlSegment = (maxLength = 40): fc.Arbitrary<string> =>
+  fc.array(fc.constantFrom(...B64URL_CHARS), { maxLength }).map((c) => c.join(''));
+
+/** A JSON-encoded segment of an arbitrary JSON value, or of a JWS-header-like object. */
+const jsonSegment = fc.oneof(
+  fc.jsonValue({ maxDepth: 2 }).map((v) => b64url(JSON.stringify(v) ?? 'null')),
+  fc.dictionary(fc.constantFrom('alg', 'kid', 'typ', 'crit', 'jku', 'jwk', 'iss', 'aud', 'exp'), fc.jsonValue({ maxDepth: 1 }), { maxKeys: 4 }).map((o) => b64url(o)),
+);
+
+/** Values a caller might put in the token header: garbage, other schemes, token-shaped garbage. */
+export const credentialValueArb: fc.Arbitrary<string> = fc.oneof(
+  latin1String(80),
+  fc.tuple(fc.constantFrom('Bearer ', 'bearer ', 'BEARER  ', 'Bearer\t', 'Basic ', 'Bearer', 'DPoP ', ''), fc.oneof(
+    fc.tuple(b64urlSegment(), b64urlSegment(), b64urlSegment()).map((p) => p.join('.')),
+    fc.tuple(jsonSegment, jsonSegment, b64urlSegment(60)).map((p) => p.join('.')),
+    fc.array(fc.constantFrom('.', 'a', 'e', 'J', '='), { maxLength: 200 }).map((c) => c.join('')),
+    latin1String(40),
+  )).map(([scheme, rest]) => `${scheme}${rest}`),
+);
+
+/** Header names that matter to the inbound pipeline, in every case, plus random tokens. */
+export const headerNameArb: fc.Arbitrary<string> = fc.oneof(
+  fc.constantFrom('authorization', 'Authorization', 'AUTHORIZATION', 'aUtHoRiZaTiOn', 'x-peer-sub', 'x-peer-claims', 'host', 'content-length', 'transfer-encoding'),
+  fc.stringMatching(/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}$/),
+);
+
+/** A flat rawHeaders list as Node produces it: [name, value, name, value, ...]. */
+export const rawHeadersArb: fc.Arbitrary<string[]> = fc
+  .array(fc.tuple(headerNameArb, fc.oneof(credentialValueArb, latin1String(20))), { maxLength: 8 })
+  .map((pairs) => pairs.flat());
+
+/** Request targets built from the pieces path tricks are made of, plus arbitrary ones. */
+export const requestTargetArb: fc.Arbitrary<string> = fc.oneof(
+  fc.array(fc.constantFrom('/', '/', '.', '..', '%2e', '%2E', '%2f', '%2F', '%5c', '%5C', '%00', '%25', '%', ';', '\\', '#', '?', 'admin', 'public', 'api', 'x', '//', ' ', '\u0000', '\u00e9', '*'), { maxLength: 12 })
+    .map((parts) => `/${parts.join('')}`),
+  fc.webPath().map((p) => p || '/'),
+  fc.tuple(fc.constantFrom('http://orders', 'https://x:1', 'HTTP://a'), fc.webPath()).map(([a, p]) => `${a}${p}`),
+  latin1String(30),
+);
+
+/** One change to a compact token. Positions are taken modulo the length they index. */
+export type Mutation =
+  | { op: 'replace'; at: number; char: string }
+  | { op: 'insert'; at: number; text: string }
+  | { op: 'delete'; at: number; length: number }
+  | { op: 'truncate'; at: number }
+  | { op: 'swapSegments'; a: number; b: number }
+  | { op: 'dupSegment'; segment: number }
+  | { op: 'header'; key: string; value: unknown }
+  | { op: 'payload'; key: string; value: unknown; remove: boolean }
+  | { op: 'signature'; bytes: Uint8Array }
+  | { op: 'flipCase'; at: number };
+
+const claimValueArb = fc.oneof(
+  fc.constantFrom<unknown>('none', 'None', 'HS256', 'RS256', 'ES256', 'EdDSA', 'PS256', 'RS512', '', 'at+jwt', 'JWT', 'orders', 'deployer', 'admin', null, 0, -1, 1e308, 4102444800),
+  fc.jsonValue({ maxDepth: 2 }),
+  fc.string({ maxLength: 12 }),
+);
+
+export const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
+  fc.record({ op: fc.constant('replace' as const), at: fc.nat(), char: fc.oneof(fc.constantFrom(...B64URL_CHARS, '.', '=', '+', '/'), latin1String(1)) }),
+  fc.record({ op: fc.constant('insert' as const), at: fc.nat(), text: fc.oneof(b64urlSegment(4), fc.constantFrom('.', '..', ' ', '\u0000')) }),
+  fc.record({ op: fc.constant('delete' as const), at: fc.nat(), length: fc.integer({ min: 1, max: 8 }) }),
+  fc.record({ op: fc.constant('truncate' as const), at: fc.nat() }),
+  fc.record({ op: fc.constant('swapSegments' as const), a: fc.nat(2), b: fc.nat(2) }),
+  fc.record({ op: fc.constant('dupSegment' as const), segment: fc.nat(2) }),
+  fc.record({ op: fc.constant('header' as const), key: fc.constantFrom('alg', 'kid', 'typ', 'crit', 'jku', 'jwk', 'x5u', 'x5c', 'b64', 'cty', 'zip', 'enc'), value: claimValueArb }),
+  fc.record({ op: fc.constant('payload' as const), key: fc.constantFrom('iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'azp', 'client_id', 'jti', 'scope'), value: claimValueArb, remove: fc.boolean() }),
+  fc.record({ op: fc.constant('signature' as const), bytes: fc.uint8Array({ maxLength: 300 }) }),
+  fc.record({ op: fc.constant('flipCase' as const), at: fc.nat() }),
+);
+
+/** Applies one mutation to a token string (JSON edits keep the other segments and the old signature). */
+export function applyMutation(token: string, m: Mutation): string {
+  const at = (n: number, len: number) => (len === 0 ? 0 : n % (len + 1));
+  const parts = token.split('.');
+  const decode = (seg: string | undefined): Record<string, unknown> => {
+    try {
+      const v: unknown = JSON.parse(Buffer.from(seg ?? '', 'base64url').toString('utf8'));
+      return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+    } catch {
+      return {};
+    }
+  };
+  switch (m.op) {
+    case 'replace': {
+      const i = at(m.at, token.length - 1);
+      return token.slice(0, i) + m.char + token.slice(i + 1);
+    }
+    case 'insert': {
+      const i = at(m.at, token.length);
+      return token.slice(0, i) + m.text + token.slice(i);
+    }
+    case 'delete': {
+      const i = at(m.at, token.length);
+      return token.slice(0, i) + token.slice(i + m.length);
+    }
+    case 'truncate':
+      return token.slice(0, at(m.at, token.length));
+    case 'swapSegments': {
+      const next = [...parts];
+      [next[m.a], next[m.b]] = [parts[m.b] ?? '', parts[m.a] ?? ''];
+      return next.join('.');
+    }
+    case 'dupSegment':
+      return [...parts.slice(0, m.segment + 1), parts[m.segment] ?? '', ...parts.slice(m.segment + 1)].join('.');
+    case 'header':
+      return [b64url({ ...decode(parts[0]), [m.key]: m.value }), ...parts.slice(1)].join('.');
+    case 'payload': {
+      const payload = decode(parts[1]);
+      if (m.remove) delete payload[m.key];
+      else payload[m.key] = m.value;
+      return [parts[0], b64url(payload), ...parts.slice(2)].join('.');
+    }
+    case 'signature':
+      return [...parts.slice(0, 2), Buffer.from(m.bytes).toString('base64url')].join('.');
+    case 'flipCase': {
+      const i = at(m.at, token.length - 1);
+      const c = token[i] ?? '';
+      const flipped = c === c.toUpperCase() ? c.toLowerCase() : c.toUpperCase();
+      return token.slice(0, i) + flipped + token.slice(i + 1);
+    }
+  }
+}
+
+/**
+ * True when `candidate` is the same signed object as `original`: identical
+ * header and payload segments (the signing input) and the same signature
+ * bytes. base64url's spare bits make a few different strings decode to the
+ * same signature; that is not a forgery.
+ */
+export function sameSignedToken(candidate: string, original: string): boolean {
+  const [ch, cp, cs, ...rest] = candidate.split('.');
+  const [oh, op, os] = original.split('.');
+  if (rest.length > 0 || ch !== oh || cp !== op || cs === undefined || os === undefined) return false;
+  // Node's decoder skips foreign characters, so insist on the same length and alphabet before comparing bytes.
+  if (cs.length !== os.length || !/^[A-Za-z0-9_-]*$/.test(cs)) return false;
+  return Buffer.from(cs, 'base64url').equals(Buffer.from(os, 'base64url'));
 }
 
 // ---------------------------------------------------------------- fuzz budget
