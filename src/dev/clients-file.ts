@@ -104,7 +104,8 @@ export function loadDevClientsFile(path: string, env: NodeJS.ProcessEnv): DevCli
   const doc = parseDocument(text, { uniqueKeys: true });
   if (doc.errors.length > 0) {
     const first = doc.errors[0]!;
-    throw new UsageError(`invalid clients file ${path}: ${first.message.split('\n')[0]}`);
+    const where = first.linePos ? ` (line ${first.linePos[0].line})` : '';
+    throw new UsageError(`invalid clients file ${path}: ${first.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${where}`);
   }
   const issues: ConfigIssue[] = [];
   const value = interpolateEnv(doc.toJS({ maxAliasCount: 100 }) ?? {}, env, issues);

@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type Provider from 'oidc-provider';
+import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { withNormalizedAudience } from './audience-param.js';
 import { GITHUB_ACTIONS_PATH, handleGithubActionsRequest } from './github-actions.js';
@@ -53,6 +54,7 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
     return { provider, callback: provider.callback() as (req: IncomingMessage, res: ServerResponse) => void };
   };
   let current = build();
+  await checkClients(current.provider, opts.clients);
   const clientsById = new Map(opts.clients.map((c) => [c.clientId, c]));
 
   return {
@@ -85,6 +87,18 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
       return fresh;
     },
   };
+}
+
+/** oidc-provider checks client metadata on first use; do it now so a bad client fails the start, not a request. */
+async function checkClients(provider: Provider, clients: readonly DevClient[]): Promise<void> {
+  for (const c of clients) {
+    try {
+      await provider.Client.find(c.clientId);
+    } catch (err) {
+      const e = err as { error_description?: string; message?: string };
+      throw new UsageError(`dev issuer client ${c.clientId}: ${e.error_description ?? e.message ?? String(err)}`);
+    }
+  }
 }
 
 function observe(provider: Provider, logger: Logger | undefined): void {

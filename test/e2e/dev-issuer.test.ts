@@ -242,6 +242,10 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(badKey.code).toBe(1);
     expect(badKey.stderr).toContain('keys.0: a private key is needed');
 
+    writeFileSync(join(dir, 'badjwks.yaml'), 'clients:\n  - clientId: x\n    jwks: { keys: [ { kty: EC } ] }\n');
+    const badJwks = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'badjwks.yaml')]);
+    expect([badJwks.code, badJwks.stderr.trim().split('\n').at(-1)]).toEqual([1, 'oidc-sidecar: dev issuer client x: client JSON Web Key Set is invalid']);
+
     const badPort = await runCli(['dev-issuer', '--port', '70000']);
     expect([badPort.code, badPort.stderr]).toEqual([1, expect.stringContaining('--port must be 0-65535')]);
 
