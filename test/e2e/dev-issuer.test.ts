@@ -152,8 +152,8 @@ describe('oidc-sidecar dev-issuer', () => {
     expect((await verify(p.issuer, ci.body.access_token, 'deployer')).payload).toMatchObject({ sub: 'repo:acme/app:ref:refs/heads/main', environment: 'staging' });
   });
 
-  it('starts with the clients file example of docs/deploy.md, and its clients work as documented', async () => {
-    const doc = readFileSync(join(import.meta.dirname, '../../docs/deploy.md'), 'utf8');
+  it('starts with the clients file example in the README, and its clients work as documented', async () => {
+    const doc = readFileSync(join(import.meta.dirname, '../../README.md'), 'utf8');
     const example = /<!-- dev-clients-example -->\n```yaml\n([\s\S]*?)```/.exec(doc)?.[1];
     expect(example).toBeDefined();
     const dir = tempDir();
