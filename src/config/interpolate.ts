@@ -8,15 +8,24 @@ const PLACEHOLDER = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
  * never inject YAML structure. `$${VAR}` is a literal `${VAR}`.
  * An unset variable without a default is reported with its key path.
  */
-export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[] = []): unknown {
+export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[] = [], ancestors = new Set<object>()): unknown {
   if (typeof doc === 'string') return interpolateString(doc, env, issues, path);
-  if (Array.isArray(doc)) return doc.map((v, i) => interpolateEnv(v, env, issues, [...path, String(i)]));
-  if (isPlainObject(doc)) {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(doc)) out[k] = interpolateEnv(v, env, issues, [...path, k]);
-    return out;
+  if (typeof doc !== 'object' || doc === null) return doc;
+  // A YAML alias may point at one of its own ancestors (`x: &a [*a]`); walking it would never end.
+  if (ancestors.has(doc)) {
+    issues.push({ path: path.join('.'), message: 'a YAML alias makes this value contain itself' });
+    return undefined;
   }
-  return doc;
+  ancestors.add(doc);
+  let out: unknown = doc;
+  if (Array.isArray(doc)) out = doc.map((v, i) => interpolateEnv(v, env, issues, [...path, String(i)], ancestors));
+  else if (isPlainObject(doc)) {
+    const obj: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(doc)) setOwn(obj, k, interpolateEnv(v, env, issues, [...path, k], ancestors));
+    out = obj;
+  }
+  ancestors.delete(doc);
+  return out;
 }
 
 function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[]): string {
@@ -30,6 +39,15 @@ function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssu
     return '';
   });
   return replaced.replaceAll(ESCAPED, '${');
+}
+
+/**
+ * Sets an own data property. Plain assignment of a key named `__proto__` would
+ * replace the object's prototype instead, and the key would vanish before
+ * validation could report it as unknown.
+ */
+export function setOwn(obj: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {

@@ -1,4 +1,4 @@
-import { isPlainObject } from './interpolate.js';
+import { isPlainObject, setOwn } from './interpolate.js';
 
 /**
  * Deep-merges config layers in order (base first, overlays after). Objects merge
@@ -16,7 +16,7 @@ function mergeTwo(base: unknown, overlay: unknown): unknown {
     const out: Record<string, unknown> = { ...base };
     for (const [k, v] of Object.entries(overlay)) {
       if (v === null) delete out[k];
-      else out[k] = mergeTwo(base[k], v);
+      else setOwn(out, k, mergeTwo(Object.hasOwn(base, k) ? base[k] : undefined, v));
     }
     return out;
   }
