@@ -201,6 +201,86 @@ export async function startAttackerServer(body: () => unknown): Promise<Attacker
   return s;
 }
 
+/** How a faulty front answers: pass through, or one way an IdP endpoint can break. */
+export type FrontMode = 'pass' | '503' | 'reset' | 'hang' | 'truncated-json' | 'html' | 'huge' | 'no-token' | 'expired';
+
+export interface FaultyFront {
+  url: string;
+  mode: FrontMode;
+  /** Requests received, per mode they were answered in. */
+  counts: Partial<Record<FrontMode, number>>;
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTP front for an IdP endpoint (the network edge) that forwards to
+ * `target` in mode `pass` and otherwise fails the way real endpoints do: a
+ * 503, a reset, no answer, a cut-off JSON body, an HTML error page, a
+ * 20 MiB body, a 200 without a token, a token that has already expired.
+ */
+export async function startFaultyFront(target: string): Promise<FaultyFront> {
+  const sockets = new Set<Socket>();
+  const hanging = new Set<ServerResponse>();
+  const json = (res: ServerResponse, status: number, body: string) => res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
+  const front: FaultyFront = { url: '', mode: 'pass', counts: {}, close: async () => {} };
+  const server = createServer((req, res) => {
+    const mode = front.mode;
+    front.counts[mode] = (front.counts[mode] ?? 0) + 1;
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      switch (mode) {
+        case 'pass': {
+          const url = new URL(req.url ?? '/', target);
+          const headers: Record<string, string> = {};
+          for (const h of ['content-type', 'authorization', 'accept']) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
+          const body = Buffer.concat(chunks);
+          void fetch(url, { method: req.method!, headers, ...(body.length ? { body } : {}) }).then(
+            async (r) => res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await r.arrayBuffer())),
+            () => res.destroy(),
+          );
+          return;
+        }
+        case '503':
+          return json(res, 503, '{"error":"temporarily_unavailable"}');
+        case 'reset':
+          return void req.socket.destroy();
+        case 'hang':
+          return void hanging.add(res);
+        case 'truncated-json':
+          return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token":"eyJhbGciOi');
+        case 'html':
+          return void res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body>502 Bad Gateway</body></html>');
+        case 'huge':
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.write('{"access_token":"');
+          for (let i = 0; i < 20; i++) res.write(Buffer.alloc(1 << 20, 0x61));
+          return void res.end('","token_type":"Bearer","expires_in":300}');
+        case 'no-token':
+          return json(res, 200, '{"token_type":"Bearer","expires_in":300}');
+        case 'expired': {
+          const now = Math.floor(Date.now() / 1000);
+          const jwt = `${b64url({ alg: 'RS256', typ: 'at+jwt' })}.${b64url({ sub: 'x', exp: now - 60, iat: now - 120 })}.c2ln`;
+          return json(res, 200, JSON.stringify({ access_token: jwt, token_type: 'Bearer', expires_in: 300 }));
+        }
+      }
+    });
+  });
+  server.on('connection', (sock: Socket) => {
+    sockets.add(sock);
+    sock.once('close', () => sockets.delete(sock));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  front.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  front.close = () =>
+    new Promise((r) => {
+      for (const h of hanging) h.destroy();
+      for (const sock of sockets) sock.destroy();
+      server.close(() => r());
+    });
+  return front;
+}
+
 // ---------------------------------------------------------------- leak checks
 
 /**

@@ -1,0 +1,182 @@
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rawExchange, rawRequestBytes, startFaultyFront, startRecordingApp, tokenLeaks, type FrontMode, type RecordingApp } from '../support/attacks.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { epochSeconds } from '../support/tokens.js';
+
+/**
+ * Faults on the outbound side, through the CLI: the IdP token endpoint
+ * failing every way it can while calls keep coming, and a token file rotated
+ * the way the kubelet does it, with bad content in between. What may be lost:
+ * calls made while no valid token exists get 503; nothing is ever sent to
+ * the peer without a token or with a token the source did not vouch for.
+ */
+
+const TTL = 4;
+let idp: TestIdp;
+
+beforeAll(async () => {
+  idp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: 'orders-secret' }], accessTokenTtlSeconds: TTL });
+});
+afterAll(() => idp?.close());
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const jtiOf = (token: string | undefined) => (token ? (JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()) as { jti?: string }).jti : undefined);
+const bearerOf = (v: unknown) => (typeof v === 'string' ? /^Bearer (.+)$/.exec(v)?.[1] : undefined);
+
+interface Call {
+  status: number;
+  reason?: string;
+  token?: string;
+}
+
+/** One call through the outbound listener to the `payments` route; `token` is what the app received, if it received the call. */
+async function call(s: SidecarProcess, app: RecordingApp): Promise<Call> {
+  const before = app.requests.length;
+  const res = (await rawExchange(s.outbound!, rawRequestBytes('/charge', [['Host', 'payments']], { method: 'POST', body: '' }))).responses[0]!;
+  const seen = app.requests.slice(before);
+  if (res.status !== 200) {
+    // Refused calls go nowhere.
+    expect(seen).toEqual([]);
+    return { status: res.status, reason: res.json().reason };
+  }
+  expect(seen).toHaveLength(1);
+  const token = bearerOf(seen[0]!.headers.authorization);
+  return { status: 200, ...(token ? { token } : {}) };
+}
+
+describe.concurrent('token endpoint failing while calls keep coming', () => {
+  const modes: FrontMode[] = ['503', 'reset', 'hang', 'truncated-json', 'html', 'huge', 'no-token', 'expired'];
+  for (const mode of modes) {
+    it(`(${mode}): keeps the current token, one IdP request per backoff step, 503 once it expires, recovers; lost: no call sent without a valid token`, async () => {
+      const front = await startFaultyFront(idp.issuer);
+      const app = await startRecordingApp();
+      const s = await startSidecar({
+        service: 'orders',
+        log: { level: 'info' },
+        lifecycle: { watchConfig: false },
+        outbound: {
+          tokenSource: { type: 'client_credentials', tokenEndpoint: `${front.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+          tokenRequestTimeoutSeconds: 1,
+          routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+        },
+      });
+      try {
+        const first = await call(s, app);
+        expect(first.status).toBe(200);
+        const firstExp = (JSON.parse(Buffer.from(first.token!.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp * 1000;
+
+        front.mode = mode;
+        const calls: (Call & { at: number })[] = [];
+        // Call through the renewal window and past the expiry of the token held.
+        while (Date.now() < firstExp + 1500) {
+          calls.push({ ...(await call(s, app)), at: Date.now() });
+          await sleep(100);
+        }
+        const failed = s.logs.filter((l) => l.event === 'token_fetch_failed');
+        front.mode = 'pass';
+        let recovered: Call;
+        for (let i = 0; ; i++) {
+          recovered = await call(s, app);
+          if (recovered.status === 200) break;
+          expect(i, 'recovered within the no-token retry ceiling').toBeLessThan(150);
+          await sleep(100);
+        }
+
+        // While the token was valid, every call carried it; after it expired, 503 token_unavailable and nothing sent.
+        for (const c of calls) {
+          if (c.at < firstExp - 200) expect(c, 'valid token still held').toMatchObject({ status: 200, token: first.token });
+          if (c.at > firstExp + 200) expect(c).toEqual({ status: 503, reason: 'token_unavailable', at: c.at });
+        }
+        expect(calls.some((c) => c.status === 503)).toBe(true);
+        // Backoff, not a storm: each IdP request in the fault is one logged failure, however many calls waited.
+        expect(failed.length).toBeGreaterThanOrEqual(1);
+        expect(front.counts[mode]).toBeGreaterThanOrEqual(failed.length);
+        expect(front.counts[mode]!).toBeLessThanOrEqual(failed.length + 1);
+        expect(calls.length).toBeGreaterThan(3 * front.counts[mode]!);
+        expect(failed[0]).toMatchObject({ keepingToken: true, failures: 1 });
+        expect(failed.map((l) => l.failures)).toEqual(failed.map((_, i) => i + 1));
+        // After recovery: a new token from the IdP.
+        expect(jtiOf(recovered!.token)).not.toBe(jtiOf(first.token));
+        const issued = new Set(s.logs.filter((l) => l.event === 'token_issued').map((l) => l.jti));
+        for (const r of app.requests) expect(issued.has(jtiOf(bearerOf(r.headers.authorization)))).toBe(true);
+        expect(tokenLeaks(s.output(), [first.token!, recovered!.token!])).toEqual([]);
+      } finally {
+        await s.stop();
+        await Promise.all([front.close(), app.close()]);
+      }
+    });
+  }
+});
+
+describe('token file rotated the way the kubelet does it (..data symlink swap)', () => {
+  it('follows each swap, keeps the last good token through garbage, a torn write, an expired token and a missing file; lost: no call sent with a token that was not good', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kubelet-token-'));
+    let generation = 0;
+    /** Writes `content` into a new timestamped directory and swaps ..data to it atomically (rename over the symlink). */
+    const publish = (content: string | null) => {
+      const gen = `..2026_01_01_00_00_0${generation++}.000000001`;
+      mkdirSync(join(dir, gen));
+      if (content !== null) writeFileSync(join(dir, gen, 'token'), content);
+      symlinkSync(gen, join(dir, '..data_tmp'));
+      renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    };
+    const mint = (jti: string, lifetime: number) => idp.mint({ aud: 'payments', sub: 'orders', jti, iat: epochSeconds(), exp: epochSeconds() + lifetime });
+    const good1 = await mint('good-1', 6);
+    publish(good1);
+    symlinkSync('..data/token', join(dir, 'token'));
+
+    const app = await startRecordingApp();
+    const s = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      outbound: { tokenSource: { type: 'file', path: join(dir, 'token') }, routes: [{ host: 'payments', target: app.url, audience: 'payments' }] },
+    });
+    const bad: string[] = [];
+    try {
+      expect(await call(s, app)).toEqual({ status: 200, token: good1 });
+      const failures = () => s.logs.filter((l) => l.event === 'token_fetch_failed').length;
+      const expired = await mint('expired', -30);
+      const steps: [string, string | null][] = [
+        ['garbage', 'not a token at all\n'],
+        ['torn write', good1.slice(0, good1.indexOf('.') + 10)],
+        ['expired token', expired],
+        ['missing file', null],
+      ];
+      const calls: Call[] = [];
+      for (const [label, content] of steps) {
+        if (content) bad.push(content);
+        const before = failures();
+        publish(content);
+        // The next renewal attempt reads the new file and refuses it; calls meanwhile keep the last good token (or 503 once it expired).
+        await s.waitForLog(() => failures() > before, 15_000).catch(() => {
+          throw new Error(`no failed read after "${label}"`);
+        });
+        calls.push(await call(s, app));
+      }
+      const good2 = await mint('good-2', 300);
+      publish(good2);
+      await s.waitForLog((l) => l.event === 'token_issued' && l.jti === 'good-2', 15_000);
+      expect(await call(s, app)).toEqual({ status: 200, token: good2 });
+
+      for (const c of calls) {
+        if (c.status === 200) expect(c.token).toBe(good1);
+        else expect(c).toEqual({ status: 503, reason: 'token_unavailable' });
+      }
+      expect(calls[0]).toEqual({ status: 200, token: good1 });
+      // Every token the peer ever received was a good one the file held.
+      for (const r of app.requests) expect([good1, good2]).toContain(bearerOf(r.headers.authorization));
+      const reasons = s.logs.filter((l) => l.event === 'token_fetch_failed').map((l) => String(l.error));
+      expect(reasons.some((r) => /no such file/.test(r))).toBe(true);
+      expect(tokenLeaks(s.output(), [good1, good2, expired])).toEqual([]);
+    } finally {
+      await s.stop();
+      await app.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
