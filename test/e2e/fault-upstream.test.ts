@@ -1,0 +1,224 @@
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { flushLogs, tokenLeaks } from '../support/attacks.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+
+/**
+ * The app behind the inbound sidecar (and the peer behind the outbound one)
+ * failing: down, dying with requests in flight, too slow, cutting a response
+ * short. The sidecar answers 502 upstream_connect_failed / upstream_reset or
+ * 504 upstream_timeout, never retries a request the app may have acted on,
+ * never turns a cut response into a complete one, and serves again once the
+ * app is back. What is lost: the requests in flight when the app died (each
+ * told so with a 502); nothing is delivered twice.
+ */
+
+type Behaviour = 'ok' | 'hold' | 'slow' | 'cut';
+
+/** An app whose behaviour the test switches, that can die and come back on the same port. */
+interface FlakyApp {
+  url: string;
+  behaviour: Behaviour;
+  /** Every request received (method + url), in order. */
+  received: string[];
+  held: ServerResponse[];
+  kill(): Promise<void>;
+  revive(): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function startFlakyApp(): Promise<FlakyApp> {
+  const sockets = new Set<Socket>();
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    app.received.push(`${req.method} ${req.url}`);
+    req.resume();
+    req.on('end', () => {
+      switch (app.behaviour) {
+        case 'ok':
+          return void res.writeHead(200, { 'content-type': 'text/plain' }).end(`ok ${req.url}`);
+        case 'hold':
+          return void app.held.push(res);
+        case 'slow':
+          return void setTimeout(() => res.writeHead(200).end('late'), 2500).unref();
+        case 'cut':
+          res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '100000' });
+          res.write(Buffer.alloc(1000, 0x61));
+          return void setTimeout(() => res.socket?.destroy(), 50);
+      }
+    });
+  };
+  let server: Server = createServer(handler);
+  const listen = (port: number) =>
+    new Promise<number>((r) => {
+      server = createServer(handler);
+      server.on('connection', (s: Socket) => {
+        sockets.add(s);
+        s.once('close', () => sockets.delete(s));
+      });
+      server.listen(port, '127.0.0.1', () => r((server.address() as AddressInfo).port));
+    });
+  const stop = () =>
+    new Promise<void>((r) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => r());
+    });
+  const port = await listen(0);
+  const app: FlakyApp = {
+    url: `http://127.0.0.1:${port}`,
+    behaviour: 'ok',
+    received: [],
+    held: [],
+    kill: stop,
+    revive: async () => void (await listen(port)),
+    close: stop,
+  };
+  return app;
+}
+
+/** One request through a listener; `error` when the connection broke instead of a complete response. */
+function send(base: string, opts: { method?: string; path?: string; host?: string; token?: string; body?: string } = {}): Promise<{ status: number; body: string; reason?: string } | { error: string }> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve) => {
+    const req = request(
+      {
+        host: hostname,
+        port,
+        method: opts.method ?? 'GET',
+        path: opts.path ?? '/x',
+        agent: false,
+        headers: { ...(opts.host ? { host: opts.host } : {}), ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) },
+      },
+      (res) => {
+        let body = '';
+        res.setEncoding('latin1');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => {
+          let reason: string | undefined;
+          try {
+            reason = JSON.parse(body).reason;
+          } catch {
+            reason = undefined;
+          }
+          resolve({ status: res.statusCode!, body, ...(reason ? { reason } : {}) });
+        });
+        res.on('error', (e) => resolve({ error: e.message }));
+        res.on('aborted', () => resolve({ error: 'aborted' }));
+      },
+    );
+    req.on('error', (e) => resolve({ error: e.message }));
+    req.end(opts.body);
+  });
+}
+
+const metric = async (s: SidecarProcess, direction: string, reason: string) => {
+  const text = await (await fetch(`${s.admin}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('oidc_sidecar_upstream_errors_total{') && l.includes(`direction="${direction}"`) && l.includes(`reason="${reason}"`));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+};
+
+let idp: TestIdp;
+let app: FlakyApp;
+let inbound: SidecarProcess;
+let outbound: SidecarProcess;
+let token: string;
+
+beforeAll(async () => {
+  idp = await startIdp();
+  app = await startFlakyApp();
+  const limits = { upstreamTimeoutSeconds: 1, upstreamConnectTimeoutSeconds: 1 };
+  inbound = await startSidecar({
+    service: 'orders',
+    log: { level: 'info' },
+    lifecycle: { watchConfig: false },
+    limits,
+    inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] },
+  });
+  outbound = await startSidecar({
+    service: 'orders',
+    log: { level: 'info' },
+    lifecycle: { watchConfig: false },
+    limits,
+    outbound: {
+      tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders-secret' },
+      routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+    },
+  });
+  token = await idp.getToken('orders', 'orders');
+});
+afterAll(async () => {
+  await Promise.all([inbound?.stop(), outbound?.stop()]);
+  await Promise.all([app?.close(), idp?.close()]);
+});
+
+describe('the app behind the sidecar fails', () => {
+  it('app down: 502 upstream_connect_failed (inbound and outbound), then served again once it is back; lost: only the calls made while it was down', async () => {
+    await app.kill();
+    try {
+      expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 502, reason: 'upstream_connect_failed' });
+      expect(await send(outbound.outbound!, { host: 'payments' })).toMatchObject({ status: 502, reason: 'upstream_connect_failed' });
+    } finally {
+      await app.revive();
+    }
+    expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
+    expect(await send(outbound.outbound!, { host: 'payments' })).toMatchObject({ status: 200 });
+    expect(await metric(inbound, 'inbound', 'upstream_connect_failed')).toBe(1);
+    expect(await metric(outbound, 'outbound', 'upstream_connect_failed')).toBe(1);
+  });
+
+  it('app dies with POSTs in flight: each gets 502 upstream_reset, none is retried (the app saw each once); lost: exactly those in flight, each told so', async () => {
+    app.behaviour = 'hold';
+    const before = app.received.length;
+    const inflight = Array.from({ length: 5 }, (_, i) => send(inbound.inbound!, { method: 'POST', path: `/pay/${i}`, token, body: `{"n":${i}}` }));
+    while (app.held.length < 5) await new Promise((r) => setTimeout(r, 20));
+    await app.kill();
+    const results = await Promise.all(inflight);
+    for (const r of results) expect(r).toMatchObject({ status: 502, reason: 'upstream_reset' });
+    await app.revive();
+    app.behaviour = 'ok';
+    app.held.length = 0;
+    // No retry of a request the app may already have acted on: every POST arrived exactly once.
+    expect(app.received.slice(before).sort()).toEqual([0, 1, 2, 3, 4].map((i) => `POST /pay/${i}`));
+    expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
+  });
+
+  it('app too slow: 504 upstream_timeout after limits.upstreamTimeoutSeconds, inbound and outbound; the late answer is dropped, nothing is sent twice', async () => {
+    app.behaviour = 'slow';
+    const before = app.received.length;
+    try {
+      expect(await send(inbound.inbound!, { method: 'POST', token })).toMatchObject({ status: 504, reason: 'upstream_timeout' });
+      expect(await send(outbound.outbound!, { method: 'POST', host: 'payments' })).toMatchObject({ status: 504, reason: 'upstream_timeout' });
+    } finally {
+      app.behaviour = 'ok';
+    }
+    expect(app.received.length - before).toBe(2);
+    expect(await metric(inbound, 'inbound', 'upstream_timeout')).toBe(1);
+    expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
+  });
+
+  it('app cuts a response short: the client sees a broken response, never a complete one', async () => {
+    app.behaviour = 'cut';
+    try {
+      for (const r of [await send(inbound.inbound!, { token }), await send(outbound.outbound!, { host: 'payments' })]) {
+        if ('error' in r) continue;
+        // If a status line got through, the body must not pass as whole: 100000 bytes were announced.
+        expect(r.body.length).toBeLessThan(100_000);
+        throw new Error(`a cut response was delivered as complete (${r.status}, ${r.body.length} bytes)`);
+      }
+    } finally {
+      app.behaviour = 'ok';
+    }
+    expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
+  });
+
+  it('both sidecars stay up and never logged a token', async () => {
+    for (const s of [inbound, outbound]) {
+      expect(s.child.exitCode).toBeNull();
+      expect((await fetch(`${s.admin}/healthz`)).status).toBe(200);
+    }
+    await flushLogs(inbound);
+    expect(tokenLeaks(inbound.output() + outbound.output(), [token])).toEqual([]);
+    expect(outbound.output()).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\./);
+  });
+});
