@@ -6,6 +6,7 @@ import { watchConfigFiles } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
 import { ConfigError, SidecarError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { tuneRuntimeForProxy } from '../proxy/runtime.js';
 import { withConfigOption } from './shared.js';
 
 /**
@@ -19,6 +20,8 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
     describe: 'Start the sidecar',
     builder: (y) => withConfigOption(y),
     handler: async (argv) => {
+      // Process-wide V8 settings belong to the process entry point, before any upstream connection.
+      tuneRuntimeForProxy();
       const paths = resolveConfigPaths(argv.config);
       const config = loadConfig(paths);
       const logger = createLogger({ level: config.log.level, service: config.service });

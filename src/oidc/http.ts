@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { SidecarError } from '../errors.js';
+import { Agent } from '../proxy/undici-core.js';
 
 /** Control-plane responses (discovery, JWKS, token) larger than this are refused. */
 const MAX_BODY_BYTES = 1024 * 1024;

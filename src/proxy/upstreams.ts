@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { Pool, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import type { LimitsConfig } from '../config/schema.js';
+import { Pool } from './undici-core.js';
 
 export interface UpstreamPools {
   /** The keep-alive pool for an origin (`http://host:port`), created on first use. */
