@@ -202,19 +202,22 @@ export async function startAttackerServer(body: () => unknown): Promise<Attacker
 }
 
 /** How a faulty front answers: pass through, or one way an IdP endpoint can break. */
-export type FrontMode = 'pass' | '503' | 'reset' | 'hang' | 'truncated-json' | 'html' | 'huge' | 'no-token' | 'expired';
+export type FrontMode = 'pass' | 'hold' | '503' | 'reset' | 'hang' | 'truncated-json' | 'html' | 'huge' | 'no-token' | 'expired';
 
 export interface FaultyFront {
   url: string;
   mode: FrontMode;
   /** Requests received, per mode they were answered in. */
   counts: Partial<Record<FrontMode, number>>;
+  /** Forwards the requests held in mode `hold` (and switches to `pass`). */
+  release(): void;
   close(): Promise<void>;
 }
 
 /**
  * An HTTP front for an IdP endpoint (the network edge) that forwards to
- * `target` in mode `pass` and otherwise fails the way real endpoints do: a
+ * `target` in mode `pass`, holds requests in mode `hold` until release(),
+ * and otherwise fails the way real endpoints do: a
  * 503, a reset, no answer, a cut-off JSON body, an HTML error page, a
  * 20 MiB body, a 200 without a token, a token that has already expired.
  */
@@ -222,7 +225,17 @@ export async function startFaultyFront(target: string): Promise<FaultyFront> {
   const sockets = new Set<Socket>();
   const hanging = new Set<ServerResponse>();
   const json = (res: ServerResponse, status: number, body: string) => res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
-  const front: FaultyFront = { url: '', mode: 'pass', counts: {}, close: async () => {} };
+  const held: (() => void)[] = [];
+  const front: FaultyFront = {
+    url: '',
+    mode: 'pass',
+    counts: {},
+    release() {
+      front.mode = 'pass';
+      for (const go of held.splice(0)) go();
+    },
+    close: async () => {},
+  };
   const server = createServer((req, res) => {
     const mode = front.mode;
     front.counts[mode] = (front.counts[mode] ?? 0) + 1;
@@ -230,15 +243,19 @@ export async function startFaultyFront(target: string): Promise<FaultyFront> {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       switch (mode) {
+        case 'hold':
         case 'pass': {
           const url = new URL(req.url ?? '/', target);
           const headers: Record<string, string> = {};
           for (const h of ['content-type', 'authorization', 'accept']) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
           const body = Buffer.concat(chunks);
-          void fetch(url, { method: req.method!, headers, ...(body.length ? { body } : {}) }).then(
-            async (r) => res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await r.arrayBuffer())),
-            () => res.destroy(),
-          );
+          const forward = () =>
+            void fetch(url, { method: req.method!, headers, ...(body.length ? { body } : {}) }).then(
+              async (r) => res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' }).end(Buffer.from(await r.arrayBuffer())),
+              () => res.destroy(),
+            );
+          if (mode === 'hold') held.push(forward);
+          else forward();
           return;
         }
         case '503':
