@@ -44,6 +44,21 @@ function addTokens(out: Set<string>, value: string): void {
 }
 
 /**
+ * Header names a Connection value adds to the hop-by-hop list, or undefined
+ * for the everyday `keep-alive` / `close` (whose names are hop-by-hop anyway),
+ * so the common request allocates no Set.
+ */
+function extraNamed(value: string, named: Set<string> | undefined): Set<string> | undefined {
+  if (value.length <= 10) {
+    const v = value.toLowerCase();
+    if (v === 'keep-alive' || v === 'close') return named;
+  }
+  const out = named ?? new Set<string>();
+  addTokens(out, value);
+  return out;
+}
+
+/**
  * Copies `rawHeaders` (Node's flat [name, value, ...] list, duplicates kept)
  * into a new flat list without hop-by-hop headers, Connection-named headers
  * and any name in `drop`.
@@ -67,7 +82,7 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
     const name = rawHeaders[i]!;
     // Cheap length check first: this loop runs on every request.
     if (name.length !== 10 || name.toLowerCase() !== 'connection') continue;
-    addTokens((named ??= new Set()), rawHeaders[i + 1]!);
+    named = extraNamed(rawHeaders[i + 1]!, named);
   }
   return named;
 }
@@ -131,10 +146,8 @@ function appendAt(out: string[], valueIndex: number, name: string, value: string
 export function forwardableResponseHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   let named: Set<string> | undefined;
   const conn = headers.connection;
-  if (conn !== undefined) {
-    named = new Set();
-    for (const v of Array.isArray(conn) ? conn : [conn]) addTokens(named, v);
-  }
+  if (typeof conn === 'string') named = extraNamed(conn, undefined);
+  else if (conn !== undefined) for (const v of conn) named = extraNamed(v, named);
   const out: Record<string, string | string[]> = {};
   for (const name in headers) {
     const value = headers[name];

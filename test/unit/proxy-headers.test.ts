@@ -1,0 +1,78 @@
+import type { IncomingMessage } from 'node:http';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { buildUpstreamHeaders, forwardableResponseHeaders, isHopByHop } from '../../src/proxy/headers.js';
+
+/** A request as Node's parser hands it over: only the fields header building reads. */
+function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): IncomingMessage {
+  const headers: Record<string, string> = {};
+  for (let i = 0; i < rawHeaders.length; i += 2) headers[rawHeaders[i]!.toLowerCase()] ??= rawHeaders[i + 1]!;
+  return { rawHeaders, headers, socket: { remoteAddress: peer, encrypted } } as unknown as IncomingMessage;
+}
+
+const randomCase = (name: string) => fc.array(fc.boolean(), { minLength: name.length, maxLength: name.length }).map((up) => [...name].map((c, i) => (up[i] ? c.toUpperCase() : c)).join(''));
+const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host'];
+const headerName = fc.oneof(fc.constantFrom(...NAMES), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)).chain(randomCase);
+const headerValue = fc.stringMatching(/^[\x21-\x7e]([\x20-\x7e]{0,20}[\x21-\x7e])?$/);
+const connectionValue = fc.array(fc.oneof(fc.constantFrom('keep-alive', 'close', 'X-Named', 'x-other', 'Upgrade'), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)), { minLength: 1, maxLength: 4 }).map((t) => t.join(' , '));
+const rawHeaders = fc
+  .array(fc.oneof(fc.tuple(headerName, headerValue), fc.tuple(randomCase('connection'), connectionValue)), { maxLength: 25 })
+  .map((pairs) => pairs.flat());
+
+function namedByConnection(raw: string[]): Set<string> {
+  const named = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() === 'connection') for (const t of raw[i + 1]!.split(',')) if (t.trim()) named.add(t.trim().toLowerCase());
+  }
+  return named;
+}
+
+describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
+  it('never forwards hop-by-hop, Proxy-*, Expect, dropped or Connection-named headers, and keeps every other header in order, byte-exact', () => {
+    fc.assert(
+      fc.property(rawHeaders, (raw) => {
+        const drop = new Set(['x-peer-sub']);
+        const out = buildUpstreamHeaders(request(raw), drop, ['x-peer-sub', 'verified']);
+        const named = namedByConnection(raw);
+        const removed = (n: string) => isHopByHop(n) || n === 'expect' || drop.has(n) || named.has(n);
+        const forwarded = out.slice(0, -2);
+        for (let i = 0; i < forwarded.length; i += 2) expect(removed(forwarded[i]!.toLowerCase())).toBe(false);
+        // Every surviving header except the X-Forwarded-* lines (merged, then appended to) is copied in order.
+        const kept = (list: string[]) =>
+          list.flatMap((n, i) => (i % 2 === 0 && !/^x-forwarded-/i.test(n) ? [[n, list[i + 1]]] : [])).filter(([n]) => !removed(n!.toLowerCase()));
+        expect(kept(forwarded)).toEqual(kept(raw));
+        expect(out.slice(-2)).toEqual(['x-peer-sub', 'verified']);
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it('appends this hop to X-Forwarded-For/-Proto/-Host in a single line each', () => {
+    fc.assert(
+      fc.property(fc.array(fc.ipV4(), { maxLength: 4 }), fc.ipV4(), fc.boolean(), (earlier, peer, tls) => {
+        const raw = ['Host', 'svc.local', ...earlier.flatMap((ip) => ['X-Forwarded-For', ip])];
+        const out = buildUpstreamHeaders(request(raw, peer, tls), new Set(), []);
+        const values = (name: string) => out.filter((_, i) => i % 2 === 1 && out[i - 1]!.toLowerCase() === name);
+        expect(values('x-forwarded-for')).toEqual([[...earlier, peer].join(', ')]);
+        expect(values('x-forwarded-proto')).toEqual([tls ? 'https' : 'http']);
+        expect(values('x-forwarded-host')).toEqual(['svc.local']);
+      }),
+    );
+  });
+});
+
+describe('forwardableResponseHeaders', () => {
+  it('drops hop-by-hop and Connection-named response headers and keeps the rest', () => {
+    fc.assert(
+      fc.property(fc.dictionary(fc.oneof(fc.constantFrom('x-named', 'x-other', 'keep-alive', 'upgrade', 'trailer', 'proxy-authenticate', 'content-type'), fc.stringMatching(/^[a-z][a-z0-9-]{0,10}$/)), headerValue), connectionValue, (fields, conn) => {
+        const headers = { ...fields, connection: conn };
+        const out = forwardableResponseHeaders(headers);
+        const named = namedByConnection(['connection', conn]);
+        for (const [name, value] of Object.entries(headers)) {
+          if (isHopByHop(name) || named.has(name)) expect(out).not.toHaveProperty(name);
+          else expect(out[name]).toBe(value);
+        }
+      }),
+    );
+  });
+});
