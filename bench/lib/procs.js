@@ -1,0 +1,62 @@
+// Child processes for the benchmark: each component runs in its own process so RSS is per component.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+
+/** Spawns `node <args>` and resolves once a stdout JSON line satisfies `ready` (returns that line). */
+export function startNode(args, { env = {}, ready, name, timeoutMs = 20_000 }) {
+  const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  let buffer = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`${name} did not start in time:\n${output}`)), timeoutMs);
+    const fail = (err) => {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      reject(err);
+    };
+    const onData = (chunk) => {
+      const s = chunk.toString();
+      output = (output + s).slice(-20_000);
+      buffer += s;
+      let nl;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        let parsed;
+        try {
+          parsed = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (ready(parsed)) {
+          clearTimeout(timer);
+          resolve({ child, pid: child.pid, line: parsed, output: () => output, stop: () => stop(child) });
+        }
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (c) => (output = (output + c).slice(-20_000)));
+    child.once('exit', (code) => fail(new Error(`${name} exited with ${code}:\n${output}`)));
+  });
+}
+
+function stop(child) {
+  if (child.exitCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.removeAllListeners('exit');
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+    setTimeout(() => child.kill('SIGKILL'), 5_000).unref();
+  });
+}
+
+/** Peak (VmHWM) and current (VmRSS) resident set size of a process, in MiB (Linux /proc). */
+export function memoryOf(pid) {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+    return { peakMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
+  } catch {
+    return { peakMiB: NaN, rssMiB: NaN };
+  }
+}

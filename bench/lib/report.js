@@ -1,0 +1,76 @@
+// Formats the benchmark report as plain-text tables (the same shape as bench/README.md).
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const fmt = (n, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : 'n/a');
+const verdict = (ok) => (ok ? 'met' : 'MISSED');
+
+function table(headers, rows) {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
+  return [line(headers), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+/** Summary numbers used by the table and by callers that check targets. */
+export function summarize(report) {
+  const b = report.runs.baseline;
+  const s = report.runs.sidecar;
+  const lat = Object.fromEntries(report.latency.map((l) => [l.name, l]));
+  return {
+    baseline: { rps: median(b.map((r) => r.rps)), p50: median(b.map((r) => r.p50)), p99: median(b.map((r) => r.p99)) },
+    sidecar: { rps: median(s.map((r) => r.rps)), p50: median(s.map((r) => r.p50)), p99: median(s.map((r) => r.p99)) },
+    rpsRatio: median(s.map((r) => r.rps)) / median(b.map((r) => r.rps)),
+    perHop: {
+      sidecar: { p50: (lat.sidecar.p50 - lat.direct.p50) / 2, p99: (lat.sidecar.p99 - lat.direct.p99) / 2 },
+      baseline: { p50: (lat.baseline.p50 - lat.direct.p50) / 2, p99: (lat.baseline.p99 - lat.direct.p99) / 2 },
+    },
+    errors: [...b, ...s].reduce((n, r) => n + r.non2xx, 0),
+  };
+}
+
+export function printReport(report) {
+  const sum = summarize(report);
+  const { settings, machine } = report;
+  const out = [];
+  out.push(`\nMachine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.platform}; run took ${report.seconds} s`);
+  out.push(`NODE_OPTIONS for every process: ${settings.nodeOptions ? `"${settings.nodeOptions}"` : "(none: Node's defaults)"}`);
+  out.push(`\nThroughput at ${settings.connections} connections (autocannon, ${settings.rounds} interleaved rounds of ${settings.durationSeconds} s; median of rounds; latency in whole ms as autocannon records it)\n`);
+  out.push(
+    table(
+      ['chain (2 hops)', 'req/s', 'p50 ms', 'p99 ms', 'rounds (req/s)'],
+      ['baseline', 'sidecar'].map((n) => [n, fmt(sum[n].rps), fmt(sum[n].p50, 1), fmt(sum[n].p99, 1), report.runs[n].map((r) => fmt(r.rps)).join(' / ')]),
+    ),
+  );
+  out.push(`\nsidecar/baseline throughput: ${fmt(sum.rpsRatio, 2)}× (target ≥ 0.9: ${verdict(sum.rpsRatio >= 0.9)}; stretch ≥ 1.0: ${verdict(sum.rpsRatio >= 1.0)})`);
+  if (sum.errors) out.push(`WARNING: ${sum.errors} non-2xx responses or errors during load`);
+
+  out.push(`\nUnloaded latency (1 keep-alive connection, ${settings.samples} sequential requests per target, interleaved; µs)\n`);
+  out.push(table(['target', 'p50 µs', 'p99 µs', 'mean µs'], report.latency.map((l) => [l.name === 'direct' ? 'app direct' : `${l.name} (2 hops)`, fmt(l.p50), fmt(l.p99), fmt(l.mean)])));
+  const ph = sum.perHop;
+  out.push(`\nadded per hop, sidecar:  p50 ${fmt(ph.sidecar.p50 / 1000, 3)} ms (target ≤ 0.25: ${verdict(ph.sidecar.p50 <= 250)}; stretch ≤ 0.15: ${verdict(ph.sidecar.p50 <= 150)}), p99 ${fmt(ph.sidecar.p99 / 1000, 3)} ms (target ≤ 1: ${verdict(ph.sidecar.p99 <= 1000)})`);
+  out.push(`added per hop, baseline: p50 ${fmt(ph.baseline.p50 / 1000, 3)} ms, p99 ${fmt(ph.baseline.p99 / 1000, 3)} ms`);
+
+  out.push('\nPeak RSS per process (VmHWM over the whole run)\n');
+  out.push(
+    table(
+      ['process', 'RSS at rest MiB', 'peak MiB', 'RSS at end MiB'],
+      Object.entries(report.memory).map(([n, m]) => [n, fmt(report.idle?.[n]?.rssMiB, 1), fmt(m.peakMiB, 1), fmt(m.rssMiB, 1)]),
+    ),
+  );
+  const sidecarPeak = Math.max(report.memory['sidecar-outbound'].peakMiB, report.memory['sidecar-inbound'].peakMiB);
+  out.push(`\nsidecar peak RSS ≤ 90 MiB: ${verdict(sidecarPeak <= 90)}; stretch ≤ 60 MiB: ${verdict(sidecarPeak <= 60)}`);
+
+  out.push(`\nIdP requests during the whole run: token ${report.idp.token}, discovery ${report.idp.discovery}, jwks ${report.idp.jwks} (one audience, token lifetime ${settings.tokenTtlSeconds} s: expected exactly 1 token request: ${verdict(report.idp.token === 1)})`);
+
+  if (report.verify) {
+    out.push('\nVerify micro-benchmark (µs per token, one at a time; parallel = 64 in flight)\n');
+    out.push(
+      table(
+        ['alg', 'node:crypto', 'WebCrypto', 'jose jwtVerify (cold)', 'verified-token cache hit', 'jose parallel, threadpool 1', 'jose parallel, threadpool 4'],
+        report.verify.rows.map((r) => [r.alg, fmt(r.nodeCrypto, 1), fmt(r.webCrypto, 1), fmt(r.jose, 1), fmt(r.cacheHit, 2), fmt(r.parallel1, 1), fmt(r.parallel4, 1)]),
+      ),
+    );
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+}

@@ -1,0 +1,163 @@
+// `npm run bench`: the data-plane benchmark. Starts on loopback a fast app, a plain two-hop node/undici proxy
+// chain (baseline) and the sidecar chain (outbound sidecar with a cached token → inbound sidecar verifying and
+// applying a rule → app), loads each with autocannon in interleaved rounds, probes unloaded latency, samples
+// peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
+// Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000),
+// BENCH_NODE_OPTIONS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startBenchIdp } from './lib/idp.js';
+import { latencyProbe, loadRun } from './lib/load.js';
+import { memoryOf, startNode } from './lib/procs.js';
+import { printReport } from './lib/report.js';
+import { runVerifyMicro } from './lib/verify-runner.js';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const BIN = resolve(here, '../bin/oidc-sidecar.js');
+const env = (name, dflt) => Number(process.env[name] ?? dflt);
+const settings = {
+  connections: env('BENCH_CONNECTIONS', 32),
+  durationSeconds: env('BENCH_DURATION', 8),
+  rounds: env('BENCH_ROUNDS', 3),
+  samples: env('BENCH_SAMPLES', 3000),
+  tokenTtlSeconds: 3600,
+  // Every Node process of the run (app, baseline hops, sidecars) gets the same flags: by default the ones the
+  // container image sets (Dockerfile ENV NODE_OPTIONS); BENCH_NODE_OPTIONS="" measures Node's defaults.
+  nodeOptions: process.env.BENCH_NODE_OPTIONS ?? '--max-semi-space-size=4',
+};
+const childEnv = { NODE_OPTIONS: settings.nodeOptions };
+
+const listening = (l) => typeof l.listening === 'number';
+const procs = [];
+async function node(name, args, opts = {}) {
+  const p = await startNode(args, { name, ready: listening, env: childEnv, ...opts });
+  procs.push(p);
+  return { ...p, port: p.line.listening };
+}
+
+async function sidecar(name, config) {
+  const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-bench-'));
+  const path = join(dir, `${name}.json`);
+  writeFileSync(path, JSON.stringify(config, null, 2));
+  // BENCH_CPU_PROF_DIR=dir: each sidecar writes a V8 CPU profile there when it exits (open in Chrome DevTools).
+  const prof = process.env.BENCH_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF_DIR}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
+  const p = await startNode([...prof, BIN, 'run', '--config', path], { name, env: childEnv, ready: (l) => l.event === 'started' });
+  procs.push(p);
+  const a = p.line.addresses;
+  const port = (addr) => (addr ? Number(addr.slice(addr.lastIndexOf(':') + 1)) : undefined);
+  const admin = `http://127.0.0.1:${port(a.admin)}`;
+  for (let i = 0; ; i++) {
+    const r = await fetch(`${admin}/readyz`).catch(() => undefined);
+    if (r?.status === 200) break;
+    if (i > 200) throw new Error(`${name} not ready:\n${p.output()}`);
+    await new Promise((r2) => setTimeout(r2, 50));
+  }
+  return { ...p, admin, inbound: port(a.inbound), outbound: port(a.outbound) };
+}
+
+async function main() {
+  const started = Date.now();
+  const idp = await startBenchIdp({ clientId: 'bench-client', clientSecret: 'bench-client-secret', ttlSeconds: settings.tokenTtlSeconds });
+  const app = await node('app', [join(here, 'apps/upstream.js')]);
+  const appUrl = `http://127.0.0.1:${app.port}`;
+
+  const hop2 = await node('baseline-hop2', [join(here, 'apps/baseline-proxy.js'), appUrl]);
+  const hop1 = await node('baseline-hop1', [join(here, 'apps/baseline-proxy.js'), `http://127.0.0.1:${hop2.port}`]);
+
+  const common = { log: { level: 'info' }, lifecycle: { watchConfig: false }, admin: { listen: '127.0.0.1:0' } };
+  const inbound = await sidecar('sidecar-inbound', {
+    service: 'bench-app',
+    ...common,
+    inbound: {
+      listen: '127.0.0.1:0',
+      target: appUrl,
+      audience: 'bench-app',
+      issuers: [{ issuer: idp.issuer }],
+      rules: [{ match: { path: '/**' }, allow: [{ sub: 'bench-client' }] }],
+    },
+  });
+  const outbound = await sidecar('sidecar-outbound', {
+    service: 'bench-client',
+    ...common,
+    outbound: {
+      listen: '127.0.0.1:0',
+      tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'bench-client', clientSecret: 'bench-client-secret' },
+      routes: [{ host: 'app', target: `http://127.0.0.1:${inbound.inbound}`, audience: 'bench-app' }],
+    },
+  });
+
+  // Resident memory after startup, before any load: what the sidecars cost at rest.
+  const idle = {
+    'sidecar-outbound': memoryOf(outbound.pid),
+    'sidecar-inbound': memoryOf(inbound.pid),
+    'baseline-hop1': memoryOf(hop1.pid),
+    'baseline-hop2': memoryOf(hop2.pid),
+  };
+
+  const chains = {
+    baseline: { url: `http://127.0.0.1:${hop1.port}/bench`, host: 'app' },
+    sidecar: { url: `http://127.0.0.1:${outbound.outbound}/bench`, host: 'app' },
+  };
+  const runs = { baseline: [], sidecar: [] };
+  const load = (name, durationSeconds = settings.durationSeconds) => loadRun({ ...chains[name], connections: settings.connections, durationSeconds });
+
+  process.stderr.write(`warming up (${settings.connections} connections)...\n`);
+  await load('baseline', 2);
+  await load('sidecar', 2);
+  for (let r = 0; r < settings.rounds; r++) {
+    // Interleaved, alternating which chain goes first, so machine drift does not favour one.
+    const order = r % 2 === 0 ? ['baseline', 'sidecar'] : ['sidecar', 'baseline'];
+    for (const name of order) {
+      const res = await load(name);
+      runs[name].push(res);
+      process.stderr.write(`round ${r + 1}/${settings.rounds} ${name}: ${Math.round(res.rps)} rps, p50 ${res.p50} ms, p99 ${res.p99} ms${res.non2xx ? `, ${res.non2xx} non-2xx/errors` : ''}\n`);
+    }
+  }
+
+  process.stderr.write(`latency probe (${settings.samples} sequential requests per target, interleaved)...\n`);
+  const latency = await latencyProbe(
+    [
+      { name: 'direct', port: app.port, host: 'app' },
+      { name: 'baseline', port: hop1.port, host: 'app' },
+      { name: 'sidecar', port: outbound.outbound, host: 'app' },
+    ],
+    { samples: settings.samples, warmup: Math.ceil(settings.samples / 10) },
+  );
+
+  const memory = {
+    'sidecar-outbound': memoryOf(outbound.pid),
+    'sidecar-inbound': memoryOf(inbound.pid),
+    'baseline-hop1': memoryOf(hop1.pid),
+    'baseline-hop2': memoryOf(hop2.pid),
+  };
+  const idpCounts = { ...idp.counts };
+
+  for (const p of procs.reverse()) await p.stop();
+  await idp.close();
+
+  process.stderr.write('verify micro-benchmark...\n');
+  const verify = await runVerifyMicro();
+
+  const report = {
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), node: process.version, platform: `${process.platform} ${process.arch}` },
+    settings,
+    runs,
+    latency,
+    memory,
+    idle,
+    idp: idpCounts,
+    verify,
+    seconds: Math.round((Date.now() - started) / 1000),
+  };
+  mkdirSync(resolve(here, '../.bench-out'), { recursive: true });
+  writeFileSync(resolve(here, '../.bench-out/last.json'), JSON.stringify(report, null, 2));
+  printReport(report);
+}
+
+main().catch(async (err) => {
+  process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
+  for (const p of procs) await p.stop().catch(() => {});
+  process.exit(1);
+});
