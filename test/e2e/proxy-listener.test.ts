@@ -1,0 +1,162 @@
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-listener-'));
+
+/** A self-signed certificate for 127.0.0.1 made with the openssl CLI. */
+function selfSigned(name: string): { cert: string; key: string; pem: string } {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+    '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`, '-addext', 'subjectAltName=IP:127.0.0.1',
+  ], { stdio: 'ignore' });
+  return { cert, key, pem: readFileSync(cert, 'utf8') };
+}
+
+/** Raw bytes over TLS; resolves with everything the server sent until it closed. */
+function rawTls(port: number, ca: string, bytes: string, opts: { keepOpenFor?: (s: TLSSocket) => Promise<void> } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ port, host: '127.0.0.1', ca, servername: undefined }, () => {
+      s.write(bytes);
+      void opts.keepOpenFor?.(s);
+    });
+    let text = '';
+    s.on('data', (d) => (text += d.toString('latin1')));
+    s.on('error', reject);
+    s.on('close', () => resolve(text));
+  });
+}
+
+function httpsGet(url: string, ca: string): Promise<{ status: number; cn: string; body: any }> {
+  return new Promise((resolve, reject) => {
+    httpsRequest(url, { ca, agent: false }, (res) => {
+      let t = '';
+      res.on('data', (d) => (t += d));
+      res.on('end', () => resolve({ status: res.statusCode!, cn: String((res.socket as TLSSocket).getPeerCertificate().subject.CN), body: JSON.parse(t) }));
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
+/**
+ * The inbound listener as users run it (the CLI): HTTPS with a certificate
+ * reloaded on change, and the limits config keys enforced with the right 4xx.
+ */
+describe('inbound listener: TLS and limits through the CLI', () => {
+  let idp: TestIdp;
+  let app: UpstreamApp;
+  let sidecar: SidecarProcess;
+  let port: number;
+  const first = selfSigned('sidecar-a');
+  const second = selfSigned('sidecar-b');
+  const live = { certFile: join(dir, 'tls.crt'), keyFile: join(dir, 'tls.key') };
+
+  beforeAll(async () => {
+    copyFileSync(first.cert, live.certFile);
+    copyFileSync(first.key, live.keyFile);
+    idp = await startIdp();
+    app = await startUpstream();
+    sidecar = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      limits: { maxHeaderCount: 30, maxHeaderBytes: 4096, headersTimeoutSeconds: 1, requestTimeoutSeconds: 10 },
+      inbound: {
+        target: app.url,
+        audience: 'orders',
+        issuers: [{ issuer: idp.issuer }],
+        tls: live,
+        rules: [
+          { match: { path: '/public/**' }, public: true },
+          { match: { path: '/**' }, allow: [{ sub: 'orders' }] },
+        ],
+      },
+    });
+    port = Number(new URL(sidecar.inbound!).port);
+  });
+  afterAll(async () => {
+    await sidecar?.stop();
+    await app?.close();
+    await idp?.close();
+  });
+
+  it('serves HTTPS and tells the app the original scheme', async () => {
+    const res = await httpsGet(`https://127.0.0.1:${port}/public/hello`, first.pem);
+    expect(res.status).toBe(200);
+    expect(res.cn).toBe('sidecar-a');
+    expect(res.body.headers['x-forwarded-proto']).toBe('https');
+  });
+
+  it('refuses more headers than limits.maxHeaderCount with 431 and never calls the app', async () => {
+    const before = app.seen.length;
+    let extra = '';
+    for (let i = 0; i < 30; i++) extra += `X-Filler-${i}: x\r\n`;
+    const answer = await rawTls(port, first.pem, `GET /public/many HTTP/1.1\r\nHost: orders\r\n${extra}\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+    expect(answer).toContain('"reason":"too_many_headers"');
+    expect(app.seen.length).toBe(before);
+  });
+
+  it('refuses a header block over limits.maxHeaderBytes with 431', async () => {
+    const answer = await rawTls(port, first.pem, `GET /public/big HTTP/1.1\r\nHost: orders\r\nX-Big: ${'b'.repeat(5000)}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+    expect(answer).toContain('"reason":"headers_too_large"');
+  });
+
+  it('answers a slowloris client with 408 after limits.headersTimeoutSeconds while serving others', async () => {
+    let servedMeanwhile = 0;
+    const answer = await rawTls(port, first.pem, 'GET /public/slow HTTP/1.1\r\nHost: orders\r\nX-Slow: ', {
+      keepOpenFor: async () => {
+        servedMeanwhile = (await httpsGet(`https://127.0.0.1:${port}/public/meanwhile`, first.pem)).status;
+      },
+    });
+    expect(servedMeanwhile).toBe(200);
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+    expect(answer).toContain('"reason":"request_timeout"');
+  });
+
+  it('picks up a renewed certificate without a restart', async () => {
+    copyFileSync(second.key, live.keyFile);
+    copyFileSync(second.cert, live.certFile);
+    await sidecar.waitForLog((l) => l.event === 'tls_reloaded');
+    let cn = '';
+    for (let i = 0; i < 50 && cn !== 'sidecar-b'; i++) {
+      cn = (await httpsGet(`https://127.0.0.1:${port}/public/renewed`, second.pem).catch(() => ({ cn: '' }))).cn;
+      if (cn !== 'sidecar-b') await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(cn).toBe('sidecar-b');
+    expect(sidecar.output()).not.toContain('PRIVATE KEY');
+  });
+});
+
+describe('inbound TLS misconfiguration', () => {
+  it('refuses to start with an unreadable key file: one clear line, exit 1, no stack trace', async () => {
+    const a = selfSigned('broken');
+    const config = writeConfig({
+      service: 'orders',
+      lifecycle: { watchConfig: false },
+      admin: { listen: '127.0.0.1:0' },
+      inbound: {
+        listen: '127.0.0.1:0',
+        target: 'http://127.0.0.1:9',
+        audience: 'orders',
+        issuers: [{ issuer: 'http://127.0.0.1:9' }],
+        tls: { certFile: a.cert, keyFile: join(dir, 'missing.key') },
+      },
+    });
+    const r = await runCli(['run', '--config', config]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/inbound\.tls\.keyFile: cannot read ".*missing\.key": ENOENT/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+});
