@@ -110,7 +110,8 @@ describe('fuzz end to end: random and mutated requests through the CLI-started s
           return;
         }
         // Not public: must be a seed the IdP signed, unchanged in its signed bytes, whose subject the rule allows.
-        const seed = seeds.find((s) => token !== undefined && sameSignedToken(token, s.token));
+        // Spaces between the scheme and the token are allowed (RFC 9110 §11.4: 1*SP), so compare what follows them.
+        const seed = seeds.find((s) => token !== undefined && sameSignedToken(token.replace(/^[ \t]+/, ''), s.token));
         expect(seed, `allowed an unsigned or altered credential on ${path}: ${value?.slice(0, 120)}`).toBeDefined();
         const allowed = path.startsWith('/admin') ? seed!.sub === 'deployer' : path.startsWith('/api') && ['orders', 'deployer'].includes(seed!.sub);
         expect(allowed, `${seed!.sub} allowed on ${path}`).toBe(true);

@@ -1,5 +1,5 @@
 import { describe, expect, it, type TestContext } from 'vitest';
-import { bearerRequest, flushLogs, rawExchange, rawRequestBytes, startRecordingApp, tokenLeaks } from '../support/attacks.js';
+import { bearerRequest, flushLogs, rawExchange, rawRequestBytes, signRaw, startRecordingApp, tokenLeaks } from '../support/attacks.js';
 import { startIdp, type DownMode, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { signToken, tamperHeader, testKeyPair } from '../support/tokens.js';
@@ -211,5 +211,23 @@ describe('key rotation with the verified-token cache in play', () => {
     expect(app.requests).toHaveLength(2 + 1 + 1 + (trail.length - 1) + 1);
     await flushLogs(sidecar);
     expect(tokenLeaks(sidecar.output(), [old, fresh, newest, forgedWithOldKid])).toEqual([]);
+  });
+
+  it('emergency withdrawal of a stolen key: it keeps passing until the next refresh (the documented window), and SIGHUP closes the window at once', async (ctx) => {
+    const { idp, sidecar } = await setup(ctx, {}); // default jwks.refreshIntervalSeconds: 300
+    const stolen = idp.signingKeys[0]!;
+    const now = Math.floor(Date.now() / 1000);
+    const minted = signRaw({ alg: stolen.alg, typ: 'at+jwt', kid: stolen.kid }, { iss: idp.issuer, sub: 'deployer', aud: 'orders', iat: now, exp: now + 300 }, stolen.private);
+    expect((await probe(sidecar, 'stolen', minted)).status).toBe(200);
+
+    await idp.rotateKeys({ keepOld: false });
+    // The IdP no longer publishes the key, but nothing tells the sidecar before its next refresh: the window SECURITY.md describes.
+    const another = signRaw({ alg: stolen.alg, typ: 'at+jwt', kid: stolen.kid }, { iss: idp.issuer, sub: 'deployer', aud: 'orders', iat: now, exp: now + 301 }, stolen.private);
+    expect((await probe(sidecar, 'stolen, still in the window', another)).status).toBe(200);
+
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    for (const t of [minted, another]) expect(await probe(sidecar, 'stolen after SIGHUP', t)).toMatchObject({ status: 401, reason: 'unknown_key' });
+    expect((await probe(sidecar, 'new key', await idp.getToken('orders', 'orders'))).status).toBe(200);
   });
 });
