@@ -4,7 +4,7 @@
 // peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
 // Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000),
 // BENCH_NODE_OPTIONS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +31,7 @@ const childEnv = { NODE_OPTIONS: settings.nodeOptions };
 
 const listening = (l) => typeof l.listening === 'number';
 const procs = [];
+const tempDirs = [];
 async function node(name, args, opts = {}) {
   const p = await startNode(args, { name, ready: listening, env: childEnv, ...opts });
   procs.push(p);
@@ -39,6 +40,7 @@ async function node(name, args, opts = {}) {
 
 async function sidecar(name, config) {
   const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-bench-'));
+  tempDirs.push(dir);
   const path = join(dir, `${name}.json`);
   writeFileSync(path, JSON.stringify(config, null, 2));
   // BENCH_CPU_PROF_DIR=dir: each sidecar writes a V8 CPU profile there when it exits (open in Chrome DevTools).
@@ -136,6 +138,7 @@ async function main() {
 
   for (const p of procs.reverse()) await p.stop();
   await idp.close();
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
 
   process.stderr.write('verify micro-benchmark...\n');
   const verify = await runVerifyMicro();
@@ -159,5 +162,6 @@ async function main() {
 main().catch(async (err) => {
   process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
   for (const p of procs) await p.stop().catch(() => {});
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
   process.exit(1);
 });
