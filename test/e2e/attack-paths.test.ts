@@ -123,8 +123,9 @@ describe('path tricks never reach the app under a more permissive rule than the 
         const headers: [string, string][] = [['Host', 'orders'], ...(token ? [['Authorization', `Bearer ${token}`] as [string, string]] : [])];
         const bytes = rawRequestBytes(target, headers, { method });
         const label = `${caller} ${method} ${target}`;
+        const secrets = token ? [token] : [];
         if (canonical === 'bad_path') {
-          await expectRefused(sidecar, app, label, bytes, { status: 400, reason: 'bad_path' });
+          await expectRefused(sidecar, app, label, bytes, { status: 400, reason: 'bad_path' }, secrets);
           continue;
         }
         const want = expected(rule, caller);
@@ -137,7 +138,7 @@ describe('path tricks never reach the app under a more permissive rule than the 
           // A verified caller arrives with its identity; a public route never carries one the caller made up.
           expect(seen[0]!.headers['x-peer-sub'], label).toBe(rule === 'public' || rule === 'healthz' ? undefined : caller);
         } else {
-          await expectRefused(sidecar, app, label, bytes, want);
+          await expectRefused(sidecar, app, label, bytes, want, secrets);
         }
       }
     });
