@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Metrics } from '../admin/metrics.js';
 import type { Clock } from '../clock.js';
@@ -40,7 +40,8 @@ export function createVerifyCache<T>(opts: VerifyCacheOptions): VerifyCache<T> {
     return { get: () => undefined, set: () => {}, size: 0 };
   }
   const lru = new LRUCache<string, CacheEntry<T>>({ max: opts.maxEntries });
-  const keyOf = (token: string) => createHash('sha256').update(token).digest('base64url');
+  // One-shot hash: no Hash object (a native handle) per request on the hot path.
+  const keyOf = (token: string) => hash('sha256', token, 'base64url');
   return {
     get(token, isCurrent) {
       const key = keyOf(token);
