@@ -1,6 +1,11 @@
 import type { ConfigIssue } from '../errors.js';
 
-const PLACEHOLDER = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+/**
+ * `$${` (an escaped, literal `${`) or a `${VAR}` / `${VAR:-default}` placeholder.
+ * Both alternatives are matched in one left-to-right pass, so an escape never
+ * needs a stand-in character that a config value could itself contain.
+ */
+const PLACEHOLDER = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 
 /**
  * Replaces `${VAR}` and `${VAR:-default}` in every string value of a parsed
@@ -30,15 +35,15 @@ export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: Con
 
 function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[]): string {
   if (!s.includes('${')) return s;
-  const ESCAPED = '\u0000';
-  const replaced = s.replaceAll('$${', ESCAPED).replace(PLACEHOLDER, (_m, name: string, fallback: string | undefined) => {
+  return s.replace(PLACEHOLDER, (_match, name: string | undefined, fallback: string | undefined) => {
+    if (name === undefined) return '${';
     const value = env[name];
     if (value !== undefined && value !== '') return value;
-    if (fallback !== undefined) return fallback;
+    // A default may itself hold an escaped `$${` (it cannot hold a `}`), e.g. `${A:-$${B}}` gives `${B}`.
+    if (fallback !== undefined) return fallback.replaceAll('$${', '${');
     issues.push({ path: path.join('.'), message: `environment variable ${name} is not set (use \${${name}:-default} for a default)` });
     return '';
   });
-  return replaced.replaceAll(ESCAPED, '${');
 }
 
 /**

@@ -149,6 +149,13 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default)']);
   });
 
+  it('keeps a literal NUL next to ${VAR} and $${VAR} (no placeholder character stands in for the escape)', () => {
+    const p = tmpFile('nul.json', JSON.stringify({ ...minimalInbound, service: 'a\u0000b-${SVC}-$${LIT}-\u0000' }));
+    expect(loadConfig([p], { SVC: 'orders' }).service).toBe('a\u0000b-orders-${LIT}-\u0000');
+    const q = tmpFile('esc.json', JSON.stringify({ ...minimalInbound, service: '$$${SVC}|$${X:-y}|${UNSET:-$${Z}}|$${' }));
+    expect(loadConfig([q], { SVC: 'orders' }).service).toBe('$${SVC}|${X:-y}|${Z}|${');
+  });
+
   it('deep-merges overlays in order; arrays replace; null removes', () => {
     const base = tmpFile('base.yaml', 'service: orders\ninbound:\n  target: http://127.0.0.1:1\n  audience: [a, b]\n  issuers: [{ issuer: "https://one" }]\n  clockSkewSeconds: 10\noutbound:\n  tokenSource: { type: env, variable: T }\n');
     const overlay = tmpFile('ns.json', JSON.stringify({ inbound: { audience: ['c'], clockSkewSeconds: 5 }, outbound: null }));
