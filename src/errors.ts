@@ -27,15 +27,12 @@ export type InboundReason = (typeof INBOUND_REASONS)[number];
 export class SidecarError extends Error {
   readonly code: string;
   readonly status: number;
-  /** Whether `message` may be shown to a remote caller (never for internals). */
-  readonly expose: boolean;
 
-  constructor(code: string, message: string, status: number, expose = true, options?: { cause?: unknown }) {
+  constructor(code: string, message: string, status: number, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
     this.code = code;
     this.status = status;
-    this.expose = expose;
   }
 }
 
@@ -43,7 +40,7 @@ export class SidecarError extends Error {
 export class TokenRejectedError extends SidecarError {
   declare readonly code: InboundReason;
   constructor(reason: InboundReason, message: string, options?: { cause?: unknown }) {
-    super(reason, message, 401, true, options);
+    super(reason, message, 401, options);
   }
 }
 
@@ -57,7 +54,7 @@ export class PolicyDeniedError extends SidecarError {
 /** The issuer's keys cannot be obtained, so the token cannot be judged: 503, never a pass. */
 export class KeysUnavailableError extends SidecarError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('keys_unavailable', message, 503, true, options);
+    super('keys_unavailable', message, 503, options);
   }
 }
 
@@ -73,7 +70,7 @@ export class TokenUnavailableError extends SidecarError {
   /** The OAuth `error` from the IdP (RFC 6749 §5.2), when it sent one. */
   readonly oauthError: string | undefined;
   constructor(message: string, oauthError?: string, options?: { cause?: unknown }) {
-    super('token_unavailable', message, 503, true, options);
+    super('token_unavailable', message, 503, options);
     this.oauthError = oauthError;
   }
 }
@@ -81,7 +78,7 @@ export class TokenUnavailableError extends SidecarError {
 /** Upstream (the app or the peer sidecar) could not be reached or answered too slowly. */
 export class UpstreamError extends SidecarError {
   constructor(code: 'upstream_connect_failed' | 'upstream_timeout' | 'upstream_reset', message: string, options?: { cause?: unknown }) {
-    super(code, message, code === 'upstream_timeout' ? 504 : 502, true, options);
+    super(code, message, code === 'upstream_timeout' ? 504 : 502, options);
   }
 }
 
@@ -95,7 +92,7 @@ export interface ConfigIssue {
 export class ConfigError extends SidecarError {
   readonly issues: readonly ConfigIssue[];
   constructor(issues: ConfigIssue[]) {
-    super('invalid_config', issues.map(formatIssue).join('\n'), 1, false);
+    super('invalid_config', issues.map(formatIssue).join('\n'), 1);
     this.issues = issues;
   }
 }
@@ -109,7 +106,7 @@ export class UsageError extends SidecarError {
   /** True when yargs rejected the command line (then --help is worth pointing at). */
   readonly fromParser: boolean;
   constructor(message: string, fromParser = false) {
-    super('usage', message, 1, false);
+    super('usage', message, 1);
     this.fromParser = fromParser;
   }
 }

@@ -53,6 +53,6 @@ export function rejectionResponse(err: SidecarError): RejectionResponse {
 /** An unexpected failure while deciding: answered 500 and counted, never let through. */
 export class InternalError extends SidecarError {
   constructor(cause: unknown) {
-    super('internal_error', 'internal error while authorizing', 500, false, { cause });
+    super('internal_error', 'internal error while authorizing', 500, { cause });
   }
 }

@@ -27,7 +27,7 @@ export class IdpHttpError extends SidecarError {
   /** The parsed JSON body of an error response, if any (OAuth errors, RFC 6749 §5.2). */
   readonly body: unknown;
   constructor(code: string, message: string, httpStatus?: number, body?: unknown, options?: { cause?: unknown }) {
-    super(code, message, 503, true, options);
+    super(code, message, 503, options);
     this.httpStatus = httpStatus;
     this.body = body;
   }

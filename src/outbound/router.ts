@@ -1,5 +1,5 @@
 import type { RouteConfig } from '../config/schema.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, RouteNotFoundError, type SidecarError } from '../errors.js';
 
 /** A host and port as a request named them; `host` is lower-case, IPv6 in brackets. */
 export interface Authority {
@@ -51,6 +51,7 @@ export function routeTarget(route: RouteConfig): Target {
 }
 
 const reject = (status: number, reason: string, message: string): Resolution => ({ kind: 'reject', status, reason, message });
+const rejectWith = (err: SidecarError): Resolution => reject(err.status, err.code, err.message);
 
 /**
  * Outbound routing by host. A route host with a port matches only that port;
@@ -77,7 +78,7 @@ export function createRouter(routes: readonly RouteConfig[], unknownHosts: 'deny
       return { kind: 'route', route, target, path: target.basePath + path, authority };
     }
     if (unknownHosts === 'passthrough') return { kind: 'passthrough', target: { origin: `${scheme}://${authority}`, basePath: '' }, path, authority };
-    return reject(403, 'no_route', `no outbound route for host "${authority}"`);
+    return rejectWith(new RouteNotFoundError(authority));
   };
 
   return {

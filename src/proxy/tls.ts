@@ -17,7 +17,7 @@ export interface TlsMaterial {
 /** The inbound certificate or key cannot be read or do not form a usable pair. */
 export class TlsConfigError extends SidecarError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('tls_invalid', message, 1, false, options);
+    super('tls_invalid', message, 1, options);
   }
 }
 

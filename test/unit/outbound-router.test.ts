@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
+import { RouteNotFoundError, SidecarError, TokenRejectedError } from '../../src/errors.js';
 import { createRouter, parseAuthority } from '../../src/outbound/router.js';
 
 function routesOf(routes: Array<Record<string, unknown>>, unknownHosts: 'deny' | 'passthrough' = 'deny') {
@@ -40,6 +41,18 @@ describe('outbound router', () => {
     expect(router.resolve('/x', 'ledger:8443')).toMatchObject({ kind: 'route', route: ledger, target: { origin: 'http://ledger:8443' } });
     expect(router.resolve('/x', 'ledger')).toMatchObject({ kind: 'reject', status: 403, reason: 'no_route' });
     expect(router.resolve('http://ledger:8444/x', undefined)).toMatchObject({ kind: 'reject', reason: 'no_route' });
+  });
+
+  it('refuses an unknown host with exactly RouteNotFoundError (403 no_route, the same message)', () => {
+    const err = new RouteNotFoundError('ledger');
+    expect(err).toMatchObject({ code: 'no_route', status: 403, message: 'no outbound route for host "ledger"' });
+    expect(router.resolve('/x', 'Ledger')).toEqual({ kind: 'reject', status: err.status, reason: err.code, message: err.message });
+    // The error classes carry code and status only: no unread flags, and the cause is kept.
+    const cause = new Error('inner');
+    const rejected = new TokenRejectedError('expired', 'the token has expired', { cause });
+    expect(rejected).toBeInstanceOf(SidecarError);
+    expect(rejected.cause).toBe(cause);
+    expect(Object.keys(rejected).sort()).toEqual(['code', 'name', 'status']);
   });
 
   it('matches hosts exactly: no suffix, prefix or trailing-dot tricks', () => {
