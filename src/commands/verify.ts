@@ -62,7 +62,8 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         const decision = await authorizer.authorize({
           method: (argv.method ?? 'GET').toUpperCase(),
           url: path,
-          rawHeaders: token ? ['authorization', `Bearer ${token}`] : [],
+          // The header the inbound listener reads the token from (`inbound.tokenHeader`), as a caller would send it.
+          rawHeaders: token ? [config.inbound.tokenHeader, `Bearer ${token}`] : [],
         });
         const rule = decision.rule ? `#${decision.rule.index} ${decision.rule.methods ? [...decision.rule.methods].join(',') : '*'} ${decision.rule.pattern}` : undefined;
         const result = {

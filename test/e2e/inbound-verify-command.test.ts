@@ -76,6 +76,20 @@ describe('oidc-sidecar verify', () => {
     expect(JSON.parse(pub.stdout)).toMatchObject({ decision: 'allow', reason: 'public' });
   });
 
+  it('reads the token as the configured inbound.tokenHeader carries it (x-workload-token)', async () => {
+    const custom = writeConfig({
+      service: 'orders',
+      inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: idp.issuer }], tokenHeader: 'x-workload-token' },
+    });
+    const token = await idp.getToken('orders', 'orders');
+    const ok = await runCli(['verify', '--config', custom, '--token', token, '--json']);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ decision: 'allow', reason: 'ok', claims: { sub: 'orders' } });
+    const forged = await runCli(['verify', '--config', custom, '--json'], { input: corruptSignature(token) });
+    expect(forged.code).toBe(1);
+    expect(JSON.parse(forged.stdout)).toMatchObject({ decision: 'reject', reason: 'bad_signature' });
+  });
+
   it('IdP unreachable: one clear line, keys_unavailable, exit 1', async () => {
     const dead: Server = createServer((_req, res) => res.writeHead(503).end());
     await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
