@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Dispatcher } from 'undici';
 import type { LimitsConfig } from '../config/schema.js';
+import { createDeadlineWatch } from './deadline.js';
 import { Pool } from './undici-core.js';
 
 export interface UpstreamPools {
@@ -12,37 +13,47 @@ export interface UpstreamPools {
   destroy(): Promise<void>;
 }
 
-/** One undici Pool per upstream origin, sized and timed from `limits`. Whoever creates it closes it. */
+/**
+ * One undici Pool per upstream origin, sized and timed from `limits`. Whoever
+ * creates it closes it. The upstream timeout (`limits.upstreamTimeoutSeconds`
+ * for the response headers and between body chunks) is kept by one shared
+ * deadline watch (src/proxy/deadline.ts) rather than undici's per-request
+ * timers, which cost memory at proxy request rates.
+ */
 export function createUpstreamPools(limits: LimitsConfig): UpstreamPools {
-  const pools = new Map<string, Pool>();
+  const pools = new Map<string, { pool: Pool; dispatcher: Dispatcher }>();
+  const deadlines = createDeadlineWatch(limits.upstreamTimeoutSeconds * 1000);
   return {
     get(origin, caFile) {
       const key = caFile ? `${origin}|${caFile}` : origin;
-      let pool = pools.get(key);
-      if (!pool) {
-        pool = new Pool(origin, {
+      let entry = pools.get(key);
+      if (!entry) {
+        const pool = new Pool(origin, {
           connections: limits.upstreamConnections,
           pipelining: 1,
           connect: {
             timeout: limits.upstreamConnectTimeoutSeconds * 1000,
             ...(caFile ? { ca: readFileSync(caFile) } : {}),
           },
-          headersTimeout: limits.upstreamTimeoutSeconds * 1000,
-          // Bodies may legitimately stream for a long time; the per-read idle cap is the upstream timeout.
-          bodyTimeout: limits.upstreamTimeoutSeconds * 1000,
+          // 0 = off: the deadline watch enforces limits.upstreamTimeoutSeconds instead.
+          headersTimeout: 0,
+          bodyTimeout: 0,
           keepAliveTimeout: 4_000,
         });
-        pools.set(key, pool);
+        entry = { pool, dispatcher: pool.compose(deadlines.interceptor) };
+        pools.set(key, entry);
       }
-      return pool;
+      return entry.dispatcher;
     },
     async close() {
-      await Promise.all([...pools.values()].map((p) => p.close()));
+      await Promise.all([...pools.values()].map((p) => p.pool.close()));
       pools.clear();
+      deadlines.close();
     },
     async destroy() {
-      await Promise.all([...pools.values()].map((p) => p.destroy()));
+      await Promise.all([...pools.values()].map((p) => p.pool.destroy()));
       pools.clear();
+      deadlines.close();
     },
   };
 }

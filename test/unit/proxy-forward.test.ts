@@ -364,6 +364,50 @@ describe('forward(): upstream failures', () => {
     expect(proxy.errors).toEqual(['upstream_timeout']);
   });
 
+  it('cuts the client connection when the upstream stalls mid-body longer than the upstream timeout, and aborts the upstream request', async () => {
+    let upstreamAborted: Promise<boolean> | undefined;
+    const app = await rawApp((_req, res) => {
+      upstreamAborted = new Promise((resolve) => res.on('close', () => resolve(!res.writableFinished)));
+      res.writeHead(200, { 'content-length': 1000 });
+      res.write('first part'); // ...and then nothing more
+    });
+    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.3 } });
+    const outcome = await new Promise<{ status: number; body: string; complete: boolean }>((resolve) => {
+      httpRequest(`${proxy.url}/stall`, { agent: false }, (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        const done = () => resolve({ status: res.statusCode!, body, complete: res.complete });
+        res.on('close', done);
+        res.on('error', done);
+      })
+        .on('error', () => {})
+        .end();
+    });
+    expect(outcome).toEqual({ status: 200, body: 'first part', complete: false });
+    expect(await upstreamAborted).toBe(true);
+  });
+
+  it('does not count a slow upload against the upstream timeout; the clock starts once the body is sent', async () => {
+    const app = await rawApp((req, res) => {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => res.writeHead(200, { 'content-length': body.length }).end(body));
+    });
+    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.2 } });
+    const s = await rawConnect(proxy.port);
+    cleanups.push(async () => void s.destroy());
+    s.write('POST /slow-upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab');
+    // The upload takes far longer than the upstream timeout, in small pieces.
+    for (const piece of ['cd', 'ef']) {
+      await new Promise((r) => setTimeout(r, 400));
+      s.write(piece);
+    }
+    const res = await readResponse(s);
+    expect(res.status).toBe(200);
+    expect(res.body).toBe('abcdef');
+    expect(proxy.errors).toEqual([]);
+  });
+
   it('answers 502 upstream_reset when the upstream closes the connection before answering', async () => {
     const app = await rawApp((req) => req.socket.destroy());
     const proxy = await proxyTo(app.url);

@@ -1,0 +1,141 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Duplex, Readable } from 'node:stream';
+import type { Dispatcher } from 'undici';
+
+/** The upstream went quiet for longer than allowed. `code` is undici's, so toUpstreamError maps it to 504 upstream_timeout. */
+export class UpstreamDeadlineError extends Error {
+  readonly code: 'UND_ERR_HEADERS_TIMEOUT' | 'UND_ERR_BODY_TIMEOUT';
+  constructor(phase: 'headers' | 'body', timeoutMs: number) {
+    super(phase === 'headers' ? `no response headers within ${timeoutMs} ms` : `no response data for ${timeoutMs} ms`);
+    this.name = 'UpstreamDeadlineError';
+    this.code = phase === 'headers' ? 'UND_ERR_HEADERS_TIMEOUT' : 'UND_ERR_BODY_TIMEOUT';
+  }
+}
+
+export interface DeadlineWatch {
+  /** An undici interceptor: `pool.compose(watch.interceptor)`. */
+  readonly interceptor: Dispatcher.DispatcherComposeInterceptor;
+  /** Requests being watched right now. */
+  readonly size: number;
+  /** Stops the timer; requests still in flight are no longer watched. */
+  close(): void;
+}
+
+/**
+ * Upstream timeouts for every request through a dispatcher, kept by one
+ * shared timer instead of undici's per-request timers. undici's
+ * `headersTimeout`/`bodyTimeout` allocate timer objects per request that
+ * live up to a second; at proxy request rates they are promoted to the old
+ * generation as garbage and added ~8 MiB to a busy sidecar's peak RSS
+ * (docs/performance.md). Here a request is a Set entry and a number.
+ *
+ * Semantics, `timeoutMs` each: once the request body has been sent, the
+ * response headers must arrive; after that, each body chunk must follow the
+ * previous one. A request body still uploading is never cut here (the
+ * client-side request timeout bounds it). Checked every `timeoutMs / 4`
+ * (at most 1 s), so a timeout fires at most that much late.
+ */
+export function createDeadlineWatch(timeoutMs: number): DeadlineWatch {
+  const watched = new Set<DeadlineHandler>();
+  const tickMs = Math.min(1000, Math.max(10, Math.floor(timeoutMs / 4)));
+  let timer: NodeJS.Timeout | undefined;
+
+  const tick = () => {
+    if (watched.size === 0) {
+      clearInterval(timer);
+      timer = undefined;
+      return;
+    }
+    const now = performance.now();
+    for (const h of watched) if (h.deadline <= now) h.expire();
+  };
+
+  const watch = {
+    timeoutMs,
+    add(h: DeadlineHandler) {
+      watched.add(h);
+      timer ??= setInterval(tick, tickMs).unref();
+    },
+    delete(h: DeadlineHandler) {
+      watched.delete(h);
+    },
+  };
+
+  return {
+    interceptor: (dispatch) => (opts, handler) => dispatch(opts, new DeadlineHandler(handler, watch, opts.body)),
+    get size() {
+      return watched.size;
+    },
+    close() {
+      clearInterval(timer);
+      timer = undefined;
+      watched.clear();
+    },
+  };
+}
+
+interface Watch {
+  readonly timeoutMs: number;
+  add(h: DeadlineHandler): void;
+  delete(h: DeadlineHandler): void;
+}
+
+/** Wraps one request's handler: moves its deadline on every sign of upstream life, and aborts it when the deadline passes. */
+class DeadlineHandler implements Dispatcher.DispatchHandler {
+  deadline = Infinity;
+  private phase: 'headers' | 'body' = 'headers';
+  private controller: Dispatcher.DispatchController | undefined;
+
+  constructor(
+    private readonly inner: Dispatcher.DispatchHandler,
+    private readonly watch: Watch,
+    private readonly body: unknown,
+  ) {}
+
+  onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
+    this.controller = controller;
+    const body = this.body as Readable | null | undefined;
+    if (body && typeof body.once === 'function' && !body.readableEnded) {
+      // The headers clock starts when the upload is complete: a large upload is not the upstream being slow.
+      body.once('end', () => {
+        if (this.phase === 'headers') this.deadline = performance.now() + this.watch.timeoutMs;
+      });
+    } else {
+      this.deadline = performance.now() + this.watch.timeoutMs;
+    }
+    this.watch.add(this);
+    this.inner.onRequestStart?.(controller, context);
+  }
+
+  onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
+    this.watch.delete(this);
+    this.inner.onRequestUpgrade?.(controller, statusCode, headers, socket);
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    if (statusCode >= 200) this.phase = 'body';
+    this.deadline = performance.now() + this.watch.timeoutMs;
+    this.inner.onResponseStart?.(controller, statusCode, headers, statusMessage);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.deadline = performance.now() + this.watch.timeoutMs;
+    this.inner.onResponseData?.(controller, chunk);
+  }
+
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
+    this.watch.delete(this);
+    this.inner.onResponseEnd?.(controller, trailers);
+  }
+
+  onResponseError(controller: Dispatcher.DispatchController, err: Error): void {
+    this.watch.delete(this);
+    this.inner.onResponseError?.(controller, err);
+  }
+
+  expire(): void {
+    this.watch.delete(this);
+    this.controller?.abort(new UpstreamDeadlineError(this.phase, this.watch.timeoutMs));
+  }
+}

@@ -1,0 +1,63 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createDeadlineWatch, UpstreamDeadlineError } from '../../src/proxy/deadline.js';
+import { toUpstreamError } from '../../src/proxy/forward.js';
+import { Pool } from '../../src/proxy/undici-core.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function app(handler: Parameters<typeof createServer>[1]): Promise<string> {
+  const server = createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(
+    () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+describe('deadline watch (upstream timeouts without per-request timers)', () => {
+  it('forgets every request once it ends, whatever the outcome', async () => {
+    const origin = await app((req, res) => (req.url === '/reset' ? req.socket.destroy() : res.end('ok')));
+    const watch = createDeadlineWatch(5_000);
+    const pool = new Pool(origin, { headersTimeout: 0, bodyTimeout: 0 });
+    cleanups.push(async () => {
+      await pool.destroy();
+      watch.close();
+    });
+    const dispatcher = pool.compose(watch.interceptor);
+    const results = await Promise.allSettled(
+      Array.from({ length: 50 }, (_, i) => dispatcher.request({ path: i % 5 === 0 ? '/reset' : '/ok', method: 'GET' }).then((r) => r.body.text())),
+    );
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(40);
+    expect(results.filter((r) => r.status === 'rejected')).toHaveLength(10);
+    expect(watch.size).toBe(0);
+  });
+
+  it('aborts a request whose response headers do not come, with an error that maps to 504 upstream_timeout', async () => {
+    const origin = await app(() => {
+      /* never answers */
+    });
+    const watch = createDeadlineWatch(100);
+    const pool = new Pool(origin, { headersTimeout: 0, bodyTimeout: 0 });
+    cleanups.push(async () => {
+      await pool.destroy();
+      watch.close();
+    });
+    const err = await pool
+      .compose(watch.interceptor)
+      .request({ path: '/', method: 'GET' })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UpstreamDeadlineError);
+    expect((err as UpstreamDeadlineError).code).toBe('UND_ERR_HEADERS_TIMEOUT');
+    expect(toUpstreamError(err)).toMatchObject({ code: 'upstream_timeout', status: 504 });
+    expect(watch.size).toBe(0);
+  });
+});
