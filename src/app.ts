@@ -1,11 +1,14 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Config, InboundConfig } from './config/schema.js';
+import { DEFAULTS } from './config/defaults.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
 import { createAdminServer } from './admin/server.js';
 import { systemClock, type Clock } from './clock.js';
-import type { Component, ComponentDeps } from './component.js';
+import type { Component, ComponentDeps, Handover } from './component.js';
+import { SidecarError } from './errors.js';
 import { createInbound } from './inbound/index.js';
+import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
 import { createLimitedServer, formatAddress, listenOn, parseListen, type ListenAddress } from './proxy/listen.js';
@@ -25,9 +28,12 @@ export interface RunningApp {
   readonly addresses: { inbound?: string; outbound?: string; admin: string };
   readonly metrics: Metrics;
   isReady(): boolean;
-  /** Swaps in a new config; listeners whose address is unchanged keep their sockets. */
+  /**
+   * Swaps in a new config; listeners whose address is unchanged keep their sockets, and keys and
+   * tokens carry over where their config is unchanged. All or nothing: on failure nothing changed.
+   */
   reload(next: Config): Promise<void>;
-  /** Stops accepting, lets in-flight requests finish (bounded by the drain timeout), then closes everything. */
+  /** Stops accepting, lets in-flight requests and tunnels finish (bounded by the drain timeout), then closes everything. */
   shutdown(): Promise<void>;
 }
 
@@ -49,12 +55,13 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   const logger = opts.logger;
   const metrics = opts.metrics ?? createMetrics({ service: config.service });
   const clock = opts.clock ?? systemClock;
+  const inflight = createInflightTracker();
   let current = config;
   let accepting = true;
   const slots = new Map<Side, Slot>();
 
-  const build = (side: Side, cfg: Config): Component => {
-    const deps: ComponentDeps = { logger: logger.child({ component: side }), metrics, clock, service: cfg.service };
+  const build = (side: Side, cfg: Config, handover?: Handover): Component => {
+    const deps: ComponentDeps = { logger: logger.child({ component: side }), metrics, clock, service: cfg.service, ...(handover ? { handover } : {}) };
     return side === 'inbound' ? createInbound(cfg.inbound!, cfg.limits, deps) : createOutbound(cfg.outbound!, cfg.limits, deps);
   };
 
@@ -62,24 +69,27 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     const listen = side === 'inbound' ? cfg.inbound!.listen : cfg.outbound!.listen;
     const tls = side === 'inbound' ? cfg.inbound!.tls : undefined;
     const slot = { listen, tls, limits: cfg.limits, component } as Slot;
+    const tunnelled = (req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'upgrade' | 'connect') => {
+      const c = slot.component;
+      const serve = kind === 'upgrade' ? c.upgrade?.bind(c) : c.connect?.bind(c);
+      if (!serve) return writeRawError(socket, kind === 'upgrade' ? 501 : 405, `${kind}_not_supported`);
+      inflight.track(c, socket);
+      inflight.trackTunnel(socket);
+      serve(req, socket, head);
+    };
     const server = createLimitedServer(
       cfg.limits,
       (req: IncomingMessage, res: ServerResponse) => {
         if (!accepting) res.shouldKeepAlive = false;
+        inflight.track(slot.component, res);
         slot.component.handle(req, res);
       },
       tls,
       {
         logger,
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
-        upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-          if (slot.component.upgrade) slot.component.upgrade(req, socket, head);
-          else writeRawError(socket, 501, 'upgrade_not_supported');
-        },
-        connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-          if (slot.component.connect) slot.component.connect(req, socket, head);
-          else writeRawError(socket, 405, 'connect_not_supported');
-        },
+        upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'upgrade'),
+        connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'connect'),
       },
     );
     slot.server = server;
@@ -88,11 +98,18 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     return slot;
   };
 
-  const admin = createAdminServer(metrics, {
+  const adminState = {
     isAccepting: () => accepting,
     isReady: () => [...slots.values()].every((s) => s.component.isReady()),
-  });
+  };
+  const openAdmin = async (listen: string) => {
+    const server = createAdminServer(metrics, adminState);
+    const address = formatAddress(await listenOn(server, parseListen(listen)));
+    logger.info({ event: 'listening', side: 'admin', address }, `admin listening on ${address}`);
+    return { server, listen, address };
+  };
 
+  let admin: Awaited<ReturnType<typeof openAdmin>>;
   try {
     for (const side of SIDES) {
       if (!config[side]) continue;
@@ -100,53 +117,66 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       slots.set(side, await openSlot(side, config, component));
       void component.start();
     }
+    admin = await openAdmin(config.admin.listen);
   } catch (err) {
-    await Promise.all([...slots.values()].map((s) => closeServer(s.server, 0)));
+    await Promise.all([...slots.values()].map(async (s) => {
+      await closeServer(s.server, 0);
+      await s.component.close();
+    }));
     throw err;
   }
-  const adminAddress = await listenOn(admin, parseListen(config.admin.listen)).catch(async (err) => {
-    await Promise.all([...slots.values()].map((s) => closeServer(s.server, 0)));
-    throw err;
-  });
-  logger.info({ event: 'listening', side: 'admin', address: formatAddress(adminAddress) }, `admin listening on ${formatAddress(adminAddress)}`);
 
-  const addresses: RunningApp['addresses'] = { admin: formatAddress(adminAddress) };
+  const addresses: RunningApp['addresses'] = { admin: admin.address };
   const syncAddresses = () => {
     for (const side of SIDES) {
       const slot = slots.get(side);
       if (slot) addresses[side] = formatAddress(slot.address);
       else delete addresses[side];
     }
+    addresses.admin = admin.address;
   };
   syncAddresses();
+
+  /** Closes a replaced component once its in-flight requests are done (at most the drain timeout). */
+  const retire = async (component: Component, drainMs: number) => {
+    await inflight.settled(component, drainMs);
+    await component.close();
+  };
 
   return {
     addresses,
     metrics,
-    isReady: () => accepting && [...slots.values()].every((s) => s.component.isReady()),
+    isReady: () => accepting && adminState.isReady(),
 
     async reload(next) {
+      if (!accepting) throw new SidecarError('shutting_down', 'the sidecar is shutting down', 503);
+      const previousLevel = logger.level;
+      // Before building, so the new components' loggers are born with the new level.
+      logger.level = next.log.level;
       // Build, warm up and bind everything new before touching what serves now, so a reload
       // never causes a gap, and a failure (e.g. the new address is taken) changes nothing.
       const fresh = new Map<Side, Component>();
-      for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next));
       const opened = new Map<Side, Slot>();
+      let newAdmin: typeof admin | undefined;
       try {
-        await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), 10_000)));
+        for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next, slots.get(side)?.component.handover?.()));
+        await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), DEFAULTS.lifecycle.reloadWarmupSeconds * 1000)));
         for (const [side, component] of fresh) {
           const slot = slots.get(side);
           if (!slot || !canKeepListener(slot, side, next)) opened.set(side, await openSlot(side, next, component));
         }
+        if (next.admin.listen !== admin.listen) newAdmin = await openAdmin(next.admin.listen);
       } catch (err) {
+        logger.level = previousLevel;
         await Promise.all([...opened.values()].map((s) => closeServer(s.server, 0)));
+        if (newAdmin) await closeServer(newAdmin.server, 0);
         await Promise.all([...fresh.values()].map((c) => c.close()));
         throw err;
       }
       const drainMs = next.lifecycle.drainTimeoutSeconds * 1000;
-      const retired: Component[] = [];
       for (const side of SIDES) {
         const slot = slots.get(side);
-        if (slot) retired.push(slot.component);
+        if (slot) void retire(slot.component, drainMs);
         const replacement = opened.get(side);
         const component = fresh.get(side);
         if (replacement) {
@@ -159,10 +189,17 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
           void closeServer(slot.server, drainMs);
         }
       }
+      if (newAdmin) {
+        void closeServer(admin.server, 0);
+        admin = newAdmin;
+      }
+      if (next.service !== current.service) {
+        logger.warn({ event: 'restart_required', key: 'service' }, 'the service name in logs and metrics changes at the next restart');
+      }
       current = next;
       syncAddresses();
-      // Old components finish their in-flight work in the background.
-      for (const c of retired) void c.close();
+      const notReady = SIDES.filter((side) => slots.get(side) && !slots.get(side)!.component.isReady());
+      if (notReady.length > 0) logger.warn({ event: 'reloaded_not_ready', sides: notReady }, 'new config is serving but not ready yet (keys or tokens still loading)');
     },
 
     async shutdown() {
@@ -170,9 +207,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       accepting = false;
       logger.info({ event: 'shutdown' }, 'draining in-flight requests');
       const drainMs = current.lifecycle.drainTimeoutSeconds * 1000;
-      await Promise.all([...slots.values()].map((s) => closeServer(s.server, drainMs)));
+      await Promise.all([...[...slots.values()].map((s) => closeServer(s.server, drainMs)), inflight.drainTunnels(drainMs)]);
       await Promise.all([...slots.values()].map((s) => s.component.close()));
-      await closeServer(admin, 0);
+      await closeServer(admin.server, 0);
       logger.info({ event: 'stopped' }, 'stopped');
     },
   };
@@ -182,7 +219,14 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
 function canKeepListener(slot: Slot, side: Side, next: Config): boolean {
   const listen = side === 'inbound' ? next.inbound!.listen : next.outbound!.listen;
   const tls = side === 'inbound' ? next.inbound!.tls : undefined;
-  return slot.listen === listen && JSON.stringify(slot.tls) === JSON.stringify(tls) && JSON.stringify(slot.limits) === JSON.stringify(next.limits);
+  return isSameAddress(slot, listen) && JSON.stringify(slot.tls) === JSON.stringify(tls) && JSON.stringify(slot.limits) === JSON.stringify(next.limits);
+}
+
+/** Same text, or the address the socket is actually bound to (e.g. `:0` became port 43857): rebinding it would fail with EADDRINUSE. */
+function isSameAddress(slot: Slot, listen: string): boolean {
+  if (slot.listen === listen) return true;
+  const next = parseListen(listen);
+  return next.port !== 0 && next.port === slot.address.port && next.host === slot.address.host;
 }
 
 /** Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. */
@@ -205,4 +249,3 @@ async function withTimeout(p: Promise<void>, ms: number): Promise<void> {
   await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
   clearTimeout(timer);
 }
-

@@ -3,6 +3,8 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from './log.js';
 import type { Metrics } from './admin/metrics.js';
 import type { Clock } from './clock.js';
+import type { KeyStoreSnapshot } from './inbound/key-store.js';
+import type { TokenCacheSnapshot } from './outbound/token-cache.js';
 
 /**
  * One half of the sidecar (inbound or outbound) as the composition root sees it:
@@ -21,6 +23,18 @@ export interface Component {
   isReady(): boolean;
   /** Stops timers and closes its pools after in-flight work ends. */
   close(): Promise<void>;
+  /** State worth keeping across a config reload (keys, tokens), handed to the successor's factory. */
+  handover?(): Handover;
+}
+
+/**
+ * What a retiring component hands to its successor on reload. Each part is
+ * reused only where the successor's config is unchanged for it, so a reload
+ * during an IdP outage keeps the last good keys and tokens.
+ */
+export interface Handover {
+  keys?: KeyStoreSnapshot;
+  tokens?: TokenCacheSnapshot;
 }
 
 /** What every component is built with: injected, never global. */
@@ -29,4 +43,6 @@ export interface ComponentDeps {
   metrics: Metrics;
   clock: Clock;
   service: string;
+  /** From the component this one replaces (config reload). */
+  handover?: Handover;
 }

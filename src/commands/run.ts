@@ -4,7 +4,7 @@ import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { watchConfigFiles } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
-import { ConfigError, SidecarError } from '../errors.js';
+import { ConfigError, SidecarError, formatIssue } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { tuneRuntimeForProxy } from '../proxy/runtime.js';
 import { withConfigOption } from './shared.js';
@@ -29,26 +29,44 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       const app = await startApp(config, { logger, metrics });
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
+      let stopping = false;
+      let stopWatching = () => {};
+      const watch = (on: boolean) => {
+        stopWatching();
+        stopWatching = on ? watchConfigFiles(paths, () => reload('file_changed')) : () => {};
+      };
+      // Reloads run one at a time, and never once shutdown has begun.
       let reloading: Promise<void> = Promise.resolve();
       const reload = (trigger: string) => {
-        reloading = reloading.then(() => reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next)));
+        if (stopping) return;
+        reloading = reloading.then(async () => {
+          if (stopping) return;
+          const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next));
+          if (applied && !stopping) watch(applied.lifecycle.watchConfig);
+        });
       };
-      const stopWatching = config.lifecycle.watchConfig ? watchConfigFiles(paths, () => reload('file_changed')) : () => {};
+      watch(config.lifecycle.watchConfig);
       process.on('SIGHUP', () => reload('SIGHUP'));
 
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           logger.info({ event: 'signal', signal }, `received ${signal}`);
+          stopping = true;
           stopWatching();
-          app.shutdown().then(resolve, (err) => {
-            logger.error({ err: errorSummary(err) }, 'shutdown failed');
-            resolve();
-          });
+          reloading
+            .then(() => app.shutdown())
+            .then(resolve, (err) => {
+              logger.error({ event: 'shutdown_failed', error: errorSummary(err) }, 'shutdown failed');
+              resolve();
+            });
         };
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
       });
       logger.flush();
+      // Everything we own is closed; should a library still hold a handle, it must not keep a
+      // terminating pod alive until SIGKILL.
+      setTimeout(() => process.exit(process.exitCode ?? 0), 2000).unref();
     },
   };
 }
@@ -59,23 +77,25 @@ async function reloadFrom(
   logger: Logger,
   metrics: ReturnType<typeof createMetrics>,
   apply: (c: Config) => Promise<void>,
-): Promise<void> {
+): Promise<Config | undefined> {
   let next: Config;
   try {
     next = loadConfig(paths);
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
-    const errors = err instanceof ConfigError ? err.issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)) : [errorSummary(err)];
+    const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : [errorSummary(err)];
     logger.error({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
-    return;
+    return undefined;
   }
   try {
     await apply(next);
     metrics.configReloads.inc({ result: 'success' });
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
+    return next;
   } catch (err) {
     metrics.configReloads.inc({ result: 'error' });
     logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
+    return undefined;
   }
 }
 

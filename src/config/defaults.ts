@@ -66,5 +66,7 @@ export const DEFAULTS = Object.freeze({
     drainTimeoutSeconds: 20,
     /** Reload when a config file changes on disk. */
     watchConfig: true,
+    /** How long a reload waits for new components (keys, tokens) before swapping them in anyway. */
+    reloadWarmupSeconds: 10,
   }),
 });

@@ -1,7 +1,7 @@
 import { jwtVerify, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyObject, type CryptoKey } from 'jose';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
-import { TokenRejectedError } from '../errors.js';
+import { KeysUnavailableError, TokenRejectedError } from '../errors.js';
 import type { ExtractedToken } from './extractor.js';
 import type { Identity } from './identity.js';
 import { fromJoseError } from './jose-errors.js';
@@ -85,8 +85,12 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
       if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw fromJoseError(err);
     }
     // Unknown kid: maybe the issuer rotated. Refetch (rate-limited per issuer), then try once more if the keys changed.
-    await keys.refetchForUnknownKey();
-    if (keys.version === version) throw new TokenRejectedError('unknown_key', 'no key of the issuer matches the token (kid)');
+    const reachable = await keys.refetchForUnknownKey();
+    if (keys.version === version) {
+      // The issuer may have rotated to a key we cannot fetch: that is "keys unobtainable", not a bad token (SPEC: 503).
+      if (!reachable) throw new KeysUnavailableError(`no key of issuer ${issuer.issuer} matches the token, and its JWKS cannot be fetched to look for it`);
+      throw new TokenRejectedError('unknown_key', 'no key of the issuer matches the token (kid)');
+    }
     version = keys.version;
     keySet = keys.keySet();
     try {

@@ -39,6 +39,7 @@ export function createInboundParts(config: InboundConfig, deps: ComponentDeps & 
     metrics: deps.metrics,
     clock: deps.clock,
     ...(deps.scheduler ? { scheduler: deps.scheduler } : {}),
+    ...(deps.handover?.keys ? { handover: deps.handover.keys } : {}),
   });
   const authenticator = createAuthenticator(config, {
     keyStore,
@@ -122,6 +123,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     targetPrefix,
     start: () => keyStore.start(),
     isReady: () => keyStore.isReady(),
+    handover: () => ({ keys: keyStore.snapshot() }),
     async close() {
       await keyStore.close();
       await pools.close();

@@ -30,8 +30,11 @@ export interface IssuerKeys {
   keySet(): JWTVerifyGetKey;
   /** True when keySet() would not throw. */
   isUsable(): boolean;
-  /** Refetches for an unknown `kid`: at most once per cooldown, concurrent callers share one fetch. */
-  refetchForUnknownKey(): Promise<void>;
+  /**
+   * Refetches for an unknown `kid`: at most once per cooldown, concurrent callers share one fetch.
+   * Resolves false when the JWKS could not be fetched (now, or at the last attempt inside the cooldown).
+   */
+  refetchForUnknownKey(): Promise<boolean>;
   /** The last fetch failure, for operators (`verify` prints it). */
   readonly lastError: string | undefined;
 }
@@ -48,6 +51,25 @@ export interface KeyStore {
   waitUntilReady(timeoutMs: number): Promise<boolean>;
   /** Stops timers and cuts in-flight fetches. */
   close(): Promise<void>;
+  /** The keys held now, for a successor built by a config reload (see KeyStoreDeps.handover). */
+  snapshot(): KeyStoreSnapshot;
+}
+
+/** One issuer's last good keys, as handed from a key store to its successor. */
+export interface IssuerKeysSnapshot {
+  keys: JWK[];
+  /** Clock time (ms) they were fetched: staleness keeps counting from here. */
+  fetchedAt: number;
+  /** The last fetch failed: the successor fetches at once instead of waiting a refresh interval. */
+  failing: boolean;
+}
+
+/** Keyed by what decides which keys an issuer has (issuer, jwksUri, algorithms, caFile). */
+export type KeyStoreSnapshot = ReadonlyMap<string, IssuerKeysSnapshot>;
+
+/** The identity of an issuer's key source: a snapshot is reused only when this is unchanged. */
+export function issuerKeysIdentity(cfg: IssuerConfig): string {
+  return JSON.stringify([cfg.issuer, cfg.jwksUri ?? null, [...cfg.algorithms].sort(), cfg.caFile ?? null]);
 }
 
 export interface KeyStoreDeps {
@@ -56,6 +78,11 @@ export interface KeyStoreDeps {
   clock: Clock;
   /** Default: real unref'd timers. */
   scheduler?: Scheduler;
+  /**
+   * The predecessor's keys (config reload): an unchanged issuer starts with them, so a reload
+   * during an IdP outage keeps verifying for what is left of `maxStaleSeconds` instead of failing.
+   */
+  handover?: KeyStoreSnapshot;
 }
 
 type JwksConfig = InboundConfig['jwks'];
@@ -69,7 +96,7 @@ type JwksConfig = InboundConfig['jwks'];
  */
 export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfig, deps: KeyStoreDeps): KeyStore {
   const scheduler = deps.scheduler ?? realScheduler;
-  const all = issuers.map((cfg) => createIssuerKeys(cfg, jwks, deps, scheduler, () => notify()));
+  const all = issuers.map((cfg) => createIssuerKeys(cfg, jwks, deps, scheduler, () => notify(), deps.handover?.get(issuerKeysIdentity(cfg))));
   const byIssuer = new Map(all.map((k) => [k.issuer, k]));
   const waiters = new Set<() => void>();
   const notify = () => {
@@ -101,12 +128,21 @@ export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfi
     close: async () => {
       await Promise.all(all.map((k) => k.close()));
     },
+    snapshot: () => {
+      const out = new Map<string, IssuerKeysSnapshot>();
+      issuers.forEach((cfg, i) => {
+        const snap = all[i]!.snapshot();
+        if (snap) out.set(issuerKeysIdentity(cfg), snap);
+      });
+      return out;
+    },
   };
 }
 
 interface IssuerKeysInternal extends IssuerKeys {
   start(): Promise<void>;
   close(): Promise<void>;
+  snapshot(): IssuerKeysSnapshot | undefined;
 }
 
 interface FetchResult {
@@ -119,6 +155,7 @@ function createIssuerKeys(
   deps: KeyStoreDeps,
   scheduler: Scheduler,
   onChange: () => void,
+  seed: IssuerKeysSnapshot | undefined,
 ): IssuerKeysInternal {
   const { clock, metrics } = deps;
   const logger = deps.logger.child({ issuer: cfg.issuer });
@@ -138,6 +175,10 @@ function createIssuerKeys(
   let lastError: string | undefined;
   let closed = false;
   let failing = false;
+  /** The keys as fetched (after filtering), for snapshot(). */
+  let currentKeys: JWK[] = [];
+  /** Whether the last refetch (unknown kid) or refresh could reach the JWKS. */
+  let lastFetchOk = true;
 
   const dispatcher = () => {
     if (closed) throw new IdpHttpError('closed', 'key store is closed');
@@ -146,19 +187,24 @@ function createIssuerKeys(
 
   const isUsable = () => keySet !== undefined && clock.now() - fetchedAt <= jwks.maxStaleSeconds * 1000;
 
-  const apply = (keys: JWK[]) => {
+  /** Installs a key set fetched at `at`; false when it is the set already held. */
+  const apply = (keys: JWK[], at: number): boolean => {
     const next = JSON.stringify(keys);
-    fetchedAt = clock.now();
-    if (next === fingerprint) return;
-    const first = fingerprint === '';
+    fetchedAt = at;
+    if (next === fingerprint) return false;
     fingerprint = next;
+    currentKeys = keys;
     keySet = createLocalJWKSet({ keys });
     version++;
-    logger.info(
-      { event: 'jwks_updated', kids: keys.map((k) => k.kid ?? null), keyCount: keys.length },
-      first ? 'issuer keys loaded' : 'issuer keys changed',
-    );
+    return true;
   };
+
+  if (seed) {
+    apply(seed.keys, seed.fetchedAt);
+    failing = seed.failing;
+    lastFetchOk = !seed.failing;
+    logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.now() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
+  }
 
   const fetchKeys = async (): Promise<void> => {
     let uri = cfg.jwksUri ?? discoveredUri;
@@ -169,7 +215,14 @@ function createIssuerKeys(
     const res = await requestJson(dispatcher(), uri, { timeoutMs });
     // Only a 200 counts (no redirects are followed, see createIdpAgent): anything else keeps the last good keys.
     if (res.status !== 200) throw new IdpHttpError('jwks_http_error', `${uri}: HTTP ${res.status}`, res.status);
-    apply(filterJwks(res.body, cfg.algorithms));
+    const keys = filterJwks(res.body, cfg.algorithms);
+    const first = keySet === undefined;
+    if (apply(keys, clock.now())) {
+      logger.info(
+        { event: 'jwks_updated', kids: keys.map((k) => k.kid ?? null), keyCount: keys.length },
+        first ? 'issuer keys loaded' : 'issuer keys changed',
+      );
+    }
   };
 
   const fetchOnce = (): Promise<FetchResult> => {
@@ -181,6 +234,7 @@ function createIssuerKeys(
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: 'success' });
         if (failing) logger.info({ event: 'jwks_fetch_recovered' }, 'issuer keys fetched again');
         failing = false;
+        lastFetchOk = true;
         lastError = undefined;
         return { ok: true };
       } catch (err) {
@@ -189,6 +243,7 @@ function createIssuerKeys(
         // The discovery document may have moved the JWKS; look again next time.
         discoveredUri = undefined;
         failing = true;
+        lastFetchOk = false;
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: code });
         logger.warn(
           { event: 'jwks_fetch_failed', error: code, detail: lastError, keysUsable: isUsable() },
@@ -239,17 +294,23 @@ function createIssuerKeys(
       return keySet;
     },
     async refetchForUnknownKey() {
-      if (inflight) {
-        await inflight;
-        return;
-      }
-      if (clock.now() - lastAttemptAt < jwks.cooldownSeconds * 1000) return;
-      await fetchOnce();
+      if (inflight) return (await inflight).ok;
+      // Inside the cooldown no fetch is made; whether the JWKS is reachable is what the last attempt said.
+      if (clock.now() - lastAttemptAt < jwks.cooldownSeconds * 1000) return lastFetchOk;
+      return (await fetchOnce()).ok;
     },
     async start() {
       if (closed) return;
+      if (seed && !seed.failing && isUsable()) {
+        // Handed over in good health: the next refresh is due on the normal schedule.
+        schedule(true);
+        return;
+      }
       const r = await fetchOnce();
       schedule(r.ok);
+    },
+    snapshot() {
+      return keySet ? { keys: currentKeys, fetchedAt, failing } : undefined;
     },
     async close() {
       closed = true;

@@ -45,6 +45,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     logger,
     metrics,
     refreshMarginSeconds: config.refreshMarginSeconds,
+    ...(deps.handover?.tokens ? { handover: deps.handover.tokens } : {}),
     ...(deps.random ? { random: deps.random } : {}),
     ...(deps.scheduler ? { scheduler: deps.scheduler } : {}),
   });
@@ -69,7 +70,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   };
 
   /** The token header for a routed request; throws TokenUnavailableError. Passthrough gets none. */
-  const tokenHeaders = async (r: Exclude<Resolution, { kind: 'reject' }>): Promise<string[]> => {
+  const tokenHeaders = async (r: Routed): Promise<string[]> => {
     if (r.kind !== 'route') return [];
     // With `authorization` this replaces the app's own header; any other name keeps it (end-user token beside ours).
     return [tokenHeader, `Bearer ${await cache.get(broker.forRoute(r.route))}`];
@@ -82,33 +83,39 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     logger.warn({ event: 'upstream_error', route: label, reason: e.code, target }, e.message);
   };
 
-  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const started = performance.now();
+  /** Route and token for a request, shared by plain requests and upgrades; a refusal says what to answer. */
+  const prepare = async (req: IncomingMessage, started: number): Promise<Prepared> => {
     const r = router.resolve(req.url ?? '/', req.headers.host);
     if (r.kind === 'reject') {
       record('none', r.reason, started);
-      return sendError(res, r.status, r.reason, r.message);
+      return { ok: false, status: r.status, reason: r.reason, message: r.message };
     }
     const label = r.kind === 'route' ? r.route.host : 'passthrough';
-    let addHeaders: string[];
     try {
-      addHeaders = await tokenHeaders(r);
+      const addHeaders = await tokenHeaders(r);
+      return { ok: true, r, label, addHeaders, dropHeaders: r.kind === 'route' ? dropWithToken : dropPassthrough };
     } catch (err) {
       const e = asTokenError(err);
       record(label, e.code, started);
-      return sendTokenUnavailable(res, e);
+      return { ok: false, status: 503, reason: e.code, message: e.message, tokenError: e };
     }
+  };
+
+  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const started = performance.now();
+    const p = await prepare(req, started);
+    if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
     try {
       await forward(req, res, {
-        dispatcher: pools.get(r.target.origin, r.target.caFile),
-        path: r.path,
-        dropHeaders: r.kind === 'route' ? dropWithToken : dropPassthrough,
-        addHeaders,
-        onResponse: (status) => record(label, String(status), started),
+        dispatcher: pools.get(p.r.target.origin, p.r.target.caFile),
+        path: p.r.path,
+        dropHeaders: p.dropHeaders,
+        addHeaders: p.addHeaders,
+        onResponse: (status) => record(p.label, String(status), started),
       });
     } catch (err) {
       const e = asUpstreamError(err);
-      upstreamFailed(label, r.target.origin, e, started);
+      upstreamFailed(p.label, p.r.target.origin, e, started);
       sendError(res, e.status, e.code, e.message);
     }
   };
@@ -125,34 +132,22 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   /** WebSocket and other `Upgrade` requests: same routing and token as plain requests, then a byte tunnel. */
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
-    const r = router.resolve(req.url ?? '/', req.headers.host);
-    if (r.kind === 'reject') {
-      record('none', r.reason, started);
-      return writeRawError(socket, r.status, r.reason, r.message);
-    }
-    const label = r.kind === 'route' ? r.route.host : 'passthrough';
-    let addHeaders: string[];
+    const p = await prepare(req, started);
+    if (!p.ok) return writeRawError(socket, p.status, p.reason, p.message);
     try {
-      addHeaders = await tokenHeaders(r);
-    } catch (err) {
-      const e = asTokenError(err);
-      record(label, e.code, started);
-      return writeRawError(socket, 503, e.code, e.message);
-    }
-    try {
-      const ca = caFor(r.target.caFile);
+      const ca = caFor(p.r.target.caFile);
       const status = await tunnel(req, socket, head, {
-        target: new URL(r.target.origin),
-        path: r.path,
-        dropHeaders: r.kind === 'route' ? dropWithToken : dropPassthrough,
-        addHeaders,
+        target: new URL(p.r.target.origin),
+        path: p.r.path,
+        dropHeaders: p.dropHeaders,
+        addHeaders: p.addHeaders,
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
         ...(ca ? { ca } : {}),
       });
-      if (status !== 0) record(label, String(status), started);
+      if (status !== 0) record(p.label, String(status), started);
     } catch (err) {
       const e = asUpstreamError(err);
-      upstreamFailed(label, r.target.origin, e, started);
+      upstreamFailed(p.label, p.r.target.origin, e, started);
       writeRawError(socket, e.status, e.code, e.message);
     }
   };
@@ -175,6 +170,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       await Promise.all(broker.routeBindings().map((b) => cache.prefetch(b)));
     },
     isReady: () => broker.routeBindings().every((b) => cache.hasValid(b.key)),
+    handover: () => ({ tokens: cache.snapshot() }),
     async close() {
       cache.close();
       connect.close();
@@ -183,6 +179,12 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     },
   };
 }
+
+type Routed = Exclude<Resolution, { kind: 'reject' }>;
+
+type Prepared =
+  | { ok: true; r: Routed; label: string; addHeaders: string[]; dropHeaders: ReadonlySet<string> }
+  | { ok: false; status: number; reason: string; message: string; tokenError?: TokenUnavailableError };
 
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */
 function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError): void {

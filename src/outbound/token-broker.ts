@@ -22,29 +22,37 @@ export interface TokenBroker {
   close(): Promise<void>;
 }
 
+interface SourceEntry {
+  id: string;
+  /** Canonical JSON of the source's config. */
+  shape: string;
+  source: TokenSource;
+}
+
 /** Builds every token source the outbound config names (reading their secret files now). */
 export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps): TokenBroker {
   const timeoutMs = config.tokenRequestTimeoutSeconds * 1000;
   // Routes that share an identical tokenSource block share one source (and its connection pool).
-  const byShape = new Map<string, { id: string; source: TokenSource }>();
+  const byShape = new Map<string, SourceEntry>();
   const sourceFor = (cfg: TokenSourceConfig, configPath: string) => {
     const shape = canonicalJson(cfg);
     let entry = byShape.get(shape);
     if (!entry) {
       const source = createTokenSource(cfg, { clock: deps.clock, env: deps.env, timeoutMs, configPath, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });
-      entry = { id: `s${byShape.size}`, source };
+      entry = { id: `s${byShape.size}`, shape, source };
       byShape.set(shape, entry);
     }
     return entry;
   };
   const fallback = config.tokenSource ? sourceFor(config.tokenSource, 'outbound.tokenSource') : undefined;
 
-  const bind = (entry: { id: string; source: TokenSource }, audience: string, scopes: readonly string[] | undefined): TokenBinding => {
+  const bind = (entry: SourceEntry, audience: string, scopes: readonly string[] | undefined): TokenBinding => {
     const normal = [...new Set(scopes ?? [])].sort();
-    return { key: `${entry.id}\u0000${audience}\u0000${normal.join(' ')}`, source: entry.source, audience, scopes: normal };
+    const rest = `\u0000${audience}\u0000${normal.join(' ')}`;
+    return { key: entry.id + rest, identity: entry.shape + rest, source: entry.source, audience, scopes: normal };
   };
 
-  const routes = new Map<RouteConfig, { entry: { id: string; source: TokenSource }; binding: TokenBinding }>();
+  const routes = new Map<RouteConfig, { entry: SourceEntry; binding: TokenBinding }>();
   config.routes.forEach((route, i) => {
     // The schema guarantees a route without its own tokenSource has the default.
     const entry = route.tokenSource ? sourceFor(route.tokenSource, `outbound.routes.${i}.tokenSource`) : fallback!;

@@ -10,6 +10,8 @@ import type { IssuedToken, TokenSource } from './sources/index.js';
 export interface TokenBinding {
   /** Cache key: source identity + audience + scopes. */
   key: string;
+  /** The same, stable across config reloads (the source's config rather than its position), for handover. */
+  identity: string;
   source: TokenSource;
   audience: string;
   /** Sorted, de-duplicated. */
@@ -29,7 +31,16 @@ export interface TokenCacheOptions {
   /** [0, 1) source for jitter; default Math.random. */
   random?: () => number;
   scheduler?: Scheduler;
+  /**
+   * The predecessor's tokens (config reload): a binding whose source, audience and scopes are
+   * unchanged starts with the token it had, so a reload neither refetches nor, while the IdP is
+   * down, loses a token that is still valid.
+   */
+  handover?: TokenCacheSnapshot;
 }
+
+/** Valid tokens by binding identity, with when each was due for renewal. */
+export type TokenCacheSnapshot = ReadonlyMap<string, { token: IssuedToken; refreshAt: number }>;
 
 export interface TokenCache {
   /** A valid token for the binding: cached, or fetched (one request per key however many callers wait). Rejects with TokenUnavailableError. */
@@ -40,6 +51,8 @@ export interface TokenCache {
   hasValid(key: string): boolean;
   /** Cancels every timer and forgets every token. */
   close(): void;
+  /** The tokens that are still valid, for a successor built by a config reload. */
+  snapshot(): TokenCacheSnapshot;
 }
 
 interface Entry {
@@ -103,6 +116,16 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     if (!e) {
       e = { binding, refreshAt: 0, failures: 0, retryAt: 0 };
       entries.set(binding.key, e);
+      const inherited = opts.handover?.get(binding.identity);
+      if (inherited && inherited.token.expiresAt > clock.now()) {
+        e.token = inherited.token;
+        e.refreshAt = inherited.refreshAt;
+        logger.info(
+          { event: 'token_handed_over', source: binding.source.kind, audience: binding.audience, expiresAt: new Date(inherited.token.expiresAt).toISOString() },
+          'token carried over from the previous config',
+        );
+        arm(e, e.refreshAt);
+      }
     }
     return e;
   };
@@ -212,6 +235,12 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       closed = true;
       for (const e of entries.values()) e.cancel?.();
       entries.clear();
+    },
+    snapshot() {
+      const now = clock.now();
+      const out = new Map<string, { token: IssuedToken; refreshAt: number }>();
+      for (const e of entries.values()) if (isValid(e, now)) out.set(e.binding.identity, { token: e.token, refreshAt: e.refreshAt });
+      return out;
     },
   };
 }

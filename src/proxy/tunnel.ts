@@ -148,12 +148,18 @@ function splice(a: Duplex, b: Duplex, graceMs: number): void {
   b.on('error', destroyBoth);
   a.on('end', onEnd);
   b.on('end', onEnd);
+  // A side that is destroyed emits 'close' without 'end': half-close the other and start the same grace,
+  // so a peer that ignores the FIN cannot hold the tunnel (and a terminating process) open.
   a.on('close', () => {
-    if (!b.destroyed) b.end();
-    if (b.destroyed) clearTimeout(grace);
+    if (!b.destroyed) {
+      b.end();
+      onEnd();
+    } else clearTimeout(grace);
   });
   b.on('close', () => {
-    if (!a.destroyed) a.end();
-    if (a.destroyed) clearTimeout(grace);
+    if (!a.destroyed) {
+      a.end();
+      onEnd();
+    } else clearTimeout(grace);
   });
 }

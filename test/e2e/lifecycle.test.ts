@@ -145,3 +145,30 @@ describe('reload', () => {
     expect(await call('/y', token)).toBe(200);
   });
 });
+
+describe('SIGTERM with an open WebSocket tunnel', () => {
+  it('exits 0 even when the app ignores the end of the tunnel (tunnels are drained, then cut)', async () => {
+    const { startWsEcho } = await import('../unit/proxy-ws-echo.js');
+    const { WebSocket } = await import('undici');
+    const wsApp = await startWsEcho({ ignoreEnd: true });
+    try {
+      sidecar = await startSidecar({
+        service: 'chat',
+        lifecycle: { watchConfig: false, drainTimeoutSeconds: 0.5 },
+        inbound: { target: wsApp.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] },
+      });
+      const token = await idp.getToken('payments', 'orders');
+      const ws = new WebSocket(`${sidecar.inbound!.replace(/^http/, 'ws')}/ws`, { headers: { authorization: `Bearer ${token}` } } as never);
+      await new Promise((resolve, reject) => {
+        ws.addEventListener('open', resolve);
+        ws.addEventListener('error', reject);
+      });
+      const closed = new Promise((r) => ws.addEventListener('close', r));
+      sidecar.signal('SIGTERM');
+      expect(await sidecar.exited).toBe(0);
+      await closed;
+    } finally {
+      await wsApp.close();
+    }
+  });
+});

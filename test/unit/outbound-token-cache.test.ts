@@ -81,7 +81,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
       tokenSourceSchema.parse({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: SECRET }),
       { clock: time.clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource' },
     );
-    binding = { key: 'k1', source, audience: 'payments', scopes: [] };
+    binding = { key: 'k1', identity: 'k1', source, audience: 'payments', scopes: [] };
     cache = createTokenCache({
       clock: time.clock,
       scheduler: time.scheduler,

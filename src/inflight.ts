@@ -1,0 +1,79 @@
+import type { Duplex } from 'node:stream';
+
+interface Closable {
+  once(event: 'close', listener: () => void): unknown;
+}
+
+/**
+ * Counts the work each component still has in flight, so a component retired
+ * by a reload is closed only after its last request (bounded by the drain
+ * timeout), and remembers tunnels (Upgrade/CONNECT sockets), which leave the
+ * HTTP server's bookkeeping and so escape its drain.
+ */
+export interface InflightTracker {
+  /** Counts one unit of work for `owner` until `done` emits 'close'. */
+  track(owner: object, done: Closable): void;
+  /** Resolves when `owner` has nothing in flight, or after `timeoutMs` (milliseconds). */
+  settled(owner: object, timeoutMs: number): Promise<void>;
+  /** Remembers a tunnel until its socket closes. */
+  trackTunnel(socket: Duplex): void;
+  /** Resolves when every tunnel has closed, or after `timeoutMs`; then cuts those still open. */
+  drainTunnels(timeoutMs: number): Promise<void>;
+}
+
+export function createInflightTracker(): InflightTracker {
+  const counts = new Map<object, number>();
+  const waiters = new Map<object, Set<() => void>>();
+  const tunnels = new Set<Duplex>();
+  let tunnelsEmpty: (() => void) | undefined;
+
+  const release = (owner: object) => {
+    const n = (counts.get(owner) ?? 1) - 1;
+    if (n > 0) return void counts.set(owner, n);
+    counts.delete(owner);
+    for (const w of waiters.get(owner) ?? []) w();
+    waiters.delete(owner);
+  };
+
+  return {
+    track(owner, done) {
+      counts.set(owner, (counts.get(owner) ?? 0) + 1);
+      done.once('close', () => release(owner));
+    },
+    settled(owner, timeoutMs) {
+      if (!counts.has(owner)) return Promise.resolve();
+      return new Promise((resolve) => {
+        const timer = setTimeout(finish, timeoutMs);
+        function finish() {
+          clearTimeout(timer);
+          waiters.get(owner)?.delete(finish);
+          resolve();
+        }
+        let set = waiters.get(owner);
+        if (!set) waiters.set(owner, (set = new Set()));
+        set.add(finish);
+      });
+    },
+    trackTunnel(socket) {
+      tunnels.add(socket);
+      socket.once('close', () => {
+        tunnels.delete(socket);
+        if (tunnels.size === 0) tunnelsEmpty?.();
+      });
+    },
+    async drainTunnels(timeoutMs) {
+      if (tunnels.size > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, timeoutMs);
+          function done() {
+            clearTimeout(timer);
+            tunnelsEmpty = undefined;
+            resolve();
+          }
+          tunnelsEmpty = done;
+        });
+      }
+      for (const s of tunnels) s.destroy();
+    },
+  };
+}

@@ -1,0 +1,134 @@
+import { request } from 'undici';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { signToken, testKeyPair } from '../support/tokens.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+
+/**
+ * A reload must not cost what an IdP outage would otherwise be survived with:
+ * the last good keys (for what is left of maxStaleSeconds) and the outbound
+ * tokens that are still valid carry over to the new config's components.
+ */
+let idp: TestIdp;
+let app: UpstreamApp;
+let sidecar: SidecarProcess | undefined;
+
+beforeAll(async () => {
+  idp = await startIdp({ accessTokenTtlSeconds: 600 });
+  app = await startUpstream();
+});
+afterAll(async () => {
+  await app.close();
+  await idp.close();
+});
+afterEach(async () => {
+  idp.setDown(false);
+  await sidecar?.stop();
+  sidecar = undefined;
+});
+
+/** One sidecar with both halves: its outbound calls its own inbound, which forwards to the app. */
+function selfHopConfig(level = 'info') {
+  return {
+    service: 'orders',
+    log: { level },
+    lifecycle: { watchConfig: false },
+    inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }], jwks: { cooldownSeconds: 1 } },
+    outbound: {
+      tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', clientSecret: 'orders-secret' },
+      routes: [] as Array<Record<string, unknown>>,
+    },
+  };
+}
+
+async function startSelfHop(level = 'info') {
+  // The route must point at the inbound port, which is only known after start: start, then reload with the route.
+  const first = selfHopConfig(level);
+  const s = await startSidecar(first);
+  const withRoute = selfHopConfig(level);
+  withRoute.outbound.routes = [{ host: 'orders.local', target: s.inbound, audience: 'orders' }];
+  withRoute.inbound = { ...withRoute.inbound, listen: new URL(s.inbound!).host } as typeof withRoute.inbound;
+  s.rewriteConfig(withRoute);
+  s.signal('SIGHUP');
+  await s.waitForLog((l) => l.event === 'config_reloaded');
+  await s.waitReady();
+  return { sidecar: s, config: withRoute };
+}
+
+/** Origin-form with a Host naming the peer, as an app addressing its sidecar directly does (fetch cannot set Host). */
+async function callThroughOutbound(s: SidecarProcess): Promise<{ status: number; body: any }> {
+  const r = await request(`${s.outbound}/orders-api`, { headers: { host: 'orders.local' } });
+  const text = await r.body.text();
+  return { status: r.statusCode, body: text ? JSON.parse(text) : undefined };
+}
+
+describe('reload during an IdP outage', () => {
+  it('keeps the last good keys and the valid outbound token: calls keep passing, /readyz stays 200, nothing is refetched', async () => {
+    const started = await startSelfHop();
+    sidecar = started.sidecar;
+    expect((await callThroughOutbound(sidecar)).status).toBe(200);
+    const tokenRequests = idp.counts.token;
+
+    idp.setDown('503');
+    expect((await callThroughOutbound(sidecar)).status).toBe(200);
+
+    const before = sidecar.logs.length;
+    sidecar.rewriteConfig({ ...started.config, inbound: { ...started.config.inbound, clockSkewSeconds: 20 } });
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded' && sidecar!.logs.indexOf(l) >= before);
+    const after = sidecar.logs.slice(before);
+    expect(after.some((l) => l.event === 'jwks_handed_over')).toBe(true);
+    expect(after.some((l) => l.event === 'token_handed_over')).toBe(true);
+
+    const r = await callThroughOutbound(sidecar);
+    expect(r.status).toBe(200);
+    expect(r.body.headers['x-peer-sub']).toBe('orders');
+    expect((await fetch(`${sidecar.admin}/readyz`)).status).toBe(200);
+    expect(idp.counts.token).toBe(tokenRequests);
+  });
+
+  it('an unknown kid while the JWKS cannot be fetched is 503 keys_unavailable, not a 401 for a token that may be good', async () => {
+    sidecar = await startSidecar(selfHopConfig());
+    const { privateKey } = await testKeyPair('RS256');
+    const rotated = await signToken(
+      { iss: idp.issuer, sub: 'orders', aud: 'orders', exp: Math.floor(Date.now() / 1000) + 300, iat: Math.floor(Date.now() / 1000) },
+      { key: privateKey, kid: 'rotated-key-we-cannot-fetch', alg: 'RS256' },
+    );
+    const call = () => fetch(`${sidecar!.inbound}/x`, { headers: { authorization: `Bearer ${rotated}` } });
+
+    // IdP up: the kid really is unknown after a refetch.
+    const known = await call();
+    expect(known.status).toBe(401);
+    expect(await known.json()).toMatchObject({ reason: 'unknown_key' });
+
+    idp.setDown('503');
+    await new Promise((r) => setTimeout(r, 1100)); // past the 1 s unknown-kid cooldown
+    const down = await call();
+    expect(down.status).toBe(503);
+    expect(await down.json()).toMatchObject({ reason: 'keys_unavailable' });
+    // Within the cooldown no new fetch is made, and the answer still reflects the failed attempt.
+    expect((await call()).status).toBe(503);
+    expect(app.seen.filter((s) => s.url === '/x')).toHaveLength(0);
+  });
+});
+
+describe('reload applies the log level', () => {
+  it('after a reload to level error, warn-level audit lines stop', async () => {
+    sidecar = await startSidecar(selfHopConfig('info'));
+    const bad = () => fetch(`${sidecar!.inbound}/x`, { headers: { authorization: 'Bearer not.a.jwt' } }).then((r) => r.status);
+    expect(await bad()).toBe(401);
+    await sidecar.waitForLog((l) => l.event === 'token_rejected');
+    const rejectedBefore = sidecar.logs.filter((l) => l.event === 'token_rejected').length;
+
+    sidecar.rewriteConfig(selfHopConfig('error'));
+    sidecar.signal('SIGHUP');
+    // config_reloaded is info, so it is silenced too: the reload counter says when it is done.
+    const reloaded = /oidc_sidecar_config_reloads_total\{[^}]*result="success"[^}]*\} 1/;
+    while (!reloaded.test(await (await fetch(`${sidecar.admin}/metrics`)).text())) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 3; i++) expect(await bad()).toBe(401);
+    // A negative: give the child's stdout a moment to deliver any line it would have written.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(sidecar.logs.filter((l) => l.event === 'token_rejected')).toHaveLength(rejectedBefore);
+  });
+});
