@@ -67,6 +67,9 @@ function zodIssues(error: z.ZodError): ConfigIssue[] {
       for (const key of issue.keys) out.push({ path: [...base, key].join('.'), message: 'unknown key' });
     } else if (issue.code === 'invalid_union' && 'note' in issue && issue.note === 'No matching discriminator') {
       out.push({ path: (base.at(-1) === 'type' ? base : [...base, 'type']).join('.'), message: 'must be one of client_credentials, token_exchange, file, github_actions, env' });
+    } else if (issue.code === 'invalid_key' && issue.issues.length > 0) {
+      // A record key (e.g. a claimHeaders name) that fails its own schema: say why, not just "Invalid key in record".
+      for (const inner of issue.issues) out.push({ path: base.join('.'), message: inner.message });
     } else {
       out.push({ path: base.join('.'), message: issue.message });
     }

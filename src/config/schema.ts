@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
+import { downgradesToCleartext } from '../oidc/discovery.js';
 
 /**
  * The config schema: the single source for validation, defaults, TypeScript
@@ -44,13 +45,20 @@ const headerName = z
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
   .transform((s) => s.toLowerCase());
 
-const issuerSchema = z.strictObject({
-  issuer: z.string().min(1).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
-  jwksUri: httpUrl.optional().describe('Skip discovery and fetch keys from here'),
-  algorithms: z.array(z.enum(ALGORITHMS)).min(1).default([...DEFAULTS.inbound.algorithms]),
-  audience: stringOrList.optional().describe('Overrides inbound.audience for tokens of this issuer'),
-  caFile: z.string().min(1).optional().describe('PEM CA bundle for an IdP behind a private CA'),
-});
+const issuerSchema = z
+  .strictObject({
+    issuer: z.string().min(1).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
+    jwksUri: httpUrl.optional().describe('Skip discovery and fetch keys from here (https when the issuer is https)'),
+    algorithms: z.array(z.enum(ALGORITHMS)).min(1).default([...DEFAULTS.inbound.algorithms]),
+    audience: stringOrList.optional().describe('Overrides inbound.audience for tokens of this issuer'),
+    caFile: z.string().min(1).optional().describe('PEM CA bundle for an IdP behind a private CA'),
+  })
+  .superRefine((i, ctx) => {
+    // Keys fetched over cleartext can be swapped on the way: an https issuer's keys come over https too.
+    if (i.jwksUri !== undefined && downgradesToCleartext(i.issuer, i.jwksUri)) {
+      ctx.addIssue({ code: 'custom', message: 'must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way', path: ['jwksUri'] });
+    }
+  });
 
 const claimValue = z.union([z.string(), z.number(), z.boolean(), z.array(z.union([z.string(), z.number(), z.boolean()])).min(1)]);
 
@@ -97,12 +105,34 @@ const ruleSchema = z
   })
   .refine((r) => !(r.public && r.allow), { message: 'a public rule takes no `allow` list', path: ['public'] });
 
+/** Headers that frame the message, belong to one connection, or carry the caller's own credentials: never an identity header. */
+const RESERVED_FORWARD_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer', 'upgrade', 'keep-alive', 'cookie', 'authorization']);
+
+/**
+ * A header the sidecar sets for the app. Besides the reserved names, `_` is
+ * refused: CGI-style apps (WSGI, Rack, PHP-FPM) read `X_Peer` and `X-Peer`
+ * as the same HTTP_X_PEER, and many proxies drop names with `_`.
+ */
+const forwardHeaderName = z
+  .string()
+  .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
+  .superRefine((name, ctx) => {
+    const lower = name.toLowerCase();
+    if (RESERVED_FORWARD_HEADERS.has(lower) || lower.startsWith('proxy-')) {
+      ctx.addIssue({ code: 'custom', message: `"${lower}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*` });
+    }
+    if (lower.includes('_')) {
+      ctx.addIssue({ code: 'custom', message: 'must not contain "_": CGI-style apps read "_" and "-" alike (HTTP_X_PEER_SUB) and many proxies drop such headers' });
+    }
+  })
+  .transform((s) => s.toLowerCase());
+
 const forwardSchema = z
   .strictObject({
-    subjectHeader: headerName.default(DEFAULTS.inbound.forward.subjectHeader),
-    issuerHeader: headerName.default(DEFAULTS.inbound.forward.issuerHeader),
-    claimsHeader: headerName.default(DEFAULTS.inbound.forward.claimsHeader),
-    claimHeaders: z.record(headerName, z.string().min(1)).default({}).describe('header name -> claim name'),
+    subjectHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.subjectHeader),
+    issuerHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.issuerHeader),
+    claimsHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.claimsHeader),
+    claimHeaders: z.record(forwardHeaderName, z.string().min(1)).default({}).describe('header name -> claim name'),
     keepToken: z.boolean().default(DEFAULTS.inbound.forward.keepToken),
   })
   .prefault({});
@@ -112,32 +142,48 @@ const tlsSchema = z.strictObject({
   keyFile: z.string().min(1),
 });
 
-const inboundSchema = z.strictObject({
-  listen: listenAddress.default(DEFAULTS.inbound.listen),
-  target: httpUrl.describe('The app, e.g. http://127.0.0.1:8080'),
-  audience: stringOrList.describe("The token's aud must contain one of these"),
-  issuers: z.array(issuerSchema).min(1, 'at least one trusted issuer is required'),
-  clockSkewSeconds: seconds('Allowed clock difference for exp/nbf/iat').max(300).default(DEFAULTS.inbound.clockSkewSeconds),
-  maxTokenLifetimeSeconds: z.number().positive().optional().describe('Reject tokens whose exp - iat is longer'),
-  requiredClaims: z.array(z.string().min(1)).optional().describe('Claims every token must carry'),
-  typ: z.string().min(1).optional().describe('Required JWT `typ` header, e.g. at+jwt (RFC 9068)'),
-  tokenHeader: headerName.default(DEFAULTS.inbound.tokenHeader),
-  maxTokenBytes: positiveInt.default(DEFAULTS.inbound.maxTokenBytes),
-  jwks: z
-    .strictObject({
-      refreshIntervalSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.refreshIntervalSeconds),
-      maxStaleSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.maxStaleSeconds),
-      cooldownSeconds: seconds('Minimum gap between unknown-kid refetches').default(DEFAULTS.inbound.jwks.cooldownSeconds),
-      timeoutSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.timeoutSeconds),
-      retryMinSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMinSeconds),
-      retryMaxSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMaxSeconds),
-    })
-    .prefault({}),
-  cache: z.strictObject({ maxEntries: z.number().int().nonnegative().default(DEFAULTS.inbound.cache.maxEntries) }).prefault({}),
-  rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),
-  forward: forwardSchema,
-  tls: tlsSchema.optional().describe('Serve the inbound listener over HTTPS'),
-});
+const inboundSchema = z
+  .strictObject({
+    listen: listenAddress.default(DEFAULTS.inbound.listen),
+    target: httpUrl.describe('The app, e.g. http://127.0.0.1:8080'),
+    audience: stringOrList.describe("The token's aud must contain one of these"),
+    issuers: z.array(issuerSchema).min(1, 'at least one trusted issuer is required'),
+    clockSkewSeconds: seconds('Allowed clock difference for exp/nbf/iat').max(300).default(DEFAULTS.inbound.clockSkewSeconds),
+    maxTokenLifetimeSeconds: z.number().positive().optional().describe('Reject tokens whose exp - iat is longer'),
+    requiredClaims: z.array(z.string().min(1)).optional().describe('Claims every token must carry'),
+    typ: z.string().min(1).optional().describe('Required JWT `typ` header, e.g. at+jwt (RFC 9068)'),
+    tokenHeader: headerName.default(DEFAULTS.inbound.tokenHeader),
+    maxTokenBytes: positiveInt.default(DEFAULTS.inbound.maxTokenBytes),
+    jwks: z
+      .strictObject({
+        refreshIntervalSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.refreshIntervalSeconds),
+        maxStaleSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.maxStaleSeconds),
+        cooldownSeconds: seconds('Minimum gap between unknown-kid refetches')
+          .min(1, 'must be at least 1: with 0 every token with an unknown kid would trigger a JWKS fetch')
+          .default(DEFAULTS.inbound.jwks.cooldownSeconds),
+        timeoutSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.timeoutSeconds),
+        retryMinSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMinSeconds),
+        retryMaxSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMaxSeconds),
+      })
+      .prefault({}),
+    cache: z.strictObject({ maxEntries: z.number().int().nonnegative().default(DEFAULTS.inbound.cache.maxEntries) }).prefault({}),
+    rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),
+    forward: forwardSchema,
+    tls: tlsSchema.optional().describe('Serve the inbound listener over HTTPS'),
+  })
+  .superRefine((inb, ctx) => {
+    // The token header holds the caller's credential and is removed before the app (unless keepToken): identity must not share its name.
+    const f = inb.forward;
+    const named: Array<[string, (string | number)[]]> = [
+      [f.subjectHeader, ['forward', 'subjectHeader']],
+      [f.issuerHeader, ['forward', 'issuerHeader']],
+      [f.claimsHeader, ['forward', 'claimsHeader']],
+      ...Object.keys(f.claimHeaders).map((k): [string, (string | number)[]] => [k, ['forward', 'claimHeaders', k]]),
+    ];
+    for (const [name, path] of named) {
+      if (name === inb.tokenHeader) ctx.addIssue({ code: 'custom', message: `must not be the token header "${name}" (inbound.tokenHeader)`, path });
+    }
+  });
 
 const clientAuthFields = {
   clientId: z.string().min(1),

@@ -15,9 +15,21 @@ export function discoveryUrl(issuer: string): string {
 }
 
 /**
+ * True when `url` is not https although `issuer` is: following it would fetch
+ * keys, or send client credentials, in cleartext on the word of a TLS-protected
+ * issuer (OIDC Discovery §3 requires https for these URLs). Checked for every
+ * configured and discovered `jwks_uri` and `token_endpoint`.
+ */
+export function downgradesToCleartext(issuer: string, url: string): boolean {
+  if (!URL.canParse(issuer) || new URL(issuer).protocol !== 'https:') return false;
+  return !URL.canParse(url) || new URL(url).protocol !== 'https:';
+}
+
+/**
  * Fetches and checks the issuer's metadata. The `issuer` it returns must be
  * exactly the configured one (OIDC Discovery §4.3), otherwise a compromised
- * or misconfigured endpoint could point us at someone else's keys.
+ * or misconfigured endpoint could point us at someone else's keys; an https
+ * issuer's `jwks_uri` must be https too.
  */
 export async function discover(issuer: string, dispatcher: Dispatcher, timeoutMs: number): Promise<ProviderMetadata> {
   const url = discoveryUrl(issuer);
@@ -30,6 +42,9 @@ export async function discover(issuer: string, dispatcher: Dispatcher, timeoutMs
   }
   if (typeof meta.jwks_uri !== 'string' || !/^https?:\/\//.test(meta.jwks_uri)) {
     throw new IdpHttpError('discovery_failed', `${url}: no usable jwks_uri`);
+  }
+  if (downgradesToCleartext(issuer, meta.jwks_uri)) {
+    throw new IdpHttpError('discovery_failed', `${url}: jwks_uri ${meta.jwks_uri} is not https although the issuer is; keys are never fetched over cleartext`);
   }
   return meta as ProviderMetadata;
 }

@@ -12,7 +12,8 @@ import { tamperPayload, testKeyPair } from '../support/tokens.js';
  * the same JWKS URI and its own audience.
  */
 
-const TENANT_B = 'https://tenant-b.example/v2.0';
+// Plain http: its keys come from the local test IdP's http jwksUri (an https issuer needs an https one).
+const TENANT_B = 'http://tenant-b.example/v2.0';
 let idp: TestIdp;
 let app: RecordingApp;
 let sidecar: SidecarProcess;

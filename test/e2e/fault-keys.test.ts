@@ -109,7 +109,7 @@ describe.concurrent('JWKS outage after start: stale keys until jwks.maxStaleSeco
     it(`(${mode}): known keys keep verifying, then every token is 503 and /readyz 503; lost: nothing let through after the limit, no forged token ever`, async (ctx) => {
       const maxStale = 3;
       const { idp, app, sidecar } = await setup(ctx, {
-        jwks: { refreshIntervalSeconds: 0.5, retryMinSeconds: 0.2, retryMaxSeconds: 0.5, timeoutSeconds: 0.5, cooldownSeconds: 0, maxStaleSeconds: maxStale },
+        jwks: { refreshIntervalSeconds: 0.5, retryMinSeconds: 0.2, retryMaxSeconds: 0.5, timeoutSeconds: 0.5, cooldownSeconds: 1, maxStaleSeconds: maxStale },
       });
       const cached = await idp.mint({ aud: 'orders' });
       expect((await probe(sidecar, 'cached', cached)).status).toBe(200);

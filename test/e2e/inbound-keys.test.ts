@@ -43,21 +43,28 @@ describe('inbound keys: readiness, rotation, outages, kid floods', () => {
   });
 
   it('key rotation: a token with a new kid is accepted after one refetch; a removed key stops passing, cached or not', async () => {
-    const { idp, sidecar } = await setup({ jwks: { cooldownSeconds: 0 } });
+    // The shortest cooldown there is (1 s): within it an unknown kid is refused without a fetch, after it one refetch finds the key.
+    const { idp, sidecar } = await setup({ jwks: { cooldownSeconds: 1 } });
     const oldToken = await idp.getToken('orders', 'orders');
     expect((await call(sidecar.inbound!, '/x', { token: oldToken })).status).toBe(200);
     expect((await call(sidecar.inbound!, '/x', { token: oldToken })).status).toBe(200); // now cached
+    const acceptedAfterCooldown = (token: string) =>
+      eventually(async () => {
+        const res = await call(sidecar.inbound!, '/x', { token });
+        if (res.status !== 200) expect(res.body.reason).toBe('unknown_key');
+        return res.status === 200;
+      }, 5000, 'the new kid accepted after the cooldown');
 
     const before = idp.counts.jwks;
     await idp.rotateKeys(); // new key in front, old one still published (rollover)
     const newToken = await idp.getToken('orders', 'orders');
-    expect((await call(sidecar.inbound!, '/x', { token: newToken })).status).toBe(200);
+    await acceptedAfterCooldown(newToken);
     expect(idp.counts.jwks - before).toBe(1);
     expect((await call(sidecar.inbound!, '/x', { token: oldToken })).status).toBe(200);
 
     await idp.rotateKeys({ keepOld: false }); // old keys withdrawn
     const newest = await idp.getToken('orders', 'orders');
-    expect((await call(sidecar.inbound!, '/x', { token: newest })).status).toBe(200);
+    await acceptedAfterCooldown(newest);
     const res = await call(sidecar.inbound!, '/x', { token: oldToken });
     expect(res.status).toBe(401);
     expect(res.body.reason).toBe('unknown_key');

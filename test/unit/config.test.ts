@@ -113,6 +113,59 @@ describe('config validation errors name the key path', () => {
     expect(issues).toContain('outbound.routes.1.host: duplicate route for host "b"');
   });
 
+  it('requires jwks.cooldownSeconds >= 1 (0 would make every unknown kid a JWKS fetch)', () => {
+    const withCooldown = (cooldownSeconds: number) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, jwks: { cooldownSeconds } } });
+    expect(issuesOf(() => parseConfig(withCooldown(0)))).toEqual([
+      'inbound.jwks.cooldownSeconds: must be at least 1: with 0 every token with an unknown kid would trigger a JWKS fetch',
+    ]);
+    expect(issuesOf(() => parseConfig(withCooldown(0.5)))[0]).toMatch(/^inbound\.jwks\.cooldownSeconds: must be at least 1/);
+    expect(parseConfig(withCooldown(1)).inbound!.jwks.cooldownSeconds).toBe(1);
+  });
+
+  it('refuses identity header names that are reserved, the token header, or contain "_", at their key path', () => {
+    const withForward = (forward: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
+      ...minimalInbound,
+      inbound: { ...minimalInbound.inbound, ...extra, forward },
+    });
+    const reserved = ['host', 'Content-Length', 'transfer-encoding', 'connection', 'te', 'trailer', 'upgrade', 'keep-alive', 'proxy-authorization', 'Proxy-Sub', 'cookie', 'Authorization'];
+    for (const name of reserved) {
+      for (const key of ['subjectHeader', 'issuerHeader', 'claimsHeader']) {
+        expect(issuesOf(() => parseConfig(withForward({ [key]: name }))), `${key}: ${name}`).toEqual([
+          `inbound.forward.${key}: "${name.toLowerCase()}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*`,
+        ]);
+      }
+      expect(issuesOf(() => parseConfig(withForward({ claimHeaders: { [name]: 'env' } }))), `claimHeaders: ${name}`).toEqual([
+        `inbound.forward.claimHeaders.${name}: "${name.toLowerCase()}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*`,
+      ]);
+    }
+    const underscore = 'must not contain "_": CGI-style apps read "_" and "-" alike (HTTP_X_PEER_SUB) and many proxies drop such headers';
+    expect(issuesOf(() => parseConfig(withForward({ subjectHeader: 'X_Peer_Sub', claimHeaders: { 'X-Peer_Env': 'env', 'x-ok': 'ok' } })))).toEqual([
+      `inbound.forward.subjectHeader: ${underscore}`,
+      `inbound.forward.claimHeaders.X-Peer_Env: ${underscore}`,
+    ]);
+    const custom = { tokenHeader: 'X-Workload-Token' };
+    expect(issuesOf(() => parseConfig(withForward({ issuerHeader: 'x-workload-token', claimHeaders: { 'X-Workload-Token': 'sub' } }, custom)))).toEqual([
+      'inbound.forward.issuerHeader: must not be the token header "x-workload-token" (inbound.tokenHeader)',
+      'inbound.forward.claimHeaders.x-workload-token: must not be the token header "x-workload-token" (inbound.tokenHeader)',
+    ]);
+    // keepToken does not make it acceptable either: identity and credential never share a header.
+    expect(issuesOf(() => parseConfig(withForward({ keepToken: true, subjectHeader: 'x-workload-token' }, custom)))).toHaveLength(1);
+    const ok = parseConfig(withForward({ subjectHeader: 'X-Caller', claimHeaders: { 'X-Peer-Env': 'env' } }, custom)).inbound!.forward;
+    expect(ok).toMatchObject({ subjectHeader: 'x-caller', claimHeaders: { 'x-peer-env': 'env' } });
+  });
+
+  it('refuses an http jwksUri for an https issuer (keys over cleartext)', () => {
+    const withIssuer = (issuer: Record<string, unknown>) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, issuers: [{ issuer: 'https://idp.example' }, issuer] } });
+    expect(issuesOf(() => parseConfig(withIssuer({ issuer: 'https://idp.example/realms/a', jwksUri: 'http://idp.example/realms/a/certs' })))).toEqual([
+      'inbound.issuers.1.jwksUri: must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way',
+    ]);
+    expect(issuesOf(() => parseConfig(withIssuer({ issuer: 'HTTPS://idp.example', jwksUri: 'HTTP://idp.example/certs' })))[0]).toMatch(/^inbound\.issuers\.1\.jwksUri: must be an https URL/);
+    expect(parseConfig(withIssuer({ issuer: 'https://idp.example/b', jwksUri: 'https://keys.example/b' })).inbound!.issuers[1]!.jwksUri).toBe('https://keys.example/b');
+    // A plain-http issuer (dev, in-cluster) may name either; https is never a downgrade.
+    expect(parseConfig(withIssuer({ issuer: 'http://dev-issuer:9000', jwksUri: 'http://dev-issuer:9000/jwks' })).inbound!.issuers).toHaveLength(2);
+    expect(parseConfig(withIssuer({ issuer: 'http://dev-issuer:9000', jwksUri: 'https://keys.example/jwks' })).inbound!.issuers).toHaveLength(2);
+  });
+
   it('needs inbound or outbound', () => {
     expect(issuesOf(() => parseConfig({ service: 'a' }))).toEqual(['inbound: configure `inbound`, `outbound` or both']);
   });

@@ -35,8 +35,9 @@ import { inboundConfig, manualClock, manualScheduler, startJwksServer, type Jwks
  * npm run test:hard: over a million).
  */
 
-const A = 'https://idp-a.test';
-const B = 'https://tenant-b.test/v2.0';
+// Plain http like the local JWKS server both use (an https issuer needs an https jwksUri).
+const A = 'http://idp-a.test';
+const B = 'http://tenant-b.test/v2.0';
 const SKEW = 30;
 const MAX_LIFETIME = 3600;
 

@@ -9,7 +9,7 @@ import { createVerifyCache } from '../../src/inbound/verify-cache.js';
 import { algNoneToken, b64url, corruptSignature, rawToken, signToken, testKeyPair, type TestKeyPair } from '../support/tokens.js';
 import { captureLogger, counterValue, inboundConfig, manualClock, manualScheduler, startJwksServer, testMetrics } from './inbound-support.js';
 
-const ISS = 'https://idp.test';
+const ISS = 'http://idp.test'; // plain http like its local JWKS server (an https issuer needs an https jwksUri)
 const cleanups: Array<() => Promise<unknown> | void> = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
@@ -22,7 +22,7 @@ async function setup(inbound: Record<string, unknown> = {}, opts: { keys?: TestK
   const server = await startJwksServer({ keys: keys.map((k) => k.publicJwk) });
   cleanups.push(() => server.close());
   const config = inboundConfig({
-    issuers: [{ issuer: ISS, jwksUri: server.url }, { issuer: 'https://other.test', jwksUri: server.url, algorithms: ['ES256'] }],
+    issuers: [{ issuer: ISS, jwksUri: server.url }, { issuer: 'http://other.test', jwksUri: server.url, algorithms: ['ES256'] }],
     ...inbound,
     cache: { maxEntries: opts.cacheEntries ?? 100 },
   });
@@ -110,7 +110,7 @@ describe('authenticator', () => {
     const before = server.count;
     expect(await reason(await mint({ iss: 'https://evil.test' }))).toBe('unknown_issuer');
     expect(await reason(await mint({ iss: `${ISS}/` }))).toBe('unknown_issuer');
-    expect(await reason(await mint({ iss: ['https://idp.test'] }))).toBe('unknown_issuer');
+    expect(await reason(await mint({ iss: [ISS] }))).toBe('unknown_issuer');
     expect(await reason(await mint({ iss: undefined }))).toBe('missing_claim');
     expect(server.count).toBe(before);
   });
@@ -126,8 +126,8 @@ describe('authenticator', () => {
     const sig = createHmac('sha256', pem).update(`${h}.${p}`).digest('base64url');
     expect(await reason(`${h}.${p}.${sig}`)).toBe('unsupported_alg');
     // ES256 is allowed for idp.test, but other.test only allows ES256 so RS256 is refused there.
-    expect(await reason(await mint({ iss: 'https://other.test' }))).toBe('unsupported_alg');
-    expect(await reason(await mint({ iss: 'https://other.test' }, { key: ec }))).toBe('accepted');
+    expect(await reason(await mint({ iss: 'http://other.test' }))).toBe('unsupported_alg');
+    expect(await reason(await mint({ iss: 'http://other.test' }, { key: ec }))).toBe('accepted');
     // An alg that is not a JWS alg at all.
     expect(await reason(rawToken({ alg: 'RSA-OAEP', kid: rsa.kid }, claims(), 'c2ln'))).toBe('unsupported_alg');
   });
@@ -217,7 +217,7 @@ describe('authenticator', () => {
   });
 
   it('drops cached entries verified against a key set that has since changed, so a removed key stops passing', async () => {
-    const { mint, verify, reason, server, keyStore, clock } = await setup({ jwks: { cooldownSeconds: 0 } });
+    const { mint, verify, reason, server, keyStore, clock } = await setup({ jwks: { cooldownSeconds: 1 } });
     const token = await mint();
     await verify(token);
     expect(await reason(token)).toBe('accepted');

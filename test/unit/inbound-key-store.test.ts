@@ -1,13 +1,12 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { KeysUnavailableError } from '../../src/errors.js';
 import { filterJwks } from '../../src/inbound/jwks-filter.js';
 import { createKeyStore } from '../../src/inbound/key-store.js';
+import { selfSignedCert } from '../support/certs.js';
 import { startIdp } from '../support/idp.js';
 import { testKeyPair } from '../support/tokens.js';
 import {
@@ -30,14 +29,14 @@ async function setup(jwks: Record<string, unknown> = {}, initialKeys?: unknown[]
   const k1 = await testKeyPair('RS256', 'k1');
   const server = await startJwksServer({ keys: initialKeys ?? [k1.publicJwk] });
   cleanups.push(() => server.close());
-  const config = inboundConfig({ issuers: [{ issuer: 'https://idp.test', jwksUri: server.url }], jwks });
+  const config = inboundConfig({ issuers: [{ issuer: 'http://idp.test', jwksUri: server.url }], jwks });
   const clock = manualClock();
   const scheduler = manualScheduler();
   const metrics = testMetrics();
   const { logger, lines } = captureLogger();
   const store = createKeyStore(config.issuers, config.jwks, { logger, metrics, clock, scheduler });
   cleanups.push(() => store.close());
-  return { k1, server, config, clock, scheduler, metrics, lines, store, keys: () => store.get('https://idp.test')! };
+  return { k1, server, config, clock, scheduler, metrics, lines, store, keys: () => store.get('http://idp.test')! };
 }
 
 /** Runs the pending refresh timer and waits until that fetch reached the server and its outcome is applied. */
@@ -58,7 +57,7 @@ describe('key store', () => {
     expect(server.count).toBe(1);
     expect(keys().version).toBe(1);
     expect(typeof keys().keySet()).toBe('function');
-    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'success' })).toBe(1);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'success' })).toBe(1);
     expect(scheduler.pending()).toEqual([{ ms: 120_000 }]);
   });
 
@@ -92,7 +91,7 @@ describe('key store', () => {
       delays.push(scheduler.pending()[0]!.ms);
     }
     expect(delays).toEqual([1000, 2000, 4000, 4000, 4000]);
-    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'jwks_http_error' })).toBe(5);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'jwks_http_error' })).toBe(5);
     expect(lines.some((l) => l.event === 'jwks_fetch_failed')).toBe(true);
 
     server.set({ keys: [(await testKeyPair('ES256', 'e1')).publicJwk] });
@@ -136,10 +135,10 @@ describe('key store', () => {
   });
 
   it('shares one in-flight fetch between concurrent unknown-kid callers (single-flight)', async () => {
-    const { store, server, clock, keys } = await setup({ cooldownSeconds: 0 });
+    const { store, server, clock, keys } = await setup({ cooldownSeconds: 1 });
     await store.start();
     server.hold();
-    clock.advance(1);
+    clock.advance(1000);
     const waiting = Array.from({ length: 50 }, () => keys().refetchForUnknownKey());
     await vi.waitFor(() => expect(server.count).toBe(2));
     server.release();
@@ -169,9 +168,9 @@ describe('key store', () => {
       await fireTimer(server, scheduler);
       expect(keys().keySet()).toBe(good);
     }
-    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'jwks_no_usable_keys' })).toBe(2);
-    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'idp_bad_response' })).toBe(1);
-    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'https://idp.test', result: 'jwks_invalid' })).toBe(1);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'jwks_no_usable_keys' })).toBe(2);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'idp_bad_response' })).toBe(1);
+    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'jwks_invalid' })).toBe(1);
   });
 
   it('does not follow a redirect from the JWKS endpoint', async () => {
@@ -188,7 +187,7 @@ describe('key store', () => {
     expect(scheduler.pending()).toHaveLength(1);
     await store.close();
     expect(scheduler.pending()).toHaveLength(0);
-    await store.get('https://idp.test')!.refetchForUnknownKey();
+    await store.get('http://idp.test')!.refetchForUnknownKey();
     expect(server.count).toBe(1);
   });
 
@@ -204,10 +203,7 @@ describe('key store', () => {
   });
 
   it('trusts an IdP behind a private CA through caFile', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-ca-'));
-    const cert = join(dir, 'idp.crt');
-    const key = join(dir, 'idp.key');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=idp', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    const { cert, key } = selfSignedCert('idp');
     const jwk = (await testKeyPair()).publicJwk;
     const server = createHttpsServer({ cert: readFileSync(cert), key: readFileSync(key) }, (_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
@@ -216,7 +212,7 @@ describe('key store', () => {
     cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
     const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/jwks`;
     const make = (caFile?: string) => {
-      const config = inboundConfig({ issuers: [{ issuer: 'https://idp.test', jwksUri: url, ...(caFile ? { caFile } : {}) }] });
+      const config = inboundConfig({ issuers: [{ issuer: 'http://idp.test', jwksUri: url, ...(caFile ? { caFile } : {}) }] });
       const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock: manualClock(), scheduler: manualScheduler() });
       cleanups.push(() => store.close());
       return store;
@@ -227,6 +223,52 @@ describe('key store', () => {
     const trusted = make(cert);
     await trusted.start();
     expect(trusted.isReady()).toBe(true);
+  });
+});
+
+describe('key store discovery never downgrades to cleartext', () => {
+  it('an https issuer whose discovery names an http jwks_uri gets no keys and the http URL no request; http issuer to https jwks_uri is fine', async () => {
+    const tls = selfSignedCert('discovery-idp');
+    const jwk = (await testKeyPair()).publicJwk;
+    const origins = { plain: '', secure: '' };
+    const hits = { plainJwks: 0, secureJwks: 0 };
+    // Each server publishes discovery whose jwks_uri points at the other one's scheme.
+    const serve = (self: 'plain' | 'secure', other: 'plain' | 'secure') => (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url === '/.well-known/openid-configuration') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ issuer: origins[self], jwks_uri: `${origins[other]}/jwks` }));
+      } else if (req.url === '/jwks') {
+        hits[self === 'plain' ? 'plainJwks' : 'secureJwks']++;
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
+      } else res.writeHead(404).end();
+    };
+    const plain = createHttpServer(serve('plain', 'secure'));
+    const secure = createHttpsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, serve('secure', 'plain'));
+    for (const [name, server] of [['plain', plain], ['secure', secure]] as const) {
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+      origins[name] = `${name === 'plain' ? 'http' : 'https'}://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    }
+    const make = (issuer: string) => {
+      const config = inboundConfig({ issuers: [{ issuer, caFile: tls.cert }] });
+      const metrics = testMetrics();
+      const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics, clock: manualClock(), scheduler: manualScheduler() });
+      cleanups.push(() => store.close());
+      return { store, metrics };
+    };
+
+    const downgraded = make(origins.secure);
+    await downgraded.store.start();
+    expect(downgraded.store.isReady()).toBe(false);
+    expect(downgraded.store.get(origins.secure)!.lastError).toBe(
+      `${origins.secure}/.well-known/openid-configuration: jwks_uri ${origins.plain}/jwks is not https although the issuer is; keys are never fetched over cleartext`,
+    );
+    expect(await counterValue(downgraded.metrics, 'jwksFetches', { issuer: origins.secure, result: 'discovery_failed' })).toBe(1);
+    expect(hits.plainJwks).toBe(0);
+
+    const upgraded = make(origins.plain);
+    await upgraded.store.start();
+    expect(upgraded.store.isReady()).toBe(true);
+    expect(hits.secureJwks).toBe(1);
   });
 });
 

@@ -1,6 +1,7 @@
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +12,7 @@ import { TokenUnavailableError } from '../../src/errors.js';
 import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
 import { createTokenSource, type SourceDeps, type TokenSource } from '../../src/outbound/sources/index.js';
 import { TOKEN_EXCHANGE_GRANT } from '../../src/outbound/sources/token-exchange.js';
+import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { rawToken } from '../support/tokens.js';
 import { startStubTokenEndpoint, type StubTokenEndpoint } from './outbound-harness.js';
@@ -134,6 +136,41 @@ describe('client_credentials request shape and response checks (stand-in token e
       stub.reply = () => ({ body: { access_token: 'opaque-token', token_type: 'Bearer', expires_in: 300 } });
     });
   }
+});
+
+describe('token endpoint discovery never downgrades to cleartext', () => {
+  it('an https issuer publishing an http token_endpoint gets no token request (the secret stays home); https to https works', async () => {
+    const tls = selfSignedCert('token-idp');
+    const cleartext = await startStubTokenEndpoint(() => ({ body: { access_token: 'over-http', token_type: 'Bearer', expires_in: 300 } }));
+    let origin = '';
+    let published = cleartext.url;
+    const secure = createHttpsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, (req, res) => {
+      const json = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+      if (req.url === '/.well-known/openid-configuration') json({ issuer: origin, jwks_uri: `${origin}/jwks`, token_endpoint: published });
+      else if (req.url === '/token' && req.method === 'POST') req.resume().on('end', () => json({ access_token: 'over-https', token_type: 'Bearer', expires_in: 300 }));
+      else res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => secure.listen(0, '127.0.0.1', r));
+    origin = `https://127.0.0.1:${(secure.address() as AddressInfo).port}`;
+    try {
+      const s = source({ type: 'client_credentials', issuer: origin, clientId: 'orders', clientSecret: 'never-over-http', caFile: tls.cert });
+      const err = await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TokenUnavailableError);
+      expect((err as Error).message).toBe(
+        `issuer ${origin} publishes token_endpoint ${cleartext.url}, which is not https although the issuer is; client credentials are never sent over cleartext`,
+      );
+      expect(cleartext.requests).toHaveLength(0);
+
+      // The refusal is about the scheme, not the TLS setup: the same issuer naming an https endpoint is used (discovery is retried).
+      published = `${origin}/token`;
+      expect((await s.fetch({ audience: 'payments', scopes: [] })).token).toBe('over-https');
+      expect(cleartext.requests).toHaveLength(0);
+    } finally {
+      secure.closeAllConnections();
+      await new Promise<void>((r) => secure.close(() => r()));
+      await cleartext.close();
+    }
+  });
 });
 
 describe('token_exchange (RFC 8693)', () => {

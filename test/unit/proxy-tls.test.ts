@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -8,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer } from '../../src/proxy/listen.js';
 import { loadTlsMaterial, TlsConfigError } from '../../src/proxy/tls.js';
+import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, startTestProxy } from './proxy-harness.js';
 
@@ -18,17 +18,7 @@ afterEach(async () => {
 
 const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-tls-'));
 
-/** A self-signed certificate for 127.0.0.1 made with the openssl CLI (node:crypto cannot sign X.509). */
-function selfSigned(name: string): { cert: string; key: string; pem: string } {
-  const cert = join(dir, `${name}.crt`);
-  const key = join(dir, `${name}.key`);
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-    '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`,
-    '-addext', 'subjectAltName=IP:127.0.0.1',
-  ], { stdio: 'ignore' });
-  return { cert, key, pem: execFileSync('cat', [cert]).toString() };
-}
+const selfSigned = (name: string) => selfSignedCert(name, dir);
 
 function captureLogs(): { logger: ReturnType<typeof createLogger>; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = [];

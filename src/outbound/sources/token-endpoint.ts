@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import { TokenUnavailableError } from '../../errors.js';
-import { discover } from '../../oidc/discovery.js';
+import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
 import { assertBearerToken, toIssuedToken } from './token-format.js';
@@ -39,6 +39,10 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
           const endpoint = meta.token_endpoint;
           if (typeof endpoint !== 'string' || !/^https?:\/\//.test(endpoint)) {
             throw new TokenUnavailableError(`issuer ${issuer} publishes no usable token_endpoint in its discovery document`);
+          }
+          if (downgradesToCleartext(issuer, endpoint)) {
+            // The client secret or assertion would cross the network in cleartext.
+            throw new TokenUnavailableError(`issuer ${issuer} publishes token_endpoint ${endpoint}, which is not https although the issuer is; client credentials are never sent over cleartext`);
           }
           return endpoint;
         },
