@@ -12,15 +12,19 @@ function table(headers, rows) {
   return [line(headers), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
 }
 
+/** Median over rounds of each hop's CPU µs per request. */
+const cpuPerHop = (runs) => [0, 1].map((i) => median(runs.map((r) => r.cpuUsPerRequest?.[i] ?? NaN)));
+
 /** Summary numbers used by the table and by callers that check targets. */
 export function summarize(report) {
   const b = report.runs.baseline;
   const s = report.runs.sidecar;
   const lat = Object.fromEntries(report.latency.map((l) => [l.name, l]));
   return {
-    baseline: { rps: median(b.map((r) => r.rps)), p50: median(b.map((r) => r.p50)), p99: median(b.map((r) => r.p99)) },
-    sidecar: { rps: median(s.map((r) => r.rps)), p50: median(s.map((r) => r.p50)), p99: median(s.map((r) => r.p99)) },
+    baseline: { rps: median(b.map((r) => r.rps)), p50: median(b.map((r) => r.p50)), p99: median(b.map((r) => r.p99)), cpu: cpuPerHop(b) },
+    sidecar: { rps: median(s.map((r) => r.rps)), p50: median(s.map((r) => r.p50)), p99: median(s.map((r) => r.p99)), cpu: cpuPerHop(s) },
     rpsRatio: median(s.map((r) => r.rps)) / median(b.map((r) => r.rps)),
+    cpuRatio: cpuPerHop(b).reduce((x, y) => x + y, 0) / cpuPerHop(s).reduce((x, y) => x + y, 0),
     perHop: {
       sidecar: { p50: (lat.sidecar.p50 - lat.direct.p50) / 2, p99: (lat.sidecar.p99 - lat.direct.p99) / 2 },
       baseline: { p50: (lat.baseline.p50 - lat.direct.p50) / 2, p99: (lat.baseline.p99 - lat.direct.p99) / 2 },
@@ -38,11 +42,19 @@ export function printReport(report) {
   out.push(`\nThroughput at ${settings.connections} connections (autocannon, ${settings.rounds} interleaved rounds of ${settings.durationSeconds} s; median of rounds; latency in whole ms as autocannon records it)\n`);
   out.push(
     table(
-      ['chain (2 hops)', 'req/s', 'p50 ms', 'p99 ms', 'rounds (req/s)'],
-      ['baseline', 'sidecar'].map((n) => [n, fmt(sum[n].rps), fmt(sum[n].p50, 1), fmt(sum[n].p99, 1), report.runs[n].map((r) => fmt(r.rps)).join(' / ')]),
+      ['chain (2 hops)', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/request, hop 1 + hop 2', 'rounds (req/s)'],
+      ['baseline', 'sidecar'].map((n) => [
+        n,
+        fmt(sum[n].rps),
+        fmt(sum[n].p50, 1),
+        fmt(sum[n].p99, 1),
+        `${fmt(sum[n].cpu[0])} + ${fmt(sum[n].cpu[1])}`,
+        report.runs[n].map((r) => fmt(r.rps)).join(' / '),
+      ]),
     ),
   );
   out.push(`\nsidecar/baseline throughput: ${fmt(sum.rpsRatio, 2)}× (target ≥ 0.9: ${verdict(sum.rpsRatio >= 0.9)}; stretch ≥ 1.0: ${verdict(sum.rpsRatio >= 1.0)})`);
+  out.push(`CPU efficiency, baseline CPU per request / sidecar CPU per request: ${fmt(sum.cpuRatio, 2)}× (the throughput a CPU-bound deployment gets, independent of the load generator's share of the machine)`);
   if (sum.errors) out.push(`WARNING: ${sum.errors} non-2xx responses or errors during load`);
 
   out.push(`\nUnloaded latency (1 keep-alive connection, ${settings.samples} sequential requests per target, interleaved; µs)\n`);
