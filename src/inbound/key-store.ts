@@ -301,11 +301,8 @@ function createIssuerKeys(
     },
     async start() {
       if (closed) return;
-      if (seed && !seed.failing && isUsable()) {
-        // Handed over in good health: the next refresh is due on the normal schedule.
-        schedule(true);
-        return;
-      }
+      // Always fetch, handed-over keys or not: a SIGHUP doubles as "refresh the keys now" (e.g. after
+      // a key compromise); if the fetch fails, the handed-over keys keep verifying as before.
       const r = await fetchOnce();
       schedule(r.ok);
     },
