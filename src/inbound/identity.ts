@@ -34,11 +34,14 @@ export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, 
 /**
  * Every header the sidecar sets for the app (and the token header unless
  * `keepToken`): removed from the incoming request first, on every route, so a
- * caller can never supply its own identity.
+ * caller can never supply its own identity. Each name is listed also with `_`
+ * as `-`, so with the proxy's `_`-tolerant comparison (isDropped) every
+ * spelling an app could read as the same CGI variable is removed.
  */
 export function identityHeaderNames(forward: ForwardConfig, tokenHeader: string): Set<string> {
   const names = new Set([forward.subjectHeader, forward.issuerHeader, forward.claimsHeader, ...Object.keys(forward.claimHeaders)]);
   if (!forward.keepToken) names.add(tokenHeader);
+  for (const name of names) if (name.includes('_')) names.add(name.replaceAll('_', '-'));
   return names;
 }
 

@@ -26,6 +26,16 @@ export function isHopByHop(lowerName: string): boolean {
   return HOP_BY_HOP.has(lowerName) || lowerName.startsWith('proxy-');
 }
 
+/**
+ * Whether a lower-case header name is in `drop`, in either spelling of `-`:
+ * CGI-style apps (WSGI, Rack, PHP-FPM) read `X_Peer_Sub` and `X-Peer-Sub`
+ * alike as HTTP_X_PEER_SUB, so `_` counts as `-` here. A `drop` entry that
+ * itself contains `_` matches only as written (list its `-` form too to catch both).
+ */
+export function isDropped(lowerName: string, drop: ReadonlySet<string>): boolean {
+  return drop.has(lowerName) || (lowerName.includes('_') && drop.has(lowerName.replaceAll('_', '-')));
+}
+
 /** Names listed in the Connection header(s), lower-cased. */
 export function connectionTokens(rawHeaders: readonly string[]): Set<string> {
   const out = new Set<string>();
@@ -61,7 +71,7 @@ function extraNamed(value: string, named: Set<string> | undefined): Set<string> 
 /**
  * Copies `rawHeaders` (Node's flat [name, value, ...] list, duplicates kept)
  * into a new flat list without hop-by-hop headers, Connection-named headers
- * and any name in `drop`.
+ * and any name in `drop` (also spelt with `_`, see isDropped).
  */
 export function forwardableHeaders(rawHeaders: readonly string[], drop: ReadonlySet<string>): string[] {
   const named = rawHeaders.length > 0 ? namedByConnection(rawHeaders) : undefined;
@@ -69,7 +79,7 @@ export function forwardableHeaders(rawHeaders: readonly string[], drop: Readonly
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const lower = name.toLowerCase();
-    if (isHopByHop(lower) || drop.has(lower) || named?.has(lower)) continue;
+    if (isHopByHop(lower) || isDropped(lower, drop) || named?.has(lower)) continue;
     out.push(name, rawHeaders[i + 1]!);
   }
   return out;
@@ -89,7 +99,7 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
 
 /**
  * The header list sent upstream for a proxied request, built in one pass:
- * hop-by-hop, Connection-named and `drop` headers removed; `Expect` removed
+ * hop-by-hop, Connection-named and `drop` headers (any `_` spelling) removed; `Expect` removed
  * too (Node already answered `100-continue` to the client, RFC 9110 §10.1.1);
  * `X-Forwarded-For/-Proto/-Host` appended to what earlier hops said (the
  * de-facto convention; RFC 7239 §4 for the idea); then `add` appended.
@@ -105,7 +115,7 @@ export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<str
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const lower = name.toLowerCase();
-    if (isHopByHop(lower) || lower === 'expect' || drop.has(lower) || named?.has(lower)) continue;
+    if (isHopByHop(lower) || lower === 'expect' || isDropped(lower, drop) || named?.has(lower)) continue;
     // Several X-Forwarded-* lines are merged into the first so the appended hop lands at the end of one list.
     if (lower === 'x-forwarded-for') {
       if (xff >= 0) {

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -98,6 +99,26 @@ describe('inbound: a verified call reaches the app with identity headers', () =>
     expect(seen.headers['x-peer-claims']).not.toBe('e30');
   });
 
+  it('removes identity headers spelt with _ for - (CGI-style apps read X_Peer_Sub as HTTP_X_PEER_SUB), on public and protected routes', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const spoof = ['X_Peer_Sub', 'admin', 'x_peer_iss', 'https://evil', 'X-Peer_Claims', Buffer.from('{"sub":"admin"}').toString('base64url'), 'X_PEER_ENV', 'prod-spoofed'];
+    const underscored = (seen: { rawHeaders: string[] }) => seen.rawHeaders.filter((h, i) => i % 2 === 0 && /^x[-_]peer[-_]/i.test(h) && h.includes('_'));
+
+    expect(await getWithRawHeaders(sidecar.inbound!, '/healthz', spoof)).toBe(200);
+    let seen = app.seen.at(-1)!;
+    expect(seen.url).toBe('/healthz');
+    expect(underscored(seen)).toEqual([]);
+    for (const h of ['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x-peer-env']) expect(seen.headers[h], h).toBeUndefined();
+
+    expect(await getWithRawHeaders(sidecar.inbound!, '/x', ['Authorization', `Bearer ${token}`, ...spoof])).toBe(200);
+    seen = app.seen.at(-1)!;
+    expect(seen.url).toBe('/x');
+    expect(underscored(seen)).toEqual([]);
+    expect(seen.headers['x-peer-sub']).toBe('orders');
+    expect(seen.headers['x-peer-iss']).toBe(idp.issuer);
+    expect(seen.headers['x-peer-env']).toBeUndefined();
+  });
+
   it('streams request bodies to the app unchanged', async () => {
     const token = await idp.getToken('orders', 'orders');
     const body = randomBytes(2 * 1024 * 1024);
@@ -186,3 +207,13 @@ describe('inbound: forwarding options and upstream failures', () => {
     }
   });
 });
+
+/** GET with an exact header list (names as written, `_` included) plus Host, which Node omits for a raw list; resolves the status. */
+function getWithRawHeaders(base: string, path: string, rawHeaders: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${base}${path}`, { headers: ['Host', new URL(base).host, ...rawHeaders] }, (res) => {
+      res.resume().on('end', () => resolve(res.statusCode!));
+    });
+    req.on('error', reject).end();
+  });
+}

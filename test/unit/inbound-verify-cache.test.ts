@@ -79,6 +79,8 @@ describe('identity headers', () => {
       ['authorization', 'x-peer-claims', 'x-peer-env', 'x-peer-iss', 'x-peer-sub'],
     );
     expect(identityHeaderNames(forward({ keepToken: true }), 'authorization').has('authorization')).toBe(false);
+    // A token header written with `_` is dropped in its `-` spelling too (the proxy compares `_` as `-`).
+    expect(identityHeaderNames(forward(), 'x_workload_token')).toEqual(new Set(['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x_workload_token', 'x-workload-token']));
   });
 
   it('percent-encodes claim values that are not plain printable ASCII, so CR/LF can never split a header', () => {

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { buildUpstreamHeaders, forwardableResponseHeaders, isHopByHop } from '../../src/proxy/headers.js';
+import { buildUpstreamHeaders, forwardableHeaders, forwardableResponseHeaders, isHopByHop } from '../../src/proxy/headers.js';
 
 /** A request as Node's parser hands it over: only the fields header building reads. */
 function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): IncomingMessage {
@@ -11,7 +11,7 @@ function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): In
 }
 
 const randomCase = (name: string) => fc.array(fc.boolean(), { minLength: name.length, maxLength: name.length }).map((up) => [...name].map((c, i) => (up[i] ? c.toUpperCase() : c)).join(''));
-const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host'];
+const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host', 'x_peer_sub', 'x-peer_sub', 'x_other'];
 const headerName = fc.oneof(fc.constantFrom(...NAMES), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)).chain(randomCase);
 const headerValue = fc.stringMatching(/^[\x21-\x7e]([\x20-\x7e]{0,20}[\x21-\x7e])?$/);
 const connectionValue = fc.array(fc.oneof(fc.constantFrom('keep-alive', 'close', 'X-Named', 'x-other', 'Upgrade'), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)), { minLength: 1, maxLength: 4 }).map((t) => t.join(' , '));
@@ -34,7 +34,8 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
         const drop = new Set(['x-peer-sub']);
         const out = buildUpstreamHeaders(request(raw), drop, ['x-peer-sub', 'verified']);
         const named = namedByConnection(raw);
-        const removed = (n: string) => isHopByHop(n) || n === 'expect' || drop.has(n) || named.has(n);
+        // A dropped name is dropped in any `_` spelling too (CGI-style apps read `_` as `-`).
+        const removed = (n: string) => isHopByHop(n) || n === 'expect' || drop.has(n.replaceAll('_', '-')) || named.has(n);
         const forwarded = out.slice(0, -2);
         for (let i = 0; i < forwarded.length; i += 2) expect(removed(forwarded[i]!.toLowerCase())).toBe(false);
         // Every surviving header except the X-Forwarded-* lines (merged, then appended to) is copied in order.
@@ -45,6 +46,18 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
       }),
       { numRuns: 400 },
     );
+  });
+
+  it('drops a dropped name in every spelling with _ for - (WSGI/Rack/PHP-FPM read X_Peer_Sub as HTTP_X_PEER_SUB), in both header copies', () => {
+    const drop = new Set(['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x-peer-env', 'authorization']);
+    const raw = [
+      'X_Peer_Sub', 'admin', 'x_peer_iss', 'https://evil', 'X-Peer_Claims', 'e30', 'x-PEER_env', 'prod', 'X-Peer-Sub', 'root',
+      'X_Peer_Subject', 'kept', 'x_custom', 'kept', 'Accept', 'kept',
+    ];
+    const kept = [['X_Peer_Subject', 'kept'], ['x_custom', 'kept'], ['Accept', 'kept']];
+    const pairs = (flat: string[]) => flat.flatMap((n, i) => (i % 2 === 0 && !/^x-forwarded-/i.test(n) ? [[n, flat[i + 1]]] : []));
+    expect(pairs(buildUpstreamHeaders(request(raw), drop, []))).toEqual(kept);
+    expect(pairs(forwardableHeaders(raw, drop))).toEqual(kept);
   });
 
   it('appends this hop to X-Forwarded-For/-Proto/-Host in a single line each', () => {
