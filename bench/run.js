@@ -5,7 +5,7 @@
 // Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000),
 // BENCH_NODE_OPTIONS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startBenchIdp } from './lib/idp.js';
@@ -32,8 +32,11 @@ const childEnv = { NODE_OPTIONS: settings.nodeOptions };
 const listening = (l) => typeof l.listening === 'number';
 const procs = [];
 const tempDirs = [];
+/** BENCH_CPU_PROF_DIR=dir: the process writes a V8 CPU profile there when it exits (open in Chrome DevTools). */
+const profArgs = (name) => (process.env.BENCH_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF_DIR}`, `--cpu-prof-name=${name}.cpuprofile`] : []);
+
 async function node(name, args, opts = {}) {
-  const p = await startNode(args, { name, ready: listening, env: childEnv, ...opts });
+  const p = await startNode([...profArgs(name), ...args], { name, ready: listening, env: childEnv, ...opts });
   procs.push(p);
   return { ...p, port: p.line.listening };
 }
@@ -43,9 +46,7 @@ async function sidecar(name, config) {
   tempDirs.push(dir);
   const path = join(dir, `${name}.json`);
   writeFileSync(path, JSON.stringify(config, null, 2));
-  // BENCH_CPU_PROF_DIR=dir: each sidecar writes a V8 CPU profile there when it exits (open in Chrome DevTools).
-  const prof = process.env.BENCH_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF_DIR}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
-  const p = await startNode([...prof, BIN, 'run', '--config', path], { name, env: childEnv, ready: (l) => l.event === 'started' });
+  const p = await startNode([...profArgs(name), BIN, 'run', '--config', path], { name, env: childEnv, ready: (l) => l.event === 'started' });
   procs.push(p);
   const a = p.line.addresses;
   const port = (addr) => (addr ? Number(addr.slice(addr.lastIndexOf(':') + 1)) : undefined);
@@ -61,6 +62,8 @@ async function sidecar(name, config) {
 
 async function main() {
   const started = Date.now();
+  // Other work on the machine skews every number; the report says how busy it was when the run began.
+  const loadAtStart = loadavg()[0];
   const idp = await startBenchIdp({ clientId: 'bench-client', clientSecret: 'bench-client-secret', ttlSeconds: settings.tokenTtlSeconds });
   const app = await node('app', [join(here, 'apps/upstream.js')]);
   const appUrl = `http://127.0.0.1:${app.port}`;
@@ -155,7 +158,14 @@ async function main() {
   const verify = await runVerifyMicro();
 
   const report = {
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), node: process.version, platform: `${process.platform} ${process.arch}` },
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model,
+      memGiB: Math.round(totalmem() / 2 ** 30),
+      node: process.version,
+      platform: `${process.platform} ${process.arch}`,
+      loadAtStart,
+    },
     settings,
     runs,
     latency,

@@ -37,7 +37,9 @@ export function printReport(report) {
   const sum = summarize(report);
   const { settings, machine } = report;
   const out = [];
-  out.push(`\nMachine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.platform}; run took ${report.seconds} s`);
+  out.push(
+    `\nMachine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.platform}; load average ${fmt(machine.loadAtStart, 1)} when the run began; run took ${report.seconds} s`,
+  );
   out.push(`NODE_OPTIONS for every process: ${settings.nodeOptions ? `"${settings.nodeOptions}"` : "(none: Node's defaults)"}`);
   out.push(`\nThroughput at ${settings.connections} connections (autocannon, ${settings.rounds} interleaved rounds of ${settings.durationSeconds} s; median of rounds; latency in whole ms as autocannon records it)\n`);
   out.push(
