@@ -40,9 +40,11 @@ export const ALGORITHMS = [
   'EdDSA', 'Ed25519',
 ] as const;
 
+/** A token header name. `_` is refused: `X_Token` and `X-Token` are one header to CGI-style apps, so dropping one spelling would leave the other. */
 const headerName = z
   .string()
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
+  .refine((s) => !s.includes('_'), 'must not contain "_" (CGI-style apps and many proxies treat "_" and "-" alike)')
   .transform((s) => s.toLowerCase());
 
 const issuerSchema = z

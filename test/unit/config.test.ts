@@ -253,3 +253,12 @@ describe('redaction', () => {
     expect(text.match(/\[redacted\]/g)).toHaveLength(2);
   });
 });
+
+describe('token header names', () => {
+  it('refuse "_" on both sides, so no second spelling of the token header can slip past the drop list', () => {
+    const inbound = issuesOf(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, tokenHeader: 'x_workload_token' } }));
+    expect(inbound[0]).toMatch(/^inbound\.tokenHeader: must not contain "_"/);
+    const outbound = issuesOf(() => parseConfig({ service: 'a', outbound: { tokenHeader: 'X_Token', tokenSource: { type: 'env', variable: 'T' } } }));
+    expect(outbound[0]).toMatch(/^outbound\.tokenHeader: must not contain "_"/);
+  });
+});
