@@ -6,7 +6,7 @@ import { watchConfigFiles } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
 import { ConfigError, SidecarError, formatIssue } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { compactAfterStartup, tuneRuntimeForProxy } from '../proxy/runtime.js';
+import { tuneRuntimeForProxy } from '../proxy/runtime.js';
 import { withConfigOption } from './shared.js';
 
 /**
@@ -27,7 +27,6 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       const logger = createLogger({ level: config.log.level, service: config.service });
       const metrics = createMetrics({ service: config.service });
       const app = await startApp(config, { logger, metrics });
-      compactAfterStartup();
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
       let stopping = false;

@@ -41,15 +41,13 @@ describe('runtime footprint choices (docs/performance.md)', () => {
     });
   });
 
-  it('applies its V8 settings and the startup collection on this Node without complaint (a renamed flag would print "unrecognized flag")', async () => {
+  it('applies its V8 settings on this Node without complaint (a renamed flag would print "unrecognized flag")', async () => {
     const r = await runFresh(`
-      const { tuneRuntimeForProxy, compactAfterStartup } = await import(${JSON.stringify(`${DIST}/proxy/runtime.js`)});
+      const { tuneRuntimeForProxy } = await import(${JSON.stringify(`${DIST}/proxy/runtime.js`)});
       tuneRuntimeForProxy();
-      compactAfterStartup();
-      console.log(JSON.stringify({ tuned: true, gcGlobal: typeof globalThis.gc }));
+      console.log('tuned');
     `);
     expect(r.stderr).toBe('');
-    // The one-off collection must not leave a global gc() behind for the app's code to find.
-    expect(JSON.parse(r.stdout)).toEqual({ tuned: true, gcGlobal: 'undefined' });
+    expect(r.stdout.trim()).toBe('tuned');
   });
 });
