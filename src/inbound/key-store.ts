@@ -7,19 +7,8 @@ import { KeysUnavailableError, SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson } from '../oidc/http.js';
+import { timerScheduler, type Scheduler } from '../scheduler.js';
 import { filterJwks } from './jwks-filter.js';
-
-/** Timers, injected so tests can run the refresh schedule without waiting. */
-export interface Scheduler {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-/** Real timers, unref'd so a pending refresh never keeps the process alive. */
-export const realScheduler: Scheduler = {
-  setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
 
 /** The keys of one trusted issuer. */
 export interface IssuerKeys {
@@ -95,7 +84,7 @@ type JwksConfig = InboundConfig['jwks'];
  * last good keys keep working for `maxStaleSeconds` (FIELD-NOTES).
  */
 export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfig, deps: KeyStoreDeps): KeyStore {
-  const scheduler = deps.scheduler ?? realScheduler;
+  const scheduler = deps.scheduler ?? timerScheduler;
   const all = issuers.map((cfg) => createIssuerKeys(cfg, jwks, deps, scheduler, () => notify(), deps.handover?.get(issuerKeysIdentity(cfg))));
   const byIssuer = new Map(all.map((k) => [k.issuer, k]));
   const waiters = new Set<() => void>();
@@ -170,7 +159,7 @@ function createIssuerKeys(
   let lastAttemptAt = -Infinity;
   let discoveredUri: string | undefined;
   let inflight: Promise<FetchResult> | undefined;
-  let timer: unknown;
+  let cancelTimer: (() => void) | undefined;
   let retryDelay = jwks.retryMinSeconds;
   let lastError: string | undefined;
   let closed = false;
@@ -269,10 +258,10 @@ function createIssuerKeys(
       delay = Math.min(retryDelay, jwks.refreshIntervalSeconds);
       retryDelay = Math.min(retryDelay * 2, jwks.retryMaxSeconds);
     }
-    scheduler.clearTimeout(timer);
-    timer = scheduler.setTimeout(() => {
+    cancelTimer?.();
+    cancelTimer = scheduler.schedule(delay * 1000, () => {
       void fetchOnce().then((r) => schedule(r.ok));
-    }, delay * 1000);
+    });
   };
 
   return {
@@ -311,7 +300,7 @@ function createIssuerKeys(
     },
     async close() {
       closed = true;
-      scheduler.clearTimeout(timer);
+      cancelTimer?.();
       const a = agent;
       agent = undefined;
       // We created the agent, we close it; cutting an in-flight key fetch on shutdown loses nothing.

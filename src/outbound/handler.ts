@@ -12,7 +12,7 @@ import { tunnel } from '../proxy/tunnel.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createConnectHandler } from './connect.js';
 import { createRouter, type Resolution } from './router.js';
-import type { Scheduler } from './scheduler.js';
+import type { Scheduler } from '../scheduler.js';
 import { createTokenBroker } from './token-broker.js';
 import { createTokenCache } from './token-cache.js';
 

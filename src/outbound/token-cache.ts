@@ -3,7 +3,7 @@ import type { Clock } from '../clock.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { SidecarError, TokenUnavailableError } from '../errors.js';
 import { audit, type Logger } from '../log.js';
-import { timerScheduler, type Scheduler } from './scheduler.js';
+import { timerScheduler, type Scheduler } from '../scheduler.js';
 import type { IssuedToken, TokenSource } from './sources/index.js';
 
 /** One cached token's identity: which source, for which audience and scopes. */

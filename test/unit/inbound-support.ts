@@ -5,7 +5,7 @@ import { createMetrics, type Metrics } from '../../src/admin/metrics.js';
 import type { Clock } from '../../src/clock.js';
 import { parseConfig } from '../../src/config/load.js';
 import type { InboundConfig } from '../../src/config/schema.js';
-import type { Scheduler } from '../../src/inbound/key-store.js';
+import type { Scheduler } from '../../src/scheduler.js';
 import { createLogger, type Logger } from '../../src/log.js';
 
 /** A clock that moves only when told (milliseconds). */
@@ -35,13 +35,10 @@ export function manualScheduler(): ManualScheduler {
   let next = 1;
   const timers = new Map<number, { fn: () => void; ms: number }>();
   return {
-    setTimeout(fn, ms) {
+    schedule(ms, fn) {
       const id = next++;
       timers.set(id, { fn, ms });
-      return id;
-    },
-    clearTimeout(handle) {
-      timers.delete(handle as number);
+      return () => void timers.delete(id);
     },
     pending: () => [...timers.values()].map((t) => ({ ms: t.ms })),
     runAll() {

@@ -4,7 +4,7 @@ import { Writable } from 'node:stream';
 import { createMetrics, type Metrics } from '../../src/admin/metrics.js';
 import type { Clock } from '../../src/clock.js';
 import { createLogger, type Logger } from '../../src/log.js';
-import type { Scheduler } from '../../src/outbound/scheduler.js';
+import type { Scheduler } from '../../src/scheduler.js';
 
 /** A clock and scheduler that only move when the test says so. */
 export interface FakeTime {
