@@ -188,12 +188,5 @@ type Prepared =
 
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */
 function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError): void {
-  if (res.headersSent) return void res.destroy();
-  const body = JSON.stringify({
-    error: err.message,
-    reason: err.code,
-    ...(err.oauthError ? { oauth_error: err.oauthError } : {}),
-  });
-  res.writeHead(503, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
-  res.end(body);
+  sendError(res, 503, err.code, err.message, {}, err.oauthError ? { oauth_error: err.oauthError } : {});
 }

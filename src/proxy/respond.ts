@@ -12,12 +12,14 @@ export function sendError(
   reason: string,
   message: string,
   extraHeaders: Record<string, string> = {},
+  /** Further fields of the JSON body after `error` and `reason` (e.g. `oauth_error`). */
+  extraBody: Record<string, string> = {},
 ): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const body = JSON.stringify({ error: message, reason });
+  const body = JSON.stringify({ error: message, reason, ...extraBody });
   res.writeHead(status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
