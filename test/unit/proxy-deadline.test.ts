@@ -60,4 +60,25 @@ describe('deadline watch (upstream timeouts without per-request timers)', () => 
     expect(toUpstreamError(err)).toMatchObject({ code: 'upstream_timeout', status: 504 });
     expect(watch.size).toBe(0);
   });
+
+  it('expires every overdue request in one pass and leaves the answered ones alone', async () => {
+    // Stalled requests sit first, in the middle and last of the watch list: expiring one unlinks it mid-walk.
+    const origin = await app((req, res) => {
+      if (req.url !== '/stall') res.end('ok');
+    });
+    const watch = createDeadlineWatch(150);
+    const pool = new Pool(origin, { connections: 16, headersTimeout: 0, bodyTimeout: 0 });
+    cleanups.push(async () => {
+      await pool.destroy();
+      watch.close();
+    });
+    const dispatcher = pool.compose(watch.interceptor);
+    const paths = ['/stall', '/ok', '/stall', '/stall', '/ok', '/ok', '/stall', '/ok', '/stall'];
+    const results = await Promise.allSettled(paths.map((path) => dispatcher.request({ path, method: 'GET' }).then((r) => r.body.text())));
+    results.forEach((r, i) => {
+      if (paths[i] === '/ok') expect(r).toEqual({ status: 'fulfilled', value: 'ok' });
+      else expect(r.status === 'rejected' && (r.reason as UpstreamDeadlineError).code).toBe('UND_ERR_HEADERS_TIMEOUT');
+    });
+    expect(watch.size).toBe(0);
+  });
 });
