@@ -1,6 +1,11 @@
 #!/usr/bin/env node
 // Thin launcher: the CLI lives in the compiled dist/ so production needs no TypeScript runtime.
-import { main } from '../dist/cli.js';
+// V8's heap settings go in before anything else is loaded: the first full GC already runs while the modules
+// load, and the old-generation limit it sets holds until the next one (docs/performance.md).
+import { tuneRuntimeForProxy } from '../dist/proxy/runtime.js';
+
+tuneRuntimeForProxy();
+const { main } = await import('../dist/cli.js');
 
 main(process.argv.slice(2)).then(
   (code) => { if (typeof code === 'number') process.exitCode = code; },

@@ -20,7 +20,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
     describe: 'Start the sidecar',
     builder: (y) => withConfigOption(y),
     handler: async (argv) => {
-      // Process-wide V8 settings belong to the process entry point, before any upstream connection.
+      // bin/oidc-sidecar.js already did this before loading any module; again here for embedders of main().
       tuneRuntimeForProxy();
       const paths = resolveConfigPaths(argv.config);
       const config = loadConfig(paths);

@@ -11,9 +11,12 @@ import { setFlagsFromString } from 'node:v8';
 const HEAP_GROWING_PERCENT = 50;
 
 /**
- * Process-wide V8 tuning for a long-running proxy; call once at process
- * start, before the first upstream connection (measurements in
- * docs/performance.md and bench/README.md).
+ * Process-wide V8 tuning for a long-running proxy (measurements in
+ * docs/performance.md and bench/README.md). The launcher, bin/oidc-sidecar.js,
+ * calls it before it loads anything else: V8 already runs a full GC while the
+ * modules load, and the old-generation limit that GC sets (up to 4× the live
+ * heap with V8's own factor) holds until the next one, which under load came
+ * only once the heap had reached ~40 MiB. Calling it again is harmless.
  *
  * - undici parses HTTP with llhttp compiled to WebAssembly; under load V8
  *   re-compiles that one large function with its optimizing tier, allocating
