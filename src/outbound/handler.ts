@@ -64,16 +64,21 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const dropWithToken = new Set(['host', 'proxy-authorization', tokenHeader]);
   const dropPassthrough = new Set(['host', 'proxy-authorization']);
 
+  const duration = metrics.requestDuration.labels({ direction: 'outbound' });
   const record = (route: string, status: string, started: number) => {
     metrics.outboundRequests.inc({ route, status });
-    metrics.requestDuration.observe({ direction: 'outbound' }, (performance.now() - started) / 1000);
+    duration.observe((performance.now() - started) / 1000);
   };
 
-  /** The token header for a routed request; throws TokenUnavailableError. Passthrough gets none. */
-  const tokenHeaders = async (r: Routed): Promise<string[]> => {
-    if (r.kind !== 'route') return [];
+  // The token header pair per binding, rebuilt only when the token changes: no `Bearer …` string per request.
+  const tokenHeaderCache = new Map<string, { token: string; headers: readonly string[] }>();
+  const tokenHeadersFor = (key: string, token: string): readonly string[] => {
+    const cached = tokenHeaderCache.get(key);
+    if (cached?.token === token) return cached.headers;
     // With `authorization` this replaces the app's own header; any other name keeps it (end-user token beside ours).
-    return [tokenHeader, `Bearer ${await cache.get(broker.forRoute(r.route))}`];
+    const headers = [tokenHeader, `Bearer ${token}`];
+    tokenHeaderCache.set(key, { token, headers });
+    return headers;
   };
   const asTokenError = (err: unknown) => (err instanceof TokenUnavailableError ? err : new TokenUnavailableError('no token available', undefined, { cause: err }));
   const asUpstreamError = (err: unknown) => (err instanceof UpstreamError ? err : new UpstreamError('upstream_reset', 'upstream connection failed', { cause: err }));
@@ -83,41 +88,59 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     logger.warn({ event: 'upstream_error', route: label, reason: e.code, target }, e.message);
   };
 
-  /** Route and token for a request, shared by plain requests and upgrades; a refusal says what to answer. */
-  const prepare = async (req: IncomingMessage, started: number): Promise<Prepared> => {
+  /**
+   * Route and token for a request, shared by plain requests and upgrades; a refusal says what to answer.
+   * Synchronous when the route's token is cached (nearly every request), a promise only while one is fetched.
+   */
+  const prepare = (req: IncomingMessage, started: number): Prepared | Promise<Prepared> => {
     const r = router.resolve(req.url ?? '/', req.headers.host);
     if (r.kind === 'reject') {
       record('none', r.reason, started);
       return { ok: false, status: r.status, reason: r.reason, message: r.message };
     }
-    const label = r.kind === 'route' ? r.route.host : 'passthrough';
-    try {
-      const addHeaders = await tokenHeaders(r);
-      return { ok: true, r, label, addHeaders, dropHeaders: r.kind === 'route' ? dropWithToken : dropPassthrough };
-    } catch (err) {
+    if (r.kind !== 'route') return { ok: true, r, label: 'passthrough', addHeaders: NO_HEADERS, dropHeaders: dropPassthrough };
+    const label = r.route.host;
+    const binding = broker.forRoute(r.route);
+    const routed = (token: string): Prepared => ({ ok: true, r, label, addHeaders: tokenHeadersFor(binding.key, token), dropHeaders: dropWithToken });
+    const cached = cache.peek(binding);
+    if (cached !== undefined) return routed(cached);
+    return cache.get(binding).then(routed, (err: unknown) => {
       const e = asTokenError(err);
       record(label, e.code, started);
       return { ok: false, status: 503, reason: e.code, message: e.message, tokenError: e };
-    }
+    });
   };
 
-  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const started = performance.now();
-    const p = await prepare(req, started);
+  const internalError = (res: ServerResponse, err: unknown) => {
+    logger.error({ event: 'internal_error', error: err instanceof Error ? err.message : String(err) }, 'outbound request failed');
+    sendError(res, 500, 'internal_error', 'internal error');
+  };
+
+  const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
-    try {
-      await forward(req, res, {
-        dispatcher: pools.get(p.r.target.origin, p.r.target.caFile),
-        path: p.r.path,
-        dropHeaders: p.dropHeaders,
-        addHeaders: p.addHeaders,
-        onResponse: (status) => record(p.label, String(status), started),
-      });
-    } catch (err) {
-      const e = asUpstreamError(err);
-      upstreamFailed(p.label, p.r.target.origin, e, started);
-      sendError(res, e.status, e.code, e.message);
-    }
+    forward(req, res, {
+      dispatcher: pools.get(p.r.target.origin, p.r.target.caFile),
+      path: p.r.path,
+      dropHeaders: p.dropHeaders,
+      addHeaders: p.addHeaders,
+      onResponse: (status) => record(p.label, String(status), started),
+    }).catch((err: unknown) => {
+      try {
+        const e = asUpstreamError(err);
+        upstreamFailed(p.label, p.r.target.origin, e, started);
+        sendError(res, e.status, e.code, e.message);
+      } catch (inner) {
+        internalError(res, inner);
+      }
+    });
+  };
+
+  /** Plain requests: no promise chain before the upstream dispatch when the token is cached. */
+  const serve = (req: IncomingMessage, res: ServerResponse): void => {
+    const started = performance.now();
+    const p = prepare(req, started);
+    if (p instanceof Promise) p.then((ready) => send(req, res, ready, started)).catch((err: unknown) => internalError(res, err));
+    else send(req, res, p, started);
   };
 
   // CA bundles for https upgrade targets, read on first use (the keep-alive pools do the same for requests).
@@ -154,10 +177,11 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
 
   return {
     handle(req, res) {
-      serve(req, res).catch((err: unknown) => {
-        logger.error({ event: 'internal_error', error: err instanceof Error ? err.message : String(err) }, 'outbound request failed');
-        sendError(res, 500, 'internal_error', 'internal error');
-      });
+      try {
+        serve(req, res);
+      } catch (err) {
+        internalError(res, err);
+      }
     },
     upgrade(req, socket, head) {
       serveUpgrade(req, socket, head).catch((err: unknown) => {
@@ -182,8 +206,10 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
 
 type Routed = Exclude<Resolution, { kind: 'reject' }>;
 
+const NO_HEADERS: readonly string[] = [];
+
 type Prepared =
-  | { ok: true; r: Routed; label: string; addHeaders: string[]; dropHeaders: ReadonlySet<string> }
+  | { ok: true; r: Routed; label: string; addHeaders: readonly string[]; dropHeaders: ReadonlySet<string> }
   | { ok: false; status: number; reason: string; message: string; tokenError?: TokenUnavailableError };
 
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */

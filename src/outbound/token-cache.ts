@@ -45,6 +45,8 @@ export type TokenCacheSnapshot = ReadonlyMap<string, { token: IssuedToken; refre
 export interface TokenCache {
   /** A valid token for the binding: cached, or fetched (one request per key however many callers wait). Rejects with TokenUnavailableError. */
   get(binding: TokenBinding): Promise<string>;
+  /** The cached token if it is valid, else undefined; never fetches (a due renewal still starts). The hot path: no promise. */
+  peek(binding: TokenBinding): string | undefined;
   /** Fetches if there is no valid token yet; never rejects (start-up prefetch). */
   prefetch(binding: TokenBinding): Promise<void>;
   /** True while the key holds a token that has not expired. */
@@ -208,15 +210,22 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     return token;
   };
 
-  const get = async (binding: TokenBinding): Promise<string> => {
-    if (closed) throw new TokenUnavailableError('the token cache is closed');
+  const peek = (binding: TokenBinding): string | undefined => {
+    if (closed) return undefined;
     const e = entryFor(binding);
     const now = clock.now();
-    if (isValid(e, now)) {
-      // The timer normally renews; this catches a late timer (suspended process, fake clock).
-      if (now >= e.refreshAt && now >= e.retryAt && !e.inflight) void renew(e).catch(() => {});
-      return e.token.token;
-    }
+    if (!isValid(e, now)) return undefined;
+    // The timer normally renews; this catches a late timer (suspended process, fake clock).
+    if (now >= e.refreshAt && now >= e.retryAt && !e.inflight) void renew(e).catch(() => {});
+    return e.token.token;
+  };
+
+  const get = async (binding: TokenBinding): Promise<string> => {
+    if (closed) throw new TokenUnavailableError('the token cache is closed');
+    const cached = peek(binding);
+    if (cached !== undefined) return cached;
+    const e = entryFor(binding);
+    const now = clock.now();
     // During backoff, fail fast with the last error instead of sending every call to a failing IdP.
     if (!e.inflight && now < e.retryAt && e.lastError) throw e.lastError;
     return (await renew(e)).token;
@@ -224,6 +233,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
 
   return {
     get,
+    peek,
     async prefetch(binding) {
       await get(binding).catch(() => {});
     },

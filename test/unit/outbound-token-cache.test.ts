@@ -111,6 +111,23 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'success' })).toBe(1);
   });
 
+  it('peek answers from the cache without fetching, and only with a token that is still valid', async () => {
+    expect(cache.peek(binding)).toBeUndefined();
+    expect(stub.requests).toHaveLength(0);
+    expect(await cache.get(binding)).toBe('opaque-1');
+    expect(cache.peek(binding)).toBe('opaque-1');
+    expect(stub.requests).toHaveLength(1);
+    // Past expiry with the renewal stuck at the IdP: nothing to hand out.
+    const release = stub.hold();
+    time.advance(TTL_S * 1000);
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+    expect(cache.peek(binding)).toBeUndefined();
+    release();
+    await vi.waitFor(() => expect(cache.peek(binding)).toBe('opaque-2'));
+    cache.close();
+    expect(cache.peek(binding)).toBeUndefined();
+  });
+
   it('renews in the background at the jittered point, not a moment before', async () => {
     random = 0.5; // 65% of 600 s = 390 s
     const start = time.now();
