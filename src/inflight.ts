@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 
 interface Closable {
-  once(event: 'close', listener: () => void): unknown;
+  on(event: 'close', listener: () => void): unknown;
 }
 
 /**
@@ -35,10 +35,19 @@ export function createInflightTracker(): InflightTracker {
     waiters.delete(owner);
   };
 
+  // One release listener per owner, reused for every request: no closure and no once() wrapper per request.
+  // 'close' is emitted once per response and per socket, so a plain listener is enough.
+  const releasers = new WeakMap<object, () => void>();
+  const releaserFor = (owner: object) => {
+    let fn = releasers.get(owner);
+    if (!fn) releasers.set(owner, (fn = () => release(owner)));
+    return fn;
+  };
+
   return {
     track(owner, done) {
       counts.set(owner, (counts.get(owner) ?? 0) + 1);
-      done.once('close', () => release(owner));
+      done.on('close', releaserFor(owner));
     },
     settled(owner, timeoutMs) {
       if (!counts.has(owner)) return Promise.resolve();
