@@ -7,12 +7,17 @@ import type { Identity } from './identity.js';
 import { fromJoseError } from './jose-errors.js';
 import type { IssuerKeys, KeyStore } from './key-store.js';
 import type { Claims } from './policy.js';
-import type { VerifyCache } from './verify-cache.js';
+import type { CacheEntry, VerifyCache } from './verify-cache.js';
 
 /** Verifies one token against the issuer it names. */
 export interface Authenticator {
   /** The verified identity; throws TokenRejectedError (401) or KeysUnavailableError (503). */
   authenticate(token: ExtractedToken): Promise<Identity>;
+  /**
+   * The identity if this token was verified before and its cache entry still holds (same keys, times
+   * re-checked), else undefined; synchronous, so a repeat caller costs no promise. Throws like authenticate.
+   */
+  cached(token: ExtractedToken): Identity | undefined;
 }
 
 export interface AuthenticatorDeps {
@@ -100,15 +105,22 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     }
   };
 
+  const isCurrent = (e: CacheEntry<Identity>) => keyStore.get(e.value.issuer)?.version === e.keyVersion;
+  const cached = ({ token }: ExtractedToken): Identity | undefined => {
+    const hit = cache.get(token, isCurrent);
+    if (!hit) return undefined;
+    const keys = keyStore.get(hit.value.issuer)!;
+    keys.keySet(); // throws KeysUnavailableError once the keys are too stale, cached or not
+    checkTimes(hit.value.claims, clock.now() / 1000, skew);
+    return hit.value;
+  };
+
   return {
-    async authenticate({ token, dot1, dot2 }) {
-      const cached = cache.get(token, (e) => keyStore.get(e.value.issuer)?.version === e.keyVersion);
-      if (cached) {
-        const keys = keyStore.get(cached.value.issuer)!;
-        keys.keySet(); // throws KeysUnavailableError once the keys are too stale, cached or not
-        checkTimes(cached.value.claims, clock.now() / 1000, skew);
-        return cached.value;
-      }
+    cached,
+    async authenticate(extracted) {
+      const hit = cached(extracted);
+      if (hit) return hit;
+      const { token, dot1, dot2 } = extracted;
 
       const header = decodeSegment(token.slice(0, dot1), 'header');
       const alg = header.alg;

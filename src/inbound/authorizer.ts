@@ -47,6 +47,11 @@ export type Decision =
 export interface Authorizer {
   /** Decides, counts the decision in `inbound_requests_total` and writes the audit event for refusals. Never rejects. */
   authorize(req: InboundRequest): Promise<Decision>;
+  /**
+   * The same decision, synchronous when no signature has to be checked (a public route, a cached token, an
+   * early refusal): the request path's form, with no promise per request. May throw where authorize would reject.
+   */
+  decide(req: InboundRequest): Decision | Promise<Decision>;
 }
 
 export interface AuthorizerDeps {
@@ -106,42 +111,60 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     return { allowed: false, error, ...(ctx.target !== undefined ? { target: ctx.target } : {}), ...(ctx.identity ? { identity: ctx.identity } : {}), ...(ctx.rule ? { rule: ctx.rule } : {}) };
   };
 
+  const refuseAuthentication = (req: InboundRequest, err: unknown, target: string, token: ExtractedToken | undefined, rule: CompiledRule<InboundRule> | undefined): Decision => {
+    const error = err instanceof TokenRejectedError || err instanceof KeysUnavailableError ? err : new InternalError(err);
+    return refuse(req, error, { target, ...(token ? { token } : {}), ...(rule ? { rule } : {}) });
+  };
+
+  /** A verified identity against the matched rule's allow list. */
+  const admit = (req: InboundRequest, target: string, rule: CompiledRule<InboundRule> | undefined, identity: Identity): Decision => {
+    if (matcher) {
+      if (!rule) return refuse(req, new PolicyDeniedError('no rule matches this method and path'), { target, identity });
+      if (!rule.rule.policy || !rule.rule.policy(identity.claims)) {
+        return refuse(req, new PolicyDeniedError(`no allow entry of rule ${rule.index} matched this identity`), { target, identity, rule });
+      }
+    }
+    metrics.inboundRequests.inc({ decision: 'allow', reason: 'ok' });
+    return { allowed: true, reason: 'ok', target, identity, ...(rule ? { rule } : {}) };
+  };
+
+  const decide = (req: InboundRequest): Decision | Promise<Decision> => {
+    let target: string;
+    let path: string;
+    try {
+      const t = normalizeTarget(req.url);
+      path = t.path;
+      target = t.path + t.query;
+    } catch (err) {
+      return refuse(req, err instanceof SidecarError ? err : new InternalError(err), {});
+    }
+    const method = req.method.toUpperCase();
+    const rule = matcher?.match(method, path);
+    if (rule?.rule.public) {
+      metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });
+      return { allowed: true, reason: 'public', target, rule };
+    }
+
+    let token: ExtractedToken | undefined;
+    let identity: Identity | undefined;
+    try {
+      token = extractor(req.rawHeaders);
+      identity = authenticator.cached(token);
+    } catch (err) {
+      // The token, when there is one, goes to the audit log as unverified claims.
+      return refuseAuthentication(req, err, target, token, rule);
+    }
+    if (identity) return admit(req, target, rule, identity);
+    return authenticator.authenticate(token).then(
+      (verified) => admit(req, target, rule, verified),
+      (err: unknown) => refuseAuthentication(req, err, target, token, rule),
+    );
+  };
+
   return {
+    decide,
     async authorize(req) {
-      let target: string;
-      let path: string;
-      try {
-        const t = normalizeTarget(req.url);
-        path = t.path;
-        target = t.path + t.query;
-      } catch (err) {
-        return refuse(req, err instanceof SidecarError ? err : new InternalError(err), {});
-      }
-      const method = req.method.toUpperCase();
-      const rule = matcher?.match(method, path);
-      if (rule?.rule.public) {
-        metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });
-        return { allowed: true, reason: 'public', target, rule };
-      }
-
-      let token: ExtractedToken | undefined;
-      let identity: Identity;
-      try {
-        token = extractor(req.rawHeaders);
-        identity = await authenticator.authenticate(token);
-      } catch (err) {
-        const error = err instanceof TokenRejectedError || err instanceof KeysUnavailableError ? err : new InternalError(err);
-        return refuse(req, error, { target, ...(token ? { token } : {}), ...(rule ? { rule } : {}) });
-      }
-
-      if (matcher) {
-        if (!rule) return refuse(req, new PolicyDeniedError('no rule matches this method and path'), { target, identity });
-        if (!rule.rule.policy || !rule.rule.policy(identity.claims)) {
-          return refuse(req, new PolicyDeniedError(`no allow entry of rule ${rule.index} matched this identity`), { target, identity, rule });
-        }
-      }
-      metrics.inboundRequests.inc({ decision: 'allow', reason: 'ok' });
-      return { allowed: true, reason: 'ok', target, identity, ...(rule ? { rule } : {}) };
+      return decide(req);
     },
   };
 }

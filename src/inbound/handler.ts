@@ -79,37 +79,48 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   const dropHeaders = identityHeaderNames(config.forward, config.tokenHeader);
   const duration = metrics.requestDuration.labels({ direction: 'inbound' });
 
+  const observe = (started: number) => duration.observe((performance.now() - started) / 1000);
+  const failed = (res: ServerResponse, err: unknown) => {
+    logger.error({ event: 'inbound_failed', err: String(err) }, 'inbound_failed');
+    sendError(res, 500, 'internal_error', 'internal error');
+  };
+
+  const proceed = (req: IncomingMessage, res: ServerResponse, decision: Decision, started: number): void => {
+    if (!decision.allowed) {
+      observe(started);
+      return reject(req, res, decision.error);
+    }
+    // The caller hung up while we were deciding: nobody is left to answer, so the app is not called.
+    if (req.socket.destroyed) return;
+    forward(req, res, {
+      dispatcher,
+      path: targetPrefix + decision.target,
+      dropHeaders,
+      addHeaders: decision.identity?.headers ?? NO_HEADERS,
+      onResponse: () => observe(started),
+    }).catch((err: unknown) => {
+      try {
+        observe(started);
+        const e = err instanceof SidecarError ? err : new SidecarError('upstream_reset', 'upstream failed', 502);
+        metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
+        logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, method: req.method }, 'upstream_error');
+        sendError(res, e.status, e.code, e.message);
+      } catch (inner) {
+        failed(res, inner);
+      }
+    });
+  };
+
+  // A cached token is decided synchronously, so the common request has no promise before the upstream dispatch.
   const handle = (req: IncomingMessage, res: ServerResponse) => {
     const started = performance.now();
-    const observe = () => duration.observe((performance.now() - started) / 1000);
-    authorizer.authorize(toInboundRequest(req)).then(
-      async (decision) => {
-        if (!decision.allowed) {
-          observe();
-          return reject(req, res, decision.error);
-        }
-        // The caller hung up while we were deciding: nobody is left to answer, so the app is not called.
-        if (req.socket.destroyed) return;
-        try {
-          await forward(req, res, {
-            dispatcher,
-            path: targetPrefix + decision.target,
-            dropHeaders,
-            addHeaders: decision.identity?.headers ?? [],
-            onResponse: observe,
-          });
-        } catch (err) {
-          observe();
-          const e = err instanceof SidecarError ? err : new SidecarError('upstream_reset', 'upstream failed', 502);
-          metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
-          logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, method: req.method }, 'upstream_error');
-          sendError(res, e.status, e.code, e.message);
-        }
-      },
-    ).catch((err) => {
-      logger.error({ event: 'inbound_failed', err: String(err) }, 'inbound_failed');
-      sendError(res, 500, 'internal_error', 'internal error');
-    });
+    try {
+      const decision = authorizer.decide(toInboundRequest(req));
+      if (decision instanceof Promise) decision.then((d) => proceed(req, res, d, started)).catch((err: unknown) => failed(res, err));
+      else proceed(req, res, decision, started);
+    } catch (err) {
+      failed(res, err);
+    }
   };
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
@@ -141,3 +152,5 @@ function reject(req: IncomingMessage, res: ServerResponse, error: SidecarError):
   res.writeHead(r.status, r.headers);
   res.end(r.body);
 }
+
+const NO_HEADERS: readonly string[] = [];

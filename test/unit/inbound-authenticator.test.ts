@@ -63,7 +63,7 @@ async function setup(inbound: Record<string, unknown> = {}, opts: { keys?: TestK
     return 'accepted';
   };
   await keyStore.start();
-  return { rsa, ec, server, config, clock, metrics, keyStore, mint, verify, reason, claims, now };
+  return { rsa, ec, server, config, clock, metrics, keyStore, auth, mint, verify, reason, claims, now };
 }
 
 describe('authenticator', () => {
@@ -214,6 +214,19 @@ describe('authenticator', () => {
     expect(await counterValue(metrics, 'verifyCacheLookups', { result: 'hit' })).toBe(1);
     clock.advance(60_000);
     expect(await reason(token)).toBe('expired');
+  });
+
+  it('answers a repeat token synchronously from the cache (cached), and nothing it has not verified', async () => {
+    const { auth, mint, verify, clock, now } = await setup({ clockSkewSeconds: 0 });
+    const token = checkShape(await mint({ exp: now() + 60 }));
+    expect(auth.cached(token)).toBeUndefined();
+    const identity = await verify(token.token);
+    expect(auth.cached(token)).toBe(identity);
+    expect(auth.cached(checkShape(await mint({ sub: 'someone-else' })))).toBeUndefined();
+    // An expired entry is no answer: the full verification then says why.
+    clock.advance(60_000);
+    expect(auth.cached(token)).toBeUndefined();
+    await expect(verify(token.token)).rejects.toMatchObject({ code: 'expired' });
   });
 
   it('drops cached entries verified against a key set that has since changed, so a removed key stops passing', async () => {
