@@ -25,7 +25,7 @@ const settings = {
   tokenTtlSeconds: 3600,
   // Every Node process of the run (app, baseline hops, sidecars) gets the same flags: by default the ones the
   // container image sets (Dockerfile ENV NODE_OPTIONS); BENCH_NODE_OPTIONS="" measures Node's defaults.
-  nodeOptions: process.env.BENCH_NODE_OPTIONS ?? '--max-semi-space-size=4',
+  nodeOptions: process.env.BENCH_NODE_OPTIONS ?? '--max-semi-space-size=2',
 };
 const childEnv = { NODE_OPTIONS: settings.nodeOptions };
 

@@ -50,14 +50,18 @@ function stop(child) {
   });
 }
 
-/** Peak (VmHWM) and current (VmRSS) resident set size of a process, in MiB (Linux /proc). */
+/**
+ * Peak (VmHWM) and current (VmRSS) resident set size of a process, in MiB (Linux /proc), and the current RSS split
+ * into private memory (RssAnon: heap, malloc) and file-backed pages (RssFile: mostly the `node` binary, shared by
+ * every process that maps it).
+ */
 export function memoryOf(pid) {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-    return { peakMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024 };
+    return { peakMiB: kb('VmHWM') / 1024, rssMiB: kb('VmRSS') / 1024, anonMiB: kb('RssAnon') / 1024, fileMiB: kb('RssFile') / 1024 };
   } catch {
-    return { peakMiB: NaN, rssMiB: NaN };
+    return { peakMiB: NaN, rssMiB: NaN, anonMiB: NaN, fileMiB: NaN };
   }
 }
 

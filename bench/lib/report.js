@@ -65,15 +65,17 @@ export function printReport(report) {
   out.push(`\nadded per hop, sidecar:  p50 ${fmt(ph.sidecar.p50 / 1000, 3)} ms (target ≤ 0.25: ${verdict(ph.sidecar.p50 <= 250)}; stretch ≤ 0.15: ${verdict(ph.sidecar.p50 <= 150)}), p99 ${fmt(ph.sidecar.p99 / 1000, 3)} ms (target ≤ 1: ${verdict(ph.sidecar.p99 <= 1000)})`);
   out.push(`added per hop, baseline: p50 ${fmt(ph.baseline.p50 / 1000, 3)} ms, p99 ${fmt(ph.baseline.p99 / 1000, 3)} ms`);
 
-  out.push('\nPeak RSS per process (VmHWM over the whole run)\n');
+  out.push('\nPeak RSS per process (VmHWM over the whole run); at end, split into private (heap, malloc) and file-backed pages (the node binary, shared between processes)\n');
   out.push(
     table(
-      ['process', 'RSS at rest MiB', 'peak MiB', 'RSS at end MiB'],
-      Object.entries(report.memory).map(([n, m]) => [n, fmt(report.idle?.[n]?.rssMiB, 1), fmt(m.peakMiB, 1), fmt(m.rssMiB, 1)]),
+      ['process', 'RSS at rest MiB', 'peak MiB', 'RSS at end MiB', 'at end: private + file-backed MiB'],
+      Object.entries(report.memory).map(([n, m]) => [n, fmt(report.idle?.[n]?.rssMiB, 1), fmt(m.peakMiB, 1), fmt(m.rssMiB, 1), `${fmt(m.anonMiB, 1)} + ${fmt(m.fileMiB, 1)}`]),
     ),
   );
   const sidecarPeak = Math.max(report.memory['sidecar-outbound'].peakMiB, report.memory['sidecar-inbound'].peakMiB);
-  out.push(`\nsidecar peak RSS ≤ 90 MiB: ${verdict(sidecarPeak <= 90)}; stretch ≤ 60 MiB: ${verdict(sidecarPeak <= 60)}`);
+  const mb = (sidecarPeak * 2 ** 20) / 1e6;
+  // The target says 90 MB; both readings of MB are checked so the verdict never rests on the kinder one.
+  out.push(`\nsidecar peak RSS ${fmt(sidecarPeak, 1)} MiB = ${fmt(mb, 1)} MB: ≤ 90 MB ${verdict(mb <= 90)} (≤ 90 MiB ${verdict(sidecarPeak <= 90)}); stretch ≤ 60 MB: ${verdict(mb <= 60)}`);
 
   out.push(`\nIdP requests during the whole run: token ${report.idp.token}, discovery ${report.idp.discovery}, jwks ${report.idp.jwks} (one audience, token lifetime ${settings.tokenTtlSeconds} s: expected exactly 1 token request: ${verdict(report.idp.token === 1)})`);
 

@@ -27,7 +27,7 @@ const HEAP_GROWING_PERCENT = 50;
  * - A smaller old-generation growth factor (read at every full GC).
  *
  * Both are runtime-settable; the young generation size is not, hence the
- * `NODE_OPTIONS=--max-semi-space-size=4` in the container image.
+ * `NODE_OPTIONS=--max-semi-space-size=2` in the container image.
  */
 export function tuneRuntimeForProxy(): void {
   setFlagsFromString('--liftoff-only');
