@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { LRUCache } from 'lru-cache';
 import type { Dispatcher } from 'undici';
 import type { LimitsConfig } from '../config/schema.js';
 import { createDeadlineWatch } from './deadline.js';
@@ -14,46 +16,149 @@ export interface UpstreamPools {
 }
 
 /**
+ * Most origins with a pool at once. Inbound and routed outbound use a handful
+ * of origins; passthrough outbound reaches whatever the app names, and every
+ * pool holds sockets and parser buffers, so without a bound a long-running
+ * sidecar grows with every origin it ever called. 256 is far above any real
+ * working set, so a steady workload never churns connections.
+ */
+export const MAX_POOLS = 256;
+
+/** A pool nobody looked up for this long is closed (its origin may never be called again). */
+export const POOL_IDLE_MS = 60_000;
+
+/**
  * One undici Pool per upstream origin, sized and timed from `limits`. Whoever
  * creates it closes it. The upstream timeout (`limits.upstreamTimeoutSeconds`
  * for the response headers and between body chunks) is kept by one shared
  * deadline watch (src/proxy/deadline.ts) rather than undici's per-request
  * timers, which cost memory at proxy request rates.
+ *
+ * The pools are bounded (why: MAX_POOLS): at most `maxPools`, the least
+ * recently used one goes first, and one idle for `idleMs` goes too (within
+ * 1.5 × `idleMs`), found by a single sweep every `idleMs / 2` rather than a
+ * timer per pool or request. An evicted pool closes gracefully: its requests
+ * in flight finish, then its connections close, and close()/destroy() still
+ * wait for it.
+ *
+ * A dispatcher from get() outlives its pool's eviction, since callers may keep
+ * it (inbound keeps one for good): a request through it goes to its origin's
+ * current pool, opening a new one if needed. A request through it without a
+ * get() just before (a kept dispatcher) counts as a use of the pool, so a busy
+ * origin is never idle; right after get() that lookup is skipped, so a request
+ * costs one lookup either way.
  */
-export function createUpstreamPools(limits: LimitsConfig): UpstreamPools {
-  const pools = new Map<string, { pool: Pool; dispatcher: Dispatcher }>();
+export function createUpstreamPools(
+  limits: LimitsConfig,
+  opts: { maxPools?: number; idleMs?: number } = {},
+): UpstreamPools {
+  const idleMs = opts.idleMs ?? POOL_IDLE_MS;
   const deadlines = createDeadlineWatch(limits.upstreamTimeoutSeconds * 1000);
+  /** Evicted pools still closing, with the promise of their end. */
+  const retiring = new Map<Pool, Promise<unknown>>();
+  let retireBy: 'close' | 'destroy' = 'close';
+  let stopped = false;
+
+  // lru-cache reads its clock twice a lookup (is it stale, then its new age). performance.now() there
+  // costs ~50 ns and a heap number each time; idle eviction needs no finer time than the sweep's period,
+  // so the cache reads a clock that the sweep advances, and a lookup allocates nothing.
+  let now = performance.now();
+  const cache = new LRUCache<string, Upstream>({
+    max: opts.maxPools ?? MAX_POOLS,
+    ttl: idleMs,
+    updateAgeOnGet: true,
+    perf: { now: () => now },
+    // 0: no caching of the clock. The default (1 ms) caches it with a timer to forget it, a timer per millisecond under load.
+    ttlResolution: 0,
+    dispose: (up) => {
+      up.cached = false;
+      const done = up.pool[retireBy]()
+        .catch(() => {}) // only rejects when destroy() came first, which is the end wanted
+        .finally(() => retiring.delete(up.pool));
+      retiring.set(up.pool, done);
+    },
+  });
+  // One timer for all pools (lru-cache's ttlAutopurge would start one per pool).
+  const sweep = setInterval(
+    () => {
+      now = performance.now();
+      cache.purgeStale();
+    },
+    Math.max(1, idleMs / 2),
+  ).unref();
+
+  const open = (key: string, origin: string, caFile: string | undefined): Upstream => {
+    const pool = new Pool(origin, {
+      connections: limits.upstreamConnections,
+      pipelining: 1,
+      connect: {
+        timeout: limits.upstreamConnectTimeoutSeconds * 1000,
+        ...(caFile ? { ca: readFileSync(caFile) } : {}),
+      },
+      // 0 = off: the deadline watch enforces limits.upstreamTimeoutSeconds instead.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      keepAliveTimeout: 4_000,
+    });
+    let send!: Dispatch; // this pool's own dispatch through the deadline watch (compose hands it over at once)
+    const dispatcher = pool.compose(deadlines.interceptor, (inner) => {
+      send = inner;
+      return (o, handler) => {
+        if (up.fresh && up.cached) {
+          up.fresh = false;
+          return send(o, handler);
+        }
+        // After close()/destroy() nothing new opens: the request fails on the closed pool, as it always did.
+        return (cache.get(key, GET) ?? (stopped ? up : open(key, origin, caFile))).send(o, handler);
+      };
+    });
+    const up: Upstream = { pool, dispatcher, send, cached: true, fresh: false };
+    cache.set(key, up);
+    return up;
+  };
+
+  const stop = (how: 'close' | 'destroy') => {
+    stopped = true;
+    retireBy = how;
+    clearInterval(sweep);
+    cache.clear(); // disposes every pool: they join `retiring`
+  };
+
   return {
     get(origin, caFile) {
       const key = caFile ? `${origin}|${caFile}` : origin;
-      let entry = pools.get(key);
-      if (!entry) {
-        const pool = new Pool(origin, {
-          connections: limits.upstreamConnections,
-          pipelining: 1,
-          connect: {
-            timeout: limits.upstreamConnectTimeoutSeconds * 1000,
-            ...(caFile ? { ca: readFileSync(caFile) } : {}),
-          },
-          // 0 = off: the deadline watch enforces limits.upstreamTimeoutSeconds instead.
-          headersTimeout: 0,
-          bodyTimeout: 0,
-          keepAliveTimeout: 4_000,
-        });
-        entry = { pool, dispatcher: pool.compose(deadlines.interceptor) };
-        pools.set(key, entry);
-      }
-      return entry.dispatcher;
+      const up = cache.get(key, GET) ?? open(key, origin, caFile);
+      up.fresh = true;
+      return up.dispatcher;
     },
     async close() {
-      await Promise.all([...pools.values()].map((p) => p.pool.close()));
-      pools.clear();
+      stop('close');
+      await Promise.all(retiring.values());
       deadlines.close();
     },
     async destroy() {
-      await Promise.all([...pools.values()].map((p) => p.pool.destroy()));
-      pools.clear();
+      stop('destroy');
+      // Pools evicted earlier are still closing gracefully: cut them too.
+      await Promise.all([...retiring.keys()].map((pool) => pool.destroy()));
+      retiring.clear();
       deadlines.close();
     },
   };
 }
+
+type Dispatch = Dispatcher['dispatch'];
+
+interface Upstream {
+  readonly pool: Pool;
+  /** What get() hands out: follows the origin to its current pool (see createUpstreamPools). */
+  readonly dispatcher: Dispatcher;
+  /** This pool's own dispatch through the deadline watch. */
+  readonly send: Dispatch;
+  /** Still in the cache; false once evicted (closing). */
+  cached: boolean;
+  /** get() just looked it up, so the dispatch that follows need not. */
+  fresh: boolean;
+}
+
+/** lru-cache's get() allocates an options object when given none; a request reuses this one (get() writes `status` into it). */
+const GET: LRUCache.GetOptions<string, Upstream, unknown> = {};
