@@ -56,7 +56,7 @@ export function printReport(report) {
     ),
   );
   out.push(`\nsidecar/baseline throughput: ${fmt(sum.rpsRatio, 2)}× (target ≥ 0.9: ${verdict(sum.rpsRatio >= 0.9)}; stretch ≥ 1.0: ${verdict(sum.rpsRatio >= 1.0)})`);
-  out.push(`CPU efficiency, baseline CPU per request / sidecar CPU per request: ${fmt(sum.cpuRatio, 2)}× (the throughput a CPU-bound deployment gets, independent of the load generator's share of the machine)`);
+  out.push(`CPU efficiency, baseline CPU per request / sidecar CPU per request: ${fmt(sum.cpuRatio, 2)}× (what a CPU-bound deployment gets; less sensitive than req/s to how much of the machine the load generator got, not immune to it)`);
   if (sum.errors) out.push(`WARNING: ${sum.errors} non-2xx responses or errors during load`);
 
   out.push(`\nUnloaded latency (1 keep-alive connection, ${settings.samples} sequential requests per target, interleaved; µs)\n`);

@@ -18,6 +18,8 @@ export interface Authenticator {
    * re-checked), else undefined; synchronous, so a repeat caller costs no promise. Throws like authenticate.
    */
   cached(token: ExtractedToken): Identity | undefined;
+  /** Full verification without looking in the cache first (the caller just did, with cached()); caches the result. */
+  verify(token: ExtractedToken): Promise<Identity>;
 }
 
 export interface AuthenticatorDeps {
@@ -115,46 +117,47 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     return hit.value;
   };
 
+  const verifyUncached = async ({ token, dot1, dot2 }: ExtractedToken): Promise<Identity> => {
+    const header = decodeSegment(token.slice(0, dot1), 'header');
+    const alg = header.alg;
+    if (typeof alg !== 'string' || alg === '') throw new TokenRejectedError('malformed_token', 'token header has no "alg"');
+    // RFC 8725 §3.1/§3.2: no unsigned tokens, no shared-secret algorithms with public keys (CVE-2015-9235, CVE-2022-23540).
+    if (alg.toLowerCase() === 'none' || /^HS/i.test(alg)) throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is never accepted`);
+    for (const h of KEY_BEARING_HEADERS) {
+      if (h in header) throw new TokenRejectedError('malformed_token', `token header carries "${h}"; keys are only taken from the issuer's JWKS`);
+    }
+    // RFC 7515 §4.1.11: a recipient must reject extensions it does not understand, and we understand none.
+    if (header.crit !== undefined) throw new TokenRejectedError('malformed_token', 'token header lists critical extensions (crit) that are not supported');
+    if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenRejectedError('malformed_token', 'token header "kid" is not a string');
+
+    const payload = decodeSegment(token.slice(dot1 + 1, dot2), 'payload');
+    const iss = payload.iss;
+    if (iss === undefined) throw new TokenRejectedError('missing_claim', 'token has no "iss" claim');
+    const issuer = typeof iss === 'string' ? issuers.get(iss) : undefined;
+    const keys = typeof iss === 'string' ? keyStore.get(iss) : undefined;
+    if (!issuer || !keys) throw new TokenRejectedError('unknown_issuer', 'token issuer is not trusted');
+    if (!algorithms.get(issuer.issuer)!.has(alg)) {
+      throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is not allowed for this issuer`);
+    }
+
+    const { claims, version } = await verify(token, issuer, keys);
+    const now = clock.now() / 1000;
+    for (const c of ['exp', 'nbf', 'iat'] as const) {
+      if (claims[c] !== undefined && !Number.isFinite(claims[c])) throw new TokenRejectedError('malformed_token', `"${c}" is not a finite number`);
+    }
+    checkTimes(claims, now, skew);
+    checkLifetime(claims, now, config.maxTokenLifetimeSeconds);
+
+    const identity = buildIdentity(claims, issuer.issuer);
+    cache.set(token, { value: identity, expiresAt: ((claims.exp as number) + skew) * 1000, keyVersion: version });
+    return identity;
+  };
+
   return {
     cached,
+    verify: verifyUncached,
     async authenticate(extracted) {
-      const hit = cached(extracted);
-      if (hit) return hit;
-      const { token, dot1, dot2 } = extracted;
-
-      const header = decodeSegment(token.slice(0, dot1), 'header');
-      const alg = header.alg;
-      if (typeof alg !== 'string' || alg === '') throw new TokenRejectedError('malformed_token', 'token header has no "alg"');
-      // RFC 8725 §3.1/§3.2: no unsigned tokens, no shared-secret algorithms with public keys (CVE-2015-9235, CVE-2022-23540).
-      if (alg.toLowerCase() === 'none' || /^HS/i.test(alg)) throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is never accepted`);
-      for (const h of KEY_BEARING_HEADERS) {
-        if (h in header) throw new TokenRejectedError('malformed_token', `token header carries "${h}"; keys are only taken from the issuer's JWKS`);
-      }
-      // RFC 7515 §4.1.11: a recipient must reject extensions it does not understand, and we understand none.
-      if (header.crit !== undefined) throw new TokenRejectedError('malformed_token', 'token header lists critical extensions (crit) that are not supported');
-      if (header.kid !== undefined && typeof header.kid !== 'string') throw new TokenRejectedError('malformed_token', 'token header "kid" is not a string');
-
-      const payload = decodeSegment(token.slice(dot1 + 1, dot2), 'payload');
-      const iss = payload.iss;
-      if (iss === undefined) throw new TokenRejectedError('missing_claim', 'token has no "iss" claim');
-      const issuer = typeof iss === 'string' ? issuers.get(iss) : undefined;
-      const keys = typeof iss === 'string' ? keyStore.get(iss) : undefined;
-      if (!issuer || !keys) throw new TokenRejectedError('unknown_issuer', 'token issuer is not trusted');
-      if (!algorithms.get(issuer.issuer)!.has(alg)) {
-        throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is not allowed for this issuer`);
-      }
-
-      const { claims, version } = await verify(token, issuer, keys);
-      const now = clock.now() / 1000;
-      for (const c of ['exp', 'nbf', 'iat'] as const) {
-        if (claims[c] !== undefined && !Number.isFinite(claims[c])) throw new TokenRejectedError('malformed_token', `"${c}" is not a finite number`);
-      }
-      checkTimes(claims, now, skew);
-      checkLifetime(claims, now, config.maxTokenLifetimeSeconds);
-
-      const identity = buildIdentity(claims, issuer.issuer);
-      cache.set(token, { value: identity, expiresAt: ((claims.exp as number) + skew) * 1000, keyVersion: version });
-      return identity;
+      return cached(extracted) ?? verifyUncached(extracted);
     },
   };
 }

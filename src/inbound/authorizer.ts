@@ -155,7 +155,8 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       return refuseAuthentication(req, err, target, token, rule);
     }
     if (identity) return admit(req, target, rule, identity);
-    return authenticator.authenticate(token).then(
+    // A miss: verify without probing the cache a second time (one lookup, one miss counted).
+    return authenticator.verify(token).then(
       (verified) => admit(req, target, rule, verified),
       (err: unknown) => refuseAuthentication(req, err, target, token, rule),
     );

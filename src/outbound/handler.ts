@@ -116,23 +116,32 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     sendError(res, 500, 'internal_error', 'internal error');
   };
 
+  const failedUpstream = (res: ServerResponse, p: { r: Routed; label: string }, started: number, err: unknown) => {
+    try {
+      const e = asUpstreamError(err);
+      upstreamFailed(p.label, p.r.target.origin, e, started);
+      sendError(res, e.status, e.code, e.message);
+    } catch (inner) {
+      internalError(res, inner);
+    }
+  };
+
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
+    let dispatcher: Dispatcher;
+    try {
+      // Opening a pool can fail (an unreadable caFile): that is the upstream's 502, counted like any other.
+      dispatcher = pools.get(p.r.target.origin, p.r.target.caFile);
+    } catch (err) {
+      return failedUpstream(res, p, started, err);
+    }
     forward(req, res, {
-      dispatcher: pools.get(p.r.target.origin, p.r.target.caFile),
+      dispatcher,
       path: p.r.path,
       dropHeaders: p.dropHeaders,
       addHeaders: p.addHeaders,
       onResponse: (status) => record(p.label, String(status), started),
-    }).catch((err: unknown) => {
-      try {
-        const e = asUpstreamError(err);
-        upstreamFailed(p.label, p.r.target.origin, e, started);
-        sendError(res, e.status, e.code, e.message);
-      } catch (inner) {
-        internalError(res, inner);
-      }
-    });
+    }).catch((err: unknown) => failedUpstream(res, p, started, err));
   };
 
   /** Plain requests: no promise chain before the upstream dispatch when the token is cached. */

@@ -28,7 +28,7 @@ export interface DeadlineWatch {
  * `headersTimeout`/`bodyTimeout` allocate timer objects per request that
  * live up to a second; at proxy request rates they are promoted to the old
  * generation as garbage and added ~8 MiB to a busy sidecar's peak RSS
- * (docs/performance.md). Here a request is a Set entry and a number.
+ * (docs/performance.md). Here a request is a list entry and a number.
  *
  * Semantics, `timeoutMs` each: once the request body has been sent, the
  * response headers must arrive; after that, each body chunk must follow the
@@ -118,7 +118,8 @@ class WatchList {
   expireDue(now: number): void {
     for (let h = this.first; h; ) {
       const next = h.next;
-      if (h.deadline <= now) h.expire();
+      // `watched`: an expiry that synchronously ended another request has unlinked it; never abort a finished one.
+      if (h.watched && h.deadline <= now) h.expire();
       h = next;
     }
   }

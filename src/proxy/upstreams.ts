@@ -3,11 +3,12 @@ import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { Dispatcher } from 'undici';
 import type { LimitsConfig } from '../config/schema.js';
+import { UpstreamError } from '../errors.js';
 import { createDeadlineWatch } from './deadline.js';
 import { Pool } from './undici-core.js';
 
 export interface UpstreamPools {
-  /** The keep-alive pool for an origin (`http://host:port`), created on first use. */
+  /** The keep-alive pool for an origin (`http://host:port`), created on first use. Throws UpstreamError once closed. */
   get(origin: string, caFile?: string): Dispatcher;
   /** Drains: in-flight requests finish, then connections close. */
   close(): Promise<void>;
@@ -126,6 +127,8 @@ export function createUpstreamPools(
 
   return {
     get(origin, caFile) {
+      // A request that waited (for a token) while its component was retired: no new pool that nobody would close.
+      if (stopped) throw new UpstreamError('upstream_reset', 'the upstream connections are closed');
       const key = caFile ? `${origin}|${caFile}` : origin;
       const up = cache.get(key, GET) ?? open(key, origin, caFile);
       up.fresh = true;

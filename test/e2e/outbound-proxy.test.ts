@@ -189,6 +189,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
           routes: [
             { host: 'secure', target, caFile: cert, audience: 'payments' },
             { host: 'unverified', target, audience: 'payments' },
+            { host: 'lostca', target, caFile: join(dir, 'missing.crt'), audience: 'payments' },
           ],
         },
       });
@@ -197,6 +198,10 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect((await verifyWithIdp(idp, bearerOf(seen[0]!.authorization)!, 'payments')).sub).toBe('orders');
       const bad = await send(s.outbound!, { target: '/x', host: 'unverified' });
       expect(bad.status).toBe(502);
+      // A CA file that cannot be read is the upstream's failure too: 502, counted, never a 500.
+      const lost = await send(s.outbound!, { target: '/x', host: 'lostca' });
+      expect([lost.status, JSON.parse(lost.text).reason]).toEqual([502, 'upstream_reset']);
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'lostca', status: 'upstream_reset' })).toBe(1);
       expect(seen).toHaveLength(1);
     } finally {
       peer.closeAllConnections();

@@ -204,6 +204,8 @@ describe('closing the pools', () => {
     expect(await text(kept)).toBe('ok');
     await p.close();
     await expect(text(kept)).rejects.toMatchObject({ code: expect.stringMatching(/^UND_ERR_(CLOSED|DESTROYED)$/) });
+    // Nor does a late get(): it refuses with the upstream error the handlers answer 502 for.
+    expect(() => p.get(a.origin)).toThrow(expect.objectContaining({ code: 'upstream_reset', status: 502 }));
     expect(a.accepted).toBe(1);
   });
 

@@ -1,0 +1,75 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { createInboundParts } from '../../src/inbound/handler.js';
+import type { Decision, InboundRequest } from '../../src/inbound/authorizer.js';
+import { signToken, testKeyPair } from '../support/tokens.js';
+import { captureLogger, counterValue, inboundConfig, manualClock, manualScheduler, startJwksServer, testMetrics } from './inbound-support.js';
+
+const ISS = 'http://idp.test';
+const cleanups: Array<() => Promise<unknown> | void> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function setup() {
+  const key = await testKeyPair('ES256', 'ec-1');
+  const server = await startJwksServer({ keys: [key.publicJwk] });
+  cleanups.push(() => server.close());
+  const config = inboundConfig({
+    issuers: [{ issuer: ISS, jwksUri: server.url }],
+    rules: [
+      { match: { path: '/health' }, public: true },
+      { match: { path: '/api/**' }, allow: [{ sub: 'orders' }] },
+    ],
+  });
+  const clock = manualClock(Date.parse('2030-01-01T00:00:00Z'));
+  const metrics = testMetrics();
+  const log = captureLogger();
+  const parts = createInboundParts(config, { logger: log.logger, metrics, clock, service: 'payments', scheduler: manualScheduler() });
+  cleanups.push(() => parts.keyStore.close());
+  await parts.keyStore.start();
+  const now = Math.floor(clock.now() / 1000);
+  const mint = (sub: string) =>
+    signToken({ iss: ISS, sub, aud: config.audience, iat: now, exp: now + 300 }, { key: key.privateKey, alg: key.alg, kid: key.kid });
+  const request = (token: string | undefined, url = '/api/orders'): InboundRequest => ({
+    method: 'GET',
+    url,
+    rawHeaders: token ? ['Authorization', `Bearer ${token}`] : [],
+    peer: '127.0.0.1',
+  });
+  return { parts, metrics, log, mint, request };
+}
+
+const lookups = (metrics: ReturnType<typeof testMetrics>, result: 'hit' | 'miss') => counterValue(metrics, 'verifyCacheLookups', { result });
+
+describe('authorizer decide(): the request path', () => {
+  it('verifies a new token once (one cache miss), then decides the same token synchronously from the cache (one hit)', async () => {
+    const { parts, metrics, mint, request } = await setup();
+    const token = await mint('orders');
+    const first = parts.authorizer.decide(request(token));
+    expect(first).toBeInstanceOf(Promise);
+    expect(await first).toMatchObject({ allowed: true, reason: 'ok', target: '/api/orders' });
+    expect(await lookups(metrics, 'miss')).toBe(1);
+
+    const again = parts.authorizer.decide(request(token, '/api/orders?page=2'));
+    expect(again).not.toBeInstanceOf(Promise);
+    expect((again as Decision).allowed).toBe(true);
+    expect(await lookups(metrics, 'hit')).toBe(1);
+    expect(await lookups(metrics, 'miss')).toBe(1);
+  });
+
+  it('refuses synchronously what needs no signature check, and a cached identity outside the rule is still denied', async () => {
+    const { parts, metrics, mint, request, log } = await setup();
+    const missing = parts.authorizer.decide(request(undefined));
+    expect(missing).not.toBeInstanceOf(Promise);
+    expect(missing).toMatchObject({ allowed: false, error: { code: 'missing_token' } });
+    expect(parts.authorizer.decide(request(undefined, '/health'))).toMatchObject({ allowed: true, reason: 'public' });
+
+    const stranger = await mint('someone-else');
+    expect(await parts.authorizer.decide(request(stranger))).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
+    const cachedDenial = parts.authorizer.decide(request(stranger));
+    expect(cachedDenial).not.toBeInstanceOf(Promise);
+    expect(cachedDenial).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
+    expect(await counterValue(metrics, 'inboundRequests', { decision: 'deny', reason: 'policy_denied' })).toBe(2);
+    expect(log.lines.filter((l) => l.event === 'policy_denied')).toHaveLength(2);
+  });
+});
