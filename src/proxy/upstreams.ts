@@ -44,10 +44,8 @@ export const POOL_IDLE_MS = 60_000;
  *
  * A dispatcher from get() outlives its pool's eviction, since callers may keep
  * it (inbound keeps one for good): a request through it goes to its origin's
- * current pool, opening a new one if needed. A request through it without a
- * get() just before (a kept dispatcher) counts as a use of the pool, so a busy
- * origin is never idle; right after get() that lookup is skipped, so a request
- * costs one lookup either way.
+ * current pool, opening a new one if needed. That lookup also counts as a use
+ * of the pool, so an origin busy through a kept dispatcher is never idle.
  */
 export function createUpstreamPools(
   limits: LimitsConfig,
@@ -72,7 +70,6 @@ export function createUpstreamPools(
     // 0: no caching of the clock. The default (1 ms) caches it with a timer to forget it, a timer per millisecond under load.
     ttlResolution: 0,
     dispose: (up) => {
-      up.cached = false;
       const done = up.pool[retireBy]()
         .catch(() => {}) // only rejects when destroy() came first, which is the end wanted
         .finally(() => retiring.delete(up.pool));
@@ -104,16 +101,10 @@ export function createUpstreamPools(
     let send!: Dispatch; // this pool's own dispatch through the deadline watch (compose hands it over at once)
     const dispatcher = pool.compose(deadlines.interceptor, (inner) => {
       send = inner;
-      return (o, handler) => {
-        if (up.fresh && up.cached) {
-          up.fresh = false;
-          return send(o, handler);
-        }
-        // After close()/destroy() nothing new opens: the request fails on the closed pool, as it always did.
-        return (cache.get(key, GET) ?? (stopped ? up : open(key, origin, caFile))).send(o, handler);
-      };
+      // After close()/destroy() nothing new opens: the request fails on the closed pool, as it always did.
+      return (o, handler) => (cache.get(key, GET) ?? (stopped ? up : open(key, origin, caFile))).send(o, handler);
     });
-    const up: Upstream = { pool, dispatcher, send, cached: true, fresh: false };
+    const up: Upstream = { pool, dispatcher, send };
     cache.set(key, up);
     return up;
   };
@@ -130,9 +121,7 @@ export function createUpstreamPools(
       // A request that waited (for a token) while its component was retired: no new pool that nobody would close.
       if (stopped) throw new UpstreamError('upstream_reset', 'the upstream connections are closed');
       const key = caFile ? `${origin}|${caFile}` : origin;
-      const up = cache.get(key, GET) ?? open(key, origin, caFile);
-      up.fresh = true;
-      return up.dispatcher;
+      return (cache.get(key, GET) ?? open(key, origin, caFile)).dispatcher;
     },
     async close() {
       stop('close');
@@ -157,10 +146,6 @@ interface Upstream {
   readonly dispatcher: Dispatcher;
   /** This pool's own dispatch through the deadline watch. */
   readonly send: Dispatch;
-  /** Still in the cache; false once evicted (closing). */
-  cached: boolean;
-  /** get() just looked it up, so the dispatch that follows need not. */
-  fresh: boolean;
 }
 
 /** lru-cache's get() allocates an options object when given none; a request reuses this one (get() writes `status` into it). */
