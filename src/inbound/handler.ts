@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Component, ComponentDeps } from '../component.js';
 import type { InboundConfig, LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
-import { forward } from '../proxy/forward.js';
+import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { sendError } from '../proxy/respond.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
@@ -153,4 +153,3 @@ function reject(req: IncomingMessage, res: ServerResponse, error: SidecarError):
   res.end(r.body);
 }
 
-const NO_HEADERS: readonly string[] = [];

@@ -6,7 +6,7 @@ import type { Dispatcher } from 'undici';
 import type { Component, ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
-import { forward } from '../proxy/forward.js';
+import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
 import { tunnel } from '../proxy/tunnel.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
@@ -215,7 +215,6 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
 
 type Routed = Exclude<Resolution, { kind: 'reject' }>;
 
-const NO_HEADERS: readonly string[] = [];
 
 type Prepared =
   | { ok: true; r: Routed; label: string; addHeaders: readonly string[]; dropHeaders: ReadonlySet<string> }

@@ -15,6 +15,9 @@ export interface ForwardOptions {
   onResponse?: (status: number) => void;
 }
 
+/** `addHeaders` when there is nothing to add (one shared empty list, not one per request). */
+export const NO_HEADERS: readonly string[] = [];
+
 /**
  * Streams `req` to the upstream and the upstream's answer back to `res`, with
  * backpressure both ways and no body buffering. Resolves when the exchange is
