@@ -2,7 +2,7 @@
 // chain (baseline) and the sidecar chain (outbound sidecar with a cached token → inbound sidecar verifying and
 // applying a rule → app), loads each with autocannon in interleaved rounds, probes unloaded latency, samples
 // peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
-// Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000),
+// Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000), BENCH_PROBE_BLOCK (100),
 // BENCH_NODE_OPTIONS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
@@ -22,6 +22,7 @@ const settings = {
   durationSeconds: env('BENCH_DURATION', 8),
   rounds: env('BENCH_ROUNDS', 3),
   samples: env('BENCH_SAMPLES', 3000),
+  probeBlock: env('BENCH_PROBE_BLOCK', 100),
   tokenTtlSeconds: 3600,
   // Every Node process of the run (app, baseline hops, sidecars) gets the same flags: by default the ones the
   // container image sets (Dockerfile ENV NODE_OPTIONS); BENCH_NODE_OPTIONS="" measures Node's defaults.
@@ -70,6 +71,8 @@ async function main() {
 
   const hop2 = await node('baseline-hop2', [join(here, 'apps/baseline-proxy.js'), appUrl]);
   const hop1 = await node('baseline-hop1', [join(here, 'apps/baseline-proxy.js'), `http://127.0.0.1:${hop2.port}`]);
+  const relay2 = await node('relay-hop2', [join(here, 'apps/tcp-relay.js'), String(app.port)]);
+  const relay1 = await node('relay-hop1', [join(here, 'apps/tcp-relay.js'), String(relay2.port)]);
 
   const common = { log: { level: 'info' }, lifecycle: { watchConfig: false }, admin: { listen: '127.0.0.1:0' } };
   const inbound = await sidecar('sidecar-inbound', {
@@ -132,15 +135,21 @@ async function main() {
     }
   }
 
-  process.stderr.write(`latency probe (${settings.samples} sequential requests per target, interleaved)...\n`);
-  const latency = await latencyProbe(
-    [
-      { name: 'direct', port: app.port, host: 'app' },
-      { name: 'baseline', port: hop1.port, host: 'app' },
-      { name: 'sidecar', port: outbound.outbound, host: 'app' },
-    ],
-    { samples: settings.samples, warmup: Math.ceil(settings.samples / 10) },
-  );
+  // Two passes over the same four targets: in blocks (each target warm, as under steady light traffic; the
+  // figure the targets are checked against) and alternating on every request (each request finds the caches full
+  // of the other chains' processes). The TCP relay chain is the floor: two more processes and loopback
+  // connections, no HTTP.
+  const probeTargets = [
+    { name: 'direct', port: app.port, host: 'app' },
+    { name: 'relay', port: relay1.port, host: 'app' },
+    { name: 'baseline', port: hop1.port, host: 'app' },
+    { name: 'sidecar', port: outbound.outbound, host: 'app' },
+  ];
+  const latency = {};
+  for (const [mode, block] of [['steady', settings.probeBlock], ['alternating', 1]]) {
+    process.stderr.write(`latency probe, ${mode} (${settings.samples} sequential requests per target, in turns of ${block})...\n`);
+    latency[mode] = await latencyProbe(probeTargets, { samples: settings.samples, warmup: Math.max(block, Math.ceil(settings.samples / 10)), block });
+  }
 
   const memory = {
     'sidecar-outbound': memoryOf(outbound.pid),
