@@ -1,8 +1,9 @@
 import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Clock } from '../../clock.js';
+import { readConfiguredFile } from '../../config/files.js';
 import { ConfigError } from '../../errors.js';
-import { readConfiguredFile, readRuntimeFile } from './files.js';
+import { readRuntimeFile } from './files.js';
 
 /** The client-authentication fields shared by client_credentials and token_exchange sources. */
 export interface ClientAuthConfig {

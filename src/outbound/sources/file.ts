@@ -1,7 +1,8 @@
 import { stat } from 'node:fs/promises';
+import { describeFsError } from '../../config/files.js';
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { TokenUnavailableError } from '../../errors.js';
-import { describeFsError, readRuntimeFile } from './files.js';
+import { readRuntimeFile } from './files.js';
 import { assertBearerToken, jwtClaims, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps, TokenSource } from './types.js';
 
