@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
+import { attachCaBundles } from './ca-bundle.js';
 import { interpolateEnv } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
@@ -30,10 +31,14 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   return parseConfig(deepMerge(layers));
 }
 
-/** Validates an already-parsed document (used by loadConfig and by tests/embedders). */
+/**
+ * Validates an already-parsed document (used by loadConfig and by tests/embedders),
+ * then reads the CA bundles it names (`caFile`), kept beside each as `ca`.
+ */
 export function parseConfig(doc: unknown): Config {
   const result = configSchema.safeParse(doc ?? {});
   if (!result.success) throw new ConfigError(zodIssues(result.error));
+  attachCaBundles(result.data);
   return deepFreeze(result.data);
 }
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
@@ -53,7 +54,7 @@ const issuerSchema = z
     jwksUri: httpUrl.optional().describe('Skip discovery and fetch keys from here (https when the issuer is https)'),
     algorithms: z.array(z.enum(ALGORITHMS)).min(1).default([...DEFAULTS.inbound.algorithms]),
     audience: stringOrList.optional().describe('Overrides inbound.audience for tokens of this issuer'),
-    caFile: z.string().min(1).optional().describe('PEM CA bundle for an IdP behind a private CA'),
+    caFile: z.string().min(1).optional().describe('PEM CA bundle for an IdP behind a private CA; read when the config loads'),
   })
   .superRefine((i, ctx) => {
     // Keys fetched over cleartext can be swapped on the way: an https issuer's keys come over https too.
@@ -202,7 +203,7 @@ const tokenEndpointFields = {
   tokenEndpoint: httpUrl.optional(),
   audienceParam: z.enum(['resource', 'audience', 'none']).default(DEFAULTS.outbound.audienceParam),
   params: z.record(z.string().min(1), z.string()).optional().describe('Extra form fields for the token request'),
-  caFile: z.string().min(1).optional(),
+  caFile: z.string().min(1).optional().describe('PEM CA bundle for a token endpoint behind a private CA; read when the config loads'),
   ...clientAuthFields,
 };
 
@@ -269,7 +270,7 @@ const routeSchema = z.strictObject({
   audience: z.string().min(1),
   scopes: z.array(z.string().min(1)).optional(),
   tokenSource: tokenSourceSchema.optional(),
-  caFile: z.string().min(1).optional().describe('PEM CA bundle for an https target'),
+  caFile: z.string().min(1).optional().describe('PEM CA bundle for an https target; read when the config loads'),
 });
 
 const outboundSchema = z
@@ -333,12 +334,14 @@ export const configSchema = z
 
 /** The validated, fully defaulted config. */
 export type Config = z.output<typeof configSchema>;
+/** Beside each `caFile`, parseConfig puts the bundle it read (config/ca-bundle.ts); TLS clients take it from there. */
+type WithCaBundle = { readonly ca?: CaBundle };
 export type InboundConfig = NonNullable<Config['inbound']>;
-export type IssuerConfig = InboundConfig['issuers'][number];
+export type IssuerConfig = InboundConfig['issuers'][number] & WithCaBundle;
 export type RuleConfig = NonNullable<InboundConfig['rules']>[number];
 export type AllowEntry = NonNullable<RuleConfig['allow']>[number];
 export type ForwardConfig = InboundConfig['forward'];
 export type OutboundConfig = NonNullable<Config['outbound']>;
-export type RouteConfig = OutboundConfig['routes'][number];
-export type TokenSourceConfig = z.output<typeof tokenSourceSchema>;
+export type RouteConfig = OutboundConfig['routes'][number] & WithCaBundle;
+export type TokenSourceConfig = z.output<typeof tokenSourceSchema> & WithCaBundle;
 export type LimitsConfig = Config['limits'];

@@ -171,7 +171,7 @@ function createIssuerKeys(
 
   const dispatcher = () => {
     if (closed) throw new IdpHttpError('closed', 'key store is closed');
-    return (agent ??= createIdpAgent({ caFile: cfg.caFile, timeoutMs }));
+    return (agent ??= createIdpAgent({ ca: cfg.ca, timeoutMs }));
   };
 
   const isUsable = () => keySet !== undefined && clock.now() - fetchedAt <= jwks.maxStaleSeconds * 1000;

@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
 import type { Dispatcher } from 'undici';
+import type { CaBundle } from '../config/ca-bundle.js';
 import { SidecarError } from '../errors.js';
 import { Agent } from '../proxy/undici-core.js';
 
@@ -8,13 +8,13 @@ const MAX_BODY_BYTES = 1024 * 1024;
 
 /**
  * The dispatcher for talking to an IdP: its own Agent (so IdP traffic never
- * shares pools with the data path), an optional private CA, and no redirects
- * (a redirected JWKS fetch is how key-injection attacks start). Whoever
- * creates it closes it.
+ * shares pools with the data path), an optional private CA (the PEM bundle the
+ * config loaded from `caFile`), and no redirects (a redirected JWKS fetch is
+ * how key-injection attacks start). Whoever creates it closes it.
  */
-export function createIdpAgent(opts: { caFile?: string | undefined; timeoutMs: number }): Agent {
+export function createIdpAgent(opts: { ca?: CaBundle | undefined; timeoutMs: number }): Agent {
   return new Agent({
-    connect: { timeout: opts.timeoutMs, ...(opts.caFile ? { ca: readFileSync(opts.caFile) } : {}) },
+    connect: { timeout: opts.timeoutMs, ...(opts.ca ? { ca: opts.ca.pem } : {}) },
     headersTimeout: opts.timeoutMs,
     bodyTimeout: opts.timeoutMs,
     keepAliveTimeout: 30_000,

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
@@ -130,8 +129,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
     let dispatcher: Dispatcher;
     try {
-      // Opening a pool can fail (an unreadable caFile): that is the upstream's 502, counted like any other.
-      dispatcher = pools.get(p.r.target.origin, p.r.target.caFile);
+      // Throws once the pools are closed (the request waited for a token while its component retired): a counted 502.
+      dispatcher = pools.get(p.r.target.origin, p.r.target.ca);
     } catch (err) {
       return failedUpstream(res, p, started, err);
     }
@@ -152,22 +151,13 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     else send(req, res, p, started);
   };
 
-  // CA bundles for https upgrade targets, read on first use (the keep-alive pools do the same for requests).
-  const caCache = new Map<string, Buffer>();
-  const caFor = (file: string | undefined) => {
-    if (!file) return undefined;
-    let ca = caCache.get(file);
-    if (!ca) caCache.set(file, (ca = readFileSync(file)));
-    return ca;
-  };
-
   /** WebSocket and other `Upgrade` requests: same routing and token as plain requests, then a byte tunnel. */
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
     const p = await prepare(req, started);
     if (!p.ok) return writeRawError(socket, p.status, p.reason, p.message);
     try {
-      const ca = caFor(p.r.target.caFile);
+      const ca = p.r.target.ca?.pem;
       const status = await tunnel(req, socket, head, {
         target: new URL(p.r.target.origin),
         path: p.r.path,

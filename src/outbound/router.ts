@@ -1,3 +1,4 @@
+import type { CaBundle } from '../config/ca-bundle.js';
 import type { RouteConfig } from '../config/schema.js';
 import { ConfigError, RouteNotFoundError, type SidecarError } from '../errors.js';
 
@@ -13,7 +14,8 @@ export interface Authority {
 export interface Target {
   origin: string;
   basePath: string;
-  caFile?: string;
+  /** The route's CA bundle for an https target, as the config loaded it. */
+  ca?: CaBundle;
 }
 
 export type Resolution =
@@ -47,7 +49,7 @@ function formatAuthority(a: Authority): string {
 export function routeTarget(route: RouteConfig): Target {
   const url = new URL(route.target ?? `http://${route.host}`);
   const basePath = url.pathname.replace(/\/+$/, '');
-  return route.caFile ? { origin: url.origin, basePath, caFile: route.caFile } : { origin: url.origin, basePath };
+  return route.ca ? { origin: url.origin, basePath, ca: route.ca } : { origin: url.origin, basePath };
 }
 
 const reject = (status: number, reason: string, message: string): Resolution => ({ kind: 'reject', status, reason, message });

@@ -1,15 +1,18 @@
-import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
 import type { Dispatcher } from 'undici';
+import type { CaBundle } from '../config/ca-bundle.js';
 import type { LimitsConfig } from '../config/schema.js';
 import { UpstreamError } from '../errors.js';
 import { createDeadlineWatch } from './deadline.js';
 import { Pool } from './undici-core.js';
 
 export interface UpstreamPools {
-  /** The keep-alive pool for an origin (`http://host:port`), created on first use. Throws UpstreamError once closed. */
-  get(origin: string, caFile?: string): Dispatcher;
+  /**
+   * The keep-alive pool for an origin (`http://host:port`), created on first use, trusting `ca`
+   * (as the config loaded it) for https. Throws UpstreamError once closed.
+   */
+  get(origin: string, ca?: CaBundle): Dispatcher;
   /** Drains: in-flight requests finish, then connections close. */
   close(): Promise<void>;
   /** Cuts every connection now. */
@@ -85,13 +88,14 @@ export function createUpstreamPools(
     Math.max(1, idleMs / 2),
   ).unref();
 
-  const open = (key: string, origin: string, caFile: string | undefined): Upstream => {
+  // Opening (and reopening after an eviction) happens on the request path: it reads no files, the CA is the PEM the config loaded.
+  const open = (key: string, origin: string, ca: CaBundle | undefined): Upstream => {
     const pool = new Pool(origin, {
       connections: limits.upstreamConnections,
       pipelining: 1,
       connect: {
         timeout: limits.upstreamConnectTimeoutSeconds * 1000,
-        ...(caFile ? { ca: readFileSync(caFile) } : {}),
+        ...(ca ? { ca: ca.pem } : {}),
       },
       // 0 = off: the deadline watch enforces limits.upstreamTimeoutSeconds instead.
       headersTimeout: 0,
@@ -102,7 +106,7 @@ export function createUpstreamPools(
     const dispatcher = pool.compose(deadlines.interceptor, (inner) => {
       send = inner;
       // After close()/destroy() nothing new opens: the request fails on the closed pool, as it always did.
-      return (o, handler) => (cache.get(key, GET) ?? (stopped ? up : open(key, origin, caFile))).send(o, handler);
+      return (o, handler) => (cache.get(key, GET) ?? (stopped ? up : open(key, origin, ca))).send(o, handler);
     });
     const up: Upstream = { pool, dispatcher, send };
     cache.set(key, up);
@@ -117,11 +121,11 @@ export function createUpstreamPools(
   };
 
   return {
-    get(origin, caFile) {
+    get(origin, ca) {
       // A request that waited (for a token) while its component was retired: no new pool that nobody would close.
       if (stopped) throw new UpstreamError('upstream_reset', 'the upstream connections are closed');
-      const key = caFile ? `${origin}|${caFile}` : origin;
-      return (cache.get(key, GET) ?? open(key, origin, caFile)).dispatcher;
+      const key = ca ? `${origin}|${ca.file}` : origin;
+      return (cache.get(key, GET) ?? open(key, origin, ca)).dispatcher;
     },
     async close() {
       stop('close');

@@ -1,4 +1,8 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { selfSignedCert } from '../support/certs.js';
 import { runCli, writeConfig } from '../support/sidecar.js';
 
 const valid = {
@@ -97,5 +101,41 @@ describe('required options stop the command before it runs', () => {
     const noValue = await runCli(['validate', '--config']);
     expect(noValue.code).toBe(1);
     expect(noValue.stderr).toMatch(/Not enough arguments following: config/);
+  });
+});
+
+describe('CA bundles named by caFile are read when the config loads', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-ca-'));
+  const withRouteCa = (caFile: string) => ({
+    ...valid,
+    outbound: { ...valid.outbound, routes: [...valid.outbound.routes, { host: 'ledger', target: 'https://ledger.internal', audience: 'ledger', caFile }] },
+  });
+
+  it('validate prints a readable caFile as its path, and exits 1 on a missing one with its key path', async () => {
+    const ca = selfSignedCert('cli-ca', dir).cert;
+    const good = await runCli(['validate', '--config', writeConfig(withRouteCa(ca))]);
+    expect(good.code).toBe(0);
+    expect(good.stdout).toContain(`caFile: ${ca}`);
+    expect(good.stdout).not.toContain('CERTIFICATE');
+
+    const missing = join(dir, 'missing.pem');
+    const bad = await runCli(['validate', '--config', writeConfig(withRouteCa(missing))]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toBe(`oidc-sidecar: invalid config:\noutbound.routes.1.caFile: cannot read ${missing}: no such file\n`);
+    expect(bad.stdout).toBe('');
+  });
+
+  it('run refuses to start when an issuer caFile holds no certificate', async () => {
+    const junk = join(dir, 'junk.pem');
+    writeFileSync(junk, 'not a certificate\n');
+    const config = {
+      ...valid,
+      inbound: { ...valid.inbound, listen: '127.0.0.1:0', issuers: [{ issuer: 'https://idp.example', caFile: junk }] },
+      outbound: { ...valid.outbound, listen: '127.0.0.1:0' },
+      admin: { listen: '127.0.0.1:0' },
+    };
+    const r = await runCli(['run', '--config', writeConfig(config)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`oidc-sidecar: invalid config:\ninbound.issuers.0.caFile: no PEM certificate found in ${junk}\n`);
   });
 });

@@ -6,12 +6,15 @@ import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
 import { DEFAULT_DEV_CLIENTS, loadDevClientsFile } from '../../src/dev/clients-file.js';
+import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const at = (...p: string[]) => join(ROOT, ...p);
+/** Stands in for the pod's service-account CA, which `validate` reads like `run` does (config/base.yaml's CLUSTER_CA_FILE). */
+const CLUSTER_CA = { CLUSTER_CA_FILE: selfSignedCert('cluster-ca').cert };
 
 /** Every sidecar config shipped, as the layers a user passes to `--config`, with the env it needs. */
 function sidecarConfigSets(): Array<{ name: string; layers: string[]; env?: Record<string, string>; service: string }> {
@@ -54,7 +57,7 @@ const hasCommand = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio
 describe('shipped configs validate with the CLI', () => {
   for (const set of sidecarConfigSets()) {
     it(`${set.name}`, async () => {
-      const r = await runCli(['validate', ...set.layers.flatMap((l) => ['--config', at(l)])], { env: set.env ?? {} });
+      const r = await runCli(['validate', ...set.layers.flatMap((l) => ['--config', at(l)])], { env: { ...CLUSTER_CA, ...set.env } });
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       expect(parse(r.stdout)).toMatchObject({ service: set.service });
@@ -230,7 +233,7 @@ describe('kubernetes example', () => {
       expect(Object.keys(cm.data).sort()).toEqual(['base.yaml', 'namespace.yaml']);
       const dir = mkdtempSync(join(tmpdir(), `k8s-${ns}-`));
       for (const [file, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(join(dir, file), text);
-      const env = Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
+      const env = { ...Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value])), ...CLUSTER_CA };
       const r = await runCli(['validate', '--config', join(dir, 'base.yaml'), '--config', join(dir, 'namespace.yaml')], { env });
       expect(r.stderr).toBe('');
       expect(parse(r.stdout)).toMatchObject({ service: ns, inbound: { audience: ns } });

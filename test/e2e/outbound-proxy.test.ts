@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, type IncomingHttpHeaders } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
@@ -189,7 +190,6 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
           routes: [
             { host: 'secure', target, caFile: cert, audience: 'payments' },
             { host: 'unverified', target, audience: 'payments' },
-            { host: 'lostca', target, caFile: join(dir, 'missing.crt'), audience: 'payments' },
           ],
         },
       });
@@ -198,11 +198,49 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect((await verifyWithIdp(idp, bearerOf(seen[0]!.authorization)!, 'payments')).sub).toBe('orders');
       const bad = await send(s.outbound!, { target: '/x', host: 'unverified' });
       expect(bad.status).toBe(502);
-      // A CA file that cannot be read is the upstream's failure too: 502, counted, never a 500.
-      const lost = await send(s.outbound!, { target: '/x', host: 'lostca' });
-      expect([lost.status, JSON.parse(lost.text).reason]).toEqual([502, 'upstream_reset']);
-      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'lostca', status: 'upstream_reset' })).toBe(1);
       expect(seen).toHaveLength(1);
+    } finally {
+      peer.closeAllConnections();
+      await new Promise<void>((r) => peer.close(() => r()));
+    }
+  });
+
+  it('reads the route caFile once per load: deleting it changes nothing, a reload without it is refused while the old config serves, a reload picks up a rotated CA', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outbound-ca-'));
+    const [first, second] = [selfSignedCert('peer-first', dir), selfSignedCert('peer-second', dir)];
+    const peer = createHttpsServer({ cert: readFileSync(first.cert), key: readFileSync(first.key) }, (req, res) => {
+      req.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('tls ok');
+    });
+    await new Promise<void>((r) => peer.listen(0, '127.0.0.1', r));
+    const caFile = join(dir, 'ca.pem');
+    copyFileSync(first.cert, caFile);
+    try {
+      const base = outboundConfig();
+      const target = `https://127.0.0.1:${(peer.address() as AddressInfo).port}`;
+      const s = await sidecar({ ...base, outbound: { ...base.outbound, routes: [{ host: 'secure', target, caFile, audience: 'payments' }] } });
+      const call = async () => (await send(s.outbound!, { target: '/x', host: 'secure' })).status;
+      expect(await call()).toBe(200);
+
+      // The bundle was read at load: requests (and pools reopened for them) never look at the file again.
+      rmSync(caFile);
+      expect(await call()).toBe(200);
+
+      // A reload reads it again: refused with the key path, and the old config keeps serving.
+      s.signal('SIGHUP');
+      const refused = await s.waitForLog((l) => l.event === 'config_reload_refused');
+      expect(refused.errors).toEqual([`outbound.routes.0.caFile: cannot read ${caFile}: no such file`]);
+      expect(await call()).toBe(200);
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_config_reloads_total', { result: 'invalid' })).toBe(1);
+
+      // The peer moves to a certificate from another CA and the file follows: trusted from the next reload on.
+      peer.setSecureContext({ cert: readFileSync(second.cert), key: readFileSync(second.key) });
+      peer.closeAllConnections();
+      copyFileSync(second.cert, caFile);
+      expect(await call()).toBe(502);
+      s.signal('SIGHUP');
+      await s.waitForLog((l) => l.event === 'config_reloaded');
+      expect(await call()).toBe(200);
     } finally {
       peer.closeAllConnections();
       await new Promise<void>((r) => peer.close(() => r()));

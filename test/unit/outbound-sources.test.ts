@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jwtVerify, createLocalJWKSet, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readCaBundle } from '../../src/config/ca-bundle.js';
 import { tokenSourceSchema } from '../../src/config/schema.js';
 import { TokenUnavailableError } from '../../src/errors.js';
 import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
@@ -22,7 +23,10 @@ const clock = { now: () => Date.now() };
 const deps = (extra: Partial<SourceDeps> = {}): SourceDeps => ({ clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource', ...extra });
 const sources: TokenSource[] = [];
 function source(cfg: Record<string, unknown>, extra: Partial<SourceDeps> = {}): TokenSource {
-  const s = createTokenSource(tokenSourceSchema.parse(cfg), deps(extra));
+  const parsed = tokenSourceSchema.parse(cfg);
+  // parseConfig puts the CA bundle beside `caFile`; here the source block is parsed alone.
+  const ca = 'caFile' in parsed && parsed.caFile ? { ca: readCaBundle(parsed.caFile, 'outbound.tokenSource.caFile') } : {};
+  const s = createTokenSource({ ...parsed, ...ca }, deps(extra));
   sources.push(s);
   return s;
 }

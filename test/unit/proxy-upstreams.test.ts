@@ -1,8 +1,14 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { readCaBundle } from '../../src/config/ca-bundle.js';
 import { createUpstreamPools, MAX_POOLS, type UpstreamPools } from '../../src/proxy/upstreams.js';
+import { selfSignedCert } from '../support/certs.js';
 import { limitsWith } from './proxy-harness.js';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -174,6 +180,32 @@ describe('idle upstream pools', () => {
     await vi.waitFor(() => expect(a.open()).toBe(0), { timeout: 2_000 });
     expect(await text(kept)).toBe('ok');
     expect(a.accepted).toBe(2);
+  });
+});
+
+describe('https upstream pools', () => {
+  it('reopen after an idle eviction with the CA bytes they were given: no file is read (the caFile is gone by then)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'upstreams-ca-'));
+    const tls = selfSignedCert('upstream', dir);
+    let [accepted, open] = [0, 0];
+    const server = createHttpsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, (_req, res) => res.end('tls ok'));
+    server.keepAliveTimeout = 60_000;
+    server.on('secureConnection', (s: Socket) => {
+      accepted++;
+      open++;
+      s.once('close', () => open--);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => (server.closeAllConnections(), server.close(() => r()))));
+    const origin = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const ca = readCaBundle(tls.cert, 'outbound.routes.0.caFile');
+    rmSync(dir, { recursive: true });
+
+    const p = pools({ idleMs: 100 });
+    expect(await text(p.get(origin, ca))).toBe('tls ok');
+    await vi.waitFor(() => expect(open).toBe(0), { timeout: 2_000 });
+    expect(await text(p.get(origin, ca))).toBe('tls ok');
+    expect(accepted).toBe(2);
   });
 });
 

@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config/load.js';
 import { interpolateEnv } from '../../src/config/interpolate.js';
+import { configSchema } from '../../src/config/schema.js';
 import type { ConfigIssue } from '../../src/errors.js';
 
 const readme = readFileSync(join(import.meta.dirname, '../../README.md'), 'utf8');
@@ -34,6 +34,8 @@ describe('README config examples', () => {
     const issues: ConfigIssue[] = [];
     const doc = interpolateEnv(parse(text), env, issues);
     expect(issues).toEqual([]);
-    expect(() => parseConfig(doc)).not.toThrow();
+    // The schema only: the files an example names (a caFile under /var/run/secrets) exist where it runs, not here.
+    const result = configSchema.safeParse(doc);
+    expect(result.success ? [] : result.error.issues).toEqual([]);
   });
 });

@@ -1,4 +1,5 @@
 import type { Dispatcher } from 'undici';
+import type { CaBundle } from '../../config/ca-bundle.js';
 import { TokenUnavailableError } from '../../errors.js';
 import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson } from '../../oidc/http.js';
@@ -9,7 +10,8 @@ import type { IssuedToken, SourceDeps } from './types.js';
 export interface TokenEndpointConfig {
   issuer?: string | undefined;
   tokenEndpoint?: string | undefined;
-  caFile?: string | undefined;
+  /** The CA bundle the config loaded from `caFile`. */
+  ca?: CaBundle | undefined;
 }
 
 /** One OAuth token endpoint and the dispatcher that talks to it. */
@@ -27,7 +29,7 @@ export interface TokenEndpoint {
 
 /** Builds the token endpoint client for a client_credentials or token_exchange source. */
 export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps): TokenEndpoint {
-  const owned = deps.dispatcher ? undefined : createIdpAgent({ caFile: cfg.caFile, timeoutMs: deps.timeoutMs });
+  const owned = deps.dispatcher ? undefined : createIdpAgent({ ca: cfg.ca, timeoutMs: deps.timeoutMs });
   const dispatcher: Dispatcher = deps.dispatcher ?? owned!;
   let resolved: Promise<string> | undefined = cfg.tokenEndpoint ? Promise.resolve(cfg.tokenEndpoint) : undefined;
 

@@ -1,0 +1,113 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { readCaBundle } from '../../src/config/ca-bundle.js';
+import { parseConfig } from '../../src/config/load.js';
+import { redactConfig } from '../../src/config/redact.js';
+import { ConfigError } from '../../src/errors.js';
+import { selfSignedCert } from '../support/certs.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'ca-bundle-'));
+const first = selfSignedCert('ca-one', dir);
+const second = selfSignedCert('ca-two', dir);
+const KEY = 'outbound.routes.1.caFile';
+
+function file(name: string, text: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+function issuesOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err.issues.map((i) => `${i.path}: ${i.message}`);
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('readCaBundle: a caFile is checked when it is read', () => {
+  it('a missing file is a ConfigError at the key path', () => {
+    const missing = join(dir, 'missing.pem');
+    expect(issuesOf(() => readCaBundle(missing, KEY))).toEqual([`${KEY}: cannot read ${missing}: no such file`]);
+  });
+
+  it('a directory is refused', () => {
+    expect(issuesOf(() => readCaBundle(dir, KEY))).toEqual([`${KEY}: cannot read ${dir}: is a directory`]);
+  });
+
+  it('an empty file (or only blank lines) is refused', () => {
+    const empty = file('empty.pem', '');
+    const blank = file('blank.pem', '\n \n');
+    expect(issuesOf(() => readCaBundle(empty, KEY))).toEqual([`${KEY}: ${empty} is empty`]);
+    expect(issuesOf(() => readCaBundle(blank, KEY))).toEqual([`${KEY}: ${blank} is empty`]);
+  });
+
+  it('garbage, or a private key instead of a certificate, holds no PEM certificate', () => {
+    const garbage = file('garbage.pem', 'not a certificate\n');
+    expect(issuesOf(() => readCaBundle(garbage, KEY))).toEqual([`${KEY}: no PEM certificate found in ${garbage}`]);
+    expect(issuesOf(() => readCaBundle(first.key, KEY))).toEqual([`${KEY}: no PEM certificate found in ${first.key}`]);
+  });
+
+  it('one valid certificate is read as it is', () => {
+    expect(readCaBundle(first.cert, KEY)).toEqual({ file: first.cert, pem: first.pem.trimEnd() });
+  });
+
+  it('a bundle of two certificates is read whole', () => {
+    const bundle = file('bundle.pem', first.pem + second.pem);
+    const ca = readCaBundle(bundle, KEY);
+    expect(ca.pem.match(/-----BEGIN CERTIFICATE-----/g)).toHaveLength(2);
+    expect(ca.pem).toContain(second.pem.trim());
+  });
+
+  it('a bundle with one certificate that does not parse is refused, naming which one', () => {
+    // Node's TLS would skip the broken one without a word.
+    const broken = second.pem.replace(/\n([A-Za-z0-9+/]{16})/, '\nAAAAAAAAAAAAAAAA');
+    const bundle = file('broken-bundle.pem', first.pem + broken);
+    expect(issuesOf(() => readCaBundle(bundle, KEY))).toEqual([`${KEY}: certificate 2 of 2 in ${bundle} is not a valid X.509 certificate`]);
+  });
+});
+
+describe('parseConfig reads every caFile the config names', () => {
+  const endpoint = (caFile: string) => ({ type: 'client_credentials', tokenEndpoint: 'https://idp.example/token', clientId: 'orders', clientSecret: 's', caFile });
+  const doc = (files: { issuer: string; source: string; route: string; routeSource: string }) => ({
+    service: 'orders',
+    inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'https://idp.example', caFile: files.issuer }] },
+    outbound: {
+      tokenSource: endpoint(files.source),
+      routes: [
+        { host: 'plain', audience: 'plain' },
+        { host: 'ledger', target: 'https://ledger.internal', audience: 'ledger', caFile: files.route, tokenSource: endpoint(files.routeSource) },
+      ],
+    },
+  });
+
+  it('puts each bundle beside its caFile, reading a file named twice once, and prints only the path', () => {
+    const bundle = file('two.pem', first.pem + second.pem);
+    const c = parseConfig(doc({ issuer: first.cert, source: bundle, route: bundle, routeSource: second.cert }));
+    const route = c.outbound!.routes[1]!;
+    expect(c.inbound!.issuers[0]).toMatchObject({ caFile: first.cert, ca: { file: first.cert, pem: readFileSync(first.cert, 'utf8').trimEnd() } });
+    expect(route).toMatchObject({ caFile: bundle, ca: { file: bundle } });
+    expect(c.outbound!.routes[0]).not.toHaveProperty('ca');
+    expect(route.tokenSource).toMatchObject({ ca: { file: second.cert } });
+    expect((c.outbound!.tokenSource as { ca?: unknown }).ca).toBe((route as { ca?: unknown }).ca);
+    expect(Object.isFrozen((route as { ca?: object }).ca)).toBe(true);
+
+    const printed = JSON.stringify(redactConfig(c));
+    expect(printed).not.toContain('BEGIN CERTIFICATE');
+    expect(printed).toContain(`"caFile":${JSON.stringify(bundle)}`);
+  });
+
+  it('lists every bad caFile at its key path in one ConfigError', () => {
+    const missing = join(dir, 'gone.pem');
+    const garbage = file('junk.pem', 'junk');
+    expect(issuesOf(() => parseConfig(doc({ issuer: missing, source: first.cert, route: garbage, routeSource: missing })))).toEqual([
+      `inbound.issuers.0.caFile: cannot read ${missing}: no such file`,
+      `outbound.routes.1.caFile: no PEM certificate found in ${garbage}`,
+      `outbound.routes.1.tokenSource.caFile: cannot read ${missing}: no such file`,
+    ]);
+  });
+});
