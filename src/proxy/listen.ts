@@ -75,8 +75,9 @@ export function createLimitedServer(
   let server: Server;
   let stopTls = () => {};
   if (tls) {
-    const https = createHttpsServer({ ...serverOptions, ...loadTlsMaterial(tls) }, guarded);
-    stopTls = watchTlsFiles(https, tls, options.logger, options.tlsPollMs);
+    const material = loadTlsMaterial(tls);
+    const https = createHttpsServer({ ...serverOptions, ...material }, guarded);
+    stopTls = watchTlsFiles(https, tls, material, options.logger, options.tlsPollMs);
     server = https as HttpsServer as unknown as Server;
   } else {
     server = createHttpServer(serverOptions, guarded);

@@ -1,4 +1,5 @@
-import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { createSecureContext } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
 import { SidecarError } from '../errors.js';
@@ -54,23 +55,46 @@ export const TLS_POLL_MS = 1000;
  * inotify because secret volumes are updated by swapping a symlink, which an
  * inotify watch on the old file never sees. A new pair that is unreadable or
  * mismatched (for instance the cert written before its key) is logged and the
- * current one keeps serving. Returns a function that stops watching.
+ * current one keeps serving.
+ *
+ * The first poll compares the files' bytes with `serving`, the pair the server
+ * was started with, rather than trusting a first stat: a renewal that lands
+ * between startup and that stat is still picked up. After that, the files are
+ * read again only when a stat changes. Returns a function that stops watching.
  */
-export function watchTlsFiles(server: HttpsServer, files: TlsFiles, logger: Logger | undefined, pollMs = TLS_POLL_MS): () => void {
-  const onChange = (curr: Stats, prev: Stats) => {
-    if (curr.mtimeMs === prev.mtimeMs && curr.ino === prev.ino && curr.size === prev.size) return;
+export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: TlsMaterial, logger: Logger | undefined, pollMs = TLS_POLL_MS): () => void {
+  let current = serving;
+  let seen: string | undefined;
+  let polling = false;
+  const poll = async () => {
+    if (polling) return;
+    polling = true;
     try {
-      server.setSecureContext(loadTlsMaterial(files));
+      const signature = await statSignature(files);
+      if (signature === seen) return;
+      seen = signature;
+      let next: TlsMaterial;
+      try {
+        next = loadTlsMaterial(files);
+      } catch (err) {
+        logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
+        return;
+      }
+      if (next.cert.equals(current.cert) && next.key.equals(current.key)) return;
+      server.setSecureContext(next);
+      current = next;
       logger?.info({ event: 'tls_reloaded', certFile: files.certFile }, 'inbound TLS certificate reloaded');
-    } catch (err) {
-      logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
+    } finally {
+      polling = false;
     }
   };
-  const opts = { interval: pollMs, persistent: false };
-  watchFile(files.certFile, opts, onChange);
-  watchFile(files.keyFile, opts, onChange);
-  return () => {
-    unwatchFile(files.certFile, onChange);
-    unwatchFile(files.keyFile, onChange);
-  };
+  const timer = setInterval(() => void poll(), pollMs).unref();
+  void poll();
+  return () => clearInterval(timer);
+}
+
+/** What identifies the files' current versions without reading them: inode, size and mtime of each ('-' if missing). */
+async function statSignature(files: TlsFiles): Promise<string> {
+  const one = (path: string) => stat(path).then((s) => `${s.ino}:${s.size}:${s.mtimeMs}`, () => '-');
+  return `${await one(files.certFile)}|${await one(files.keyFile)}`;
 }

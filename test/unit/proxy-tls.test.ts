@@ -1,12 +1,13 @@
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer } from '../../src/proxy/listen.js';
-import { loadTlsMaterial, TlsConfigError } from '../../src/proxy/tls.js';
+import { loadTlsMaterial, TlsConfigError, watchTlsFiles } from '../../src/proxy/tls.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, startTestProxy } from './proxy-harness.js';
@@ -65,6 +66,24 @@ describe('inbound TLS', () => {
     copyFileSync(b.cert, live.cert);
     await until(() => lines.some((l) => l.event === 'tls_reloaded'));
     await until(async () => (await get(`${proxy.url}/`, b.pem).catch(() => undefined))?.cn === 'cert-b');
+  });
+
+  it('picks up a renewal that landed between loading the pair and the first poll', async () => {
+    const a = selfSigned('early-a');
+    const b = selfSigned('early-b');
+    const serving = loadTlsMaterial({ certFile: a.cert, keyFile: a.key });
+    // The files on disk are already B when the watcher starts; the first stat alone would take B as "unchanged".
+    const server = createHttpsServer(serving, (_req, res) => res.end('{}'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { logger, lines } = captureLogs();
+    const stop = watchTlsFiles(server, { certFile: b.cert, keyFile: b.key }, serving, logger, 60_000);
+    cleanups.push(async () => {
+      stop();
+      await new Promise((r) => server.close(r));
+    });
+    await until(() => lines.some((l) => l.event === 'tls_reloaded'));
+    const { port } = server.address() as AddressInfo;
+    expect((await get(`https://127.0.0.1:${port}/`, b.pem)).cn).toBe('early-b');
   });
 
   it('keeps serving the current certificate when the new files do not form a pair', async () => {
