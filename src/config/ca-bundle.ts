@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { readConfiguredFile } from './files.js';
+import { readConfiguredFile } from './configured-files.js';
 import type { Config } from './schema.js';
 
 /** A PEM CA bundle as read from a `caFile`: `file` names it (pool keys), `pem` is what a TLS client trusts. */

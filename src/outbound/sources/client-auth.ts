@@ -1,7 +1,7 @@
 import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Clock } from '../../clock.js';
-import { readConfiguredFile } from '../../config/files.js';
+import { readConfiguredFile } from '../../config/configured-files.js';
 import { ConfigError } from '../../errors.js';
 import { readRuntimeFile } from './files.js';
 

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { describeFsError } from '../../config/files.js';
+import { describeFsError } from '../../config/configured-files.js';
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { TokenUnavailableError } from '../../errors.js';
 import { readRuntimeFile } from './files.js';

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { describeFsError } from '../../config/files.js';
+import { describeFsError } from '../../config/configured-files.js';
 import { TokenUnavailableError } from '../../errors.js';
 
 /** Reads a file that is re-read at every use (subject tokens, client assertions); failures are TokenUnavailableErrors. */
