@@ -77,7 +77,10 @@ export function createLimitedServer(
   if (tls) {
     const material = loadTlsMaterial(tls);
     const https = createHttpsServer({ ...serverOptions, ...material }, guarded);
-    stopTls = watchTlsFiles(https, tls, material, options.logger, options.tlsPollMs);
+    // Watch only once listening: a listener that never binds (address in use on a reload) never closes either.
+    https.once('listening', () => {
+      stopTls = watchTlsFiles(https, tls, material, options.logger, options.tlsPollMs);
+    });
     server = https as HttpsServer as unknown as Server;
   } else {
     server = createHttpServer(serverOptions, guarded);

@@ -66,35 +66,40 @@ export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: Tls
   let current = serving;
   let seen: string | undefined;
   let polling = false;
+  let stopped = false;
   const poll = async () => {
     if (polling) return;
     polling = true;
     try {
       const signature = await statSignature(files);
-      if (signature === seen) return;
+      // Stopped while the stat was in flight (a drained listener): a retired server is not reloaded or logged about.
+      if (stopped || signature === seen) return;
       seen = signature;
-      let next: TlsMaterial;
-      try {
-        next = loadTlsMaterial(files);
-      } catch (err) {
-        logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
-        return;
-      }
+      const next = loadTlsMaterial(files);
       if (next.cert.equals(current.cert) && next.key.equals(current.key)) return;
       server.setSecureContext(next);
       current = next;
       logger?.info({ event: 'tls_reloaded', certFile: files.certFile }, 'inbound TLS certificate reloaded');
+    } catch (err) {
+      logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
     } finally {
       polling = false;
     }
   };
   const timer = setInterval(() => void poll(), pollMs).unref();
   void poll();
-  return () => clearInterval(timer);
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+  };
 }
 
-/** What identifies the files' current versions without reading them: inode, size and mtime of each ('-' if missing). */
+/**
+ * What identifies the files' current versions without reading them: inode, size, mtime and ctime of each ('-' if
+ * missing). ctime too because `cp -p` and `rsync -t --inplace` keep the inode and mtime, and a renewed key or
+ * certificate often has the same size.
+ */
 async function statSignature(files: TlsFiles): Promise<string> {
-  const one = (path: string) => stat(path).then((s) => `${s.ino}:${s.size}:${s.mtimeMs}`, () => '-');
+  const one = (path: string) => stat(path).then((s) => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, () => '-');
   return `${await one(files.certFile)}|${await one(files.keyFile)}`;
 }

@@ -1,4 +1,4 @@
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
-import { createLimitedServer } from '../../src/proxy/listen.js';
+import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
 import { loadTlsMaterial, TlsConfigError, watchTlsFiles } from '../../src/proxy/tls.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
@@ -39,6 +39,12 @@ function get(url: string, ca: string): Promise<{ cn: string; body: { headers: Re
     req.on('error', reject);
     req.end();
   });
+}
+
+/** Both texts with trailing newlines added to the shorter, so they have the same length. */
+function samePadded(x: string, y: string): [string, string] {
+  const n = Math.max(x.length, y.length);
+  return [x.padEnd(n, '\n'), y.padEnd(n, '\n')];
 }
 
 async function until(pred: () => boolean | Promise<boolean>): Promise<void> {
@@ -84,6 +90,74 @@ describe('inbound TLS', () => {
     await until(() => lines.some((l) => l.event === 'tls_reloaded'));
     const { port } = server.address() as AddressInfo;
     expect((await get(`https://127.0.0.1:${port}/`, b.pem)).cn).toBe('early-b');
+  });
+
+  it('a stopped watcher leaves its server alone, even with a look already under way', async () => {
+    const a = selfSigned('stopped-a');
+    const b = selfSigned('stopped-b');
+    const serving = loadTlsMaterial({ certFile: a.cert, keyFile: a.key });
+    const server = createHttpsServer(serving, (_req, res) => res.end('{}'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => server.close(() => r())));
+    const { logger, lines } = captureLogs();
+    // The files differ from what is served, and the first look starts at once: stopping now must win.
+    watchTlsFiles(server, { certFile: b.cert, keyFile: b.key }, serving, logger, 20)();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(lines).toEqual([]);
+    const { port } = server.address() as AddressInfo;
+    expect((await get(`https://127.0.0.1:${port}/`, a.pem)).cn).toBe('stopped-a');
+  });
+
+  it('a TLS listener that never binds (address in use) does not watch its files', async () => {
+    const a = selfSigned('unbound-a');
+    const b = selfSigned('unbound-b');
+    const live = { certFile: join(dir, 'unbound.crt'), keyFile: join(dir, 'unbound.key') };
+    copyFileSync(a.cert, live.certFile);
+    copyFileSync(a.key, live.keyFile);
+    const taken = createHttpsServer(loadTlsMaterial(live), () => {});
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => taken.close(() => r())));
+    const { logger, lines } = captureLogs();
+    const server = createLimitedServer(limitsWith(), () => {}, live, { logger, tlsPollMs: 20 });
+    await expect(listenOn(server, { host: '127.0.0.1', port: (taken.address() as AddressInfo).port })).rejects.toThrow(/EADDRINUSE/);
+    copyFileSync(b.key, live.keyFile);
+    copyFileSync(b.cert, live.certFile);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(lines.filter((l) => String(l.event).startsWith('tls_'))).toEqual([]);
+  });
+
+  it('notices a renewal written in place that keeps the inode, size and modification time', async () => {
+    const a = selfSigned('inplace-a');
+    const b = selfSigned('inplace-b');
+    const live = { certFile: join(dir, 'inplace.crt'), keyFile: join(dir, 'inplace.key') };
+    // Pad each PEM with trailing newlines to a common length, so B can overwrite A byte for byte in size.
+    const [certA, certB] = samePadded(readFileSync(a.cert, 'utf8'), readFileSync(b.cert, 'utf8'));
+    const [keyA, keyB] = samePadded(readFileSync(a.key, 'utf8'), readFileSync(b.key, 'utf8'));
+    writeFileSync(live.certFile, certA);
+    writeFileSync(live.keyFile, keyA);
+    const stamp = 1_700_000_000; // whole seconds: restored exactly after the rewrite
+    for (const f of [live.certFile, live.keyFile]) utimesSync(f, stamp, stamp);
+    const serving = loadTlsMaterial(live);
+    const server = createHttpsServer(serving, (_req, res) => res.end('{}'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { logger, lines } = captureLogs();
+    const stop = watchTlsFiles(server, live, serving, logger, 50);
+    cleanups.push(async () => {
+      stop();
+      await new Promise((r) => server.close(r));
+    });
+    await new Promise((r) => setTimeout(r, 150)); // a few polls of the unchanged files
+    expect(lines.some((l) => l.event === 'tls_reloaded')).toBe(false);
+
+    const before = statSync(live.certFile);
+    writeFileSync(live.keyFile, keyB); // in place, like `cp -p` or `rsync --inplace -t`
+    writeFileSync(live.certFile, certB);
+    for (const f of [live.certFile, live.keyFile]) utimesSync(f, stamp, stamp);
+    const after = statSync(live.certFile);
+    expect([after.ino, after.size, after.mtimeMs]).toEqual([before.ino, before.size, before.mtimeMs]);
+    await until(() => lines.some((l) => l.event === 'tls_reloaded'));
+    const { port } = server.address() as AddressInfo;
+    expect((await get(`https://127.0.0.1:${port}/`, b.pem)).cn).toBe('inplace-b');
   });
 
   it('keeps serving the current certificate when the new files do not form a pair', async () => {
