@@ -9,8 +9,8 @@ const server = createServer((client) => {
   const upstream = connect(targetPort, '127.0.0.1');
   client.setNoDelay(true);
   upstream.setNoDelay(true);
-  client.pipe(upstream).on('error', () => client.destroy());
-  upstream.pipe(client).on('error', () => upstream.destroy());
+  client.pipe(upstream);
+  upstream.pipe(client);
   client.on('error', () => upstream.destroy());
   upstream.on('error', () => client.destroy());
   client.on('close', () => upstream.destroy());

@@ -76,8 +76,13 @@ export function printReport(report) {
   const ms = (us) => `${fmt(us / 1000, 3)} ms`;
   for (const mode of ['steady', 'alternating']) {
     const ph = sum.perHop[mode];
-    out.push(`\nadded per hop, ${mode}${mode === 'steady' ? ' (checked against the targets)' : ''}:`);
-    out.push(`  sidecar:   p50 ${ms(ph.sidecar.p50)} (target ≤ 0.25: ${verdict(ph.sidecar.p50 <= 250)}; stretch ≤ 0.15: ${verdict(ph.sidecar.p50 <= 150)}), p99 ${ms(ph.sidecar.p99)} (target ≤ 1: ${verdict(ph.sidecar.p99 <= 1000)})`);
+    const checked = mode === 'steady';
+    out.push(`\nadded per hop, ${mode}${checked ? ' (checked against the targets)' : ' (for information)'}:`);
+    out.push(
+      checked
+        ? `  sidecar:   p50 ${ms(ph.sidecar.p50)} (target ≤ 0.25: ${verdict(ph.sidecar.p50 <= 250)}; stretch ≤ 0.15: ${verdict(ph.sidecar.p50 <= 150)}), p99 ${ms(ph.sidecar.p99)} (target ≤ 1: ${verdict(ph.sidecar.p99 <= 1000)})`
+        : `  sidecar:   p50 ${ms(ph.sidecar.p50)}, p99 ${ms(ph.sidecar.p99)}`,
+    );
     out.push(`  baseline:  p50 ${ms(ph.baseline.p50)}, p99 ${ms(ph.baseline.p99)}`);
     out.push(`  TCP relay: p50 ${ms(ph.relay.p50)}, p99 ${ms(ph.relay.p99)} (the machine's cost of a hop without HTTP)`);
     out.push(`  sidecar over the relay: p50 ${ms(ph.sidecar.p50 - ph.relay.p50)}; baseline over the relay: p50 ${ms(ph.baseline.p50 - ph.relay.p50)}`);
