@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { readConfiguredFile } from './configured-files.js';
+import { FILE_LIMITS, readConfiguredFile } from './configured-files.js';
 import type { Config } from './schema.js';
 
 /** A PEM CA bundle as read from a `caFile`: `file` names it (pool keys), `pem` is what a TLS client trusts. */
@@ -19,7 +19,7 @@ const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE
  * at `keyPath`.
  */
 export function readCaBundle(file: string, keyPath: string): CaBundle {
-  const pem = readConfiguredFile(file, keyPath);
+  const pem = readConfiguredFile(file, keyPath, FILE_LIMITS.caBundle);
   const invalid = (message: string) => new ConfigError([{ path: keyPath, message }]);
   if (pem.trim().length === 0) throw invalid(`${file} is empty`);
   const certificates = pem.match(PEM_CERTIFICATE) ?? [];

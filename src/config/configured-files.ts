@@ -1,5 +1,103 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { ConfigError } from '../errors.js';
+
+/** How much a file named in the config may hold, and what it holds (for the message when it is larger). */
+export interface FileLimit {
+  readonly maxBytes: number;
+  readonly holds: string;
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/**
+ * Size caps for the files the config names. Generous for what they hold, small
+ * enough that a wrong path (a log file, a disk image) fails fast instead of
+ * filling memory.
+ */
+export const FILE_LIMITS = {
+  /** `caFile`: 1 MiB; the whole Mozilla root store is about 220 KiB. */
+  caBundle: { maxBytes: MiB, holds: 'a CA bundle' },
+  /** `privateKeyFile`: 1 MiB; a PEM key or JWK is a few KiB, a JWK Set may list public keys beside it. */
+  privateKey: { maxBytes: MiB, holds: 'a private key or JWK Set' },
+  /** `clientSecretFile`: 64 KiB. */
+  clientSecret: { maxBytes: 64 * KiB, holds: 'a client secret' },
+  /** Token files re-read at every use (`path`, `subjectTokenFile`, `clientAssertionFile`): 64 KiB; a JWT is a few KiB. */
+  token: { maxBytes: 64 * KiB, holds: 'a token' },
+} as const satisfies Record<string, FileLimit>;
+
+/** A file that is there but must not be read: not a regular file, or larger than its limit. */
+class RefusedFileError extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+  }
+}
+
+// O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever, on the main thread.
+const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
+const CHUNK_BYTES = 64 * KiB;
+
+function refuseUnlessSmallRegularFile(st: Stats, limit: FileLimit): void {
+  // A FIFO, a socket or a device (/dev/zero never ends) is refused before a byte is read.
+  if (st.isDirectory()) throw new RefusedFileError('is a directory');
+  if (!st.isFile()) throw new RefusedFileError('is not a regular file');
+  if (st.size > limit.maxBytes) throw tooLarge(limit);
+}
+
+function tooLarge(limit: FileLimit): RefusedFileError {
+  return new RefusedFileError(`larger than ${formatBytes(limit.maxBytes)}, which is plenty for ${limit.holds}`);
+}
+
+function formatBytes(n: number): string {
+  return n % MiB === 0 ? `${n / MiB} MiB` : n % KiB === 0 ? `${n / KiB} KiB` : `${n} bytes`;
+}
+
+/**
+ * Reads a regular file of at most `limit.maxBytes` as UTF-8, synchronously (it
+ * runs while a config loads). Throws a RefusedFileError for anything else, or
+ * the fs error.
+ */
+function readSmallFileSync(path: string, limit: FileLimit): string {
+  const fd = openSync(path, OPEN_FLAGS);
+  try {
+    refuseUnlessSmallRegularFile(fstatSync(fd), limit);
+    // Read to the end rather than trusting the size stat gave: the file may grow meanwhile, never past the limit.
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+      const n = readSync(fd, chunk, 0, CHUNK_BYTES, null);
+      if (n === 0) break;
+      total += n;
+      if (total > limit.maxBytes) throw tooLarge(limit);
+      chunks.push(chunk.subarray(0, n));
+    }
+    return Buffer.concat(chunks, total).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The same as readSmallFileSync, off the main thread, for files read while the sidecar serves. */
+export async function readSmallFile(path: string, limit: FileLimit): Promise<string> {
+  const fh = await open(path, OPEN_FLAGS);
+  try {
+    refuseUnlessSmallRegularFile(await fh.stat(), limit);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const { bytesRead, buffer } = await fh.read(Buffer.allocUnsafe(CHUNK_BYTES), 0, CHUNK_BYTES, null);
+      if (bytesRead === 0) break;
+      total += bytesRead;
+      if (total > limit.maxBytes) throw tooLarge(limit);
+      chunks.push(buffer.subarray(0, bytesRead));
+    }
+    return Buffer.concat(chunks, total).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}
 
 /** Removes the trailing newline editors and `kubectl create secret --from-file` leave behind. */
 export function trimTrailingNewline(s: string): string {
@@ -8,13 +106,13 @@ export function trimTrailingNewline(s: string): string {
 
 /**
  * Reads a file named in the config (secrets, keys, CA bundles) while the config
- * or a component is built. A problem is a ConfigError on the exact key path, so
- * `run` refuses to start and a reload keeps the old config. The content is
- * never part of the message.
+ * or a component is built: a regular file of at most `limit.maxBytes`. A
+ * problem is a ConfigError on the exact key path, so `run` refuses to start and
+ * a reload keeps the old config. The content is never part of the message.
  */
-export function readConfiguredFile(path: string, keyPath: string): string {
+export function readConfiguredFile(path: string, keyPath: string, limit: FileLimit): string {
   try {
-    return trimTrailingNewline(readFileSync(path, 'utf8'));
+    return trimTrailingNewline(readSmallFileSync(path, limit));
   } catch (err) {
     throw new ConfigError([{ path: keyPath, message: `cannot read ${path}: ${describeFsError(err)}` }]);
   }
@@ -22,6 +120,7 @@ export function readConfiguredFile(path: string, keyPath: string): string {
 
 /** A short, path-free reason for a failed file operation (`no such file`, `permission denied`, ...). */
 export function describeFsError(err: unknown): string {
+  if (err instanceof RefusedFileError) return err.reason;
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOENT') return 'no such file';
   if (code === 'EACCES' || code === 'EPERM') return 'permission denied';

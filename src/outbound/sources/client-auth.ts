@@ -1,7 +1,7 @@
 import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Clock } from '../../clock.js';
-import { readConfiguredFile } from '../../config/configured-files.js';
+import { FILE_LIMITS, readConfiguredFile } from '../../config/configured-files.js';
 import { ConfigError } from '../../errors.js';
 import { readRuntimeFile } from './files.js';
 
@@ -39,7 +39,7 @@ const ASSERTION_TTL_SECONDS = 60;
  */
 export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; configPath: string }): ClientAuth {
   if (cfg.privateKeyFile !== undefined) {
-    const signing = loadSigningKey(readConfiguredFile(cfg.privateKeyFile, `${deps.configPath}.privateKeyFile`), cfg.privateKeyAlg, deps.configPath);
+    const signing = loadSigningKey(readConfiguredFile(cfg.privateKeyFile, `${deps.configPath}.privateKeyFile`, FILE_LIMITS.privateKey), cfg.privateKeyAlg, deps.configPath);
     return {
       method: 'private_key_jwt',
       async apply(form, _headers, tokenEndpoint) {
@@ -67,7 +67,7 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
       },
     };
   }
-  const secret = cfg.clientSecret ?? readConfiguredFile(cfg.clientSecretFile ?? '', `${deps.configPath}.clientSecretFile`);
+  const secret = cfg.clientSecret ?? readConfiguredFile(cfg.clientSecretFile ?? '', `${deps.configPath}.clientSecretFile`, FILE_LIMITS.clientSecret);
   if (secret.length === 0) {
     throw new ConfigError([{ path: `${deps.configPath}.${cfg.clientSecret !== undefined ? 'clientSecret' : 'clientSecretFile'}`, message: 'the client secret is empty' }]);
   }

@@ -1,12 +1,14 @@
-import { readFile } from 'node:fs/promises';
-import { describeFsError } from '../../config/configured-files.js';
+import { describeFsError, FILE_LIMITS, readSmallFile } from '../../config/configured-files.js';
 import { TokenUnavailableError } from '../../errors.js';
 
-/** Reads a file that is re-read at every use (subject tokens, client assertions); failures are TokenUnavailableErrors. */
+/**
+ * Reads a file that is re-read at every use (token files, subject tokens, client assertions): a regular
+ * file of at most 64 KiB (FILE_LIMITS.token). Failures are TokenUnavailableErrors.
+ */
 export async function readRuntimeFile(path: string, what: string): Promise<string> {
   let text: string;
   try {
-    text = (await readFile(path, 'utf8')).trim();
+    text = (await readSmallFile(path, FILE_LIMITS.token)).trim();
   } catch (err) {
     throw new TokenUnavailableError(`cannot read ${what} ${path}: ${describeFsError(err)}`, undefined, { cause: err });
   }
