@@ -3,35 +3,66 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 import { FILE_LIMITS, readConfiguredFile } from './configured-files.js';
 import type { Config } from './schema.js';
 
-/** A PEM CA bundle as read from a `caFile`: `file` names it (pool keys), `pem` is what a TLS client trusts. */
+/** A PEM CA bundle as read from a `caFile`: `file` names it (pool keys), `pem` (its certificate blocks only) is what a TLS client trusts. */
 export interface CaBundle {
   readonly file: string;
   readonly pem: string;
 }
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+const BEGIN = '-----BEGIN CERTIFICATE-----';
+const END = '-----END CERTIFICATE-----';
+/** OpenSSL's certificate-with-trust-settings form: Node's TLS takes it and applies the settings, which may narrow trust. */
+const BEGIN_TRUSTED = '-----BEGIN TRUSTED CERTIFICATE-----';
 
 /**
- * Reads a PEM CA bundle and checks that it holds at least one certificate and
- * that every certificate in it parses. Node's TLS takes an empty or garbled
- * bundle without a word and then trusts nothing in it, so the first sign would
- * otherwise be a failed handshake on some request. A problem is a ConfigError
- * at `keyPath`.
+ * The `CERTIFICATE` blocks of a PEM text, in order, found with indexOf so the
+ * time is linear whatever the input (a lazy regex is quadratic on many BEGIN
+ * lines without an END). `unterminated` is set when a BEGIN has no END after it.
+ */
+function certificateBlocks(text: string): { blocks: string[]; unterminated: boolean } {
+  const blocks: string[] = [];
+  for (let from = 0; ; ) {
+    const begin = text.indexOf(BEGIN, from);
+    if (begin < 0) return { blocks, unterminated: false };
+    const end = text.indexOf(END, begin + BEGIN.length);
+    // No END after this BEGIN means none after any later BEGIN either: stop here.
+    if (end < 0) return { blocks, unterminated: true };
+    from = end + END.length;
+    blocks.push(text.slice(begin, from));
+  }
+}
+
+/**
+ * Reads a PEM CA bundle (a regular file of at most 1 MiB) and checks that it
+ * holds at least one `-----BEGIN CERTIFICATE-----` block and that every such
+ * block parses. Node's TLS takes an empty bundle without a word, and skips a
+ * certificate that does not parse while trusting the rest, so the first sign
+ * would otherwise be a failed handshake on some request. Only the certificate
+ * blocks are kept (joined), so what is checked is exactly what TLS trusts:
+ * anything else in the file, such as the private key of a combined cert+key
+ * file, is left out. `TRUSTED CERTIFICATE` blocks (OpenSSL's form with trust
+ * settings) are refused rather than dropped or passed on: dropped, trust the
+ * user expects would quietly go missing; passed on, their trust settings would
+ * decide what is trusted, unchecked. A problem is a ConfigError at `keyPath`.
  */
 export function readCaBundle(file: string, keyPath: string): CaBundle {
-  const pem = readConfiguredFile(file, keyPath, FILE_LIMITS.caBundle);
+  const text = readConfiguredFile(file, keyPath, FILE_LIMITS.caBundle);
   const invalid = (message: string) => new ConfigError([{ path: keyPath, message }]);
-  if (pem.trim().length === 0) throw invalid(`${file} is empty`);
-  const certificates = pem.match(PEM_CERTIFICATE) ?? [];
-  if (certificates.length === 0) throw invalid(`no PEM certificate found in ${file}`);
-  certificates.forEach((certificate, i) => {
+  if (text.trim().length === 0) throw invalid(`${file} is empty`);
+  if (text.includes(BEGIN_TRUSTED)) {
+    throw invalid(`${file} holds a TRUSTED CERTIFICATE block: use plain CERTIFICATE blocks (openssl x509 -in IN -out OUT converts one)`);
+  }
+  const { blocks, unterminated } = certificateBlocks(text);
+  if (unterminated) throw invalid(`certificate ${blocks.length + 1} in ${file} has no END CERTIFICATE line`);
+  if (blocks.length === 0) throw invalid(`no PEM certificate found in ${file}`);
+  blocks.forEach((certificate, i) => {
     try {
       new X509Certificate(certificate);
     } catch {
-      throw invalid(`certificate ${i + 1} of ${certificates.length} in ${file} is not a valid X.509 certificate`);
+      throw invalid(`certificate ${i + 1} of ${blocks.length} in ${file} is not a valid X.509 certificate`);
     }
   });
-  return { file, pem };
+  return { file, pem: blocks.join('\n') };
 }
 
 /**

@@ -1,7 +1,8 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { readCaBundle } from '../../src/config/ca-bundle.js';
 import { parseConfig } from '../../src/config/load.js';
 import { redactConfig } from '../../src/config/redact.js';
@@ -12,6 +13,7 @@ const dir = mkdtempSync(join(tmpdir(), 'ca-bundle-'));
 const first = selfSignedCert('ca-one', dir);
 const second = selfSignedCert('ca-two', dir);
 const KEY = 'outbound.routes.1.caFile';
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function file(name: string, text: string): string {
   const p = join(dir, name);
@@ -56,18 +58,62 @@ describe('readCaBundle: a caFile is checked when it is read', () => {
     expect(readCaBundle(first.cert, KEY)).toEqual({ file: first.cert, pem: first.pem.trimEnd() });
   });
 
-  it('a bundle of two certificates is read whole', () => {
+  it('a bundle of two certificates keeps both, in order', () => {
     const bundle = file('bundle.pem', first.pem + second.pem);
-    const ca = readCaBundle(bundle, KEY);
-    expect(ca.pem.match(/-----BEGIN CERTIFICATE-----/g)).toHaveLength(2);
-    expect(ca.pem).toContain(second.pem.trim());
+    expect(readCaBundle(bundle, KEY).pem).toBe(`${first.pem.trim()}\n${second.pem.trim()}`);
+  });
+
+  it('keeps only the certificate blocks: the private key of a combined cert+key file, and text around the blocks, are not passed on', () => {
+    const combined = file('combined.pem', `${readFileSync(first.key, 'utf8')}# Subject: CN=ca-one\n${first.pem}trailing words\n`);
+    const ca = readCaBundle(combined, KEY);
+    expect(ca.pem).toBe(first.pem.trim());
+    expect(ca.pem).not.toContain('PRIVATE KEY');
+  });
+
+  it('refuses TRUSTED CERTIFICATE blocks instead of dropping them', () => {
+    const trusted = join(dir, 'trusted.pem');
+    execFileSync('openssl', ['x509', '-in', first.cert, '-trustout', '-addtrust', 'serverAuth', '-out', trusted], { stdio: 'ignore' });
+    const mixed = file('mixed.pem', second.pem + readFileSync(trusted, 'utf8'));
+    expect(issuesOf(() => readCaBundle(mixed, KEY))).toEqual([
+      `${KEY}: ${mixed} holds a TRUSTED CERTIFICATE block: use plain CERTIFICATE blocks (openssl x509 -in IN -out OUT converts one)`,
+    ]);
   });
 
   it('a bundle with one certificate that does not parse is refused, naming which one', () => {
-    // Node's TLS would skip the broken one without a word.
+    // Node's TLS would skip the broken one without a word and trust the rest.
     const broken = second.pem.replace(/\n([A-Za-z0-9+/]{16})/, '\nAAAAAAAAAAAAAAAA');
     const bundle = file('broken-bundle.pem', first.pem + broken);
     expect(issuesOf(() => readCaBundle(bundle, KEY))).toEqual([`${KEY}: certificate 2 of 2 in ${bundle} is not a valid X.509 certificate`]);
+  });
+
+  it('a certificate cut off before its END line is refused', () => {
+    const cut = file('cut.pem', first.pem + second.pem.slice(0, second.pem.indexOf('-----END')));
+    expect(issuesOf(() => readCaBundle(cut, KEY))).toEqual([`${KEY}: certificate 2 in ${cut} has no END CERTIFICATE line`]);
+  });
+
+  it('1 MiB of BEGIN lines without an END is rejected (in linear time: a backtracking scan would run into the test timeout)', () => {
+    const line = '-----BEGIN CERTIFICATE-----\n';
+    const text = line.repeat(Math.floor((1024 * 1024) / line.length));
+    expect(text.length).toBeLessThanOrEqual(1024 * 1024);
+    const hostile = file('hostile.pem', text);
+    expect(issuesOf(() => readCaBundle(hostile, KEY))).toEqual([`${KEY}: certificate 1 in ${hostile} has no END CERTIFICATE line`]);
+  });
+});
+
+describe('readCaBundle: only a small regular file is read', () => {
+  it('a file over 1 MiB is refused before it is parsed', () => {
+    const big = file('big.pem', first.pem + 'x'.repeat(1024 * 1024));
+    expect(issuesOf(() => readCaBundle(big, KEY))).toEqual([`${KEY}: cannot read ${big}: larger than 1 MiB, which is plenty for a CA bundle`]);
+  });
+
+  it('a FIFO is refused at once, whether or not anyone writes to it (reading it would block the process)', () => {
+    const fifo = join(dir, 'ca.fifo');
+    execFileSync('mkfifo', [fifo]);
+    expect(issuesOf(() => readCaBundle(fifo, KEY))).toEqual([`${KEY}: cannot read ${fifo}: is not a regular file`]);
+  });
+
+  it('a device that never ends (/dev/zero) is refused', () => {
+    expect(issuesOf(() => readCaBundle('/dev/zero', KEY))).toEqual([`${KEY}: cannot read /dev/zero: is not a regular file`]);
   });
 });
 
