@@ -1,5 +1,5 @@
 import { copyFileSync, mkdtempSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import { createServer as createHttpsServer, request as httpsRequest, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
-import { loadTlsMaterial, TlsConfigError, watchTlsFiles } from '../../src/proxy/tls.js';
+import { loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, startTestProxy } from './proxy-harness.js';
@@ -39,6 +39,14 @@ function get(url: string, ca: string): Promise<{ cn: string; body: { headers: Re
     req.on('error', reject);
     req.end();
   });
+}
+
+/** A bare HTTPS server on 127.0.0.1 serving `material`, closed after the test; resolves with it and its URL. */
+async function serveHttps(material: TlsMaterial): Promise<{ server: HttpsServer; url: string }> {
+  const server = createHttpsServer(material, (_req, res) => res.end('{}'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise((r) => server.close(() => r())));
+  return { server, url: `https://127.0.0.1:${(server.address() as AddressInfo).port}/` };
 }
 
 /** Both texts with trailing newlines added to the shorter, so they have the same length. */
@@ -79,33 +87,25 @@ describe('inbound TLS', () => {
     const b = selfSigned('early-b');
     const serving = loadTlsMaterial({ certFile: a.cert, keyFile: a.key });
     // The files on disk are already B when the watcher starts; the first stat alone would take B as "unchanged".
-    const server = createHttpsServer(serving, (_req, res) => res.end('{}'));
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { server, url } = await serveHttps(serving);
     const { logger, lines } = captureLogs();
     const stop = watchTlsFiles(server, { certFile: b.cert, keyFile: b.key }, serving, logger, 60_000);
-    cleanups.push(async () => {
-      stop();
-      await new Promise((r) => server.close(r));
-    });
+    cleanups.push(async () => stop());
     await until(() => lines.some((l) => l.event === 'tls_reloaded'));
-    const { port } = server.address() as AddressInfo;
-    expect((await get(`https://127.0.0.1:${port}/`, b.pem)).cn).toBe('early-b');
+    expect((await get(url, b.pem)).cn).toBe('early-b');
   });
 
   it('a stopped watcher leaves its server alone, even with a look already under way', async () => {
     const a = selfSigned('stopped-a');
     const b = selfSigned('stopped-b');
     const serving = loadTlsMaterial({ certFile: a.cert, keyFile: a.key });
-    const server = createHttpsServer(serving, (_req, res) => res.end('{}'));
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => server.close(() => r())));
+    const { server, url } = await serveHttps(serving);
     const { logger, lines } = captureLogs();
     // The files differ from what is served, and the first look starts at once: stopping now must win.
     watchTlsFiles(server, { certFile: b.cert, keyFile: b.key }, serving, logger, 20)();
     await new Promise((r) => setTimeout(r, 200));
     expect(lines).toEqual([]);
-    const { port } = server.address() as AddressInfo;
-    expect((await get(`https://127.0.0.1:${port}/`, a.pem)).cn).toBe('stopped-a');
+    expect((await get(url, a.pem)).cn).toBe('stopped-a');
   });
 
   it('a TLS listener that never binds (address in use) does not watch its files', async () => {
@@ -114,12 +114,10 @@ describe('inbound TLS', () => {
     const live = { certFile: join(dir, 'unbound.crt'), keyFile: join(dir, 'unbound.key') };
     copyFileSync(a.cert, live.certFile);
     copyFileSync(a.key, live.keyFile);
-    const taken = createHttpsServer(loadTlsMaterial(live), () => {});
-    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => taken.close(() => r())));
+    const taken = await serveHttps(loadTlsMaterial(live));
     const { logger, lines } = captureLogs();
     const server = createLimitedServer(limitsWith(), () => {}, live, { logger, tlsPollMs: 20 });
-    await expect(listenOn(server, { host: '127.0.0.1', port: (taken.address() as AddressInfo).port })).rejects.toThrow(/EADDRINUSE/);
+    await expect(listenOn(server, { host: '127.0.0.1', port: Number(new URL(taken.url).port) })).rejects.toThrow(/EADDRINUSE/);
     copyFileSync(b.key, live.keyFile);
     copyFileSync(b.cert, live.certFile);
     await new Promise((r) => setTimeout(r, 200));
@@ -138,14 +136,10 @@ describe('inbound TLS', () => {
     const stamp = 1_700_000_000; // whole seconds: restored exactly after the rewrite
     for (const f of [live.certFile, live.keyFile]) utimesSync(f, stamp, stamp);
     const serving = loadTlsMaterial(live);
-    const server = createHttpsServer(serving, (_req, res) => res.end('{}'));
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { server, url } = await serveHttps(serving);
     const { logger, lines } = captureLogs();
     const stop = watchTlsFiles(server, live, serving, logger, 50);
-    cleanups.push(async () => {
-      stop();
-      await new Promise((r) => server.close(r));
-    });
+    cleanups.push(async () => stop());
     await new Promise((r) => setTimeout(r, 150)); // a few polls of the unchanged files
     expect(lines.some((l) => l.event === 'tls_reloaded')).toBe(false);
 
@@ -156,8 +150,7 @@ describe('inbound TLS', () => {
     const after = statSync(live.certFile);
     expect([after.ino, after.size, after.mtimeMs]).toEqual([before.ino, before.size, before.mtimeMs]);
     await until(() => lines.some((l) => l.event === 'tls_reloaded'));
-    const { port } = server.address() as AddressInfo;
-    expect((await get(`https://127.0.0.1:${port}/`, b.pem)).cn).toBe('inplace-b');
+    expect((await get(url, b.pem)).cn).toBe('inplace-b');
   });
 
   it('keeps serving the current certificate when the new files do not form a pair', async () => {
