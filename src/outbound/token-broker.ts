@@ -24,7 +24,7 @@ export interface TokenBroker {
 
 interface SourceEntry {
   id: string;
-  /** Canonical JSON of the source's config. */
+  /** Canonical JSON of the source's config as written (the CA bundle's path, not the bytes loaded from it). */
   shape: string;
   source: TokenSource;
 }
@@ -35,7 +35,10 @@ export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps)
   // Routes that share an identical tokenSource block share one source (and its connection pool).
   const byShape = new Map<string, SourceEntry>();
   const sourceFor = (cfg: TokenSourceConfig, configPath: string) => {
-    const shape = canonicalJson(cfg);
+    // The CA bundle loaded beside `caFile` stays out: a CA rotated at the same path must not cost the
+    // tokens a reload hands over, and the identity need not carry a whole PEM. `caFile` is in it.
+    const { ca: _loaded, ...written } = cfg;
+    const shape = canonicalJson(written);
     let entry = byShape.get(shape);
     if (!entry) {
       const source = createTokenSource(cfg, { clock: deps.clock, env: deps.env, timeoutMs, configPath, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });

@@ -1,5 +1,9 @@
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { signToken, testKeyPair } from '../support/tokens.js';
@@ -29,24 +33,24 @@ afterEach(async () => {
 });
 
 /** One sidecar with both halves: its outbound calls its own inbound, which forwards to the app. */
-function selfHopConfig(level = 'info') {
+function selfHopConfig(level = 'info', source: Record<string, unknown> = {}) {
   return {
     service: 'orders',
     log: { level },
     lifecycle: { watchConfig: false },
     inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }], jwks: { cooldownSeconds: 1 } },
     outbound: {
-      tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', clientSecret: 'orders-secret' },
+      tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', clientSecret: 'orders-secret', ...source },
       routes: [] as Array<Record<string, unknown>>,
     },
   };
 }
 
-async function startSelfHop(level = 'info') {
+async function startSelfHop(level = 'info', source: Record<string, unknown> = {}) {
   // The route must point at the inbound port, which is only known after start: start, then reload with the route.
-  const first = selfHopConfig(level);
+  const first = selfHopConfig(level, source);
   const s = await startSidecar(first);
-  const withRoute = selfHopConfig(level);
+  const withRoute = selfHopConfig(level, source);
   withRoute.outbound.routes = [{ host: 'orders.local', target: s.inbound, audience: 'orders' }];
   withRoute.inbound = { ...withRoute.inbound, listen: new URL(s.inbound!).host } as typeof withRoute.inbound;
   s.rewriteConfig(withRoute);
@@ -110,6 +114,33 @@ describe('reload during an IdP outage', () => {
     // Within the cooldown no new fetch is made, and the answer still reflects the failed attempt.
     expect((await call()).status).toBe(503);
     expect(app.seen.filter((s) => s.url === '/x')).toHaveLength(0);
+  });
+});
+
+describe('reload with a rotated CA bundle', () => {
+  it('hands the valid outbound token over when only the content of the token source caFile changed: no new token request', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'reload-ca-'));
+    try {
+      const [before, rotated] = [selfSignedCert('idp-ca-before', dir), selfSignedCert('idp-ca-rotated', dir)];
+      const caFile = join(dir, 'idp-ca.pem');
+      copyFileSync(before.cert, caFile);
+      // The stand-in IdP speaks http, so the bundle is loaded and checked but never used: the identity is what is under test.
+      const started = await startSelfHop('info', { caFile });
+      sidecar = started.sidecar;
+      expect((await callThroughOutbound(sidecar)).status).toBe(200);
+      const tokenRequests = idp.counts.token;
+
+      copyFileSync(rotated.cert, caFile);
+      const from = sidecar.logs.length;
+      sidecar.signal('SIGHUP');
+      await sidecar.waitForLog((l) => l.event === 'config_reloaded' && sidecar!.logs.indexOf(l) >= from);
+      expect(sidecar.logs.slice(from).filter((l) => l.event === 'token_handed_over')).toHaveLength(1);
+
+      expect((await callThroughOutbound(sidecar)).status).toBe(200);
+      expect(idp.counts.token).toBe(tokenRequests);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
