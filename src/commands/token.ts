@@ -28,7 +28,8 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
     handler: async (argv) => {
       // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');
-      const config = loadConfig(resolveConfigPaths(argv.config));
+      // Only the token sources' CA bundles: a route's target CA, or an issuer's, may exist only in the pod.
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['token-sources'] });
       if (!config.outbound) throw new UsageError('the config has no outbound section, so it names no token source');
       const broker = createTokenBroker(config.outbound, { clock: systemClock, env: process.env });
       try {

@@ -36,7 +36,8 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         .option('json', { type: 'boolean', default: false, describe: 'Print the result as JSON' })
         .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the issuers\' keys' }) as never,
     handler: async (argv) => {
-      const config = loadConfig(resolveConfigPaths(argv.config));
+      // Only the issuers' CA bundles: the outbound side's may exist only in the pod.
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'] });
       if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');
       if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
       const token = (argv.token ?? (await readStdin(io.stdin))).trim();

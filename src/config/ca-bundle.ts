@@ -65,32 +65,61 @@ export function readCaBundle(file: string, keyPath: string): CaBundle {
   return { file, pem: blocks.join('\n') };
 }
 
-/**
- * Reads every `caFile` a validated config names (issuers, token sources,
- * routes) and puts the bundle beside it as `ca`, where the TLS clients take it
- * from: no CA file is read on the request path, and each load (so each
- * reload) reads them afresh, which is how a rotated CA is picked up. A file
- * named twice is read once. Every bad file is listed in one ConfigError.
- * Call it before the config is frozen.
- */
-export function attachCaBundles(config: Config): void {
-  const holders: Array<readonly [object | undefined, string]> = [
-    ...(config.inbound?.issuers ?? []).map((issuer, i) => [issuer, `inbound.issuers.${i}`] as const),
-    [config.outbound?.tokenSource, 'outbound.tokenSource'],
-    ...(config.outbound?.routes ?? []).flatMap((route, i) => [
-      [route, `outbound.routes.${i}`] as const,
-      [route.tokenSource, `outbound.routes.${i}.tokenSource`] as const,
+/** What a `caFile` secures: an issuer's JWKS and discovery, a token source's IdP, a route's https target. */
+export type CaUse = 'issuers' | 'token-sources' | 'targets';
+
+/** Every use: what `run` (and `validate`) read. */
+export const ALL_CA_USES: readonly CaUse[] = ['issuers', 'token-sources', 'targets'];
+
+interface CaHolder {
+  holder: object | undefined;
+  keyPath: string;
+  use: CaUse;
+}
+
+function caHolders(config: Config): CaHolder[] {
+  return [
+    ...(config.inbound?.issuers ?? []).map((issuer, i): CaHolder => ({ holder: issuer, keyPath: `inbound.issuers.${i}`, use: 'issuers' })),
+    { holder: config.outbound?.tokenSource, keyPath: 'outbound.tokenSource', use: 'token-sources' },
+    ...(config.outbound?.routes ?? []).flatMap((route, i): CaHolder[] => [
+      { holder: route, keyPath: `outbound.routes.${i}`, use: 'targets' },
+      { holder: route.tokenSource, keyPath: `outbound.routes.${i}.tokenSource`, use: 'token-sources' },
     ]),
   ];
+}
+
+function caFileOf(holder: object | undefined): string | undefined {
+  return holder && 'caFile' in holder && typeof holder.caFile === 'string' ? holder.caFile : undefined;
+}
+
+/** The distinct `caFile` paths a config names for `uses` (default all), in config order. */
+export function caFilesOf(config: Config, uses: readonly CaUse[] = ALL_CA_USES): string[] {
+  const files = caHolders(config)
+    .filter((h) => uses.includes(h.use))
+    .map((h) => caFileOf(h.holder));
+  return [...new Set(files.filter((f) => f !== undefined))];
+}
+
+/**
+ * Reads every `caFile` a validated config names for `uses` (issuers, token
+ * sources, routes' targets; default all) and puts the bundle beside it as
+ * `ca`, where the TLS clients take it from: no CA file is read on the request
+ * path, and each load (so each reload) reads them afresh. A command that uses
+ * one part of the config reads only the bundles of that part, so a file that
+ * exists only where another part runs (a pod's mounted CA) does not stop it.
+ * A file named twice is read once. Every bad file is listed in one
+ * ConfigError. Call it before the config is frozen.
+ */
+export function attachCaBundles(config: Config, uses: readonly CaUse[] = ALL_CA_USES): void {
   const issues: ConfigIssue[] = [];
   const read = new Map<string, CaBundle>();
-  for (const [holder, keyPath] of holders) {
-    if (!holder || !('caFile' in holder) || typeof holder.caFile !== 'string') continue;
-    const file = holder.caFile;
+  for (const { holder, keyPath, use } of caHolders(config)) {
+    const file = caFileOf(holder);
+    if (file === undefined || !uses.includes(use)) continue;
     try {
       let bundle = read.get(file);
       if (!bundle) read.set(file, (bundle = readCaBundle(file, `${keyPath}.caFile`)));
-      Object.assign(holder, { ca: bundle });
+      Object.assign(holder!, { ca: bundle });
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       issues.push(...err.issues);

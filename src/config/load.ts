@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
-import { attachCaBundles } from './ca-bundle.js';
+import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
 import { interpolateEnv } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
@@ -19,26 +19,36 @@ export function resolveConfigPaths(flags: readonly string[] | undefined, env: No
   throw new UsageError('no config given: pass --config FILE (repeatable) or set OIDC_SIDECAR_CONFIG');
 }
 
+export interface LoadOptions {
+  /**
+   * Whose CA bundles (`caFile`) are read and checked: default all (`run`). A
+   * command reads those of the part it uses; `[]` checks the config's shape
+   * only (`validate --skip-file-checks`), and such a config must not open
+   * connections.
+   */
+  readCaFilesFor?: readonly CaUse[];
+}
+
 /**
  * Reads, interpolates, merges (in order) and validates config files.
  * Returns a frozen, fully defaulted config or throws a ConfigError listing
  * every problem as `path.to.key: message`.
  */
-export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
   const issues: ConfigIssue[] = [];
   const layers = paths.map((p) => interpolateEnv(readLayer(p), env, issues));
   if (issues.length > 0) throw new ConfigError(issues);
-  return parseConfig(deepMerge(layers));
+  return parseConfig(deepMerge(layers), opts);
 }
 
 /**
  * Validates an already-parsed document (used by loadConfig and by tests/embedders),
- * then reads the CA bundles it names (`caFile`), kept beside each as `ca`.
+ * then reads the CA bundles it names (`caFile`, see LoadOptions), kept beside each as `ca`.
  */
-export function parseConfig(doc: unknown): Config {
+export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   const result = configSchema.safeParse(doc ?? {});
   if (!result.success) throw new ConfigError(zodIssues(result.error));
-  attachCaBundles(result.data);
+  attachCaBundles(result.data, opts.readCaFilesFor ?? ALL_CA_USES);
   return deepFreeze(result.data);
 }
 

@@ -1,7 +1,7 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { selfSignedCert } from '../support/certs.js';
 import { runCli, writeConfig } from '../support/sidecar.js';
 
@@ -106,6 +106,7 @@ describe('required options stop the command before it runs', () => {
 
 describe('CA bundles named by caFile are read when the config loads', () => {
   const dir = mkdtempSync(join(tmpdir(), 'cli-ca-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const withRouteCa = (caFile: string) => ({
     ...valid,
     outbound: { ...valid.outbound, routes: [...valid.outbound.routes, { host: 'ledger', target: 'https://ledger.internal', audience: 'ledger', caFile }] },
@@ -123,6 +124,32 @@ describe('CA bundles named by caFile are read when the config loads', () => {
     expect(bad.code).toBe(1);
     expect(bad.stderr).toBe(`oidc-sidecar: invalid config:\noutbound.routes.1.caFile: cannot read ${missing}: no such file\n`);
     expect(bad.stdout).toBe('');
+  });
+
+  it('validate --skip-file-checks checks the shape only: a missing caFile passes and nothing is said about files', async () => {
+    const missing = join(dir, 'not-in-this-pod.pem');
+    const config = writeConfig(withRouteCa(missing));
+    const checked = await runCli(['validate', '--config', config]);
+    expect(checked.code).toBe(1);
+    expect(checked.stderr).toContain(`outbound.routes.1.caFile: cannot read ${missing}: no such file`);
+
+    const shapeOnly = await runCli(['validate', '--skip-file-checks', '--config', config]);
+    expect(shapeOnly.stderr).toBe('');
+    expect(shapeOnly.code).toBe(0);
+    expect(shapeOnly.stdout).toContain(`caFile: ${missing}`);
+    expect(shapeOnly.stdout).not.toMatch(/cannot read|no such file|skipp/i);
+
+    // The shape is still checked.
+    const typo = await runCli(['validate', '--skip-file-checks', '--config', writeConfig({ ...valid, outbound: { ...valid.outbound, routez: [] } })]);
+    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config:\noutbound.routez: unknown key\n']);
+  });
+
+  it('validate --help explains --skip-file-checks', async () => {
+    const r = await runCli(['validate', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.replace(/\s+/g, ' ')).toContain(
+      "--skip-file-checks Check the config's shape only, not the files it names (e.g. in CI, where the pod's mounted files do not exist)",
+    );
   });
 
   it('run refuses to start when an issuer caFile holds no certificate', async () => {

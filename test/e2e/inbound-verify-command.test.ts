@@ -103,6 +103,29 @@ describe('oidc-sidecar verify', () => {
     expect(r.stdout).toBe('');
   });
 
+  it("reads only the issuers' CA bundles: an outbound caFile that exists only in the pod does not stop it", async () => {
+    const podOnly = '/nonexistent/pod-only/ca.crt';
+    const both = (issuerCaFile?: string) =>
+      writeConfig({
+        service: 'orders',
+        inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: idp.issuer, ...(issuerCaFile ? { caFile: issuerCaFile } : {}) }] },
+        outbound: {
+          tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp.example/token', clientId: 'orders', clientSecret: 's', caFile: podOnly },
+          routes: [{ host: 'ledger', target: 'https://ledger.internal', caFile: podOnly, audience: 'ledger' }],
+        },
+      });
+    const token = await idp.getToken('orders', 'orders');
+    const r = await runCli(['verify', '--config', both(), '--token', token]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^decision: allow$/m);
+
+    // The issuer's own bundle is still read and checked.
+    const own = await runCli(['verify', '--config', both(podOnly), '--token', token]);
+    expect([own.code, own.stdout]).toEqual([1, '']);
+    expect(own.stderr).toBe(`oidc-sidecar: invalid config:\ninbound.issuers.0.caFile: cannot read ${podOnly}: no such file\n`);
+  });
+
   it('usage errors are one line with exit 1: no inbound section, bad --path', async () => {
     const outboundOnly = writeConfig({ service: 'x', outbound: { routes: [] } });
     const a = await runCli(['verify', '--config', outboundOnly, '--token', 'a.b.c']);

@@ -95,4 +95,29 @@ describe('oidc-sidecar token', () => {
     expect(r3.stderr).toMatch(/outbound\.tokenSource\.privateKeyFile: cannot read .*nope\.pem: no such file/);
     expect(r3.stdout).toBe('');
   });
+
+  it("reads only the token sources' CA bundles: an issuer's or a route target's caFile that exists only in the pod does not stop it", async () => {
+    const podOnly = join(dir, 'pod-only-ca.crt');
+    const config = (sourceCaFile?: string) =>
+      writeConfig(
+        {
+          service: 'orders',
+          inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'https://kubernetes.default.svc', caFile: podOnly }] },
+          outbound: {
+            tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', clientSecret: 'orders-secret', ...(sourceCaFile ? { caFile: sourceCaFile } : {}) },
+            routes: [{ host: 'ledger', target: 'https://ledger.internal', caFile: podOnly, audience: 'ledger' }],
+          },
+        },
+        mkdtempSync(join(tmpdir(), 'x-')),
+      );
+    const r = await runCli(['token', '--config', config(), '--audience', 'ledger']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect((await verifyWithIdp(idp, r.stdout.trim(), 'ledger')).sub).toBe('orders');
+
+    // The bundle of the source it uses is still read and checked.
+    const own = await runCli(['token', '--config', config(podOnly), '--audience', 'ledger']);
+    expect([own.code, own.stdout]).toEqual([1, '']);
+    expect(own.stderr).toBe(`oidc-sidecar: invalid config:\noutbound.tokenSource.caFile: cannot read ${podOnly}: no such file\n`);
+  });
 });

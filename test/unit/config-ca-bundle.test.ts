@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readCaBundle } from '../../src/config/ca-bundle.js';
+import { caFilesOf, readCaBundle } from '../../src/config/ca-bundle.js';
 import { parseConfig } from '../../src/config/load.js';
 import { redactConfig } from '../../src/config/redact.js';
 import { ConfigError } from '../../src/errors.js';
@@ -145,6 +145,21 @@ describe('parseConfig reads every caFile the config names', () => {
     const printed = JSON.stringify(redactConfig(c));
     expect(printed).not.toContain('BEGIN CERTIFICATE');
     expect(printed).toContain(`"caFile":${JSON.stringify(bundle)}`);
+  });
+
+  it('reads only the bundles of the parts a command uses, none for a shape-only check, and lists the files it names', () => {
+    const missing = join(dir, 'pod-only.pem');
+    const d = doc({ issuer: first.cert, source: missing, route: missing, routeSource: second.cert });
+    const issuersOnly = parseConfig(d, { readCaFilesFor: ['issuers'] });
+    expect(issuersOnly.inbound!.issuers[0]).toMatchObject({ ca: { file: first.cert } });
+    expect(issuersOnly.outbound!.routes[1]).not.toHaveProperty('ca');
+    expect(issuesOf(() => parseConfig(d, { readCaFilesFor: ['token-sources'] }))).toEqual([`outbound.tokenSource.caFile: cannot read ${missing}: no such file`]);
+    const shapeOnly = parseConfig(d, { readCaFilesFor: [] });
+    expect(JSON.stringify(shapeOnly)).not.toContain('BEGIN CERTIFICATE');
+    expect(shapeOnly.outbound!.routes[1]).toMatchObject({ caFile: missing });
+
+    expect(caFilesOf(shapeOnly)).toEqual([first.cert, missing, second.cert]);
+    expect(caFilesOf(shapeOnly, ['token-sources'])).toEqual([missing, second.cert]);
   });
 
   it('lists every bad caFile at its key path in one ConfigError', () => {
