@@ -4,7 +4,7 @@
 #   docker build -t oidc-sidecar .
 #   docker run -v $PWD/sidecar.yaml:/etc/oidc-sidecar/config.yaml:ro oidc-sidecar
 #   docker run -e OIDC_SIDECAR_CONFIG=/cfg/base.yaml,/cfg/ns.yaml -v $PWD/config:/cfg:ro oidc-sidecar
-#   docker run -e CLUSTER_CA_FILE=/ca.crt -v $PWD/cluster-ca.crt:/ca.crt:ro oidc-sidecar validate --config /opt/oidc-sidecar/config/base.yaml
+#   docker run oidc-sidecar validate --skip-file-checks --config /opt/oidc-sidecar/config/base.yaml
 
 ARG NODE_IMAGE=node:22-alpine
 

