@@ -2,7 +2,7 @@ import type { CommandModule } from 'yargs';
 import { startApp } from '../app.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { watchConfigFiles } from '../config/watch.js';
+import { createReloadWatch } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
 import { ConfigError, SidecarError, formatIssue } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
@@ -11,8 +11,8 @@ import { withConfigOption } from './shared.js';
 
 /**
  * `run`: start the sidecar and keep it running until SIGTERM/SIGINT.
- * SIGHUP or a changed config file reloads; a bad new config is refused and the
- * old one keeps serving.
+ * SIGHUP, a changed config file or a changed CA bundle the config names
+ * reloads; a bad new config is refused and the old one keeps serving.
  */
 export function runCommand(): CommandModule<object, { config?: string[] }> {
   return {
@@ -30,11 +30,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
       let stopping = false;
-      let stopWatching = () => {};
-      const watch = (on: boolean) => {
-        stopWatching();
-        stopWatching = on ? watchConfigFiles(paths, () => reload('file_changed')) : () => {};
-      };
+      const watch = createReloadWatch(paths, (trigger) => reload(trigger));
       // Reloads run one at a time, and never once shutdown has begun.
       let reloading: Promise<void> = Promise.resolve();
       const reload = (trigger: string) => {
@@ -42,17 +38,17 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
         reloading = reloading.then(async () => {
           if (stopping) return;
           const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next));
-          if (applied && !stopping) watch(applied.lifecycle.watchConfig);
+          if (applied && !stopping) watch.update(applied);
         });
       };
-      watch(config.lifecycle.watchConfig);
+      watch.update(config);
       process.on('SIGHUP', () => reload('SIGHUP'));
 
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           logger.info({ event: 'signal', signal }, `received ${signal}`);
           stopping = true;
-          stopWatching();
+          watch.stop();
           reloading
             .then(() => app.shutdown())
             .then(resolve, (err) => {

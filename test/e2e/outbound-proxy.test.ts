@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync } from 'node:fs';
 import { Agent, type IncomingHttpHeaders } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type AddressInfo } from 'node:net';
@@ -218,7 +218,12 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     try {
       const base = outboundConfig();
       const target = `https://127.0.0.1:${(peer.address() as AddressInfo).port}`;
-      const s = await sidecar({ ...base, outbound: { ...base.outbound, routes: [{ host: 'secure', target, caFile, audience: 'payments' }] } });
+      // Reloads by SIGHUP alone here: with watchConfig on, the CA file changes below would reload by themselves (next test).
+      const s = await sidecar({
+        ...base,
+        lifecycle: { watchConfig: false },
+        outbound: { ...base.outbound, routes: [{ host: 'secure', target, caFile, audience: 'payments' }] },
+      });
       const call = async () => (await send(s.outbound!, { target: '/x', host: 'secure' })).status;
       expect(await call()).toBe(200);
 
@@ -244,6 +249,47 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     } finally {
       peer.closeAllConnections();
       await new Promise<void>((r) => peer.close(() => r()));
+    }
+  });
+
+  it('with watchConfig on, a CA bundle rotated Kubernetes-style (a symlink swap, as for kube-root-ca.crt) reloads by itself', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outbound-ca-watch-'));
+    const [first, second] = [selfSignedCert('peer-first', dir), selfSignedCert('peer-second', dir)];
+    const peer = createHttpsServer({ cert: readFileSync(first.cert), key: readFileSync(first.key) }, (req, res) => {
+      req.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('tls ok');
+    });
+    await new Promise<void>((r) => peer.listen(0, '127.0.0.1', r));
+    // The layout of a projected volume: ca.crt -> ..data/ca.crt, ..data -> the current timestamped dir.
+    const publish = (n: number, cert: string) => {
+      mkdirSync(join(dir, `..v${n}`));
+      copyFileSync(cert, join(dir, `..v${n}`, 'ca.crt'));
+      symlinkSync(`..v${n}`, join(dir, '..data_tmp'));
+      renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    };
+    publish(1, first.cert);
+    const caFile = join(dir, 'ca.crt');
+    symlinkSync('..data/ca.crt', caFile);
+    try {
+      const base = outboundConfig();
+      const target = `https://127.0.0.1:${(peer.address() as AddressInfo).port}`;
+      const s = await sidecar({ ...base, lifecycle: { watchConfig: true }, outbound: { ...base.outbound, routes: [{ host: 'secure', target, caFile, audience: 'payments' }] } });
+      const call = async () => (await send(s.outbound!, { target: '/x', host: 'secure' })).status;
+      expect(await call()).toBe(200);
+
+      // The peer moves to a certificate from another CA; the volume swaps in the new CA; the config file is untouched.
+      peer.setSecureContext({ cert: readFileSync(second.cert), key: readFileSync(second.key) });
+      peer.closeAllConnections();
+      expect(await call()).toBe(502);
+      publish(2, second.cert);
+      const reloaded = await s.waitForLog((l) => l.event === 'config_reloaded');
+      expect(reloaded.trigger).toBe('ca_file_changed');
+      expect(await call()).toBe(200);
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_config_reloads_total', { result: 'success' })).toBe(1);
+    } finally {
+      peer.closeAllConnections();
+      await new Promise<void>((r) => peer.close(() => r()));
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
