@@ -6,8 +6,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { caFilesOf, readCaBundle } from '../../src/config/ca-bundle.js';
 import { parseConfig } from '../../src/config/load.js';
 import { redactConfig } from '../../src/config/redact.js';
-import { ConfigError } from '../../src/errors.js';
 import { selfSignedCert } from '../support/certs.js';
+import { issuesOf } from '../support/config-errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ca-bundle-'));
 const first = selfSignedCert('ca-one', dir);
@@ -19,16 +19,6 @@ function file(name: string, text: string): string {
   const p = join(dir, name);
   writeFileSync(p, text);
   return p;
-}
-
-function issuesOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof ConfigError) return err.issues.map((i) => `${i.path}: ${i.message}`);
-    throw err;
-  }
-  throw new Error('expected a ConfigError');
 }
 
 describe('readCaBundle: a caFile is checked when it is read', () => {

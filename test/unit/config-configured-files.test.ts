@@ -4,9 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FILE_LIMITS, readConfiguredFile, readSmallFile } from '../../src/config/configured-files.js';
-import { ConfigError, TokenUnavailableError } from '../../src/errors.js';
+import { TokenUnavailableError } from '../../src/errors.js';
 import { createClientAuth } from '../../src/outbound/sources/client-auth.js';
 import { readRuntimeFile } from '../../src/outbound/sources/files.js';
+import { issuesOf } from '../support/config-errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'configured-files-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -18,16 +19,6 @@ function file(name: string, text: string): string {
   const p = join(dir, name);
   writeFileSync(p, text);
   return p;
-}
-
-function issuesOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof ConfigError) return err.issues.map((i) => `${i.path}: ${i.message}`);
-    throw err;
-  }
-  throw new Error('expected a ConfigError');
 }
 
 describe('readConfiguredFile: a regular file within its size limit, or a ConfigError at the key path', () => {

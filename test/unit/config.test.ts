@@ -8,6 +8,7 @@ import { loadConfig, parseConfig, resolveConfigPaths } from '../../src/config/lo
 import { deepMerge } from '../../src/config/merge.js';
 import { redactConfig } from '../../src/config/redact.js';
 import { ConfigError, UsageError } from '../../src/errors.js';
+import { issuesOf } from '../support/config-errors.js';
 
 const minimalInbound = {
   service: 'orders',
@@ -19,16 +20,6 @@ function tmpFile(name: string, text: string): string {
   const p = join(dir, name);
   writeFileSync(p, text);
   return p;
-}
-
-function issuesOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof ConfigError) return err.issues.map((i) => `${i.path}: ${i.message}`);
-    throw err;
-  }
-  throw new Error('expected a ConfigError');
 }
 
 describe('config defaults', () => {
