@@ -2,6 +2,8 @@ import type { CommandModule } from 'yargs';
 import { startApp } from '../app.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { caFilesOf } from '../config/ca-bundle.js';
+import { signaturesOf, type FileSignatures } from '../config/poll-files.js';
 import { createReloadWatch } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
 import { ConfigError, SidecarError, formatIssue } from '../errors.js';
@@ -23,14 +25,16 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // bin/oidc-sidecar.js already did this before loading any module; again here for embedders of main().
       tuneRuntimeForProxy();
       const paths = resolveConfigPaths(argv.config);
+      let stopping = false;
+      // Before the first read: an edit landing while the sidecar starts is still seen.
+      const watch = createReloadWatch(paths, (trigger) => reload(trigger));
       const config = loadConfig(paths);
+      const caBaseline = signaturesOf(caFilesOf(config));
       const logger = createLogger({ level: config.log.level, service: config.service });
       const metrics = createMetrics({ service: config.service });
       const app = await startApp(config, { logger, metrics });
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
-      let stopping = false;
-      const watch = createReloadWatch(paths, (trigger) => reload(trigger));
       // Reloads run one at a time, and never once shutdown has begun.
       let reloading: Promise<void> = Promise.resolve();
       const reload = (trigger: string) => {
@@ -38,10 +42,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
         reloading = reloading.then(async () => {
           if (stopping) return;
           const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next));
-          if (applied && !stopping) watch.update(applied);
+          if (applied && !stopping) watch.update(applied.config, applied.caBaseline);
         });
       };
-      watch.update(config);
+      watch.update(config, caBaseline);
       process.on('SIGHUP', () => reload('SIGHUP'));
 
       await new Promise<void>((resolve) => {
@@ -73,10 +77,12 @@ async function reloadFrom(
   logger: Logger,
   metrics: ReturnType<typeof createMetrics>,
   apply: (c: Config) => Promise<void>,
-): Promise<Config | undefined> {
+): Promise<{ config: Config; caBaseline: FileSignatures } | undefined> {
   let next: Config;
+  let caBaseline: FileSignatures;
   try {
     next = loadConfig(paths);
+    caBaseline = signaturesOf(caFilesOf(next));
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
     const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : [errorSummary(err)];
@@ -87,7 +93,7 @@ async function reloadFrom(
     await apply(next);
     metrics.configReloads.inc({ result: 'success' });
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
-    return next;
+    return { config: next, caBaseline };
   } catch (err) {
     metrics.configReloads.inc({ result: 'error' });
     logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');

@@ -1,0 +1,69 @@
+import { statSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+
+/** What identifies a file's current version without reading it: inode, size, mtime and ctime ('-' if missing). */
+export type FileSignatures = ReadonlyMap<string, string>;
+
+const signature = (s: { ino: number; size: number; mtimeMs: number; ctimeMs: number }) => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
+
+/**
+ * The files' signatures now. Taken before a file is read, it is the baseline
+ * a watcher compares with, so a change that lands while the file is read or
+ * applied is still seen. stat follows symlinks: a Kubernetes volume update
+ * swaps a symlink, which changes the target's inode.
+ */
+export function signaturesOf(paths: readonly string[]): FileSignatures {
+  return new Map(
+    paths.map((p) => {
+      try {
+        return [p, signature(statSync(p))];
+      } catch {
+        return [p, '-'];
+      }
+    }),
+  );
+}
+
+/**
+ * Polls `paths` every `intervalMs` and calls `onChange` once they have
+ * settled (editors and `kubectl cp` write in several steps) after any of them
+ * differs from `baseline` or from the last change seen. ctime is part of the
+ * signature because `cp -p` and `rsync --inplace -t` keep inode, size and
+ * mtime. Returns a function that stops polling.
+ */
+export function pollFiles(paths: readonly string[], onChange: () => void, intervalMs: number, baseline: FileSignatures = signaturesOf(paths)): () => void {
+  const seen = new Map(baseline);
+  let settling: NodeJS.Timeout | undefined;
+  let polling = false;
+  let stopped = false;
+  const poll = async () => {
+    if (polling) return;
+    polling = true;
+    try {
+      const now = await Promise.all(paths.map((p) => stat(p).then(signature, () => '-')));
+      if (stopped) return;
+      let changed = false;
+      paths.forEach((p, i) => {
+        if (seen.get(p) !== now[i]) {
+          seen.set(p, now[i]!);
+          changed = true;
+        }
+      });
+      if (changed) {
+        clearTimeout(settling);
+        settling = setTimeout(onChange, SETTLE_MS);
+      }
+    } finally {
+      polling = false;
+    }
+  };
+  const timer = setInterval(() => void poll(), intervalMs).unref();
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+    clearTimeout(settling);
+  };
+}
+
+/** How long files must stay unchanged before a change is reported (milliseconds). */
+export const SETTLE_MS = 200;
