@@ -25,9 +25,11 @@ export function signaturesOf(paths: readonly string[]): FileSignatures {
 }
 
 /**
- * Polls `paths` every `intervalMs` and calls `onChange` once they have
- * settled (editors and `kubectl cp` write in several steps) after any of them
- * differs from `baseline` or from the last change seen. ctime is part of the
+ * Polls `paths` at once and then every `intervalMs`, and calls `onChange`
+ * once they have settled (editors, `kubectl cp` and certificate renewals
+ * write in several steps) after any of them differs from `baseline` or from
+ * the last change seen; an empty baseline makes the first look a change.
+ * `onChange` must not throw. ctime is part of the
  * signature because `cp -p` and `rsync --inplace -t` keep inode, size and
  * mtime. Returns a function that stops polling.
  */
@@ -58,6 +60,7 @@ export function pollFiles(paths: readonly string[], onChange: () => void, interv
     }
   };
   const timer = setInterval(() => void poll(), intervalMs).unref();
+  void poll();
   return () => {
     stopped = true;
     clearInterval(timer);

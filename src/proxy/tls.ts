@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import { createSecureContext } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
 import { SidecarError } from '../errors.js';
+import { pollFiles } from '../config/poll-files.js';
 import type { Logger } from '../log.js';
 
 export interface TlsFiles {
@@ -57,24 +57,16 @@ export const TLS_POLL_MS = 1000;
  * mismatched (for instance the cert written before its key) is logged and the
  * current one keeps serving.
  *
- * The first poll compares the files' bytes with `serving`, the pair the server
- * was started with, rather than trusting a first stat: a renewal that lands
- * between startup and that stat is still picked up. After that, the files are
- * read again only when a stat changes. Returns a function that stops watching.
+ * The first look always reads the files and compares them with `serving`, the
+ * pair the server was started with, rather than trusting a first stat: a
+ * renewal that lands between startup and that stat is still picked up. After
+ * that, the files are read again only when a stat changes. Returns a function
+ * that stops watching.
  */
 export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: TlsMaterial, logger: Logger | undefined, pollMs = TLS_POLL_MS): () => void {
   let current = serving;
-  let seen: string | undefined;
-  let polling = false;
-  let stopped = false;
-  const poll = async () => {
-    if (polling) return;
-    polling = true;
+  const reload = () => {
     try {
-      const signature = await statSignature(files);
-      // Stopped while the stat was in flight (a drained listener): a retired server is not reloaded or logged about.
-      if (stopped || signature === seen) return;
-      seen = signature;
       const next = loadTlsMaterial(files);
       if (next.cert.equals(current.cert) && next.key.equals(current.key)) return;
       server.setSecureContext(next);
@@ -82,24 +74,7 @@ export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: Tls
       logger?.info({ event: 'tls_reloaded', certFile: files.certFile }, 'inbound TLS certificate reloaded');
     } catch (err) {
       logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
-    } finally {
-      polling = false;
     }
   };
-  const timer = setInterval(() => void poll(), pollMs).unref();
-  void poll();
-  return () => {
-    stopped = true;
-    clearInterval(timer);
-  };
-}
-
-/**
- * What identifies the files' current versions without reading them: inode, size, mtime and ctime of each ('-' if
- * missing). ctime too because `cp -p` and `rsync -t --inplace` keep the inode and mtime, and a renewed key or
- * certificate often has the same size.
- */
-async function statSignature(files: TlsFiles): Promise<string> {
-  const one = (path: string) => stat(path).then((s) => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`, () => '-');
-  return `${await one(files.certFile)}|${await one(files.keyFile)}`;
+  return pollFiles([files.certFile, files.keyFile], reload, pollMs, new Map());
 }

@@ -7,6 +7,7 @@ import type { TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
+import { SETTLE_MS } from '../../src/config/poll-files.js';
 import { loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
@@ -103,7 +104,7 @@ describe('inbound TLS', () => {
     const { logger, lines } = captureLogs();
     // The files differ from what is served, and the first look starts at once: stopping now must win.
     watchTlsFiles(server, { certFile: b.cert, keyFile: b.key }, serving, logger, 20)();
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 3 * SETTLE_MS)); // past the settling delay a look in flight would start
     expect(lines).toEqual([]);
     expect((await get(url, a.pem)).cn).toBe('stopped-a');
   });
@@ -120,7 +121,7 @@ describe('inbound TLS', () => {
     await expect(listenOn(server, { host: '127.0.0.1', port: Number(new URL(taken.url).port) })).rejects.toThrow(/EADDRINUSE/);
     copyFileSync(b.key, live.keyFile);
     copyFileSync(b.cert, live.certFile);
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, 3 * SETTLE_MS));
     expect(lines.filter((l) => String(l.event).startsWith('tls_'))).toEqual([]);
   });
 
@@ -140,7 +141,7 @@ describe('inbound TLS', () => {
     const { logger, lines } = captureLogs();
     const stop = watchTlsFiles(server, live, serving, logger, 50);
     cleanups.push(async () => stop());
-    await new Promise((r) => setTimeout(r, 150)); // a few polls of the unchanged files
+    await new Promise((r) => setTimeout(r, 3 * SETTLE_MS)); // the first look and a few polls of the unchanged files
     expect(lines.some((l) => l.event === 'tls_reloaded')).toBe(false);
 
     const before = statSync(live.certFile);
