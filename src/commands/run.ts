@@ -2,7 +2,7 @@ import type { CommandModule } from 'yargs';
 import { startApp } from '../app.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { caFilesOf } from '../config/ca-bundle.js';
+import { caBaselineOf } from '../config/ca-bundle.js';
 import { signaturesOf, type FileSignatures } from '../config/poll-files.js';
 import { createReloadWatch } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
@@ -26,26 +26,29 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       tuneRuntimeForProxy();
       const paths = resolveConfigPaths(argv.config);
       let stopping = false;
-      // Before the first read: an edit landing while the sidecar starts is still seen.
-      const watch = createReloadWatch(paths, (trigger) => reload(trigger));
+      // Taken before the first read: an edit landing while the sidecar starts is still seen.
+      const configBaseline = signaturesOf(paths);
       const config = loadConfig(paths);
-      const caBaseline = signaturesOf(caFilesOf(config));
       const logger = createLogger({ level: config.log.level, service: config.service });
       const metrics = createMetrics({ service: config.service });
       const app = await startApp(config, { logger, metrics });
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
+      const watch = createReloadWatch(paths, (trigger) => reload(trigger));
       // Reloads run one at a time, and never once shutdown has begun.
       let reloading: Promise<void> = Promise.resolve();
       const reload = (trigger: string) => {
         if (stopping) return;
-        reloading = reloading.then(async () => {
-          if (stopping) return;
-          const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next));
-          if (applied && !stopping) watch.update(applied.config, applied.caBaseline);
-        });
+        reloading = reloading
+          .then(async () => {
+            if (stopping) return;
+            const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next));
+            if (applied && !stopping) watch.update(applied.config, applied.baselines);
+          })
+          // Nothing above is expected to throw; if it did, later reloads and shutdown must still run after it.
+          .catch((err) => logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config'));
       };
-      watch.update(config, caBaseline);
+      watch.update(config, { config: configBaseline, ca: caBaselineOf(config) });
       process.on('SIGHUP', () => reload('SIGHUP'));
 
       await new Promise<void>((resolve) => {
@@ -77,12 +80,12 @@ async function reloadFrom(
   logger: Logger,
   metrics: ReturnType<typeof createMetrics>,
   apply: (c: Config) => Promise<void>,
-): Promise<{ config: Config; caBaseline: FileSignatures } | undefined> {
+): Promise<{ config: Config; baselines: { config: FileSignatures; ca: FileSignatures } } | undefined> {
   let next: Config;
-  let caBaseline: FileSignatures;
+  // Before the read, so an edit that lands while this config loads or is applied triggers the next reload.
+  const configBaseline = signaturesOf(paths);
   try {
     next = loadConfig(paths);
-    caBaseline = signaturesOf(caFilesOf(next));
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
     const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : [errorSummary(err)];
@@ -93,7 +96,7 @@ async function reloadFrom(
     await apply(next);
     metrics.configReloads.inc({ result: 'success' });
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
-    return { config: next, caBaseline };
+    return { config: next, baselines: { config: configBaseline, ca: caBaselineOf(next) } };
   } catch (err) {
     metrics.configReloads.inc({ result: 'error' });
     logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');

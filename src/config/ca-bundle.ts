@@ -1,12 +1,15 @@
 import { X509Certificate } from 'node:crypto';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { FILE_LIMITS, readConfiguredFile } from './configured-files.js';
+import { signaturesOf, type FileSignatures } from './poll-files.js';
 import type { Config } from './schema.js';
 
 /** A PEM CA bundle as read from a `caFile`: `file` names it (pool keys), `pem` (its certificate blocks only) is what a TLS client trusts. */
 export interface CaBundle {
   readonly file: string;
   readonly pem: string;
+  /** The file's stat signature taken just before it was read: what a watcher compares with, so a rotation during the read is seen. */
+  readonly seen: string;
 }
 
 const BEGIN = '-----BEGIN CERTIFICATE-----';
@@ -46,6 +49,7 @@ function certificateBlocks(text: string): { blocks: string[]; unterminated: bool
  * decide what is trusted, unchecked. A problem is a ConfigError at `keyPath`.
  */
 export function readCaBundle(file: string, keyPath: string): CaBundle {
+  const seen = signaturesOf([file]).get(file)!;
   const text = readConfiguredFile(file, keyPath, FILE_LIMITS.caBundle);
   const invalid = (message: string) => new ConfigError([{ path: keyPath, message }]);
   if (text.trim().length === 0) throw invalid(`${file} is empty`);
@@ -62,7 +66,7 @@ export function readCaBundle(file: string, keyPath: string): CaBundle {
       throw invalid(`certificate ${i + 1} of ${blocks.length} in ${file} is not a valid X.509 certificate`);
     }
   });
-  return { file, pem: blocks.join('\n') };
+  return { file, pem: blocks.join('\n'), seen };
 }
 
 /** What a `caFile` secures: an issuer's JWKS and discovery, a token source's IdP, a route's https target. */
@@ -98,6 +102,22 @@ export function caFilesOf(config: Config, uses: readonly CaUse[] = ALL_CA_USES):
     .filter((h) => uses.includes(h.use))
     .map((h) => caFileOf(h.holder));
   return [...new Set(files.filter((f) => f !== undefined))];
+}
+
+/**
+ * The signatures of the CA bundles a loaded config holds, as they were just
+ * before each was read: the baseline for watching them. A file named but not
+ * read (a command that skipped it) is stat'ed now.
+ */
+export function caBaselineOf(config: Config): FileSignatures {
+  const baseline = new Map<string, string>();
+  for (const { holder } of caHolders(config)) {
+    const file = caFileOf(holder);
+    if (file === undefined || baseline.has(file)) continue;
+    const bundle = (holder as { ca?: CaBundle }).ca;
+    baseline.set(file, bundle?.seen ?? signaturesOf([file]).get(file)!);
+  }
+  return baseline;
 }
 
 /**

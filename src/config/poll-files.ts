@@ -29,32 +29,48 @@ export function signaturesOf(paths: readonly string[]): FileSignatures {
  * once they have settled (editors, `kubectl cp` and certificate renewals
  * write in several steps) after any of them differs from `baseline` or from
  * the last change seen; an empty baseline makes the first look a change.
- * `onChange` must not throw. ctime is part of the
- * signature because `cp -p` and `rsync --inplace -t` keep inode, size and
- * mtime. Returns a function that stops polling.
+ * `onChange` must not throw. ctime is part of the signature because `cp -p`
+ * and `rsync --inplace -t` keep inode, size and mtime. Returns a function that
+ * stops polling.
  */
 export function pollFiles(paths: readonly string[], onChange: () => void, intervalMs: number, baseline: FileSignatures = signaturesOf(paths)): () => void {
   const seen = new Map(baseline);
   let settling: NodeJS.Timeout | undefined;
   let polling = false;
   let stopped = false;
-  const poll = async () => {
-    if (polling) return;
+  /** Stats every file and records what changed; true when anything did. */
+  const look = async (): Promise<boolean> => {
+    const now = await Promise.all(paths.map((p) => stat(p).then(signature, () => '-')));
+    let changed = false;
+    paths.forEach((p, i) => {
+      if (seen.get(p) !== now[i]) {
+        seen.set(p, now[i]!);
+        changed = true;
+      }
+    });
+    return changed && !stopped;
+  };
+  // A change is reported only once a look SETTLE_MS later finds nothing new: a writer still at work re-arms it.
+  const settle = () => {
+    settling = setTimeout(() => void confirm(), SETTLE_MS).unref();
+  };
+  const confirm = async () => {
     polling = true;
     try {
-      const now = await Promise.all(paths.map((p) => stat(p).then(signature, () => '-')));
+      const changed = await look();
+      settling = undefined;
       if (stopped) return;
-      let changed = false;
-      paths.forEach((p, i) => {
-        if (seen.get(p) !== now[i]) {
-          seen.set(p, now[i]!);
-          changed = true;
-        }
-      });
-      if (changed) {
-        clearTimeout(settling);
-        settling = setTimeout(onChange, SETTLE_MS);
-      }
+      if (changed) settle();
+      else onChange();
+    } finally {
+      polling = false;
+    }
+  };
+  const poll = async () => {
+    if (polling || settling) return;
+    polling = true;
+    try {
+      if (await look()) settle();
     } finally {
       polling = false;
     }

@@ -6,10 +6,12 @@ import type { Config } from './schema.js';
 export interface ReloadWatch {
   /**
    * Follows a config that was loaded and applied: watches what it names, or
-   * nothing when `lifecycle.watchConfig` is off. `caBaseline` is the CA files'
-   * signatures taken right after the config (and so its bundles) was read.
+   * nothing when `lifecycle.watchConfig` is off. `baselines` are the files'
+   * signatures from just before they were read (`signaturesOf(paths)` before
+   * loading; `caBaselineOf(config)`), so a change during the load or while
+   * the config is applied is still seen.
    */
-  update(config: Config, caBaseline?: FileSignatures): void;
+  update(config: Config, baselines?: { config?: FileSignatures; ca?: FileSignatures }): void;
   stop(): void;
 }
 
@@ -18,14 +20,10 @@ export interface ReloadWatch {
  * `reload('ca_file_changed')` when a CA bundle (`caFile`) of the applied config
  * does. The bundles are read only when a config loads, and in Kubernetes a
  * rotated cluster CA (kube-root-ca.crt) changes ca.crt alone, never the config.
- *
- * Create it before the config is first read: the config files' signatures
- * taken here are the baseline, so an edit that lands while the sidecar starts
- * is still seen. Watchers are kept across reloads that name the same files,
- * so a change during a reload is not lost to a fresh first look either.
+ * Watchers are kept across reloads that name the same files, so a change
+ * during a reload is not lost to a fresh first look.
  */
 export function createReloadWatch(paths: readonly string[], reload: (trigger: 'file_changed' | 'ca_file_changed') => void, intervalMs = 1000): ReloadWatch {
-  let configBaseline: FileSignatures | undefined = signaturesOf(paths);
   let stopConfig: (() => void) | undefined;
   let ca: { files: string; stop: () => void } | undefined;
   const stopCa = () => {
@@ -38,19 +36,17 @@ export function createReloadWatch(paths: readonly string[], reload: (trigger: 'f
     stopCa();
   };
   return {
-    update(config, caBaseline) {
+    update(config, baselines = {}) {
       if (!config.lifecycle.watchConfig) {
         stopAll();
         return;
       }
-      // Turned back on by a reload: that config was just read, so now is the baseline.
-      stopConfig ??= pollFiles(paths, () => reload('file_changed'), intervalMs, configBaseline ?? signaturesOf(paths));
-      configBaseline = undefined;
+      stopConfig ??= pollFiles(paths, () => reload('file_changed'), intervalMs, baselines.config ?? signaturesOf(paths));
       const files = caFilesOf(config);
       if (ca?.files === JSON.stringify(files)) return;
       stopCa();
       if (files.length > 0) {
-        const stop = pollFiles(files, () => reload('ca_file_changed'), intervalMs, caBaseline ?? signaturesOf(files));
+        const stop = pollFiles(files, () => reload('ca_file_changed'), intervalMs, baselines.ca ?? signaturesOf(files));
         ca = { files: JSON.stringify(files), stop };
       }
     },

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -45,7 +45,8 @@ describe('readCaBundle: a caFile is checked when it is read', () => {
   });
 
   it('one valid certificate is read as it is', () => {
-    expect(readCaBundle(first.cert, KEY)).toEqual({ file: first.cert, pem: first.pem.trimEnd() });
+    const st = statSync(first.cert);
+    expect(readCaBundle(first.cert, KEY)).toEqual({ file: first.cert, pem: first.pem.trimEnd(), seen: `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` });
   });
 
   it('a bundle of two certificates keeps both, in order', () => {

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { signaturesOf } from '../../src/config/poll-files.js';
+import { caBaselineOf } from '../../src/config/ca-bundle.js';
+import { SETTLE_MS, signaturesOf } from '../../src/config/poll-files.js';
 import type { Config } from '../../src/config/schema.js';
 import { createReloadWatch, type ReloadWatch } from '../../src/config/watch.js';
 import { selfSignedCert } from '../support/certs.js';
@@ -35,8 +36,11 @@ function start(paths: string[]): { watch: ReloadWatch; triggers: string[] } {
   return { watch, triggers };
 }
 
-async function until(pred: () => boolean): Promise<void> {
-  while (!pred()) await new Promise((r) => setTimeout(r, 10));
+/** Waits for `pred`, failing with `what` after 4 s (before vitest's own timeout, with a message that says what). */
+async function until(pred: () => boolean, what: string): Promise<void> {
+  for (const deadline = Date.now() + 4000; !pred(); await new Promise((r) => setTimeout(r, 10))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+  }
 }
 
 describe('createReloadWatch: what makes run reload', () => {
@@ -44,9 +48,10 @@ describe('createReloadWatch: what makes run reload', () => {
     const file = join(dir, 'startup.yaml');
     writeFileSync(file, 'service: a\n');
     const { watch, triggers } = start([file]);
-    writeFileSync(file, 'service: b\n'); // while the sidecar is still starting
-    watch.update(configWith(caA.cert));
-    await until(() => triggers.length > 0);
+    const baseline = signaturesOf([file]); // run takes it before its first read
+    writeFileSync(file, 'service: bb\n'); // while the sidecar is still starting (another size: coarse clocks give equal mtimes)
+    watch.update(configWith(caA.cert), { config: baseline });
+    await until(() => triggers.length > 0, 'a reload');
     expect(triggers).toEqual(['file_changed']);
   });
 
@@ -54,13 +59,14 @@ describe('createReloadWatch: what makes run reload', () => {
     const file = join(dir, 'reload.yaml');
     writeFileSync(file, 'service: a\n');
     const { watch, triggers } = start([file]);
-    watch.update(configWith(caA.cert));
-    writeFileSync(file, 'service: b\n');
-    await until(() => triggers.length === 1);
+    watch.update(configWith(caA.cert), { config: signaturesOf([file]) });
+    writeFileSync(file, 'service: bb\n');
+    await until(() => triggers.length === 1, 'the first reload');
     // The reload for that edit is applying when another edit lands; update() comes after it.
-    writeFileSync(file, 'service: c\n');
-    watch.update(configWith(caA.cert));
-    await until(() => triggers.length === 2);
+    const baseline = signaturesOf([file]);
+    writeFileSync(file, 'service: ccc\n');
+    watch.update(configWith(caA.cert), { config: baseline });
+    await until(() => triggers.length === 2, 'the second reload');
     expect(triggers).toEqual(['file_changed', 'file_changed']);
   });
 
@@ -73,23 +79,40 @@ describe('createReloadWatch: what makes run reload', () => {
     writeFileSync(ca, pemA);
     utimesSync(ca, 1_700_000_000, 1_700_000_000);
     const { watch, triggers } = start([config]);
-    watch.update(configWith(ca), signaturesOf([ca]));
+    watch.update(configWith(ca), { ca: signaturesOf([ca]) });
     await new Promise((r) => setTimeout(r, 5 * POLL_MS));
     expect(triggers).toEqual([]);
     writeFileSync(ca, pemB);
     utimesSync(ca, 1_700_000_000, 1_700_000_000);
-    await until(() => triggers.length > 0);
+    await until(() => triggers.length > 0, 'a reload');
     expect(triggers).toEqual(['ca_file_changed']);
   });
 
-  it('watches nothing while lifecycle.watchConfig is off', async () => {
+  it('sees a CA rotated after the config read it but before the watch began', async () => {
+    const ca = join(dir, 'rotated-ca.pem');
+    writeFileSync(ca, readFileSync(caA.cert));
+    const { watch, triggers } = start([join(dir, 'rotated.yaml')]);
+    const applied = configWith(ca); // reads the bundle: A
+    writeFileSync(ca, `${readFileSync(caB.cert, 'utf8')}\n\n`); // rotated while the config is being applied
+    watch.update(applied, { ca: caBaselineOf(applied) });
+    await until(() => triggers.length > 0, 'a reload');
+    expect(triggers).toEqual(['ca_file_changed']);
+  });
+
+  it('watches nothing while lifecycle.watchConfig is off, and resumes when a reload turns it on', async () => {
     const file = join(dir, 'off.yaml');
     writeFileSync(file, 'service: a\n');
     const { watch, triggers } = start([file]);
     watch.update(configWith(caA.cert, false));
-    writeFileSync(file, 'service: b\n');
-    await new Promise((r) => setTimeout(r, 400));
+    writeFileSync(file, 'service: bb\n');
+    await new Promise((r) => setTimeout(r, 3 * SETTLE_MS));
     expect(triggers).toEqual([]);
+    // A SIGHUP reload applies a config with watching on; an edit made while it loaded still counts.
+    const baseline = signaturesOf([file]);
+    writeFileSync(file, 'service: ccc\n');
+    watch.update(configWith(caA.cert, true), { config: baseline });
+    await until(() => triggers.length > 0, 'a reload');
+    expect(triggers).toEqual(['file_changed']);
   });
 });
 
