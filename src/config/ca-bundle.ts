@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { FILE_LIMITS, readConfiguredFile } from './configured-files.js';
-import { signaturesOf, type FileSignatures } from './poll-files.js';
+import { signatureOf, type FileSignatures } from './poll-files.js';
 import type { Config } from './schema.js';
 
 /** A PEM CA bundle as read from a `caFile`: `file` names it (pool keys), `pem` (its certificate blocks only) is what a TLS client trusts. */
@@ -49,7 +49,7 @@ function certificateBlocks(text: string): { blocks: string[]; unterminated: bool
  * decide what is trusted, unchecked. A problem is a ConfigError at `keyPath`.
  */
 export function readCaBundle(file: string, keyPath: string): CaBundle {
-  const seen = signaturesOf([file]).get(file)!;
+  const seen = signatureOf(file);
   const text = readConfiguredFile(file, keyPath, FILE_LIMITS.caBundle);
   const invalid = (message: string) => new ConfigError([{ path: keyPath, message }]);
   if (text.trim().length === 0) throw invalid(`${file} is empty`);
@@ -115,7 +115,7 @@ export function caBaselineOf(config: Config): FileSignatures {
     const file = caFileOf(holder);
     if (file === undefined || baseline.has(file)) continue;
     const bundle = (holder as { ca?: CaBundle }).ca;
-    baseline.set(file, bundle?.seen ?? signaturesOf([file]).get(file)!);
+    baseline.set(file, bundle?.seen ?? signatureOf(file));
   }
   return baseline;
 }

@@ -6,22 +6,22 @@ export type FileSignatures = ReadonlyMap<string, string>;
 
 const signature = (s: { ino: number; size: number; mtimeMs: number; ctimeMs: number }) => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
 
+/** One file's signature now ('-' if it cannot be stat'ed). stat follows symlinks: a Kubernetes volume update swaps a symlink, which changes the target's inode. */
+export function signatureOf(path: string): string {
+  try {
+    return signature(statSync(path));
+  } catch {
+    return '-';
+  }
+}
+
 /**
  * The files' signatures now. Taken before a file is read, it is the baseline
  * a watcher compares with, so a change that lands while the file is read or
- * applied is still seen. stat follows symlinks: a Kubernetes volume update
- * swaps a symlink, which changes the target's inode.
+ * applied is still seen.
  */
 export function signaturesOf(paths: readonly string[]): FileSignatures {
-  return new Map(
-    paths.map((p) => {
-      try {
-        return [p, signature(statSync(p))];
-      } catch {
-        return [p, '-'];
-      }
-    }),
-  );
+  return new Map(paths.map((p) => [p, signatureOf(p)]));
 }
 
 /**
