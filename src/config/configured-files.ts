@@ -63,17 +63,11 @@ function readSmallFileSync(path: string, limit: FileLimit): string {
   try {
     refuseUnlessSmallRegularFile(fstatSync(fd), limit);
     // Read to the end rather than trusting the size stat gave: the file may grow meanwhile, never past the limit.
-    const chunks: Buffer[] = [];
-    let total = 0;
+    const text = limitedText(limit);
     for (;;) {
       const chunk = Buffer.allocUnsafe(CHUNK_BYTES);
-      const n = readSync(fd, chunk, 0, CHUNK_BYTES, null);
-      if (n === 0) break;
-      total += n;
-      if (total > limit.maxBytes) throw tooLarge(limit);
-      chunks.push(chunk.subarray(0, n));
+      if (!text.add(chunk, readSync(fd, chunk, 0, CHUNK_BYTES, null))) return text.result();
     }
-    return Buffer.concat(chunks, total).toString('utf8');
   } finally {
     closeSync(fd);
   }
@@ -84,19 +78,30 @@ export async function readSmallFile(path: string, limit: FileLimit): Promise<str
   const fh = await open(path, OPEN_FLAGS);
   try {
     refuseUnlessSmallRegularFile(await fh.stat(), limit);
-    const chunks: Buffer[] = [];
-    let total = 0;
+    const text = limitedText(limit);
     for (;;) {
-      const { bytesRead, buffer } = await fh.read(Buffer.allocUnsafe(CHUNK_BYTES), 0, CHUNK_BYTES, null);
-      if (bytesRead === 0) break;
-      total += bytesRead;
-      if (total > limit.maxBytes) throw tooLarge(limit);
-      chunks.push(buffer.subarray(0, bytesRead));
+      const chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+      if (!text.add(chunk, (await fh.read(chunk, 0, CHUNK_BYTES, null)).bytesRead)) return text.result();
     }
-    return Buffer.concat(chunks, total).toString('utf8');
   } finally {
     await fh.close();
   }
+}
+
+/** Collects a file's chunks up to `limit.maxBytes` (a RefusedFileError past it); `add` is false at the end of the file. */
+function limitedText(limit: FileLimit): { add(chunk: Buffer, bytesRead: number): boolean; result(): string } {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  return {
+    add(chunk, bytesRead) {
+      if (bytesRead === 0) return false;
+      total += bytesRead;
+      if (total > limit.maxBytes) throw tooLarge(limit);
+      chunks.push(chunk.subarray(0, bytesRead));
+      return true;
+    },
+    result: () => Buffer.concat(chunks, total).toString('utf8'),
+  };
 }
 
 /** Removes the trailing newline editors and `kubectl create secret --from-file` leave behind. */
