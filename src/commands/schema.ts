@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import type { CommandModule } from 'yargs';
 import { configSchema } from '../config/schema.js';
 import type { Io } from './shared.js';

@@ -2,7 +2,7 @@ import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { JWK } from 'jose';
 import { UsageError, formatIssue, type ConfigIssue } from '../errors.js';
 import { interpolateEnv } from '../config/interpolate.js';
