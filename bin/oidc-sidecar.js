@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// Thin launcher: the CLI lives in the compiled dist/ so production needs no TypeScript runtime.
+// Thin launcher: the CLI runs from dist/bundle/, the compiled and bundled code (`npm run build`), so production
+// needs no TypeScript runtime and a sidecar loads one bundle instead of hundreds of modules (docs/performance.md).
 // V8's heap settings go in before anything else is loaded: the first full GC already runs while the modules
 // load, and the old-generation limit it sets holds until the next one (docs/performance.md).
-import { tuneRuntimeForProxy } from '../dist/proxy/runtime.js';
+import { tuneRuntimeForProxy } from '../dist/bundle/runtime.js';
 
 tuneRuntimeForProxy();
-const { main } = await import('../dist/cli.js');
+const { main } = await import('../dist/bundle/cli.js');
 
 main(process.argv.slice(2)).then(
   (code) => { if (typeof code === 'number') process.exitCode = code; },

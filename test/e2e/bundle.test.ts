@@ -1,0 +1,72 @@
+import { readFileSync } from 'node:fs';
+import { isBuiltin } from 'node:module';
+import { resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+// The bundle the CLI runs from (scripts/bundle.mjs; `npm test` builds it first). esbuild's metafile says which
+// source file contributed how many bytes to which output file, and what each output imports.
+const ROOT = resolve(import.meta.dirname, '../..');
+
+interface Output {
+  entryPoint?: string;
+  imports: { path: string; kind: string; external?: boolean }[];
+  inputs: Record<string, { bytesInOutput: number }>;
+}
+const { outputs } = JSON.parse(readFileSync(resolve(ROOT, 'dist/bundle-meta.json'), 'utf8')) as { outputs: Record<string, Output> };
+
+function outputOf(entryPoint: string): string {
+  const found = Object.entries(outputs).find(([, o]) => o.entryPoint === entryPoint);
+  if (!found) throw new Error(`no bundle output for ${entryPoint}`);
+  return found[0];
+}
+
+/** Every output file loaded when `file` is imported: static imports only, as a running sidecar loads them. */
+function staticallyLoaded(file: string, seen = new Set<string>()): Set<string> {
+  seen.add(file);
+  for (const i of outputs[file]!.imports) {
+    if (i.kind === 'import-statement' && !i.external && !seen.has(i.path)) staticallyLoaded(i.path, seen);
+  }
+  return seen;
+}
+
+/** Source files with code in the given outputs. */
+function sourcesIn(files: Iterable<string>): string[] {
+  return [...files].flatMap((f) => Object.entries(outputs[f]!.inputs).filter(([, i]) => i.bytesInOutput > 0).map(([src]) => src));
+}
+
+const launcher = readFileSync(resolve(ROOT, 'bin/oidc-sidecar.js'), 'utf8');
+const cli = outputOf('dist/cli.js');
+const loadedByCli = staticallyLoaded(cli);
+const sourcesLoadedByCli = sourcesIn(loadedByCli);
+
+describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () => {
+  it('is what the launcher runs', () => {
+    expect(launcher).toContain(`'../${cli}'`);
+    expect(launcher).toContain(`'../${outputOf('dist/proxy/runtime.js')}'`);
+  });
+
+  it("needs nothing from node_modules to run a sidecar: every import outside the bundle is one of Node's own modules", () => {
+    const external = [...loadedByCli].flatMap((f) => outputs[f]!.imports.filter((i) => i.external).map((i) => i.path));
+    expect(external.length).toBeGreaterThan(0);
+    // A `node:` name is Node's own even where this Node lacks it (undici probes for node:sqlite, Node 22.5+).
+    expect(external.filter((p) => !p.startsWith('node:') && !isBuiltin(p))).toEqual([]);
+  });
+
+  it('loads the dev issuer (oidc-provider) only when `demo` or `dev-issuer` asks for it', () => {
+    expect(sourcesLoadedByCli.filter((s) => s.startsWith('dist/dev/'))).toEqual([]);
+    const everywhere = sourcesIn(Object.keys(outputs).filter((f) => f.endsWith('.js')));
+    expect(everywhere).toContain('dist/dev/issuer.js');
+    const importers = Object.entries(outputs).filter(([, o]) => o.imports.some((i) => i.path === 'oidc-provider'));
+    expect(importers.length).toBeGreaterThan(0);
+    for (const [file] of importers) expect(loadedByCli.has(file)).toBe(false);
+  });
+
+  it("leaves out what a sidecar never runs: zod's translations, and undici's entry point, fetch(), WebSocket and caches", () => {
+    expect(sourcesLoadedByCli).toContain('node_modules/zod/v4/locales/en.js');
+    expect(sourcesLoadedByCli).toContain('node_modules/undici/lib/dispatcher/pool.js');
+    expect(sourcesLoadedByCli.filter((s) => /zod\/v4\/locales\/(?!en\.js)/.test(s))).toEqual([]);
+    // Parts of lib/web/fetch/ stay: undici's HTTP/1.1 client requires its body helpers, lazily, for FormData bodies.
+    const undiciLeftOut = /undici\/(index\.js|lib\/web\/(fetch\/index|websocket|eventsource|cache)|lib\/(cache|interceptor|mock)\/)/;
+    expect(sourcesLoadedByCli.filter((s) => undiciLeftOut.test(s))).toEqual([]);
+  });
+});
