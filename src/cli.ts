@@ -5,6 +5,7 @@ import { validateCommand } from './commands/validate.js';
 import { schemaCommand } from './commands/schema.js';
 import { extraCommands } from './commands/index.js';
 import type { Io } from './commands/shared.js';
+import { packageVersion } from './version.js';
 
 /**
  * The `oidc-sidecar` command line: parses flags and hands over to one command
@@ -29,7 +30,10 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .recommendCommands()
     .help()
     .alias('h', 'help')
-    .version()
+    .version(packageVersion())
+    // yargs translates its own words ("Options", "Show help") from files beside its sources, which the bundle does
+    // not carry; the rest of the help is English, so all of it is.
+    .locale('en')
     .wrap(Math.min(110, process.stdout.columns ?? 100))
     .exitProcess(false)
     .fail((msg, err) => {

@@ -1,6 +1,6 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selfSignedCert } from '../support/certs.js';
 import { runCli, writeConfig } from '../support/sidecar.js';
@@ -76,6 +76,22 @@ describe('oidc-sidecar CLI', () => {
     expect(schema.additionalProperties).toBe(false);
     expect(Object.keys(schema.properties)).toEqual(expect.arrayContaining(['service', 'inbound', 'outbound', 'admin', 'log']));
     expect(schema.properties.inbound.properties.issuers.items.properties.algorithms.items.enum).not.toContain('HS256');
+  });
+
+  it("--version prints this package's version wherever it is run from, and --help is English whatever the locale", async () => {
+    const { version } = JSON.parse(readFileSync(resolve(import.meta.dirname, '../../package.json'), 'utf8')) as { version: string };
+    // A directory with a package.json of its own: the version must not come from the working directory.
+    const elsewhere = mkdtempSync(join(tmpdir(), 'oidc-sidecar-cwd-'));
+    writeFileSync(join(elsewhere, 'package.json'), JSON.stringify({ name: 'someone-else', version: '9.9.9' }));
+    try {
+      const r = await runCli(['--version'], { cwd: elsewhere });
+      expect(r.code).toBe(0);
+      expect(r.stdout.trim()).toBe(version);
+      const help = await runCli(['--help'], { cwd: elsewhere, env: { LC_ALL: 'de_DE.UTF-8', LANG: 'de_DE.UTF-8' } });
+      expect(help.stdout).toContain('Show version number');
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
   });
 
   it('every command has --help', async () => {
