@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { PROM_CLIENT_EVENT_LOOP_SAMPLE_MS, registerEventLoopDelay } from './event-loop-delay.js';
 
 /**
  * Every metric the sidecar exports, defined here and only here, on a registry
@@ -25,19 +26,13 @@ export interface MetricsOptions {
   service?: string;
 }
 
-/**
- * How often the `nodejs_eventloop_lag_*` histogram samples the event loop, ms.
- * prom-client's default, 10 ms, is a timer that wakes an idle sidecar 100
- * times a second: 0.8 % of a CPU per idle sidecar on the benchmark machine,
- * multiplied by every pod. At 100 ms a 15 s scrape still gets 150 samples,
- * and every stall of 100 ms or more is seen (docs/performance.md, "Idle").
- */
-export const EVENT_LOOP_SAMPLE_MS = 100;
-
 export function createMetrics(opts: MetricsOptions = {}): Metrics {
   const registry = new Registry();
   if (opts.service) registry.setDefaultLabels({ service: opts.service });
-  if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+  if (opts.processMetrics !== false) {
+    collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: PROM_CLIENT_EVENT_LOOP_SAMPLE_MS });
+    registerEventLoopDelay(registry);
+  }
   const registers = [registry];
   return {
     registry,
