@@ -6,7 +6,7 @@
 //
 //   node scripts/bundle.mjs        (part of `npm run build`, after tsc)
 import { build } from 'esbuild';
-import { rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -30,7 +30,8 @@ const { metafile } = await build({
   external: ['oidc-provider'],
   // The bundled CommonJS packages (undici, pino, yargs' parser…) call require() for Node's built-in modules.
   banner: { js: "import { createRequire as __bundleCreateRequire } from 'node:module'; const require = __bundleCreateRequire(import.meta.url);" },
-  // Licence comments kept by the packages go to dist/bundle/*.LEGAL.txt; the packages themselves stay installed dependencies.
+  // Every bundled package's licence goes to dist/bundle/THIRD-PARTY-LICENSES.txt (below); the comments a package
+  // marks as legal (notices of code it vendors) go to dist/bundle/*.LEGAL.txt.
   legalComments: 'external',
   logLevel: 'warning',
   metafile: true,
@@ -38,3 +39,27 @@ const { metafile } = await build({
 // What went into the bundle, for test/e2e/bundle.test.ts and for anyone asking why it is the size it is.
 // Beside dist/bundle/, not in it: it is not shipped.
 await writeFile(`${root}dist/bundle-meta.json`, JSON.stringify(metafile));
+
+await writeFile(`${outdir}/THIRD-PARTY-LICENSES.txt`, await thirdPartyLicenses(metafile));
+
+/** The packages with code in the bundle, each with its version, licence name and licence text. */
+async function thirdPartyLicenses(meta) {
+  const dirs = new Set();
+  for (const output of Object.values(meta.outputs)) {
+    for (const [input, { bytesInOutput }] of Object.entries(output.inputs)) {
+      const match = bytesInOutput > 0 && /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
+      if (match) dirs.add(match[1]);
+    }
+  }
+  const sections = new Map();
+  for (const dir of [...dirs].sort()) {
+    const pkg = JSON.parse(await readFile(`${root}${dir}/package.json`, 'utf8'));
+    if (sections.has(`${pkg.name}@${pkg.version}`)) continue; // the same release nested under two packages
+    const licenceFile = (await readdir(`${root}${dir}`)).find((f) => /^licen[cs]e/i.test(f));
+    if (!licenceFile) throw new Error(`${pkg.name}: no LICENSE file to ship with the bundle`);
+    const text = await readFile(`${root}${dir}/${licenceFile}`, 'utf8');
+    sections.set(`${pkg.name}@${pkg.version}`, `${pkg.name}@${pkg.version} (${pkg.license})\n\n${text.trim()}\n`);
+  }
+  const rule = `\n${'-'.repeat(78)}\n\n`;
+  return `oidc-sidecar's bundle (dist/bundle/) contains code from these packages, under these licences.\n${rule}${[...sections.values()].join(rule)}`;
+}

@@ -69,4 +69,18 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
     const undiciLeftOut = /undici\/(index\.js|lib\/web\/(fetch\/index|websocket|eventsource|cache)|lib\/(cache|interceptor|mock)\/)/;
     expect(sourcesLoadedByCli.filter((s) => undiciLeftOut.test(s))).toEqual([]);
   });
+
+  it("names every package it contains, with that package's licence text, in THIRD-PARTY-LICENSES.txt", () => {
+    const licences = readFileSync(resolve(ROOT, 'dist/bundle/THIRD-PARTY-LICENSES.txt'), 'utf8');
+    const bundled = new Set(
+      sourcesIn(Object.keys(outputs).filter((f) => f.endsWith('.js')))
+        .map((src) => /node_modules\/((?:@[^/]+\/)?[^/]+)\/(?!.*node_modules\/)/.exec(src)?.[1])
+        .filter((name): name is string => name !== undefined),
+    );
+    expect(bundled).toContain('zod');
+    expect(bundled).toContain('undici');
+    expect(bundled).not.toContain('oidc-provider');
+    for (const name of bundled) expect(licences, name).toMatch(new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}@\\d\\S* \\(`, 'm'));
+    expect(licences).toContain('Apache License'); // prom-client's full text, not just its name
+  });
 });
