@@ -117,7 +117,10 @@ export async function startSidecar(
       check();
     });
 
-  const started = await waitForLog((l) => l.event === 'started', opts.timeoutMs ?? 15_000);
+  const started = await waitForLog((l) => l.event === 'started', opts.timeoutMs ?? 15_000).catch((err: unknown) => {
+    child.kill('SIGKILL'); // never started: nothing to drain
+    throw err;
+  });
   const addrs = started.addresses as Record<string, string>;
   const url = (a: string | undefined) => (a ? `http://${a.replace(/^0\.0\.0\.0:/, '127.0.0.1:')}` : undefined);
   const proc: SidecarProcess = {
@@ -151,17 +154,23 @@ export async function startSidecar(
       return code;
     },
   };
-  if (opts.waitReady !== false) await proc.waitReady(opts.timeoutMs);
+  if (opts.waitReady !== false) {
+    // A sidecar that never got ready is the test's failure, not a process left running after the run.
+    await proc.waitReady(opts.timeoutMs).catch(async (err: unknown) => {
+      await proc.stop();
+      throw err;
+    });
+  }
   return proc;
 }
 
 /** Runs a one-shot CLI command and collects its output. */
 export function runCli(
   args: string[],
-  opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {},
+  opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; cwd?: string } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((res, rej) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env }, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
