@@ -32,7 +32,15 @@ for dev in typescript vitest @types/node; do
 done
 
 bin="./node_modules/.bin/oidc-sidecar"
-"$bin" --version
+# Run from the consumer's directory, whose own package.json says 1.0.0: the CLI must report its own version.
+version="$("$bin" --version)"
+expected="$(node -p 'require("./node_modules/oidc-sidecar/package.json").version')"
+if [ "$version" != "$expected" ]; then
+  echo "pack-smoke: --version printed ${version}, expected ${expected}" >&2
+  exit 1
+fi
+echo "pack-smoke: oidc-sidecar ${version}"
+test -s node_modules/oidc-sidecar/dist/bundle/THIRD-PARTY-LICENSES.txt
 # Outside a pod: the cluster CA the base config names is not here, so check the shape only.
 "$bin" validate --skip-file-checks \
   --config node_modules/oidc-sidecar/config/base.yaml \
