@@ -1,7 +1,7 @@
 // Bundles the compiled CLI (dist/cli.js and the launcher's dist/proxy/runtime.js) into dist/bundle/, the code
 // bin/oidc-sidecar.js runs. Why: every sidecar holds the source text and module records of everything it loads,
 // for as long as it runs. One bundle without whitespace or comments, and without the parts of zod, undici and
-// the rest that the CLI never reaches, keeps a sidecar ~10 MiB smaller at rest and at its peak under load
+// the rest that the CLI never reaches, keeps a sidecar 6-7 MiB smaller at rest and 2-4 MiB at its peak under load
 // (docs/performance.md, "The bundle"). Identifiers keep their names, so stack traces stay readable.
 //
 //   node scripts/bundle.mjs        (part of `npm run build`, after tsc)
