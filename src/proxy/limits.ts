@@ -10,12 +10,15 @@ export interface RequestViolation {
 }
 
 /**
- * Checks what Node's parser does not: the header count and a single Host.
- * Node's `maxHeadersCount` silently truncates `req.headers` while
+ * Checks what Node's parser does not, the same way on every Node version:
+ * the header count and a single Host. Node's own `maxHeadersCount` is off
+ * (listen.ts): on Node 20 it silently truncates `req.headers` while
  * `req.rawHeaders` keeps everything, so a header past the limit (a second
  * Authorization, say) would be invisible to one check and visible to the
- * next; refusing the request with 431 (RFC 6585 §5) removes the ambiguity.
- * Two Host headers get 400 (RFC 9112 §3.2). Returns undefined when fine.
+ * next, and on Node 22+ it fails the parse with the code of an oversize
+ * block. Refusing the request with 431 (RFC 6585 §5) here removes the
+ * ambiguity. Two Host headers get 400 (RFC 9112 §3.2). Returns undefined
+ * when fine.
  */
 export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): RequestViolation | undefined {
   const raw = req.rawHeaders;

@@ -86,8 +86,10 @@ export function createLimitedServer(
     server = createHttpServer(serverOptions, guarded);
   }
   server.once('close', () => stopTls());
-  // Requests over the count limit are refused above; this only keeps Node from building a huge req.headers first.
-  server.maxHeadersCount = limits.maxHeaderCount;
+  // The header count is checked above (too_many_headers), the same on every Node. Node's own count limit would get
+  // in the way: Node 20 truncates req.headers past it, and Node 22+ fails the parse with the same error code as an
+  // oversize header block (headers_too_large). Unlimited here is still bounded: the parser enforces maxHeaderBytes.
+  server.maxHeadersCount = 0;
   server.on('clientError', handleClientError);
 
   // Node stops tracking a socket once it leaves HTTP (Upgrade, CONNECT): closeAllConnections() would not cut it and
