@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the test suite (vitest; the build must exist) on another major version of Node, fetched from the npm
+# registry as the node-<os>-<arch> package, so CI checks the versions the product claims to run on (the
+# container image uses Node 22) without installing anything system-wide. The sidecars the tests start run on
+# that Node too: they are spawned with process.execPath.
+#
+#   npm run build && bash scripts/test-on-node.sh 22
+#
+# Needs the npm registry. Linux and macOS, x64 and arm64.
+set -euo pipefail
+
+major="${1:?usage: test-on-node.sh <major version, e.g. 22>}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/oidc-sidecar-node${major}.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+platform="$(node -p 'process.platform === "darwin" ? "darwin" : process.platform')"
+arch="$(node -p 'process.arch')"
+package="node-${platform}-${arch}@${major}"
+echo "test-on-node: fetching ${package}"
+npm install --prefix "$work" --no-save --no-audit --no-fund --loglevel=error "$package" > /dev/null
+bin="$work/node_modules/node-${platform}-${arch}/bin"
+echo "test-on-node: $("$bin/node" --version)"
+
+cd "$root"
+PATH="$bin:$PATH" node "$root/node_modules/vitest/vitest.mjs" run
