@@ -5,11 +5,13 @@
 # that Node too: they are spawned with process.execPath.
 #
 #   npm run build && bash scripts/test-on-node.sh 22
+#   npm run build && bash scripts/test-on-node.sh 24 test/e2e/proxy-runtime.test.ts   # only these test files
 #
 # Needs the npm registry. Linux and macOS, x64 and arm64.
 set -euo pipefail
 
-major="${1:?usage: test-on-node.sh <major version, e.g. 22>}"
+major="${1:?usage: test-on-node.sh <major version, e.g. 22> [test files...]}"
+shift
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/oidc-sidecar-node${major}.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -23,4 +25,4 @@ bin="$work/node_modules/node-${platform}-${arch}/bin"
 echo "test-on-node: $("$bin/node" --version)"
 
 cd "$root"
-PATH="$bin:$PATH" node "$root/node_modules/vitest/vitest.mjs" run
+PATH="$bin:$PATH" node "$root/node_modules/vitest/vitest.mjs" run "$@"
