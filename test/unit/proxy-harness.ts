@@ -109,12 +109,27 @@ export function readResponse(s: Socket): Promise<{ status: number; headers: Reco
   });
 }
 
-/** Resolves with a port nothing listens on (bound, then released). */
+/**
+ * A port on 127.0.0.1 where nothing listens. It is taken outside the OS's
+ * ephemeral range (32768+ on Linux, 49152+ on macOS): every server in the
+ * tests listens on port 0, so none can take this port between the check and
+ * its use. A just-closed ephemeral port, as this used to return, can be
+ * handed to a concurrent test's server; once, the request to it hung until
+ * the test timed out.
+ */
 export async function closedPort(): Promise<number> {
   const { createServer } = await import('node:net');
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    const srv = createServer();
+    const free = await new Promise<boolean>((r) => {
+      srv.once('error', () => r(false));
+      srv.listen(port, '127.0.0.1', () => r(true));
+    });
+    if (free) {
+      await new Promise<void>((r) => srv.close(() => r()));
+      return port;
+    }
+  }
+  throw new Error('no free port between 20000 and 29999 on 127.0.0.1');
 }
