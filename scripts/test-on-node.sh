@@ -16,7 +16,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/oidc-sidecar-node${major}.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
-platform="$(node -p 'process.platform === "darwin" ? "darwin" : process.platform')"
+platform="$(node -p process.platform)"
 arch="$(node -p 'process.arch')"
 package="node-${platform}-${arch}@${major}"
 echo "test-on-node: fetching ${package}"
