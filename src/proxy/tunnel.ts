@@ -18,7 +18,7 @@ export interface TunnelOptions {
   /** How long the upstream may take to connect and answer the upgrade, and how long a tunnel may linger after one side ended, milliseconds. */
   timeoutMs: number;
   /** PEM CA bundle for an https target. */
-  ca?: string | Buffer;
+  ca?: string;
 }
 
 /**
