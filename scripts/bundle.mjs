@@ -35,12 +35,43 @@ const { metafile } = await build({
   legalComments: 'external',
   logLevel: 'warning',
   metafile: true,
+  plugins: [lazyStringWidthSegmenter()],
 });
 // What went into the bundle, for test/e2e/bundle.test.ts and for anyone asking why it is the size it is.
 // Beside dist/bundle/, not in it: it is not shipped.
 await writeFile(`${root}dist/bundle-meta.json`, JSON.stringify(metafile));
 
 await writeFile(`${outdir}/THIRD-PARTY-LICENSES.txt`, await thirdPartyLicenses(metafile));
+
+/**
+ * yargs renders a command's whole help text every time the command runs (it caches it in case the handler asks for
+ * it), and the help renderer measures text with string-width, which segments every string with an `Intl.Segmenter`
+ * created when the module loads. That segmenter and the ICU break-iteration data it pulls in would stay resident in
+ * every sidecar for its lifetime: ~2 MiB. Printable ASCII (all of our help) is one grapheme per character, so
+ * string-width gets those characters directly, and a segmenter is created only for the first string that needs one.
+ * test/e2e/bundle.test.ts checks that every command's help renders the same as without the rewrite. The build
+ * fails if a new release of string-width no longer has the line, so the rewrite cannot silently stop applying.
+ */
+function lazyStringWidthSegmenter() {
+  const eager = 'const segmenter = new Intl.Segmenter();';
+  const lazy = [
+    'const printableAscii = /^[\\x20-\\x7e]*$/;',
+    'let segmenterInstance;',
+    'const segmenter = { segment: (text) => printableAscii.test(text)',
+    '  ? Array.from(text, (segment) => ({ segment }))',
+    '  : (segmenterInstance ??= new Intl.Segmenter()).segment(text) };',
+  ].join('\n');
+  return {
+    name: 'lazy-string-width-segmenter',
+    setup(b) {
+      b.onLoad({ filter: /[\\/]node_modules[\\/]string-width[\\/]index\.js$/ }, async ({ path }) => {
+        const source = await readFile(path, 'utf8');
+        if (source.split(eager).length !== 2) throw new Error(`${path}: expected one \`${eager}\` to rewrite; string-width changed`);
+        return { contents: source.replace(eager, lazy), loader: 'js' };
+      });
+    },
+  };
+}
 
 /** The packages with code in the bundle, each with its version, licence name and licence text. */
 async function thirdPartyLicenses(meta) {

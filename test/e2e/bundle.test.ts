@@ -1,7 +1,10 @@
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { startSidecar } from '../support/sidecar.js';
 
 // The bundle the CLI runs from (scripts/bundle.mjs; `npm test` builds it first). esbuild's metafile says which
 // source file contributed how many bytes to which output file, and what each output imports.
@@ -82,5 +85,40 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
     expect(bundled).not.toContain('oidc-provider');
     for (const name of bundled) expect(licences, name).toMatch(new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}@\\d\\S* \\(`, 'm'));
     expect(licences).toContain('Apache License'); // prom-client's full text, not just its name
+  });
+
+  describe("string-width's segmenter, created on first need instead of at load (scripts/bundle.mjs)", () => {
+    const countSegmenters = `--require=${resolve(import.meta.dirname, '../support/count-intl-segmenters.cjs')}`;
+    const segmentersCreated = (stderr: string) => Number(/intl-segmenters-created: (\d+)/.exec(stderr)?.[1]);
+    /** `oidc-sidecar <args>` run from tsc's output and the packages as published, without the bundle's rewrite. */
+    const unbundled = (args: string[], nodeOptions = '') =>
+      promisify(execFile)(
+        process.execPath,
+        ['--input-type=module', '-e', `const { main } = await import('./dist/cli.js'); process.exitCode = await main(${JSON.stringify(args)});`],
+        { cwd: ROOT, env: { ...process.env, NODE_OPTIONS: nodeOptions } },
+      );
+    const bundled = (args: string[], nodeOptions = '') =>
+      promisify(execFile)(process.execPath, [resolve(ROOT, 'bin/oidc-sidecar.js'), ...args], { cwd: ROOT, env: { ...process.env, NODE_OPTIONS: nodeOptions } });
+
+    it('a running sidecar creates none (yargs still renders the help of `run` when it starts)', async () => {
+      const sidecar = await startSidecar(
+        { service: 'segmenter-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
+        { env: { NODE_OPTIONS: countSegmenters }, waitReady: false },
+      );
+      await sidecar.stop();
+      expect(segmentersCreated(sidecar.output())).toBe(0);
+      // The control: the packages as published create theirs as soon as yargs is loaded.
+      const { stderr } = await unbundled(['--version'], countSegmenters);
+      expect(segmentersCreated(stderr)).toBeGreaterThan(0);
+    });
+
+    it('renders every help text exactly as string-width as published does', async () => {
+      const commands = [[], ['run'], ['validate'], ['schema'], ['token'], ['verify'], ['demo'], ['dev-issuer']];
+      const helps = await Promise.all(commands.map((args) => Promise.all([unbundled([...args, '--help']), bundled([...args, '--help'])])));
+      for (const [i, [expected, actual]] of helps.entries()) {
+        expect(expected.stdout.length, commands[i]!.join(' ')).toBeGreaterThan(200);
+        expect(actual.stdout, commands[i]!.join(' ')).toBe(expected.stdout);
+      }
+    });
   });
 });
