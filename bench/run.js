@@ -3,12 +3,13 @@
 // applying a rule → app), loads each with autocannon in interleaved rounds, probes unloaded latency, samples
 // peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
 // Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000), BENCH_PROBE_BLOCK (100),
-// BENCH_NODE_OPTIONS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
+// BENCH_NODE_OPTIONS, BENCH_MALLOC_ENV, BENCH_SIDECAR_NODE_FLAGS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startBenchIdp } from './lib/idp.js';
+import { imageRuntime } from './lib/image-runtime.js';
 import { latencyProbe, loadRun } from './lib/load.js';
 import { cpuSecondsOf, memoryOf, startNode } from './lib/procs.js';
 import { printReport } from './lib/report.js';
@@ -17,6 +18,8 @@ import { runVerifyMicro } from './lib/verify-runner.js';
 const here = fileURLToPath(new URL('.', import.meta.url));
 const BIN = resolve(here, '../bin/oidc-sidecar.js');
 const env = (name, dflt) => Number(process.env[name] ?? dflt);
+const image = imageRuntime(resolve(here, '../Dockerfile'));
+const envString = (entries) => entries.map(([k, v]) => `${k}=${v}`).join(' ');
 const settings = {
   connections: env('BENCH_CONNECTIONS', 32),
   durationSeconds: env('BENCH_DURATION', 8),
@@ -24,11 +27,14 @@ const settings = {
   samples: env('BENCH_SAMPLES', 3000),
   probeBlock: env('BENCH_PROBE_BLOCK', 100),
   tokenTtlSeconds: 3600,
-  // Every Node process of the run (app, baseline hops, sidecars) gets the same flags: by default the ones the
-  // container image sets (Dockerfile ENV NODE_OPTIONS); BENCH_NODE_OPTIONS="" measures Node's defaults.
-  nodeOptions: process.env.BENCH_NODE_OPTIONS ?? '--max-semi-space-size=2',
+  // By default every Node process of the run (app, baseline hops, sidecars) gets the runtime settings of the
+  // container image (its ENV NODE_OPTIONS and glibc MALLOC_* settings), and the sidecars are started with the Node
+  // flags of its ENTRYPOINT, as the image starts them. Each knob set to "" measures Node's defaults instead.
+  nodeOptions: process.env.BENCH_NODE_OPTIONS ?? image.env.NODE_OPTIONS ?? '',
+  mallocEnv: process.env.BENCH_MALLOC_ENV ?? envString(Object.entries(image.env).filter(([k]) => k.startsWith('MALLOC_'))),
+  sidecarNodeFlags: process.env.BENCH_SIDECAR_NODE_FLAGS ?? image.nodeFlags.join(' '),
 };
-const childEnv = { NODE_OPTIONS: settings.nodeOptions };
+const childEnv = { NODE_OPTIONS: settings.nodeOptions, ...Object.fromEntries(settings.mallocEnv.split(' ').filter(Boolean).map((kv) => kv.split('='))) };
 
 const listening = (l) => typeof l.listening === 'number';
 const procs = [];
@@ -47,7 +53,7 @@ async function sidecar(name, config) {
   tempDirs.push(dir);
   const path = join(dir, `${name}.json`);
   writeFileSync(path, JSON.stringify(config, null, 2));
-  const p = await startNode([...profArgs(name), BIN, 'run', '--config', path], { name, env: childEnv, ready: (l) => l.event === 'started' });
+  const p = await startNode([...settings.sidecarNodeFlags.split(' ').filter(Boolean), ...profArgs(name), BIN, 'run', '--config', path], { name, env: childEnv, ready: (l) => l.event === 'started' });
   procs.push(p);
   const a = p.line.addresses;
   const port = (addr) => (addr ? Number(addr.slice(addr.lastIndexOf(':') + 1)) : undefined);

@@ -44,6 +44,8 @@ export function printReport(report) {
     `\nMachine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.platform}; load average ${fmt(machine.loadAtStart, 1)} when the run began; run took ${report.seconds} s`,
   );
   out.push(`NODE_OPTIONS for every process: ${settings.nodeOptions ? `"${settings.nodeOptions}"` : "(none: Node's defaults)"}`);
+  out.push(`allocator settings for every process: ${settings.mallocEnv || "(none: glibc's defaults)"}`);
+  out.push(`Node flags of the sidecars: ${settings.sidecarNodeFlags || '(none)'}`);
   out.push(`\nThroughput at ${settings.connections} connections (autocannon, ${settings.rounds} interleaved rounds of ${settings.durationSeconds} s; median of rounds; latency in whole ms as autocannon records it)\n`);
   out.push(
     table(

@@ -1,5 +1,7 @@
+import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
 // There is no Docker engine in CI, so `docker build` cannot catch a Dockerfile that copies something the
@@ -45,5 +47,19 @@ describe('Dockerfile and .dockerignore', () => {
   it('ships the bundle the launcher runs, built in the build stage', () => {
     expect(dockerfile).toMatch(/^COPY --from=build \/src\/dist\/bundle \.\/dist\/bundle$/m);
     expect(readFileSync(join(ROOT, 'bin/oidc-sidecar.js'), 'utf8')).toContain("'../dist/bundle/cli.js'");
+  });
+
+  it("starts the CLI with the runtime settings it sets, which Node accepts (some V8 flags are refused in NODE_OPTIONS), as the benchmark reads them", async () => {
+    const run = promisify(execFile);
+    // The benchmark's reader (bench/lib/image-runtime.js), so what `npm run bench` measures is what the image runs.
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', "import { imageRuntime } from './bench/lib/image-runtime.js'; console.log(JSON.stringify(imageRuntime('Dockerfile')));"], { cwd: ROOT });
+    const image = JSON.parse(stdout) as { env: Record<string, string>; nodeFlags: string[] };
+    expect(image.env.NODE_OPTIONS).toMatch(/--max-semi-space-size=\d+/);
+    expect(image.nodeFlags).toContain('--no-concurrent-recompilation');
+    expect(dockerfile).toMatch(/^ENTRYPOINT \["node", .*"\/opt\/oidc-sidecar\/bin\/oidc-sidecar\.js"\]$/m);
+    const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    const started = await run(process.execPath, [...image.nodeFlags, join(ROOT, 'bin/oidc-sidecar.js'), '--version'], { env: { ...process.env, ...image.env } });
+    expect(started.stdout.trim()).toBe(version);
+    expect(started.stderr).toBe('');
   });
 });
