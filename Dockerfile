@@ -55,7 +55,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "fetch(process.env.OIDC_SIDECAR_HEALTHCHECK_URL || 'http://127.0.0.1:15020/healthz').then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))"]
 
 # --no-concurrent-recompilation: V8 optimises hot functions on the main thread instead of a background one, which
-# keeps a sidecar 3-5 MiB smaller under load on Node 20 and 22 and 10-24 MiB on Node 24; the price is pauses of
+# keeps a sidecar 3-5 MiB smaller under load on Node 20 and 22 and 7-25 MiB on Node 24; the price is pauses of
 # ~1 ms (at most ~11 ms) while a new sidecar warms up. Node accepts the flag on its command line only, not in
 # NODE_OPTIONS, hence `node` here rather than the `oidc-sidecar` link (which stays for `docker exec`).
 ENTRYPOINT ["node", "--no-concurrent-recompilation", "/opt/oidc-sidecar/bin/oidc-sidecar.js"]

@@ -61,13 +61,27 @@ function lazyStringWidthSegmenter() {
     '  ? Array.from(text, (segment) => ({ segment }))',
     '  : (segmenterInstance ??= new Intl.Segmenter()).segment(text) };',
   ].join('\n');
+  const rewritten = new Set();
   return {
     name: 'lazy-string-width-segmenter',
     setup(b) {
       b.onLoad({ filter: /[\\/]node_modules[\\/]string-width[\\/]index\.js$/ }, async ({ path }) => {
         const source = await readFile(path, 'utf8');
-        if (source.split(eager).length !== 2) throw new Error(`${path}: expected one \`${eager}\` to rewrite; string-width changed`);
-        return { contents: source.replace(eager, lazy), loader: 'js' };
+        const fail = (why) => {
+          throw new Error(`${path}: ${why}; string-width changed, so the rewrite in scripts/bundle.mjs needs a look`);
+        };
+        if (source.split(eager).length !== 2) fail(`expected one \`${eager}\``);
+        // The stand-in has only segment(); any other use of the segmenter would break at run time.
+        if (source.match(/\bsegmenter\./g).length !== source.match(/\bsegmenter\.segment\(/g).length) fail('the segmenter is used for more than segment()');
+        rewritten.add(path);
+        return { contents: source.replace(eager, () => lazy), loader: 'js' };
+      });
+      // A release that moves the code out of index.js would otherwise skip the rewrite without a word.
+      b.onEnd(({ metafile }) => {
+        if (!metafile) return;
+        const bundled = Object.keys(metafile.inputs).filter((input) => /node_modules\/string-width\//.test(input));
+        const missed = bundled.filter((input) => ![...rewritten].some((path) => path.endsWith(input)));
+        if (missed.length > 0) throw new Error(`string-width files bundled without the segmenter rewrite: ${missed.join(', ')}`);
       });
     },
   };

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { startSidecar } from '../support/sidecar.js';
 
 // The bundle the CLI runs from (scripts/bundle.mjs; `npm test` builds it first). esbuild's metafile says which
@@ -88,7 +88,8 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
   });
 
   describe("string-width's segmenter, created on first need instead of at load (scripts/bundle.mjs)", () => {
-    const countSegmenters = `--require=${resolve(import.meta.dirname, '../support/count-intl-segmenters.cjs')}`;
+    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
+    const countSegmenters = `--require="${resolve(import.meta.dirname, '../support/count-intl-segmenters.cjs')}"`;
     const segmentersCreated = (stderr: string) => Number(/intl-segmenters-created: (\d+)/.exec(stderr)?.[1]);
     /** `oidc-sidecar <args>` run from tsc's output and the packages as published, without the bundle's rewrite. */
     const unbundled = (args: string[], nodeOptions = '') =>
@@ -106,6 +107,8 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
         { env: { NODE_OPTIONS: countSegmenters }, waitReady: false },
       );
       await sidecar.stop();
+      // The process has exited, but its last stderr line may still be on the way.
+      await vi.waitFor(() => expect(sidecar.output()).toContain('intl-segmenters-created:'));
       expect(segmentersCreated(sidecar.output())).toBe(0);
       // The control: the packages as published create theirs as soon as yargs is loaded.
       const { stderr } = await unbundled(['--version'], countSegmenters);
