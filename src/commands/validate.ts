@@ -1,7 +1,9 @@
 import { stringify } from 'yaml';
 import type { CommandModule } from 'yargs';
+import { systemClock } from '../clock.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { redactConfig } from '../config/redact.js';
+import { createTokenBroker } from '../outbound/token-broker.js';
 import { withConfigOption, type Io } from './shared.js';
 
 interface ValidateArgs {
@@ -11,9 +13,12 @@ interface ValidateArgs {
 }
 
 /**
- * `validate`: the config as `run` would load it, CA bundles read and checked,
- * printed merged and redacted. `--skip-file-checks` checks the shape alone,
- * for CI, where the files a pod mounts do not exist.
+ * `validate`: the config as `run` would load it, printed merged and redacted.
+ * The files `run` reads at startup are read and checked too: the CA bundles,
+ * and the token sources' client secrets and private keys (the same code that
+ * builds the sources in `run`; nothing is sent to an IdP).
+ * `--skip-file-checks` checks the shape alone, for CI, where the files a pod
+ * mounts do not exist.
  */
 export function validateCommand(io: Io, setExit: (code: number) => void): CommandModule<object, ValidateArgs> {
   return {
@@ -27,10 +32,12 @@ export function validateCommand(io: Io, setExit: (code: number) => void): Comman
           default: false,
           describe: "Check the config's shape only, not the files it names (e.g. in CI, where the pod's mounted files do not exist)",
         }),
-    handler: (argv) => {
-      const opts = argv['skip-file-checks'] ? { readCaFilesFor: [] } : {};
-      const config = redactConfig(loadConfig(resolveConfigPaths(argv.config), process.env, opts));
-      io.stdout.write(argv.json ? `${JSON.stringify(config, null, 2)}\n` : stringify(config));
+    handler: async (argv) => {
+      const skipFiles = argv['skip-file-checks'] === true;
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, skipFiles ? { readCaFilesFor: [] } : {});
+      if (!skipFiles && config.outbound) await createTokenBroker(config.outbound, { clock: systemClock, env: process.env }).close();
+      const redacted = redactConfig(config);
+      io.stdout.write(argv.json ? `${JSON.stringify(redacted, null, 2)}\n` : stringify(redacted));
       setExit(0);
     },
   };

@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -47,6 +48,40 @@ describe('oidc-sidecar CLI', () => {
     const r = await runCli(['run', '--config', writeConfig({ service: 'x' })]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('configure `inbound`, `outbound` or both');
+  });
+
+  it("validate reads the token sources' secret files as run does, and --skip-file-checks leaves them alone", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-validate-'));
+    try {
+      const withSource = (source: Record<string, string>) =>
+        writeConfig({ ...valid, outbound: { ...valid.outbound, tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp.example/token', clientId: 'orders', ...source } } });
+      const keyFile = join(dir, 'key.pem');
+      writeFileSync(keyFile, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+      const notAKey = join(dir, 'not-a-key.pem');
+      writeFileSync(notAKey, 'not a key\n');
+
+      const good = await runCli(['validate', '--config', withSource({ privateKeyFile: keyFile })]);
+      expect(good.stderr).toBe('');
+      expect(good.code).toBe(0);
+      expect(good.stdout).not.toContain('PRIVATE KEY');
+
+      const missingSecret = await runCli(['validate', '--config', withSource({ clientSecretFile: join(dir, 'missing') })]);
+      expect(missingSecret.code).toBe(1);
+      expect(missingSecret.stderr).toContain(`outbound.tokenSource.clientSecretFile: cannot read ${join(dir, 'missing')}: no such file`);
+      const badKey = await runCli(['validate', '--config', withSource({ privateKeyFile: notAKey })]);
+      expect(badKey.code).toBe(1);
+      expect(badKey.stderr).toContain('outbound.tokenSource.privateKeyFile: not a private key');
+      // run refuses the same config with the same line.
+      const run = await runCli(['run', '--config', withSource({ privateKeyFile: notAKey })]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('outbound.tokenSource.privateKeyFile: not a private key');
+
+      const skipped = await runCli(['validate', '--skip-file-checks', '--config', withSource({ clientSecretFile: join(dir, 'missing') })]);
+      expect(skipped.stderr).toBe('');
+      expect(skipped.code).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a missing file, an unknown command and a bad flag each give one clear line and exit 1', async () => {
