@@ -4,7 +4,7 @@ import { isBuiltin } from 'node:module';
 import { resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it, vi } from 'vitest';
-import { startSidecar } from '../support/sidecar.js';
+import { runCli, startSidecar } from '../support/sidecar.js';
 
 // The bundle the CLI runs from (scripts/bundle.mjs; `npm test` builds it first). esbuild's metafile says which
 // source file contributed how many bytes to which output file, and what each output imports.
@@ -98,8 +98,6 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
         ['--input-type=module', '-e', `const { main } = await import('./dist/cli.js'); process.exitCode = await main(${JSON.stringify(args)});`],
         { cwd: ROOT, env: { ...process.env, NODE_OPTIONS: nodeOptions } },
       );
-    const bundled = (args: string[], nodeOptions = '') =>
-      promisify(execFile)(process.execPath, [resolve(ROOT, 'bin/oidc-sidecar.js'), ...args], { cwd: ROOT, env: { ...process.env, NODE_OPTIONS: nodeOptions } });
 
     it('a running sidecar creates none (yargs still renders the help of `run` when it starts)', async () => {
       const sidecar = await startSidecar(
@@ -117,9 +115,13 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
 
     it('renders every help text exactly as string-width as published does', async () => {
       const commands = [[], ['run'], ['validate'], ['schema'], ['token'], ['verify'], ['demo'], ['dev-issuer']];
-      const helps = await Promise.all(commands.map((args) => Promise.all([unbundled([...args, '--help']), bundled([...args, '--help'])])));
+      // runCli runs the launcher, so the bundle; NODE_OPTIONS cleared as for the unbundled run.
+      const helps = await Promise.all(
+        commands.map((args) => Promise.all([unbundled([...args, '--help']), runCli([...args, '--help'], { cwd: ROOT, env: { NODE_OPTIONS: '' } })])),
+      );
       for (const [i, [expected, actual]] of helps.entries()) {
         expect(expected.stdout.length, commands[i]!.join(' ')).toBeGreaterThan(200);
+        expect(actual.code, commands[i]!.join(' ')).toBe(0);
         expect(actual.stdout, commands[i]!.join(' ')).toBe(expected.stdout);
       }
     });
