@@ -21,7 +21,7 @@ Object.assign(process.env, env);
 export default defineConfig({
   test: {
     include: ['test/unit/fuzz-*.test.ts', 'test/e2e/attack-fuzz.test.ts', 'test/hard/**/*.test.ts'],
-    globalSetup: ['test/hard/fuzz-tally.ts'],
+    globalSetup: ['test/support/temp-root.ts', 'test/hard/fuzz-tally.ts'],
     env,
     testTimeout: 600_000,
     hookTimeout: 60_000,
