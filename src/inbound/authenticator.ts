@@ -1,4 +1,4 @@
-import { jwtVerify, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyObject, type CryptoKey } from 'jose';
+import { jwtVerify, UnsecuredJWT, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyObject, type CryptoKey } from 'jose';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
 import { KeysUnavailableError, TokenRejectedError } from '../errors.js';
@@ -83,11 +83,11 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     }
   };
 
-  const verify = async (token: string, issuer: IssuerConfig, keys: IssuerKeys): Promise<{ claims: Claims; version: number }> => {
+  const verify = async (token: string, issuer: IssuerConfig, keys: IssuerKeys, opts: JWTVerifyOptions): Promise<{ claims: Claims; version: number }> => {
     let version = keys.version;
     let keySet = keys.keySet();
     try {
-      return { claims: await verifyWith(token, keySet, options(issuer)), version };
+      return { claims: await verifyWith(token, keySet, opts), version };
     } catch (err) {
       if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw fromJoseError(err);
     }
@@ -101,10 +101,21 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     version = keys.version;
     keySet = keys.keySet();
     try {
+      // Fresh options: the refetch took time, and currentDate is part of them.
       return { claims: await verifyWith(token, keySet, options(issuer)), version };
     } catch (err) {
       throw fromJoseError(err);
     }
+  };
+
+  /** Our checks on top of jose's: finite times, a future iat, the lifetime cap. */
+  const checkClaims = (claims: Claims): void => {
+    const now = clock.now() / 1000;
+    for (const c of ['exp', 'nbf', 'iat'] as const) {
+      if (claims[c] !== undefined && !Number.isFinite(claims[c])) throw new TokenRejectedError('malformed_token', `"${c}" is not a finite number`);
+    }
+    checkTimes(claims, now, skew);
+    checkLifetime(claims, now, config.maxTokenLifetimeSeconds);
   };
 
   const isCurrent = (e: CacheEntry<Identity>) => keyStore.get(e.value.issuer)?.version === e.keyVersion;
@@ -140,13 +151,14 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
       throw new TokenRejectedError('unsupported_alg', `algorithm ${alg} is not allowed for this issuer`);
     }
 
-    const { claims, version } = await verify(token, issuer, keys);
-    const now = clock.now() / 1000;
-    for (const c of ['exp', 'nbf', 'iat'] as const) {
-      if (claims[c] !== undefined && !Number.isFinite(claims[c])) throw new TokenRejectedError('malformed_token', `"${c}" is not a finite number`);
-    }
-    checkTimes(claims, now, skew);
-    checkLifetime(claims, now, config.maxTokenLifetimeSeconds);
+    // Claims first, signature second (as Envoy's jwt_authn does): a token refused for its claims would be refused
+    // after the signature check too, so a client retrying with an expired token, or calling the wrong audience,
+    // costs no signature check, key lookup or JWKS refetch. Only ever refuses; what passes is verified in full below.
+    const opts = options(issuer);
+    checkClaims(claimsBeforeSignature(header, token.slice(dot1 + 1, dot2), opts));
+
+    const { claims, version } = await verify(token, issuer, keys, opts);
+    checkClaims(claims);
 
     const identity = buildIdentity(claims, issuer.issuer);
     cache.set(token, { value: identity, expiresAt: ((claims.exp as number) + skew) * 1000, keyVersion: version });
@@ -160,6 +172,21 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
       return cached(extracted) ?? verifyUncached(extracted);
     },
   };
+}
+
+/**
+ * jose's own claim validation (typ, required claims, aud, nbf, exp: the same code and order jwtVerify runs after
+ * the signature) applied to a token's payload before its signature is checked: UnsecuredJWT.decode runs it on a
+ * stand-in `alg: none` token that carries the original `typ` and payload segment. The claims it returns are
+ * unverified and only decide refusals.
+ */
+function claimsBeforeSignature(header: Record<string, unknown>, payloadSegment: string, opts: JWTVerifyOptions): Claims {
+  const standIn = Buffer.from(JSON.stringify({ alg: 'none', ...(header.typ !== undefined ? { typ: header.typ } : {}) })).toString('base64url');
+  try {
+    return UnsecuredJWT.decode(`${standIn}.${payloadSegment}.`, opts).payload;
+  } catch (err) {
+    throw fromJoseError(err);
+  }
 }
 
 /** exp, nbf and iat against now (seconds) with the allowed skew; the same rules as jose plus a future iat. */

@@ -1,7 +1,10 @@
 import { createHmac, KeyObject, sign } from 'node:crypto';
+import fc from 'fast-check';
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KeysUnavailableError, TokenRejectedError } from '../../src/errors.js';
-import { createAuthenticator } from '../../src/inbound/authenticator.js';
+import { checkTimes, createAuthenticator } from '../../src/inbound/authenticator.js';
+import { fromJoseError } from '../../src/inbound/jose-errors.js';
 import { checkShape } from '../../src/inbound/extractor.js';
 import { createIdentityBuilder, type Identity } from '../../src/inbound/identity.js';
 import { createKeyStore } from '../../src/inbound/key-store.js';
@@ -191,11 +194,82 @@ describe('authenticator', () => {
     expect(await reason(await mint({ client_id: 'orders', iat: undefined, nbf: now() - 100, exp: now() + 550 }))).toBe('lifetime_too_long');
   });
 
+  it('refuses a token for its claims before checking its signature: no key lookup, no JWKS refetch', async () => {
+    const { mint, reason, now, server, rsa, clock } = await setup({ jwks: { cooldownSeconds: 1 } });
+    clock.advance(2000);
+    const before = server.count;
+    // An unknown kid would refetch the issuer's JWKS (its cooldown is over); an expired token never gets that far.
+    expect(await reason(await mint({ exp: now() - 60 }, { kid: 'rotated-away' }))).toBe('expired');
+    expect(await reason(await mint({ aud: 'payments' }, { kid: 'rotated-away' }))).toBe('audience_mismatch');
+    expect(server.count - before).toBe(0);
+    expect(await reason(await mint({}, { kid: 'rotated-away' }))).toBe('unknown_key');
+    expect(server.count - before).toBe(1);
+    // A forged token is refused for its claims when they are wrong, and for its signature when they are right.
+    const attacker = await testKeyPair('RS256', rsa.kid);
+    expect(await reason(await mint({ exp: now() - 60 }, { key: attacker }))).toBe('expired');
+    expect(await reason(corruptSignature(await mint({ nbf: now() + 600 })))).toBe('not_yet_valid');
+    expect(await reason(await mint({}, { key: attacker }))).toBe('bad_signature');
+  });
+
+  it('gives every really signed or forged token the reason jose\'s full verification gives it (claims checked first)', async () => {
+    const skew = 30;
+    const max = 3600;
+    const { rsa, mint, reason, now, clock, config } = await setup({ clockSkewSeconds: skew, typ: 'at+jwt', requiredClaims: ['sub'], maxTokenLifetimeSeconds: max }, { cacheEntries: 0 });
+    const jwks = createLocalJWKSet({ keys: [rsa.publicJwk] });
+    // The reference: jose verifying signature and claims in one call, as the authenticator did before it checked claims first.
+    const expected = async (token: string): Promise<string> => {
+      try {
+        const { payload } = await jwtVerify(token, jwks, {
+          algorithms: ['RS256'],
+          issuer: ISS,
+          audience: [config.audience].flat(),
+          clockTolerance: skew,
+          requiredClaims: ['exp', 'sub'],
+          typ: 'at+jwt',
+          currentDate: new Date(clock.now()),
+        });
+        const t = clock.now() / 1000;
+        checkTimes(payload, t, skew);
+        const from = typeof payload.iat === 'number' ? payload.iat : typeof payload.nbf === 'number' ? payload.nbf : t;
+        if ((payload.exp as number) - from > max) return 'lifetime_too_long';
+        return 'accepted';
+      } catch (err) {
+        return fromJoseError(err).code;
+      }
+    };
+    const rel = (v: number | string | undefined) => (typeof v === 'number' ? now() + v : v);
+    const seen = new Set<string>();
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({
+          exp: fc.constantFrom<number | string | undefined>(300, 3000, -29, -31, 7200, undefined, 'soon'),
+          nbf: fc.constantFrom<number | string | undefined>(undefined, -600, 29, 31, 'x'),
+          iat: fc.constantFrom<number | string | undefined>(undefined, 0, 29, 31, -5000, 'x'),
+          aud: fc.constantFrom<unknown>('orders', ['x', 'orders'], 'payments', undefined, 5, []),
+          sub: fc.constantFrom<string | undefined>('orders', undefined),
+        }),
+        fc.constantFrom<string | null>('at+jwt', 'application/at+jwt', 'JWT', null),
+        fc.boolean(),
+        async (c, typ, forged) => {
+          const token = await mint({ exp: rel(c.exp), nbf: rel(c.nbf), iat: rel(c.iat), aud: c.aud, sub: c.sub }, { typ });
+          const want = await expected(token);
+          seen.add(want);
+          if (!forged) expect(await reason(token), JSON.stringify({ c, typ })).toBe(want);
+          else expect(await reason(corruptSignature(token)), JSON.stringify({ c, typ })).toBe(want === 'accepted' ? 'bad_signature' : want);
+        },
+      ),
+      { numRuns: 300 },
+    );
+    // Not hollow: the cases covered acceptance and each kind of claims refusal.
+    for (const r of ['accepted', 'expired', 'not_yet_valid', 'issued_in_future', 'audience_mismatch', 'missing_claim', 'malformed_token', 'lifetime_too_long']) {
+      expect(seen, r).toContain(r);
+    }
+  });
+
   it('answers keys_unavailable (never a pass) when the issuer has no keys', async () => {
-    const { mint, server } = await setup();
+    const { mint, server, clock } = await setup();
     server.set({ status: 503 });
     const config = inboundConfig({ issuers: [{ issuer: ISS, jwksUri: server.url }] });
-    const clock = manualClock();
     const metrics = testMetrics();
     const empty = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics, clock, scheduler: manualScheduler() });
     cleanups.push(() => empty.close());
