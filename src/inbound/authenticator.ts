@@ -41,10 +41,12 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
  * The verifier: one token, one issuer (Envoy's authenticator). The issuer is
  * picked by exact match of the UNVERIFIED `iss` before anything else happens,
  * so an unknown issuer costs no network call; the header is checked before
- * any key is looked up; then jose verifies signature and claims with the
- * algorithms pinned to the issuer's allowlist (RFC 8725 §3.1) and `exp`
- * required (RFC 9068 §2.2). Verified results are cached; a cache hit re-checks
- * the time claims and the issuer's key-set version.
+ * any key is looked up; the claims are checked before the signature (as
+ * Envoy does, so a token refused for its claims costs no key lookup); then
+ * jose verifies signature and claims with the algorithms pinned to the
+ * issuer's allowlist (RFC 8725 §3.1) and `exp` required (RFC 9068 §2.2).
+ * Verified results are cached; a cache hit re-checks the time claims and the
+ * issuer's key-set version.
  */
 export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDeps): Authenticator {
   const { keyStore, cache, clock, buildIdentity } = deps;
@@ -181,8 +183,10 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
  * unverified and only decide refusals.
  */
 function claimsBeforeSignature(header: Record<string, unknown>, payloadSegment: string, opts: JWTVerifyOptions): Claims {
-  const standIn = Buffer.from(JSON.stringify({ alg: 'none', ...(header.typ !== undefined ? { typ: header.typ } : {}) })).toString('base64url');
   try {
+    // Only a string `typ` can ever match (jose refuses any other when typ is configured, and ignores typ when it is
+    // not), so nothing else is copied: JSON.stringify overflows the stack on deeply nested values JSON.parse took.
+    const standIn = Buffer.from(JSON.stringify(typeof header.typ === 'string' ? { alg: 'none', typ: header.typ } : { alg: 'none' })).toString('base64url');
     return UnsecuredJWT.decode(`${standIn}.${payloadSegment}.`, opts).payload;
   } catch (err) {
     throw fromJoseError(err);
@@ -198,7 +202,7 @@ export function checkTimes(claims: Claims, now: number, skew: number): void {
 }
 
 /** exp minus iat (else nbf, else now) must not exceed `max` seconds. */
-function checkLifetime(claims: Claims, now: number, max: number | undefined): void {
+export function checkLifetime(claims: Claims, now: number, max: number | undefined): void {
   if (max === undefined) return;
   const { exp, nbf, iat } = claims as { exp: number; nbf?: number; iat?: number };
   const from = typeof iat === 'number' ? iat : typeof nbf === 'number' ? nbf : now;

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KeysUnavailableError, TokenRejectedError } from '../../src/errors.js';
-import { checkTimes, createAuthenticator } from '../../src/inbound/authenticator.js';
+import { checkLifetime, checkTimes, createAuthenticator } from '../../src/inbound/authenticator.js';
 import { fromJoseError } from '../../src/inbound/jose-errors.js';
 import { checkShape } from '../../src/inbound/extractor.js';
 import { createIdentityBuilder, type Identity } from '../../src/inbound/identity.js';
@@ -211,6 +211,28 @@ describe('authenticator', () => {
     expect(await reason(await mint({}, { key: attacker }))).toBe('bad_signature');
   });
 
+  it('takes a header typ of any shape without throwing: only a string typ is ever compared', async () => {
+    // JSON.parse takes nesting that JSON.stringify cannot write back (it overflows the stack), and the header is the caller's.
+    const deep = '['.repeat(5000) + ']'.repeat(5000);
+    const signed = (typJson: string, key: TestKeyPair) => {
+      const input = Buffer.from(`{"alg":"RS256","kid":"rsa-1","typ":${typJson}}`).toString('base64url');
+      return (claims: Record<string, unknown>) => rsaSign(input, claims, key);
+    };
+    const open = await setup();
+    const attacker = await testKeyPair('RS256', 'rsa-1');
+    for (const typ of [deep, '{"a":1}', '7', 'null']) {
+      expect(await open.reason(signed(typ, open.rsa)(open.claims())), typ.slice(0, 10)).toBe('accepted');
+      expect(await open.reason(signed(typ, attacker)(open.claims())), typ.slice(0, 10)).toBe('bad_signature');
+      expect(await open.reason(signed(typ, attacker)(open.claims({ exp: open.now() - 60 }))), typ.slice(0, 10)).toBe('expired');
+    }
+    const strict = await setup({ typ: 'at+jwt' });
+    for (const typ of [deep, '{"a":1}', '7', 'null']) {
+      expect(await strict.reason(signed(typ, strict.rsa)(strict.claims())), typ.slice(0, 10)).toBe('malformed_token');
+      expect(await strict.reason(signed(typ, attacker)(strict.claims())), typ.slice(0, 10)).toBe('malformed_token');
+    }
+    expect(await strict.reason(signed('"application/AT+JWT"', strict.rsa)(strict.claims()))).toBe('accepted');
+  });
+
   it('gives every really signed or forged token the reason jose\'s full verification gives it (claims checked first)', async () => {
     const skew = 30;
     const max = 3600;
@@ -230,8 +252,7 @@ describe('authenticator', () => {
         });
         const t = clock.now() / 1000;
         checkTimes(payload, t, skew);
-        const from = typeof payload.iat === 'number' ? payload.iat : typeof payload.nbf === 'number' ? payload.nbf : t;
-        if ((payload.exp as number) - from > max) return 'lifetime_too_long';
+        checkLifetime(payload, t, max);
         return 'accepted';
       } catch (err) {
         return fromJoseError(err).code;
@@ -258,7 +279,20 @@ describe('authenticator', () => {
           else expect(await reason(corruptSignature(token)), JSON.stringify({ c, typ })).toBe(want === 'accepted' ? 'bad_signature' : want);
         },
       ),
-      { numRuns: 300 },
+      {
+        numRuns: 300,
+        // One case per outcome, so the coverage check below never rests on the random draws.
+        examples: [
+          [{ exp: 300, nbf: undefined, iat: undefined, aud: 'orders', sub: 'orders' }, 'at+jwt', false],
+          [{ exp: -31, nbf: undefined, iat: undefined, aud: 'orders', sub: 'orders' }, 'at+jwt', true],
+          [{ exp: 300, nbf: 31, iat: undefined, aud: 'orders', sub: 'orders' }, 'at+jwt', false],
+          [{ exp: 300, nbf: undefined, iat: 31, aud: 'orders', sub: 'orders' }, 'at+jwt', true],
+          [{ exp: 300, nbf: undefined, iat: undefined, aud: 'payments', sub: 'orders' }, 'at+jwt', false],
+          [{ exp: 300, nbf: undefined, iat: undefined, aud: 'orders', sub: undefined }, 'at+jwt', true],
+          [{ exp: 300, nbf: undefined, iat: undefined, aud: 'orders', sub: 'orders' }, 'JWT', false],
+          [{ exp: 7200, nbf: undefined, iat: 0, aud: 'orders', sub: 'orders' }, 'at+jwt', true],
+        ],
+      },
     );
     // Not hollow: the cases covered acceptance and each kind of claims refusal.
     for (const r of ['accepted', 'expired', 'not_yet_valid', 'issued_in_future', 'audience_mismatch', 'missing_claim', 'malformed_token', 'lifetime_too_long']) {
@@ -340,8 +374,8 @@ function pairs(flat: readonly string[]): [string, string][] {
 }
 
 /** RS256 over arbitrary header/payload with node:crypto (no jose checks on the header). */
-function rsaSign(header: Record<string, unknown>, payload: Record<string, unknown>, key: TestKeyPair): string {
-  const input = `${b64url(header)}.${b64url(payload)}`;
+function rsaSign(header: Record<string, unknown> | string, payload: Record<string, unknown>, key: TestKeyPair): string {
+  const input = `${typeof header === 'string' ? header : b64url(header)}.${b64url(payload)}`;
   const sig = sign('sha256', Buffer.from(input), KeyObject.from(key.privateKey as never));
   return `${input}.${sig.toString('base64url')}`;
 }
