@@ -1,5 +1,5 @@
 // Verify micro-benchmark: what one inbound token check costs per algorithm, cold (signature verified) and as a
-// verified-token cache hit, through the sidecar's real inbound decision code (dist/), plus the raw signature
+// verified-token cache hit, and the refusal of an expired token, through the sidecar's real inbound decision code (dist/), plus the raw signature
 // primitives (node:crypto vs WebCrypto) and a parallel run that shows the libuv threadpool's effect.
 // Usage: UV_THREADPOOL_SIZE=4 node bench/verify-micro.js   → one JSON line on stdout.
 import { createPublicKey, verify as nodeVerify, constants, KeyObject, webcrypto } from 'node:crypto';
@@ -88,12 +88,29 @@ async function main() {
       .setExpirationTime(now + 3600)
       .setJti(`${alg}-jti`)
       .sign(keys[alg].privateKey);
-    const request = { method: 'GET', url: '/bench', rawHeaders: ['host', 'app', 'authorization', `Bearer ${token}`], peer: '127.0.0.1' };
+    // The same caller's token an hour after it expired, properly signed: what a client that stopped renewing costs.
+    const expiredToken = await new SignJWT({ client_id: 'bench-client', scope: 'read' })
+      .setProtectedHeader({ alg, kid: `k-${alg}`, typ: 'at+jwt' })
+      .setIssuer(issuer)
+      .setSubject('bench-client')
+      .setAudience('bench-app')
+      .setIssuedAt(now - 7200)
+      .setExpirationTime(now - 3600)
+      .setJti(`${alg}-expired-jti`)
+      .sign(keys[alg].privateKey);
+    const requestWith = (t) => ({ method: 'GET', url: '/bench', rawHeaders: ['host', 'app', 'authorization', `Bearer ${t}`], peer: '127.0.0.1' });
+    const request = requestWith(token);
+    const expiredRequest = requestWith(expiredToken);
     const check = async (p) => {
       const d = await p.authorizer.authorize(request);
       if (!d.allowed) throw new Error(`${alg}: refused (${d.error.code})`);
     };
+    const refuseExpired = async () => {
+      const d = await cold.authorizer.authorize(expiredRequest);
+      if (d.allowed || d.error.code !== 'expired') throw new Error(`${alg}: expired token not refused as expired`);
+    };
     await check(cold);
+    await refuseExpired();
     const [h, pl, s] = token.split('.');
     const data = Buffer.from(`${h}.${pl}`);
     const sig = Buffer.from(s, 'base64url');
@@ -106,10 +123,11 @@ async function main() {
       webCrypto: () => webcrypto.subtle.verify(WEBCRYPTO[alg], keys[alg].publicKey, sig, data),
       cold: () => check(cold),
       hit: () => check(cached),
+      expired: refuseExpired,
     });
   }
   // One pass over everything first, so the first algorithm measured does not pay for JIT warm-up.
-  for (const c of cases) for (const fn of [c.nodeCrypto, c.webCrypto, c.cold, c.hit]) for (let i = 0; i < 300; i++) await fn();
+  for (const c of cases) for (const fn of [c.nodeCrypto, c.webCrypto, c.cold, c.hit, c.expired]) for (let i = 0; i < 300; i++) await fn();
   const rows = [];
   for (const c of cases) {
     rows.push({
@@ -119,6 +137,7 @@ async function main() {
       jose: await timeSequential(ONE_AT_A_TIME, c.cold),
       cacheHit: await timeSequential(ONE_AT_A_TIME * 20, c.hit),
       parallel: await timeParallel(Math.ceil(ONE_AT_A_TIME / PARALLEL), c.cold),
+      expired: await timeSequential(ONE_AT_A_TIME, c.expired),
     });
   }
   await Promise.all([cold.keyStore.close(), cached.keyStore.close()]);

@@ -108,8 +108,8 @@ export function printReport(report) {
     out.push('\nVerify micro-benchmark (µs per token, one at a time unless noted; the inbound decision is the real authorizer: extract, jose verify, claims, rule, identity headers)\n');
     out.push(
       table(
-        ['alg', 'node:crypto verify', 'WebCrypto verify', 'inbound decision, cold', 'inbound decision, cache hit', 'cold, 64 in flight, threadpool 1', 'cold, 64 in flight, threadpool 4'],
-        report.verify.rows.map((r) => [r.alg, fmt(r.nodeCrypto, 1), fmt(r.webCrypto, 1), fmt(r.jose, 1), fmt(r.cacheHit, 2), fmt(r.parallel1, 1), fmt(r.parallel4, 1)]),
+        ['alg', 'node:crypto verify', 'WebCrypto verify', 'inbound decision, cold', 'inbound decision, cache hit', 'cold, 64 in flight, threadpool 1', 'cold, 64 in flight, threadpool 4', 'expired token refused'],
+        report.verify.rows.map((r) => [r.alg, fmt(r.nodeCrypto, 1), fmt(r.webCrypto, 1), fmt(r.jose, 1), fmt(r.cacheHit, 2), fmt(r.parallel1, 1), fmt(r.parallel4, 1), r.expired === undefined ? '–' : fmt(r.expired, 1)]),
       ),
     );
   }
