@@ -5,6 +5,7 @@
 // Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000), BENCH_PROBE_BLOCK (100),
 // BENCH_NODE_OPTIONS, BENCH_MALLOC_ENV, BENCH_SIDECAR_NODE_FLAGS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { get } from 'node:http';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -67,6 +68,17 @@ async function sidecar(name, config) {
   return { ...p, admin, inbound: port(a.inbound), outbound: port(a.outbound) };
 }
 
+/** The Authorization header the outbound sidecar attaches (its cached token), as the app receives it. */
+function outboundAuthorization(port) {
+  return new Promise((resolve, reject) => {
+    get({ port, host: '127.0.0.1', path: '/echo-authorization', headers: { host: 'app-direct' } }, (res) => {
+      let text = '';
+      res.setEncoding('latin1').on('data', (c) => (text += c));
+      res.on('end', () => (res.statusCode === 200 && text.startsWith('Bearer ') ? resolve(text) : reject(new Error(`no token from the outbound sidecar (${res.statusCode})`))));
+    }).on('error', reject);
+  });
+}
+
 async function main() {
   const started = Date.now();
   // Other work on the machine skews every number; the report says how busy it was when the run began.
@@ -98,7 +110,12 @@ async function main() {
     outbound: {
       listen: '127.0.0.1:0',
       tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'bench-client', clientSecret: 'bench-client-secret' },
-      routes: [{ host: 'app', target: `http://127.0.0.1:${inbound.inbound}`, audience: 'bench-app' }],
+      routes: [
+        { host: 'app', target: `http://127.0.0.1:${inbound.inbound}`, audience: 'bench-app' },
+        // The same audience straight to the app, for the latency probe's one-hop target: the same cached token, so
+        // it costs no IdP request.
+        { host: 'app-direct', target: appUrl, audience: 'bench-app' },
+      ],
     },
   });
 
@@ -145,11 +162,18 @@ async function main() {
   // figure the targets are checked against) and alternating on every request (each request finds the caches full
   // of the other chains' processes). The TCP relay chain is the floor: two more processes and loopback
   // connections, no HTTP.
+  // Each kind of proxy also alone in front of the app (its chain's last hop for the relay and the baseline; the
+  // outbound sidecar through its app-direct route; the inbound sidecar with the outbound's token): on a machine
+  // with fewer cores than processes in a chain, a second hop costs more than a first.
   const probeTargets = [
     { name: 'direct', port: app.port, host: 'app' },
     { name: 'relay', port: relay1.port, host: 'app' },
     { name: 'baseline', port: hop1.port, host: 'app' },
     { name: 'sidecar', port: outbound.outbound, host: 'app' },
+    { name: 'relay-1', port: relay2.port, host: 'app' },
+    { name: 'baseline-1', port: hop2.port, host: 'app' },
+    { name: 'sidecar-1', port: outbound.outbound, host: 'app-direct' },
+    { name: 'inbound-1', port: inbound.inbound, host: 'app', headers: { authorization: await outboundAuthorization(outbound.outbound) } },
   ];
   const latency = {};
   for (const [mode, block] of [['steady', settings.probeBlock], ['alternating', 1]]) {

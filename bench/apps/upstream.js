@@ -4,6 +4,12 @@ import { createServer } from 'node:http';
 
 const body = Buffer.from('{"ok":true,"app":"bench-upstream"}');
 const server = createServer((req, res) => {
+  // The benchmark learns the outbound sidecar's cached token here (to probe the inbound sidecar alone) instead of
+  // asking the IdP for another one.
+  if (req.url === '/echo-authorization') {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    return void res.end(req.headers.authorization ?? '');
+  }
   req.resume();
   req.on('end', () => {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });

@@ -15,14 +15,15 @@ export async function loadRun({ url, host, connections, durationSeconds }) {
 }
 
 /** A keep-alive connection that sends one GET at a time and times each exchange with hrtime. */
-async function probeConnection(port, host, path) {
+async function probeConnection(port, host, path, headers = {}) {
   const socket = connect(port, '127.0.0.1');
   socket.setNoDelay(true);
   await new Promise((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('error', reject);
   });
-  const request = Buffer.from(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+  const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  const request = Buffer.from(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\n${extra}\r\n`);
   let pending;
   let buf = Buffer.alloc(0);
   socket.on('data', (d) => {
@@ -63,7 +64,7 @@ async function probeConnection(port, host, path) {
  */
 export async function latencyProbe(targets, { samples, warmup, block = 1, path = '/bench' }) {
   const conns = [];
-  for (const t of targets) conns.push(await probeConnection(t.port, t.host, path));
+  for (const t of targets) conns.push(await probeConnection(t.port, t.host, path, t.headers));
   const times = targets.map(() => []);
   for (let i = 0; i < warmup + samples; i += block) {
     for (let j = 0; j < conns.length; j++) {

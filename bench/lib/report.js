@@ -15,11 +15,20 @@ function table(headers, rows) {
 /** Median over rounds of each hop's CPU µs per request. */
 const cpuPerHop = (runs) => [0, 1].map((i) => median(runs.map((r) => r.cpuUsPerRequest?.[i] ?? NaN)));
 
-/** Added latency per hop, (chain − app direct) / 2, of each two-hop chain in one probe pass. */
+/**
+ * Added latency per hop, (chain − app direct) / 2, of each two-hop chain in one probe pass; and `alone`, what one
+ * proxy of each kind adds in front of the app by itself (target − app direct), when the pass measured that.
+ */
 function perHop(rows) {
   const by = Object.fromEntries(rows.map((l) => [l.name, l]));
   const hop = (name) => ({ p50: (by[name].p50 - by.direct.p50) / 2, p99: (by[name].p99 - by.direct.p99) / 2 });
-  return { sidecar: hop('sidecar'), baseline: hop('baseline'), relay: hop('relay') };
+  const alone = (name) => (by[name] ? { p50: by[name].p50 - by.direct.p50, p99: by[name].p99 - by.direct.p99 } : undefined);
+  return {
+    sidecar: hop('sidecar'),
+    baseline: hop('baseline'),
+    relay: hop('relay'),
+    alone: { outbound: alone('sidecar-1'), inbound: alone('inbound-1'), baseline: alone('baseline-1'), relay: alone('relay-1') },
+  };
 }
 
 /** Summary numbers used by the table and by callers that check targets. */
@@ -68,7 +77,16 @@ export function printReport(report) {
   out.push(
     `\nUnloaded latency (1 keep-alive connection per target, ${settings.samples} sequential requests each; µs). Steady: targets take turns in blocks of ${settings.probeBlock} requests, so each is measured warm. Alternating: targets alternate on every request, so each request finds the CPU caches full of the other chains.\n`,
   );
-  const label = { direct: 'app direct', relay: 'TCP relay (2 hops, the floor)', baseline: 'baseline (2 hops)', sidecar: 'sidecar (2 hops)' };
+  const label = {
+    direct: 'app direct',
+    relay: 'TCP relay (2 hops, the floor)',
+    baseline: 'baseline (2 hops)',
+    sidecar: 'sidecar (2 hops)',
+    'relay-1': 'TCP relay, one alone',
+    'baseline-1': 'baseline, one proxy alone',
+    'sidecar-1': 'sidecar, outbound one alone',
+    'inbound-1': 'sidecar, inbound one alone',
+  };
   out.push(
     table(
       ['target', 'steady p50', 'steady p99', 'alternating p50', 'alternating p99'],
@@ -88,6 +106,12 @@ export function printReport(report) {
     out.push(`  baseline:  p50 ${ms(ph.baseline.p50)}, p99 ${ms(ph.baseline.p99)}`);
     out.push(`  TCP relay: p50 ${ms(ph.relay.p50)}, p99 ${ms(ph.relay.p99)} (the machine's cost of a hop without HTTP)`);
     out.push(`  sidecar over the relay: p50 ${ms(ph.sidecar.p50 - ph.relay.p50)}; baseline over the relay: p50 ${ms(ph.baseline.p50 - ph.relay.p50)}`);
+    const { alone } = ph;
+    if (alone.outbound && alone.inbound && alone.baseline && alone.relay) {
+      out.push(
+        `  one proxy alone in front of the app, p50: outbound sidecar ${ms(alone.outbound.p50)}, inbound sidecar ${ms(alone.inbound.p50)}, baseline ${ms(alone.baseline.p50)}, TCP relay ${ms(alone.relay.p50)}`,
+      );
+    }
   }
 
   out.push('\nPeak RSS per process (VmHWM over the whole run); at end, split into private (heap, malloc) and file-backed pages (the node binary, shared between processes)\n');
