@@ -13,7 +13,7 @@ import { startBenchIdp } from './lib/idp.js';
 import { imageRuntime } from './lib/image-runtime.js';
 import { latencyProbe, loadRun } from './lib/load.js';
 import { cpuSecondsOf, memoryOf, startNode } from './lib/procs.js';
-import { printReport } from './lib/report.js';
+import { printReport, summarize } from './lib/report.js';
 import { runVerifyMicro } from './lib/verify-runner.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -217,6 +217,15 @@ async function main() {
   mkdirSync(resolve(here, '../.bench-out'), { recursive: true });
   writeFileSync(resolve(here, '../.bench-out/last.json'), JSON.stringify(report, null, 2));
   printReport(report);
+  // A missed target is a result; errors and extra token requests mean the run itself went wrong.
+  const failures = [];
+  const { errors } = summarize(report);
+  if (errors) failures.push(`${errors} non-2xx responses or errors during load`);
+  if (idpCounts.token !== 1) failures.push(`the IdP answered ${idpCounts.token} token requests, expected 1`);
+  if (failures.length) {
+    process.stderr.write(`bench failed: ${failures.join('; ')}\n`);
+    process.exitCode = 1;
+  }
 }
 
 main().catch(async (err) => {
