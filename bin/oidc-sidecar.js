@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 // Thin launcher: the CLI runs from dist/bundle/, the compiled and bundled code (`npm run build`), so production
 // needs no TypeScript runtime and a sidecar loads one bundle instead of hundreds of modules (docs/performance.md).
+// main.js starts a plain `run --config FILE` itself and loads the full CLI (yargs) for anything else.
 // V8's heap settings go in before anything else is loaded: the first full GC already runs while the modules
 // load, and the old-generation limit it sets holds until the next one (docs/performance.md).
 import { tuneRuntimeForProxy } from '../dist/bundle/runtime.js';
 
 tuneRuntimeForProxy();
-const { main } = await import('../dist/bundle/cli.js');
+const { main } = await import('../dist/bundle/main.js');
 
 main(process.argv.slice(2)).then(
   (code) => { if (typeof code === 'number') process.exitCode = code; },

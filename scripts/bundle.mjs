@@ -1,5 +1,5 @@
-// Bundles the compiled CLI (dist/cli.js and the launcher's dist/proxy/runtime.js) into dist/bundle/, the code
-// bin/oidc-sidecar.js runs. Why: every sidecar holds the source text and module records of everything it loads,
+// Bundles the compiled CLI (the launcher's dist/main.js and dist/proxy/runtime.js, and dist/cli.js, which main.js
+// loads for every command line but a plain `run`) into dist/bundle/, the code bin/oidc-sidecar.js runs. Why: every sidecar holds the source text and module records of everything it loads,
 // for as long as it runs. One bundle without whitespace or comments, and without the parts of zod, undici and
 // the rest that the CLI never reaches, keeps a sidecar 6-7 MiB smaller at rest and 2-4 MiB at its peak under load
 // (docs/performance.md, "The bundle"). Identifiers keep their names, so stack traces stay readable.
@@ -15,7 +15,7 @@ const outdir = `${root}dist/bundle`;
 await rm(outdir, { recursive: true, force: true });
 const { metafile } = await build({
   absWorkingDir: root,
-  entryPoints: { cli: 'dist/cli.js', runtime: 'dist/proxy/runtime.js' },
+  entryPoints: { main: 'dist/main.js', cli: 'dist/cli.js', runtime: 'dist/proxy/runtime.js' },
   outdir,
   bundle: true,
   // Code that only `demo` and `dev-issuer` load stays in chunks of its own, read when those commands run.

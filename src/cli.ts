@@ -1,5 +1,6 @@
 import yargs from 'yargs';
-import { SidecarError, ConfigError, UsageError } from './errors.js';
+import { describeFailure } from './cli-failure.js';
+import { UsageError } from './errors.js';
 import { runCommand } from './commands/run.js';
 import { validateCommand } from './commands/validate.js';
 import { schemaCommand } from './commands/schema.js';
@@ -43,18 +44,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
   try {
     await cli.parseAsync();
   } catch (err) {
-    io.stderr.write(`oidc-sidecar: ${describe(err)}\n`);
+    io.stderr.write(`oidc-sidecar: ${describeFailure(err)}\n`);
     if (err instanceof UsageError && err.fromParser) io.stderr.write('Run "oidc-sidecar --help" for usage.\n');
     return 1;
   }
   return exitCode;
-}
-
-function describe(err: unknown): string {
-  if (err instanceof ConfigError) return `invalid config:\n${err.message}`;
-  if (err instanceof SidecarError) return err.message;
-  if (err && typeof err === 'object' && 'code' in err && (err as { code: string }).code === 'EADDRINUSE') {
-    return `cannot listen: address ${(err as { address?: string; port?: number }).address}:${(err as { port?: number }).port} is already in use`;
-  }
-  return err instanceof Error ? err.message : String(err);
 }

@@ -4,7 +4,7 @@ import { isBuiltin } from 'node:module';
 import { resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it, vi } from 'vitest';
-import { runCli, startSidecar } from '../support/sidecar.js';
+import { runCli, startSidecar, writeConfig } from '../support/sidecar.js';
 
 // The bundle the CLI runs from (scripts/bundle.mjs; `npm test` builds it first). esbuild's metafile says which
 // source file contributed how many bytes to which output file, and what each output imports.
@@ -38,39 +38,51 @@ function sourcesIn(files: Iterable<string>): string[] {
 }
 
 const launcher = readFileSync(resolve(ROOT, 'bin/oidc-sidecar.js'), 'utf8');
+// The launcher runs main.js: `run` with only config files stays there, every other command line loads cli.js.
+const main = outputOf('dist/main.js');
 const cli = outputOf('dist/cli.js');
+const loadedBySidecar = staticallyLoaded(main);
 const loadedByCli = staticallyLoaded(cli);
+const sourcesLoadedBySidecar = sourcesIn(loadedBySidecar);
 const sourcesLoadedByCli = sourcesIn(loadedByCli);
 
 describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () => {
   it('is what the launcher runs', () => {
-    expect(launcher).toContain(`'../${cli}'`);
+    expect(launcher).toContain(`'../${main}'`);
     expect(launcher).toContain(`'../${outputOf('dist/proxy/runtime.js')}'`);
+    // The full CLI is there for every other command line, loaded on demand.
+    expect(outputs[main]!.imports).toContainEqual(expect.objectContaining({ path: cli, kind: 'dynamic-import' }));
+  });
+
+  it('runs a sidecar without the CLI parser: no yargs, cliui or string-width in what `run` loads', () => {
+    expect(sourcesLoadedByCli.some((s) => s.includes('node_modules/yargs/'))).toBe(true);
+    expect(sourcesLoadedBySidecar.filter((s) => /node_modules\/(yargs|yargs-parser|cliui|string-width|y18n)\//.test(s))).toEqual([]);
+    expect(sourcesLoadedBySidecar).toContain('dist/commands/run.js');
   });
 
   it("needs nothing from node_modules to run a sidecar: every import outside the bundle is one of Node's own modules", () => {
-    const external = [...loadedByCli].flatMap((f) => outputs[f]!.imports.filter((i) => i.external).map((i) => i.path));
+    const external = [...loadedBySidecar, ...loadedByCli].flatMap((f) => outputs[f]!.imports.filter((i) => i.external).map((i) => i.path));
     expect(external.length).toBeGreaterThan(0);
     // A `node:` name is Node's own even where this Node lacks it (undici probes for node:sqlite, Node 22.5+).
     expect(external.filter((p) => !p.startsWith('node:') && !isBuiltin(p))).toEqual([]);
   });
 
   it('loads the dev issuer (oidc-provider) only when `demo` or `dev-issuer` asks for it', () => {
-    expect(sourcesLoadedByCli.filter((s) => s.startsWith('dist/dev/'))).toEqual([]);
+    expect([...sourcesLoadedBySidecar, ...sourcesLoadedByCli].filter((s) => s.startsWith('dist/dev/'))).toEqual([]);
     const everywhere = sourcesIn(Object.keys(outputs).filter((f) => f.endsWith('.js')));
     expect(everywhere).toContain('dist/dev/issuer.js');
     const importers = Object.entries(outputs).filter(([, o]) => o.imports.some((i) => i.path === 'oidc-provider'));
     expect(importers.length).toBeGreaterThan(0);
-    for (const [file] of importers) expect(loadedByCli.has(file)).toBe(false);
+    for (const [file] of importers) expect(loadedByCli.has(file) || loadedBySidecar.has(file)).toBe(false);
   });
 
   it("leaves out what a sidecar never runs: zod's translations, and undici's entry point, fetch(), WebSocket and caches", () => {
-    expect(sourcesLoadedByCli).toContain('node_modules/zod/v4/locales/en.js');
-    expect(sourcesLoadedByCli).toContain('node_modules/undici/lib/dispatcher/pool.js');
-    expect(sourcesLoadedByCli.filter((s) => /zod\/v4\/locales\/(?!en\.js)/.test(s))).toEqual([]);
+    expect(sourcesLoadedBySidecar).toContain('node_modules/zod/v4/locales/en.js');
+    expect(sourcesLoadedBySidecar).toContain('node_modules/undici/lib/dispatcher/pool.js');
+    expect(sourcesLoadedBySidecar.filter((s) => /zod\/v4\/locales\/(?!en\.js)/.test(s))).toEqual([]);
     // Parts of lib/web/fetch/ stay: undici's HTTP/1.1 client requires its body helpers, lazily, for FormData bodies.
     const undiciLeftOut = /undici\/(index\.js|lib\/web\/(fetch\/index|websocket|eventsource|cache)|lib\/(cache|interceptor|mock)\/)/;
-    expect(sourcesLoadedByCli.filter((s) => undiciLeftOut.test(s))).toEqual([]);
+    expect([...sourcesLoadedBySidecar, ...sourcesLoadedByCli].filter((s) => undiciLeftOut.test(s))).toEqual([]);
   });
 
   it("names every package it contains, with that package's licence text, in THIRD-PARTY-LICENSES.txt", () => {
@@ -99,7 +111,11 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
         { cwd: ROOT, env: { ...process.env, NODE_OPTIONS: nodeOptions } },
       );
 
-    it('a running sidecar creates none (yargs still renders the help of `run` when it starts)', async () => {
+    it('a command creates none (yargs renders the help of the command it runs, help asked for or not), nor does a sidecar', async () => {
+      const config = writeConfig({ service: 'segmenter-check', outbound: { listen: '127.0.0.1:0', routes: [] } });
+      const validate = await runCli(['validate', '--config', config], { env: { NODE_OPTIONS: countSegmenters } });
+      expect(validate.code).toBe(0);
+      expect(segmentersCreated(validate.stderr)).toBe(0);
       const sidecar = await startSidecar(
         { service: 'segmenter-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
         { env: { NODE_OPTIONS: countSegmenters }, waitReady: false },

@@ -102,6 +102,29 @@ describe('oidc-sidecar CLI', () => {
     expect(none.stderr).toContain('no config given');
   });
 
+  it('run with only config files starts without the full CLI, and fails exactly as the full CLI does', async () => {
+    // The launcher takes a plain `run --config FILE` itself (src/main.ts); the full CLI is main() of the bundle's cli.js.
+    const fullCli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+      runCli(['--input-type=module', '-e', `const { main } = await import('./dist/bundle/cli.js'); process.exitCode = await main(${JSON.stringify(args)});`], {
+        cwd: resolve(import.meta.dirname, '../..'),
+        env,
+        viaNode: true,
+      });
+    const bad = writeConfig({ service: 'x', bogus: 1 });
+    for (const [args, env] of [
+      [['run', '--config', '/nonexistent/sidecar.yaml'], {}],
+      [['run', '-c', bad], {}],
+      [[`run`, `--config=${bad}`], {}],
+      [['run'], { OIDC_SIDECAR_CONFIG: bad }],
+      [['run'], { OIDC_SIDECAR_CONFIG: '' }],
+    ] as const) {
+      const [fast, full] = await Promise.all([runCli([...args], { env }), fullCli([...args], env)]);
+      expect(fast.code, args.join(' ')).toBe(1);
+      expect(fast.stderr, args.join(' ')).toMatch(/^oidc-sidecar: /);
+      expect({ code: fast.code, stdout: fast.stdout, stderr: fast.stderr }, args.join(' ')).toEqual({ code: full.code, stdout: full.stdout, stderr: full.stderr });
+    }
+  });
+
   it('schema prints a JSON Schema that describes the config keys', async () => {
     const r = await runCli(['schema']);
     expect(r.code).toBe(0);

@@ -46,7 +46,7 @@ describe('Dockerfile and .dockerignore', () => {
 
   it('ships the bundle the launcher runs, built in the build stage', () => {
     expect(dockerfile).toMatch(/^COPY --from=build \/src\/dist\/bundle \.\/dist\/bundle$/m);
-    expect(readFileSync(join(ROOT, 'bin/oidc-sidecar.js'), 'utf8')).toContain("'../dist/bundle/cli.js'");
+    expect(readFileSync(join(ROOT, 'bin/oidc-sidecar.js'), 'utf8')).toContain("'../dist/bundle/main.js'");
   });
 
   it("starts the CLI with the runtime settings it sets, which Node accepts (some V8 flags are refused in NODE_OPTIONS), as the benchmark reads them", async () => {
