@@ -47,7 +47,7 @@ await writeFile(`${outdir}/THIRD-PARTY-LICENSES.txt`, await thirdPartyLicenses(m
  * yargs renders a command's whole help text every time the command runs (it caches it in case the handler asks for
  * it), and the help renderer measures text with string-width, which segments every string with an `Intl.Segmenter`
  * created when the module loads. That segmenter and the ICU break-iteration data it pulls in would stay resident in
- * every sidecar for its lifetime: ~2 MiB. Printable ASCII (all of our help) is one grapheme per character, so
+ * every process that runs a command through yargs (a sidecar did, before `run` stopped loading yargs): ~2 MiB. Printable ASCII (all of our help) is one grapheme per character, so
  * string-width gets those characters directly, and a segmenter is created only for the first string that needs one.
  * test/e2e/bundle.test.ts checks that every command's help renders the same as without the rewrite. The build
  * fails if a release of string-width no longer has the line, uses the segmenter otherwise, or moves the code out of

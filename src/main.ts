@@ -2,8 +2,6 @@ import { describeFailure } from './cli-failure.js';
 import { runCommand } from './commands/run.js';
 import type { Io } from './commands/shared.js';
 
-const processIo: Io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
-
 /**
  * What the launcher (bin/oidc-sidecar.js) runs. `run` with nothing but
  * config files, the command line every sidecar starts with, goes straight to
@@ -12,7 +10,7 @@ const processIo: Io = { stdout: process.stdout, stderr: process.stderr, stdin: p
  * the CLI framework: about 2 MiB less resident (docs/performance.md, "The
  * bundle"). Both paths run the same handler and report failures the same way.
  */
-export async function main(argv: string[], io: Io = processIo): Promise<number> {
+export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin }): Promise<number> {
   const configs = plainRunConfigs(argv);
   if (configs === undefined) return (await import('./cli.js')).main(argv, io);
   try {
@@ -28,8 +26,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
  * The config files of `run` followed only by `--config FILE`, `--config=FILE`
  * or `-c FILE` (any number, none at all too); undefined for any other command
  * line, which the full CLI parses, help and errors included. Deliberately
- * narrower than the CLI: a value that starts with `-`, an empty one or
- * anything else sends the whole line to yargs.
+ * narrower than the CLI: an empty value, one that starts with `-`, or with a
+ * quote (yargs strips the quotes around `--config="FILE"`), or anything else
+ * sends the whole line to yargs.
  */
 export function plainRunConfigs(argv: readonly string[]): string[] | undefined {
   if (argv[0] !== 'run') return undefined;
@@ -37,7 +36,7 @@ export function plainRunConfigs(argv: readonly string[]): string[] | undefined {
   for (let i = 1; i < argv.length; i++) {
     const arg = argv[i]!;
     const value = arg.startsWith('--config=') ? arg.slice('--config='.length) : arg === '--config' || arg === '-c' ? argv[++i] : undefined;
-    if (!value || value.startsWith('-')) return undefined;
+    if (!value || /^[-"']/.test(value)) return undefined;
     configs.push(value);
   }
   return configs;

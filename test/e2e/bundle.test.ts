@@ -60,6 +60,22 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
     expect(sourcesLoadedBySidecar).toContain('dist/commands/run.js');
   });
 
+  it('a sidecar started as `run --config FILE` never loads the full CLI; any other command line does, and runs as before', async () => {
+    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
+    const reportLoads = { NODE_OPTIONS: `--import="${resolve(import.meta.dirname, '../support/bundle-loads/register.mjs')}"` };
+    // As dist/bundle/<file>, the metafile's names.
+    const loaded = (output: string) => [...output.matchAll(/^bundle-load: (\S+)$/gm)].map((m) => `dist/bundle/${m[1]}`);
+    const config = { service: 'fast-path', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } };
+    const plain = await startSidecar(config, { env: reportLoads });
+    await plain.stop();
+    expect(loaded(plain.output())).toContain(main);
+    expect(loaded(plain.output())).not.toContain(cli);
+    // `-c=FILE` is a form only the full CLI takes (an empty overlay here), so this sidecar starts through yargs.
+    const viaCli = await startSidecar(config, { env: reportLoads, extraArgs: [`-c=${writeConfig({})}`] });
+    await viaCli.stop();
+    expect(loaded(viaCli.output())).toContain(cli);
+  });
+
   it("needs nothing from node_modules to run a sidecar: every import outside the bundle is one of Node's own modules", () => {
     const external = [...loadedBySidecar, ...loadedByCli].flatMap((f) => outputs[f]!.imports.filter((i) => i.external).map((i) => i.path));
     expect(external.length).toBeGreaterThan(0);

@@ -42,13 +42,21 @@ describe('the launcher sends `run` with only config files straight to the run co
       ['run', '--', 'a.yaml'],
       ['run', '--bogus'],
       ['run', '-cx'],
+      ['run', '--config="a.yaml"'],
+      ["run", "--config='a.yaml'"],
+      ['run', '-c', '"a.yaml"'],
     ]) {
       expect(plainRunConfigs(argv), argv.join(' ')).toBeUndefined();
     }
   });
 
   it('gives the same config files as the full CLI for every command line it takes', () => {
-    const token = fc.constantFrom('--config', '-c', '--config=a.yaml', '--config=b.yaml', 'a.yaml', 'b.yaml', 'dir/c.json', '--help', '-x', '--', '');
+    const value = fc.oneof(fc.constantFrom('a.yaml', 'dir/c.json', '"q.yaml"', "'q'", 'a=b', '1e3', 'true', ''), fc.string({ maxLength: 6 }));
+    const token = fc.oneof(
+      fc.constantFrom('--config', '-c', '--help', '-x', '--', '--no-config', '-c=a.yaml'),
+      value,
+      value.map((v) => `--config=${v}`),
+    );
     let taken = 0;
     fc.assert(
       fc.property(fc.array(token, { maxLength: 7 }), (rest) => {
@@ -58,7 +66,7 @@ describe('the launcher sends `run` with only config files straight to the run co
         taken++;
         expect(yargsConfigs(argv), argv.join(' ')).toEqual(fast);
       }),
-      { numRuns: 2000 },
+      { numRuns: 3000 },
     );
     // Not hollow: many of the random lines were plain runs.
     expect(taken).toBeGreaterThan(50);
