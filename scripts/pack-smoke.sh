@@ -47,3 +47,32 @@ test -s node_modules/oidc-sidecar/dist/bundle/THIRD-PARTY-LICENSES.txt
   --config node_modules/oidc-sidecar/config/namespaces/payments.yaml > /dev/null
 "$bin" demo
 echo "pack-smoke: installed package passed its demo"
+
+# A sidecar as users start one (`run --config FILE`, which the launcher starts without the full CLI): it must come
+# up from the installed package alone and stop cleanly on SIGTERM.
+cat > run.yaml <<'YAML'
+service: pack-smoke
+admin: { listen: "127.0.0.1:0" }
+outbound: { listen: "127.0.0.1:0", routes: [] }
+YAML
+"$bin" run --config run.yaml > run.log 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do
+  grep -q '"event":"started"' run.log && break
+  sleep 0.1
+done
+if ! grep -q '"event":"started"' run.log; then
+  echo "pack-smoke: run did not start:" >&2
+  cat run.log >&2
+  kill "$pid" 2>/dev/null || true
+  exit 1
+fi
+kill -TERM "$pid"
+code=0
+wait "$pid" || code=$?
+if [ "$code" -ne 0 ]; then
+  echo "pack-smoke: run exited with ${code} after SIGTERM:" >&2
+  cat run.log >&2
+  exit 1
+fi
+echo "pack-smoke: installed package started a sidecar and stopped it"
