@@ -7,6 +7,11 @@
 import { tuneRuntimeForProxy } from '../dist/bundle/runtime.js';
 
 tuneRuntimeForProxy();
+// To a sidecar, SIGHUP means "reload". Until `run` installs that handler, once its modules are loaded and it
+// listens, Node's default for SIGHUP would end the process; a sidecar ignores it instead. The config that
+// startup reads is the newest, and with `lifecycle.watchConfig` an edit that lands meanwhile still triggers a
+// reload (the watch compares with what startup read).
+if (process.argv[2] === 'run') process.on('SIGHUP', () => {});
 const { main } = await import('../dist/bundle/main.js');
 
 main(process.argv.slice(2)).then(

@@ -1,8 +1,10 @@
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
+import { resolve } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { BIN, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 
 let idp: TestIdp;
@@ -143,6 +145,54 @@ describe('reload', () => {
     sidecar.rewriteConfig(inboundConfig(allowSub('payments'), { watchConfig: true }));
     await sidecar.waitForLog((l) => l.event === 'config_reloaded' && l.trigger === 'file_changed');
     expect(await call('/y', token)).toBe(200);
+  });
+});
+
+describe('SIGHUP while the sidecar starts', () => {
+  it('is ignored until the sidecar listens (Node would end the process), then reloads as usual', async () => {
+    const config = writeConfig({ service: 'early-hup', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } });
+    // The module hook reports when the launcher starts loading the bundle (test/support/bundle-loads/): from then
+    // on the sidecar has its own SIGHUP listener, while most of its startup is still ahead.
+    const hook = resolve(import.meta.dirname, '../support/bundle-loads/register.mjs');
+    const child = spawn(process.execPath, [BIN, 'run', '--config', config], {
+      env: { ...process.env, NODE_OPTIONS: `--import="${hook}"` },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    let hups = 0;
+    let timer: NodeJS.Timeout | undefined;
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      if (!timer && stderr.includes('bundle-load: main.js')) {
+        timer = setInterval(() => {
+          if (stdout.includes('"event":"started"')) return clearInterval(timer);
+          hups++;
+          child.kill('SIGHUP');
+        }, 2);
+      }
+    });
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.once('exit', (code, signal) => r([code, signal])));
+    try {
+      const started = await Promise.race([
+        (async () => {
+          while (!stdout.includes('"event":"started"')) await new Promise((r) => setTimeout(r, 10));
+          return true;
+        })(),
+        exited.then(() => false),
+      ]);
+      expect(started, `the process ended after ${hups} SIGHUPs:\n${stderr}`).toBe(true);
+      expect(hups).toBeGreaterThan(0);
+      // Started: SIGHUP is the reload signal again.
+      child.kill('SIGHUP');
+      while (!stdout.includes('"event":"config_reloaded"')) await new Promise((r) => setTimeout(r, 10));
+      child.kill('SIGTERM');
+      expect(await exited).toEqual([0, null]);
+    } finally {
+      clearInterval(timer);
+      child.kill('SIGKILL');
+    }
   });
 });
 
