@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { closedPort } from '../unit/proxy-harness.js';
 import { call, inboundSidecarConfig, metricsText, rawRequest, sample } from './inbound-support.js';
 
 /**
@@ -191,10 +192,9 @@ describe('inbound: forwarding options and upstream failures', () => {
   });
 
   it('answers 502 upstream_connect_failed when the app is down, and counts it', async () => {
-    const gone = await startUpstream();
-    const url = gone.url;
-    await gone.close();
-    const sidecar = await startSidecar({ ...inboundSidecarConfig(gone, [idp]), inbound: { ...inboundSidecarConfig(gone, [idp]).inbound, target: url } });
+    // Not a just-closed port of our own: a concurrent test's server can be handed that one (it was, once in CI).
+    const port = await closedPort();
+    const sidecar = await startSidecar(inboundSidecarConfig(app, [idp], { target: `http://127.0.0.1:${port}` }));
     try {
       const token = await idp.getToken('orders', 'orders');
       const res = await call(sidecar.inbound!, '/x', { token });
