@@ -101,6 +101,8 @@ describe.concurrent('token endpoint failing while calls keep coming', () => {
         expect(failed.map((l) => l.failures)).toEqual(failed.map((_, i) => i + 1));
         // After recovery: a new token from the IdP.
         expect(jtiOf(recovered!.token)).not.toBe(jtiOf(first.token));
+        // The log line is written asynchronously and may reach us after the call it preceded did.
+        await s.waitForLog((l) => l.event === 'token_issued' && l.jti === jtiOf(recovered!.token));
         const issued = new Set(s.logs.filter((l) => l.event === 'token_issued').map((l) => l.jti));
         for (const r of app.requests) expect(issued.has(jtiOf(bearerOf(r.headers.authorization)))).toBe(true);
         expect(tokenLeaks(s.output(), [first.token!, recovered!.token!])).toEqual([]);
