@@ -1,6 +1,6 @@
 // Bundles the compiled CLI (the launcher's dist/main.js and dist/proxy/runtime.js, and dist/cli.js, which main.js
-// loads for every command line but a plain `run`) into dist/bundle/, the code bin/oidc-sidecar.js runs. Why: every sidecar holds the source text and module records of everything it loads,
-// for as long as it runs. One bundle without whitespace or comments, and without the parts of zod, undici and
+// loads for every command line but a plain `run`) into dist/bundle/, the code bin/oidc-sidecar.js runs. Why: every
+// sidecar holds the source text and module records of everything it loads, for as long as it runs. One bundle without whitespace or comments, and without the parts of zod, undici and
 // the rest that the CLI never reaches, keeps a sidecar 6-7 MiB smaller at rest and 2-4 MiB at its peak under load
 // (docs/performance.md, "The bundle"). Identifiers keep their names, so stack traces stay readable.
 //
@@ -47,8 +47,9 @@ await writeFile(`${outdir}/THIRD-PARTY-LICENSES.txt`, await thirdPartyLicenses(m
  * yargs renders a command's whole help text every time the command runs (it caches it in case the handler asks for
  * it), and the help renderer measures text with string-width, which segments every string with an `Intl.Segmenter`
  * created when the module loads. That segmenter and the ICU break-iteration data it pulls in would stay resident in
- * every process that runs a command through yargs (a sidecar did, before `run` stopped loading yargs): ~2 MiB. Printable ASCII (all of our help) is one grapheme per character, so
- * string-width gets those characters directly, and a segmenter is created only for the first string that needs one.
+ * every process that runs a command through yargs (a sidecar did, before `run` stopped loading yargs): ~2 MiB.
+ * Printable ASCII (all of our help) is one grapheme per character, so string-width gets those characters directly,
+ * and a segmenter is created only for the first string that needs one.
  * test/e2e/bundle.test.ts checks that every command's help renders the same as without the rewrite. The build
  * fails if a release of string-width no longer has the line, uses the segmenter otherwise, or moves the code out of
  * index.js, so the rewrite cannot silently stop applying.

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selfSignedCert } from '../support/certs.js';
-import { runCli, writeConfig } from '../support/sidecar.js';
+import { runCli, runCliMain, writeConfig } from '../support/sidecar.js';
 
 const valid = {
   service: 'orders',
@@ -104,12 +104,7 @@ describe('oidc-sidecar CLI', () => {
 
   it('run with only config files starts without the full CLI, and fails exactly as the full CLI does', async () => {
     // The launcher takes a plain `run --config FILE` itself (src/main.ts); the full CLI is main() of the bundle's cli.js.
-    const fullCli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-      runCli(['--input-type=module', '-e', `const { main } = await import('./dist/bundle/cli.js'); process.exitCode = await main(${JSON.stringify(args)});`], {
-        cwd: resolve(import.meta.dirname, '../..'),
-        env,
-        viaNode: true,
-      });
+    const fullCli = (args: string[], env: NodeJS.ProcessEnv = {}) => runCliMain('./dist/bundle/cli.js', args, { cwd: resolve(import.meta.dirname, '../..'), env });
     const bad = writeConfig({ service: 'x', bogus: 1 });
     for (const [args, env] of [
       [['run', '--config', '/nonexistent/sidecar.yaml'], {}],

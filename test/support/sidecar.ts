@@ -164,14 +164,31 @@ export async function startSidecar(
   return proc;
 }
 
-/** Runs a one-shot CLI command and collects its output. */
-export function runCli(
-  args: string[],
-  opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; cwd?: string; viaNode?: boolean } = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+interface CliOptions {
+  env?: NodeJS.ProcessEnv;
+  input?: string;
+  timeoutMs?: number;
+  cwd?: string;
+}
+type CliResult = { code: number | null; stdout: string; stderr: string };
+
+/** Runs a one-shot CLI command through the launcher (bin/oidc-sidecar.js) and collects its output. */
+export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  return runNode([BIN, ...args], args, opts);
+}
+
+/**
+ * Runs the CLI as `main(args)` of another module than the launcher's (say tsc's unbundled `./dist/cli.js`, or the
+ * bundle's full CLI), resolved from `opts.cwd`, and collects its output.
+ */
+export function runCliMain(module: string, args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  const code = `const { main } = await import(${JSON.stringify(module)}); process.exitCode = await main(${JSON.stringify(args)});`;
+  return runNode(['--input-type=module', '-e', code], args, opts);
+}
+
+function runNode(nodeArgs: string[], args: string[], opts: CliOptions): Promise<CliResult> {
   return new Promise((res, rej) => {
-    // viaNode: `args` are node's own (e.g. `-e` code that calls the CLI another way), not the launcher's.
-    const child = spawn(process.execPath, opts.viaNode ? args : [BIN, ...args], { env: { ...process.env, ...opts.env }, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, nodeArgs, { env: { ...process.env, ...opts.env }, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
