@@ -7,6 +7,7 @@
 //   node scripts/bundle.mjs        (part of `npm run build`, after tsc)
 import { build } from 'esbuild';
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { isBuiltin } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -35,13 +36,41 @@ const { metafile } = await build({
   legalComments: 'external',
   logLevel: 'warning',
   metafile: true,
-  plugins: [lazyStringWidthSegmenter()],
+  plugins: [builtinsByRequire(), lazyStringWidthSegmenter()],
 });
 // What went into the bundle, for test/e2e/bundle.test.ts and for anyone asking why it is the size it is.
 // Beside dist/bundle/, not in it: it is not shipped.
 await writeFile(`${root}dist/bundle-meta.json`, JSON.stringify(metafile));
 
 await writeFile(`${outdir}/THIRD-PARTY-LICENSES.txt`, await thirdPartyLicenses(metafile));
+
+/**
+ * Node's built-in modules are loaded with require(), never with an ESM import. To import a built-in, Node builds a
+ * module namespace from its exports and reads every one of them, getters included, once. Two of those getters are
+ * expensive: on Node 22 and 24, `node:http`'s WebSocket, CloseEvent and MessageEvent load Node's own copy of undici
+ * (fetch, WebSocket and more), which loads http2, tls and zlib: 2.0-2.4 MiB of V8 heap and 10-13 MiB of RSS in a
+ * bare process, held for the process's life. `node:tls`'s rootCertificates turns its ~140 CA certificates into
+ * strings (0.2 MiB). require() returns the exports object itself, so a getter runs only when code asks for it.
+ * Each import of a built-in becomes a small CommonJS module that requires it, read through esbuild's usual
+ * interop; the require comes from the banner's createRequire, as for the bundled CommonJS packages.
+ * test/e2e/bundle.test.ts checks that the bundle imports no built-in (the banner's node:module aside) and that a
+ * sidecar does not load Node's undici or http2.
+ */
+function builtinsByRequire() {
+  return {
+    name: 'builtins-by-require',
+    setup(b) {
+      // Our code names them `node:x`; some packages (yargs) import bare names like 'fs'.
+      b.onResolve({ filter: /^[\w:/]+$/ }, ({ path, kind }) =>
+        kind === 'import-statement' && isBuiltin(path) ? { path, namespace: 'builtin-by-require' } : undefined,
+      );
+      b.onLoad({ filter: /.*/, namespace: 'builtin-by-require' }, ({ path }) => ({
+        contents: `module.exports = require(${JSON.stringify(path)});`,
+        loader: 'js',
+      }));
+    },
+  };
+}
 
 /**
  * yargs renders a command's whole help text every time the command runs (it caches it in case the handler asks for

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { resolve } from 'node:path';
@@ -79,6 +80,45 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
     expect(external.length).toBeGreaterThan(0);
     // A `node:` name is Node's own even where this Node lacks it (undici probes for node:sqlite, Node 22.5+).
     expect(external.filter((p) => !p.startsWith('node:') && !isBuiltin(p))).toEqual([]);
+  });
+
+  describe("Node's built-in modules, loaded with require() rather than import (scripts/bundle.mjs)", () => {
+    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
+    const reportBuiltins = `--require="${resolve(import.meta.dirname, '../support/report-builtins.cjs')}"`;
+    const builtinsLoaded = (stderr: string) => /^builtins-loaded: (.*)$/m.exec(stderr)?.[1]?.split(',') ?? [];
+    // Node's own copy of undici (fetch, WebSocket), which the getters of `node:http` load when it is imported.
+    const nodesUndici = 'internal/deps/undici/undici';
+
+    it('no output imports a built-in module: each is required, so none of its getters runs unasked', () => {
+      const requires = Object.values(outputs).flatMap((o) => o.imports.filter((i) => i.external && i.kind === 'require-call').map((i) => i.path));
+      expect(requires).toContain('node:http');
+      expect(requires).toContain('node:tls');
+      const imports = Object.values(outputs).flatMap((o) => o.imports.filter((i) => i.external && i.kind === 'import-statement').map((i) => i.path));
+      expect(imports.filter((p) => p.startsWith('node:') || isBuiltin(p))).toEqual([]);
+    });
+
+    it("a sidecar does not load Node's own undici, which an import of node:http does on Node 22 and later", async () => {
+      // A sidecar loads all of its code at startup (the static graph above), whichever listeners its config has.
+      const sidecar = await startSidecar(
+        { service: 'builtins-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
+        { env: { NODE_OPTIONS: reportBuiltins } },
+      );
+      await sidecar.stop();
+      // The process has exited, but its last stderr line may still be on the way.
+      await vi.waitFor(() => expect(sidecar.output()).toContain('builtins-loaded:'));
+      const loaded = builtinsLoaded(sidecar.output());
+      expect(loaded).toContain('http');
+      expect(loaded).toContain('tls');
+      expect(loaded).not.toContain(nodesUndici);
+      // The control: an ESM import of node:http, in the same Node. Node 20's http has no getter that loads undici.
+      const control = spawnSync(process.execPath, ['--input-type=module', '-e', "import 'node:http';"], {
+        env: { ...process.env, NODE_OPTIONS: reportBuiltins },
+        encoding: 'utf8',
+      });
+      expect(control.status).toBe(0);
+      const major = Number(process.versions.node.split('.')[0]);
+      expect(builtinsLoaded(control.stderr).includes(nodesUndici)).toBe(major >= 22);
+    });
   });
 
   it('loads the dev issuer (oidc-provider) only when `demo` or `dev-issuer` asks for it', () => {
