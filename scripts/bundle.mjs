@@ -36,7 +36,7 @@ const { metafile } = await build({
   legalComments: 'external',
   logLevel: 'warning',
   metafile: true,
-  plugins: [builtinsByRequire(), lazyStringWidthSegmenter()],
+  plugins: [builtinsByRequire(), lazyStringWidthSegmenter(), lazyUndiciHttp2()],
 });
 // What went into the bundle, for test/e2e/bundle.test.ts and for anyone asking why it is the size it is.
 // Beside dist/bundle/, not in it: it is not shipped.
@@ -79,9 +79,7 @@ function builtinsByRequire() {
  * every process that runs a command through yargs (a sidecar did, before `run` stopped loading yargs): ~2 MiB.
  * Printable ASCII (all of our help) is one grapheme per character, so string-width gets those characters directly,
  * and a segmenter is created only for the first string that needs one.
- * test/e2e/bundle.test.ts checks that every command's help renders the same as without the rewrite. The build
- * fails if a release of string-width no longer has the line, uses the segmenter otherwise, or moves the code out of
- * index.js, so the rewrite cannot silently stop applying.
+ * test/e2e/bundle.test.ts checks that every command's help renders the same as without the rewrite.
  */
 function lazyStringWidthSegmenter() {
   const eager = 'const segmenter = new Intl.Segmenter();';
@@ -92,28 +90,77 @@ function lazyStringWidthSegmenter() {
     '  ? Array.from(text, (segment) => ({ segment }))',
     '  : (segmenterInstance ??= new Intl.Segmenter()).segment(text) };',
   ].join('\n');
+  return rewriteDependency({
+    name: 'lazy-string-width-segmenter',
+    // Every file of string-width: a release that moves the code out of index.js must not skip the rewrite.
+    files: /node_modules[\\/]string-width[\\/]/,
+    rewrite(source, fail) {
+      if (source.split(eager).length !== 2) fail(`expected one \`${eager}\``);
+      // The stand-in has only segment(); any other use of the segmenter would break at run time.
+      const uses = (pattern) => (source.match(pattern) ?? []).length;
+      if (uses(/\bsegmenter\./g) !== uses(/\bsegmenter\.segment\(/g)) fail('the segmenter is used for more than segment()');
+      return source.replace(eager, () => lazy);
+    },
+  });
+}
+
+/**
+ * undici's HTTP/2 client loads node:http2 as soon as undici's Client is loaded, and with it Node's HTTP/2
+ * implementation: 0.5 MiB of every sidecar's resident memory on Node 22 (docs/performance.md, "The bundle"). A
+ * sidecar's pools never negotiate HTTP/2 (they do not set `allowH2`), so none of it runs. The module reads a few
+ * constants from node:http2 when it loads (pseudo-header names and two nghttp2 error codes, all fixed by the HTTP/2
+ * RFC and nghttp2) and calls `http2.connect()` when it opens an HTTP/2 session. The rewrite gives it those constants,
+ * taken from this Node's node:http2 at build time, and a `connect()` that loads node:http2 on first use.
+ * test/e2e/bundle.test.ts checks that a sidecar does not load node:http2.
+ */
+function lazyUndiciHttp2() {
+  const eager = "http2 = require('node:http2')";
+  return rewriteDependency({
+    name: 'lazy-undici-http2',
+    files: /node_modules[\\/]undici[\\/]lib[\\/]dispatcher[\\/]client-h2\.js$/,
+    async rewrite(source, fail) {
+      if (source.split(eager).length !== 2) fail(`expected one \`${eager}\``);
+      const read = /const \{\s*constants: \{([^}]*)\}\s*\} = http2\b/.exec(source);
+      if (!read) fail('expected the constants to be read as `const { constants: { ... } } = http2`');
+      const used = new Set(source.match(/\bhttp2\.\w+/g));
+      if ([...used].some((u) => u !== 'http2.connect')) fail(`expected http2.connect() as the only other use, found ${[...used].join(', ')}`);
+      const { constants } = await import('node:http2');
+      const names = read[1].split(',').map((name) => name.trim()).filter(Boolean);
+      const missing = names.filter((name) => !(name in constants));
+      if (missing.length > 0) fail(`node:http2 has no ${missing.join(', ')}`);
+      const values = JSON.stringify(Object.fromEntries(names.map((name) => [name, constants[name]])));
+      return source.replace(eager, () => `http2 = { constants: ${values}, connect: (...args) => require('node:http2').connect(...args) }`);
+    },
+  });
+}
+
+/**
+ * A plugin that rewrites dependency modules as they are bundled: `rewrite(source, fail)` returns the new source, or
+ * calls `fail(why)` when the module no longer looks as expected, and the build fails instead of shipping the module
+ * unchanged. So does a bundle that contains a file matching `files` without the rewrite, or none at all: a release
+ * that renamed or moved the code would otherwise skip the rewrite without a word.
+ */
+function rewriteDependency({ name, files, rewrite }) {
   const rewritten = new Set();
   return {
-    name: 'lazy-string-width-segmenter',
+    name,
     setup(b) {
-      b.onLoad({ filter: /[\\/]node_modules[\\/]string-width[\\/]index\.js$/ }, async ({ path }) => {
+      b.onLoad({ filter: files }, async ({ path }) => {
         const source = await readFile(path, 'utf8');
         const fail = (why) => {
-          throw new Error(`${path}: ${why}; string-width changed, so the rewrite in scripts/bundle.mjs needs a look`);
+          throw new Error(`${path}: ${why}; the package changed, so the rewrite ${name} in scripts/bundle.mjs needs a look`);
         };
-        if (source.split(eager).length !== 2) fail(`expected one \`${eager}\``);
-        // The stand-in has only segment(); any other use of the segmenter would break at run time.
-        const uses = (pattern) => (source.match(pattern) ?? []).length;
-        if (uses(/\bsegmenter\./g) !== uses(/\bsegmenter\.segment\(/g)) fail('the segmenter is used for more than segment()');
+        const contents = await rewrite(source, fail);
         rewritten.add(path);
-        return { contents: source.replace(eager, () => lazy), loader: 'js' };
+        return { contents, loader: 'js' };
       });
-      // A release that moves the code out of index.js would otherwise skip the rewrite without a word.
       b.onEnd(({ metafile }) => {
         if (!metafile) return;
-        const bundled = Object.keys(metafile.inputs).filter((input) => /node_modules\/string-width\//.test(input));
+        const bundled = Object.keys(metafile.inputs).filter((input) => files.test(input));
         const missed = bundled.filter((input) => ![...rewritten].some((path) => path.endsWith(input)));
-        if (missed.length > 0) throw new Error(`string-width files bundled without the segmenter rewrite: ${missed.join(', ')}`);
+        if (bundled.length === 0 || missed.length > 0) {
+          throw new Error(`${name}: ${bundled.length === 0 ? `no file matching ${files} was bundled` : `bundled without the rewrite: ${missed.join(', ')}`}`);
+        }
       });
     },
   };

@@ -97,7 +97,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
       expect(imports.filter((p) => p.startsWith('node:') || isBuiltin(p))).toEqual([]);
     });
 
-    it("a sidecar does not load Node's own undici, which an import of node:http does on Node 22 and later", async () => {
+    it("a sidecar loads neither Node's own undici (an import of node:http does, on Node 22 and later) nor node:http2", async () => {
       // A sidecar loads all of its code at startup (the static graph above), whichever listeners its config has.
       const sidecar = await startSidecar(
         { service: 'builtins-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
@@ -110,6 +110,8 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
       expect(loaded).toContain('http');
       expect(loaded).toContain('tls');
       expect(loaded).not.toContain(nodesUndici);
+      // Nor node:http2, which undici's HTTP/2 client loads only on its first connect() in the bundle (scripts/bundle.mjs).
+      expect(loaded).not.toContain('http2');
       // The control: an ESM import of node:http, in the same Node. Node 20's http has no getter that loads undici.
       const control = spawnSync(process.execPath, ['--input-type=module', '-e', "import 'node:http';"], {
         env: { ...process.env, NODE_OPTIONS: reportBuiltins },
