@@ -1,3 +1,4 @@
+import './zod-jitless.js';
 import * as z from 'zod';
 import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';

@@ -1,3 +1,4 @@
+import '../config/zod-jitless.js';
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';

@@ -123,6 +123,33 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
     });
   });
 
+  it('a sidecar compiles no function from a string: zod validates its config without its JIT (src/config/zod-jitless.ts)', async () => {
+    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
+    const countFunctions = `--require="${resolve(import.meta.dirname, '../support/count-functions-from-strings.cjs')}"`;
+    const compiled = (stderr: string) => Number(/functions-from-strings: (\d+)/.exec(stderr)?.[1]);
+    const sidecar = await startSidecar(
+      { service: 'jitless-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
+      { env: { NODE_OPTIONS: countFunctions } },
+    );
+    sidecar.rewriteConfig({ service: 'jitless-check', log: { level: 'debug' }, admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } });
+    sidecar.signal('SIGHUP');
+    // A reload validates the new config too.
+    const reload = await sidecar.waitForLog((l) => typeof l.event === 'string' && l.event.startsWith('config_reload'));
+    expect(reload.event).toBe('config_reloaded');
+    await sidecar.stop();
+    // The process has exited, but its last stderr line may still be on the way.
+    await vi.waitFor(() => expect(sidecar.output()).toContain('functions-from-strings:'));
+    expect(compiled(sidecar.output())).toBe(0);
+    // The control: zod as published compiles a parser for an object schema the first time it parses.
+    const control = spawnSync(process.execPath, ['-e', "require('zod').object({ a: require('zod').string() }).parse({ a: 'x' })"], {
+      cwd: ROOT,
+      env: { ...process.env, NODE_OPTIONS: countFunctions },
+      encoding: 'utf8',
+    });
+    expect(control.status).toBe(0);
+    expect(compiled(control.stderr)).toBeGreaterThan(0);
+  });
+
   it('loads the dev issuer (oidc-provider) only when `demo` or `dev-issuer` asks for it', () => {
     expect([...sourcesLoadedBySidecar, ...sourcesLoadedByCli].filter((s) => s.startsWith('dist/dev/'))).toEqual([]);
     const everywhere = sourcesIn(Object.keys(outputs).filter((f) => f.endsWith('.js')));
