@@ -1,4 +1,4 @@
-import * as z from 'zod';
+import * as z from '../zod.js';
 import type { CommandModule } from 'yargs';
 import { configSchema } from '../config/schema.js';
 import type { Io } from './shared.js';

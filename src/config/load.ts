@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
-import * as z from 'zod';
+import * as z from '../zod.js';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
 import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
 import { interpolateEnv } from './interpolate.js';

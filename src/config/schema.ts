@@ -1,5 +1,4 @@
-import './zod-jitless.js';
-import * as z from 'zod';
+import * as z from '../zod.js';
 import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';

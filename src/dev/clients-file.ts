@@ -1,9 +1,8 @@
-import '../config/zod-jitless.js';
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
-import * as z from 'zod';
+import * as z from '../zod.js';
 import type { JWK } from 'jose';
 import { UsageError, formatIssue, type ConfigIssue } from '../errors.js';
 import { interpolateEnv } from '../config/interpolate.js';
