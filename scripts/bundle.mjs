@@ -48,7 +48,7 @@ await writeFile(`${outdir}/THIRD-PARTY-LICENSES.txt`, await thirdPartyLicenses(m
 /**
  * Node's built-in modules are loaded with require(), never with an ESM import. To import a built-in, Node builds a
  * module namespace from its exports and reads every one of them, getters included, once. Two of those getters are
- * expensive: on Node 22 and 24, `node:http`'s WebSocket, CloseEvent and MessageEvent load Node's own copy of undici
+ * expensive: on Node 22.5+ and 24, `node:http`'s WebSocket, CloseEvent and MessageEvent load Node's own copy of undici
  * (fetch, WebSocket and more), which loads http2, tls and zlib: 2.0-2.4 MiB of V8 heap and 10-13 MiB of RSS in a
  * bare process, held for the process's life. `node:tls`'s rootCertificates turns its ~140 CA certificates into
  * strings (0.2 MiB). require() returns the exports object itself, so a getter runs only when code asks for it.

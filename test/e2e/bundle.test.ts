@@ -101,7 +101,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
       expect(imports.filter((p) => p.startsWith('node:') || isBuiltin(p))).toEqual([]);
     });
 
-    it("a sidecar loads neither Node's own undici (an import of node:http does, on Node 22 and later) nor node:http2", async () => {
+    it("a sidecar loads neither Node's own undici (an import of node:http does, from Node 22.5) nor node:http2", async () => {
       // A sidecar loads all of its code at startup (the static graph above), whichever listeners its config has.
       const sidecar = await startSidecar(
         { service: 'builtins-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
