@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { flushLogs, tokenLeaks } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { closedPort } from '../unit/proxy-harness.js';
 
 /**
  * The app behind the inbound sidecar (and the peer behind the outbound one)
@@ -51,12 +52,13 @@ async function startFlakyApp(): Promise<FlakyApp> {
   };
   let server: Server = createServer(handler);
   const listen = (port: number) =>
-    new Promise<number>((r) => {
+    new Promise<number>((r, reject) => {
       server = createServer(handler);
       server.on('connection', (s: Socket) => {
         sockets.add(s);
         s.once('close', () => sockets.delete(s));
       });
+      server.once('error', reject);
       server.listen(port, '127.0.0.1', () => r((server.address() as AddressInfo).port));
     });
   const stop = () =>
@@ -64,7 +66,9 @@ async function startFlakyApp(): Promise<FlakyApp> {
       for (const s of sockets) s.destroy();
       server.close(() => r());
     });
-  const port = await listen(0);
+  // Outside the ephemeral range: while the app is down, no concurrent test's server (all listen on port 0) can be
+  // handed its port, so it comes back where the sidecar expects it.
+  const port = await listen(await closedPort());
   const app: FlakyApp = {
     url: `http://127.0.0.1:${port}`,
     behaviour: 'ok',
