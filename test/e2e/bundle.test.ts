@@ -39,6 +39,14 @@ function sourcesIn(files: Iterable<string>): string[] {
   return [...files].flatMap((f) => Object.entries(outputs[f]!.inputs).filter(([, i]) => i.bytesInOutput > 0).map(([src]) => src));
 }
 
+/**
+ * A NODE_OPTIONS entry that preloads a file of test/support/ into a process. Quoted: NODE_OPTIONS splits on spaces,
+ * and the checkout's path may have some.
+ */
+function preload(how: '--require' | '--import', file: string): string {
+  return `${how}="${resolve(import.meta.dirname, '../support', file)}"`;
+}
+
 const launcher = readFileSync(resolve(ROOT, 'bin/oidc-sidecar.js'), 'utf8');
 // The launcher runs main.js: `run` with only config files stays there, every other command line loads cli.js.
 const main = outputOf('dist/main.js');
@@ -63,8 +71,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
   });
 
   it('a sidecar started as `run --config FILE` never loads the full CLI; any other command line does, and runs as before', async () => {
-    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
-    const reportLoads = { NODE_OPTIONS: `--import="${resolve(import.meta.dirname, '../support/bundle-loads/register.mjs')}"` };
+    const reportLoads = { NODE_OPTIONS: preload('--import', 'bundle-loads/register.mjs') };
     // As dist/bundle/<file>, the metafile's names.
     const loaded = (output: string) => [...output.matchAll(/^bundle-load: (\S+)$/gm)].map((m) => `dist/bundle/${m[1]}`);
     const config = { service: 'fast-path', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } };
@@ -86,8 +93,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
   });
 
   describe("Node's built-in modules, loaded with require() rather than import (scripts/bundle.mjs)", () => {
-    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
-    const reportBuiltins = `--require="${resolve(import.meta.dirname, '../support/report-builtins.cjs')}"`;
+    const reportBuiltins = preload('--require', 'report-builtins.cjs');
     // The whole line, up to its newline: the process has exited, but the end of its stderr may still be on the way.
     const builtinsLoaded = (stderr: string) => /^builtins-loaded: (.*)\n/m.exec(stderr)?.[1]?.split(',');
     // Node's own copy of undici (fetch, WebSocket), which the getters of `node:http` load when it is imported.
@@ -131,8 +137,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
   });
 
   it('a sidecar never calls the Function constructor: zod validates its config without its JIT (src/zod.ts)', async () => {
-    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
-    const countFunctions = `--require="${resolve(import.meta.dirname, '../support/count-functions-from-strings.cjs')}"`;
+    const countFunctions = preload('--require', 'count-functions-from-strings.cjs');
     const counted = (stderr: string) => {
       const m = /^functions-from-strings: (\d+), with a body: (\d+)$/m.exec(stderr);
       return m ? { calls: Number(m[1]), withBody: Number(m[2]) } : undefined;
@@ -192,8 +197,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
   });
 
   describe("string-width's segmenter, created on first need instead of at load (scripts/bundle.mjs)", () => {
-    // Quoted: NODE_OPTIONS splits on spaces, and the checkout's path may have some.
-    const countSegmenters = `--require="${resolve(import.meta.dirname, '../support/count-intl-segmenters.cjs')}"`;
+    const countSegmenters = preload('--require', 'count-intl-segmenters.cjs');
     const segmentersCreated = (stderr: string) => Number(/intl-segmenters-created: (\d+)/.exec(stderr)?.[1]);
     /** `oidc-sidecar <args>` run from tsc's output and the packages as published, without the bundle's rewrite. */
     const unbundled = (args: string[], nodeOptions = '') => runCliMain('./dist/cli.js', args, { cwd: ROOT, env: { NODE_OPTIONS: nodeOptions } });
