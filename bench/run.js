@@ -194,7 +194,7 @@ async function main() {
   for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
 
   process.stderr.write('verify micro-benchmark...\n');
-  const verify = await runVerifyMicro();
+  const verify = await runVerifyMicro(childEnv);
 
   const report = {
     machine: {
