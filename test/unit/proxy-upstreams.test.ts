@@ -168,16 +168,19 @@ describe('idle upstream pools', () => {
 
   it('does not count a pool in use through a kept dispatcher as idle', async () => {
     const a = await upstream();
-    const p = pools({ idleMs: 100 });
+    // Used every ~20 ms for longer than the latest eviction (1.5 × idleMs). idleMs is far above that gap, so a
+    // test process stalled on a busy machine (several test files run at once) does not make the pool idle for real.
+    const idleMs = 1_000;
+    const p = pools({ idleMs });
     const kept = p.get(a.origin);
-    const until = performance.now() + 500;
+    const until = performance.now() + 2 * idleMs;
     while (performance.now() < until) {
       expect(await text(kept)).toBe('ok');
       await new Promise((r) => setTimeout(r, 20));
     }
     expect(a.accepted).toBe(1);
     // Left alone, it does go idle.
-    await vi.waitFor(() => expect(a.open()).toBe(0), { timeout: 2_000 });
+    await vi.waitFor(() => expect(a.open()).toBe(0), { timeout: 4 * idleMs });
     expect(await text(kept)).toBe('ok');
     expect(a.accepted).toBe(2);
   });

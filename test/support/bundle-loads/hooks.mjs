@@ -1,7 +1,8 @@
-// Module resolution hook for register.mjs (runs on Node's loader thread).
+// Module resolution hook for register.mjs where only module.register() exists (Node 20; runs on Node's loader thread).
+import { reportBundleLoad } from './report.mjs';
+
 export async function resolve(specifier, context, next) {
   const resolved = await next(specifier, context);
-  const at = resolved.url.indexOf('/dist/bundle/');
-  if (at >= 0) process.stderr.write(`bundle-load: ${resolved.url.slice(at + '/dist/bundle/'.length)}\n`);
+  reportBundleLoad(resolved.url);
   return resolved;
 }
