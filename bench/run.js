@@ -2,8 +2,9 @@
 // chain (baseline) and the sidecar chain (outbound sidecar with a cached token → inbound sidecar verifying and
 // applying a rule → app), loads each with autocannon in interleaved rounds, probes unloaded latency, samples
 // peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
-// Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_SAMPLES (3000), BENCH_PROBE_BLOCK (100),
-// BENCH_NODE_OPTIONS, BENCH_MALLOC_ENV, BENCH_SIDECAR_NODE_FLAGS, BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
+// Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_WARMUP (5 s), BENCH_SAMPLES (3000),
+// BENCH_PROBE_BLOCK (100), BENCH_RENEW_TTL (20 s), BENCH_NODE_OPTIONS, BENCH_MALLOC_ENV, BENCH_SIDECAR_NODE_FLAGS,
+// BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
@@ -13,6 +14,7 @@ import { startBenchIdp } from './lib/idp.js';
 import { imageRuntime } from './lib/image-runtime.js';
 import { latencyProbe, loadRun } from './lib/load.js';
 import { cpuSecondsOf, memoryOf, startNode } from './lib/procs.js';
+import { checkRenewals, startTrickle } from './lib/renewal.js';
 import { printReport, summarize } from './lib/report.js';
 import { runVerifyMicro } from './lib/verify-runner.js';
 
@@ -25,9 +27,15 @@ const settings = {
   connections: env('BENCH_CONNECTIONS', 32),
   durationSeconds: env('BENCH_DURATION', 8),
   rounds: env('BENCH_ROUNDS', 3),
+  // Long enough for the sidecars' first optimising compilations (~5 s of load with --no-concurrent-recompilation,
+  // docs/performance.md) to happen before the measured rounds.
+  warmupSeconds: env('BENCH_WARMUP', 5),
   samples: env('BENCH_SAMPLES', 3000),
   probeBlock: env('BENCH_PROBE_BLOCK', 100),
   tokenTtlSeconds: 3600,
+  // The renewal check: a second issuer whose tokens live this long serves one route, used during the load rounds.
+  renewTtlSeconds: env('BENCH_RENEW_TTL', 20),
+  renewRate: 40,
   // By default every Node process of the run (app, baseline hops, sidecars) gets the runtime settings of the
   // container image (its ENV NODE_OPTIONS and glibc MALLOC_* settings), and the sidecars are started with the Node
   // flags of its ENTRYPOINT, as the image starts them. Each knob set to "" measures Node's defaults instead.
@@ -83,7 +91,9 @@ async function main() {
   const started = Date.now();
   // Other work on the machine skews every number; the report says how busy it was when the run began.
   const loadAtStart = loadavg()[0];
-  const idp = await startBenchIdp({ clientId: 'bench-client', clientSecret: 'bench-client-secret', ttlSeconds: settings.tokenTtlSeconds });
+  const client = { clientId: 'bench-client', clientSecret: 'bench-client-secret' };
+  const idp = await startBenchIdp({ ...client, ttlSeconds: settings.tokenTtlSeconds });
+  const renewIdp = await startBenchIdp({ ...client, ttlSeconds: settings.renewTtlSeconds });
   const app = await node('app', [join(here, 'apps/upstream.js')]);
   const appUrl = `http://127.0.0.1:${app.port}`;
 
@@ -100,7 +110,7 @@ async function main() {
       listen: '127.0.0.1:0',
       target: appUrl,
       audience: 'bench-app',
-      issuers: [{ issuer: idp.issuer }],
+      issuers: [{ issuer: idp.issuer }, { issuer: renewIdp.issuer }],
       rules: [{ match: { path: '/**' }, allow: [{ sub: 'bench-client' }] }],
     },
   });
@@ -109,12 +119,15 @@ async function main() {
     ...common,
     outbound: {
       listen: '127.0.0.1:0',
-      tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'bench-client', clientSecret: 'bench-client-secret' },
+      tokenSource: { type: 'client_credentials', issuer: idp.issuer, ...client },
       routes: [
         { host: 'app', target: `http://127.0.0.1:${inbound.inbound}`, audience: 'bench-app' },
         // The same audience straight to the app, for the latency probe's one-hop target: the same cached token, so
         // it costs no IdP request.
         { host: 'app-direct', target: appUrl, audience: 'bench-app' },
+        // Through the inbound sidecar with short-lived tokens from the second issuer: renewed several times during
+        // the run, and an expired token would be refused there.
+        { host: 'app-renew', target: `http://127.0.0.1:${inbound.inbound}`, audience: 'bench-app', tokenSource: { type: 'client_credentials', issuer: renewIdp.issuer, ...client } },
       ],
     },
   });
@@ -143,9 +156,11 @@ async function main() {
     return { ...res, cpuUsPerRequest };
   };
 
-  process.stderr.write(`warming up (${settings.connections} connections)...\n`);
-  await load('baseline', 2);
-  await load('sidecar', 2);
+  // Requests on the renewal route from now until the end of the load rounds: the token it uses is renewed under load.
+  const trickle = startTrickle({ url: `http://127.0.0.1:${outbound.outbound}/bench`, host: 'app-renew', rate: settings.renewRate });
+  process.stderr.write(`warming up (${settings.connections} connections, ${settings.warmupSeconds} s per chain)...\n`);
+  const warmup = {};
+  for (const name of ['baseline', 'sidecar']) warmup[name] = await load(name, settings.warmupSeconds);
   for (let r = 0; r < settings.rounds; r++) {
     // Interleaved, alternating which chain goes first, so machine drift does not favour one.
     const order = r % 2 === 0 ? ['baseline', 'sidecar'] : ['sidecar', 'baseline'];
@@ -157,6 +172,8 @@ async function main() {
       );
     }
   }
+
+  const renewalTrickle = await trickle.stop();
 
   // Two passes over the same four targets: in blocks (each target warm, as under steady light traffic; the
   // figure the targets are checked against) and alternating on every request (each request finds the caches full
@@ -188,9 +205,11 @@ async function main() {
     'baseline-hop2': memoryOf(hop2.pid),
   };
   const idpCounts = { ...idp.counts };
+  const renewal = { ttlSeconds: settings.renewTtlSeconds, rate: settings.renewRate, trickle: renewalTrickle, ...checkRenewals(renewIdp.tokenRequestTimes, settings.renewTtlSeconds) };
 
   for (const p of procs.reverse()) await p.stop();
   await idp.close();
+  await renewIdp.close();
   for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
 
   process.stderr.write('verify micro-benchmark...\n');
@@ -206,11 +225,13 @@ async function main() {
       loadAtStart,
     },
     settings,
+    warmup,
     runs,
     latency,
     memory,
     idle,
     idp: idpCounts,
+    renewal,
     verify,
     seconds: Math.round((Date.now() - started) / 1000),
   };
@@ -222,6 +243,8 @@ async function main() {
   const { errors } = summarize(report);
   if (errors) failures.push(`${errors} non-2xx responses or errors during load`);
   if (idpCounts.token !== 1) failures.push(`the IdP answered ${idpCounts.token} token requests, expected 1`);
+  if (!renewal.ok) failures.push(`the short-lived tokens were not renewed once per lifetime (${renewal.requests} requests, intervals ${renewal.intervalsSeconds.map((x) => x.toFixed(1)).join(', ')} s)`);
+  if (renewal.trickle.errors) failures.push(`${renewal.trickle.errors} errors on the renewal route`);
   if (failures.length) {
     process.stderr.write(`bench failed: ${failures.join('; ')}\n`);
     process.exitCode = 1;

@@ -3,15 +3,19 @@ import { createServer } from 'node:http';
 import { createDevIssuer } from '../../dist/dev/issuer.js';
 
 /**
- * Starts the dev issuer with one client for the outbound sidecar. Tokens live
- * `ttlSeconds` (long enough that the whole run is one token lifetime).
+ * Starts the dev issuer with one client for the outbound sidecar. Tokens live `ttlSeconds`. `tokenRequestTimes`
+ * holds when each token request arrived (ms, performance.now()), for the renewal check.
  */
 export async function startBenchIdp({ clientId, clientSecret, ttlSeconds }) {
   const counts = { token: 0, discovery: 0, jwks: 0 };
+  const tokenRequestTimes = [];
   let issuer;
   const server = createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0];
-    if (path === '/token') counts.token++;
+    if (path === '/token') {
+      counts.token++;
+      tokenRequestTimes.push(performance.now());
+    }
     else if (path.endsWith('/openid-configuration')) counts.discovery++;
     else if (path.includes('jwks')) counts.jwks++;
     issuer.handle(req, res);
@@ -22,6 +26,7 @@ export async function startBenchIdp({ clientId, clientSecret, ttlSeconds }) {
   return {
     issuer: url,
     counts,
+    tokenRequestTimes,
     close: () =>
       new Promise((r) => {
         server.closeAllConnections();

@@ -79,7 +79,8 @@ export async function latencyProbe(targets, { samples, warmup, block = 1, path =
   return targets.map((t, j) => ({ name: t.name, p50: percentile(times[j], 0.5), p99: percentile(times[j], 0.99), mean: times[j].reduce((a, b) => a + b, 0) / times[j].length }));
 }
 
+/** Nearest-rank percentile: the smallest value with at least q of the values at or below it. */
 export function percentile(values, q) {
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 }
