@@ -75,9 +75,9 @@ export class TokenUnavailableError extends SidecarError {
   }
 }
 
-/** Upstream (the app or the peer sidecar) could not be reached or answered too slowly. */
+/** Upstream (the app or the peer sidecar) could not be reached, answered too slowly, or answered with broken HTTP. */
 export class UpstreamError extends SidecarError {
-  constructor(code: 'upstream_connect_failed' | 'upstream_timeout' | 'upstream_reset', message: string, options?: { cause?: unknown }) {
+  constructor(code: 'upstream_connect_failed' | 'upstream_timeout' | 'upstream_reset' | 'upstream_bad_response', message: string, options?: { cause?: unknown }) {
     super(code, message, code === 'upstream_timeout' ? 504 : 502, options);
   }
 }

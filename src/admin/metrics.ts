@@ -75,7 +75,7 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     }),
     upstreamErrors: new Counter({
       name: 'oidc_sidecar_upstream_errors_total',
-      help: 'Upstream failures by direction and reason (upstream_connect_failed, upstream_timeout, upstream_reset)',
+      help: 'Upstream failures by direction and reason (upstream_connect_failed, upstream_timeout, upstream_reset, upstream_bad_response)',
       labelNames: ['direction', 'reason'],
       registers,
     }),

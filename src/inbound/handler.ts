@@ -98,6 +98,11 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
       dropHeaders,
       addHeaders: decision.identity?.headers ?? NO_HEADERS,
       onResponse: () => observe(started),
+      // The response headers already went to the caller, who sees a cut connection; the failure is still counted.
+      onBrokenResponse: (e) => {
+        metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
+        logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, method: req.method, afterHeaders: true }, 'upstream_error');
+      },
     }).catch((err: unknown) => {
       try {
         observe(started);

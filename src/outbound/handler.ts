@@ -127,6 +127,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
 
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
+    // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
+    if (req.socket.destroyed) return;
     let dispatcher: Dispatcher;
     try {
       // Throws once the pools are closed (the request waited for a token while its component retired): a counted 502.
@@ -140,6 +142,11 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       dropHeaders: p.dropHeaders,
       addHeaders: p.addHeaders,
       onResponse: (status) => record(p.label, String(status), started),
+      // The request was recorded with its status when the headers came; the broken body is counted as an upstream error.
+      onBrokenResponse: (e) => {
+        metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
+        logger.warn({ event: 'upstream_error', route: p.label, reason: e.code, target: p.r.target.origin, afterHeaders: true }, e.message);
+      },
     }).catch((err: unknown) => failedUpstream(res, p, started, err));
   };
 

@@ -3,13 +3,24 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex, Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 
-/** The upstream went quiet for longer than allowed. `code` is undici's, so toUpstreamError maps it to 504 upstream_timeout. */
+type Phase = 'upload' | 'headers' | 'body';
+
+const MESSAGES: Record<Phase, (ms: number) => string> = {
+  upload: (ms) => `upstream read none of the request body for ${ms} ms`,
+  headers: (ms) => `no response headers within ${ms} ms`,
+  body: (ms) => `no response data for ${ms} ms`,
+};
+
+/**
+ * The upstream went quiet for longer than allowed. For the response phases `code` is undici's; toUpstreamError maps
+ * every code of this error to 504 upstream_timeout.
+ */
 export class UpstreamDeadlineError extends Error {
-  readonly code: 'UND_ERR_HEADERS_TIMEOUT' | 'UND_ERR_BODY_TIMEOUT';
-  constructor(phase: 'headers' | 'body', timeoutMs: number) {
-    super(phase === 'headers' ? `no response headers within ${timeoutMs} ms` : `no response data for ${timeoutMs} ms`);
+  readonly code: 'UND_ERR_HEADERS_TIMEOUT' | 'UND_ERR_BODY_TIMEOUT' | 'UPSTREAM_UPLOAD_STALLED';
+  constructor(phase: Phase, timeoutMs: number) {
+    super(MESSAGES[phase](timeoutMs));
     this.name = 'UpstreamDeadlineError';
-    this.code = phase === 'headers' ? 'UND_ERR_HEADERS_TIMEOUT' : 'UND_ERR_BODY_TIMEOUT';
+    this.code = phase === 'upload' ? 'UPSTREAM_UPLOAD_STALLED' : phase === 'headers' ? 'UND_ERR_HEADERS_TIMEOUT' : 'UND_ERR_BODY_TIMEOUT';
   }
 }
 
@@ -30,10 +41,12 @@ export interface DeadlineWatch {
  * generation as garbage and added ~8 MiB to a busy sidecar's peak RSS
  * (docs/performance.md). Here a request is a list entry and a number.
  *
- * Semantics, `timeoutMs` each: once the request body has been sent, the
- * response headers must arrive; after that, each body chunk must follow the
- * previous one. A request body still uploading is never cut here (the
- * client-side request timeout bounds it). Checked every `timeoutMs / 4`
+ * Semantics, `timeoutMs` each: while a request body uploads, the upstream
+ * must take each chunk (undici pauses the body while the upstream's socket is
+ * full) within `timeoutMs` of the previous one; a client that is slow to send
+ * is not the upstream's fault and is left to the client-side request timeout.
+ * Once the body has been sent, the response headers must arrive; after that,
+ * each body chunk must follow the previous one. Checked every `timeoutMs / 4`
  * (at most 1 s), so a timeout fires at most that much late.
  *
  * The watched requests are an intrusive linked list, not a `Set`. A
@@ -119,7 +132,7 @@ class WatchList {
     for (let h = this.first; h; ) {
       const next = h.next;
       // `watched`: an expiry that synchronously ended another request has unlinked it; never abort a finished one.
-      if (h.watched && h.deadline <= now) h.expire();
+      if (h.watched && h.deadline <= now) h.expire(now);
       h = next;
     }
   }
@@ -136,8 +149,10 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   watched = false;
   prev: DeadlineHandler | null = null;
   next: DeadlineHandler | null = null;
-  private phase: 'headers' | 'body' = 'headers';
+  private phase: Phase = 'headers';
   private controller: Dispatcher.DispatchController | undefined;
+  /** The request body while it uploads. */
+  private upload: Readable | undefined;
 
   constructor(
     private readonly inner: Dispatcher.DispatchHandler,
@@ -148,25 +163,49 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
     this.controller = controller;
     const body = this.body as Readable | null | undefined;
+    this.deadline = performance.now() + this.watch.timeoutMs;
     if (body && typeof body.once === 'function' && !body.readableEnded) {
-      // The headers clock starts when the upload is complete: a large upload is not the upstream being slow.
-      body.once('end', () => {
-        if (this.phase === 'headers') this.deadline = performance.now() + this.watch.timeoutMs;
-      });
-    } else {
-      this.deadline = performance.now() + this.watch.timeoutMs;
+      // The headers clock starts when the upload is complete: a large upload is not the upstream being slow. Until
+      // then each chunk undici takes moves the deadline. undici attaches its own 'data' listener in the same
+      // synchronous call, before the stream can flow, so listening here takes nothing from it.
+      this.phase = 'upload';
+      this.upload = body;
+      body.on('data', this.onUploadData);
+      body.once('end', this.onUploadEnd);
     }
     this.watch.add(this);
     this.inner.onRequestStart?.(controller, context);
   }
 
+  private readonly onUploadData = (): void => {
+    this.deadline = performance.now() + this.watch.timeoutMs;
+  };
+
+  private readonly onUploadEnd = (): void => {
+    this.stopWatchingUpload();
+    if (this.phase === 'upload') {
+      this.phase = 'headers';
+      this.deadline = performance.now() + this.watch.timeoutMs;
+    }
+  };
+
+  private stopWatchingUpload(): void {
+    this.upload?.off('data', this.onUploadData).off('end', this.onUploadEnd);
+    this.upload = undefined;
+  }
+
   onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
+    this.stopWatchingUpload();
     this.watch.delete(this);
     this.inner.onRequestUpgrade?.(controller, statusCode, headers, socket);
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
-    if (statusCode >= 200) this.phase = 'body';
+    if (statusCode >= 200) {
+      // An answer before the upload ended (413, an early 401): from now on the response's pace is what counts.
+      this.stopWatchingUpload();
+      this.phase = 'body';
+    }
     this.deadline = performance.now() + this.watch.timeoutMs;
     this.inner.onResponseStart?.(controller, statusCode, headers, statusMessage);
   }
@@ -177,16 +216,24 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
+    this.stopWatchingUpload();
     this.watch.delete(this);
     this.inner.onResponseEnd?.(controller, trailers);
   }
 
   onResponseError(controller: Dispatcher.DispatchController, err: Error): void {
+    this.stopWatchingUpload();
     this.watch.delete(this);
     this.inner.onResponseError?.(controller, err);
   }
 
-  expire(): void {
+  expire(now: number): void {
+    // Uploading and the body is not paused: undici is waiting for the client's next chunk, not for the upstream.
+    if (this.phase === 'upload' && !this.upload?.isPaused()) {
+      this.deadline = now + this.watch.timeoutMs;
+      return;
+    }
+    this.stopWatchingUpload();
     this.watch.delete(this);
     this.controller?.abort(new UpstreamDeadlineError(this.phase, this.watch.timeoutMs));
   }

@@ -13,6 +13,11 @@ export interface ForwardOptions {
   addHeaders: readonly string[];
   /** Called once the upstream's response headers are known (for metrics). */
   onResponse?: (status: number) => void;
+  /**
+   * Called when the upstream fails after the response headers went to the client (a reset or a stall mid-body):
+   * the client sees a cut connection, and this is how the failure still gets logged and counted.
+   */
+  onBrokenResponse?: (err: UpstreamError) => void;
 }
 
 /** `addHeaders` when there is nothing to add (one shared empty list, not one per request). */
@@ -31,7 +36,7 @@ export const NO_HEADERS: readonly string[] = [];
  */
 export function forward(req: IncomingMessage, res: ServerResponse, opts: ForwardOptions): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const handler = new ForwardHandler(req, res, opts.onResponse, resolve, reject);
+    const handler = new ForwardHandler(req, res, opts.onResponse, opts.onBrokenResponse, resolve, reject);
     const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders);
     opts.dispatcher.dispatch(
       {
@@ -55,6 +60,21 @@ class ClientGoneError extends Error {
   readonly code = 'client_aborted';
 }
 
+/** Responses that never have a body (RFC 9110 §6.4.1), whatever Content-Length they announce. */
+function hasNoBody(method: string | undefined, status: number): boolean {
+  return method === 'HEAD' || status === 204 || status === 304;
+}
+
+/**
+ * RFC 9112 §6.1: `chunked` is the only transfer coding the sidecar can relay (undici decodes it, Node re-encodes it).
+ * Any other coding (gzip, compress, deflate) would reach the client as decoded bytes under headers that no longer say
+ * so, so such a response is refused.
+ */
+function hasUnsupportedTransferCoding(headers: IncomingHttpHeaders): boolean {
+  const te = headers['transfer-encoding'];
+  return te !== undefined && (Array.isArray(te) ? te.join(',') : te).trim().toLowerCase() !== 'chunked';
+}
+
 /** One proxied exchange as an undici dispatch handler (one object instead of closures, a stream and a promise chain). */
 class ForwardHandler implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined;
@@ -66,10 +86,14 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly onResponse: ((status: number) => void) | undefined,
+    private readonly onBrokenResponse: ((err: UpstreamError) => void) | undefined,
     private readonly resolve: () => void,
     private readonly reject: (err: UpstreamError) => void,
   ) {
-    res.on('close', this.onClientClose);
+    // A client that hung up before this exchange began (while a token was fetched) has already closed `res`:
+    // its 'close' will not come again, so the request is cancelled as soon as undici starts it.
+    if (req.socket.destroyed || res.destroyed) this.clientGone = true;
+    else res.on('close', this.onClientClose);
   }
 
   /** The client's socket closed before the response was complete: cancel the upstream request. */
@@ -91,6 +115,10 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     // 1xx informational answers (103 Early Hints) are not the response; wait for the final one (RFC 9110 §15.2).
     if (statusCode < 200 || this.settled) return;
+    if (hasUnsupportedTransferCoding(headers)) {
+      controller.abort(new UpstreamError('upstream_bad_response', 'upstream used a transfer coding other than chunked'));
+      return;
+    }
     this.onResponse?.(statusCode);
     try {
       this.res.writeHead(statusCode, forwardableResponseHeaders(headers));
@@ -100,6 +128,15 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       return;
     }
     this.started = true;
+    if (hasNoBody(this.req.method, statusCode)) {
+      // Complete as it stands. undici would still fail a 204/304 whose Content-Length is not 0 (it checks the length
+      // for HEAD only), which would cut a response that has already been answered in full.
+      this.settled = true;
+      this.cleanup();
+      this.res.end();
+      this.resolve();
+      return;
+    }
     this.res.on('drain', this.onDrain);
   }
 
@@ -126,6 +163,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     } else if (this.started || this.res.headersSent) {
       // Headers are out: the only honest signal of a broken body is a cut connection, never a fake complete response.
       this.res.destroy();
+      this.onBrokenResponse?.(toUpstreamError(err));
       this.resolve();
     } else {
       // A request body that broke because the client vanished is not the upstream's fault.
@@ -153,6 +191,11 @@ export function toUpstreamError(err: unknown): UpstreamError {
   const cause = (err as { cause?: { code?: string } }).cause?.code ?? '';
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
     return new UpstreamError('upstream_timeout', 'upstream did not answer in time', { cause: err });
+  }
+  if (code === 'UPSTREAM_UPLOAD_STALLED') return new UpstreamError('upstream_timeout', 'upstream stopped reading the request body', { cause: err });
+  // llhttp's parse errors (HPE_*) and a body shorter or longer than its Content-Length: the upstream broke HTTP.
+  if (code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
+    return new UpstreamError('upstream_bad_response', 'upstream sent an invalid HTTP response', { cause: err });
   }
   if (CONNECT_FAILURES.has(code) || CONNECT_FAILURES.has(cause)) {
     return new UpstreamError('upstream_connect_failed', 'upstream is unreachable', { cause: err });

@@ -2,9 +2,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
-import { closedPort, rawConnect, rawExchange, readResponse, startTestProxy, type TestProxy } from './proxy-harness.js';
+import { forward } from '../../src/proxy/forward.js';
+import { createUpstreamPools } from '../../src/proxy/upstreams.js';
+import { closedPort, limitsWith, rawConnect, rawExchange, readResponse, startTestProxy, type TestProxy } from './proxy-harness.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -35,6 +37,27 @@ async function rawApp(handler: (req: IncomingMessage, res: ServerResponse) => vo
       }),
   );
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+/** An app that answers every request on a connection with the raw HTTP `answer` returns (heads no node:http server writes). */
+async function rawTcpApp(answer: (request: string) => string): Promise<string> {
+  const { createServer: createTcpServer } = await import('node:net');
+  const server = createTcpServer((s) => {
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString('latin1');
+      let end;
+      while ((end = buf.indexOf('\r\n\r\n')) >= 0) {
+        const request = buf.slice(0, end);
+        buf = buf.slice(end + 4);
+        s.write(answer(request));
+      }
+    });
+    s.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise((r) => server.close(() => r())));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
 function sha(b: Buffer): string {
@@ -341,6 +364,30 @@ describe('forward(): header hygiene (RFC 9110 §7.6.1)', () => {
     expect(notModified.status).toBe(304);
     expect(notModified.headers.etag).toBe('"v1"');
   });
+
+  it("passes a 304 or 204 through whole when it carries the Content-Length of the body it stands for (RFC 9110 §8.6)", async () => {
+    // node:http will not write such a head, so the app writes raw HTTP.
+    const app = await rawTcpApp((request) =>
+      request.startsWith('GET /304')
+        ? 'HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: "a"\r\n\r\n'
+        : 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kind: none\r\n\r\n',
+    );
+    const proxy = await proxyTo(app);
+    const notModified = await get(`${proxy.url}/304`);
+    expect([notModified.status, notModified.headers.etag, notModified.body.length]).toEqual([304, '"a"', 0]);
+    const noContent = await get(`${proxy.url}/204`);
+    expect([noContent.status, noContent.headers['x-kind'], noContent.body.length]).toEqual([204, 'none', 0]);
+    expect(proxy.errors).toEqual([]);
+  });
+
+  it('refuses a response in a transfer coding other than chunked with 502 upstream_bad_response (the client would get decoded bytes labelled as coded)', async () => {
+    const app = await rawTcpApp(() => 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
+    const proxy = await proxyTo(app);
+    const res = await get(`${proxy.url}/coded`);
+    expect(res.status).toBe(502);
+    expect(JSON.parse(res.body.toString()).reason).toBe('upstream_bad_response');
+    expect(proxy.errors).toEqual(['upstream_bad_response']);
+  });
 });
 
 describe('forward(): upstream failures', () => {
@@ -385,6 +432,33 @@ describe('forward(): upstream failures', () => {
     });
     expect(outcome).toEqual({ status: 200, body: 'first part', complete: false });
     expect(await upstreamAborted).toBe(true);
+    expect(proxy.errors).toEqual(['upstream_timeout']);
+  });
+
+  it('gives up on an upstream that stops reading the request body: upstream_timeout, even with no client-side request timeout', async () => {
+    // Accepts the connection and never reads from it: undici's writes fill the socket, and it pauses the upload.
+    const { createServer: createTcpServer } = await import('node:net');
+    const sockets: Array<{ destroy(): void }> = [];
+    const deaf = createTcpServer((s) => {
+      s.pause();
+      sockets.push(s);
+    });
+    await new Promise<void>((r) => deaf.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => deaf.close(() => r()) && sockets.forEach((s) => s.destroy())));
+    const proxy = await proxyTo(`http://127.0.0.1:${(deaf.address() as AddressInfo).port}`, { limits: { upstreamTimeoutSeconds: 0.5, requestTimeoutSeconds: 0 } });
+    const body = generated(256 * 1024 * 1024);
+    const ended = await new Promise<string>((resolve) => {
+      const req = httpRequest(`${proxy.url}/upload`, { method: 'POST', agent: false, headers: { 'content-length': String(256 * 1024 * 1024) } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(`status ${res.statusCode}`));
+      });
+      req.on('error', () => resolve('connection closed'));
+      body.stream.pipe(req);
+    });
+    // The upload can never finish, so the connection is closed (a 504 may come first).
+    expect(['connection closed', 'status 504']).toContain(ended);
+    expect(body.sent()).toBeLessThan(256 * 1024 * 1024);
+    await vi.waitFor(() => expect(proxy.errors).toEqual(['upstream_timeout']));
   });
 
   it('does not count a slow upload against the upstream timeout; the clock starts once the body is sent', async () => {
@@ -437,6 +511,8 @@ describe('forward(): upstream failures', () => {
       expect(outcome.status).toBe(200);
       expect(outcome.complete).toBe(false);
       expect(outcome.bytes).toBeLessThan(1_000_000);
+      // The headers had gone out, so there is no error response; the failure is still reported to be logged and counted.
+      await vi.waitFor(() => expect(proxy.errors).toEqual(['upstream_reset']));
     });
   }
 
@@ -453,6 +529,36 @@ describe('forward(): upstream failures', () => {
     s.destroy();
     expect(await upstreamClosed).toBe(true);
     expect(proxy.errors).toEqual([]);
+  });
+
+  it('does not call the upstream for a client that went away before forward() began (while a token was fetched)', async () => {
+    let requests = 0;
+    const app = await rawApp((_req, res) => {
+      requests++;
+      res.end('ok');
+    });
+    const pools = createUpstreamPools(limitsWith());
+    cleanups.push(() => pools.destroy());
+    let received = false;
+    let forwarded: Promise<void> | undefined;
+    const server = createServer((req, res) => {
+      received = true;
+      // What the outbound handler does while a token is fetched: wait (here, until the client has gone), then forward.
+      req.socket.once('close', () => {
+        forwarded = forward(req, res, { dispatcher: pools.get(new URL(app.url).origin), path: '/late', dropHeaders: new Set(), addHeaders: [] });
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => server.close(() => r())));
+    const s = await rawConnect((server.address() as AddressInfo).port);
+    s.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    while (!received) await new Promise((r) => setTimeout(r, 10));
+    s.destroy();
+    while (!forwarded) await new Promise((r) => setTimeout(r, 10));
+    await forwarded;
+    // A request to the same app afterwards goes through: the pool was not left holding a connection.
+    expect(await (await pools.get(new URL(app.url).origin).request({ path: '/after', method: 'GET' })).body.text()).toBe('ok');
+    expect(requests).toBe(1);
   });
 
   it('cancels the upstream request when the client goes away mid-upload', async () => {
