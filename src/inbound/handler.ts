@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Component, ComponentDeps } from '../component.js';
 import type { InboundConfig, LimitsConfig } from '../config/schema.js';
-import { SidecarError } from '../errors.js';
+import { SidecarError, type UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { sendError } from '../proxy/respond.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
@@ -85,6 +85,12 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     sendError(res, 500, 'internal_error', 'internal error');
   };
 
+  // The response headers already went to the caller, who sees a cut connection; the failure is still counted.
+  const brokenResponse = (e: UpstreamError) => {
+    metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
+    logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, afterHeaders: true }, 'upstream_error');
+  };
+
   const proceed = (req: IncomingMessage, res: ServerResponse, decision: Decision, started: number): void => {
     if (!decision.allowed) {
       observe(started);
@@ -98,11 +104,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
       dropHeaders,
       addHeaders: decision.identity?.headers ?? NO_HEADERS,
       onResponse: () => observe(started),
-      // The response headers already went to the caller, who sees a cut connection; the failure is still counted.
-      onBrokenResponse: (e) => {
-        metrics.upstreamErrors.inc({ direction: 'inbound', reason: e.code });
-        logger.warn({ event: 'upstream_error', reason: e.code, detail: e.message, method: req.method, afterHeaders: true }, 'upstream_error');
-      },
+      onBrokenResponse: brokenResponse,
     }).catch((err: unknown) => {
       try {
         observe(started);
