@@ -201,7 +201,8 @@ describe('the app behind the sidecar fails', () => {
     expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
   });
 
-  it('app cuts a response short: the client sees a broken response, never a complete one', async () => {
+  it('app cuts a response short: the client sees a broken response, never a complete one, and each sidecar counts it', async () => {
+    const before = [await metric(inbound, 'inbound', 'upstream_reset'), await metric(outbound, 'outbound', 'upstream_reset')];
     app.behaviour = 'cut';
     try {
       for (const r of [await send(inbound.inbound!, { token }), await send(outbound.outbound!, { host: 'payments' })]) {
@@ -213,6 +214,10 @@ describe('the app behind the sidecar fails', () => {
     } finally {
       app.behaviour = 'ok';
     }
+    // The headers had gone out, so no error answer was possible; the metric and the log still show it.
+    expect([await metric(inbound, 'inbound', 'upstream_reset'), await metric(outbound, 'outbound', 'upstream_reset')]).toEqual(before.map((n) => n + 1));
+    await flushLogs(inbound);
+    expect(inbound.output()).toMatch(/"event":"upstream_error"[^\n]*"afterHeaders":true/);
     expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
   });
 
