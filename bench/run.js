@@ -145,8 +145,8 @@ async function main() {
     sidecar: { url: `http://127.0.0.1:${outbound.outbound}/bench`, host: 'app' },
   };
   const runs = { baseline: [], sidecar: [] };
-  // CPU time per request of the chain's two proxy processes: unlike req/s, it does not depend on how much of the
-  // shared machine the load generator and the app got during the run.
+  // CPU time per request of the chain's two proxy processes: it depends less than req/s on how much of the shared
+  // machine the load generator and the app got during the run (not at all is too much to say: batching changes).
   const hopPids = { baseline: [hop1.pid, hop2.pid], sidecar: [outbound.pid, inbound.pid] };
   const load = async (name, durationSeconds = settings.durationSeconds) => {
     const cpu0 = hopPids[name].map(cpuSecondsOf);
