@@ -36,6 +36,10 @@ export interface TunnelOptions {
 export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts: TunnelOptions): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders);
+    // Host is required (RFC 9112 §3.2) and node:http adds none to a header list. The outbound side drops the app's
+    // Host, and a Connection header naming `host` strips it inbound: then the target's authority is sent, as undici
+    // does for plain requests.
+    if (!hasHost(headers)) headers.unshift('host', opts.target.host);
     headers.push('connection', 'upgrade', 'upgrade', req.headers.upgrade ?? '');
     const isHttps = opts.target.protocol === 'https:';
     const request = isHttps ? httpsRequest : httpRequest;
@@ -102,6 +106,11 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
 
     upReq.end();
   });
+}
+
+function hasHost(headers: readonly string[]): boolean {
+  for (let i = 0; i < headers.length; i += 2) if (headers[i]!.toLowerCase() === 'host') return true;
+  return false;
 }
 
 /** The status line and filtered headers of an upstream answer, as raw bytes for the client socket. */

@@ -143,7 +143,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(await rawExchange(s.outbound!, 'CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n\r\n')).toMatch(/^HTTP\/1\.1 405 /);
   });
 
-  it('carries a WebSocket upgrade to the peer with the token attached', async () => {
+  it('carries a WebSocket upgrade to the peer with the token attached and the target as Host, in both addressing modes', async () => {
     const ws = await startWsEcho();
     try {
       const s = await sidecar({ ...outboundConfig(), outbound: { ...outboundConfig().outbound, routes: [{ host: 'chat', target: ws.url, audience: 'payments' }] } });
@@ -158,11 +158,19 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect(raw).toContain('echo:hi');
       expect(ws.seen[0]!.url).toBe('/room?id=1');
       expect((await verifyWithIdp(idp, bearerOf(ws.seen[0]!.headers.authorization)!, 'payments')).sub).toBe('orders');
+      // The app's Host names the route, not the peer: the peer gets the target's authority (RFC 9112 §3.2 requires one), in both addressing modes.
+      const peerHost = new URL(ws.url).host;
+      expect(ws.seen[0]!.headers.host).toBe(peerHost);
+      const absolute = await rawExchange(s.outbound!, handshake.replace('GET /room?id=1 ', 'GET http://chat/room?id=2 '), [frame, Buffer.from([0x88, 0x80, 0, 0, 0, 0])]);
+      expect(absolute).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+      expect(ws.seen[1]!.url).toBe('/room?id=2');
+      expect(ws.seen[1]!.headers.host).toBe(peerHost);
+      expect(ws.seen[1]!.headers['x-forwarded-host']).toBe('chat');
       // An unrouted host is refused before any upstream or IdP traffic.
       const refused = await rawExchange(s.outbound!, handshake.replace('Host: chat', 'Host: elsewhere'));
       expect(refused).toMatch(/^HTTP\/1\.1 403 /);
       expect(refused).toContain('"reason":"no_route"');
-      expect(ws.seen).toHaveLength(1);
+      expect(ws.seen).toHaveLength(2);
     } finally {
       await ws.close();
     }

@@ -2,6 +2,7 @@ import { WebSocket } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { rawExchange } from '../unit/proxy-harness.js';
 import { startWsEcho, type WsEcho } from '../unit/proxy-ws-echo.js';
 import { eventually, metricsText, rawRequest, sample } from './inbound-support.js';
 
@@ -70,6 +71,17 @@ describe('inbound: WebSocket upgrades are verified, then tunnelled', () => {
 
   const upgradeHead = (path: string, extra = '') =>
     `GET ${path} HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==${extra}`;
+
+  it('sends the app a Host when the caller\'s is named in Connection (hop-by-hop): the target\'s, as for plain requests (RFC 9112 §3.2)', async () => {
+    const token = await idp.getToken('orders', 'chat');
+    const before = app.seen.length;
+    // A masked close frame right behind the handshake: the app answers it and ends the session.
+    const close = Buffer.from([0x88, 0x80, 0, 0, 0, 0]);
+    const head = upgradeHead('/ws/host', `\r\nAuthorization: Bearer ${token}`).replace('Connection: Upgrade', 'Connection: Upgrade, host');
+    const answer = await rawExchange(Number(new URL(sidecar.inbound!).port), Buffer.concat([Buffer.from(`${head}\r\n\r\n`), close]));
+    expect(answer).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    expect(app.seen.slice(before).map((s) => [s.url, s.headers.host])).toEqual([['/ws/host', new URL(app.url).host]]);
+  });
 
   it('refuses an upgrade without a token with 401 and never reaches the app', async () => {
     const before = app.seen.length;

@@ -106,6 +106,21 @@ describe('tunnel(): WebSocket through the proxy', () => {
     expect(text).toMatch(/x-app: ws\r\n/i);
   });
 
+  it('sends the target as Host when none is left after filtering (RFC 9112 §3.2; node:http adds none to a header list)', async () => {
+    const app = await echo();
+    const { proxy, outcomes } = await tunnelProxy(app.url);
+    // Connection names Host, so the client's Host is hop-by-hop and removed; a close frame behind the handshake ends the session.
+    const close = Buffer.from([0x88, 0x80, 0, 0, 0, 0]);
+    const answer = await rawExchange(
+      proxy.port,
+      Buffer.concat([Buffer.from('GET /h HTTP/1.1\r\nHost: client-side\r\nConnection: Upgrade, Host\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'), close]),
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 101 /);
+    expect(outcomes).toEqual([101]);
+    expect(app.seen.map((s) => s.headers.host)).toEqual([new URL(app.url).host]);
+    expect(app.seen[0]!.headers['x-forwarded-host']).toBe('client-side');
+  });
+
   it('relays an upstream that declines the upgrade, then closes', async () => {
     const app = await echo({ refuse: { status: 403, body: 'not here' } });
     const { proxy, outcomes } = await tunnelProxy(app.url);
