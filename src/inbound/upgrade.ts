@@ -4,8 +4,9 @@ import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
 import { UpstreamError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { isWebSocketUpgrade } from '../proxy/headers.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
-import { tunnel } from '../proxy/tunnel.js';
+import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import type { Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
 
@@ -28,12 +29,30 @@ export interface InboundUpgradeDeps {
  * like any other request, then tunnelled to the app with the verified
  * identity headers. A refused caller gets the same 401/403/503 answer as a
  * plain request, written on the raw socket, and nothing reaches the app.
+ *
+ * Only WebSocket is tunnelled; any other protocol is refused first with 400
+ * `upgrade_not_supported` (counted as a reject, logged as request_rejected).
+ * The decision covers one request, and a WebSocket tunnel carries frames to
+ * the endpoint that request was allowed on. `h2c` (or any protocol that
+ * speaks HTTP again) would carry further requests for any path, which the
+ * sidecar never sees: the token check and the rules would be bypassed (h2c
+ * smuggling).
  */
 export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
   const duration = deps.metrics.requestDuration.labels({ direction: 'inbound' });
   return (req, socket, head) => {
     const started = performance.now();
     const observe = () => duration.observe((performance.now() - started) / 1000);
+    if (!isWebSocketUpgrade(req.rawHeaders)) {
+      deps.metrics.inboundRequests.inc({ decision: 'reject', reason: UPGRADE_NOT_SUPPORTED });
+      deps.logger.warn(
+        // The path only, as for every rejection: a query string may carry a token (RFC 6750 §2.3).
+        { event: 'request_rejected', reason: UPGRADE_NOT_SUPPORTED, path: capPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress },
+        'request_rejected',
+      );
+      observe();
+      return refuseUpgrade(socket);
+    }
     deps
       .authorize(req)
       .then(async (decision) => {
@@ -65,4 +84,9 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
   };
+}
+
+function capPath(url: string): string {
+  const path = url.split('?')[0]!;
+  return path.length > 256 ? `${path.slice(0, 256)}…` : path;
 }

@@ -6,8 +6,9 @@ import type { Component, ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
+import { isWebSocketUpgrade } from '../proxy/headers.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
-import { tunnel } from '../proxy/tunnel.js';
+import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createConnectHandler } from './connect.js';
 import { createRouter, type Resolution } from './router.js';
@@ -158,9 +159,20 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     else send(req, res, p, started);
   };
 
-  /** WebSocket and other `Upgrade` requests: same routing and token as plain requests, then a byte tunnel. */
+  /**
+   * WebSocket upgrades: same routing and token as plain requests, then a byte tunnel. Any other protocol gets
+   * 400 upgrade_not_supported before a token is fetched. The token goes on the handshake only: after an h2c
+   * switch the app's further requests would travel with no token of ours (why CONNECT is refused for routed
+   * hosts too), and a peer's inbound sidecar refuses such upgrades anyway. Passthrough hosts follow the same
+   * rule, so the listener has one; CONNECT is their opaque tunnel.
+   */
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
+    if (!isWebSocketUpgrade(req.rawHeaders)) {
+      const r = router.resolve(req.url ?? '/', req.headers.host);
+      record(r.kind === 'route' ? r.route.host : r.kind === 'passthrough' ? 'passthrough' : 'none', UPGRADE_NOT_SUPPORTED, started);
+      return refuseUpgrade(socket);
+    }
     const p = await prepare(req, started);
     if (!p.ok) return writeRawError(socket, p.status, p.reason, p.message);
     try {

@@ -169,6 +169,32 @@ export function forwardableResponseHeaders(headers: Record<string, string | stri
   return out;
 }
 
+/**
+ * Whether an Upgrade request asks for WebSocket and nothing else: every
+ * `Upgrade` line together names exactly one protocol, `websocket` in any
+ * letter case (RFC 6455 §4.1; empty list elements ignored, RFC 9110 §5.6.1).
+ * A list is refused even when it names `websocket`: the server picks one
+ * protocol from it (RFC 9110 §7.8), so `websocket, h2c` would let the app
+ * switch to HTTP/2 on a connection the sidecar checked once, and every
+ * request sent over it afterwards would bypass the token check and the rules
+ * (h2c smuggling). A protocol version (`websocket/13`) is not WebSocket's
+ * token either.
+ */
+export function isWebSocketUpgrade(rawHeaders: readonly string[]): boolean {
+  let protocols = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length !== 7 || name.toLowerCase() !== 'upgrade') continue;
+    for (const element of rawHeaders[i + 1]!.split(',')) {
+      // Only OWS (SP, HTAB) is trimmed: String.trim() would also take U+00A0, which a latin1 header value can hold.
+      const protocol = element.replace(/^[ \t]+|[ \t]+$/g, '');
+      if (protocol === '') continue;
+      if (++protocols > 1 || protocol.toLowerCase() !== 'websocket') return false;
+    }
+  }
+  return protocols === 1;
+}
+
 /** Every value of a header in `rawHeaders` (case-insensitive name). */
 export function headerValues(rawHeaders: readonly string[], lowerName: string): string[] {
   const out: string[] = [];

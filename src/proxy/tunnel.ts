@@ -5,6 +5,19 @@ import type { Duplex } from 'node:stream';
 import { UpstreamError } from '../errors.js';
 import { toUpstreamError } from './forward.js';
 import { buildUpstreamHeaders, isHopByHop } from './headers.js';
+import { writeRawError } from './respond.js';
+
+/** The reason code for an `Upgrade` request refused for its protocol (anything but WebSocket), on either listener. */
+export const UPGRADE_NOT_SUPPORTED = 'upgrade_not_supported';
+
+/**
+ * Refuses an `Upgrade` request that is not a WebSocket handshake (see
+ * isWebSocketUpgrade): 400 with the sidecar's JSON error, connection closed,
+ * nothing sent upstream. Callers check before any tunnel is opened.
+ */
+export function refuseUpgrade(socket: Duplex): void {
+  writeRawError(socket, 400, UPGRADE_NOT_SUPPORTED, 'only WebSocket upgrades are supported (Upgrade: websocket)');
+}
 
 export interface TunnelOptions {
   /** The upstream origin, `http://host:port` or `https://host:port`. */
@@ -23,7 +36,8 @@ export interface TunnelOptions {
 
 /**
  * Tunnels an `Upgrade` request (WebSocket, RFC 6455 §4; HTTP/1.1 Upgrade,
- * RFC 9110 §7.8) that the caller has already authorized: sends the request
+ * RFC 9110 §7.8) that the caller has already authorized, and checked to be a
+ * WebSocket handshake (refuseUpgrade answers the others): sends the request
  * upstream with hop-by-hop headers filtered and `Connection: Upgrade` +
  * `Upgrade` restored, relays the upstream's `101` and then pipes bytes both
  * ways until either side closes. If the upstream declines (any non-101

@@ -6,13 +6,16 @@ import {
   rawExchange,
   rawRequestBytes,
   startRecordingApp,
+  startUpgradingApp,
   tokenLeaks,
   type RecordingApp,
   type Refusal,
+  type UpgradingApp,
 } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { tamperHeader } from '../support/tokens.js';
+import { metricsText, sample } from './inbound-support.js';
 
 /**
  * HTTP-level attacks: duplicate credentials (CVE-2025-64527 class), request
@@ -210,6 +213,65 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     expect(ex.responses.map((r) => r.status)).toEqual([401]);
     expect(ex.responses[0]!.headers.connection).toBe('close');
     expect(app.requests.slice(before)).toEqual([]);
+  });
+});
+
+describe('h2c smuggling (Bishop Fox, 2020): only WebSocket upgrades are tunnelled', () => {
+  // Behind a proxy that tunnels any Upgrade, a caller allowed on one path asks the app to switch to HTTP/2 (h2c) and
+  // then sends requests for any path over the tunnel, which the sidecar never sees. The app here switches to
+  // whatever it is offered, and answers whatever follows: it must never get a connection.
+  let h2cApp: UpgradingApp;
+  let front: SidecarProcess;
+  beforeAll(async () => {
+    h2cApp = await startUpgradingApp();
+    front = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      inbound: { target: h2cApp.url, audience: 'orders', issuers: [{ issuer: idp.issuer }], rules },
+    });
+  });
+  afterAll(async () => {
+    await front?.stop();
+    await h2cApp?.close();
+  });
+
+  const smuggled = 'GET /admin/users HTTP/1.1\r\nHost: orders\r\n\r\n';
+  const upgrade = (path: string, headers: [string, string][], token?: string) =>
+    rawRequestBytes(path, [['Host', 'orders'], ...(token ? ([['Authorization', `Bearer ${token}`]] as [string, string][]) : []), ...headers]) + smuggled;
+  const offers: [string, [string, string][]][] = [
+    ['h2c with HTTP2-Settings (RFC 7540 §3.2)', [['Connection', 'Upgrade, HTTP2-Settings'], ['Upgrade', 'h2c'], ['HTTP2-Settings', 'AAMAAABkAARAAAAAAAIAAAAA']]],
+    ['H2C in upper case', [['Connection', 'Upgrade'], ['Upgrade', 'H2C']]],
+    ['websocket, h2c (the app picks from a list)', [['Connection', 'Upgrade'], ['Upgrade', 'websocket, h2c']]],
+    ['h2c, websocket', [['Connection', 'Upgrade'], ['Upgrade', 'h2c, websocket']]],
+    ['websocket and h2c on two Upgrade lines', [['Connection', 'Upgrade'], ['Upgrade', 'websocket'], ['Upgrade', 'h2c']]],
+    ['TLS/1.0 (RFC 2817)', [['Connection', 'Upgrade'], ['Upgrade', 'TLS/1.0']]],
+  ];
+
+  it('every non-WebSocket Upgrade is 400 upgrade_not_supported, on a public route and with an allowed token, and the app gets no connection; a WebSocket upgrade still gets through', async () => {
+    for (const [path, token] of [['/public/x', undefined], ['/api/orders', orders]] as const) {
+      for (const [label, headers] of offers) {
+        const what = `${label} on ${path}`;
+        const ex = await rawExchange(front.inbound!, upgrade(path, headers, token));
+        expect(ex.responses.map((r) => r.status), `${what}: ${JSON.stringify(ex.raw.slice(0, 200))}`).toEqual([400]);
+        expect(ex.responses[0]!.json(), what).toEqual({ error: expect.any(String), reason: 'upgrade_not_supported' });
+        expect(ex.closedByServer, what).toBe(true);
+        expect(h2cApp.connections, what).toEqual([]);
+      }
+    }
+    const metrics = await metricsText(front.admin);
+    expect(sample(metrics, 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'upgrade_not_supported' })).toBe(2 * offers.length);
+    const logged = await front.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'upgrade_not_supported' && l.path === '/api/orders');
+    expect(logged).toMatchObject({ method: 'GET', peer: expect.any(String) });
+    await flushLogs(front);
+    expect(tokenLeaks(front.output(), [orders])).toEqual([]);
+
+    // The same app is reached by a WebSocket upgrade, in any letter case: what is refused is the protocol alone.
+    const ws = await rawExchange(front.inbound!, upgrade('/public/ws', [['Connection', 'Upgrade'], ['Upgrade', 'WebSocket']]));
+    expect(ws.raw).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    expect(ws.raw).toContain(`switched:${smuggled}`);
+    expect(h2cApp.connections).toHaveLength(1);
+    expect(h2cApp.connections[0]).toMatch(/^GET \/public\/ws HTTP\/1\.1\r\n[\s\S]*\r\nupgrade: WebSocket\r\n/);
   });
 });
 

@@ -7,6 +7,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startUpgradingApp } from '../support/attacks.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -173,6 +174,26 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect(ws.seen).toHaveLength(2);
     } finally {
       await ws.close();
+    }
+  });
+
+  it('refuses an Upgrade to anything but WebSocket (h2c) with 400 upgrade_not_supported; the peer gets no connection', async () => {
+    const peer = await startUpgradingApp();
+    try {
+      const base = outboundConfig();
+      const s = await sidecar({ ...base, outbound: { ...base.outbound, routes: [{ host: 'legacy', target: peer.url, audience: 'payments' }] } });
+      for (const upgrade of ['h2c', 'websocket, h2c']) {
+        const raw = await rawExchange(
+          s.outbound!,
+          `GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`,
+        );
+        expect(raw, upgrade).toMatch(/^HTTP\/1\.1 400 /);
+        expect(JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)), upgrade).toEqual({ error: expect.any(String), reason: 'upgrade_not_supported' });
+      }
+      expect(peer.connections).toEqual([]);
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'legacy', status: 'upgrade_not_supported' })).toBe(2);
+    } finally {
+      await peer.close();
     }
   });
 

@@ -1,7 +1,7 @@
 import { createHmac, createPublicKey, sign as nodeSign, type KeyObject } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import fc from 'fast-check';
 import { expect } from 'vitest';
 import type { SidecarProcess } from './sidecar.js';
@@ -199,6 +199,54 @@ export async function startAttackerServer(body: () => unknown): Promise<Attacker
       server.close(() => r());
     });
   return s;
+}
+
+export interface UpgradingApp {
+  url: string;
+  /** Every byte each TCP connection sent (latin1), one entry per connection, in order. */
+  connections: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * An app that switches to whatever protocol an `Upgrade` request offers, as
+ * an h2c-capable server does (RFC 7540 §3.2), preferring `h2c` when a list
+ * names it: `101` naming the protocol, then it answers whatever follows on
+ * the connection with `switched:<bytes>` and closes. A raw TCP server, so it
+ * records everything, including bytes sent after the switch.
+ */
+export async function startUpgradingApp(): Promise<UpgradingApp> {
+  const sockets = new Set<Socket>();
+  const app: UpgradingApp = { url: '', connections: [], close: async () => {} };
+  const server = createNetServer((sock) => {
+    const index = app.connections.push('') - 1;
+    sockets.add(sock);
+    sock.once('close', () => sockets.delete(sock));
+    sock.on('error', () => {});
+    let switched = false;
+    sock.on('data', (d: Buffer) => {
+      app.connections[index] += d.toString('latin1');
+      const text = app.connections[index]!;
+      const end = text.indexOf('\r\n\r\n');
+      if (switched) return void sock.end(`switched:${d.toString('latin1')}`);
+      if (end < 0) return;
+      const offered = [...text.slice(0, end).matchAll(/^upgrade:(.*)$/gim)].flatMap((m) => m[1]!.split(',').map((p) => p.trim())).filter(Boolean);
+      if (offered.length === 0) return void sock.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      const protocol = offered.find((p) => p.toLowerCase() === 'h2c') ?? offered[0]!;
+      switched = true;
+      sock.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${protocol}\r\n\r\n`);
+      const early = text.slice(end + 4);
+      if (early) sock.end(`switched:${early}`);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  app.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  app.close = () =>
+    new Promise((r) => {
+      for (const sock of sockets) sock.destroy();
+      server.close(() => r());
+    });
+  return app;
 }
 
 /** How a faulty front answers: pass through, or one way an IdP endpoint can break. */

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { buildUpstreamHeaders, forwardableHeaders, forwardableResponseHeaders, isHopByHop } from '../../src/proxy/headers.js';
+import { buildUpstreamHeaders, forwardableHeaders, forwardableResponseHeaders, isHopByHop, isWebSocketUpgrade } from '../../src/proxy/headers.js';
 
 /** A request as Node's parser hands it over: only the fields header building reads. */
 function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): IncomingMessage {
@@ -87,5 +87,42 @@ describe('forwardableResponseHeaders', () => {
         }
       }),
     );
+  });
+});
+
+describe('isWebSocketUpgrade: the one protocol either listener tunnels', () => {
+  it('accepts Upgrade: websocket in any letter case, alone or beside empty list elements (RFC 9110 §5.6.1)', () => {
+    for (const raw of [
+      ['Upgrade', 'websocket'],
+      ['upgrade', 'WebSocket'],
+      ['UPGRADE', 'WEBSOCKET'],
+      ['Upgrade', '\twebsocket ,'],
+      ['Upgrade', ', websocket'],
+      ['Upgrade', 'websocket', 'Upgrade', ''],
+    ]) {
+      expect(isWebSocketUpgrade(['Host', 'x', 'Connection', 'Upgrade', ...raw]), JSON.stringify(raw)).toBe(true);
+    }
+  });
+
+  it('refuses every other protocol, and any list of several, even one naming websocket (h2c smuggling)', () => {
+    for (const raw of [
+      ['Upgrade', 'h2c'],
+      ['Upgrade', 'H2C'],
+      ['Upgrade', 'websocket, h2c'],
+      ['Upgrade', 'h2c, websocket'],
+      ['Upgrade', 'websocket', 'Upgrade', 'h2c'],
+      ['upgrade', 'h2c', 'Upgrade', 'websocket'],
+      ['Upgrade', 'websocket, websocket'],
+      ['Upgrade', 'websocket/13'],
+      ['Upgrade', 'TLS/1.0'],
+      ['Upgrade', 'HTTP/2.0'],
+      ['Upgrade', 'web socket'],
+      ['Upgrade', 'websocket\u00a0'],
+      ['Upgrade', ''],
+      ['Upgrade', ' , '],
+      [],
+    ]) {
+      expect(isWebSocketUpgrade(['Host', 'x', 'Connection', 'Upgrade', ...raw]), JSON.stringify(raw)).toBe(false);
+    }
   });
 });
