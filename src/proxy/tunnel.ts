@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { UpstreamError } from '../errors.js';
 import { toUpstreamError } from './forward.js';
-import { buildUpstreamHeaders, isHopByHop } from './headers.js';
+import { buildUpstreamHeaders, isHopByHop, isWebSocketUpgrade } from './headers.js';
 import { writeRawError } from './respond.js';
 
 /** The reason code for an `Upgrade` request refused for its protocol (anything but WebSocket), on either listener. */
@@ -96,6 +96,12 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
 
     upReq.on('upgrade', (upRes: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
       if (settled) return void upSocket.destroy();
+      // Only a WebSocket handshake was sent, so only a switch to WebSocket is relayed: an upstream that switches to
+      // anything else (h2c) would otherwise get the tunnel that refuseUpgrade keeps from the client.
+      if (!isWebSocketUpgrade(upRes.rawHeaders)) {
+        upSocket.destroy();
+        return fail(new UpstreamError('upstream_bad_response', 'upstream switched to a protocol other than websocket'));
+      }
       settled = true;
       socket.off('close', onClientClose);
       upSocket.setTimeout(0);

@@ -132,6 +132,25 @@ describe('tunnel(): WebSocket through the proxy', () => {
     expect(outcomes).toEqual([403]);
   });
 
+  it('answers 502 upstream_bad_response when the upstream switches to a protocol other than the WebSocket it was asked for', async () => {
+    const app = await echo();
+    app.server.removeAllListeners('upgrade');
+    let afterSwitch = '';
+    app.server.on('upgrade', (_req, socket: Duplex) => {
+      socket.on('data', (d: Buffer) => (afterSwitch += d.toString('latin1')));
+      socket.on('error', () => {});
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n');
+      cleanups.push(async () => void socket.destroy());
+    });
+    const { proxy, outcomes } = await tunnelProxy(app.url);
+    const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 502 /);
+    expect(answer).toContain('"reason":"upstream_bad_response"');
+    expect(outcomes).toEqual(['upstream_bad_response']);
+    // Nothing the client sent behind the handshake reached the app.
+    expect(afterSwitch).toBe('');
+  });
+
   it('answers 502 upstream_connect_failed when the upstream is down', async () => {
     const port = await closedPort();
     const { proxy, outcomes } = await tunnelProxy(`http://127.0.0.1:${port}`);
