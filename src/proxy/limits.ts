@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { writeRawError } from './respond.js';
 
@@ -48,19 +48,60 @@ export function clientErrorResponse(code: string | undefined): { status: number;
   }
 }
 
+/** What Node keeps on a server socket: the response being written on it (responses to later pipelined requests wait their turn). */
+type ServerSocket = Duplex & { _httpMessage?: ServerResponse | null };
+
+/** Sockets whose refusal is queued behind earlier responses (see handleClientError). */
+const refusalPending = new WeakSet<Duplex>();
+
 /**
  * The server's `clientError` handler: a malformed request, an oversize header
  * block or a client too slow to send its headers gets the right 4xx on its own
- * connection, and the server keeps serving everyone else. When a response is
- * already under way on that socket, writing another one would corrupt it, so
- * the connection is cut instead (as Node's default handler does).
+ * connection, and the server keeps serving everyone else.
+ *
+ * With pipelining (RFC 9112 §9.3.2) the bad request may follow requests that
+ * are still being answered. Responses must go out in request order, so the
+ * refusal waits until every earlier response is complete, then goes out with
+ * `connection: close` and the connection ends (§9.6): the client gets every
+ * answer it is owed, learns that the bad request was refused rather than
+ * lost, and nothing after it is read. Writing the refusal at once, as Node's
+ * own handler does, would take the place of the first response and the client
+ * would think its first request failed.
  */
 export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
-  if (!socket.writable || inFlight?.headersSent || err.code === 'ECONNRESET') {
+  if (refusalPending.has(socket)) return; // The parser repeats its error for every later chunk; one refusal is queued.
+  if (!socket.writable || err.code === 'ECONNRESET') {
     socket.destroy();
     return;
   }
   const { status, reason } = clientErrorResponse(err.code);
-  writeRawError(socket, status, reason);
+  refusalPending.add(socket);
+  afterEarlierResponses(socket as ServerSocket, () => {
+    // A response that ended the connection itself (`connection: close`) was the last word: Node is closing the socket.
+    if (socket.writable) writeRawError(socket, status, reason);
+  });
+}
+
+/**
+ * Calls `then` once the responses to every request before the bad one are
+ * complete. Node's own `finish` listener runs first and hands the socket to
+ * the next pipelined response, so this follows the queue. Every request before
+ * the bad one was parsed whole; a response whose request is incomplete is the
+ * bad request's own (its head parsed, then its framing or body failed): it is
+ * replaced by the refusal if it has not started, left to finish if it is
+ * complete already, else the connection is cut so a half-sent response is
+ * never taken for a whole one. A response that fails destroys the socket, and
+ * `then` never runs.
+ */
+function afterEarlierResponses(socket: ServerSocket, then: () => void): void {
+  const res = socket._httpMessage;
+  if (!res) return then();
+  if (!res.req.complete) {
+    // Answered in full already (a refusal, or an app that did not wait for the body): end the connection after it.
+    if (res.writableEnded) res.once('finish', () => socket.end());
+    else if (res.headersSent) socket.destroy();
+    else then();
+    return;
+  }
+  res.once('finish', () => afterEarlierResponses(socket, then));
 }

@@ -79,6 +79,38 @@ describe('header limits', () => {
   });
 });
 
+describe('pipelining (RFC 9112 §9.3.2)', () => {
+  it.each([
+    ['a malformed request', 'GARBAGE\r\n\r\n', 400, 'bad_request'],
+    ['an oversize header block', `GET /second HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
+  ])('answers the requests before %s first, then refuses it and closes', async (_what, bad, status, reason) => {
+    // The app holds its answer until the test lets it go, so the refusal is due while the first response is pending.
+    const held: Array<() => void> = [];
+    const app = await startUpstream((_req, res) => void held.push(() => res.end('first')));
+    const proxy = await startTestProxy(app.url);
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    const s = await rawConnect(proxy.port);
+    let answer = '';
+    s.on('data', (d) => (answer += d.toString('latin1')));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    // One write: the proxy parses the bad request right after the first, before the first reaches the app.
+    s.write(`GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /also HTTP/1.1\r\nHost: x\r\n\r\n${bad}`);
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    held.shift()!();
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    held.shift()!();
+    await closed;
+
+    const responses = answer.split(/(?=HTTP\/1\.1 )/);
+    expect(responses.map((r) => Number(r.slice(9, 12)))).toEqual([200, 200, status]);
+    expect(responses[0]).toMatch(/\r\n\r\nfirst$/);
+    expect(responses[2]).toMatch(/\r\nconnection: close\r\n/i);
+    expect(jsonBody(responses[2]!)).toMatchObject({ reason });
+    expect(app.seen.map((r) => r.url)).toEqual(['/first', '/also']);
+  });
+});
+
 describe('timeouts', () => {
   it('answers a client that never finishes its headers (slowloris) with 408 while others are served', async () => {
     const { proxy } = await setup({ headersTimeoutSeconds: 0.5, requestTimeoutSeconds: 5 });
