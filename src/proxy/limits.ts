@@ -70,7 +70,7 @@ const refusalPending = new WeakSet<Duplex>();
  */
 export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (refusalPending.has(socket)) return; // The parser repeats its error for every later chunk; one refusal is queued.
-  if (!socket.writable || err.code === 'ECONNRESET') {
+  if (!socket.writable || err.code === 'ECONNRESET' || isTlsError(err)) {
     socket.destroy();
     return;
   }
@@ -80,6 +80,17 @@ export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex): v
     // A response that ended the connection itself (`connection: close`) was the last word: Node is closing the socket.
     if (socket.writable) writeRawError(socket, status, reason);
   });
+}
+
+/**
+ * An error of the TLS layer (handshake timeout, bad ClientHello, plain HTTP on
+ * the TLS port), which an HTTPS server reports as a `clientError` too: no
+ * HTTP has been spoken on that socket yet, so there is nobody to answer. An
+ * answer written there would wait for a handshake that never completes and
+ * keep the socket open.
+ */
+function isTlsError(err: NodeJS.ErrnoException & { library?: string }): boolean {
+  return /^ERR_(TLS|SSL|OSSL)_/.test(err.code ?? '') || err.library !== undefined;
 }
 
 /**

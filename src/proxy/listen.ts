@@ -40,7 +40,8 @@ export interface LimitedServerOptions {
 /**
  * An HTTP(S) server with the sidecar's limits applied: header size (431),
  * header count (431), a single Host (400), headers timeout against slowloris
- * (408), whole-request timeout (408), idle keep-alive timeout. A client that
+ * (408), whole-request timeout (408), idle keep-alive timeout; with TLS, the
+ * handshake must also complete within the headers timeout. A client that
  * breaks a limit gets its 4xx on its own connection; others keep being served.
  * With `tls`, the certificate is reloaded when its files change.
  */
@@ -76,7 +77,9 @@ export function createLimitedServer(
   let stopTls = () => {};
   if (tls) {
     const material = loadTlsMaterial(tls);
-    const https = createHttpsServer({ ...serverOptions, ...material }, guarded);
+    // A client gets as long to finish the TLS handshake as to send its headers once it is done. Node's default
+    // (120 s) would let silent TCP connections and stalled ClientHellos hold a socket long past the slowloris guard.
+    const https = createHttpsServer({ ...serverOptions, ...material, handshakeTimeout: headersTimeout }, guarded);
     // Watch only once listening: a listener that never binds (address in use on a reload) never closes either.
     https.once('listening', () => {
       stopTls = watchTlsFiles(https, tls, material, options.logger, options.tlsPollMs);

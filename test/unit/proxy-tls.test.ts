@@ -11,7 +11,7 @@ import { SETTLE_MS } from '../../src/config/poll-files.js';
 import { loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
-import { limitsWith, startTestProxy } from './proxy-harness.js';
+import { limitsWith, rawConnect, startTestProxy } from './proxy-harness.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -169,6 +169,31 @@ describe('inbound TLS', () => {
     await until(() => lines.some((l) => l.event === 'tls_reload_failed'));
     expect((await get(`${proxy.url}/`, a.pem)).cn).toBe('keep-a');
     expect(JSON.stringify(lines)).not.toContain('PRIVATE KEY');
+  });
+
+  it('cuts a client that does not finish the TLS handshake within limits.headersTimeoutSeconds, while others are served', async () => {
+    const a = selfSigned('handshake');
+    const app = await startUpstream();
+    const proxy = await startTestProxy(app.url, { tls: { certFile: a.cert, keyFile: a.key }, limits: { headersTimeoutSeconds: 0.5, requestTimeoutSeconds: 5 } });
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    // One connects and says nothing; one starts a ClientHello (record header and the first byte) and stalls.
+    const silent = await rawConnect(proxy.port);
+    const stalled = await rawConnect(proxy.port);
+    stalled.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01]));
+    const answers = [silent, stalled].map((s) => {
+      let got = '';
+      s.on('data', (d) => (got += d.toString('latin1')));
+      s.on('error', () => {});
+      return new Promise<string>((r) => s.on('close', () => r(got)));
+    });
+    cleanups.push(async () => [silent, stalled].forEach((s) => s.destroy()));
+
+    expect((await get(`${proxy.url}/meanwhile`, a.pem)).cn).toBe('handshake');
+    // Node's default would keep them for 120 s; nothing is written to a socket that never spoke TLS.
+    expect(await Promise.all(answers)).toEqual(['', '']);
+    expect((await get(`${proxy.url}/after`, a.pem)).cn).toBe('handshake');
+    expect(app.seen.map((r) => r.url)).toEqual(['/meanwhile', '/after']);
   });
 
   it('refuses unreadable or mismatched files at startup with a coded error naming the key', () => {
