@@ -4,8 +4,8 @@ import { writeRawError } from './respond.js';
 
 /** Why a request is refused before any handler sees it. */
 export interface RequestViolation {
-  status: 400 | 431;
-  reason: 'too_many_headers' | 'bad_request';
+  status: 400 | 431 | 501;
+  reason: 'too_many_headers' | 'bad_request' | 'transfer_coding_not_supported';
   message: string;
 }
 
@@ -17,8 +17,8 @@ export interface RequestViolation {
  * Authorization, say) would be invisible to one check and visible to the
  * next, and on Node 22+ it fails the parse with the code of an oversize
  * block. Refusing the request with 431 (RFC 6585 §5) here removes the
- * ambiguity. Two Host headers get 400 (RFC 9112 §3.2). Returns undefined
- * when fine.
+ * ambiguity. Two Host headers get 400 (RFC 9112 §3.2). Transfer codings:
+ * see checkTransferCodings. Returns undefined when fine.
  */
 export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): RequestViolation | undefined {
   const raw = req.rawHeaders;
@@ -26,12 +26,43 @@ export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): 
     return { status: 431, reason: 'too_many_headers', message: `more than ${maxHeaderCount} request headers` };
   }
   let hosts = 0;
+  let codings: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
+    // Cheap length checks first: this loop runs on every request.
     if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) {
       return { status: 400, reason: 'bad_request', message: 'more than one Host header' };
     }
+    if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') {
+      codings = codings === undefined ? raw[i + 1]! : `${codings},${raw[i + 1]!}`;
+    }
   }
+  // A plain `chunked`, the only coding almost every client sends, needs no parsing.
+  return codings === undefined || codings === 'chunked' ? undefined : checkTransferCodings(codings);
+}
+
+/**
+ * The request's transfer codings (every Transfer-Encoding line, in order) must
+ * be exactly `chunked`, in any case, with optional whitespace and empty list
+ * elements (RFC 9110 §5.6.1). Node's parser accepts `gzip, chunked`, removes
+ * only the chunking and hands on the still-coded bytes with the coding
+ * dropped, which the app would take for plain content: a coding the sidecar
+ * does not implement gets 501 (RFC 9112 §6.1). When `chunked` is not the final
+ * coding the body length cannot be known: 400 (§6.3).
+ */
+function checkTransferCodings(value: string): RequestViolation | undefined {
+  let count = 0;
+  let last = '';
+  for (const element of value.split(',')) {
+    const coding = element.trim().toLowerCase();
+    if (coding === '') continue;
+    count++;
+    last = coding;
+  }
+  if (last !== 'chunked') {
+    return { status: 400, reason: 'bad_request', message: 'chunked is not the final transfer coding, so the body length is unknown' };
+  }
+  if (count > 1) return { status: 501, reason: 'transfer_coding_not_supported', message: 'only the chunked transfer coding is supported' };
   return undefined;
 }
 

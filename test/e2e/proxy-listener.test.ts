@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rawExchange } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
@@ -136,6 +137,42 @@ describe('inbound listener: TLS and limits through the CLI', () => {
     }
     expect(cn).toBe('sidecar-b');
     expect(sidecar.output()).not.toContain('PRIVATE KEY');
+  });
+});
+
+describe('both listeners: request transfer codings (RFC 9112 §6.1)', () => {
+  let app: UpstreamApp;
+  let sidecar: SidecarProcess;
+
+  beforeAll(async () => {
+    app = await startUpstream();
+    sidecar = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      // The issuer is never reached: the route is public, and the outbound side passes unknown hosts through.
+      inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: 'http://127.0.0.1:9' }], rules: [{ match: { path: '/**' }, public: true }] },
+      outbound: { tokenSource: { type: 'env', variable: 'OIDC_SIDECAR_TEST_UNSET' }, routes: [], unknownHosts: 'passthrough' },
+    }, { waitReady: false }); // never ready: the issuer's keys never load
+  });
+  afterAll(async () => {
+    await sidecar?.stop();
+    await app?.close();
+  });
+
+  const post = (te: string) => `POST /upload HTTP/1.1\r\nHost: ${app.hostPort}\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n`;
+
+  it.each(['inbound', 'outbound'] as const)('%s: a coding other than chunked is 501 transfer_coding_not_supported and never reaches the app; chunked does', async (side) => {
+    const before = app.seen.length;
+    const ex = await rawExchange(sidecar[side]!, post('gzip, chunked'));
+    expect(ex.responses.map((r) => r.status)).toEqual([501]);
+    expect(ex.responses[0]!.json()).toEqual({ error: 'only the chunked transfer coding is supported', reason: 'transfer_coding_not_supported' });
+    expect(ex.closedByServer).toBe(true);
+    expect(app.seen.length).toBe(before);
+
+    const plain = await rawExchange(sidecar[side]!, post('chunked'));
+    expect(plain.responses.map((r) => r.status)).toEqual([200]);
+    expect(app.seen.slice(before).map((r) => [r.url, r.bodyBytes])).toEqual([['/upload', 3]]);
   });
 });
 

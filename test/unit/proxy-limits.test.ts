@@ -79,6 +79,41 @@ describe('header limits', () => {
   });
 });
 
+describe('transfer codings (RFC 9112 §6.1)', () => {
+  const body = '3\r\nabc\r\n0\r\n\r\n';
+
+  const notSupported = { status: 501, reason: 'transfer_coding_not_supported', error: 'only the chunked transfer coding is supported' };
+  it.each([
+    ['gzip, chunked', notSupported],
+    ['deflate,chunked', notSupported],
+    ['GZIP , Chunked', notSupported],
+    ['gzip\r\nTransfer-Encoding: chunked', notSupported],
+    ['gzip', { status: 400, reason: 'bad_request', error: 'chunked is not the final transfer coding, so the body length is unknown' }],
+  ])('refuses Transfer-Encoding: %j and never calls the app', async (te, want) => {
+    const { app, proxy } = await setup();
+    const answer = await rawExchange(proxy.port, `POST /coded HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ${te}\r\n\r\n${body}`);
+    expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${want.status} `));
+    expect(answer).toMatch(/\r\nconnection: close\r\n/i);
+    expect(jsonBody(answer)).toEqual({ error: want.error, reason: want.reason });
+    expect(app.seen).toHaveLength(0);
+    expect(await getStatus(`${proxy.url}/after`)).toBe(200);
+  });
+
+  it('forwards chunked alone in any case and spacing, and nothing else', async () => {
+    const { app, proxy } = await setup();
+    for (const te of ['chunked', 'Chunked', 'CHUNKED', '\tchunked ', ', chunked', 'gzip, chunked']) {
+      await rawExchange(proxy.port, `POST /${encodeURIComponent(te)} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n${body}`);
+    }
+    expect(app.seen.map((r) => [decodeURIComponent(r.url.slice(1)), r.bodyBytes])).toEqual([
+      ['chunked', 3],
+      ['Chunked', 3],
+      ['CHUNKED', 3],
+      ['\tchunked ', 3],
+      [', chunked', 3],
+    ]);
+  });
+});
+
 describe('pipelining (RFC 9112 §9.3.2)', () => {
   it.each([
     ['a malformed request', 'GARBAGE\r\n\r\n', 400, 'bad_request'],
