@@ -36,12 +36,15 @@ export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, 
  * `keepToken`): removed from the incoming request first, on every route, so a
  * caller can never supply its own identity. Each name is listed also with `_`
  * as `-`, so with the proxy's `_`-tolerant comparison (isDropped) every
- * spelling an app could read as the same CGI variable is removed.
+ * spelling an app could read as the same CGI variable is removed. A kept
+ * token header is listed in its `_` spelling: it passes, but an `X_Token`
+ * beside `X-Token` (the same HTTP_X_TOKEN to a CGI-style app) does not.
  */
 export function identityHeaderNames(forward: ForwardConfig, tokenHeader: string): Set<string> {
   const names = new Set([forward.subjectHeader, forward.issuerHeader, forward.claimsHeader, ...Object.keys(forward.claimHeaders)]);
   if (!forward.keepToken) names.add(tokenHeader);
   for (const name of names) if (name.includes('_')) names.add(name.replaceAll('_', '-'));
+  if (forward.keepToken && tokenHeader.includes('-') && !tokenHeader.includes('_')) names.add(tokenHeader.replaceAll('-', '_'));
   return names;
 }
 

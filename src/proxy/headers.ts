@@ -27,13 +27,29 @@ export function isHopByHop(lowerName: string): boolean {
 }
 
 /**
- * Whether a lower-case header name is in `drop`, in either spelling of `-`:
- * CGI-style apps (WSGI, Rack, PHP-FPM) read `X_Peer_Sub` and `X-Peer-Sub`
- * alike as HTTP_X_PEER_SUB, so `_` counts as `-` here. A `drop` entry that
- * itself contains `_` matches only as written (list its `-` form too to catch both).
+ * The X-Forwarded-* headers this proxy appends to, spelt with `_`: a caller's
+ * `X_Forwarded_For` would reach the app beside the real list and read as the
+ * same HTTP_X_FORWARDED_FOR, so these spellings are always dropped.
+ */
+const FORWARDED_UNDERSCORED = new Set(['x_forwarded_for', 'x_forwarded_proto', 'x_forwarded_host']);
+
+/**
+ * Whether a lower-case header name is dropped. CGI-style apps (WSGI, Rack,
+ * PHP-FPM) read `X_Peer_Sub`, `X-Peer_Sub` and `X-Peer-Sub` alike as
+ * HTTP_X_PEER_SUB, so a name with `_` is compared in its `-` spelling too:
+ * a `drop` entry in `-` spelling drops every spelling; an entry in `_`
+ * spelling (every `-` written `_`) drops only the spellings with a `_`, for
+ * a header that passes but must not be doubled (a kept token header); and
+ * the `_` spellings of X-Forwarded-For/-Proto/-Host are always dropped. Names
+ * without `_` (nearly all) cost one Set lookup.
  */
 export function isDropped(lowerName: string, drop: ReadonlySet<string>): boolean {
-  return drop.has(lowerName) || (lowerName.includes('_') && drop.has(lowerName.replaceAll('_', '-')));
+  if (drop.has(lowerName)) return true;
+  if (!lowerName.includes('_')) return false;
+  const dashed = lowerName.replaceAll('_', '-');
+  if (drop.has(dashed)) return true;
+  const underscored = dashed.replaceAll('-', '_');
+  return FORWARDED_UNDERSCORED.has(underscored) || drop.has(underscored);
 }
 
 /** Names listed in the Connection header(s), lower-cased. */
@@ -99,7 +115,7 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
 
 /**
  * The header list sent upstream for a proxied request, built in one pass:
- * hop-by-hop, Connection-named and `drop` headers (any `_` spelling) removed; `Expect` removed
+ * hop-by-hop, Connection-named and `drop` headers (any `_` spelling, see isDropped) removed; `Expect` removed
  * too (Node already answered `100-continue` to the client, RFC 9110 §10.1.1);
  * `X-Forwarded-For/-Proto/-Host` appended to what earlier hops said (the
  * de-facto convention; RFC 7239 §4 for the idea); then `add` appended.

@@ -120,6 +120,21 @@ describe('inbound: a verified call reaches the app with identity headers', () =>
     expect(seen.headers['x-peer-env']).toBeUndefined();
   });
 
+  it('removes X_Forwarded_For/-Proto/-Host spelt with _ (the same HTTP_X_FORWARDED_* to a CGI-style app); the sidecar appends to the - spelling', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const spoof = ['X_Forwarded_For', '10.0.0.1', 'x_forwarded_proto', 'https', 'X-Forwarded_Host', 'admin.internal', 'X-Forwarded-For', '192.0.2.7'];
+    for (const [path, auth] of [['/healthz', []], ['/x', ['Authorization', `Bearer ${token}`]]] as const) {
+      expect(await getWithRawHeaders(sidecar.inbound!, path, [...auth, ...spoof])).toBe(200);
+      const seen = app.seen.at(-1)!;
+      expect(seen.url).toBe(path);
+      const names = seen.rawHeaders.filter((_, i) => i % 2 === 0);
+      expect(names.filter((n) => /^x[-_]forwarded[-_]/i.test(n) && n.includes('_')), path).toEqual([]);
+      expect(seen.headers['x-forwarded-for']).toBe('192.0.2.7, 127.0.0.1');
+      expect(seen.headers['x-forwarded-proto']).toBe('http');
+      expect(seen.headers['x-forwarded-host']).toBe(new URL(sidecar.inbound!).host);
+    }
+  });
+
   it('streams request bodies to the app unchanged', async () => {
     const token = await idp.getToken('orders', 'orders');
     const body = randomBytes(2 * 1024 * 1024);
@@ -178,7 +193,7 @@ describe('inbound: forwarding options and upstream failures', () => {
       const token = await idp.getToken('orders', 'orders');
       const res = await call(sidecar.inbound!, '/k', { headers: { 'x-service-token': token, authorization: 'Bearer end-user-token' } });
       expect(res.status).toBe(200);
-      const seen = app.seen.at(-1)!;
+      let seen = app.seen.at(-1)!;
       expect(seen.headers['x-service-token']).toBe(token);
       // The app's own Authorization (an end-user token) is not ours to judge or remove.
       expect(seen.headers.authorization).toBe('Bearer end-user-token');
@@ -186,6 +201,13 @@ describe('inbound: forwarding options and upstream failures', () => {
       expect(seen.headers['x-caller-iss']).toBe(idp.issuer);
       expect(seen.headers['x-caller-claims']).toBeDefined();
       expect(seen.headers['x-peer-sub']).toBeUndefined();
+
+      // The kept token passes; a second one spelt with _ (the same HTTP_X_SERVICE_TOKEN to a CGI-style app) does not.
+      expect(await getWithRawHeaders(sidecar.inbound!, '/k2', ['x-service-token', token, 'X_Service_Token', 'forged', 'x-service_token', 'forged'])).toBe(200);
+      seen = app.seen.at(-1)!;
+      expect(seen.url).toBe('/k2');
+      expect(seen.rawHeaders.filter((_, i) => i % 2 === 0 && /^x[-_]service[-_]token$/i.test(seen.rawHeaders[i]!))).toEqual(['x-service-token']);
+      expect(seen.headers['x-service-token']).toBe(token);
     } finally {
       await sidecar.stop();
     }

@@ -79,6 +79,10 @@ describe('identity headers', () => {
       ['authorization', 'x-peer-claims', 'x-peer-env', 'x-peer-iss', 'x-peer-sub'],
     );
     expect(identityHeaderNames(forward({ keepToken: true }), 'authorization').has('authorization')).toBe(false);
+    // A kept token header is listed in its `_` spelling: it passes, an X_Service_Token beside it does not (see isDropped).
+    const kept = identityHeaderNames(forward({ keepToken: true }), 'x-service-token');
+    expect(kept.has('x-service-token')).toBe(false);
+    expect(kept.has('x_service_token')).toBe(true);
     // A token header written with `_` is dropped in its `-` spelling too (the proxy compares `_` as `-`).
     expect(identityHeaderNames(forward(), 'x_workload_token')).toEqual(new Set(['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x_workload_token', 'x-workload-token']));
   });

@@ -11,7 +11,7 @@ function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): In
 }
 
 const randomCase = (name: string) => fc.array(fc.boolean(), { minLength: name.length, maxLength: name.length }).map((up) => [...name].map((c, i) => (up[i] ? c.toUpperCase() : c)).join(''));
-const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host', 'x_peer_sub', 'x-peer_sub', 'x_other'];
+const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host', 'x_peer_sub', 'x-peer_sub', 'x_other', 'x_forwarded_for', 'x-forwarded_host', 'x_forwarded_proto'];
 const headerName = fc.oneof(fc.constantFrom(...NAMES), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)).chain(randomCase);
 const headerValue = fc.stringMatching(/^[\x21-\x7e]([\x20-\x7e]{0,20}[\x21-\x7e])?$/);
 const connectionValue = fc.array(fc.oneof(fc.constantFrom('keep-alive', 'close', 'X-Named', 'x-other', 'Upgrade'), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)), { minLength: 1, maxLength: 4 }).map((t) => t.join(' , '));
@@ -34,8 +34,9 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
         const drop = new Set(['x-peer-sub']);
         const out = buildUpstreamHeaders(request(raw), drop, ['x-peer-sub', 'verified']);
         const named = namedByConnection(raw);
-        // A dropped name is dropped in any `_` spelling too (CGI-style apps read `_` as `-`).
-        const removed = (n: string) => isHopByHop(n) || n === 'expect' || drop.has(n.replaceAll('_', '-')) || named.has(n);
+        // A dropped name is dropped in any `_` spelling too (CGI-style apps read `_` as `-`), and so are the `_` spellings of X-Forwarded-*.
+        const forwardedUnderscored = (n: string) => n.includes('_') && /^x-forwarded-(for|proto|host)$/.test(n.replaceAll('_', '-'));
+        const removed = (n: string) => isHopByHop(n) || n === 'expect' || drop.has(n.replaceAll('_', '-')) || forwardedUnderscored(n) || named.has(n);
         const forwarded = out.slice(0, -2);
         for (let i = 0; i < forwarded.length; i += 2) expect(removed(forwarded[i]!.toLowerCase())).toBe(false);
         // Every surviving header except the X-Forwarded-* lines (merged, then appended to) is copied in order.
@@ -58,6 +59,21 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
     const pairs = (flat: string[]) => flat.flatMap((n, i) => (i % 2 === 0 && !/^x-forwarded-/i.test(n) ? [[n, flat[i + 1]]] : []));
     expect(pairs(buildUpstreamHeaders(request(raw), drop, []))).toEqual(kept);
     expect(pairs(forwardableHeaders(raw, drop))).toEqual(kept);
+  });
+
+  it('drops X-Forwarded-* spelt with _ (an app would read X_Forwarded_For as HTTP_X_FORWARDED_FOR) and appends to the - spelling only', () => {
+    const raw = ['Host', 'svc', 'X_Forwarded_For', '10.0.0.1', 'x-forwarded_proto', 'https', 'X_FORWARDED_HOST', 'evil', 'X-Forwarded-For', '192.0.2.7', 'X_Forwarded_Port', '1'];
+    expect(buildUpstreamHeaders(request(raw, '10.1.2.3'), new Set(), [])).toEqual([
+      'Host', 'svc', 'X-Forwarded-For', '192.0.2.7, 10.1.2.3', 'X_Forwarded_Port', '1', 'x-forwarded-proto', 'http', 'x-forwarded-host', 'svc',
+    ]);
+  });
+
+  it('a drop entry spelt with _ drops only the spellings with _: a kept token header passes, a second one beside it does not', () => {
+    const drop = new Set(['x_service_token']);
+    const raw = ['X-Service-Token', 'verified', 'X_Service_Token', 'forged', 'x-service_token', 'forged', 'x_service-token', 'forged'];
+    const pairs = (flat: string[]) => flat.flatMap((n, i) => (i % 2 === 0 && !/^x-forwarded-/i.test(n) ? [[n, flat[i + 1]]] : []));
+    expect(pairs(buildUpstreamHeaders(request(raw), drop, []))).toEqual([['X-Service-Token', 'verified']]);
+    expect(pairs(forwardableHeaders(raw, drop))).toEqual([['X-Service-Token', 'verified']]);
   });
 
   it('appends this hop to X-Forwarded-For/-Proto/-Host in a single line each', () => {
