@@ -87,10 +87,23 @@ function outboundAuthorization(port) {
   });
 }
 
+/**
+ * The share of all CPUs' time that was not idle during the next `ms` (os.cpus() counters): how busy the machine is
+ * right now. The load average lags by a minute, so right after another run it still reads that run's load.
+ */
+async function cpuBusy(ms) {
+  const sample = () => cpus().reduce((a, { times: t }) => ({ idle: a.idle + t.idle, all: a.all + t.user + t.nice + t.sys + t.idle + t.irq }), { idle: 0, all: 0 });
+  const before = sample();
+  await new Promise((r) => setTimeout(r, ms));
+  const after = sample();
+  return 1 - (after.idle - before.idle) / Math.max(1, after.all - before.all);
+}
+
 async function main() {
   const started = Date.now();
   // Other work on the machine skews every number; the report says how busy it was when the run began.
   const loadAtStart = loadavg()[0];
+  const busyAtStart = await cpuBusy(2000);
   const client = { clientId: 'bench-client', clientSecret: 'bench-client-secret' };
   const idp = await startBenchIdp({ ...client, ttlSeconds: settings.tokenTtlSeconds });
   const renewIdp = await startBenchIdp({ ...client, ttlSeconds: settings.renewTtlSeconds });
@@ -223,6 +236,7 @@ async function main() {
       node: process.version,
       platform: `${process.platform} ${process.arch}`,
       loadAtStart,
+      busyAtStart,
     },
     settings,
     warmup,

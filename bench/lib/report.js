@@ -67,11 +67,14 @@ export function printReport(report) {
   const { settings, machine } = report;
   const out = [];
   out.push(
-    `\nMachine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.platform}; load average ${fmt(machine.loadAtStart, 1)} when the run began; run took ${report.seconds} s`,
+    `\nMachine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.platform}; ${machine.busyAtStart === undefined ? '' : `CPUs ${fmt(machine.busyAtStart * 100)} % busy in the 2 s before the run, `}load average ${fmt(machine.loadAtStart, 1)} when it began; run took ${report.seconds} s`,
   );
   // Other work skews every figure; ratios within the run hold up better than absolute figures across runs.
-  if (machine.loadAtStart >= machine.cpus / 2) {
-    out.push(`WARNING: the machine was busy when the run began (load average ${fmt(machine.loadAtStart, 1)} on ${machine.cpus} CPUs); compare this run's ratios, not its absolute figures with other runs`);
+  // Measured over 2 s when the run has it; older reports have only the load average, which lags by a minute.
+  const busy = machine.busyAtStart !== undefined ? machine.busyAtStart >= 0.25 : machine.loadAtStart >= machine.cpus / 2;
+  if (busy) {
+    const how = machine.busyAtStart !== undefined ? `CPUs ${fmt(machine.busyAtStart * 100)} % busy` : `load average ${fmt(machine.loadAtStart, 1)} on ${machine.cpus} CPUs`;
+    out.push(`WARNING: the machine was busy when the run began (${how}); compare this run's ratios, not its absolute figures with other runs`);
   }
   out.push(`NODE_OPTIONS for every process: ${settings.nodeOptions ? `"${settings.nodeOptions}"` : "(none: Node's defaults)"}`);
   out.push(`allocator settings for every process: ${settings.mallocEnv || "(none: glibc's defaults)"}`);

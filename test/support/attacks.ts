@@ -1,7 +1,7 @@
 import { createHmac, createPublicKey, sign as nodeSign, type KeyObject } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import fc from 'fast-check';
 import { expect } from 'vitest';
 import type { SidecarProcess } from './sidecar.js';
@@ -140,12 +140,34 @@ export interface RecordingApp {
 }
 
 /**
+ * Listens on 127.0.0.1 (a port from the OS, so tests never collide) and keeps
+ * the open connections, so close() can cut them first: a server closes only
+ * once every connection has ended.
+ */
+async function listenTracked(server: NetServer, onConnection?: (socket: Socket) => void): Promise<{ url: string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    onConnection?.(socket);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise((r) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+/**
  * The protected app: answers 200 with a JSON echo of what it saw (or runs
  * `handler`), and records each request as soon as its head arrives, so even
  * a request whose body never ends counts as "reached the app".
  */
 export async function startRecordingApp(handler?: (req: IncomingMessage, res: ServerResponse) => void): Promise<RecordingApp> {
-  const sockets = new Set<Socket>();
   const app: RecordingApp = { url: '', requests: [], connections: 0, close: async () => {} };
   const server = createServer((req, res) => {
     app.requests.push({ method: req.method!, url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders });
@@ -155,18 +177,7 @@ export async function startRecordingApp(handler?: (req: IncomingMessage, res: Se
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ url: req.url, sub: req.headers['x-peer-sub'] ?? null }));
     });
   });
-  server.on('connection', (s: Socket) => {
-    app.connections++;
-    sockets.add(s);
-    s.once('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  app.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  app.close = () =>
-    new Promise((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => r());
-    });
+  Object.assign(app, await listenTracked(server, () => app.connections++));
   return app;
 }
 
@@ -180,24 +191,12 @@ export interface AttackerServer {
 
 /** A server an attacker controls, answering every request with `body` (e.g. a JWKS of the attacker's keys). */
 export async function startAttackerServer(body: () => unknown): Promise<AttackerServer> {
-  const sockets = new Set<Socket>();
   const s: AttackerServer = { url: '', connections: 0, requests: [], close: async () => {} };
   const server = createServer((req, res) => {
     s.requests.push(`${req.method} ${req.url}`);
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body()));
   });
-  server.on('connection', (sock: Socket) => {
-    s.connections++;
-    sockets.add(sock);
-    sock.once('close', () => sockets.delete(sock));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  s.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  s.close = () =>
-    new Promise((r) => {
-      for (const sock of sockets) sock.destroy();
-      server.close(() => r());
-    });
+  Object.assign(s, await listenTracked(server, () => s.connections++));
   return s;
 }
 
@@ -216,12 +215,9 @@ export interface UpgradingApp {
  * records everything, including bytes sent after the switch.
  */
 export async function startUpgradingApp(): Promise<UpgradingApp> {
-  const sockets = new Set<Socket>();
   const app: UpgradingApp = { url: '', connections: [], close: async () => {} };
   const server = createNetServer((sock) => {
     const index = app.connections.push('') - 1;
-    sockets.add(sock);
-    sock.once('close', () => sockets.delete(sock));
     sock.on('error', () => {});
     let switched = false;
     sock.on('data', (d: Buffer) => {
@@ -239,13 +235,7 @@ export async function startUpgradingApp(): Promise<UpgradingApp> {
       if (early) sock.end(`switched:${early}`);
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  app.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  app.close = () =>
-    new Promise((r) => {
-      for (const sock of sockets) sock.destroy();
-      server.close(() => r());
-    });
+  Object.assign(app, await listenTracked(server));
   return app;
 }
 
@@ -270,7 +260,6 @@ export interface FaultyFront {
  * 20 MiB body, a 200 without a token, a token that has already expired.
  */
 export async function startFaultyFront(target: string): Promise<FaultyFront> {
-  const sockets = new Set<Socket>();
   const hanging = new Set<ServerResponse>();
   const json = (res: ServerResponse, status: number, body: string) => res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body);
   const held: (() => void)[] = [];
@@ -331,18 +320,12 @@ export async function startFaultyFront(target: string): Promise<FaultyFront> {
       }
     });
   });
-  server.on('connection', (sock: Socket) => {
-    sockets.add(sock);
-    sock.once('close', () => sockets.delete(sock));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  front.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  front.close = () =>
-    new Promise((r) => {
-      for (const h of hanging) h.destroy();
-      for (const sock of sockets) sock.destroy();
-      server.close(() => r());
-    });
+  const listening = await listenTracked(server);
+  front.url = listening.url;
+  front.close = () => {
+    for (const h of hanging) h.destroy();
+    return listening.close();
+  };
   return front;
 }
 
