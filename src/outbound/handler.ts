@@ -126,6 +126,15 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     }
   };
 
+  // The request was recorded with its status when the headers came; a body that broke after them is counted as an
+  // upstream error. Rare, so the route is looked up again rather than carried by a closure per request.
+  const brokenResponse = (e: UpstreamError, req: IncomingMessage) => {
+    const r = router.resolve(req.url ?? '/', req.headers.host);
+    metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
+    const where = r.kind === 'reject' ? { route: 'none' } : { route: r.kind === 'route' ? r.route.host : 'passthrough', target: r.target.origin };
+    logger.warn({ event: 'upstream_error', ...where, reason: e.code, afterHeaders: true }, e.message);
+  };
+
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
     // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
@@ -143,11 +152,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       dropHeaders: p.dropHeaders,
       addHeaders: p.addHeaders,
       onResponse: (status) => record(p.label, String(status), started),
-      // The request was recorded with its status when the headers came; the broken body is counted as an upstream error.
-      onBrokenResponse: (e) => {
-        metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
-        logger.warn({ event: 'upstream_error', route: p.label, reason: e.code, target: p.r.target.origin, afterHeaders: true }, e.message);
-      },
+      onBrokenResponse: brokenResponse,
     }).catch((err: unknown) => failedUpstream(res, p, started, err));
   };
 

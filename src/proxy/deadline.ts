@@ -24,6 +24,20 @@ export class UpstreamDeadlineError extends Error {
   }
 }
 
+/**
+ * The client read none of the response for as long as the upstream timeout: undici was paused (forward() pauses it
+ * while the client's socket is full), so the upstream was not the one waiting. The exchange is still cut, or a
+ * client that never reads would hold an upstream connection for good; forward() does not count it as an upstream
+ * failure.
+ */
+export class ClientStalledError extends Error {
+  readonly code = 'CLIENT_STALLED';
+  constructor(timeoutMs: number) {
+    super(`the client read none of the response for ${timeoutMs} ms`);
+    this.name = 'ClientStalledError';
+  }
+}
+
 export interface DeadlineWatch {
   /** An undici interceptor: `pool.compose(watch.interceptor)`. */
   readonly interceptor: Dispatcher.DispatcherComposeInterceptor;
@@ -151,8 +165,10 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   next: DeadlineHandler | null = null;
   private phase: Phase = 'headers';
   private controller: Dispatcher.DispatchController | undefined;
-  /** The request body while it uploads. */
+  /** The request body while it uploads, and the two listeners on it (made only for a request with a body). */
   private upload: Readable | undefined;
+  private onUploadData: (() => void) | undefined;
+  private onUploadEnd: (() => void) | undefined;
 
   constructor(
     private readonly inner: Dispatcher.DispatchHandler,
@@ -170,6 +186,16 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
       // synchronous call, before the stream can flow, so listening here takes nothing from it.
       this.phase = 'upload';
       this.upload = body;
+      this.onUploadData = () => {
+        this.deadline = performance.now() + this.watch.timeoutMs;
+      };
+      this.onUploadEnd = () => {
+        this.stopWatchingUpload();
+        if (this.phase === 'upload') {
+          this.phase = 'headers';
+          this.deadline = performance.now() + this.watch.timeoutMs;
+        }
+      };
       body.on('data', this.onUploadData);
       body.once('end', this.onUploadEnd);
     }
@@ -177,21 +203,10 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
     this.inner.onRequestStart?.(controller, context);
   }
 
-  private readonly onUploadData = (): void => {
-    this.deadline = performance.now() + this.watch.timeoutMs;
-  };
-
-  private readonly onUploadEnd = (): void => {
-    this.stopWatchingUpload();
-    if (this.phase === 'upload') {
-      this.phase = 'headers';
-      this.deadline = performance.now() + this.watch.timeoutMs;
-    }
-  };
-
   private stopWatchingUpload(): void {
-    this.upload?.off('data', this.onUploadData).off('end', this.onUploadEnd);
-    this.upload = undefined;
+    if (!this.upload) return;
+    this.upload.off('data', this.onUploadData!).off('end', this.onUploadEnd!);
+    this.upload = this.onUploadData = this.onUploadEnd = undefined;
   }
 
   onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
@@ -235,6 +250,7 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
     }
     this.stopWatchingUpload();
     this.watch.delete(this);
-    this.controller?.abort(new UpstreamDeadlineError(this.phase, this.watch.timeoutMs));
+    const timeoutMs = this.watch.timeoutMs;
+    this.controller?.abort(this.phase === 'body' && this.controller.paused ? new ClientStalledError(timeoutMs) : new UpstreamDeadlineError(this.phase, timeoutMs));
   }
 }

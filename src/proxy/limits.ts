@@ -80,7 +80,7 @@ export function clientErrorResponse(code: string | undefined): { status: number;
 }
 
 /** What Node keeps on a server socket: the response being written on it (responses to later pipelined requests wait their turn). */
-type ServerSocket = Duplex & { _httpMessage?: ServerResponse | null };
+export type ServerSocket = Duplex & { _httpMessage?: ServerResponse | null };
 
 /** Sockets whose refusal is queued behind earlier responses (see handleClientError). */
 const refusalPending = new WeakSet<Duplex>();
@@ -135,7 +135,7 @@ function isTlsError(err: NodeJS.ErrnoException & { library?: string }): boolean 
  * never taken for a whole one. A response that fails destroys the socket, and
  * `then` never runs.
  */
-function afterEarlierResponses(socket: ServerSocket, then: () => void): void {
+export function afterEarlierResponses(socket: ServerSocket, then: () => void): void {
   const res = socket._httpMessage;
   if (!res) return then();
   if (!res.req.complete) {

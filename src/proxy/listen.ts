@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import { checkRequestHead, handleClientError } from './limits.js';
+import { afterEarlierResponses, checkRequestHead, handleClientError, type ServerSocket } from './limits.js';
 import { sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
@@ -108,10 +108,16 @@ export function createLimitedServer(
     socket.on('error', () => socket.destroy());
     detached.add(socket);
     socket.once('close', () => detached.delete(socket));
-    const violation = checkRequestHead(req, limits.maxHeaderCount);
-    if (violation) return writeRawError(socket, violation.status, violation.reason, violation.message);
-    if (next) next(req, socket, head);
-    else fallback(socket);
+    // Pipelined behind requests still being answered (RFC 9112 §9.3.2): their responses go out first, in order, then
+    // whatever answers this one (a refusal, a 101, a tunnel's bytes). Node leaves them writing to this socket.
+    afterEarlierResponses(socket as ServerSocket, () => {
+      // An earlier response that closed the connection was the last word.
+      if (!socket.writable) return void socket.destroy();
+      const violation = checkRequestHead(req, limits.maxHeaderCount);
+      if (violation) return writeRawError(socket, violation.status, violation.reason, violation.message);
+      if (next) next(req, socket, head);
+      else fallback(socket);
+    });
   };
   if (options.upgrade) server.on('upgrade', guardSocket(options.upgrade, () => {}));
   server.on('connect', guardSocket(options.connect, (socket) => writeRawError(socket, 405, 'connect_not_supported')));

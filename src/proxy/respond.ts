@@ -24,6 +24,9 @@ export function sendError(
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
     'cache-control': 'no-store',
+    // Answered before the request body was all in (an upstream that stopped taking the upload): the rest of it must
+    // not be read as a next request, so the connection ends with this answer.
+    ...(res.req && !res.req.complete ? { connection: 'close' } : {}),
     ...extraHeaders,
   });
   res.end(body);

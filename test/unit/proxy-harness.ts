@@ -46,7 +46,7 @@ export async function startTestProxy(
   const errors: string[] = [];
   const statuses: number[] = [];
   const handler = (req: IncomingMessage, res: ServerResponse) => {
-    forward(req, res, { dispatcher, path: req.url!, dropHeaders, addHeaders, onResponse: (s) => statuses.push(s), onBrokenResponse: (e) => errors.push(e.code) }).catch((err: unknown) => {
+    forward(req, res, { dispatcher, path: req.url!, dropHeaders, addHeaders, onResponse: (s) => statuses.push(s), onBrokenResponse: (e) => void errors.push(e.code) }).catch((err: unknown) => {
       const e = err instanceof UpstreamError ? err : new UpstreamError('upstream_reset', String(err));
       errors.push(e.code);
       sendError(res, e.status, e.code, e.message);

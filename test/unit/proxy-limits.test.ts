@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configSchema, type LimitsConfig } from '../../src/config/schema.js';
 import type { LimitedServerOptions } from '../../src/proxy/listen.js';
+import { refuseUpgrade } from '../../src/proxy/tunnel.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { rawConnect, rawExchange, readResponse, startTestProxy, type TestProxy } from './proxy-harness.js';
 
@@ -143,6 +144,34 @@ describe('pipelining (RFC 9112 §9.3.2)', () => {
     expect(responses[2]).toMatch(/\r\nconnection: close\r\n/i);
     expect(jsonBody(responses[2]!)).toMatchObject({ reason });
     expect(app.seen.map((r) => r.url)).toEqual(['/first', '/also']);
+  });
+});
+
+describe('pipelining: an Upgrade request behind requests still being answered', () => {
+  it('gets its answer after theirs, in order (here the refusal of an upgrade to anything but websocket)', async () => {
+    const held: Array<() => void> = [];
+    const app = await startUpstream((_req, res) => void held.push(() => res.end('first')));
+    // The listener's upgrade handler answers at once, as the sidecars do for h2c.
+    const proxy = await startTestProxy(app.url, { server: { upgrade: (_req, socket) => refuseUpgrade(socket) } });
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    const s = await rawConnect(proxy.port);
+    let answer = '';
+    s.on('data', (d) => (answer += d.toString('latin1')));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n');
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    // The upgrade request has been parsed and handled by now; its answer must not have taken the first one's place.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(answer).toBe('');
+    held.shift()!();
+    await closed;
+
+    const responses = answer.split(/(?=HTTP\/1\.1 )/);
+    expect(responses.map((r) => Number(r.slice(9, 12)))).toEqual([200, 400]);
+    expect(responses[0]).toMatch(/\r\n\r\nfirst$/);
+    expect(jsonBody(responses[1]!)).toMatchObject({ reason: 'upgrade_not_supported' });
+    expect(app.seen.map((r) => r.url)).toEqual(['/first']);
   });
 });
 
