@@ -84,23 +84,6 @@ function extraNamed(value: string, named: Set<string> | undefined): Set<string> 
   return out;
 }
 
-/**
- * Copies `rawHeaders` (Node's flat [name, value, ...] list, duplicates kept)
- * into a new flat list without hop-by-hop headers, Connection-named headers
- * and any name in `drop` (also spelt with `_`, see isDropped).
- */
-export function forwardableHeaders(rawHeaders: readonly string[], drop: ReadonlySet<string>): string[] {
-  const named = rawHeaders.length > 0 ? namedByConnection(rawHeaders) : undefined;
-  const out: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!;
-    const lower = name.toLowerCase();
-    if (isHopByHop(lower) || isDropped(lower, drop) || named?.has(lower)) continue;
-    out.push(name, rawHeaders[i + 1]!);
-  }
-  return out;
-}
-
 /** Connection-named headers, or undefined when there is no Connection header (the common case: no Set allocated). */
 function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefined {
   let named: Set<string> | undefined;
