@@ -126,13 +126,17 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     }
   };
 
+  /** A request's route label (as in the metrics) and target, looked up again on the rare paths that need them. */
+  const routeOf = (req: IncomingMessage): { route: string; target?: string } => {
+    const r = router.resolve(req.url ?? '/', req.headers.host);
+    return r.kind === 'reject' ? { route: 'none' } : { route: r.kind === 'route' ? r.route.host : 'passthrough', target: r.target.origin };
+  };
+
   // The request was recorded with its status when the headers came; a body that broke after them is counted as an
   // upstream error. Rare, so the route is looked up again rather than carried by a closure per request.
   const brokenResponse = (e: UpstreamError, req: IncomingMessage) => {
-    const r = router.resolve(req.url ?? '/', req.headers.host);
     metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
-    const where = r.kind === 'reject' ? { route: 'none' } : { route: r.kind === 'route' ? r.route.host : 'passthrough', target: r.target.origin };
-    logger.warn({ event: 'upstream_error', ...where, reason: e.code, afterHeaders: true }, e.message);
+    logger.warn({ event: 'upstream_error', ...routeOf(req), reason: e.code, afterHeaders: true }, e.message);
   };
 
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
@@ -174,8 +178,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
     if (!isWebSocketUpgrade(req.rawHeaders)) {
-      const r = router.resolve(req.url ?? '/', req.headers.host);
-      record(r.kind === 'route' ? r.route.host : r.kind === 'passthrough' ? 'passthrough' : 'none', UPGRADE_NOT_SUPPORTED, started);
+      record(routeOf(req).route, UPGRADE_NOT_SUPPORTED, started);
       return refuseUpgrade(socket);
     }
     const p = await prepare(req, started);
