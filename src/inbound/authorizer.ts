@@ -87,8 +87,7 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     const fields = {
       reason: error.code,
       audience,
-      // The path only: a query string may carry a token (RFC 6750 §2.3), and logs must never hold one.
-      path: cap((ctx.target ?? req.url).split('?')[0]!, MAX_LOGGED_PATH),
+      path: loggedPath(ctx.target ?? req.url),
       method: cap(req.method, 16),
       peer: req.peer,
       detail: cap(error.message, MAX_LOGGED_DETAIL),
@@ -178,6 +177,11 @@ function peekClaims(token: ExtractedToken): Record<string, unknown> | undefined 
   } catch {
     return undefined;
   }
+}
+
+/** A request's path as a log line may hold it: the path only, since a query string may carry a token (RFC 6750 §2.3), and capped. */
+export function loggedPath(url: string): string {
+  return cap(url.split('?')[0]!, MAX_LOGGED_PATH);
 }
 
 function cap(s: string, max: number): string {

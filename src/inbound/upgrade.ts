@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { isWebSocketUpgrade } from '../proxy/headers.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
-import type { Decision } from './authorizer.js';
+import { loggedPath, type Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
 
 export interface InboundUpgradeDeps {
@@ -46,8 +46,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
     if (!isWebSocketUpgrade(req.rawHeaders)) {
       deps.metrics.inboundRequests.inc({ decision: 'reject', reason: UPGRADE_NOT_SUPPORTED });
       deps.logger.warn(
-        // The path only, as for every rejection: a query string may carry a token (RFC 6750 §2.3).
-        { event: 'request_rejected', reason: UPGRADE_NOT_SUPPORTED, path: capPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress },
+        { event: 'request_rejected', reason: UPGRADE_NOT_SUPPORTED, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress },
         'request_rejected',
       );
       observe();
@@ -84,9 +83,4 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
   };
-}
-
-function capPath(url: string): string {
-  const path = url.split('?')[0]!;
-  return path.length > 256 ? `${path.slice(0, 256)}…` : path;
 }
