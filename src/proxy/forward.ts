@@ -196,7 +196,8 @@ export function toUpstreamError(err: unknown): UpstreamError {
     return new UpstreamError('upstream_timeout', 'upstream did not answer in time', { cause: err });
   }
   if (code === 'UPSTREAM_UPLOAD_STALLED') return new UpstreamError('upstream_timeout', 'upstream stopped reading the request body', { cause: err });
-  // llhttp's parse errors (HPE_*) and a body shorter or longer than its Content-Length: the upstream broke HTTP.
+  // llhttp's parse errors (HPE_*), and a body shorter than its Content-Length on a connection the upstream closed
+  // (undici sees a longer one only as the next response's garbage): the upstream broke HTTP.
   if (code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
     return new UpstreamError('upstream_bad_response', 'upstream sent an invalid HTTP response', { cause: err });
   }
