@@ -71,11 +71,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     const slot = { listen, tls, limits: cfg.limits, component } as Slot;
     const tunnelled = (req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'upgrade' | 'connect') => {
       const c = slot.component;
-      const serve = kind === 'upgrade' ? c.upgrade?.bind(c) : c.connect?.bind(c);
-      if (!serve) return writeRawError(socket, kind === 'upgrade' ? 501 : 405, `${kind}_not_supported`);
+      // CONNECT is the outbound side's alone (passthrough hosts); the inbound listener answers it 405.
+      if (kind === 'connect' && !c.connect) return writeRawError(socket, 405, 'connect_not_supported');
       inflight.track(c, socket);
       inflight.trackTunnel(socket);
-      serve(req, socket, head);
+      if (kind === 'upgrade') c.upgrade(req, socket, head);
+      else c.connect!(req, socket, head);
     };
     const server = createLimitedServer(
       cfg.limits,

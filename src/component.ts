@@ -13,8 +13,8 @@ import type { TokenCacheSnapshot } from './outbound/token-cache.js';
  */
 export interface Component {
   handle(req: IncomingMessage, res: ServerResponse): void;
-  /** `Upgrade:` requests (WebSocket); absent = refused. */
-  upgrade?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** `Upgrade:` requests: both sides tunnel WebSocket and refuse every other protocol themselves. */
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** `CONNECT` requests; absent = refused. */
   connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */

@@ -192,6 +192,17 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     expect(app.requests.slice(before)).toEqual([]);
   });
 
+  it('CONNECT on the inbound listener is 405 connect_not_supported, and the app gets no connection', async () => {
+    const [before, connectionsBefore] = [app.requests.length, app.connections];
+    const authority = new URL(app.url).host;
+    const ex = await rawExchange(sidecar.inbound!, `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n${smuggled}`);
+    expect(ex.responses.map((r) => r.status)).toEqual([405]);
+    expect(ex.responses[0]!.json().reason).toBe('connect_not_supported');
+    expect(ex.closedByServer).toBe(true);
+    expect(app.requests.slice(before)).toEqual([]);
+    expect(app.connections).toBe(connectionsBefore);
+  });
+
   it('valid framing is re-framed by the sidecar: a request hidden in a body or pipelined behind it is judged on its own', async () => {
     const before = app.requests.length;
     // A body that looks like a request is a body; the pipelined /admin request gets its own decision (no token: 401).
