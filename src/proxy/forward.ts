@@ -38,17 +38,13 @@ export const NO_HEADERS: readonly string[] = [];
  */
 export function forward(req: IncomingMessage, res: ServerResponse, opts: ForwardOptions): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const handler = new ForwardHandler(req, res, opts.onResponse, opts.onBrokenResponse, resolve, reject);
-    const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders);
-    opts.dispatcher.dispatch(
-      {
-        path: opts.path,
-        method: req.method as Dispatcher.HttpMethod,
-        headers,
-        body: hasBody(req) ? req : null,
-      },
-      handler,
-    );
+    const request: Dispatcher.DispatchOptions = {
+      path: opts.path,
+      method: req.method as Dispatcher.HttpMethod,
+      headers: buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders),
+      body: hasBody(req) ? req : null,
+    };
+    new ForwardHandler(req, res, opts.dispatcher, request, opts.onResponse, opts.onBrokenResponse, resolve, reject).dispatch();
   });
 }
 
@@ -56,6 +52,21 @@ export function forward(req: IncomingMessage, res: ServerResponse, opts: Forward
 function hasBody(req: IncomingMessage): boolean {
   const h = req.headers;
   return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
+}
+
+/** RFC 9110 §9.2.2: the methods whose request a client may send again after the connection closed before any answer. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/**
+ * Whether an upstream failure is a keep-alive connection the upstream closed as the request went out on it (its idle
+ * timer fired; RFC 9112 §9.3.1.1 calls this out): the peer closed or reset a connection that had carried earlier
+ * responses (undici reports how much it had read), and no answer to this request began. Such a request was most likely
+ * never processed. A new connection closed without an answer is the upstream refusing the request instead.
+ */
+function isStaleConnection(err: Error): boolean {
+  const e = err as Error & { code?: unknown; socket?: { bytesRead?: unknown } };
+  if (e.code === 'ECONNRESET' || e.code === 'EPIPE') return true;
+  return e.code === 'UND_ERR_SOCKET' && typeof e.socket?.bytesRead === 'number' && e.socket.bytesRead > 0;
 }
 
 class ClientGoneError extends Error {
@@ -83,10 +94,13 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private started = false;
   private settled = false;
   private clientGone = false;
+  private retried = false;
 
   constructor(
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
+    private readonly dispatcher: Dispatcher,
+    private readonly request: Dispatcher.DispatchOptions,
     private readonly onResponse: ((status: number) => void) | undefined,
     private readonly onBrokenResponse: ((err: UpstreamError, req: IncomingMessage) => void) | undefined,
     private readonly resolve: () => void,
@@ -96,6 +110,10 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     // its 'close' will not come again, so the request is cancelled as soon as undici starts it.
     if (req.socket.destroyed || res.destroyed) this.clientGone = true;
     else res.on('close', this.onClientClose);
+  }
+
+  dispatch(): void {
+    this.dispatcher.dispatch(this.request, this);
   }
 
   /** The client's socket closed before the response was complete: cancel the upstream request. */
@@ -157,6 +175,15 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     if (this.settled) return;
+    // A stale keep-alive connection (see isStaleConnection): undici sends again only requests it had not written yet,
+    // so an idempotent request without a body (nothing to replay) is sent once more, on another connection. Never a
+    // POST or PATCH (RFC 9112 §9.3.1.1: a proxy must not retry non-idempotent requests), never twice.
+    if (!this.retried && !this.started && !this.clientGone && this.request.body === null && IDEMPOTENT.has(this.request.method) && isStaleConnection(err)) {
+      this.retried = true;
+      this.controller = undefined;
+      this.dispatch();
+      return;
+    }
     this.settled = true;
     this.cleanup();
     if (this.clientGone || err instanceof ClientGoneError || err instanceof ClientStalledError) {

@@ -144,7 +144,7 @@ export interface RecordingApp {
  * the open connections, so close() can cut them first: a server closes only
  * once every connection has ended.
  */
-async function listenTracked(server: NetServer, onConnection?: (socket: Socket) => void): Promise<{ url: string; close: () => Promise<void> }> {
+export async function listenTracked(server: NetServer, onConnection?: (socket: Socket) => void): Promise<{ url: string; close: () => Promise<void> }> {
   const sockets = new Set<Socket>();
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);

@@ -1,0 +1,142 @@
+import { request } from 'node:http';
+import { createServer as createNetServer, type Socket } from 'node:net';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { listenTracked, tokenLeaks } from '../support/attacks.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { b64url, epochSeconds } from '../support/tokens.js';
+
+/**
+ * The outbound side against upstreams that behave in legal but awkward ways,
+ * through the CLI: an upstream that closes a keep-alive connection just as a
+ * request is sent on it (the stale-connection race). The upstreams are raw
+ * TCP servers, so the test decides exactly when a connection ends.
+ */
+
+/** A token the `env` source accepts (the sidecar decodes its exp; the peer would verify it). */
+const TOKEN = `${b64url({ alg: 'RS256', typ: 'at+jwt' })}.${b64url({ sub: 'orders', aud: 'payments', exp: epochSeconds() + 3600 })}.c2lnbmF0dXJlLW5vdC1jaGVja2VkLWhlcmU`;
+
+const running: SidecarProcess[] = [];
+const servers: { close(): Promise<void> }[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.stop()));
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+afterAll(async () => {
+  await Promise.all(running.map((s) => s.stop()));
+});
+
+async function outbound(target: string, limits: Record<string, unknown> = {}): Promise<SidecarProcess> {
+  const s = await startSidecar(
+    {
+      service: 'orders',
+      lifecycle: { watchConfig: false },
+      limits,
+      outbound: { tokenSource: { type: 'env', variable: 'PAYMENTS_TOKEN' }, routes: [{ host: 'payments', target, audience: 'payments' }] },
+    },
+    { env: { PAYMENTS_TOKEN: TOKEN } },
+  );
+  running.push(s);
+  return s;
+}
+
+interface RawUpstream {
+  url: string;
+  /** Request lines received, with the connection's number and the request's number on it: `GET /a c1#1`. */
+  received: string[];
+}
+
+/**
+ * A raw HTTP/1.1 upstream. `answer(n, c)` says what to do with the n-th
+ * request (1-based) on connection number c: a response to write, or `close` to end the
+ * connection without answering, the way a server whose keep-alive idle timer
+ * fired just as the request arrived does.
+ */
+async function rawUpstream(answer: (n: number, connection: number) => string | 'close'): Promise<RawUpstream> {
+  const up: RawUpstream = { url: '', received: [] };
+  let connections = 0;
+  const server = createNetServer((socket: Socket) => {
+    const conn = ++connections;
+    let n = 0;
+    let buffer = '';
+    socket.on('error', () => {});
+    socket.on('data', (d: Buffer) => {
+      buffer += d.toString('latin1');
+      for (let end = buffer.indexOf('\r\n\r\n'); end >= 0; end = buffer.indexOf('\r\n\r\n')) {
+        const head = buffer.slice(0, end);
+        const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buffer.length < end + 4 + length) return;
+        buffer = buffer.slice(end + 4 + length);
+        const line = head.slice(0, head.indexOf('\r\n')).replace(/ HTTP\/1\.1$/, '');
+        const what = answer(++n, conn);
+        up.received.push(`${line} c${conn}#${n}`);
+        if (what === 'close') return void socket.end();
+        socket.write(what);
+      }
+    });
+  });
+  const listening = await listenTracked(server);
+  servers.push(listening);
+  up.url = listening.url;
+  return up;
+}
+
+const OK = 'HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok';
+
+/** One call on a connection of its own; `error` when no response came. */
+function call(s: SidecarProcess, method: string, path: string, body?: string): Promise<{ status: number; body: string } | { error: string }> {
+  const { hostname, port } = new URL(s.outbound!);
+  return new Promise((resolve) => {
+    const req = request({ host: hostname, port, method, path, agent: false, headers: { host: 'payments' } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: text }));
+    });
+    req.on('error', (e) => resolve({ error: e.message }));
+    req.end(body);
+  });
+}
+
+const reasonOf = (r: { body: string } | { error: string }) => ('body' in r ? (JSON.parse(r.body) as { reason?: string }).reason : r.error);
+
+describe('an upstream that closes a keep-alive connection as a request arrives (stale connection)', () => {
+  it('a GET is sent again once on a new connection and succeeds; the upstream saw it on the closed one first', async () => {
+    const up = await rawUpstream((n) => (n === 1 ? OK : 'close'));
+    const s = await outbound(up.url);
+    expect(await call(s, 'GET', '/a')).toEqual({ status: 200, body: 'ok' });
+    expect(await call(s, 'GET', '/b')).toEqual({ status: 200, body: 'ok' });
+    expect(up.received).toEqual(['GET /a c1#1', 'GET /b c1#2', 'GET /b c2#1']);
+  });
+
+  it('a POST is never sent again (the upstream may have acted on it): 502 upstream_reset, received once', async () => {
+    const up = await rawUpstream((n) => (n === 1 ? OK : 'close'));
+    const s = await outbound(up.url);
+    expect(await call(s, 'POST', '/a', 'one')).toEqual({ status: 200, body: 'ok' });
+    const second = await call(s, 'POST', '/b', 'two');
+    expect(second).toMatchObject({ status: 502 });
+    expect(reasonOf(second)).toBe('upstream_reset');
+    expect(up.received).toEqual(['POST /a c1#1', 'POST /b c1#2']);
+  });
+
+  it('a GET that a new connection closes unanswered is not sent again: 502 upstream_reset, received once', async () => {
+    const up = await rawUpstream(() => 'close');
+    const s = await outbound(up.url);
+    const r = await call(s, 'GET', '/a');
+    expect(r).toMatchObject({ status: 502 });
+    expect(reasonOf(r)).toBe('upstream_reset');
+    expect(up.received).toEqual(['GET /a c1#1']);
+  });
+
+  it('a GET whose second attempt is closed too gets 502 upstream_reset; at most one extra attempt', async () => {
+    // Only the first request on each of the first two connections is answered; whichever connection the second
+    // attempt finds, it is closed too.
+    const up = await rawUpstream((n, c) => (n === 1 && c <= 2 ? OK : 'close'));
+    const s = await outbound(up.url);
+    await Promise.all([call(s, 'GET', '/warm1'), call(s, 'GET', '/warm2')]);
+    const before = up.received.length;
+    const r = await call(s, 'GET', '/x');
+    expect(reasonOf(r)).toBe('upstream_reset');
+    expect(up.received.slice(before).map((l) => l.split(' ')[1])).toEqual(['/x', '/x']);
+    expect(tokenLeaks(s.output(), [TOKEN])).toEqual([]);
+  });
+});
