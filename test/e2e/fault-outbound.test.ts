@@ -1,8 +1,9 @@
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rawExchange, rawRequestBytes, startFaultyFront, startRecordingApp, tokenLeaks, type FrontMode, type RecordingApp } from '../support/attacks.js';
+import { listenTracked, rawExchange, rawRequestBytes, startFaultyFront, startRecordingApp, tokenLeaks, type FrontMode, type RecordingApp } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { epochSeconds } from '../support/tokens.js';
@@ -182,3 +183,56 @@ describe('token file rotated the way the kubelet does it (..data symlink swap)',
     }
   });
 });
+
+describe('token endpoint answering 200 with an expiry that cannot be used', () => {
+  /** A token endpoint (the network edge) that answers every request with `reply()`; counts the requests. */
+  async function startTokenEndpoint(reply: () => Record<string, unknown>) {
+    const endpoint = { url: '', requests: 0, close: async () => {} };
+    const server = createServer((req, res) => {
+      endpoint.requests++;
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply())));
+    });
+    Object.assign(endpoint, await listenTracked(server));
+    return endpoint;
+  }
+
+  const withEndpoint = async (reply: () => Record<string, unknown>, body: (s: SidecarProcess, app: RecordingApp, idpRequests: () => number) => Promise<void>) => {
+    const endpoint = await startTokenEndpoint(reply);
+    const app = await startRecordingApp();
+    const s = await startSidecar({
+      service: 'orders',
+      lifecycle: { watchConfig: false },
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: `${endpoint.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+        routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+      },
+    }, { waitReady: false });
+    try {
+      await body(s, app, () => endpoint.requests);
+    } finally {
+      await s.stop();
+      await Promise.all([endpoint.close(), app.close()]);
+    }
+  };
+
+  it('a token that expires within a second (expires_in: 0.001) is refused, not renewed in a loop; lost: no call sent with it', async () => {
+    await withEndpoint(
+      () => ({ access_token: 'opaque-short-lived-token-0123456789', token_type: 'Bearer', expires_in: 0.001 }),
+      async (s, app, idpRequests) => {
+        await s.waitForLog((l) => l.event === 'token_fetch_failed');
+        for (let i = 0; i < 5; i++) expect(await call(s, app)).toEqual({ status: 503, reason: 'token_unavailable' });
+        expect(app.requests).toEqual([]);
+        // Every request the endpoint got is a logged, backed-off failure (the last line may still be on its way):
+        // no token was taken, so no renewal loop runs behind the logs' back.
+        const failures = () => s.logs.filter((l) => l.event === 'token_fetch_failed').length;
+        await s.waitForLog(() => failures() >= idpRequests());
+        expect(s.logs.filter((l) => l.event === 'token_issued')).toEqual([]);
+        expect(idpRequests()).toBeLessThanOrEqual(failures() + 1);
+        expect(String(s.logs.find((l) => l.event === 'token_fetch_failed')!.error)).toMatch(/expires in less than 1 s/);
+      },
+    );
+  });
+
+});
+

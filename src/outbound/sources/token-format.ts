@@ -19,6 +19,13 @@ export function assertBearerToken(value: unknown, what: string): asserts value i
   if (!B64TOKEN.test(value)) throw new TokenUnavailableError(`${what}: not a valid bearer token (RFC 6750 §2.1 characters only)`);
 }
 
+/**
+ * A token must still be good for this long when it arrives. Renewal runs at half the lifetime or later, so a token
+ * that lives a millisecond (`expires_in: 0.001`, or a JWT whose issuer's clock is behind by nearly its lifetime) would
+ * be renewed in a loop as fast as the token endpoint answers; refused, it goes through the cache's backoff instead.
+ */
+export const MIN_TOKEN_LIFETIME_MS = 1000;
+
 /** The JWT's payload if `token` is a JWS compact JWT, else undefined. Decoding only: the issuer vouches, the peer verifies. */
 export function jwtClaims(token: string): Record<string, unknown> | undefined {
   if (token.split('.').length !== 3) return undefined;
@@ -44,6 +51,9 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
   if (expiresAt === undefined) throw new TokenUnavailableError(`${what}: the token has neither a JWT exp claim nor expires_in`);
   if (expiresAt <= nowMs) {
     throw new TokenUnavailableError(`${what}: the token expired at ${new Date(expiresAt).toISOString()}`);
+  }
+  if (expiresAt - nowMs < MIN_TOKEN_LIFETIME_MS) {
+    throw new TokenUnavailableError(`${what}: the token expires in less than 1 s (at ${new Date(expiresAt).toISOString()}), too soon to use or renew`);
   }
   return jti === undefined ? { token, expiresAt } : { token, expiresAt, jti };
 }
