@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listenTracked, rawExchange, rawRequestBytes, startFaultyFront, startRecordingApp, tokenLeaks, type FrontMode, type RecordingApp } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
-import { epochSeconds } from '../support/tokens.js';
+import { b64url, epochSeconds } from '../support/tokens.js';
 
 /**
  * Faults on the outbound side, through the CLI: the IdP token endpoint
@@ -234,5 +234,19 @@ describe('token endpoint answering 200 with an expiry that cannot be used', () =
     );
   });
 
+  it('an expiry past the end of time (exp: 1e300) is refused with a reason, never a broken audit line or a silent token', async () => {
+    const now = epochSeconds();
+    const jwt = `${b64url({ alg: 'RS256', typ: 'at+jwt' })}.${b64url({ sub: 'orders', aud: 'payments', iat: now, exp: 1e300 })}.c2lnbmF0dXJlLW5vdC1jaGVja2VkLWhlcmU`;
+    await withEndpoint(
+      () => ({ access_token: jwt, token_type: 'Bearer', expires_in: 300 }),
+      async (s, app) => {
+        const failed = await s.waitForLog((l) => l.event === 'token_fetch_failed');
+        expect(String(failed.error)).toMatch(/expiry is out of range/);
+        expect(await call(s, app)).toEqual({ status: 503, reason: 'token_unavailable' });
+        expect(app.requests).toEqual([]);
+        expect(tokenLeaks(s.output(), [jwt])).toEqual([]);
+      },
+    );
+  });
 });
 

@@ -26,6 +26,9 @@ export function assertBearerToken(value: unknown, what: string): asserts value i
  */
 export const MIN_TOKEN_LIFETIME_MS = 1000;
 
+/** The latest time a Date can hold (ECMA-262 §21.4.1.1); an expiry past it cannot be logged, compared or renewed. */
+const MAX_TIME_MS = 8.64e15;
+
 /** The JWT's payload if `token` is a JWS compact JWT, else undefined. Decoding only: the issuer vouches, the peer verifies. */
 export function jwtClaims(token: string): Record<string, unknown> | undefined {
   if (token.split('.').length !== 3) return undefined;
@@ -49,6 +52,8 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
   else if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) expiresAt = nowMs + expiresIn * 1000;
   else if (typeof expiresIn === 'string' && /^\d+$/.test(expiresIn) && Number(expiresIn) > 0) expiresAt = nowMs + Number(expiresIn) * 1000;
   if (expiresAt === undefined) throw new TokenUnavailableError(`${what}: the token has neither a JWT exp claim nor expires_in`);
+  // Garbage (exp: 1e300) rather than a real far-off expiry: refused, not a token the audit log cannot describe.
+  if (!(expiresAt >= -MAX_TIME_MS && expiresAt <= MAX_TIME_MS)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`);
   if (expiresAt <= nowMs) {
     throw new TokenUnavailableError(`${what}: the token expired at ${new Date(expiresAt).toISOString()}`);
   }
