@@ -223,9 +223,12 @@ export function toUpstreamError(err: unknown): UpstreamError {
     return new UpstreamError('upstream_timeout', 'upstream did not answer in time', { cause: err });
   }
   if (code === 'UPSTREAM_UPLOAD_STALLED') return new UpstreamError('upstream_timeout', 'upstream stopped reading the request body', { cause: err });
-  // llhttp's parse errors (HPE_*), and a body shorter than its Content-Length on a connection the upstream closed
-  // (undici sees a longer one only as the next response's garbage): the upstream broke HTTP.
-  if (code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
+  // llhttp's parse errors, a response head over undici's 16 KiB, and a body shorter than its Content-Length on a
+  // connection the upstream closed (undici sees a longer one only as the next response's garbage): the upstream broke
+  // HTTP. undici 7 builds its HTTPParserError with `code` undefined (it looks the numeric llhttp error up in a table
+  // keyed by name), so the error's name is what identifies a parse error; `HPE_*` stays for a release that fixes it.
+  const name = String((err as { name?: unknown }).name ?? '');
+  if (name === 'HTTPParserError' || code.startsWith('HPE_') || code === 'UND_ERR_HEADERS_OVERFLOW' || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
     return new UpstreamError('upstream_bad_response', 'upstream sent an invalid HTTP response', { cause: err });
   }
   if (CONNECT_FAILURES.has(code) || CONNECT_FAILURES.has(cause)) {

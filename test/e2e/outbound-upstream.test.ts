@@ -140,3 +140,26 @@ describe('an upstream that closes a keep-alive connection as a request arrives (
     expect(tokenLeaks(s.output(), [TOKEN])).toEqual([]);
   });
 });
+
+describe('an upstream whose response head is not HTTP/1.1', () => {
+  const heads: Record<string, string> = {
+    'no status line (HTTP/0.9 style)': 'hello, no status line here\r\n\r\n',
+    'an empty status code': 'HTTP/1.1 \r\ncontent-length: 2\r\n\r\nok',
+    'a control character in a header value': 'HTTP/1.1 200 OK\r\nx-a: a\u0001b\r\ncontent-length: 2\r\n\r\nok',
+    'a header block over 16 KiB': `HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(20_000)}\r\ncontent-length: 2\r\n\r\nok`,
+  };
+  for (const [what, head] of Object.entries(heads)) {
+    it(`${what}: 502 upstream_bad_response, logged and counted as such`, async () => {
+      const up = await rawUpstream(() => head);
+      const s = await outbound(up.url);
+      const r = await call(s, 'GET', '/a');
+      expect(r).toMatchObject({ status: 502 });
+      expect(reasonOf(r)).toBe('upstream_bad_response');
+      const logged = await s.waitForLog((l) => l.event === 'upstream_error');
+      expect(logged).toMatchObject({ route: 'payments', reason: 'upstream_bad_response' });
+      const metrics = await (await fetch(`${s.admin}/metrics`)).text();
+      expect(metrics).toMatch(/oidc_sidecar_upstream_errors_total\{[^}]*reason="upstream_bad_response"[^}]*\} 1/);
+      expect(metrics).toMatch(/oidc_sidecar_outbound_requests_total\{[^}]*route="payments",status="upstream_bad_response"[^}]*\} 1/);
+    });
+  }
+});
