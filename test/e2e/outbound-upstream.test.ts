@@ -47,11 +47,11 @@ interface RawUpstream {
 
 /**
  * A raw HTTP/1.1 upstream. `answer(n, c)` says what to do with the n-th
- * request (1-based) on connection number c: a response to write, or `close` to end the
+ * request (1-based) on connection number c: a response to write, `close` to end the
  * connection without answering, the way a server whose keep-alive idle timer
- * fired just as the request arrived does.
+ * fired just as the request arrived does, or `reset` to abort it (TCP RST).
  */
-async function rawUpstream(answer: (n: number, connection: number) => string | 'close'): Promise<RawUpstream> {
+async function rawUpstream(answer: (n: number, connection: number) => string | 'close' | 'reset'): Promise<RawUpstream> {
   const up: RawUpstream = { url: '', received: [] };
   let connections = 0;
   const server = createNetServer((socket: Socket) => {
@@ -70,6 +70,7 @@ async function rawUpstream(answer: (n: number, connection: number) => string | '
         const what = answer(++n, conn);
         up.received.push(`${line} c${conn}#${n}`);
         if (what === 'close') return void socket.end();
+        if (what === 'reset') return void socket.resetAndDestroy();
         socket.write(what);
       }
     });
@@ -125,6 +126,18 @@ describe('an upstream that closes a keep-alive connection as a request arrives (
     expect(r).toMatchObject({ status: 502 });
     expect(reasonOf(r)).toBe('upstream_reset');
     expect(up.received).toEqual(['GET /a c1#1']);
+  });
+
+  it('a reset is retried once even on a new connection (undici does not say whether it was new); a POST never', async () => {
+    const up = await rawUpstream((n, c) => (c === 1 ? 'reset' : OK));
+    const s = await outbound(up.url);
+    expect(await call(s, 'GET', '/a')).toEqual({ status: 200, body: 'ok' });
+    expect(up.received).toEqual(['GET /a c1#1', 'GET /a c2#1']);
+
+    const posts = await rawUpstream(() => 'reset');
+    const p = await outbound(posts.url);
+    expect(reasonOf(await call(p, 'POST', '/b', 'one'))).toBe('upstream_reset');
+    expect(posts.received).toEqual(['POST /b c1#1']);
   });
 
   it('a GET whose second attempt is closed too gets 502 upstream_reset; at most one extra attempt', async () => {
