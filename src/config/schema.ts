@@ -3,6 +3,7 @@ import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
+import { MAX_TIMER_MS } from '../scheduler.js';
 
 /**
  * The config schema: the single source for validation, defaults, TypeScript
@@ -12,6 +13,14 @@ import { downgradesToCleartext } from '../oidc/discovery.js';
  */
 
 const seconds = (what: string) => z.number().nonnegative().describe(`${what} (seconds)`);
+
+/**
+ * The longest timeout or interval a Node timer can hold, in seconds: 2^31 - 1 ms, about 24.8 days. Node turns a
+ * longer one into 1 ms (with only a TimeoutOverflowWarning), so a keep-alive timeout of a month would close every idle
+ * connection at once, and a drain timeout of a month would cut every request at SIGTERM.
+ */
+export const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
+const fitsTimer = <T extends z.ZodNumber>(n: T) => n.max(MAX_TIMER_SECONDS, `must be at most ${MAX_TIMER_SECONDS} (about 24.8 days, the longest timer Node can set)`);
 const positiveInt = z.number().int().positive();
 
 /** `host:port`, `:port` or `[v6]:port`; port 0 picks a free port (tests). */
@@ -159,14 +168,14 @@ const inboundSchema = z
     maxTokenBytes: positiveInt.default(DEFAULTS.inbound.maxTokenBytes),
     jwks: z
       .strictObject({
-        refreshIntervalSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.refreshIntervalSeconds),
+        refreshIntervalSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.inbound.jwks.refreshIntervalSeconds),
         maxStaleSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.maxStaleSeconds),
-        cooldownSeconds: seconds('Minimum gap between unknown-kid refetches')
+        cooldownSeconds: fitsTimer(seconds('Minimum gap between unknown-kid refetches'))
           .min(1, 'must be at least 1: with 0 every token with an unknown kid would trigger a JWKS fetch')
           .default(DEFAULTS.inbound.jwks.cooldownSeconds),
-        timeoutSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.timeoutSeconds),
-        retryMinSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMinSeconds),
-        retryMaxSeconds: z.number().positive().default(DEFAULTS.inbound.jwks.retryMaxSeconds),
+        timeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.inbound.jwks.timeoutSeconds),
+        retryMinSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.inbound.jwks.retryMinSeconds),
+        retryMaxSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.inbound.jwks.retryMaxSeconds),
       })
       .prefault({}),
     cache: z.strictObject({ maxEntries: z.number().int().nonnegative().default(DEFAULTS.inbound.cache.maxEntries) }).prefault({}),
@@ -281,7 +290,7 @@ const outboundSchema = z
     routes: z.array(routeSchema).default([]),
     unknownHosts: z.enum(['deny', 'passthrough']).default(DEFAULTS.outbound.unknownHosts),
     refreshMarginSeconds: seconds('Renew long-lived tokens no later than this before exp').default(DEFAULTS.outbound.refreshMarginSeconds),
-    tokenRequestTimeoutSeconds: z.number().positive().default(DEFAULTS.outbound.tokenRequestTimeoutSeconds),
+    tokenRequestTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.outbound.tokenRequestTimeoutSeconds),
   })
   .superRefine((o, ctx) => {
     const seen = new Set<string>();
@@ -307,11 +316,11 @@ export const configSchema = z
       .strictObject({
         maxHeaderBytes: positiveInt.default(DEFAULTS.limits.maxHeaderBytes),
         maxHeaderCount: positiveInt.default(DEFAULTS.limits.maxHeaderCount),
-        headersTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.headersTimeoutSeconds),
-        requestTimeoutSeconds: seconds('Whole request from the client; 0 disables').default(DEFAULTS.limits.requestTimeoutSeconds),
-        keepAliveTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.keepAliveTimeoutSeconds),
-        upstreamTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.upstreamTimeoutSeconds),
-        upstreamConnectTimeoutSeconds: z.number().positive().default(DEFAULTS.limits.upstreamConnectTimeoutSeconds),
+        headersTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.headersTimeoutSeconds),
+        requestTimeoutSeconds: fitsTimer(seconds('Whole request from the client; 0 disables')).default(DEFAULTS.limits.requestTimeoutSeconds),
+        keepAliveTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.keepAliveTimeoutSeconds),
+        upstreamTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.upstreamTimeoutSeconds),
+        upstreamConnectTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.upstreamConnectTimeoutSeconds),
         upstreamConnections: positiveInt.default(DEFAULTS.limits.upstreamConnections),
       })
       // Node refuses to start a server whose headers timeout outlasts its request timeout.
@@ -322,7 +331,7 @@ export const configSchema = z
       .prefault({}),
     lifecycle: z
       .strictObject({
-        drainTimeoutSeconds: seconds('How long in-flight requests may take after SIGTERM').default(DEFAULTS.lifecycle.drainTimeoutSeconds),
+        drainTimeoutSeconds: fitsTimer(seconds('How long in-flight requests may take after SIGTERM')).default(DEFAULTS.lifecycle.drainTimeoutSeconds),
         watchConfig: z.boolean().default(DEFAULTS.lifecycle.watchConfig),
       })
       .prefault({}),

@@ -113,6 +113,27 @@ describe('config validation errors name the key path', () => {
     expect(parseConfig(withCooldown(1)).inbound!.jwks.cooldownSeconds).toBe(1);
   });
 
+  it('refuses a timeout or interval longer than a Node timer holds (Node would make it 1 ms), at its key path', () => {
+    const max = 2_147_483; // floor((2^31 - 1) ms / 1000)
+    const timers: [string, (v: number) => Record<string, unknown>][] = [
+      ...['refreshIntervalSeconds', 'cooldownSeconds', 'timeoutSeconds', 'retryMinSeconds', 'retryMaxSeconds'].map(
+        (k): [string, (v: number) => Record<string, unknown>] => [`inbound.jwks.${k}`, (v) => ({ inbound: { ...minimalInbound.inbound, jwks: { [k]: v } } })],
+      ),
+      ...['headersTimeoutSeconds', 'requestTimeoutSeconds', 'keepAliveTimeoutSeconds', 'upstreamTimeoutSeconds', 'upstreamConnectTimeoutSeconds'].map(
+        // headersTimeoutSeconds must also stay within requestTimeoutSeconds; 0 turns that one off.
+        (k): [string, (v: number) => Record<string, unknown>] => [`limits.${k}`, (v) => ({ limits: { requestTimeoutSeconds: k === 'requestTimeoutSeconds' ? v : 0, [k]: v } })],
+      ),
+      ['lifecycle.drainTimeoutSeconds', (v) => ({ lifecycle: { drainTimeoutSeconds: v } })],
+      ['outbound.tokenRequestTimeoutSeconds', (v) => ({ outbound: { tokenSource: { type: 'env', variable: 'T' }, tokenRequestTimeoutSeconds: v } })],
+    ];
+    for (const [path, doc] of timers) {
+      expect(issuesOf(() => parseConfig({ ...minimalInbound, ...doc(max + 1) })), path).toEqual([
+        `${path}: must be at most ${max} (about 24.8 days, the longest timer Node can set)`,
+      ]);
+      expect(() => parseConfig({ ...minimalInbound, ...doc(max) }), path).not.toThrow();
+    }
+  });
+
   it('refuses identity header names that are reserved, the token header, or contain "_", at their key path', () => {
     const withForward = (forward: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
       ...minimalInbound,
