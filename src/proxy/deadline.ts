@@ -3,24 +3,32 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex, Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 
-type Phase = 'upload' | 'headers' | 'body';
+type Phase = 'queue' | 'upload' | 'headers' | 'body';
 
 const MESSAGES: Record<Phase, (ms: number) => string> = {
+  queue: (ms) => `no upstream connection was free for ${ms} ms (every one in use, or connecting)`,
   upload: (ms) => `upstream read none of the request body for ${ms} ms`,
   headers: (ms) => `no response headers within ${ms} ms`,
   body: (ms) => `no response data for ${ms} ms`,
 };
 
+const CODES = {
+  queue: 'UPSTREAM_QUEUE_TIMEOUT',
+  upload: 'UPSTREAM_UPLOAD_STALLED',
+  headers: 'UND_ERR_HEADERS_TIMEOUT',
+  body: 'UND_ERR_BODY_TIMEOUT',
+} as const satisfies Record<Phase, string>;
+
 /**
- * The upstream went quiet for longer than allowed. For the response phases `code` is undici's; toUpstreamError maps
- * every code of this error to 504 upstream_timeout.
+ * The upstream went quiet, or no connection to it came free, for longer than allowed. For the response phases `code`
+ * is undici's; toUpstreamError maps every code of this error to 504 upstream_timeout.
  */
 export class UpstreamDeadlineError extends Error {
-  readonly code: 'UND_ERR_HEADERS_TIMEOUT' | 'UND_ERR_BODY_TIMEOUT' | 'UPSTREAM_UPLOAD_STALLED';
+  readonly code: (typeof CODES)[Phase];
   constructor(phase: Phase, timeoutMs: number) {
     super(MESSAGES[phase](timeoutMs));
     this.name = 'UpstreamDeadlineError';
-    this.code = phase === 'upload' ? 'UPSTREAM_UPLOAD_STALLED' : phase === 'headers' ? 'UND_ERR_HEADERS_TIMEOUT' : 'UND_ERR_BODY_TIMEOUT';
+    this.code = CODES[phase];
   }
 }
 
@@ -55,7 +63,10 @@ export interface DeadlineWatch {
  * generation as garbage and added ~8 MiB to a busy sidecar's peak RSS
  * (docs/performance.md). Here a request is a list entry and a number.
  *
- * Semantics, `timeoutMs` each: while a request body uploads, the upstream
+ * Semantics, `timeoutMs` each: a request must get an upstream connection
+ * (the pool's queue, while every connection is busy: an upstream that hangs
+ * on all of them would otherwise hold every later request for as many
+ * timeouts as there are requests ahead of it). While a request body uploads, the upstream
  * must take each chunk (undici pauses the body while the upstream's socket is
  * full) within `timeoutMs` of the previous one; a client that is slow to send
  * is not the upstream's fault and is left to the client-side request timeout.
@@ -99,7 +110,13 @@ export function createDeadlineWatch(timeoutMs: number): DeadlineWatch {
   };
 
   return {
-    interceptor: (dispatch) => (opts, handler) => dispatch(opts, new DeadlineHandler(handler, watch, opts.body)),
+    interceptor: (dispatch) => (opts, handler) => {
+      const h = new DeadlineHandler(handler, watch, opts.body);
+      // The clock runs from now: a request queued for a connection is watched too (phase 'queue').
+      h.deadline = performance.now() + timeoutMs;
+      watch.add(h);
+      return dispatch(opts, h);
+    },
     get size() {
       return watched.size;
     },
@@ -163,8 +180,10 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   watched = false;
   prev: DeadlineHandler | null = null;
   next: DeadlineHandler | null = null;
-  private phase: Phase = 'headers';
+  private phase: Phase = 'queue';
   private controller: Dispatcher.DispatchController | undefined;
+  /** The request timed out in the queue and its handler was told so: once undici starts it, it is cancelled unsent. */
+  private expiredInQueue: UpstreamDeadlineError | undefined;
   /** The request body while it uploads, and the two listeners on it (made only for a request with a body). */
   private upload: Readable | undefined;
   private onUploadData: (() => void) | undefined;
@@ -177,8 +196,14 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   ) {}
 
   onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
+    if (this.expiredInQueue) {
+      // undici has no way to take a request out of its queue; aborting here, before anything is written, is the way.
+      controller.abort(this.expiredInQueue);
+      return;
+    }
     this.controller = controller;
     const body = this.body as Readable | null | undefined;
+    this.phase = 'headers';
     this.deadline = performance.now() + this.watch.timeoutMs;
     if (body && typeof body.once === 'function' && !body.readableEnded) {
       // The headers clock starts when the upload is complete: a large upload is not the upstream being slow. Until
@@ -239,7 +264,8 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
   onResponseError(controller: Dispatcher.DispatchController, err: Error): void {
     this.stopWatchingUpload();
     this.watch.delete(this);
-    this.inner.onResponseError?.(controller, err);
+    // Expired in the queue: the handler already has its error.
+    if (!this.expiredInQueue) this.inner.onResponseError?.(controller, err);
   }
 
   expire(now: number): void {
@@ -251,6 +277,13 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
     this.stopWatchingUpload();
     this.watch.delete(this);
     const timeoutMs = this.watch.timeoutMs;
+    if (this.phase === 'queue') {
+      // Not started, so there is no controller to abort with: the handler gets its error now (the client its 504), and
+      // onRequestStart cancels the request if undici ever gets to it. A handler reads no controller before it starts.
+      this.expiredInQueue = new UpstreamDeadlineError('queue', timeoutMs);
+      this.inner.onResponseError?.(undefined as unknown as Dispatcher.DispatchController, this.expiredInQueue);
+      return;
+    }
     this.controller?.abort(this.phase === 'body' && this.controller.paused ? new ClientStalledError(timeoutMs) : new UpstreamDeadlineError(this.phase, timeoutMs));
   }
 }

@@ -226,6 +226,7 @@ export function toUpstreamError(err: unknown): UpstreamError {
     return new UpstreamError('upstream_timeout', 'upstream did not answer in time', { cause: err });
   }
   if (code === 'UPSTREAM_UPLOAD_STALLED') return new UpstreamError('upstream_timeout', 'upstream stopped reading the request body', { cause: err });
+  if (code === 'UPSTREAM_QUEUE_TIMEOUT') return new UpstreamError('upstream_timeout', 'no upstream connection was free in time', { cause: err });
   // llhttp's parse errors, a response head over undici's 16 KiB, and a body shorter than its Content-Length on a
   // connection the upstream closed (undici sees a longer one only as the next response's garbage): the upstream broke
   // HTTP. undici 7 builds its HTTPParserError with `code` undefined (it looks the numeric llhttp error up in a table

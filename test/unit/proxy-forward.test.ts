@@ -432,6 +432,42 @@ describe('forward(): upstream failures', () => {
     expect(proxy.errors).toEqual(['upstream_timeout']);
   });
 
+  it('answers a request queued behind a busy connection with 504 upstream_timeout after the upstream timeout, and never sends it', async () => {
+    // One connection, held by an upload the app keeps taking (so that exchange never times out) and never answers.
+    const seen: string[] = [];
+    const app = await rawApp((req) => {
+      seen.push(`${req.method} ${req.url}`);
+      req.resume();
+    });
+    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.3, upstreamConnections: 1, requestTimeoutSeconds: 0 } });
+    const uploader = await rawConnect(proxy.port);
+    cleanups.push(async () => void uploader.destroy());
+    uploader.write('POST /busy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n');
+    let queuedAnswered = false;
+    let chunksSent = 0;
+    const uploading = (async () => {
+      // Until the queued request has its answer; without a queue deadline that answer would wait for this upload to end.
+      while (!queuedAnswered && chunksSent < 200) {
+        uploader.write('1\r\na\r\n');
+        chunksSent++;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    await vi.waitFor(() => expect(seen).toEqual(['POST /busy']));
+
+    const queued = await get(`${proxy.url}/queued`);
+    queuedAnswered = true;
+    await uploading;
+    expect(queued.status).toBe(504);
+    expect(JSON.parse(queued.body.toString())).toMatchObject({ reason: 'upstream_timeout', error: 'no upstream connection was free in time' });
+    expect(chunksSent).toBeLessThan(200);
+    expect(proxy.errors).toEqual(['upstream_timeout']);
+    // The upload ends; its connection is free again, and the timed-out request is not sent on it.
+    uploader.write('0\r\n\r\n');
+    await vi.waitFor(() => expect(proxy.errors).toEqual(['upstream_timeout', 'upstream_timeout']));
+    expect(seen).toEqual(['POST /busy']);
+  });
+
   it('cuts the client connection when the upstream stalls mid-body longer than the upstream timeout, and aborts the upstream request', async () => {
     let upstreamAborted: Promise<boolean> | undefined;
     const app = await rawApp((_req, res) => {
