@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici';
 import { UpstreamError } from '../errors.js';
 import { ClientStalledError } from './deadline.js';
 import { buildUpstreamHeaders, forwardableResponseHeaders } from './headers.js';
+import { sendHeldContinue } from './respond.js';
 
 export interface ForwardOptions {
   dispatcher: Dispatcher;
@@ -44,6 +45,8 @@ export function forward(req: IncomingMessage, res: ServerResponse, opts: Forward
       headers: buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders),
       body: hasBody(req) ? req : null,
     };
+    // The listener held back the 100 (listen.ts): the request is allowed now, so the client may send its body.
+    sendHeldContinue(res);
     new ForwardHandler(req, res, opts.dispatcher, request, opts.onResponse, opts.onBrokenResponse, resolve, reject).dispatch();
   });
 }

@@ -99,7 +99,7 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
 /**
  * The header list sent upstream for a proxied request, built in one pass:
  * hop-by-hop, Connection-named and `drop` headers (any `_` spelling, see isDropped) removed; `Expect` removed
- * too (Node already answered `100-continue` to the client, RFC 9110 §10.1.1);
+ * too (forward() answers `100-continue` to the client itself, RFC 9110 §10.1.1);
  * `X-Forwarded-For/-Proto/-Host` appended to what earlier hops said (the
  * de-facto convention; RFC 7239 §4 for the idea); then `add` appended.
  * `traceparent`/`tracestate` and every other end-to-end header pass untouched.

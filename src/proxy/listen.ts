@@ -5,7 +5,7 @@ import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type ServerSocket } from './limits.js';
-import { sendError, writeRawError } from './respond.js';
+import { holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
 export type { TlsFiles } from './tls.js';
@@ -89,6 +89,14 @@ export function createLimitedServer(
     server = createHttpServer(serverOptions, guarded);
   }
   server.once('close', () => stopTls());
+  // Node would answer `Expect: 100-continue` with 100 as soon as the head is parsed, before any check or token
+  // verification: a caller about to be refused would be invited to send its whole body for nothing. With this
+  // listener Node leaves it to us; forward() sends the 100 once the request is allowed and about to go upstream, and
+  // a refusal goes out instead of it, closing the connection (RFC 9110 §10.1.1).
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    holdContinue(res);
+    guarded(req, res);
+  });
   // The header count is checked above (too_many_headers), the same on every Node. Node's own count limit would get
   // in the way: Node 20 truncates req.headers past it, and Node 22+ fails the parse with the same error code as an
   // oversize header block (headers_too_large). Unlimited here is still bounded: the parser enforces maxHeaderBytes.

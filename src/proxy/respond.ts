@@ -32,6 +32,19 @@ export function sendError(
   res.end(body);
 }
 
+/** Responses whose `100 Continue` the listener held back (listen.ts). */
+const heldContinue = new WeakSet<ServerResponse>();
+
+/** Marks a request whose client waits for `100 Continue` before it sends its body; see sendHeldContinue. */
+export function holdContinue(res: ServerResponse): void {
+  heldContinue.add(res);
+}
+
+/** Sends the `100 Continue` held back for this request, once it is allowed on its way; a no-op for any other. */
+export function sendHeldContinue(res: ServerResponse): void {
+  if (heldContinue.delete(res)) res.writeContinue();
+}
+
 /**
  * A complete response written straight onto a socket that has no
  * ServerResponse (Upgrade and CONNECT requests, parser errors), then the

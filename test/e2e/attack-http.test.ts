@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   bearerRequest,
+  expectContinueExchange,
   expectRefused,
   flushLogs,
   rawExchange,
@@ -224,6 +225,51 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     expect(ex.responses.map((r) => r.status)).toEqual([401]);
     expect(ex.responses[0]!.headers.connection).toBe('close');
     expect(app.requests.slice(before)).toEqual([]);
+  });
+});
+
+describe('Expect: 100-continue (RFC 9110 §10.1.1): the client is asked for its body only once the request is allowed', () => {
+  // Node answers 100 Continue as soon as the head is parsed, before any handler runs. A caller with no token, a denied
+  // one, or a request the listener refuses would then be invited to upload its whole body for nothing.
+  const body = 'abc';
+  const head = (path: string, headers: [string, string][]) => {
+    let h = `POST ${path} HTTP/1.1\r\nHost: orders\r\n`;
+    for (const [n, v] of headers) h += `${n}: ${v}\r\n`;
+    return `${h}Expect: 100-continue\r\n\r\n`;
+  };
+  const length: [string, string] = ['Content-Length', String(body.length)];
+
+  it('a refused request gets its refusal and no 100 Continue, so the body is never sent, and the app sees nothing', async () => {
+    const cases: [string, string, Refusal][] = [
+      ['no token', head('/api/orders', [length]), reject('missing_token')],
+      ['a forged token', head('/api/orders', [length, ['Authorization', `Bearer ${tamperHeader(orders, { kid: 'nope' })}`]]), reject('unknown_key')],
+      ['denied by the rules', head('/admin/users', [length, ['Authorization', `Bearer ${orders}`]]), { status: 403, reason: 'policy_denied' }],
+      ['two Host headers', head('/public/x', [length, ['Host', 'admin']]), badRequest],
+      ['a transfer coding other than chunked', head('/public/x', [['Transfer-Encoding', 'gzip, chunked']]), { status: 501, reason: 'transfer_coding_not_supported' }],
+    ];
+    for (const [label, bytes, want] of cases) {
+      const before = app.requests.length;
+      const ex = await expectContinueExchange(sidecar.inbound!, bytes, body);
+      expect(ex.responses.map((r) => r.status), `${label}: ${JSON.stringify(ex.raw.slice(0, 200))}`).toEqual([want.status]);
+      expect(ex.responses[0]!.json(), label).toEqual({ error: expect.any(String), reason: want.reason });
+      expect(ex.bodySent, label).toBe(false);
+      expect(ex.closedByServer, label).toBe(true);
+      expect(app.requests.slice(before), label).toEqual([]);
+    }
+  });
+
+  it('an allowed request gets 100 Continue, then its body reaches the app', async () => {
+    for (const [path, headers] of [
+      ['/public/upload', [length]],
+      ['/api/orders', [length, ['Authorization', `Bearer ${orders}`]]],
+      ['/api/chunked', [['Transfer-Encoding', 'chunked'], ['Authorization', `Bearer ${orders}`]]],
+    ] as [string, [string, string][]][]) {
+      const chunked = headers.some(([n]) => n === 'Transfer-Encoding');
+      const ex = await expectContinueExchange(sidecar.inbound!, head(path, [...headers, ['Connection', 'close']]), chunked ? `3\r\n${body}\r\n0\r\n\r\n` : body);
+      expect(ex.responses.map((r) => r.status), `${path}: ${JSON.stringify(ex.raw.slice(0, 200))}`).toEqual([100, 200]);
+      expect(ex.bodySent, path).toBe(true);
+      expect(ex.responses[1]!.json().url, path).toBe(path);
+    }
   });
 });
 

@@ -7,7 +7,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startUpgradingApp } from '../support/attacks.js';
+import { expectContinueExchange, startUpgradingApp } from '../support/attacks.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -118,6 +118,18 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(idp.counts).toMatchObject({ token: 0, discovery: 0 });
     expect(app.seen).toHaveLength(0);
     expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'no_route' })).toBe(2);
+  });
+
+  it('sends 100 Continue only for a call it forwards: an unknown host gets 403 no_route instead and never sends its body', async () => {
+    const s = await sidecar(outboundConfig());
+    const head = (host: string) => `POST /charge HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`;
+    const refused = await expectContinueExchange(s.outbound!, head('ledger'), 'abc');
+    expect(refused.responses.map((r) => r.status), JSON.stringify(refused.raw.slice(0, 200))).toEqual([403]);
+    expect(refused.responses[0]!.json()).toMatchObject({ reason: 'no_route' });
+    expect(refused.bodySent).toBe(false);
+    const routed = await expectContinueExchange(s.outbound!, head('payments'), 'abc');
+    expect(routed.responses.map((r) => r.status)).toEqual([100, 200]);
+    expect(app.seen.map((r) => [r.url, r.bodyBytes])).toEqual([['/charge', 3]]);
   });
 
   it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token)', async () => {

@@ -61,6 +61,40 @@ export function rawExchange(baseUrl: string, data: string | Buffer, opts: { idle
   });
 }
 
+/**
+ * A request sent the way curl sends an upload: the head with `Expect: 100-continue` first, and the body only once
+ * `100 Continue` arrives (RFC 9110 §10.1.1). Resolves with everything the server sent, once it closes (or after
+ * `idleMs` of silence, default 5000), and whether the body was sent.
+ */
+export function expectContinueExchange(baseUrl: string, head: string, body: string, opts: { idleMs?: number } = {}): Promise<Exchange & { bodySent: boolean }> {
+  const { hostname, port } = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname);
+    const chunks: Buffer[] = [];
+    let closedByServer = true;
+    let bodySent = false;
+    socket.setTimeout(opts.idleMs ?? 5000, () => {
+      closedByServer = false;
+      socket.destroy();
+    });
+    socket.on('data', (c: Buffer) => {
+      chunks.push(c);
+      if (!bodySent && Buffer.concat(chunks).toString('latin1').startsWith('HTTP/1.1 100 ')) {
+        bodySent = true;
+        socket.write(Buffer.from(body, 'latin1'));
+      }
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (chunks.length === 0 && err.code !== 'ECONNRESET') reject(err);
+    });
+    socket.on('close', () => {
+      const raw = Buffer.concat(chunks).toString('latin1');
+      resolve({ raw, responses: parseResponses(raw), closedByServer, bodySent });
+    });
+    socket.write(Buffer.from(head, 'latin1'));
+  });
+}
+
 /** A GET with `Connection: close`; `headers` are written as given (order, case and duplicates kept). */
 export function rawRequestBytes(target: string, headers: [string, string][], opts: { method?: string; body?: string; version?: string } = {}): string {
   let head = `${opts.method ?? 'GET'} ${target} ${opts.version ?? 'HTTP/1.1'}\r\n`;
@@ -87,7 +121,11 @@ export function parseResponses(raw: string): ParsedResponse[] {
     }
     let body: string;
     let next: number;
-    if (headers['transfer-encoding']?.toLowerCase().includes('chunked')) {
+    if (status >= 100 && status < 200) {
+      // An interim response (100 Continue) has no body: the final response follows it (RFC 9110 §15.2).
+      body = '';
+      next = end + 4;
+    } else if (headers['transfer-encoding']?.toLowerCase().includes('chunked')) {
       body = '';
       let p = end + 4;
       for (;;) {
