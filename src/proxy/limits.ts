@@ -17,7 +17,8 @@ export interface RequestViolation {
  * Authorization, say) would be invisible to one check and visible to the
  * next, and on Node 22+ it fails the parse with the code of an oversize
  * block. Refusing the request with 431 (RFC 6585 §5) here removes the
- * ambiguity. Two Host headers get 400 (RFC 9112 §3.2). Transfer codings:
+ * ambiguity. Two Host headers, or one whose value is not `uri-host[:port]`,
+ * get 400 (RFC 9112 §3.2); Node's parser takes any value. Transfer codings:
  * see checkTransferCodings. Returns undefined when fine.
  */
 export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): RequestViolation | undefined {
@@ -30,8 +31,11 @@ export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): 
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     // Cheap length checks first: this loop runs on every request.
-    if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) {
-      return { status: 400, reason: 'bad_request', message: 'more than one Host header' };
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (++hosts > 1) return { status: 400, reason: 'bad_request', message: 'more than one Host header' };
+      // The app takes Host (and the X-Forwarded-Host appended from it) for its own name, in links and virtual hosts:
+      // `evil.example@orders`, `orders/admin` or `orders, evil.example` must not get that far.
+      if (!HOST.test(raw[i + 1]!)) return { status: 400, reason: 'bad_request', message: 'the Host header is not a valid host[:port]' };
     }
     if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') {
       codings = codings === undefined ? raw[i + 1]! : `${codings},${raw[i + 1]!}`;
@@ -40,6 +44,13 @@ export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): 
   // A plain `chunked`, the only coding almost every client sends, needs no parsing.
   return codings === undefined || codings === 'chunked' ? undefined : checkTransferCodings(codings);
 }
+
+/**
+ * RFC 9112 §3.2: `Host = uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3): an IP-literal in brackets (IPv6 or
+ * IPvFuture) or a reg-name of unreserved characters, sub-delims and percent-escapes (an IPv4 address is one too),
+ * possibly empty (RFC 9110 §7.2), then an optional port of digits.
+ */
+const HOST = /^(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
 
 /**
  * The request's transfer codings (every Transfer-Encoding line, in order) must

@@ -167,6 +167,15 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     ['NUL in a header value', `GET /public/x HTTP/1.1\r\nHost: orders\r\nX-A: a\u0000b\r\n\r\n${smuggled}`],
     ['CR inside a header value', `GET /public/x HTTP/1.1\r\nHost: orders\r\nX-A: a\rContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`],
     ['two Host headers', `GET /public/x HTTP/1.1\r\nHost: orders\r\nHost: admin\r\n\r\n`],
+    // RFC 9112 §3.2: a Host that is not uri-host[:port] is 400; the app would take it for its own name (links, vhosts).
+    ['Host with userinfo', `GET /public/x HTTP/1.1\r\nHost: evil.example@orders\r\n\r\n`],
+    ['Host with a path', `GET /public/x HTTP/1.1\r\nHost: orders/admin\r\n\r\n`],
+    ['Host with a space', `GET /public/x HTTP/1.1\r\nHost: orders evil.example\r\n\r\n`],
+    ['Host as a list', `GET /public/x HTTP/1.1\r\nHost: orders, evil.example\r\n\r\n`],
+    ['Host with a backslash', `GET /public/x HTTP/1.1\r\nHost: evil.example\\orders\r\n\r\n`],
+    ['Host with two ports', `GET /public/x HTTP/1.1\r\nHost: orders:80:81\r\n\r\n`],
+    ['Host with a letter in the port', `GET /public/x HTTP/1.1\r\nHost: orders:8o\r\n\r\n`],
+    ['Host with a quote', `GET /public/x HTTP/1.1\r\nHost: orders"><script>\r\n\r\n`],
     ['lower-case method', `get /public/x HTTP/1.1\r\nHost: orders\r\n\r\n`],
   ];
 
@@ -183,6 +192,16 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
       expect(app.requests.slice(before)).toEqual([]);
     });
   }
+
+  it('a Host that is uri-host[:port] passes as sent, also an empty one (RFC 9110 §7.2), a bracketed IPv6 and a reg-name with sub-delims', async () => {
+    const hosts = ['orders', 'ORDERS.svc.cluster.local:15006', '127.0.0.1:8080', '[::1]:15006', '[v1.fe80::a+en1]', 'orders:', 'a-b_c~d.e%41!$&\'()*+;=', ''];
+    for (const host of hosts) {
+      const before = app.requests.length;
+      const ex = await rawExchange(sidecar.inbound!, `GET /public/host HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+      expect(ex.responses.map((r) => r.status), `${host}: ${JSON.stringify(ex.raw.slice(0, 200))}`).toEqual([200]);
+      expect(app.requests.slice(before).map((r) => r.headers.host), host).toEqual([host]);
+    }
+  });
 
   it('HTTP/1.1 without Host: 400 from Node itself (RFC 9112 §3.2), the app sees no request', async () => {
     const before = app.requests.length;

@@ -71,6 +71,18 @@ describe('header limits', () => {
     expect(app.seen).toHaveLength(0);
   });
 
+  it('refuses a Host that is not host[:port] with 400 (RFC 9112 §3.2) and passes a valid one as sent', async () => {
+    const { app, proxy } = await setup();
+    for (const host of ['a@b', 'a/b', 'a b', 'a:1:2', '[::1', 'a\\b']) {
+      const answer = await rawExchange(proxy.port, `GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+      expect(answer, host).toMatch(/^HTTP\/1\.1 400 /);
+      expect(jsonBody(answer), host).toEqual({ error: 'the Host header is not a valid host[:port]', reason: 'bad_request' });
+    }
+    expect(app.seen).toHaveLength(0);
+    await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n');
+    expect(app.seen.map((r) => r.headers.host)).toEqual(['[::1]:8080']);
+  });
+
   it('answers a malformed request with 400 JSON and keeps serving', async () => {
     const { proxy } = await setup();
     const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
