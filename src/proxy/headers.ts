@@ -101,7 +101,8 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
  * hop-by-hop, Connection-named and `drop` headers (any `_` spelling, see isDropped) removed; `Expect` removed
  * too (forward() answers `100-continue` to the client itself, RFC 9110 §10.1.1);
  * `X-Forwarded-For/-Proto/-Host` appended to what earlier hops said (the
- * de-facto convention; RFC 7239 §4 for the idea); then `add` appended.
+ * de-facto convention; RFC 7239 §4 for the idea), several lines merged into
+ * one with no empty element (see mergeList); then `add` appended.
  * `traceparent`/`tracestate` and every other end-to-end header pass untouched.
  */
 export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<string>, add: readonly string[]): string[] {
@@ -116,26 +117,10 @@ export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<str
     const lower = name.toLowerCase();
     if (isHopByHop(lower) || lower === 'expect' || isDropped(lower, drop) || named?.has(lower)) continue;
     // Several X-Forwarded-* lines are merged into the first so the appended hop lands at the end of one list.
-    if (lower === 'x-forwarded-for') {
-      if (xff >= 0) {
-        out[xff] = `${out[xff]}, ${raw[i + 1]}`;
-        continue;
-      }
-      xff = out.length + 1;
-    } else if (lower === 'x-forwarded-proto') {
-      if (xfp >= 0) {
-        out[xfp] = `${out[xfp]}, ${raw[i + 1]}`;
-        continue;
-      }
-      xfp = out.length + 1;
-    } else if (lower === 'x-forwarded-host') {
-      if (xfh >= 0) {
-        out[xfh] = `${out[xfh]}, ${raw[i + 1]}`;
-        continue;
-      }
-      xfh = out.length + 1;
-    }
-    out.push(name, raw[i + 1]!);
+    if (lower === 'x-forwarded-for') xff = mergeList(out, xff, name, raw[i + 1]!);
+    else if (lower === 'x-forwarded-proto') xfp = mergeList(out, xfp, name, raw[i + 1]!);
+    else if (lower === 'x-forwarded-host') xfh = mergeList(out, xfh, name, raw[i + 1]!);
+    else out.push(name, raw[i + 1]!);
   }
   const socket = req.socket as { remoteAddress?: string; encrypted?: boolean };
   appendAt(out, xff, 'x-forwarded-for', socket.remoteAddress ?? '');
@@ -144,6 +129,41 @@ export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<str
   if (host) appendAt(out, xfh, 'x-forwarded-host', host);
   for (let i = 0; i < add.length; i++) out.push(add[i]!);
   return out;
+}
+
+/**
+ * Adds one incoming line of a list header to the merged line at `valueIndex` (or starts it); returns the merged
+ * line's value index. A blank line or one with a comma at an edge would put an empty element in the list the app
+ * gets (`, 127.0.0.1`), which a sender must not generate (RFC 9110 §5.6.1) and which an app taking the first
+ * element as the client, or as the original scheme, would read as "": edge commas and OWS are trimmed, and a line
+ * left empty adds nothing.
+ */
+function mergeList(out: string[], valueIndex: number, name: string, value: string): number {
+  const v = trimEdges(value, true);
+  if (v === '') return valueIndex;
+  if (valueIndex >= 0) {
+    out[valueIndex] = `${out[valueIndex]}, ${v}`;
+    return valueIndex;
+  }
+  out.push(name, v);
+  return out.length - 1;
+}
+
+/**
+ * `value` without OWS (SP, HTAB) at either edge, and without commas there too with `commas`; the value itself (no
+ * copy) when there is nothing to trim. By index, not by regex: `/[ \t]+$/` is quadratic on a long run of spaces
+ * that is not at the end, which a caller can put in a 16 KiB header.
+ */
+function trimEdges(value: string, commas: boolean): string {
+  let start = 0;
+  let end = value.length;
+  while (start < end && isEdge(value.charCodeAt(start), commas)) start++;
+  while (end > start && isEdge(value.charCodeAt(end - 1), commas)) end--;
+  return start === 0 && end === value.length ? value : value.slice(start, end);
+}
+
+function isEdge(c: number, commas: boolean): boolean {
+  return c === 0x20 || c === 0x09 || (commas && c === 0x2c);
 }
 
 function appendAt(out: string[], valueIndex: number, name: string, value: string): void {

@@ -135,6 +135,20 @@ describe('inbound: a verified call reaches the app with identity headers', () =>
     }
   });
 
+  it('merges several X-Forwarded-* lines into one list ending in this hop, with no empty list element (RFC 9110 §5.6.1)', async () => {
+    // An app that takes the first element as the client (or the original scheme) must not get "" from a blank line.
+    const lines = [
+      'X-Forwarded-For', '', 'x-forwarded-for', '192.0.2.7', 'X-FORWARDED-FOR', '198.51.100.1, ', 'X-Forwarded-For', ' , ',
+      'X-Forwarded-Proto', '', 'X-Forwarded-Host', ',',
+    ];
+    expect(await getWithRawHeaders(sidecar.inbound!, '/healthz', lines)).toBe(200);
+    const seen = app.seen.at(-1)!;
+    expect(seen.headers['x-forwarded-for']).toBe('192.0.2.7, 198.51.100.1, 127.0.0.1');
+    expect(seen.headers['x-forwarded-proto']).toBe('http');
+    expect(seen.headers['x-forwarded-host']).toBe(new URL(sidecar.inbound!).host);
+    expect(seen.rawHeaders.filter((n, i) => i % 2 === 0 && /^x-forwarded-/i.test(n))).toHaveLength(3);
+  });
+
   it('streams request bodies to the app unchanged', async () => {
     const token = await idp.getToken('orders', 'orders');
     const body = randomBytes(2 * 1024 * 1024);

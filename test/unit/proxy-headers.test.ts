@@ -74,6 +74,13 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
     expect(pairs(buildUpstreamHeaders(request(raw), drop, []))).toEqual([['X-Service-Token', 'verified']]);
   });
 
+  it('merges X-Forwarded-* lines without empty list elements: blank lines and edge commas add nothing (RFC 9110 §5.6.1)', () => {
+    const raw = ['Host', 'svc', 'X-Forwarded-For', '', 'X-Forwarded-For', ' 192.0.2.7 ,', 'x-forwarded-for', ',', 'X-Forwarded-Proto', '\t', 'X-Forwarded-Host', 'a.example,'];
+    expect(buildUpstreamHeaders(request(raw, '10.1.2.3'), new Set(), [])).toEqual([
+      'Host', 'svc', 'X-Forwarded-For', '192.0.2.7, 10.1.2.3', 'X-Forwarded-Host', 'a.example, svc', 'x-forwarded-proto', 'http',
+    ]);
+  });
+
   it('appends this hop to X-Forwarded-For/-Proto/-Host in a single line each', () => {
     fc.assert(
       fc.property(fc.array(fc.ipV4(), { maxLength: 4 }), fc.ipV4(), fc.boolean(), (earlier, peer, tls) => {
