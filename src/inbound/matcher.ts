@@ -10,7 +10,7 @@ export interface CompiledRule<T = RuleConfig> {
   pattern: string;
   /** Upper-case methods; undefined = every method. */
   methods: ReadonlySet<string> | undefined;
-  regex: RegExp;
+  glob: PathGlob;
   rule: T;
 }
 
@@ -30,9 +30,9 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
   keyPath = 'inbound.rules',
 ): Matcher<T> {
   const compiled = rules.map((rule, index): CompiledRule<T> => {
-    let regex: RegExp;
+    let glob: PathGlob;
     try {
-      regex = compileGlob(rule.match.path);
+      glob = compileGlob(rule.match.path);
     } catch (err) {
       throw new ConfigError([{ path: `${keyPath}.${index}.match.path`, message: (err as Error).message }]);
     }
@@ -40,7 +40,7 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
       index,
       pattern: rule.match.path,
       methods: rule.match.methods ? new Set(rule.match.methods.map((m) => m.toUpperCase())) : undefined,
-      regex,
+      glob,
       rule,
     };
   });
@@ -49,22 +49,40 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
     match(method, path) {
       for (const r of compiled) {
         if (r.methods && !r.methods.has(method)) continue;
-        if (r.regex.test(path)) return r;
+        if (r.glob.test(path)) return r;
       }
       return undefined;
     },
   };
 }
 
+/** A compiled path glob. */
+export interface PathGlob {
+  /** Whether a normalised path matches. */
+  test(path: string): boolean;
+}
+
+/** A whole-segment `**`: any number of segments, including none. */
+const ANY_SEGMENTS = null;
+/** One segment: the literal pieces between the `*`s (a literal segment is one piece), and whether it may be empty. */
+type SegmentGlob = { pieces: readonly string[]; nonEmpty: boolean };
+
 /**
- * A path glob as a RegExp: `*` matches within one segment (a lone `*` needs at
+ * Compiles a path glob: `*` matches within one segment (a lone `*` needs at
  * least one character), a whole-segment `**` matches any number of segments
  * including none (`/a/**` matches `/a`, `/a/` and `/a/b/c`). Literal parts are
  * put in the same canonical form as request paths (see normalizePath), so
  * `/a%7Eb` and `/a~b` are the same rule. Dot segments are refused: a rule must
  * name a real path.
+ *
+ * Not a RegExp: rules are matched before the token is looked at, so the path
+ * is any caller's to choose, and a backtracking regex for `*-*-*` costs the
+ * cube of a segment's length (several `**`, of the segment count), so one long
+ * path could hold the event loop for hours. Matching here is wildcard matching
+ * that backtracks only to the last star, at both levels: at most (segments ×
+ * glob parts) segment tests, each at most (segment length × its pieces).
  */
-export function compileGlob(glob: string): RegExp {
+export function compileGlob(glob: string): PathGlob {
   if (!glob.startsWith('/')) throw new Error('must start with "/"');
   const segments = glob.split('/').slice(1);
   if (segments.map((s) => s.replace(/%2e/gi, '.')).some((s) => s === '.' || s === '..')) {
@@ -78,20 +96,53 @@ export function compileGlob(glob: string): RegExp {
     if (err instanceof BadPathError) throw new Error(err.message.replace(/^path/, 'glob'));
     throw err;
   }
-  const parts = canonical === '/' ? [''] : canonical.split('/').slice(1);
-  let source = '^';
-  for (const part of parts) {
-    if (part === '**') {
-      source += '(?:/.*)?';
-    } else if (part === '*') {
-      source += '/[^/]+';
-    } else {
-      source += `/${part.split(/\*+/).map(escapeRegExp).join('[^/]*')}`;
-    }
-  }
-  return new RegExp(`${source}$`);
+  const parts = (canonical === '/' ? [''] : canonical.split('/').slice(1)).map((part): SegmentGlob | typeof ANY_SEGMENTS =>
+    part === '**' ? ANY_SEGMENTS : { pieces: part.split(/\*+/), nonEmpty: part === '*' },
+  );
+  return { test: (path) => matchSegments(parts, path.split('/')) };
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** `segments` is a path split at `/` (so `segments[0]` is the empty string before the leading `/`). */
+function matchSegments(parts: readonly (SegmentGlob | typeof ANY_SEGMENTS)[], segments: readonly string[]): boolean {
+  let p = 0;
+  let s = 1;
+  // The last `**` seen and the segment it was tried from: on a mismatch it takes one more segment.
+  let anyPart = -1;
+  let anyFrom = 0;
+  while (s < segments.length) {
+    const part = p < parts.length ? parts[p]! : undefined;
+    if (part === ANY_SEGMENTS) {
+      anyPart = p++;
+      anyFrom = s;
+    } else if (part !== undefined && matchSegment(part, segments[s]!)) {
+      p++;
+      s++;
+    } else if (anyPart >= 0) {
+      p = anyPart + 1;
+      s = ++anyFrom;
+    } else {
+      return false;
+    }
+  }
+  while (p < parts.length && parts[p] === ANY_SEGMENTS) p++;
+  return p === parts.length;
+}
+
+/** One segment against `a*b*c`: the first piece is a prefix, the last a suffix, the others found in order in between. */
+function matchSegment(glob: SegmentGlob, segment: string): boolean {
+  const { pieces } = glob;
+  if (pieces.length === 1) return segment === pieces[0];
+  if (glob.nonEmpty && segment.length === 0) return false;
+  const first = pieces[0]!;
+  const last = pieces[pieces.length - 1]!;
+  if (segment.length < first.length + last.length || !segment.startsWith(first) || !segment.endsWith(last)) return false;
+  // Leftmost occurrences are enough between a fixed prefix and suffix: a later one never leaves more room.
+  let at = first.length;
+  const end = segment.length - last.length;
+  for (let i = 1; i < pieces.length - 1; i++) {
+    const found = segment.indexOf(pieces[i]!, at);
+    if (found < 0 || found + pieces[i]!.length > end) return false;
+    at = found + pieces[i]!.length;
+  }
+  return true;
 }

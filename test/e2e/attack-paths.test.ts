@@ -161,3 +161,51 @@ describe('path tricks never reach the app under a more permissive rule than the 
     expect(tokenLeaks(sidecar.output(), Object.values(tokens) as string[])).toEqual([]);
   });
 });
+
+describe('rule globs are matched in linear time (ReDoS)', () => {
+  // Rules are matched before any token is looked at, so the path is the anonymous caller's to choose. As backtracking
+  // regexes, a segment glob with several `*` (`*-*-*`) costs the cube of a segment's length, and several `**` the
+  // cube of the segment count: one 12 KiB path would hold the event loop, and with it every other caller, for hours.
+  let globApp: RecordingApp;
+  let globSidecar: SidecarProcess;
+  beforeAll(async () => {
+    globApp = await startRecordingApp();
+    globSidecar = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      inbound: {
+        target: globApp.url,
+        audience: 'orders',
+        issuers: [{ issuer: idp.issuer }],
+        rules: [
+          { match: { path: '/files/*-*-*.txt' }, public: true },
+          { match: { path: '/**/a/**/b/**/c' }, public: true },
+          { match: { path: '/api/**' }, allow: [{ sub: 'orders' }] },
+        ],
+      },
+    });
+  });
+  afterAll(async () => {
+    await globSidecar?.stop();
+    await globApp?.close();
+  });
+
+  it('a long path against *-*-* and **/a/**/b/**/c is decided at once, and the globs still match what they should', async () => {
+    const get = async (target: string) => (await rawExchange(globSidecar.inbound!, rawRequestBytes(target, [['Host', 'orders']]))).responses[0]!.status;
+    for (const [target, status] of [
+      [`/files/${'-'.repeat(12_000)}x`, 401],
+      [`/files/${'-'.repeat(12_000)}.txt`, 200],
+      [`${'/a/b'.repeat(3_000)}/x`, 401],
+      [`${'/a/b'.repeat(3_000)}/c`, 200],
+      ['/files/a-b-c.txt', 200],
+      ['/files/a-b.txt', 401],
+      ['/files/a-b-c/d.txt', 401],
+      ['/a/b/c', 200],
+      ['/x/a/y/b/z/c', 200],
+      ['/a/c/b', 401],
+    ] as [string, number][]) {
+      expect(await get(target), target.length > 40 ? `${target.slice(0, 40)}… (${target.length})` : target).toBe(status);
+    }
+  });
+});

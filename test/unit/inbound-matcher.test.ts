@@ -4,6 +4,7 @@ import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { compileGlob, createMatcher } from '../../src/inbound/matcher.js';
 import { BadPathError, normalizePath, normalizeTarget } from '../../src/inbound/path.js';
+import { fuzzRuns } from '../support/attacks.js';
 
 function badPath(p: string): string {
   try {
@@ -133,6 +134,32 @@ describe('compileGlob and the matcher', () => {
     expect(compileGlob('/').test('/')).toBe(true);
     expect(compileGlob('/').test('/a')).toBe(false);
     expect(compileGlob('/**').test('/anything/at/all')).toBe(true);
+  });
+
+  it('matches exactly what the glob as a regex would (the former implementation), without its backtracking', () => {
+    // The oracle: `**` as (?:/.*)?, `*` as /[^/]+, other stars as [^/]* (exponential on long paths, fine on short ones).
+    const oracle = (glob: string) => {
+      const parts = glob === '/' ? [''] : glob.split('/').slice(1);
+      const source = parts.map((p) => (p === '**' ? '(?:/.*)?' : p === '*' ? '/[^/]+' : `/${p.split(/\*+/).join('[^/]*')}`)).join('');
+      return new RegExp(`^${source}$`);
+    };
+    const globSegment = fc.constantFrom('a', 'b', 'ab', '*', '**', '***', 'a*', '*a', 'a*b', '*a*', 'a**b', '*-*-*', '-');
+    const pathSegment = fc.constantFrom('a', 'b', 'ab', 'ba', 'aab', 'a-b-c', '--', '-', 'x');
+    fc.assert(
+      fc.property(fc.array(globSegment, { maxLength: 5 }), fc.boolean(), fc.array(pathSegment, { maxLength: 7 }), fc.boolean(), (gs, gSlash, ps, pSlash) => {
+        const glob = `/${gs.join('/')}${gSlash && gs.length > 0 ? '/' : ''}`;
+        const path = `/${ps.join('/')}${pSlash && ps.length > 0 ? '/' : ''}`;
+        expect(compileGlob(glob).test(path), `${glob} ~ ${path}`).toBe(oracle(glob).test(path));
+      }),
+      { numRuns: fuzzRuns(2) },
+    );
+  });
+
+  it('decides a long path against several * in a segment or several ** (ReDoS as a regex)', () => {
+    expect(compileGlob('/f/*-*-*.txt').test(`/f/${'-'.repeat(50_000)}x`)).toBe(false);
+    expect(compileGlob('/f/*-*-*.txt').test(`/f/${'-'.repeat(50_000)}.txt`)).toBe(true);
+    expect(compileGlob('/**/a/**/b/**/c').test(`${'/a/b'.repeat(20_000)}/x`)).toBe(false);
+    expect(compileGlob('/**/a/**/b/**/c').test(`${'/a/b'.repeat(20_000)}/c`)).toBe(true);
   });
 
   it('treats regex metacharacters in globs literally and canonicalises escapes like request paths', () => {
