@@ -206,7 +206,9 @@ export function isWebSocketUpgrade(rawHeaders: readonly string[]): boolean {
     if (name.length !== 7 || name.toLowerCase() !== 'upgrade') continue;
     for (const element of rawHeaders[i + 1]!.split(',')) {
       // Only OWS (SP, HTAB) is trimmed: String.trim() would also take U+00A0, which a latin1 header value can hold.
-      const protocol = element.replace(/^[ \t]+|[ \t]+$/g, '');
+      // By index (trimEdges): the regex this was, /^[ \t]+|[ \t]+$/g, took ~0.2 s of event loop for one 16 KiB
+      // element with a long run of spaces inside, and it runs before the token is looked at.
+      const protocol = trimEdges(element, false);
       if (protocol === '') continue;
       if (++protocols > 1 || protocol.toLowerCase() !== 'websocket') return false;
     }

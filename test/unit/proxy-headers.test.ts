@@ -112,6 +112,14 @@ describe('forwardableResponseHeaders', () => {
 });
 
 describe('isWebSocketUpgrade: the one protocol either listener tunnels', () => {
+  it('trims only OWS at the edges of each element, also around a long run of spaces inside one (linear, no regex)', () => {
+    const run = ' '.repeat(15_000);
+    expect(isWebSocketUpgrade(['Upgrade', `${run}websocket\t${run}`])).toBe(true);
+    expect(isWebSocketUpgrade(['Upgrade', `web${run}socket`])).toBe(false);
+    expect(isWebSocketUpgrade(['Upgrade', `websocket${run}x`])).toBe(false);
+    expect(isWebSocketUpgrade(['Upgrade', `\u00a0websocket`])).toBe(false);
+  });
+
   it('accepts Upgrade: websocket in any letter case, alone or beside empty list elements (RFC 9110 §5.6.1)', () => {
     for (const raw of [
       ['Upgrade', 'websocket'],
