@@ -11,7 +11,7 @@ import { createInbound } from './inbound/index.js';
 import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
-import { createLimitedServer, formatAddress, listenOn, parseListen, type ListenAddress } from './proxy/listen.js';
+import { createLimitedServer, formatAddress, listenOn, parseListen, type LimitedServer, type ListenAddress } from './proxy/listen.js';
 import { writeRawError } from './proxy/respond.js';
 
 type Side = 'inbound' | 'outbound';
@@ -42,7 +42,7 @@ interface Slot {
   listen: string;
   tls: InboundConfig['tls'];
   limits: Config['limits'];
-  server: Server;
+  server: LimitedServer;
   component: Component;
   address: ListenAddress;
 }
@@ -158,13 +158,17 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       // never causes a gap, and a failure (e.g. the new address is taken) changes nothing.
       const fresh = new Map<Side, Component>();
       const opened = new Map<Side, Slot>();
+      const reconfigured = new Map<Side, () => void>();
       let newAdmin: typeof admin | undefined;
       try {
         for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next, slots.get(side)?.component.handover?.()));
         await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), DEFAULTS.lifecycle.reloadWarmupSeconds * 1000)));
         for (const [side, component] of fresh) {
           const slot = slots.get(side);
-          if (!slot || !canKeepListener(slot, side, next)) opened.set(side, await openSlot(side, next, component));
+          if (!slot || !isSameAddress(slot, listenOf(side, next))) opened.set(side, await openSlot(side, next, component));
+          // Same address, other limits or TLS files: a second socket could not be bound there, so the listener takes
+          // them in place (checked here, applied below with everything else).
+          else if (!hasSameSettings(slot, side, next)) reconfigured.set(side, slot.server.prepareReconfigure(next.limits, tlsOf(side, next)));
         }
         if (next.admin.listen !== admin.listen) newAdmin = await openAdmin(next.admin.listen);
       } catch (err) {
@@ -185,6 +189,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
           if (slot) void closeServer(slot.server, drainMs);
         } else if (component && slot) {
           slot.component = component;
+          const reconfigure = reconfigured.get(side);
+          if (reconfigure) {
+            reconfigure();
+            slot.limits = next.limits;
+            slot.tls = tlsOf(side, next);
+          }
         } else if (slot) {
           slots.delete(side);
           void closeServer(slot.server, drainMs);
@@ -216,11 +226,17 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
 }
 
-/** A listener survives a reload only if nothing it was created with changed. */
-function canKeepListener(slot: Slot, side: Side, next: Config): boolean {
-  const listen = side === 'inbound' ? next.inbound!.listen : next.outbound!.listen;
-  const tls = side === 'inbound' ? next.inbound!.tls : undefined;
-  return isSameAddress(slot, listen) && JSON.stringify(slot.tls) === JSON.stringify(tls) && JSON.stringify(slot.limits) === JSON.stringify(next.limits);
+function listenOf(side: Side, config: Config): string {
+  return side === 'inbound' ? config.inbound!.listen : config.outbound!.listen;
+}
+
+function tlsOf(side: Side, config: Config): InboundConfig['tls'] {
+  return side === 'inbound' ? config.inbound!.tls : undefined;
+}
+
+/** Whether a kept listener's limits and TLS files are those of the new config. */
+function hasSameSettings(slot: Slot, side: Side, next: Config): boolean {
+  return JSON.stringify(slot.tls) === JSON.stringify(tlsOf(side, next)) && JSON.stringify(slot.limits) === JSON.stringify(next.limits);
 }
 
 /** Same text, or the address the socket is actually bound to (e.g. `:0` became port 43857): rebinding it would fail with EADDRINUSE. */

@@ -3,6 +3,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
+import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type ServerSocket } from './limits.js';
 import { holdContinue, sendError, writeRawError } from './respond.js';
@@ -37,6 +38,17 @@ export interface LimitedServerOptions {
   tlsPollMs?: number;
 }
 
+/** A listener whose limits and TLS files a reload can change in place, where its address stays the same. */
+export interface LimitedServer extends Server {
+  /**
+   * Checks new limits and TLS files for this listener and returns what applies them, so that a reload can check
+   * everything before it changes anything. Throws a TlsConfigError for an unusable pair, and a SidecarError
+   * (`restart_required`) for TLS turned on or off: that is another kind of server, and the address is taken by this
+   * one.
+   */
+  prepareReconfigure(limits: LimitsConfig, tls: TlsFiles | undefined): () => void;
+}
+
 /**
  * An HTTP(S) server with the sidecar's limits applied: header size (431),
  * header count (431), a single Host (400), headers timeout against slowloris
@@ -50,7 +62,9 @@ export function createLimitedServer(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
   tls?: TlsFiles,
   options: LimitedServerOptions = {},
-): Server {
+): LimitedServer {
+  let current = limits;
+  let currentTls = tls;
   const headersTimeout = limits.headersTimeoutSeconds * 1000;
   const requestTimeout = limits.requestTimeoutSeconds * 1000;
   const serverOptions = {
@@ -65,7 +79,7 @@ export function createLimitedServer(
     insecureHTTPParser: false,
   };
   const guarded = (req: IncomingMessage, res: ServerResponse) => {
-    const violation = checkRequestHead(req, limits.maxHeaderCount);
+    const violation = checkRequestHead(req, current.maxHeaderCount);
     if (violation) {
       res.shouldKeepAlive = false;
       sendError(res, violation.status, violation.reason, violation.message);
@@ -74,17 +88,19 @@ export function createLimitedServer(
     handler(req, res);
   };
   let server: Server;
+  let https: HttpsServer | undefined;
   let stopTls = () => {};
   if (tls) {
     const material = loadTlsMaterial(tls);
     // A client gets as long to finish the TLS handshake as to send its headers once it is done. Node's default
     // (120 s) would let silent TCP connections and stalled ClientHellos hold a socket long past the slowloris guard.
-    const https = createHttpsServer({ ...serverOptions, ...material, handshakeTimeout: headersTimeout }, guarded);
+    const tlsServer = createHttpsServer({ ...serverOptions, ...material, handshakeTimeout: headersTimeout }, guarded);
     // Watch only once listening: a listener that never binds (address in use on a reload) never closes either.
-    https.once('listening', () => {
-      stopTls = watchTlsFiles(https, tls, material, options.logger, options.tlsPollMs);
+    tlsServer.once('listening', () => {
+      stopTls = watchTlsFiles(tlsServer, tls, material, options.logger, options.tlsPollMs);
     });
-    server = https as HttpsServer as unknown as Server;
+    https = tlsServer;
+    server = tlsServer as HttpsServer as unknown as Server;
   } else {
     server = createHttpServer(serverOptions, guarded);
   }
@@ -121,7 +137,7 @@ export function createLimitedServer(
     afterEarlierResponses(socket as ServerSocket, () => {
       // An earlier response that closed the connection was the last word.
       if (!socket.writable) return void socket.destroy();
-      const violation = checkRequestHead(req, limits.maxHeaderCount);
+      const violation = checkRequestHead(req, current.maxHeaderCount);
       if (violation) return writeRawError(socket, violation.status, violation.reason, violation.message);
       if (next) next(req, socket, head);
       else fallback(socket);
@@ -129,7 +145,45 @@ export function createLimitedServer(
   };
   if (options.upgrade) server.on('upgrade', guardSocket(options.upgrade, () => {}));
   server.on('connect', guardSocket(options.connect, (socket) => writeRawError(socket, 405, 'connect_not_supported')));
-  return server;
+
+  // A reload at the same address cannot bind a second socket beside this one (EADDRINUSE): new limits and TLS files
+  // are applied to this server. Node reads these settings per connection or per check, so they take effect for what
+  // comes next; connections already open keep their TLS session. The interval at which Node checks the timeouts was
+  // set at listen time from the first headers timeout: at most 1 s, so a shorter new timeout is enforced to within 1 s.
+  const limited = server as LimitedServer;
+  limited.prepareReconfigure = (nextLimits, nextTls) => {
+    if (Boolean(nextTls) !== Boolean(https)) {
+      throw new SidecarError('restart_required', `inbound.tls: turning TLS ${nextTls ? 'on' : 'off'} at the same listen address takes a restart`, 1);
+    }
+    const material = nextTls && (nextTls.certFile !== currentTls?.certFile || nextTls.keyFile !== currentTls.keyFile) ? loadTlsMaterial(nextTls) : undefined;
+    return () => {
+      current = nextLimits;
+      const nextHeadersTimeout = nextLimits.headersTimeoutSeconds * 1000;
+      // Not in Node's types, but where the `maxHeaderSize` option lives and what each new connection's parser reads.
+      (server as Server & { maxHeaderSize?: number }).maxHeaderSize = nextLimits.maxHeaderBytes;
+      server.headersTimeout = nextHeadersTimeout;
+      server.requestTimeout = nextLimits.requestTimeoutSeconds * 1000;
+      server.keepAliveTimeout = nextLimits.keepAliveTimeoutSeconds * 1000;
+      if (!https) return;
+      setHandshakeTimeout(https, nextHeadersTimeout);
+      if (material && nextTls) {
+        https.setSecureContext(material);
+        stopTls();
+        stopTls = watchTlsFiles(https, nextTls, material, options.logger, options.tlsPollMs);
+        currentTls = nextTls;
+      }
+    };
+  };
+  return limited;
+}
+
+/**
+ * The TLS handshake timeout of a running server. Node takes it from the constructor's options only and reads it per
+ * connection from a private field; if a Node version names that field differently, the first timeout stays.
+ */
+function setHandshakeTimeout(server: HttpsServer, ms: number): void {
+  const key = Object.getOwnPropertySymbols(server).find((k) => k.description === 'handshake-timeout');
+  if (key) (server as unknown as Record<symbol, unknown>)[key] = ms;
 }
 
 /** Listens and resolves with the bound address (port 0 → the real port). */

@@ -140,6 +140,61 @@ describe('inbound listener: TLS and limits through the CLI', () => {
   });
 });
 
+describe('inbound listener: a config reload that changes its limits or TLS files', () => {
+  // The listener keeps its address, so a second socket could not be bound beside it (EADDRINUSE, and the whole
+  // reload refused); with port 0 the listener would move to a new port. The new settings apply to it in place.
+  let app: UpstreamApp;
+  let sidecar: SidecarProcess;
+  const a = selfSigned('reload-a');
+  const b = selfSigned('reload-b');
+  const config = (tls: { certFile: string; keyFile: string }, maxHeaderCount: number) => ({
+    service: 'orders',
+    log: { level: 'info' },
+    lifecycle: { watchConfig: false },
+    limits: { maxHeaderCount },
+    inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: 'http://127.0.0.1:9' }], tls, rules: [{ match: { path: '/**' }, public: true }] },
+  });
+  beforeAll(async () => {
+    app = await startUpstream();
+    sidecar = await startSidecar(config({ certFile: a.cert, keyFile: a.key }, 30), { waitReady: false });
+  });
+  afterAll(async () => {
+    await sidecar?.stop();
+    await app?.close();
+  });
+
+  it('applies new limits and a new certificate path on the same socket; an unusable pair is refused and the old one serves', async () => {
+    const port = Number(new URL(sidecar.inbound!).port);
+    const headers = (n: number) => Array.from({ length: n }, (_, i) => `X-Filler-${i}: x\r\n`).join('');
+    expect((await httpsGet(`https://127.0.0.1:${port}/before`, a.pem)).cn).toBe('reload-a');
+
+    sidecar.rewriteConfig(config({ certFile: b.cert, keyFile: b.key }, 10));
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded' || l.event === 'config_reload_failed');
+    expect(sidecar.logs.filter((l) => l.event === 'config_reload_failed')).toEqual([]);
+    expect((await httpsGet(`https://127.0.0.1:${port}/after`, b.pem)).cn).toBe('reload-b');
+    const answer = await rawTls(port, b.pem, `GET /many HTTP/1.1\r\nHost: orders\r\n${headers(15)}\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+
+    // A key that does not match its certificate: the reload is refused as a whole, nothing changes.
+    sidecar.rewriteConfig(config({ certFile: a.cert, keyFile: b.key }, 30));
+    sidecar.signal('SIGHUP');
+    const failed = await sidecar.waitForLog((l) => l.event === 'config_reload_failed');
+    expect(String(failed.error)).toMatch(/inbound\.tls: certFile and keyFile are not a usable pair/);
+    expect((await httpsGet(`https://127.0.0.1:${port}/still`, b.pem)).cn).toBe('reload-b');
+    expect(await rawTls(port, b.pem, `GET /many HTTP/1.1\r\nHost: orders\r\n${headers(15)}\r\n`)).toMatch(/^HTTP\/1\.1 431 /);
+
+    // TLS turned off at the same address is another kind of server: refused with the reason, TLS keeps serving.
+    const plain = config({ certFile: b.cert, keyFile: b.key }, 30) as Record<string, any>;
+    delete plain.inbound.tls;
+    sidecar.rewriteConfig(plain);
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reload_failed' && String(l.error).includes('restart_required'));
+    expect((await httpsGet(`https://127.0.0.1:${port}/tls`, b.pem)).cn).toBe('reload-b');
+    expect(sidecar.output()).not.toContain('PRIVATE KEY');
+  });
+});
+
 describe('both listeners: request transfer codings (RFC 9112 §6.1)', () => {
   let app: UpstreamApp;
   let sidecar: SidecarProcess;
