@@ -125,7 +125,7 @@ const RESERVED_FORWARD_HEADERS = new Set(['host', 'content-length', 'transfer-en
  * refused: CGI-style apps (WSGI, Rack, PHP-FPM) read `X_Peer` and `X-Peer`
  * as the same HTTP_X_PEER, and many proxies drop names with `_`.
  */
-const forwardHeaderName = z
+const checkedForwardHeaderName = z
   .string()
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
   .superRefine((name, ctx) => {
@@ -136,17 +136,35 @@ const forwardHeaderName = z
     if (lower.includes('_')) {
       ctx.addIssue({ code: 'custom', message: 'must not contain "_": CGI-style apps read "_" and "-" alike (HTTP_X_PEER_SUB) and many proxies drop such headers' });
     }
-  })
-  .transform((s) => s.toLowerCase());
+  });
+const forwardHeaderName = checkedForwardHeaderName.transform((s) => s.toLowerCase());
 
 const forwardSchema = z
   .strictObject({
     subjectHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.subjectHeader),
     issuerHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.issuerHeader),
     claimsHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.claimsHeader),
-    claimHeaders: z.record(forwardHeaderName, z.string().min(1)).default({}).describe('header name -> claim name'),
+    // Keys as written, so two spellings of one name can be told apart below; lower-cased after that.
+    claimHeaders: z.record(checkedForwardHeaderName, z.string().min(1)).default({}).describe('header name -> claim name'),
     keepToken: z.boolean().default(DEFAULTS.inbound.forward.keepToken),
   })
+  .superRefine((f, ctx) => {
+    // Header names are case-insensitive: two identity values under one name would reach the app as one header whose
+    // value depends on which the sidecar wrote last, or as a list the app does not expect.
+    const owner = new Map<string, string>();
+    for (const key of ['subjectHeader', 'issuerHeader', 'claimsHeader'] as const) {
+      const taken = owner.get(f[key]);
+      if (taken) ctx.addIssue({ code: 'custom', message: `"${f[key]}" is already set by ${taken}`, path: [key] });
+      else owner.set(f[key], `inbound.forward.${key}`);
+    }
+    for (const name of Object.keys(f.claimHeaders)) {
+      const lower = name.toLowerCase();
+      const taken = owner.get(lower);
+      if (taken) ctx.addIssue({ code: 'custom', message: `"${lower}" is already set by ${taken}`, path: ['claimHeaders', name] });
+      else owner.set(lower, `inbound.forward.claimHeaders.${name}`);
+    }
+  })
+  .transform((f) => ({ ...f, claimHeaders: Object.fromEntries(Object.entries(f.claimHeaders).map(([name, claim]) => [name.toLowerCase(), claim])) }))
   .prefault({});
 
 const tlsSchema = z.strictObject({

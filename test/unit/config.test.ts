@@ -156,14 +156,27 @@ describe('config validation errors name the key path', () => {
       `inbound.forward.claimHeaders.X-Peer_Env: ${underscore}`,
     ]);
     const custom = { tokenHeader: 'X-Workload-Token' };
-    expect(issuesOf(() => parseConfig(withForward({ issuerHeader: 'x-workload-token', claimHeaders: { 'X-Workload-Token': 'sub' } }, custom)))).toEqual([
+    expect(issuesOf(() => parseConfig(withForward({ issuerHeader: 'x-workload-token' }, custom)))).toEqual([
       'inbound.forward.issuerHeader: must not be the token header "x-workload-token" (inbound.tokenHeader)',
+    ]);
+    expect(issuesOf(() => parseConfig(withForward({ claimHeaders: { 'X-Workload-Token': 'sub' } }, custom)))).toEqual([
       'inbound.forward.claimHeaders.x-workload-token: must not be the token header "x-workload-token" (inbound.tokenHeader)',
     ]);
     // keepToken does not make it acceptable either: identity and credential never share a header.
     expect(issuesOf(() => parseConfig(withForward({ keepToken: true, subjectHeader: 'x-workload-token' }, custom)))).toHaveLength(1);
     const ok = parseConfig(withForward({ subjectHeader: 'X-Caller', claimHeaders: { 'X-Peer-Env': 'env' } }, custom)).inbound!.forward;
     expect(ok).toMatchObject({ subjectHeader: 'x-caller', claimHeaders: { 'x-peer-env': 'env' } });
+  });
+
+  it('refuses two identity values for one header name, whatever its letter case', () => {
+    const withForward = (forward: Record<string, unknown>) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, forward } });
+    expect(issuesOf(() => parseConfig(withForward({ claimHeaders: { 'X-Peer-Email': 'email', 'x-peer-email': 'upn', 'X-PEER-SUB': 'sub' } })))).toEqual([
+      'inbound.forward.claimHeaders.x-peer-email: "x-peer-email" is already set by inbound.forward.claimHeaders.X-Peer-Email',
+      'inbound.forward.claimHeaders.X-PEER-SUB: "x-peer-sub" is already set by inbound.forward.subjectHeader',
+    ]);
+    expect(issuesOf(() => parseConfig(withForward({ subjectHeader: 'X-Caller', claimsHeader: 'x-caller' })))).toEqual([
+      'inbound.forward.claimsHeader: "x-caller" is already set by inbound.forward.subjectHeader',
+    ]);
   });
 
   it('refuses an http jwksUri for an https issuer (keys over cleartext)', () => {
