@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
 import { UpstreamError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { isWebSocketUpgrade } from '../proxy/headers.js';
+import { isWebSocketHandshake } from '../proxy/headers.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { loggedPath, type Decision } from './authorizer.js';
@@ -43,7 +43,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
   return (req, socket, head) => {
     const started = performance.now();
     const observe = () => duration.observe((performance.now() - started) / 1000);
-    if (!isWebSocketUpgrade(req.rawHeaders)) {
+    if (!isWebSocketHandshake(req)) {
       deps.metrics.inboundRequests.inc({ decision: 'reject', reason: UPGRADE_NOT_SUPPORTED });
       deps.logger.warn(
         { event: 'request_rejected', reason: UPGRADE_NOT_SUPPORTED, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress },

@@ -6,7 +6,7 @@ import type { Component, ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
-import { isWebSocketUpgrade } from '../proxy/headers.js';
+import { isWebSocketHandshake } from '../proxy/headers.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
@@ -177,7 +177,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
    */
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
-    if (!isWebSocketUpgrade(req.rawHeaders)) {
+    if (!isWebSocketHandshake(req)) {
       record(routeOf(req).route, UPGRADE_NOT_SUPPORTED, started);
       return refuseUpgrade(socket);
     }

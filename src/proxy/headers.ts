@@ -216,6 +216,20 @@ export function isWebSocketUpgrade(rawHeaders: readonly string[]): boolean {
   return protocols === 1;
 }
 
+/**
+ * Whether an `Upgrade` request is a WebSocket opening handshake as RFC 6455
+ * §4.1 defines it: a `GET`, without a body, asking for `websocket` alone
+ * (isWebSocketUpgrade). Node hands every byte after an upgrade request's head
+ * to the tunnel, so a body would reach the app as if it were WebSocket data
+ * sent after the 101, and an app waiting for that body before its 101 would
+ * wait until the upstream timeout.
+ */
+export function isWebSocketHandshake(req: IncomingMessage): boolean {
+  const h = req.headers;
+  const noBody = h['transfer-encoding'] === undefined && (h['content-length'] === undefined || h['content-length'] === '0');
+  return req.method === 'GET' && noBody && isWebSocketUpgrade(req.rawHeaders);
+}
+
 /** Every value of a header in `rawHeaders` (case-insensitive name). */
 export function headerValues(rawHeaders: readonly string[], lowerName: string): string[] {
   const out: string[] = [];

@@ -12,11 +12,11 @@ export const UPGRADE_NOT_SUPPORTED = 'upgrade_not_supported';
 
 /**
  * Refuses an `Upgrade` request that is not a WebSocket handshake (see
- * isWebSocketUpgrade): 400 with the sidecar's JSON error, connection closed,
+ * isWebSocketHandshake): 400 with the sidecar's JSON error, connection closed,
  * nothing sent upstream. Callers check before any tunnel is opened.
  */
 export function refuseUpgrade(socket: Duplex): void {
-  writeRawError(socket, 400, UPGRADE_NOT_SUPPORTED, 'only WebSocket upgrades are supported (Upgrade: websocket)');
+  writeRawError(socket, 400, UPGRADE_NOT_SUPPORTED, 'only WebSocket handshakes are tunnelled: GET with Upgrade: websocket and no body');
 }
 
 export interface TunnelOptions {

@@ -351,6 +351,26 @@ describe('h2c smuggling (Bishop Fox, 2020): only WebSocket upgrades are tunnelle
     expect(h2cApp.connections).toHaveLength(1);
     expect(h2cApp.connections[0]).toMatch(/^GET \/public\/ws HTTP\/1\.1\r\n[\s\S]*\r\nupgrade: WebSocket\r\n/);
   });
+
+  it('a WebSocket upgrade that is not a GET, or has a body, is 400 upgrade_not_supported: the body would reach the app as tunnel data', async () => {
+    const before = h2cApp.connections.length;
+    const ws: [string, string][] = [['Connection', 'Upgrade'], ['Upgrade', 'websocket']];
+    const variants: [string, string][] = [
+      ['POST', rawRequestBytes('/api/orders', [['Host', 'orders'], ['Authorization', `Bearer ${orders}`], ...ws, ['Content-Length', '0']], { method: 'POST' })],
+      ['GET with a Content-Length body', rawRequestBytes('/api/orders', [['Host', 'orders'], ['Authorization', `Bearer ${orders}`], ...ws, ['Content-Length', String(smuggled.length)]], { body: smuggled })],
+      ['GET with a chunked body', rawRequestBytes('/public/ws', [['Host', 'orders'], ...ws, ['Transfer-Encoding', 'chunked']], { body: `${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n` })],
+    ];
+    for (const [label, bytes] of variants) {
+      const ex = await rawExchange(front.inbound!, bytes);
+      expect(ex.responses.map((r) => r.status), label).toEqual([400]);
+      expect(ex.responses[0]!.json().reason, label).toBe('upgrade_not_supported');
+      expect(ex.closedByServer, label).toBe(true);
+    }
+    expect(h2cApp.connections.slice(before)).toEqual([]);
+    // Content-Length: 0 is no body.
+    const empty = await rawExchange(front.inbound!, rawRequestBytes('/public/ws', [['Host', 'orders'], ...ws, ['Content-Length', '0']]));
+    expect(empty.raw).toMatch(/^HTTP\/1\.1 101 /);
+  });
 });
 
 describe('oversized header blocks', () => {

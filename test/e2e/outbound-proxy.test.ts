@@ -189,21 +189,23 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     }
   });
 
-  it('refuses an Upgrade to anything but WebSocket (h2c) with 400 upgrade_not_supported; the peer gets no connection', async () => {
+  it('refuses an Upgrade to anything but WebSocket (h2c), and a WebSocket one that is not a bodiless GET, with 400 upgrade_not_supported; the peer gets no connection', async () => {
     const peer = await startUpgradingApp();
     try {
       const base = outboundConfig();
       const s = await sidecar({ ...base, outbound: { ...base.outbound, routes: [{ host: 'legacy', target: peer.url, audience: 'payments' }] } });
-      for (const upgrade of ['h2c', 'websocket, h2c']) {
-        const raw = await rawExchange(
-          s.outbound!,
-          `GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`,
-        );
-        expect(raw, upgrade).toMatch(/^HTTP\/1\.1 400 /);
-        expect(JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)), upgrade).toEqual({ error: expect.any(String), reason: 'upgrade_not_supported' });
+      const requests = [
+        ...['h2c', 'websocket, h2c'].map((upgrade) => `GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`),
+        'POST /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n',
+        'GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello',
+      ];
+      for (const request of requests) {
+        const raw = await rawExchange(s.outbound!, request);
+        expect(raw, request).toMatch(/^HTTP\/1\.1 400 /);
+        expect(JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)), request).toEqual({ error: expect.any(String), reason: 'upgrade_not_supported' });
       }
       expect(peer.connections).toEqual([]);
-      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'legacy', status: 'upgrade_not_supported' })).toBe(2);
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'legacy', status: 'upgrade_not_supported' })).toBe(requests.length);
     } finally {
       await peer.close();
     }
