@@ -63,10 +63,11 @@ export interface DeadlineWatch {
  * generation as garbage and added ~8 MiB to a busy sidecar's peak RSS
  * (docs/performance.md). Here a request is a list entry and a number.
  *
- * Semantics, `timeoutMs` each: a request must get an upstream connection
- * (the pool's queue, while every connection is busy: an upstream that hangs
- * on all of them would otherwise hold every later request for as many
- * timeouts as there are requests ahead of it). While a request body uploads, the upstream
+ * Semantics: a request must get an upstream connection within
+ * `queueTimeoutMs` (waiting in the pool's queue while every connection is
+ * busy, and connecting: an upstream that hangs on all of them would otherwise
+ * hold every later request for as many timeouts as there are requests ahead
+ * of it). Then, `timeoutMs` each: while a request body uploads, the upstream
  * must take each chunk (undici pauses the body while the upstream's socket is
  * full) within `timeoutMs` of the previous one; a client that is slow to send
  * is not the upstream's fault and is left to the client-side request timeout.
@@ -84,7 +85,7 @@ export interface DeadlineWatch {
  * 2 ms scavenge pauses. Unlinking overwrites the pointers, so nothing is left
  * behind (docs/performance.md).
  */
-export function createDeadlineWatch(timeoutMs: number): DeadlineWatch {
+export function createDeadlineWatch(timeoutMs: number, queueTimeoutMs: number = timeoutMs): DeadlineWatch {
   const watched = new WatchList();
   const tickMs = Math.min(1000, Math.max(10, Math.floor(timeoutMs / 4)));
   let timer: NodeJS.Timeout | undefined;
@@ -100,6 +101,7 @@ export function createDeadlineWatch(timeoutMs: number): DeadlineWatch {
 
   const watch = {
     timeoutMs,
+    queueTimeoutMs,
     add(h: DeadlineHandler) {
       watched.add(h);
       timer ??= setInterval(tick, tickMs).unref();
@@ -113,7 +115,7 @@ export function createDeadlineWatch(timeoutMs: number): DeadlineWatch {
     interceptor: (dispatch) => (opts, handler) => {
       const h = new DeadlineHandler(handler, watch, opts.body);
       // The clock runs from now: a request queued for a connection is watched too (phase 'queue').
-      h.deadline = performance.now() + timeoutMs;
+      h.deadline = performance.now() + queueTimeoutMs;
       watch.add(h);
       return dispatch(opts, h);
     },
@@ -130,6 +132,7 @@ export function createDeadlineWatch(timeoutMs: number): DeadlineWatch {
 
 interface Watch {
   readonly timeoutMs: number;
+  readonly queueTimeoutMs: number;
   add(h: DeadlineHandler): void;
   delete(h: DeadlineHandler): void;
 }
@@ -197,9 +200,10 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
     if (this.expiredInQueue) {
-      // undici has no way to take a request out of its queue; aborting here, before anything is written, is the way.
-      controller.abort(this.expiredInQueue);
-      return;
+      // undici has no way to take a request out of its queue. Throwing here drops it before anything is written
+      // (undici fails the request and moves on to the next one); controller.abort() would also destroy the upstream
+      // connection, and the client's request body with it: a new connection for every request that timed out.
+      throw this.expiredInQueue;
     }
     this.controller = controller;
     const body = this.body as Readable | null | undefined;
@@ -280,7 +284,7 @@ class DeadlineHandler implements Dispatcher.DispatchHandler {
     if (this.phase === 'queue') {
       // Not started, so there is no controller to abort with: the handler gets its error now (the client its 504), and
       // onRequestStart cancels the request if undici ever gets to it. A handler reads no controller before it starts.
-      this.expiredInQueue = new UpstreamDeadlineError('queue', timeoutMs);
+      this.expiredInQueue = new UpstreamDeadlineError('queue', this.watch.queueTimeoutMs);
       this.inner.onResponseError?.(undefined as unknown as Dispatcher.DispatchController, this.expiredInQueue);
       return;
     }

@@ -55,7 +55,9 @@ export function createUpstreamPools(
   opts: { maxPools?: number; idleMs?: number } = {},
 ): UpstreamPools {
   const idleMs = opts.idleMs ?? POOL_IDLE_MS;
-  const deadlines = createDeadlineWatch(limits.upstreamTimeoutSeconds * 1000);
+  // A queued request may also wait for its connection to be made: that has its own timeout (502
+  // upstream_connect_failed), which must have run out before the queue's (504) does.
+  const deadlines = createDeadlineWatch(limits.upstreamTimeoutSeconds * 1000, (limits.upstreamTimeoutSeconds + limits.upstreamConnectTimeoutSeconds) * 1000);
   /** Evicted pools still closing, with the promise of their end. */
   const retiring = new Map<Pool, Promise<unknown>>();
   let retireBy: 'close' | 'destroy' = 'close';

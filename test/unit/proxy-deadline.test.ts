@@ -1,5 +1,5 @@
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect as tcpConnect, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createDeadlineWatch, UpstreamDeadlineError } from '../../src/proxy/deadline.js';
 import { toUpstreamError } from '../../src/proxy/forward.js';
@@ -80,5 +80,34 @@ describe('deadline watch (upstream timeouts without per-request timers)', () => 
       else expect(r.status === 'rejected' && (r.reason as UpstreamDeadlineError).code).toBe('UND_ERR_HEADERS_TIMEOUT');
     });
     expect(watch.size).toBe(0);
+  });
+
+  it('gives a request its queue timeout to get a connection, connecting included, then the upstream timeout', async () => {
+    const origin = await app((_req, res) => res.end('ok'));
+    const { port } = new URL(origin);
+    // Connections take 300 ms to open: longer than the 100 ms upstream timeout, within the queue's 1 s.
+    const slowConnect = (_opts: object, done: (err: Error | null, socket: unknown) => void) => {
+      setTimeout(() => {
+        const socket = tcpConnect(Number(port), '127.0.0.1', () => done(null, socket));
+        socket.once('error', (e) => done(e, null));
+      }, 300);
+    };
+    const run = async (queueTimeoutMs: number) => {
+      const watch = createDeadlineWatch(100, queueTimeoutMs);
+      const pool = new Pool(origin, { connect: slowConnect as never, headersTimeout: 0, bodyTimeout: 0 });
+      cleanups.push(async () => {
+        await pool.destroy();
+        watch.close();
+      });
+      return pool
+        .compose(watch.interceptor)
+        .request({ path: '/', method: 'GET' })
+        .then((r) => r.body.text(), (e: unknown) => e);
+    };
+    expect(await run(1_000)).toBe('ok');
+    const err = await run(100);
+    expect(err).toBeInstanceOf(UpstreamDeadlineError);
+    expect((err as UpstreamDeadlineError).code).toBe('UPSTREAM_QUEUE_TIMEOUT');
+    expect(toUpstreamError(err)).toMatchObject({ code: 'upstream_timeout', status: 504, message: 'no upstream connection was free in time' });
   });
 });

@@ -432,14 +432,18 @@ describe('forward(): upstream failures', () => {
     expect(proxy.errors).toEqual(['upstream_timeout']);
   });
 
-  it('answers a request queued behind a busy connection with 504 upstream_timeout after the upstream timeout, and never sends it', async () => {
-    // One connection, held by an upload the app keeps taking (so that exchange never times out) and never answers.
+  it('answers a request queued behind a busy connection with 504 upstream_timeout, never sends it, and keeps the connection', async () => {
+    // One connection, held by an upload the app keeps taking (so that exchange never times out) and answers once it ends.
     const seen: string[] = [];
-    const app = await rawApp((req) => {
+    let connections = 0;
+    const app = await rawApp((req, res) => {
       seen.push(`${req.method} ${req.url}`);
       req.resume();
+      req.on('end', () => res.end('done'));
     });
-    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.3, upstreamConnections: 1, requestTimeoutSeconds: 0 } });
+    app.server.on('connection', () => connections++);
+    const limits = { upstreamTimeoutSeconds: 0.3, upstreamConnectTimeoutSeconds: 0.2, upstreamConnections: 1, requestTimeoutSeconds: 0 };
+    const proxy = await proxyTo(app.url, { limits });
     const uploader = await rawConnect(proxy.port);
     cleanups.push(async () => void uploader.destroy());
     uploader.write('POST /busy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n');
@@ -462,10 +466,15 @@ describe('forward(): upstream failures', () => {
     expect(JSON.parse(queued.body.toString())).toMatchObject({ reason: 'upstream_timeout', error: 'no upstream connection was free in time' });
     expect(chunksSent).toBeLessThan(200);
     expect(proxy.errors).toEqual(['upstream_timeout']);
-    // The upload ends; its connection is free again, and the timed-out request is not sent on it.
+
+    // The upload ends and is answered. Its connection is free again: the timed-out request is dropped unsent, and the
+    // connection stays open for the next one (cancelling the request through undici's abort would have closed it).
     uploader.write('0\r\n\r\n');
-    await vi.waitFor(() => expect(proxy.errors).toEqual(['upstream_timeout', 'upstream_timeout']));
-    expect(seen).toEqual(['POST /busy']);
+    expect((await readResponse(uploader)).status).toBe(200);
+    const after = await get(`${proxy.url}/after`);
+    expect([after.status, after.body.toString()]).toEqual([200, 'done']);
+    expect(seen).toEqual(['POST /busy', 'GET /after']);
+    expect(connections).toBe(1);
   });
 
   it('cuts the client connection when the upstream stalls mid-body longer than the upstream timeout, and aborts the upstream request', async () => {
