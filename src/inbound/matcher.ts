@@ -47,9 +47,12 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
   return {
     size: compiled.length,
     match(method, path) {
+      // Split once per request, and only if a rule with a wildcard inside the path is reached.
+      let segments: readonly string[] | undefined;
       for (const r of compiled) {
         if (r.methods && !r.methods.has(method)) continue;
-        if (r.glob.test(path)) return r;
+        const glob = r.glob;
+        if (glob.bySegment ? glob.test(path, (segments ??= path.split('/'))) : glob.test(path)) return r;
       }
       return undefined;
     },
@@ -58,9 +61,13 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
 
 /** A compiled path glob. */
 export interface PathGlob {
-  /** Whether a normalised path matches. */
-  test(path: string): boolean;
+  /** Whether a normalised path matches; `segments` is that path split at `/`, when the caller has it already. */
+  test(path: string, segments?: readonly string[]): boolean;
+  /** Whether test() reads the path's segments (the matcher then splits a path once for all such rules). */
+  readonly bySegment: boolean;
 }
+
+const SLASH = 0x2f;
 
 /** A whole-segment `**`: any number of segments, including none. */
 const ANY_SEGMENTS = null;
@@ -96,10 +103,17 @@ export function compileGlob(glob: string): PathGlob {
     if (err instanceof BadPathError) throw new Error(err.message.replace(/^path/, 'glob'));
     throw err;
   }
+  // Most rules are a literal path, or a literal prefix and `/**`: a comparison per request, with nothing allocated.
+  const firstStar = canonical.indexOf('*');
+  if (firstStar < 0) return { bySegment: false, test: (path) => path === canonical };
+  if (firstStar === canonical.length - 2 && canonical.endsWith('/**')) {
+    const prefix = canonical.slice(0, -3);
+    return { bySegment: false, test: (path) => path === prefix || (path.startsWith(prefix) && path.charCodeAt(prefix.length) === SLASH) };
+  }
   const parts = (canonical === '/' ? [''] : canonical.split('/').slice(1)).map((part): SegmentGlob | typeof ANY_SEGMENTS =>
     part === '**' ? ANY_SEGMENTS : { pieces: part.split(/\*+/), nonEmpty: part === '*' },
   );
-  return { test: (path) => matchSegments(parts, path.split('/')) };
+  return { bySegment: true, test: (path, segments = path.split('/')) => matchSegments(parts, segments) };
 }
 
 /** `segments` is a path split at `/` (so `segments[0]` is the empty string before the leading `/`). */
