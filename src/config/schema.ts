@@ -15,11 +15,12 @@ import { MAX_TIMER_MS } from '../scheduler.js';
 const seconds = (what: string) => z.number().nonnegative().describe(`${what} (seconds)`);
 
 /**
- * The longest timeout or interval a Node timer can hold, in seconds: 2^31 - 1 ms, about 24.8 days. Node turns a
- * longer one into 1 ms (with only a TimeoutOverflowWarning), so a keep-alive timeout of a month would close every idle
- * connection at once, and a drain timeout of a month would cut every request at SIGTERM.
+ * The longest timeout or interval a Node timer can hold, in seconds: 2^31 - 1 ms, about 24.8 days, less the second
+ * Node 22 and later add to the keep-alive timeout (`keepAliveTimeoutBuffer`). Node turns a longer one into 1 ms (with
+ * only a TimeoutOverflowWarning), so a keep-alive timeout of a month would close every idle connection at once, and a
+ * drain timeout of a month would cut every request at SIGTERM.
  */
-export const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
+export const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000) - 1;
 const fitsTimer = <T extends z.ZodNumber>(n: T) => n.max(MAX_TIMER_SECONDS, `must be at most ${MAX_TIMER_SECONDS} (about 24.8 days, the longest timer Node can set)`);
 const positiveInt = z.number().int().positive();
 

@@ -114,7 +114,7 @@ describe('config validation errors name the key path', () => {
   });
 
   it('refuses a timeout or interval longer than a Node timer holds (Node would make it 1 ms), at its key path', () => {
-    const max = 2_147_483; // floor((2^31 - 1) ms / 1000)
+    const max = 2_147_482; // floor((2^31 - 1) ms / 1000), less Node's 1 s keep-alive buffer
     const timers: [string, (v: number) => Record<string, unknown>][] = [
       ...['refreshIntervalSeconds', 'cooldownSeconds', 'timeoutSeconds', 'retryMinSeconds', 'retryMaxSeconds'].map(
         (k): [string, (v: number) => Record<string, unknown>] => [`inbound.jwks.${k}`, (v) => ({ inbound: { ...minimalInbound.inbound, jwks: { [k]: v } } })],
