@@ -63,8 +63,9 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /**
  * Whether an upstream failure may be a keep-alive connection the upstream closed as the request went out on it (its
  * idle timer fired; RFC 9112 §9.3.1.1 calls this out), so the request was most likely never processed:
- * - the peer closed a connection that had carried earlier responses (undici reports how much it had read). A new
- *   connection closed without an answer is the upstream refusing the request instead, and is not retried;
+ * - the peer closed a connection it had sent bytes on (undici reports how much it had read: earlier responses, or the
+ *   start of this one). A new connection closed before a byte of an answer is the upstream refusing the request
+ *   instead, and is not retried;
  * - a reset, or a write to a connection already reset. undici's error for these does not say whether the connection
  *   was new, so a reset on a new connection counts too: the one extra attempt of an idempotent request that RFC 9110
  *   §9.2.2 allows.
