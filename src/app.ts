@@ -66,8 +66,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
 
   const openSlot = async (side: Side, cfg: Config, component: Component): Promise<Slot> => {
-    const listen = side === 'inbound' ? cfg.inbound!.listen : cfg.outbound!.listen;
-    const tls = side === 'inbound' ? cfg.inbound!.tls : undefined;
+    const listen = listenOf(side, cfg);
+    const tls = tlsOf(side, cfg);
     const slot = { listen, tls, limits: cfg.limits, component } as Slot;
     const tunnelled = (req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'upgrade' | 'connect') => {
       const c = slot.component;

@@ -46,7 +46,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, opts: Forward
       body: hasBody(req) ? req : null,
     };
     // The listener held back the 100 (listen.ts): the request is allowed now, so the client may send its body.
-    sendHeldContinue(res);
+    if (req.headers.expect !== undefined) sendHeldContinue(res);
     new ForwardHandler(req, res, opts.dispatcher, request, opts.onResponse, opts.onBrokenResponse, resolve, reject).dispatch();
   });
 }

@@ -65,14 +65,11 @@ export function createLimitedServer(
 ): LimitedServer {
   let current = limits;
   let currentTls = tls;
-  const headersTimeout = limits.headersTimeoutSeconds * 1000;
-  const requestTimeout = limits.requestTimeoutSeconds * 1000;
+  const settings = limitSettings(limits);
+  const headersTimeout = settings.headersTimeout;
   const serverOptions = {
-    maxHeaderSize: limits.maxHeaderBytes,
-    headersTimeout,
-    requestTimeout,
-    keepAliveTimeout: limits.keepAliveTimeoutSeconds * 1000,
-    // Node checks the two timeouts above only every `connectionsCheckingInterval` (30 s by default),
+    ...settings,
+    // Node checks the headers and request timeouts only every `connectionsCheckingInterval` (30 s by default),
     // which would let a slowloris client hold a socket up to 30 s past the limit.
     connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 2))),
     // Node rejects a request with both Content-Length and Transfer-Encoding (smuggling); keep that strictness.
@@ -158,14 +155,12 @@ export function createLimitedServer(
     const material = nextTls && (nextTls.certFile !== currentTls?.certFile || nextTls.keyFile !== currentTls.keyFile) ? loadTlsMaterial(nextTls) : undefined;
     return () => {
       current = nextLimits;
-      const nextHeadersTimeout = nextLimits.headersTimeoutSeconds * 1000;
-      // Not in Node's types, but where the `maxHeaderSize` option lives and what each new connection's parser reads.
-      (server as Server & { maxHeaderSize?: number }).maxHeaderSize = nextLimits.maxHeaderBytes;
-      server.headersTimeout = nextHeadersTimeout;
-      server.requestTimeout = nextLimits.requestTimeoutSeconds * 1000;
-      server.keepAliveTimeout = nextLimits.keepAliveTimeoutSeconds * 1000;
+      const settings = limitSettings(nextLimits);
+      // The options of the same names are stored on the server as these properties, and read from there (maxHeaderSize,
+      // not in Node's types, by each new connection's parser).
+      Object.assign(server, settings);
       if (!https) return;
-      setHandshakeTimeout(https, nextHeadersTimeout);
+      setHandshakeTimeout(https, settings.headersTimeout);
       if (material && nextTls) {
         https.setSecureContext(material);
         stopTls();
@@ -175,6 +170,16 @@ export function createLimitedServer(
     };
   };
   return limited;
+}
+
+/** The server options that come from `limits`, in ms: set at creation, and on the running server by a reload. */
+function limitSettings(limits: LimitsConfig) {
+  return {
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headersTimeoutSeconds * 1000,
+    requestTimeout: limits.requestTimeoutSeconds * 1000,
+    keepAliveTimeout: limits.keepAliveTimeoutSeconds * 1000,
+  };
 }
 
 /**
