@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
@@ -46,6 +47,30 @@ function readPem(path: string, key: string): Buffer {
   }
 }
 
+/**
+ * Why clients would refuse the (first) certificate of `cert` at `now`: expired, or not valid yet. Such a pair is still
+ * served, since refusing it would leave the listener with none (or, on a reload, keep one that is older still); the
+ * warning is what an operator acts on.
+ */
+export function certificateValidityProblem(cert: Buffer, now: number = Date.now()): string | undefined {
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch {
+    return undefined; // OpenSSL accepted it as a certificate already (loadTlsMaterial); nothing to add here.
+  }
+  const notBefore = Date.parse(x509.validFrom);
+  const notAfter = Date.parse(x509.validTo);
+  if (now > notAfter) return `expired at ${new Date(notAfter).toISOString()}`;
+  if (now < notBefore) return `not valid until ${new Date(notBefore).toISOString()}`;
+  return undefined;
+}
+
+function warnIfNotValid(material: TlsMaterial, files: TlsFiles, logger: Logger | undefined): void {
+  const problem = certificateValidityProblem(material.cert);
+  if (problem) logger?.warn({ event: 'tls_certificate_not_valid', certFile: files.certFile, problem }, `the inbound TLS certificate is ${problem}: clients will refuse it`);
+}
+
 /** How often the certificate files are checked for changes (milliseconds). */
 export const TLS_POLL_MS = 1000;
 
@@ -60,11 +85,13 @@ export const TLS_POLL_MS = 1000;
  * The first look always reads the files and compares them with `serving`, the
  * pair the server was started with, rather than trusting a first stat: a
  * renewal that lands between startup and that stat is still picked up. After
- * that, the files are read again only when a stat changes. Returns a function
- * that stops watching.
+ * that, the files are read again only when a stat changes. A certificate that
+ * is expired or not valid yet is served with a warning
+ * (`tls_certificate_not_valid`). Returns a function that stops watching.
  */
 export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: TlsMaterial, logger: Logger | undefined, pollMs = TLS_POLL_MS): () => void {
   let current = serving;
+  warnIfNotValid(serving, files, logger);
   const reload = () => {
     try {
       const next = loadTlsMaterial(files);
@@ -72,6 +99,7 @@ export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: Tls
       server.setSecureContext(next);
       current = next;
       logger?.info({ event: 'tls_reloaded', certFile: files.certFile }, 'inbound TLS certificate reloaded');
+      warnIfNotValid(next, files, logger);
     } catch (err) {
       logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
     }

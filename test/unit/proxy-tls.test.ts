@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
 import { SETTLE_MS } from '../../src/config/poll-files.js';
-import { loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
+import { certificateValidityProblem, loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, rawConnect, startTestProxy } from './proxy-harness.js';
@@ -61,6 +61,24 @@ async function until(pred: () => boolean | Promise<boolean>): Promise<void> {
 }
 
 describe('inbound TLS', () => {
+  it('says when a certificate is expired or not valid yet, and warns when it serves one', async () => {
+    const c = selfSigned('validity'); // valid for one day from now
+    const cert = readFileSync(c.cert);
+    const day = 24 * 3600 * 1000;
+    expect(certificateValidityProblem(cert)).toBeUndefined();
+    expect(certificateValidityProblem(cert, Date.now() + 2 * day)).toMatch(/^expired at \d{4}-\d\d-\d\dT/);
+    expect(certificateValidityProblem(cert, Date.now() - day)).toMatch(/^not valid until \d{4}-\d\d-\d\dT/);
+    expect(certificateValidityProblem(Buffer.from('not a certificate'))).toBeUndefined();
+
+    // A pair that is valid now is served without a warning.
+    const { logger, lines } = captureLogs();
+    const material = loadTlsMaterial({ certFile: c.cert, keyFile: c.key });
+    const { server } = await serveHttps(material);
+    const stop = watchTlsFiles(server, { certFile: c.cert, keyFile: c.key }, material, logger, 20);
+    cleanups.push(async () => stop());
+    expect(lines.filter((l) => l.event === 'tls_certificate_not_valid')).toEqual([]);
+  });
+
   it('serves HTTPS, tells the app X-Forwarded-Proto: https, and reloads the certificate when its files change', async () => {
     const a = selfSigned('cert-a');
     const b = selfSigned('cert-b');
