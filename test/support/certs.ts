@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -25,5 +25,24 @@ export function selfSignedCert(name: string, dir = mkdtempSync(join(tmpdir(), 'o
     '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`,
     '-addext', 'subjectAltName=IP:127.0.0.1',
   ], { stdio: 'ignore' });
+  return { cert, key, pem: readFileSync(cert, 'utf8') };
+}
+
+/**
+ * A self-signed P-256 certificate valid only on 1 January 2020 (expired), made
+ * with `openssl ca -selfsign`, the one openssl 3.0 command that takes explicit
+ * dates. Files go to a fresh temp directory.
+ */
+export function expiredSelfSignedCert(name: string): SelfSignedCert {
+  const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-expired-'));
+  const [cert, key, csr, config] = ['crt', 'key', 'csr', 'cnf'].map((ext) => join(dir, `${name}.${ext}`)) as [string, string, string, string];
+  writeFileSync(join(dir, 'index.txt'), '');
+  writeFileSync(join(dir, 'serial'), '01\n');
+  writeFileSync(
+    config,
+    ['[ca]', 'default_ca = self', '[self]', `database = ${join(dir, 'index.txt')}`, `new_certs_dir = ${dir}`, `serial = ${join(dir, 'serial')}`, 'default_md = sha256', 'policy = any', '[any]', 'commonName = supplied', ''].join('\n'),
+  );
+  execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`], { stdio: 'ignore' });
+  execFileSync('openssl', ['ca', '-batch', '-config', config, '-selfsign', '-keyfile', key, '-in', csr, '-out', cert, '-notext', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z'], { stdio: 'ignore' });
   return { cert, key, pem: readFileSync(cert, 'utf8') };
 }

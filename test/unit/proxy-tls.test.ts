@@ -9,7 +9,7 @@ import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
 import { SETTLE_MS } from '../../src/config/poll-files.js';
 import { certificateValidityProblem, loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
-import { selfSignedCert } from '../support/certs.js';
+import { expiredSelfSignedCert, selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, rawConnect, startTestProxy } from './proxy-harness.js';
 
@@ -70,13 +70,30 @@ describe('inbound TLS', () => {
     expect(certificateValidityProblem(cert, Date.now() - day)).toMatch(/^not valid until \d{4}-\d\d-\d\dT/);
     expect(certificateValidityProblem(Buffer.from('not a certificate'))).toBeUndefined();
 
-    // A pair that is valid now is served without a warning.
+    // A pair that is valid now is served without a warning; an expired one is served with one, when it starts being
+    // served and when a reload brings it in.
+    const expired = expiredSelfSignedCert('expired');
+    expect(certificateValidityProblem(readFileSync(expired.cert))).toBe('expired at 2020-01-02T00:00:00.000Z');
     const { logger, lines } = captureLogs();
-    const material = loadTlsMaterial({ certFile: c.cert, keyFile: c.key });
+    const warnings = () => lines.filter((l) => l.event === 'tls_certificate_not_valid');
+    const files = { certFile: join(dir, 'validity-serving.crt'), keyFile: join(dir, 'validity-serving.key') };
+    copyFileSync(c.cert, files.certFile);
+    copyFileSync(c.key, files.keyFile);
+    const material = loadTlsMaterial(files);
     const { server } = await serveHttps(material);
-    const stop = watchTlsFiles(server, { certFile: c.cert, keyFile: c.key }, material, logger, 20);
+    const stop = watchTlsFiles(server, files, material, logger, 20);
     cleanups.push(async () => stop());
-    expect(lines.filter((l) => l.event === 'tls_certificate_not_valid')).toEqual([]);
+    expect(warnings()).toEqual([]);
+    copyFileSync(expired.key, files.keyFile);
+    copyFileSync(expired.cert, files.certFile);
+    await until(() => warnings().length > 0);
+    expect(warnings()).toEqual([expect.objectContaining({ level: 'warn', certFile: files.certFile, problem: 'expired at 2020-01-02T00:00:00.000Z' })]);
+    expect(lines.some((l) => l.event === 'tls_reloaded')).toBe(true);
+
+    const atStart = captureLogs();
+    const stopped = watchTlsFiles(server, files, loadTlsMaterial(files), atStart.logger, 20);
+    cleanups.push(async () => stopped());
+    expect(atStart.lines.filter((l) => l.event === 'tls_certificate_not_valid')).toHaveLength(1);
   });
 
   it('serves HTTPS, tells the app X-Forwarded-Proto: https, and reloads the certificate when its files change', async () => {
