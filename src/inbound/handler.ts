@@ -4,6 +4,7 @@ import type { Component, ComponentDeps } from '../component.js';
 import type { InboundConfig, LimitsConfig } from '../config/schema.js';
 import { SidecarError, type UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
+import { hasRequestBody } from '../proxy/headers.js';
 import { sendError } from '../proxy/respond.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
@@ -153,8 +154,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 function reject(req: IncomingMessage, res: ServerResponse, error: SidecarError): void {
   const r = rejectionResponse(error);
   // An unread request body would otherwise be drained off the socket to keep it alive; a refused caller gets no such service.
-  const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
-  if (hasBody && !req.complete) r.headers.connection = 'close';
+  if (hasRequestBody(req) && !req.complete) r.headers.connection = 'close';
   if (res.headersSent) return void res.destroy();
   res.writeHead(r.status, r.headers);
   res.end(r.body);

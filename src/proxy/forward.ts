@@ -2,7 +2,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import type { Dispatcher } from 'undici';
 import { UpstreamError } from '../errors.js';
 import { ClientStalledError } from './deadline.js';
-import { buildUpstreamHeaders, forwardableResponseHeaders } from './headers.js';
+import { buildUpstreamHeaders, forwardableResponseHeaders, hasRequestBody } from './headers.js';
 import { sendHeldContinue } from './respond.js';
 
 export interface ForwardOptions {
@@ -43,18 +43,12 @@ export function forward(req: IncomingMessage, res: ServerResponse, opts: Forward
       path: opts.path,
       method: req.method as Dispatcher.HttpMethod,
       headers: buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders),
-      body: hasBody(req) ? req : null,
+      body: hasRequestBody(req) ? req : null,
     };
     // The listener held back the 100 (listen.ts): the request is allowed now, so the client may send its body.
     if (req.headers.expect !== undefined) sendHeldContinue(res);
     new ForwardHandler(req, res, opts.dispatcher, request, opts.onResponse, opts.onBrokenResponse, resolve, reject).dispatch();
   });
-}
-
-/** RFC 9112 §6.3: a request has a body only when it says so with Transfer-Encoding or a non-zero Content-Length. */
-function hasBody(req: IncomingMessage): boolean {
-  const h = req.headers;
-  return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
 }
 
 /** RFC 9110 §9.2.2: the methods whose request a client may send again after the connection closed before any answer. */

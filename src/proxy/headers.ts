@@ -225,9 +225,13 @@ export function isWebSocketUpgrade(rawHeaders: readonly string[]): boolean {
  * wait until the upstream timeout.
  */
 export function isWebSocketHandshake(req: IncomingMessage): boolean {
+  return req.method === 'GET' && !hasRequestBody(req) && isWebSocketUpgrade(req.rawHeaders);
+}
+
+/** RFC 9112 §6.3: a request has a body only when it says so with Transfer-Encoding or a non-zero Content-Length. */
+export function hasRequestBody(req: IncomingMessage): boolean {
   const h = req.headers;
-  const noBody = h['transfer-encoding'] === undefined && (h['content-length'] === undefined || h['content-length'] === '0');
-  return req.method === 'GET' && noBody && isWebSocketUpgrade(req.rawHeaders);
+  return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
 }
 
 /** Every value of a header in `rawHeaders` (case-insensitive name). */
