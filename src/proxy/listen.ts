@@ -76,6 +76,16 @@ export function createLimitedServer(
     insecureHTTPParser: false,
   };
   const guarded = (req: IncomingMessage, res: ServerResponse) => {
+    // Pipelined behind a request still being answered: Node hands each request over as soon as it is parsed, and the
+    // response waits in Node's queue without a socket. Handled now, a POST pipelined behind another would reach the
+    // app on a second upstream connection, side by side with it and possibly first, and a request could act on state
+    // its predecessor has not changed yet. A server may only work on pipelined requests in parallel if all are safe
+    // (RFC 9112 §9.3.2); like Envoy, the sidecar works on one request of a connection at a time. Node assigns the
+    // socket once every earlier response is complete; a connection closed meanwhile aborts the request unhandled.
+    if (!res.socket) return void res.once('socket', () => serve(req, res));
+    serve(req, res);
+  };
+  const serve = (req: IncomingMessage, res: ServerResponse) => {
     const violation = checkRequestHead(req, current.maxHeaderCount);
     if (violation) {
       res.shouldKeepAlive = false;

@@ -159,6 +159,55 @@ describe('pipelining (RFC 9112 §9.3.2)', () => {
   });
 });
 
+describe('pipelining: one request of a connection at a time', () => {
+  it('a request pipelined behind one still being answered reaches the app only after that answer is complete', async () => {
+    // Two POSTs in one write. Were both handed upstream as soon as parsed, the second would reach the app on a
+    // second connection while the first is held, and could act before it (RFC 9112 §9.3.2: only safe requests may
+    // be worked on in parallel).
+    const held: Array<() => void> = [];
+    const app = await startUpstream((req, res) => void held.push(() => res.end(`done ${req.url}`)));
+    const proxy = await startTestProxy(app.url);
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    const s = await rawConnect(proxy.port);
+    let answer = '';
+    s.on('data', (d) => (answer += d.toString('latin1')));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.write('POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\naPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nb');
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    // The second request has been parsed by now; it must still be waiting in the proxy.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(app.seen.map((r) => r.url)).toEqual(['/first']);
+    held.shift()!();
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    expect(app.seen.map((r) => r.url)).toEqual(['/first', '/second']);
+    held.shift()!();
+    await closed;
+
+    const responses = answer.split(/(?=HTTP\/1\.1 )/);
+    expect(responses.map((r) => Number(r.slice(9, 12)))).toEqual([200, 200]);
+    expect(responses.map((r) => r.slice(r.indexOf('\r\n\r\n') + 4))).toEqual(['done /first', 'done /second']);
+  });
+
+  it('a client that closes while its pipelined request waits: the waiting request never reaches the app', async () => {
+    const held: Array<() => void> = [];
+    const app = await startUpstream((req, res) => (req.url === '/after' ? res.end('ok') : void held.push(() => res.end(`done ${req.url}`))));
+    const proxy = await startTestProxy(app.url);
+    cleanups.push(() => app.close(), () => proxy.close());
+
+    const s = await rawConnect(proxy.port);
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nDELETE /second HTTP/1.1\r\nHost: x\r\n\r\n');
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    s.destroy();
+    await closed;
+    held.shift()!();
+    // The proxy keeps serving, and the DELETE was dropped with its connection.
+    expect(await getStatus(`${proxy.url}/after`)).toBe(200);
+    expect(app.seen.map((r) => r.url)).toEqual(['/first', '/after']);
+  });
+});
+
 describe('pipelining: an Upgrade request behind requests still being answered', () => {
   it('gets its answer after theirs, in order (here the refusal of an upgrade to anything but websocket)', async () => {
     const held: Array<() => void> = [];
