@@ -127,35 +127,60 @@ describe('transfer codings (RFC 9112 §6.1)', () => {
   });
 });
 
+/**
+ * Pipelining tests: an app that holds each answer (`done <url>`) until the test releases it, unless `answerAtOnce`
+ * says otherwise, behind a test proxy, and one raw client connection to the proxy.
+ */
+async function heldPipeline(opts: { answerAtOnce?: (url: string) => boolean; server?: LimitedServerOptions } = {}) {
+  const held: Array<() => void> = [];
+  const app = await startUpstream((req, res) => (opts.answerAtOnce?.(req.url!) ? res.end('ok') : void held.push(() => res.end(`done ${req.url}`))));
+  const proxy = await startTestProxy(app.url, opts.server ? { server: opts.server } : {});
+  cleanups.push(() => app.close(), () => proxy.close());
+  const socket = await rawConnect(proxy.port);
+  let answer = '';
+  socket.on('data', (d) => (answer += d.toString('latin1')));
+  const closed = new Promise<void>((r) => socket.on('close', () => r()));
+  const untilHeld = async () => {
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+  };
+  return {
+    app,
+    proxy,
+    socket,
+    closed,
+    untilHeld,
+    /** Waits until the app holds an answer, then lets it go. */
+    release: async () => {
+      await untilHeld();
+      held.shift()!();
+    },
+    answer: () => answer,
+    responses: () => answer.split(/(?=HTTP\/1\.1 )/),
+  };
+}
+
+const statusesOf = (responses: string[]) => responses.map((r) => Number(r.slice(9, 12)));
+const urlsSeen = (app: UpstreamApp) => app.seen.map((r) => r.url);
+
 describe('pipelining (RFC 9112 §9.3.2)', () => {
   it.each([
     ['a malformed request', 'GARBAGE\r\n\r\n', 400, 'bad_request'],
     ['an oversize header block', `GET /second HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
   ])('answers the requests before %s first, then refuses it and closes', async (_what, bad, status, reason) => {
-    // The app holds its answer until the test lets it go, so the refusal is due while the first response is pending.
-    const held: Array<() => void> = [];
-    const app = await startUpstream((_req, res) => void held.push(() => res.end('first')));
-    const proxy = await startTestProxy(app.url);
-    cleanups.push(() => app.close(), () => proxy.close());
-
-    const s = await rawConnect(proxy.port);
-    let answer = '';
-    s.on('data', (d) => (answer += d.toString('latin1')));
-    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    // The app holds its answers, so the refusal is due while the first response is pending.
+    const p = await heldPipeline();
     // One write: the proxy parses the bad request right after the first, before the first reaches the app.
-    s.write(`GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /also HTTP/1.1\r\nHost: x\r\n\r\n${bad}`);
-    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
-    held.shift()!();
-    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
-    held.shift()!();
-    await closed;
+    p.socket.write(`GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /also HTTP/1.1\r\nHost: x\r\n\r\n${bad}`);
+    await p.release();
+    await p.release();
+    await p.closed;
 
-    const responses = answer.split(/(?=HTTP\/1\.1 )/);
-    expect(responses.map((r) => Number(r.slice(9, 12)))).toEqual([200, 200, status]);
-    expect(responses[0]).toMatch(/\r\n\r\nfirst$/);
+    const responses = p.responses();
+    expect(statusesOf(responses)).toEqual([200, 200, status]);
+    expect(responses[0]).toMatch(/\r\n\r\ndone \/first$/);
     expect(responses[2]).toMatch(/\r\nconnection: close\r\n/i);
     expect(jsonBody(responses[2]!)).toMatchObject({ reason });
-    expect(app.seen.map((r) => r.url)).toEqual(['/first', '/also']);
+    expect(urlsSeen(p.app)).toEqual(['/first', '/also']);
   });
 });
 
@@ -164,75 +189,53 @@ describe('pipelining: one request of a connection at a time', () => {
     // Two POSTs in one write. Were both handed upstream as soon as parsed, the second would reach the app on a
     // second connection while the first is held, and could act before it (RFC 9112 §9.3.2: only safe requests may
     // be worked on in parallel).
-    const held: Array<() => void> = [];
-    const app = await startUpstream((req, res) => void held.push(() => res.end(`done ${req.url}`)));
-    const proxy = await startTestProxy(app.url);
-    cleanups.push(() => app.close(), () => proxy.close());
-
-    const s = await rawConnect(proxy.port);
-    let answer = '';
-    s.on('data', (d) => (answer += d.toString('latin1')));
-    const closed = new Promise<void>((r) => s.on('close', () => r()));
-    s.write('POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\naPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nb');
-    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    const p = await heldPipeline();
+    p.socket.write('POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\naPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nb');
+    await p.untilHeld();
     // The second request has been parsed by now; it must still be waiting in the proxy.
     await new Promise((r) => setTimeout(r, 100));
-    expect(app.seen.map((r) => r.url)).toEqual(['/first']);
-    held.shift()!();
-    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
-    expect(app.seen.map((r) => r.url)).toEqual(['/first', '/second']);
-    held.shift()!();
-    await closed;
+    expect(urlsSeen(p.app)).toEqual(['/first']);
+    await p.release();
+    await p.untilHeld();
+    expect(urlsSeen(p.app)).toEqual(['/first', '/second']);
+    await p.release();
+    await p.closed;
 
-    const responses = answer.split(/(?=HTTP\/1\.1 )/);
-    expect(responses.map((r) => Number(r.slice(9, 12)))).toEqual([200, 200]);
+    const responses = p.responses();
+    expect(statusesOf(responses)).toEqual([200, 200]);
     expect(responses.map((r) => r.slice(r.indexOf('\r\n\r\n') + 4))).toEqual(['done /first', 'done /second']);
   });
 
   it('a client that closes while its pipelined request waits: the waiting request never reaches the app', async () => {
-    const held: Array<() => void> = [];
-    const app = await startUpstream((req, res) => (req.url === '/after' ? res.end('ok') : void held.push(() => res.end(`done ${req.url}`))));
-    const proxy = await startTestProxy(app.url);
-    cleanups.push(() => app.close(), () => proxy.close());
-
-    const s = await rawConnect(proxy.port);
-    const closed = new Promise<void>((r) => s.on('close', () => r()));
-    s.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nDELETE /second HTTP/1.1\r\nHost: x\r\n\r\n');
-    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
-    s.destroy();
-    await closed;
-    held.shift()!();
+    const p = await heldPipeline({ answerAtOnce: (url) => url === '/after' });
+    p.socket.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nDELETE /second HTTP/1.1\r\nHost: x\r\n\r\n');
+    await p.untilHeld();
+    p.socket.destroy();
+    await p.closed;
+    await p.release();
     // The proxy keeps serving, and the DELETE was dropped with its connection.
-    expect(await getStatus(`${proxy.url}/after`)).toBe(200);
-    expect(app.seen.map((r) => r.url)).toEqual(['/first', '/after']);
+    expect(await getStatus(`${p.proxy.url}/after`)).toBe(200);
+    expect(urlsSeen(p.app)).toEqual(['/first', '/after']);
   });
 });
 
 describe('pipelining: an Upgrade request behind requests still being answered', () => {
   it('gets its answer after theirs, in order (here the refusal of an upgrade to anything but websocket)', async () => {
-    const held: Array<() => void> = [];
-    const app = await startUpstream((_req, res) => void held.push(() => res.end('first')));
     // The listener's upgrade handler answers at once, as the sidecars do for h2c.
-    const proxy = await startTestProxy(app.url, { server: { upgrade: (_req, socket) => refuseUpgrade(socket) } });
-    cleanups.push(() => app.close(), () => proxy.close());
-
-    const s = await rawConnect(proxy.port);
-    let answer = '';
-    s.on('data', (d) => (answer += d.toString('latin1')));
-    const closed = new Promise<void>((r) => s.on('close', () => r()));
-    s.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n');
-    while (held.length < 1) await new Promise((r) => setTimeout(r, 10));
+    const p = await heldPipeline({ server: { upgrade: (_req, socket) => refuseUpgrade(socket) } });
+    p.socket.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n');
+    await p.untilHeld();
     // The upgrade request has been parsed and handled by now; its answer must not have taken the first one's place.
     await new Promise((r) => setTimeout(r, 50));
-    expect(answer).toBe('');
-    held.shift()!();
-    await closed;
+    expect(p.answer()).toBe('');
+    await p.release();
+    await p.closed;
 
-    const responses = answer.split(/(?=HTTP\/1\.1 )/);
-    expect(responses.map((r) => Number(r.slice(9, 12)))).toEqual([200, 400]);
-    expect(responses[0]).toMatch(/\r\n\r\nfirst$/);
+    const responses = p.responses();
+    expect(statusesOf(responses)).toEqual([200, 400]);
+    expect(responses[0]).toMatch(/\r\n\r\ndone \/first$/);
     expect(jsonBody(responses[1]!)).toMatchObject({ reason: 'upgrade_not_supported' });
-    expect(app.seen.map((r) => r.url)).toEqual(['/first']);
+    expect(urlsSeen(p.app)).toEqual(['/first']);
   });
 });
 
