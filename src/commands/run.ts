@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { startApp } from '../app.js';
+import { startApp, type RunningApp } from '../app.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { caBaselineOf } from '../config/ca-bundle.js';
@@ -51,17 +51,12 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       watch.update(config, { config: configBaseline, ca: caBaselineOf(config) });
       process.on('SIGHUP', () => reload('SIGHUP'));
 
-      await new Promise<void>((resolve) => {
+      const failure = await new Promise<unknown>((resolve) => {
         const stop = (signal: string) => {
           logger.info({ event: 'signal', signal }, `received ${signal}`);
           stopping = true;
           watch.stop();
-          reloading
-            .then(() => app.shutdown())
-            .then(resolve, (err) => {
-              logger.error({ event: 'shutdown_failed', error: errorSummary(err) }, 'shutdown failed');
-              resolve();
-            });
+          shutDown(app, reloading, logger).then(() => resolve(undefined), resolve);
         };
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
@@ -69,9 +64,26 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       logger.flush();
       // Everything we own is closed; should a library still hold a handle, it must not keep a
       // terminating pod alive until SIGKILL.
-      setTimeout(() => process.exit(process.exitCode ?? 0), 2000).unref();
+      setTimeout(() => process.exit(process.exitCode ?? (failure ? 1 : 0)), 2000).unref();
+      // The CLI reports it on stderr and exits 1.
+      if (failure) throw failure;
     },
   };
+}
+
+/**
+ * Shuts the app down once `pending` (a reload under way) has settled. A failed shutdown is logged
+ * and rejects with `shutdown_failed`, so the process exits 1: exit 0 tells an orchestrator that the
+ * drain completed, and only then.
+ */
+export async function shutDown(app: Pick<RunningApp, 'shutdown'>, pending: Promise<void>, logger: Logger): Promise<void> {
+  await pending;
+  try {
+    await app.shutdown();
+  } catch (err) {
+    logger.error({ event: 'shutdown_failed', error: errorSummary(err) }, 'shutdown failed');
+    throw new SidecarError('shutdown_failed', `shutdown failed: ${errorSummary(err)}`, 500, { cause: err });
+  }
 }
 
 async function reloadFrom(

@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { startApp } from '../../src/app.js';
+import { describeFailure } from '../../src/cli-failure.js';
+import { shutDown } from '../../src/commands/run.js';
+import { parseConfig } from '../../src/config/load.js';
+import { SidecarError } from '../../src/errors.js';
+import { observed } from './outbound-harness.js';
+
+// How `run` ends after SIGTERM/SIGINT (src/commands/run.ts): the handler resolves, and the process exits 0, only
+// when the shutdown completed; a failed one is logged and rejects, which the CLI turns into one line on stderr
+// and exit 1. Nothing a caller can do from outside makes a real app's shutdown fail (its server closes, drains
+// and pool closes all settle), so the failing case hands shutDown() an app whose shutdown rejects.
+describe('the run command after SIGTERM', () => {
+  it('resolves when a real app shuts down, with no shutdown_failed line', async () => {
+    const { logger, lines } = observed();
+    const config = parseConfig({
+      service: 'shutdown-test',
+      outbound: { listen: '127.0.0.1:0', tokenSource: { type: 'env', variable: 'OIDC_SIDECAR_TEST_UNSET_TOKEN' }, routes: [{ host: 'peer', audience: 'peer' }] },
+      admin: { listen: '127.0.0.1:0' },
+    });
+    const app = await startApp(config, { logger });
+    await expect(shutDown(app, Promise.resolve(), logger)).resolves.toBeUndefined();
+    expect(lines.map((l) => l.event)).toContain('stopped');
+    expect(lines.filter((l) => l.event === 'shutdown_failed')).toEqual([]);
+  });
+
+  it('logs shutdown_failed and rejects, so the process exits 1 instead of 0', async () => {
+    const { logger, lines } = observed();
+    const app = { shutdown: () => Promise.reject(new SidecarError('drain_broken', 'the listener did not close', 500)) };
+    const err: unknown = await shutDown(app, Promise.resolve(), logger).then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(SidecarError);
+    expect((err as SidecarError).code).toBe('shutdown_failed');
+    // What the CLI (src/main.ts, src/cli.ts) prints after `oidc-sidecar: ` before returning 1.
+    expect(describeFailure(err)).toBe('shutdown failed: drain_broken: the listener did not close');
+    expect(lines.filter((l) => l.event === 'shutdown_failed')).toEqual([
+      expect.objectContaining({ level: 'error', error: 'drain_broken: the listener did not close' }),
+    ]);
+  });
+
+  it('shuts down only after a reload under way has settled', async () => {
+    const { logger } = observed();
+    const order: string[] = [];
+    let finishReload!: () => void;
+    const reload = new Promise<void>((r) => (finishReload = r)).then(() => void order.push('reload'));
+    const stopped = shutDown({ shutdown: async () => void order.push('shutdown') }, reload, logger);
+    await new Promise((r) => setImmediate(r));
+    expect(order).toEqual([]);
+    finishReload();
+    await stopped;
+    expect(order).toEqual(['reload', 'shutdown']);
+  });
+});
