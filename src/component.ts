@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from './log.js';
+import type { Refusal } from './proxy/listen.js';
 import type { Metrics } from './admin/metrics.js';
 import type { Clock } from './clock.js';
 import type { KeyStoreSnapshot } from './inbound/key-store.js';
@@ -15,6 +16,11 @@ export interface Component {
   handle(req: IncomingMessage, res: ServerResponse): void;
   /** `Upgrade:` requests: both sides tunnel WebSocket and refuse every other protocol themselves. */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /**
+   * A request the listener refuses before `handle` (an `Expect` other than 100-continue): answered with `refusal`,
+   * counted and logged like the component's own refusals.
+   */
+  refuse(req: IncomingMessage, res: ServerResponse, refusal: Refusal): void;
   /** `CONNECT` requests; absent = refused. */
   connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */

@@ -5,10 +5,11 @@ import type { InboundConfig, LimitsConfig } from '../config/schema.js';
 import { SidecarError, type UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { hasRequestBody } from '../proxy/headers.js';
+import type { Refusal } from '../proxy/listen.js';
 import { sendError } from '../proxy/respond.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
-import { createAuthorizer, type Authorizer, type Decision, type InboundRequest, type InboundRule } from './authorizer.js';
+import { createAuthorizer, loggedPath, type Authorizer, type Decision, type InboundRequest, type InboundRule } from './authorizer.js';
 import { createExtractor } from './extractor.js';
 import { createIdentityBuilder, identityHeaderNames, type Identity } from './identity.js';
 import { createKeyStore, type KeyStore } from './key-store.js';
@@ -131,12 +132,25 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     }
   };
 
+  // Refused by the listener before any token check: a reject like bad_path, logged the same way.
+  const refuse = (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => {
+    const started = performance.now();
+    metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
+    logger.warn(
+      { event: 'request_rejected', reason: refusal.reason, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress, detail: refusal.message },
+      'request_rejected',
+    );
+    sendError(res, refusal.status, refusal.reason, refusal.message);
+    observe(started);
+  };
+
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
   // WebSocket / Upgrade: the same decision, then a tunnel (src/inbound/upgrade.ts, src/proxy/tunnel.ts).
   const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, metrics, logger });
 
   return {
     handle,
+    refuse,
     upgrade,
     authorize,
     dropHeaders,

@@ -32,11 +32,26 @@ export interface LimitedServerOptions {
   upgrade?: SocketHandler;
   /** `CONNECT` requests. Absent: 405. */
   connect?: SocketHandler;
+  /**
+   * Answers a request whose `Expect` is not `100-continue` with `refusal`, after the same limit checks as any
+   * request: counted and logged by whoever serves the listener. Absent: the refusal is only sent.
+   */
+  refuse?: (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => void;
   /** For TLS reload events. */
   logger?: Logger;
   /** How often TLS files are polled for changes, milliseconds (default 1000). */
   tlsPollMs?: number;
 }
+
+/** A request the listener refuses itself, before the handler: the status, the reason code and the message of the JSON body. */
+export interface Refusal {
+  status: number;
+  reason: string;
+  message: string;
+}
+
+/** RFC 9110 §10.1.1: an expectation other than 100-continue may be answered 417; the sidecar meets no other. */
+const EXPECTATION_FAILED: Refusal = { status: 417, reason: 'bad_request', message: 'the only expectation supported is 100-continue' };
 
 /** A listener whose limits and TLS files a reload can change in place, where its address stays the same. */
 export interface LimitedServer extends Server {
@@ -119,6 +134,15 @@ export function createLimitedServer(
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
     holdContinue(res);
     guarded(req, res);
+  });
+  // Any other expectation: Node would answer a bare 417 itself, uncounted and unlogged. The body the client may be
+  // sending is not read, so the connection ends with the answer, as after the limit refusals above.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    res.shouldKeepAlive = false;
+    const violation = checkRequestHead(req, current.maxHeaderCount);
+    if (violation) return sendError(res, violation.status, violation.reason, violation.message);
+    if (options.refuse) options.refuse(req, res, EXPECTATION_FAILED);
+    else sendError(res, EXPECTATION_FAILED.status, EXPECTATION_FAILED.reason, EXPECTATION_FAILED.message);
   });
   // The header count is checked above (too_many_headers), the same on every Node. Node's own count limit would get
   // in the way: Node 20 truncates req.headers past it, and Node 22+ fails the parse with the same error code as an

@@ -294,6 +294,41 @@ describe('Expect: 100-continue (RFC 9110 §10.1.1): the client is asked for its 
   });
 });
 
+describe('Expect other than 100-continue (RFC 9110 §10.1.1): 417 in the sidecar JSON shape', () => {
+  // Node answers these itself with a bare 417, no body and nothing counted or logged, and keeps the connection open
+  // although the body may be on its way. The sidecar answers like any refusal of a malformed request.
+  it('is 417 bad_request with the JSON body, counted, logged as request_rejected; the connection closes and the app sees nothing', async () => {
+    const reason = { decision: 'reject', reason: 'bad_request' };
+    const counted = async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_inbound_requests_total', reason) ?? 0;
+    const countedBefore = await counted();
+    const before = app.requests.length;
+    const cases: [string, string][] = [
+      ['/public/expect-upload', 'POST /public/expect-upload HTTP/1.1\r\nHost: orders\r\nContent-Length: 3\r\nExpect: 200-ok\r\n\r\nabc'],
+      ['/api/expect-token', `GET /api/expect-token?q=1 HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer ${orders}\r\nExpect: x-custom=1\r\n\r\n`],
+    ];
+    for (const [path, bytes] of cases) {
+      // No Connection: close from the client: the sidecar closes it.
+      const ex = await rawExchange(sidecar.inbound!, bytes);
+      expect(ex.responses.map((r) => r.status), `${path}: ${JSON.stringify(ex.raw.slice(0, 200))}`).toEqual([417]);
+      expect(ex.responses[0]!.json(), path).toEqual({ error: 'the only expectation supported is 100-continue', reason: 'bad_request' });
+      expect(ex.responses[0]!.headers['content-type'], path).toBe('application/json');
+      expect(ex.responses[0]!.headers.connection, path).toBe('close');
+      expect(ex.closedByServer, path).toBe(true);
+      const logged = await sidecar.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'bad_request' && l.path === path);
+      expect(logged).toMatchObject({ level: 'warn', method: path.startsWith('/api') ? 'GET' : 'POST', peer: '127.0.0.1' });
+    }
+    expect(app.requests.slice(before)).toEqual([]);
+    expect(await counted()).toBe(countedBefore + cases.length);
+    expect(tokenLeaks(sidecar.output(), [orders, deployer])).toEqual([]);
+  });
+
+  it('a request that also breaks a listener limit gets that refusal, as without the Expect', async () => {
+    const ex = await rawExchange(sidecar.inbound!, 'GET /public/x HTTP/1.1\r\nHost: orders\r\nHost: admin\r\nExpect: 200-ok\r\n\r\n');
+    expect(ex.responses.map((r) => [r.status, r.json().reason])).toEqual([[400, 'bad_request']]);
+    expect(ex.closedByServer).toBe(true);
+  });
+});
+
 describe('h2c smuggling (Bishop Fox, 2020): only WebSocket upgrades are tunnelled', () => {
   // Behind a proxy that tunnels any Upgrade, a caller allowed on one path asks the app to switch to HTTP/2 (h2c) and
   // then sends requests for any path over the tunnel, which the sidecar never sees. The app here switches to

@@ -7,7 +7,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { expectContinueExchange, startUpgradingApp } from '../support/attacks.js';
+import { expectContinueExchange, rawExchange as rawHttpExchange, startUpgradingApp } from '../support/attacks.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -130,6 +130,22 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     const routed = await expectContinueExchange(s.outbound!, head('payments'), 'abc');
     expect(routed.responses.map((r) => r.status)).toEqual([100, 200]);
     expect(app.seen.map((r) => [r.url, r.bodyBytes])).toEqual([['/charge', 3]]);
+  });
+
+  it('answers an Expect other than 100-continue with 417 bad_request in its JSON shape, counted, logged, connection closed', async () => {
+    // Node would answer a bare 417 itself, with no body, nothing counted or logged, and the connection kept open.
+    const s = await sidecar(outboundConfig());
+    for (const [target, expect_] of [['/charge', '200-ok'], ['http://payments/charge?id=7', 'x-custom=1']] as const) {
+      const ex = await rawHttpExchange(s.outbound!, `POST ${target} HTTP/1.1\r\nHost: payments\r\nContent-Length: 3\r\nExpect: ${expect_}\r\n\r\nabc`);
+      expect(ex.responses.map((r) => r.status), `${target}: ${JSON.stringify(ex.raw.slice(0, 200))}`).toEqual([417]);
+      expect(ex.responses[0]!.json(), target).toEqual({ error: 'the only expectation supported is 100-continue', reason: 'bad_request' });
+      expect(ex.responses[0]!.headers.connection, target).toBe('close');
+      expect(ex.closedByServer, target).toBe(true);
+    }
+    expect(app.seen).toHaveLength(0);
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'bad_request' })).toBe(2);
+    await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'bad_request' && l.method === 'POST' && l.route === 'none');
+    expect(s.logs.filter((l) => l.event === 'request_rejected')).toHaveLength(2);
   });
 
   it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token)', async () => {
