@@ -1,8 +1,10 @@
 import type { CommandModule } from 'yargs';
 import { systemClock } from '../clock.js';
+import { withCaBundle } from '../config/ca-bundle.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { UsageError } from '../errors.js';
-import { createTokenBroker } from '../outbound/token-broker.js';
+import { createTokenSource } from '../outbound/sources/index.js';
+import { sourceForAudience } from '../outbound/token-broker.js';
 import { withConfigOption, type Io } from './shared.js';
 
 interface TokenArgs {
@@ -15,6 +17,8 @@ interface TokenArgs {
  * `token --config FILE --audience AUD [--scope S ...]`: one token from the
  * source that serves that audience (the first route with it, else
  * `outbound.tokenSource`), printed alone on stdout for `$(...)` in CI jobs.
+ * Only that source is built, so only its files (CA bundle, client secret,
+ * private key) are read: another route's may exist only where `run` runs.
  * No cache, no prefetch of other routes; errors are one line on stderr, exit 1.
  */
 export function tokenCommand(io: Io, setExit: (code: number) => void): CommandModule<object, TokenArgs> {
@@ -28,17 +32,22 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
     handler: async (argv) => {
       // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');
-      // Only the token sources' CA bundles: a route's target CA, or an issuer's, may exist only in the pod.
-      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['token-sources'] });
+      // The config's shape only: the one source used reads its own files below.
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: [] });
       if (!config.outbound) throw new UsageError('the config has no outbound section, so it names no token source');
-      const broker = createTokenBroker(config.outbound, { clock: systemClock, env: process.env });
+      const chosen = sourceForAudience(config.outbound, argv.audience, argv.scope);
+      const source = createTokenSource(withCaBundle(chosen.source, chosen.configPath), {
+        clock: systemClock,
+        env: process.env,
+        timeoutMs: config.outbound.tokenRequestTimeoutSeconds * 1000,
+        configPath: chosen.configPath,
+      });
       try {
-        const binding = broker.forAudience(argv.audience, argv.scope);
-        const issued = await binding.source.fetch({ audience: binding.audience, scopes: binding.scopes });
+        const issued = await source.fetch({ audience: argv.audience, scopes: chosen.scopes });
         io.stdout.write(`${issued.token}\n`);
         setExit(0);
       } finally {
-        await broker.close();
+        await source.close();
       }
     },
   };

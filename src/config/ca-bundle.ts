@@ -121,6 +121,16 @@ export function caBaselineOf(config: Config): FileSignatures {
 }
 
 /**
+ * A copy of one config block (a token source) with the bundle its `caFile` names read now and put beside it as
+ * `ca`, for a command that uses that block alone from a config loaded without CA bundles. A bad file is a
+ * ConfigError naming `keyPath.caFile`. A block without `caFile` is returned as it is.
+ */
+export function withCaBundle<T extends object>(holder: T, keyPath: string): T {
+  const file = caFileOf(holder);
+  return file === undefined ? holder : { ...holder, ca: readCaBundle(file, `${keyPath}.caFile`) };
+}
+
+/**
  * Reads every `caFile` a validated config names for `uses` (issuers, token
  * sources, routes' targets; default all) and puts the bundle beside it as
  * `ca`, where the TLS clients take it from: no CA file is read on the request

@@ -24,7 +24,8 @@ export interface LoadOptions {
    * Whose CA bundles (`caFile`) are read and checked: default all (`run`). A
    * command reads those of the part it uses; `[]` checks the config's shape
    * only (`validate --skip-file-checks`), and such a config must not open
-   * connections.
+   * connections, except through a block whose bundle was read since
+   * (`withCaBundle`, as `token` does for its one source).
    */
   readCaFilesFor?: readonly CaUse[];
 }

@@ -15,8 +15,6 @@ export interface TokenBrokerDeps {
 /** Which source serves which audience: one source per distinct `tokenSource` block, one binding per route. */
 export interface TokenBroker {
   forRoute(route: RouteConfig): TokenBinding;
-  /** The `token` command's lookup: the first route with this audience, else the default source. */
-  forAudience(audience: string, scopes?: readonly string[]): TokenBinding;
   /** Every route's binding, in config order. */
   routeBindings(): TokenBinding[];
   close(): Promise<void>;
@@ -68,20 +66,34 @@ export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps)
       if (!r) throw new Error('route does not belong to this broker');
       return r.binding;
     },
-    forAudience(audience, scopes) {
-      const route = config.routes.find((r) => r.audience === audience);
-      if (route) {
-        const r = routes.get(route)!;
-        return scopes && scopes.length > 0 ? bind(r.entry, audience, scopes) : r.binding;
-      }
-      if (!fallback) throw new UsageError(`no outbound route has audience "${audience}" and there is no default outbound.tokenSource`);
-      return bind(fallback, audience, scopes);
-    },
     routeBindings: () => [...routes.values()].map((r) => r.binding),
     async close() {
       await Promise.all([...byShape.values()].map((e) => e.source.close()));
     },
   };
+}
+
+/** The token source block that serves one audience, where it is in the config, and the scopes to request (sorted, distinct). */
+export interface AudienceSource {
+  source: TokenSourceConfig;
+  /** Its key path (`outbound.routes.1.tokenSource`, `outbound.tokenSource`), for errors about its files. */
+  configPath: string;
+  scopes: string[];
+}
+
+/**
+ * The `token` command's lookup, made without building any source (so without reading any file): the first route
+ * with this audience, with its own tokenSource or else the default, and its scopes unless `scopes` are given;
+ * for an audience no route names, the default tokenSource with `scopes`.
+ */
+export function sourceForAudience(config: OutboundConfig, audience: string, scopes?: readonly string[]): AudienceSource {
+  const i = config.routes.findIndex((r) => r.audience === audience);
+  const route = config.routes[i];
+  const wanted = [...new Set(scopes?.length ? scopes : (route?.scopes ?? []))].sort();
+  if (route?.tokenSource) return { source: route.tokenSource, configPath: `outbound.routes.${i}.tokenSource`, scopes: wanted };
+  // The schema guarantees a route without its own tokenSource has the default.
+  if (!config.tokenSource) throw new UsageError(`no outbound route has audience "${audience}" and there is no default outbound.tokenSource`);
+  return { source: config.tokenSource, configPath: 'outbound.tokenSource', scopes: wanted };
 }
 
 /** JSON with object keys sorted, so equal configs compare equal whatever their key order. */

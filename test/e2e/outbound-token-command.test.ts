@@ -96,6 +96,40 @@ describe('oidc-sidecar token', () => {
     expect(r3.stdout).toBe('');
   });
 
+  it("reads only the files of the source it uses: another route's missing secret, key or CA file does not stop it", async () => {
+    // As in a CI job handed the pod's config: the other routes' sources name files that exist only in the pod.
+    const podOnly = (name: string) => join(dir, `pod-only-${name}`);
+    const config = writeConfig(
+      {
+        service: 'orders',
+        outbound: {
+          tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecretFile: writeSecret('orders-secret\n') },
+          routes: [
+            { host: 'ledger', audience: 'ledger', tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'ledger', clientSecretFile: podOnly('ledger-secret') } },
+            { host: 'payments', audience: 'payments', scopes: ['pay'] },
+            { host: 'deployer', audience: 'deployer', tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'ci-job', privateKeyFile: podOnly('ci-job.pem') } },
+            { host: 'audit', audience: 'audit', tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', clientSecret: 'orders-secret', caFile: podOnly('ca.crt') } },
+          ],
+        },
+      },
+      mkdtempSync(join(tmpdir(), 'x-')),
+    );
+    const r = await runCli(['token', '--config', config, '--audience', 'payments']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    expect(await verifyWithIdp(idp, r.stdout.trim(), 'payments')).toMatchObject({ sub: 'orders', scope: 'pay' });
+
+    // The source it uses must have its files, and the error names the one that is missing.
+    for (const [audience, key, file] of [
+      ['ledger', 'outbound.routes.0.tokenSource.clientSecretFile', podOnly('ledger-secret')],
+      ['deployer', 'outbound.routes.2.tokenSource.privateKeyFile', podOnly('ci-job.pem')],
+      ['audit', 'outbound.routes.3.tokenSource.caFile', podOnly('ca.crt')],
+    ]) {
+      const own = await runCli(['token', '--config', config, '--audience', audience!]);
+      expect([own.code, own.stdout], audience).toEqual([1, '']);
+      expect(own.stderr, audience).toBe(`oidc-sidecar: invalid config:\n${key}: cannot read ${file}: no such file\n`);
+    }
+  });
+
   it("reads only the token sources' CA bundles: an issuer's or a route target's caFile that exists only in the pod does not stop it", async () => {
     const podOnly = join(dir, 'pod-only-ca.crt');
     const config = (sourceCaFile?: string) =>
