@@ -50,8 +50,18 @@ async function call(s: SidecarProcess, app: RecordingApp): Promise<Call> {
 }
 
 describe.concurrent('token endpoint failing while calls keep coming', () => {
-  const modes: FrontMode[] = ['503', 'reset', 'hang', 'truncated-json', 'html', 'huge', 'no-token', 'expired'];
-  for (const mode of modes) {
+  // What each fault is logged as: its own failure, never a timeout, except for the endpoint that never answers.
+  const faults: Record<Exclude<FrontMode, 'pass' | 'hold'>, { reason: string; error: RegExp }> = {
+    '503': { reason: 'temporarily_unavailable', error: /HTTP 503/ },
+    reset: { reason: 'idp_unreachable', error: /other side closed|socket hang up|ECONNRESET/ },
+    hang: { reason: 'idp_unreachable', error: /timed out/ },
+    'truncated-json': { reason: 'idp_bad_response', error: /not JSON/ },
+    html: { reason: 'idp_bad_response', error: /not JSON/ },
+    huge: { reason: 'idp_bad_response', error: /larger than/ },
+    'no-token': { reason: 'error', error: /: no token$/ },
+    expired: { reason: 'error', error: /expired/ },
+  };
+  for (const [mode, fault] of Object.entries(faults) as [FrontMode, (typeof faults)['hang']][]) {
     it(`(${mode}): keeps the current token, one IdP request per backoff step, 503 once it expires, recovers; lost: no call sent without a valid token`, async () => {
       const front = await startFaultyFront(idp.issuer);
       const app = await startRecordingApp();
@@ -61,7 +71,11 @@ describe.concurrent('token endpoint failing while calls keep coming', () => {
         lifecycle: { watchConfig: false },
         outbound: {
           tokenSource: { type: 'client_credentials', tokenEndpoint: `${front.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
-          tokenRequestTimeoutSeconds: 1,
+          // The request timeout is how a hanging endpoint fails, so there it is short: renewal starts at most 0.8 s
+          // before the token expires, and its failures must come within the calls below. Every other fault fails
+          // the request by itself; a short timeout would only fail requests the front passes to the IdP, which on
+          // a busy machine can take longer than a second, and those failures are not the fault's.
+          tokenRequestTimeoutSeconds: mode === 'hang' ? 1 : 60,
           routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
         },
       });
@@ -70,6 +84,8 @@ describe.concurrent('token endpoint failing while calls keep coming', () => {
         expect(first.status).toBe(200);
         const firstExp = (JSON.parse(Buffer.from(first.token!.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp * 1000;
 
+        // Failures before this point (a token request to the IdP that timed out while the sidecar started) are not the fault's.
+        const logsBefore = s.logs.length;
         front.mode = mode;
         const calls: (Call & { at: number })[] = [];
         // Call through the renewal window and past the expiry of the token held.
@@ -77,7 +93,7 @@ describe.concurrent('token endpoint failing while calls keep coming', () => {
           calls.push({ ...(await call(s, app)), at: Date.now() });
           await sleep(100);
         }
-        const failed = s.logs.filter((l) => l.event === 'token_fetch_failed');
+        const failed = s.logs.slice(logsBefore).filter((l) => l.event === 'token_fetch_failed');
         front.mode = 'pass';
         let recovered: Call;
         for (let i = 0; ; i++) {
@@ -100,6 +116,8 @@ describe.concurrent('token endpoint failing while calls keep coming', () => {
         expect(calls.length).toBeGreaterThan(3 * front.counts[mode]!);
         expect(failed[0]).toMatchObject({ keepingToken: true, failures: 1 });
         expect(failed.map((l) => l.failures)).toEqual(failed.map((_, i) => i + 1));
+        // Each failure is the fault's own outcome.
+        for (const l of failed) expect({ reason: l.reason, error: String(l.error) }).toEqual({ reason: fault.reason, error: expect.stringMatching(fault.error) });
         // After recovery: a new token from the IdP.
         expect(jtiOf(recovered!.token)).not.toBe(jtiOf(first.token));
         // The log line is written asynchronously and may reach us after the call it preceded did.
