@@ -6,6 +6,7 @@ import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type ServerSocket } from './limits.js';
+import { inTurn } from './pipelining.js';
 import { holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
@@ -90,16 +91,9 @@ export function createLimitedServer(
     // Node rejects a request with both Content-Length and Transfer-Encoding (smuggling); keep that strictness.
     insecureHTTPParser: false,
   };
-  const guarded = (req: IncomingMessage, res: ServerResponse) => {
-    // Pipelined behind a request still being answered: Node hands each request over as soon as it is parsed, and the
-    // response waits in Node's queue without a socket. Handled now, a POST pipelined behind another would reach the
-    // app on a second upstream connection, side by side with it and possibly first, and a request could act on state
-    // its predecessor has not changed yet. A server may only work on pipelined requests in parallel if all are safe
-    // (RFC 9112 §9.3.2); like Envoy, the sidecar works on one request of a connection at a time. Node assigns the
-    // socket once every earlier response is complete; a connection closed meanwhile aborts the request unhandled.
-    if (!res.socket) return void res.once('socket', () => serve(req, res));
-    serve(req, res);
-  };
+  // One request of a connection at a time (RFC 9112 §9.3.2): a request pipelined behind others is served once their
+  // responses are complete (pipelining.ts).
+  const guarded = (req: IncomingMessage, res: ServerResponse) => inTurn(req, res, serve);
   const serve = (req: IncomingMessage, res: ServerResponse) => {
     const violation = checkRequestHead(req, current.maxHeaderCount);
     if (violation) {

@@ -1,9 +1,11 @@
 import { request as httpRequest } from 'node:http';
 import type { Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configSchema, type LimitsConfig } from '../../src/config/schema.js';
 import type { LimitedServerOptions } from '../../src/proxy/listen.js';
 import { refuseUpgrade } from '../../src/proxy/tunnel.js';
+import { selfSignedCert } from '../support/certs.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { rawConnect, rawExchange, readResponse, startTestProxy, type TestProxy } from './proxy-harness.js';
 
@@ -131,12 +133,18 @@ describe('transfer codings (RFC 9112 §6.1)', () => {
  * Pipelining tests: an app that holds each answer (`done <url>`) until the test releases it, unless `answerAtOnce`
  * says otherwise, behind a test proxy, and one raw client connection to the proxy.
  */
-async function heldPipeline(opts: { answerAtOnce?: (url: string) => boolean; server?: LimitedServerOptions } = {}) {
+async function heldPipeline(opts: { answerAtOnce?: (url: string) => boolean; server?: LimitedServerOptions; tls?: boolean } = {}) {
   const held: Array<() => void> = [];
   const app = await startUpstream((req, res) => (opts.answerAtOnce?.(req.url!) ? res.end('ok') : void held.push(() => res.end(`done ${req.url}`))));
-  const proxy = await startTestProxy(app.url, opts.server ? { server: opts.server } : {});
+  const cert = opts.tls ? selfSignedCert('pipeline') : undefined;
+  const proxy = await startTestProxy(app.url, { ...(opts.server ? { server: opts.server } : {}), ...(cert ? { tls: { certFile: cert.cert, keyFile: cert.key } } : {}) });
   cleanups.push(() => app.close(), () => proxy.close());
-  const socket = await rawConnect(proxy.port);
+  const socket: Socket = cert
+    ? await new Promise<Socket>((resolve, reject) => {
+        const s = tlsConnect({ port: proxy.port, host: '127.0.0.1', ca: cert.pem }, () => resolve(s));
+        s.once('error', reject);
+      })
+    : await rawConnect(proxy.port);
   let answer = '';
   socket.on('data', (d) => (answer += d.toString('latin1')));
   const closed = new Promise<void>((r) => socket.on('close', () => r()));
@@ -204,6 +212,51 @@ describe('pipelining: one request of a connection at a time', () => {
     const responses = p.responses();
     expect(statusesOf(responses)).toEqual([200, 200]);
     expect(responses.map((r) => r.slice(r.indexOf('\r\n\r\n') + 4))).toEqual(['done /first', 'done /second']);
+  });
+
+  it.each([['plain', false], ['TLS', true]])('stops reading a connection while a request of it waits: a flood pipelined behind a held answer is not parsed without bound (%s)', async (_name, tls) => {
+    // Node's own flood guard pauses a connection once the answers queued on it pass its buffer, but waiting requests
+    // queue no answer: were the connection read on, every request the client sends behind a slow one would be parsed
+    // and kept (about 2 KB of heap for 30 bytes sent). Reading resumes when the waiting requests have had their turn.
+    // Over TLS the rest of a decrypted read still arrives after the pause: it must be parsed, not refused as an error.
+    const p = await heldPipeline({ answerAtOnce: (url) => url !== '/first', tls });
+    let parsed = 0;
+    p.proxy.server.on('request', () => parsed++);
+    const flood = 4000;
+    p.socket.write(`GET /first HTTP/1.1\r\nHost: x\r\n\r\n${'GET /a HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(flood)}`);
+    await p.untilHeld();
+    // Everything the proxy reads is parsed at once; wait until it reads no more.
+    for (let last = -1; parsed !== last; ) {
+      last = parsed;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // One read (64 KiB, about 2,200 of these requests) is parsed before the pause takes effect; the rest stays unread.
+    expect(parsed).toBeLessThan(flood);
+    await p.release();
+    // Then every request is answered, in order, and the connection stays usable.
+    while (p.responses().length < flood + 1) await new Promise((r) => setTimeout(r, 20));
+    expect(parsed).toBe(flood + 1);
+    const responses = p.responses();
+    expect(new Set(statusesOf(responses))).toEqual(new Set([200]));
+    expect(responses[0]).toMatch(/\r\n\r\ndone \/first$/);
+    expect(urlsSeen(p.app)).toHaveLength(flood + 1);
+  }, 30_000);
+
+  it('an Upgrade behind enough waiting requests to stop reading gets a tunnel that reads again', async () => {
+    // The listener's upgrade handler switches at once and echoes, as a WebSocket app behind a tunnel would answer.
+    const upgrade = (_req: unknown, socket: Socket, head: Buffer) => {
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+      if (head.length) socket.write(head);
+      socket.pipe(socket);
+    };
+    const p = await heldPipeline({ answerAtOnce: (url) => url !== '/first', server: { upgrade: upgrade as NonNullable<LimitedServerOptions['upgrade']> } });
+    const waiting = 40;
+    p.socket.write(`GET /first HTTP/1.1\r\nHost: x\r\n\r\n${'GET /a HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(waiting)}GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+    await p.release();
+    while (!p.answer().includes(' 101 ')) await new Promise((r) => setTimeout(r, 10));
+    p.socket.write('ping');
+    while (!p.answer().endsWith('ping')) await new Promise((r) => setTimeout(r, 10));
+    expect(statusesOf(p.responses())).toEqual([...Array<number>(waiting + 1).fill(200), 101]);
   });
 
   it('a client that closes while its pipelined request waits: the waiting request never reaches the app', async () => {
