@@ -144,7 +144,9 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     }
     expect(app.seen).toHaveLength(0);
     expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'bad_request' })).toBe(2);
-    await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'bad_request' && l.method === 'POST' && l.route === 'none');
+    // The two lines look alike, and the log is written asynchronously: wait for both, not for the first.
+    const refusals = () => s.logs.filter((l) => l.event === 'request_rejected' && l.reason === 'bad_request' && l.method === 'POST' && l.route === 'none');
+    await s.waitForLog(() => refusals().length === 2);
     expect(s.logs.filter((l) => l.event === 'request_rejected')).toHaveLength(2);
   });
 
