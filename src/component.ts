@@ -17,7 +17,8 @@ export interface Component {
   /** `Upgrade:` requests: both sides tunnel WebSocket and refuse every other protocol themselves. */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /**
-   * A request the listener refuses before `handle` (an `Expect` other than 100-continue): answered with `refusal`,
+   * A request the listener refuses before `handle` (a head that breaks a limit, an `Expect` other than
+   * 100-continue): answered with `refusal`,
    * counted and logged like the component's own refusals.
    */
   refuse(req: IncomingMessage, res: ServerResponse, refusal: Refusal): void;

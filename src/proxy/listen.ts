@@ -34,8 +34,9 @@ export interface LimitedServerOptions {
   /** `CONNECT` requests. Absent: 405. */
   connect?: SocketHandler;
   /**
-   * Answers a request whose `Expect` is not `100-continue` with `refusal`, after the same limit checks as any
-   * request: counted and logged by whoever serves the listener. Absent: the refusal is only sent.
+   * Answers a request the listener refuses itself with `refusal`: a head that breaks a limit (header count, Host,
+   * transfer coding), or an `Expect` other than `100-continue`. Counted and logged by whoever serves the listener.
+   * Absent: the refusal is only sent.
    */
   refuse?: (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => void;
   /** For TLS reload events. */
@@ -94,13 +95,17 @@ export function createLimitedServer(
   // One request of a connection at a time (RFC 9112 §9.3.2): a request pipelined behind others is served once their
   // responses are complete (pipelining.ts).
   const guarded = (req: IncomingMessage, res: ServerResponse) => inTurn(req, res, serve);
+  // A refusal by the listener itself, before the handler: counted and logged by whoever serves the listener
+  // (options.refuse), like the handler's own refusals. The body the client may be sending is not read, so the
+  // connection ends with the answer.
+  const refuse = (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => {
+    res.shouldKeepAlive = false;
+    if (options.refuse) options.refuse(req, res, refusal);
+    else sendError(res, refusal.status, refusal.reason, refusal.message);
+  };
   const serve = (req: IncomingMessage, res: ServerResponse) => {
     const violation = checkRequestHead(req, current.maxHeaderCount);
-    if (violation) {
-      res.shouldKeepAlive = false;
-      sendError(res, violation.status, violation.reason, violation.message);
-      return;
-    }
+    if (violation) return refuse(req, res, violation);
     handler(req, res);
   };
   let server: Server;
@@ -129,14 +134,10 @@ export function createLimitedServer(
     holdContinue(res);
     guarded(req, res);
   });
-  // Any other expectation: Node would answer a bare 417 itself, uncounted and unlogged. The body the client may be
-  // sending is not read, so the connection ends with the answer, as after the limit refusals above.
+  // Any other expectation: Node would answer a bare 417 itself, uncounted and unlogged. A head that also breaks a
+  // limit gets that refusal instead, as without the Expect.
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-    res.shouldKeepAlive = false;
-    const violation = checkRequestHead(req, current.maxHeaderCount);
-    if (violation) return sendError(res, violation.status, violation.reason, violation.message);
-    if (options.refuse) options.refuse(req, res, EXPECTATION_FAILED);
-    else sendError(res, EXPECTATION_FAILED.status, EXPECTATION_FAILED.reason, EXPECTATION_FAILED.message);
+    refuse(req, res, checkRequestHead(req, current.maxHeaderCount) ?? EXPECTATION_FAILED);
   });
   // The header count is checked above (too_many_headers), the same on every Node. Node's own count limit would get
   // in the way: Node 20 truncates req.headers past it, and Node 22+ fails the parse with the same error code as an

@@ -322,6 +322,24 @@ describe('Expect other than 100-continue (RFC 9110 §10.1.1): 417 in the sidecar
     expect(tokenLeaks(sidecar.output(), [orders, deployer])).toEqual([]);
   });
 
+  it('the refusals of request heads the listener refuses itself are counted and logged as request_rejected too', async () => {
+    const cases: [string, string, Refusal][] = [
+      ['/public/two-hosts', 'GET /public/two-hosts HTTP/1.1\r\nHost: orders\r\nHost: admin\r\n\r\n', badRequest],
+      ['/public/gzip', 'POST /public/gzip HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n', { status: 501, reason: 'transfer_coding_not_supported' }],
+    ];
+    const before = app.requests.length;
+    for (const [path, bytes, want] of cases) {
+      const counted = async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: want.reason }) ?? 0;
+      const countedBefore = await counted();
+      const ex = await rawExchange(sidecar.inbound!, bytes);
+      expect(ex.responses.map((r) => [r.status, r.json().reason]), path).toEqual([[want.status, want.reason]]);
+      const logged = await sidecar.waitForLog((l) => l.event === 'request_rejected' && l.reason === want.reason && l.path === path);
+      expect(logged).toMatchObject({ level: 'warn', peer: '127.0.0.1' });
+      expect(await counted(), path).toBe(countedBefore + 1);
+    }
+    expect(app.requests.slice(before)).toEqual([]);
+  });
+
   it('a request that also breaks a listener limit gets that refusal, as without the Expect', async () => {
     const ex = await rawExchange(sidecar.inbound!, 'GET /public/x HTTP/1.1\r\nHost: orders\r\nHost: admin\r\nExpect: 200-ok\r\n\r\n');
     expect(ex.responses.map((r) => [r.status, r.json().reason])).toEqual([[400, 'bad_request']]);

@@ -150,6 +150,22 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(s.logs.filter((l) => l.event === 'request_rejected')).toHaveLength(2);
   });
 
+  it('counts and logs the refusals of request heads the listener refuses itself, like its other refusals', async () => {
+    const s = await sidecar(outboundConfig());
+    const cases: [string, string, number, string][] = [
+      ['two Host headers', 'GET /a HTTP/1.1\r\nHost: payments\r\nHost: other\r\n\r\n', 400, 'bad_request'],
+      ['a transfer coding other than chunked', 'POST /b HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n', 501, 'transfer_coding_not_supported'],
+    ];
+    for (const [label, bytes, status, reason] of cases) {
+      const ex = await rawHttpExchange(s.outbound!, bytes);
+      expect(ex.responses.map((r) => [r.status, r.json().reason]), label).toEqual([[status, reason]]);
+      expect(ex.closedByServer, label).toBe(true);
+      await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === reason && l.route === 'none');
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: reason }), label).toBe(1);
+    }
+    expect(app.seen).toHaveLength(0);
+  });
+
   it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token)', async () => {
     const s = await sidecar(outboundConfig());
     for (const target of ['payments:443', 'elsewhere:443']) {
