@@ -89,7 +89,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       {
         logger,
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
-        refuse: (req, res, refusal) => slot.component.refuse(req, res, refusal),
+        refused: (req, refusal) => slot.component.refused(req, refusal),
         upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'upgrade'),
         connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'connect'),
       },

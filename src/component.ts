@@ -17,11 +17,10 @@ export interface Component {
   /** `Upgrade:` requests: both sides tunnel WebSocket and refuse every other protocol themselves. */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /**
-   * A request the listener refuses before `handle` (a head that breaks a limit, an `Expect` other than
-   * 100-continue): answered with `refusal`,
-   * counted and logged like the component's own refusals.
+   * A request the listener refused before `handle` or `upgrade` (a head that breaks a limit, an `Expect` other than
+   * 100-continue): the listener answers it; the component counts and logs it like its own refusals.
    */
-  refuse(req: IncomingMessage, res: ServerResponse, refusal: Refusal): void;
+  refused(req: IncomingMessage, refusal: Refusal): void;
   /** `CONNECT` requests; absent = refused. */
   connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */

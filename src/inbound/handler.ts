@@ -133,15 +133,13 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   };
 
   // Refused by the listener before any token check: a reject like bad_path, logged the same way.
-  const refuse = (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => {
-    const started = performance.now();
+  const refused = (req: IncomingMessage, refusal: Refusal) => {
     metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(
       { event: 'request_rejected', reason: refusal.reason, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress, detail: refusal.message },
       'request_rejected',
     );
-    sendError(res, refusal.status, refusal.reason, refusal.message);
-    observe(started);
+    observe(performance.now());
   };
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
@@ -150,7 +148,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   return {
     handle,
-    refuse,
+    refused,
     upgrade,
     authorize,
     dropHeaders,

@@ -215,12 +215,10 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
     },
-    refuse(req, res, refusal) {
+    refused(req, refusal) {
       // Refused by the listener before routing: counted like the router's own refusals, under route "none".
-      const started = performance.now();
       logger.warn({ event: 'request_rejected', route: 'none', reason: refusal.reason, method: req.method?.slice(0, 16), peer: req.socket.remoteAddress, detail: refusal.message }, 'request_rejected');
-      sendError(res, refusal.status, refusal.reason, refusal.message);
-      record('none', refusal.reason, started);
+      record('none', refusal.reason, performance.now());
     },
     connect: (req, socket, head) => connect.handle(req, socket, head),
     async start() {

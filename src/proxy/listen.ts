@@ -34,11 +34,11 @@ export interface LimitedServerOptions {
   /** `CONNECT` requests. Absent: 405. */
   connect?: SocketHandler;
   /**
-   * Answers a request the listener refuses itself with `refusal`: a head that breaks a limit (header count, Host,
-   * transfer coding), or an `Expect` other than `100-continue`. Counted and logged by whoever serves the listener.
-   * Absent: the refusal is only sent.
+   * Told of each request the listener refuses itself, as it answers it: a head that breaks a limit (header count,
+   * Host, transfer coding), plain or `Upgrade`/`CONNECT`, or an `Expect` other than `100-continue`. For whoever
+   * serves the listener to count and log it.
    */
-  refuse?: (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => void;
+  refused?: (req: IncomingMessage, refusal: Refusal) => void;
   /** For TLS reload events. */
   logger?: Logger;
   /** How often TLS files are polled for changes, milliseconds (default 1000). */
@@ -100,8 +100,8 @@ export function createLimitedServer(
   // connection ends with the answer.
   const refuse = (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => {
     res.shouldKeepAlive = false;
-    if (options.refuse) options.refuse(req, res, refusal);
-    else sendError(res, refusal.status, refusal.reason, refusal.message);
+    options.refused?.(req, refusal);
+    sendError(res, refusal.status, refusal.reason, refusal.message);
   };
   const serve = (req: IncomingMessage, res: ServerResponse) => {
     const violation = checkRequestHead(req, current.maxHeaderCount);
@@ -164,7 +164,10 @@ export function createLimitedServer(
       // An earlier response that closed the connection was the last word.
       if (!socket.writable) return void socket.destroy();
       const violation = checkRequestHead(req, current.maxHeaderCount);
-      if (violation) return writeRawError(socket, violation.status, violation.reason, violation.message);
+      if (violation) {
+        options.refused?.(req, violation);
+        return writeRawError(socket, violation.status, violation.reason, violation.message);
+      }
       if (next) next(req, socket, head);
       else fallback(socket);
     });

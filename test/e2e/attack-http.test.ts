@@ -326,6 +326,8 @@ describe('Expect other than 100-continue (RFC 9110 §10.1.1): 417 in the sidecar
     const cases: [string, string, Refusal][] = [
       ['/public/two-hosts', 'GET /public/two-hosts HTTP/1.1\r\nHost: orders\r\nHost: admin\r\n\r\n', badRequest],
       ['/public/gzip', 'POST /public/gzip HTTP/1.1\r\nHost: orders\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n', { status: 501, reason: 'transfer_coding_not_supported' }],
+      // A WebSocket handshake takes the upgrade path, with the same checks.
+      ['/public/ws-two-hosts', 'GET /public/ws-two-hosts HTTP/1.1\r\nHost: orders\r\nHost: admin\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', badRequest],
     ];
     const before = app.requests.length;
     for (const [path, bytes, want] of cases) {

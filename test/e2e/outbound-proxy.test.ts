@@ -155,6 +155,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     const cases: [string, string, number, string][] = [
       ['two Host headers', 'GET /a HTTP/1.1\r\nHost: payments\r\nHost: other\r\n\r\n', 400, 'bad_request'],
       ['a transfer coding other than chunked', 'POST /b HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n', 501, 'transfer_coding_not_supported'],
+      ['too many header lines on a WebSocket handshake', `GET /c HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n${'X-H: v\r\n'.repeat(120)}\r\n`, 431, 'too_many_headers'],
     ];
     for (const [label, bytes, status, reason] of cases) {
       const ex = await rawHttpExchange(s.outbound!, bytes);
