@@ -5,7 +5,6 @@ import type { InboundConfig, LimitsConfig } from '../config/schema.js';
 import { SidecarError, type UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { hasRequestBody } from '../proxy/headers.js';
-import type { Refusal } from '../proxy/listen.js';
 import { sendError } from '../proxy/respond.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
@@ -17,7 +16,7 @@ import type { Scheduler } from '../scheduler.js';
 import { createMatcher } from './matcher.js';
 import { compilePolicy } from './policy.js';
 import { rejectionResponse } from './rejection.js';
-import { createInboundUpgrade } from './upgrade.js';
+import { createInboundUpgrade, type EarlyRefusal } from './upgrade.js';
 import { createVerifyCache } from './verify-cache.js';
 
 /** The inbound component plus its decision logic, for callers that answer on something other than a ServerResponse (WebSocket upgrades). */
@@ -132,8 +131,9 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     }
   };
 
-  // Refused by the listener before any token check: a reject like bad_path, logged the same way.
-  const refused = (req: IncomingMessage, refusal: Refusal) => {
+  // Refused before any token check (by the listener, or an Upgrade that is not a WebSocket handshake): a reject like
+  // bad_path, logged the same way.
+  const refused = (req: IncomingMessage, refusal: EarlyRefusal) => {
     metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(
       { event: 'request_rejected', reason: refusal.reason, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress, detail: refusal.message },
@@ -144,7 +144,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
   // WebSocket / Upgrade: the same decision, then a tunnel (src/inbound/upgrade.ts, src/proxy/tunnel.ts).
-  const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, metrics, logger });
+  const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, refused, metrics, logger });
 
   return {
     handle,

@@ -7,8 +7,14 @@ import type { Logger } from '../log.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
-import { loggedPath, type Decision } from './authorizer.js';
+import type { Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
+
+/** What the log line and the metric say of a request refused before any token check; `message` becomes `detail`. */
+export interface EarlyRefusal {
+  reason: string;
+  message?: string;
+}
 
 export interface InboundUpgradeDeps {
   /** The same decision as for any inbound request (counted and audited there). */
@@ -20,6 +26,8 @@ export interface InboundUpgradeDeps {
   targetPrefix: string;
   /** How long the app may take to accept the upgrade, milliseconds. */
   timeoutMs: number;
+  /** Counts and logs a request refused before any token check, as the component does the listener's refusals. */
+  refused(req: IncomingMessage, refusal: EarlyRefusal): void;
   metrics: Metrics;
   logger: Logger;
 }
@@ -44,12 +52,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
     const started = performance.now();
     const observe = () => duration.observe((performance.now() - started) / 1000);
     if (!isWebSocketHandshake(req)) {
-      deps.metrics.inboundRequests.inc({ decision: 'reject', reason: UPGRADE_NOT_SUPPORTED });
-      deps.logger.warn(
-        { event: 'request_rejected', reason: UPGRADE_NOT_SUPPORTED, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress },
-        'request_rejected',
-      );
-      observe();
+      deps.refused(req, { reason: UPGRADE_NOT_SUPPORTED });
       return refuseUpgrade(socket);
     }
     deps

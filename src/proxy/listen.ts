@@ -96,7 +96,7 @@ export function createLimitedServer(
   // responses are complete (pipelining.ts).
   const guarded = (req: IncomingMessage, res: ServerResponse) => inTurn(req, res, serve);
   // A refusal by the listener itself, before the handler: counted and logged by whoever serves the listener
-  // (options.refuse), like the handler's own refusals. The body the client may be sending is not read, so the
+  // (options.refused), like the handler's own refusals. The body the client may be sending is not read, so the
   // connection ends with the answer.
   const refuse = (req: IncomingMessage, res: ServerResponse, refusal: Refusal) => {
     res.shouldKeepAlive = false;
