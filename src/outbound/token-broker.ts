@@ -48,7 +48,7 @@ export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps)
   const fallback = config.tokenSource ? sourceFor(config.tokenSource, 'outbound.tokenSource') : undefined;
 
   const bind = (entry: SourceEntry, audience: string, scopes: readonly string[] | undefined): TokenBinding => {
-    const normal = [...new Set(scopes ?? [])].sort();
+    const normal = normalScopes(scopes);
     const rest = `\u0000${audience}\u0000${normal.join(' ')}`;
     return { key: entry.id + rest, identity: entry.shape + rest, source: entry.source, audience, scopes: normal };
   };
@@ -89,11 +89,16 @@ export interface AudienceSource {
 export function sourceForAudience(config: OutboundConfig, audience: string, scopes?: readonly string[]): AudienceSource {
   const i = config.routes.findIndex((r) => r.audience === audience);
   const route = config.routes[i];
-  const wanted = [...new Set(scopes?.length ? scopes : (route?.scopes ?? []))].sort();
+  const wanted = normalScopes(scopes?.length ? scopes : route?.scopes);
   if (route?.tokenSource) return { source: route.tokenSource, configPath: `outbound.routes.${i}.tokenSource`, scopes: wanted };
   // The schema guarantees a route without its own tokenSource has the default.
   if (!config.tokenSource) throw new UsageError(`no outbound route has audience "${audience}" and there is no default outbound.tokenSource`);
   return { source: config.tokenSource, configPath: 'outbound.tokenSource', scopes: wanted };
+}
+
+/** Scopes as a token is requested with them: distinct and sorted, so one set is one cache key whatever its order. */
+function normalScopes(scopes: readonly string[] | undefined): string[] {
+  return [...new Set(scopes ?? [])].sort();
 }
 
 /** JSON with object keys sorted, so equal configs compare equal whatever their key order. */
