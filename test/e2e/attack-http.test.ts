@@ -16,7 +16,7 @@ import {
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { tamperHeader } from '../support/tokens.js';
-import { metricsText, sample } from './inbound-support.js';
+import { inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
 
 /**
  * HTTP-level attacks: duplicate credentials (CVE-2025-64527 class), request
@@ -357,12 +357,7 @@ describe('h2c smuggling (Bishop Fox, 2020): only WebSocket upgrades are tunnelle
   let front: SidecarProcess;
   beforeAll(async () => {
     h2cApp = await startUpgradingApp();
-    front = await startSidecar({
-      service: 'orders',
-      log: { level: 'info' },
-      lifecycle: { watchConfig: false },
-      inbound: { target: h2cApp.url, audience: 'orders', issuers: [{ issuer: idp.issuer }], rules },
-    });
+    front = await startSidecar(inboundSidecarConfig(h2cApp, [idp], { rules }));
   });
   afterAll(async () => {
     await front?.stop();

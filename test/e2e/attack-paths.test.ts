@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectRefused, flushLogs, rawExchange, rawRequestBytes, startRecordingApp, tokenLeaks, type RecordingApp, type Refusal } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { inboundSidecarConfig } from './inbound-support.js';
 
 /**
  * Path tricks against per-route rules, sent as raw bytes (clients normalise
@@ -170,21 +171,15 @@ describe('rule globs are matched in linear time (ReDoS)', () => {
   let globSidecar: SidecarProcess;
   beforeAll(async () => {
     globApp = await startRecordingApp();
-    globSidecar = await startSidecar({
-      service: 'orders',
-      log: { level: 'info' },
-      lifecycle: { watchConfig: false },
-      inbound: {
-        target: globApp.url,
-        audience: 'orders',
-        issuers: [{ issuer: idp.issuer }],
+    globSidecar = await startSidecar(
+      inboundSidecarConfig(globApp, [idp], {
         rules: [
           { match: { path: '/files/*-*-*.txt' }, public: true },
           { match: { path: '/**/a/**/b/**/c' }, public: true },
           { match: { path: '/api/**' }, allow: [{ sub: 'orders' }] },
         ],
-      },
-    });
+      }),
+    );
   });
   afterAll(async () => {
     await globSidecar?.stop();

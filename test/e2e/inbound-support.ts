@@ -73,7 +73,7 @@ export async function call(
 }
 
 /** The sidecar config for an inbound sidecar in front of `app`, trusting `idps`. */
-export function inboundSidecarConfig(app: UpstreamApp, idps: TestIdp[], inbound: Record<string, unknown> = {}, top: Record<string, unknown> = {}) {
+export function inboundSidecarConfig(app: Pick<UpstreamApp, 'url'>, idps: TestIdp[], inbound: Record<string, unknown> = {}, top: Record<string, unknown> = {}) {
   return {
     service: 'orders',
     log: { level: 'info' },
