@@ -12,7 +12,6 @@ import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
 import { createLimitedServer, formatAddress, listenOn, parseListen, type LimitedServer, type ListenAddress } from './proxy/listen.js';
-import { writeRawError } from './proxy/respond.js';
 
 type Side = 'inbound' | 'outbound';
 const SIDES = ['inbound', 'outbound'] as const;
@@ -71,8 +70,6 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     const slot = { listen, tls, limits: cfg.limits, component } as Slot;
     const tunnelled = (req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'upgrade' | 'connect') => {
       const c = slot.component;
-      // CONNECT is the outbound side's alone (passthrough hosts); the inbound listener answers it 405.
-      if (kind === 'connect' && !c.connect) return writeRawError(socket, 405, 'connect_not_supported');
       inflight.track(c, socket);
       inflight.trackTunnel(socket);
       if (kind === 'upgrade') c.upgrade(req, socket, head);
@@ -91,7 +88,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
         refused: (req, refusal) => slot.component.refused(req, refusal),
         upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'upgrade'),
-        connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'connect'),
+        // CONNECT is the outbound side's alone (passthrough hosts); without a handler the listener refuses it (405).
+        // A reload swaps the component for one of the same side, so this holds for the life of the listener.
+        ...(component.connect ? { connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'connect') } : {}),
       },
     );
     slot.server = server;

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from './log.js';
-import type { Refusal } from './proxy/listen.js';
+import type { Refusal, RefusedRequest } from './proxy/listen.js';
 import type { Metrics } from './admin/metrics.js';
 import type { Clock } from './clock.js';
 import type { KeyStoreSnapshot } from './inbound/key-store.js';
@@ -18,9 +18,10 @@ export interface Component {
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /**
    * A request the listener refused before `handle` or `upgrade` (a head that breaks a limit, an `Expect` other than
-   * 100-continue): the listener answers it; the component counts and logs it like its own refusals.
+   * 100-continue, CONNECT where there is no `connect`, what Node's parser refused): the listener answers it; the
+   * component counts and logs it like its own refusals.
    */
-  refused(req: IncomingMessage, refusal: Refusal): void;
+  refused(req: RefusedRequest, refusal: Refusal): void;
   /** `CONNECT` requests; absent = refused. */
   connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */

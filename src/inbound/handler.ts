@@ -6,6 +6,7 @@ import { SidecarError, type UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { hasRequestBody } from '../proxy/headers.js';
 import { sendError } from '../proxy/respond.js';
+import type { Refusal, RefusedRequest } from '../proxy/listen.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
 import { createAuthorizer, loggedPath, type Authorizer, type Decision, type InboundRequest, type InboundRule } from './authorizer.js';
@@ -16,7 +17,7 @@ import type { Scheduler } from '../scheduler.js';
 import { createMatcher } from './matcher.js';
 import { compilePolicy } from './policy.js';
 import { rejectionResponse } from './rejection.js';
-import { createInboundUpgrade, type EarlyRefusal } from './upgrade.js';
+import { createInboundUpgrade } from './upgrade.js';
 import { createVerifyCache } from './verify-cache.js';
 
 /** The inbound component plus its decision logic, for callers that answer on something other than a ServerResponse (WebSocket upgrades). */
@@ -133,10 +134,18 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   // Refused before any token check (by the listener, or an Upgrade that is not a WebSocket handshake): a reject like
   // bad_path, logged the same way.
-  const refused = (req: IncomingMessage, refusal: EarlyRefusal) => {
+  // Refused by Node's parser, a request has no method or path yet: the line says only who sent it.
+  const refused = (req: RefusedRequest, refusal: Refusal) => {
     metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(
-      { event: 'request_rejected', reason: refusal.reason, path: loggedPath(req.url ?? '/'), method: req.method?.slice(0, 16), peer: req.socket.remoteAddress, detail: refusal.message },
+      {
+        event: 'request_rejected',
+        reason: refusal.reason,
+        path: req.url === undefined ? undefined : loggedPath(req.url),
+        method: req.method?.slice(0, 16),
+        peer: req.socket.remoteAddress,
+        detail: refusal.message,
+      },
       'request_rejected',
     );
     observe(performance.now());

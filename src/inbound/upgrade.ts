@@ -5,16 +5,11 @@ import type { Metrics } from '../admin/metrics.js';
 import { UpstreamError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
+import type { Refusal, RefusedRequest } from '../proxy/listen.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import type { Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
-
-/** What the log line and the metric say of a request refused before any token check; `message` becomes `detail`. */
-export interface EarlyRefusal {
-  reason: string;
-  message?: string;
-}
 
 export interface InboundUpgradeDeps {
   /** The same decision as for any inbound request (counted and audited there). */
@@ -27,7 +22,7 @@ export interface InboundUpgradeDeps {
   /** How long the app may take to accept the upgrade, milliseconds. */
   timeoutMs: number;
   /** Counts and logs a request refused before any token check, as the component does the listener's refusals. */
-  refused(req: IncomingMessage, refusal: EarlyRefusal): void;
+  refused(req: RefusedRequest, refusal: Refusal): void;
   metrics: Metrics;
   logger: Logger;
 }
@@ -52,7 +47,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
     const started = performance.now();
     const observe = () => duration.observe((performance.now() - started) / 1000);
     if (!isWebSocketHandshake(req)) {
-      deps.refused(req, { reason: UPGRADE_NOT_SUPPORTED });
+      deps.refused(req, UPGRADE_NOT_SUPPORTED);
       return refuseUpgrade(socket);
     }
     deps

@@ -178,7 +178,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
     if (!isWebSocketHandshake(req)) {
-      record(routeOf(req).route, UPGRADE_NOT_SUPPORTED, started);
+      record(routeOf(req).route, UPGRADE_NOT_SUPPORTED.reason, started);
       return refuseUpgrade(socket);
     }
     const p = await prepare(req, started);

@@ -2,11 +2,30 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { writeRawError } from './respond.js';
 
+/** A request the listener refuses itself, before the handler: the status, the reason code and the message of the JSON body. */
+export interface Refusal {
+  status: number;
+  reason: string;
+  message: string;
+}
+
+/**
+ * What is known of a refused request, for its log line: everything once its head is parsed (an IncomingMessage is
+ * one); only the peer when Node's parser refused it before there was a request (no method, no target).
+ */
+export interface RefusedRequest {
+  method?: string | undefined;
+  url?: string | undefined;
+  socket: { remoteAddress?: string | undefined };
+}
+
+/** Told of each request the listener refuses itself, as it answers it: for whoever serves the listener to count and log it. */
+export type RefusalObserver = (req: RefusedRequest, refusal: Refusal) => void;
+
 /** Why a request is refused before any handler sees it. */
-export interface RequestViolation {
+export interface RequestViolation extends Refusal {
   status: 400 | 431 | 501;
   reason: 'too_many_headers' | 'bad_request' | 'transfer_coding_not_supported';
-  message: string;
 }
 
 /**
@@ -77,16 +96,17 @@ function checkTransferCodings(value: string): RequestViolation | undefined {
   return undefined;
 }
 
-/** Node's parser and timeout errors → the status and reason code the client gets. */
-export function clientErrorResponse(code: string | undefined): { status: number; reason: string } {
+/** Node's parser and timeout errors → the status and reason code the client gets, and the detail its log line gets. */
+export function clientErrorResponse(code: string | undefined): Refusal {
   switch (code) {
     case 'HPE_HEADER_OVERFLOW':
-      return { status: 431, reason: 'headers_too_large' };
+      return { status: 431, reason: 'headers_too_large', message: 'the request header block is larger than limits.maxHeaderBytes' };
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       // Node raises this for both the headers timeout (slowloris) and the whole-request timeout.
-      return { status: 408, reason: 'request_timeout' };
+      return { status: 408, reason: 'request_timeout', message: 'the request was not complete within limits.headersTimeoutSeconds or limits.requestTimeoutSeconds' };
     default:
-      return { status: 400, reason: 'bad_request' };
+      // The parser's code (HPE_INVALID_METHOD, HPE_UNEXPECTED_CONTENT_LENGTH, ...) says what was wrong; the bytes are never logged.
+      return { status: 400, reason: 'bad_request', message: code ? `malformed request (${code})` : 'malformed request' };
   }
 }
 
@@ -99,7 +119,11 @@ const refusalPending = new WeakSet<Duplex>();
 /**
  * The server's `clientError` handler: a malformed request, an oversize header
  * block or a client too slow to send its headers gets the right 4xx on its own
- * connection, and the server keeps serving everyone else.
+ * connection, and the server keeps serving everyone else. `refused` is told,
+ * with the peer only: the parser failed before there was a request to
+ * describe. A connection that timed out without sending a byte (opened ahead
+ * of need by a client's pool, say) is answered but not reported: it never
+ * made a request.
  *
  * With pipelining (RFC 9112 §9.3.2) the bad request may follow requests that
  * are still being answered. Responses must go out in request order, so the
@@ -110,17 +134,20 @@ const refusalPending = new WeakSet<Duplex>();
  * own handler does, would take the place of the first response and the client
  * would think its first request failed.
  */
-export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex, refused?: RefusalObserver): void {
   if (refusalPending.has(socket)) return; // The parser repeats its error for every later chunk; one refusal is queued.
   if (!socket.writable || err.code === 'ECONNRESET' || isTlsError(err)) {
     socket.destroy();
     return;
   }
-  const { status, reason } = clientErrorResponse(err.code);
+  const refusal = clientErrorResponse(err.code);
+  const peer = socket as Duplex & { remoteAddress?: string; bytesRead?: number };
+  // bytesRead counts what the client sent after any TLS handshake, decrypted.
+  if (refused && peer.bytesRead) refused({ socket: peer }, refusal);
   refusalPending.add(socket);
   afterEarlierResponses(socket as ServerSocket, () => {
     // A response that ended the connection itself (`connection: close`) was the last word: Node is closing the socket.
-    if (socket.writable) writeRawError(socket, status, reason);
+    if (socket.writable) writeRawError(socket, refusal.status, refusal.reason, refusal.message);
   });
 }
 

@@ -5,12 +5,13 @@ import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { afterEarlierResponses, checkRequestHead, handleClientError, type ServerSocket } from './limits.js';
+import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
 import { inTurn } from './pipelining.js';
-import { holdContinue, sendError, writeRawError } from './respond.js';
+import { ALLOW_PLAIN_METHODS, holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
 export type { TlsFiles } from './tls.js';
+export type { Refusal, RefusalObserver, RefusedRequest } from './limits.js';
 
 export interface ListenAddress {
   host: string;
@@ -35,25 +36,22 @@ export interface LimitedServerOptions {
   connect?: SocketHandler;
   /**
    * Told of each request the listener refuses itself, as it answers it: a head that breaks a limit (header count,
-   * Host, transfer coding), plain or `Upgrade`/`CONNECT`, or an `Expect` other than `100-continue`. For whoever
-   * serves the listener to count and log it.
+   * Host, transfer coding), plain or `Upgrade`/`CONNECT`, an `Expect` other than `100-continue`, `CONNECT` without a
+   * `connect` handler, and what Node's parser refuses (malformed, oversize header block, timeouts; the peer only).
+   * For whoever serves the listener to count and log it.
    */
-  refused?: (req: IncomingMessage, refusal: Refusal) => void;
+  refused?: RefusalObserver;
   /** For TLS reload events. */
   logger?: Logger;
   /** How often TLS files are polled for changes, milliseconds (default 1000). */
   tlsPollMs?: number;
 }
 
-/** A request the listener refuses itself, before the handler: the status, the reason code and the message of the JSON body. */
-export interface Refusal {
-  status: number;
-  reason: string;
-  message: string;
-}
-
 /** RFC 9110 §10.1.1: an expectation other than 100-continue may be answered 417; the sidecar meets no other. */
 const EXPECTATION_FAILED: Refusal = { status: 417, reason: 'bad_request', message: 'the only expectation supported is 100-continue' };
+
+/** A listener without a `connect` handler (inbound) opens no tunnels; a 405 names the methods it does serve (RFC 9110 §15.5.6). */
+const CONNECT_NOT_SUPPORTED: Refusal = { status: 405, reason: 'connect_not_supported', message: 'CONNECT is not supported: this listener serves plain HTTP requests' };
 
 /** A listener whose limits and TLS files a reload can change in place, where its address stays the same. */
 export interface LimitedServer extends Server {
@@ -143,7 +141,7 @@ export function createLimitedServer(
   // in the way: Node 20 truncates req.headers past it, and Node 22+ fails the parse with the same error code as an
   // oversize header block (headers_too_large). Unlimited here is still bounded: the parser enforces maxHeaderBytes.
   server.maxHeadersCount = 0;
-  server.on('clientError', handleClientError);
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => handleClientError(err, socket, options.refused));
 
   // Node stops tracking a socket once it leaves HTTP (Upgrade, CONNECT): closeAllConnections() would not cut it and
   // server.close() would wait for it forever. Track them here so a drain deadline also ends open tunnels.
@@ -153,7 +151,11 @@ export function createLimitedServer(
     closeAll();
     for (const s of detached) s.destroy();
   };
-  const guardSocket = (next: SocketHandler | undefined, fallback: (socket: Duplex) => void): SocketHandler => (req, socket, head) => {
+  const refuseSocket = (req: IncomingMessage, socket: Duplex, refusal: Refusal, headers?: Record<string, string>) => {
+    options.refused?.(req, refusal);
+    writeRawError(socket, refusal.status, refusal.reason, refusal.message, headers);
+  };
+  const guardSocket = (next: SocketHandler | undefined, fallback: (req: IncomingMessage, socket: Duplex) => void): SocketHandler => (req, socket, head) => {
     // Node hands these sockets over without an error listener; one reset must not take the process down.
     socket.on('error', () => socket.destroy());
     detached.add(socket);
@@ -164,16 +166,13 @@ export function createLimitedServer(
       // An earlier response that closed the connection was the last word.
       if (!socket.writable) return void socket.destroy();
       const violation = checkRequestHead(req, current.maxHeaderCount);
-      if (violation) {
-        options.refused?.(req, violation);
-        return writeRawError(socket, violation.status, violation.reason, violation.message);
-      }
+      if (violation) return refuseSocket(req, socket, violation);
       if (next) next(req, socket, head);
-      else fallback(socket);
+      else fallback(req, socket);
     });
   };
   if (options.upgrade) server.on('upgrade', guardSocket(options.upgrade, () => {}));
-  server.on('connect', guardSocket(options.connect, (socket) => writeRawError(socket, 405, 'connect_not_supported')));
+  server.on('connect', guardSocket(options.connect, (req, socket) => refuseSocket(req, socket, CONNECT_NOT_SUPPORTED, ALLOW_PLAIN_METHODS)));
 
   // A reload at the same address cannot bind a second socket beside this one (EADDRINUSE): new limits and TLS files
   // are applied to this server. Node reads these settings per connection or per check, so they take effect for what

@@ -32,6 +32,9 @@ export function sendError(
   res.end(body);
 }
 
+/** The `Allow` header of a 405 to CONNECT (RFC 9110 §15.5.6): the methods the sidecar forwards. */
+export const ALLOW_PLAIN_METHODS = { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' };
+
 /** Responses whose `100 Continue` the listener held back (listen.ts). */
 const heldContinue = new WeakSet<ServerResponse>();
 

@@ -5,10 +5,15 @@ import type { Duplex } from 'node:stream';
 import { UpstreamError } from '../errors.js';
 import { toUpstreamError } from './forward.js';
 import { buildUpstreamHeaders, isHopByHop, isWebSocketUpgrade } from './headers.js';
+import type { Refusal } from './limits.js';
 import { writeRawError } from './respond.js';
 
-/** The reason code for an `Upgrade` request refused for its protocol (anything but WebSocket), on either listener. */
-export const UPGRADE_NOT_SUPPORTED = 'upgrade_not_supported';
+/** An `Upgrade` request that is not a WebSocket handshake, as answered, counted and logged on both listeners. */
+export const UPGRADE_NOT_SUPPORTED: Refusal = {
+  status: 400,
+  reason: 'upgrade_not_supported',
+  message: 'only WebSocket handshakes are tunnelled: GET with Upgrade: websocket and no body',
+};
 
 /**
  * Refuses an `Upgrade` request that is not a WebSocket handshake (see
@@ -16,7 +21,7 @@ export const UPGRADE_NOT_SUPPORTED = 'upgrade_not_supported';
  * nothing sent upstream. Callers check before any tunnel is opened.
  */
 export function refuseUpgrade(socket: Duplex): void {
-  writeRawError(socket, 400, UPGRADE_NOT_SUPPORTED, 'only WebSocket handshakes are tunnelled: GET with Upgrade: websocket and no body');
+  writeRawError(socket, UPGRADE_NOT_SUPPORTED.status, UPGRADE_NOT_SUPPORTED.reason, UPGRADE_NOT_SUPPORTED.message);
 }
 
 export interface TunnelOptions {

@@ -218,9 +218,15 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     const ex = await rawExchange(sidecar.inbound!, `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n${smuggled}`);
     expect(ex.responses.map((r) => r.status)).toEqual([405]);
     expect(ex.responses[0]!.json().reason).toBe('connect_not_supported');
+    // RFC 9110 §15.5.6: a 405 names the methods that are served.
+    expect(ex.responses[0]!.headers.allow).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
     expect(ex.closedByServer).toBe(true);
     expect(app.requests.slice(before)).toEqual([]);
     expect(app.connections).toBe(connectionsBefore);
+    // Counted and logged like every other refusal.
+    const logged = await sidecar.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'connect_not_supported');
+    expect(logged).toMatchObject({ level: 'warn', method: 'CONNECT', path: authority, peer: '127.0.0.1' });
+    expect(sample(await metricsText(sidecar.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'connect_not_supported' })).toBe(1);
   });
 
   it('valid framing is re-framed by the sidecar: a request hidden in a body or pipelined behind it is judged on its own', async () => {
@@ -346,6 +352,45 @@ describe('Expect other than 100-continue (RFC 9110 §10.1.1): 417 in the sidecar
     const ex = await rawExchange(sidecar.inbound!, 'GET /public/x HTTP/1.1\r\nHost: orders\r\nHost: admin\r\nExpect: 200-ok\r\n\r\n');
     expect(ex.responses.map((r) => [r.status, r.json().reason])).toEqual([[400, 'bad_request']]);
     expect(ex.closedByServer).toBe(true);
+  });
+});
+
+describe('what Node\'s parser refuses before there is a request: answered, counted and logged with the peer alone', () => {
+  it('a malformed request line, an oversize header block and a client too slow with its headers are each counted and logged; a connection that never sent a byte is answered but is no request', async () => {
+    const s = await startSidecar(inboundSidecarConfig(app, [idp], { rules }, { limits: { headersTimeoutSeconds: 1 } }));
+    try {
+      const counted = async (reason: string) => sample(await metricsText(s.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason }) ?? 0;
+      const before = app.requests.length;
+      const cases: [string, string, number, string, string][] = [
+        ['a lower-case method', 'get /public/x HTTP/1.1\r\nHost: orders\r\n\r\n', 400, 'bad_request', 'malformed request (HPE_INVALID_METHOD)'],
+        ['a header block over maxHeaderBytes', `GET /public/x HTTP/1.1\r\nHost: orders\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large', 'the request header block is larger than limits.maxHeaderBytes'],
+        ['half a request line, then silence', 'GET /public/slow HT', 408, 'request_timeout', 'the request was not complete within limits.headersTimeoutSeconds or limits.requestTimeoutSeconds'],
+      ];
+      for (const [label, bytes, status, reason, detail] of cases) {
+        const countedBefore = await counted(reason);
+        const ex = await rawExchange(s.inbound!, bytes);
+        expect(ex.responses.map((r) => [r.status, r.json().reason]), label).toEqual([[status, reason]]);
+        expect(ex.closedByServer, label).toBe(true);
+        const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === reason);
+        // No request was parsed, so there is no method or path to report: the peer and what went wrong.
+        expect(logged, label).toMatchObject({ level: 'warn', peer: '127.0.0.1', detail });
+        expect(logged.path, label).toBeUndefined();
+        expect(logged.method, label).toBeUndefined();
+        expect(await counted(reason), label).toBe(countedBefore + 1);
+      }
+
+      // Opened ahead of need (a client's connection pool) and never used: Node answers 408 when the headers timeout
+      // runs out, but nothing was asked, so nothing is counted or logged.
+      const timeoutsBefore = await counted('request_timeout');
+      const idle = await rawExchange(s.inbound!, '');
+      expect(idle.responses.map((r) => r.status)).toEqual([408]);
+      await flushLogs(s);
+      expect(await counted('request_timeout')).toBe(timeoutsBefore);
+      expect(s.logs.filter((l) => l.event === 'request_rejected' && l.reason === 'request_timeout')).toHaveLength(1);
+      expect(app.requests.slice(before)).toEqual([]);
+    } finally {
+      await s.stop();
+    }
   });
 });
 

@@ -3,7 +3,7 @@ import { createServer as createHttpsServer, request as httpsRequest, type Server
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
@@ -229,6 +229,37 @@ describe('inbound TLS', () => {
     expect(await Promise.all(answers)).toEqual(['', '']);
     expect((await get(`${proxy.url}/after`, a.pem)).cn).toBe('handshake');
     expect(app.seen.map((r) => r.url)).toEqual(['/meanwhile', '/after']);
+  });
+
+  it('reports a TLS client too slow with its request (408), but not one that finished its handshake and never asked anything', async () => {
+    const a = selfSigned('slow-request');
+    const app = await startUpstream();
+    const refusals: { reason: string; peer: string | undefined }[] = [];
+    const proxy = await startTestProxy(app.url, {
+      tls: { certFile: a.cert, keyFile: a.key },
+      limits: { headersTimeoutSeconds: 0.5, requestTimeoutSeconds: 5 },
+      server: { refused: (req, refusal) => void refusals.push({ reason: refusal.reason, peer: req.socket.remoteAddress }) },
+    });
+    cleanups.push(() => app.close(), () => proxy.close());
+    // Both finish the handshake (whose bytes Node counts apart from the request's); one then sends half a request line.
+    const connectTls = () =>
+      new Promise<TLSSocket>((resolve, reject) => {
+        const s = tlsConnect({ host: '127.0.0.1', port: proxy.port, ca: a.pem, servername: 'localhost', checkServerIdentity: () => undefined }, () => resolve(s));
+        s.once('error', reject);
+      });
+    const [idle, slow] = await Promise.all([connectTls(), connectTls()]);
+    slow.write('GET /slow HT');
+    const answers = [idle, slow].map((s) => {
+      let got = '';
+      s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      s.on('error', () => {});
+      return new Promise<string>((r) => s.on('close', () => r(got)));
+    });
+    cleanups.push(async () => [idle, slow].forEach((s) => s.destroy()));
+    const [idleAnswer, slowAnswer] = await Promise.all(answers);
+    expect(idleAnswer).toMatch(/^HTTP\/1\.1 408 /);
+    expect(slowAnswer).toMatch(/^HTTP\/1\.1 408 /);
+    expect(refusals).toEqual([{ reason: 'request_timeout', peer: '127.0.0.1' }]);
   });
 
   it('refuses unreadable or mismatched files at startup with a coded error naming the key', () => {
