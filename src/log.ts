@@ -71,11 +71,12 @@ export function unverifiedClaims(payload: Record<string, unknown> | undefined): 
   for (const key of ['iss', 'sub', 'aud', 'azp', 'client_id', 'exp', 'iat', 'nbf', 'jti']) {
     const v = payload[key];
     if (v === undefined) continue;
-    out[key] = typeof v === 'number' ? v : truncate(typeof v === 'string' ? v : JSON.stringify(v));
+    out[key] = typeof v === 'number' ? v : capped(typeof v === 'string' ? v : JSON.stringify(v), MAX_LOGGED_CLAIM);
   }
   return out;
 }
 
-function truncate(s: string): string {
-  return s.length > MAX_LOGGED_CLAIM ? `${s.slice(0, MAX_LOGGED_CLAIM)}…` : s;
+/** A value a caller chose (a path, a host, a message quoting either), cut to `max` characters for a log line. */
+export function capped(s: string, max: number): string {
+  return s.length > max ? `${s.slice(0, max)}…` : s;
 }

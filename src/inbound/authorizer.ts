@@ -1,7 +1,7 @@
 import type { Metrics } from '../admin/metrics.js';
 import type { InboundConfig, RuleConfig } from '../config/schema.js';
 import { KeysUnavailableError, PolicyDeniedError, SidecarError, TokenRejectedError } from '../errors.js';
-import { audit, unverifiedClaims, type Logger } from '../log.js';
+import { audit, capped, unverifiedClaims, type Logger } from '../log.js';
 import type { Authenticator } from './authenticator.js';
 import type { ExtractedToken, Extractor } from './extractor.js';
 import type { Identity } from './identity.js';
@@ -88,9 +88,9 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       reason: error.code,
       audience,
       path: loggedPath(ctx.target ?? req.url),
-      method: cap(req.method, 16),
+      method: capped(req.method, 16),
       peer: req.peer,
-      detail: cap(error.message, MAX_LOGGED_DETAIL),
+      detail: capped(error.message, MAX_LOGGED_DETAIL),
       ...(ctx.rule ? { rule: ctx.rule.index } : {}),
     };
     if (error instanceof BadPathError) {
@@ -103,7 +103,7 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       const claims = ctx.token ? peekClaims(ctx.token) : undefined;
       audit(logger, 'token_rejected', {
         ...fields,
-        ...(typeof claims?.iss === 'string' ? { issuer: cap(claims.iss, 128) } : {}),
+        ...(typeof claims?.iss === 'string' ? { issuer: capped(claims.iss, 128) } : {}),
         ...(claims ? { claims: unverifiedClaims(claims) } : {}),
       });
     }
@@ -181,9 +181,5 @@ function peekClaims(token: ExtractedToken): Record<string, unknown> | undefined 
 
 /** A request's path as a log line may hold it: the path only, since a query string may carry a token (RFC 6750 §2.3), and capped. */
 export function loggedPath(url: string): string {
-  return cap(url.split('?')[0]!, MAX_LOGGED_PATH);
-}
-
-function cap(s: string, max: number): string {
-  return s.length > max ? `${s.slice(0, max)}…` : s;
+  return capped(url.split('?')[0]!, MAX_LOGGED_PATH);
 }

@@ -3,7 +3,8 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
 import type { Logger } from '../log.js';
-import { writeRawError } from '../proxy/respond.js';
+import type { Refusal } from '../proxy/listen.js';
+import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
 import type { Router } from './router.js';
 
 export interface ConnectHandler {
@@ -11,8 +12,6 @@ export interface ConnectHandler {
   /** Cuts every open tunnel. */
   close(): void;
 }
-
-const ALLOW = { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' };
 
 /**
  * CONNECT (RFC 9110 §9.3.6) opens an opaque tunnel, usually for TLS, so the
@@ -28,30 +27,33 @@ export function createConnectHandler(opts: {
   connectTimeoutMs: number;
   logger: Logger;
   metrics: Metrics;
+  /** Counts and logs a refused CONNECT, as the outbound component does every refusal. */
+  rejected(req: IncomingMessage, route: string, refusal: Refusal): void;
 }): ConnectHandler {
   const tunnels = new Set<Socket>();
   const count = (route: string, status: string) => opts.metrics.outboundRequests.inc({ route, status });
+  const refuse = (req: IncomingMessage, socket: Duplex, route: string, refusal: Refusal) => {
+    opts.rejected(req, route, refusal);
+    writeRawError(socket, refusal.status, refusal.reason, refusal.message, refusal.status === 405 ? ALLOW_PLAIN_METHODS : {});
+  };
   return {
     handle(req, socket, head) {
       socket.on('error', () => socket.destroy());
       const { route, authority } = opts.router.resolveConnect(req.url ?? '');
-      if (!authority) {
-        count('none', 'bad_request');
-        return writeRawError(socket, 400, 'bad_request', 'CONNECT needs an authority-form target (host:port)');
-      }
+      if (!authority) return refuse(req, socket, 'none', { status: 400, reason: 'bad_request', message: 'CONNECT needs an authority-form target (host:port)' });
       if (route) {
-        count(route.host, 'connect_not_supported');
-        return writeRawError(
-          socket,
-          405,
-          'connect_not_supported',
-          `CONNECT tunnels cannot carry a token: send plain http:// requests for ${route.host} through the sidecar (HTTP proxy without tunnelling, or origin-form with a Host header)`,
-          ALLOW,
-        );
+        return refuse(req, socket, route.host, {
+          status: 405,
+          reason: 'connect_not_supported',
+          message: `CONNECT tunnels cannot carry a token: send plain http:// requests for ${route.host} through the sidecar (HTTP proxy without tunnelling, or origin-form with a Host header)`,
+        });
       }
       if (opts.unknownHosts !== 'passthrough') {
-        count('none', 'connect_not_supported');
-        return writeRawError(socket, 405, 'connect_not_supported', 'CONNECT tunnels are refused: the sidecar only forwards plain HTTP so it can attach a token', ALLOW);
+        return refuse(req, socket, 'none', {
+          status: 405,
+          reason: 'connect_not_supported',
+          message: `CONNECT tunnels are refused (asked for ${authority.host}:${authority.port}): the sidecar only forwards plain HTTP so it can attach a token`,
+        });
       }
       const host = authority.host.replace(/^\[|\]$/g, '');
       const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });

@@ -5,8 +5,10 @@ import type { Dispatcher } from 'undici';
 import type { Component, ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
+import { capped } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
+import type { RefusedRequest } from '../proxy/listen.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
@@ -26,6 +28,10 @@ export interface OutboundDeps extends ComponentDeps {
   /** Dispatcher for token requests instead of the sources' own agents. */
   idpDispatcher?: Dispatcher;
 }
+
+/** A DNS name has at most 253 characters; anything longer is cut in the log line. */
+const MAX_LOGGED_HOST = 256;
+const MAX_LOGGED_DETAIL = 512;
 
 /**
  * The outbound half: route by host → token for the route's audience (cached)
@@ -57,6 +63,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
     logger,
     metrics,
+    rejected: (req, route, refusal) => rejected(req, route, refusal, performance.now()),
   });
   const tokenHeader = config.tokenHeader;
   // Host is re-derived from the target by the dispatcher (virtual-hosted peers and TLS need their own name);
@@ -68,6 +75,24 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const record = (route: string, status: string, started: number) => {
     metrics.outboundRequests.inc({ route, status });
     duration.observe((performance.now() - started) / 1000);
+  };
+  // Every refusal is counted and logged, not only counted: an app calling a host it has no route for is what a
+  // compromised dependency reaching for its own server looks like, and the line names the host. The host (and the
+  // message quoting it) can be as long as the header block allows, so both are capped.
+  const rejected = (req: RefusedRequest, route: string, refusal: { reason: string; message: string }, started: number, host?: string) => {
+    logger.warn(
+      {
+        event: 'request_rejected',
+        route,
+        reason: refusal.reason,
+        host: host === undefined ? undefined : capped(host, MAX_LOGGED_HOST),
+        method: req.method?.slice(0, 16),
+        peer: req.socket.remoteAddress,
+        detail: capped(refusal.message, MAX_LOGGED_DETAIL),
+      },
+      'request_rejected',
+    );
+    record(route, refusal.reason, started);
   };
 
   // The token header pair per binding, rebuilt only when the token changes: no `Bearer …` string per request.
@@ -95,7 +120,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const prepare = (req: IncomingMessage, started: number): Prepared | Promise<Prepared> => {
     const r = router.resolve(req.url ?? '/', req.headers.host);
     if (r.kind === 'reject') {
-      record('none', r.reason, started);
+      rejected(req, 'none', r, started, r.host);
       return { ok: false, status: r.status, reason: r.reason, message: r.message };
     }
     if (r.kind !== 'route') return { ok: true, r, label: 'passthrough', addHeaders: NO_HEADERS, dropHeaders: dropPassthrough };
@@ -178,7 +203,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
     const started = performance.now();
     if (!isWebSocketHandshake(req)) {
-      record(routeOf(req).route, UPGRADE_NOT_SUPPORTED.reason, started);
+      rejected(req, routeOf(req).route, UPGRADE_NOT_SUPPORTED, started);
       return refuseUpgrade(socket);
     }
     const p = await prepare(req, started);
@@ -215,11 +240,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
     },
-    refused(req, refusal) {
-      // Refused by the listener before routing: counted like the router's own refusals, under route "none".
-      logger.warn({ event: 'request_rejected', route: 'none', reason: refusal.reason, method: req.method?.slice(0, 16), peer: req.socket.remoteAddress, detail: refusal.message }, 'request_rejected');
-      record('none', refusal.reason, performance.now());
-    },
+    // Refused by the listener before routing: counted and logged like the router's own refusals, under route "none".
+    refused: (req, refusal) => rejected(req, 'none', refusal, performance.now()),
     connect: (req, socket, head) => connect.handle(req, socket, head),
     async start() {
       await Promise.all(broker.routeBindings().map((b) => cache.prefetch(b)));

@@ -1,6 +1,6 @@
 import type { CaBundle } from '../config/ca-bundle.js';
 import type { RouteConfig } from '../config/schema.js';
-import { ConfigError, RouteNotFoundError, type SidecarError } from '../errors.js';
+import { ConfigError, RouteNotFoundError } from '../errors.js';
 
 /** A host and port as a request named them; `host` is lower-case, IPv6 in brackets. */
 export interface Authority {
@@ -21,7 +21,8 @@ export interface Target {
 export type Resolution =
   | { kind: 'route'; route: RouteConfig; target: Target; path: string; authority: string }
   | { kind: 'passthrough'; target: Target; path: string; authority: string }
-  | { kind: 'reject'; status: number; reason: string; message: string };
+  /** `host`: the authority asked for, when it parsed but has no route. */
+  | { kind: 'reject'; status: number; reason: string; message: string; host?: string };
 
 export interface Router {
   /** Routes an HTTP request by its absolute-form target (HTTP_PROXY style) or else its Host header (origin-form). */
@@ -53,7 +54,6 @@ export function routeTarget(route: RouteConfig): Target {
 }
 
 const reject = (status: number, reason: string, message: string): Resolution => ({ kind: 'reject', status, reason, message });
-const rejectWith = (err: SidecarError): Resolution => reject(err.status, err.code, err.message);
 
 /**
  * Outbound routing by host. A route host with a port matches only that port;
@@ -80,7 +80,8 @@ export function createRouter(routes: readonly RouteConfig[], unknownHosts: 'deny
       return { kind: 'route', route, target, path: target.basePath + path, authority };
     }
     if (unknownHosts === 'passthrough') return { kind: 'passthrough', target: { origin: `${scheme}://${authority}`, basePath: '' }, path, authority };
-    return rejectWith(new RouteNotFoundError(authority));
+    const e = new RouteNotFoundError(authority);
+    return { kind: 'reject', status: e.status, reason: e.code, message: e.message, host: authority };
   };
 
   return {

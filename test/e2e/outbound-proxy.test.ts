@@ -105,7 +105,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(text).toMatch(/oidc_sidecar_request_duration_seconds_count\{[^}]*direction="outbound"[^}]*\} 200/);
   });
 
-  it('refuses an unknown host with 403 no_route and asks the IdP for nothing', async () => {
+  it('refuses an unknown host with 403 no_route, asks the IdP for nothing, and logs the host it was asked for', async () => {
     const s = await sidecar(outboundConfig());
     idp.resetCounts();
     for (const r of [
@@ -118,6 +118,17 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(idp.counts).toMatchObject({ token: 0, discovery: 0 });
     expect(app.seen).toHaveLength(0);
     expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'no_route' })).toBe(2);
+    // A call to a host with no route is what a dependency reaching for its own server looks like: each is logged.
+    for (const host of ['payments.evil.example', 'ledger']) {
+      const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.host === host);
+      expect(logged).toMatchObject({ level: 'warn', route: 'none', reason: 'no_route', method: 'GET', peer: '127.0.0.1', detail: `no outbound route for host "${host}"` });
+    }
+    // A host as long as the header block allows is cut in the log line (the 403 body still names it in full).
+    const long = `${'a'.repeat(4000)}.example`;
+    expect((await send(s.outbound!, { target: '/x', host: long })).status).toBe(403);
+    const logged = await s.waitForLog((l) => l.event === 'request_rejected' && String(l.host).startsWith('aaaa'));
+    expect(logged.host).toBe(`${'a'.repeat(256)}…`);
+    expect(String(logged.detail).length).toBeLessThanOrEqual(513);
   });
 
   it('sends 100 Continue only for a call it forwards: an unknown host gets 403 no_route instead and never sends its body', async () => {
@@ -167,13 +178,31 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(app.seen).toHaveLength(0);
   });
 
-  it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token)', async () => {
+  it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token), counted and logged', async () => {
     const s = await sidecar(outboundConfig());
-    for (const target of ['payments:443', 'elsewhere:443']) {
+    for (const [target, route] of [['payments:443', 'payments'], ['elsewhere:443', 'none']] as const) {
       const raw = await rawExchange(s.outbound!, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
       expect(raw).toMatch(/^HTTP\/1\.1 405 /);
       expect(raw).toContain('"reason":"connect_not_supported"');
+      expect(raw).toMatch(/\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/);
+      const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.route === route && l.reason === 'connect_not_supported');
+      expect(logged, target).toMatchObject({ level: 'warn', method: 'CONNECT', peer: '127.0.0.1', detail: expect.stringContaining(target.split(':')[0]!) });
+      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route, status: 'connect_not_supported' }), target).toBe(1);
     }
+    const noPort = await rawExchange(s.outbound!, 'CONNECT elsewhere HTTP/1.1\r\nHost: elsewhere\r\n\r\n');
+    expect(noPort).toMatch(/^HTTP\/1\.1 400 /);
+    await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'none' && l.reason === 'bad_request' && l.method === 'CONNECT');
+  });
+
+  it('counts and logs what Node\'s parser refuses before there is a request, under route "none", with the peer alone', async () => {
+    const s = await sidecar(outboundConfig());
+    const ex = await rawHttpExchange(s.outbound!, 'get /x HTTP/1.1\r\nHost: payments\r\n\r\n');
+    expect(ex.responses.map((r) => [r.status, r.json().reason])).toEqual([[400, 'bad_request']]);
+    const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'bad_request');
+    expect(logged).toMatchObject({ level: 'warn', route: 'none', peer: '127.0.0.1', detail: 'malformed request (HPE_INVALID_METHOD)' });
+    expect(logged.method).toBeUndefined();
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'bad_request' })).toBe(1);
+    expect(app.seen).toHaveLength(0);
   });
 
   it('passthrough forwards unknown hosts without a token (and tunnels CONNECT to them)', async () => {
@@ -241,6 +270,9 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       }
       expect(peer.connections).toEqual([]);
       expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'legacy', status: 'upgrade_not_supported' })).toBe(requests.length);
+      const refusals = () => s.logs.filter((l) => l.event === 'request_rejected' && l.route === 'legacy' && l.reason === 'upgrade_not_supported');
+      await s.waitForLog(() => refusals().length === requests.length);
+      expect(refusals()[0]).toMatchObject({ level: 'warn', method: 'GET', peer: '127.0.0.1', detail: expect.stringContaining('WebSocket') });
     } finally {
       await peer.close();
     }

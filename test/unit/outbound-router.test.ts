@@ -43,10 +43,10 @@ describe('outbound router', () => {
     expect(router.resolve('http://ledger:8444/x', undefined)).toMatchObject({ kind: 'reject', reason: 'no_route' });
   });
 
-  it('refuses an unknown host with exactly RouteNotFoundError (403 no_route, the same message)', () => {
+  it('refuses an unknown host with exactly RouteNotFoundError (403 no_route, the same message), naming the host for the log', () => {
     const err = new RouteNotFoundError('ledger');
     expect(err).toMatchObject({ code: 'no_route', status: 403, message: 'no outbound route for host "ledger"' });
-    expect(router.resolve('/x', 'Ledger')).toEqual({ kind: 'reject', status: err.status, reason: err.code, message: err.message });
+    expect(router.resolve('/x', 'Ledger')).toEqual({ kind: 'reject', status: err.status, reason: err.code, message: err.message, host: 'ledger' });
     // The error classes carry code and status only: no unread flags, and the cause is kept.
     const cause = new Error('inner');
     const rejected = new TokenRejectedError('expired', 'the token has expired', { cause });
