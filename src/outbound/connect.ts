@@ -1,4 +1,4 @@
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
@@ -7,10 +7,13 @@ import type { Refusal } from '../proxy/listen.js';
 import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
 import type { Router } from './router.js';
 
+/**
+ * A tunnel lives as long as its client's socket: a reload retires the component that opened it but leaves the tunnel
+ * open, as it does WebSocket tunnels, and shutdown cuts it with the listener's other tunnels once the drain runs out
+ * (the client socket closes, so the upstream one does).
+ */
 export interface ConnectHandler {
   handle(req: IncomingMessage, socket: Duplex, head: Buffer): void;
-  /** Cuts every open tunnel. */
-  close(): void;
 }
 
 /**
@@ -30,7 +33,6 @@ export function createConnectHandler(opts: {
   /** Counts and logs a refused CONNECT, as the outbound component does every refusal. */
   rejected(req: IncomingMessage, route: string, refusal: Refusal): void;
 }): ConnectHandler {
-  const tunnels = new Set<Socket>();
   const count = (route: string, status: string) => opts.metrics.outboundRequests.inc({ route, status });
   const refuse = (req: IncomingMessage, socket: Duplex, route: string, refusal: Refusal) => {
     opts.rejected(req, route, refusal);
@@ -57,7 +59,6 @@ export function createConnectHandler(opts: {
       }
       const host = authority.host.replace(/^\[|\]$/g, '');
       const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });
-      tunnels.add(upstream);
       let settled = false;
       let connected = false;
       upstream.once('connect', () => {
@@ -84,15 +85,10 @@ export function createConnectHandler(opts: {
         socket.destroy();
       });
       upstream.once('close', () => {
-        tunnels.delete(upstream);
         // Before the tunnel was up, the socket carries our error answer: let it flush.
         if (connected) socket.destroy();
       });
       socket.once('close', () => upstream.destroy());
-    },
-    close() {
-      for (const t of tunnels) t.destroy();
-      tunnels.clear();
     },
   };
 }

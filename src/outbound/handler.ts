@@ -250,7 +250,6 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     handover: () => ({ tokens: cache.snapshot() }),
     async close() {
       cache.close();
-      connect.close();
       await pools.close();
       await broker.close();
     },
