@@ -57,6 +57,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   const inflight = createInflightTracker();
   let current = config;
   let accepting = true;
+  // Shutdown does not wait for a reload's warm-up (up to reloadWarmupSeconds against a slow IdP): the reload gives up
+  // as soon as shutdown begins, and shutdown waits only for it to put away what it had built.
+  let beginShutdown!: () => void;
+  const shutdownBegun = new Promise<void>((resolve) => (beginShutdown = resolve));
+  let reloadSettled: Promise<unknown> = Promise.resolve();
+  const shuttingDownError = () => new SidecarError('shutting_down', 'the sidecar is shutting down', 503);
   const slots = new Map<Side, Slot>();
 
   const build = (side: Side, cfg: Config, handover?: Handover): Component => {
@@ -105,8 +111,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
   const openAdmin = async (listen: string) => {
     const server = createAdminServer(metrics, adminState);
-    const address = formatAddress(await listenOn(server, parseListen(listen)));
-    logger.info({ event: 'listening', side: 'admin', address }, `admin listening on ${address}`);
+    const address = await listenOn(server, parseListen(listen));
+    logger.info({ event: 'listening', side: 'admin', address: formatAddress(address) }, `admin listening on ${formatAddress(address)}`);
     return { server, listen, address };
   };
 
@@ -127,14 +133,14 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     throw err;
   }
 
-  const addresses: RunningApp['addresses'] = { admin: admin.address };
+  const addresses: RunningApp['addresses'] = { admin: formatAddress(admin.address) };
   const syncAddresses = () => {
     for (const side of SIDES) {
       const slot = slots.get(side);
       if (slot) addresses[side] = formatAddress(slot.address);
       else delete addresses[side];
     }
-    addresses.admin = admin.address;
+    addresses.admin = formatAddress(admin.address);
   };
   syncAddresses();
 
@@ -149,74 +155,19 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     metrics,
     isReady: () => accepting && adminState.isReady(),
 
-    async reload(next) {
-      if (!accepting) throw new SidecarError('shutting_down', 'the sidecar is shutting down', 503);
-      const previousLevel = logger.level;
-      // Before building, so the new components' loggers are born with the new level.
-      logger.level = next.log.level;
-      // Build, warm up and bind everything new before touching what serves now, so a reload
-      // never causes a gap, and a failure (e.g. the new address is taken) changes nothing.
-      const fresh = new Map<Side, Component>();
-      const opened = new Map<Side, Slot>();
-      const reconfigured = new Map<Side, () => void>();
-      let newAdmin: typeof admin | undefined;
-      try {
-        for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next, slots.get(side)?.component.handover?.()));
-        await Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), DEFAULTS.lifecycle.reloadWarmupSeconds * 1000)));
-        for (const [side, component] of fresh) {
-          const slot = slots.get(side);
-          if (!slot || !isSameAddress(slot, listenOf(side, next))) opened.set(side, await openSlot(side, next, component));
-          // Same address, other limits or TLS files: a second socket could not be bound there, so the listener takes
-          // them in place (checked here, applied below with everything else).
-          else if (!hasSameSettings(slot, side, next)) reconfigured.set(side, slot.server.prepareReconfigure(next.limits, tlsOf(side, next)));
-        }
-        if (next.admin.listen !== admin.listen) newAdmin = await openAdmin(next.admin.listen);
-      } catch (err) {
-        logger.level = previousLevel;
-        await Promise.all([...opened.values()].map((s) => closeServer(s.server, 0)));
-        if (newAdmin) await closeServer(newAdmin.server, 0);
-        await Promise.all([...fresh.values()].map((c) => c.close()));
-        throw err;
-      }
-      const drainMs = next.lifecycle.drainTimeoutSeconds * 1000;
-      for (const side of SIDES) {
-        const slot = slots.get(side);
-        if (slot) void retire(slot.component, drainMs);
-        const replacement = opened.get(side);
-        const component = fresh.get(side);
-        if (replacement) {
-          slots.set(side, replacement);
-          if (slot) void closeServer(slot.server, drainMs);
-        } else if (component && slot) {
-          slot.component = component;
-          const reconfigure = reconfigured.get(side);
-          if (reconfigure) {
-            reconfigure();
-            slot.limits = next.limits;
-            slot.tls = tlsOf(side, next);
-          }
-        } else if (slot) {
-          slots.delete(side);
-          void closeServer(slot.server, drainMs);
-        }
-      }
-      if (newAdmin) {
-        void closeServer(admin.server, 0);
-        admin = newAdmin;
-      }
-      if (next.service !== current.service) {
-        logger.warn({ event: 'restart_required', key: 'service' }, 'the service name in logs and metrics changes at the next restart');
-      }
-      current = next;
-      syncAddresses();
-      const notReady = SIDES.filter((side) => slots.get(side) && !slots.get(side)!.component.isReady());
-      if (notReady.length > 0) logger.warn({ event: 'reloaded_not_ready', sides: notReady }, 'new config is serving but not ready yet (keys or tokens still loading)');
+    reload(next) {
+      if (!accepting) return Promise.reject(shuttingDownError());
+      const applied = applyReload(next);
+      reloadSettled = applied.catch(() => {});
+      return applied;
     },
 
     async shutdown() {
       if (!accepting) return;
       accepting = false;
+      beginShutdown();
       logger.info({ event: 'shutdown' }, 'draining in-flight requests');
+      await reloadSettled;
       const drainMs = current.lifecycle.drainTimeoutSeconds * 1000;
       await Promise.all([...[...slots.values()].map((s) => closeServer(s.server, drainMs)), inflight.drainTunnels(drainMs)]);
       await Promise.all([...slots.values()].map((s) => s.component.close()));
@@ -224,6 +175,74 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       logger.info({ event: 'stopped' }, 'stopped');
     },
   };
+
+  /** Builds, warms up and binds the new config, then swaps it in; see RunningApp.reload. */
+  async function applyReload(next: Config): Promise<void> {
+    const previousLevel = logger.level;
+    // Before building, so the new components' loggers are born with the new level.
+    logger.level = next.log.level;
+    // Build, warm up and bind everything new before touching what serves now, so a reload
+    // never causes a gap, and a failure (e.g. the new address is taken) changes nothing.
+    const fresh = new Map<Side, Component>();
+    const opened = new Map<Side, Slot>();
+    const reconfigured = new Map<Side, () => void>();
+    let newAdmin: typeof admin | undefined;
+    try {
+      for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next, slots.get(side)?.component.handover?.()));
+      const warmUp = Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), DEFAULTS.lifecycle.reloadWarmupSeconds * 1000)));
+      await Promise.race([warmUp, shutdownBegun]);
+      if (!accepting) throw shuttingDownError();
+      for (const [side, component] of fresh) {
+        const slot = slots.get(side);
+        if (!slot || !isSameAddress(slot, listenOf(side, next))) opened.set(side, await openSlot(side, next, component));
+        // Same address, other limits or TLS files: a second socket could not be bound there, so the listener takes
+        // them in place (checked here, applied below with everything else).
+        else if (!hasSameSettings(slot, side, next)) reconfigured.set(side, slot.server.prepareReconfigure(next.limits, tlsOf(side, next)));
+      }
+      if (!isSameAddress(admin, next.admin.listen)) newAdmin = await openAdmin(next.admin.listen);
+      // Past this point the swap runs to the end without waiting on anything, so shutdown cannot begin halfway.
+      if (!accepting) throw shuttingDownError();
+    } catch (err) {
+      logger.level = previousLevel;
+      await Promise.all([...opened.values()].map((s) => closeServer(s.server, 0)));
+      if (newAdmin) await closeServer(newAdmin.server, 0);
+      await Promise.all([...fresh.values()].map((c) => c.close()));
+      throw err;
+    }
+    const drainMs = next.lifecycle.drainTimeoutSeconds * 1000;
+    for (const side of SIDES) {
+      const slot = slots.get(side);
+      if (slot) void retire(slot.component, drainMs);
+      const replacement = opened.get(side);
+      const component = fresh.get(side);
+      if (replacement) {
+        slots.set(side, replacement);
+        if (slot) void closeServer(slot.server, drainMs);
+      } else if (component && slot) {
+        slot.component = component;
+        const reconfigure = reconfigured.get(side);
+        if (reconfigure) {
+          reconfigure();
+          slot.limits = next.limits;
+          slot.tls = tlsOf(side, next);
+        }
+      } else if (slot) {
+        slots.delete(side);
+        void closeServer(slot.server, drainMs);
+      }
+    }
+    if (newAdmin) {
+      void closeServer(admin.server, 0);
+      admin = newAdmin;
+    }
+    if (next.service !== current.service) {
+      logger.warn({ event: 'restart_required', key: 'service' }, 'the service name in logs and metrics changes at the next restart');
+    }
+    current = next;
+    syncAddresses();
+    const notReady = SIDES.filter((side) => slots.get(side) && !slots.get(side)!.component.isReady());
+    if (notReady.length > 0) logger.warn({ event: 'reloaded_not_ready', sides: notReady }, 'new config is serving but not ready yet (keys or tokens still loading)');
+  }
 }
 
 function listenOf(side: Side, config: Config): string {
@@ -239,11 +258,14 @@ function hasSameSettings(slot: Slot, side: Side, next: Config): boolean {
   return JSON.stringify(slot.tls) === JSON.stringify(tlsOf(side, next)) && JSON.stringify(slot.limits) === JSON.stringify(next.limits);
 }
 
-/** Same text, or the address the socket is actually bound to (e.g. `:0` became port 43857): rebinding it would fail with EADDRINUSE. */
-function isSameAddress(slot: Slot, listen: string): boolean {
-  if (slot.listen === listen) return true;
+/**
+ * Same text, or the address the socket is actually bound to (`:0` became port 43857, `:9090` is `0.0.0.0:9090`):
+ * rebinding it would fail with EADDRINUSE.
+ */
+function isSameAddress(bound: { listen: string; address: ListenAddress }, listen: string): boolean {
+  if (bound.listen === listen) return true;
   const next = parseListen(listen);
-  return next.port !== 0 && next.port === slot.address.port && next.host === slot.address.host;
+  return next.port !== 0 && next.port === bound.address.port && next.host === bound.address.host;
 }
 
 /** Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. */

@@ -52,14 +52,25 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       process.on('SIGHUP', () => reload('SIGHUP'));
 
       const failure = await new Promise<unknown>((resolve) => {
-        const stop = (signal: string) => {
+        const stop = (signal: NodeJS.Signals) => {
+          // A second signal must not end the drain it started: with `once`, a second SIGTERM would fall to Node's
+          // default and kill the process mid-drain. A second SIGTERM is ignored (an orchestrator's SIGKILL is the
+          // hard stop); SIGINT is a second Ctrl-C, someone at a terminal who wants out now: exit 130 at once,
+          // cutting what is in flight, never 0.
+          if (stopping) {
+            if (signal !== 'SIGINT') return void logger.info({ event: 'signal', signal, ignored: true }, `received ${signal} again; still draining`);
+            logger.warn({ event: 'shutdown_forced', signal }, `received ${signal} during the drain; stopping now`);
+            logger.flush();
+            process.exit(130);
+          }
           logger.info({ event: 'signal', signal }, `received ${signal}`);
           stopping = true;
           watch.stop();
-          shutDown(app, reloading, logger).then(() => resolve(undefined), resolve);
+          // A reload under way gives up at once (app.shutdown); one queued behind it never starts (`stopping`).
+          shutDown(app, logger).then(() => resolve(undefined), resolve);
         };
-        process.once('SIGTERM', () => stop('SIGTERM'));
-        process.once('SIGINT', () => stop('SIGINT'));
+        process.on('SIGTERM', stop);
+        process.on('SIGINT', stop);
       });
       logger.flush();
       // Everything we own is closed; should a library still hold a handle, it must not keep a
@@ -72,12 +83,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
 }
 
 /**
- * Shuts the app down once `pending` (a reload under way) has settled. A failed shutdown is logged
- * and rejects with `shutdown_failed`, so the process exits 1: exit 0 tells an orchestrator that the
- * drain completed, and only then.
+ * Shuts the app down. A failed shutdown is logged and rejects with `shutdown_failed`, so the process
+ * exits 1: exit 0 tells an orchestrator that the drain completed, and only then.
  */
-export async function shutDown(app: Pick<RunningApp, 'shutdown'>, pending: Promise<void>, logger: Logger): Promise<void> {
-  await pending;
+export async function shutDown(app: Pick<RunningApp, 'shutdown'>, logger: Logger): Promise<void> {
   try {
     await app.shutdown();
   } catch (err) {
@@ -110,6 +119,11 @@ async function reloadFrom(
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
     return { config: next, baselines: { config: configBaseline, ca: caBaselineOf(next) } };
   } catch (err) {
+    // Shutdown began while the new config warmed up: nothing failed, it will not be needed.
+    if (err instanceof SidecarError && err.code === 'shutting_down') {
+      logger.info({ event: 'config_reload_abandoned', trigger }, 'shutdown began; the new config is not applied');
+      return undefined;
+    }
     metrics.configReloads.inc({ result: 'error' });
     logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
     return undefined;

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -90,6 +90,45 @@ describe('SIGTERM drains in-flight requests', () => {
   });
 });
 
+describe('signals during the drain', () => {
+  const slowCall = (path: string, token: string) =>
+    fetch(`${sidecar!.inbound}${path}`, { headers: { authorization: `Bearer ${token}` } }).then(
+      async (r) => ({ status: r.status, body: await r.text() }),
+      () => 'cut' as const,
+    );
+
+  it('a second SIGTERM is ignored: the drain goes on, the in-flight request finishes, exit 0', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
+    const token = await idp.getToken('payments', 'orders');
+    const before = app.seen.length;
+    const inFlight = slowCall('/slow/twice', token);
+    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
+    sidecar.signal('SIGTERM');
+    await sidecar.waitForLog((l) => l.event === 'shutdown');
+    // With a one-shot listener the second SIGTERM fell to Node's default and killed the process mid-drain.
+    sidecar.signal('SIGTERM');
+    await sidecar.waitForLog((l) => l.event === 'signal' && l.ignored === true);
+    expect(await inFlight).toEqual({ status: 200, body: 'done /slow/twice' });
+    expect(await sidecar.exited).toBe(0);
+    expect(sidecar.logs.some((l) => l.event === 'stopped')).toBe(true);
+  });
+
+  it('SIGINT during the drain (a second Ctrl-C) stops at once with exit 130, never 0', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
+    const token = await idp.getToken('payments', 'orders');
+    const before = app.seen.length;
+    const inFlight = slowCall('/slow/forced', token);
+    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
+    sidecar.signal('SIGINT');
+    await sidecar.waitForLog((l) => l.event === 'shutdown');
+    sidecar.signal('SIGINT');
+    expect(await sidecar.exited).toBe(130);
+    expect(await inFlight).toBe('cut');
+    expect(sidecar.logs.filter((l) => l.event === 'shutdown_forced')).toEqual([expect.objectContaining({ level: 'warn', signal: 'SIGINT' })]);
+    expect(sidecar.logs.some((l) => l.event === 'stopped')).toBe(false);
+  });
+});
+
 describe('reload', () => {
   it('SIGHUP applies a good config without dropping the listener, and refuses a bad one while the old keeps serving', async () => {
     sidecar = await startSidecar(inboundConfig(allowSub('orders')));
@@ -136,6 +175,19 @@ describe('reload', () => {
     } finally {
       squatter.close();
     }
+  });
+
+  it('a reload naming the admin port it is bound to (the config said port 0) keeps the admin listener', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('orders')));
+    const token = await idp.getToken('payments', 'orders');
+    const adminPort = new URL(sidecar.admin).port;
+    // The same address, spelt differently: binding it a second time would fail with EADDRINUSE.
+    sidecar.rewriteConfig({ ...inboundConfig(allowSub('payments')), admin: { listen: `127.0.0.1:${adminPort}` } });
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded' || l.event === 'config_reload_failed');
+    expect(sidecar.logs.filter((l) => l.event === 'config_reload_failed')).toEqual([]);
+    expect(await call('/admin-kept', token)).toBe(200);
+    expect((await fetch(`${sidecar.admin}/healthz`)).status).toBe(200);
   });
 
   it('reloads when the config file changes on disk', async () => {
@@ -219,6 +271,56 @@ describe('SIGTERM with an open WebSocket tunnel', () => {
       await closed;
     } finally {
       await wsApp.close();
+    }
+  });
+});
+
+describe('reload with an open CONNECT tunnel (outbound passthrough)', () => {
+  it('keeps the tunnel open past the drain timeout, as it does WebSocket tunnels; SIGTERM then cuts it and exits 0', async () => {
+    const echo = createServer((s) => s.pipe(s));
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    const echoPort = (echo.address() as AddressInfo).port;
+    const config = (level: string) => ({
+      service: 'tunnels',
+      log: { level },
+      lifecycle: { watchConfig: false, drainTimeoutSeconds: 0.3 },
+      outbound: { routes: [], unknownHosts: 'passthrough' },
+    });
+    let socket: Socket | undefined;
+    try {
+      sidecar = await startSidecar(config('info'));
+      const { hostname, port } = new URL(sidecar.outbound!);
+      const tunnel = connect(Number(port), hostname);
+      socket = tunnel;
+      let received = '';
+      tunnel.on('data', (d: Buffer) => (received += d.toString('latin1')));
+      const closed = new Promise<void>((r) => tunnel.once('close', () => r()));
+      const until = async (text: string) => {
+        while (!received.includes(text)) {
+          if (tunnel.destroyed) throw new Error(`the tunnel closed before "${text}" came back; got ${JSON.stringify(received)}`);
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      };
+      tunnel.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
+      await until('\r\n\r\n');
+      expect(received).toMatch(/^HTTP\/1\.1 200 /);
+      tunnel.write('before-reload');
+      await until('before-reload');
+
+      sidecar.rewriteConfig(config('debug'));
+      sidecar.signal('SIGHUP');
+      await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+      // Well past the 0.3 s in which the retired component's work had to finish; it used to take its tunnels along.
+      await new Promise((r) => setTimeout(r, 1000));
+      tunnel.write('after-reload');
+      await until('after-reload');
+
+      sidecar.signal('SIGTERM');
+      await closed;
+      expect(await sidecar.exited).toBe(0);
+    } finally {
+      socket?.destroy();
+      echo.close();
     }
   });
 });

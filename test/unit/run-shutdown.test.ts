@@ -1,3 +1,5 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { startApp } from '../../src/app.js';
 import { describeFailure } from '../../src/cli-failure.js';
@@ -8,7 +10,7 @@ import { observed } from './outbound-harness.js';
 
 // How `run` ends after SIGTERM/SIGINT (src/commands/run.ts): the handler resolves, and the process exits 0, only
 // when the shutdown completed; a failed one is logged and rejects, which the CLI turns into one line on stderr
-// and exit 1. Nothing a caller can do from outside makes a real app's shutdown fail (its server closes, drains
+// and exit 1. Repeated signals are tested on the CLI in test/e2e/lifecycle.test.ts. Nothing a caller can do from outside makes a real app's shutdown fail (its server closes, drains
 // and pool closes all settle), so the failing case hands shutDown() an app whose shutdown rejects.
 describe('the run command after SIGTERM', () => {
   it('resolves when a real app shuts down, with no shutdown_failed line', async () => {
@@ -19,7 +21,7 @@ describe('the run command after SIGTERM', () => {
       admin: { listen: '127.0.0.1:0' },
     });
     const app = await startApp(config, { logger });
-    await expect(shutDown(app, Promise.resolve(), logger)).resolves.toBeUndefined();
+    await expect(shutDown(app, logger)).resolves.toBeUndefined();
     expect(lines.map((l) => l.event)).toContain('stopped');
     expect(lines.filter((l) => l.event === 'shutdown_failed')).toEqual([]);
   });
@@ -27,7 +29,7 @@ describe('the run command after SIGTERM', () => {
   it('logs shutdown_failed and rejects, so the process exits 1 instead of 0', async () => {
     const { logger, lines } = observed();
     const app = { shutdown: () => Promise.reject(new SidecarError('drain_broken', 'the listener did not close', 500)) };
-    const err: unknown = await shutDown(app, Promise.resolve(), logger).then(() => undefined, (e: unknown) => e);
+    const err: unknown = await shutDown(app, logger).then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(SidecarError);
     expect((err as SidecarError).code).toBe('shutdown_failed');
     // What the CLI (src/main.ts, src/cli.ts) prints after `oidc-sidecar: ` before returning 1.
@@ -37,16 +39,37 @@ describe('the run command after SIGTERM', () => {
     ]);
   });
 
-  it('shuts down only after a reload under way has settled', async () => {
-    const { logger } = observed();
-    const order: string[] = [];
-    let finishReload!: () => void;
-    const reload = new Promise<void>((r) => (finishReload = r)).then(() => void order.push('reload'));
-    const stopped = shutDown({ shutdown: async () => void order.push('shutdown') }, reload, logger);
-    await new Promise((r) => setImmediate(r));
-    expect(order).toEqual([]);
-    finishReload();
-    await stopped;
-    expect(order).toEqual(['reload', 'shutdown']);
-  });
+  it('a reload still warming up gives up as shutdown begins: not ready at once, and the new config never takes over', async () => {
+    const { logger, lines } = observed();
+    // An issuer whose discovery never answers keeps the new inbound side warming up (up to reloadWarmupSeconds).
+    let asked!: () => void;
+    const discoveryAsked = new Promise<void>((r) => (asked = r));
+    const silentIdp = createServer(() => asked());
+    await new Promise<void>((r) => silentIdp.listen(0, '127.0.0.1', r));
+    const issuer = `http://127.0.0.1:${(silentIdp.address() as AddressInfo).port}`;
+    try {
+      const base = {
+        service: 'shutdown-test',
+        outbound: { listen: '127.0.0.1:0', tokenSource: { type: 'env', variable: 'OIDC_SIDECAR_TEST_UNSET_TOKEN' }, routes: [{ host: 'peer', audience: 'peer' }] },
+        admin: { listen: '127.0.0.1:0' },
+      };
+      const app = await startApp(parseConfig(base), { logger });
+      const next = parseConfig({ ...base, inbound: { listen: '127.0.0.1:0', target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer }] } });
+      const reloaded = app.reload(next).then(
+        () => 'applied',
+        (e: unknown) => (e as SidecarError).code,
+      );
+      await discoveryAsked;
+      const stopped = app.shutdown();
+      expect(app.isReady()).toBe(false);
+      expect(await reloaded).toBe('shutting_down');
+      await stopped;
+      expect(app.addresses.inbound).toBeUndefined();
+      expect(lines.map((l) => l.event)).toEqual(expect.arrayContaining(['shutdown', 'stopped']));
+      expect(lines.filter((l) => l.event === 'listening').map((l) => l.side)).toEqual(['outbound', 'admin']);
+    } finally {
+      silentIdp.closeAllConnections();
+      silentIdp.close();
+    }
+  }, 20_000);
 });
