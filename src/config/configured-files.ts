@@ -25,6 +25,8 @@ export const FILE_LIMITS = {
   clientSecret: { maxBytes: 64 * KiB, holds: 'a client secret' },
   /** Token files re-read at every use (`path`, `subjectTokenFile`, `clientAssertionFile`): 64 KiB; a JWT is a few KiB. */
   token: { maxBytes: 64 * KiB, holds: 'a token' },
+  /** `inbound.tls.certFile` / `keyFile` (PEM), read at start and whenever they change: 1 MiB; a chain is a few KiB. */
+  tlsPem: { maxBytes: MiB, holds: 'a PEM certificate chain or private key' },
 } as const satisfies Record<string, FileLimit>;
 
 /** A file that is there but must not be read: not a regular file, or larger than its limit. */
@@ -58,7 +60,7 @@ function formatBytes(n: number): string {
  * runs while a config loads). Throws a RefusedFileError for anything else, or
  * the fs error.
  */
-function readSmallFileSync(path: string, limit: FileLimit): string {
+export function readSmallFileSync(path: string, limit: FileLimit): string {
   const fd = openSync(path, OPEN_FLAGS);
   try {
     refuseUnlessSmallRegularFile(fstatSync(fd), limit);

@@ -1,8 +1,8 @@
 import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
 import { SidecarError } from '../errors.js';
+import { describeFsError, FILE_LIMITS, readSmallFileSync } from '../config/configured-files.js';
 import { pollFiles } from '../config/poll-files.js';
 import type { Logger } from '../log.js';
 
@@ -39,11 +39,16 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
   return { cert, key };
 }
 
+/**
+ * A regular file of PEM text, of at most 1 MiB. A FIFO would block the event loop waiting for a writer (at start, and
+ * at every change the watcher sees) and a device such as /dev/zero would fill memory: both are refused, like every
+ * other file the config names.
+ */
 function readPem(path: string, key: string): Buffer {
   try {
-    return readFileSync(path);
+    return Buffer.from(readSmallFileSync(path, FILE_LIMITS.tlsPem));
   } catch (err) {
-    throw new TlsConfigError(`inbound.tls.${key}: cannot read "${path}": ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new TlsConfigError(`inbound.tls.${key}: cannot read "${path}": ${describeFsError(err)}`, { cause: err });
   }
 }
 

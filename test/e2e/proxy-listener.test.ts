@@ -248,7 +248,7 @@ describe('inbound TLS misconfiguration', () => {
     });
     const r = await runCli(['run', '--config', config]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/inbound\.tls\.keyFile: cannot read ".*missing\.key": ENOENT/);
+    expect(r.stderr).toMatch(/inbound\.tls\.keyFile: cannot read ".*missing\.key": no such file/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });

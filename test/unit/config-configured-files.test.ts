@@ -39,12 +39,13 @@ describe('readConfiguredFile: a regular file within its size limit, or a ConfigE
     expect(issuesOf(() => readConfiguredFile(dir, KEY, FILE_LIMITS.clientSecret))).toEqual([`${KEY}: cannot read ${dir}: is a directory`]);
   });
 
-  it('the limits: 1 MiB for CA bundles and private keys (a JWK Set may list public keys too), 64 KiB for secrets and tokens', () => {
+  it('the limits: 1 MiB for CA bundles, private keys (a JWK Set may list public keys too) and TLS PEM files, 64 KiB for secrets and tokens', () => {
     expect(Object.fromEntries(Object.entries(FILE_LIMITS).map(([k, v]) => [k, v.maxBytes]))).toEqual({
       caBundle: 1024 * 1024,
       privateKey: 1024 * 1024,
       clientSecret: 64 * 1024,
       token: 64 * 1024,
+      tlsPem: 1024 * 1024,
     });
   });
 });

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, request as httpsRequest, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -8,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
 import { SETTLE_MS } from '../../src/config/poll-files.js';
-import { certificateValidityProblem, loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
+import { certificateValidityProblem, loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
 import { expiredSelfSignedCert, selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, rawConnect, startTestProxy } from './proxy-harness.js';
@@ -267,7 +268,7 @@ describe('inbound TLS', () => {
     const b = selfSigned('start-b');
     const missing = { certFile: join(dir, 'nope.crt'), keyFile: a.key };
     expect(() => loadTlsMaterial(missing)).toThrow(TlsConfigError);
-    expect(() => loadTlsMaterial(missing)).toThrow(/inbound\.tls\.certFile: cannot read ".*nope\.crt": ENOENT/);
+    expect(() => loadTlsMaterial(missing)).toThrow(/inbound\.tls\.certFile: cannot read ".*nope\.crt": no such file$/);
     expect(() => createLimitedServer(limitsWith(), () => {}, missing)).toThrow(TlsConfigError);
     try {
       loadTlsMaterial({ certFile: a.cert, keyFile: b.key });
@@ -279,5 +280,19 @@ describe('inbound TLS', () => {
     const garbage = join(dir, 'garbage.pem');
     writeFileSync(garbage, 'not a pem');
     expect(() => loadTlsMaterial({ certFile: garbage, keyFile: a.key })).toThrow(TlsConfigError);
+  });
+
+  it('refuses a FIFO, a device or an oversized file as certFile/keyFile without reading it (a FIFO would block the event loop)', () => {
+    const a = selfSigned('odd-files');
+    const fifo = join(dir, 'cert.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const huge = join(dir, 'huge.pem');
+    writeFileSync(huge, Buffer.alloc(1024 * 1024 + 1, 'A'));
+    const cases: [string, TlsFiles, RegExp][] = [
+      ['a FIFO', { certFile: fifo, keyFile: a.key }, /inbound\.tls\.certFile: cannot read ".*cert\.fifo": is not a regular file$/],
+      ['/dev/zero', { certFile: a.cert, keyFile: '/dev/zero' }, /inbound\.tls\.keyFile: cannot read "\/dev\/zero": is not a regular file$/],
+      ['over 1 MiB', { certFile: huge, keyFile: a.key }, /inbound\.tls\.certFile: cannot read ".*huge\.pem": larger than 1 MiB, which is plenty for a PEM certificate chain or private key$/],
+    ];
+    for (const [label, files, message] of cases) expect(() => loadTlsMaterial(files), label).toThrow(message);
   });
 });
