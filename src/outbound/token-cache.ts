@@ -173,7 +173,10 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       // With no usable token every call is failing, so retry sooner: a recovered IdP should
       // bring calls back within seconds, not after a full backoff ceiling.
       const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
-      e.retryAt = now + backoffDelay(e.failures, retryMinMs, ceilingMs, random());
+      const retryAt = now + backoffDelay(e.failures, retryMinMs, ceilingMs, random());
+      // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
+      // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
+      e.retryAt = isValid(e, now) ? Math.min(retryAt, e.token.expiresAt) : retryAt;
       const result = resultLabel(err);
       metrics.tokenRequests.inc({ source: source.kind, audience, result });
       audit(logger, 'token_fetch_failed', {

@@ -170,9 +170,32 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(err).toBeInstanceOf(TokenUnavailableError);
     expect((err as TokenUnavailableError).oauthError).toBe('temporarily_unavailable');
     expect((err as TokenUnavailableError).status).toBe(503);
-    const kept = obs.lines.filter((l) => l.event === 'token_fetch_failed');
-    expect(kept.length).toBeGreaterThan(3);
-    expect(kept.every((l) => l.keepingToken === true)).toBe(true);
+    const failed = obs.lines.filter((l) => l.event === 'token_fetch_failed');
+    expect(failed.length).toBeGreaterThan(3);
+    // Every retry kept the token, but the last: it came at the expiry (the backoff never waits past it).
+    expect(failed.slice(0, -1).every((l) => l.keepingToken === true)).toBe(true);
+    expect(failed.at(-1)).toMatchObject({ keepingToken: false });
+  });
+
+  it('retries no later than the held token expires, so calls recover soon after the IdP does even when the backoff had grown long', async () => {
+    random = 0.5;
+    const start = time.now();
+    expect(await cache.get(binding)).toBe('opaque-1');
+    stub.reply = () => ({ status: 503, body: { error: 'temporarily_unavailable' } });
+    const expiry = start + TTL_S * 1000;
+    // Renewal fails from its first attempt (390 s) on; the backoff grows to the 60 s ceiling while the token is held.
+    while (time.pending()[0]! < expiry) {
+      const before = stub.requests.length;
+      time.advance(time.pending()[0]! - time.now());
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(before + 1));
+      await vi.waitFor(() => expect(time.pending()[0]).toBeGreaterThan(time.now()));
+    }
+    // The last retry lands at the expiry, not up to 60 s after it.
+    expect(time.pending()).toEqual([expiry]);
+    stub.reply = ok;
+    time.advance(expiry - time.now());
+    await vi.waitFor(() => expect(cache.hasValid('k1')).toBe(true));
+    expect(await cache.get(binding)).toBe('opaque-2');
   });
 
   it('retries with exponential backoff and fails fast in between instead of hammering the IdP', async () => {
