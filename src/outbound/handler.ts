@@ -131,7 +131,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     if (cached !== undefined) return routed(cached);
     return cache.get(binding).then(routed, (err: unknown) => {
       const e = asTokenError(err);
-      record(label, e.code, started);
+      // Each call refused for want of a token is logged as well as the failed fetch behind it (token_fetch_failed),
+      // which comes once per attempt while these come once per call: the count shows what the outage cost.
+      rejected(req, label, { reason: e.code, message: e.message }, started);
       return { ok: false, status: 503, reason: e.code, message: e.message, tokenError: e };
     });
   };

@@ -412,7 +412,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(app.seen[0]!.bodySha256).toBe(createHash('sha256').update(body).digest('hex'));
   });
 
-  it('without a token the call gets 503 token_unavailable with the OAuth error, and goes nowhere', async () => {
+  it('without a token the call gets 503 token_unavailable with the OAuth error, goes nowhere, and is counted and logged', async () => {
     const wrong = 'wrong-secret-0xdeadbeef';
     const s = await sidecar(outboundConfig({}, { clientSecret: wrong }), { waitReady: false });
     const failed = await s.waitForLog((l) => l.event === 'token_fetch_failed');
@@ -427,6 +427,9 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     const text = await metricsText(s.admin);
     expect(sample(text, 'oidc_sidecar_token_requests_total', { result: 'invalid_client' })).toBeGreaterThanOrEqual(1);
     expect(sample(text, 'oidc_sidecar_outbound_requests_total', { route: 'payments', status: 'token_unavailable' })).toBe(1);
+    const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'token_unavailable');
+    expect(logged).toMatchObject({ level: 'warn', route: 'payments', method: 'POST', peer: '127.0.0.1', detail: expect.stringMatching(/invalid_client/) });
+    expect(s.output()).not.toContain(wrong);
   });
 });
 
