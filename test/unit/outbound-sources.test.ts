@@ -123,6 +123,9 @@ describe('client_credentials request shape and response checks (stand-in token e
 
   const badAnswers: Array<[string, { status?: number; body: unknown; contentType?: string }, RegExp]> = [
     ['a DPoP token', { body: { access_token: 'abc', token_type: 'DPoP', expires_in: 60 } }, /token_type "dpop" is not a bearer token/],
+    ['a token_type that is a number', { body: { access_token: 'abc', token_type: 123, expires_in: 60 } }, /token_type a number is not a bearer token/],
+    ['a token_type that is a list', { body: { access_token: 'abc', token_type: ['DPoP'], expires_in: 60 } }, /token_type a list is not a bearer token/],
+    ['a token_type that is null', { body: { access_token: 'abc', token_type: null, expires_in: 60 } }, /token_type null is not a bearer token/],
     ['a token with CR/LF (header injection)', { body: { access_token: 'abc\r\nx-evil: 1', expires_in: 60 } }, /not a valid bearer token/],
     ['no access_token', { body: { token_type: 'Bearer', expires_in: 60 } }, /no token/],
     ['neither exp nor expires_in', { body: { access_token: 'abc', token_type: 'Bearer' } }, /neither a JWT exp claim nor expires_in/],

@@ -74,9 +74,14 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       if (res.status < 200 || res.status > 299) throw oauthError(res.status, body);
       const what = `token endpoint ${endpoint}`;
       assertBearerToken(body.access_token, what);
-      const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
-      if (type !== undefined && !tokenTypes.includes(type)) {
-        throw new TokenUnavailableError(`${what}: token_type "${safeText(type, 32)}" is not a bearer token`);
+      // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
+      // type, so `123` or `["DPoP"]` is refused like "DPoP" rather than taken for absent.
+      if (body.token_type !== undefined) {
+        const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
+        if (type === undefined || !tokenTypes.includes(type)) {
+          const shown = type !== undefined ? `"${safeText(type, 32)}"` : jsonKind(body.token_type);
+          throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
+        }
       }
       return toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what);
     },
@@ -109,4 +114,11 @@ export function safeText(s: string, max: number): string {
 function errorText(err: unknown): string {
   if (err instanceof IdpHttpError || err instanceof TokenUnavailableError) return err.message;
   return err instanceof Error ? err.message : String(err);
+}
+
+/** What kind of JSON value something is, for a message that must not quote it: `null`, `a list`, `a number`, ... */
+function jsonKind(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
