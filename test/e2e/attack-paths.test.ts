@@ -154,6 +154,42 @@ describe('path tricks never reach the app under a more permissive rule than the 
     }
   });
 
+  it('credentials in a request target never reach the log: userinfo, #fragment, ;params and query are cut from every logged path', async () => {
+    const password = 's3cr3t-pass';
+    const session = 'SESSION-0f9e8d7c6b5a';
+    const token = tokens.orders!;
+    const ws = [['Connection', 'Upgrade'], ['Upgrade', 'h2c']] as [string, string][];
+    // [label, request bytes, status, reason, the path the log line must carry]
+    const cases: [string, string, number, string, string][] = [
+      // Refused by the normaliser (bad_path): the raw target is what gets logged.
+      ['userinfo and ;', rawRequestBytes(`http://svc:${password}@orders/a;b`, [['Host', 'orders']]), 400, 'bad_path', 'http://orders/a;…'],
+      ['fragment', rawRequestBytes(`/callback#access_token=${token}`, [['Host', 'orders']]), 400, 'bad_path', '/callback'],
+      ['jsessionid', rawRequestBytes(`/admin;jsessionid=${session}/users`, [['Host', 'orders']]), 400, 'bad_path', '/admin;…/users'],
+      ['@ in userinfo', rawRequestBytes(`https://svc:${password}@x@orders/a;b?access_token=${token}`, [['Host', 'orders']]), 400, 'bad_path', 'https://orders/a;…'],
+      // Normalised, then refused for the token: the canonical path.
+      ['userinfo and fragment', rawRequestBytes(`http://svc:${password}@orders/admin/users#${token}`, [['Host', 'orders']]), 400, 'bad_path', 'http://orders/admin/users'],
+      ['userinfo, missing token', rawRequestBytes(`http://svc:${password}@orders/admin/users?access_token=${token}`, [['Host', 'orders']]), 401, 'missing_token', '/admin/users'],
+      // Refused by the listener (two Host headers), by the upgrade check (h2c) and as CONNECT: the raw req.url.
+      ['listener', rawRequestBytes(`http://svc:${password}@orders/public/x#access_token=${token}`, [['Host', 'orders'], ['Host', 'admin']]), 400, 'bad_request', 'http://orders/public/x'],
+      ['upgrade', rawRequestBytes(`http://svc:${password}@orders/public/ws?access_token=${token}`, [['Host', 'orders'], ...ws]), 400, 'upgrade_not_supported', 'http://orders/public/ws'],
+      ['CONNECT', rawRequestBytes(`svc:${password}@orders:443`, [['Host', 'orders:443']], { method: 'CONNECT' }), 405, 'connect_not_supported', 'orders:443'],
+    ];
+    const before = app.requests.length;
+    for (const [label, bytes, status, reason, path] of cases) {
+      const from = sidecar.logs.length;
+      const res = (await rawExchange(sidecar.inbound!, bytes)).responses[0];
+      expect([res?.status, res?.json().reason], label).toEqual([status, reason]);
+      const logged = await sidecar.waitForLog((l) => sidecar.logs.indexOf(l) >= from && l.reason === reason);
+      expect(logged.path, label).toBe(path);
+    }
+    expect(app.requests.slice(before)).toEqual([]);
+    await flushLogs(sidecar);
+    const output = sidecar.output();
+    expect(output).not.toContain(password);
+    expect(output).not.toContain(session);
+    expect(tokenLeaks(output, [token])).toEqual([]);
+  });
+
   it('refusals are audited with the canonical path, and no token reached the output', async () => {
     await flushLogs(sidecar);
     const denied = sidecar.logs.filter((l) => l.event === 'policy_denied').map((l) => l.path);
