@@ -63,7 +63,8 @@ const MAX_LOGGED_CLAIM = 128;
 /**
  * Claims read from a token that did not verify, made safe to log: marked as
  * unverified, only a few well-known claims, each length-capped, so an attacker
- * cannot use our logs as a write channel.
+ * cannot use our logs as a write channel. A claim that is not a string or a
+ * number is logged as its JSON text, cut like a string (see cappedJson).
  */
 export function unverifiedClaims(payload: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
   if (!payload) return undefined;
@@ -71,9 +72,44 @@ export function unverifiedClaims(payload: Record<string, unknown> | undefined): 
   for (const key of ['iss', 'sub', 'aud', 'azp', 'client_id', 'exp', 'iat', 'nbf', 'jti']) {
     const v = payload[key];
     if (v === undefined) continue;
-    out[key] = typeof v === 'number' ? v : capped(typeof v === 'string' ? v : JSON.stringify(v), MAX_LOGGED_CLAIM);
+    out[key] = typeof v === 'number' ? v : typeof v === 'string' ? capped(v, MAX_LOGGED_CLAIM) : cappedJson(v, MAX_LOGGED_CLAIM);
   }
   return out;
+}
+
+/**
+ * JSON.stringify of a parsed JSON value, cut to `max` characters and marked `…` like capped(), without writing
+ * more than that: the walk stops once `max` characters are out. JSON.stringify itself would throw RangeError
+ * (call stack) on an array nested a few thousand levels deep, which JSON.parse accepts from a token of 13 KB;
+ * here every level writes a `[` or `{` before going deeper, so the recursion is at most `max` levels deep.
+ */
+export function cappedJson(value: unknown, max: number): string {
+  let out = '';
+  /** False once the budget is spent: nothing more is written. */
+  const write = (s: string): boolean => {
+    out += s.length > max ? s.slice(0, max + 1) : s;
+    return out.length <= max;
+  };
+  const walk = (v: unknown): boolean => {
+    if (Array.isArray(v)) {
+      if (!write('[')) return false;
+      for (let i = 0; i < v.length; i++) if ((i > 0 && !write(',')) || !walk(v[i])) return false;
+      return write(']');
+    }
+    if (typeof v === 'object' && v !== null) {
+      if (!write('{')) return false;
+      let first = true;
+      for (const [k, item] of Object.entries(v)) {
+        if (!write(`${first ? '' : ','}${JSON.stringify(k.length > max ? k.slice(0, max) : k)}:`) || !walk(item)) return false;
+        first = false;
+      }
+      return write('}');
+    }
+    // A string is cut before it is escaped: escaping only lengthens it, so the cut still shows.
+    return write(typeof v === 'string' ? JSON.stringify(v.length > max ? v.slice(0, max) : v) : String(JSON.stringify(v) ?? null));
+  };
+  walk(value);
+  return capped(out, max);
 }
 
 /** A value a caller chose (a path, a host, a message quoting either), cut to `max` characters for a log line. */

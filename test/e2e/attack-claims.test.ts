@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bearerRequest, expectRefused, rawExchange, startRecordingApp, type RecordingApp, type Refusal } from '../support/attacks.js';
+import { KeyObject } from 'node:crypto';
+import { bearerRequest, expectRefused, rawExchange, signRaw, startRecordingApp, type RecordingApp, type Refusal } from '../support/attacks.js';
 import { clientAssertion, startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { tamperPayload, testKeyPair } from '../support/tokens.js';
+import { metricsText, sample } from './inbound-support.js';
 
 /**
  * Claim-level attacks, RFC 8725 §3.8, §3.9, §3.11 and §3.12, against two
@@ -172,5 +174,63 @@ describe('RFC 8725 §3.12: mutually exclusive validation for different kinds of 
     } finally {
       await loose.stop();
     }
+  });
+});
+
+describe('deeply nested claims: JSON.parse takes a nesting that JSON.stringify overflows the stack on', () => {
+  // About 5,000 levels: a 13 KB token once maxTokenBytes allows it. The payload is written as text, since building
+  // it as an object would overflow JSON.stringify here too.
+  const DEEP = 5_000;
+  let deep: SidecarProcess;
+  beforeAll(async () => {
+    deep = await startSidecar({
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      limits: { maxHeaderBytes: 65_536 },
+      inbound: {
+        target: app.url,
+        audience: 'orders',
+        maxTokenBytes: 32_768,
+        issuers: [{ issuer: A }],
+        rules: [
+          { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
+          { match: { path: '/**' }, allow: [{ iss: A }] },
+        ],
+      },
+    });
+  });
+  afterAll(async () => {
+    await deep?.stop();
+  });
+
+  const nested = (depth: number, leaf = '"deployer"') => '['.repeat(depth) + leaf + ']'.repeat(depth);
+  /** A payload with `sub` (or `aud`) replaced by raw JSON text, signed with the IdP's real key or an attacker's. */
+  const token = (raw: { sub?: string; aud?: string; iss?: string }, signer = idp.signingKeys[0]!.private) => {
+    const now = Math.floor(Date.now() / 1000);
+    const json = `{"iss":${raw.iss ?? JSON.stringify(A)},"sub":${raw.sub ?? '"orders"'},"aud":${raw.aud ?? '"orders"'},"iat":${now},"exp":${now + 300}}`;
+    const key = idp.signingKeys[0]!;
+    return signRaw({ alg: key.alg, typ: 'at+jwt', kid: key.kid }, Buffer.from(json).toString('base64url'), signer);
+  };
+  const refusedBy = async (label: string, t: string, want: Refusal, path = '/api/orders') => {
+    const from = deep.logs.length;
+    await expectRefused(deep, app, label, bearerRequest(t, { path }), want, [t]);
+    const event = want.status === 403 ? 'policy_denied' : 'token_rejected';
+    return deep.waitForLog((l) => deep.logs.indexOf(l) >= from && l.event === event);
+  };
+
+  it(`a ${DEEP}-level sub or aud gets its 401 with the reason it earns, audited with the claim cut short (was 500 internal_error)`, async () => {
+    const attacker = KeyObject.from((await testKeyPair('RS256')).privateKey);
+    const badSignatures = async () => sample(await metricsText(deep.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'bad_signature' });
+    const rejectedBefore = await badSignatures();
+    // Forged: the signature decides, and the audit line shows the claim as bounded JSON marked cut (…).
+    const forged = await refusedBy('forged deep sub', token({ sub: nested(DEEP) }, attacker), reject('bad_signature'));
+    expect(forged.claims).toMatchObject({ verified: false, iss: A, aud: 'orders', sub: `${'['.repeat(128)}…` });
+    expect(await badSignatures()).toBe(rejectedBefore + 1);
+    // Refused for its claims before any signature check: audience, then issuer.
+    const aud = await refusedBy('deep aud', token({ aud: nested(DEEP, '"orders"') }), reject('audience_mismatch'));
+    expect((aud.claims as { aud: string }).aud).toBe(`${'['.repeat(128)}…`);
+    await refusedBy('deep sub, unknown iss', token({ sub: nested(DEEP), iss: '"http://unknown.example"' }, attacker), reject('unknown_issuer'));
+    expect(deep.logs.filter((l) => l.event === 'authorize_failed' || l.event === 'inbound_failed')).toEqual([]);
   });
 });
