@@ -35,6 +35,9 @@ const KEY_BEARING_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;
 /** When several keys match a token without `kid`, at most this many are tried (bounds the work per token). */
 const MAX_CANDIDATE_KEYS = 8;
 
+/** Levels of objects and arrays a verified payload may nest, the payload object itself being the first. */
+export const MAX_CLAIMS_DEPTH = 64;
+
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
@@ -161,6 +164,12 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
 
     const { claims, version } = await verify(token, issuer, keys, opts);
     checkClaims(claims);
+    // Verified claims go on as JSON (x-peer-claims, claim headers, `verify` output, the policy_denied line).
+    // JSON.stringify overflows the stack a few thousand levels down, which a 13 KB token reaches, and apps'
+    // parsers give up far sooner (Ruby's JSON at 100 levels, serde_json at 128): even a trusted issuer's token
+    // nested that deep is refused, rather than answered 500 or handed to the app in a form it cannot read.
+    // Checked after the signature, so a forged token still gets the reason its forgery earns.
+    if (nestsDeeperThan(claims, MAX_CLAIMS_DEPTH)) throw new TokenRejectedError('malformed_token', `token claims nest deeper than ${MAX_CLAIMS_DEPTH} levels`);
 
     const identity = buildIdentity(claims, issuer.issuer);
     cache.set(token, { value: identity, expiresAt: ((claims.exp as number) + skew) * 1000, keyVersion: version });
@@ -207,6 +216,18 @@ export function checkLifetime(claims: Claims, now: number, max: number | undefin
   const { exp, nbf, iat } = claims as { exp: number; nbf?: number; iat?: number };
   const from = typeof iat === 'number' ? iat : typeof nbf === 'number' ? nbf : now;
   if (exp - from > max) throw new TokenRejectedError('lifetime_too_long', `token lifetime ${Math.round(exp - from)} s exceeds ${max} s`);
+}
+
+/** Whether a parsed JSON value nests objects and arrays more than `max` levels deep; iterative, since it may nest thousands. */
+function nestsDeeperThan(value: unknown, max: number): boolean {
+  const stack: Array<{ v: object; depth: number }> = typeof value === 'object' && value !== null ? [{ v: value, depth: 1 }] : [];
+  for (let top = stack.pop(); top; top = stack.pop()) {
+    if (top.depth > max) return true;
+    for (const child of Array.isArray(top.v) ? top.v : Object.values(top.v)) {
+      if (typeof child === 'object' && child !== null) stack.push({ v: child as object, depth: top.depth + 1 });
+    }
+  }
+  return false;
 }
 
 function decodeSegment(segment: string, what: 'header' | 'payload'): Record<string, unknown> {

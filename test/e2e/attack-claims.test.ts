@@ -233,4 +233,23 @@ describe('deeply nested claims: JSON.parse takes a nesting that JSON.stringify o
     await refusedBy('deep sub, unknown iss', token({ sub: nested(DEEP), iss: '"http://unknown.example"' }, attacker), reject('unknown_issuer'));
     expect(deep.logs.filter((l) => l.event === 'authorize_failed' || l.event === 'inbound_failed')).toEqual([]);
   });
+
+  it('a token the trusted IdP really signed with a claim nested past 64 levels is 401 malformed_token, audited, never 500', async () => {
+    for (const depth of [DEEP, 64]) {
+      const line = await refusedBy(`signed, sub ${depth} deep`, token({ sub: nested(depth) }), reject('malformed_token'));
+      expect(line).toMatchObject({ reason: 'malformed_token', detail: 'token claims nest deeper than 64 levels', claims: { verified: false, sub: expect.stringMatching(/^\[{64}/) } });
+    }
+    expect(deep.logs.filter((l) => l.event === 'authorize_failed' || l.event === 'inbound_failed')).toEqual([]);
+  });
+
+  it('up to 64 levels (the payload counting as one) a signed token passes: claims as JSON to the app, a denial audited with the claim cut short', async () => {
+    const before = app.requests.length;
+    const res = (await rawExchange(deep.inbound!, bearerRequest(token({ sub: nested(63) })))).responses[0]!;
+    expect(res.status, res.body).toBe(200);
+    const claims = JSON.parse(Buffer.from(String(app.requests[before]!.headers['x-peer-claims']), 'base64url').toString('utf8'));
+    expect(JSON.stringify(claims.sub)).toBe(nested(63));
+    // The same sub on /admin/** (sub must be "deployer"): denied, and the policy_denied line carries a bounded sub.
+    const denied = await refusedBy('signed, sub 63 deep, on /admin', token({ sub: nested(63) }), deny, '/admin/users');
+    expect(denied.claims).toMatchObject({ verified: true, sub: `${'['.repeat(63)}"deployer"${']'.repeat(55)}…` });
+  });
 });

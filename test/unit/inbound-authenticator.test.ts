@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KeysUnavailableError, TokenRejectedError } from '../../src/errors.js';
-import { checkLifetime, checkTimes, createAuthenticator } from '../../src/inbound/authenticator.js';
+import { checkLifetime, checkTimes, createAuthenticator, MAX_CLAIMS_DEPTH } from '../../src/inbound/authenticator.js';
 import { fromJoseError } from '../../src/inbound/jose-errors.js';
 import { checkShape } from '../../src/inbound/extractor.js';
 import { createIdentityBuilder, type Identity } from '../../src/inbound/identity.js';
@@ -231,6 +231,22 @@ describe('authenticator', () => {
       expect(await strict.reason(signed(typ, attacker)(strict.claims())), typ.slice(0, 10)).toBe('malformed_token');
     }
     expect(await strict.reason(signed('"application/AT+JWT"', strict.rsa)(strict.claims()))).toBe('accepted');
+  });
+
+  it('refuses really signed claims nested past MAX_CLAIMS_DEPTH as malformed_token (after the signature: a forgery stays bad_signature)', async () => {
+    const { rsa, claims, reason, verify } = await setup();
+    const attacker = await testKeyPair('RS256', 'rsa-1');
+    // The payload object is level 1, so a claim may nest MAX_CLAIMS_DEPTH - 1 arrays.
+    const withSub = (depth: number) => JSON.stringify(claims()).replace('"sub":"orders"', `"sub":${'['.repeat(depth)}"orders"${']'.repeat(depth)}`);
+    for (const [depth, want] of [[MAX_CLAIMS_DEPTH - 1, 'accepted'], [MAX_CLAIMS_DEPTH, 'malformed_token'], [5_000, 'malformed_token']] as const) {
+      expect(await reason(await signRaw(withSub(depth), rsa)), `signed, ${depth}`).toBe(want);
+      expect(await reason(await signRaw(withSub(depth), attacker)), `forged, ${depth}`).toBe('bad_signature');
+    }
+    // Objects count like arrays, in any claim.
+    const objects = (depth: number) => JSON.stringify(claims()).replace(/}$/, `,"x":${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}}`);
+    expect(await reason(await signRaw(objects(MAX_CLAIMS_DEPTH - 1), rsa))).toBe('accepted');
+    expect(await reason(await signRaw(objects(MAX_CLAIMS_DEPTH), rsa))).toBe('malformed_token');
+    await expect(verify(await signRaw(withSub(MAX_CLAIMS_DEPTH), rsa))).rejects.toThrow(`token claims nest deeper than ${MAX_CLAIMS_DEPTH} levels`);
   });
 
   it('gives every really signed or forged token the reason jose\'s full verification gives it (claims checked first)', async () => {
