@@ -8,6 +8,7 @@ import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { signToken, testKeyPair } from '../support/tokens.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { eventually } from './inbound-support.js';
 
 /**
  * A reload must not cost what an IdP outage would otherwise be survived with:
@@ -90,6 +91,29 @@ describe('reload during an IdP outage', () => {
     expect(r.body.headers['x-peer-sub']).toBe('orders');
     expect((await fetch(`${sidecar.admin}/readyz`)).status).toBe(200);
     expect(idp.counts.token).toBe(tokenRequests);
+  });
+
+  it('an issuer whose key source the reload changes (here its algorithms) starts without keys: 503 keys_unavailable until the IdP is back', async () => {
+    // What SECURITY.md says starts without keys: the handover is keyed by issuer, jwksUri, algorithms and caFile path.
+    const config = { service: 'orders', log: { level: 'info' }, lifecycle: { watchConfig: false }, inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] } };
+    sidecar = await startSidecar(config);
+    const token = await idp.getToken('orders', 'orders');
+    const call = () => fetch(`${sidecar!.inbound}/key-source-changed`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await call()).status).toBe(200);
+
+    idp.setDown('503');
+    const before = sidecar.logs.length;
+    sidecar.rewriteConfig({ ...config, inbound: { ...config.inbound, issuers: [{ issuer: idp.issuer, algorithms: ['RS256'] }] } });
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded' && sidecar!.logs.indexOf(l) >= before);
+    expect(sidecar.logs.slice(before).filter((l) => l.event === 'jwks_handed_over')).toEqual([]);
+    const down = await call();
+    expect(down.status).toBe(503);
+    expect(await down.json()).toMatchObject({ reason: 'keys_unavailable' });
+    expect((await fetch(`${sidecar.admin}/readyz`)).status).toBe(503);
+
+    idp.setDown(false);
+    await eventually(async () => (await call()).status === 200, 15_000, 'the token to pass once the IdP is back');
   });
 
   it('an unknown kid while the JWKS cannot be fetched is 503 keys_unavailable, not a 401 for a token that may be good', async () => {
