@@ -30,6 +30,8 @@ describe('inbound rules', () => {
           { match: { path: '/payments/**', methods: ['POST'] }, allow: [{ sub: 'orders' }, { claims: { repository: 'acme/deployer', ref: 'refs/heads/main' } }] },
           { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
           { match: { path: '/reports/*/summary', methods: ['GET'] }, allow: [{ client_id: ['billing', 'orders'] }] },
+          { match: { path: '/files/secret/**' }, allow: [{ sub: 'deployer' }] },
+          { match: { path: '/files/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
         ],
       }),
     );
@@ -100,6 +102,22 @@ describe('inbound rules', () => {
     const text = await metricsText(sidecar.admin);
     expect(sample(text, 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'bad_path' })).toBe(7);
     expect(sample(text, 'oidc_sidecar_inbound_requests_total', { decision: 'deny', reason: 'policy_denied' })).toBeGreaterThan(0);
+  });
+
+  it('"/files/secret/**" (the README\'s form for a resource and everything under it) covers /files/secret, its trailing-slash forms and what is under it', async () => {
+    // A broader rule (/files/**) follows, as in the trap the README describes: a literal "/files/secret" would leave
+    // /files/secret/ and /files/secret/. to it.
+    const forms = [['/files/secret', '/files/secret'], ['/files/secret/', '/files/secret/'], ['/files/secret/.', '/files/secret/'], ['/files/secret/x', '/files/secret/x']];
+    for (const [target, canonical] of forms) {
+      const seen = app.seen.length;
+      const denied = await rawRequest(sidecar.inbound!, `GET ${target} HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer ${orders}`);
+      expect([denied.status, denied.json().reason], target).toEqual([403, 'policy_denied']);
+      expect(app.seen.length, target).toBe(seen);
+      const allowed = await rawRequest(sidecar.inbound!, `GET ${target} HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer ${deployer}`);
+      expect(allowed.status, target).toBe(200);
+      expect(app.seen.at(-1)!.url, target).toBe(canonical);
+    }
+    expect((await call(sidecar.inbound!, '/files/secrets', { token: orders })).status).toBe(200);
   });
 
   it('absolute-form request targets are matched on their path', async () => {

@@ -195,6 +195,23 @@ describe('compileGlob and the matcher', () => {
     }
   });
 
+  it('a literal rule does not cover its trailing-slash form; "/secret/**" covers /secret, /secret/, /secret/. and /secret/x (README: Paths)', () => {
+    const ruleFor = (m: ReturnType<typeof createMatcher<{ match: { path: string }; id: string }>>, target: string) => m.match('GET', normalizeTarget(target).path)?.rule.id;
+    // The trap, pinned as documented: the literal leaves /secret/ (and /secret/., which is /secret/) to the broader rule.
+    const literal = createMatcher([
+      { match: { path: '/secret' }, id: 'deployer only' },
+      { match: { path: '/**' }, id: 'everyone' },
+    ]);
+    expect(['/secret', '/secret/', '/secret/.', '/secret/x'].map((t) => ruleFor(literal, t))).toEqual(['deployer only', 'everyone', 'everyone', 'everyone']);
+    // The recommended form: the resource and everything under it, in every spelling that normalises to it.
+    const prefix = createMatcher([
+      { match: { path: '/secret/**' }, id: 'deployer only' },
+      { match: { path: '/**' }, id: 'everyone' },
+    ]);
+    for (const t of ['/secret', '/secret/', '/secret/.', '/secret/x', '/secret/x/', '//secret', '/secret/x/..', 'http://orders/secret/']) expect(ruleFor(prefix, t), t).toBe('deployer only');
+    for (const t of ['/secrets', '/secret-x', '/Secret/', '/secret/..']) expect(ruleFor(prefix, t), t).toBe('everyone');
+  });
+
   it('returns the first matching rule, honouring methods (no method list = every method)', () => {
     const m = createMatcher([
       { match: { path: '/healthz', methods: ['GET'] }, id: 'health' },
