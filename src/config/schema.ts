@@ -3,6 +3,7 @@ import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
+import { parseAuthority } from '../outbound/router.js';
 import { MAX_TIMER_MS } from '../scheduler.js';
 
 /**
@@ -289,10 +290,11 @@ export const tokenSourceSchema = z.discriminatedUnion('type', [
 ]);
 
 const routeSchema = z.strictObject({
+  // The router's own parser, so `validate` refuses exactly what `run` would (a port of 0 or over 65535, say).
   host: z
     .string()
     .min(1)
-    .regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9a-fA-F:.]+\](:\d{1,5})?$/, 'must be a host name, optionally with :port')
+    .refine((s) => parseAuthority(s, 0) !== undefined, 'must be a host name, optionally with a port 1-65535')
     .transform((s) => s.toLowerCase()),
   target: httpUrl.optional().describe('Default http://{host}'),
   audience: z.string().min(1),

@@ -173,6 +173,33 @@ describe('required options stop the command before it runs', () => {
   });
 });
 
+describe('validate reads the inbound TLS certificate and key as run does', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-tls-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const withTls = (tls: { certFile: string; keyFile: string }) => writeConfig({ ...valid, inbound: { ...valid.inbound, tls } });
+
+  it('passes a usable pair, refuses a missing or mismatched one with the key path and exit 1, and --skip-file-checks leaves them alone', async () => {
+    const a = selfSignedCert('cli-tls-a', dir);
+    const b = selfSignedCert('cli-tls-b', dir);
+    const good = await runCli(['validate', '--config', withTls({ certFile: a.cert, keyFile: a.key })]);
+    expect([good.code, good.stderr]).toEqual([0, '']);
+    expect(good.stdout).not.toContain('PRIVATE KEY');
+
+    const missing = join(dir, 'missing.crt');
+    const absent = await runCli(['validate', '--config', withTls({ certFile: missing, keyFile: a.key })]);
+    expect([absent.code, absent.stdout]).toEqual([1, '']);
+    expect(absent.stderr).toBe(`oidc-sidecar: inbound.tls.certFile: cannot read "${missing}": no such file\n`);
+
+    const mismatched = await runCli(['validate', '--config', withTls({ certFile: a.cert, keyFile: b.key })]);
+    expect(mismatched.code).toBe(1);
+    expect(mismatched.stderr).toMatch(/^oidc-sidecar: inbound\.tls: certFile and keyFile are not a usable pair/);
+    expect(mismatched.stderr).not.toContain('PRIVATE KEY');
+
+    const skipped = await runCli(['validate', '--skip-file-checks', '--config', withTls({ certFile: missing, keyFile: a.key })]);
+    expect([skipped.code, skipped.stderr]).toEqual([0, '']);
+  });
+});
+
 describe('CA bundles named by caFile are read when the config loads', () => {
   const dir = mkdtempSync(join(tmpdir(), 'cli-ca-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -104,6 +104,14 @@ describe('config validation errors name the key path', () => {
     expect(issues).toContain('outbound.routes.1.host: duplicate route for host "b"');
   });
 
+  it('refuses a route host the router could not parse, so validate refuses what run would: port 0 or past 65535, a leading dot, a trailing hyphen', () => {
+    const withRoute = (host: string) => () => parseConfig({ service: 'a', outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host, audience: 'b' }] } });
+    for (const host of ['payments:99999', 'payments:0', '.payments', 'payments-', 'pay ments', '[::1', 'payments:']) {
+      expect(issuesOf(withRoute(host)), host).toEqual(['outbound.routes.0.host: must be a host name, optionally with a port 1-65535']);
+    }
+    for (const host of ['payments', 'Payments:8443', 'payments.svc.cluster.local:65535', '[::1]:80', '10.0.0.1']) expect(withRoute(host), host).not.toThrow();
+  });
+
   it('requires jwks.cooldownSeconds >= 1 (0 would make every unknown kid a JWKS fetch)', () => {
     const withCooldown = (cooldownSeconds: number) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, jwks: { cooldownSeconds } } });
     expect(issuesOf(() => parseConfig(withCooldown(0)))).toEqual([
