@@ -37,6 +37,11 @@ function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssu
   if (!s.includes('${')) return s;
   return s.replace(PLACEHOLDER, (_match, name: string | undefined, fallback: string | undefined) => {
     if (name === undefined) return '${';
+    // `${A:-${B}}` would end at the first `}` and leave a literal `${B}` behind, silently: refused instead.
+    if (fallback !== undefined && fallback.replaceAll('$${', '').includes('${')) {
+      issues.push({ path: path.join('.'), message: `the default of \${${name}:-…} holds another placeholder; a default is literal text (write $\${ for a literal \${)` });
+      return '';
+    }
     const value = env[name];
     if (value !== undefined && value !== '') return value;
     // A default may itself hold an escaped `$${` (it cannot hold a `}`), e.g. `${A:-$${B}}` gives `${B}`.

@@ -235,6 +235,13 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default)']);
   });
 
+  it('refuses a placeholder inside a default rather than leave it behind as literal text, whether or not the variable is set', () => {
+    const p = tmpFile('nested.yaml', 'service: "${SVC:-${FALLBACK_SVC}}"\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n');
+    const message = 'service: the default of ${SVC:-…} holds another placeholder; a default is literal text (write $${ for a literal ${)';
+    expect(issuesOf(() => loadConfig([p], { FALLBACK_SVC: 'orders' }))).toEqual([message]);
+    expect(issuesOf(() => loadConfig([p], { SVC: 'orders', FALLBACK_SVC: 'orders' }))).toEqual([message]);
+  });
+
   it('keeps a literal NUL next to ${VAR} and $${VAR} (no placeholder character stands in for the escape)', () => {
     const p = tmpFile('nul.json', JSON.stringify({ ...minimalInbound, service: 'a\u0000b-${SVC}-$${LIT}-\u0000' }));
     expect(loadConfig([p], { SVC: 'orders' }).service).toBe('a\u0000b-orders-${LIT}-\u0000');
