@@ -91,20 +91,23 @@ describe('SIGTERM drains in-flight requests', () => {
 });
 
 describe('signals during the drain', () => {
-  const slowCall = (path: string, token: string) =>
-    fetch(`${sidecar!.inbound}${path}`, { headers: { authorization: `Bearer ${token}` } }).then(
-      async (r) => ({ status: r.status, body: await r.text() }),
-      () => 'cut' as const,
-    );
-
-  it('a second SIGTERM is ignored: the drain goes on, the in-flight request finishes, exit 0', async () => {
+  /** A sidecar draining after `signal`, with one slow request in flight: resolves to its answer, or 'cut'. */
+  const drainingWithSlowRequest = async (path: string, signal: NodeJS.Signals) => {
     sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
     const token = await idp.getToken('payments', 'orders');
     const before = app.seen.length;
-    const inFlight = slowCall('/slow/twice', token);
+    const inFlight = fetch(`${sidecar.inbound}${path}`, { headers: { authorization: `Bearer ${token}` } }).then(
+      async (r) => ({ status: r.status, body: await r.text() }),
+      () => 'cut' as const,
+    );
     while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
-    sidecar.signal('SIGTERM');
+    sidecar.signal(signal);
     await sidecar.waitForLog((l) => l.event === 'shutdown');
+    return { sidecar, inFlight };
+  };
+
+  it('a second SIGTERM is ignored: the drain goes on, the in-flight request finishes, exit 0', async () => {
+    const { sidecar, inFlight } = await drainingWithSlowRequest('/slow/twice', 'SIGTERM');
     // With a one-shot listener the second SIGTERM fell to Node's default and killed the process mid-drain.
     sidecar.signal('SIGTERM');
     await sidecar.waitForLog((l) => l.event === 'signal' && l.ignored === true);
@@ -114,13 +117,7 @@ describe('signals during the drain', () => {
   });
 
   it('SIGINT during the drain (a second Ctrl-C) stops at once with exit 130, never 0', async () => {
-    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
-    const token = await idp.getToken('payments', 'orders');
-    const before = app.seen.length;
-    const inFlight = slowCall('/slow/forced', token);
-    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
-    sidecar.signal('SIGINT');
-    await sidecar.waitForLog((l) => l.event === 'shutdown');
+    const { sidecar, inFlight } = await drainingWithSlowRequest('/slow/forced', 'SIGINT');
     sidecar.signal('SIGINT');
     expect(await sidecar.exited).toBe(130);
     expect(await inFlight).toBe('cut');
