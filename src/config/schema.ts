@@ -174,6 +174,19 @@ const tlsSchema = z.strictObject({
   keyFile: z.string().min(1),
 });
 
+/**
+ * The shortest `jwks.maxStaleSeconds` (seconds) that lets keys outlive the next scheduled refresh and one retry after
+ * it (the key store retries after retryMinSeconds, never later than the refresh interval), each attempt taking up to
+ * two requests (discovery and JWKS) of timeoutSeconds each.
+ */
+export function minMaxStaleSeconds(j: { refreshIntervalSeconds: number; timeoutSeconds: number; retryMinSeconds: number }): number {
+  const attempt = 2 * j.timeoutSeconds;
+  return j.refreshIntervalSeconds + attempt + Math.min(j.retryMinSeconds, j.refreshIntervalSeconds) + attempt;
+}
+
+/** A duration for a message: at most three decimals, so 0.1 + 0.2 reads 0.3. */
+const secondsText = (s: number) => String(Math.round(s * 1000) / 1000);
+
 const inboundSchema = z
   .strictObject({
     listen: listenAddress.default(DEFAULTS.inbound.listen),
@@ -197,6 +210,25 @@ const inboundSchema = z
         retryMinSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.inbound.jwks.retryMinSeconds),
         retryMaxSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.inbound.jwks.retryMaxSeconds),
       })
+      .superRefine(
+        (j, ctx) => {
+          // Keys that go stale before the next refresh could have succeeded make a periodic outage with a healthy
+          // IdP: every token 503 keys_unavailable and /readyz 503 from the moment they go stale until the refresh.
+          const min = minMaxStaleSeconds(j);
+          if (Math.round(j.maxStaleSeconds * 1000) >= Math.round(min * 1000)) return;
+          const retry = j.retryMinSeconds <= j.refreshIntervalSeconds ? `retryMinSeconds ${secondsText(j.retryMinSeconds)}` : `refreshIntervalSeconds ${secondsText(j.refreshIntervalSeconds)} (the first retry's delay)`;
+          ctx.addIssue({
+            code: 'custom',
+            path: ['maxStaleSeconds'],
+            message:
+              `must be at least ${secondsText(min)} (refreshIntervalSeconds ${secondsText(j.refreshIntervalSeconds)} + ${retry} + 4 × timeoutSeconds ${secondsText(j.timeoutSeconds)}): ` +
+              'the keys must outlive the next refresh and one retry, each up to two requests (discovery, JWKS); shorter, they go stale ' +
+              'before a refresh can succeed and every token gets 503 keys_unavailable while the IdP is healthy',
+          });
+        },
+        // Only once each value is valid on its own: a refresh interval that is already refused needs no second message.
+        { when: (payload) => payload.issues.length === 0 },
+      )
       .prefault({}),
     cache: z.strictObject({ maxEntries: z.number().int().nonnegative().default(DEFAULTS.inbound.cache.maxEntries) }).prefault({}),
     rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),

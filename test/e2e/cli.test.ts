@@ -50,6 +50,20 @@ describe('oidc-sidecar CLI', () => {
     expect(r.stderr).toContain('configure `inbound`, `outbound` or both');
   });
 
+  it('validate exits 1 and run does not start when jwks.maxStaleSeconds is shorter than a refresh can take (no periodic 503 with a healthy IdP)', async () => {
+    const bad = writeConfig({ ...valid, inbound: { ...valid.inbound, jwks: { refreshIntervalSeconds: 20, maxStaleSeconds: 3 } } });
+    const message = /^inbound\.jwks\.maxStaleSeconds: must be at least 41 \(refreshIntervalSeconds 20 \+ retryMinSeconds 1 \+ 4 × timeoutSeconds 5\): .* 503 keys_unavailable while the IdP is healthy$/m;
+    const v = await runCli(['validate', '--config', bad]);
+    expect([v.code, v.stdout]).toEqual([1, '']);
+    expect(v.stderr).toMatch(message);
+    const r = await runCli(['run', '--config', bad]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stdout).not.toContain('"event":"started"');
+    const ok = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, jwks: { refreshIntervalSeconds: 20, maxStaleSeconds: 41 } } })]);
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+
   it("validate reads the token sources' secret files as run does, and --skip-file-checks leaves them alone", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-validate-'));
     try {

@@ -73,7 +73,8 @@ describe('inbound keys: readiness, rotation, outages, kid floods', () => {
 
   it('JWKS outage: last good keys keep verifying within maxStaleSeconds, then 503 keys_unavailable, then recovery', async () => {
     const { idp, sidecar } = await setup({
-      jwks: { refreshIntervalSeconds: 0.2, retryMinSeconds: 0.1, retryMaxSeconds: 0.2, maxStaleSeconds: 5 },
+      // maxStaleSeconds must outlive a refresh and a retry of up to 2 × timeoutSeconds each: 0.2 + 0.1 + 4 × 1 <= 5.
+      jwks: { refreshIntervalSeconds: 0.2, retryMinSeconds: 0.1, retryMaxSeconds: 0.2, timeoutSeconds: 1, maxStaleSeconds: 5 },
     });
     idp.setDown('reset');
     await eventually(async () => {

@@ -125,7 +125,8 @@ describe('config validation errors name the key path', () => {
     const max = 2_147_482; // floor((2^31 - 1) ms / 1000), less Node's 1 s keep-alive buffer
     const timers: [string, (v: number) => Record<string, unknown>][] = [
       ...['refreshIntervalSeconds', 'cooldownSeconds', 'timeoutSeconds', 'retryMinSeconds', 'retryMaxSeconds'].map(
-        (k): [string, (v: number) => Record<string, unknown>] => [`inbound.jwks.${k}`, (v) => ({ inbound: { ...minimalInbound.inbound, jwks: { [k]: v } } })],
+        // maxStaleSeconds must outlast a refresh interval and four timeouts (see the next test): far above the longest timer.
+        (k): [string, (v: number) => Record<string, unknown>] => [`inbound.jwks.${k}`, (v) => ({ inbound: { ...minimalInbound.inbound, jwks: { [k]: v, maxStaleSeconds: 10 * v } } })],
       ),
       ...['headersTimeoutSeconds', 'requestTimeoutSeconds', 'keepAliveTimeoutSeconds', 'upstreamTimeoutSeconds', 'upstreamConnectTimeoutSeconds'].map(
         // headersTimeoutSeconds must also stay within requestTimeoutSeconds; 0 turns that one off.
@@ -140,6 +141,27 @@ describe('config validation errors name the key path', () => {
       ]);
       expect(() => parseConfig({ ...minimalInbound, ...doc(max) }), path).not.toThrow();
     }
+  });
+
+  it('refuses a jwks.maxStaleSeconds the keys would reach before the next refresh and one retry could succeed, naming both keys', () => {
+    const withJwks = (jwks: Record<string, unknown>) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, jwks } });
+    // The reviewer's pair: keys stale 3 s after each fetch, refreshed every 20 s, so 17 s of every 20 the sidecar answered 503.
+    expect(issuesOf(() => parseConfig(withJwks({ refreshIntervalSeconds: 20, maxStaleSeconds: 3 })))).toEqual([
+      'inbound.jwks.maxStaleSeconds: must be at least 41 (refreshIntervalSeconds 20 + retryMinSeconds 1 + 4 × timeoutSeconds 5): ' +
+        'the keys must outlive the next refresh and one retry, each up to two requests (discovery, JWKS); shorter, they go stale ' +
+        'before a refresh can succeed and every token gets 503 keys_unavailable while the IdP is healthy',
+    ]);
+    // Timeouts and the retry count: 20 + 1 + 4 × 5 = 41 is the least; 40.999 is too short.
+    expect(parseConfig(withJwks({ refreshIntervalSeconds: 20, maxStaleSeconds: 41 })).inbound!.jwks.maxStaleSeconds).toBe(41);
+    expect(issuesOf(() => parseConfig(withJwks({ refreshIntervalSeconds: 20, maxStaleSeconds: 40.999 })))[0]).toMatch(/^inbound\.jwks\.maxStaleSeconds: must be at least 41 /);
+    expect(issuesOf(() => parseConfig(withJwks({ refreshIntervalSeconds: 20, maxStaleSeconds: 41, timeoutSeconds: 6 })))[0]).toMatch(/must be at least 45 /);
+    // The first retry never waits longer than the refresh interval; fractions add up without float noise.
+    expect(issuesOf(() => parseConfig(withJwks({ refreshIntervalSeconds: 0.1, retryMinSeconds: 5, timeoutSeconds: 0.1, maxStaleSeconds: 0.5 })))[0]).toMatch(
+      /^inbound\.jwks\.maxStaleSeconds: must be at least 0\.6 \(refreshIntervalSeconds 0\.1 \+ refreshIntervalSeconds 0\.1 \(the first retry's delay\) \+ 4 × timeoutSeconds 0\.1\)/,
+    );
+    // A refresh interval longer than the default grace needs a longer grace too; the defaults are consistent.
+    expect(issuesOf(() => parseConfig(withJwks({ refreshIntervalSeconds: 86_400 })))[0]).toMatch(/^inbound\.jwks\.maxStaleSeconds: must be at least 86421 /);
+    expect(parseConfig(minimalInbound).inbound!.jwks).toMatchObject({ refreshIntervalSeconds: 300, maxStaleSeconds: 86_400 });
   });
 
   it('refuses identity header names that are reserved, the token header, or contain "_", at their key path', () => {

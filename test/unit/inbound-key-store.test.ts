@@ -120,6 +120,32 @@ describe('key store', () => {
     expect(store.isReady()).toBe(true);
   });
 
+  it('with the shortest maxStaleSeconds the schema accepts, the keys outlive a refresh and a retry that each take their whole timeout budget', async () => {
+    // 20 (refresh) + 2 × 1 (discovery, JWKS) + 1 (retryMinSeconds) + 2 × 1 = 25: the least the schema accepts for these values.
+    const { store, server, scheduler, clock, keys } = await setup({ refreshIntervalSeconds: 20, timeoutSeconds: 1, retryMinSeconds: 1, maxStaleSeconds: 25 });
+    await store.start();
+    const attempt = async (answer: Parameters<JwksServer['set']>[0], takesMs: number) => {
+      const before = server.count;
+      server.hold();
+      expect(scheduler.runAll()).toBe(1);
+      await vi.waitFor(() => expect(server.count).toBe(before + 1));
+      clock.advance(takesMs); // the IdP answers at the very end of the budget
+      expect(store.isReady()).toBe(true);
+      server.set(answer);
+      server.release();
+      await vi.waitFor(() => expect(scheduler.pending()).toHaveLength(1));
+    };
+    clock.advance(20_000);
+    await attempt({ status: 503, body: '{}' }, 2000); // the scheduled refresh fails slowly ...
+    expect(scheduler.pending()).toEqual([{ ms: 1000 }]);
+    clock.advance(1000);
+    await attempt({ keys: [(await testKeyPair('RS256', 'k2')).publicJwk] }, 2000); // ... and the retry, as slow, succeeds in time
+    expect(scheduler.pending()).toEqual([{ ms: 20_000 }]);
+    clock.advance(24_999);
+    expect(keys().isUsable()).toBe(true);
+    expect(keys().version).toBe(2);
+  });
+
   it('refetches for an unknown kid at most once per cooldown, counted from the last fetch of any kind', async () => {
     const { store, server, clock, keys } = await setup({ cooldownSeconds: 30 });
     await store.start();
