@@ -1,4 +1,4 @@
-import { createLocalJWKSet, type JWK } from 'jose';
+import { createLocalJWKSet, importJWK, type JWK } from 'jose';
 import { IdpHttpError } from '../oidc/http.js';
 
 /** Key types and curves each allowed algorithm can use (RFC 7518 §3, RFC 8037 §3.1). */
@@ -12,18 +12,38 @@ const KEY_SHAPE: Record<string, { kty: string; crv?: string }> = {
 /** Private-key members (RFC 7518 §6.2.2, §6.3.2, RFC 8037 §2): a JWKS publishing them is broken. */
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
+/** RFC 7518 §3.3 and §3.5: RS* and PS* need a key of 2048 bits or larger (jose refuses a smaller one at verification). */
+const MIN_RSA_BITS = 2048;
+
+/** A signing key of the JWKS that cannot verify anything, and why (never key material). */
+export interface DroppedKey {
+  kid: string | null;
+  reason: string;
+}
+
+/** The keys to verify with, and the signing keys left out because they cannot be used. */
+export interface FilteredJwks {
+  keys: JWK[];
+  dropped: DroppedKey[];
+}
+
 /**
  * Keeps only the keys of a fetched JWKS that can verify a token we accept:
  * asymmetric (`oct` keys are dropped: an HMAC key in a JWKS is the first step
  * of an algorithm-confusion attack, CVE-2015-9235), `use` absent or `sig`,
  * `key_ops` absent or containing `verify`, `alg` absent or allowed, key type
- * and curve usable by an allowed algorithm, no private members. Throws
+ * and curve usable by an allowed algorithm, no private members, and the key
+ * itself usable: each such key is imported once here, in the background
+ * fetch, and one that does not import (malformed) or is an RSA key under 2048
+ * bits is listed in `dropped`. Jose would refuse such a key only when a token
+ * tries it, and as an error rather than "not this key", so a key without a
+ * `kid` in front of the real one broke every token without a `kid`. Throws
  * IdpHttpError when the document is not a JWKS or nothing usable is left.
  */
-export function filterJwks(body: unknown, algorithms: readonly string[]): JWK[] {
+export async function filterJwks(body: unknown, algorithms: readonly string[]): Promise<FilteredJwks> {
   if (!isObject(body) || !Array.isArray(body.keys)) throw new IdpHttpError('jwks_invalid', 'JWKS document has no "keys" array');
-  const shapes = algorithms.map((a) => KEY_SHAPE[a]).filter((s) => s !== undefined);
   const keys: JWK[] = [];
+  const dropped: DroppedKey[] = [];
   for (const k of body.keys as unknown[]) {
     if (!isObject(k) || typeof k.kty !== 'string') continue;
     if (k.use !== undefined && k.use !== 'sig') continue;
@@ -31,16 +51,43 @@ export function filterJwks(body: unknown, algorithms: readonly string[]): JWK[] 
     if (k.alg !== undefined && !(typeof k.alg === 'string' && algorithms.includes(k.alg))) continue;
     if (k.kid !== undefined && typeof k.kid !== 'string') continue;
     if (PRIVATE_MEMBERS.some((m) => m in k)) continue;
-    if (!shapes.some((s) => s.kty === k.kty && (s.crv === undefined || s.crv === k.crv))) continue;
-    keys.push(k as JWK);
+    const alg = typeof k.alg === 'string' ? k.alg : algorithms.find((a) => fits(k, a));
+    if (alg === undefined || !fits(k, alg)) continue;
+    const unusable = await whyUnusable(k as JWK, alg);
+    if (unusable) dropped.push({ kid: typeof k.kid === 'string' ? k.kid : null, reason: unusable });
+    else keys.push(k as JWK);
   }
-  if (keys.length === 0) throw new IdpHttpError('jwks_no_usable_keys', 'JWKS has no key usable with the allowed algorithms');
+  if (keys.length === 0) {
+    const why = dropped.map((d) => `${d.kid === null ? 'a key without kid' : `kid "${d.kid}"`}: ${d.reason}`).join('; ');
+    throw new IdpHttpError('jwks_no_usable_keys', `JWKS has no key usable with the allowed algorithms${why ? ` (${why})` : ''}`);
+  }
   try {
     createLocalJWKSet({ keys });
   } catch (err) {
     throw new IdpHttpError('jwks_invalid', `JWKS rejected: ${(err as Error).message}`, undefined, undefined, { cause: err });
   }
-  return keys;
+  return { keys, dropped };
+}
+
+function fits(k: Record<string, unknown>, alg: string): boolean {
+  const shape = KEY_SHAPE[alg];
+  return shape !== undefined && shape.kty === k.kty && (shape.crv === undefined || shape.crv === k.crv);
+}
+
+/** Undefined when the key imports for `alg` and is strong enough for it; else the reason, in our words. */
+async function whyUnusable(jwk: JWK, alg: string): Promise<string | undefined> {
+  let key: Awaited<ReturnType<typeof importJWK>>;
+  try {
+    key = await importJWK(jwk, alg);
+  } catch (err) {
+    // WebCrypto's and jose's messages name the problem ("Invalid keyData"), never the key's bytes; capped all the same.
+    return `cannot be imported for ${alg}: ${String((err as Error)?.message ?? err).slice(0, 120)}`;
+  }
+  if (jwk.kty === 'RSA') {
+    const bits = (key as { algorithm?: { modulusLength?: unknown } }).algorithm?.modulusLength;
+    if (typeof bits !== 'number' || bits < MIN_RSA_BITS) return `RSA modulus of ${typeof bits === 'number' ? bits : 'unknown'} bits, under the ${MIN_RSA_BITS} that ${alg} requires`;
+  }
+  return undefined;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

@@ -168,6 +168,8 @@ function createIssuerKeys(
   let currentKeys: JWK[] = [];
   /** Whether the last refetch (unknown kid) or refresh could reach the JWKS. */
   let lastFetchOk = true;
+  /** The unusable keys last logged (jwks_keys_dropped), as JSON. */
+  let droppedLogged = '[]';
 
   const dispatcher = () => {
     if (closed) throw new IdpHttpError('closed', 'key store is closed');
@@ -204,7 +206,13 @@ function createIssuerKeys(
     const res = await requestJson(dispatcher(), uri, { timeoutMs });
     // Only a 200 counts (no redirects are followed, see createIdpAgent): anything else keeps the last good keys.
     if (res.status !== 200) throw new IdpHttpError('jwks_http_error', `${uri}: HTTP ${res.status}`, res.status);
-    const keys = filterJwks(res.body, cfg.algorithms);
+    const { keys, dropped } = await filterJwks(res.body, cfg.algorithms);
+    // Said once per change of the list, not at every refresh: the IdP publishes them until someone fixes it.
+    const droppedNow = JSON.stringify(dropped);
+    if (droppedNow !== droppedLogged) {
+      droppedLogged = droppedNow;
+      if (dropped.length) logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
+    }
     const first = keySet === undefined;
     if (apply(keys, clock.now())) {
       logger.info(

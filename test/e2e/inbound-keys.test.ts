@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
-import { tamperHeader } from '../support/tokens.js';
+import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
+import { accessTokenClaims, signToken, tamperHeader, testKeyPair, unusableJwks } from '../support/tokens.js';
+import { startJwksServer } from '../unit/inbound-support.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { call, eventually, inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
 
@@ -113,6 +114,40 @@ describe('inbound keys: readiness, rotation, outages, kid floods', () => {
     expect(idp.counts.jwks).toBeLessThanOrEqual(1);
     expect(idp.counts.discovery).toBe(0);
     expect(app.seen).toHaveLength(0);
+  });
+});
+
+describe('keys in the JWKS that cannot be used', () => {
+  it('an RSA key under 2048 bits or a malformed key ahead of the real one: a token without kid still passes, in the sidecar and in verify', async () => {
+    const good = await testKeyPair('RS256');
+    const { kid: _kid, ...goodWithoutKid } = good.publicJwk;
+    const bad = await unusableJwks();
+    const jwks = await startJwksServer({ keys: [...bad, goodWithoutKid] });
+    cleanups.push(() => jwks.close());
+    const app = await startUpstream();
+    cleanups.push(() => app.close());
+    const iss = 'http://issuer.example';
+    const config = { service: 'orders', lifecycle: { watchConfig: false }, inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: iss, jwksUri: jwks.url }] } };
+    const sidecar = await startSidecar(config);
+    cleanups.push(() => sidecar.stop());
+    const token = await signToken(accessTokenClaims({ iss, aud: 'orders' }), { key: good.privateKey, alg: 'RS256' });
+
+    const res = await call(sidecar.inbound!, '/x', { token });
+    expect(res.status).toBe(200);
+    expect(app.seen.map((r) => r.headers['x-peer-iss'])).toEqual([iss]);
+    const forged = await call(sidecar.inbound!, '/x', { token: await signToken(accessTokenClaims({ iss, aud: 'orders' }), { key: (await testKeyPair('RS256')).privateKey, alg: 'RS256' }) });
+    expect([forged.status, forged.body.reason]).toEqual([401, 'bad_signature']);
+    const logged = await sidecar.waitForLog((l) => l.event === 'jwks_keys_dropped');
+    expect(logged.dropped).toEqual([
+      { kid: 'rsa-1024', reason: 'RSA modulus of 1024 bits, under the 2048 that RS256 requires' },
+      { kid: 'rsa-broken', reason: 'RSA modulus of 0 bits, under the 2048 that RS256 requires' },
+      { kid: 'ec-off-curve', reason: expect.stringMatching(/^cannot be imported for ES256: /) },
+    ]);
+    expect(sidecar.output()).not.toContain(bad[0]!.n);
+
+    const v = await runCli(['verify', '--config', writeConfig(config), '--token', token, '--json']);
+    expect(v.code, v.stderr).toBe(0);
+    expect(JSON.parse(v.stdout)).toMatchObject({ decision: 'allow', reason: 'ok', issuer: iss });
   });
 });
 

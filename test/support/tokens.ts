@@ -1,4 +1,4 @@
-import { randomUUID, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
 import { calculateJwkThumbprint, CompactSign, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
 
 /** Anything jose can sign with: a CryptoKey, a KeyObject, or raw bytes for HS*. */
@@ -25,6 +25,25 @@ export async function testKeyPair(alg: TestAlg = 'RS256', kid?: string): Promise
   const publicJwk: JWK = { ...pub, kid: id, alg, use: 'sig' };
   const privateJwk: JWK = { ...(await exportJWK(privateKey)), kid: id, alg, use: 'sig' };
   return { alg, kid: id, privateKey, publicKey, publicJwk, privateJwk };
+}
+
+/**
+ * Public JWKs an IdP might publish that look like signing keys but verify nothing: an RSA key under the 2048 bits
+ * RS* and PS* require (RFC 7518 §3.3), an RSA key whose modulus is a few zero bytes, and an EC point not on P-256.
+ * `kid` is set as given, or left out with null.
+ */
+export async function unusableJwks(kid: (name: string) => string | null = (name) => name): Promise<JWK[]> {
+  const withKid = (jwk: JWK, name: string): JWK => {
+    const id = kid(name);
+    return { ...jwk, use: 'sig', ...(id === null ? {} : { kid: id }) };
+  };
+  const rsa1024 = await exportJWK(generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey);
+  const ec = await exportJWK(generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey);
+  return [
+    withKid(rsa1024, 'rsa-1024'),
+    withKid({ kty: 'RSA', n: 'AAAA', e: 'AQAB' }, 'rsa-broken'),
+    withKid({ kty: 'EC', crv: 'P-256', x: ec.x!, y: ec.x! }, 'ec-off-curve'),
+  ];
 }
 
 export interface SignOptions {

@@ -9,7 +9,7 @@ import { checkShape } from '../../src/inbound/extractor.js';
 import { createIdentityBuilder, type Identity } from '../../src/inbound/identity.js';
 import { createKeyStore } from '../../src/inbound/key-store.js';
 import { createVerifyCache } from '../../src/inbound/verify-cache.js';
-import { algNoneToken, b64url, corruptSignature, rawToken, signToken, testKeyPair, type TestKeyPair } from '../support/tokens.js';
+import { algNoneToken, b64url, corruptSignature, rawToken, signToken, testKeyPair, unusableJwks, type TestKeyPair } from '../support/tokens.js';
 import { captureLogger, counterValue, inboundConfig, manualClock, manualScheduler, startJwksServer, testMetrics } from './inbound-support.js';
 
 const ISS = 'http://idp.test'; // plain http like its local JWKS server (an https issuer needs an https jwksUri)
@@ -18,11 +18,11 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-async function setup(inbound: Record<string, unknown> = {}, opts: { keys?: TestKeyPair[]; cacheEntries?: number } = {}) {
+async function setup(inbound: Record<string, unknown> = {}, opts: { keys?: TestKeyPair[]; jwksFront?: unknown[]; cacheEntries?: number } = {}) {
   const rsa = await testKeyPair('RS256', 'rsa-1');
   const ec = await testKeyPair('ES256', 'ec-1');
   const keys = opts.keys ?? [rsa, ec];
-  const server = await startJwksServer({ keys: keys.map((k) => k.publicJwk) });
+  const server = await startJwksServer({ keys: [...(opts.jwksFront ?? []), ...keys.map((k) => k.publicJwk)] });
   cleanups.push(() => server.close());
   const config = inboundConfig({
     issuers: [{ issuer: ISS, jwksUri: server.url }, { issuer: 'http://other.test', jwksUri: server.url, algorithms: ['ES256'] }],
@@ -168,6 +168,16 @@ describe('authenticator', () => {
     const { mint, reason } = await setup({}, { keys: [a, b] });
     expect(await reason(await mint({}, { key: b, kid: null }))).toBe('accepted');
     expect(await reason(await mint({}, { key: await testKeyPair('RS256'), kid: null }))).toBe('bad_signature');
+  });
+
+  it('a token without kid verifies when keys that cannot be used (RSA under 2048 bits, malformed) come first in the JWKS', async () => {
+    const a = await testKeyPair('RS256', 'a');
+    for (const bad of await unusableJwks(() => null)) {
+      // Each unusable key alone in front of the real one, without a kid, as the reviewer's JWKS [broken, good] had it.
+      const { mint, reason } = await setup({}, { keys: [a], jwksFront: [bad] });
+      expect(await reason(await mint({}, { key: a, kid: null })), JSON.stringify(bad).slice(0, 40)).toBe('accepted');
+      expect(await reason(await mint({}, { key: await testKeyPair('RS256'), kid: null }))).toBe('bad_signature');
+    }
   });
 
   it('refuses unknown crit, unencoded payloads (b64:false) and malformed segments', async () => {

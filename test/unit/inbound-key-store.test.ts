@@ -2,13 +2,14 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { JWK } from 'jose';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { KeysUnavailableError } from '../../src/errors.js';
 import { filterJwks } from '../../src/inbound/jwks-filter.js';
 import { createKeyStore } from '../../src/inbound/key-store.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp } from '../support/idp.js';
-import { testKeyPair } from '../support/tokens.js';
+import { testKeyPair, unusableJwks } from '../support/tokens.js';
 import {
   captureLogger,
   counterValue,
@@ -25,9 +26,9 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-async function setup(jwks: Record<string, unknown> = {}, initialKeys?: unknown[]) {
+async function setup(jwks: Record<string, unknown> = {}, initialKeys?: (k1: JWK) => unknown[]) {
   const k1 = await testKeyPair('RS256', 'k1');
-  const server = await startJwksServer({ keys: initialKeys ?? [k1.publicJwk] });
+  const server = await startJwksServer({ keys: initialKeys?.(k1.publicJwk) ?? [k1.publicJwk] });
   cleanups.push(() => server.close());
   const config = inboundConfig({ issuers: [{ issuer: 'http://idp.test', jwksUri: server.url }], jwks });
   const clock = manualClock();
@@ -318,9 +319,45 @@ describe('filterJwks', () => {
       'garbage',
       null,
     ];
-    const kept = filterJwks({ keys }, ['RS256', 'ES256', 'EdDSA']);
-    expect(kept.map((k) => k.kid)).toEqual(['rsa', 'ec', 'ed']);
-    expect(filterJwks({ keys }, ['ES256']).map((k) => k.kid)).toEqual(['ec']);
-    expect(() => filterJwks({ keys }, ['PS512'])).toThrow(/no key usable/);
+    const kept = await filterJwks({ keys }, ['RS256', 'ES256', 'EdDSA']);
+    expect(kept.keys.map((k) => k.kid)).toEqual(['rsa', 'ec', 'ed']);
+    expect(kept.dropped).toEqual([]);
+    expect((await filterJwks({ keys }, ['ES256'])).keys.map((k) => k.kid)).toEqual(['ec']);
+    await expect(filterJwks({ keys }, ['PS512'])).rejects.toThrow(/no key usable/);
+  });
+
+  it('imports each signing key once and leaves out, with the reason, one that is malformed or an RSA key under 2048 bits', async () => {
+    const rsa = await testKeyPair('RS256', 'rsa');
+    const ec = await testKeyPair('ES256', 'ec');
+    const bad = await unusableJwks();
+    const { keys, dropped } = await filterJwks({ keys: [...bad, rsa.publicJwk, ec.publicJwk] }, ['RS256', 'PS256', 'ES256']);
+    expect(keys.map((k) => k.kid)).toEqual(['rsa', 'ec']);
+    expect(dropped).toEqual([
+      { kid: 'rsa-1024', reason: 'RSA modulus of 1024 bits, under the 2048 that RS256 requires' },
+      { kid: 'rsa-broken', reason: 'RSA modulus of 0 bits, under the 2048 that RS256 requires' },
+      { kid: 'ec-off-curve', reason: expect.stringMatching(/^cannot be imported for ES256: /) },
+    ]);
+    // Nothing usable left: a failed fetch (the last good keys stay), and the error says which keys and why.
+    await expect(filterJwks({ keys: bad.map(({ kid: _kid, ...k }) => k) }, ['RS256', 'ES256'])).rejects.toThrow(
+      /^JWKS has no key usable with the allowed algorithms \(a key without kid: RSA modulus of 1024 bits, under the 2048 that RS256 requires; a key without kid: RSA modulus of 0 bits, .*; a key without kid: cannot be imported for ES256: .*\)$/,
+    );
+  });
+
+  it('logs the unusable keys it left out by kid and reason, without key material, once until the list changes', async () => {
+    const bad = await unusableJwks();
+    const { store, server, scheduler, keys, lines, k1 } = await setup({}, (k1) => [bad[0], k1]);
+    await store.start();
+    expect(keys().isUsable()).toBe(true);
+    const dropped = () => lines.filter((l) => l.event === 'jwks_keys_dropped');
+    expect(dropped()).toHaveLength(1);
+    expect(dropped()[0]).toMatchObject({ level: 'warn', issuer: 'http://idp.test', dropped: [{ kid: 'rsa-1024', reason: 'RSA modulus of 1024 bits, under the 2048 that RS256 requires' }] });
+    expect(lines.find((l) => l.event === 'jwks_updated')!.kids).toEqual(['k1']);
+    await fireTimer(server, scheduler);
+    expect(dropped()).toHaveLength(1);
+    server.set({ keys: [bad[2], k1.publicJwk] });
+    await fireTimer(server, scheduler);
+    expect(dropped().map((l) => l.dropped[0].kid)).toEqual(['rsa-1024', 'ec-off-curve']);
+    expect(JSON.stringify(lines)).not.toContain(bad[0]!.n);
+    expect(JSON.stringify(lines)).not.toContain(bad[2]!.x);
   });
 });
