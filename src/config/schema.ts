@@ -192,7 +192,26 @@ const inboundSchema = z
     listen: listenAddress.default(DEFAULTS.inbound.listen),
     target: httpUrl.describe('The app, e.g. http://127.0.0.1:8080'),
     audience: stringOrList.describe("The token's aud must contain one of these"),
-    issuers: z.array(issuerSchema).min(1, 'at least one trusted issuer is required'),
+    issuers: z
+      .array(issuerSchema)
+      .min(1, 'at least one trusted issuer is required')
+      .superRefine((list, ctx) => {
+        // A token's iss picks its entry by exact match (authenticator, key store): of two entries for one issuer the
+        // last silently won, while both were fetched and a dead jwksUri in the ignored one kept /readyz 503. Compared
+        // exactly as iss is, so "https://idp/" and "https://idp" stay two issuers, as they are to a token.
+        const first = new Map<string, number>();
+        list.forEach((entry, i) => {
+          const at = first.get(entry.issuer);
+          if (at === undefined) first.set(entry.issuer, i);
+          else {
+            ctx.addIssue({
+              code: 'custom',
+              path: [i, 'issuer'],
+              message: `"${entry.issuer}" is already trusted by inbound.issuers.${at}: one entry per issuer (a token's iss selects exactly one); give that entry every audience, as a list`,
+            });
+          }
+        });
+      }),
     clockSkewSeconds: seconds('Allowed clock difference for exp/nbf/iat').max(300).default(DEFAULTS.inbound.clockSkewSeconds),
     maxTokenLifetimeSeconds: z.number().positive().optional().describe('Reject tokens whose exp - iat is longer'),
     requiredClaims: z.array(z.string().min(1)).optional().describe('Claims every token must carry'),

@@ -209,6 +209,24 @@ describe('config validation errors name the key path', () => {
     ]);
   });
 
+  it('refuses a second entry for the same issuer (the last one silently won), compared exactly as a token\'s iss is', () => {
+    const withIssuers = (issuers: unknown[]) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, issuers } });
+    const issues = issuesOf(() =>
+      parseConfig(
+        withIssuers([
+          { issuer: 'https://idp.example', audience: 'only-a' },
+          { issuer: 'https://other.example' },
+          { issuer: 'https://idp.example', audience: 'only-b', jwksUri: 'https://dead.example/jwks' },
+          { issuer: 'https://idp.example' },
+        ]),
+      ),
+    );
+    const message = (i: number) => `inbound.issuers.${i}.issuer: "https://idp.example" is already trusted by inbound.issuers.0: one entry per issuer (a token's iss selects exactly one); give that entry every audience, as a list`;
+    expect(issues).toEqual([message(2), message(3)]);
+    // iss is matched exactly (no trailing-slash or case tolerance), so these are different issuers to a token, and to the schema.
+    expect(parseConfig(withIssuers([{ issuer: 'https://idp.example' }, { issuer: 'https://idp.example/', jwksUri: 'https://idp.example/jwks' }, { issuer: 'https://IDP.example' }])).inbound!.issuers).toHaveLength(3);
+  });
+
   it('refuses an http jwksUri for an https issuer (keys over cleartext)', () => {
     const withIssuer = (issuer: Record<string, unknown>) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, issuers: [{ issuer: 'https://idp.example' }, issuer] } });
     expect(issuesOf(() => parseConfig(withIssuer({ issuer: 'https://idp.example/realms/a', jwksUri: 'http://idp.example/realms/a/certs' })))).toEqual([
