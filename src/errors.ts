@@ -53,8 +53,11 @@ export class PolicyDeniedError extends SidecarError {
 
 /** The issuer's keys cannot be obtained, so the token cannot be judged: 503, never a pass. */
 export class KeysUnavailableError extends SidecarError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** The configured issuer whose keys are missing (the `verify` command waits for that one only). */
+  readonly issuer: string;
+  constructor(issuer: string, message: string, options?: { cause?: unknown }) {
     super('keys_unavailable', message, 503, options);
+    this.issuer = issuer;
   }
 }
 

@@ -2,7 +2,7 @@ import type { CommandModule } from 'yargs';
 import { createMetrics } from '../admin/metrics.js';
 import { systemClock } from '../clock.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
-import { UsageError } from '../errors.js';
+import { KeysUnavailableError, UsageError } from '../errors.js';
 import { createInboundParts } from '../inbound/handler.js';
 import { createLogger } from '../log.js';
 import { withConfigOption, type Io } from './shared.js';
@@ -22,7 +22,9 @@ const MAX_STDIN_BYTES = 1024 * 1024;
 /**
  * `verify`: the inbound pipeline on one token, for operators and CI. Without
  * `--path` only the token is judged; with it the rules are applied as for a
- * request with that method and path. Exit 0 allow, 1 reject/deny/keys_unavailable.
+ * request with that method and path. Only the keys of the token's issuer are
+ * fetched, and only when its claims pass. Exit 0 allow, 1
+ * reject/deny/keys_unavailable.
  */
 export function verifyCommand(io: Io, setExit: (code: number) => void): CommandModule<object, VerifyArgs> {
   return {
@@ -34,7 +36,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         .option('method', { type: 'string', requiresArg: true, default: 'GET', describe: 'Request method the rules are evaluated for' })
         .option('path', { type: 'string', requiresArg: true, describe: 'Request path the rules are evaluated for; omit to check only the token' })
         .option('json', { type: 'boolean', default: false, describe: 'Print the result as JSON' })
-        .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the issuers\' keys' }) as never,
+        .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the keys of the token\'s issuer' }) as never,
     handler: async (argv) => {
       // Only the issuers' CA bundles: the outbound side's may exist only in the pod.
       const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'] });
@@ -49,23 +51,32 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         clock: systemClock,
         service: config.service,
       });
-      try {
-        await keyStore.start();
-        if (!(await keyStore.waitUntilReady((argv.timeout ?? 10) * 1000))) {
-          const missing = keyStore.issuers.filter((k) => !k.isUsable());
-          const detail = missing.map((k) => `${k.issuer}${k.lastError ? ` (${k.lastError})` : ''}`).join('; ');
-          if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail })}\n`);
-          io.stderr.write(`oidc-sidecar: keys_unavailable: cannot load keys for ${detail}\n`);
-          setExit(1);
-          return;
-        }
-        const path = argv.path ?? '/';
-        const decision = await authorizer.authorize({
+      const path = argv.path ?? '/';
+      const { tokenHeader } = config.inbound;
+      const authorize = () =>
+        authorizer.authorize({
           method: (argv.method ?? 'GET').toUpperCase(),
           url: path,
           // The header the inbound listener reads the token from (`inbound.tokenHeader`), as a caller would send it.
-          rawHeaders: token ? [config.inbound.tokenHeader, `Bearer ${token}`] : [],
+          rawHeaders: token ? [tokenHeader, `Bearer ${token}`] : [],
         });
+      try {
+        // Decide as a running sidecar would, loading only the keys the token needs: first with none loaded, so a token
+        // refused on its claims, from an unknown issuer or on a public route is decided without a network call, and a
+        // down issuer the token does not name cannot turn its answer into keys_unavailable.
+        let decision = await authorize();
+        const needs = !decision.allowed && decision.error instanceof KeysUnavailableError ? keyStore.get(decision.error.issuer) : undefined;
+        if (needs && !needs.isUsable()) {
+          await keyStore.start([needs.issuer]);
+          if (!(await keyStore.waitUntilReady((argv.timeout ?? 10) * 1000, [needs.issuer]))) {
+            const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
+            if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail })}\n`);
+            io.stderr.write(`oidc-sidecar: keys_unavailable: cannot load keys for ${detail}\n`);
+            setExit(1);
+            return;
+          }
+          decision = await authorize();
+        }
         const rule = decision.rule ? `#${decision.rule.index} ${decision.rule.methods ? [...decision.rule.methods].join(',') : '*'} ${decision.rule.pattern}` : undefined;
         const result = {
           decision: decision.allowed ? 'allow' : decision.error.status === 403 ? 'deny' : decision.error.status >= 500 ? 'error' : 'reject',

@@ -100,7 +100,7 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     const reachable = await keys.refetchForUnknownKey();
     if (keys.version === version) {
       // The issuer may have rotated to a key we cannot fetch: that is "keys unobtainable", not a bad token (SPEC: 503).
-      if (!reachable) throw new KeysUnavailableError(`no key of issuer ${issuer.issuer} matches the token, and its JWKS cannot be fetched to look for it`);
+      if (!reachable) throw new KeysUnavailableError(issuer.issuer, `no key of issuer ${issuer.issuer} matches the token, and its JWKS cannot be fetched to look for it`);
       throw new TokenRejectedError('unknown_key', 'no key of the issuer matches the token (kid)');
     }
     version = keys.version;

@@ -32,12 +32,12 @@ export interface IssuerKeys {
 export interface KeyStore {
   get(issuer: string): IssuerKeys | undefined;
   readonly issuers: readonly IssuerKeys[];
-  /** Starts loading every issuer's keys; resolves after the first attempt for each (never rejects). */
-  start(): Promise<void>;
+  /** Starts loading every issuer's keys, or only those of `only`; resolves after the first attempt for each (never rejects). */
+  start(only?: readonly string[]): Promise<void>;
   /** True when every issuer has usable keys. */
   isReady(): boolean;
-  /** Resolves true once ready, false after `timeoutMs` (milliseconds). */
-  waitUntilReady(timeoutMs: number): Promise<boolean>;
+  /** Resolves true once every issuer (or each of `only`) has usable keys, false after `timeoutMs` (milliseconds). */
+  waitUntilReady(timeoutMs: number, only?: readonly string[]): Promise<boolean>;
   /** Stops timers and cuts in-flight fetches. */
   close(): Promise<void>;
   /** The keys held now, for a successor built by a config reload (see KeyStoreDeps.handover). */
@@ -91,16 +91,18 @@ export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfi
   const notify = () => {
     for (const w of waiters) w();
   };
+  const select = (only: readonly string[] | undefined) => (only ? all.filter((k) => only.includes(k.issuer)) : all);
   const isReady = () => all.every((k) => k.isUsable());
   return {
     issuers: all,
     get: (issuer) => byIssuer.get(issuer),
-    start: async () => {
-      await Promise.all(all.map((k) => k.start()));
+    start: async (only) => {
+      await Promise.all(select(only).map((k) => k.start()));
     },
     isReady,
-    waitUntilReady(timeoutMs) {
-      if (isReady()) return Promise.resolve(true);
+    waitUntilReady(timeoutMs, only) {
+      const ready = () => select(only).every((k) => k.isUsable());
+      if (ready()) return Promise.resolve(true);
       return new Promise((resolve) => {
         const done = (ok: boolean) => {
           waiters.delete(check);
@@ -108,7 +110,7 @@ export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfi
           resolve(ok);
         };
         const check = () => {
-          if (isReady()) done(true);
+          if (ready()) done(true);
         };
         const timer = setTimeout(() => done(false), timeoutMs);
         waiters.add(check);
@@ -283,10 +285,10 @@ function createIssuerKeys(
     isUsable,
     keySet() {
       if (!keySet) {
-        throw new KeysUnavailableError(`keys for issuer ${cfg.issuer} are not loaded${lastError ? ` (${lastError})` : ''}`);
+        throw new KeysUnavailableError(cfg.issuer, `keys for issuer ${cfg.issuer} are not loaded${lastError ? ` (${lastError})` : ''}`);
       }
       if (!isUsable()) {
-        throw new KeysUnavailableError(`keys for issuer ${cfg.issuer} are older than ${jwks.maxStaleSeconds} s and cannot be refreshed`);
+        throw new KeysUnavailableError(cfg.issuer, `keys for issuer ${cfg.issuer} are older than ${jwks.maxStaleSeconds} s and cannot be refreshed`);
       }
       return keySet;
     },

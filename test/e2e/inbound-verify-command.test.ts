@@ -2,8 +2,10 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { runCli, writeConfig } from '../support/sidecar.js';
-import { corruptSignature, epochSeconds } from '../support/tokens.js';
+import { runCli, startSidecar, writeConfig } from '../support/sidecar.js';
+import { accessTokenClaims, corruptSignature, epochSeconds, signToken, testKeyPair } from '../support/tokens.js';
+import { startUpstream } from '../support/upstream.js';
+import { call } from './inbound-support.js';
 
 /** `oidc-sidecar verify` as an operator runs it, against a real IdP. */
 describe('oidc-sidecar verify', () => {
@@ -90,17 +92,73 @@ describe('oidc-sidecar verify', () => {
     expect(JSON.parse(forged.stdout)).toMatchObject({ decision: 'reject', reason: 'bad_signature' });
   });
 
-  it('IdP unreachable: one clear line, keys_unavailable, exit 1', async () => {
+  it('IdP unreachable: one clear line, keys_unavailable, exit 1 for a token that needs its keys; a malformed one needs none', async () => {
     const dead: Server = createServer((_req, res) => res.writeHead(503).end());
     await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
     const url = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
     await new Promise((r) => dead.close(r));
     const cfg = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: url }] } });
-    const r = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--timeout', '1']);
+    const key = await testKeyPair('RS256');
+    const token = await signToken(accessTokenClaims({ iss: url, aud: 'orders' }), { key: key.privateKey, alg: 'RS256', kid: key.kid });
+    const r = await runCli(['verify', '--config', cfg, '--token', token, '--timeout', '1']);
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^oidc-sidecar: keys_unavailable: cannot load keys for http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)/);
     expect(r.stdout).toBe('');
+    const malformed = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--json']);
+    expect([malformed.code, malformed.stderr]).toEqual([1, '']);
+    expect(JSON.parse(malformed.stdout)).toMatchObject({ decision: 'reject', reason: 'malformed_token' });
+  });
+
+  it('with one of two issuers down, decides every token as a running sidecar does: it waits only for the keys the token needs', async () => {
+    const down = await startIdp();
+    down.setDown('hang'); // accepts and never answers: anything that waited on it would end in keys_unavailable
+    const app = await startUpstream();
+    const config = {
+      service: 'orders',
+      lifecycle: { watchConfig: false },
+      inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }, { issuer: down.issuer }], jwks: { timeoutSeconds: 1 } },
+    };
+    const expired = { iat: epochSeconds() - 7200, exp: epochSeconds() - 3600 };
+    const cases: [string, string, number, string][] = [
+      ['healthy issuer, valid', await idp.getToken('orders', 'orders'), 200, 'ok'],
+      ['healthy issuer, expired', await idp.mint({ aud: 'orders', ...expired }), 401, 'expired'],
+      ['down issuer, expired', await down.mint({ aud: 'orders', ...expired }), 401, 'expired'],
+      ['down issuer, wrong audience', await down.mint({ aud: 'payments' }), 401, 'audience_mismatch'],
+      ['unknown issuer', await signToken(accessTokenClaims({ iss: 'http://elsewhere.example', aud: 'orders' }), { key: (await testKeyPair()).privateKey, alg: 'RS256' }), 401, 'unknown_issuer'],
+      ['malformed', 'a.b.c', 401, 'malformed_token'],
+    ];
+    const needsKeys = await down.mint({ aud: 'orders' }); // only the down issuer's keys can judge this one
+    const cfg = writeConfig(config);
+    try {
+      for (const [name, token, status, reason] of cases) {
+        const v = await runCli(['verify', '--config', cfg, '--token', token, '--json']);
+        expect([v.code, v.stderr], name).toEqual([status === 200 ? 0 : 1, '']);
+        expect(JSON.parse(v.stdout), name).toMatchObject({ decision: status === 200 ? 'allow' : 'reject', reason });
+      }
+      // None of them made verify contact the issuer that is down.
+      expect(down.counts).toMatchObject({ discovery: 0, jwks: 0 });
+      const v = await runCli(['verify', '--config', cfg, '--token', needsKeys, '--timeout', '1']);
+      expect([v.code, v.stdout]).toEqual([1, '']);
+      expect(v.stderr).toBe(`oidc-sidecar: keys_unavailable: cannot load keys for ${down.issuer} (${down.discoveryUrl}: timed out)\n`);
+
+      // The running sidecar, with the same config and the same issuer down, answers each token the same way.
+      const sidecar = await startSidecar(config, { waitReady: false });
+      try {
+        await sidecar.waitForLog((l) => l.event === 'jwks_updated' && l.issuer === idp.issuer);
+        for (const [name, token, status, reason] of cases) {
+          const res = await call(sidecar.inbound!, '/x', { token });
+          expect([res.status, res.status === 200 ? 'ok' : res.body.reason], name).toEqual([status, reason]);
+        }
+        const res = await call(sidecar.inbound!, '/x', { token: needsKeys });
+        expect([res.status, res.body.reason]).toEqual([503, 'keys_unavailable']);
+      } finally {
+        await sidecar.stop();
+      }
+    } finally {
+      await app.close();
+      await down.close();
+    }
   });
 
   it("reads only the issuers' CA bundles: an outbound caFile that exists only in the pod does not stop it", async () => {

@@ -229,6 +229,24 @@ describe('key store', () => {
     expect(await ready).toBe(true);
   });
 
+  it('start and waitUntilReady can be limited to some issuers: the others are not contacted', async () => {
+    const k = await testKeyPair();
+    const up = await startJwksServer({ keys: [k.publicJwk] });
+    const down = await startJwksServer({ keys: [k.publicJwk] });
+    cleanups.push(() => up.close(), () => down.close());
+    down.set({ status: 503 });
+    const config = inboundConfig({ issuers: [{ issuer: 'http://up.test', jwksUri: up.url }, { issuer: 'http://down.test', jwksUri: down.url }] });
+    const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock: manualClock(), scheduler: manualScheduler() });
+    cleanups.push(() => store.close());
+    await store.start(['http://up.test']);
+    expect([up.count, down.count]).toEqual([1, 0]);
+    expect(await store.waitUntilReady(10_000, ['http://up.test'])).toBe(true);
+    expect(store.isReady()).toBe(false);
+    await store.start(['http://down.test']);
+    expect(down.count).toBe(1);
+    expect(await store.waitUntilReady(20, ['http://down.test'])).toBe(false);
+  });
+
   it('trusts an IdP behind a private CA through caFile', async () => {
     const { cert, key } = selfSignedCert('idp');
     const jwk = (await testKeyPair()).publicJwk;
