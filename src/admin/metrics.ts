@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { packageVersion } from '../version.js';
 import { PROM_CLIENT_EVENT_LOOP_SAMPLE_MS, registerEventLoopDelay } from './event-loop-delay.js';
 
 /**
@@ -23,12 +24,26 @@ export interface Metrics {
 export interface MetricsOptions {
   /** Collect Node process metrics (default true). */
   processMetrics?: boolean;
+  /** The workload's name (`service` in the config), exported on `oidc_sidecar_info`. */
   service?: string;
 }
 
+/**
+ * The service name goes on one info series, `oidc_sidecar_info{service,version} 1`, rather than on every series as a
+ * default label: each metric carries exactly the labels the contract names (`{decision,reason}`, `{direction}`, ...),
+ * and Prometheus attaches the pod's own labels at scrape time anyway. `* on(instance) group_left(service) oidc_sidecar_info`
+ * brings it into any query that wants it.
+ */
 export function createMetrics(opts: MetricsOptions = {}): Metrics {
   const registry = new Registry();
-  if (opts.service) registry.setDefaultLabels({ service: opts.service });
+  if (opts.service) {
+    new Gauge({
+      name: 'oidc_sidecar_info',
+      help: 'Always 1: the service name from the config and the version of oidc-sidecar',
+      labelNames: ['service', 'version'],
+      registers: [registry],
+    }).set({ service: opts.service, version: packageVersion() }, 1);
+  }
   if (opts.processMetrics !== false) {
     collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: PROM_CLIENT_EVENT_LOOP_SAMPLE_MS });
     registerEventLoopDelay(registry);

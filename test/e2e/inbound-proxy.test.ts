@@ -174,6 +174,22 @@ describe('inbound: a verified call reaches the app with identity headers', () =>
     expect(sample(text, 'oidc_sidecar_jwks_fetches_total', { issuer: idp.issuer, result: 'success' })).toBeGreaterThanOrEqual(1);
   });
 
+  it('gives each metric exactly the labels the contract names; the service name is on oidc_sidecar_info alone', async () => {
+    const text = await metricsText(sidecar.admin);
+    const labelNames = (name: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{`))!;
+      return [...line.slice(line.indexOf('{') + 1, line.lastIndexOf('}')).matchAll(/([a-z_]+)="/g)].map((m) => m[1]).sort();
+    };
+    expect(labelNames('oidc_sidecar_inbound_requests_total')).toEqual(['decision', 'reason']);
+    expect(labelNames('oidc_sidecar_request_duration_seconds_count')).toEqual(['direction']);
+    expect(labelNames('oidc_sidecar_request_duration_seconds_bucket')).toEqual(['direction', 'le']);
+    expect(labelNames('oidc_sidecar_jwks_fetches_total')).toEqual(['issuer', 'result']);
+    expect(text).toMatch(/^oidc_sidecar_inbound_requests_total\{decision="allow",reason="ok"\} \d+$/m);
+    expect(text).toMatch(/^oidc_sidecar_info\{service="orders",version="\d+\.\d+\.\d+[^"]*"\} 1$/m);
+    // Node's process metrics carry none either.
+    expect(labelNames('nodejs_heap_space_size_total_bytes')).toEqual(['space']);
+  });
+
   it('never logs the token', async () => {
     const token = await idp.getToken('orders', 'orders');
     await call(sidecar.inbound!, '/x', { token });
