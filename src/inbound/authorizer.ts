@@ -76,6 +76,10 @@ const MAX_LOGGED_DETAIL = 200;
 export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): Authorizer {
   const { extractor, authenticator, matcher, metrics, logger } = deps;
   const audience = config.audience;
+  // A refused token's `iss` is the caller's word: it goes on the line's top-level `issuer` only when it names an
+  // issuer of the config, and otherwise stays inside `claims`, marked unverified (SPEC: claims from an unverified
+  // token are marked). An `unknown_issuer` line never states an attacker's URL as the issuer.
+  const configuredIssuers = new Set(config.issuers.map((i) => i.issuer));
 
   const refuse = (
     req: InboundRequest,
@@ -103,7 +107,7 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       const claims = ctx.token ? peekClaims(ctx.token) : undefined;
       audit(logger, 'token_rejected', {
         ...fields,
-        ...(typeof claims?.iss === 'string' ? { issuer: capped(claims.iss, 128) } : {}),
+        ...(typeof claims?.iss === 'string' && configuredIssuers.has(claims.iss) ? { issuer: claims.iss } : {}),
         ...(claims ? { claims: unverifiedClaims(claims) } : {}),
       });
     }

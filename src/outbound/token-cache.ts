@@ -203,6 +203,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     metrics.tokenExpiry.set({ audience }, Math.floor(token.expiresAt / 1000));
     audit(logger, 'token_issued', {
       source: source.kind,
+      issuer: token.issuer,
       audience,
       scopes,
       expiresAt: new Date(token.expiresAt).toISOString(),

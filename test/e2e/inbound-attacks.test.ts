@@ -202,6 +202,10 @@ describe('inbound: rejects the attack catalogue before the app sees anything', (
     const expired = rejected.find((l) => l.reason === 'expired')!;
     expect(expired).toMatchObject({ path: '/api/orders', method: 'GET', peer: expect.stringContaining('127.0.0.1'), issuer: idp.issuer });
     expect((expired.claims as Record<string, unknown>).verified).toBe(false);
+    // An issuer the config does not trust is the caller's claim: inside `claims`, marked unverified, never top-level.
+    const unknownIssuer = rejected.find((l) => l.reason === 'unknown_issuer')!;
+    expect(unknownIssuer.issuer).toBeUndefined();
+    expect(unknownIssuer.claims).toMatchObject({ verified: false, iss: expect.any(String) });
     // The query string (which carried a token) is not logged, only the path.
     expect(rejected.some((l) => l.reason === 'missing_token' && l.path === '/api')).toBe(true);
     expect(sidecar.output()).not.toContain('access_token=');

@@ -244,13 +244,20 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(gaps).toEqual([1000, 2000, 4000, 5000, 5000, 5000]);
   });
 
-  it('audits token_issued with source, audience, expiry from the JWT exp and jti, never the token or the secret', async () => {
+  it('audits token_issued with source, issuer, audience, expiry from the JWT exp and jti, never the token or the secret', async () => {
     const exp = Math.floor(time.now() / 1000) + 120;
-    const jwt = rawToken({ alg: 'RS256', typ: 'at+jwt' }, { sub: 'orders', aud: 'payments', exp, jti: 'jti-123' }, 'c2ln');
+    const jwt = rawToken({ alg: 'RS256', typ: 'at+jwt' }, { iss: 'https://idp.example', sub: 'orders', aud: 'payments', exp, jti: 'jti-123' }, 'c2ln');
     stub.reply = () => ({ body: { access_token: jwt, token_type: 'bearer', expires_in: 99_999 } });
     expect(await cache.get(binding)).toBe(jwt);
     const line = obs.lines.find((l) => l.event === 'token_issued');
-    expect(line).toMatchObject({ level: 'info', source: 'client_credentials', audience: 'payments', jti: 'jti-123', expiresAt: new Date(exp * 1000).toISOString() });
+    expect(line).toMatchObject({
+      level: 'info',
+      source: 'client_credentials',
+      issuer: 'https://idp.example',
+      audience: 'payments',
+      jti: 'jti-123',
+      expiresAt: new Date(exp * 1000).toISOString(),
+    });
     expect(obs.text()).not.toContain(jwt.split('.')[1]);
     expect(obs.text()).not.toContain(SECRET);
   });

@@ -47,6 +47,7 @@ export function jwtClaims(token: string): Record<string, unknown> | undefined {
 export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, what: string): IssuedToken {
   const claims = jwtClaims(token);
   const jti = typeof claims?.jti === 'string' ? claims.jti.slice(0, 128) : undefined;
+  const issuer = typeof claims?.iss === 'string' ? claims.iss.slice(0, 256) : undefined;
   let expiresAt: number | undefined;
   if (typeof claims?.exp === 'number' && Number.isFinite(claims.exp)) expiresAt = claims.exp * 1000;
   else if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) expiresAt = nowMs + expiresIn * 1000;
@@ -60,5 +61,5 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
   if (expiresAt - nowMs < MIN_TOKEN_LIFETIME_MS) {
     throw new TokenUnavailableError(`${what}: the token expires in less than 1 s (at ${new Date(expiresAt).toISOString()}), too soon to use or renew`);
   }
-  return jti === undefined ? { token, expiresAt } : { token, expiresAt, jti };
+  return { token, expiresAt, ...(jti === undefined ? {} : { jti }), ...(issuer === undefined ? {} : { issuer }) };
 }

@@ -15,6 +15,8 @@ export interface IssuedToken {
   expiresAt: number;
   /** The JWT's `jti`, for audit logs (never the token itself). */
   jti?: string;
+  /** The JWT's `iss`, for audit logs: who issued the token we send (absent for an opaque token). */
+  issuer?: string;
   /** Ask the cache to call the source again by this time, even if the token is young (file sources re-read at least every minute). */
   recheckAt?: number;
 }
