@@ -4,7 +4,8 @@ import { stat } from 'node:fs/promises';
 /** What identifies a file's current version without reading it: inode, size, mtime and ctime ('-' if missing). */
 export type FileSignatures = ReadonlyMap<string, string>;
 
-const signature = (s: { ino: number; size: number; mtimeMs: number; ctimeMs: number }) => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
+/** A stat result's signature, as signatureOf and pollFiles compare it. */
+export const signature = (s: { ino: number; size: number; mtimeMs: number; ctimeMs: number }): string => `${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`;
 
 /** One file's signature now ('-' if it cannot be stat'ed). stat follows symlinks: a Kubernetes volume update swaps a symlink, which changes the target's inode. */
 export function signatureOf(path: string): string {

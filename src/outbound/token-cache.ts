@@ -51,7 +51,7 @@ export interface TokenCache {
   prefetch(binding: TokenBinding): Promise<void>;
   /** True while the key holds a token that has not expired. */
   hasValid(key: string): boolean;
-  /** Cancels every timer and forgets every token. */
+  /** Cancels every timer, stops watching the sources, and forgets every token. */
   close(): void;
   /** The tokens that are still valid, for a successor built by a config reload. */
   snapshot(): TokenCacheSnapshot;
@@ -67,6 +67,8 @@ interface Entry {
   retryAt: number;
   lastError?: TokenUnavailableError;
   cancel?: () => void;
+  /** Stops the source's watch (file sources), if it has one. */
+  unwatch?: () => void;
 }
 
 /**
@@ -99,7 +101,8 @@ function clamp01(n: number): number {
 
 /**
  * The outbound token cache: keeps one token per (source, audience, scopes),
- * renews it ahead of expiry in the background, keeps using it while renewal
+ * renews it ahead of expiry in the background (and at once when the source
+ * reports a change, as a replaced token file), keeps using it while renewal
  * fails (until it expires) and retries with backoff.
  */
 export function createTokenCache(opts: TokenCacheOptions): TokenCache {
@@ -118,6 +121,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     if (!e) {
       e = { binding, refreshAt: 0, failures: 0, retryAt: 0 };
       entries.set(binding.key, e);
+      // Before the first fetch, so that fetch reads the version the watch starts from, or a later one.
+      const entry = e;
+      e.unwatch = binding.source.watch?.({ audience: binding.audience, scopes: binding.scopes }, () => onSourceChanged(entry));
       const inherited = opts.handover?.get(binding.identity);
       if (inherited && inherited.token.expiresAt > clock.now()) {
         e.token = inherited.token;
@@ -147,9 +153,23 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     });
   };
 
-  const renew = (e: Entry): Promise<IssuedToken> => {
+  const isCurrent = (e: Entry): boolean => !closed && entries.get(e.binding.key) === e;
+
+  /**
+   * The source says its token may have changed (a token file was replaced): fetch now rather than at the refresh
+   * point, but after any fetch already under way, which may have read the old version.
+   */
+  const onSourceChanged = (e: Entry): void => {
+    if (!isCurrent(e)) return;
+    void (e.inflight ?? Promise.resolve())
+      .catch(() => {})
+      .then(() => (isCurrent(e) ? renew(e, true) : undefined))
+      .catch(() => {});
+  };
+
+  const renew = (e: Entry, onChange = false): Promise<IssuedToken> => {
     if (e.inflight) return e.inflight;
-    const p = fetchOnce(e).finally(() => {
+    const p = fetchOnce(e, onChange).finally(() => {
       if (e.inflight === p) e.inflight = undefined;
     });
     e.inflight = p;
@@ -157,7 +177,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     return p;
   };
 
-  const fetchOnce = async (e: Entry): Promise<IssuedToken> => {
+  const fetchOnce = async (e: Entry, onChange: boolean): Promise<IssuedToken> => {
     const { source, audience, scopes } = e.binding;
     let token: IssuedToken;
     try {
@@ -194,11 +214,19 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       throw err;
     }
     const now = clock.now();
+    // A fetch on a change that brings back the very token held (the file touched, or rewritten with the same
+    // content) issued nothing: it moves the renewal point but is neither announced nor counted. After failures
+    // it is, as the recovery.
+    const isSameToken = onChange && e.failures === 0 && e.token?.token === token.token;
     e.token = token;
     e.failures = 0;
     e.retryAt = 0;
     e.lastError = undefined;
     e.refreshAt = computeRefreshAt(now, token.expiresAt, marginMs, random(), token.recheckAt);
+    if (isSameToken) {
+      if (!closed) arm(e, e.refreshAt);
+      return token;
+    }
     metrics.tokenRequests.inc({ source: source.kind, audience, result: 'success' });
     metrics.tokenExpiry.set({ audience }, Math.floor(token.expiresAt / 1000));
     audit(logger, 'token_issued', {
@@ -247,7 +275,10 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     },
     close() {
       closed = true;
-      for (const e of entries.values()) e.cancel?.();
+      for (const e of entries.values()) {
+        e.cancel?.();
+        e.unwatch?.();
+      }
       entries.clear();
     },
     snapshot() {

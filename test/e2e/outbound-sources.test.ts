@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -131,6 +131,35 @@ describe('token sources through the outbound sidecar', () => {
     expect((await call(s)).status).toBe(200);
     expect(lastToken()).toBe(rotated);
     expect(s.output()).not.toContain(rotated);
+  });
+
+  it('file: a file replaced atomically (write + rename) is picked up within about a second, long before the minute recheck', async () => {
+    const path = join(dir, 'swapped-payments');
+    const first = await idp.mint({ aud: 'payments', sub: 'orders', exp: epochSeconds() + 3600, jti: 'swap-1' });
+    writeFileSync(path, first);
+    const s = await sidecarWith({ type: 'file', path: join(dir, 'swapped-{audience}') });
+    expect((await call(s)).status).toBe(200);
+    expect(lastToken()).toBe(first);
+    const second = await idp.mint({ aud: 'payments', sub: 'orders', exp: epochSeconds() + 3600, jti: 'swap-2' });
+    writeFileSync(join(dir, 'swapped.tmp'), second);
+    renameSync(join(dir, 'swapped.tmp'), path);
+    // Calls every 100 ms until one carries the new token: 50 polls is 5 s, far below the 60 s recheck.
+    let polls = 0;
+    for (; polls < 50; polls++) {
+      expect((await call(s)).status).toBe(200);
+      if (lastToken() === second) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(lastToken()).toBe(second);
+    for (let i = 0; i < 3; i++) {
+      expect((await call(s)).status).toBe(200);
+      expect(lastToken()).toBe(second);
+    }
+    // Each token is announced once; the stat polls in between read nothing and log nothing.
+    expect(s.logs.filter((l) => l.event === 'token_issued').map((l) => l.jti)).toEqual(['swap-1', 'swap-2']);
+    expect(s.logs.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+    expect(s.output()).not.toContain(first);
+    expect(s.output()).not.toContain(second);
   });
 
   it('github_actions: asks the Actions token endpoint (dev issuer emulation) with &audience= and the request token', async () => {

@@ -1,6 +1,6 @@
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -220,7 +220,7 @@ describe('token_exchange (RFC 8693)', () => {
 });
 
 describe('file source', () => {
-  it('re-reads when the file changes (kubelet-style atomic swap), at least every minute, and substitutes {audience}', async () => {
+  it('re-reads when the file changes (kubelet-style atomic swap; in place with only ctime changed), at least every minute, and substitutes {audience}', async () => {
     let now = Date.now();
     const fakeClock = { now: () => now };
     const path = join(dir, 'tokens-payments.jwt');
@@ -236,6 +236,16 @@ describe('file source', () => {
     expect(await s.fetch({ audience: 'payments', scopes: [] })).toMatchObject({ token: second, jti: 'f-2' });
     now += FILE_RECHECK_MS;
     expect((await s.fetch({ audience: 'payments', scopes: [] })).token).toBe(second);
+    // Rewritten in place with the size and mtime kept (`cp -p`, `rsync --inplace -t`): only ctime tells.
+    const third = jwtWith({ aud: 'payments', exp: inSeconds(7200), jti: 'f-3' });
+    const wholeSecond = Math.floor(Date.now() / 1000) - 10; // utimes keeps whole seconds exactly
+    utimesSync(path, wholeSecond, wholeSecond);
+    expect((await s.fetch({ audience: 'payments', scopes: [] })).token).toBe(second);
+    const before = statSync(path);
+    writeFileSync(path, third);
+    utimesSync(path, wholeSecond, wholeSecond);
+    expect(statSync(path)).toMatchObject({ ino: before.ino, size: before.size, mtimeMs: before.mtimeMs });
+    expect(await s.fetch({ audience: 'payments', scopes: [] })).toMatchObject({ token: third, jti: 'f-3' });
   });
 
   it('a missing, expired, empty or non-JWT file is an error', async () => {

@@ -1,7 +1,11 @@
+import { mkdtempSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { tokenSourceSchema } from '../../src/config/schema.js';
 import { TokenUnavailableError } from '../../src/errors.js';
+import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
 import { createTokenSource } from '../../src/outbound/sources/index.js';
 import { backoffDelay, computeRefreshAt, createTokenCache, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
 import { rawToken } from '../support/tokens.js';
@@ -275,5 +279,65 @@ describe('token cache (clock-controlled, real client_credentials source against 
     cache.close();
     expect(time.pending()).toHaveLength(0);
     await expect(cache.get(binding)).rejects.toBeInstanceOf(TokenUnavailableError);
+  });
+});
+
+describe('token cache over a file source (the fake clock stands still, so only the file watch can bring a change)', () => {
+  it('takes a replaced file at once, quietly re-reads a touched one, keeps the token while the file is gone and takes it back when it returns', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cache-file-'));
+    const time = createFakeTime();
+    const obs = observed();
+    const path = join(dir, 'token-payments');
+    const jwt = (jti: string) => rawToken({ alg: 'RS256', typ: 'JWT' }, { aud: 'payments', exp: Math.floor(time.now() / 1000) + 3600, jti }, 'c2ln');
+    /** Writes a temp file and renames it over the token file, as an atomic rotation does. */
+    const replace = (content: string) => {
+      writeFileSync(join(dir, 'next.tmp'), content);
+      renameSync(join(dir, 'next.tmp'), path);
+    };
+    const source = createTokenSource(tokenSourceSchema.parse({ type: 'file', path: join(dir, 'token-{audience}') }), {
+      clock: time.clock,
+      env: {},
+      timeoutMs: 5000,
+      configPath: 'outbound.tokenSource',
+    });
+    const binding: TokenBinding = { key: 'f1', identity: 'f1', source, audience: 'payments', scopes: [] };
+    const cache = createTokenCache({ clock: time.clock, scheduler: time.scheduler, logger: obs.logger, metrics: obs.metrics, refreshMarginSeconds: 60 });
+    const issued = () => obs.lines.filter((l) => l.event === 'token_issued').map((l) => l.jti);
+    const reads = () => metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'file', audience: 'payments', result: 'success' });
+    const eventually = (assertion: () => void | Promise<void>) => vi.waitFor(assertion, { timeout: 15_000, interval: 20 });
+    try {
+      const a = jwt('a');
+      replace(a);
+      expect(await cache.get(binding)).toBe(a);
+
+      // Touched, same content: read again (the renewal point moves to a minute from now) but nothing is announced or counted.
+      time.advance(1000);
+      const bumped = new Date(Date.now() + 5000);
+      utimesSync(path, bumped, bumped);
+      await eventually(() => expect(time.pending()).toContain(time.now() + FILE_RECHECK_MS));
+      expect(issued()).toEqual(['a']);
+      expect(await reads()).toBe(1);
+
+      const b = jwt('b');
+      replace(b);
+      await eventually(() => expect(cache.peek(binding)).toBe(b));
+      expect(issued()).toEqual(['a', 'b']);
+      expect(await reads()).toBe(2);
+
+      // Gone: a failed renewal, and the token in hand stays; back: taken at once, not at the backoff's retry.
+      rmSync(path);
+      await eventually(() => expect(obs.lines.filter((l) => l.event === 'token_fetch_failed')).toHaveLength(1));
+      expect(obs.lines.find((l) => l.event === 'token_fetch_failed')).toMatchObject({ source: 'file', keepingToken: true });
+      expect(cache.peek(binding)).toBe(b);
+      const c = jwt('c');
+      replace(c);
+      await eventually(() => expect(cache.peek(binding)).toBe(c));
+      expect(issued()).toEqual(['a', 'b', 'c']);
+      expect(obs.text()).not.toContain(a.split('.')[1]);
+    } finally {
+      cache.close();
+      await source.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

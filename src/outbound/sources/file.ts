@@ -1,5 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { describeFsError } from '../../config/configured-files.js';
+import { pollFiles, signature } from '../../config/poll-files.js';
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { TokenUnavailableError } from '../../errors.js';
 import { readRuntimeFile } from './files.js';
@@ -11,14 +12,17 @@ type Config = Extract<TokenSourceConfig, { type: 'file' }>;
 /**
  * Kubernetes advice for projected service-account tokens: re-read the file at
  * least once a minute, since the kubelet rotates it in place (at 80% of its
- * lifetime) and says nothing.
+ * lifetime) and says nothing. A backstop: the stat poll below sees a change
+ * within about FILE_POLL_MS.
  */
 export const FILE_RECHECK_MS = 60_000;
 
+/** How often a watched token file is stat'ed for a change (ms); the TLS certificate files are polled as often. */
+export const FILE_POLL_MS = 1000;
+
 interface Snapshot {
-  ino: number;
-  size: number;
-  mtimeMs: number;
+  /** The stat signature (inode, size, mtime, ctime) the file had when it was read. */
+  signature: string;
   readAt: number;
   token: IssuedToken;
 }
@@ -26,17 +30,24 @@ interface Snapshot {
 /**
  * A token file kept fresh by someone else (kubelet, spiffe-helper, a CI
  * runner). `path` may contain `{audience}` (from config, never from a
- * request). The file is re-read when stat says it changed (inode, size,
- * mtime; stat follows the symlink swap the kubelet does) and at least once a
- * minute. A missing, unreadable or expired file is an error; the cache above
- * keeps serving the last good token while it is still valid.
+ * request). `fetch` re-reads the file when stat says it changed (inode,
+ * size, mtime, ctime; stat follows the symlink swap the kubelet does) and at
+ * least once a minute. `watch` is what makes a change seen promptly: it stats
+ * the file every FILE_POLL_MS with pollFiles (as the config and TLS files are
+ * watched: a symlink swap is invisible to an inotify watch on the old file)
+ * and tells the cache, which then fetches. So a request never touches the
+ * disk, and an unchanged file costs one stat a second and no read. A missing,
+ * unreadable or expired file is an error; the cache above keeps serving the
+ * last good token while it is still valid.
  */
 export function createFileSource(cfg: Config, deps: SourceDeps): TokenSource {
   const snapshots = new Map<string, Snapshot>();
+  const watching = new Set<() => void>();
+  const pathFor = (audience: string) => cfg.path.replaceAll('{audience}', audience);
   return {
     kind: 'file',
     async fetch(req) {
-      const path = cfg.path.replaceAll('{audience}', req.audience);
+      const path = pathFor(req.audience);
       let st;
       try {
         st = await stat(path);
@@ -45,9 +56,9 @@ export function createFileSource(cfg: Config, deps: SourceDeps): TokenSource {
         throw new TokenUnavailableError(`cannot read token file ${path}: ${describeFsError(err)}`, undefined, { cause: err });
       }
       const now = deps.clock.now();
+      const sig = signature(st);
       const snap = snapshots.get(path);
-      const unchanged = snap && snap.ino === st.ino && snap.size === st.size && snap.mtimeMs === st.mtimeMs;
-      if (unchanged && now - snap.readAt < FILE_RECHECK_MS && now < snap.token.expiresAt) {
+      if (snap && snap.signature === sig && now - snap.readAt < FILE_RECHECK_MS && now < snap.token.expiresAt) {
         return { ...snap.token, recheckAt: now + FILE_RECHECK_MS };
       }
       const text = await readRuntimeFile(path, 'token file');
@@ -55,10 +66,24 @@ export function createFileSource(cfg: Config, deps: SourceDeps): TokenSource {
       assertBearerToken(text, what);
       if (!jwtClaims(text)) throw new TokenUnavailableError(`${what} does not hold a JWT (its exp claim gives the expiry)`);
       const token = toIssuedToken(text, undefined, now, what);
-      snapshots.set(path, { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, readAt: now, token });
+      // The signature taken before the read: a change that lands during the read differs from it and is read again.
+      snapshots.set(path, { signature: sig, readAt: now, token });
       return { ...token, recheckAt: now + FILE_RECHECK_MS };
     },
+    watch(req, onChange) {
+      // The baseline is the file as it is now: the caller starts watching before its first fetch, so that fetch
+      // reads this version or a later one, and any later change is reported. pollFiles reports a change once the
+      // file has settled (an in-place rewrite is several writes) and uses unref'd timers.
+      const stopPolling = pollFiles([pathFor(req.audience)], onChange, FILE_POLL_MS);
+      const stop = () => {
+        stopPolling();
+        watching.delete(stop);
+      };
+      watching.add(stop);
+      return stop;
+    },
     async close() {
+      for (const stop of [...watching]) stop();
       snapshots.clear();
     },
   };

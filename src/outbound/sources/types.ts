@@ -26,7 +26,13 @@ export interface TokenSource {
   readonly kind: TokenSourceConfig['type'];
   /** Resolves with a fresh token or rejects with a TokenUnavailableError. */
   fetch(req: TokenRequest): Promise<IssuedToken>;
-  /** Releases connections; in-flight fetches may fail afterwards. */
+  /**
+   * Sources whose token can change under them (a file): calls `onChange` when what `fetch` returns for `req` may
+   * have changed, until the returned function is called. Unref'd timers only. Absent: the token changes only when
+   * fetched.
+   */
+  watch?(req: TokenRequest, onChange: () => void): () => void;
+  /** Releases connections and stops every watch; in-flight fetches may fail afterwards. */
   close(): Promise<void>;
 }
 
