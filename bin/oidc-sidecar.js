@@ -16,8 +16,9 @@ const { main } = await import('../dist/bundle/main.js');
 
 main(process.argv.slice(2)).then(
   (code) => { if (typeof code === 'number') process.exitCode = code; },
+  // main() reports every failure itself; this is the last resort (say, a module that does not load), still one line.
   (err) => {
-    process.stderr.write(`oidc-sidecar: ${err && err.message ? err.message : String(err)}\n`);
+    process.stderr.write(`oidc-sidecar: ${String(err && err.message ? err.message : err).trim().replace(/\s*[\r\n]+\s*/g, ' ')}\n`);
     process.exitCode = 1;
   },
 );

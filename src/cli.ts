@@ -11,7 +11,7 @@ import { packageVersion } from './version.js';
 /**
  * The `oidc-sidecar` command line: parses flags and hands over to one command
  * module. Returns the exit code. Every expected failure (bad flag, missing file,
- * invalid config) is one clear message on stderr, never a stack trace.
+ * invalid config) is one clear line on stderr, never a stack trace.
  */
 export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin }): Promise<number> {
   let exitCode = 0;
@@ -45,7 +45,6 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     await cli.parseAsync();
   } catch (err) {
     io.stderr.write(`oidc-sidecar: ${describeFailure(err)}\n`);
-    if (err instanceof UsageError && err.fromParser) io.stderr.write('Run "oidc-sidecar --help" for usage.\n');
     return 1;
   }
   return exitCode;

@@ -91,17 +91,28 @@ export interface ConfigIssue {
   message: string;
 }
 
-/** An invalid config: lists every problem, each as `path.to.key: message`. */
+/** An invalid config: lists every problem, each as `path.to.key: message`, joined with "; ". */
 export class ConfigError extends SidecarError {
   readonly issues: readonly ConfigIssue[];
   constructor(issues: ConfigIssue[]) {
-    super('invalid_config', issues.map(formatIssue).join('\n'), 1);
+    super('invalid_config', issues.map(formatIssue).join('; '), 1);
     this.issues = issues;
   }
 }
 
 export function formatIssue(issue: ConfigIssue): string {
   return issue.path ? `${issue.path}: ${issue.message}` : issue.message;
+}
+
+/**
+ * Every issue on one line, for a terminal and for grep: `invalid config: a: x` for one,
+ * `invalid config (3 problems): a: x; b: y; c: z` for several. Line breaks inside an issue are
+ * left as they are; the CLI escapes them (cli-failure.ts).
+ */
+export function summarizeIssues(subject: string, issues: readonly ConfigIssue[]): string {
+  const listed = issues.map(formatIssue).join('; ');
+  if (issues.length <= 1) return listed ? `${subject}: ${listed}` : subject;
+  return `${subject} (${issues.length} problems): ${listed}`;
 }
 
 /** A bad command-line usage or an unreadable file: a one-line message, exit 1. */

@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { createMetrics } from '../admin/metrics.js';
+import { oneLine } from '../cli-failure.js';
 import { systemClock } from '../clock.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { KeysUnavailableError, UsageError } from '../errors.js';
@@ -71,7 +72,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           if (!(await keyStore.waitUntilReady((argv.timeout ?? 10) * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
             if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail })}\n`);
-            io.stderr.write(`oidc-sidecar: keys_unavailable: cannot load keys for ${detail}\n`);
+            io.stderr.write(`oidc-sidecar: ${oneLine(`keys_unavailable: cannot load keys for ${detail}`)}\n`);
             setExit(1);
             return;
           }

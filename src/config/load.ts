@@ -68,7 +68,13 @@ function readLayer(path: string): unknown {
       doc.errors.map((e) => ({ path, message: `${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
     );
   }
-  const value = doc.toJS({ maxAliasCount: 100 });
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    // An alias to no anchor, or one expanding past maxAliasCount: thrown here, not listed in doc.errors.
+    throw new ConfigError([{ path, message: (err instanceof Error ? err.message : String(err)).split('\n')[0]! }]);
+  }
   if (value !== null && value !== undefined && (typeof value !== 'object' || Array.isArray(value))) {
     throw new ConfigError([{ path, message: 'the top level must be a mapping of keys' }]);
   }

@@ -52,7 +52,7 @@ describe('oidc-sidecar CLI', () => {
 
   it('validate exits 1 and run does not start when jwks.maxStaleSeconds is shorter than a refresh can take (no periodic 503 with a healthy IdP)', async () => {
     const bad = writeConfig({ ...valid, inbound: { ...valid.inbound, jwks: { refreshIntervalSeconds: 20, maxStaleSeconds: 3 } } });
-    const message = /^inbound\.jwks\.maxStaleSeconds: must be at least 41 \(refreshIntervalSeconds 20 \+ retryMinSeconds 1 \+ 4 × timeoutSeconds 5\): .* 503 keys_unavailable while the IdP is healthy$/m;
+    const message = /^oidc-sidecar: invalid config: inbound\.jwks\.maxStaleSeconds: must be at least 41 \(refreshIntervalSeconds 20 \+ retryMinSeconds 1 \+ 4 × timeoutSeconds 5\): .* 503 keys_unavailable while the IdP is healthy\n$/;
     const v = await runCli(['validate', '--config', bad]);
     expect([v.code, v.stdout]).toEqual([1, '']);
     expect(v.stderr).toMatch(message);
@@ -232,7 +232,7 @@ describe('CA bundles named by caFile are read when the config loads', () => {
     const missing = join(dir, 'missing.pem');
     const bad = await runCli(['validate', '--config', writeConfig(withRouteCa(missing))]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toBe(`oidc-sidecar: invalid config:\noutbound.routes.1.caFile: cannot read ${missing}: no such file\n`);
+    expect(bad.stderr).toBe(`oidc-sidecar: invalid config: outbound.routes.1.caFile: cannot read ${missing}: no such file\n`);
     expect(bad.stdout).toBe('');
   });
 
@@ -251,7 +251,7 @@ describe('CA bundles named by caFile are read when the config loads', () => {
 
     // The shape is still checked.
     const typo = await runCli(['validate', '--skip-file-checks', '--config', writeConfig({ ...valid, outbound: { ...valid.outbound, routez: [] } })]);
-    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config:\noutbound.routez: unknown key\n']);
+    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config: outbound.routez: unknown key\n']);
   });
 
   it('validate --help explains --skip-file-checks', async () => {
@@ -273,6 +273,6 @@ describe('CA bundles named by caFile are read when the config loads', () => {
     };
     const r = await runCli(['run', '--config', writeConfig(config)]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe(`oidc-sidecar: invalid config:\ninbound.issuers.0.caFile: no PEM certificate found in ${junk}\n`);
+    expect(r.stderr).toBe(`oidc-sidecar: invalid config: inbound.issuers.0.caFile: no PEM certificate found in ${junk}\n`);
   });
 });
