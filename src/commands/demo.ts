@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import type { Io } from './shared.js';
+import { importHoldingWarnings, type Io } from './shared.js';
 
 interface DemoArgs {
   keep: boolean;
@@ -21,9 +21,12 @@ export function demoCommand(io: Io, setExit: (code: number) => void): CommandMod
         .option('json', { type: 'boolean', default: false, describe: 'Print the results as JSON' }),
     handler: async (argv) => {
       // Loaded lazily: oidc-provider is only ever needed by the dev commands.
-      const { runDemo } = await import('../dev/demo.js');
+      const { module: { runDemo }, warnings } = await importHoldingWarnings(() => import('../dev/demo.js'));
       const width = (io.stdout as NodeJS.WriteStream).columns;
-      setExit(await runDemo({ keep: argv.keep, json: argv.json, stdout: io.stdout, stderr: io.stderr, ...(width ? { width: Math.min(width, 160) } : {}) }));
+      const code = await runDemo({ keep: argv.keep, json: argv.json, stdout: io.stdout, stderr: io.stderr, ...(width ? { width: Math.min(width, 160) } : {}) });
+      // Held while loading (see importHoldingWarnings): a demo that could not start says so in one line.
+      if (code === 0) for (const w of warnings) io.stderr.write(`${w}\n`);
+      setExit(code);
     },
   };
 }

@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
 import { createLogger } from '../log.js';
-import type { Io } from './shared.js';
+import { importHoldingWarnings, type Io } from './shared.js';
 
 interface DevIssuerArgs {
   port: number;
@@ -51,12 +51,11 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
       const alg = (argv.alg ?? file?.alg ?? 'RS256') as 'RS256';
       const signingKeys = argv['key-file'] ? await loadOrCreateKeyFile(argv['key-file'], alg) : undefined;
       // Loaded lazily and only after the inputs are valid: oidc-provider is needed by the dev commands alone.
-      const { startDevIssuer } = await import('../dev/issuer.js');
+      const { module: { startDevIssuer }, warnings } = await importHoldingWarnings(() => import('../dev/issuer.js'));
       const ttl = argv.ttl ?? file?.accessTokenTtlSeconds;
       const clients = file?.clients ?? DEFAULT_DEV_CLIENTS;
       const logger = createLogger({ level: argv['log-level'], service: 'dev-issuer' });
 
-      io.stderr.write(`${DEV_ISSUER_WARNING}\n`);
       let running;
       try {
         running = await startDevIssuer({
@@ -75,6 +74,9 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
         if (e.code === 'EADDRNOTAVAIL' || e.code === 'EACCES') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: ${e.code}`);
         throw err;
       }
+      // Printed once it listens, so a start that fails says so in one line (like every other command's failure).
+      io.stderr.write(`${DEV_ISSUER_WARNING}\n`);
+      for (const w of warnings) io.stderr.write(`${w}\n`);
       io.stderr.write(
         [
           `dev issuer ready`,

@@ -1,3 +1,4 @@
+import { format } from 'node:util';
 import type { Argv } from 'yargs';
 
 /** The `--config` option every config-reading command takes. */
@@ -16,4 +17,20 @@ export interface Io {
   stdout: NodeJS.WritableStream;
   stderr: NodeJS.WritableStream;
   stdin: NodeJS.ReadableStream;
+}
+
+/**
+ * Runs `load` (the dynamic import of a module that loads oidc-provider) with console.warn held back, and returns
+ * what was held. oidc-provider warns on stderr as it loads on a Node.js release it does not support (before 22);
+ * the dev commands show that once they are running, so a start that fails is still one line.
+ */
+export async function importHoldingWarnings<T>(load: () => Promise<T>): Promise<{ module: T; warnings: string[] }> {
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (...args: unknown[]) => void warnings.push(format(...args));
+  try {
+    return { module: await load(), warnings };
+  } finally {
+    console.warn = warn;
+  }
 }

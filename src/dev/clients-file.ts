@@ -4,7 +4,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import * as z from '../zod.js';
 import type { JWK } from 'jose';
-import { UsageError, formatIssue, type ConfigIssue } from '../errors.js';
+import { UsageError, summarizeIssues, type ConfigIssue } from '../errors.js';
 import { interpolateEnv } from '../config/interpolate.js';
 import { DEV_ALGORITHMS, type DevAlg } from './keys.js';
 import type { DevClient } from './provider.js';
@@ -140,7 +140,7 @@ export function loadDevClientsFile(path: string, env: NodeJS.ProcessEnv): DevCli
 }
 
 function fail(path: string, issues: ConfigIssue[]): never {
-  throw new UsageError(`invalid clients file ${path}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`);
+  throw new UsageError(summarizeIssues(`invalid clients file ${path}`, issues));
 }
 
 /** A PEM (public or private: only the public half is kept), a JWK or a JWKS, as a JWKS of public keys. */

@@ -1,3 +1,4 @@
+import { describeFailure } from '../cli-failure.js';
 import { runScenarios, type ScenarioResult } from './demo-scenarios.js';
 import { renderTable } from './demo-table.js';
 import { DEPLOY_RULE, startDemoTopology, type DemoTopology } from './demo-topology.js';
@@ -29,7 +30,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   try {
     t = await startDemoTopology();
   } catch (err) {
-    opts.stderr.write(`oidc-sidecar demo: could not start: ${(err as Error).message}\n`);
+    opts.stderr.write(`oidc-sidecar: demo could not start: ${describeFailure(err)}\n`);
     return 1;
   }
   try {

@@ -217,6 +217,7 @@ describe('oidc-sidecar dev-issuer', () => {
     );
     const r = await runCli(['dev-issuer', '--port', '0', '--clients', file]);
     expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^oidc-sidecar: invalid clients file [^\n]+ \(5 problems\): [^\n]+\n$/);
     expect(r.stderr).toContain(`invalid clients file ${file}`);
     // Inputs are checked before oidc-provider is even loaded.
     expect(r.stderr).not.toContain('oidc-provider');
@@ -224,8 +225,7 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(r.stderr).toContain('clients.1.scret: unknown key');
     expect(r.stderr).toContain('clients.2.jwks: private_key_jwt needs exactly one of jwks, publicKeyFile, jwksUri');
     expect(r.stderr).toContain('clients.2.clientSecret: a private_key_jwt client takes no clientSecret');
-    expect(r.stderr).toMatch(/\n {2}alg: Invalid option/);
-    expect(r.stderr).not.toMatch(/\n\s+at /);
+    expect(r.stderr).toMatch(/; alg: Invalid option/);
 
     writeFileSync(file, ['clients:', '  - { clientId: a, clientSecret: x }', '  - { clientId: a, clientSecret: y }'].join('\n'));
     const dupes = await runCli(['dev-issuer', '--port', '0', '--clients', file]);
@@ -235,19 +235,20 @@ describe('oidc-sidecar dev-issuer', () => {
   it('gives one clear line for a missing clients file, a broken key file, a bad port and a port in use', async () => {
     const dir = tempDir();
     const missing = await runCli(['dev-issuer', '--clients', join(dir, 'nope.yaml')]);
-    expect([missing.code, missing.stderr.trim().split('\n').at(-1)]).toEqual([1, `oidc-sidecar: cannot read clients file ${join(dir, 'nope.yaml')}: no such file`]);
+    expect([missing.code, missing.stderr]).toEqual([1, `oidc-sidecar: cannot read clients file ${join(dir, 'nope.yaml')}: no such file\n`]);
 
     writeFileSync(join(dir, 'bad.json'), '{"keys": [{"kty": "RSA", "alg": "RS256", "n": "x", "e": "AQAB"}]}');
     const badKey = await runCli(['dev-issuer', '--port', '0', '--key-file', join(dir, 'bad.json')]);
     expect(badKey.code).toBe(1);
-    expect(badKey.stderr).toContain('keys.0: a private key is needed');
+    expect(badKey.stderr).toMatch(/^oidc-sidecar: key file .*: keys\.0: a private key is needed[^\n]*\n$/);
 
     writeFileSync(join(dir, 'badjwks.yaml'), 'clients:\n  - clientId: x\n    jwks: { keys: [ { kty: EC } ] }\n');
     const badJwks = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'badjwks.yaml')]);
-    expect([badJwks.code, badJwks.stderr.trim().split('\n').at(-1)]).toEqual([1, 'oidc-sidecar: dev issuer client x: client JSON Web Key Set is invalid']);
+    // The development-only banner comes once the issuer listens: a failed start is the one line alone.
+    expect([badJwks.code, badJwks.stderr]).toEqual([1, 'oidc-sidecar: dev issuer client x: client JSON Web Key Set is invalid\n']);
 
     const badPort = await runCli(['dev-issuer', '--port', '70000']);
-    expect([badPort.code, badPort.stderr]).toEqual([1, expect.stringContaining('--port must be 0-65535')]);
+    expect([badPort.code, badPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got 70000\n']);
 
     const blocker = createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
@@ -255,7 +256,6 @@ describe('oidc-sidecar dev-issuer', () => {
     const inUse = await runCli(['dev-issuer', '--port', String(port)]);
     blocker.close();
     expect(inUse.code).toBe(1);
-    expect(inUse.stderr).toContain('address already in use');
-    expect(inUse.stderr).not.toMatch(/\n\s+at /);
+    expect(inUse.stderr).toBe(`oidc-sidecar: cannot listen on 127.0.0.1:${port}: address already in use (try --port 0)\n`);
   });
 });
