@@ -39,12 +39,18 @@ describe('the run command after SIGTERM', () => {
     ]);
   });
 
-  it('a reload still warming up gives up as shutdown begins: not ready at once, and the new config never takes over', async () => {
+  it('a reload still warming up gives up as shutdown begins: not ready at once, its hanging IdP requests cut, and the new config never takes over', async () => {
     const { logger, lines } = observed();
-    // An issuer whose discovery never answers keeps the new inbound side warming up (up to reloadWarmupSeconds).
-    let asked!: () => void;
-    const discoveryAsked = new Promise<void>((r) => (asked = r));
-    const silentIdp = createServer(() => asked());
+    // An IdP that never answers keeps the new config warming up (up to reloadWarmupSeconds): the inbound side waits
+    // for discovery, the outbound side for a token (allowed 60 s here, so a shutdown that waited for it could not
+    // finish within this test's time).
+    const asked: string[] = [];
+    let bothAsked!: () => void;
+    const idpAsked = new Promise<void>((r) => (bothAsked = r));
+    const silentIdp = createServer((req) => {
+      asked.push(req.url!);
+      if (asked.length === 2) bothAsked();
+    });
     await new Promise<void>((r) => silentIdp.listen(0, '127.0.0.1', r));
     const issuer = `http://127.0.0.1:${(silentIdp.address() as AddressInfo).port}`;
     try {
@@ -54,12 +60,21 @@ describe('the run command after SIGTERM', () => {
         admin: { listen: '127.0.0.1:0' },
       };
       const app = await startApp(parseConfig(base), { logger });
-      const next = parseConfig({ ...base, inbound: { listen: '127.0.0.1:0', target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer }] } });
+      const next = parseConfig({
+        ...base,
+        inbound: { listen: '127.0.0.1:0', target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer }] },
+        outbound: {
+          ...base.outbound,
+          tokenSource: { type: 'client_credentials', tokenEndpoint: `${issuer}/token`, clientId: 'c', clientSecret: 's' },
+          tokenRequestTimeoutSeconds: 60,
+        },
+      });
       const reloaded = app.reload(next).then(
         () => 'applied',
         (e: unknown) => (e as SidecarError).code,
       );
-      await discoveryAsked;
+      await idpAsked;
+      expect(asked.sort()).toEqual(['/.well-known/openid-configuration', '/token']);
       const stopped = app.shutdown();
       expect(app.isReady()).toBe(false);
       expect(await reloaded).toBe('shutting_down');

@@ -86,7 +86,9 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       return toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what);
     },
     async close() {
-      await owned?.close();
+      // Destroy, not close: close() would wait for a token request in flight, up to tokenRequestTimeoutSeconds against
+      // a hanging IdP, and a shutdown (or a reload given up for one) would wait with it. Cutting it loses nothing.
+      await owned?.destroy().catch(() => {});
     },
   };
 }
