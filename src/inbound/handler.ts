@@ -133,8 +133,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   };
 
   // Refused before any token check (by the listener, or an Upgrade that is not a WebSocket handshake): a reject like
-  // bad_path, logged the same way.
-  // Refused by Node's parser, a request has no method or path yet: the line says only who sent it.
+  // bad_path, logged the same way. One refused by Node's parser has no method or path yet: the line says who sent it.
   const refused = (req: RefusedRequest, refusal: Refusal) => {
     metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(

@@ -92,17 +92,17 @@ export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfi
     for (const w of waiters) w();
   };
   const select = (only: readonly string[] | undefined) => (only ? all.filter((k) => only.includes(k.issuer)) : all);
-  const isReady = () => all.every((k) => k.isUsable());
+  /** Whether every issuer, or each of `only`, has usable keys. */
+  const isReady = (only?: readonly string[]) => select(only).every((k) => k.isUsable());
   return {
     issuers: all,
     get: (issuer) => byIssuer.get(issuer),
     start: async (only) => {
       await Promise.all(select(only).map((k) => k.start()));
     },
-    isReady,
+    isReady: () => isReady(),
     waitUntilReady(timeoutMs, only) {
-      const ready = () => select(only).every((k) => k.isUsable());
-      if (ready()) return Promise.resolve(true);
+      if (isReady(only)) return Promise.resolve(true);
       return new Promise((resolve) => {
         const done = (ok: boolean) => {
           waiters.delete(check);
@@ -110,7 +110,7 @@ export function createKeyStore(issuers: readonly IssuerConfig[], jwks: JwksConfi
           resolve(ok);
         };
         const check = () => {
-          if (ready()) done(true);
+          if (isReady(only)) done(true);
         };
         const timer = setTimeout(() => done(false), timeoutMs);
         waiters.add(check);
