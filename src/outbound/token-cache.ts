@@ -214,10 +214,11 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       throw err;
     }
     const now = clock.now();
-    // A fetch on a change that brings back the very token held (the file touched, or rewritten with the same
-    // content) issued nothing: it moves the renewal point but is neither announced nor counted. After failures
-    // it is, as the recovery.
-    const isSameToken = onChange && e.failures === 0 && e.token?.token === token.token;
+    // A fetch that brings back the very token held, on a change (the file touched, or rewritten with the same
+    // content) or from a source that only reads tokens (a file's once-a-minute re-read), issued nothing: it moves the
+    // renewal point but is neither announced nor counted. After failures it is, as the recovery. An IdP that answers
+    // with the token it gave before was still asked, so that stays a counted request.
+    const isSameToken = (onChange || source.readsIssuedTokens === true) && e.failures === 0 && e.token?.token === token.token;
     e.token = token;
     e.failures = 0;
     e.retryAt = 0;

@@ -318,6 +318,13 @@ describe('token cache over a file source (the fake clock stands still, so only t
       expect(issued()).toEqual(['a']);
       expect(await reads()).toBe(1);
 
+      // The once-a-minute re-read (the backstop for a change the poll missed) finds the same token: quiet as well.
+      const recheckAt = time.now() + FILE_RECHECK_MS;
+      time.advance(FILE_RECHECK_MS);
+      await eventually(() => expect(time.pending()).toContain(recheckAt + FILE_RECHECK_MS));
+      expect(issued()).toEqual(['a']);
+      expect(await reads()).toBe(1);
+
       const b = jwt('b');
       replace(b);
       await eventually(() => expect(cache.peek(binding)).toBe(b));

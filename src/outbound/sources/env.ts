@@ -14,6 +14,7 @@ type Config = Extract<TokenSourceConfig, { type: 'env' }>;
 export function createEnvSource(cfg: Config, deps: SourceDeps): TokenSource {
   return {
     kind: 'env',
+    readsIssuedTokens: true,
     async fetch(req) {
       const name = cfg.variable.replaceAll('{audience}', req.audience);
       const value = deps.env[name]?.trim();

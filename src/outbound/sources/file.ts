@@ -46,6 +46,7 @@ export function createFileSource(cfg: Config, deps: SourceDeps): TokenSource {
   const pathFor = (audience: string) => cfg.path.replaceAll('{audience}', audience);
   return {
     kind: 'file',
+    readsIssuedTokens: true,
     async fetch(req) {
       const path = pathFor(req.audience);
       let st;

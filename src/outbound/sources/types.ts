@@ -24,6 +24,12 @@ export interface IssuedToken {
 /** One way of getting tokens; every type in SPEC "Token sources" implements it. */
 export interface TokenSource {
   readonly kind: TokenSourceConfig['type'];
+  /**
+   * The source hands over tokens issued elsewhere (a file the kubelet writes, a variable the CI runner set) rather
+   * than asking an IdP: reading the token it already gave again is no issuance and no request, so it is neither
+   * announced nor counted.
+   */
+  readonly readsIssuedTokens?: true;
   /** Resolves with a fresh token or rejects with a TokenUnavailableError. */
   fetch(req: TokenRequest): Promise<IssuedToken>;
   /**
