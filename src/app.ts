@@ -93,6 +93,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         logger,
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
         refused: (req, refusal) => slot.component.refused(req, refusal),
+        isOwnConnection: (socket) => slot.component.isOwnConnection(socket),
         upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'upgrade'),
         // CONNECT is the outbound side's alone (passthrough hosts); without a handler the listener refuses it (405).
         // A reload swaps the component for one of the same side, so this holds for the life of the listener.

@@ -22,6 +22,8 @@ export interface Component {
    * component counts and logs it like its own refusals.
    */
   refused(req: RefusedRequest, refusal: Refusal): void;
+  /** Whether a connection the listener accepted is one this component opened to its upstream: a loop (see OwnConnections). */
+  isOwnConnection(socket: Duplex): boolean;
   /** `CONNECT` requests; absent = refused. */
   connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */

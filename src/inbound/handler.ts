@@ -7,6 +7,7 @@ import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { hasRequestBody } from '../proxy/headers.js';
 import { sendError } from '../proxy/respond.js';
 import type { Refusal, RefusedRequest } from '../proxy/listen.js';
+import { createOwnConnections } from '../proxy/own-connections.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
 import { createAuthorizer, loggedPath, type Authorizer, type Decision, type InboundRequest, type InboundRule } from './authorizer.js';
@@ -74,7 +75,8 @@ export function toInboundRequest(req: IncomingMessage): InboundRequest {
 export function createInbound(config: InboundConfig, limits: LimitsConfig, deps: ComponentDeps): InboundComponent {
   const { keyStore, authorizer } = createInboundParts(config, deps);
   const { metrics, logger } = deps;
-  const pools = createUpstreamPools(limits);
+  const own = createOwnConnections();
+  const pools = createUpstreamPools(limits, { own });
   const targetUrl = new URL(config.target);
   const dispatcher = pools.get(targetUrl.origin);
   const targetPrefix = targetUrl.pathname.replace(/\/+$/, '');
@@ -152,11 +154,12 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
   // WebSocket / Upgrade: the same decision, then a tunnel (src/inbound/upgrade.ts, src/proxy/tunnel.ts).
-  const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, refused, metrics, logger });
+  const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, own, refused, metrics, logger });
 
   return {
     handle,
     refused,
+    isOwnConnection: own.isOwn,
     upgrade,
     authorize,
     dropHeaders,

@@ -6,6 +6,7 @@ import { UpstreamError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { Refusal, RefusedRequest } from '../proxy/listen.js';
+import type { OwnConnections } from '../proxy/own-connections.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import type { Decision } from './authorizer.js';
@@ -21,6 +22,8 @@ export interface InboundUpgradeDeps {
   targetPrefix: string;
   /** How long the app may take to accept the upgrade, milliseconds. */
   timeoutMs: number;
+  /** Where the tunnel's upstream connection is recorded (a loop back to this listener is refused there). */
+  own: OwnConnections;
   /** Counts and logs a request refused before any token check, as the component does the listener's refusals. */
   refused(req: RefusedRequest, refusal: Refusal): void;
   metrics: Metrics;
@@ -66,6 +69,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
             dropHeaders: deps.dropHeaders,
             addHeaders: decision.identity?.headers ?? [],
             timeoutMs: deps.timeoutMs,
+            own: deps.own,
           });
           observe();
         } catch (err) {

@@ -11,6 +11,7 @@ import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { RefusedRequest } from '../proxy/listen.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
 import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
+import { createOwnConnections } from '../proxy/own-connections.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createConnectHandler } from './connect.js';
 import { createRouter, type Resolution } from './router.js';
@@ -56,7 +57,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     ...(deps.scheduler ? { scheduler: deps.scheduler } : {}),
   });
   const router = createRouter(config.routes, config.unknownHosts);
-  const pools = createUpstreamPools(limits);
+  const own = createOwnConnections();
+  const pools = createUpstreamPools(limits, { own });
   const connect = createConnectHandler({
     router,
     unknownHosts: config.unknownHosts,
@@ -218,6 +220,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         dropHeaders: p.dropHeaders,
         addHeaders: p.addHeaders,
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
+        own,
         ...(ca ? { ca } : {}),
       });
       if (status !== 0) record(p.label, String(status), started);
@@ -244,6 +247,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     },
     // Refused by the listener before routing: counted and logged like the router's own refusals, under route "none".
     refused: (req, refusal) => rejected(req, 'none', refusal, performance.now()),
+    isOwnConnection: own.isOwn,
     connect: (req, socket, head) => connect.handle(req, socket, head),
     async start() {
       await Promise.all(broker.routeBindings().map((b) => cache.prefetch(b)));

@@ -6,6 +6,7 @@ import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
+import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
 import { ALLOW_PLAIN_METHODS, holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
@@ -41,6 +42,11 @@ export interface LimitedServerOptions {
    * For whoever serves the listener to count and log it.
    */
   refused?: RefusalObserver;
+  /**
+   * Whether a connection is one this side of the sidecar opened to its upstream (see OwnConnections): every request
+   * on it is refused with 508 loop_detected instead of being served, which would forward it to itself once more.
+   */
+  isOwnConnection?: (socket: Duplex) => boolean;
   /** For TLS reload events. */
   logger?: Logger;
   /** How often TLS files are polled for changes, milliseconds (default 1000). */
@@ -101,7 +107,9 @@ export function createLimitedServer(
     options.refused?.(req, refusal);
     sendError(res, refusal.status, refusal.reason, refusal.message);
   };
+  const isOwnConnection = options.isOwnConnection ?? (() => false);
   const serve = (req: IncomingMessage, res: ServerResponse) => {
+    if (isOwnConnection(req.socket)) return refuse(req, res, LOOP_DETECTED);
     const violation = checkRequestHead(req, current.maxHeaderCount);
     if (violation) return refuse(req, res, violation);
     handler(req, res);
@@ -165,6 +173,7 @@ export function createLimitedServer(
     afterEarlierResponses(socket as ServerSocket, () => {
       // An earlier response that closed the connection was the last word.
       if (!socket.writable) return void socket.destroy();
+      if (isOwnConnection(req.socket)) return refuseSocket(req, socket, LOOP_DETECTED);
       const violation = checkRequestHead(req, current.maxHeaderCount);
       if (violation) return refuseSocket(req, socket, violation);
       if (next) next(req, socket, head);

@@ -6,6 +6,7 @@ import { UpstreamError } from '../errors.js';
 import { toUpstreamError } from './forward.js';
 import { buildUpstreamHeaders, isHopByHop, isWebSocketUpgrade } from './headers.js';
 import type { Refusal } from './limits.js';
+import type { OwnConnections } from './own-connections.js';
 import { writeRawError } from './respond.js';
 
 /** An `Upgrade` request that is not a WebSocket handshake, as answered, counted and logged on both listeners. */
@@ -37,6 +38,8 @@ export interface TunnelOptions {
   timeoutMs: number;
   /** PEM CA bundle for an https target. */
   ca?: string;
+  /** Where the connection to the upstream is recorded, so that the listener knows it if it comes back (a loop). */
+  own?: OwnConnections;
 }
 
 /**
@@ -73,6 +76,11 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       timeout: opts.timeoutMs,
       ...(opts.ca ? { ca: opts.ca } : {}),
     });
+
+    if (opts.own) {
+      const own = opts.own;
+      upReq.once('socket', (s: Socket) => own.track(s));
+    }
 
     const fail = (err: UpstreamError) => {
       if (settled) return;

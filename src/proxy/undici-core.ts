@@ -1,4 +1,5 @@
-import type { Agent as UndiciAgent, Pool as UndiciPool } from 'undici';
+import type { Agent as UndiciAgent, buildConnector as undiciBuildConnector, Pool as UndiciPool } from 'undici';
+import buildConnectorFunction from 'undici/lib/core/connect.js';
 import Dispatcher from 'undici/lib/dispatcher/dispatcher.js';
 import dispatcherApi from 'undici/lib/api/index.js';
 import UndiciPoolClass from 'undici/lib/dispatcher/pool.js';
@@ -22,6 +23,8 @@ Object.assign(Dispatcher.prototype, dispatcherApi);
 
 /** undici's `Pool` (one origin, keep-alive connections). */
 export const Pool = UndiciPoolClass as typeof UndiciPool;
+/** undici's connector factory: what a pool builds from its `connect` options, for a pool given a connector of its own. */
+export const buildConnector = buildConnectorFunction as typeof undiciBuildConnector;
 /** undici's `Agent` (a pool per origin). */
 export const Agent = UndiciAgentClass as typeof UndiciAgent;
 export type Pool = UndiciPool;

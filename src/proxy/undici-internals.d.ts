@@ -16,3 +16,7 @@ declare module 'undici/lib/dispatcher/agent.js' {
   const Agent: unknown;
   export default Agent;
 }
+declare module 'undici/lib/core/connect.js' {
+  const buildConnector: unknown;
+  export default buildConnector;
+}

@@ -1,11 +1,12 @@
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
-import type { Dispatcher } from 'undici';
+import type { buildConnector as BuildConnector, Dispatcher } from 'undici';
 import type { CaBundle } from '../config/ca-bundle.js';
 import type { LimitsConfig } from '../config/schema.js';
 import { UpstreamError } from '../errors.js';
 import { createDeadlineWatch } from './deadline.js';
-import { Pool } from './undici-core.js';
+import type { OwnConnections } from './own-connections.js';
+import { buildConnector, Pool } from './undici-core.js';
 
 export interface UpstreamPools {
   /**
@@ -52,8 +53,9 @@ export const POOL_IDLE_MS = 60_000;
  */
 export function createUpstreamPools(
   limits: LimitsConfig,
-  opts: { maxPools?: number; idleMs?: number } = {},
+  opts: { maxPools?: number; idleMs?: number; own?: OwnConnections } = {},
 ): UpstreamPools {
+  const own = opts.own;
   const idleMs = opts.idleMs ?? POOL_IDLE_MS;
   // A queued request may also wait for its connection to be made: that has its own timeout (502
   // upstream_connect_failed), which must have run out before the queue's (504) does.
@@ -92,13 +94,14 @@ export function createUpstreamPools(
 
   // Opening (and reopening after an eviction) happens on the request path: it reads no files, the CA is the PEM the config loaded.
   const open = (key: string, origin: string, ca: CaBundle | undefined): Upstream => {
+    const connectOptions = {
+      timeout: limits.upstreamConnectTimeoutSeconds * 1000,
+      ...(ca ? { ca: ca.pem } : {}),
+    };
     const pool = new Pool(origin, {
       connections: limits.upstreamConnections,
       pipelining: 1,
-      connect: {
-        timeout: limits.upstreamConnectTimeoutSeconds * 1000,
-        ...(ca ? { ca: ca.pem } : {}),
-      },
+      connect: own ? trackingConnector(connectOptions, own) : connectOptions,
       // 0 = off: the deadline watch enforces limits.upstreamTimeoutSeconds instead.
       headersTimeout: 0,
       bodyTimeout: 0,
@@ -145,6 +148,16 @@ export function createUpstreamPools(
 }
 
 type Dispatch = Dispatcher['dispatch'];
+
+/** undici's own connector, with every socket it connects recorded in `own` (see OwnConnections). */
+function trackingConnector(options: BuildConnector.BuildOptions, own: OwnConnections): BuildConnector.connector {
+  const connect = buildConnector(options);
+  return (o, callback) =>
+    connect(o, (...args) => {
+      if (args[1]) own.track(args[1]);
+      callback(...args);
+    });
+}
 
 interface Upstream {
   readonly pool: Pool;
