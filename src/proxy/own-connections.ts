@@ -17,10 +17,11 @@ export const LOOP_DETECTED: Refusal = {
  * requests until the pool ran out of connections, then every level waiting out the upstream timeout; WebSocket
  * upgrades with a new connection per level, with no bound at all. The listener answers it instead (508).
  *
- * A connection is ours when its peer's address and port are the local address and port of a socket we opened. Only
- * the kernel could give another process that pair while our socket is open, so there are no false positives, and
- * nothing is added to the requests we send (a `Via` marker would be, and an app that copies incoming headers onto
- * its own calls would carry it back).
+ * A connection is ours when its two endpoints are those of a socket we opened, the other way round. The kernel keeps
+ * that pair of endpoints unique among open connections, so there are no false positives (the local port alone would
+ * not do: Linux gives one source port to several connections with different destinations). Nothing is added to the
+ * requests we send: a `Via` marker would be, and an app that copies incoming headers onto its own calls would carry
+ * it back.
  */
 export interface OwnConnections {
   /** Records a socket this side opened, once it is connected, until it closes. */
@@ -30,12 +31,12 @@ export interface OwnConnections {
 }
 
 export function createOwnConnections(): OwnConnections {
-  /** `address port` of every open socket we made. */
+  /** The endpoints of every open socket we made, as connectionKey spells them. */
   const open = new Set<string>();
   /** The answer per accepted connection, worked out on its first request: later requests cost one lookup. */
   const verdicts = new WeakMap<Duplex, boolean>();
   const add = (socket: Socket) => {
-    const key = endpointKey(socket.localAddress, socket.localPort);
+    const key = connectionKey(socket.localAddress, socket.localPort, socket.remoteAddress, socket.remotePort);
     if (key === undefined) return;
     open.add(key);
     socket.once('close', () => open.delete(key));
@@ -52,7 +53,7 @@ export function createOwnConnections(): OwnConnections {
       let verdict = verdicts.get(duplex);
       if (verdict === undefined) {
         const socket = duplex as Partial<Socket>;
-        const key = endpointKey(socket.remoteAddress, socket.remotePort);
+        const key = connectionKey(socket.remoteAddress, socket.remotePort, socket.localAddress, socket.localPort);
         verdict = key !== undefined && open.has(key);
         verdicts.set(duplex, verdict);
       }
@@ -61,8 +62,13 @@ export function createOwnConnections(): OwnConnections {
   };
 }
 
-/** One spelling per endpoint: an IPv4 peer of a dual-stack listener reads `::ffff:127.0.0.1`, our socket `127.0.0.1`. */
-function endpointKey(address: string | undefined, port: number | undefined): string | undefined {
-  if (address === undefined || port === undefined) return undefined;
-  return `${address.startsWith('::ffff:') ? address.slice(7) : address} ${port}`;
+/** A connection's endpoints, source first, or undefined while any is unknown (a socket not connected, or closed). */
+function connectionKey(fromAddress?: string, fromPort?: number, toAddress?: string, toPort?: number): string | undefined {
+  if (fromAddress === undefined || fromPort === undefined || toAddress === undefined || toPort === undefined) return undefined;
+  return `${unmapped(fromAddress)} ${fromPort} ${unmapped(toAddress)} ${toPort}`;
+}
+
+/** One spelling per address: on a dual-stack listener an IPv4 peer reads `::ffff:127.0.0.1`, our socket `127.0.0.1`. */
+function unmapped(address: string): string {
+  return address.startsWith('::ffff:') ? address.slice(7) : address;
 }
