@@ -63,15 +63,29 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
  * - a reset, or a write to a connection already reset. undici's error for these does not say whether the connection
  *   was new, so a reset on a new connection counts too: the one extra attempt of an idempotent request that RFC 9110
  *   §9.2.2 allows.
+ * undici's other socket errors are about what the upstream sent (`bad response` for a 100 Continue nobody asked for,
+ * `bad upgrade` for a 101 to a plain request): the upstream got the request and answered it, so it is not sent again.
  */
 function isStaleConnection(err: Error): boolean {
   const e = err as Error & { code?: unknown; socket?: { bytesRead?: unknown } };
   if (e.code === 'ECONNRESET' || e.code === 'EPIPE') return true;
-  return e.code === 'UND_ERR_SOCKET' && typeof e.socket?.bytesRead === 'number' && e.socket.bytesRead > 0;
+  return e.code === 'UND_ERR_SOCKET' && e.message === UNDICI_PEER_CLOSED && typeof e.socket?.bytesRead === 'number' && e.socket.bytesRead > 0;
 }
+
+/** The message of undici's SocketError when the peer ended the connection (client-h1.js, onHttpSocketEnd). */
+const UNDICI_PEER_CLOSED = 'other side closed';
 
 class ClientGoneError extends Error {
   readonly code = 'client_aborted';
+}
+
+/** Passes a 103 Early Hints on to the client; a Link value Node will not write is dropped rather than failing the request. */
+function relayEarlyHints(res: ServerResponse, headers: IncomingHttpHeaders): void {
+  try {
+    res.writeEarlyHints(forwardableResponseHeaders(headers, 103));
+  } catch {
+    // Hints are optional by nature (RFC 8297 §2): the final response still comes.
+  }
 }
 
 /** Responses that never have a body (RFC 9110 §6.4.1), whatever Content-Length they announce. */
@@ -134,15 +148,23 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    // 1xx informational answers (103 Early Hints) are not the response; wait for the final one (RFC 9110 §15.2).
-    if (statusCode < 200 || this.settled) return;
+    if (this.settled) return;
+    // 1xx informational answers are not the response; wait for the final one. A proxy passes them on (RFC 9110
+    // §15.2), never to an HTTP/1.0 client; Node writes the one a client can act on, 103 Early Hints with a Link.
+    if (statusCode < 200) {
+      if (statusCode === 103 && this.req.httpVersionMinor === 1 && this.req.httpVersionMajor === 1 && !this.res.headersSent) relayEarlyHints(this.res, headers);
+      return;
+    }
     if (hasUnsupportedTransferCoding(headers)) {
       controller.abort(new UpstreamError('upstream_bad_response', 'upstream used a transfer coding other than chunked'));
       return;
     }
     this.onResponse?.(statusCode);
+    // The upstream answered before the request body was all here (an early 413, an app that does not read uploads):
+    // what the client still sends must not be read as its next request, so the connection ends with this response.
+    if (this.request.body !== null && !this.req.complete) this.res.shouldKeepAlive = false;
     try {
-      this.res.writeHead(statusCode, forwardableResponseHeaders(headers));
+      this.res.writeHead(statusCode, forwardableResponseHeaders(headers, statusCode));
     } catch (err) {
       // Node refused a header undici accepted: treat like a broken upstream, before anything went out.
       controller.abort(err as Error);

@@ -172,7 +172,7 @@ function appendAt(out: string[], valueIndex: number, name: string, value: string
 }
 
 /** The same filtering for a response header object as undici returns it. */
-export function forwardableResponseHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+export function forwardableResponseHeaders(headers: Record<string, string | string[] | undefined>, status = 200): Record<string, string | string[]> {
   let named: Set<string> | undefined;
   const conn = headers.connection;
   if (typeof conn === 'string') named = extraNamed(conn, undefined);
@@ -183,6 +183,9 @@ export function forwardableResponseHeaders(headers: Record<string, string | stri
     if (value === undefined) continue;
     const lower = name.toLowerCase();
     if (isHopByHop(lower) || named?.has(lower)) continue;
+    // RFC 9110 §8.6: no Content-Length in a 1xx or 204, which have no body; a client that believed one would read
+    // the start of its next response as this one's body.
+    if (lower === 'content-length' && (status < 200 || status === 204)) continue;
     out[name] = value;
   }
   return out;

@@ -386,7 +386,7 @@ describe('forward(): header hygiene (RFC 9110 §7.6.1)', () => {
     expect(notModified.headers.etag).toBe('"v1"');
   });
 
-  it("passes a 304 or 204 through whole when it carries the Content-Length of the body it stands for (RFC 9110 §8.6)", async () => {
+  it("passes a 304 through whole with the Content-Length of the body it stands for, and drops the one a 204 must not have (RFC 9110 §8.6)", async () => {
     // node:http will not write such a head, so the app writes raw HTTP.
     const app = await rawTcpApp((request) =>
       request.startsWith('GET /304')
@@ -396,9 +396,46 @@ describe('forward(): header hygiene (RFC 9110 §7.6.1)', () => {
     const proxy = await proxyTo(app);
     const notModified = await get(`${proxy.url}/304`);
     expect([notModified.status, notModified.headers.etag, notModified.body.length]).toEqual([304, '"a"', 0]);
+    expect(notModified.headers['content-length']).toBe('100');
     const noContent = await get(`${proxy.url}/204`);
     expect([noContent.status, noContent.headers['x-kind'], noContent.body.length]).toEqual([204, 'none', 0]);
+    expect(noContent.rawHeaders.map((h) => h.toLowerCase())).not.toContain('content-length');
     expect(proxy.errors).toEqual([]);
+  });
+
+  it('passes 103 Early Hints on to an HTTP/1.1 client before the response, never to an HTTP/1.0 one (RFC 9110 §15.2)', async () => {
+    const app = await rawTcpApp(() => 'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    const proxy = await proxyTo(app);
+    const v11 = await rawExchange(proxy.port, 'GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(v11).toMatch(/^HTTP\/1\.1 103 Early Hints\r\nLink: <\/style\.css>; rel=preload; as=style\r\n\r\nHTTP\/1\.1 200 OK\r\n/);
+    expect(v11.endsWith('\r\n\r\nok')).toBe(true);
+    const v10 = await rawExchange(proxy.port, 'GET /page HTTP/1.0\r\nHost: x\r\n\r\n');
+    expect(v10).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(v10).not.toContain('103');
+  });
+
+  it('ends the connection with a response that came before the request body was all sent, so the rest is never read as a next request', async () => {
+    // The app answers at the first chunk, as an app that refuses an upload early does.
+    const { createServer: createTcpServer } = await import('node:net');
+    let requests = 0;
+    const server = createTcpServer((s) => {
+      s.once('data', () => {
+        requests++;
+        s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly');
+      });
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => server.close(() => r())));
+    const proxy = await proxyTo(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    const client = await rawConnect(proxy.port);
+    client.write('POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
+    const early = await readResponse(client);
+    expect([early.status, early.body, early.headers.connection]).toEqual([200, 'early', 'close']);
+    // What the client sends next would otherwise wait on a connection nobody reads; here the connection ends.
+    client.write('5\r\nworld\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n');
+    await new Promise<void>((r) => (client.destroyed ? r() : client.once('close', () => r())));
+    expect(requests).toBe(1);
   });
 
   it('refuses a response in a transfer coding other than chunked with 502 upstream_bad_response (the client would get decoded bytes labelled as coded)', async () => {
@@ -546,6 +583,21 @@ describe('forward(): upstream failures', () => {
     expect(res.status).toBe(200);
     expect(res.body).toBe('abcdef');
     expect(proxy.errors).toEqual([]);
+  });
+
+  it('does not send a request again after the upstream answered it with a 100 or 101 nobody asked for (502, sent once)', async () => {
+    for (const interim of ['HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n']) {
+      let received = 0;
+      const app = await rawTcpApp(() => {
+        received++;
+        return `${interim}HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok`;
+      });
+      const proxy = await proxyTo(app);
+      // DELETE is idempotent: only the stale-connection retry could send it twice, and this connection was not stale.
+      const res = await get(`${proxy.url}/orders/42`, {}, 'DELETE');
+      expect(res.status, interim).toBe(502);
+      expect(received, interim).toBe(1);
+    }
   });
 
   it('answers 502 upstream_reset when the upstream closes the connection before answering', async () => {
