@@ -24,8 +24,8 @@ export type RefusalObserver = (req: RefusedRequest, refusal: Refusal) => void;
 
 /** Why a request is refused before any handler sees it. */
 export interface RequestViolation extends Refusal {
-  status: 400 | 431 | 501;
-  reason: 'too_many_headers' | 'bad_request' | 'transfer_coding_not_supported';
+  status: 400 | 431 | 501 | 505;
+  reason: 'too_many_headers' | 'bad_request' | 'transfer_coding_not_supported' | 'http_version_not_supported';
 }
 
 /**
@@ -37,10 +37,19 @@ export interface RequestViolation extends Refusal {
  * next, and on Node 22+ it fails the parse with the code of an oversize
  * block. Refusing the request with 431 (RFC 6585 §5) here removes the
  * ambiguity. Two Host headers, or one whose value is not `uri-host[:port]`,
- * get 400 (RFC 9112 §3.2); Node's parser takes any value. Transfer codings:
- * see checkTransferCodings. Returns undefined when fine.
+ * get 400 (RFC 9112 §3.2); Node's parser takes any value. So does an
+ * HTTP/1.1 request with no Host, which Node would answer with a bare 400 of
+ * its own, neither counted nor logged (listen.ts turns that off). Transfer
+ * codings: see checkTransferCodings; HTTP/1.0 has none (§6.1: a 1.0 message
+ * with Transfer-Encoding has faulty framing), so there one is refused. A
+ * version other than 1.x (a request line without one, which Node reads as
+ * HTTP/0.9, or HTTP/2.0 spelt in an HTTP/1 request line) is 505. Returns
+ * undefined when fine.
  */
 export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): RequestViolation | undefined {
+  if (req.httpVersionMajor !== 1) {
+    return { status: 505, reason: 'http_version_not_supported', message: 'only HTTP/1.0 and HTTP/1.1 request lines are served' };
+  }
   const raw = req.rawHeaders;
   if (raw.length > maxHeaderCount * 2) {
     return { status: 431, reason: 'too_many_headers', message: `more than ${maxHeaderCount} request headers` };
@@ -60,8 +69,12 @@ export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): 
       codings = codings === undefined ? raw[i + 1]! : `${codings},${raw[i + 1]!}`;
     }
   }
+  // CONNECT names its authority in the request target, and Node never asked it for a Host either: kept for proxy clients.
+  if (hosts === 0 && req.httpVersionMinor === 1 && req.method !== 'CONNECT') return { status: 400, reason: 'bad_request', message: 'an HTTP/1.1 request must have a Host header' };
+  if (codings === undefined) return undefined;
+  if (req.httpVersionMinor === 0) return { status: 400, reason: 'bad_request', message: 'an HTTP/1.0 request cannot use Transfer-Encoding' };
   // A plain `chunked`, the only coding almost every client sends, needs no parsing.
-  return codings === undefined || codings === 'chunked' ? undefined : checkTransferCodings(codings);
+  return codings === 'chunked' ? undefined : checkTransferCodings(codings);
 }
 
 /**

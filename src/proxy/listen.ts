@@ -95,6 +95,8 @@ export function createLimitedServer(
     connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 2))),
     // Node rejects a request with both Content-Length and Transfer-Encoding (smuggling); keep that strictness.
     insecureHTTPParser: false,
+    // An HTTP/1.1 request without Host is refused by checkRequestHead, as JSON and counted; Node's own 400 is neither.
+    requireHostHeader: false,
   };
   // One request of a connection at a time (RFC 9112 §9.3.2): a request pipelined behind others is served once their
   // responses are complete (pipelining.ts).

@@ -208,11 +208,12 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     }
   });
 
-  it('HTTP/1.1 without Host: 400 from Node itself (RFC 9112 §3.2), the app sees no request', async () => {
+  it('HTTP/1.1 without Host: 400 bad_request (RFC 9112 §3.2), the app sees no request', async () => {
     const before = app.requests.length;
     const ex = await rawExchange(sidecar.inbound!, 'GET /public/x HTTP/1.1\r\n\r\n');
-    // Node answers this one before any handler runs, so the body is empty rather than the sidecar's JSON.
+    // The sidecar's own refusal, JSON and counted, rather than Node's bare 400.
     expect(ex.responses.map((r) => r.status)).toEqual([400]);
+    expect(ex.responses[0]!.json()).toEqual({ error: 'an HTTP/1.1 request must have a Host header', reason: 'bad_request' });
     expect(ex.closedByServer).toBe(true);
     expect(app.requests.slice(before)).toEqual([]);
   });

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rawExchange } from '../support/attacks.js';
+import { eventually } from './inbound-support.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
@@ -195,7 +196,7 @@ describe('inbound listener: a config reload that changes its limits or TLS files
   });
 });
 
-describe('both listeners: request transfer codings (RFC 9112 §6.1)', () => {
+describe('both listeners: request versions, Host and transfer codings (RFC 9112 §2.3, §3.2, §6.1)', () => {
   let app: UpstreamApp;
   let sidecar: SidecarProcess;
 
@@ -228,6 +229,47 @@ describe('both listeners: request transfer codings (RFC 9112 §6.1)', () => {
     const plain = await rawExchange(sidecar[side]!, post('chunked'));
     expect(plain.responses.map((r) => r.status)).toEqual([200]);
     expect(app.seen.slice(before).map((r) => [r.url, r.bodyBytes])).toEqual([['/upload', 3]]);
+  });
+
+  /** The request target each side serves: a path inbound, the app's absolute URL outbound (a passthrough host). */
+  const target = (side: 'inbound' | 'outbound', path: string) => (side === 'inbound' ? path : `${app.url}${path}`);
+
+  it.each(['inbound', 'outbound'] as const)('%s: refuses what Node would let through or answer uncounted, each as JSON, counted and logged, and never calls the app', async (side) => {
+    const refusals: [string, number, string, string][] = [
+      // Node answers this with a bare 400 of its own, neither counted nor logged.
+      ['HTTP/1.1 without Host', 400, 'bad_request', `GET ${target(side, '/no-host')} HTTP/1.1\r\n\r\n`],
+      // RFC 9112 §6.1: faulty framing; Node would decode the chunks.
+      ['HTTP/1.0 with Transfer-Encoding', 400, 'bad_request', `POST ${target(side, '/te10')} HTTP/1.0\r\nHost: ${app.hostPort}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n`],
+      // No version: Node reads HTTP/0.9 and still parses the headers after it.
+      ['a request line without a version', 505, 'http_version_not_supported', `GET ${target(side, '/v09')}\r\nHost: ${app.hostPort}\r\n\r\n`],
+      ['HTTP/2.0 in an HTTP/1 request line', 505, 'http_version_not_supported', `GET ${target(side, '/v20')} HTTP/2.0\r\nHost: ${app.hostPort}\r\n\r\n`],
+    ];
+    const before = app.seen.length;
+    for (const [what, status, reason, bytes] of refusals) {
+      const ex = await rawExchange(sidecar[side]!, bytes);
+      expect(ex.responses.map((r) => r.status), what).toEqual([status]);
+      expect(ex.responses[0]!.json(), what).toMatchObject({ reason });
+      expect(ex.closedByServer, what).toBe(true);
+    }
+    expect(app.seen.length).toBe(before);
+    await eventually(() => sidecar.logs.filter((l) => l.event === 'request_rejected' && ['bad_request', 'http_version_not_supported'].includes(l.reason as string) && l.peer).length >= 4);
+    const metrics = await (await fetch(`${sidecar.admin}/metrics`)).text();
+    const counted = side === 'inbound' ? 'oidc_sidecar_inbound_requests_total{decision="reject",reason="http_version_not_supported"}' : 'oidc_sidecar_outbound_requests_total{route="none",status="http_version_not_supported"}';
+    expect(metrics).toContain(`${counted} 2`);
+  });
+
+  it.each(['inbound', 'outbound'] as const)('%s: still serves HTTP/1.0 without Host, and HTTP/1.0 with a Content-Length body', async (side) => {
+    const before = app.seen.length;
+    const bare = await rawExchange(sidecar[side]!, `GET ${target(side, '/old')} HTTP/1.0\r\n\r\n`);
+    const sized = await rawExchange(sidecar[side]!, `POST ${target(side, '/old-post')} HTTP/1.0\r\n${side === 'inbound' ? '' : `Host: ${app.hostPort}\r\n`}Content-Length: 3\r\n\r\nabc`);
+    expect([bare, sized].map((ex) => ex.responses.map((r) => r.status))).toEqual([[200], [200]]);
+    expect(app.seen.slice(before).map((r) => [r.url, r.bodyBytes])).toEqual([['/old', 0], ['/old-post', 3]]);
+  });
+
+  it('outbound: CONNECT without a Host header still opens its tunnel (the authority is in the request target)', async () => {
+    const ex = await rawExchange(sidecar.outbound!, `CONNECT ${app.hostPort} HTTP/1.1\r\n\r\nGET /through HTTP/1.1\r\nHost: ${app.hostPort}\r\nConnection: close\r\n\r\n`);
+    expect(ex.raw.startsWith('HTTP/1.1 200')).toBe(true);
+    expect(ex.raw).toContain('"url":"/through"');
   });
 });
 
