@@ -14,6 +14,8 @@ export interface RequestTarget {
 }
 
 const HEX = '0123456789ABCDEF';
+/** `http://authority` or `https://authority` at the start of an absolute-form target, the authority captured. */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)/i;
 const UNRESERVED = new Uint8Array(128);
 for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~') UNRESERVED[c.charCodeAt(0)] = 1;
 
@@ -21,13 +23,17 @@ for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-
  * Splits a request-target (RFC 9112 §3.2) into a normalised path and the
  * query. Origin-form and absolute-form are accepted (a server MUST accept the
  * latter, §3.2.2); asterisk-form and authority-form are not for this listener.
+ * An absolute-form target must be an `http` or `https` URL with a host and no
+ * user info (RFC 9110 §4.2.1, §4.2.4: user info is to be treated as an error);
+ * its authority is otherwise not used, the path is.
  */
 export function normalizeTarget(target: string): RequestTarget {
   let rest = target;
   if (!rest.startsWith('/')) {
-    const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/.exec(rest);
-    if (!scheme) throw new BadPathError('request target must be a path');
-    rest = rest.slice(scheme[0].length);
+    const absolute = ABSOLUTE_FORM.exec(rest);
+    if (!absolute) throw new BadPathError('request target must be a path or an http(s) URL');
+    if (absolute[1] === '' || absolute[1]!.includes('@')) throw new BadPathError('request target URL must have a host and no user info');
+    rest = rest.slice(absolute[0].length);
     if (!rest.startsWith('/')) rest = `/${rest}`;
   }
   const q = rest.indexOf('?');
