@@ -108,7 +108,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
 
   const adminState = {
     isAccepting: () => accepting,
-    isReady: () => [...slots.values()].every((s) => s.component.isReady()),
+    waitingFor: () => [...slots.values()].flatMap((s) => s.component.waitingFor()),
   };
   const openAdmin = async (listen: string) => {
     const server = createAdminServer(metrics, adminState);
@@ -154,7 +154,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   return {
     addresses,
     metrics,
-    isReady: () => accepting && adminState.isReady(),
+    isReady: () => accepting && adminState.waitingFor().length === 0,
 
     reload(next) {
       if (!accepting) return Promise.reject(shuttingDownError());
@@ -241,7 +241,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     }
     current = next;
     syncAddresses();
-    const notReady = SIDES.filter((side) => slots.get(side) && !slots.get(side)!.component.isReady());
+    const notReady = SIDES.filter((side) => slots.get(side) && slots.get(side)!.component.waitingFor().length > 0);
     if (notReady.length > 0) logger.warn({ event: 'reloaded_not_ready', sides: notReady }, 'new config is serving but not ready yet (keys or tokens still loading)');
   }
 }

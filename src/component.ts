@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Logger } from './log.js';
+import { capped, type Logger } from './log.js';
 import type { Refusal, RefusedRequest } from './proxy/listen.js';
 import type { Metrics } from './admin/metrics.js';
 import type { Clock } from './clock.js';
@@ -28,8 +28,8 @@ export interface Component {
   connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */
   start(): Promise<void>;
-  /** True once it can serve (keys loaded, tokens fetched). */
-  isReady(): boolean;
+  /** What it still needs before it can serve, one short line each (`keys for <issuer>: <last error>`); empty = ready. */
+  waitingFor(): string[];
   /** Stops timers and closes its pools after in-flight work ends. */
   close(): Promise<void>;
   /** State worth keeping across a config reload (keys, tokens), handed to the successor's factory. */
@@ -54,4 +54,9 @@ export interface ComponentDeps {
   service: string;
   /** From the component this one replaces (config reload). */
   handover?: Handover;
+}
+
+/** One line of waitingFor(): what is missing, and the last error behind it if any (on one line, capped: it can quote an IdP's answer). */
+export function waitingLine(what: string, lastError: string | undefined): string {
+  return lastError ? `${what} (${capped(lastError.replace(/\s+/g, ' '), 200)})` : what;
 }

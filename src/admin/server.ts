@@ -4,8 +4,8 @@ import type { Metrics } from './metrics.js';
 export interface AdminState {
   /** False once shutdown starts, so load balancers stop sending traffic. */
   isAccepting(): boolean;
-  /** Every component ready (issuer keys loaded, route tokens fetched). */
-  isReady(): boolean;
+  /** What the components still need before they can serve (issuer keys, route tokens); empty = ready. */
+  waitingFor(): string[];
 }
 
 /** GET /healthz (process alive), /readyz (ready to serve), /metrics (Prometheus text). */
@@ -21,8 +21,10 @@ export function createAdminServer(metrics: Metrics, state: AdminState): Server {
         res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
         return;
       case '/readyz': {
-        const status = !state.isAccepting() ? 'shutting down' : state.isReady() ? 'ready' : 'not ready';
-        res.writeHead(status === 'ready' ? 200 : 503, { 'content-type': 'text/plain' }).end(`${status}\n`);
+        // The body says what is missing, so `curl /readyz` answers "why not ready?" without a trip to the logs.
+        const waiting = state.isAccepting() ? state.waitingFor() : undefined;
+        const body = waiting === undefined ? 'shutting down\n' : waiting.length === 0 ? 'ready\n' : `not ready\n${waiting.map((w) => `- waiting for ${w}\n`).join('')}`;
+        res.writeHead(waiting?.length === 0 ? 200 : 503, { 'content-type': 'text/plain' }).end(body);
         return;
       }
       case '/metrics':

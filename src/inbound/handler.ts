@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import type { Component, ComponentDeps } from '../component.js';
+import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { InboundConfig, LimitsConfig } from '../config/schema.js';
 import { SidecarError, type UpstreamError } from '../errors.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
@@ -165,7 +165,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     dropHeaders,
     targetPrefix,
     start: () => keyStore.start(),
-    isReady: () => keyStore.isReady(),
+    waitingFor: () => keyStore.issuers.filter((k) => !k.isUsable()).map((k) => waitingLine(`inbound: keys for ${k.issuer}`, k.lastError)),
     handover: () => ({ keys: keyStore.snapshot() }),
     async close() {
       await keyStore.close();

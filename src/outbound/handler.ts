@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import type { Component, ComponentDeps } from '../component.js';
+import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
 import { capped } from '../log.js';
@@ -252,7 +252,11 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     async start() {
       await Promise.all(broker.routeBindings().map((b) => cache.prefetch(b)));
     },
-    isReady: () => broker.routeBindings().every((b) => cache.hasValid(b.key)),
+    waitingFor: () =>
+      broker
+        .routeBindings()
+        .filter((b) => !cache.hasValid(b.key))
+        .map((b) => waitingLine(`outbound: a token for audience ${b.audience}`, cache.lastError(b.key))),
     handover: () => ({ tokens: cache.snapshot() }),
     async close() {
       cache.close();

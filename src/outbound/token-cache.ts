@@ -51,6 +51,8 @@ export interface TokenCache {
   prefetch(binding: TokenBinding): Promise<void>;
   /** True while the key holds a token that has not expired. */
   hasValid(key: string): boolean;
+  /** Why the last fetch for a key failed, while it has failed since the last success. */
+  lastError(key: string): string | undefined;
   /** Cancels every timer, stops watching the sources, and forgets every token. */
   close(): void;
   /** The tokens that are still valid, for a successor built by a config reload. */
@@ -274,6 +276,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const e = entries.get(key);
       return e !== undefined && isValid(e, clock.now());
     },
+    lastError: (key) => entries.get(key)?.lastError?.message,
     close() {
       closed = true;
       for (const e of entries.values()) {

@@ -28,6 +28,10 @@ describe('inbound keys: readiness, rotation, outages, kid floods', () => {
   it('/readyz is 503 and requests get 503 keys_unavailable until the IdP answers; then it serves', async () => {
     const { idp, app, sidecar } = await setup({ jwks: { retryMinSeconds: 0.1, retryMaxSeconds: 0.2 } }, { idpDown: true });
     expect(await readyz(sidecar)).toBe(503);
+    await sidecar.waitForLog((l) => l.event === 'jwks_fetch_failed');
+    const waiting = await (await fetch(`${sidecar.admin}/readyz`)).text();
+    expect(waiting.startsWith(`not ready\n- waiting for inbound: keys for ${idp.issuer} (`)).toBe(true);
+    expect(waiting.split('\n').filter(Boolean)).toHaveLength(2);
     const token = await idp.mint({ aud: 'orders' });
     const res = await call(sidecar.inbound!, '/x', { token });
     expect(res.status).toBe(503);

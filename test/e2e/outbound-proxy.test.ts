@@ -422,7 +422,10 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(r.json()).toMatchObject({ reason: 'token_unavailable', oauth_error: 'invalid_client' });
     expect(r.json().error).toMatch(/invalid_client/);
     expect(app.seen).toHaveLength(0);
-    expect((await fetch(`${s.admin}/readyz`)).status).toBe(503);
+    const ready = await fetch(`${s.admin}/readyz`);
+    expect(ready.status).toBe(503);
+    // What is missing and why, so `curl /readyz` answers "why not ready?".
+    expect(await ready.text()).toMatch(/^not ready\n- waiting for outbound: a token for audience payments \(.*invalid_client.*\)\n$/);
     expect(s.output()).not.toContain(wrong);
     const text = await metricsText(s.admin);
     expect(sample(text, 'oidc_sidecar_token_requests_total', { result: 'invalid_client' })).toBeGreaterThanOrEqual(1);
