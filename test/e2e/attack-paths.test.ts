@@ -166,9 +166,11 @@ describe('path tricks never reach the app under a more permissive rule than the 
       ['fragment', rawRequestBytes(`/callback#access_token=${token}`, [['Host', 'orders']]), 400, 'bad_path', '/callback'],
       ['jsessionid', rawRequestBytes(`/admin;jsessionid=${session}/users`, [['Host', 'orders']]), 400, 'bad_path', '/admin;…/users'],
       ['@ in userinfo', rawRequestBytes(`https://svc:${password}@x@orders/a;b?access_token=${token}`, [['Host', 'orders']]), 400, 'bad_path', 'https://orders/a;…'],
-      // Normalised, then refused for the token: the canonical path.
       ['userinfo and fragment', rawRequestBytes(`http://svc:${password}@orders/admin/users#${token}`, [['Host', 'orders']]), 400, 'bad_path', 'http://orders/admin/users'],
-      ['userinfo, missing token', rawRequestBytes(`http://svc:${password}@orders/admin/users?access_token=${token}`, [['Host', 'orders']]), 401, 'missing_token', '/admin/users'],
+      // User info in an absolute-form target is an error (RFC 9110 §4.2.4) even where the path is fine.
+      ['userinfo and query', rawRequestBytes(`http://svc:${password}@orders/admin/users?access_token=${token}`, [['Host', 'orders']]), 400, 'bad_path', 'http://orders/admin/users'],
+      // Normalised, then refused for the token: the canonical path.
+      ['query, missing token', rawRequestBytes(`http://orders/admin/users?access_token=${token}`, [['Host', 'orders']]), 401, 'missing_token', '/admin/users'],
       // Refused by the listener (two Host headers), by the upgrade check (h2c) and as CONNECT: the raw req.url.
       ['listener', rawRequestBytes(`http://svc:${password}@orders/public/x#access_token=${token}`, [['Host', 'orders'], ['Host', 'admin']]), 400, 'bad_request', 'http://orders/public/x'],
       ['upgrade', rawRequestBytes(`http://svc:${password}@orders/public/ws?access_token=${token}`, [['Host', 'orders'], ...ws]), 400, 'upgrade_not_supported', 'http://orders/public/ws'],
