@@ -248,16 +248,25 @@ describe('kubernetes example', () => {
       const [cm] = byKind('ConfigMap');
       expect(Object.keys(cm.data).sort()).toEqual(['base.yaml', 'namespace.yaml']);
       const dir = mkdtempSync(join(tmpdir(), `k8s-${ns}-`));
+      let effective: any;
       try {
         for (const [file, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(join(dir, file), text);
         // The Deployment's env as the container gets it; the mounted files (the cluster CA) exist only in the pod.
         const env = Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
         const r = await runCli(['validate', '--skip-file-checks', '--config', join(dir, 'base.yaml'), '--config', join(dir, 'namespace.yaml')], { env });
         expect(r.stderr).toBe('');
-        expect(parse(r.stdout)).toMatchObject({ service: ns, inbound: { audience: ns } });
+        effective = parse(r.stdout);
+        expect(effective).toMatchObject({ service: ns, inbound: { audience: ns } });
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
+
+      // Shutdown: the sidecar sleeps before its SIGTERM (endpoint removal takes seconds to reach every node),
+      // and the grace period covers that sleep, the drain and a margin before the SIGKILL.
+      const preStop = sidecar.lifecycle?.preStop;
+      const preStopSeconds: number = preStop?.sleep?.seconds ?? (preStop?.exec?.command?.[0] === 'sleep' ? Number(preStop.exec.command[1]) : NaN);
+      expect(preStopSeconds).toBeGreaterThanOrEqual(3);
+      expect(pod.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(preStopSeconds + effective.lifecycle.drainTimeoutSeconds + 5);
     });
   }
 
