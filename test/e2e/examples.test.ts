@@ -244,6 +244,14 @@ describe('kubernetes example', () => {
       const [svc] = byKind('Service');
       expect(svc.spec.ports.map((p: any) => p.targetPort)).toEqual(['inbound']);
 
+      // Other pods get in through the sidecar only: a NetworkPolicy on this pod admits its inbound and admin ports,
+      // not the app's (which declares none: it listens on loopback).
+      const policies = byKind('NetworkPolicy').filter((p) => Object.entries(p.spec.podSelector.matchLabels).every(([k, v]) => deploy.spec.template.metadata.labels[k] === v));
+      expect(policies).toHaveLength(1);
+      expect(policies[0].spec.policyTypes).toContain('Ingress');
+      expect(policies[0].spec.ingress.flatMap((r: any) => r.ports.map((p: any) => p.port)).sort()).toEqual([15006, 15020]);
+      expect(pod.containers.find((c: any) => c.name === 'app').ports).toBeUndefined();
+
       // The ConfigMap as rendered validates as the sidecar would load it.
       const [cm] = byKind('ConfigMap');
       expect(Object.keys(cm.data).sort()).toEqual(['base.yaml', 'namespace.yaml']);
