@@ -3,7 +3,10 @@
 # oidc-sidecar image.
 #   docker build -t oidc-sidecar .
 #   docker run -v $PWD/sidecar.yaml:/etc/oidc-sidecar/config.yaml:ro oidc-sidecar
-#   docker run -e OIDC_SIDECAR_CONFIG=/cfg/base.yaml,/cfg/ns.yaml -v $PWD/config:/cfg:ro oidc-sidecar
+#   docker run -e OIDC_SIDECAR_CONFIG=/cfg/base.yaml,/cfg/local.yaml -v $PWD/my-config:/cfg:ro oidc-sidecar   # your layers, merged in order
+# The image ships config/ (base.yaml, namespaces/*.yaml). Those layers run only in a Kubernetes pod: they read the
+# pod's service-account CA and projected tokens and call kubernetes.default.svc. Elsewhere, check them without
+# reading those files:
 #   docker run oidc-sidecar validate --skip-file-checks --config /opt/oidc-sidecar/config/base.yaml
 
 # Debian's slim image carries the official glibc build of Node, the one CI tests and the memory figures in
