@@ -87,6 +87,27 @@ describe('shipped configs validate with the CLI', () => {
     }
   });
 
+  it.skipIf(existsSync(POD_CA_FILE))('the commands in config/ headers work as written: validate lines run here, run lines say they are for the pod', async () => {
+    const files = ['config/base.yaml', ...readdirSync(at('config/namespaces')).map((f) => `config/namespaces/${f}`)];
+    let validates = 0;
+    for (const file of files) {
+      for (const line of readFileSync(at(file), 'utf8').split('\n')) {
+        const m = /^#\s+oidc-sidecar (validate|run)\s+(.*?)(?:\s+#\s*(.*))?$/.exec(line);
+        if (!m) continue;
+        const [, command, args, note] = m;
+        if (command === 'run') {
+          expect(note, `${file}: ${line}`).toBe('in the pod');
+          continue;
+        }
+        const r = await runCli([command!, ...args!.split(/\s+/)], { cwd: ROOT });
+        expect(r.stderr, `${file}: ${line}`).toBe('');
+        expect(r.code).toBe(0);
+        validates++;
+      }
+    }
+    expect(validates).toBeGreaterThanOrEqual(files.length);
+  });
+
   it.skipIf(existsSync(POD_CA_FILE))('outside a pod, validate without --skip-file-checks still reads the cluster CA: refused with its key path', async () => {
     const r = await runCli(['validate', '--config', at('config/base.yaml')]);
     expect(r.code).toBe(1);
