@@ -216,14 +216,23 @@ describe('docker-compose example', () => {
         peerAnswer: { service: 'payments', method: 'POST', path: '/payments/charge', caller: { sub: 'orders', iss: idp.issuer, client: 'orders' }, bearerTokenReachedApp: false },
       });
 
-      // README steps 2-5 against the payments sidecar.
-      expect((await fetch(`${payments.inbound}/payments/charge`, { method: 'POST' })).status).toBe(401);
+      // README steps 2-5 against the payments sidecar; the README shows each refusal's header and body as sent.
+      const readme = readFileSync(join(composeDir, 'README.md'), 'utf8');
+      const shown = async (res: Response) => {
+        const body = await res.text();
+        expect(readme).toContain(`# www-authenticate: ${res.headers.get('www-authenticate')}\n`);
+        expect(readme).toContain(`# ${body}\n`);
+        return JSON.parse(body).reason as string;
+      };
+      const none = await fetch(`${payments.inbound}/payments/charge`, { method: 'POST' });
+      expect([none.status, await shown(none)]).toEqual([401, 'missing_token']);
       const call = (token: string) => fetch(`${payments.inbound}/payments/charge`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
       expect((await call(await idp.getToken('orders', 'payments', { audienceParam: 'audience' }))).status).toBe(200);
       const wrong = await call(await idp.getToken('orders', 'orders', { audienceParam: 'audience' }));
-      expect([wrong.status, ((await wrong.json()) as any).reason]).toEqual([401, 'audience_mismatch']);
+      expect([wrong.status, await shown(wrong)]).toEqual([401, 'audience_mismatch']);
       const other = await call(await idp.getToken('payments', 'payments', { audienceParam: 'audience' }));
-      expect([other.status, ((await other.json()) as any).reason]).toEqual([403, 'policy_denied']);
+      expect([other.status, await shown(other)]).toEqual([403, 'policy_denied']);
+      expect(readme).not.toMatch(/\| *head\b/);
     });
   });
 });
