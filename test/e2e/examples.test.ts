@@ -163,6 +163,16 @@ describe('docker-compose example', () => {
     expect(compose.networks.mesh.internal).toBe(true);
   });
 
+  it('sets each proxy variable in both spellings (curl reads only the lowercase one)', () => {
+    for (const [name, svc] of Object.entries(compose.services)) {
+      const env = (svc.environment ?? {}) as Record<string, string>;
+      for (const upper of ['HTTP_PROXY', 'NO_PROXY']) {
+        if (env[upper] !== undefined) expect(env[upper.toLowerCase()], `${name}: ${upper.toLowerCase()}`).toBe(env[upper]);
+      }
+    }
+    expect(compose.services.orders.environment.http_proxy).toBe('http://127.0.0.1:15001');
+  });
+
   it('its dev-clients.yaml is a valid dev issuer clients file', () => {
     const file = loadDevClientsFile(join(composeDir, 'dev-clients.yaml'), {});
     expect(file.clients.map((c) => c.clientId)).toEqual(['orders', 'payments']);
@@ -298,6 +308,11 @@ describe('kubernetes example', () => {
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
+
+      // The app proxies through the sidecar's outbound listener in both spellings (curl reads only http_proxy).
+      const appEnv = Object.fromEntries((pod.containers.find((c: any) => c.name === 'app').env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
+      expect(appEnv).toMatchObject({ HTTP_PROXY: `http://${effective.outbound.listen}`, http_proxy: `http://${effective.outbound.listen}` });
+      expect(appEnv.no_proxy).toBe(appEnv.NO_PROXY);
 
       // Shutdown: the sidecar sleeps before its SIGTERM (endpoint removal takes seconds to reach every node),
       // and the grace period covers that sleep, the drain and a margin before the SIGKILL.
