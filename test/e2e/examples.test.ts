@@ -309,6 +309,11 @@ describe('kubernetes example', () => {
         rmSync(dir, { recursive: true, force: true });
       }
 
+      // The sidecar's memory request covers its peak (docs/performance.md, "Memory": up to ~90 MB), so the
+      // scheduler does not pack pods onto a node that cannot hold them under load.
+      expect(bytes(sidecar.resources.requests.memory)).toBeGreaterThanOrEqual(90 * 2 ** 20);
+      expect(bytes(sidecar.resources.limits.memory)).toBeGreaterThanOrEqual(bytes(sidecar.resources.requests.memory));
+
       // The app proxies through the sidecar's outbound listener in both spellings (curl reads only http_proxy).
       const appEnv = Object.fromEntries((pod.containers.find((c: any) => c.name === 'app').env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
       expect(appEnv).toMatchObject({ HTTP_PROXY: `http://${effective.outbound.listen}`, http_proxy: `http://${effective.outbound.listen}` });
@@ -413,6 +418,14 @@ async function startApp(env: Record<string, string>): Promise<{ url: string; chi
     child.once('exit', (code) => rej(new Error(`app exited with ${code}`)));
   });
   return { url: `http://127.0.0.1:${port}`, child };
+}
+
+/** A Kubernetes memory quantity (`96Mi`, `100M`, `1Gi`, plain bytes) in bytes. */
+function bytes(quantity: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?$/.exec(quantity);
+  if (!m) throw new Error(`unexpected memory quantity ${quantity}`);
+  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, k: 1e3, M: 1e6, G: 1e9 }[m[2] as string] ?? 1;
+  return Number(m[1]) * unit;
 }
 
 function freePort(): Promise<number> {
