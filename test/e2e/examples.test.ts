@@ -261,6 +261,7 @@ describe('kubernetes example', () => {
 
       const [deploy] = byKind('Deployment');
       const pod = deploy.spec.template.spec;
+      const selects = (selector: any) => Object.entries(selector.matchLabels).every(([k, v]) => deploy.spec.template.metadata.labels[k] === v);
       expect(pod.serviceAccountName).toBe(ns);
       expect(byKind('ServiceAccount').map((s) => s.metadata.name)).toContain(ns);
       expect(pod.securityContext.runAsNonRoot).toBe(true);
@@ -286,7 +287,7 @@ describe('kubernetes example', () => {
 
       // Other pods get in through the sidecar only: a NetworkPolicy on this pod admits its inbound and admin ports,
       // not the app's (which declares none: it listens on loopback).
-      const policies = byKind('NetworkPolicy').filter((p) => Object.entries(p.spec.podSelector.matchLabels).every(([k, v]) => deploy.spec.template.metadata.labels[k] === v));
+      const policies = byKind('NetworkPolicy').filter((p) => selects(p.spec.podSelector));
       expect(policies).toHaveLength(1);
       expect(policies[0].spec.policyTypes).toContain('Ingress');
       expect(policies[0].spec.ingress.flatMap((r: any) => r.ports.map((p: any) => p.port)).sort()).toEqual([15006, 15020]);
@@ -308,6 +309,13 @@ describe('kubernetes example', () => {
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
+
+      // Evictions (node drains, upgrades) leave at least one replica of several serving.
+      const budgets = byKind('PodDisruptionBudget').filter((b) => selects(b.spec.selector));
+      expect(budgets).toHaveLength(1);
+      expect(deploy.spec.replicas).toBeGreaterThanOrEqual(2);
+      expect(budgets[0].spec.minAvailable).toBeGreaterThanOrEqual(1);
+      expect(budgets[0].spec.minAvailable).toBeLessThan(deploy.spec.replicas);
 
       // The sidecar's memory request covers its peak (docs/performance.md, "Memory": up to ~90 MB), so the
       // scheduler does not pack pods onto a node that cannot hold them under load.
