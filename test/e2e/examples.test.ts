@@ -266,7 +266,10 @@ describe('kubernetes example', () => {
       expect(byKind('ServiceAccount').map((s) => s.metadata.name)).toContain(ns);
       expect(pod.securityContext.runAsNonRoot).toBe(true);
       const sidecar = pod.containers.find((c: any) => c.name === 'oidc-sidecar');
-      expect(sidecar.args).toEqual(['run', '--config=/etc/oidc-sidecar/base.yaml', '--config=/etc/oidc-sidecar/namespace.yaml']);
+      // The layers come from OIDC_SIDECAR_CONFIG, so `kubectl exec` of validate, verify or token finds them too.
+      expect(sidecar.args).toEqual(['run']);
+      const configMount = sidecar.volumeMounts.find((m: any) => m.name === 'oidc-sidecar-config').mountPath as string;
+      expect(sidecar.env.find((e: any) => e.name === 'OIDC_SIDECAR_CONFIG')?.value).toBe(`${configMount}/base.yaml,${configMount}/namespace.yaml`);
       expect(sidecar.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
       expect(sidecar.livenessProbe.httpGet).toMatchObject({ path: '/healthz', port: 'admin' });
       expect(sidecar.readinessProbe.httpGet).toMatchObject({ path: '/readyz', port: 'admin' });
@@ -300,9 +303,11 @@ describe('kubernetes example', () => {
       let effective: any;
       try {
         for (const [file, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(join(dir, file), text);
-        // The Deployment's env as the container gets it; the mounted files (the cluster CA) exist only in the pod.
+        // The Deployment's env as the container gets it, the ConfigMap's mount point moved here; as `oidc-sidecar validate`
+        // run in the container, but with --skip-file-checks: the mounted files (the cluster CA) exist only in the pod.
         const env = Object.fromEntries((sidecar.env as Array<{ name: string; value: string }>).map((e) => [e.name, e.value]));
-        const r = await runCli(['validate', '--skip-file-checks', '--config', join(dir, 'base.yaml'), '--config', join(dir, 'namespace.yaml')], { env });
+        env.OIDC_SIDECAR_CONFIG = env.OIDC_SIDECAR_CONFIG!.replaceAll(configMount, dir);
+        const r = await runCli(['validate', '--skip-file-checks'], { env });
         expect(r.stderr).toBe('');
         effective = parse(r.stdout);
         expect(effective).toMatchObject({ service: ns, inbound: { audience: ns } });
