@@ -1,10 +1,10 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parse, parseAllDocuments } from 'yaml';
+import { parse, parseAllDocuments, stringify } from 'yaml';
 import { DEFAULT_DEV_CLIENTS, loadDevClientsFile } from '../../src/dev/clients-file.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -338,6 +338,29 @@ describe('kubernetes example', () => {
       const preStopSeconds: number = preStop?.sleep?.seconds ?? (preStop?.exec?.command?.[0] === 'sleep' ? Number(preStop.exec.command[1]) : NaN);
       expect(preStopSeconds).toBeGreaterThanOrEqual(3);
       expect(pod.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(preStopSeconds + effective.lifecycle.drainTimeoutSeconds + 5);
+    });
+  }
+
+  for (const ns of overlays) {
+    it.skipIf(!hasKubectl)(`overlay ${ns} sets both images (placeholders), and what a user sets there is what the pod runs`, () => {
+      const dir = mkdtempSync(join(tmpdir(), `k8s-images-${ns}-`));
+      try {
+        cpSync(at('examples/kubernetes'), dir, { recursive: true });
+        const file = join(dir, 'overlays', ns, 'kustomization.yaml');
+        const kustomization = parse(readFileSync(file, 'utf8'));
+        expect((kustomization.images as Array<{ name: string }>).map((i) => i.name).sort()).toEqual(['app', 'oidc-sidecar']);
+        // What `kustomize edit set image oidc-sidecar=... app=...` writes.
+        kustomization.images = [
+          { name: 'oidc-sidecar', newName: 'registry.test/oidc-sidecar', newTag: '9.9.9' },
+          { name: 'app', newName: `registry.test/${ns}`, newTag: '2.0.0' },
+        ];
+        writeFileSync(file, stringify(kustomization));
+        const docs = parseAllDocuments(execFileSync('kubectl', ['kustomize', join(dir, 'overlays', ns)], { encoding: 'utf8' })).map((d) => d.toJS()) as any[];
+        const containers = docs.find((d) => d.kind === 'Deployment').spec.template.spec.containers as Array<{ name: string; image: string }>;
+        expect(Object.fromEntries(containers.map((c) => [c.name, c.image]))).toEqual({ app: `registry.test/${ns}:2.0.0`, 'oidc-sidecar': 'registry.test/oidc-sidecar:9.9.9' });
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
   }
 
