@@ -82,7 +82,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         const result = {
           decision: decision.allowed ? 'allow' : decision.error.status === 403 ? 'deny' : decision.error.status >= 500 ? 'error' : 'reject',
           reason: decision.allowed ? decision.reason : decision.error.code,
-          ...(decision.allowed ? {} : { detail: decision.error.message }),
+          ...(decision.allowed ? {} : { detail: !token && decision.error.code === 'missing_token' ? noTokenDetail(argv.token) : decision.error.message }),
           ...(argv.path !== undefined ? { method: (argv.method ?? 'GET').toUpperCase(), path: decision.target ?? path } : {}),
           ...(rule ? { rule } : {}),
           ...(decision.identity ? { issuer: decision.identity.issuer, claims: decision.identity.claims } : {}),
@@ -94,6 +94,11 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
       }
     },
   };
+}
+
+/** Why there was no token, in the CLI's terms: the sidecar's own "no authorization header" would point at a header nobody sent. */
+function noTokenDetail(flag: string | undefined): string {
+  return flag === undefined ? 'no token given: stdin was empty (pipe a token in, or pass --token JWT)' : 'no token given: --token is empty';
 }
 
 function humanReadable(r: Record<string, unknown>): string {

@@ -64,6 +64,20 @@ describe('oidc-sidecar verify', () => {
     }
   });
 
+  it('no token at all says that none was given on stdin or --token, not that a header was missing (reason stays missing_token)', async () => {
+    const piped = await runCli(['verify', '--config', config], { input: '' });
+    expect([piped.code, piped.stderr]).toEqual([1, '']);
+    expect(piped.stdout).toBe('decision: reject\nreason:   missing_token\ndetail:   no token given: stdin was empty (pipe a token in, or pass --token JWT)\n');
+    const blank = await runCli(['verify', '--config', config, '--json'], { input: ' \n' });
+    expect(JSON.parse(blank.stdout)).toEqual({ decision: 'reject', reason: 'missing_token', detail: 'no token given: stdin was empty (pipe a token in, or pass --token JWT)' });
+    const flag = await runCli(['verify', '--config', config, '--token', '', '--json']);
+    expect(flag.code).toBe(1);
+    expect(JSON.parse(flag.stdout)).toEqual({ decision: 'reject', reason: 'missing_token', detail: 'no token given: --token is empty' });
+    // With --path, a rule that needs a token says the same.
+    const rule = await runCli(['verify', '--config', config, '--path', '/payments/1', '--method', 'POST', '--json'], { input: '' });
+    expect(JSON.parse(rule.stdout)).toMatchObject({ reason: 'missing_token', detail: 'no token given: stdin was empty (pipe a token in, or pass --token JWT)', path: '/payments/1' });
+  });
+
   it('applies the rules with --method and --path (normalised), printing the rule', async () => {
     const token = await idp.getToken('orders', 'orders');
     const allow = await runCli(['verify', '--config', config, '--token', token, '--method', 'post', '--path', '/payments/x/../1']);
