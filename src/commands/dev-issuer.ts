@@ -31,16 +31,19 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
   return {
     command: 'dev-issuer',
     describe: 'Run a local OIDC issuer for development (built on oidc-provider; never for production)',
-    builder: (y) =>
-      y
+    // Async so the help can name the built-in clients from their table (loaded only when this command is used).
+    builder: async (y) => {
+      const { DEFAULT_DEV_CLIENTS } = await import('../dev/clients-file.js');
+      return y
         .option('port', { alias: 'p', requiresArg: true, type: 'number', default: 9000, describe: 'Port to listen on (0 picks a free one)' })
         .option('host', { requiresArg: true, type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0 in a container)' })
-        .option('clients', { requiresArg: true, type: 'string', describe: 'Clients file (YAML/JSON); default: built-in demo clients orders, payments, deployer, github-main, github-feature' })
+        .option('clients', { requiresArg: true, type: 'string', describe: `Clients file (YAML/JSON); default: built-in demo clients ${DEFAULT_DEV_CLIENTS.map((c) => c.clientId).join(', ')}` })
         .option('key-file', { requiresArg: true, type: 'string', describe: 'JWKS file of private signing keys; created with a new key if missing, so tokens survive restarts' })
         .option('issuer', { requiresArg: true, type: 'string', describe: 'Issuer URL in tokens and discovery (default http://HOST:PORT); set it when clients use another name, e.g. http://dev-issuer:9000' })
         .option('alg', { requiresArg: true, type: 'string', choices: ['RS256', 'PS256', 'ES256', 'EdDSA'], describe: 'Algorithm of generated keys (default RS256, or the clients file `alg`)' })
         .option('ttl', { requiresArg: true, type: 'number', describe: 'Access token lifetime in seconds (default 300, or the clients file `accessTokenTtlSeconds`)' })
-        .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }),
+        .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Level of its JSON log lines on stdout (start, tokens issued and refused, errors)' });
+    },
     handler: async (argv) => {
       if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0-65535, got ${argv.port}`);
       if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0)) throw new UsageError(`--ttl must be a positive whole number of seconds, got ${argv.ttl}`);

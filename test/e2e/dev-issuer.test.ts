@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import { BIN, runCli } from '../support/sidecar.js';
 import { clientAssertion } from '../support/idp.js';
+import { DEFAULT_DEV_CLIENTS } from '../../src/dev/clients-file.js';
 
 interface DevIssuerProcess {
   issuer: string;
@@ -78,6 +79,22 @@ function tempDir(): string {
 }
 
 describe('oidc-sidecar dev-issuer', () => {
+  it('--help names the built-in clients from their table, as the README does, and describes every option', async () => {
+    const r = await runCli(['dev-issuer', '--help']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    const ids = DEFAULT_DEV_CLIENTS.map((c) => c.clientId);
+    expect(r.stdout.replace(/\s+/g, ' ')).toContain(`default: built-in demo clients ${ids.join(', ')} [string]`);
+    // The README's table of built-in clients: the first column of each row.
+    const readme = readFileSync(join(import.meta.dirname, '../../README.md'), 'utf8');
+    const table = readme.split('**Built-in clients**')[1]!.split('\n\n')[1]!;
+    const documented = table.split('\n').slice(2).flatMap((row) => [...row.split('|')[1]!.matchAll(/`([^`]+)`/g)].map((m) => m[1]!));
+    expect(documented).toEqual(ids);
+    // An option line without a description goes straight from its name to its [type].
+    const options = r.stdout.split('\n').filter((l) => /^\s+(-\w, )?--[\w-]+/.test(l));
+    expect(options.length).toBeGreaterThanOrEqual(9);
+    for (const line of options) expect(line, line).toMatch(/^\s+(-\w, )?--[\w-]+\s+[^\s[]/);
+  });
+
   it('warns loudly, serves discovery, and issues at+jwt tokens to the built-in clients; exits 0 on SIGTERM', async () => {
     const p = await startDevIssuerCli([]);
     expect(p.stderr()).toContain('DEVELOPMENT ONLY - never use in production');
