@@ -1,4 +1,5 @@
 import yargs from 'yargs';
+import { Parser } from 'yargs/helpers';
 import { describeFailure } from './cli-failure.js';
 import { UsageError } from './errors.js';
 import { runCommand } from './commands/run.js';
@@ -18,17 +19,14 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
   const setExit = (code: number) => {
     exitCode = code;
   };
+  const commands = [runCommand(), validateCommand(io, setExit), schemaCommand(io, setExit), ...extraCommands.map((make) => make(io, setExit))];
   const cli = yargs(argv)
     .scriptName('oidc-sidecar')
-    .usage('$0 <command> [options]\n\nA sidecar proxy that gives every service-to-service hop a short-lived OIDC identity.')
-    .command(runCommand())
-    .command(validateCommand(io, setExit))
-    .command(schemaCommand(io, setExit));
-  for (const make of extraCommands) cli.command(make(io, setExit));
+    .usage('$0 <command> [options]\n\nA sidecar proxy that gives every service-to-service hop a short-lived OIDC identity.');
+  for (const command of commands) cli.command(command);
   cli
-    .demandCommand(1, 'name a command (see --help)')
+    .demandCommand(1)
     .strict()
-    .recommendCommands()
     .help()
     .alias('h', 'help')
     .version(packageVersion())
@@ -39,7 +37,8 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .exitProcess(false)
     .fail((msg, err) => {
       // Throwing stops yargs before the command's handler runs (a missing required option must not run it).
-      throw err && err.name !== 'YError' ? err : new UsageError(msg ?? err?.message ?? 'invalid command line', true);
+      if (err && err.name !== 'YError') throw err;
+      throw commandMissing(argv, commands.map((c) => String(c.command).split(' ')[0]!)) ?? new UsageError(msg ?? err?.message ?? 'invalid command line', true);
     });
   try {
     await cli.parseAsync();
@@ -48,4 +47,17 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     return 1;
   }
   return exitCode;
+}
+
+/**
+ * The failure when the command line names no command, or one that does not exist, with the list of commands: yargs
+ * would say "Unknown argument: bogus", as if a command were a flag's value.
+ */
+function commandMissing(argv: string[], names: string[]): UsageError | undefined {
+  // Parsed as yargs parses the top level (only --help and --version are known there), so `--config x bogus` names bogus.
+  const [first] = Parser(argv, { boolean: ['help', 'version'], alias: { help: ['h'] } })._;
+  const list = `commands: ${names.join(', ')}; see --help`;
+  if (first === undefined) return new UsageError(`name a command (${list})`);
+  if (!names.includes(String(first))) return new UsageError(`unknown command "${String(first)}" (${list})`);
+  return undefined;
 }

@@ -39,7 +39,7 @@ const failures: Array<[string, (cmd: string) => string[], RegExp]> = [
   ['a missing config file', (cmd) => [cmd, '--config', missing], /^oidc-sidecar: cannot read config file .*missing\.yaml: no such file$/],
   ['a line break in a config value', (cmd) => [cmd, '--config', lineBreakInValue], /^oidc-sidecar: invalid config( \(2 problems\))?: [a-zA-Z.0-9]+\.caFile: cannot read .*ca\\nINJECTED: line\\r\\n\.pem: no such file(; |$)/],
   ['an unknown flag', (cmd) => [cmd, '--config', writeConfig(valid), '--bogus'], /^oidc-sidecar: Unknown argument: bogus \(see "oidc-sidecar --help"\)$/],
-  ['an unknown command', (cmd) => [`${cmd}x`, '--config', writeConfig(valid)], /^oidc-sidecar: .*(Unknown argument|Did you mean).* \(see "oidc-sidecar --help"\)$/],
+  ['an unknown command', (cmd) => [`${cmd}x`, '--config', writeConfig(valid)], /^oidc-sidecar: unknown command "[a-z-]+x" \(commands: run, validate, [a-z, -]+; see --help\)$/],
   ['a flag without its value', (cmd) => [cmd, '--config'], /^oidc-sidecar: Not enough arguments following: config \(see "oidc-sidecar --help"\)$/],
 ];
 
@@ -56,6 +56,22 @@ describe('every failure is exactly one line on stderr and a non-zero exit', () =
       });
     });
   }
+
+  it('no command, or an unknown one, says so once and lists the commands (exit 1)', async () => {
+    const list = '(commands: run, validate, schema, dev-issuer, demo, token, verify; see --help)';
+    const none = await runCli([]);
+    expect([none.code, none.stdout, none.stderr]).toEqual([1, '', `oidc-sidecar: name a command ${list}\n`]);
+    const flagsOnly = await runCli(['--bogus']);
+    expect([flagsOnly.code, flagsOnly.stderr]).toEqual([1, `oidc-sidecar: name a command ${list}\n`]);
+    for (const argv of [['bogus'], ['bogus', '--config', 'x.yaml'], ['--config', 'x.yaml', 'bogus'], ['validatex']]) {
+      const r = await runCli(argv);
+      const name = argv.find((a) => /^(bogus|validatex)$/.test(a));
+      expect([r.code, r.stdout, r.stderr], argv.join(' ')).toEqual([1, '', `oidc-sidecar: unknown command "${name}" ${list}\n`]);
+    }
+    // A known command keeps yargs' own message for what is wrong with it.
+    const flag = await runCli(['validate', '--config', writeConfig(valid), '--bogus']);
+    expect(flag.stderr).toBe('oidc-sidecar: Unknown argument: bogus (see "oidc-sidecar --help")\n');
+  });
 
   it('a single config issue reads `invalid config: path.to.key: message`', async () => {
     const r = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, clockSkew: 5 } })]);

@@ -105,7 +105,7 @@ describe('oidc-sidecar CLI', () => {
 
     const unknown = await runCli(['frobnicate']);
     expect(unknown.code).toBe(1);
-    expect(unknown.stderr).toMatch(/^oidc-sidecar: Unknown argument: frobnicate/);
+    expect(unknown.stderr).toMatch(/^oidc-sidecar: unknown command "frobnicate" \(commands: run, validate, .*; see --help\)\n$/);
 
     const flag = await runCli(['validate', '--config', writeConfig(valid), '--bogus-flag']);
     expect(flag.code).toBe(1);
