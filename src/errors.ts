@@ -91,11 +91,14 @@ export interface ConfigIssue {
   message: string;
 }
 
-/** An invalid config: lists every problem, each as `path.to.key: message`, joined with "; ". */
+/**
+ * An invalid config: lists every problem, each as `path.to.key: message`, joined with "; ". `code` is
+ * `invalid_config` unless a subclass names its own kind of problem (`tls_invalid`).
+ */
 export class ConfigError extends SidecarError {
   readonly issues: readonly ConfigIssue[];
-  constructor(issues: ConfigIssue[]) {
-    super('invalid_config', issues.map(formatIssue).join('; '), 1);
+  constructor(issues: ConfigIssue[], options?: { code?: string; cause?: unknown }) {
+    super(options?.code ?? 'invalid_config', issues.map(formatIssue).join('; '), 1, options?.cause === undefined ? undefined : { cause: options.cause });
     this.issues = issues;
   }
 }

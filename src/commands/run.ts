@@ -28,7 +28,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       let stopping = false;
       // Taken before the first read: an edit landing while the sidecar starts is still seen.
       const configBaseline = signaturesOf(paths);
-      const config = loadConfig(paths);
+      // Every file the config names is read and checked here, before a listener binds or a request leaves: a
+      // missing one is the same one line `validate` prints, and nothing else happens.
+      const config = loadConfig(paths, process.env, { checkStartupFiles: true });
       const logger = createLogger({ level: config.log.level, service: config.service });
       const metrics = createMetrics({ service: config.service });
       const app = await startApp(config, { logger, metrics });

@@ -1,10 +1,7 @@
 import { stringify } from 'yaml';
 import type { CommandModule } from 'yargs';
-import { systemClock } from '../clock.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { redactConfig } from '../config/redact.js';
-import { createTokenBroker } from '../outbound/token-broker.js';
-import { loadTlsMaterial } from '../proxy/tls.js';
 import { withConfigOption, type Io } from './shared.js';
 
 interface ValidateArgs {
@@ -14,11 +11,11 @@ interface ValidateArgs {
 }
 
 /**
- * `validate`: the config as `run` would load it, printed merged and redacted.
- * The files `run` reads at startup are read and checked too: the CA bundles,
- * the token sources' client secrets and private keys (the same code that
- * builds the sources in `run`; nothing is sent to an IdP), and the inbound
- * TLS certificate and key.
+ * `validate`: the config loaded as `run` loads it (loadConfig with
+ * `checkStartupFiles`), printed merged and redacted. The files `run` reads at
+ * startup are read and checked too: the CA bundles, the token sources' client
+ * secrets and private keys (nothing is sent to an IdP), and the inbound TLS
+ * certificate and key; every problem is reported at once.
  * `--skip-file-checks` checks the shape alone, for CI, where the files a pod
  * mounts do not exist.
  */
@@ -36,10 +33,7 @@ export function validateCommand(io: Io, setExit: (code: number) => void): Comman
         }),
     handler: async (argv) => {
       const skipFiles = argv['skip-file-checks'] === true;
-      const config = loadConfig(resolveConfigPaths(argv.config), process.env, skipFiles ? { readCaFilesFor: [] } : {});
-      if (!skipFiles && config.outbound) await createTokenBroker(config.outbound, { clock: systemClock, env: process.env }).close();
-      // The inbound certificate and key, read and paired as the listener does at start.
-      if (!skipFiles && config.inbound?.tls) loadTlsMaterial(config.inbound.tls);
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, skipFiles ? { readCaFilesFor: [] } : { checkStartupFiles: true });
       const redacted = redactConfig(config);
       io.stdout.write(argv.json ? `${JSON.stringify(redacted, null, 2)}\n` : stringify(redacted));
       setExit(0);

@@ -137,10 +137,11 @@ export function withCaBundle<T extends object>(holder: T, keyPath: string): T {
  * path, and each load (so each reload) reads them afresh. A command that uses
  * one part of the config reads only the bundles of that part, so a file that
  * exists only where another part runs (a pod's mounted CA) does not stop it.
- * A file named twice is read once. Every bad file is listed in one
- * ConfigError. Call it before the config is frozen.
+ * A file named twice is read once. Returns every problem (each on its
+ * `caFile` key path) for the caller to report with any others it finds, in
+ * one ConfigError. Call it before the config is frozen.
  */
-export function attachCaBundles(config: Config, uses: readonly CaUse[] = ALL_CA_USES): void {
+export function attachCaBundles(config: Config, uses: readonly CaUse[] = ALL_CA_USES): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const read = new Map<string, CaBundle>();
   for (const { holder, keyPath, use } of caHolders(config)) {
@@ -155,5 +156,5 @@ export function attachCaBundles(config: Config, uses: readonly CaUse[] = ALL_CA_
       issues.push(...err.issues);
     }
   }
-  if (issues.length > 0) throw new ConfigError(issues);
+  return issues;
 }

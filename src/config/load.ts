@@ -6,6 +6,7 @@ import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
 import { interpolateEnv } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
+import { startupFileIssues } from './startup-files.js';
 
 /** Where config files come from: the `--config` flags, else `OIDC_SIDECAR_CONFIG` (comma-separated). */
 export function resolveConfigPaths(flags: readonly string[] | undefined, env: NodeJS.ProcessEnv = process.env): string[] {
@@ -28,6 +29,15 @@ export interface LoadOptions {
    * (`withCaBundle`, as `token` does for its one source).
    */
   readCaFilesFor?: readonly CaUse[];
+  /**
+   * Also read and check the other files `run` reads as it starts (token
+   * sources' secrets and private keys, the inbound TLS certificate and key,
+   * see startup-files.ts), listed with the CA bundles' problems in one
+   * ConfigError: what `run` and `validate` load. Default false: a reload
+   * leaves them to the components it builds, and the TLS files are watched
+   * on their own.
+   */
+  checkStartupFiles?: boolean;
 }
 
 /**
@@ -44,13 +54,22 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
 
 /**
  * Validates an already-parsed document (used by loadConfig and by tests/embedders),
- * then reads the CA bundles it names (`caFile`, see LoadOptions), kept beside each as `ca`.
+ * then reads the CA bundles it names (`caFile`, see LoadOptions), kept beside each as `ca`,
+ * and with `checkStartupFiles` the other files `run` reads as it starts. Every file
+ * problem is listed in one ConfigError.
  */
 export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   const result = configSchema.safeParse(doc ?? {});
   if (!result.success) throw new ConfigError(zodIssues(result.error));
-  attachCaBundles(result.data, opts.readCaFilesFor ?? ALL_CA_USES);
+  const issues = attachCaBundles(result.data, opts.readCaFilesFor ?? ALL_CA_USES);
+  if (opts.checkStartupFiles) issues.push(...startupFileIssues(result.data));
+  // Found by two passes (CA bundles, then the other files); listed as the config reads, inbound's before outbound's.
+  if (issues.length > 0) throw new ConfigError(issues.sort((a, b) => sectionRank(a.path) - sectionRank(b.path)));
   return deepFreeze(result.data);
+}
+
+function sectionRank(path: string): number {
+  return path.startsWith('inbound.') ? 0 : 1;
 }
 
 function readLayer(path: string): unknown {

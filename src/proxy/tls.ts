@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
-import { SidecarError } from '../errors.js';
+import { ConfigError, type ConfigIssue } from '../errors.js';
 import { describeFsError, FILE_LIMITS, readSmallFileSync } from '../config/configured-files.js';
 import { pollFiles } from '../config/poll-files.js';
 import type { Logger } from '../log.js';
@@ -16,25 +16,31 @@ export interface TlsMaterial {
   key: Buffer;
 }
 
-/** The inbound certificate or key cannot be read or do not form a usable pair. */
-export class TlsConfigError extends SidecarError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('tls_invalid', message, 1, options);
+/**
+ * The inbound certificate or key cannot be read or do not form a usable pair: a config problem on its key path
+ * (`inbound.tls.certFile`, `inbound.tls.keyFile`, or `inbound.tls` for the pair), code `tls_invalid`.
+ */
+export class TlsConfigError extends ConfigError {
+  constructor(issues: ConfigIssue[], options?: { cause?: unknown }) {
+    super(issues, { ...options, code: 'tls_invalid' });
   }
 }
 
 /**
  * Reads the PEM certificate chain and private key and checks that they form a
  * usable pair (the key matches the certificate), so a bad pair is refused
- * before it replaces a good one.
+ * before it replaces a good one. Both files are read before anything is
+ * thrown, so one error names every file that cannot be read.
  */
 export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
-  const cert = readPem(files.certFile, 'certFile');
-  const key = readPem(files.keyFile, 'keyFile');
+  const issues: ConfigIssue[] = [];
+  const cert = readPem(files.certFile, 'certFile', issues);
+  const key = readPem(files.keyFile, 'keyFile', issues);
+  if (!cert || !key) throw new TlsConfigError(issues);
   try {
     createSecureContext({ cert, key });
   } catch (err) {
-    throw new TlsConfigError(`inbound.tls: certFile and keyFile are not a usable pair: ${(err as Error).message}`, { cause: err });
+    throw new TlsConfigError([{ path: 'inbound.tls', message: `certFile and keyFile are not a usable pair: ${(err as Error).message}` }], { cause: err });
   }
   return { cert, key };
 }
@@ -42,13 +48,14 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
 /**
  * A regular file of PEM text, of at most 1 MiB. A FIFO would block the event loop waiting for a writer (at start, and
  * at every change the watcher sees) and a device such as /dev/zero would fill memory: both are refused, like every
- * other file the config names.
+ * other file the config names. A problem is added to `issues` (worded as for every other file the config names).
  */
-function readPem(path: string, key: string): Buffer {
+function readPem(path: string, key: string, issues: ConfigIssue[]): Buffer | undefined {
   try {
     return Buffer.from(readSmallFileSync(path, FILE_LIMITS.tlsPem));
   } catch (err) {
-    throw new TlsConfigError(`inbound.tls.${key}: cannot read "${path}": ${describeFsError(err)}`, { cause: err });
+    issues.push({ path: `inbound.tls.${key}`, message: `cannot read ${path}: ${describeFsError(err)}` });
+    return undefined;
   }
 }
 

@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selfSignedCert } from '../support/certs.js';
 import { runCli, runCliMain, writeConfig } from '../support/sidecar.js';
+import { startUpstream } from '../support/upstream.js';
 
 const valid = {
   service: 'orders',
@@ -202,15 +203,75 @@ describe('validate reads the inbound TLS certificate and key as run does', () =>
     const missing = join(dir, 'missing.crt');
     const absent = await runCli(['validate', '--config', withTls({ certFile: missing, keyFile: a.key })]);
     expect([absent.code, absent.stdout]).toEqual([1, '']);
-    expect(absent.stderr).toBe(`oidc-sidecar: inbound.tls.certFile: cannot read "${missing}": no such file\n`);
+    expect(absent.stderr).toBe(`oidc-sidecar: invalid config: inbound.tls.certFile: cannot read ${missing}: no such file\n`);
 
     const mismatched = await runCli(['validate', '--config', withTls({ certFile: a.cert, keyFile: b.key })]);
     expect(mismatched.code).toBe(1);
-    expect(mismatched.stderr).toMatch(/^oidc-sidecar: inbound\.tls: certFile and keyFile are not a usable pair/);
+    expect(mismatched.stderr).toMatch(/^oidc-sidecar: invalid config: inbound\.tls: certFile and keyFile are not a usable pair/);
     expect(mismatched.stderr).not.toContain('PRIVATE KEY');
 
     const skipped = await runCli(['validate', '--skip-file-checks', '--config', withTls({ certFile: missing, keyFile: a.key })]);
     expect([skipped.code, skipped.stderr]).toEqual([0, '']);
+  });
+});
+
+describe('validate and run read every file the config names in one pass, before anything else', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-files-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const at = (name: string) => join(dir, name);
+  writeFileSync(at('not-a-key.pem'), 'not a key\n');
+
+  it('lists every missing or bad file (CA bundles, secret, private key, TLS certificate and key) on one line, the same for validate and run', async () => {
+    const config = writeConfig({
+      ...valid,
+      inbound: { ...valid.inbound, issuers: [{ issuer: 'https://idp.example', caFile: at('issuer-ca.pem') }], tls: { certFile: at('tls.crt'), keyFile: at('tls.key') } },
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp.example/token', clientId: 'orders', clientSecretFile: at('secret'), caFile: at('idp-ca.pem') },
+        routes: [
+          { host: 'payments', audience: 'payments' },
+          { host: 'ledger', audience: 'ledger', tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp.example/token', clientId: 'ledger', privateKeyFile: at('not-a-key.pem') } },
+        ],
+      },
+    });
+    const line =
+      'oidc-sidecar: invalid config (6 problems): ' +
+      [
+        `inbound.issuers.0.caFile: cannot read ${at('issuer-ca.pem')}: no such file`,
+        `inbound.tls.certFile: cannot read ${at('tls.crt')}: no such file`,
+        `inbound.tls.keyFile: cannot read ${at('tls.key')}: no such file`,
+        `outbound.tokenSource.caFile: cannot read ${at('idp-ca.pem')}: no such file`,
+        `outbound.tokenSource.clientSecretFile: cannot read ${at('secret')}: no such file`,
+        'outbound.routes.1.tokenSource.privateKeyFile: not a private key in PEM (PKCS#8, PKCS#1, SEC1) or JWK form',
+      ].join('; ') +
+      '\n';
+    const validate = await runCli(['validate', '--config', config]);
+    expect([validate.code, validate.stdout, validate.stderr]).toEqual([1, '', line]);
+    const run = await runCli(['run', '--config', config]);
+    expect([run.code, run.stdout, run.stderr]).toEqual([1, '', line]);
+  });
+
+  it('run with a missing clientSecretFile fails with that one line before it listens or calls the IdP', async () => {
+    const idp = await startUpstream();
+    try {
+      const config = writeConfig({
+        service: 'orders',
+        admin: { listen: '127.0.0.1:0' },
+        inbound: { listen: '127.0.0.1:0', target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer: idp.url }] },
+        outbound: {
+          listen: '127.0.0.1:0',
+          tokenSource: { type: 'client_credentials', issuer: idp.url, clientId: 'orders', clientSecretFile: at('missing-secret') },
+          routes: [{ host: 'payments', audience: 'payments' }],
+        },
+      });
+      const r = await runCli(['run', '--config', config]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`oidc-sidecar: invalid config: outbound.tokenSource.clientSecretFile: cannot read ${at('missing-secret')}: no such file\n`);
+      // No log line at all (no "listening", no jwks_fetch_failed) and not one request to the IdP.
+      expect(r.stdout).toBe('');
+      expect(idp.seen).toEqual([]);
+    } finally {
+      await idp.close();
+    }
   });
 });
 

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
 import { SETTLE_MS } from '../../src/config/poll-files.js';
+import { issuesOf } from '../support/config-errors.js';
 import { certificateValidityProblem, loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
 import { expiredSelfSignedCert, selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
@@ -268,8 +269,14 @@ describe('inbound TLS', () => {
     const b = selfSigned('start-b');
     const missing = { certFile: join(dir, 'nope.crt'), keyFile: a.key };
     expect(() => loadTlsMaterial(missing)).toThrow(TlsConfigError);
-    expect(() => loadTlsMaterial(missing)).toThrow(/inbound\.tls\.certFile: cannot read ".*nope\.crt": no such file$/);
+    expect(() => loadTlsMaterial(missing)).toThrow(/^inbound\.tls\.certFile: cannot read \S*nope\.crt: no such file$/);
     expect(() => createLimitedServer(limitsWith(), () => {}, missing)).toThrow(TlsConfigError);
+    // Neither file there: both named in the one error, on their key paths, as every other config file problem.
+    const neither = { certFile: join(dir, 'nope.crt'), keyFile: join(dir, 'nope.key') };
+    expect(issuesOf(() => loadTlsMaterial(neither))).toEqual([
+      `inbound.tls.certFile: cannot read ${neither.certFile}: no such file`,
+      `inbound.tls.keyFile: cannot read ${neither.keyFile}: no such file`,
+    ]);
     try {
       loadTlsMaterial({ certFile: a.cert, keyFile: b.key });
       expect.unreachable();
@@ -289,9 +296,9 @@ describe('inbound TLS', () => {
     const huge = join(dir, 'huge.pem');
     writeFileSync(huge, Buffer.alloc(1024 * 1024 + 1, 'A'));
     const cases: [string, TlsFiles, RegExp][] = [
-      ['a FIFO', { certFile: fifo, keyFile: a.key }, /inbound\.tls\.certFile: cannot read ".*cert\.fifo": is not a regular file$/],
-      ['/dev/zero', { certFile: a.cert, keyFile: '/dev/zero' }, /inbound\.tls\.keyFile: cannot read "\/dev\/zero": is not a regular file$/],
-      ['over 1 MiB', { certFile: huge, keyFile: a.key }, /inbound\.tls\.certFile: cannot read ".*huge\.pem": larger than 1 MiB, which is plenty for a PEM certificate chain or private key$/],
+      ['a FIFO', { certFile: fifo, keyFile: a.key }, /inbound\.tls\.certFile: cannot read \S*cert\.fifo: is not a regular file$/],
+      ['/dev/zero', { certFile: a.cert, keyFile: '/dev/zero' }, /inbound\.tls\.keyFile: cannot read \/dev\/zero: is not a regular file$/],
+      ['over 1 MiB', { certFile: huge, keyFile: a.key }, /inbound\.tls\.certFile: cannot read \S*huge\.pem: larger than 1 MiB, which is plenty for a PEM certificate chain or private key$/],
     ];
     for (const [label, files, message] of cases) expect(() => loadTlsMaterial(files), label).toThrow(message);
   });
