@@ -6,7 +6,7 @@ import { createMetrics, type Metrics } from './admin/metrics.js';
 import { createAdminServer } from './admin/server.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Component, ComponentDeps, Handover } from './component.js';
-import { SidecarError } from './errors.js';
+import { ListenError, SidecarError } from './errors.js';
 import { createInbound } from './inbound/index.js';
 import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
@@ -101,7 +101,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       },
     );
     slot.server = server;
-    slot.address = await listenOn(server, parseListen(listen));
+    slot.address = await listenAs(`${side}.listen`, server, listen);
     logger.info({ event: 'listening', side, address: formatAddress(slot.address) }, `${side} listening on ${formatAddress(slot.address)}`);
     return slot;
   };
@@ -112,7 +112,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
   const openAdmin = async (listen: string) => {
     const server = createAdminServer(metrics, adminState);
-    const address = await listenOn(server, parseListen(listen));
+    const address = await listenAs('admin.listen', server, listen);
     logger.info({ event: 'listening', side: 'admin', address: formatAddress(address) }, `admin listening on ${formatAddress(address)}`);
     return { server, listen, address };
   };
@@ -243,6 +243,16 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     syncAddresses();
     const notReady = SIDES.filter((side) => slots.get(side) && slots.get(side)!.component.waitingFor().length > 0);
     if (notReady.length > 0) logger.warn({ event: 'reloaded_not_ready', sides: notReady }, 'new config is serving but not ready yet (keys or tokens still loading)');
+  }
+}
+
+/** Binds `listen`; a failure (the address in use) names the config key that gave the address. */
+async function listenAs(key: string, server: Server, listen: string): Promise<ListenAddress> {
+  const address = parseListen(listen);
+  try {
+    return await listenOn(server, address);
+  } catch (err) {
+    throw new ListenError(key, formatAddress(address), err);
   }
 }
 

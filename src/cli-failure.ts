@@ -14,9 +14,6 @@ function failureText(err: unknown): string {
   // yargs lays some messages out over lines ("Invalid values:\n  Argument: ..."); its own layout, so it is joined, not escaped.
   if (err instanceof UsageError && err.fromParser) return `${err.message.trim().replace(/\s*\n\s*/g, ' ')} (see "oidc-sidecar --help")`;
   if (err instanceof SidecarError) return err.message;
-  if (err && typeof err === 'object' && 'code' in err && (err as { code: string }).code === 'EADDRINUSE') {
-    return `cannot listen: address ${(err as { address?: string; port?: number }).address}:${(err as { port?: number }).port} is already in use`;
-  }
   return err instanceof Error ? err.message : String(err);
 }
 

@@ -118,6 +118,22 @@ export function summarizeIssues(subject: string, issues: readonly ConfigIssue[])
   return `${subject} (${issues.length} problems): ${listed}`;
 }
 
+/** What a failed bind says: the common errno codes in words, anything else as Node gives it. */
+const LISTEN_REASONS: Record<string, string> = {
+  EADDRINUSE: 'address already in use',
+  EADDRNOTAVAIL: 'address not available on this host',
+  EACCES: 'permission denied',
+};
+
+/** A listener could not bind the address its config key names: `inbound.listen: cannot listen on 127.0.0.1:15006: address already in use`. */
+export class ListenError extends SidecarError {
+  constructor(key: string, address: string, cause: unknown) {
+    const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+    const reason = (code && LISTEN_REASONS[code]) ?? code ?? (cause instanceof Error ? cause.message : String(cause));
+    super('listen_failed', `${key}: cannot listen on ${address}: ${reason}`, 1, { cause });
+  }
+}
+
 /** A bad command-line usage or an unreadable file: a one-line message, exit 1. */
 export class UsageError extends SidecarError {
   /** True when yargs rejected the command line (then --help is worth pointing at). */

@@ -1,4 +1,6 @@
 import { generateKeyPairSync } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -49,6 +51,26 @@ describe('oidc-sidecar CLI', () => {
     const r = await runCli(['run', '--config', writeConfig({ service: 'x' })]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('configure `inbound`, `outbound` or both');
+  });
+
+  it('run names the config key whose listen address is already in use', async () => {
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    const taken = `127.0.0.1:${(squatter.address() as AddressInfo).port}`;
+    try {
+      const outboundOnly = { tokenSource: { type: 'env', variable: 'NO_SUCH_TOKEN' }, routes: [{ host: 'payments', audience: 'payments' }] };
+      const cases: Array<[string, Record<string, unknown>]> = [
+        ['inbound.listen', { service: 'orders', admin: { listen: '127.0.0.1:0' }, inbound: { ...valid.inbound, issuers: [{ issuer: 'http://127.0.0.1:9' }], listen: taken } }],
+        ['outbound.listen', { service: 'orders', admin: { listen: '127.0.0.1:0' }, outbound: { ...outboundOnly, listen: taken } }],
+        ['admin.listen', { service: 'orders', admin: { listen: taken }, outbound: { ...outboundOnly, listen: '127.0.0.1:0' } }],
+      ];
+      const results = await Promise.all(cases.map(([, config]) => runCli(['run', '--config', writeConfig(config)])));
+      results.forEach((r, i) => {
+        expect([r.code, r.stderr]).toEqual([1, `oidc-sidecar: ${cases[i]![0]}: cannot listen on ${taken}: address already in use\n`]);
+      });
+    } finally {
+      squatter.close();
+    }
   });
 
   it('validate exits 1 and run does not start when jwks.maxStaleSeconds is shorter than a refresh can take (no periodic 503 with a healthy IdP)', async () => {
