@@ -1,4 +1,4 @@
-import { config } from 'zod';
+import { config, globalRegistry, type core } from 'zod';
 
 /**
  * zod, as every module of ours imports it (`import * as z from '../zod.js'`),
@@ -11,7 +11,22 @@ import { config } from 'zod';
  * speed does not matter (0.5 MiB at rest, docs/performance.md, "The bundle").
  * Jitless, zod parses with its generic code and never calls the Function
  * constructor. test/e2e/bundle.test.ts checks that a sidecar does not.
+ *
+ * customError: a key left out reads `required` (with the key's description,
+ * when it has one, as the hint), instead of zod's "Invalid input: expected
+ * string, received undefined", or a bare "Invalid input" for a key that takes
+ * several forms. A schema's own message still wins (zod asks this map only
+ * when the schema gives none).
  */
-config({ jitless: true });
+config({ jitless: true, customError: missingKeyMessage });
+
+/** `required (this workload's name, used in logs and metrics)` for a key with no value; undefined (zod's own message) otherwise. */
+export function missingKeyMessage(issue: core.$ZodRawIssue): string | undefined {
+  if (issue.input !== undefined || (issue.code !== 'invalid_type' && issue.code !== 'invalid_union')) return undefined;
+  // Both codes are raised by a schema (never a check), the one the key's description is registered on.
+  const description = issue.inst ? globalRegistry.get(issue.inst as core.$ZodType)?.description : undefined;
+  // "The app, e.g. ..." reads "the app"; an acronym (PEM, JWT) keeps its capitals.
+  return description ? `required (${description.replace(/^[A-Z](?=[a-z])/, (c) => c.toLowerCase())})` : 'required';
+}
 
 export * from 'zod';

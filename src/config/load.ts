@@ -3,6 +3,7 @@ import { parseDocument } from 'yaml';
 import * as z from '../zod.js';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
 import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
+import { describeFsError } from './configured-files.js';
 import { interpolateEnv } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
@@ -77,8 +78,7 @@ function readLayer(path: string): unknown {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`cannot read config file ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(err)}`);
+    throw new UsageError(`cannot read config file ${path}: ${describeFsError(err)}`);
   }
   // The YAML parser reads JSON too (JSON is a subset of YAML 1.2).
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });

@@ -5,6 +5,7 @@ import { parseDocument } from 'yaml';
 import * as z from '../zod.js';
 import type { JWK } from 'jose';
 import { UsageError, summarizeIssues, type ConfigIssue } from '../errors.js';
+import { describeFsError } from '../config/configured-files.js';
 import { interpolateEnv } from '../config/interpolate.js';
 import { DEV_ALGORITHMS, type DevAlg } from './keys.js';
 import type { DevClient } from './provider.js';
@@ -98,8 +99,7 @@ export function loadDevClientsFile(path: string, env: NodeJS.ProcessEnv): DevCli
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`cannot read clients file ${path}: ${code === 'ENOENT' ? 'no such file' : code ?? String(err)}`);
+    throw new UsageError(`cannot read clients file ${path}: ${describeFsError(err)}`);
   }
   const doc = parseDocument(text, { uniqueKeys: true });
   if (doc.errors.length > 0) {
@@ -149,7 +149,7 @@ function readPublicKeys(file: string, clientsPath: string, keyPath: string): { k
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    fail(clientsPath, [{ path: keyPath, message: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }]);
+    fail(clientsPath, [{ path: keyPath, message: `cannot read ${file}: ${describeFsError(err)}` }]);
   }
   try {
     if (text.trimStart().startsWith('{')) {

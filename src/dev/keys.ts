@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { UsageError } from '../errors.js';
+import { describeFsError } from '../config/configured-files.js';
 
 /** Signing algorithms the dev issuer can use (all asymmetric; RFC 8725 §3.1). */
 export const DEV_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
@@ -61,14 +62,14 @@ export async function loadOrCreateKeyFile(path: string, alg: DevAlg = 'RS256'): 
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new UsageError(`cannot read key file ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+      throw new UsageError(`cannot read key file ${path}: ${describeFsError(err)}`);
     }
     const key = await generateSigningKey(alg);
     try {
       mkdirSync(dirname(path), { recursive: true });
       writeFileSync(path, `${JSON.stringify({ keys: [key.privateJwk] }, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
     } catch (werr) {
-      throw new UsageError(`cannot create key file ${path}: ${(werr as NodeJS.ErrnoException).code ?? String(werr)}`);
+      throw new UsageError(`cannot create key file ${path}: ${describeFsError(werr)}`);
     }
     return [key];
   }

@@ -125,6 +125,12 @@ describe('oidc-sidecar CLI', () => {
     const missing = await runCli(['validate', '--config', '/definitely/missing.yaml']);
     expect(missing.code).toBe(1);
     expect(missing.stderr.trim()).toBe('oidc-sidecar: cannot read config file /definitely/missing.yaml: no such file');
+    const folder = mkdtempSync(join(tmpdir(), 'oidc-sidecar-folder-'));
+    const directory = await runCli(['validate', '--config', folder]);
+    rmSync(folder, { recursive: true, force: true });
+    expect([directory.code, directory.stderr]).toEqual([1, `oidc-sidecar: cannot read config file ${folder}: is a directory\n`]);
+    const unnamed = await runCli(['validate', '--config', writeConfig({ inbound: valid.inbound })]);
+    expect([unnamed.code, unnamed.stderr]).toEqual([1, "oidc-sidecar: invalid config: service: required (this workload's name, used in logs and metrics)\n"]);
 
     const unknown = await runCli(['frobnicate']);
     expect(unknown.code).toBe(1);

@@ -254,6 +254,10 @@ describe('oidc-sidecar dev-issuer', () => {
     const missing = await runCli(['dev-issuer', '--clients', join(dir, 'nope.yaml')]);
     expect([missing.code, missing.stderr]).toEqual([1, `oidc-sidecar: cannot read clients file ${join(dir, 'nope.yaml')}: no such file\n`]);
 
+    writeFileSync(join(dir, 'nokey.yaml'), 'clients:\n  - { clientId: x, authMethod: private_key_jwt, publicKeyFile: gone.pem }\n');
+    const noKey = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'nokey.yaml')]);
+    expect([noKey.code, noKey.stderr]).toEqual([1, `oidc-sidecar: invalid clients file ${join(dir, 'nokey.yaml')}: clients.0.publicKeyFile: cannot read ${join(dir, 'gone.pem')}: no such file\n`]);
+
     writeFileSync(join(dir, 'bad.json'), '{"keys": [{"kty": "RSA", "alg": "RS256", "n": "x", "e": "AQAB"}]}');
     const badKey = await runCli(['dev-issuer', '--port', '0', '--key-file', join(dir, 'bad.json')]);
     expect(badKey.code).toBe(1);

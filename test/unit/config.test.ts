@@ -66,6 +66,20 @@ describe('config validation errors name the key path', () => {
     expect(issues.some((i) => i.startsWith('inbound.issuers:'))).toBe(true);
   });
 
+  it('a required key left out reads `required`, with its description as the hint where it has one', () => {
+    expect(issuesOf(() => parseConfig({ inbound: { issuers: [{}] }, outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host: 'p' }] } }))).toEqual([
+      "service: required (this workload's name, used in logs and metrics)",
+      'inbound.target: required (the app, e.g. http://127.0.0.1:8080)',
+      // A key that takes several forms (a string or a list) too, not a bare "Invalid input".
+      "inbound.audience: required (the token's aud must contain one of these)",
+      'inbound.issuers.0.issuer: required (exact `iss` value; discovery at {issuer}/.well-known/openid-configuration)',
+      'outbound.routes.0.audience: required',
+    ]);
+    // A value of the wrong type keeps zod's wording; a schema's own message is untouched.
+    expect(issuesOf(() => parseConfig({ ...minimalInbound, service: 5 }))).toEqual(['service: Invalid input: expected string, received number']);
+    expect(issuesOf(() => parseConfig({ ...minimalInbound, service: '' }))).toEqual(['service: Too small: expected string to have >=1 characters']);
+  });
+
   it('never accepts none or HS* algorithms', () => {
     for (const alg of ['none', 'HS256', 'HS512']) {
       const issues = issuesOf(() =>
@@ -259,6 +273,12 @@ describe('config validation errors name the key path', () => {
 });
 
 describe('loading files', () => {
+  it('a config path that is a directory or missing is one plain-words reason, as for every file the config names', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cfg-dir-'));
+    expect(() => loadConfig([dir], {})).toThrow(new UsageError(`cannot read config file ${dir}: is a directory`));
+    expect(() => loadConfig([join(dir, 'none.yaml')], {})).toThrow(new UsageError(`cannot read config file ${join(dir, 'none.yaml')}: no such file`));
+  });
+
   it('interpolates ${VAR} and ${VAR:-default} after parsing, so values cannot inject YAML', () => {
     const p = tmpFile(
       'c.yaml',
