@@ -6,7 +6,7 @@ import type { InboundConfig, IssuerConfig } from '../config/schema.js';
 import { KeysUnavailableError, SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
-import { createIdpAgent, IdpHttpError, requestJson } from '../oidc/http.js';
+import { createIdpAgent, IdpHttpError, requestJson, shownUrl } from '../oidc/http.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import { filterJwks } from './jwks-filter.js';
 
@@ -207,7 +207,7 @@ function createIssuerKeys(
     }
     const res = await requestJson(dispatcher(), uri, { timeoutMs });
     // Only a 200 counts (no redirects are followed, see createIdpAgent): anything else keeps the last good keys.
-    if (res.status !== 200) throw new IdpHttpError('jwks_http_error', `${uri}: HTTP ${res.status}`, res.status);
+    if (res.status !== 200) throw new IdpHttpError('jwks_http_error', `${shownUrl(uri)}: HTTP ${res.status}`, res.status);
     const { keys, dropped } = await filterJwks(res.body, cfg.algorithms);
     // Said once per change of the list, not at every refresh: the IdP publishes them until someone fixes it.
     const droppedNow = JSON.stringify(dropped);

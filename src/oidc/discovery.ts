@@ -1,5 +1,5 @@
 import type { Dispatcher } from 'undici';
-import { IdpHttpError, requestJson } from './http.js';
+import { IdpHttpError, requestJson, shownUrl } from './http.js';
 
 /** The subset of OpenID Provider Metadata (OIDC Discovery 1.0 §3) the sidecar uses. */
 export interface ProviderMetadata {
@@ -34,17 +34,17 @@ export function downgradesToCleartext(issuer: string, url: string): boolean {
 export async function discover(issuer: string, dispatcher: Dispatcher, timeoutMs: number): Promise<ProviderMetadata> {
   const url = discoveryUrl(issuer);
   const res = await requestJson(dispatcher, url, { timeoutMs });
-  if (res.status !== 200) throw new IdpHttpError('discovery_failed', `${url}: HTTP ${res.status}`, res.status, res.body);
+  if (res.status !== 200) throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: HTTP ${res.status}`, res.status, res.body);
   const meta = res.body as Partial<ProviderMetadata> | undefined;
-  if (!meta || typeof meta !== 'object') throw new IdpHttpError('discovery_failed', `${url}: not a JSON object`);
+  if (!meta || typeof meta !== 'object') throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: not a JSON object`);
   if (meta.issuer !== issuer) {
-    throw new IdpHttpError('discovery_failed', `${url}: metadata names issuer "${String(meta.issuer)}", expected exactly "${issuer}"`);
+    throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: metadata names issuer "${String(meta.issuer)}", expected exactly "${issuer}"`);
   }
   if (typeof meta.jwks_uri !== 'string' || !/^https?:\/\//.test(meta.jwks_uri)) {
-    throw new IdpHttpError('discovery_failed', `${url}: no usable jwks_uri`);
+    throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: no usable jwks_uri`);
   }
   if (downgradesToCleartext(issuer, meta.jwks_uri)) {
-    throw new IdpHttpError('discovery_failed', `${url}: jwks_uri ${meta.jwks_uri} is not https although the issuer is; keys are never fetched over cleartext`);
+    throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: jwks_uri ${shownUrl(meta.jwks_uri)} is not https although the issuer is; keys are never fetched over cleartext`);
   }
   return meta as ProviderMetadata;
 }

@@ -21,6 +21,17 @@ export function createIdpAgent(opts: { ca?: CaBundle | undefined; timeoutMs: num
   });
 }
 
+/**
+ * A URL as error messages (and so logs and `/readyz`) show it: no user info and no query, which is where a configured
+ * endpoint would carry a credential (`https://user:pass@idp/token`, `?api_key=`). A query is marked `?…` so it is
+ * clear there was one.
+ */
+export function shownUrl(url: string): string {
+  if (!URL.canParse(url)) return '(an unparsable URL)';
+  const u = new URL(url);
+  return `${u.protocol}//${u.host}${u.pathname}${u.search ? '?…' : ''}`;
+}
+
 /** A failed control-plane HTTP call; `code` says which step failed. */
 export class IdpHttpError extends SidecarError {
   readonly httpStatus: number | undefined;
@@ -60,7 +71,7 @@ export async function requestJson(
       signal: AbortSignal.timeout(init.timeoutMs),
     });
   } catch (err) {
-    throw new IdpHttpError('idp_unreachable', `${url}: ${describeNetworkError(err)}`, undefined, undefined, { cause: err });
+    throw new IdpHttpError('idp_unreachable', `${shownUrl(url)}: ${describeNetworkError(err)}`, undefined, undefined, { cause: err });
   }
   const chunks: Buffer[] = [];
   let size = 0;
@@ -69,13 +80,13 @@ export async function requestJson(
       size += (chunk as Buffer).length;
       if (size > MAX_BODY_BYTES) {
         res.body.destroy();
-        throw new IdpHttpError('idp_bad_response', `${url}: response larger than ${MAX_BODY_BYTES} bytes`, res.statusCode);
+        throw new IdpHttpError('idp_bad_response', `${shownUrl(url)}: response larger than ${MAX_BODY_BYTES} bytes`, res.statusCode);
       }
       chunks.push(chunk as Buffer);
     }
   } catch (err) {
     if (err instanceof IdpHttpError) throw err;
-    throw new IdpHttpError('idp_unreachable', `${url}: ${describeNetworkError(err)}`, res.statusCode, undefined, { cause: err });
+    throw new IdpHttpError('idp_unreachable', `${shownUrl(url)}: ${describeNetworkError(err)}`, res.statusCode, undefined, { cause: err });
   }
   const text = Buffer.concat(chunks).toString('utf8');
   let body: unknown;
@@ -83,7 +94,7 @@ export async function requestJson(
     body = text.length ? JSON.parse(text) : undefined;
   } catch {
     if (res.statusCode >= 200 && res.statusCode < 300) {
-      throw new IdpHttpError('idp_bad_response', `${url}: answered HTTP ${res.statusCode} with a body that is not JSON`, res.statusCode);
+      throw new IdpHttpError('idp_bad_response', `${shownUrl(url)}: answered HTTP ${res.statusCode} with a body that is not JSON`, res.statusCode);
     }
     body = undefined;
   }

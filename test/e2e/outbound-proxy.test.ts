@@ -12,6 +12,7 @@ import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { closedPort } from '../unit/proxy-harness.js';
 import { startWsEcho } from '../unit/proxy-ws-echo.js';
 import { bearerOf, metricsText, sample, send, verifyWithIdp } from './outbound-support.js';
 
@@ -433,6 +434,36 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'token_unavailable');
     expect(logged).toMatchObject({ level: 'warn', route: 'payments', method: 'POST', peer: '127.0.0.1', detail: expect.stringMatching(/invalid_client/) });
     expect(s.output()).not.toContain(wrong);
+  });
+});
+
+describe('credentials written into a configured URL', () => {
+  it('never reach a log line or the /readyz body: user info and query are left out of every URL an error quotes', async () => {
+    const port = await closedPort();
+    const s = await startSidecar(
+      {
+        service: 'orders',
+        inbound: { target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer: 'http://idp.invalid', jwksUri: `http://jwks:hunter2@127.0.0.1:${port}/keys?key=SECRETKEY` }] },
+        outbound: {
+          tokenSource: { type: 'client_credentials', tokenEndpoint: `http://orders:hunter2@127.0.0.1:${port}/token?api_key=SECRETKEY`, clientId: 'orders', clientSecret: 'orders-secret' },
+          routes: [{ host: 'payments', target: 'http://127.0.0.1:9', audience: 'payments' }],
+        },
+      },
+      { waitReady: false },
+    );
+    try {
+      await s.waitForLog((l) => l.event === 'token_fetch_failed');
+      await s.waitForLog((l) => l.event === 'jwks_fetch_failed');
+      const ready = await (await fetch(`${s.admin}/readyz`)).text();
+      expect(ready).toContain(`http://127.0.0.1:${port}/token?…`);
+      expect(ready).toContain(`http://127.0.0.1:${port}/keys?…`);
+      for (const text of [ready, s.output()]) {
+        expect(text).not.toContain('hunter2');
+        expect(text).not.toContain('SECRETKEY');
+      }
+    } finally {
+      await s.stop();
+    }
   });
 });
 

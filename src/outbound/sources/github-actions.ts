@@ -37,7 +37,7 @@ export function createGithubActionsSource(deps: SourceDeps): TokenSource {
       try {
         res = await requestJson(dispatcher, url.href, { headers: { authorization: `bearer ${requestToken}` }, timeoutMs: deps.timeoutMs });
       } catch (err) {
-        throw new TokenUnavailableError(`GitHub Actions token request to ${where} failed: ${(err as Error).message.replace(url.href, where)}`, undefined, { cause: err });
+        throw new TokenUnavailableError(`GitHub Actions token request to ${where} failed: ${(err as Error).message}`, undefined, { cause: err });
       }
       if (res.status !== 200) throw new TokenUnavailableError(`GitHub Actions token endpoint ${where} answered HTTP ${res.status}`);
       const value = (res.body as { value?: unknown } | undefined)?.value;

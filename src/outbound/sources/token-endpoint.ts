@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { CaBundle } from '../../config/ca-bundle.js';
 import { TokenUnavailableError } from '../../errors.js';
 import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
-import { createIdpAgent, IdpHttpError, requestJson } from '../../oidc/http.js';
+import { createIdpAgent, IdpHttpError, requestJson, shownUrl } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
 import { assertBearerToken, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps } from './types.js';
@@ -44,7 +44,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
           }
           if (downgradesToCleartext(issuer, endpoint)) {
             // The client secret or assertion would cross the network in cleartext.
-            throw new TokenUnavailableError(`issuer ${issuer} publishes token_endpoint ${endpoint}, which is not https although the issuer is; client credentials are never sent over cleartext`);
+            throw new TokenUnavailableError(`issuer ${issuer} publishes token_endpoint ${shownUrl(endpoint)}, which is not https although the issuer is; client credentials are never sent over cleartext`);
           }
           return endpoint;
         },
@@ -72,7 +72,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       }
       const body = (res.body && typeof res.body === 'object' ? res.body : {}) as Record<string, unknown>;
       if (res.status < 200 || res.status > 299) throw oauthError(res.status, body);
-      const what = `token endpoint ${endpoint}`;
+      const what = `token endpoint ${shownUrl(endpoint)}`;
       assertBearerToken(body.access_token, what);
       // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
       // type, so `123` or `["DPoP"]` is refused like "DPoP" rather than taken for absent.
