@@ -16,6 +16,8 @@ export interface RequestTarget {
 const HEX = '0123456789ABCDEF';
 /** `http://authority` or `https://authority` at the start of an absolute-form target, the authority captured. */
 const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)/i;
+/** An authority with no host: nothing, or a port alone (`http://:80/`). */
+const NO_HOST = /^(?::[0-9]*)?$/;
 const UNRESERVED = new Uint8Array(128);
 for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~') UNRESERVED[c.charCodeAt(0)] = 1;
 
@@ -32,7 +34,7 @@ export function normalizeTarget(target: string): RequestTarget {
   if (!rest.startsWith('/')) {
     const absolute = ABSOLUTE_FORM.exec(rest);
     if (!absolute) throw new BadPathError('request target must be a path or an http(s) URL');
-    if (absolute[1] === '' || absolute[1]!.includes('@')) throw new BadPathError('request target URL must have a host and no user info');
+    if (NO_HOST.test(absolute[1]!) || absolute[1]!.includes('@')) throw new BadPathError('request target URL must have a host and no user info');
     rest = rest.slice(absolute[0].length);
     if (!rest.startsWith('/')) rest = `/${rest}`;
   }

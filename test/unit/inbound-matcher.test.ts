@@ -61,7 +61,7 @@ describe('normalizePath', () => {
     expect(() => normalizeTarget('orders:443')).toThrow(BadPathError);
     expect(normalizeTarget('HTTPS://orders/a')).toEqual({ path: '/a', query: '' });
     // Only http(s) URLs with a host and no user info (RFC 9110 §4.2.1, §4.2.4).
-    for (const t of ['foo://orders/a', 'ftp://orders/a', 'http:///a', 'http://user:pw@orders/a', 'http://@orders/a']) {
+    for (const t of ['foo://orders/a', 'ftp://orders/a', 'http:///a', 'http://:80/a', 'http://user:pw@orders/a', 'http://@orders/a']) {
       expect(() => normalizeTarget(t), t).toThrow(BadPathError);
     }
   });
