@@ -41,10 +41,11 @@ export interface RequestViolation extends Refusal {
  * HTTP/1.1 request with no Host, which Node would answer with a bare 400 of
  * its own, neither counted nor logged (listen.ts turns that off). Transfer
  * codings: see checkTransferCodings; HTTP/1.0 has none (§6.1: a 1.0 message
- * with Transfer-Encoding has faulty framing), so there one is refused. A
- * version other than 1.x (a request line without one, which Node reads as
- * HTTP/0.9, or HTTP/2.0 spelt in an HTTP/1 request line) is 505. Returns
- * undefined when fine.
+ * with Transfer-Encoding has faulty framing), so there one is refused. The
+ * versions other than 1.x that Node's parser lets through (none at all, which
+ * it reads as HTTP/0.9, and HTTP/2.0 spelt in an HTTP/1 request line) are 505;
+ * it refuses the rest itself (HPE_INVALID_VERSION, 400). Returns undefined
+ * when fine.
  */
 export function checkRequestHead(req: IncomingMessage, maxHeaderCount: number): RequestViolation | undefined {
   if (req.httpVersionMajor !== 1) {

@@ -31,15 +31,22 @@ export interface OwnConnections {
 }
 
 export function createOwnConnections(): OwnConnections {
-  /** The endpoints of every open socket we made, as connectionKey spells them. */
-  const open = new Set<string>();
-  /** The answer per accepted connection, worked out on its first request: later requests cost one lookup. */
-  const verdicts = new WeakMap<Duplex, boolean>();
+  /**
+   * The endpoints of every open socket we made, as connectionKey spells them, under their local port: a connection
+   * whose peer port is none of these (nearly all) is told apart with one number lookup and no string built.
+   */
+  const byPort = new Map<number, Set<string>>();
   const add = (socket: Socket) => {
-    const key = connectionKey(socket.localAddress, socket.localPort, socket.remoteAddress, socket.remotePort);
-    if (key === undefined) return;
-    open.add(key);
-    socket.once('close', () => open.delete(key));
+    const port = socket.localPort;
+    const key = connectionKey(socket.localAddress, port, socket.remoteAddress, socket.remotePort);
+    if (key === undefined || port === undefined) return;
+    let keys = byPort.get(port);
+    if (!keys) byPort.set(port, (keys = new Set()));
+    keys.add(key);
+    socket.once('close', () => {
+      keys.delete(key);
+      if (keys.size === 0 && byPort.get(port) === keys) byPort.delete(port);
+    });
   };
   return {
     track(socket) {
@@ -49,15 +56,12 @@ export function createOwnConnections(): OwnConnections {
       else if (!socket.destroyed) add(socket);
     },
     isOwn(duplex) {
-      if (open.size === 0) return false;
-      let verdict = verdicts.get(duplex);
-      if (verdict === undefined) {
-        const socket = duplex as Partial<Socket>;
-        const key = connectionKey(socket.remoteAddress, socket.remotePort, socket.localAddress, socket.localPort);
-        verdict = key !== undefined && open.has(key);
-        verdicts.set(duplex, verdict);
-      }
-      return verdict;
+      const socket = duplex as Partial<Socket>;
+      const port = socket.remotePort;
+      const keys = port === undefined ? undefined : byPort.get(port);
+      if (keys === undefined) return false;
+      const key = connectionKey(socket.remoteAddress, port, socket.localAddress, socket.localPort);
+      return key !== undefined && keys.has(key);
     },
   };
 }
