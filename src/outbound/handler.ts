@@ -184,6 +184,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       path: p.r.path,
       dropHeaders: p.dropHeaders,
       addHeaders: p.addHeaders,
+      // The authority routed to (the absolute-form URL's, else Host's), not a Host the request also carried.
+      forwardedHost: p.r.authority,
       onResponse: (status) => record(p.label, String(status), started),
       onBrokenResponse: brokenResponse,
     }).catch((err: unknown) => failedUpstream(res, p, started, err));
@@ -219,6 +221,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         path: p.r.path,
         dropHeaders: p.dropHeaders,
         addHeaders: p.addHeaders,
+        forwardedHost: p.r.authority,
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
         own,
         ...(ca ? { ca } : {}),

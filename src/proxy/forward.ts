@@ -13,6 +13,8 @@ export interface ForwardOptions {
   dropHeaders: ReadonlySet<string>;
   /** Headers added after filtering (flat [name, value, ...]). */
   addHeaders: readonly string[];
+  /** The X-Forwarded-Host to send instead of the request's Host (see buildUpstreamHeaders). */
+  forwardedHost?: string;
   /** Called once the upstream's response headers are known (for metrics). */
   onResponse?: (status: number) => void;
   /**
@@ -42,7 +44,7 @@ export function forward(req: IncomingMessage, res: ServerResponse, opts: Forward
     const request: Dispatcher.DispatchOptions = {
       path: opts.path,
       method: req.method as Dispatcher.HttpMethod,
-      headers: buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders),
+      headers: buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders, opts.forwardedHost),
       body: hasRequestBody(req) ? req : null,
     };
     // The listener held back the 100 (listen.ts): the request is allowed now, so the client may send its body.

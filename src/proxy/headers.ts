@@ -102,10 +102,12 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
  * too (forward() answers `100-continue` to the client itself, RFC 9110 §10.1.1);
  * `X-Forwarded-For/-Proto/-Host` appended to what earlier hops said (the
  * de-facto convention; RFC 7239 §4 for the idea), several lines merged into
- * one with no empty element (see mergeList); then `add` appended.
+ * one with no empty element (see mergeList); then `add` appended. `X-Forwarded-Host` says `forwardedHost` when
+ * given (a forward proxy names the authority it routed to: RFC 9112 §3.2.2 has it ignore the Host of an
+ * absolute-form request), else the request's Host.
  * `traceparent`/`tracestate` and every other end-to-end header pass untouched.
  */
-export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<string>, add: readonly string[]): string[] {
+export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<string>, add: readonly string[], forwardedHost?: string): string[] {
   const raw = req.rawHeaders;
   const named = namedByConnection(raw);
   const out: string[] = [];
@@ -125,7 +127,7 @@ export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<str
   const socket = req.socket as { remoteAddress?: string; encrypted?: boolean };
   appendAt(out, xff, 'x-forwarded-for', socket.remoteAddress ?? '');
   appendAt(out, xfp, 'x-forwarded-proto', socket.encrypted ? 'https' : 'http');
-  const host = req.headers.host;
+  const host = forwardedHost ?? req.headers.host;
   if (host) appendAt(out, xfh, 'x-forwarded-host', host);
   for (let i = 0; i < add.length; i++) out.push(add[i]!);
   return out;

@@ -34,6 +34,8 @@ export interface TunnelOptions {
   dropHeaders: ReadonlySet<string>;
   /** Headers added after filtering (flat [name, value, ...]). */
   addHeaders: readonly string[];
+  /** The X-Forwarded-Host to send instead of the request's Host (see buildUpstreamHeaders). */
+  forwardedHost?: string;
   /** How long the upstream may take to connect and answer the upgrade, and how long a tunnel may linger after one side ended, milliseconds. */
   timeoutMs: number;
   /** PEM CA bundle for an https target. */
@@ -57,7 +59,7 @@ export interface TunnelOptions {
  */
 export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts: TunnelOptions): Promise<number> {
   return new Promise<number>((resolve, reject) => {
-    const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders);
+    const headers = buildUpstreamHeaders(req, opts.dropHeaders, opts.addHeaders, opts.forwardedHost);
     // Host is required (RFC 9112 §3.2) and node:http adds none to a header list. The outbound side drops the app's
     // Host, and a Connection header naming `host` strips it inbound: then the target's authority is sent, as undici
     // does for plain requests.

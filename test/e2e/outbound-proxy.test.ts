@@ -52,6 +52,13 @@ async function sidecar(config: Record<string, unknown>, opts: Parameters<typeof 
 }
 
 describe('outbound sidecar (CLI) with a real OpenID provider', () => {
+  it('routes an absolute-form call by its URL and says so in X-Forwarded-Host, whatever Host the app also sent (RFC 9112 §3.2.2)', async () => {
+    const s = await sidecar(outboundConfig());
+    const r = await send(s.outbound!, { target: 'http://payments/charge', host: 'evil.example' });
+    expect(r.status).toBe(200);
+    expect(app.seen.at(-1)!.headers['x-forwarded-host']).toBe('payments');
+  });
+
   it('attaches a token bound to the route audience in both addressing modes, replacing the app Authorization', async () => {
     const s = await sidecar(outboundConfig());
     const proxied = await send(s.outbound!, {
@@ -72,7 +79,8 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       const claims = await verifyWithIdp(idp, token, 'payments');
       expect(claims).toMatchObject({ sub: 'orders', client_id: 'orders', scope: 'pay' });
     }
-    expect(app.seen[0]!.headers['x-forwarded-host']).toBe('payments');
+    // X-Forwarded-Host names the authority the call was routed to, as the router spells it.
+    expect(app.seen.map((r) => r.headers['x-forwarded-host'])).toEqual(['payments', 'payments:15006']);
     expect(app.seen[0]!.bodyBytes).toBe(12);
     expect(s.output()).not.toContain(SECRET);
     expect(s.output()).not.toContain(bearerOf(app.seen[0]!.headers.authorization)!);
