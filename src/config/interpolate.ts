@@ -1,17 +1,22 @@
 import type { ConfigIssue } from '../errors.js';
 
 /**
- * `$${` (an escaped, literal `${`) or a `${VAR}` / `${VAR:-default}` placeholder.
- * Both alternatives are matched in one left-to-right pass, so an escape never
- * needs a stand-in character that a config value could itself contain.
+ * `$${` (an escaped, literal `${`), a `${VAR}` / `${VAR:-default}` placeholder,
+ * or any other `${` (a typo, or shell syntax such as `${VAR-x}` or `${VAR:=x}`
+ * that this does not implement). All are matched in one left-to-right pass, so
+ * an escape never needs a stand-in character that a config value could itself
+ * contain.
  */
-const PLACEHOLDER = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+const PLACEHOLDER = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
 
 /**
  * Replaces `${VAR}` and `${VAR:-default}` in every string value of a parsed
  * document. Substitution happens after parsing, so an environment value can
  * never inject YAML structure. `$${VAR}` is a literal `${VAR}`.
- * An unset variable without a default is reported with its key path.
+ * An unset variable without a default is reported with its key path, and so
+ * is a `${` that starts no placeholder of this syntax, and one in a key:
+ * left as literal text they would give a value nobody meant (a claim rule
+ * that can never match, an issuer URL with `${` in it).
  */
 export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[] = [], ancestors = new Set<object>()): unknown {
   if (typeof doc === 'string') return interpolateString(doc, env, issues, path);
@@ -26,7 +31,10 @@ export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: Con
   if (Array.isArray(doc)) out = doc.map((v, i) => interpolateEnv(v, env, issues, [...path, String(i)], ancestors));
   else if (isPlainObject(doc)) {
     const obj: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(doc)) setOwn(obj, k, interpolateEnv(v, env, issues, [...path, k], ancestors));
+    for (const [k, v] of Object.entries(doc)) {
+      if (k.includes('${')) issues.push({ path: [...path, k].join('.'), message: 'placeholders fill values only, not keys' });
+      setOwn(obj, k, interpolateEnv(v, env, issues, [...path, k], ancestors));
+    }
     out = obj;
   }
   ancestors.delete(doc);
@@ -35,8 +43,12 @@ export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: Con
 
 function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[]): string {
   if (!s.includes('${')) return s;
-  return s.replace(PLACEHOLDER, (_match, name: string | undefined, fallback: string | undefined) => {
-    if (name === undefined) return '${';
+  return s.replace(PLACEHOLDER, (match: string, name: string | undefined, fallback: string | undefined) => {
+    if (match === '$${') return '${';
+    if (name === undefined) {
+      issues.push({ path: path.join('.'), message: 'a ${ that starts no placeholder: write ${VAR} or ${VAR:-default} (a letter or _ first, then letters, digits, _), or $${ for a literal ${' });
+      return match;
+    }
     // `${A:-${B}}` would end at the first `}` and leave a literal `${B}` behind, silently: refused instead.
     if (fallback !== undefined && fallback.replaceAll('$${', '').includes('${')) {
       issues.push({ path: path.join('.'), message: `the default of \${${name}:-…} holds another placeholder; a default is literal text (write $\${ for a literal \${)` });

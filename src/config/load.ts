@@ -1,10 +1,10 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import * as z from '../zod.js';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
 import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
 import { describeFsError } from './configured-files.js';
-import { interpolateEnv } from './interpolate.js';
+import { interpolateEnv, isPlainObject } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
 import { startupFileIssues } from './startup-files.js';
@@ -49,6 +49,11 @@ export interface LoadOptions {
 export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
   const issues: ConfigIssue[] = [];
   const layers = paths.map((p) => interpolateEnv(readLayer(p), env, issues));
+  layers.forEach((layer, i) => {
+    if (i > 0 && removesRules(layer)) {
+      issues.push({ path: 'inbound.rules', message: `${paths[i]} removes the rules of an earlier layer (null, or a bare \`rules:\`), which would let every valid token in; give the whole new list instead` });
+    }
+  });
   if (issues.length > 0) throw new ConfigError(issues);
   return parseConfig(deepMerge(layers), opts);
 }
@@ -73,15 +78,32 @@ function sectionRank(path: string): number {
   return path.startsWith('inbound.') ? 0 : 1;
 }
 
+/**
+ * Whether an overlay sets `inbound.rules` to null: removing the key, as null does (merge.ts), would turn the base's
+ * rules into none at all, and no rules means any valid token passes. A bare `rules:` in YAML is exactly that null.
+ */
+function removesRules(layer: unknown): boolean {
+  if (!isPlainObject(layer) || !isPlainObject(layer.inbound)) return false;
+  return Object.hasOwn(layer.inbound, 'rules') && layer.inbound.rules === null;
+}
+
+/** A config file larger than this is refused before it is parsed: real ones are a few KiB, and parsing costs ~100× the file in memory. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
 function readLayer(path: string): unknown {
   let text: string;
   try {
+    // A FIFO or /dev/stdin (`--config <(envsubst < cfg.yaml)`) has no size to check; it is read as before.
+    const st = statSync(path);
+    if (st.isFile() && st.size > MAX_CONFIG_BYTES) throw new ConfigError([{ path, message: 'larger than 1 MiB, which no sidecar config needs' }]);
     text = readFileSync(path, 'utf8');
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new UsageError(`cannot read config file ${path}: ${describeFsError(err)}`);
   }
-  // The YAML parser reads JSON too (JSON is a subset of YAML 1.2).
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  // The YAML parser reads JSON too (JSON is a subset of YAML 1.2). `merge`: YAML 1.1's `<<: *anchor` merge keys, which
+  // configs written for Kubernetes tooling use to share a block.
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       doc.errors.map((e) => ({ path, message: `${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),

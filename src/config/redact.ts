@@ -4,23 +4,53 @@ import { isPlainObject } from './interpolate.js';
 const SECRET_KEYS = new Set(['clientSecret']);
 
 /**
- * A copy of the config with every secret value replaced by `[redacted]`, and
- * without the CA bundles loaded beside each `caFile` (`ca`): the path is what
+ * Names of extra form fields (`params`) and URL query parameters that carry a credential: their values are
+ * redacted too. `params` is free-form, so it can carry a `client_secret` or an API key as easily as a `resource`.
+ */
+const SECRET_NAME = /secret|passw|pwd|token|assertion|credential|api[-_]?key|^key$|private/i;
+
+/**
+ * A copy of the config with every secret value replaced by `[redacted]`: the
+ * secret keys, the secret-looking entries of `params`, and the password and
+ * secret-looking query values of any URL (`https://user:[redacted]@idp/token`).
+ * Without the CA bundles loaded beside each `caFile` (`ca`): the path is what
  * the user wrote and what they want to see.
  */
 export function redactConfig<T>(config: T): T {
   return walk(config) as T;
 }
 
-function walk(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(walk);
+function walk(v: unknown, secretNames = false): unknown {
+  if (typeof v === 'string') return redactUrl(v);
+  if (Array.isArray(v)) return v.map((item) => walk(item));
   if (isPlainObject(v)) {
     const out: Record<string, unknown> = {};
     for (const [k, val] of Object.entries(v)) {
       if (k === 'ca' && typeof v.caFile === 'string') continue;
-      out[k] = SECRET_KEYS.has(k) && val !== undefined ? '[redacted]' : walk(val);
+      const secret = SECRET_KEYS.has(k) || (secretNames && SECRET_NAME.test(k));
+      out[k] = secret && val !== undefined ? '[redacted]' : walk(val, k === 'params');
     }
     return out;
   }
   return v;
+}
+
+/** An http(s) URL with its password and secret-looking query values redacted; any other string as it is. */
+function redactUrl(s: string): string {
+  if (!/^https?:\/\//i.test(s) || !URL.canParse(s)) return s;
+  const u = new URL(s);
+  let changed = false;
+  if (u.password) {
+    u.password = '[redacted]';
+    changed = true;
+  }
+  for (const name of [...u.searchParams.keys()]) {
+    if (SECRET_NAME.test(name)) {
+      u.searchParams.set(name, '[redacted]');
+      changed = true;
+    }
+  }
+  // Only a URL that held a secret is rewritten (URL serialisation would otherwise respell what the user wrote), and
+  // the marker is shown as written rather than percent-encoded.
+  return changed ? u.href.replaceAll('%5Bredacted%5D', '[redacted]') : s;
 }

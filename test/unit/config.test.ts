@@ -352,6 +352,59 @@ describe('redaction', () => {
     expect(text).toContain('"clientId":"a"');
     expect(text.match(/\[redacted\]/g)).toHaveLength(2);
   });
+
+  it('also redacts secret-looking params and the password and secret-looking query values of any URL', () => {
+    const c = parseConfig({
+      service: 'a',
+      outbound: {
+        tokenSource: {
+          type: 'client_credentials',
+          tokenEndpoint: 'https://client:URLSECRET3@idp.example.com/token?api_key=QUERYSECRET4&tenant=t1',
+          clientId: 'a',
+          clientSecret: 'SUPERSECRET1',
+          params: { client_secret: 'PARAMSECRET2', api_key: 'PARAMSECRET2', resource: 'https://api.example' },
+        },
+        routes: [{ host: 'b', audience: 'b' }],
+      },
+    });
+    const printed = redactConfig(c);
+    const text = JSON.stringify(printed);
+    for (const secret of ['SUPERSECRET1', 'PARAMSECRET2', 'URLSECRET3', 'QUERYSECRET4']) expect(text).not.toContain(secret);
+    const source = printed.outbound!.tokenSource as Record<string, unknown>;
+    expect(source.tokenEndpoint).toBe('https://client:[redacted]@idp.example.com/token?api_key=[redacted]&tenant=t1');
+    expect(source.params).toEqual({ client_secret: '[redacted]', api_key: '[redacted]', resource: 'https://api.example' });
+  });
+});
+
+describe('what a layer may say', () => {
+  it('refuses a ${ that starts no placeholder (shell syntax, typos) and placeholders in keys, rather than keep them as text', () => {
+    const bad = tmpFile('p.yaml', 'service: "${1X}|${X-y}|${X:=y}|${X"\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /** }, allow: [{ claims: { "${CLAIMKEY}": v } }] }]\n');
+    const issues = issuesOf(() => loadConfig([bad], { CLAIMKEY: 'team', X: 'x' }));
+    expect(issues.filter((i) => i.startsWith('service: a ${ that starts no placeholder'))).toHaveLength(4);
+    expect(issues).toContain('inbound.rules.0.allow.0.claims.${CLAIMKEY}: placeholders fill values only, not keys');
+  });
+
+  it('refuses an overlay that removes inbound.rules (a bare `rules:`), which would let every valid token in', () => {
+    const base = tmpFile('base.yaml', 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /healthz }, public: true }]\n');
+    const overlay = tmpFile('ns.yaml', 'inbound:\n  rules:\n');
+    expect(issuesOf(() => loadConfig([base, overlay], {}))).toEqual([
+      `inbound.rules: ${overlay} removes the rules of an earlier layer (null, or a bare \`rules:\`), which would let every valid token in; give the whole new list instead`,
+    ]);
+    // Replacing the list is how an overlay changes the rules.
+    const replaced = tmpFile('ns2.yaml', 'inbound:\n  rules: [{ match: { path: /** }, allow: [{ sub: orders }] }]\n');
+    expect(loadConfig([base, replaced], {}).inbound!.rules).toHaveLength(1);
+  });
+
+  it('takes YAML merge keys (<<: *anchor) to share a block', () => {
+    const p = tmpFile('merge.yaml', 'service: a\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers:\n    - &idp { issuer: "https://one", algorithms: [ES256] }\n    - <<: *idp\n      issuer: "https://two"\n');
+    const issuers = loadConfig([p], {}).inbound!.issuers;
+    expect(issuers.map((i) => [i.issuer, i.algorithms])).toEqual([['https://one', ['ES256']], ['https://two', ['ES256']]]);
+  });
+
+  it('refuses a config file over 1 MiB before parsing it', () => {
+    const p = tmpFile('big.yaml', `service: a\n# ${'x'.repeat(1024 * 1024)}\n`);
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual([`${p}: larger than 1 MiB, which no sidecar config needs`]);
+  });
 });
 
 describe('token header names', () => {
