@@ -1,10 +1,13 @@
 import { connect as netConnect } from 'node:net';
 import type { IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
-import type { Logger } from '../log.js';
+import { capped, type Logger } from '../log.js';
 import type { Refusal } from '../proxy/listen.js';
+import type { OwnConnections } from '../proxy/own-connections.js';
 import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
+import { splice } from '../proxy/tunnel.js';
 import type { Router } from './router.js';
 
 /**
@@ -28,8 +31,14 @@ export function createConnectHandler(opts: {
   router: Router;
   unknownHosts: 'deny' | 'passthrough';
   connectTimeoutMs: number;
+  /** How long a tunnel may linger once one side has ended it (the upstream timeout, as for WebSocket tunnels). */
+  graceMs: number;
+  /** Where each tunnel's upstream connection is recorded: a CONNECT to the sidecar's own listener is then a loop (508). */
+  own: OwnConnections;
   logger: Logger;
   metrics: Metrics;
+  /** Records the time from the CONNECT to the tunnel being up, or to its failure, in the request duration histogram. */
+  observe(started: number): void;
   /** Counts and logs a refused CONNECT, as the outbound component does every refusal. */
   rejected(req: IncomingMessage, route: string, refusal: Refusal): void;
 }): ConnectHandler {
@@ -59,6 +68,8 @@ export function createConnectHandler(opts: {
       }
       const host = authority.host.replace(/^\[|\]$/g, '');
       const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });
+      opts.own.track(upstream);
+      const started = performance.now();
       let settled = false;
       let connected = false;
       upstream.once('connect', () => {
@@ -66,29 +77,35 @@ export function createConnectHandler(opts: {
         connected = true;
         upstream.setTimeout(0);
         count('passthrough', '200');
+        opts.observe(started);
         socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
         if (head.length > 0) upstream.write(head);
-        upstream.pipe(socket);
-        socket.pipe(upstream);
+        // The same relay as a WebSocket tunnel's: once one side ends (or is cut), the other has the grace to finish.
+        splice(socket, upstream, opts.graceMs);
       });
-      const fail = () => {
+      const fail = (err?: Error) => {
         if (settled) return;
         settled = true;
+        const target = `${authority.host}:${authority.port}`;
         count('passthrough', 'upstream_connect_failed');
+        opts.observe(started);
+        opts.metrics.upstreamErrors.inc({ direction: 'outbound', reason: 'upstream_connect_failed' });
+        opts.logger.warn(
+          { event: 'upstream_error', route: 'passthrough', reason: 'upstream_connect_failed', target: capped(target, 300), code: (err as NodeJS.ErrnoException | undefined)?.code ?? 'timeout' },
+          'upstream_error',
+        );
         upstream.destroy();
-        writeRawError(socket, 502, 'upstream_connect_failed', `cannot open a tunnel to ${authority.host}:${authority.port}`);
+        writeRawError(socket, 502, 'upstream_connect_failed', `cannot open a tunnel to ${target}`);
       };
-      upstream.once('timeout', fail);
+      upstream.once('timeout', () => fail());
       upstream.once('error', (err) => {
-        if (!connected) return fail();
+        if (!connected) return fail(err);
         opts.logger.debug({ event: 'tunnel_error', code: (err as NodeJS.ErrnoException).code }, 'tunnel closed with an error');
-        socket.destroy();
       });
-      upstream.once('close', () => {
-        // Before the tunnel was up, the socket carries our error answer: let it flush.
-        if (connected) socket.destroy();
+      // Before the tunnel is up, the client leaving ends the attempt; after, splice() owns both sockets.
+      socket.once('close', () => {
+        if (!connected) upstream.destroy();
       });
-      socket.once('close', () => upstream.destroy());
     },
   };
 }

@@ -63,8 +63,11 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     router,
     unknownHosts: config.unknownHosts,
     connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
+    graceMs: limits.upstreamTimeoutSeconds * 1000,
+    own,
     logger,
     metrics,
+    observe: (started) => duration.observe((performance.now() - started) / 1000),
     rejected: (req, route, refusal) => rejected(req, route, refusal, performance.now()),
   });
   const tokenHeader = config.tokenHeader;
@@ -213,7 +216,10 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       return refuseUpgrade(socket);
     }
     const p = await prepare(req, started);
-    if (!p.ok) return writeRawError(socket, p.status, p.reason, p.message);
+    if (!p.ok) return p.tokenError ? writeTokenUnavailable(socket, p.tokenError) : writeRawError(socket, p.status, p.reason, p.message);
+    // The app's socket already failed while its token was fetched: nobody is left to talk to. (A socket handed over for
+    // an upgrade is paused, so an app that merely closed is not noticed until the tunnel starts reading it.)
+    if (socket.destroyed) return;
     try {
       const ca = p.r.target.ca?.pem;
       const status = await tunnel(req, socket, head, {
@@ -279,4 +285,9 @@ type Prepared =
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */
 function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError): void {
   sendError(res, 503, err.code, err.message, {}, err.oauthError ? { oauth_error: err.oauthError } : {});
+}
+
+/** The same answer on a socket that asked for an upgrade. */
+function writeTokenUnavailable(socket: Duplex, err: TokenUnavailableError): void {
+  writeRawError(socket, 503, err.code, err.message, {}, err.oauthError ? { oauth_error: err.oauthError } : {});
 }

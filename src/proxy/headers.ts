@@ -230,7 +230,8 @@ export function isWebSocketUpgrade(rawHeaders: readonly string[]): boolean {
  * wait until the upstream timeout.
  */
 export function isWebSocketHandshake(req: IncomingMessage): boolean {
-  return req.method === 'GET' && !hasRequestBody(req) && isWebSocketUpgrade(req.rawHeaders);
+  // HTTP/1.1 only: a server must ignore Upgrade in an HTTP/1.0 request (RFC 9110 §7.8), and WebSocket needs 1.1 (RFC 6455 §4.1).
+  return req.method === 'GET' && req.httpVersion === '1.1' && !hasRequestBody(req) && isWebSocketUpgrade(req.rawHeaders);
 }
 
 /** RFC 9112 §6.3: a request has a body only when it says so with Transfer-Encoding or a non-zero Content-Length. */

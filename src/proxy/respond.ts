@@ -72,8 +72,10 @@ export function writeRawError(
   reason: string,
   message: string = reason.replaceAll('_', ' '),
   extraHeaders: Record<string, string> = {},
+  /** More members of the JSON body after `error` and `reason` (`oauth_error`), as sendError takes them. */
+  extraBody: Record<string, string> = {},
 ): void {
-  const body = JSON.stringify({ error: message, reason });
+  const body = JSON.stringify({ error: message, reason, ...extraBody });
   writeRawResponse(
     socket,
     status,

@@ -13,7 +13,7 @@ import { writeRawError } from './respond.js';
 export const UPGRADE_NOT_SUPPORTED: Refusal = {
   status: 400,
   reason: 'upgrade_not_supported',
-  message: 'only WebSocket handshakes are tunnelled: GET with Upgrade: websocket and no body',
+  message: 'only WebSocket handshakes are tunnelled: an HTTP/1.1 GET with Upgrade: websocket and no body',
 };
 
 /**
@@ -129,6 +129,12 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
 
     upReq.on('response', (upRes: IncomingMessage) => {
       if (settled) return void upRes.destroy();
+      // Node hands over a 101 without an Upgrade header here rather than as 'upgrade': a switch to nothing named
+      // (RFC 9110 §15.2.2 requires Upgrade in a 101), which must not reach the client as a 101.
+      if (upRes.statusCode === 101) {
+        upRes.destroy();
+        return fail(new UpstreamError('upstream_bad_response', 'upstream answered 101 without naming the protocol it switched to'));
+      }
       settled = true;
       socket.off('close', onClientClose);
       // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
@@ -176,7 +182,7 @@ function responseHead(upRes: IncomingMessage, upgraded: boolean): string {
  * an error or reset on either side cuts both at once. No half-dead tunnel
  * lingers.
  */
-function splice(a: Duplex, b: Duplex, graceMs: number): void {
+export function splice(a: Duplex, b: Duplex, graceMs: number): void {
   a.pipe(b);
   b.pipe(a);
   let grace: NodeJS.Timeout | undefined;

@@ -1,0 +1,129 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rawExchange } from '../support/attacks.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { closedPort } from '../unit/proxy-harness.js';
+import { eventually } from './inbound-support.js';
+import { metricsText, sample } from './outbound-support.js';
+
+/**
+ * The edges of the outbound side's tunnels (WebSocket upgrades and CONNECT), through the CLI: an upgrade that is not
+ * HTTP/1.1, an upstream that answers 101 without naming a protocol, a CONNECT that loops back to the sidecar, one
+ * that cannot connect, one the client half-closes, and an upgrade refused for want of a token.
+ */
+let idp: TestIdp;
+let sidecar: SidecarProcess;
+/** Raw TCP peer: answers each connection with whatever `answer` says for the bytes of its first chunk. */
+let peer: { server: Server; port: number; sockets: Set<Socket>; answer: (request: string, socket: Socket) => void };
+
+const GRACE_S = 1;
+const handshake = (target: string, host: string, version = '1.1') =>
+  `GET ${target} HTTP/${version}\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+
+beforeAll(async () => {
+  idp = await startIdp();
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.once('close', () => sockets.delete(s));
+    s.once('data', (d) => peer.answer(d.toString('latin1'), s));
+  });
+  server.on('error', () => {});
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  peer = { server, port: (server.address() as AddressInfo).port, sockets, answer: () => {} };
+  sidecar = await startSidecar({
+    service: 'orders',
+    limits: { upstreamTimeoutSeconds: GRACE_S },
+    outbound: {
+      tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'wrong-secret' },
+      unknownHosts: 'passthrough',
+      routes: [{ host: 'payments', target: `http://127.0.0.1:${peer.port}`, audience: 'payments' }],
+    },
+  }, { waitReady: false });
+});
+
+afterAll(async () => {
+  await sidecar?.stop();
+  for (const s of peer?.sockets ?? []) s.destroy();
+  await new Promise((r) => peer?.server.close(r));
+  await idp?.close();
+});
+
+describe('outbound tunnels at their edges', () => {
+  it('refuses an upgrade over HTTP/1.0 (a server must ignore Upgrade there, RFC 9110 §7.8) before reaching the peer', async () => {
+    const connections = peer.sockets.size;
+    const ex = await rawExchange(sidecar.outbound!, handshake(`http://127.0.0.1:${peer.port}/ws`, `127.0.0.1:${peer.port}`, '1.0'));
+    expect(ex.responses[0]?.status).toBe(400);
+    expect(ex.responses[0]?.json().reason).toBe('upgrade_not_supported');
+    expect(peer.sockets.size).toBe(connections);
+  });
+
+  it('answers 502 upstream_bad_response when the peer answers a handshake 101 without an Upgrade header', async () => {
+    peer.answer = (_req, s) => s.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n');
+    const ex = await rawExchange(sidecar.outbound!, handshake(`http://127.0.0.1:${peer.port}/ws`, `127.0.0.1:${peer.port}`));
+    expect(ex.responses[0]?.status).toBe(502);
+    expect(ex.responses[0]?.json().reason).toBe('upstream_bad_response');
+  });
+
+  it('answers 508 loop_detected to a CONNECT nested in a CONNECT to its own listener (each would open two more sockets)', async () => {
+    const self = new URL(sidecar.outbound!).host;
+    const connect = `CONNECT ${self} HTTP/1.1\r\nHost: ${self}\r\n\r\n`;
+    const ex = await rawExchange(sidecar.outbound!, connect + connect);
+    expect(ex.raw.startsWith('HTTP/1.1 200 Connection Established\r\n\r\nHTTP/1.1 508 ')).toBe(true);
+    expect(ex.raw).toContain('"reason":"loop_detected"');
+  });
+
+  it('logs and counts a CONNECT that cannot connect as an upstream error, like a plain request', async () => {
+    const port = await closedPort();
+    const before = sample(await metricsText(sidecar.admin), 'oidc_sidecar_upstream_errors_total', { direction: 'outbound', reason: 'upstream_connect_failed' }) ?? 0;
+    const ex = await rawExchange(sidecar.outbound!, `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    expect(ex.responses[0]?.status).toBe(502);
+    const logged = await sidecar.waitForLog((l) => l.event === 'upstream_error' && l.target === `127.0.0.1:${port}`);
+    expect(logged).toMatchObject({ route: 'passthrough', reason: 'upstream_connect_failed', code: 'ECONNREFUSED' });
+    const after = sample(await metricsText(sidecar.admin), 'oidc_sidecar_upstream_errors_total', { direction: 'outbound', reason: 'upstream_connect_failed' });
+    expect(after).toBe(before + 1);
+  });
+
+  it('closes a CONNECT tunnel the client half-closed once the peer has had the grace to finish, though the peer never ends its side', async () => {
+    // A peer that keeps its side open after the client's FIN (allowHalfOpen) and never answers: only the sidecar's
+    // grace (limits.upstreamTimeoutSeconds, as for WebSocket tunnels) can close the tunnel.
+    const { connect, createServer: createTcpServer } = await import('node:net');
+    let peerGotEnd = false;
+    const held = new Set<Socket>();
+    const stubborn = createTcpServer({ allowHalfOpen: true }, (s) => {
+      held.add(s);
+      s.on('error', () => {});
+      s.on('end', () => (peerGotEnd = true));
+      s.resume();
+    });
+    await new Promise<void>((r) => stubborn.listen(0, '127.0.0.1', r));
+    const port = (stubborn.address() as AddressInfo).port;
+    try {
+      const url = new URL(sidecar.outbound!);
+      const client = connect({ host: url.hostname, port: Number(url.port), allowHalfOpen: true });
+      const closed = new Promise<void>((r) => client.once('close', () => r()));
+      client.on('error', () => {});
+      await new Promise<void>((r) => client.once('connect', () => r()));
+      client.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+      await new Promise<void>((r) => client.once('data', () => r()));
+      client.resume();
+      client.end('hello');
+      await eventually(() => peerGotEnd, 5000, 'the peer to see the FIN');
+      // Without the grace nothing would ever close this tunnel; the test's own timeout is the failure.
+      await closed;
+    } finally {
+      // The peer's side is still open by design: cut it, or close() would wait for it.
+      for (const s of held) s.destroy();
+      await new Promise((r) => stubborn.close(r));
+    }
+  }, 15_000);
+
+  it('refuses an upgrade it has no token for with 503 token_unavailable and the OAuth error, as a plain request', async () => {
+    const ex = await rawExchange(sidecar.outbound!, handshake('/ws', 'payments'));
+    expect(ex.responses[0]?.status).toBe(503);
+    expect(ex.responses[0]?.json()).toMatchObject({ reason: 'token_unavailable', oauth_error: 'invalid_client' });
+  });
+});
