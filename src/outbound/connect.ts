@@ -11,9 +11,9 @@ import { splice } from '../proxy/tunnel.js';
 import type { Router } from './router.js';
 
 /**
- * A tunnel lives as long as its client's socket: a reload retires the component that opened it but leaves the tunnel
- * open, as it does WebSocket tunnels, and shutdown cuts it with the listener's other tunnels once the drain runs out
- * (the client socket closes, so the upstream one does).
+ * A tunnel lives until one side ends it, plus the grace for the other to finish: a reload retires the component that
+ * opened it but leaves the tunnel open, as it does WebSocket tunnels, and shutdown cuts its client socket with the
+ * listener's other tunnels once the drain runs out (the upstream one is then ended, and closed after the grace).
  */
 export interface ConnectHandler {
   handle(req: IncomingMessage, socket: Duplex, head: Buffer): void;
