@@ -13,7 +13,7 @@ import { writeRawError } from './respond.js';
 export const UPGRADE_NOT_SUPPORTED: Refusal = {
   status: 400,
   reason: 'upgrade_not_supported',
-  message: 'only WebSocket handshakes are tunnelled: an HTTP/1.1 GET with Upgrade: websocket and no body',
+  message: 'only WebSocket handshakes are tunnelled: GET with Upgrade: websocket and no body, over HTTP/1.1',
 };
 
 /**
