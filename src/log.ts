@@ -112,6 +112,9 @@ export function cappedJson(value: unknown, max: number): string {
   return capped(out, max);
 }
 
+/** A DNS name has at most 253 characters; a host a caller named is cut past this in a log line. */
+export const MAX_LOGGED_HOST = 256;
+
 /** A value a caller chose (a path, a host, a message quoting either), cut to `max` characters for a log line. */
 export function capped(s: string, max: number): string {
   return s.length > max ? `${s.slice(0, max)}…` : s;

@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
-import { capped, type Logger } from '../log.js';
+import { capped, MAX_LOGGED_HOST, type Logger } from '../log.js';
 import type { Refusal } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
 import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
@@ -91,7 +91,7 @@ export function createConnectHandler(opts: {
         opts.observe(started);
         opts.metrics.upstreamErrors.inc({ direction: 'outbound', reason: 'upstream_connect_failed' });
         opts.logger.warn(
-          { event: 'upstream_error', route: 'passthrough', reason: 'upstream_connect_failed', target: capped(target, 300), code: (err as NodeJS.ErrnoException | undefined)?.code ?? 'timeout' },
+          { event: 'upstream_error', route: 'passthrough', reason: 'upstream_connect_failed', target: capped(target, MAX_LOGGED_HOST), code: (err as NodeJS.ErrnoException | undefined)?.code ?? 'timeout' },
           'upstream_error',
         );
         upstream.destroy();

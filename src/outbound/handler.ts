@@ -5,7 +5,7 @@ import type { Dispatcher } from 'undici';
 import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
-import { capped } from '../log.js';
+import { capped, MAX_LOGGED_HOST } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { RefusedRequest } from '../proxy/listen.js';
@@ -30,8 +30,6 @@ export interface OutboundDeps extends ComponentDeps {
   idpDispatcher?: Dispatcher;
 }
 
-/** A DNS name has at most 253 characters; anything longer is cut in the log line. */
-const MAX_LOGGED_HOST = 256;
 const MAX_LOGGED_DETAIL = 512;
 
 /**
