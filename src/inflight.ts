@@ -1,4 +1,5 @@
 import type { Duplex } from 'node:stream';
+import { cutTunnel } from './proxy/tunnel.js';
 
 interface Closable {
   on(event: 'close', listener: () => void): unknown;
@@ -82,7 +83,7 @@ export function createInflightTracker(): InflightTracker {
           tunnelsEmpty = done;
         });
       }
-      for (const s of tunnels) s.destroy();
+      for (const s of tunnels) cutTunnel(s);
     },
   };
 }

@@ -61,6 +61,13 @@ export const DEFAULTS = Object.freeze({
     upstreamConnectTimeoutSeconds: 5,
     /** Keep-alive connections per upstream origin. */
     upstreamConnections: 128,
+    /**
+     * Open tunnels (WebSocket, CONNECT) per listener; one more is refused with 503. Each holds two sockets and their
+     * buffers, and they bypass `upstreamConnections`, so without a cap one caller (or the app) could hold any number.
+     */
+    maxTunnels: 1024,
+    /** A tunnel with no bytes either way for this long is closed. 0 disables. */
+    tunnelIdleTimeoutSeconds: 3600,
   }),
   lifecycle: Object.freeze({
     drainTimeoutSeconds: 20,

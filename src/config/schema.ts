@@ -394,6 +394,8 @@ export const configSchema = z
         upstreamTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.upstreamTimeoutSeconds),
         upstreamConnectTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.upstreamConnectTimeoutSeconds),
         upstreamConnections: positiveInt.default(DEFAULTS.limits.upstreamConnections),
+        maxTunnels: positiveInt.describe('Open WebSocket and CONNECT tunnels per listener; one more gets 503 too_many_tunnels').default(DEFAULTS.limits.maxTunnels),
+        tunnelIdleTimeoutSeconds: fitsTimer(seconds('A tunnel with no bytes either way for this long is closed; 0 disables')).default(DEFAULTS.limits.tunnelIdleTimeoutSeconds),
       })
       // Node refuses to start a server whose headers timeout outlasts its request timeout.
       .refine((l) => l.requestTimeoutSeconds === 0 || l.headersTimeoutSeconds <= l.requestTimeoutSeconds, {

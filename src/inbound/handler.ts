@@ -154,7 +154,18 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));
   // WebSocket / Upgrade: the same decision, then a tunnel (src/inbound/upgrade.ts, src/proxy/tunnel.ts).
-  const upgrade = createInboundUpgrade({ authorize, dropHeaders, target: targetUrl, targetPrefix, timeoutMs: limits.upstreamTimeoutSeconds * 1000, own, refused, metrics, logger });
+  const upgrade = createInboundUpgrade({
+    authorize,
+    dropHeaders,
+    target: targetUrl,
+    targetPrefix,
+    timeoutMs: limits.upstreamTimeoutSeconds * 1000,
+    idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
+    own,
+    refused,
+    metrics,
+    logger,
+  });
 
   return {
     handle,

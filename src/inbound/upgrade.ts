@@ -8,8 +8,8 @@ import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { Refusal, RefusedRequest } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
-import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
-import type { Decision } from './authorizer.js';
+import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
+import { loggedPath, type Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
 
 export interface InboundUpgradeDeps {
@@ -22,6 +22,8 @@ export interface InboundUpgradeDeps {
   targetPrefix: string;
   /** How long the app may take to accept the upgrade, milliseconds. */
   timeoutMs: number;
+  /** An open tunnel with no bytes either way for this long is cut, milliseconds; 0: no limit. */
+  idleTimeoutMs: number;
   /** Where the tunnel's upstream connection is recorded (a loop back to this listener is refused there). */
   own: OwnConnections;
   /** Counts and logs a request refused before any token check, as the component does the listener's refusals. */
@@ -69,6 +71,8 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMe
             dropHeaders: deps.dropHeaders,
             addHeaders: decision.identity?.headers ?? [],
             timeoutMs: deps.timeoutMs,
+            idleTimeoutMs: deps.idleTimeoutMs,
+            onIdle: () => logIdleTunnel(deps.logger, deps.idleTimeoutMs, { path: loggedPath(req.url ?? '/'), peer: req.socket.remoteAddress }),
             own: deps.own,
           });
           observe();

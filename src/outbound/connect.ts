@@ -7,13 +7,14 @@ import { capped, MAX_LOGGED_HOST, type Logger } from '../log.js';
 import type { Refusal } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
 import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
-import { splice } from '../proxy/tunnel.js';
+import { logIdleTunnel, splice } from '../proxy/tunnel.js';
 import type { Router } from './router.js';
 
 /**
  * A tunnel lives until one side ends it, plus the grace for the other to finish: a reload retires the component that
  * opened it but leaves the tunnel open, as it does WebSocket tunnels, and shutdown cuts its client socket with the
- * listener's other tunnels once the drain runs out (the upstream one is then ended, and closed after the grace).
+ * listener's other tunnels once the drain runs out (both sides, see cutTunnel). The listener caps how many are open
+ * (`limits.maxTunnels`) and splice() closes an idle one (`limits.tunnelIdleTimeoutSeconds`).
  */
 export interface ConnectHandler {
   handle(req: IncomingMessage, socket: Duplex, head: Buffer): void;
@@ -33,6 +34,8 @@ export function createConnectHandler(opts: {
   connectTimeoutMs: number;
   /** How long a tunnel may linger once one side has ended it (the upstream timeout, as for WebSocket tunnels). */
   graceMs: number;
+  /** An open tunnel with no bytes either way for this long is cut, milliseconds; 0: no limit. */
+  idleTimeoutMs: number;
   /** Where each tunnel's upstream connection is recorded: a CONNECT to the sidecar's own listener is then a loop (508). */
   own: OwnConnections;
   logger: Logger;
@@ -81,7 +84,11 @@ export function createConnectHandler(opts: {
         socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
         if (head.length > 0) upstream.write(head);
         // The same relay as a WebSocket tunnel's: once one side ends (or is cut), the other has the grace to finish.
-        splice(socket, upstream, opts.graceMs);
+        splice(socket, upstream, {
+          graceMs: opts.graceMs,
+          idleMs: opts.idleTimeoutMs,
+          onIdle: () => logIdleTunnel(opts.logger, opts.idleTimeoutMs, { route: 'passthrough', target: capped(`${authority.host}:${authority.port}`, MAX_LOGGED_HOST), peer: req.socket.remoteAddress }),
+        });
       });
       const fail = (err?: Error) => {
         if (settled) return;

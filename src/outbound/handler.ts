@@ -10,7 +10,7 @@ import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { RefusedRequest } from '../proxy/listen.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
-import { refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
+import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { createOwnConnections } from '../proxy/own-connections.js';
 import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createConnectHandler } from './connect.js';
@@ -62,6 +62,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     unknownHosts: config.unknownHosts,
     connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
     graceMs: limits.upstreamTimeoutSeconds * 1000,
+    idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
     own,
     logger,
     metrics,
@@ -227,6 +228,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         addHeaders: p.addHeaders,
         forwardedHost: p.r.authority,
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
+        idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
+        onIdle: () => logIdleTunnel(logger, limits.tunnelIdleTimeoutSeconds * 1000, { route: p.label, peer: req.socket.remoteAddress }),
         own,
         ...(ca ? { ca } : {}),
       });

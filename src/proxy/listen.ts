@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
 import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
+import { cutTunnel } from './tunnel.js';
 import { ALLOW_PLAIN_METHODS, holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
@@ -58,6 +59,16 @@ const EXPECTATION_FAILED: Refusal = { status: 417, reason: 'bad_request', messag
 
 /** A listener without a `connect` handler (inbound) opens no tunnels; a 405 names the methods it does serve (RFC 9110 §15.5.6). */
 const CONNECT_NOT_SUPPORTED: Refusal = { status: 405, reason: 'connect_not_supported', message: 'CONNECT is not supported: this listener serves plain HTTP requests' };
+
+/**
+ * One tunnel more than `limits.maxTunnels` (RFC 9110 §15.6.4: a temporary overload). Tunnels hold their sockets for
+ * as long as both sides like, outside the pools' `upstreamConnections`, so the cap is what bounds them.
+ */
+const tooManyTunnels = (max: number): Refusal => ({
+  status: 503,
+  reason: 'too_many_tunnels',
+  message: `this listener already has ${max} open tunnels (limits.maxTunnels); try again once one closes`,
+});
 
 /** A listener whose limits and TLS files a reload can change in place, where its address stays the same. */
 export interface LimitedServer extends Server {
@@ -159,7 +170,7 @@ export function createLimitedServer(
   const closeAll = server.closeAllConnections.bind(server);
   server.closeAllConnections = () => {
     closeAll();
-    for (const s of detached) s.destroy();
+    for (const s of detached) cutTunnel(s);
   };
   const refuseSocket = (req: IncomingMessage, socket: Duplex, refusal: Refusal, headers?: Record<string, string>) => {
     options.refused?.(req, refusal);
@@ -168,6 +179,8 @@ export function createLimitedServer(
   const guardSocket = (next: SocketHandler | undefined, fallback: (req: IncomingMessage, socket: Duplex) => void): SocketHandler => (req, socket, head) => {
     // Node hands these sockets over without an error listener; one reset must not take the process down.
     socket.on('error', () => socket.destroy());
+    // Counted before this one joins: sockets still being refused count too, until they close.
+    const overCap = detached.size >= current.maxTunnels;
     detached.add(socket);
     socket.once('close', () => detached.delete(socket));
     // Pipelined behind requests still being answered (RFC 9112 §9.3.2): their responses go out first, in order, then
@@ -178,6 +191,8 @@ export function createLimitedServer(
       if (isOwnConnection(req.socket)) return refuseSocket(req, socket, LOOP_DETECTED);
       const violation = checkRequestHead(req, current.maxHeaderCount);
       if (violation) return refuseSocket(req, socket, violation);
+      // Only requests that would open one: a CONNECT the listener refuses anyway gets that answer.
+      if (overCap && next) return refuseSocket(req, socket, tooManyTunnels(current.maxTunnels));
       if (next) next(req, socket, head);
       else fallback(req, socket);
     });

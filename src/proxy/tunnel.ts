@@ -3,6 +3,7 @@ import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { UpstreamError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { toUpstreamError } from './forward.js';
 import { buildUpstreamHeaders, isHopByHop, isWebSocketUpgrade } from './headers.js';
 import type { Refusal } from './limits.js';
@@ -38,6 +39,10 @@ export interface TunnelOptions {
   forwardedHost?: string;
   /** How long the upstream may take to connect and answer the upgrade, and how long a tunnel may linger after one side ended, milliseconds. */
   timeoutMs: number;
+  /** An open tunnel with no bytes either way for this long is cut, milliseconds; 0: no limit. */
+  idleTimeoutMs: number;
+  /** Told when the idle limit cut the tunnel. */
+  onIdle?: () => void;
   /** PEM CA bundle for an https target. */
   ca?: string;
   /** Where the connection to the upstream is recorded, so that the listener knows it if it comes back (a loop). */
@@ -123,7 +128,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       socket.write(responseHead(upRes, true));
       if (upHead.length > 0) socket.write(upHead);
       if (head.length > 0) upSocket.write(head);
-      splice(socket, upSocket, opts.timeoutMs);
+      splice(socket, upSocket, { graceMs: opts.timeoutMs, idleMs: opts.idleTimeoutMs, ...(opts.onIdle ? { onIdle: opts.onIdle } : {}) });
       resolve(upRes.statusCode ?? 101);
     });
 
@@ -174,15 +179,25 @@ function responseHead(upRes: IncomingMessage, upgraded: boolean): string {
   return `${out}\r\n`;
 }
 
+export interface SpliceOptions {
+  /** Once one side has ended, how long the other has to finish before both are cut, milliseconds. */
+  graceMs: number;
+  /** No bytes either way for this long cuts both sides, milliseconds; 0: no limit. */
+  idleMs: number;
+  /** Told when the idle limit cut the tunnel, for the owner to log. */
+  onIdle?: () => void;
+}
+
 /**
  * Pipes two sockets into each other. An orderly end on one side is passed on
  * as an end on the other, after what is queued is flushed (so a WebSocket
  * close handshake completes). WebSocket does not use TCP half-close, so once
  * one side has ended the other gets `graceMs` to finish before both are cut;
- * an error or reset on either side cuts both at once. No half-dead tunnel
+ * an error or reset on either side (cutTunnel, too) cuts both at once, and so
+ * does `idleMs` without a byte either way. No half-dead or forgotten tunnel
  * lingers.
  */
-export function splice(a: Duplex, b: Duplex, graceMs: number): void {
+export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   a.pipe(b);
   b.pipe(a);
   let grace: NodeJS.Timeout | undefined;
@@ -192,7 +207,7 @@ export function splice(a: Duplex, b: Duplex, graceMs: number): void {
     b.destroy();
   };
   const onEnd = () => {
-    grace ??= setTimeout(destroyBoth, graceMs).unref();
+    grace ??= setTimeout(destroyBoth, opts.graceMs).unref();
   };
   a.on('error', destroyBoth);
   b.on('error', destroyBoth);
@@ -212,4 +227,32 @@ export function splice(a: Duplex, b: Duplex, graceMs: number): void {
       onEnd();
     } else clearTimeout(grace);
   });
+  if (opts.idleMs > 0) {
+    // Every byte is read from one socket and written to the other, and a socket's timer restarts on both: either
+    // socket's timer firing means the tunnel carried nothing for idleMs. Node restarts a socket's timer in place as
+    // bytes pass, with no new timer per chunk.
+    const onIdle = () => {
+      if (a.destroyed && b.destroyed) return;
+      destroyBoth();
+      opts.onIdle?.();
+    };
+    for (const s of [a, b] as Array<Duplex & Partial<Pick<Socket, 'setTimeout'>>>) {
+      s.setTimeout?.(opts.idleMs);
+      s.on('timeout', onIdle);
+    }
+  }
+}
+
+/** The line for a tunnel the idle limit cut: closed by the sidecar, not by either side, so an operator sees why. */
+export function logIdleTunnel(logger: Logger, idleMs: number, fields: Record<string, string | undefined>): void {
+  logger.info({ event: 'tunnel_idle_timeout', ...fields, idleSeconds: idleMs / 1000 }, `tunnel closed: no bytes either way for ${idleMs / 1000} s`);
+}
+
+/**
+ * Cuts a tunnel's client socket at a deadline (shutdown's drain, a listener closing all its connections). Destroyed
+ * with an error, so splice() cuts the upstream side at once too, instead of ending it and waiting out the grace for a
+ * peer that may ignore the end; a tunnel still being opened just loses its client.
+ */
+export function cutTunnel(socket: Duplex): void {
+  socket.destroy(new Error('tunnel cut: the listener is closing'));
 }

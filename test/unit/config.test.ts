@@ -126,6 +126,14 @@ describe('config validation errors name the key path', () => {
     for (const host of ['payments', 'Payments:8443', 'payments.svc.cluster.local:65535', '[::1]:80', '10.0.0.1']) expect(withRoute(host), host).not.toThrow();
   });
 
+  it('takes tunnel limits: maxTunnels a positive whole number, tunnelIdleTimeoutSeconds 0 (off) or more', () => {
+    const withLimits = (limits: Record<string, unknown>) => () => parseConfig({ ...minimalInbound, limits });
+    expect(withLimits({})().limits).toMatchObject({ maxTunnels: 1024, tunnelIdleTimeoutSeconds: 3600 });
+    expect(withLimits({ maxTunnels: 1, tunnelIdleTimeoutSeconds: 0 })().limits).toMatchObject({ maxTunnels: 1, tunnelIdleTimeoutSeconds: 0 });
+    for (const maxTunnels of [0, -1, 1.5, '10']) expect(issuesOf(withLimits({ maxTunnels }))[0], String(maxTunnels)).toMatch(/^limits\.maxTunnels: /);
+    expect(issuesOf(withLimits({ tunnelIdleTimeoutSeconds: -1 }))[0]).toMatch(/^limits\.tunnelIdleTimeoutSeconds: /);
+  });
+
   it('requires jwks.cooldownSeconds >= 1 (0 would make every unknown kid a JWKS fetch)', () => {
     const withCooldown = (cooldownSeconds: number) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, jwks: { cooldownSeconds } } });
     expect(issuesOf(() => parseConfig(withCooldown(0)))).toEqual([
@@ -142,7 +150,7 @@ describe('config validation errors name the key path', () => {
         // maxStaleSeconds must outlast a refresh interval and four timeouts (see the next test): far above the longest timer.
         (k): [string, (v: number) => Record<string, unknown>] => [`inbound.jwks.${k}`, (v) => ({ inbound: { ...minimalInbound.inbound, jwks: { [k]: v, maxStaleSeconds: 10 * v } } })],
       ),
-      ...['headersTimeoutSeconds', 'requestTimeoutSeconds', 'keepAliveTimeoutSeconds', 'upstreamTimeoutSeconds', 'upstreamConnectTimeoutSeconds'].map(
+      ...['headersTimeoutSeconds', 'requestTimeoutSeconds', 'keepAliveTimeoutSeconds', 'upstreamTimeoutSeconds', 'upstreamConnectTimeoutSeconds', 'tunnelIdleTimeoutSeconds'].map(
         // headersTimeoutSeconds must also stay within requestTimeoutSeconds; 0 turns that one off.
         (k): [string, (v: number) => Record<string, unknown>] => [`limits.${k}`, (v) => ({ limits: { requestTimeoutSeconds: k === 'requestTimeoutSeconds' ? v : 0, [k]: v } })],
       ),

@@ -1,9 +1,12 @@
 import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/errors.js';
 import { writeRawError } from '../../src/proxy/respond.js';
+import type { LimitsConfig } from '../../src/config/schema.js';
+import type { Refusal } from '../../src/proxy/listen.js';
 import { tunnel } from '../../src/proxy/tunnel.js';
 import { closedPort, rawConnect, rawExchange, startTestProxy, type TestProxy } from './proxy-harness.js';
 import { startWsEcho, type WsEcho } from './proxy-ws-echo.js';
@@ -14,9 +17,14 @@ afterEach(async () => {
 });
 
 /** A proxy whose upgrade handler tunnels to `target` the way the inbound side does after authorizing. */
-async function tunnelProxy(target: string, timeoutMs = 5000): Promise<{ proxy: TestProxy; outcomes: Array<number | string>; clientSockets: Duplex[] }> {
+async function tunnelProxy(
+  target: string,
+  timeoutMs = 5000,
+  more: { idleTimeoutMs?: number; limits?: Partial<LimitsConfig>; refused?: Refusal[] } = {},
+): Promise<{ proxy: TestProxy; outcomes: Array<number | string>; clientSockets: Duplex[]; idled: number[] }> {
   const outcomes: Array<number | string> = [];
   const clientSockets: Duplex[] = [];
+  const idled: number[] = [];
   const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     clientSockets.push(socket);
     tunnel(req, socket, head, {
@@ -25,6 +33,8 @@ async function tunnelProxy(target: string, timeoutMs = 5000): Promise<{ proxy: T
       dropHeaders: new Set(['x-peer-sub', 'authorization']),
       addHeaders: ['x-peer-sub', 'verified-caller'],
       timeoutMs,
+      idleTimeoutMs: more.idleTimeoutMs ?? 0,
+      onIdle: () => idled.push(clientSockets.indexOf(socket)),
     }).then(
       (status) => outcomes.push(status),
       (err: UpstreamError) => {
@@ -33,9 +43,13 @@ async function tunnelProxy(target: string, timeoutMs = 5000): Promise<{ proxy: T
       },
     );
   };
-  const proxy = await startTestProxy(target, { server: { upgrade } });
+  const refused = more.refused;
+  const proxy = await startTestProxy(target, {
+    ...(more.limits ? { limits: more.limits } : {}),
+    server: { upgrade, ...(refused ? { refused: (_req, r) => void refused.push(r) } : {}) },
+  });
   cleanups.push(() => proxy.close());
-  return { proxy, outcomes, clientSockets };
+  return { proxy, outcomes, clientSockets, idled };
 }
 
 async function echo(opts?: Parameters<typeof startWsEcho>[0]): Promise<WsEcho> {
@@ -226,4 +240,100 @@ describe('tunnel(): WebSocket through the proxy', () => {
     await closed;
     await until(() => app.open.size === 0);
   });
+
+  it('cuts both sides at once when the server cuts all connections, even an upstream that ignores the end', async () => {
+    // The grace after one side ends is a minute here: only a cut of both sides closes the app's socket in time.
+    const app = await echo({ ignoreEnd: true });
+    const { proxy } = await tunnelProxy(app.url, 60_000);
+    await openRawTunnel(proxy.port);
+    await until(() => app.open.size === 1);
+    // An app that takes no notice of the end and goes on sending: only a socket closed outright (not half-closed and
+    // still reading) answers that with a reset, which closes the app's side.
+    const appSide = [...app.open][0]!;
+    appSide.on('end', () => {
+      const timer = setInterval(() => appSide.write(Buffer.from([0x89, 0x00])), 20);
+      appSide.on('close', () => clearInterval(timer));
+    });
+    proxy.server.closeAllConnections();
+    await until(() => app.open.size === 0);
+  });
+
+  it('cuts a tunnel that carried nothing either way for the idle limit, and says so; traffic keeps it open', async () => {
+    const app = await echo();
+    const { proxy, idled } = await tunnelProxy(app.url, 60_000, { idleTimeoutMs: 400 });
+    const s = await openRawTunnel(proxy.port);
+    let echoed = 0;
+    s.on('data', (d: Buffer) => (echoed += d.toString('latin1').split('echo:').length - 1));
+    // Ten frames 100 ms apart: 1 s of traffic, longer than the limit, but never a 400 ms gap.
+    for (let i = 0; i < 10; i++) {
+      s.write(maskedTextFrame(`ping ${i}`));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await until(() => echoed === 10);
+    expect(s.destroyed).toBe(false);
+    expect(idled).toEqual([]);
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    await closed;
+    await until(() => app.open.size === 0);
+    expect(idled).toEqual([0]);
+  });
+
+  it('leaves an idle tunnel open with no idle limit (0)', async () => {
+    const app = await echo({ ignoreEnd: true });
+    const { proxy, idled } = await tunnelProxy(app.url, 60_000, { idleTimeoutMs: 0 });
+    const s = await openRawTunnel(proxy.port);
+    await new Promise((r) => setTimeout(r, 600));
+    expect(s.destroyed).toBe(false);
+    expect(app.open.size).toBe(1);
+    expect(idled).toEqual([]);
+  });
+
+  it('refuses a tunnel over limits.maxTunnels with 503 too_many_tunnels, and opens one again once another closes', async () => {
+    const app = await echo();
+    const refused: Refusal[] = [];
+    const { proxy, outcomes } = await tunnelProxy(app.url, 5000, { limits: { maxTunnels: 2 }, refused });
+    const first = await openRawTunnel(proxy.port);
+    await openRawTunnel(proxy.port);
+    await until(() => app.open.size === 2);
+
+    const answer = await rawExchange(proxy.port, `GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: ${KEY}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 503 /);
+    expect(answer).toContain('"reason":"too_many_tunnels"');
+    expect(refused.map((r) => r.reason)).toEqual(['too_many_tunnels']);
+    expect(app.seen).toHaveLength(2);
+    // A plain request on the same listener is still served.
+    expect((await fetch(`${proxy.url}/plain`)).status).toBe(426);
+
+    const closed = new Promise<void>((r) => first.on('close', () => r()));
+    first.end();
+    await closed;
+    await until(() => app.open.size === 1);
+    await openRawTunnel(proxy.port);
+    await until(() => app.open.size === 2);
+    expect(outcomes).toEqual([101, 101, 101]);
+  });
 });
+
+const KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+
+/** Opens a WebSocket tunnel on a raw socket and resolves once the 101 has arrived. */
+async function openRawTunnel(port: number): Promise<Socket> {
+  const s = await rawConnect(port);
+  s.on('error', () => {});
+  let got = '';
+  const onData = (d: Buffer) => (got += d.toString('latin1'));
+  s.on('data', onData);
+  s.write(`GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: ${KEY}\r\n\r\n`);
+  await until(() => got.includes('\r\n\r\n'));
+  expect(got).toMatch(/^HTTP\/1\.1 101 /);
+  s.off('data', onData);
+  return s;
+}
+
+/** A client-to-server text frame (RFC 6455 §5.2: clients mask), short payloads only. */
+function maskedTextFrame(text: string): Buffer {
+  const payload = Buffer.from(text);
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!));
+  return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]);
+}

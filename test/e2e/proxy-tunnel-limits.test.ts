@@ -1,0 +1,141 @@
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rawExchange } from '../support/attacks.js';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startWsEcho, type WsEcho } from '../unit/proxy-ws-echo.js';
+import { eventually, metricsText, sample } from './inbound-support.js';
+
+/**
+ * `limits.maxTunnels` and `limits.tunnelIdleTimeoutSeconds` through the CLI, on both listeners: a WebSocket tunnel
+ * through the inbound sidecar and a CONNECT tunnel through the outbound one. One tunnel per listener is allowed, and
+ * a tunnel is closed after half a second without a byte either way.
+ */
+const IDLE_S = 0.5;
+const limits = { maxTunnels: 1, tunnelIdleTimeoutSeconds: IDLE_S };
+
+let idp: TestIdp;
+let app: WsEcho;
+let tcpPeer: { server: Server; port: number; sockets: Set<Socket> };
+let inbound: SidecarProcess;
+let outbound: SidecarProcess;
+
+beforeAll(async () => {
+  idp = await startIdp({ clients: [{ clientId: 'orders', clientSecret: 'orders-secret' }] });
+  app = await startWsEcho();
+  // A TCP echo peer for CONNECT tunnels.
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.once('close', () => sockets.delete(s));
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  tcpPeer = { server, port: (server.address() as AddressInfo).port, sockets };
+  [inbound, outbound] = await Promise.all([
+    startSidecar({
+      service: 'chat',
+      limits,
+      inbound: { target: app.url, audience: 'chat', issuers: [{ issuer: idp.issuer }], rules: [{ match: { path: '/**' }, allow: [{ sub: 'orders' }] }] },
+    }),
+    startSidecar({
+      service: 'orders',
+      limits,
+      outbound: {
+        tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders-secret' },
+        unknownHosts: 'passthrough',
+        routes: [{ host: 'chat', audience: 'chat' }],
+      },
+    }),
+  ]);
+});
+
+afterAll(async () => {
+  await Promise.all([inbound?.stop(), outbound?.stop()]);
+  for (const s of tcpPeer?.sockets ?? []) s.destroy();
+  await new Promise((r) => tcpPeer?.server.close(r));
+  await app?.close();
+  await idp?.close();
+});
+
+/** Opens a socket to `base`, sends `head` and resolves once the answer's head has arrived. */
+async function openTunnel(base: string, head: string): Promise<{ socket: Socket; answer: string; closed: Promise<void> }> {
+  const { hostname, port } = new URL(base);
+  const socket = connect(Number(port), hostname);
+  socket.on('error', () => {});
+  const closed = new Promise<void>((r) => socket.once('close', () => r()));
+  let answer = '';
+  await new Promise<void>((resolve) => {
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+      if (answer.includes('\r\n\r\n')) resolve();
+    });
+    socket.write(head);
+  });
+  return { socket, answer, closed };
+}
+
+/** Keeps a tunnel busy (one byte every 100 ms, well inside the idle limit) until the returned function is called. */
+function keepBusy(socket: Socket, byte: Buffer): () => void {
+  const timer = setInterval(() => socket.write(byte), 100);
+  return () => clearInterval(timer);
+}
+
+describe('tunnel limits', () => {
+  it('inbound: refuses a second WebSocket tunnel with 503 too_many_tunnels, counted and logged; closes an idle one and says so', async () => {
+    const token = await idp.getToken('orders', 'chat');
+    const handshake = `GET /ws HTTP/1.1\r\nHost: chat\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+    const first = await openTunnel(inbound.inbound!, handshake);
+    expect(first.answer).toMatch(/^HTTP\/1\.1 101 /);
+    // A masked, empty ping frame: traffic the app reads and does not answer.
+    const stop = keepBusy(first.socket, Buffer.from([0x89, 0x80, 0, 0, 0, 0]));
+    try {
+      const second = await rawExchange(inbound.inbound!, handshake);
+      expect(second.responses[0]?.status).toBe(503);
+      expect(second.raw).toContain('"reason":"too_many_tunnels"');
+      expect(app.seen).toHaveLength(1);
+      await inbound.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'too_many_tunnels');
+      expect(sample(await metricsText(inbound.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'too_many_tunnels' })).toBe(1);
+      // Still open: a byte every 100 ms is not idle.
+      expect(first.socket.destroyed).toBe(false);
+    } finally {
+      stop();
+    }
+    await first.closed;
+    const line = await inbound.waitForLog((l) => l.event === 'tunnel_idle_timeout');
+    expect(line).toMatchObject({ path: '/ws', idleSeconds: IDLE_S });
+    expect(inbound.output()).not.toContain(token);
+
+    // The slot is free again.
+    const third = await openTunnel(inbound.inbound!, handshake);
+    expect(third.answer).toMatch(/^HTTP\/1\.1 101 /);
+    await third.closed;
+  });
+
+  it('outbound: the same for CONNECT tunnels to a passthrough host', async () => {
+    const target = `127.0.0.1:${tcpPeer.port}`;
+    const head = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
+    const first = await openTunnel(outbound.outbound!, head);
+    expect(first.answer).toMatch(/^HTTP\/1\.1 200 /);
+    const stop = keepBusy(first.socket, Buffer.from('.'));
+    try {
+      const second = await rawExchange(outbound.outbound!, head);
+      expect(second.responses[0]?.status).toBe(503);
+      expect(second.raw).toContain('"reason":"too_many_tunnels"');
+      await outbound.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'too_many_tunnels');
+      expect(sample(await metricsText(outbound.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'too_many_tunnels' })).toBe(1);
+      expect(tcpPeer.sockets.size).toBe(1);
+    } finally {
+      stop();
+    }
+    await first.closed;
+    const line = await outbound.waitForLog((l) => l.event === 'tunnel_idle_timeout');
+    expect(line).toMatchObject({ route: 'passthrough', target, idleSeconds: IDLE_S });
+    await eventually(() => tcpPeer.sockets.size === 0, 5000, 'the peer\'s socket to close');
+
+    const third = await openTunnel(outbound.outbound!, head);
+    expect(third.answer).toMatch(/^HTTP\/1\.1 200 /);
+    await third.closed;
+  });
+});
