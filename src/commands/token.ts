@@ -2,7 +2,9 @@ import type { CommandModule } from 'yargs';
 import { systemClock } from '../clock.js';
 import { withCaBundle } from '../config/ca-bundle.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
-import { UsageError } from '../errors.js';
+import type { TokenSourceConfig } from '../config/schema.js';
+import { sourceFileIssues } from '../config/startup-files.js';
+import { ConfigError, UsageError } from '../errors.js';
 import { createTokenSource } from '../outbound/sources/index.js';
 import { sourceForAudience } from '../outbound/token-broker.js';
 import { withConfigOption, type Io } from './shared.js';
@@ -36,7 +38,7 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
       const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: [] });
       if (!config.outbound) throw new UsageError('the config has no outbound section, so it names no token source');
       const chosen = sourceForAudience(config.outbound, argv.audience, argv.scope);
-      const source = createTokenSource(withCaBundle(chosen.source, chosen.configPath), {
+      const source = createTokenSource(checkedSource(chosen.source, chosen.configPath), {
         clock: systemClock,
         env: process.env,
         timeoutMs: config.outbound.tokenRequestTimeoutSeconds * 1000,
@@ -51,4 +53,22 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
       }
     },
   };
+}
+
+/**
+ * The source with its CA bundle read, once all its files are checked: a missing CA file and a missing secret are
+ * reported together, as `run` reports them, not one per attempt.
+ */
+function checkedSource(source: TokenSourceConfig, configPath: string): TokenSourceConfig {
+  let withCa = source;
+  const issues = [];
+  try {
+    withCa = withCaBundle(source, configPath);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    issues.push(...err.issues);
+  }
+  issues.push(...sourceFileIssues(source, configPath));
+  if (issues.length > 0) throw new ConfigError(issues);
+  return withCa;
 }

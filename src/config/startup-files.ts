@@ -26,12 +26,23 @@ export function startupFileIssues(config: Config): ConfigIssue[] {
   };
   const tls = config.inbound?.tls;
   if (tls) collect(() => loadTlsMaterial(tls));
-  for (const { source, configPath } of tokenSources(config)) {
-    if (source.type === 'client_credentials' || source.type === 'token_exchange') {
-      collect(() => createClientAuth(source, { clock: systemClock, configPath }));
-    }
-  }
+  for (const { source, configPath } of tokenSources(config)) issues.push(...sourceFileIssues(source, configPath));
   return issues;
+}
+
+/**
+ * The problems with the files one token source reads as it is built (its client secret or private key), each on its
+ * key path under `configPath`: for `run`, through startupFileIssues, and for `token`, which builds one source only.
+ */
+export function sourceFileIssues(source: TokenSourceConfig, configPath: string): readonly ConfigIssue[] {
+  if (source.type !== 'client_credentials' && source.type !== 'token_exchange') return [];
+  try {
+    createClientAuth(source, { clock: systemClock, configPath });
+    return [];
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.issues;
+  }
 }
 
 function tokenSources(config: Config): { source: TokenSourceConfig; configPath: string }[] {

@@ -129,6 +129,25 @@ describe('oidc-sidecar token', () => {
     }
   });
 
+  it('names every missing file of the source it uses at once, as run does: its CA bundle and its secret', async () => {
+    const missing = (name: string) => join(dir, `missing-${name}`);
+    const config = writeConfig(
+      {
+        service: 'orders',
+        outbound: {
+          tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', clientSecretFile: missing('secret'), caFile: missing('ca.crt') },
+          routes: [{ host: 'payments', audience: 'payments' }],
+        },
+      },
+      mkdtempSync(join(tmpdir(), 'x-')),
+    );
+    const r = await runCli(['token', '--config', config, '--audience', 'payments']);
+    expect([r.code, r.stdout]).toEqual([1, '']);
+    expect(r.stderr).toContain(`outbound.tokenSource.caFile: cannot read ${missing('ca.crt')}: no such file`);
+    expect(r.stderr).toContain(`outbound.tokenSource.clientSecretFile: cannot read ${missing('secret')}: no such file`);
+    expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
+  });
+
   it("reads only the token sources' CA bundles: an issuer's or a route target's caFile that exists only in the pod does not stop it", async () => {
     const podOnly = join(dir, 'pod-only-ca.crt');
     const config = (sourceCaFile?: string) =>
