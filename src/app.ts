@@ -11,7 +11,7 @@ import { createInbound } from './inbound/index.js';
 import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
-import { createLimitedServer, formatAddress, listenOn, parseListen, type LimitedServer, type ListenAddress } from './proxy/listen.js';
+import { createLimitedServer, formatAddress, listenOn, parseListen, type AdmitTunnel, type LimitedServer, type ListenAddress } from './proxy/listen.js';
 
 type Side = 'inbound' | 'outbound';
 const SIDES = ['inbound', 'outbound'] as const;
@@ -74,12 +74,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     const listen = listenOf(side, cfg);
     const tls = tlsOf(side, cfg);
     const slot = { listen, tls, limits: cfg.limits, component } as Slot;
-    const tunnelled = (req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'upgrade' | 'connect') => {
+    const tunnelled = (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel, kind: 'upgrade' | 'connect') => {
       const c = slot.component;
       inflight.track(c, socket);
       inflight.trackTunnel(socket);
-      if (kind === 'upgrade') c.upgrade(req, socket, head);
-      else c.connect!(req, socket, head);
+      if (kind === 'upgrade') c.upgrade(req, socket, head, admit);
+      else c.connect!(req, socket, head, admit);
     };
     const server = createLimitedServer(
       cfg.limits,
@@ -94,10 +94,10 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
         refused: (req, refusal) => slot.component.refused(req, refusal),
         isOwnConnection: (socket) => slot.component.isOwnConnection(socket),
-        upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'upgrade'),
+        upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel) => tunnelled(req, socket, head, admit, 'upgrade'),
         // CONNECT is the outbound side's alone (passthrough hosts); without a handler the listener refuses it (405).
         // A reload swaps the component for one of the same side, so this holds for the life of the listener.
-        ...(component.connect ? { connect: (req: IncomingMessage, socket: Duplex, head: Buffer) => tunnelled(req, socket, head, 'connect') } : {}),
+        ...(component.connect ? { connect: (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel) => tunnelled(req, socket, head, admit, 'connect') } : {}),
       },
     );
     slot.server = server;

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { capped, type Logger } from './log.js';
-import type { Refusal, RefusedRequest } from './proxy/listen.js';
+import type { AdmitTunnel, Refusal, RefusedRequest } from './proxy/listen.js';
 import type { Metrics } from './admin/metrics.js';
 import type { Clock } from './clock.js';
 import type { KeyStoreSnapshot } from './inbound/key-store.js';
@@ -15,7 +15,7 @@ import type { TokenCacheSnapshot } from './outbound/token-cache.js';
 export interface Component {
   handle(req: IncomingMessage, res: ServerResponse): void;
   /** `Upgrade:` requests: both sides tunnel WebSocket and refuse every other protocol themselves. */
-  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel): void;
   /**
    * A request the listener refused before `handle` or `upgrade` (a head that breaks a limit, an `Expect` other than
    * 100-continue, CONNECT where there is no `connect`, what Node's parser refused): the listener answers it; the
@@ -25,7 +25,7 @@ export interface Component {
   /** Whether a connection the listener accepted is one this component opened to its upstream: a loop (see OwnConnections). */
   isOwnConnection(socket: Duplex): boolean;
   /** `CONNECT` requests; absent = refused. */
-  connect?(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  connect?(req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel): void;
   /** Starts background work (key loading, token prefetch). Never rejects. */
   start(): Promise<void>;
   /** What it still needs before it can serve, one short line each (`keys for <issuer>: <last error>`); empty = ready. */

@@ -5,7 +5,7 @@ import type { Metrics } from '../admin/metrics.js';
 import { UpstreamError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
-import type { Refusal, RefusedRequest } from '../proxy/listen.js';
+import type { Refusal, RefusedRequest, SocketHandler } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
@@ -46,15 +46,17 @@ export interface InboundUpgradeDeps {
  * sidecar never sees: the token check and the rules would be bypassed (h2c
  * smuggling).
  */
-export function createInboundUpgrade(deps: InboundUpgradeDeps): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+export function createInboundUpgrade(deps: InboundUpgradeDeps): SocketHandler {
   const duration = deps.metrics.requestDuration.labels({ direction: 'inbound' });
-  return (req, socket, head) => {
+  return (req, socket, head, admit) => {
     const started = performance.now();
     const observe = () => duration.observe((performance.now() - started) / 1000);
     if (!isWebSocketHandshake(req)) {
       deps.refused(req, UPGRADE_NOT_SUPPORTED);
       return refuseUpgrade(socket);
     }
+    // A slot before the token is checked: a flood of handshakes over the cap costs no verification.
+    if (!admit()) return;
     deps
       .authorize(req)
       .then(async (decision) => {

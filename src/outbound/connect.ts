@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
 import { capped, MAX_LOGGED_HOST, type Logger } from '../log.js';
-import type { Refusal } from '../proxy/listen.js';
+import type { AdmitTunnel, Refusal } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
 import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
 import { logIdleTunnel, splice } from '../proxy/tunnel.js';
@@ -17,7 +17,7 @@ import type { Router } from './router.js';
  * (`limits.maxTunnels`) and splice() closes an idle one (`limits.tunnelIdleTimeoutSeconds`).
  */
 export interface ConnectHandler {
-  handle(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  handle(req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel): void;
 }
 
 /**
@@ -51,7 +51,7 @@ export function createConnectHandler(opts: {
     writeRawError(socket, refusal.status, refusal.reason, refusal.message, refusal.status === 405 ? ALLOW_PLAIN_METHODS : {});
   };
   return {
-    handle(req, socket, head) {
+    handle(req, socket, head, admit) {
       socket.on('error', () => socket.destroy());
       const { route, authority } = opts.router.resolveConnect(req.url ?? '');
       if (!authority) return refuse(req, socket, 'none', { status: 400, reason: 'bad_request', message: 'CONNECT needs an authority-form target (host:port)' });
@@ -69,6 +69,8 @@ export function createConnectHandler(opts: {
           message: `CONNECT tunnels are refused (asked for ${authority.host}:${authority.port}): the sidecar only forwards plain HTTP so it can attach a token`,
         });
       }
+      // Only a tunnel that would open takes a slot: the refusals above answer for good, whatever the count.
+      if (!admit()) return;
       const host = authority.host.replace(/^\[|\]$/g, '');
       const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });
       opts.own.track(upstream);

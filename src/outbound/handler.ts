@@ -8,7 +8,7 @@ import { TokenUnavailableError, UpstreamError } from '../errors.js';
 import { capped, MAX_LOGGED_HOST } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
-import type { RefusedRequest } from '../proxy/listen.js';
+import type { AdmitTunnel, RefusedRequest } from '../proxy/listen.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
 import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { createOwnConnections } from '../proxy/own-connections.js';
@@ -121,12 +121,14 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
    * Route and token for a request, shared by plain requests and upgrades; a refusal says what to answer.
    * Synchronous when the route's token is cached (nearly every request), a promise only while one is fetched.
    */
-  const prepare = (req: IncomingMessage, started: number): Prepared | Promise<Prepared> => {
+  /** Routes and finds the token; an upgrade passes `admit`, called once the route is known and before any token work. */
+  const prepare = (req: IncomingMessage, started: number, admit?: AdmitTunnel): Prepared | Promise<Prepared> => {
     const r = router.resolve(req.url ?? '/', req.headers.host);
     if (r.kind === 'reject') {
       rejected(req, 'none', r, started, r.host);
       return { ok: false, status: r.status, reason: r.reason, message: r.message };
     }
+    if (admit && !admit()) return NOT_ADMITTED;
     if (r.kind !== 'route') return { ok: true, r, label: 'passthrough', addHeaders: NO_HEADERS, dropHeaders: dropPassthrough };
     const label = r.route.host;
     const binding = broker.forRoute(r.route);
@@ -208,14 +210,14 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
    * hosts too), and a peer's inbound sidecar refuses such upgrades anyway. Passthrough hosts follow the same
    * rule, so the listener has one; CONNECT is their opaque tunnel.
    */
-  const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
+  const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel): Promise<void> => {
     const started = performance.now();
     if (!isWebSocketHandshake(req)) {
       rejected(req, routeOf(req).route, UPGRADE_NOT_SUPPORTED, started);
       return refuseUpgrade(socket);
     }
-    const p = await prepare(req, started);
-    if (!p.ok) return p.tokenError ? writeTokenUnavailable(socket, p.tokenError) : writeRawError(socket, p.status, p.reason, p.message);
+    const p = await prepare(req, started, admit);
+    if (!p.ok) return p.answered ? undefined : p.tokenError ? writeTokenUnavailable(socket, p.tokenError) : writeRawError(socket, p.status, p.reason, p.message);
     // The app's socket already failed while its token was fetched: nobody is left to talk to. (A socket handed over for
     // an upgrade is paused, so an app that merely closed is not noticed until the tunnel starts reading it.)
     if (socket.destroyed) return;
@@ -249,8 +251,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         internalError(res, err);
       }
     },
-    upgrade(req, socket, head) {
-      serveUpgrade(req, socket, head).catch((err: unknown) => {
+    upgrade(req, socket, head, admit) {
+      serveUpgrade(req, socket, head, admit).catch((err: unknown) => {
         logger.error({ event: 'internal_error', error: err instanceof Error ? err.message : String(err) }, 'outbound upgrade failed');
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
@@ -258,7 +260,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     // Refused by the listener before routing: counted and logged like the router's own refusals, under route "none".
     refused: (req, refusal) => rejected(req, 'none', refusal, performance.now()),
     isOwnConnection: own.isOwn,
-    connect: (req, socket, head) => connect.handle(req, socket, head),
+    connect: (req, socket, head, admit) => connect.handle(req, socket, head, admit),
     async start() {
       await Promise.all(broker.routeBindings().map((b) => cache.prefetch(b)));
     },
@@ -281,7 +283,10 @@ type Routed = Exclude<Resolution, { kind: 'reject' }>;
 
 type Prepared =
   | { ok: true; r: Routed; label: string; addHeaders: readonly string[]; dropHeaders: ReadonlySet<string> }
-  | { ok: false; status: number; reason: string; message: string; tokenError?: TokenUnavailableError };
+  | { ok: false; status: number; reason: string; message: string; tokenError?: TokenUnavailableError; answered?: true };
+
+/** An upgrade over limits.maxTunnels: the listener has answered it (503 too_many_tunnels), counted and logged. */
+const NOT_ADMITTED: Prepared = { ok: false, status: 503, reason: 'too_many_tunnels', message: '', answered: true };
 
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */
 function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError): void {

@@ -28,8 +28,17 @@ export function parseListen(listen: string): ListenAddress {
   return { host: host || '0.0.0.0', port: Number(listen.slice(idx + 1)) };
 }
 
+/**
+ * Takes one of the listener's `limits.maxTunnels` slots for the socket until it closes. Called by a handler once the
+ * request passed its own checks and is about to open a tunnel (before a token is checked or fetched), so a request
+ * refused for good gets that refusal, and a socket refused at any point does not hold a slot for long (a raw refusal
+ * closes it once flushed). Returns false when every slot is taken: the listener has then answered 503
+ * too_many_tunnels, counted and logged, and the handler does nothing more.
+ */
+export type AdmitTunnel = () => boolean;
+
 /** A handler for requests that leave HTTP behind (`Upgrade`, `CONNECT`). */
-export type SocketHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+export type SocketHandler = (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel) => void;
 
 export interface LimitedServerOptions {
   /** `Upgrade:` requests (WebSocket), after the same limit checks as any request. Absent: Upgrade is ignored and the request served as plain HTTP. */
@@ -176,11 +185,21 @@ export function createLimitedServer(
     options.refused?.(req, refusal);
     writeRawError(socket, refusal.status, refusal.reason, refusal.message, headers);
   };
+  // Sockets holding a tunnel slot (see AdmitTunnel): tunnels open and being opened.
+  const tunnels = new Set<Duplex>();
+  const admitTunnel = (req: IncomingMessage, socket: Duplex): boolean => {
+    if (tunnels.has(socket)) return true;
+    if (tunnels.size >= current.maxTunnels) {
+      refuseSocket(req, socket, tooManyTunnels(current.maxTunnels));
+      return false;
+    }
+    tunnels.add(socket);
+    socket.once('close', () => tunnels.delete(socket));
+    return true;
+  };
   const guardSocket = (next: SocketHandler | undefined, fallback: (req: IncomingMessage, socket: Duplex) => void): SocketHandler => (req, socket, head) => {
     // Node hands these sockets over without an error listener; one reset must not take the process down.
     socket.on('error', () => socket.destroy());
-    // Counted before this one joins: sockets still being refused count too, until they close.
-    const overCap = detached.size >= current.maxTunnels;
     detached.add(socket);
     socket.once('close', () => detached.delete(socket));
     // Pipelined behind requests still being answered (RFC 9112 §9.3.2): their responses go out first, in order, then
@@ -191,9 +210,7 @@ export function createLimitedServer(
       if (isOwnConnection(req.socket)) return refuseSocket(req, socket, LOOP_DETECTED);
       const violation = checkRequestHead(req, current.maxHeaderCount);
       if (violation) return refuseSocket(req, socket, violation);
-      // Only requests that would open one: a CONNECT the listener refuses anyway gets that answer.
-      if (overCap && next) return refuseSocket(req, socket, tooManyTunnels(current.maxTunnels));
-      if (next) next(req, socket, head);
+      if (next) next(req, socket, head, () => admitTunnel(req, socket));
       else fallback(req, socket);
     });
   };

@@ -52,7 +52,8 @@ export function sendHeldContinue(res: ServerResponse): void {
  * A complete response written straight onto a socket that has no
  * ServerResponse (Upgrade and CONNECT requests, parser errors), then the
  * connection is closed: after a refusal on a raw socket nothing reliable can
- * follow on it. `headers` should carry the body's content-type and length.
+ * follow on it, so it is closed as soon as the answer is flushed. `headers`
+ * should carry the body's content-type and length.
  */
 export function writeRawResponse(socket: Duplex, status: number, headers: Record<string, string>, body: string): void {
   if (!socket.writable) {
@@ -62,7 +63,10 @@ export function writeRawResponse(socket: Duplex, status: number, headers: Record
   let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nconnection: close\r\n`;
   // Values are ours (e.g. WWW-Authenticate), but a stray CR/LF must never split the response.
   for (const name in headers) if (name !== 'connection') head += `${name}: ${headers[name]!.replace(/[\r\n]/g, ' ')}\r\n`;
-  socket.end(`${head}\r\n${body}`);
+  // Closed once the answer is flushed, as Node closes a `connection: close` response's socket: the listener's sockets
+  // allow half-open connections, so ending our side alone would leave the socket (and a tunnel slot) to a client
+  // that never ends its own.
+  socket.end(`${head}\r\n${body}`, () => socket.destroy());
 }
 
 /** The sidecar's JSON error (`{"error","reason"}`) as a raw response; `message` defaults to the reason with spaces. */

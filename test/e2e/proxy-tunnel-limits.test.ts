@@ -9,9 +9,10 @@ import { eventually, metricsText, sample } from './inbound-support.js';
 /**
  * `limits.maxTunnels` and `limits.tunnelIdleTimeoutSeconds` through the CLI, on both listeners: a WebSocket tunnel
  * through the inbound sidecar and a CONNECT tunnel through the outbound one. One tunnel per listener is allowed, and
- * a tunnel is closed after half a second without a byte either way.
+ * a tunnel is closed after two seconds without a byte either way (the tests send one every 100 ms while it must
+ * stay open).
  */
-const IDLE_S = 0.5;
+const IDLE_S = 2;
 const limits = { maxTunnels: 1, tunnelIdleTimeoutSeconds: IDLE_S };
 
 let idp: TestIdp;
@@ -82,10 +83,51 @@ function keepBusy(socket: Socket, byte: Buffer): () => void {
   return () => clearInterval(timer);
 }
 
+/**
+ * A client that never ends its side (allowHalfOpen) and goes on sending after the sidecar's end: `closedBySidecar`
+ * resolves only once the sidecar has closed its socket outright (the next byte is answered with a reset), not merely
+ * ended its side.
+ */
+async function stubbornExchange(base: string, head: string): Promise<{ answer: string; closedBySidecar: Promise<void> }> {
+  const { hostname, port } = new URL(base);
+  const socket = connect({ host: hostname, port: Number(port), allowHalfOpen: true });
+  socket.on('error', () => {});
+  const closedBySidecar = new Promise<void>((r) => socket.once('close', () => r()));
+  socket.once('end', () => {
+    const timer = setInterval(() => socket.write('x'), 20);
+    socket.once('close', () => clearInterval(timer));
+  });
+  let answer = '';
+  await new Promise<void>((resolve) => {
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+      if (answer.includes('\r\n\r\n')) resolve();
+    });
+    socket.write(head);
+  });
+  return { answer, closedBySidecar };
+}
+
 describe('tunnel limits', () => {
+  it('inbound: a handshake refused for want of a token gives its slot back at once, though its client never ends the connection', async () => {
+    const token = await idp.getToken('orders', 'chat');
+    const handshake = (auth: string) =>
+      `GET /ws HTTP/1.1\r\nHost: chat\r\n${auth}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+    const refused = await stubbornExchange(inbound.inbound!, handshake(''));
+    expect(refused.answer).toMatch(/^HTTP\/1\.1 401 /);
+    // The sidecar closes the refused connection itself; left half-open, it would hold the only slot.
+    await refused.closedBySidecar;
+    const allowed = await openTunnel(inbound.inbound!, handshake(`Authorization: Bearer ${token}\r\n`));
+    expect(allowed.answer).toMatch(/^HTTP\/1\.1 101 /);
+    allowed.socket.destroy();
+    // Once the app's side is closed, the sidecar has torn the tunnel down and its slot is free for the next test.
+    await eventually(() => app.open.size === 0, 5000, 'the tunnel to close');
+  });
+
   it('inbound: refuses a second WebSocket tunnel with 503 too_many_tunnels, counted and logged; closes an idle one and says so', async () => {
     const token = await idp.getToken('orders', 'chat');
     const handshake = `GET /ws HTTP/1.1\r\nHost: chat\r\nAuthorization: Bearer ${token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+    const seenBefore = app.seen.length;
     const first = await openTunnel(inbound.inbound!, handshake);
     expect(first.answer).toMatch(/^HTTP\/1\.1 101 /);
     // A masked, empty ping frame: traffic the app reads and does not answer.
@@ -94,7 +136,11 @@ describe('tunnel limits', () => {
       const second = await rawExchange(inbound.inbound!, handshake);
       expect(second.responses[0]?.status).toBe(503);
       expect(second.raw).toContain('"reason":"too_many_tunnels"');
-      expect(app.seen).toHaveLength(1);
+      expect(app.seen).toHaveLength(seenBefore + 1);
+      // A request refused for good gets that refusal, not the 503 a retry could get past.
+      const h2c = await rawExchange(inbound.inbound!, handshake.replace('Upgrade: websocket', 'Upgrade: h2c'));
+      expect(h2c.responses[0]?.status).toBe(400);
+      expect(h2c.raw).toContain('"reason":"upgrade_not_supported"');
       await inbound.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'too_many_tunnels');
       expect(sample(await metricsText(inbound.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'too_many_tunnels' })).toBe(1);
       // Still open: a byte every 100 ms is not idle.
@@ -123,6 +169,9 @@ describe('tunnel limits', () => {
       const second = await rawExchange(outbound.outbound!, head);
       expect(second.responses[0]?.status).toBe(503);
       expect(second.raw).toContain('"reason":"too_many_tunnels"');
+      const routed = await rawExchange(outbound.outbound!, 'CONNECT chat:80 HTTP/1.1\r\nHost: chat:80\r\n\r\n');
+      expect(routed.responses[0]?.status).toBe(405);
+      expect(routed.raw).toContain('"reason":"connect_not_supported"');
       await outbound.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'too_many_tunnels');
       expect(sample(await metricsText(outbound.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'too_many_tunnels' })).toBe(1);
       expect(tcpPeer.sockets.size).toBe(1);

@@ -1,5 +1,6 @@
 import { request as httpRequest } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configSchema, type LimitsConfig } from '../../src/config/schema.js';
@@ -244,12 +245,12 @@ describe('pipelining: one request of a connection at a time', () => {
 
   it('an Upgrade behind enough waiting requests to stop reading gets a tunnel that reads again', async () => {
     // The listener's upgrade handler switches at once and echoes, as a WebSocket app behind a tunnel would answer.
-    const upgrade = (_req: unknown, socket: Socket, head: Buffer) => {
+    const upgrade = (_req: unknown, socket: Duplex, head: Buffer) => {
       socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
       if (head.length) socket.write(head);
       socket.pipe(socket);
     };
-    const p = await heldPipeline({ answerAtOnce: (url) => url !== '/first', server: { upgrade: upgrade as NonNullable<LimitedServerOptions['upgrade']> } });
+    const p = await heldPipeline({ answerAtOnce: (url) => url !== '/first', server: { upgrade } });
     const waiting = 40;
     p.socket.write(`GET /first HTTP/1.1\r\nHost: x\r\n\r\n${'GET /a HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(waiting)}GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
     await p.release();

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/errors.js';
 import { writeRawError } from '../../src/proxy/respond.js';
 import type { LimitsConfig } from '../../src/config/schema.js';
-import type { Refusal } from '../../src/proxy/listen.js';
+import type { AdmitTunnel, Refusal } from '../../src/proxy/listen.js';
 import { tunnel } from '../../src/proxy/tunnel.js';
 import { closedPort, rawConnect, rawExchange, startTestProxy, type TestProxy } from './proxy-harness.js';
 import { startWsEcho, type WsEcho } from './proxy-ws-echo.js';
@@ -25,8 +25,9 @@ async function tunnelProxy(
   const outcomes: Array<number | string> = [];
   const clientSockets: Duplex[] = [];
   const idled: number[] = [];
-  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel) => {
     clientSockets.push(socket);
+    if (!admit()) return;
     tunnel(req, socket, head, {
       target: new URL(target),
       path: req.url!,
@@ -260,16 +261,16 @@ describe('tunnel(): WebSocket through the proxy', () => {
 
   it('cuts a tunnel that carried nothing either way for the idle limit, and says so; traffic keeps it open', async () => {
     const app = await echo();
-    const { proxy, idled } = await tunnelProxy(app.url, 60_000, { idleTimeoutMs: 400 });
+    const { proxy, idled } = await tunnelProxy(app.url, 60_000, { idleTimeoutMs: 1500 });
     const s = await openRawTunnel(proxy.port);
     let echoed = 0;
     s.on('data', (d: Buffer) => (echoed += d.toString('latin1').split('echo:').length - 1));
-    // Ten frames 100 ms apart: 1 s of traffic, longer than the limit, but never a 400 ms gap.
-    for (let i = 0; i < 10; i++) {
+    // Twenty frames 100 ms apart: 2 s of traffic, longer than the limit, but never a gap near it.
+    for (let i = 0; i < 20; i++) {
       s.write(maskedTextFrame(`ping ${i}`));
       await new Promise((r) => setTimeout(r, 100));
     }
-    await until(() => echoed === 10);
+    await until(() => echoed === 20);
     expect(s.destroyed).toBe(false);
     expect(idled).toEqual([]);
     const closed = new Promise<void>((r) => s.on('close', () => r()));
