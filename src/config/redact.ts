@@ -9,6 +9,11 @@ const SECRET_KEYS = new Set(['clientSecret']);
  */
 const SECRET_NAME = /secret|passw|pwd|token|assertion|credential|api[-_]?key|^key$|private/i;
 
+/** Whether a form field or query parameter of this name carries a credential (see SECRET_NAME). */
+export function isSecretName(name: string): boolean {
+  return SECRET_NAME.test(name);
+}
+
 /**
  * A copy of the config with every secret value replaced by `[redacted]`: the
  * secret keys, the secret-looking entries of `params`, and the password and

@@ -4,6 +4,7 @@ import { TokenUnavailableError } from '../../errors.js';
 import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, shownUrl } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
+import { sentSecrets, withoutSecrets } from './sent-secrets.js';
 import { assertBearerToken, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps } from './types.js';
 
@@ -71,7 +72,10 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
         throw new TokenUnavailableError(`token request failed: ${errorText(err)}`, undefined, { cause: err });
       }
       const body = (res.body && typeof res.body === 'object' ? res.body : {}) as Record<string, unknown>;
-      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body);
+      // What the IdP says goes to logs and to the app's 503: an IdP (or a gateway before it) that echoes the
+      // request back must not make it say the client secret, the assertion or the subject token.
+      const secrets = sentSecrets(form, headers);
+      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets);
       const what = `token endpoint ${shownUrl(endpoint)}`;
       assertBearerToken(body.access_token, what);
       // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
@@ -79,7 +83,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       if (body.token_type !== undefined) {
         const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
         if (type === undefined || !tokenTypes.includes(type)) {
-          const shown = type !== undefined ? `"${safeText(type, 32)}"` : jsonKind(body.token_type);
+          const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets).toLowerCase(), 32)}"` : jsonKind(body.token_type);
           throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
         }
       }
@@ -96,12 +100,12 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
 /**
  * RFC 6749 §5.2 error response → a TokenUnavailableError carrying `error`
  * and `error_description`, which reach the logs and the app's 503 body. The
- * request's own secrets are never part of it.
+ * request's own secrets are never part of it: any the IdP quotes are masked.
  */
-function oauthError(status: number, body: Record<string, unknown>): TokenUnavailableError {
+function oauthError(status: number, body: Record<string, unknown>, secrets: readonly string[]): TokenUnavailableError {
   if (typeof body.error === 'string' && body.error.length > 0) {
-    const code = safeText(body.error, 64);
-    const description = typeof body.error_description === 'string' ? safeText(body.error_description, 256) : '';
+    const code = safeText(withoutSecrets(body.error, secrets), 64);
+    const description = typeof body.error_description === 'string' ? safeText(withoutSecrets(body.error_description, secrets), 256) : '';
     return new TokenUnavailableError(`token endpoint refused the request (HTTP ${status}): ${code}${description ? ` (${description})` : ''}`, code);
   }
   return new TokenUnavailableError(`token endpoint answered HTTP ${status} without an OAuth error`);

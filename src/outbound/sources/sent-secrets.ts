@@ -1,0 +1,53 @@
+import { isSecretName } from '../../config/redact.js';
+
+/** Credentials shorter than this are left alone: see sentSecrets. */
+const MIN_MASKED_LENGTH = 4;
+
+/** A JWS/JWE segment: base64url of a JSON object (`{"` encodes as `eyJ`), with any segments after it. */
+const JWT_LIKE = /eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/g;
+
+/**
+ * The credentials one token request carries, for masking an answer that quotes them: the values of the form's
+ * credential fields (`client_secret`, `client_assertion`, `subject_token`, `actor_token`, and any secret-looking
+ * field from `params`) and the `Authorization` header, with a Basic pair's secret decoded too.
+ */
+export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<string, string>>): string[] {
+  const secrets: string[] = [];
+  // `subject_token_type` and the like name a kind of token; their values are URNs, not credentials.
+  for (const [name, value] of form) if (isSecretName(name) && !name.endsWith('_type')) secrets.push(value);
+  const authorization = headers.authorization;
+  if (authorization) {
+    secrets.push(authorization);
+    const basic = /^basic\s+(\S+)/i.exec(authorization)?.[1];
+    if (basic) {
+      const pair = Buffer.from(basic, 'base64').toString('utf8');
+      const secret = pair.slice(pair.indexOf(':') + 1);
+      secrets.push(basic, pair, secret, formDecode(secret));
+    }
+  }
+  // A value this short is no secret, and masking it would mask letters of every word ("s" in "invalid_scope").
+  return secrets.filter((s) => s.length >= MIN_MASKED_LENGTH);
+}
+
+/**
+ * `text` (an IdP's `error_description`, say) with every credential of the request it answers masked, in each
+ * spelling an IdP echoing the request back would use (as sent, form-encoded, percent-encoded), and any JWT-like
+ * text (a header or payload segment alone is enough to leak a token) masked: SPEC says a secret never reaches a
+ * log line, and this text does, and the app's 503 body too. Mask before cutting, so a cut cannot split a secret.
+ */
+export function withoutSecrets(text: string, secrets: readonly string[]): string {
+  const spellings = new Set<string>();
+  for (const s of secrets) for (const v of [s, new URLSearchParams({ v: s }).toString().slice(2), encodeURIComponent(s), s.replaceAll(' ', '+')]) spellings.add(v);
+  let out = text;
+  // Longest first, so a secret that contains another is masked whole.
+  for (const s of [...spellings].sort((a, b) => b.length - a.length)) out = out.split(s).join('[redacted]');
+  return out.replace(JWT_LIKE, '[redacted]');
+}
+
+function formDecode(s: string): string {
+  try {
+    return decodeURIComponent(s.replaceAll('+', ' '));
+  } catch {
+    return s;
+  }
+}

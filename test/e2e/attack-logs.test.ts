@@ -1,0 +1,106 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { send } from './outbound-support.js';
+
+/**
+ * What reaches the logs (and the answers built from the same words) when a caller or an IdP is hostile: no
+ * credential of the sidecar's, no token a caller sent, and exactly one line per refusal.
+ */
+const dir = mkdtempSync(join(tmpdir(), 'attack-logs-e2e-'));
+let idp: TestIdp;
+let app: UpstreamApp;
+const running: SidecarProcess[] = [];
+
+beforeAll(async () => {
+  idp = await startIdp();
+  app = await startUpstream();
+});
+afterAll(async () => {
+  await app.close();
+  await idp.close();
+});
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.stop()));
+});
+
+/**
+ * A token endpoint that refuses every request and quotes all of it back in `error_description`: the form (with
+ * the client secret, the assertion or the subject token) and the Authorization header. Gateways and IdPs in debug
+ * mode do this; the sidecar must not pass it on.
+ */
+async function startEchoingIdp(): Promise<{ url: string; close(): Promise<void> }> {
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const form = Buffer.concat(chunks).toString('utf8');
+      const description = `bad request: ${form} / ${decodeURIComponent(form)} / authorization ${req.headers.authorization ?? 'none'}`;
+      res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_client', error_description: description }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/token`,
+    close: () => new Promise((r) => server.close(() => r())),
+  };
+}
+
+describe('credentials an IdP quotes back never reach a log line or the app', () => {
+  it('client secret (basic and post), private_key_jwt assertion, assertion file and subject token are masked', async () => {
+    const echo = await startEchoingIdp();
+    try {
+      const keyFile = join(dir, 'client-key.pem');
+      writeFileSync(keyFile, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'pem', type: 'pkcs8' }));
+      const federated = await idp.getToken('orders', 'token-endpoint');
+      const assertionFile = join(dir, 'assertion.jwt');
+      writeFileSync(assertionFile, federated);
+      const subject = await idp.mint({ aud: 'sts' });
+      const subjectFile = join(dir, 'subject.jwt');
+      writeFileSync(subjectFile, subject);
+      const secrets = { basic: 'basic-S3cret:with/odd+chars', post: 'post-S3cret with space' };
+      const source = (extra: Record<string, unknown>) => ({ type: 'client_credentials', tokenEndpoint: echo.url, clientId: 'orders', ...extra });
+      const routes = [
+        { host: 'basic', target: app.url, audience: 'basic', tokenSource: source({ clientSecret: secrets.basic }) },
+        { host: 'post', target: app.url, audience: 'post', tokenSource: source({ clientSecret: secrets.post, authMethod: 'client_secret_post' }) },
+        { host: 'pkjwt', target: app.url, audience: 'pkjwt', tokenSource: source({ privateKeyFile: keyFile }) },
+        { host: 'federated', target: app.url, audience: 'federated', tokenSource: source({ clientAssertionFile: assertionFile }) },
+        {
+          host: 'exchange',
+          target: app.url,
+          audience: 'exchange',
+          tokenSource: { type: 'token_exchange', tokenEndpoint: echo.url, clientId: 'orders', clientSecret: secrets.basic, subjectTokenFile: subjectFile },
+        },
+      ];
+      const s = await startSidecar({ service: 'orders', log: { level: 'trace' }, outbound: { routes } }, { waitReady: false });
+      running.push(s);
+      const bodies: string[] = [];
+      for (const { host } of routes) {
+        const res = await send(s.outbound!, { target: `http://${host}/x`, host });
+        expect(res.status, host).toBe(503);
+        // Still says what the IdP said, with the quoted credentials masked.
+        expect(res.json(), host).toMatchObject({ reason: 'token_unavailable', oauth_error: 'invalid_client' });
+        expect(res.json().error, host).toContain('[redacted]');
+        bodies.push(res.text);
+      }
+      await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'exchange');
+      const failed = s.logs.filter((l) => l.event === 'token_fetch_failed');
+      expect(new Set(failed.map((l) => l.audience))).toEqual(new Set(routes.map((r) => r.audience)));
+      const everything = `${s.output()}\n${bodies.join('\n')}`;
+      const basicValue = Buffer.from(`orders:${new URLSearchParams({ v: secrets.basic }).toString().slice(2)}`).toString('base64');
+      for (const leak of [secrets.basic, secrets.post, encodeURIComponent(secrets.post), basicValue, 'client_assertion=ey', 'subject_token=ey', 'eyJ']) {
+        expect(everything, leak).not.toContain(leak);
+      }
+      for (const jwt of [federated, subject]) for (const part of jwt.split('.')) expect(everything).not.toContain(part.slice(0, 16));
+    } finally {
+      await echo.close();
+    }
+  });
+});
