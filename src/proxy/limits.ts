@@ -156,12 +156,15 @@ export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex, re
   }
   const refusal = clientErrorResponse(err.code);
   const peer = socket as Duplex & { remoteAddress?: string; bytesRead?: number };
-  // bytesRead counts what the client sent after any TLS handshake, decrypted.
-  if (refused && peer.bytesRead) refused({ socket: peer }, refusal);
   refusalPending.add(socket);
   afterEarlierResponses(socket as ServerSocket, () => {
     // A response that ended the connection itself (`connection: close`) was the last word: Node is closing the socket.
-    if (socket.writable) writeRawError(socket, refusal.status, refusal.reason, refusal.message);
+    // That response was this request's own answer (a refusal of its head, or a 401 sent before its body came), which
+    // was counted and logged when it was sent: reported again here, one request would be two refusals.
+    if (!socket.writable) return;
+    // bytesRead counts what the client sent after any TLS handshake, decrypted.
+    if (refused && peer.bytesRead) refused({ socket: peer }, refusal);
+    writeRawError(socket, refusal.status, refusal.reason, refusal.message);
   });
 }
 
