@@ -115,7 +115,18 @@ export function cappedJson(value: unknown, max: number): string {
 /** A DNS name has at most 253 characters; a host a caller named is cut past this in a log line. */
 export const MAX_LOGGED_HOST = 256;
 
-/** A value a caller chose (a path, a host, a message quoting either), cut to `max` characters for a log line. */
+/**
+ * Text that looks like a JWT: base64url of a JSON object (`{"` encodes as `eyJ`) and any segments after it. A
+ * header and payload alone identify a token and tell its claims, so they are masked as the whole token is.
+ */
+export const JWT_LIKE = /eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/g;
+
+/**
+ * A value a caller chose (a path, a host, a message quoting either), cut to `max` characters for a log line, with
+ * anything JWT-like in it shown as `[redacted]`: a caller can put a token where a path or host goes
+ * (`/verify/eyJ…`, `CONNECT eyJ….eyJ…:443`), and SPEC says a token never appears in a log line.
+ */
 export function capped(s: string, max: number): string {
-  return s.length > max ? `${s.slice(0, max)}…` : s;
+  const masked = s.includes('eyJ') ? s.replace(JWT_LIKE, '[redacted]') : s;
+  return masked.length > max ? `${masked.slice(0, max)}…` : masked;
 }

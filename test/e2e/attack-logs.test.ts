@@ -157,3 +157,33 @@ describe('one refused request is one log line and one count', () => {
     });
   }
 });
+
+describe('a token a caller puts where a path or a host goes never reaches a log line', () => {
+  it('inbound path and CONNECT authority, outbound Host and absolute-form host: logged as [redacted]', async () => {
+    const s = await startSidecar({
+      service: 'orders',
+      inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] },
+      outbound: { tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders-secret' }, routes: [{ host: 'payments', target: app.url, audience: 'payments' }] },
+    });
+    running.push(s);
+    const token = await idp.mint({ aud: 'orders' });
+    const [header, payload] = token.split('.') as [string, string];
+    // Magic links and signed URLs put tokens in paths; a host is whatever the caller wrote.
+    const requests: Array<[string, string]> = [
+      [s.inbound!, `GET /verify/${token} HTTP/1.1\r\nHost: a\r\n\r\n`],
+      [s.inbound!, `GET /a/${header}.${payload}%00 HTTP/1.1\r\nHost: a\r\n\r\n`],
+      [s.inbound!, `CONNECT ${header}.${payload}:443 HTTP/1.1\r\nHost: ${header}.${payload}:443\r\n\r\n`],
+      [s.outbound!, `GET /x HTTP/1.1\r\nHost: ${header}.${payload}\r\n\r\n`],
+      [s.outbound!, `GET http://${header}.${payload}/x HTTP/1.1\r\nHost: ${header}.${payload}\r\n\r\n`],
+    ];
+    for (const [listener, bytes] of requests) expect(await exchange(listener, `${bytes.slice(0, -2)}Connection: close\r\n\r\n`)).toMatch(/^HTTP\/1\.1 4\d\d /);
+    await s.waitForLog(() => s.logs.filter((l) => ['request_rejected', 'token_rejected'].includes(l.event ?? '')).length === requests.length);
+    const refusals = s.logs.filter((l) => ['request_rejected', 'token_rejected'].includes(l.event ?? ''));
+    // Each line still says what was refused and where the token was.
+    expect(refusals.map((l) => l.reason)).toEqual(['missing_token', 'bad_path', 'connect_not_supported', 'no_route', 'no_route']);
+    expect(refusals.slice(0, 3).map((l) => l.path)).toEqual(['/verify/[redacted]', '/a/[redacted]%00', '[redacted]:443']);
+    // The outbound side names the host as routed, lower-cased: no longer a token (base64url is case-sensitive).
+    for (const l of refusals.slice(3)) expect(l.host).toMatch(/^eyj/);
+    for (const part of [header, payload]) expect(s.output()).not.toContain(part.slice(0, 16));
+  });
+});

@@ -1,10 +1,8 @@
 import { isSecretName } from '../../config/redact.js';
+import { JWT_LIKE } from '../../log.js';
 
 /** Credentials shorter than this are left alone: see sentSecrets. */
 const MIN_MASKED_LENGTH = 4;
-
-/** A JWS/JWE segment: base64url of a JSON object (`{"` encodes as `eyJ`), with any segments after it. */
-const JWT_LIKE = /eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/g;
 
 /**
  * The credentials one token request carries, for masking an answer that quotes them: the values of the form's
