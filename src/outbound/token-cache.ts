@@ -294,9 +294,19 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   };
 }
 
-/** Low-cardinality metric label for a failure: the OAuth error code, else the failing step's code. */
+/**
+ * The registered OAuth error codes a token endpoint answers with (RFC 6749 §5.2 and §4.1.2.1, RFC 8707 §2,
+ * RFC 9449 §12.2): the only IdP words that become a label value. Any other code is the IdP's to invent, one per
+ * request if it likes (`err_8f3a…`), and each would be a new series for as long as the process runs.
+ */
+const OAUTH_ERROR_CODES: ReadonlySet<string> = new Set([
+  'invalid_request', 'invalid_client', 'invalid_grant', 'unauthorized_client', 'unsupported_grant_type', 'invalid_scope',
+  'invalid_target', 'access_denied', 'server_error', 'temporarily_unavailable', 'invalid_dpop_proof', 'use_dpop_nonce',
+]);
+
+/** Low-cardinality metric label for a failure: a registered OAuth error code (else `oauth_error`), else the failing step's code. */
 function resultLabel(err: TokenUnavailableError): string {
-  if (err.oauthError) return /^[a-z0-9_]{1,40}$/.test(err.oauthError) ? err.oauthError : 'oauth_error';
+  if (err.oauthError) return OAUTH_ERROR_CODES.has(err.oauthError) ? err.oauthError : 'oauth_error';
   const cause = err.cause;
   if (cause instanceof SidecarError && /^[a-z0-9_]{1,40}$/.test(cause.code)) return cause.code;
   return 'error';

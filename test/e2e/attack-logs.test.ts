@@ -187,3 +187,38 @@ describe('a token a caller puts where a path or a host goes never reaches a log 
     for (const part of [header, payload]) expect(s.output()).not.toContain(part.slice(0, 16));
   });
 });
+
+describe('metric labels a token endpoint cannot multiply', () => {
+  it('an OAuth error code the IdP invents per request is result="oauth_error"; a registered one is itself', async () => {
+    let n = 0;
+    const server: Server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        n += 1;
+        const error = req.url === '/registered' ? 'invalid_client' : `err_${n}_${Date.now()}`;
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const routes = ['a', 'b', 'c', 'registered'].map((host) => ({
+        host,
+        target: app.url,
+        audience: host,
+        tokenSource: { type: 'client_credentials', tokenEndpoint: `${base}/${host}`, clientId: 'orders', clientSecret: 'orders-secret' },
+      }));
+      const s = await startSidecar({ service: 'orders', outbound: { routes } }, { waitReady: false });
+      running.push(s);
+      await s.waitForLog(() => new Set(s.logs.filter((l) => l.event === 'token_fetch_failed').map((l) => l.audience)).size === routes.length);
+      const text = await (await fetch(`${s.admin}/metrics`)).text();
+      const results = text.split('\n').filter((l) => l.startsWith('oidc_sidecar_token_requests_total{')).map((l) => /result="([^"]*)"/.exec(l)![1]);
+      expect(new Set(results)).toEqual(new Set(['oauth_error', 'invalid_client']));
+      // The log line still carries what the IdP said.
+      const invented = s.logs.filter((l) => l.event === 'token_fetch_failed' && l.audience !== 'registered');
+      expect(invented.every((l) => l.reason === 'oauth_error' && /^err_\d+_\d+$/.test(String(l.oauthError)))).toBe(true);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
