@@ -130,3 +130,30 @@ export function capped(s: string, max: number): string {
   const masked = s.includes('eyJ') ? s.replace(JWT_LIKE, '[redacted]') : s;
   return masked.length > max ? `${masked.slice(0, max)}…` : masked;
 }
+
+const MAX_LOGGED_PATH = 256;
+
+/**
+ * A request target as a log line may hold it, capped, with every part that can carry a credential taken out:
+ * - the query (a token, RFC 6750 §2.3) and a fragment, which a client never sends (RFC 9110 §7.1) but a broken one
+ *   does: an OAuth implicit-flow redirect is `/callback#access_token=…`;
+ * - `;` path parameters, shown as `;…`: a servlet session id travels as `;jsessionid=…`, and `;` is refused as
+ *   bad_path, so the raw target is exactly what would be logged (the marker keeps the reason visible);
+ * - the userinfo of an absolute-form or authority-form target (`http://user:pass@host/p`, `user:pass@host:443`),
+ *   up to its last `@`: RFC 3986 §3.2.1 deprecates a password there because URLs end up in logs.
+ * The scheme and host of an absolute-form target are kept rather than cut down to the path: a target refused
+ * before normalisation is logged as the caller sent it, and the host a caller named (a client that takes the
+ * sidecar for a forward proxy, say) is what an operator reading that line needs. Targets that passed
+ * normalisation are logged as the canonical path alone. Used by both listeners' refusal lines.
+ */
+export function loggedPath(target: string): string {
+  const cut = target.search(/[?#]/);
+  let path = cut < 0 ? target : target.slice(0, cut);
+  if (!path.startsWith('/')) {
+    const authorityAt = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(path)?.[0].length ?? 0;
+    const slash = path.indexOf('/', authorityAt);
+    const at = path.lastIndexOf('@', slash < 0 ? path.length : slash);
+    if (at >= authorityAt) path = path.slice(0, authorityAt) + path.slice(at + 1);
+  }
+  return capped(path.includes(';') ? path.replace(/;[^/]*/g, ';…') : path, MAX_LOGGED_PATH);
+}

@@ -5,7 +5,7 @@ import type { Dispatcher } from 'undici';
 import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
-import { capped, MAX_LOGGED_HOST } from '../log.js';
+import { capped, loggedPath, MAX_LOGGED_HOST } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { AdmitTunnel, RefusedRequest } from '../proxy/listen.js';
@@ -81,8 +81,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     duration.observe((performance.now() - started) / 1000);
   };
   // Every refusal is counted and logged, not only counted: an app calling a host it has no route for is what a
-  // compromised dependency reaching for its own server looks like, and the line names the host. The host (and the
-  // message quoting it) can be as long as the header block allows, so both are capped.
+  // compromised dependency reaching for its own server looks like, and the line names the host and the path (as the
+  // inbound side's lines do, with the query and any credential taken out). The host (and the message quoting it)
+  // can be as long as the header block allows, so both are capped.
   const rejected = (req: RefusedRequest, route: string, refusal: { reason: string; message: string }, started: number, host?: string) => {
     logger.warn(
       {
@@ -90,6 +91,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         route,
         reason: refusal.reason,
         host: host === undefined ? undefined : capped(host, MAX_LOGGED_HOST),
+        path: req.url === undefined ? undefined : loggedPath(req.url),
         method: req.method?.slice(0, 16),
         peer: req.socket.remoteAddress,
         detail: capped(refusal.message, MAX_LOGGED_DETAIL),

