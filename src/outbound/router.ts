@@ -1,10 +1,13 @@
 import type { CaBundle } from '../config/ca-bundle.js';
 import type { RouteConfig } from '../config/schema.js';
 import { ConfigError, RouteNotFoundError } from '../errors.js';
+import { canonicalHost } from './canonical-host.js';
 
 /** A host and port as a request named them; `host` is lower-case, IPv6 in brackets. */
 export interface Authority {
   host: string;
+  /** `host` as routes compare it (canonicalHost): `127.1` is `127.0.0.1`, `orders.` is `orders`. */
+  key: string;
   port: number;
   /** Whether the port was written out (else it is the scheme's default). */
   explicitPort: boolean;
@@ -39,7 +42,14 @@ export function parseAuthority(text: string, defaultPort: number): Authority | u
   if (!m || m[1]!.startsWith('.') || m[1]!.endsWith('-')) return undefined;
   const port = m[2] === undefined ? defaultPort : Number(m[2]);
   if (m[2] !== undefined && !(port > 0 && port <= 65535)) return undefined;
-  return { host: m[1]!, port, explicitPort: m[2] !== undefined };
+  const key = canonicalHost(m[1]!);
+  if (key === undefined) return undefined;
+  return { host: m[1]!, key, port, explicitPort: m[2] !== undefined };
+}
+
+/** The key a route with this authority is stored under: `key:port` with a port, `key` without (any port). */
+export function routeKey(a: Authority): string {
+  return a.explicitPort ? `${a.key}:${a.port}` : a.key;
 }
 
 function formatAuthority(a: Authority): string {
@@ -57,8 +67,11 @@ const reject = (status: number, reason: string, message: string): Resolution => 
 
 /**
  * Outbound routing by host. A route host with a port matches only that port;
- * one without matches any port; both compare case-insensitively and exactly
- * (no suffix or wildcard match, so `payments.evil` is not `payments`).
+ * one without matches any port; both compare exactly once canonicalised (no
+ * suffix or wildcard match, so `payments.evil` is not `payments`). Route hosts
+ * and request hosts go through the same canonicalHost, so every spelling that
+ * reaches a routed peer (`127.1`, `[::ffff:7f00:1]`, `payments.`) is routed:
+ * spelt another way it would otherwise leave as passthrough with no token.
  */
 export function createRouter(routes: readonly RouteConfig[], unknownHosts: 'deny' | 'passthrough'): Router {
   const withPort = new Map<string, RouteConfig>();
@@ -67,13 +80,17 @@ export function createRouter(routes: readonly RouteConfig[], unknownHosts: 'deny
   routes.forEach((r, i) => {
     const a = parseAuthority(r.host, 0);
     if (!a) throw new ConfigError([{ path: `outbound.routes.${i}.host`, message: 'must be a host name, optionally with a port 1-65535' }]);
-    (a.explicitPort ? withPort : anyPort).set(a.explicitPort ? `${a.host}:${a.port}` : a.host, r);
+    (a.explicitPort ? withPort : anyPort).set(routeKey(a), r);
     targets.set(r, routeTarget(r));
   });
-  const lookup = (a: Authority) => withPort.get(`${a.host}:${a.port}`) ?? anyPort.get(a.host);
+  const lookup = (a: Authority) => withPort.get(`${a.key}:${a.port}`) ?? anyPort.get(a.key);
 
   const decide = (a: Authority, scheme: 'http' | 'https', path: string): Resolution => {
     const route = lookup(a);
+    // The authority as the app wrote it (lower-cased), not its canonical key: X-Forwarded-Host is the name the app
+    // used (what the peer would have seen in Host), a refusal names the host the operator will find in the app, and a
+    // passthrough call goes where the app's own resolver would have sent it (`orders.` is an absolute DNS name,
+    // `orders` one the search list completes). A routed call goes to the route's target whatever the spelling.
     const authority = formatAuthority(a);
     if (route) {
       const target = targets.get(route)!;

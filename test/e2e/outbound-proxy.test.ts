@@ -229,6 +229,34 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(await rawExchange(s.outbound!, 'CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n\r\n')).toMatch(/^HTTP\/1\.1 405 /);
   });
 
+  it('a routed host spelt another way (127.1, 0x7f.0.0.1, a trailing dot) gets the token, also with passthrough (where it left without one)', async () => {
+    const port = new URL(app.url).port;
+    const s = await sidecar(outboundConfig({ unknownHosts: 'passthrough', routes: [{ host: app.hostPort, target: app.url, audience: 'payments' }] }));
+    const calls = [
+      await send(s.outbound!, { target: `http://127.1:${port}/a`, host: 'ignored' }),
+      await send(s.outbound!, { target: '/b', host: `0x7f.0.0.1:${port}` }),
+      await send(s.outbound!, { target: `http://127.0.0.1.:${port}/c` }),
+    ];
+    expect(calls.map((r) => r.status)).toEqual([200, 200, 200]);
+    expect(app.seen.map((r) => r.url)).toEqual(['/a', '/b', '/c']);
+    for (const seen of app.seen) expect((await verifyWithIdp(idp, bearerOf(seen.headers.authorization)!, 'payments')).sub).toBe('orders');
+    // X-Forwarded-Host is the name the app used; the metrics label is the route as configured.
+    expect(app.seen.map((r) => r.headers['x-forwarded-host'])).toEqual([`127.1:${port}`, `0x7f.0.0.1:${port}`, `127.0.0.1.:${port}`]);
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: app.hostPort, status: '200' })).toBe(3);
+  });
+
+  it('refuses a CONNECT to a routed host spelt another way (127.1, IPv4-mapped IPv6, one number) with 405, even with passthrough: it is not tunnelled without the token', async () => {
+    const port = new URL(app.url).port;
+    const s = await sidecar(outboundConfig({ unknownHosts: 'passthrough', routes: [{ host: app.hostPort, target: app.url, audience: 'payments' }] }));
+    for (const target of [`127.1:${port}`, `[::ffff:127.0.0.1]:${port}`, `2130706433:${port}`]) {
+      const raw = await rawExchange(s.outbound!, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\nGET /through-tunnel HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect(raw, target).toMatch(/^HTTP\/1\.1 405 /);
+      expect(raw, target).toContain('"reason":"connect_not_supported"');
+    }
+    expect(app.seen).toHaveLength(0);
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: app.hostPort, status: 'connect_not_supported' })).toBe(3);
+  });
+
   it('carries a WebSocket upgrade to the peer with the token attached and the target as Host, in both addressing modes', async () => {
     const ws = await startWsEcho();
     try {

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { RouteNotFoundError, SidecarError, TokenRejectedError } from '../../src/errors.js';
@@ -55,10 +56,12 @@ describe('outbound router', () => {
     expect(Object.keys(rejected).sort()).toEqual(['code', 'name', 'status']);
   });
 
-  it('matches hosts exactly: no suffix, prefix or trailing-dot tricks', () => {
-    for (const host of ['payments.evil.com', 'evilpayments', 'payments.', 'pay', 'payments.default.svc']) {
-      expect(router.resolve('/x', host)).toMatchObject({ kind: 'reject', status: 403, reason: 'no_route' });
+  it('matches hosts exactly: no suffix, prefix or wildcard tricks', () => {
+    // One trailing dot is dropped (`payments.` is `payments`), no more: `payments..` is another name.
+    for (const host of ['payments.evil.com', 'evilpayments', 'payments..', 'pay', 'payments.default.svc', 'payments.1']) {
+      expect(router.resolve('/x', host), host).toMatchObject({ kind: 'reject', status: 403, reason: 'no_route' });
     }
+    expect(router.resolve('/x', '.payments')).toMatchObject({ kind: 'reject', status: 400 });
   });
 
   it('prefixes the target base path', () => {
@@ -88,20 +91,155 @@ describe('outbound router', () => {
 
   it('resolves CONNECT authorities (port required)', () => {
     expect(router.resolveConnect('payments:443').route).toBe(payments);
-    expect(router.resolveConnect('other:443')).toEqual({ authority: { host: 'other', port: 443, explicitPort: true } });
+    expect(router.resolveConnect('other:443')).toEqual({ authority: { host: 'other', key: 'other', port: 443, explicitPort: true } });
     expect(router.resolveConnect('payments')).toEqual({});
     expect(router.resolveConnect('/x')).toEqual({});
   });
 
   it('parses IPv6 authorities', () => {
-    expect(parseAuthority('[::1]:8080', 80)).toEqual({ host: '[::1]', port: 8080, explicitPort: true });
-    expect(parseAuthority('[::1]', 80)).toEqual({ host: '[::1]', port: 80, explicitPort: false });
+    expect(parseAuthority('[::1]:8080', 80)).toEqual({ host: '[::1]', key: '[::1]', port: 8080, explicitPort: true });
+    expect(parseAuthority('[::1]', 80)).toEqual({ host: '[::1]', key: '[::1]', port: 80, explicitPort: false });
     expect(parseAuthority('::1', 80)).toBeUndefined();
+    // Brackets hold an IPv6 address or nothing (RFC 3986 §3.2.2).
+    for (const text of ['[1.2.3.4]', '[:::]', '[1::2::3]', '[12345::]']) expect(parseAuthority(text, 80), text).toBeUndefined();
+  });
+});
+
+describe('outbound router: one host, many spellings', () => {
+  const { router, routes } = routesOf(
+    [
+      { host: '127.0.0.1:8080', audience: 'loopback', target: 'http://10.0.0.1:15006' },
+      { host: '[::1]', audience: 'v6' },
+      { host: 'orders', audience: 'orders' },
+      { host: 'orders.ns.svc.cluster.local.', audience: 'fqdn' },
+      { host: '10.1.2.3', audience: 'ten' },
+    ],
+    'passthrough',
+  );
+  const [loopback, v6, orders, fqdn, ten] = routes;
+
+  const cases: Array<[string, (typeof routes)[number]]> = [
+    ['127.1:8080', loopback!],
+    ['0x7f.0.0.1:8080', loopback!],
+    ['0X7F.0.0.1:8080', loopback!],
+    ['2130706433:8080', loopback!],
+    ['0177.0.0.1:8080', loopback!],
+    ['127.0.1:8080', loopback!],
+    ['0x7f000001:8080', loopback!],
+    ['127.0.0.1.:8080', loopback!],
+    ['[::ffff:127.0.0.1]:8080', loopback!],
+    ['[::ffff:7f00:1]:8080', loopback!],
+    ['[0:0:0:0:0:FFFF:7F00:0001]:8080', loopback!],
+    ['[0:0::1]', v6!],
+    ['[0000:0000:0000:0000:0000:0000:0000:0001]:443', v6!],
+    ['orders.', orders!],
+    ['ORDERS.:8080', orders!],
+    ['orders.ns.svc.cluster.local', fqdn!],
+    ['Orders.NS.svc.cluster.local.:80', fqdn!],
+    ['10.1.515', ten!],
+    ['167838211', ten!],
+    ['012.1.2.3', ten!],
+  ];
+
+  it('routes every spelling of a routed host, in the Host header and in an absolute-form target, and names it as the app did', () => {
+    for (const [spelt, route] of cases) {
+      const target = route === loopback ? { origin: 'http://10.0.0.1:15006' } : {};
+      expect(router.resolve('/x', spelt), spelt).toMatchObject({ kind: 'route', route, target, path: '/x', authority: spelt.toLowerCase() });
+      expect(router.resolve(`http://${spelt}/x`, 'elsewhere'), spelt).toMatchObject({ kind: 'route', route, target, authority: spelt.toLowerCase() });
+    }
+  });
+
+  it('recognises a CONNECT to any spelling of a routed host (so it is refused, not tunnelled without a token)', () => {
+    for (const [spelt, route] of cases) {
+      const withPort = /:\d+$/.test(spelt) ? spelt : `${spelt}:443`;
+      expect(router.resolveConnect(withPort).route, withPort).toBe(route);
+    }
+  });
+
+  it('keeps the port rule and exact match after canonicalising: another port, address or name is not routed', () => {
+    for (const spelt of ['127.1:8081', '127.1', '127.0.0.2:8080', '[::ffff:7f00:2]:8080', '[::2]', 'orders..', 'orders.ns', 'xorders.', '10.1.2.4', '[::ffff:a01:204]:80']) {
+      expect(router.resolve('/x', spelt), spelt).toMatchObject({ kind: 'passthrough', authority: spelt });
+    }
+    // An IPv4-mapped address reaches the IPv4 host: the same route.
+    expect(router.resolve('/x', '[::ffff:a01:203]')).toMatchObject({ kind: 'route', route: ten });
+    // A passthrough call goes where the app named it, as it spelt it (a trailing dot makes an absolute DNS name).
+    expect(router.resolve('http://example.test.:8080/a', undefined)).toEqual({
+      kind: 'passthrough',
+      target: { origin: 'http://example.test.:8080', basePath: '' },
+      path: '/a',
+      authority: 'example.test.:8080',
+    });
+  });
+
+  it('names the host as the app spelt it when refusing', () => {
+    const deny = routesOf([{ host: '127.0.0.1:8080', audience: 'l' }]).router;
+    expect(deny.resolve('/x', '127.1:9')).toMatchObject({ kind: 'reject', status: 403, host: '127.1:9' });
+    expect(deny.resolve('/x', '0x7f.1:8080')).toMatchObject({ kind: 'route' });
+  });
+
+  it('leaves a numeric-looking name that is no IPv4 address as a name (as a resolver does)', () => {
+    const target = 'http://10.0.0.1';
+    const names = routesOf([{ host: '1.2.3.256', audience: 'a', target }, { host: 'foo.1', audience: 'b', target }, { host: '4294967296', audience: 'c', target }]);
+    expect(names.router.resolve('/x', '1.2.3.256.')).toMatchObject({ kind: 'route', route: names.routes[0] });
+    expect(names.router.resolve('/x', 'FOO.1')).toMatchObject({ kind: 'route', route: names.routes[1] });
+    expect(names.router.resolve('/x', '4294967296')).toMatchObject({ kind: 'route', route: names.routes[2] });
+    expect(names.router.resolve('/x', '0')).toMatchObject({ kind: 'reject', reason: 'no_route' });
+  });
+
+  /** The spellings inet_aton(3) and the URL Standard's IPv4 parser both read as `ip`: 1 to 4 parts, each decimal, octal or hex. */
+  const spellingOf = (ip: number) =>
+    fc
+      .record({
+        parts: fc.integer({ min: 1, max: 4 }),
+        radixes: fc.array(fc.constantFrom(10, 8, 16), { minLength: 4, maxLength: 4 }),
+        upper: fc.boolean(),
+        zeros: fc.integer({ min: 0, max: 3 }),
+        trailingDot: fc.boolean(),
+        mapped: fc.constantFrom('no', 'dotted', 'hex'),
+      })
+      .map(({ parts, radixes, upper, zeros, trailingDot, mapped }) => {
+        const bytes = [ip >>> 24, (ip >>> 16) & 0xff, (ip >>> 8) & 0xff, ip & 0xff];
+        if (mapped === 'dotted') return `[::ffff:${bytes.join('.')}]`;
+        if (mapped === 'hex') return `[::ffff:${(ip >>> 16).toString(16).padStart(zeros + 1, '0')}:${(ip & 0xffff).toString(16)}]`;
+        // The last part holds the remaining bytes (`127.1` is 127.0.0.1; `2130706433` is all four).
+        const values = [...bytes.slice(0, parts - 1), bytes.slice(parts - 1).reduce((v, b) => v * 256 + b, 0)];
+        const text = values
+          .map((v, i) => {
+            if (radixes[i] === 16) return `0x${'0'.repeat(zeros)}${v.toString(16)}`;
+            if (radixes[i] === 8) return `0${'0'.repeat(zeros)}${v.toString(8)}`;
+            return String(v);
+          })
+          .join('.');
+        return (upper ? text.toUpperCase() : text) + (trailingDot ? '.' : '');
+      });
+  const address = fc.integer({ min: 0, max: 0xffffffff });
+
+  it('property: every spelling of an IPv4 address resolves to the route for any other spelling of it, and to no other route', () => {
+    fc.assert(
+      fc.property(
+        address.chain((ip) => fc.tuple(fc.constant(ip), spellingOf(ip), spellingOf(ip), fc.integer({ min: 1, max: 65535 }))),
+        address,
+        ([ip, asRouted, asCalled, port], other) => {
+          fc.pre(other !== ip);
+          const routed = { host: asRouted, audience: 'a' };
+          const decoy = { host: [other >>> 24, (other >>> 16) & 0xff, (other >>> 8) & 0xff, other & 0xff].join('.'), audience: 'b' };
+          const { router: r, routes: [route] } = routesOf([routed, decoy]);
+          expect(r.resolve('/x', `${asCalled}:${port}`)).toMatchObject({ kind: 'route', route, authority: `${asCalled.toLowerCase()}:${port}` });
+          expect(r.resolve(`http://${asCalled}:${port}/x`, undefined)).toMatchObject({ kind: 'route', route });
+          expect(r.resolveConnect(`${asCalled}:${port}`).route).toBe(route);
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });
 
 describe('outbound router config checks', () => {
   it('names the route key path for a port out of range', () => {
     expect(() => routesOf([{ host: 'payments:99999', audience: 'p' }])).toThrow(/outbound\.routes\.0\.host: must be a host name, optionally with a port 1-65535/);
+  });
+
+  it('refuses a bracketed route host that is no IPv6 address', () => {
+    expect(() => routesOf([{ host: '[1.2.3.4]', audience: 'p' }])).toThrow(/outbound\.routes\.0\.host: must be a host name/);
   });
 });
