@@ -3,7 +3,7 @@ import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
-import { parseAuthority } from '../outbound/router.js';
+import { parseAuthority, routeKey } from '../outbound/router.js';
 import { MAX_TIMER_MS } from '../scheduler.js';
 
 /**
@@ -365,13 +365,22 @@ const outboundSchema = z
     tokenRequestTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.outbound.tokenRequestTimeoutSeconds),
   })
   .superRefine((o, ctx) => {
-    const seen = new Set<string>();
+    // Routes are keyed as the router compares hosts, so `127.1` and `127.0.0.1`, or `orders.` and `orders`, are one.
+    const seen = new Map<string, number>();
     o.routes.forEach((r, i) => {
       if (!r.tokenSource && !o.tokenSource) {
         ctx.addIssue({ code: 'custom', message: 'no tokenSource here and no outbound.tokenSource default', path: ['routes', i, 'tokenSource'] });
       }
-      if (seen.has(r.host)) ctx.addIssue({ code: 'custom', message: `duplicate route for host "${r.host}"`, path: ['routes', i, 'host'] });
-      seen.add(r.host);
+      const a = parseAuthority(r.host, 0);
+      if (!a) return; // refused by the host check above
+      const key = routeKey(a);
+      const first = seen.get(key);
+      if (first === undefined) seen.set(key, i);
+      else {
+        const other = o.routes[first]!.host;
+        const same = other === r.host ? '' : `: the same host as outbound.routes.${first}.host "${other}"`;
+        ctx.addIssue({ code: 'custom', message: `duplicate route for host "${r.host}"${same}`, path: ['routes', i, 'host'] });
+      }
     });
   });
 

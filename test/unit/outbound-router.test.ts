@@ -239,6 +239,23 @@ describe('outbound router config checks', () => {
     expect(() => routesOf([{ host: 'payments:99999', audience: 'p' }])).toThrow(/outbound\.routes\.0\.host: must be a host name, optionally with a port 1-65535/);
   });
 
+  it('refuses two routes for one host spelt two ways, naming both', () => {
+    const pairs: Array<[string, string]> = [
+      ['127.0.0.1', '127.1'],
+      ['127.0.0.1:8080', '[::ffff:7f00:1]:8080'],
+      ['[::1]', '[0:0::1]'],
+      ['orders', 'orders.'],
+      ['orders.ns.svc.cluster.local.', 'Orders.NS.svc.cluster.local'],
+    ];
+    for (const [first, second] of pairs) {
+      expect(() => routesOf([{ host: first, audience: 'a' }, { host: second, audience: 'b' }]), second).toThrow(
+        `outbound.routes.1.host: duplicate route for host "${second.toLowerCase()}": the same host as outbound.routes.0.host "${first.toLowerCase()}"`,
+      );
+    }
+    // Another port is another route.
+    expect(() => routesOf([{ host: '127.0.0.1:8080', audience: 'a' }, { host: '127.1:8081', audience: 'b' }, { host: '127.1', audience: 'c' }])).not.toThrow();
+  });
+
   it('refuses a bracketed route host that is no IPv6 address', () => {
     expect(() => routesOf([{ host: '[1.2.3.4]', audience: 'p' }])).toThrow(/outbound\.routes\.0\.host: must be a host name/);
   });
