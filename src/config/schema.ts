@@ -373,6 +373,10 @@ const outboundSchema = z
       }
       const a = parseAuthority(r.host, 0);
       if (!a) return; // refused by the host check above
+      // The router builds the default target from the host when it starts: a host no URL accepts would fail `run` only.
+      if (!r.target && !URL.canParse(`http://${r.host}`)) {
+        ctx.addIssue({ code: 'custom', message: `no target, and the default http://${r.host} is not a URL (a last label of digits must make an IPv4 address): set target`, path: ['routes', i, 'host'] });
+      }
       const key = routeKey(a);
       const first = seen.get(key);
       if (first === undefined) seen.set(key, i);

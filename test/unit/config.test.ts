@@ -134,6 +134,17 @@ describe('config validation errors name the key path', () => {
     expect(issuesOf(withLimits({ tunnelIdleTimeoutSeconds: -1 }))[0]).toMatch(/^limits\.tunnelIdleTimeoutSeconds: /);
   });
 
+  it('refuses a route host without a target when http://{host} is no URL, so validate refuses what run would (it failed with "Invalid URL")', () => {
+    const route = (host: string, target?: string) => () =>
+      parseConfig({ service: 'a', outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host, audience: 'b', ...(target ? { target } : {}) }] } });
+    for (const host of ['foo.1', '1.2.3.256', '4294967296:80']) {
+      expect(issuesOf(route(host)), host).toEqual([
+        `outbound.routes.0.host: no target, and the default http://${host} is not a URL (a last label of digits must make an IPv4 address): set target`,
+      ]);
+      expect(route(host, 'http://10.0.0.1'), host).not.toThrow();
+    }
+  });
+
   it('requires jwks.cooldownSeconds >= 1 (0 would make every unknown kid a JWKS fetch)', () => {
     const withCooldown = (cooldownSeconds: number) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, jwks: { cooldownSeconds } } });
     expect(issuesOf(() => parseConfig(withCooldown(0)))).toEqual([
