@@ -3,13 +3,13 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
 import { UpstreamError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { loggedPath, type Logger } from '../log.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { Refusal, RefusedRequest, SocketHandler } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
 import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
-import { loggedPath, type Decision } from './authorizer.js';
+import type { Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
 
 export interface InboundUpgradeDeps {
