@@ -15,16 +15,31 @@ const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 /** RFC 7518 §3.3 and §3.5: RS* and PS* need a key of 2048 bits or larger (jose refuses a smaller one at verification). */
 const MIN_RSA_BITS = 2048;
 
+/**
+ * At most this many entries of a JWKS are looked at. Identity providers publish a handful (a rotation keeps two or
+ * three); an oversized set, broken or hostile, is cut here rather than imported at every refresh and listed in
+ * every log line. The response itself is already limited to 1 MiB (oidc/http.ts), room for thousands of keys.
+ */
+export const MAX_JWKS_KEYS = 100;
+
+/** A `kid` as a log line or an error shows it: the IdP chooses it, at any length. */
+export const MAX_SHOWN_KID = 128;
+
+/** How many unusable keys the "no usable key" error names, so that it stays one readable line. */
+const MAX_NAMED_DROPPED = 5;
+
 /** A signing key of the JWKS that cannot verify anything, and why (never key material). */
 export interface DroppedKey {
+  /** Capped to MAX_SHOWN_KID characters. */
   kid: string | null;
   reason: string;
 }
 
-/** The keys to verify with, and the signing keys left out because they cannot be used. */
+/** The keys to verify with, the signing keys left out because they cannot be used, and how many entries past MAX_JWKS_KEYS were not looked at. */
 export interface FilteredJwks {
   keys: JWK[];
   dropped: DroppedKey[];
+  ignored: number;
 }
 
 /**
@@ -44,7 +59,8 @@ export async function filterJwks(body: unknown, algorithms: readonly string[]): 
   if (!isObject(body) || !Array.isArray(body.keys)) throw new IdpHttpError('jwks_invalid', 'JWKS document has no "keys" array');
   const keys: JWK[] = [];
   const dropped: DroppedKey[] = [];
-  for (const k of body.keys as unknown[]) {
+  const listed = body.keys as unknown[];
+  for (const k of listed.slice(0, MAX_JWKS_KEYS)) {
     if (!isObject(k) || typeof k.kty !== 'string') continue;
     if (k.use !== undefined && k.use !== 'sig') continue;
     if (k.key_ops !== undefined && !(Array.isArray(k.key_ops) && k.key_ops.includes('verify'))) continue;
@@ -54,11 +70,15 @@ export async function filterJwks(body: unknown, algorithms: readonly string[]): 
     const alg = typeof k.alg === 'string' ? k.alg : algorithms.find((a) => fits(k, a));
     if (alg === undefined || !fits(k, alg)) continue;
     const unusable = await whyUnusable(k as JWK, alg);
-    if (unusable) dropped.push({ kid: typeof k.kid === 'string' ? k.kid : null, reason: unusable });
+    if (unusable) dropped.push({ kid: typeof k.kid === 'string' ? shownKid(k.kid) : null, reason: unusable });
     else keys.push(k as JWK);
   }
+  const ignored = Math.max(0, listed.length - MAX_JWKS_KEYS);
   if (keys.length === 0) {
-    const why = dropped.map((d) => `${d.kid === null ? 'a key without kid' : `kid "${d.kid}"`}: ${d.reason}`).join('; ');
+    const named = dropped.slice(0, MAX_NAMED_DROPPED).map((d) => `${d.kid === null ? 'a key without kid' : `kid "${d.kid}"`}: ${d.reason}`);
+    if (dropped.length > MAX_NAMED_DROPPED) named.push(`${dropped.length - MAX_NAMED_DROPPED} more unusable`);
+    if (ignored > 0) named.push(`${ignored} keys past the first ${MAX_JWKS_KEYS} not looked at`);
+    const why = named.join('; ');
     throw new IdpHttpError('jwks_no_usable_keys', `JWKS has no key usable with the allowed algorithms${why ? ` (${why})` : ''}`);
   }
   try {
@@ -66,7 +86,12 @@ export async function filterJwks(body: unknown, algorithms: readonly string[]): 
   } catch (err) {
     throw new IdpHttpError('jwks_invalid', `JWKS rejected: ${(err as Error).message}`, undefined, undefined, { cause: err });
   }
-  return { keys, dropped };
+  return { keys, dropped, ignored };
+}
+
+/** A `kid` for a log line or an error: capped, since the IdP chooses its length. */
+export function shownKid(kid: string): string {
+  return kid.length > MAX_SHOWN_KID ? `${kid.slice(0, MAX_SHOWN_KID)}…` : kid;
 }
 
 function fits(k: Record<string, unknown>, alg: string): boolean {

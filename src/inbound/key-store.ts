@@ -8,7 +8,7 @@ import type { Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, shownUrl } from '../oidc/http.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
-import { filterJwks } from './jwks-filter.js';
+import { filterJwks, MAX_JWKS_KEYS, shownKid } from './jwks-filter.js';
 
 /** The keys of one trusted issuer. */
 export interface IssuerKeys {
@@ -208,17 +208,20 @@ function createIssuerKeys(
     const res = await requestJson(dispatcher(), uri, { timeoutMs });
     // Only a 200 counts (no redirects are followed, see createIdpAgent): anything else keeps the last good keys.
     if (res.status !== 200) throw new IdpHttpError('jwks_http_error', `${shownUrl(uri)}: HTTP ${res.status}`, res.status);
-    const { keys, dropped } = await filterJwks(res.body, cfg.algorithms);
+    const { keys, dropped, ignored } = await filterJwks(res.body, cfg.algorithms);
     // Said once per change of the list, not at every refresh: the IdP publishes them until someone fixes it.
-    const droppedNow = JSON.stringify(dropped);
+    const droppedNow = JSON.stringify([dropped, ignored]);
     if (droppedNow !== droppedLogged) {
       droppedLogged = droppedNow;
       if (dropped.length) logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
+      if (ignored > 0) {
+        logger.warn({ event: 'jwks_keys_ignored', ignored, limit: MAX_JWKS_KEYS }, `issuer publishes more than ${MAX_JWKS_KEYS} keys; only the first ${MAX_JWKS_KEYS} are used`);
+      }
     }
     const first = keySet === undefined;
     if (apply(keys, clock.now())) {
       logger.info(
-        { event: 'jwks_updated', kids: keys.map((k) => k.kid ?? null), keyCount: keys.length },
+        { event: 'jwks_updated', kids: keys.map((k) => (k.kid === undefined ? null : shownKid(k.kid))), keyCount: keys.length },
         first ? 'issuer keys loaded' : 'issuer keys changed',
       );
     }

@@ -378,4 +378,38 @@ describe('filterJwks', () => {
     expect(JSON.stringify(lines)).not.toContain(bad[0]!.n);
     expect(JSON.stringify(lines)).not.toContain(bad[2]!.x);
   });
+
+  it('looks at no more than the first 100 keys of an oversized JWKS, and says so once', async () => {
+    const ec = await testKeyPair('ES256', 'ec');
+    const many = Array.from({ length: 150 }, (_, i) => ({ ...ec.publicJwk, kid: `k${i}` }));
+    const filtered = await filterJwks({ keys: many }, ['ES256']);
+    expect(filtered.keys.map((k) => k.kid)).toEqual(many.slice(0, 100).map((k) => k.kid));
+    expect(filtered.ignored).toBe(50);
+
+    const { store, server, scheduler, lines } = await setup({}, () => many);
+    await store.start();
+    expect(lines.find((l) => l.event === 'jwks_updated')!.keyCount).toBe(100);
+    const ignored = () => lines.filter((l) => l.event === 'jwks_keys_ignored');
+    expect(ignored()).toEqual([expect.objectContaining({ level: 'warn', ignored: 50, limit: 100 })]);
+    await fireTimer(server, scheduler);
+    expect(ignored()).toHaveLength(1);
+  });
+
+  it('caps the kids it logs and quotes: the IdP chooses their length', async () => {
+    const ec = await testKeyPair('ES256', 'ec');
+    const bad = await unusableJwks();
+    const longKid = 'x'.repeat(20_000);
+    const { store, lines } = await setup({}, () => [{ ...bad[0], kid: `${longKid}-bad` }, { ...ec.publicJwk, kid: longKid }]);
+    await store.start();
+    const updated = lines.find((l) => l.event === 'jwks_updated')!;
+    expect(updated.kids).toEqual([`${'x'.repeat(128)}…`]);
+    expect(lines.find((l) => l.event === 'jwks_keys_dropped')!.dropped).toEqual([{ kid: `${'x'.repeat(128)}…`, reason: expect.any(String) }]);
+    for (const l of lines) expect(JSON.stringify(l).length, String(l.event)).toBeLessThan(2000);
+
+    // Nothing usable: the error names five unusable keys and counts the rest, each kid capped.
+    const tenBad = Array.from({ length: 10 }, (_, i) => ({ ...bad[0], kid: `${longKid}${i}` }));
+    const err = await filterJwks({ keys: tenBad }, ['RS256']).then(() => undefined, (e: Error) => e);
+    expect(err?.message).toMatch(/; 5 more unusable\)$/);
+    expect(err!.message.length).toBeLessThan(1500);
+  });
 });
