@@ -1,4 +1,6 @@
 import { createServer, type Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { writeRawResponse } from '../proxy/respond.js';
 import type { Metrics } from './metrics.js';
 
 export interface AdminState {
@@ -10,10 +12,10 @@ export interface AdminState {
 
 /** GET /healthz (process alive), /readyz (ready to serve), /metrics (Prometheus text). */
 export function createAdminServer(metrics: Metrics, state: AdminState): Server {
-  return createServer((req, res) => {
+  const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('method not allowed\n');
+      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end(METHOD_NOT_ALLOWED);
       return;
     }
     switch (path) {
@@ -37,4 +39,12 @@ export function createAdminServer(metrics: Metrics, state: AdminState): Server {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
   });
+  // Without a listener Node closes a CONNECT's socket with no answer at all; the other methods get a 405 above.
+  server.on('connect', (_req, socket: Duplex) => {
+    socket.on('error', () => socket.destroy());
+    writeRawResponse(socket, 405, { allow: 'GET, HEAD', 'content-type': 'text/plain', 'content-length': String(METHOD_NOT_ALLOWED.length) }, METHOD_NOT_ALLOWED);
+  });
+  return server;
 }
+
+const METHOD_NOT_ALLOWED = 'method not allowed\n';
