@@ -60,12 +60,22 @@ afterAll(async () => {
   await idp?.close();
 });
 
-/** Opens a socket to `base`, sends `head` and resolves once the answer's head has arrived. */
-async function openTunnel(base: string, head: string): Promise<{ socket: Socket; answer: string; closed: Promise<void> }> {
+/**
+ * Opens a socket to `base`, sends `head` and resolves once the answer's head has arrived. `stubborn`: a client that
+ * never ends its side (allowHalfOpen) and goes on sending after the sidecar's end, so `closed` resolves only once the
+ * sidecar has closed its socket outright (the next byte is answered with a reset), not merely ended its side.
+ */
+async function openTunnel(base: string, head: string, stubborn = false): Promise<{ socket: Socket; answer: string; closed: Promise<void> }> {
   const { hostname, port } = new URL(base);
-  const socket = connect(Number(port), hostname);
+  const socket = connect({ host: hostname, port: Number(port), allowHalfOpen: stubborn });
   socket.on('error', () => {});
   const closed = new Promise<void>((r) => socket.once('close', () => r()));
+  if (stubborn) {
+    socket.once('end', () => {
+      const timer = setInterval(() => socket.write('x'), 20);
+      socket.once('close', () => clearInterval(timer));
+    });
+  }
   let answer = '';
   await new Promise<void>((resolve) => {
     socket.on('data', (d: Buffer) => {
@@ -83,40 +93,15 @@ function keepBusy(socket: Socket, byte: Buffer): () => void {
   return () => clearInterval(timer);
 }
 
-/**
- * A client that never ends its side (allowHalfOpen) and goes on sending after the sidecar's end: `closedBySidecar`
- * resolves only once the sidecar has closed its socket outright (the next byte is answered with a reset), not merely
- * ended its side.
- */
-async function stubbornExchange(base: string, head: string): Promise<{ answer: string; closedBySidecar: Promise<void> }> {
-  const { hostname, port } = new URL(base);
-  const socket = connect({ host: hostname, port: Number(port), allowHalfOpen: true });
-  socket.on('error', () => {});
-  const closedBySidecar = new Promise<void>((r) => socket.once('close', () => r()));
-  socket.once('end', () => {
-    const timer = setInterval(() => socket.write('x'), 20);
-    socket.once('close', () => clearInterval(timer));
-  });
-  let answer = '';
-  await new Promise<void>((resolve) => {
-    socket.on('data', (d: Buffer) => {
-      answer += d.toString('latin1');
-      if (answer.includes('\r\n\r\n')) resolve();
-    });
-    socket.write(head);
-  });
-  return { answer, closedBySidecar };
-}
-
 describe('tunnel limits', () => {
   it('inbound: a handshake refused for want of a token gives its slot back at once, though its client never ends the connection', async () => {
     const token = await idp.getToken('orders', 'chat');
     const handshake = (auth: string) =>
       `GET /ws HTTP/1.1\r\nHost: chat\r\n${auth}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
-    const refused = await stubbornExchange(inbound.inbound!, handshake(''));
+    const refused = await openTunnel(inbound.inbound!, handshake(''), true);
     expect(refused.answer).toMatch(/^HTTP\/1\.1 401 /);
     // The sidecar closes the refused connection itself; left half-open, it would hold the only slot.
-    await refused.closedBySidecar;
+    await refused.closed;
     const allowed = await openTunnel(inbound.inbound!, handshake(`Authorization: Bearer ${token}\r\n`));
     expect(allowed.answer).toMatch(/^HTTP\/1\.1 101 /);
     allowed.socket.destroy();
