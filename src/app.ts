@@ -150,6 +150,13 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     await inflight.settled(component, drainMs);
     await component.close();
   };
+  // What reloads replaced and is still finishing its requests (a listener whose address changed, the components it
+  // served): shutdown waits for it too, or a SIGTERM soon after such a reload would cut those requests at exit.
+  const retiring = new Set<Promise<void>>();
+  const retireInBackground = (work: Promise<void>) => {
+    retiring.add(work);
+    void work.finally(() => retiring.delete(work));
+  };
 
   return {
     addresses,
@@ -170,7 +177,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       logger.info({ event: 'shutdown' }, 'draining in-flight requests');
       await reloadSettled;
       const drainMs = current.lifecycle.drainTimeoutSeconds * 1000;
-      await Promise.all([...[...slots.values()].map((s) => closeServer(s.server, drainMs)), inflight.drainTunnels(drainMs)]);
+      await Promise.all([...[...slots.values()].map((s) => closeServer(s.server, drainMs)), inflight.drainTunnels(drainMs), ...retiring]);
       await Promise.all([...slots.values()].map((s) => s.component.close()));
       await closeServer(admin.server, 0);
       logger.info({ event: 'stopped' }, 'stopped');
@@ -213,12 +220,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     const drainMs = next.lifecycle.drainTimeoutSeconds * 1000;
     for (const side of SIDES) {
       const slot = slots.get(side);
-      if (slot) void retire(slot.component, drainMs);
+      if (slot) retireInBackground(retire(slot.component, drainMs));
       const replacement = opened.get(side);
       const component = fresh.get(side);
       if (replacement) {
         slots.set(side, replacement);
-        if (slot) void closeServer(slot.server, drainMs);
+        if (slot) retireInBackground(closeServer(slot.server, drainMs));
       } else if (component && slot) {
         slot.component = component;
         const reconfigure = reconfigured.get(side);
@@ -229,7 +236,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         }
       } else if (slot) {
         slots.delete(side);
-        void closeServer(slot.server, drainMs);
+        retireInBackground(closeServer(slot.server, drainMs));
       }
     }
     if (newAdmin) {

@@ -13,9 +13,10 @@ let sidecar: SidecarProcess | undefined;
 
 beforeAll(async () => {
   idp = await startIdp();
-  // /slow/* answers after a delay so that requests are genuinely in flight during a drain.
+  // /slow/* answers after a delay so that requests are genuinely in flight during a drain; /long/* outlasts the two
+  // seconds `run` gives stray handles once shutdown has returned, so only a drain that waits for it lets it finish.
   app = await startUpstream((req, res) => {
-    const delay = req.url!.startsWith('/slow') ? 1500 : 0;
+    const delay = req.url!.startsWith('/slow') ? 1500 : req.url!.startsWith('/long') ? 4000 : 0;
     setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(`done ${req.url}`), delay);
   });
 });
@@ -185,6 +186,31 @@ describe('reload', () => {
     expect(sidecar.logs.filter((l) => l.event === 'config_reload_failed')).toEqual([]);
     expect(await call('/admin-kept', token)).toBe(200);
     expect((await fetch(`${sidecar.admin}/healthz`)).status).toBe(200);
+  });
+
+  it('a request in flight on a listener that a reload moved finishes when SIGTERM comes before it does', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
+    const token = await idp.getToken('payments', 'orders');
+    const before = app.seen.length;
+    const inFlight = fetch(`${sidecar.inbound}/long/moved`, { headers: { authorization: `Bearer ${token}` } }).then(
+      async (r) => ({ status: r.status, body: await r.text() }),
+      () => 'cut' as const,
+    );
+    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
+    // A port the OS just handed out and took back: the reload opens a second inbound socket and retires the first.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    const moved = inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }) as Record<string, any>;
+    moved.inbound.listen = `127.0.0.1:${port}`;
+    sidecar.rewriteConfig(moved);
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    // Shutdown drained only the new socket and exited while the old one still carried this request.
+    sidecar.signal('SIGTERM');
+    expect(await inFlight).toEqual({ status: 200, body: 'done /long/moved' });
+    expect(await sidecar.exited).toBe(0);
   });
 
   it('reloads when the config file changes on disk', async () => {
