@@ -37,6 +37,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
       const watch = createReloadWatch(paths, (trigger) => reload(trigger));
+      // The config files' signatures when last read. A file change already read by a reload (an edit followed by
+      // SIGHUP, as config management does) is seen by the watch a moment later: reloading it again would refetch the
+      // keys and log, count and (for a bad file) refuse the same edit twice.
+      let lastRead = configBaseline;
       // Reloads run one at a time, and never once shutdown has begun.
       let reloading: Promise<void> = Promise.resolve();
       const reload = (trigger: string) => {
@@ -44,7 +48,12 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
         reloading = reloading
           .then(async () => {
             if (stopping) return;
-            const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next));
+            const now = signaturesOf(paths);
+            if (trigger === 'file_changed' && isSameSignatures(now, lastRead)) {
+              return void logger.debug({ event: 'config_unchanged', trigger }, 'config files unchanged since they were last read; not reloading');
+            }
+            lastRead = now;
+            const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now);
             if (applied && !stopping) watch.update(applied.config, applied.baselines);
           })
           // Nothing above is expected to throw; if it did, later reloads and shutdown must still run after it.
@@ -103,10 +112,10 @@ async function reloadFrom(
   logger: Logger,
   metrics: ReturnType<typeof createMetrics>,
   apply: (c: Config) => Promise<void>,
+  // Taken before the read, so an edit that lands while this config loads or is applied triggers the next reload.
+  configBaseline: FileSignatures,
 ): Promise<{ config: Config; baselines: { config: FileSignatures; ca: FileSignatures } } | undefined> {
   let next: Config;
-  // Before the read, so an edit that lands while this config loads or is applied triggers the next reload.
-  const configBaseline = signaturesOf(paths);
   try {
     next = loadConfig(paths);
   } catch (err) {
@@ -130,6 +139,10 @@ async function reloadFrom(
     logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
     return undefined;
   }
+}
+
+function isSameSignatures(a: FileSignatures, b: FileSignatures): boolean {
+  return a.size === b.size && [...a].every(([path, sig]) => b.get(path) === sig);
 }
 
 function errorSummary(err: unknown): string {

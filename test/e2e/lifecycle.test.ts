@@ -221,6 +221,19 @@ describe('reload', () => {
     await sidecar.waitForLog((l) => l.event === 'config_reloaded' && l.trigger === 'file_changed');
     expect(await call('/y', token)).toBe(200);
   });
+
+  it('an edit followed by SIGHUP is one reload: the watch, seeing the edit the SIGHUP already read, does not reload again', async () => {
+    const debug = (sub: string) => ({ ...inboundConfig(allowSub(sub), { watchConfig: true }), log: { level: 'debug' } });
+    sidecar = await startSidecar(debug('orders'));
+    const token = await idp.getToken('payments', 'orders');
+    sidecar.rewriteConfig(debug('payments'));
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded' && l.trigger === 'SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_unchanged' && l.trigger === 'file_changed');
+    expect(sidecar.logs.filter((l) => l.event === 'config_reloaded').map((l) => l.trigger)).toEqual(['SIGHUP']);
+    expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="success".* 1$/m);
+    expect(await call('/once', token)).toBe(200);
+  });
 });
 
 describe('SIGHUP while the sidecar starts', () => {
