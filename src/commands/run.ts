@@ -41,12 +41,22 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // SIGHUP, as config management does) is seen by the watch a moment later: reloading it again would refetch the
       // keys and log, count and (for a bad file) refuse the same edit twice.
       let lastRead = configBaseline;
-      // Reloads run one at a time, and never once shutdown has begun.
+      // Reloads run one at a time, and never once shutdown has begun. At most one waits behind the one running: it
+      // reads the config when it starts, so it takes in every trigger that came while it waited. A queue of one
+      // reload per trigger made repeated SIGHUPs during an IdP outage each wait out a warm-up, the last (the one
+      // with the operator's edit) only after all the others.
       let reloading: Promise<void> = Promise.resolve();
+      let queued: string | undefined;
       const reload = (trigger: string) => {
         if (stopping) return;
+        // A SIGHUP or a CA change merged into a waiting file_changed reload must not be skipped as "unchanged".
+        const wasQueued = queued !== undefined;
+        if (queued === undefined || queued === 'file_changed') queued = trigger;
+        if (wasQueued) return;
         reloading = reloading
           .then(async () => {
+            const trigger = queued!;
+            queued = undefined;
             if (stopping) return;
             const now = signaturesOf(paths);
             if (trigger === 'file_changed' && isSameSignatures(now, lastRead)) {

@@ -234,6 +234,34 @@ describe('reload', () => {
     expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="success".* 1$/m);
     expect(await call('/once', token)).toBe(200);
   });
+
+  it('SIGHUPs sent while a reload waits on a hanging IdP make one more reload, not one each', async () => {
+    // A short JWKS timeout: each reload's warm-up (refetching the keys) waits that long on the hanging IdP.
+    const withRules = (sub: string) => ({ ...inboundConfig(allowSub(sub)), inbound: { ...inboundConfig(allowSub(sub)).inbound, jwks: { timeoutSeconds: 1 } } });
+    sidecar = await startSidecar(withRules('orders'));
+    const token = await idp.getToken('payments', 'orders');
+    idp.setDown('hang');
+    try {
+      const asked = idp.counts.discovery + idp.counts.jwks;
+      sidecar.signal('SIGHUP');
+      // The first reload is warming up, stuck on the IdP; four more SIGHUPs and an edit arrive meanwhile.
+      while (idp.counts.discovery + idp.counts.jwks === asked) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 4; i++) {
+        sidecar.signal('SIGHUP');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      sidecar.rewriteConfig(withRules('payments'));
+      sidecar.signal('SIGHUP');
+      await sidecar.waitForLog((l) => sidecar!.logs.filter((x) => x.event === 'config_reloaded').length === 2, 30_000);
+      expect(await call('/merged', token)).toBe(200);
+      // A reload still queued would now be warming up, and the SIGTERM would abandon it.
+      sidecar.signal('SIGTERM');
+      expect(await sidecar.exited).toBe(0);
+      expect(sidecar.logs.filter((l) => /^config_reload/.test(l.event ?? '')).map((l) => l.event)).toEqual(['config_reloaded', 'config_reloaded']);
+    } finally {
+      idp.setDown(false);
+    }
+  });
 });
 
 describe('SIGHUP while the sidecar starts', () => {
