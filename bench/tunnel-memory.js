@@ -2,7 +2,7 @@
 // echo on loopback, sends a few bytes through each, and prints the sidecar's RSS before and after. The sidecar runs
 // as the image starts it (bench/lib/image-runtime.js), with limits.maxTunnels raised to N. Usage:
 //   npm run build && node bench/tunnel-memory.js [N]
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -69,4 +69,5 @@ console.log(
 for (const s of sockets) s.destroy();
 await running.stop();
 echo.close();
+rmSync(dir, { recursive: true, force: true });
 
