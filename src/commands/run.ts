@@ -127,7 +127,7 @@ async function reloadFrom(
 ): Promise<{ config: Config; baselines: { config: FileSignatures; ca: FileSignatures } } | undefined> {
   let next: Config;
   try {
-    next = loadConfig(paths);
+    next = loadConfig(paths, process.env, { checkSourceFiles: true });
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
     const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : [errorSummary(err)];

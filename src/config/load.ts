@@ -7,7 +7,7 @@ import { describeFsError } from './configured-files.js';
 import { interpolateEnv, isPlainObject } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
-import { startupFileIssues } from './startup-files.js';
+import { startupFileIssues, tokenSourceFileIssues } from './startup-files.js';
 
 /** Where config files come from: the `--config` flags, else `OIDC_SIDECAR_CONFIG` (comma-separated). */
 export function resolveConfigPaths(flags: readonly string[] | undefined, env: NodeJS.ProcessEnv = process.env): string[] {
@@ -34,11 +34,17 @@ export interface LoadOptions {
    * Also read and check the other files `run` reads as it starts (token
    * sources' secrets and private keys, the inbound TLS certificate and key,
    * see startup-files.ts), listed with the CA bundles' problems in one
-   * ConfigError: what `run` and `validate` load. Default false: a reload
-   * leaves them to the components it builds, and the TLS files are watched
-   * on their own.
+   * ConfigError: what `run` and `validate` load. Default false.
    */
   checkStartupFiles?: boolean;
+  /**
+   * Only the token sources' secrets and private keys of checkStartupFiles: what
+   * a reload reads, so that all its file problems are refused in one line, as
+   * at startup. The TLS files are left out: they are watched on their own, and
+   * a reload during their rotation must not be refused for a pair caught
+   * half-written.
+   */
+  checkSourceFiles?: boolean;
 }
 
 /**
@@ -69,6 +75,7 @@ export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   if (!result.success) throw new ConfigError(zodIssues(result.error));
   const issues = attachCaBundles(result.data, opts.readCaFilesFor ?? ALL_CA_USES);
   if (opts.checkStartupFiles) issues.push(...startupFileIssues(result.data));
+  else if (opts.checkSourceFiles) issues.push(...tokenSourceFileIssues(result.data));
   // Found by two passes (CA bundles, then the other files); listed as the config reads, inbound's before outbound's.
   if (issues.length > 0) throw new ConfigError(issues.sort((a, b) => sectionRank(a.path) - sectionRank(b.path)));
   return deepFreeze(result.data);

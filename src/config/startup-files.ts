@@ -26,8 +26,13 @@ export function startupFileIssues(config: Config): ConfigIssue[] {
   };
   const tls = config.inbound?.tls;
   if (tls) collect(() => loadTlsMaterial(tls));
-  for (const { source, configPath } of tokenSources(config)) issues.push(...sourceFileIssues(source, configPath));
+  issues.push(...tokenSourceFileIssues(config));
   return issues;
+}
+
+/** The problems with the files every token source of the config reads as it is built (see sourceFileIssues). */
+export function tokenSourceFileIssues(config: Config): ConfigIssue[] {
+  return tokenSources(config).flatMap(({ source, configPath }) => sourceFileIssues(source, configPath));
 }
 
 /**

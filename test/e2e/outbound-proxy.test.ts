@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { Agent, type IncomingHttpHeaders } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type AddressInfo } from 'node:net';
@@ -532,6 +532,35 @@ describe('outbound lifecycle', () => {
     expect(r.status).toBe(200);
     expect((await verifyWithIdp(idp, bearerOf(app.seen.at(-1)!.headers.authorization)!, 'ledger')).sub).toBe('orders');
     expect(await s.stop()).toBe(0);
+  });
+});
+
+describe('outbound reload and the files its token sources read', () => {
+  it('refuses a reload whose sources lack their secret or key files with every problem in one line, as at startup; the old config keeps serving', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'reload-secrets-'));
+    const secretFile = join(dir, 'orders-secret');
+    writeFileSync(secretFile, `${SECRET}\n`);
+    const s = await sidecar({ ...outboundConfig({}, { clientSecret: undefined, clientSecretFile: secretFile }), lifecycle: { watchConfig: false } });
+    const call = async () => (await send(s.outbound!, { target: '/x', host: 'payments' })).status;
+    expect(await call()).toBe(200);
+
+    // The next config adds a route whose own source names a key file that is missing, and the secret is gone too.
+    const keyFile = join(dir, 'ledger-key.pem');
+    const next = outboundConfig({}, { clientSecret: undefined, clientSecretFile: secretFile }) as Record<string, any>;
+    next.outbound.routes.push({ host: 'ledger', target: app.url, audience: 'ledger', tokenSource: { type: 'client_credentials', tokenEndpoint: idp.tokenEndpoint, clientId: 'orders', privateKeyFile: keyFile } });
+    s.rewriteConfig({ ...next, lifecycle: { watchConfig: false } });
+    rmSync(secretFile);
+    s.signal('SIGHUP');
+    const refused = await s.waitForLog((l) => l.event === 'config_reload_refused');
+    expect(refused.errors).toEqual([
+      `outbound.tokenSource.clientSecretFile: cannot read ${secretFile}: no such file`,
+      `outbound.routes.1.tokenSource.privateKeyFile: cannot read ${keyFile}: no such file`,
+    ]);
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_config_reloads_total', { result: 'invalid' })).toBe(1);
+    expect(s.logs.filter((l) => l.event === 'config_reload_failed')).toEqual([]);
+    // The token read at start is still held: the old config keeps serving.
+    expect(await call()).toBe(200);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
 
