@@ -121,6 +121,18 @@ describe('client_credentials request shape and response checks (stand-in token e
     expect(t.expiresAt).toBeLessThanOrEqual(Date.now() + 300_000);
   });
 
+  it('a JWT access token whose exp and expires_in disagree expires at the earlier of the two', async () => {
+    stub.reply = () => ({ body: { access_token: jwtWith({ exp: inSeconds(86_400) }), token_type: 'Bearer', expires_in: 60 } });
+    const before = Date.now();
+    const later = await cc().fetch({ audience: 'payments', scopes: [] });
+    expect(later.expiresAt).toBeGreaterThanOrEqual(before + 60_000);
+    expect(later.expiresAt).toBeLessThanOrEqual(Date.now() + 60_000);
+    const exp = inSeconds(120);
+    stub.reply = () => ({ body: { access_token: jwtWith({ exp }), token_type: 'Bearer', expires_in: 3600 } });
+    expect((await cc().fetch({ audience: 'payments', scopes: [] })).expiresAt).toBe(exp * 1000);
+    stub.reply = () => ({ body: { access_token: 'opaque-token', token_type: 'Bearer', expires_in: 300 } });
+  });
+
   const badAnswers: Array<[string, { status?: number; body: unknown; contentType?: string }, RegExp]> = [
     ['a DPoP token', { body: { access_token: 'abc', token_type: 'DPoP', expires_in: 60 } }, /token_type "dpop" is not a bearer token/],
     ['a token_type that is a number', { body: { access_token: 'abc', token_type: 123, expires_in: 60 } }, /token_type a number is not a bearer token/],

@@ -40,21 +40,27 @@ export function jwtClaims(token: string): Record<string, unknown> | undefined {
 }
 
 /**
- * Expiry of a token: the JWT's `exp` when it has one, else `expires_in`
- * (seconds, RFC 6749 §5.1) counted from `nowMs`. A token with neither is an
+ * Expiry of a token: the JWT's `exp` or `expires_in` (seconds, RFC 6749
+ * §5.1) counted from `nowMs`, the earlier of the two when it has both. A token with neither is an
  * error: without an expiry the cache could neither renew nor stop using it.
  */
 export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, what: string): IssuedToken {
   const claims = jwtClaims(token);
   const jti = typeof claims?.jti === 'string' ? claims.jti.slice(0, 128) : undefined;
   const issuer = typeof claims?.iss === 'string' ? claims.iss.slice(0, 256) : undefined;
-  let expiresAt: number | undefined;
-  if (typeof claims?.exp === 'number' && Number.isFinite(claims.exp)) expiresAt = claims.exp * 1000;
-  else if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) expiresAt = nowMs + expiresIn * 1000;
-  else if (typeof expiresIn === 'string' && /^\d+$/.test(expiresIn) && Number(expiresIn) > 0) expiresAt = nowMs + Number(expiresIn) * 1000;
+  const fromExp = typeof claims?.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp * 1000 : undefined;
+  let fromExpiresIn: number | undefined;
+  if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) fromExpiresIn = nowMs + expiresIn * 1000;
+  else if (typeof expiresIn === 'string' && /^\d+$/.test(expiresIn) && Number(expiresIn) > 0) fromExpiresIn = nowMs + Number(expiresIn) * 1000;
+  // With both, the earlier wins: expires_in is the AS's word on the lifetime (RFC 6749 §5.1) and is immune to its
+  // clock being off from ours, while a JWT access token's exp is what resource servers check. Either one passed
+  // means the token may be refused, so it is not used past either.
+  const expiresAt = fromExp === undefined ? fromExpiresIn : fromExpiresIn === undefined ? fromExp : Math.min(fromExp, fromExpiresIn);
   if (expiresAt === undefined) throw new TokenUnavailableError(`${what}: the token has neither a JWT exp claim nor expires_in`);
-  // Garbage (exp: 1e300) rather than a real far-off expiry: refused, not a token the audit log cannot describe.
-  if (!(expiresAt >= -MAX_TIME_MS && expiresAt <= MAX_TIME_MS)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`);
+  // Garbage (exp: 1e300) rather than a real far-off expiry: refused, not a token the audit log cannot describe, even
+  // beside a sane expires_in.
+  const inRange = (t: number | undefined) => t === undefined || (t >= -MAX_TIME_MS && t <= MAX_TIME_MS);
+  if (!inRange(fromExp) || !inRange(fromExpiresIn)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`);
   if (expiresAt <= nowMs) {
     throw new TokenUnavailableError(`${what}: the token expired at ${new Date(expiresAt).toISOString()}`);
   }
