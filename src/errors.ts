@@ -72,9 +72,12 @@ export class RouteNotFoundError extends SidecarError {
 export class TokenUnavailableError extends SidecarError {
   /** The OAuth `error` from the IdP (RFC 6749 §5.2), when it sent one. */
   readonly oauthError: string | undefined;
-  constructor(message: string, oauthError?: string, options?: { cause?: unknown }) {
-    super('token_unavailable', message, 503, options);
+  /** How long the IdP asked us to wait before asking again (its `Retry-After`, ms), when it said. */
+  readonly retryAfterMs: number | undefined;
+  constructor(message: string, oauthError?: string, options?: { cause?: unknown; retryAfterMs?: number | undefined }) {
+    super('token_unavailable', message, 503, options?.cause === undefined ? undefined : { cause: options.cause });
     this.oauthError = oauthError;
+    this.retryAfterMs = options?.retryAfterMs;
   }
 }
 

@@ -195,7 +195,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       // With no usable token every call is failing, so retry sooner: a recovered IdP should
       // bring calls back within seconds, not after a full backoff ceiling.
       const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
-      const retryAt = now + backoffDelay(e.failures, retryMinMs, ceilingMs, random());
+      // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to retryMaxSeconds.
+      const asked = err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
+      const retryAt = now + Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
       // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
       // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
       e.retryAt = isValid(e, now) ? Math.min(retryAt, e.token.expiresAt) : retryAt;

@@ -56,7 +56,7 @@ export interface SeenTokenRequest {
   form: URLSearchParams;
 }
 
-export type TokenReply = { status?: number; body: unknown; contentType?: string };
+export type TokenReply = { status?: number; body: unknown; contentType?: string; headers?: Record<string, string> };
 
 /**
  * A stand-in OAuth token endpoint on 127.0.0.1 (the network edge of a token
@@ -101,7 +101,7 @@ export async function startStubTokenEndpoint(reply: (req: SeenTokenRequest) => T
       if (gate) await gate;
       const r = stub.reply(seen);
       const body = typeof r.body === 'string' ? r.body : JSON.stringify(r.body);
-      res.writeHead(r.status ?? 200, { 'content-type': r.contentType ?? 'application/json' }).end(body);
+      res.writeHead(r.status ?? 200, { 'content-type': r.contentType ?? 'application/json', ...r.headers }).end(body);
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

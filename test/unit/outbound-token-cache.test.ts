@@ -181,6 +181,38 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(failed.at(-1)).toMatchObject({ keepingToken: false });
   });
 
+  it("waits as long as a 429's Retry-After asks (up to retryMaxSeconds) before asking the IdP again", async () => {
+    const start = time.now();
+    expect(await cache.get(binding)).toBe('opaque-1');
+    stub.reply = () => ({ status: 429, body: { error: 'slow_down' }, headers: { 'retry-after': '30' } });
+    time.advance(300_000); // half-life with random 0
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+    await vi.waitFor(() => expect(time.pending()).toEqual([start + 330_000]));
+    // Calls keep the held token meanwhile and send the IdP nothing.
+    time.advance(29_999);
+    expect(await cache.get(binding)).toBe('opaque-1');
+    expect(stub.requests).toHaveLength(2);
+    // A Retry-After beyond the ceiling is capped at retryMaxSeconds (60 s), and the date form is read too.
+    stub.reply = () => ({ status: 503, body: { error: 'temporarily_unavailable' }, headers: { 'retry-after': new Date(time.now() + 3_600_000).toUTCString() } });
+    time.advance(1);
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(3));
+    await vi.waitFor(() => expect(time.pending()).toEqual([start + 390_000]));
+    stub.reply = ok;
+    time.advance(60_000);
+    await vi.waitFor(async () => expect(await cache.get(binding)).toBe('opaque-2'));
+    expect(stub.requests).toHaveLength(4);
+  });
+
+  it('with no token held, a 429 Retry-After is honoured too: calls fail at once meanwhile, the IdP is not asked', async () => {
+    stub.reply = () => ({ status: 429, body: { error: 'slow_down' }, headers: { 'retry-after': '20' } });
+    const start = time.now();
+    await expect(cache.get(binding)).rejects.toBeInstanceOf(TokenUnavailableError);
+    expect(time.pending()).toEqual([start + 20_000]);
+    time.advance(10_000);
+    await expect(cache.get(binding)).rejects.toBeInstanceOf(TokenUnavailableError);
+    expect(stub.requests).toHaveLength(1);
+  });
+
   it('retries no later than the held token expires, so calls recover soon after the IdP does even when the backoff had grown long', async () => {
     random = 0.5;
     const start = time.now();

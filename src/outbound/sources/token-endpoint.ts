@@ -75,7 +75,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       // What the IdP says goes to logs and to the app's 503: an IdP (or a gateway before it) that echoes the
       // request back must not make it say the client secret, the assertion or the subject token.
       const secrets = sentSecrets(form, headers);
-      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets);
+      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets, retryAfterMs(res.headers['retry-after'], deps.clock.now()));
       const what = `token endpoint ${shownUrl(endpoint)}`;
       assertBearerToken(body.access_token, what);
       // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
@@ -102,13 +102,23 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
  * and `error_description`, which reach the logs and the app's 503 body. The
  * request's own secrets are never part of it: any the IdP quotes are masked.
  */
-function oauthError(status: number, body: Record<string, unknown>, secrets: readonly string[]): TokenUnavailableError {
+function oauthError(status: number, body: Record<string, unknown>, secrets: readonly string[], retryAfter: number | undefined): TokenUnavailableError {
+  const options = { retryAfterMs: retryAfter };
   if (typeof body.error === 'string' && body.error.length > 0) {
     const code = safeText(withoutSecrets(body.error, secrets), 64);
     const description = typeof body.error_description === 'string' ? safeText(withoutSecrets(body.error_description, secrets), 256) : '';
-    return new TokenUnavailableError(`token endpoint refused the request (HTTP ${status}): ${code}${description ? ` (${description})` : ''}`, code);
+    return new TokenUnavailableError(`token endpoint refused the request (HTTP ${status}): ${code}${description ? ` (${description})` : ''}`, code, options);
   }
-  return new TokenUnavailableError(`token endpoint answered HTTP ${status} without an OAuth error`);
+  return new TokenUnavailableError(`token endpoint answered HTTP ${status} without an OAuth error`, undefined, options);
+}
+
+/** A `Retry-After` header (RFC 9110 §10.2.3: delay-seconds or an HTTP-date) as ms from `nowMs`; undefined when absent or unreadable. */
+export function retryAfterMs(header: string | string[] | undefined, nowMs: number): number | undefined {
+  const value = (Array.isArray(header) ? header[0] : header)?.trim();
+  if (!value) return undefined;
+  if (/^\d+$/.test(value)) return Number(value) * 1000;
+  const at = Date.parse(value);
+  return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
 }
 
 /** RFC 6749 §5.2 allows only printable ASCII without `"` and `\` in error fields; anything else is masked and the length capped. */
