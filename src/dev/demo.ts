@@ -47,8 +47,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       out(summary(results, t.logLines.length, leaked));
     }
     if (opts.keep) {
-      out('');
-      out(keepInstructions(t));
+      // With --json, stdout stays one JSON document (its `urls` say where everything listens); the how-to goes to stderr.
+      const say = opts.json ? (text: string) => opts.stderr.write(`${text}\n`) : out;
+      say('');
+      say(keepInstructions(t));
       await (opts.untilStopped ?? untilSignal)();
     }
     return ok ? 0 : 1;
@@ -92,7 +94,7 @@ function keepInstructions(t: DemoTopology): string {
     `  curl -si -X POST -H "authorization: Bearer $OTHER" ${u.paymentsInbound}/payments/charge  # 403 policy_denied`,
     `  CI=$(curl -s -H 'authorization: bearer github-main-secret' '${t.issuer.issuer}/github-actions/token?client=github-main&audience=deployer' | sed -E 's/.*"value":"([^"]+)".*/\\1/')`,
     `  curl -s -X POST -H "authorization: Bearer $CI" ${u.deployerInbound}/deploy                 # 200`,
-    `  curl -s ${u.paymentsAdmin}/metrics | grep oidc_sidecar_inbound_requests_total`,
+    `  curl -s ${u.paymentsAdmin}/metrics | grep oidc_sidecar_inbound_requests_total    # the payments sidecar's counters`,
     '',
     'Press Ctrl-C to stop and clean up.',
   ].join('\n');

@@ -71,6 +71,38 @@ describe('oidc-sidecar demo', () => {
     await expect(fetch(`${payments}/payments/charge`, { method: 'POST' })).rejects.toThrow();
   });
 
+  it('--keep --json keeps stdout one JSON document (the curl how-to goes to stderr), and SIGTERM cleans up with exit 0', async () => {
+    const child = spawn(process.execPath, [BIN, 'demo', '--keep', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let out = '';
+    let err = '';
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onData = () => (out + err).includes('Press Ctrl-C to stop') && resolve();
+        child.stdout.on('data', (d) => {
+          out += d;
+          onData();
+        });
+        child.stderr.on('data', (d) => {
+          err += d;
+          onData();
+        });
+        void exited.then((code) => reject(new Error(`demo --keep --json exited early with ${code}:\n${out}\n${err}`)));
+      });
+      const report = JSON.parse(out) as { ok: boolean; urls: { paymentsInbound: string } };
+      expect(report.ok).toBe(true);
+      expect(err).toContain(`curl -si -X POST ${report.urls.paymentsInbound}/payments/charge`);
+      const noToken = await fetch(`${report.urls.paymentsInbound}/payments/charge`, { method: 'POST' });
+      expect(noToken.status).toBe(401);
+
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      await expect(fetch(`${report.urls.paymentsInbound}/payments/charge`, { method: 'POST' })).rejects.toThrow();
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   it('is listed in --help', async () => {
     const r = await runCli(['--help']);
     expect(r.stdout).toMatch(/oidc-sidecar demo\s+Run the whole thing on this machine/);
