@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
+import type { DevClient } from '../dev/provider.js';
 import { createLogger } from '../log.js';
 import { importHoldingWarnings, type Io } from './shared.js';
 
@@ -17,7 +18,7 @@ interface DevIssuerArgs {
 /** The warning every start of the dev issuer prints, so nobody mistakes it for a real IdP. */
 export const DEV_ISSUER_WARNING = [
   '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!',
-  '!!  oidc-sidecar dev-issuer: DEVELOPMENT ONLY - never use in production.  !!',
+  '!!  oidc-sidecar dev-issuer: DEVELOPMENT ONLY - never use in production !!',
   '!!  Clients and secrets are for local testing, keys live in memory or   !!',
   '!!  in a plain file, and anyone who can reach it can mint identities.   !!',
   '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!',
@@ -45,8 +46,8 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
         .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Level of its JSON log lines on stdout (start, tokens issued and refused, errors)' });
     },
     handler: async (argv) => {
-      if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0-65535, got ${argv.port}`);
-      if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0)) throw new UsageError(`--ttl must be a positive whole number of seconds, got ${argv.ttl}`);
+      if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0-65535, got ${given(argv.port)}`);
+      if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0)) throw new UsageError(`--ttl must be a positive whole number of seconds, got ${given(argv.ttl)}`);
       if (argv.issuer !== undefined && !/^https?:\/\/[^/]+/.test(argv.issuer)) throw new UsageError(`--issuer must be an http(s) URL, got ${argv.issuer}`);
       const { DEFAULT_DEV_CLIENTS, loadDevClientsFile } = await import('../dev/clients-file.js');
       const { loadOrCreateKeyFile } = await import('../dev/keys.js');
@@ -74,7 +75,8 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         if (e.code === 'EADDRINUSE') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: address already in use (try --port 0)`);
-        if (e.code === 'EADDRNOTAVAIL' || e.code === 'EACCES') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: ${e.code}`);
+        if (e.code === 'EADDRNOTAVAIL') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: address not available on this host (check --host)`);
+        if (e.code === 'EACCES') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: permission denied (try a port above 1023)`);
         throw err;
       }
       // Printed once it listens, so a start that fails says so in one line (like every other command's failure).
@@ -88,7 +90,7 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
           `  token endpoint: ${running.tokenEndpoint}`,
           `  jwks:           ${running.jwksUri}`,
           `  clients:        ${clients.map((c) => c.clientId).join(', ')}`,
-          `  try: curl -s -u ${clients[0]!.clientId}:<secret> -d grant_type=client_credentials -d audience=payments ${running.tokenEndpoint}`,
+          ...tryLine(clients, !file, running.tokenEndpoint),
           '',
         ].join('\n'),
       );
@@ -110,4 +112,21 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
       setExit(0);
     },
   };
+}
+
+/** yargs turns a non-numeric value of a number option into NaN; say so in words. */
+function given(value: number): string {
+  return Number.isNaN(value) ? 'something that is not a number' : String(value);
+}
+
+/**
+ * A curl line that gets a token, ready to paste: the built-in clients' secrets are public (`<client>-secret`), so
+ * theirs is written out; a clients file's secret stays a quoted placeholder (quoted, so a paste is no shell
+ * redirect). None when no client takes client_secret_basic.
+ */
+function tryLine(clients: readonly DevClient[], builtIn: boolean, tokenEndpoint: string): string[] {
+  const client = clients.find((c) => c.clientSecret !== undefined && (c.authMethod ?? 'client_secret_basic') === 'client_secret_basic');
+  if (!client) return [];
+  const user = builtIn ? `${client.clientId}:${client.clientSecret}` : `'${client.clientId}:<secret>'`;
+  return [`  try: curl -s -u ${user} -d grant_type=client_credentials -d audience=payments ${tokenEndpoint}`];
 }

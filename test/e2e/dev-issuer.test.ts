@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -117,12 +117,28 @@ describe('oidc-sidecar dev-issuer', () => {
       environment: 'production',
     });
 
+    // The start-up lines: a banner whose box is square, and a curl line that works as pasted into a shell.
+    const banner = p.stderr().split('\n').filter((l) => l.startsWith('!!'));
+    expect(banner.length).toBeGreaterThan(2);
+    expect(new Set(banner.map((l) => l.length)).size).toBe(1);
+    const tryCurl = /^ {2}try: (curl .*)$/m.exec(p.stderr())![1]!;
+    // The shell's reading of the line, with printf standing in for curl: its words, or its complaint.
+    const words = spawnSync('bash', ['-c', tryCurl.replace(/^curl /, "printf '%s\\n' ")], { encoding: 'utf8' });
+    expect([words.status, words.stderr]).toEqual([0, '']);
+    const argv = words.stdout.trimEnd().split('\n');
+    expect(argv.at(-1)).toBe(`${p.issuer}/token`);
+    const form = Object.fromEntries(argv.flatMap((w, i) => (argv[i - 1] === '-d' ? [w.split('=') as [string, string]] : [])));
+    const pasted = await token(p.issuer, form, argv[argv.indexOf('-u') + 1]);
+    expect(pasted.status).toBe(200);
+
     expect(await p.stop()).toBe(0);
-    // Issuance is logged, but never the token or the secret.
+    // Issuance is logged, but never the token or the secret (the built-in secrets are public: the curl line above
+    // names one on stderr, but no log line does).
     expect(p.stdout()).toContain('"event":"dev_token_issued"');
-    for (const secret of [viaAudience.body.access_token, ci.body.access_token, 'orders-secret', 'github-main-secret']) {
+    for (const secret of [viaAudience.body.access_token, ci.body.access_token, pasted.body.access_token]) {
       expect(p.stdout() + p.stderr()).not.toContain(secret);
     }
+    for (const secret of ['orders-secret', 'github-main-secret']) expect(p.stdout()).not.toContain(secret);
   });
 
   it('loads clients from a YAML file: ${ENV} secrets, private_key_jwt with a PEM public key, CI claims, ttl', async () => {
@@ -270,6 +286,11 @@ describe('oidc-sidecar dev-issuer', () => {
 
     const badPort = await runCli(['dev-issuer', '--port', '70000']);
     expect([badPort.code, badPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got 70000\n']);
+    const wordPort = await runCli(['dev-issuer', '--port', 'abc']);
+    expect([wordPort.code, wordPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got something that is not a number\n']);
+    // An address this host does not have (TEST-NET-1, RFC 5737): the bind fails, nothing is sent.
+    const notHere = await runCli(['dev-issuer', '--host', '192.0.2.1', '--port', '0']);
+    expect([notHere.code, notHere.stderr]).toEqual([1, 'oidc-sidecar: cannot listen on 192.0.2.1:0: address not available on this host (check --host)\n']);
 
     const blocker = createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
