@@ -160,7 +160,13 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     // after the signature check too, so a client retrying with an expired token, or calling the wrong audience,
     // costs no signature check, key lookup or JWKS refetch. Only ever refuses; what passes is verified in full below.
     const opts = options(issuer);
-    checkClaims(claimsBeforeSignature(header, token.slice(dot1 + 1, dot2), opts));
+    let unverified: Claims;
+    try {
+      unverified = claimsBeforeSignature(header, token.slice(dot1 + 1, dot2), opts);
+    } catch (err) {
+      throw withTimes(err, payload, clock.now() / 1000, skew);
+    }
+    checkClaims(unverified);
 
     const { claims, version } = await verify(token, issuer, keys, opts);
     checkClaims(claims);
@@ -205,9 +211,31 @@ function claimsBeforeSignature(header: Record<string, unknown>, payloadSegment: 
 /** exp, nbf and iat against now (seconds) with the allowed skew; the same rules as jose plus a future iat. */
 export function checkTimes(claims: Claims, now: number, skew: number): void {
   const { exp, nbf, iat } = claims as { exp?: number; nbf?: number; iat?: number };
-  if (typeof exp === 'number' && exp <= now - skew) throw new TokenRejectedError('expired', 'token has expired');
-  if (typeof nbf === 'number' && nbf > now + skew) throw new TokenRejectedError('not_yet_valid', 'token is not valid yet (nbf)');
-  if (typeof iat === 'number' && iat > now + skew) throw new TokenRejectedError('issued_in_future', 'token is issued in the future (iat)');
+  // The details give the times and the skew, so a clock that is off (here or at the issuer) can be told from a stale token.
+  const allowed = `${skew} s of clock skew allowed`;
+  if (typeof exp === 'number' && exp <= now - skew) throw new TokenRejectedError('expired', `token expired at ${isoTime(exp)}, ${Math.round(now - exp)} s ago (${allowed})`);
+  if (typeof nbf === 'number' && nbf > now + skew) throw new TokenRejectedError('not_yet_valid', `token is not valid before ${isoTime(nbf)}, ${Math.round(nbf - now)} s from now (nbf; ${allowed})`);
+  if (typeof iat === 'number' && iat > now + skew) throw new TokenRejectedError('issued_in_future', `token is issued at ${isoTime(iat)}, ${Math.round(iat - now)} s in the future (iat; ${allowed})`);
+}
+
+/**
+ * jose's refusal of a time claim says only `"exp" claim timestamp check failed`: the same refusal with checkTimes'
+ * detail (the time, how far off, the skew), which names the same reason under the same rules. Anything else as is.
+ */
+function withTimes(err: unknown, payload: Claims, now: number, skew: number): unknown {
+  if (!(err instanceof TokenRejectedError) || !['expired', 'not_yet_valid', 'issued_in_future'].includes(err.code)) return err;
+  try {
+    checkTimes(payload, now, skew);
+  } catch (detailed) {
+    if (detailed instanceof TokenRejectedError && detailed.code === err.code) return detailed;
+  }
+  return err;
+}
+
+/** A NumericDate (seconds) as an ISO time, or the number itself when no Date can hold it. */
+function isoTime(seconds: number): string {
+  const d = new Date(seconds * 1000);
+  return Number.isNaN(d.getTime()) ? String(seconds) : d.toISOString().replace('.000Z', 'Z');
 }
 
 /** exp minus iat (else nbf, else now) must not exceed `max` seconds. */

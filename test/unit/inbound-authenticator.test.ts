@@ -94,6 +94,28 @@ describe('authenticator', () => {
     expect(await reason(await mint({ exp: 'tomorrow' }))).toBe('malformed_token');
   });
 
+  it('says when a token expired or becomes valid, how far off that is and the skew allowed, so a wrong clock can be told from a stale token', async () => {
+    const { mint, verify, now } = await setup({ clockSkewSeconds: 30 });
+    const detail = async (token: string) => {
+      try {
+        await verify(token);
+      } catch (err) {
+        if (err instanceof TokenRejectedError) return [err.code, err.message];
+        throw err;
+      }
+      return ['accepted'];
+    };
+    const iso = (s: number) => new Date(s * 1000).toISOString().replace('.000Z', 'Z');
+    const t = Math.floor(now());
+    expect(await detail(await mint({ exp: t - 3600 }))).toEqual(['expired', `token expired at ${iso(t - 3600)}, ${Math.round(now() - (t - 3600))} s ago (30 s of clock skew allowed)`]);
+    const nbf = await detail(await mint({ nbf: t + 600 }));
+    expect(nbf[0]).toBe('not_yet_valid');
+    expect(nbf[1]).toMatch(new RegExp(`^token is not valid before ${iso(t + 600)}, \\d+ s from now \\(nbf; 30 s of clock skew allowed\\)$`));
+    const iat = await detail(await mint({ iat: t + 600 }));
+    expect(iat[0]).toBe('issued_in_future');
+    expect(iat[1]).toMatch(new RegExp(`^token is issued at ${iso(t + 600)}, \\d+ s in the future \\(iat; 30 s of clock skew allowed\\)$`));
+  });
+
   it('refuses a non-finite exp (1e400 parses as Infinity and would never expire)', async () => {
     const { rsa, reason, claims } = await setup();
     const payload = JSON.stringify(claims()).replace(/"exp":\d+/, '"exp":1e400');
