@@ -1,20 +1,10 @@
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { DOCS, ROOT } from '../support/docs.js';
 
 // Every relative link of the project's Markdown leads somewhere: the file exists and, for a `#fragment` into a
 // Markdown file, so does the heading (as GitHub derives its anchor).
-const ROOT = resolve(import.meta.dirname, '../..');
-
-function markdownUnder(dir: string): string[] {
-  return readdirSync(join(ROOT, dir)).flatMap((entry) => {
-    const rel = `${dir}/${entry}`;
-    if (statSync(join(ROOT, rel)).isDirectory()) return markdownUnder(rel);
-    return entry.endsWith('.md') ? [rel] : [];
-  });
-}
-
-const DOCS = ['README.md', 'SECURITY.md', ...markdownUnder('docs'), ...markdownUnder('examples'), ...markdownUnder('bench')];
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, repeats numbered. */
 function anchorsOf(file: string): Set<string> {

@@ -1,21 +1,11 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { DOCS, ROOT } from '../support/docs.js';
 
 // The shell examples in the Markdown docs are pasted into terminals as they stand. A line continued with `\` only
 // continues when the backslash is the last character: `\` then a space escapes the space, and a comment after it
 // ends the command there, so the next line runs as a command of its own (`--clients: command not found`).
-const ROOT = resolve(import.meta.dirname, '../..');
-
-function markdownUnder(dir: string): string[] {
-  return readdirSync(join(ROOT, dir)).flatMap((entry) => {
-    const rel = `${dir}/${entry}`;
-    if (statSync(join(ROOT, rel)).isDirectory()) return markdownUnder(rel);
-    return entry.endsWith('.md') ? [rel] : [];
-  });
-}
-
-const DOCS = ['README.md', 'SECURITY.md', ...markdownUnder('docs'), ...markdownUnder('examples'), ...markdownUnder('bench')];
 
 /** The lines of the ```sh / ```bash / ```shell blocks of a file, each with its line number. */
 function shellLines(file: string): Array<{ n: number; line: string }> {
