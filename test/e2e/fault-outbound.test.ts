@@ -89,8 +89,11 @@ describe.concurrent('token endpoint failing while calls keep coming', () => {
         front.mode = mode;
         const calls: (Call & { at: number })[] = [];
         // Call through the renewal window and past the expiry of the token held.
+        // Each call is timed when it is sent: the token is chosen then, and on a busy machine a call sent just before
+        // the expiry can come back a few hundred ms after it, rightly with the token.
         while (Date.now() < firstExp + 1500) {
-          calls.push({ ...(await call(s, app)), at: Date.now() });
+          const at = Date.now();
+          calls.push({ ...(await call(s, app)), at });
           await sleep(100);
         }
         const failed = s.logs.slice(logsBefore).filter((l) => l.event === 'token_fetch_failed');
