@@ -122,8 +122,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   /**
    * Route and token for a request, shared by plain requests and upgrades; a refusal says what to answer.
    * Synchronous when the route's token is cached (nearly every request), a promise only while one is fetched.
+   * An upgrade passes `admit`, called once the route is known and before any token work.
    */
-  /** Routes and finds the token; an upgrade passes `admit`, called once the route is known and before any token work. */
   const prepare = (req: IncomingMessage, started: number, admit?: AdmitTunnel): Prepared | Promise<Prepared> => {
     const r = router.resolve(req.url ?? '/', req.headers.host);
     if (r.kind === 'reject') {
@@ -292,10 +292,14 @@ const NOT_ADMITTED: Prepared = { ok: false, status: 503, reason: 'too_many_tunne
 
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */
 function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError): void {
-  sendError(res, 503, err.code, err.message, {}, err.oauthError ? { oauth_error: err.oauthError } : {});
+  sendError(res, 503, err.code, err.message, {}, oauthBody(err));
 }
 
 /** The same answer on a socket that asked for an upgrade. */
 function writeTokenUnavailable(socket: Duplex, err: TokenUnavailableError): void {
-  writeRawError(socket, 503, err.code, err.message, {}, err.oauthError ? { oauth_error: err.oauthError } : {});
+  writeRawError(socket, 503, err.code, err.message, {}, oauthBody(err));
+}
+
+function oauthBody(err: TokenUnavailableError): Record<string, string> {
+  return err.oauthError ? { oauth_error: err.oauthError } : {};
 }

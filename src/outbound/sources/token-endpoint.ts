@@ -74,8 +74,9 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       const body = (res.body && typeof res.body === 'object' ? res.body : {}) as Record<string, unknown>;
       // What the IdP says goes to logs and to the app's 503: an IdP (or a gateway before it) that echoes the
       // request back must not make it say the client secret, the assertion or the subject token.
-      const secrets = sentSecrets(form, headers);
-      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets, retryAfterMs(res.headers['retry-after'], deps.clock.now()));
+      // Gathered only for an answer about to be quoted: a token that is fine never needs them.
+      const secrets = () => sentSecrets(form, headers);
+      if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets(), retryAfterMs(res.headers['retry-after'], deps.clock.now()));
       const what = `token endpoint ${shownUrl(endpoint)}`;
       assertBearerToken(body.access_token, what);
       // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
@@ -83,7 +84,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       if (body.token_type !== undefined) {
         const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
         if (type === undefined || !tokenTypes.includes(type)) {
-          const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets).toLowerCase(), 32)}"` : jsonKind(body.token_type);
+          const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets()).toLowerCase(), 32)}"` : jsonKind(body.token_type);
           throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
         }
       }
