@@ -106,6 +106,17 @@ export class ConfigError extends SidecarError {
   }
 }
 
+/** The problems a check reports as a ConfigError, or none; any other error is thrown on. Lets a caller gather every problem before it reports. */
+export function issuesOf(check: () => unknown): readonly ConfigIssue[] {
+  try {
+    check();
+    return [];
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.issues;
+  }
+}
+
 export function formatIssue(issue: ConfigIssue): string {
   return issue.path ? `${issue.path}: ${issue.message}` : issue.message;
 }

@@ -4,7 +4,7 @@ import { withCaBundle } from '../config/ca-bundle.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import type { TokenSourceConfig } from '../config/schema.js';
 import { sourceFileIssues } from '../config/startup-files.js';
-import { ConfigError, UsageError } from '../errors.js';
+import { ConfigError, issuesOf, UsageError } from '../errors.js';
 import { createTokenSource } from '../outbound/sources/index.js';
 import { sourceForAudience } from '../outbound/token-broker.js';
 import { withConfigOption, type Io } from './shared.js';
@@ -61,14 +61,7 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
  */
 function checkedSource(source: TokenSourceConfig, configPath: string): TokenSourceConfig {
   let withCa = source;
-  const issues = [];
-  try {
-    withCa = withCaBundle(source, configPath);
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    issues.push(...err.issues);
-  }
-  issues.push(...sourceFileIssues(source, configPath));
+  const issues = [...issuesOf(() => (withCa = withCaBundle(source, configPath))), ...sourceFileIssues(source, configPath)];
   if (issues.length > 0) throw new ConfigError(issues);
   return withCa;
 }

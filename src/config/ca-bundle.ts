@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { ConfigError, type ConfigIssue } from '../errors.js';
+import { ConfigError, issuesOf, type ConfigIssue } from '../errors.js';
 import { FILE_LIMITS, readConfiguredFile } from './configured-files.js';
 import { signatureOf, type FileSignatures } from './poll-files.js';
 import type { Config } from './schema.js';
@@ -147,14 +147,13 @@ export function attachCaBundles(config: Config, uses: readonly CaUse[] = ALL_CA_
   for (const { holder, keyPath, use } of caHolders(config)) {
     const file = caFileOf(holder);
     if (file === undefined || !uses.includes(use)) continue;
-    try {
-      let bundle = read.get(file);
-      if (!bundle) read.set(file, (bundle = readCaBundle(file, `${keyPath}.caFile`)));
-      Object.assign(holder!, { ca: bundle });
-    } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      issues.push(...err.issues);
-    }
+    issues.push(
+      ...issuesOf(() => {
+        let bundle = read.get(file);
+        if (!bundle) read.set(file, (bundle = readCaBundle(file, `${keyPath}.caFile`)));
+        Object.assign(holder!, { ca: bundle });
+      }),
+    );
   }
   return issues;
 }

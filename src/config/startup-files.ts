@@ -1,5 +1,5 @@
 import { systemClock } from '../clock.js';
-import { ConfigError, type ConfigIssue } from '../errors.js';
+import { issuesOf, type ConfigIssue } from '../errors.js';
 import { createClientAuth } from '../outbound/sources/client-auth.js';
 import { loadTlsMaterial } from '../proxy/tls.js';
 import type { Config, TokenSourceConfig } from './schema.js';
@@ -15,19 +15,8 @@ import type { Config, TokenSourceConfig } from './schema.js';
  * fetched, not here.
  */
 export function startupFileIssues(config: Config): ConfigIssue[] {
-  const issues: ConfigIssue[] = [];
-  const collect = (check: () => unknown) => {
-    try {
-      check();
-    } catch (err) {
-      if (!(err instanceof ConfigError)) throw err;
-      issues.push(...err.issues);
-    }
-  };
   const tls = config.inbound?.tls;
-  if (tls) collect(() => loadTlsMaterial(tls));
-  issues.push(...tokenSourceFileIssues(config));
-  return issues;
+  return [...(tls ? issuesOf(() => loadTlsMaterial(tls)) : []), ...tokenSourceFileIssues(config)];
 }
 
 /** The problems with the files every token source of the config reads as it is built (see sourceFileIssues). */
@@ -41,13 +30,7 @@ export function tokenSourceFileIssues(config: Config): ConfigIssue[] {
  */
 export function sourceFileIssues(source: TokenSourceConfig, configPath: string): readonly ConfigIssue[] {
   if (source.type !== 'client_credentials' && source.type !== 'token_exchange') return [];
-  try {
-    createClientAuth(source, { clock: systemClock, configPath });
-    return [];
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    return err.issues;
-  }
+  return issuesOf(() => createClientAuth(source, { clock: systemClock, configPath }));
 }
 
 function tokenSources(config: Config): { source: TokenSourceConfig; configPath: string }[] {
