@@ -150,6 +150,26 @@ describe('token cache (clock-controlled, real client_credentials source against 
     );
   });
 
+  it('two tokens for one audience (other scopes): the expiry gauge shows whichever runs out first', async () => {
+    // The token with scope `read` lives 300 s, the other 600 s.
+    stub.reply = (req) => ({ body: { access_token: `opaque-${++issued}`, token_type: 'Bearer', expires_in: req.form.get('scope') === 'read' ? 300 : TTL_S } });
+    const reader: TokenBinding = { ...binding, key: 'k2', identity: 'k2', scopes: ['read'] };
+    const gauge = () => metricValue(obs.metrics, 'oidc_sidecar_token_expiry_timestamp_seconds', { audience: 'payments' });
+    const start = time.now();
+    await cache.get(reader);
+    await cache.get(binding); // issued last, expires last: the gauge stays on the reader's
+    expect(await gauge()).toBe(Math.floor((start + 300_000) / 1000));
+    // The reader's renewal (half-life, random 0) fails: its token runs out while the other's is fine, and the gauge says so.
+    stub.reply = (req) => (req.form.get('scope') === 'read' ? { status: 503, body: { error: 'temporarily_unavailable' } } : ok());
+    time.advance(150_000);
+    await vi.waitFor(() => expect(obs.lines.some((l) => l.event === 'token_fetch_failed')).toBe(true));
+    time.advance(start + 300_000 - time.now()); // the reader's token expires; the other's renewal (half-life) succeeds
+    expect(cache.hasValid('k2')).toBe(false);
+    await vi.waitFor(() => expect(stub.requests.filter((r) => r.form.get('scope') !== 'read')).toHaveLength(2));
+    await vi.waitFor(async () => expect(await cache.get(binding)).toBe(`opaque-${issued}`));
+    expect(await gauge()).toBe(Math.floor((start + 300_000) / 1000));
+  });
+
   it('keeps serving the current token while renewal fails, until it expires; then 503-class error', async () => {
     const start = time.now();
     expect(await cache.get(binding)).toBe('opaque-1');
