@@ -34,7 +34,9 @@ export function downgradesToCleartext(issuer: string, url: string): boolean {
 export async function discover(issuer: string, dispatcher: Dispatcher, timeoutMs: number): Promise<ProviderMetadata> {
   const url = discoveryUrl(issuer);
   const res = await requestJson(dispatcher, url, { timeoutMs });
-  if (res.status !== 200) throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: HTTP ${res.status}`, res.status, res.body);
+  if (res.status !== 200) {
+    throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: HTTP ${res.status}`, res.status, res.body, { retryAfter: res.headers['retry-after'] });
+  }
   const meta = res.body as Partial<ProviderMetadata> | undefined;
   if (!meta || typeof meta !== 'object') throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: not a JSON object`);
   if (meta.issuer !== issuer) {

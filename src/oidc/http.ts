@@ -37,11 +37,24 @@ export class IdpHttpError extends SidecarError {
   readonly httpStatus: number | undefined;
   /** The parsed JSON body of an error response, if any (OAuth errors, RFC 6749 §5.2). */
   readonly body: unknown;
-  constructor(code: string, message: string, httpStatus?: number, body?: unknown, options?: { cause?: unknown }) {
-    super(code, message, 503, options);
+  /** The answer's `Retry-After` header as sent, if any (read by `retryAfterMs`). */
+  readonly retryAfter: string | string[] | undefined;
+  constructor(code: string, message: string, httpStatus?: number, body?: unknown, options?: { cause?: unknown; retryAfter?: string | string[] | undefined }) {
+    const { retryAfter, ...errorOptions } = options ?? {};
+    super(code, message, 503, errorOptions);
     this.httpStatus = httpStatus;
     this.body = body;
+    this.retryAfter = retryAfter;
   }
+}
+
+/** A `Retry-After` header (RFC 9110 §10.2.3: delay-seconds or an HTTP-date) as ms from `nowMs`; undefined when absent or unreadable. */
+export function retryAfterMs(header: string | string[] | undefined, nowMs: number): number | undefined {
+  const value = (Array.isArray(header) ? header[0] : header)?.trim();
+  if (!value) return undefined;
+  if (/^\d+$/.test(value)) return Number(value) * 1000;
+  const at = Date.parse(value);
+  return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
 }
 
 export interface JsonResponse {

@@ -192,6 +192,39 @@ describe('token endpoint discovery never downgrades to cleartext', () => {
   });
 });
 
+describe('token endpoint discovery', () => {
+  it("passes on a 503's Retry-After from the discovery endpoint (seconds or a date), and finds the endpoint once it answers", async () => {
+    let origin = '';
+    let retryAfter: string | undefined = '17';
+    const server = createServer((req, res) => {
+      const json = (code: number, body: unknown, headers: Record<string, string> = {}) =>
+        res.writeHead(code, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(body));
+      if (req.url !== '/.well-known/openid-configuration') {
+        req.resume().on('end', () => json(200, { access_token: 'found', token_type: 'Bearer', expires_in: 300 }));
+      } else if (retryAfter !== undefined) json(503, { message: 'maintenance' }, { 'retry-after': retryAfter });
+      else json(200, { issuer: origin, jwks_uri: `${origin}/jwks`, token_endpoint: `${origin}/token` });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const s = source({ type: 'client_credentials', issuer: origin, clientId: 'orders', clientSecret: 'discovery-test-secret' });
+      const first = await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e);
+      expect(first).toBeInstanceOf(TokenUnavailableError);
+      expect((first as Error).message).toMatch(/^token endpoint discovery failed: .*openid-configuration: HTTP 503$/);
+      expect((first as TokenUnavailableError).retryAfterMs).toBe(17_000);
+      retryAfter = new Date(Date.now() + 120_000).toUTCString();
+      const second = (await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e)) as TokenUnavailableError;
+      expect(second.retryAfterMs).toBeGreaterThan(110_000);
+      expect(second.retryAfterMs).toBeLessThanOrEqual(120_000);
+      retryAfter = undefined;
+      expect((await s.fetch({ audience: 'payments', scopes: [] })).token).toBe('found');
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
+
 describe('token_exchange (RFC 8693)', () => {
   it('sends the subject token re-read from its file, its type, the requested type and the audience', async () => {
     const exchanged = jwtWith({ aud: 'payments', exp: inSeconds(300), jti: 'x-1' });
@@ -293,7 +326,7 @@ describe('github_actions source (stand-in for the Actions token endpoint)', () =
     const server = createServer((req, res) => {
       seen.push({ url: req.url!, headers: req.headers });
       const audience = new URL(req.url!, 'http://x').searchParams.get('audience');
-      if (status !== 200) return void res.writeHead(status).end('{"message":"nope"}');
+      if (status !== 200) return void res.writeHead(status, status === 429 ? { 'retry-after': '42' } : {}).end('{"message":"nope"}');
       void new SignJWT({ repository: 'acme/app' })
         .setProtectedHeader({ alg: 'ES256' })
         .setAudience(audience!)
@@ -327,5 +360,15 @@ describe('github_actions source (stand-in for the Actions token endpoint)', () =
     expect(err).toBeInstanceOf(TokenUnavailableError);
     expect((err as Error).message).toMatch(/GitHub Actions token endpoint http:\/\/127\.0\.0\.1:\d+\/_apis\/idtoken answered HTTP 403/);
     expect((err as Error).message).not.toContain('runner-request-token');
+    expect((err as TokenUnavailableError).retryAfterMs).toBeUndefined();
+  });
+
+  it("passes on a throttled answer's Retry-After, so the cache waits that long before asking again", async () => {
+    status = 429;
+    const env = { ACTIONS_ID_TOKEN_REQUEST_URL: `${base}/_apis/idtoken?api-version=2.0`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'runner-request-token' };
+    const err = await source({ type: 'github_actions' }, { env }).fetch({ audience: 'a', scopes: [] }).catch((e: unknown) => e);
+    status = 200;
+    expect((err as Error).message).toMatch(/answered HTTP 429$/);
+    expect((err as TokenUnavailableError).retryAfterMs).toBe(42_000);
   });
 });

@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import { TokenUnavailableError } from '../../errors.js';
-import { createIdpAgent, requestJson } from '../../oidc/http.js';
+import { createIdpAgent, requestJson, retryAfterMs } from '../../oidc/http.js';
 import { assertBearerToken, toIssuedToken } from './token-format.js';
 import type { SourceDeps, TokenSource } from './types.js';
 
@@ -39,7 +39,11 @@ export function createGithubActionsSource(deps: SourceDeps): TokenSource {
       } catch (err) {
         throw new TokenUnavailableError(`GitHub Actions token request to ${where} failed: ${(err as Error).message}`, undefined, { cause: err });
       }
-      if (res.status !== 200) throw new TokenUnavailableError(`GitHub Actions token endpoint ${where} answered HTTP ${res.status}`);
+      if (res.status !== 200) {
+        // GitHub throttles the endpoint (429, or 403 for a secondary rate limit) and says when to come back.
+        const retryAfter = retryAfterMs(res.headers['retry-after'], deps.clock.now());
+        throw new TokenUnavailableError(`GitHub Actions token endpoint ${where} answered HTTP ${res.status}`, undefined, { retryAfterMs: retryAfter });
+      }
       const value = (res.body as { value?: unknown } | undefined)?.value;
       const what = `GitHub Actions token endpoint ${where}`;
       assertBearerToken(value, what);

@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { CaBundle } from '../../config/ca-bundle.js';
 import { TokenUnavailableError } from '../../errors.js';
 import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
-import { createIdpAgent, IdpHttpError, requestJson, shownUrl } from '../../oidc/http.js';
+import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
 import { sentSecrets, withoutSecrets } from './sent-secrets.js';
 import { assertBearerToken, toIssuedToken } from './token-format.js';
@@ -50,7 +50,9 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
           return endpoint;
         },
         (err: unknown) => {
-          throw new TokenUnavailableError(`token endpoint discovery failed: ${errorText(err)}`, undefined, { cause: err });
+          // A 503 or 429 from the discovery endpoint may say when to come back, as the token endpoint's does.
+          const retryAfter = err instanceof IdpHttpError ? retryAfterMs(err.retryAfter, deps.clock.now()) : undefined;
+          throw new TokenUnavailableError(`token endpoint discovery failed: ${errorText(err)}`, undefined, { cause: err, retryAfterMs: retryAfter });
         },
       );
       // A failed discovery is retried by the next fetch (the cache's backoff paces it).
@@ -111,15 +113,6 @@ function oauthError(status: number, body: Record<string, unknown>, secrets: read
     return new TokenUnavailableError(`token endpoint refused the request (HTTP ${status}): ${code}${description ? ` (${description})` : ''}`, code, options);
   }
   return new TokenUnavailableError(`token endpoint answered HTTP ${status} without an OAuth error`, undefined, options);
-}
-
-/** A `Retry-After` header (RFC 9110 §10.2.3: delay-seconds or an HTTP-date) as ms from `nowMs`; undefined when absent or unreadable. */
-export function retryAfterMs(header: string | string[] | undefined, nowMs: number): number | undefined {
-  const value = (Array.isArray(header) ? header[0] : header)?.trim();
-  if (!value) return undefined;
-  if (/^\d+$/.test(value)) return Number(value) * 1000;
-  const at = Date.parse(value);
-  return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
 }
 
 /** RFC 6749 §5.2 allows only printable ASCII without `"` and `\` in error fields; anything else is masked and the length capped. */
