@@ -13,12 +13,25 @@ export interface Metrics {
   inboundRequests: Counter<'decision' | 'reason'>;
   outboundRequests: Counter<'route' | 'status'>;
   tokenRequests: Counter<'source' | 'audience' | 'result'>;
-  tokenExpiry: Gauge<'audience'>;
+  tokenExpiry: TokenExpiries;
   jwksFetches: Counter<'issuer' | 'result'>;
   requestDuration: Histogram<'direction'>;
   upstreamErrors: Counter<'direction' | 'reason'>;
   configReloads: Counter<'result'>;
   verifyCacheLookups: Counter<'result'>;
+}
+
+/** Each reader lists the outbound tokens one token cache holds, as (audience, expiry in ms) pairs. */
+export type TokenExpiryReader = () => Iterable<readonly [audience: string, expiresAtMs: number]>;
+
+/**
+ * `oidc_sidecar_token_expiry_timestamp_seconds` is read at scrape time from the token caches alive then, rather
+ * than set when a token is issued: an audience a reload removed leaves no series behind (one stuck at a past
+ * time would fire an expiry alert for ever), and a held token that expired still shows, as it should.
+ */
+export interface TokenExpiries {
+  /** Adds a token cache's tokens to the gauge until the returned function is called. */
+  track(read: TokenExpiryReader): () => void;
 }
 
 export interface MetricsOptions {
@@ -49,6 +62,23 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     registerEventLoopDelay(registry);
   }
   const registers = [registry];
+  const expiryReaders = new Set<TokenExpiryReader>();
+  new Gauge({
+    name: 'oidc_sidecar_token_expiry_timestamp_seconds',
+    help: 'Expiry (unix seconds) of the cached outbound token per audience; the soonest when routes hold several',
+    labelNames: ['audience'],
+    registers,
+    collect() {
+      // Several tokens for one audience (other scopes, another source, a cache a reload is retiring): the soonest
+      // expiry, so an alert on the gauge fires for whichever runs out first.
+      const soonest = new Map<string, number>();
+      for (const read of expiryReaders) {
+        for (const [audience, at] of read()) if (!(soonest.get(audience)! <= at)) soonest.set(audience, at);
+      }
+      this.reset();
+      for (const [audience, at] of soonest) this.set({ audience }, Math.floor(at / 1000));
+    },
+  });
   return {
     registry,
     inboundRequests: new Counter({
@@ -69,12 +99,12 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
       labelNames: ['source', 'audience', 'result'],
       registers,
     }),
-    tokenExpiry: new Gauge({
-      name: 'oidc_sidecar_token_expiry_timestamp_seconds',
-      help: 'Expiry (unix seconds) of the cached outbound token per audience',
-      labelNames: ['audience'],
-      registers,
-    }),
+    tokenExpiry: {
+      track(read) {
+        expiryReaders.add(read);
+        return () => void expiryReaders.delete(read);
+      },
+    },
     jwksFetches: new Counter({
       name: 'oidc_sidecar_jwks_fetches_total',
       help: 'JWKS and discovery fetches per issuer by result',

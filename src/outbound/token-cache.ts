@@ -117,6 +117,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   const noTokenRetryMaxMs = DEFAULTS.outbound.retryMaxWithoutTokenSeconds * 1000;
   const entries = new Map<string, Entry>();
   let closed = false;
+  const untrackExpiries = metrics.tokenExpiry.track(function* () {
+    for (const e of entries.values()) if (e.token) yield [e.binding.audience, e.token.expiresAt] as const;
+  });
 
   const entryFor = (binding: TokenBinding): Entry => {
     let e = entries.get(binding.key);
@@ -233,7 +236,6 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       return token;
     }
     metrics.tokenRequests.inc({ source: source.kind, audience, result: 'success' });
-    metrics.tokenExpiry.set({ audience }, Math.floor(soonestExpiry(audience) / 1000));
     audit(logger, 'token_issued', {
       source: source.kind,
       issuer: token.issuer,
@@ -245,19 +247,6 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     });
     if (!closed) arm(e, e.refreshAt);
     return token;
-  };
-
-  /**
-   * The gauge has one series per audience (SPEC), but two routes may hold tokens for one audience (other scopes, another
-   * source): it shows the soonest of their expiries, held tokens already expired included, so an alert on it fires
-   * for whichever runs out first instead of for whichever was renewed last.
-   */
-  const soonestExpiry = (audience: string): number => {
-    let soonest = Infinity;
-    for (const e of entries.values()) {
-      if (e.binding.audience === audience && e.token && e.token.expiresAt < soonest) soonest = e.token.expiresAt;
-    }
-    return soonest;
   };
 
   const peek = (binding: TokenBinding): string | undefined => {
@@ -294,6 +283,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     lastError: (key) => entries.get(key)?.lastError?.message,
     close() {
       closed = true;
+      untrackExpiries();
       for (const e of entries.values()) {
         e.cancel?.();
         e.unwatch?.();

@@ -521,7 +521,7 @@ describe('outbound lifecycle', () => {
     }
   });
 
-  it('a config reload adds routes on the same listener, and SIGTERM exits 0', async () => {
+  it('a config reload adds routes on the same listener, one that removes a route leaves no expiry series behind, and SIGTERM exits 0', async () => {
     const s = await sidecar(outboundConfig());
     const outbound = s.outbound!;
     const next = outboundConfig();
@@ -530,7 +530,15 @@ describe('outbound lifecycle', () => {
     await s.waitForLog((l) => l.event === 'config_reloaded');
     const r = await send(outbound, { target: '/entries', host: 'ledger' });
     expect(r.status).toBe(200);
-    expect((await verifyWithIdp(idp, bearerOf(app.seen.at(-1)!.headers.authorization)!, 'ledger')).sub).toBe('orders');
+    const ledgerToken = await verifyWithIdp(idp, bearerOf(app.seen.at(-1)!.headers.authorization)!, 'ledger');
+    expect(ledgerToken.sub).toBe('orders');
+    const expiry = async (audience: string) => sample(await metricsText(s.admin), 'oidc_sidecar_token_expiry_timestamp_seconds', { audience });
+    expect(await expiry('ledger')).toBe(ledgerToken.exp);
+    // Dropped again: a series kept at its last value would, once that time passed, fire an expiry alert for a route no one uses.
+    s.rewriteConfig(outboundConfig());
+    await expect.poll(() => s.logs.filter((l) => l.event === 'config_reloaded').length, { timeout: 10_000 }).toBe(2);
+    await expect.poll(() => expiry('ledger'), { timeout: 5000 }).toBeUndefined();
+    expect(await expiry('payments')).toBeGreaterThan(Date.now() / 1000);
     expect(await s.stop()).toBe(0);
   });
 });
