@@ -6,7 +6,7 @@ import type { InboundConfig, IssuerConfig } from '../config/schema.js';
 import { KeysUnavailableError, SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
-import { createIdpAgent, IdpHttpError, requestJson, shownUrl } from '../oidc/http.js';
+import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../oidc/http.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import { filterJwks, MAX_JWKS_KEYS, shownKid } from './jwks-filter.js';
 
@@ -163,6 +163,11 @@ function createIssuerKeys(
   let inflight: Promise<FetchResult> | undefined;
   let cancelTimer: (() => void) | undefined;
   let retryDelay = jwks.retryMinSeconds;
+  /**
+   * Clock time (ms) before which the IdP asked not to be asked again (a 429 or 503 with `Retry-After` from its JWKS or
+   * discovery endpoint), at most as far off as a retry could be: neither the backoff nor an unknown kid fetches sooner.
+   */
+  let quietUntil = -Infinity;
   let lastError: string | undefined;
   let closed = false;
   let failing = false;
@@ -177,6 +182,9 @@ function createIssuerKeys(
     if (closed) throw new IdpHttpError('closed', 'key store is closed');
     return (agent ??= createIdpAgent({ ca: cfg.ca, timeoutMs }));
   };
+
+  /** The longest a failing fetch waits before the next: the backoff's ceiling, and never past a normal refresh. */
+  const longestRetryMs = Math.min(jwks.retryMaxSeconds, jwks.refreshIntervalSeconds) * 1000;
 
   const isUsable = () => keySet !== undefined && clock.now() - fetchedAt <= jwks.maxStaleSeconds * 1000;
 
@@ -207,7 +215,9 @@ function createIssuerKeys(
     }
     const res = await requestJson(dispatcher(), uri, { timeoutMs });
     // Only a 200 counts (no redirects are followed, see createIdpAgent): anything else keeps the last good keys.
-    if (res.status !== 200) throw new IdpHttpError('jwks_http_error', `${shownUrl(uri)}: HTTP ${res.status}`, res.status);
+    if (res.status !== 200) {
+      throw new IdpHttpError('jwks_http_error', `${shownUrl(uri)}: HTTP ${res.status}`, res.status, undefined, { retryAfter: res.headers['retry-after'] });
+    }
     const { keys, dropped, ignored } = await filterJwks(res.body, cfg.algorithms);
     // Said once per change of the list, not at every refresh: the IdP publishes them until someone fixes it.
     const droppedNow = JSON.stringify([dropped, ignored]);
@@ -238,6 +248,7 @@ function createIssuerKeys(
         failing = false;
         lastFetchOk = true;
         lastError = undefined;
+        quietUntil = -Infinity;
         return { ok: true };
       } catch (err) {
         const code = err instanceof SidecarError ? err.code : 'error';
@@ -246,9 +257,17 @@ function createIssuerKeys(
         discoveredUri = undefined;
         failing = true;
         lastFetchOk = false;
+        const asked = err instanceof IdpHttpError ? retryAfterMs(err.retryAfter, clock.now()) : undefined;
+        if (asked !== undefined) quietUntil = clock.now() + Math.min(asked, longestRetryMs);
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: code });
         logger.warn(
-          { event: 'jwks_fetch_failed', error: code, detail: lastError, keysUsable: isUsable() },
+          {
+            event: 'jwks_fetch_failed',
+            error: code,
+            detail: lastError,
+            keysUsable: isUsable(),
+            ...(asked === undefined ? {} : { retryAfterSeconds: Math.ceil(Math.min(asked, longestRetryMs) / 1000) }),
+          },
           keySet ? 'issuer key refresh failed; keeping the last good keys' : 'issuer keys could not be loaded',
         );
         return { ok: false };
@@ -267,8 +286,9 @@ function createIssuerKeys(
       delay = jwks.refreshIntervalSeconds;
       retryDelay = jwks.retryMinSeconds;
     } else {
-      // Backoff while failing (Istio doubles its retry the same way), never slower than the normal refresh.
-      delay = Math.min(retryDelay, jwks.refreshIntervalSeconds);
+      // Backoff while failing (Istio doubles its retry the same way), never slower than the normal refresh; an IdP's
+      // Retry-After is waited for within the same bound.
+      delay = Math.max(Math.min(retryDelay, jwks.refreshIntervalSeconds), (quietUntil - clock.now()) / 1000);
       retryDelay = Math.min(retryDelay * 2, jwks.retryMaxSeconds);
     }
     cancelTimer?.();
@@ -297,8 +317,9 @@ function createIssuerKeys(
     },
     async refetchForUnknownKey() {
       if (inflight) return (await inflight).ok;
-      // Inside the cooldown no fetch is made; whether the JWKS is reachable is what the last attempt said.
-      if (clock.now() - lastAttemptAt < jwks.cooldownSeconds * 1000) return lastFetchOk;
+      // Inside the cooldown, or while the IdP asked for quiet, no fetch is made; whether the JWKS is reachable is what
+      // the last attempt said.
+      if (clock.now() - lastAttemptAt < jwks.cooldownSeconds * 1000 || clock.now() < quietUntil) return lastFetchOk;
       return (await fetchOnce()).ok;
     },
     async start() {

@@ -101,6 +101,29 @@ describe('key store', () => {
     expect(scheduler.pending()[0]!.ms).toBe(300_000);
   });
 
+  it("waits as long as a 429's Retry-After asks (within the backoff's bounds) before the next fetch, and an unknown kid does not fetch sooner", async () => {
+    const { store, server, scheduler, clock, keys, lines } = await setup({ retryMinSeconds: 1, retryMaxSeconds: 60, cooldownSeconds: 1 });
+    server.set({ status: 429, body: '{}', headers: { 'retry-after': '20' } });
+    await store.start();
+    expect(scheduler.pending()).toEqual([{ ms: 20_000 }]);
+    expect(lines.find((l) => l.event === 'jwks_fetch_failed')).toMatchObject({ error: 'jwks_http_error', retryAfterSeconds: 20 });
+    // A flood of unknown kids inside that window sends the IdP nothing, past the cooldown too.
+    clock.advance(19_999);
+    for (let i = 0; i < 5; i++) expect(await keys().refetchForUnknownKey()).toBe(false);
+    expect(server.count).toBe(1);
+    // Asked for more than retryMaxSeconds (here as a date): capped there.
+    server.set({ status: 503, body: '{}', headers: { 'retry-after': new Date(clock.now() + 3_600_000).toUTCString() } });
+    clock.advance(1);
+    await fireTimer(server, scheduler);
+    expect(scheduler.pending()).toEqual([{ ms: 60_000 }]);
+    // Once the window has passed, a fetch goes out again; a success ends the quiet at once.
+    server.set({ keys: [(await testKeyPair('ES256', 'e1')).publicJwk] });
+    clock.advance(60_000);
+    expect(await keys().refetchForUnknownKey()).toBe(true);
+    expect(server.count).toBe(3);
+    expect(store.isReady()).toBe(true);
+  });
+
   it('keeps verifying with the last good keys through fetch failures, until maxStaleSeconds', async () => {
     const { store, server, scheduler, clock, keys } = await setup({ maxStaleSeconds: 3600, refreshIntervalSeconds: 60 });
     await store.start();

@@ -82,8 +82,8 @@ export interface JwksServer {
   url: string;
   origin: string;
   count: number;
-  /** What GET answers: a JWKS object, or a status with a raw body. */
-  set(answer: { keys: unknown[] } | { status: number; body?: string }): void;
+  /** What GET answers: a JWKS object, or a status with a raw body (and headers). */
+  set(answer: { keys: unknown[] } | { status: number; body?: string; headers?: Record<string, string> }): void;
   /** Requests are held until release() (single-flight tests). */
   hold(): void;
   release(): void;
@@ -91,12 +91,12 @@ export interface JwksServer {
 }
 
 export async function startJwksServer(initial: { keys: unknown[] }): Promise<JwksServer> {
-  let answer: { keys: unknown[] } | { status: number; body?: string } = initial;
+  let answer: { keys: unknown[] } | { status: number; body?: string; headers?: Record<string, string> } = initial;
   let holding = false;
   const held: (() => void)[] = [];
   const respond = (res: ServerResponse) => {
     if ('keys' in answer) res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(answer));
-    else res.writeHead(answer.status, { 'content-type': 'application/json' }).end(answer.body ?? '');
+    else res.writeHead(answer.status, { 'content-type': 'application/json', ...answer.headers }).end(answer.body ?? '');
   };
   const server = createServer((_req: IncomingMessage, res: ServerResponse) => {
     s.count++;
