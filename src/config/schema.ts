@@ -354,6 +354,11 @@ const routeSchema = z.strictObject({
   caFile: z.string().min(1).optional().describe('PEM CA bundle for an https target; read when the config loads'),
 });
 
+/** Whether text can be one component of a file path. */
+function isFileName(text: string): boolean {
+  return !/[/\0]/.test(text) && text !== '.' && text !== '..';
+}
+
 const outboundSchema = z
   .strictObject({
     listen: listenAddress.default(DEFAULTS.outbound.listen),
@@ -368,8 +373,19 @@ const outboundSchema = z
     // Routes are keyed as the router compares hosts, so `127.1` and `127.0.0.1`, or `orders.` and `orders`, are one.
     const seen = new Map<string, number>();
     o.routes.forEach((r, i) => {
-      if (!r.tokenSource && !o.tokenSource) {
+      const source = r.tokenSource ?? o.tokenSource;
+      if (!source) {
         ctx.addIssue({ code: 'custom', message: 'no tokenSource here and no outbound.tokenSource default', path: ['routes', i, 'tokenSource'] });
+      }
+      // `/var/run/secrets/tokens/{audience}` with the audience `https://payments.example` reads a file in a directory
+      // `https:`: it can only be a mistake, caught here rather than as a missing file at run time.
+      if (source?.type === 'file' && source.path.includes('{audience}') && !isFileName(r.audience)) {
+        const from = r.tokenSource ? `outbound.routes.${i}.tokenSource.path` : 'outbound.tokenSource.path';
+        ctx.addIssue({
+          code: 'custom',
+          message: `"${r.audience}" cannot fill {audience} in ${from}: it is put in a file path as one file name, so it may not contain "/" or be "." or ".."; give this route its own tokenSource with the file's path`,
+          path: ['routes', i, 'audience'],
+        });
       }
       const a = parseAuthority(r.host, 0);
       if (!a) return; // refused by the host check above

@@ -118,6 +118,29 @@ describe('config validation errors name the key path', () => {
     expect(issues).toContain('outbound.routes.1.host: duplicate route for host "b"');
   });
 
+  it('refuses an audience that {audience} would put in a file path as more than one file name (a URL audience), naming where the path is set', () => {
+    const issues = issuesOf(() =>
+      parseConfig({
+        service: 'a',
+        outbound: {
+          tokenSource: { type: 'file', path: '/var/run/secrets/tokens/{audience}' },
+          routes: [
+            { host: 'a', audience: 'https://payments.example' },
+            { host: 'b', audience: '..' },
+            { host: 'c', audience: 'ledger' },
+            { host: 'd', audience: 'https://ledger.example', tokenSource: { type: 'file', path: '/tokens/ledger' } },
+            { host: 'e', audience: 'x/y', tokenSource: { type: 'file', path: '/tokens/{audience}.jwt' } },
+          ],
+        },
+      }),
+    );
+    expect(issues).toEqual([
+      'outbound.routes.0.audience: "https://payments.example" cannot fill {audience} in outbound.tokenSource.path: it is put in a file path as one file name, so it may not contain "/" or be "." or ".."; give this route its own tokenSource with the file\'s path',
+      'outbound.routes.1.audience: ".." cannot fill {audience} in outbound.tokenSource.path: it is put in a file path as one file name, so it may not contain "/" or be "." or ".."; give this route its own tokenSource with the file\'s path',
+      'outbound.routes.4.audience: "x/y" cannot fill {audience} in outbound.routes.4.tokenSource.path: it is put in a file path as one file name, so it may not contain "/" or be "." or ".."; give this route its own tokenSource with the file\'s path',
+    ]);
+  });
+
   it('refuses a route host the router could not parse, so validate refuses what run would: port 0 or past 65535, a leading dot, a trailing hyphen', () => {
     const withRoute = (host: string) => () => parseConfig({ service: 'a', outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host, audience: 'b' }] } });
     for (const host of ['payments:99999', 'payments:0', '.payments', 'payments-', 'pay ments', '[::1', 'payments:']) {
