@@ -28,6 +28,8 @@ export interface InboundComponent extends Component {
   authorize(req: IncomingMessage): Promise<Decision>;
   /** Lower-case headers removed from every forwarded request: identity headers (anti-spoofing) and the token unless keepToken. */
   readonly dropHeaders: ReadonlySet<string>;
+  /** The same plus the token header even with keepToken: what a public route's request loses (its token was never verified). */
+  readonly publicDropHeaders: ReadonlySet<string>;
   /** The path prefix of `inbound.target` ('' for none), to put before a decision's `target`. */
   readonly targetPrefix: string;
 }
@@ -82,6 +84,9 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   const dispatcher = pools.get(targetUrl.origin);
   const targetPrefix = targetUrl.pathname.replace(/\/+$/, '');
   const dropHeaders = identityHeaderNames(config.forward, config.tokenHeader);
+  // A public route decides without looking at the token, so a kept token there would reach the app unverified (a
+  // forged one included) under the header that otherwise only ever carries a verified token: it is removed there.
+  const publicDropHeaders = config.forward.keepToken ? identityHeaderNames({ ...config.forward, keepToken: false }, config.tokenHeader) : dropHeaders;
   const duration = metrics.requestDuration.labels({ direction: 'inbound' });
 
   const observe = (started: number) => duration.observe((performance.now() - started) / 1000);
@@ -106,7 +111,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     forward(req, res, {
       dispatcher,
       path: targetPrefix + decision.target,
-      dropHeaders,
+      dropHeaders: decision.reason === 'public' ? publicDropHeaders : dropHeaders,
       addHeaders: decision.identity?.headers ?? NO_HEADERS,
       onResponse: () => observe(started),
       onBrokenResponse: brokenResponse,
@@ -158,6 +163,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   const upgrade = createInboundUpgrade({
     authorize,
     dropHeaders,
+    publicDropHeaders,
     target: targetUrl,
     targetPrefix,
     timeoutMs: limits.upstreamTimeoutSeconds * 1000,
@@ -175,6 +181,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     upgrade,
     authorize,
     dropHeaders,
+    publicDropHeaders,
     targetPrefix,
     start: () => keyStore.start(),
     waitingFor: () => keyStore.issuers.filter((k) => !k.isUsable()).map((k) => waitingLine(`inbound: keys for ${k.issuer}`, k.lastError)),

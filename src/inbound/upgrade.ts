@@ -17,6 +17,8 @@ export interface InboundUpgradeDeps {
   authorize(req: IncomingMessage): Promise<Decision>;
   /** Identity headers and the token (unless keepToken): removed before the app, as for plain requests. */
   dropHeaders: ReadonlySet<string>;
+  /** What a public route's handshake loses: the same plus the token header even with keepToken (it was never verified). */
+  publicDropHeaders: ReadonlySet<string>;
   /** `inbound.target` as a URL; its path is the prefix before a decision's target. */
   target: URL;
   targetPrefix: string;
@@ -70,7 +72,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): SocketHandler {
           await tunnel(req, socket, head, {
             target: deps.target,
             path: deps.targetPrefix + decision.target,
-            dropHeaders: deps.dropHeaders,
+            dropHeaders: decision.reason === 'public' ? deps.publicDropHeaders : deps.dropHeaders,
             addHeaders: decision.identity?.headers ?? [],
             timeoutMs: deps.timeoutMs,
             idleTimeoutMs: deps.idleTimeoutMs,

@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { rawExchange, startUpgradingApp } from '../support/attacks.js';
+import { accessTokenClaims, algNoneToken, tamperPayload } from '../support/tokens.js';
 import { closedPort } from '../unit/proxy-harness.js';
 import { call, inboundSidecarConfig, metricsText, rawRequest, sample } from './inbound-support.js';
 
@@ -240,6 +242,51 @@ describe('inbound: forwarding options and upstream failures', () => {
       expect(seen.headers['x-service-token']).toBe(token);
     } finally {
       await sidecar.stop();
+    }
+  });
+
+  it('keepToken never hands the app an unverified token: a public route removes the token header, forged or real', async () => {
+    const sidecar = await startSidecar(
+      inboundSidecarConfig(app, [idp], {
+        forward: { keepToken: true },
+        rules: [
+          { match: { path: '/public/**' }, public: true },
+          { match: { path: '/**' }, allow: [{ sub: 'orders' }] },
+        ],
+      }),
+    );
+    try {
+      const real = await idp.getToken('orders', 'orders');
+      // What an app that decodes the kept token (trusting the sidecar to have checked it) would take for `sub: admin`.
+      const forged = algNoneToken(accessTokenClaims({ iss: idp.issuer, aud: 'orders', sub: 'admin' }));
+      for (const token of [forged, tamperPayload(real, { sub: 'admin' }), real]) {
+        const res = await call(sidecar.inbound!, '/public/page', { token });
+        expect(res.status).toBe(200);
+        const seen = app.seen.at(-1)!;
+        expect(seen.url).toBe('/public/page');
+        expect(seen.headers.authorization).toBeUndefined();
+        expect(seen.headers['x-peer-sub']).toBeUndefined();
+      }
+      // A protected route still passes the token it verified.
+      expect((await call(sidecar.inbound!, '/orders', { token: real })).status).toBe(200);
+      expect(app.seen.at(-1)!.headers.authorization).toBe(`Bearer ${real}`);
+    } finally {
+      await sidecar.stop();
+    }
+
+    // The same for a WebSocket handshake to a public route, which is tunnelled rather than forwarded.
+    const wsApp = await startUpgradingApp();
+    const wsSidecar = await startSidecar(inboundSidecarConfig(wsApp, [idp], { forward: { keepToken: true }, rules: [{ match: { path: '/public/**' }, public: true }] }));
+    try {
+      const forged = algNoneToken(accessTokenClaims({ iss: idp.issuer, aud: 'orders', sub: 'admin' }));
+      const handshake = `GET /public/ws HTTP/1.1\r\nHost: ${new URL(wsSidecar.inbound!).host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${forged}\r\n\r\n`;
+      expect((await rawExchange(wsSidecar.inbound!, handshake, { idleMs: 300 })).responses[0]!.status).toBe(101);
+      expect(wsApp.connections).toHaveLength(1);
+      expect(wsApp.connections[0]).toMatch(/^GET \/public\/ws /);
+      expect(wsApp.connections[0]).not.toMatch(/^authorization:/im);
+    } finally {
+      await wsSidecar.stop();
+      await wsApp.close();
     }
   });
 
