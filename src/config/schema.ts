@@ -82,7 +82,11 @@ const allowEntrySchema = z
     iss: stringOrList.optional(),
     azp: stringOrList.optional(),
     client_id: stringOrList.optional(),
-    claims: z.record(z.string().min(1), claimValue).optional(),
+    claims: z
+      .record(z.string().min(1), claimValue)
+      // `claims: {}` (say a template's empty map) would be an entry with nothing to check, which every verified token matches.
+      .refine((c) => Object.keys(c).length > 0, 'needs at least one claim: an empty map checks nothing, so the entry would allow every valid token')
+      .optional(),
   })
   .refine((e) => Object.values(e).some((v) => v !== undefined), 'an allow entry needs at least one of sub, iss, azp, client_id, claims');
 

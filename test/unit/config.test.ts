@@ -94,6 +94,10 @@ describe('config validation errors name the key path', () => {
     expect(issuesOf(() => parseConfig(base({ match: { path: '/x' } })))).toEqual(['inbound.rules.0.allow: a rule needs `public: true` or an `allow` list']);
     expect(issuesOf(() => parseConfig(base({ match: { path: '/x' }, public: true, allow: [{ sub: 'a' }] })))[0]).toMatch(/^inbound\.rules\.0\.public:/);
     expect(issuesOf(() => parseConfig(base({ match: { path: '/x' }, allow: [{}] })))[0]).toMatch(/^inbound\.rules\.0\.allow\.0:/);
+    // An empty claims map is an entry that checks nothing: it would let every valid token in.
+    expect(issuesOf(() => parseConfig(base({ match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }, { claims: {} }] })))).toEqual([
+      'inbound.rules.0.allow.1.claims: needs at least one claim: an empty map checks nothing, so the entry would allow every valid token',
+    ]);
     expect(issuesOf(() => parseConfig(base({ match: { path: 'x' }, public: true })))[0]).toMatch(/^inbound\.rules\.0\.match\.path:/);
   });
 
