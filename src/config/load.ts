@@ -72,13 +72,37 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
  */
 export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   const result = configSchema.safeParse(doc ?? {});
-  if (!result.success) throw new ConfigError(zodIssues(result.error));
+  const reported = result.success ? [] : zodIssues(result.error);
+  // Strict objects report a `__proto__` key as unknown, but zod's records (claims, claimHeaders, params) skip it
+  // without a word: `claims: { __proto__: admin, ... }` would lose that check and allow more than it says.
+  const proto = protoKeyPaths(doc)
+    .filter((path) => !reported.some((i) => i.path === path))
+    .map((path) => ({ path, message: 'a key named "__proto__" is not accepted' }));
+  if (!result.success || proto.length > 0) throw new ConfigError([...reported, ...proto]);
   const issues = attachCaBundles(result.data, opts.readCaFilesFor ?? ALL_CA_USES);
   if (opts.checkStartupFiles) issues.push(...startupFileIssues(result.data));
   else if (opts.checkSourceFiles) issues.push(...tokenSourceFileIssues(result.data));
   // Found by two passes (CA bundles, then the other files); listed as the config reads, inbound's before outbound's.
   if (issues.length > 0) throw new ConfigError(issues.sort((a, b) => sectionRank(a.path) - sectionRank(b.path)));
   return deepFreeze(result.data);
+}
+
+/** Key paths of every own `__proto__` key in a parsed document (the YAML and JSON parsers keep it as an own property). */
+function protoKeyPaths(doc: unknown): string[] {
+  const out: string[] = [];
+  const seen = new Set<object>();
+  const walk = (v: unknown, path: string[]): void => {
+    // A YAML alias shares one object between places: walked once.
+    if (typeof v !== 'object' || v === null || seen.has(v)) return;
+    seen.add(v);
+    for (const key of Object.keys(v)) {
+      const at = [...path, key];
+      if (key === '__proto__' && !Array.isArray(v)) out.push(at.join('.'));
+      walk((v as Record<string, unknown>)[key], at);
+    }
+  };
+  walk(doc, []);
+  return out;
 }
 
 function sectionRank(path: string): number {

@@ -94,6 +94,14 @@ describe('config validation errors name the key path', () => {
     expect(issuesOf(() => parseConfig(base({ match: { path: '/x' } })))).toEqual(['inbound.rules.0.allow: a rule needs `public: true` or an `allow` list']);
     expect(issuesOf(() => parseConfig(base({ match: { path: '/x' }, public: true, allow: [{ sub: 'a' }] })))[0]).toMatch(/^inbound\.rules\.0\.public:/);
     expect(issuesOf(() => parseConfig(base({ match: { path: '/x' }, allow: [{}] })))[0]).toMatch(/^inbound\.rules\.0\.allow\.0:/);
+    // zod's records drop a `__proto__` key without a word, which took that claim's check away.
+    const proto = JSON.parse('{"claims":{"__proto__":"admin","team":"ops"}}');
+    expect(issuesOf(() => parseConfig(base({ match: { path: '/admin/**' }, allow: [proto] })))).toEqual([
+      'inbound.rules.0.allow.0.claims.__proto__: a key named "__proto__" is not accepted',
+    ]);
+    expect(issuesOf(() => loadConfig([tmpFile('proto.yaml', 'service: s\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /** }, allow: [{ claims: { __proto__: admin, team: ops } }] }]\n')], {}))).toEqual([
+      'inbound.rules.0.allow.0.claims.__proto__: a key named "__proto__" is not accepted',
+    ]);
     // An empty claims map is an entry that checks nothing: it would let every valid token in.
     expect(issuesOf(() => parseConfig(base({ match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }, { claims: {} }] })))).toEqual([
       'inbound.rules.0.allow.1.claims: needs at least one claim: an empty map checks nothing, so the entry would allow every valid token',
