@@ -23,7 +23,8 @@ export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, 
     headers.push(forward.issuerHeader, headerValue(issuer));
     headers.push(forward.claimsHeader, Buffer.from(JSON.stringify(claims)).toString('base64url'));
     for (const [name, claim] of claimHeaders) {
-      const v = claims[claim];
+      // Own claims only: `constructor` or `__proto__` would otherwise read Object.prototype's (a header of "{}").
+      const v = Object.hasOwn(claims, claim) ? claims[claim] : undefined;
       if (v === undefined) continue;
       headers.push(name, headerValue(typeof v === 'string' ? v : JSON.stringify(v)));
     }

@@ -61,7 +61,7 @@ describe('identity headers', () => {
     parseConfig({ service: 't', inbound: { target: 'http://127.0.0.1:9', audience: 'a', issuers: [{ issuer: 'https://i' }], forward: f } }).inbound!.forward;
 
   it('sets sub, iss, base64url JSON of all claims and the configured claim headers', () => {
-    const build = createIdentityBuilder(forward({ claimHeaders: { 'X-Peer-Env': 'environment', 'x-peer-roles': 'roles', 'x-peer-none': 'absent' } }));
+    const build = createIdentityBuilder(forward({ claimHeaders: { 'X-Peer-Env': 'environment', 'x-peer-roles': 'roles', 'x-peer-none': 'absent', 'x-peer-proto': '__proto__', 'x-peer-ctor': 'constructor' } }));
     const claims = { sub: 'orders', iss: 'https://i', environment: 'prod', roles: ['a', 'b'], n: 1 };
     const id = build(claims, 'https://i');
     const h = new Map<string, string>();
@@ -72,6 +72,9 @@ describe('identity headers', () => {
     expect(h.get('x-peer-env')).toBe('prod');
     expect(h.get('x-peer-roles')).toBe('["a","b"]');
     expect(h.has('x-peer-none')).toBe(false);
+    // Names every object inherits are claims like any other: absent here, so no header.
+    expect(h.has('x-peer-proto')).toBe(false);
+    expect(h.has('x-peer-ctor')).toBe(false);
   });
 
   it('drops every identity header name (and the token unless keepToken) from incoming requests', () => {
