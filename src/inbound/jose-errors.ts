@@ -17,6 +17,8 @@ export function fromJoseError(err: unknown): TokenRejectedError {
       // A missing `aud` is as much "not for us" as a wrong one.
       if (e.claim === 'aud') return reject('audience_mismatch');
       if (e.reason === 'missing') return reject('missing_claim');
+      // A time claim that is not a number at all (`"nbf": "x"`) is a broken token, not one that is early or late.
+      if (e.reason === 'invalid') return reject('malformed_token');
       if (e.claim === 'nbf') return reject('not_yet_valid');
       if (e.claim === 'iat') return reject('issued_in_future');
       if (e.claim === 'iss') return reject('unknown_issuer');

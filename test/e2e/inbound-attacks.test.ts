@@ -139,6 +139,10 @@ describe('inbound: rejects the attack catalogue before the app sees anything', (
     await expectRejected({ token: await mint({ iat: now() + 3600, exp: now() + 3700 }) }, 401, 'issued_in_future');
     await expectRejected({ token: await mint({ iat: now(), exp: now() + 7200 }) }, 401, 'lifetime_too_long');
     await expectRejected({ token: await mint({ exp: undefined }) }, 401, 'missing_claim');
+    // Not a number at all: malformed, as for exp, not a time the token is early or late for.
+    await expectRejected({ token: await mint({ exp: String(now() + 60) }) }, 401, 'malformed_token');
+    await expectRejected({ token: await mint({ nbf: 'yesterday' }) }, 401, 'malformed_token');
+    await expectRejected({ token: await mint({ iat: 'now' }) }, 401, 'malformed_token');
   });
 
   it('audience and issuer confusion', async () => {

@@ -92,6 +92,8 @@ describe('authenticator', () => {
     expect(await reason(await mint({ iat: now() + 29 }))).toBe('accepted');
     expect(await reason(await mint({ exp: undefined }))).toBe('missing_claim');
     expect(await reason(await mint({ exp: 'tomorrow' }))).toBe('malformed_token');
+    expect(await reason(await mint({ nbf: 'yesterday' }))).toBe('malformed_token');
+    expect(await reason(await mint({ iat: 'now' }))).toBe('malformed_token');
   });
 
   it('says when a token expired or becomes valid, how far off that is and the skew allowed, so a wrong clock can be told from a stale token', async () => {
