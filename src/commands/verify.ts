@@ -59,7 +59,8 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           method: (argv.method ?? 'GET').toUpperCase(),
           url: path,
           // The header the inbound listener reads the token from (`inbound.tokenHeader`), as a caller would send it.
-          rawHeaders: token ? [tokenHeader, `Bearer ${token}`] : [],
+          // A value copied from a request (`Bearer eyJ…`, any case) is taken as the header value it already is.
+          rawHeaders: token ? [tokenHeader, /^bearer[ \t]/i.test(token) ? token : `Bearer ${token}`] : [],
         });
       try {
         // Decide as a running sidecar would, loading only the keys the token needs: first with none loaded, so a token

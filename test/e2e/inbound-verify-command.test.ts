@@ -42,6 +42,18 @@ describe('oidc-sidecar verify', () => {
     expect(r.stderr).toBe('');
   });
 
+  it('takes a token copied with its scheme (Bearer eyJ…, any case), as the Authorization value a caller sends', async () => {
+    const token = await idp.getToken('orders', 'orders');
+    for (const value of [`Bearer ${token}`, `bearer  ${token}`]) {
+      const r = await runCli(['verify', '--config', config, '--token', value, '--json']);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ decision: 'allow', reason: 'ok', claims: { sub: 'orders' } });
+    }
+    const stdin = await runCli(['verify', '--config', config, '--json'], { input: `Bearer ${corruptSignature(token)}\n` });
+    expect(stdin.code).toBe(1);
+    expect(JSON.parse(stdin.stdout)).toMatchObject({ decision: 'reject', reason: 'bad_signature' });
+  });
+
   it('reads the token from stdin and prints JSON with --json', async () => {
     const token = await idp.getToken('orders', 'orders');
     const r = await runCli(['verify', '--config', config, '--json'], { input: `${token}\n` });
