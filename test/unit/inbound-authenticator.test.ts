@@ -228,6 +228,13 @@ describe('authenticator', () => {
     expect(await reason(await mint({ client_id: 'orders', iat: undefined, nbf: now() - 100, exp: now() + 550 }))).toBe('lifetime_too_long');
   });
 
+  it('takes a required claim only from the token itself, not from what every object has (constructor, toString)', async () => {
+    const { mint, reason } = await setup({ requiredClaims: ['constructor', 'toString'] });
+    expect(await reason(await mint({}))).toBe('missing_claim');
+    expect(await reason(await mint({ constructor: 'c' }))).toBe('missing_claim');
+    expect(await reason(await mint({ constructor: 'c', toString: 't' }))).toBe('accepted');
+  });
+
   it('refuses a token for its claims before checking its signature: no key lookup, no JWKS refetch', async () => {
     const { mint, reason, now, server, rsa, clock } = await setup({ jwks: { cooldownSeconds: 1 } });
     clock.advance(2000);
