@@ -1,5 +1,5 @@
 import { readFileSync, statSync } from 'node:fs';
-import { parseDocument } from 'yaml';
+import { isAlias, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import * as z from '../zod.js';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
 import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
@@ -134,23 +134,64 @@ function readLayer(path: string): unknown {
   }
   // The YAML parser reads JSON too (JSON is a subset of YAML 1.2). `merge`: YAML 1.1's `<<: *anchor` merge keys, which
   // configs written for Kubernetes tooling use to share a block.
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true, lineCounter });
   if (doc.errors.length > 0) {
-    throw new ConfigError(
-      doc.errors.map((e) => ({ path, message: `${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
-    );
+    throw new ConfigError(doc.errors.map((e) => ({ path, message: `${yamlMessage(e.message)}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })));
   }
   let value: unknown;
   try {
     value = doc.toJS({ maxAliasCount: 100 });
   } catch (err) {
     // An alias to no anchor, or one expanding past maxAliasCount: thrown here, not listed in doc.errors.
-    throw new ConfigError([{ path, message: (err instanceof Error ? err.message : String(err)).split('\n')[0]! }]);
+    const line = unresolvedAliasLine(doc, lineCounter);
+    throw new ConfigError([{ path, message: `${yamlMessage(err instanceof Error ? err.message : String(err))}${line ? ` (line ${line})` : ''}` }]);
   }
   if (value !== null && value !== undefined && (typeof value !== 'object' || Array.isArray(value))) {
     throw new ConfigError([{ path, message: 'the top level must be a mapping of keys' }]);
   }
   return value ?? {};
+}
+
+/**
+ * The YAML parser's messages that quote the text they stopped at, and what is said instead. A config holds secrets
+ * (`clientSecret`, `params`), and a refused reload is logged: `clientSecret: *x9...` (an alias to no anchor) would put
+ * the secret in the log. The line number says where to look.
+ */
+const QUOTING_MESSAGES: ReadonlyArray<[RegExp, string]> = [
+  [/^Unresolved alias\b/, 'an alias (*name) names no anchor (&name) set before it; quote a value that starts with *'],
+  [/^Not a YAML token\b/, 'text the YAML parser cannot read'],
+  [/^Block scalar header includes extra characters\b/, 'text after | or > on its line (a block value starts on the next line); quote a value that starts with | or >'],
+  [/^Invalid escape sequence\b/, 'an invalid \\ escape in a double-quoted value; use single quotes for a value with a literal \\'],
+  [/^Unresolved plain scalar\b/, 'a value the YAML parser cannot read'],
+  [/^Source contains multiple documents\b/, 'more than one YAML document (a second after ---); a config file is one document, give overlays as further --config files'],
+];
+
+/** A YAML parser message without the text it quotes (see QUOTING_MESSAGES), on one line. */
+function yamlMessage(message: string): string {
+  const first = message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+  const known = QUOTING_MESSAGES.find(([pattern]) => pattern.test(first));
+  if (known) return known[1];
+  // The parser's `Unexpected scalar token in YAML stream: "text"` form.
+  return first.replace(/: "(?:[^"\\]|\\.)*"$/, '');
+}
+
+/** The line of the first alias with no anchor of its name before it (what toJS refuses), if any. */
+function unresolvedAliasLine(doc: Document, lineCounter: LineCounter): number | undefined {
+  const anchors = new Set<string>();
+  let line: number | undefined;
+  visit(doc, {
+    Node(_key, node) {
+      if (isAlias(node)) {
+        if (anchors.has(node.source)) return undefined;
+        line = node.range ? lineCounter.linePos(node.range[0]).line : undefined;
+        return visit.BREAK;
+      }
+      if (node.anchor) anchors.add(node.anchor);
+      return undefined;
+    },
+  });
+  return line;
 }
 
 function zodIssues(error: z.ZodError): ConfigIssue[] {

@@ -384,6 +384,20 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([list]))).toEqual([`${list}: the top level must be a mapping of keys`]);
   });
 
+  it('never quotes the file\'s text in a YAML error, so a secret written inline is not printed (or logged on a reload)', () => {
+    const secret = 'S3cr3tXYZ';
+    for (const value of [`*${secret}`, `|2- ${secret}`, `>${secret}`, `{a: b}}${secret}`, `"\\U${secret}"`]) {
+      const p = tmpFile('s.yaml', `service: a\noutbound:\n  tokenSource:\n    clientSecret: ${value}\n`);
+      const issues = issuesOf(() => loadConfig([p], {}));
+      expect(issues.length).toBeGreaterThan(0);
+      for (const issue of issues) {
+        expect(issue).not.toContain(secret.slice(0, 4));
+        expect(issue).toMatch(/\(line 4\)$/);
+      }
+    }
+    expect(issuesOf(() => loadConfig([tmpFile('alias.yaml', `service: *${secret}\n`)], {}))[0]).toMatch(/names no anchor .*\(line 1\)$/);
+  });
+
   it('takes config paths from flags, else OIDC_SIDECAR_CONFIG, else fails clearly', () => {
     expect(resolveConfigPaths(['a.yaml', 'b.yaml'], { OIDC_SIDECAR_CONFIG: 'x' })).toEqual(['a.yaml', 'b.yaml']);
     expect(resolveConfigPaths(undefined, { OIDC_SIDECAR_CONFIG: 'a.yaml, b.yaml' })).toEqual(['a.yaml', 'b.yaml']);
