@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { isAlias, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import * as z from '../zod.js';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
@@ -121,13 +121,33 @@ function removesRules(layer: unknown): boolean {
 /** A config file larger than this is refused before it is parsed: real ones are a few KiB, and parsing costs ~100× the file in memory. */
 const MAX_CONFIG_BYTES = 1024 * 1024;
 
+/**
+ * A config file's text, read to its end but never past MAX_CONFIG_BYTES. A FIFO or /dev/stdin (`--config
+ * <(envsubst < cfg.yaml)`) is read too, so nothing is refused on what stat says: the cap is on the bytes read, which
+ * also stops a device that never ends (`--config /dev/zero` grew to gigabytes) and a file growing meanwhile.
+ */
+function readConfigText(path: string): string {
+  const fd = openSync(path, 'r');
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(64 * 1024);
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) return Buffer.concat(chunks, total).toString('utf8');
+      total += n;
+      if (total > MAX_CONFIG_BYTES) throw new ConfigError([{ path, message: 'larger than 1 MiB, which no sidecar config needs' }]);
+      chunks.push(chunk.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function readLayer(path: string): unknown {
   let text: string;
   try {
-    // A FIFO or /dev/stdin (`--config <(envsubst < cfg.yaml)`) has no size to check; it is read as before.
-    const st = statSync(path);
-    if (st.isFile() && st.size > MAX_CONFIG_BYTES) throw new ConfigError([{ path, message: 'larger than 1 MiB, which no sidecar config needs' }]);
-    text = readFileSync(path, 'utf8');
+    text = readConfigText(path);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     throw new UsageError(`cannot read config file ${path}: ${describeFsError(err)}`);

@@ -473,6 +473,10 @@ describe('what a layer may say', () => {
     const p = tmpFile('big.yaml', `service: a\n# ${'x'.repeat(1024 * 1024)}\n`);
     expect(issuesOf(() => loadConfig([p], {}))).toEqual([`${p}: larger than 1 MiB, which no sidecar config needs`]);
   });
+
+  it('caps what it reads of a config path that is no regular file: /dev/zero is refused at 1 MiB instead of filling memory', () => {
+    expect(issuesOf(() => loadConfig(['/dev/zero'], {}))).toEqual(['/dev/zero: larger than 1 MiB, which no sidecar config needs']);
+  });
 });
 
 describe('token header names', () => {
