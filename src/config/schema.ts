@@ -97,7 +97,8 @@ const ruleSchema = z
     match: z.strictObject({
       path: z
         .string()
-        .startsWith('/', 'must start with "/"')
+        // A regex, not .startsWith(): that becomes `format: starts_with` in the JSON Schema, which no validator knows (ajv refuses to compile it).
+        .regex(/^\//, 'must start with "/"')
         .superRefine((glob, ctx) => {
           // The same compilation the inbound matcher does, so `validate` catches a glob no request path could match.
           if (!glob.startsWith('/')) return;

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { configJsonSchema } from '../../src/commands/schema.js';
 import { DEFAULTS } from '../../src/config/defaults.js';
 import { loadConfig, parseConfig, resolveConfigPaths } from '../../src/config/load.js';
 import { deepMerge } from '../../src/config/merge.js';
@@ -476,6 +477,20 @@ describe('what a layer may say', () => {
 
   it('caps what it reads of a config path that is no regular file: /dev/zero is refused at 1 MiB instead of filling memory', () => {
     expect(issuesOf(() => loadConfig(['/dev/zero'], {}))).toEqual(['/dev/zero: larger than 1 MiB, which no sidecar config needs']);
+  });
+});
+
+describe('the JSON Schema', () => {
+  it('uses only the formats JSON Schema defines: a validator refuses to compile an unknown one (ajv: unknown format "starts_with")', () => {
+    // JSON Schema 2020-12 §7.3.
+    const defined = new Set(['date-time', 'date', 'time', 'duration', 'email', 'idn-email', 'hostname', 'idn-hostname', 'ipv4', 'ipv6', 'uri', 'uri-reference', 'iri', 'iri-reference', 'uuid', 'uri-template', 'json-pointer', 'relative-json-pointer', 'regex']);
+    const formats: string[] = [];
+    JSON.stringify(configJsonSchema(), (key, value: unknown) => {
+      if (key === 'format' && typeof value === 'string') formats.push(value);
+      return value;
+    });
+    expect(formats.filter((f) => !defined.has(f))).toEqual([]);
+    expect(issuesOf(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [{ match: { path: 'x' }, public: true }] } }))).toEqual(['inbound.rules.0.match.path: must start with "/"']);
   });
 });
 
