@@ -447,7 +447,33 @@ export const configSchema = z
   .refine((c) => c.inbound !== undefined || c.outbound !== undefined, {
     message: 'configure `inbound`, `outbound` or both',
     path: ['inbound'],
+  })
+  .superRefine((c, ctx) => {
+    // Two listeners on one port would pass `validate` and stop `run` with EADDRINUSE when the second binds. A wildcard
+    // host (0.0.0.0, ::) takes the port on every address, so it clashes with any host; port 0 picks a free one.
+    const listeners: Array<[string, string | undefined]> = [
+      ['inbound', c.inbound?.listen],
+      ['outbound', c.outbound?.listen],
+      ['admin', c.admin.listen],
+    ];
+    const bound: Array<[string, { host: string; port: number }]> = [];
+    for (const [side, listen] of listeners) {
+      if (listen === undefined) continue;
+      const at = splitListen(listen);
+      const clash = at.port !== 0 && bound.find(([, b]) => b.port === at.port && (b.host === at.host || isWildcard(b.host) || isWildcard(at.host)));
+      if (clash) ctx.addIssue({ code: 'custom', path: [side, 'listen'], message: `port ${at.port} is already taken by ${clash[0]}.listen; each listener needs its own port` });
+      bound.push([side, at]);
+    }
   });
+
+function splitListen(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  return { host: listen.slice(0, i).replace(/^\[(.*)\]$/, '$1').toLowerCase(), port: Number(listen.slice(i + 1)) };
+}
+
+function isWildcard(host: string): boolean {
+  return host === '' || host === '0.0.0.0' || host === '::' || /^[0:]+$/.test(host);
+}
 
 /** The validated, fully defaulted config. */
 export type Config = z.output<typeof configSchema>;

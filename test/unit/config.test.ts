@@ -308,6 +308,20 @@ describe('config validation errors name the key path', () => {
     expect(parseConfig(withIssuer({ issuer: 'http://dev-issuer:9000', jwksUri: 'https://keys.example/jwks' })).inbound!.issuers).toHaveLength(2);
   });
 
+  it('refuses two listeners on one port (run would stop with EADDRINUSE), a wildcard host clashing with any host; port 0 never clashes', () => {
+    const config = (inbound: string, outbound: string, admin: string) => ({
+      ...minimalInbound,
+      inbound: { ...minimalInbound.inbound, listen: inbound },
+      outbound: { listen: outbound, tokenSource: { type: 'env', variable: 'T' } },
+      admin: { listen: admin },
+    });
+    expect(issuesOf(() => parseConfig(config('0.0.0.0:15006', '127.0.0.1:15006', '127.0.0.1:15020')))).toEqual(['outbound.listen: port 15006 is already taken by inbound.listen; each listener needs its own port']);
+    expect(issuesOf(() => parseConfig(config('127.0.0.1:1', '127.0.0.1:2', ':2')))).toEqual(['admin.listen: port 2 is already taken by outbound.listen; each listener needs its own port']);
+    expect(issuesOf(() => parseConfig(config('[::]:1', '127.0.0.1:3', '[::1]:1')))).toEqual(['admin.listen: port 1 is already taken by inbound.listen; each listener needs its own port']);
+    expect(parseConfig(config('127.0.0.1:0', '127.0.0.1:0', '127.0.0.1:0')).admin.listen).toBe('127.0.0.1:0');
+    expect(parseConfig(config('127.0.0.1:5', '127.0.0.2:5', '[::1]:5')).admin.listen).toBe('[::1]:5');
+  });
+
   it('needs inbound or outbound', () => {
     expect(issuesOf(() => parseConfig({ service: 'a' }))).toEqual(['inbound: configure `inbound`, `outbound` or both']);
   });
