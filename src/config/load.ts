@@ -8,6 +8,7 @@ import { interpolateEnv, isPlainObject } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { type Config, configSchema } from './schema.js';
 import { startupFileIssues, tokenSourceFileIssues } from './startup-files.js';
+import { suggestKey } from './suggest-key.js';
 
 /** Where config files come from: the `--config` flags, else `OIDC_SIDECAR_CONFIG` (comma-separated). */
 export function resolveConfigPaths(flags: readonly string[] | undefined, env: NodeJS.ProcessEnv = process.env): string[] {
@@ -219,7 +220,10 @@ function zodIssues(error: z.ZodError): ConfigIssue[] {
   for (const issue of error.issues) {
     const base = issue.path.map(String);
     if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) out.push({ path: [...base, key].join('.'), message: 'unknown key' });
+      for (const key of issue.keys) {
+        const meant = suggestKey(issue.path, key);
+        out.push({ path: [...base, key].join('.'), message: meant ? `unknown key (did you mean ${meant}?)` : 'unknown key' });
+      }
     } else if (issue.code === 'invalid_union' && 'note' in issue && issue.note === 'No matching discriminator') {
       out.push({ path: (base.at(-1) === 'type' ? base : [...base, 'type']).join('.'), message: 'must be one of client_credentials, token_exchange, file, github_actions, env' });
     } else if (issue.code === 'invalid_key' && issue.issues.length > 0) {

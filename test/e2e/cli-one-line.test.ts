@@ -75,12 +75,12 @@ describe('every failure is exactly one line on stderr and a non-zero exit', () =
 
   it('a single config issue reads `invalid config: path.to.key: message`', async () => {
     const r = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, clockSkew: 5 } })]);
-    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config: inbound.clockSkew: unknown key\n']);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config: inbound.clockSkew: unknown key (did you mean clockSkewSeconds?)\n']);
   });
 
   it('several config issues are counted and joined with "; "', async () => {
     const r = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, clockSkew: 5, rulez: [] }, bogus: 1 })]);
-    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config (3 problems): inbound.clockSkew: unknown key; inbound.rulez: unknown key; bogus: unknown key\n']);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config (3 problems): inbound.clockSkew: unknown key (did you mean clockSkewSeconds?); inbound.rulez: unknown key (did you mean rules?); bogus: unknown key\n']);
   });
 
   it('a yargs message laid out over several lines (an invalid choice) is joined into one', async () => {

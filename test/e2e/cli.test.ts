@@ -340,7 +340,7 @@ describe('CA bundles named by caFile are read when the config loads', () => {
 
     // The shape is still checked.
     const typo = await runCli(['validate', '--skip-file-checks', '--config', writeConfig({ ...valid, outbound: { ...valid.outbound, routez: [] } })]);
-    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config: outbound.routez: unknown key\n']);
+    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config: outbound.routez: unknown key (did you mean routes?)\n']);
   });
 
   it('validate --help explains --skip-file-checks', async () => {

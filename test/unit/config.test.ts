@@ -55,8 +55,29 @@ describe('config validation errors name the key path', () => {
     const issues = issuesOf(() =>
       parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rule: [], forward: { keeptoken: true } } }),
     );
-    expect(issues).toContain('inbound.rule: unknown key');
-    expect(issues).toContain('inbound.forward.keeptoken: unknown key');
+    expect(issues).toContain('inbound.rule: unknown key (did you mean rules?)');
+    expect(issues).toContain('inbound.forward.keeptoken: unknown key (did you mean keepToken?)');
+  });
+
+  it('names the key an unknown one was probably meant to be: letter case, `_`, a prefix or a typo away, in a token source of any type', () => {
+    const issues = issuesOf(() =>
+      parseConfig({
+        ...minimalInbound,
+        inbound: { ...minimalInbound.inbound, clockSkew: 5, issuers: [{ issuer: 'https://idp', jwks_uri: 'https://idp/j' }], audiance: 'x' },
+        outbound: { tokenSource: { type: 'client_credentials', tokenEndPoint: 'http://idp/t', clientId: 'a', clientSecret: 'b' }, routes: [{ host: 'a', audience: 'a', scope: ['x'] }] },
+        bogus: 1,
+      }),
+    );
+    expect(issues).toEqual(
+      expect.arrayContaining([
+        'inbound.clockSkew: unknown key (did you mean clockSkewSeconds?)',
+        'inbound.issuers.0.jwks_uri: unknown key (did you mean jwksUri?)',
+        'inbound.audiance: unknown key (did you mean audience?)',
+        'outbound.tokenSource.tokenEndPoint: unknown key (did you mean tokenEndpoint?)',
+        'outbound.routes.0.scope: unknown key (did you mean scopes?)',
+        'bogus: unknown key',
+      ]),
+    );
   });
 
   it('reports every problem at once', () => {
