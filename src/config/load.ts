@@ -157,8 +157,17 @@ function readLayer(path: string): unknown {
   // configs written for Kubernetes tooling use to share a block.
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true, lineCounter });
-  if (doc.errors.length > 0) {
-    throw new ConfigError(doc.errors.map((e) => ({ path, message: `${yamlMessage(e.message)}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })));
+  // The parser only warns about a tag it does not know and keeps the text: `clientSecret: !env CLIENT_SECRET` would
+  // send the word CLIENT_SECRET as the secret. Refused instead, as every other thing the sidecar would not do as written.
+  const unknownTags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
+  if (doc.errors.length > 0 || unknownTags.length > 0) {
+    throw new ConfigError([
+      ...doc.errors.map((e) => ({ path, message: `${yamlMessage(e.message)}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
+      ...unknownTags.map((w) => ({
+        path,
+        message: `${yamlMessage(w.message).replace(/^Unresolved tag:/, 'unsupported YAML tag').replace('tag:yaml.org,2002:', '!!')}${w.linePos ? ` (line ${w.linePos[0].line})` : ''}: the value would be its text as written; use \${VAR} for the environment`,
+      })),
+    ]);
   }
   let value: unknown;
   try {

@@ -434,6 +434,17 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([tmpFile('alias.yaml', `service: *${secret}\n`)], {}))[0]).toMatch(/names no anchor .*\(line 1\)$/);
   });
 
+  it('refuses a YAML tag it does not know rather than take the text after it (`!env NAME` would make NAME the secret)', () => {
+    const p = tmpFile('tags.yaml', 'service: !!js/function f\noutbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "http://idp/t", clientId: a, clientSecret: !env SECRET }\n');
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual([
+      `${p}: unsupported YAML tag !!js/function (line 1): the value would be its text as written; use \${VAR} for the environment`,
+      `${p}: unsupported YAML tag !env (line 3): the value would be its text as written; use \${VAR} for the environment`,
+    ]);
+    // The standard tags still work.
+    const std = tmpFile('std.yaml', 'service: !!str a\noutbound: !!map { tokenSource: { type: env, variable: T }, routes: !!seq [] }\n');
+    expect(loadConfig([std], {}).service).toBe('a');
+  });
+
   it('takes config paths from flags, else OIDC_SIDECAR_CONFIG, else fails clearly', () => {
     expect(resolveConfigPaths(['a.yaml', 'b.yaml'], { OIDC_SIDECAR_CONFIG: 'x' })).toEqual(['a.yaml', 'b.yaml']);
     expect(resolveConfigPaths(undefined, { OIDC_SIDECAR_CONFIG: 'a.yaml, b.yaml' })).toEqual(['a.yaml', 'b.yaml']);
