@@ -1,3 +1,4 @@
+import { isIPv6 } from 'node:net';
 import * as z from '../zod.js';
 import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
@@ -28,8 +29,15 @@ const positiveInt = z.number().int().positive();
 /** `host:port`, `:port` or `[v6]:port`; port 0 picks a free port (tests). */
 export const listenAddress = z
   .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, 'must be "host:port", e.g. "0.0.0.0:15006"')
-  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+  // `abort`: a value of the wrong form gets this one message, not also "port must be 0-65535" for a port of "abc".
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):\d{1,5}$/, { message: 'must be "host:port", e.g. "0.0.0.0:15006"', abort: true })
+  .superRefine((s, ctx) => {
+    // A bracketed host that is no IPv6 address (`[1.2.3.4]`, `[:::]`) passed `validate` and stopped `run` with
+    // ENOTFOUND. Unbracketed hosts are left to the resolver: `127.1` and `0` bind as 127.0.0.1 and 0.0.0.0.
+    const [, v6, port] = /^(?:\[(.*)\]|.*):(\d+)$/.exec(s)!;
+    if (v6 !== undefined && !isIPv6(v6)) ctx.addIssue({ code: 'custom', message: `"[${v6}]" is not an IPv6 address; write an IPv4 address or host name without brackets` });
+    if (Number(port) > 65535) ctx.addIssue({ code: 'custom', message: 'port must be 0-65535' });
+  });
 
 const httpUrl = z
   .string()

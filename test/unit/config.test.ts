@@ -343,6 +343,14 @@ describe('config validation errors name the key path', () => {
     expect(parseConfig(config('127.0.0.1:5', '127.0.0.2:5', '[::1]:5')).admin.listen).toBe('[::1]:5');
   });
 
+  it('gives a listen address of the wrong form one message, and refuses a bracketed host that is no IPv6 address (run failed with ENOTFOUND)', () => {
+    const listen = (admin: string) => issuesOf(() => parseConfig({ ...minimalInbound, admin: { listen: admin } }));
+    expect(listen('127.0.0.1:abc')).toEqual(['admin.listen: must be "host:port", e.g. "0.0.0.0:15006"']);
+    expect(listen('[1.2.3.4]:0')).toEqual(['admin.listen: "[1.2.3.4]" is not an IPv6 address; write an IPv4 address or host name without brackets']);
+    expect(listen('[:::]:99999')).toEqual(['admin.listen: "[:::]" is not an IPv6 address; write an IPv4 address or host name without brackets', 'admin.listen: port must be 0-65535']);
+    for (const ok of ['[::1]:0', '[::ffff:127.0.0.1]:0', '127.1:0', ':0', 'localhost:0']) expect(parseConfig({ ...minimalInbound, admin: { listen: ok } }).admin.listen).toBe(ok);
+  });
+
   it('needs inbound or outbound', () => {
     expect(issuesOf(() => parseConfig({ service: 'a' }))).toEqual(['inbound: configure `inbound`, `outbound` or both']);
   });
