@@ -3,6 +3,7 @@ import { createMetrics } from '../admin/metrics.js';
 import { oneLine } from '../cli-failure.js';
 import { systemClock } from '../clock.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
+import { MAX_TIMER_SECONDS } from '../config/schema.js';
 import { KeysUnavailableError, UsageError } from '../errors.js';
 import { createInboundParts } from '../inbound/handler.js';
 import { createLogger } from '../log.js';
@@ -43,6 +44,9 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
       const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'] });
       if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');
       if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
+      // NaN or a negative number gave up at once, and one past what a Node timer holds printed a TimeoutOverflowWarning and waited 1 ms.
+      const timeout = argv.timeout ?? 10;
+      if (!(timeout > 0 && timeout <= MAX_TIMER_SECONDS)) throw new UsageError(`--timeout must be a number of seconds above 0 and at most ${MAX_TIMER_SECONDS}, got ${Number.isNaN(timeout) ? 'something that is not a number' : timeout}`);
       const token = (argv.token ?? (await readStdin(io.stdin))).trim();
       const inbound = argv.path === undefined ? { ...config.inbound, rules: undefined } : config.inbound;
       const { keyStore, authorizer } = createInboundParts(inbound, {
@@ -70,7 +74,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         const needs = !decision.allowed && decision.error instanceof KeysUnavailableError ? keyStore.get(decision.error.issuer) : undefined;
         if (needs && !needs.isUsable()) {
           await keyStore.start([needs.issuer]);
-          if (!(await keyStore.waitUntilReady((argv.timeout ?? 10) * 1000, [needs.issuer]))) {
+          if (!(await keyStore.waitUntilReady(timeout * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
             if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail })}\n`);
             io.stderr.write(`oidc-sidecar: ${oneLine(`keys_unavailable: cannot load keys for ${detail}`)}\n`);

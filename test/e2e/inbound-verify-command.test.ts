@@ -31,6 +31,13 @@ describe('oidc-sidecar verify', () => {
     await idp?.close();
   });
 
+  it('refuses a --timeout that is not a number, not above 0, or longer than a Node timer holds (it waited 1 ms after a TimeoutOverflowWarning)', async () => {
+    for (const [given, shown] of [['abc', 'something that is not a number'], ['-5', '-5'], ['1e12', '1000000000000']]) {
+      const r = await runCli(['verify', '--config', config, '--token', 'x', '--timeout', given!]);
+      expect([r.code, r.stdout, r.stderr]).toEqual([1, '', `oidc-sidecar: --timeout must be a number of seconds above 0 and at most 2147482, got ${shown}\n`]);
+    }
+  });
+
   it('prints allow, the reason and the verified claims, exit 0', async () => {
     const token = await idp.getToken('orders', 'orders');
     const r = await runCli(['verify', '--config', config, '--token', token]);
