@@ -137,6 +137,7 @@ const LISTEN_REASONS: Record<string, string> = {
   EADDRINUSE: 'address already in use',
   EADDRNOTAVAIL: 'address not available on this host',
   EACCES: 'permission denied',
+  ENOTFOUND: 'host name not found',
 };
 
 /** A listener could not bind the address its config key names: `inbound.listen: cannot listen on 127.0.0.1:15006: address already in use`. */

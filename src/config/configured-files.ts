@@ -132,5 +132,7 @@ export function describeFsError(err: unknown): string {
   if (code === 'ENOENT') return 'no such file';
   if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
   if (code === 'EISDIR') return 'is a directory';
+  if (code === 'ELOOP') return 'too many symbolic links (a symlink loop?)';
+  if (code === 'ENOTDIR') return 'a part of the path is not a directory';
   return code ?? (err instanceof Error ? err.message : String(err));
 }

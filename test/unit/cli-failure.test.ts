@@ -1,10 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { describeFailure, oneLine } from '../../src/cli-failure.js';
-import { ConfigError, TokenUnavailableError, UsageError } from '../../src/errors.js';
+import { ConfigError, ListenError, TokenUnavailableError, UsageError } from '../../src/errors.js';
 
 describe('describeFailure: what a failed command prints after `oidc-sidecar: `, always one line', () => {
   it('gives one config issue as `invalid config: path.to.key: message`', () => {
     expect(describeFailure(new ConfigError([{ path: 'inbound.clockSkew', message: 'unknown key' }]))).toBe('invalid config: inbound.clockSkew: unknown key');
+  });
+
+  it('says in words why a listener could not bind, a host name that does not resolve too (not a bare ENOTFOUND)', () => {
+    const cause = Object.assign(new Error('getaddrinfo ENOTFOUND sidecar.invalid'), { code: 'ENOTFOUND' });
+    expect(describeFailure(new ListenError('admin.listen', 'sidecar.invalid:15020', cause))).toBe('admin.listen: cannot listen on sidecar.invalid:15020: host name not found');
   });
 
   it('counts several issues and joins them with "; "', () => {

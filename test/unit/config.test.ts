@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -375,6 +375,11 @@ describe('loading files', () => {
     const dir = mkdtempSync(join(tmpdir(), 'cfg-dir-'));
     expect(() => loadConfig([dir], {})).toThrow(new UsageError(`cannot read config file ${dir}: is a directory`));
     expect(() => loadConfig([join(dir, 'none.yaml')], {})).toThrow(new UsageError(`cannot read config file ${join(dir, 'none.yaml')}: no such file`));
+    symlinkSync('loop-b', join(dir, 'loop-a'));
+    symlinkSync('loop-a', join(dir, 'loop-b'));
+    expect(() => loadConfig([join(dir, 'loop-a')], {})).toThrow(new UsageError(`cannot read config file ${join(dir, 'loop-a')}: too many symbolic links (a symlink loop?)`));
+    const file = tmpFile('f.yaml', 'service: a\n');
+    expect(() => loadConfig([join(file, 'x.yaml')], {})).toThrow(new UsageError(`cannot read config file ${join(file, 'x.yaml')}: a part of the path is not a directory`));
   });
 
   it('interpolates ${VAR} and ${VAR:-default} after parsing, so values cannot inject YAML', () => {
