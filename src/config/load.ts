@@ -151,7 +151,9 @@ function readLayer(path: string): unknown {
     text = readConfigText(path);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
-    throw new UsageError(`cannot read config file ${path}: ${describeFsError(err)}`);
+    // `--config base.yaml,ns.yaml` is one path: only OIDC_SIDECAR_CONFIG is split at commas.
+    const hint = path.includes(',') && (err as NodeJS.ErrnoException).code === 'ENOENT' ? ' (give each file its own --config; only OIDC_SIDECAR_CONFIG is a comma-separated list)' : '';
+    throw new UsageError(`cannot read config file ${path}: ${describeFsError(err)}${hint}`);
   }
   // The YAML parser reads JSON too (JSON is a subset of YAML 1.2). `merge`: YAML 1.1's `<<: *anchor` merge keys, which
   // configs written for Kubernetes tooling use to share a block.

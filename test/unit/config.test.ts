@@ -462,6 +462,11 @@ describe('loading files', () => {
     expect(resolveConfigPaths(['a.yaml', 'b.yaml'], { OIDC_SIDECAR_CONFIG: 'x' })).toEqual(['a.yaml', 'b.yaml']);
     expect(resolveConfigPaths(undefined, { OIDC_SIDECAR_CONFIG: 'a.yaml, b.yaml' })).toEqual(['a.yaml', 'b.yaml']);
     expect(() => resolveConfigPaths([], {})).toThrow(UsageError);
+    // A flag's value is one path, commas and all: the error says how to give several.
+    const [a, b] = [tmpFile('a.yaml', 'service: a\n'), tmpFile('b.yaml', 'service: b\n')];
+    expect(() => loadConfig(resolveConfigPaths([`${a},${b}`], {}), {})).toThrow(
+      new UsageError(`cannot read config file ${a},${b}: no such file (give each file its own --config; only OIDC_SIDECAR_CONFIG is a comma-separated list)`),
+    );
   });
 });
 
