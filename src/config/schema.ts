@@ -26,6 +26,9 @@ export const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000) - 1;
 const fitsTimer = <T extends z.ZodNumber>(n: T) => n.max(MAX_TIMER_SECONDS, `must be at most ${MAX_TIMER_SECONDS} (about 24.8 days, the longest timer Node can set)`);
 const positiveInt = z.number().int().positive();
 
+/** The most verified tokens `inbound.cache.maxEntries` may keep; the default is 10,000. */
+export const MAX_CACHE_ENTRIES = 1_000_000;
+
 /** `host:port`, `:port` or `[v6]:port`; port 0 picks a free port (tests). */
 export const listenAddress = z
   .string()
@@ -262,7 +265,18 @@ const inboundSchema = z
         { when: (payload) => payload.issues.length === 0 },
       )
       .prefault({}),
-    cache: z.strictObject({ maxEntries: z.number().int().nonnegative().default(DEFAULTS.inbound.cache.maxEntries) }).prefault({}),
+    cache: z
+      .strictObject({
+        maxEntries: z
+          .number()
+          .int()
+          .nonnegative()
+          // The LRU allocates its index for every entry when it is created: 1e8 took 2.8 GB before the first request,
+          // and 2^32 stopped `run` with "Invalid array length" (validate accepted both).
+          .max(MAX_CACHE_ENTRIES, `must be at most ${MAX_CACHE_ENTRIES}: the cache sets aside room for every entry when it starts (about 16 MB for a million)`)
+          .default(DEFAULTS.inbound.cache.maxEntries),
+      })
+      .prefault({}),
     rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),
     forward: forwardSchema,
     tls: tlsSchema.optional().describe('Serve the inbound listener over HTTPS'),

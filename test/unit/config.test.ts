@@ -351,6 +351,12 @@ describe('config validation errors name the key path', () => {
     for (const ok of ['[::1]:0', '[::ffff:127.0.0.1]:0', '127.1:0', ':0', 'localhost:0']) expect(parseConfig({ ...minimalInbound, admin: { listen: ok } }).admin.listen).toBe(ok);
   });
 
+  it('caps inbound.cache.maxEntries at a million: the cache sets aside room for all of them at start (1e8 took 2.8 GB, 2^32 stopped run with "Invalid array length")', () => {
+    const cache = (maxEntries: number) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, cache: { maxEntries } } });
+    expect(parseConfig(cache(1_000_000)).inbound!.cache.maxEntries).toBe(1_000_000);
+    expect(issuesOf(() => parseConfig(cache(2 ** 32)))).toEqual(['inbound.cache.maxEntries: must be at most 1000000: the cache sets aside room for every entry when it starts (about 16 MB for a million)']);
+  });
+
   it('needs inbound or outbound', () => {
     expect(issuesOf(() => parseConfig({ service: 'a' }))).toEqual(['inbound: configure `inbound`, `outbound` or both']);
   });
