@@ -6,7 +6,7 @@ import { caBaselineOf } from '../config/ca-bundle.js';
 import { signaturesOf, type FileSignatures } from '../config/poll-files.js';
 import { createReloadWatch } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
-import { ConfigError, SidecarError, formatIssue } from '../errors.js';
+import { ConfigError, SidecarError, UsageError, formatIssue } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { tuneRuntimeForProxy } from '../proxy/runtime.js';
 import { withConfigOption } from './shared.js';
@@ -130,7 +130,8 @@ async function reloadFrom(
     next = loadConfig(paths, process.env, { checkSourceFiles: true });
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
-    const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : [errorSummary(err)];
+    // A config file that cannot be read is a UsageError to the CLI; its `usage` code would only puzzle in a log line.
+    const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : err instanceof UsageError ? [err.message] : [errorSummary(err)];
     logger.error({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
     return undefined;
   }

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -152,6 +153,19 @@ describe('reload', () => {
     expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="success".* 1/);
     expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="invalid".* 1/);
     expect(sidecar.output()).not.toContain(token);
+  });
+
+  it('a refused reload logs only what is wrong: a missing file in words (no `usage:` code), a YAML error without the file\'s text', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments')));
+    sidecar.rewriteConfig('service: orders\noutbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "http://127.0.0.1:1/t", clientId: a, clientSecret: *Sup3rS3cret }\n');
+    sidecar.signal('SIGHUP');
+    const quoted = await sidecar.waitForLog((l) => l.event === 'config_reload_refused');
+    expect(quoted.errors).toEqual([`${sidecar.configPath}: an alias (*name) names no anchor (&name) set before it; quote a value that starts with * (line 3)`]);
+    rmSync(sidecar.configPath);
+    sidecar.signal('SIGHUP');
+    const missing = await sidecar.waitForLog((l) => l.event === 'config_reload_refused' && String(l.errors).includes('cannot read config file'));
+    expect(missing.errors).toEqual([`cannot read config file ${sidecar.configPath}: no such file`]);
+    expect(sidecar.output()).not.toContain('Sup3rS3cret');
   });
 
   it('a reload that cannot bind its new address changes nothing and the old listener keeps serving', async () => {
