@@ -1,5 +1,5 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { isAlias, LineCounter, parseDocument, visit, type Document } from 'yaml';
+import { isAlias, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
 import * as z from '../zod.js';
 import { ConfigError, type ConfigIssue, UsageError } from '../errors.js';
 import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
@@ -165,6 +165,7 @@ function readLayer(path: string): unknown {
   if (doc.errors.length > 0 || unknownTags.length > 0) {
     throw new ConfigError([
       ...doc.errors.map((e) => ({ path, message: `${yamlMessage(e.message)}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
+      ...flowPlaceholderHint(text, doc.errors, path),
       ...unknownTags.map((w) => ({
         path,
         message: `${yamlMessage(w.message).replace(/^Unresolved tag:/, 'unsupported YAML tag').replace('tag:yaml.org,2002:', '!!')}${w.linePos ? ` (line ${w.linePos[0].line})` : ''}: the value would be its text as written; use \${VAR} for the environment`,
@@ -206,6 +207,16 @@ function yamlMessage(message: string): string {
   if (known) return known[1];
   // The parser's `Unexpected scalar token in YAML stream: "text"` form.
   return first.replace(/: "(?:[^"\\]|\\.)*"$/, '');
+}
+
+/**
+ * In a flow collection (`{ level: ${LEVEL} }`, `[${AUD}]`) the braces of an unquoted placeholder are YAML syntax, and
+ * the parser's messages ("Unexpected flow-map-start at node end") do not say so: one more issue says what to write.
+ */
+function flowPlaceholderHint(text: string, errors: readonly YAMLError[], path: string): ConfigIssue[] {
+  const lines = text.split(/\r?\n/);
+  const line = errors.map((e) => e.linePos?.[0].line).find((n) => n !== undefined && /(^|[\s{[,:])\$\{/.test(lines[n - 1] ?? ''));
+  return line ? [{ path, message: `a \${VAR} inside { } or [ ] must be quoted ("\${VAR}"), or its braces are read as YAML (line ${line})` }] : [];
 }
 
 /** The line of the first alias with no anchor of its name before it (what toJS refuses), if any. */

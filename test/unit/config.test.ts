@@ -464,6 +464,15 @@ describe('loading files', () => {
     expect(loadConfig([std], {}).service).toBe('a');
   });
 
+  it('says a placeholder in a flow collection must be quoted, after the parser\'s own messages about its braces', () => {
+    const p = tmpFile('flow.yaml', 'service: a\noutbound:\n  routes: []\nlog: { level: ${LEVEL:-info} }\n');
+    const issues = issuesOf(() => loadConfig([p], {}));
+    expect(issues.at(-1)).toBe(`${p}: a \${VAR} inside { } or [ ] must be quoted ("\${VAR}"), or its braces are read as YAML (line 4)`);
+    const quoted = tmpFile('quoted.yaml', 'service: a\noutbound: { routes: [], tokenSource: { type: env, variable: T } }\nlog: { level: "${LEVEL:-debug}" }\n');
+    expect(loadConfig([quoted], {}).log.level).toBe('debug');
+    expect(issuesOf(() => loadConfig([tmpFile('plain.yaml', 'service: [a\n')], {})).join()).not.toContain('${VAR}');
+  });
+
   it('takes config paths from flags, else OIDC_SIDECAR_CONFIG, else fails clearly', () => {
     expect(resolveConfigPaths(['a.yaml', 'b.yaml'], { OIDC_SIDECAR_CONFIG: 'x' })).toEqual(['a.yaml', 'b.yaml']);
     expect(resolveConfigPaths(undefined, { OIDC_SIDECAR_CONFIG: 'a.yaml, b.yaml' })).toEqual(['a.yaml', 'b.yaml']);
