@@ -1,0 +1,112 @@
+import { closeSync, openSync, readSync } from 'node:fs';
+import { isAlias, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
+import { ConfigError, type ConfigIssue } from '../errors.js';
+
+/**
+ * A config file's text (or the dev issuer's clients file's), read to its end but never past `maxBytes` (a
+ * ConfigError). A FIFO or /dev/stdin (`--config <(envsubst < cfg.yaml)`) is read too, so nothing is refused on what
+ * stat says: the cap is on the bytes read, which also stops a device that never ends (`--config /dev/zero` grew to
+ * gigabytes) and a file growing meanwhile.
+ */
+export function readBoundedText(path: string, maxBytes: number, why: string): string {
+  const fd = openSync(path, 'r');
+  try {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(64 * 1024);
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) return Buffer.concat(chunks, total).toString('utf8');
+      total += n;
+      if (total > maxBytes) throw new ConfigError([{ path, message: `larger than ${maxBytes / 1024 / 1024} MiB, which ${why}` }]);
+      chunks.push(chunk.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * A YAML (or JSON) document's value, or a ConfigError listing every syntax problem with its line, addressed to `path`.
+ * Never quotes the file's text (see QUOTING_MESSAGES).
+ */
+export function parseYaml(text: string, path: string): unknown {
+  // The YAML parser reads JSON too (JSON is a subset of YAML 1.2). `merge`: YAML 1.1's `<<: *anchor` merge keys, which
+  // configs written for Kubernetes tooling use to share a block.
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true, lineCounter });
+  // The parser only warns about a tag it does not know and keeps the text: `clientSecret: !env CLIENT_SECRET` would
+  // send the word CLIENT_SECRET as the secret. Refused instead, as every other thing the sidecar would not do as written.
+  const unknownTags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
+  if (doc.errors.length > 0 || unknownTags.length > 0) {
+    throw new ConfigError([
+      ...doc.errors.map((e) => ({ path, message: `${yamlMessage(e.message)}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
+      ...flowPlaceholderHint(text, doc.errors, path),
+      ...unknownTags.map((w) => ({
+        path,
+        message: `${yamlMessage(w.message).replace(/^Unresolved tag:/, 'unsupported YAML tag').replace('tag:yaml.org,2002:', '!!')}${w.linePos ? ` (line ${w.linePos[0].line})` : ''}: the value would be its text as written; use \${VAR} for the environment`,
+      })),
+    ]);
+  }
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    // An alias to no anchor, or one expanding past maxAliasCount: thrown here, not listed in doc.errors.
+    const line = unresolvedAliasLine(doc, lineCounter);
+    throw new ConfigError([{ path, message: `${yamlMessage(err instanceof Error ? err.message : String(err))}${line ? ` (line ${line})` : ''}` }]);
+  }
+  return value;
+}
+
+/**
+ * The YAML parser's messages that quote the text they stopped at, and what is said instead. A config holds secrets
+ * (`clientSecret`, `params`), and a refused reload is logged: `clientSecret: *x9...` (an alias to no anchor) would put
+ * the secret in the log. The line number says where to look.
+ */
+const QUOTING_MESSAGES: ReadonlyArray<[RegExp, string]> = [
+  [/^Unresolved alias\b/, 'an alias (*name) names no anchor (&name) set before it; quote a value that starts with *'],
+  [/^Not a YAML token\b/, 'text the YAML parser cannot read'],
+  [/^Block scalar header includes extra characters\b/, 'text after | or > on its line (a block value starts on the next line); quote a value that starts with | or >'],
+  [/^Invalid escape sequence\b/, 'an invalid \\ escape in a double-quoted value; use single quotes for a value with a literal \\'],
+  [/^Unresolved plain scalar\b/, 'a value the YAML parser cannot read'],
+  [/^Source contains multiple documents\b/, 'more than one YAML document (a second after ---); a config file is one document, give overlays as further --config files'],
+];
+
+/** A YAML parser message without the text it quotes (see QUOTING_MESSAGES), on one line. */
+function yamlMessage(message: string): string {
+  const first = message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+  const known = QUOTING_MESSAGES.find(([pattern]) => pattern.test(first));
+  if (known) return known[1];
+  // The parser's `Unexpected scalar token in YAML stream: "text"` form.
+  return first.replace(/: "(?:[^"\\]|\\.)*"$/, '');
+}
+
+/**
+ * In a flow collection (`{ level: ${LEVEL} }`, `[${AUD}]`) the braces of an unquoted placeholder are YAML syntax, and
+ * the parser's messages ("Unexpected flow-map-start at node end") do not say so: one more issue says what to write.
+ */
+function flowPlaceholderHint(text: string, errors: readonly YAMLError[], path: string): ConfigIssue[] {
+  const lines = text.split(/\r?\n/);
+  const line = errors.map((e) => e.linePos?.[0].line).find((n) => n !== undefined && /(^|[\s{[,:])\$\{/.test(lines[n - 1] ?? ''));
+  return line ? [{ path, message: `a \${VAR} inside { } or [ ] must be quoted ("\${VAR}"), or its braces are read as YAML (line ${line})` }] : [];
+}
+
+/** The line of the first alias with no anchor of its name before it (what toJS refuses), if any. */
+function unresolvedAliasLine(doc: Document, lineCounter: LineCounter): number | undefined {
+  const anchors = new Set<string>();
+  let line: number | undefined;
+  visit(doc, {
+    Node(_key, node) {
+      if (isAlias(node)) {
+        if (anchors.has(node.source)) return undefined;
+        line = node.range ? lineCounter.linePos(node.range[0]).line : undefined;
+        return visit.BREAK;
+      }
+      if (node.anchor) anchors.add(node.anchor);
+      return undefined;
+    },
+  });
+  return line;
+}
+
