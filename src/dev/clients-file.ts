@@ -1,12 +1,12 @@
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
 import * as z from '../zod.js';
 import type { JWK } from 'jose';
-import { UsageError, summarizeIssues, type ConfigIssue } from '../errors.js';
+import { ConfigError, UsageError, summarizeIssues, type ConfigIssue } from '../errors.js';
 import { describeFsError } from '../config/configured-files.js';
 import { interpolateEnv } from '../config/interpolate.js';
+import { parseYaml, readBoundedText } from '../config/yaml-file.js';
 import { DEV_ALGORITHMS, type DevAlg } from './keys.js';
 import type { DevClient } from './provider.js';
 
@@ -95,20 +95,17 @@ export const DEFAULT_DEV_CLIENTS: readonly DevClient[] = Object.freeze([
 
 /** Reads and validates a clients file; every problem is reported as `path.to.key: message` in one UsageError. */
 export function loadDevClientsFile(path: string, env: NodeJS.ProcessEnv): DevClientsFile {
-  let text: string;
+  let doc: unknown;
   try {
-    text = readFileSync(path, 'utf8');
+    // The config's own reader and parser: bounded (not /dev/zero to the end), and its messages never quote the file,
+    // which holds client secrets.
+    doc = parseYaml(readBoundedText(path, 1024 * 1024, 'no clients file needs'), path);
   } catch (err) {
+    if (err instanceof ConfigError) fail(path, err.issues.map((i) => ({ path: '', message: i.message })));
     throw new UsageError(`cannot read clients file ${path}: ${describeFsError(err)}`);
   }
-  const doc = parseDocument(text, { uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const first = doc.errors[0]!;
-    const where = first.linePos ? ` (line ${first.linePos[0].line})` : '';
-    throw new UsageError(`invalid clients file ${path}: ${first.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}${where}`);
-  }
   const issues: ConfigIssue[] = [];
-  const value = interpolateEnv(doc.toJS({ maxAliasCount: 100 }) ?? {}, env, issues);
+  const value = interpolateEnv(doc ?? {}, env, issues);
   const parsed = devClientsFileSchema.safeParse(value);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {

@@ -265,6 +265,19 @@ describe('oidc-sidecar dev-issuer', () => {
     expect([dupes.code, dupes.stderr]).toEqual([1, expect.stringContaining('clients.1.clientId: duplicate clientId "a"')]);
   });
 
+  it('a YAML error in the clients file, which holds client secrets, names the line and never the text; /dev/zero is refused at 1 MiB', async () => {
+    const file = join(tempDir(), 'clients.yaml');
+    writeFileSync(file, ['clients:', '  - clientId: a', '    clientSecret: *Sup3rS3cret'].join('\n'));
+    const alias = await runCli(['dev-issuer', '--port', '0', '--clients', file]);
+    expect([alias.code, alias.stderr]).toEqual([1, `oidc-sidecar: invalid clients file ${file}: an alias (*name) names no anchor (&name) set before it; quote a value that starts with * (line 3)\n`]);
+    writeFileSync(file, ['clients:', '  - clientId: a', '    clientSecret: >Sup3rS3cret'].join('\n'));
+    const block = await runCli(['dev-issuer', '--port', '0', '--clients', file]);
+    expect([block.code, block.stderr]).toEqual([1, expect.stringMatching(/^oidc-sidecar: invalid clients file .* \(line 3\)\n$/)]);
+    expect(block.stderr).not.toContain('Sup3r');
+    const zero = await runCli(['dev-issuer', '--port', '0', '--clients', '/dev/zero']);
+    expect([zero.code, zero.stderr]).toEqual([1, 'oidc-sidecar: invalid clients file /dev/zero: larger than 1 MiB, which no clients file needs\n']);
+  });
+
   it('gives one clear line for a missing clients file, a broken key file, a bad port and a port in use', async () => {
     const dir = tempDir();
     const missing = await runCli(['dev-issuer', '--clients', join(dir, 'nope.yaml')]);
