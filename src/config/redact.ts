@@ -5,9 +5,10 @@ const SECRET_KEYS = new Set(['clientSecret']);
 
 /**
  * Names of extra form fields (`params`) and URL query parameters that carry a credential: their values are
- * redacted too. `params` is free-form, so it can carry a `client_secret` or an API key as easily as a `resource`.
+ * redacted too. `params` is free-form, so it can carry a `client_secret` or an API key as easily as a `resource`,
+ * and a URL a signed query (`sig=`, as Azure SAS URLs carry).
  */
-const SECRET_NAME = /secret|passw|pwd|token|assertion|credential|api[-_]?key|^key$|private/i;
+const SECRET_NAME = /secret|passw|pwd|token|assertion|credential|api[-_]?key|^key$|private|authoriz|^auth$|signature|^sig$/i;
 
 /** Whether a form field or query parameter of this name carries a credential (see SECRET_NAME). */
 export function isSecretName(name: string): boolean {

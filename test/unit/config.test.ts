@@ -522,6 +522,25 @@ describe('redaction', () => {
     expect(source.tokenEndpoint).toBe('https://client:[redacted]@idp.example.com/token?api_key=[redacted]&tenant=t1');
     expect(source.params).toEqual({ client_secret: '[redacted]', api_key: '[redacted]', resource: 'https://api.example' });
   });
+
+  it('redacts params and query values named for an Authorization header or a signature (they were printed as given)', () => {
+    const c = parseConfig({
+      service: 'a',
+      outbound: {
+        tokenSource: {
+          type: 'client_credentials',
+          tokenEndpoint: 'https://idp.example.com/token?sig=QUERYSIG1&sv=2024',
+          clientId: 'a',
+          clientSecret: 's',
+          params: { authorization: 'Basic UEFSQU1BVVRI', auth: 'PARAMAUTH2', signature: 'PARAMSIG3', audience: 'b' },
+        },
+        routes: [{ host: 'b', audience: 'b' }],
+      },
+    });
+    const source = redactConfig(c).outbound!.tokenSource as Record<string, unknown>;
+    expect(source.tokenEndpoint).toBe('https://idp.example.com/token?sig=[redacted]&sv=2024');
+    expect(source.params).toEqual({ authorization: '[redacted]', auth: '[redacted]', signature: '[redacted]', audience: 'b' });
+  });
 });
 
 describe('what a layer may say', () => {
