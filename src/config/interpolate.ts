@@ -58,7 +58,10 @@ function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssu
     if (value !== undefined && value !== '') return value;
     // A default may itself hold an escaped `$${` (it cannot hold a `}`), e.g. `${A:-$${B}}` gives `${B}`.
     if (fallback !== undefined) return fallback.replaceAll('$${', '${');
-    issues.push({ path: path.join('.'), message: `environment variable ${name} is not set (use \${${name}:-default} for a default)` });
+    // Set to "" it counts as unset (a Kubernetes secret key that is present but empty); said so, as "not set" sends
+    // the operator looking for a variable that is there.
+    const state = value === '' ? 'is set but empty, which counts as unset' : 'is not set';
+    issues.push({ path: path.join('.'), message: `environment variable ${name} ${state} (use \${${name}:-default} for a default)` });
     return '';
   });
 }

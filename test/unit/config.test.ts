@@ -402,6 +402,7 @@ describe('loading files', () => {
   it('reports an unset variable with its key path, and keeps $${VAR} literal', () => {
     const p = tmpFile('c.yaml', 'service: "$${LITERAL}"\ninbound:\n  target: ${MISSING}\n');
     expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default)']);
+    expect(issuesOf(() => loadConfig([p], { MISSING: '' }))).toEqual(['inbound.target: environment variable MISSING is set but empty, which counts as unset (use ${MISSING:-default} for a default)']);
   });
 
   it('refuses a placeholder inside a default rather than leave it behind as literal text, whether or not the variable is set', () => {
