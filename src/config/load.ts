@@ -4,6 +4,7 @@ import { ALL_CA_USES, attachCaBundles, type CaUse } from './ca-bundle.js';
 import { describeFsError } from './configured-files.js';
 import { interpolateEnv, isPlainObject } from './interpolate.js';
 import { deepMerge } from './merge.js';
+import { REDACTED } from './redact.js';
 import { parseYaml, readBoundedText } from './yaml-file.js';
 import { type Config, configSchema } from './schema.js';
 import { startupFileIssues, tokenSourceFileIssues } from './startup-files.js';
@@ -75,10 +76,8 @@ export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   const reported = result.success ? [] : zodIssues(result.error);
   // Strict objects report a `__proto__` key as unknown, but zod's records (claims, claimHeaders, params) skip it
   // without a word: `claims: { __proto__: admin, ... }` would lose that check and allow more than it says.
-  const proto = protoKeyPaths(doc)
-    .filter((path) => !reported.some((i) => i.path === path))
-    .map((path) => ({ path, message: 'a key named "__proto__" is not accepted' }));
-  if (!result.success || proto.length > 0) throw new ConfigError([...reported, ...proto]);
+  const found = documentIssues(doc).filter((f) => !reported.some((i) => i.path === f.path));
+  if (!result.success || found.length > 0) throw new ConfigError([...reported, ...found]);
   const issues = attachCaBundles(result.data, opts.readCaFilesFor ?? ALL_CA_USES);
   if (opts.checkStartupFiles) issues.push(...startupFileIssues(result.data));
   else if (opts.checkSourceFiles) issues.push(...tokenSourceFileIssues(result.data));
@@ -87,17 +86,24 @@ export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   return deepFreeze(result.data);
 }
 
-/** Key paths of every own `__proto__` key in a parsed document (the YAML and JSON parsers keep it as an own property). */
-function protoKeyPaths(doc: unknown): string[] {
-  const out: string[] = [];
+/**
+ * What the schema cannot see, by key path: every own `__proto__` key (the YAML and JSON parsers keep it as an own
+ * property), and every value that is the `[redacted]` placeholder `validate` prints in place of a secret. Its output
+ * fed back as a config would otherwise send the IdP the word "[redacted]" as the client secret.
+ */
+function documentIssues(doc: unknown): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
   const seen = new Set<object>();
   const walk = (v: unknown, path: string[]): void => {
+    if (typeof v === 'string' && v.includes(REDACTED)) {
+      out.push({ path: path.join('.'), message: `holds ${REDACTED}, which validate prints in place of a secret: put the secret itself here, or a \${VARIABLE} placeholder` });
+    }
     // A YAML alias shares one object between places: walked once.
     if (typeof v !== 'object' || v === null || seen.has(v)) return;
     seen.add(v);
     for (const key of Object.keys(v)) {
       const at = [...path, key];
-      if (key === '__proto__' && !Array.isArray(v)) out.push(at.join('.'));
+      if (key === '__proto__' && !Array.isArray(v)) out.push({ path: at.join('.'), message: 'a key named "__proto__" is not accepted' });
       walk((v as Record<string, unknown>)[key], at);
     }
   };

@@ -1,5 +1,8 @@
 import { isPlainObject } from './interpolate.js';
 
+/** What a redacted value reads as; a config holding it is refused (load.ts): it is validate's output fed back. */
+export const REDACTED = '[redacted]';
+
 /** Keys whose values are secrets and never printed (validate output, logs). */
 const SECRET_KEYS = new Set(['clientSecret']);
 
@@ -34,7 +37,7 @@ function walk(v: unknown, secretNames = false): unknown {
     for (const [k, val] of Object.entries(v)) {
       if (k === 'ca' && typeof v.caFile === 'string') continue;
       const secret = SECRET_KEYS.has(k) || (secretNames && SECRET_NAME.test(k));
-      out[k] = secret && val !== undefined ? '[redacted]' : walk(val, k === 'params');
+      out[k] = secret && val !== undefined ? REDACTED : walk(val, k === 'params');
     }
     return out;
   }
@@ -47,16 +50,16 @@ function redactUrl(s: string): string {
   const u = new URL(s);
   let changed = false;
   if (u.password) {
-    u.password = '[redacted]';
+    u.password = REDACTED;
     changed = true;
   }
   for (const name of [...u.searchParams.keys()]) {
     if (SECRET_NAME.test(name)) {
-      u.searchParams.set(name, '[redacted]');
+      u.searchParams.set(name, REDACTED);
       changed = true;
     }
   }
   // Only a URL that held a secret is rewritten (URL serialisation would otherwise respell what the user wrote), and
   // the marker is shown as written rather than percent-encoded.
-  return changed ? u.href.replaceAll('%5Bredacted%5D', '[redacted]') : s;
+  return changed ? u.href.replaceAll(encodeURIComponent(REDACTED), REDACTED) : s;
 }

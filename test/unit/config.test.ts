@@ -544,6 +544,27 @@ describe('redaction', () => {
   });
 });
 
+describe('validate output fed back as a config', () => {
+  it('is refused where it holds [redacted], naming each place, rather than sending the IdP the word as a secret', () => {
+    const c = parseConfig({
+      service: 'a',
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://client:pw@idp.example.com/token', clientId: 'a', clientSecret: 's3cr3t' },
+        routes: [{ host: 'b', audience: 'b' }],
+      },
+    });
+    const printed = JSON.parse(JSON.stringify(redactConfig(c)));
+    expect(issuesOf(() => parseConfig(printed))).toEqual([
+      'outbound.tokenSource.tokenEndpoint: holds [redacted], which validate prints in place of a secret: put the secret itself here, or a ${VARIABLE} placeholder',
+      'outbound.tokenSource.clientSecret: holds [redacted], which validate prints in place of a secret: put the secret itself here, or a ${VARIABLE} placeholder',
+    ]);
+    // With the secrets put back, the same document is a config again.
+    printed.outbound.tokenSource.clientSecret = 's3cr3t';
+    printed.outbound.tokenSource.tokenEndpoint = 'https://client:pw@idp.example.com/token';
+    expect(parseConfig(printed).outbound!.tokenSource).toMatchObject({ clientSecret: 's3cr3t' });
+  });
+});
+
 describe('what a layer may say', () => {
   it('refuses a ${ that starts no placeholder (shell syntax, typos) and placeholders in keys, rather than keep them as text', () => {
     const bad = tmpFile('p.yaml', 'service: "${1X}|${X-y}|${X:=y}|${X"\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /** }, allow: [{ claims: { "${CLAIMKEY}": v } }] }]\n');
