@@ -24,7 +24,9 @@ export function suggestKey(path: readonly PropertyKey[], unknown: string): strin
   let best: { key: string; distance: number } | undefined;
   for (const key of keysAt(path)) {
     const known = normalize(key);
-    const distance = known === typed ? 0 : isPrefix(typed, known) ? 1 : editDistance(typed, known);
+    // Lengths further apart than a typo can bridge are skipped unmeasured: the key is the config's to choose, and the
+    // table below costs its length times the known key's (a 200,000-character key took seconds).
+    const distance = known === typed ? 0 : isPrefix(typed, known) ? 1 : Math.abs(typed.length - known.length) > allowedDistance(typed) ? Infinity : editDistance(typed, known);
     if (distance <= allowedDistance(typed) && (best === undefined || distance < best.distance)) best = { key, distance };
   }
   return best?.key;
