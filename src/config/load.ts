@@ -62,7 +62,36 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     }
   });
   if (issues.length > 0) throw new ConfigError(issues);
-  return parseConfig(deepMerge(layers), opts);
+  const merged = deepMerge(layers);
+  if (paths.length < 2) return parseConfig(merged, opts);
+  try {
+    return parseConfig(merged, opts);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new ConfigError(err.issues.map((issue) => withLayer(issue, layers, paths)), { code: err.code });
+  }
+}
+
+/**
+ * With several layers, an issue at a key one of them sets says which (the last: a later layer's value wins, and a
+ * list replaces the list before it), so `outbound.routes.0.audience: …` is looked for in the file that said it.
+ */
+function withLayer(issue: ConfigIssue, layers: readonly unknown[], paths: readonly string[]): ConfigIssue {
+  if (!issue.path) return issue;
+  const segments = issue.path.split('.');
+  for (let i = layers.length - 1; i >= 0; i--) {
+    if (hasPath(layers[i], segments)) return { path: issue.path, message: `${issue.message} (in ${paths[i]})` };
+  }
+  return issue;
+}
+
+function hasPath(doc: unknown, segments: readonly string[]): boolean {
+  let node = doc;
+  for (const segment of segments) {
+    if (typeof node !== 'object' || node === null || !Object.hasOwn(node, segment)) return false;
+    node = (node as Record<string, unknown>)[segment];
+  }
+  return true;
 }
 
 /**

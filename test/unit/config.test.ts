@@ -573,6 +573,21 @@ describe('what a layer may say', () => {
     expect(issues).toContain('inbound.rules.0.allow.0.claims.${CLAIMKEY}: placeholders fill values only, not keys');
   });
 
+  it('with several layers, names the file that set each key a problem is at (the last that did); one file alone is not named', () => {
+    const base = tmpFile('base.yaml', 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  clockSkewSeconds: -1\n  issuers: [{ issuer: "https://idp" }]\n');
+    const overlay = tmpFile('ns.yaml', 'inbound:\n  rulez: []\n  issuers: [{ issuer: "https://idp", algorithms: [HS256] }]\noutbound:\n  routes: [{ host: b }]\n');
+    const named = (file: string) => ` (in ${file})`;
+    const issues = issuesOf(() => loadConfig([base, overlay], {}));
+    expect(issues).toHaveLength(4);
+    expect(issues[0]).toMatch(/^inbound\.issuers\.0\.algorithms\.0: /);
+    expect(issues[0]!.endsWith(named(overlay))).toBe(true);
+    expect(issues[1]).toBe(`inbound.clockSkewSeconds: Too small: expected number to be >=0${named(base)}`);
+    expect(issues[2]).toBe(`inbound.rulez: unknown key (did you mean rules?)${named(overlay)}`);
+    // A key no layer set: no file to name.
+    expect(issues[3]).toBe('outbound.routes.0.audience: required');
+    expect(issuesOf(() => loadConfig([overlay], {})).some((i) => i.includes(overlay))).toBe(false);
+  });
+
   it('refuses an overlay that removes inbound.rules (a bare `rules:`), which would let every valid token in', () => {
     const base = tmpFile('base.yaml', 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /healthz }, public: true }]\n');
     const overlay = tmpFile('ns.yaml', 'inbound:\n  rules:\n');
