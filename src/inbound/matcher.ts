@@ -39,7 +39,7 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
     return {
       index,
       pattern: rule.match.path,
-      methods: rule.match.methods ? new Set(rule.match.methods.map((m) => m.toUpperCase())) : undefined,
+      methods: rule.match.methods ? methodSet(rule.match.methods) : undefined,
       glob,
       rule,
     };
@@ -57,6 +57,17 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
       return undefined;
     },
   };
+}
+
+/**
+ * A rule's methods, upper-case. GET brings HEAD with it: Express, Flask, Rails and Go's ServeMux answer a HEAD with
+ * the GET handler (and Kubernetes RBAC reads HEAD as `get`), so a GET rule that left HEAD to a later, wider rule would
+ * let a caller run that handler by asking HEAD.
+ */
+function methodSet(methods: readonly string[]): ReadonlySet<string> {
+  const set = new Set(methods.map((m) => m.toUpperCase()));
+  if (set.has('GET')) set.add('HEAD');
+  return set;
 }
 
 /** A compiled path glob. */

@@ -52,7 +52,7 @@ const ROWS: [string, string, string, Rule][] = [
   ['GET', '/admin/users/', '/admin/users/', 'admin'],
   ['GET', '/admin', '/admin', 'admin'],
   ['GET', '/healthz/', '/healthz/', 'none'],
-  ['HEAD', '/healthz', '/healthz', 'none'],
+  ['HEAD', '/healthz', '/healthz', 'healthz'], // a GET rule covers HEAD
   ['POST', '/healthz', '/healthz', 'none'],
   ['GET', '/healthz', '/healthz', 'healthz'],
   // path parameters, encoded separators, backslashes, NUL, fragments: refused as ambiguous

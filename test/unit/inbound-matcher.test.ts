@@ -224,10 +224,24 @@ describe('compileGlob and the matcher', () => {
       { match: { path: '/payments/**' }, id: 'pay-any' },
     ]);
     expect(m.match('GET', '/healthz')?.rule.id).toBe('health');
-    expect(m.match('HEAD', '/healthz')).toBeUndefined();
+    expect(m.match('OPTIONS', '/healthz')).toBeUndefined();
     expect(m.match('POST', '/payments/1')?.rule.id).toBe('pay-write');
     expect(m.match('GET', '/payments/1')?.rule.id).toBe('pay-any');
     expect(m.match('GET', '/other')).toBeUndefined();
     expect(m.match('POST', '/payments/1')?.index).toBe(1);
+  });
+
+  it('matches HEAD wherever it matches GET: apps answer a HEAD with their GET handler, so a GET rule cannot be sidestepped by asking HEAD', () => {
+    const m = createMatcher([
+      { match: { path: '/admin/**', methods: ['GET'] }, id: 'admins read' },
+      { match: { path: '/admin/**', methods: ['HEAD'] }, id: 'head only' },
+      { match: { path: '/**' }, id: 'everyone' },
+    ]);
+    expect(m.match('HEAD', '/admin/users')?.rule.id).toBe('admins read');
+    expect(m.match('GET', '/admin/users')?.rule.id).toBe('admins read');
+    // Not the other way round: a HEAD rule does not cover GET.
+    const headOnly = createMatcher([{ match: { path: '/x', methods: ['HEAD'] }, id: 'head' }]);
+    expect(headOnly.match('GET', '/x')).toBeUndefined();
+    expect(headOnly.match('HEAD', '/x')?.rule.id).toBe('head');
   });
 });
