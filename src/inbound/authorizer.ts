@@ -118,12 +118,20 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     return refuse(req, error, { target, ...(token ? { token } : {}), ...(rule ? { rule } : {}) });
   };
 
-  /** A verified identity against the matched rule's allow list. */
-  const admit = (req: InboundRequest, target: string, rule: CompiledRule<InboundRule> | undefined, identity: Identity): Decision => {
+  /**
+   * A verified identity against the matched rule's allow list, and against the allow list of the rule that matches
+   * when letter case is ignored, if that is another (`shadow`, see Matcher.caseShadow): an app that routes without
+   * regard to case serves `/ADMIN/x` as `/admin/x`, so a caller must pass the `/admin/**` rule too, not only `/**`.
+   */
+  const admit = (req: InboundRequest, target: string, rule: CompiledRule<InboundRule> | undefined, identity: Identity, shadow?: CompiledRule<InboundRule>): Decision => {
     if (matcher) {
       if (!rule) return refuse(req, new PolicyDeniedError('no rule matches this method and path'), { target, identity });
-      if (!rule.rule.policy || !rule.rule.policy(identity.claims)) {
-        return refuse(req, new PolicyDeniedError(`no allow entry of rule ${rule.index} matched this identity`), { target, identity, rule });
+      for (const r of shadow ? [rule, shadow] : [rule]) {
+        if (r.rule.public) continue;
+        if (!r.rule.policy || !r.rule.policy(identity.claims)) {
+          const which = r === shadow ? `rule ${r.index} (${r.pattern}), which matches this path when letter case is ignored,` : `rule ${r.index}`;
+          return refuse(req, new PolicyDeniedError(`no allow entry of ${which} matched this identity`), { target, identity, rule: r });
+        }
       }
     }
     metrics.inboundRequests.inc({ decision: 'allow', reason: 'ok' });
@@ -142,7 +150,9 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     }
     const method = req.method.toUpperCase();
     const rule = matcher?.match(method, path);
-    if (rule?.rule.public) {
+    const shadow = matcher?.caseShadow(method, path, rule);
+    // Public only when the rule a case-blind app would apply is public too.
+    if (rule?.rule.public && (!shadow || shadow.rule.public)) {
       metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });
       return { allowed: true, reason: 'public', target, rule };
     }
@@ -156,10 +166,10 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       // The token, when there is one, goes to the audit log as unverified claims.
       return refuseAuthentication(req, err, target, token, rule);
     }
-    if (identity) return admit(req, target, rule, identity);
+    if (identity) return admit(req, target, rule, identity, shadow);
     // A miss: verify without probing the cache a second time (one lookup, one miss counted).
     return authenticator.verify(token).then(
-      (verified) => admit(req, target, rule, verified),
+      (verified) => admit(req, target, rule, verified, shadow),
       (err: unknown) => refuseAuthentication(req, err, target, token, rule),
     );
   };

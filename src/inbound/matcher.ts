@@ -18,6 +18,13 @@ export interface CompiledRule<T = RuleConfig> {
 export interface Matcher<T = RuleConfig> {
   /** The first rule matching the method and the (already normalised) path, if any. */
   match(method: string, path: string): CompiledRule<T> | undefined;
+  /**
+   * The first rule matching when letter case is ignored (path and patterns alike), when it is another than `exact`
+   * (what match() gave): an earlier rule that an app routing without regard to case (Express by default, ASP.NET
+   * Core) would apply to this path. Undefined when there is none, as for any path without an upper-case letter
+   * against patterns without one.
+   */
+  caseShadow(method: string, path: string, exact: CompiledRule<T> | undefined): CompiledRule<T> | undefined;
   readonly size: number;
 }
 
@@ -44,19 +51,33 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
       rule,
     };
   });
+  // The same rules with their patterns in lower case, for caseShadow; only a pattern with an upper-case letter needs
+  // its own glob (lower-casing the rest changes nothing).
+  const folded = compiled.map((r) => (hasUpperCase(r.pattern) ? { ...r, glob: compileGlob(r.pattern.toLowerCase()) } : r));
+  const patternsHaveUpperCase = folded.some((r, i) => r !== compiled[i]);
+  const firstMatch = (list: readonly CompiledRule<T>[], method: string, path: string): CompiledRule<T> | undefined => {
+    // Split once per request, and only if a rule with a wildcard inside the path is reached.
+    let segments: readonly string[] | undefined;
+    for (const r of list) {
+      if (r.methods && !r.methods.has(method)) continue;
+      const glob = r.glob;
+      if (glob.bySegment ? glob.test(path, (segments ??= path.split('/'))) : glob.test(path)) return r;
+    }
+    return undefined;
+  };
   return {
     size: compiled.length,
-    match(method, path) {
-      // Split once per request, and only if a rule with a wildcard inside the path is reached.
-      let segments: readonly string[] | undefined;
-      for (const r of compiled) {
-        if (r.methods && !r.methods.has(method)) continue;
-        const glob = r.glob;
-        if (glob.bySegment ? glob.test(path, (segments ??= path.split('/'))) : glob.test(path)) return r;
-      }
-      return undefined;
+    match: (method, path) => firstMatch(compiled, method, path),
+    caseShadow(method, path, exact) {
+      if (!patternsHaveUpperCase && !hasUpperCase(path)) return undefined;
+      const shadow = firstMatch(folded, method, path.toLowerCase());
+      return shadow === undefined || shadow.index === exact?.index ? undefined : compiled[shadow.index];
     },
   };
+}
+
+function hasUpperCase(text: string): boolean {
+  return /[A-Z]/.test(text);
 }
 
 /**

@@ -10,16 +10,18 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-async function setup() {
+const RULES = [
+  { match: { path: '/health' }, public: true },
+  { match: { path: '/api/**' }, allow: [{ sub: 'orders' }] },
+];
+
+async function setup(rules: unknown[] = RULES) {
   const key = await testKeyPair('ES256', 'ec-1');
   const server = await startJwksServer({ keys: [key.publicJwk] });
   cleanups.push(() => server.close());
   const config = inboundConfig({
     issuers: [{ issuer: ISS, jwksUri: server.url }],
-    rules: [
-      { match: { path: '/health' }, public: true },
-      { match: { path: '/api/**' }, allow: [{ sub: 'orders' }] },
-    ],
+    rules,
   });
   const clock = manualClock(Date.parse('2030-01-01T00:00:00Z'));
   const metrics = testMetrics();
@@ -71,5 +73,27 @@ describe('authorizer decide(): the request path', () => {
     expect(cachedDenial).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
     expect(await counterValue(metrics, 'inboundRequests', { decision: 'deny', reason: 'policy_denied' })).toBe(2);
     expect(log.lines.filter((l) => l.event === 'policy_denied')).toHaveLength(2);
+  });
+
+  it('a path spelt in other letter case must also pass the rule a case-blind app (Express, ASP.NET Core) would apply', async () => {
+    const { parts, mint, request } = await setup([
+      { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
+      { match: { path: '/Docs/**' }, public: true },
+      { match: { path: '/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+    ]);
+    const [orders, deployer] = [await mint('orders'), await mint('deployer')];
+    const decide = async (token: string | undefined, url: string) => parts.authorizer.decide(request(token, url));
+    // /ADMIN/users is /admin/users to such an app: the /admin/** rule applies as well as /**.
+    expect(await decide(orders, '/admin/users')).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
+    const sidestep = await decide(orders, '/ADMIN/users');
+    expect(sidestep).toMatchObject({ allowed: false, error: { code: 'policy_denied' }, rule: { index: 0 } });
+    expect((sidestep as { error: Error }).error.message).toBe('no allow entry of rule 0 (/admin/**), which matches this path when letter case is ignored, matched this identity');
+    expect(await decide(deployer, '/ADMIN/users')).toMatchObject({ allowed: true, target: '/ADMIN/users', rule: { index: 2 } });
+    // Public only when both are: /docs/x is /Docs/x to a case-blind app, but /** still wants a token here.
+    expect(await decide(undefined, '/Docs/x')).toMatchObject({ allowed: true, reason: 'public' });
+    expect(await decide(undefined, '/docs/x')).toMatchObject({ allowed: false, error: { code: 'missing_token' } });
+    expect(await decide(orders, '/docs/x')).toMatchObject({ allowed: true, reason: 'ok' });
+    // Other letter case that selects no other rule changes nothing.
+    expect(await decide(orders, '/Api/Orders')).toMatchObject({ allowed: true, target: '/Api/Orders', rule: { index: 2 } });
   });
 });

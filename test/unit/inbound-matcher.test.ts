@@ -231,6 +231,22 @@ describe('compileGlob and the matcher', () => {
     expect(m.match('POST', '/payments/1')?.index).toBe(1);
   });
 
+  it('caseShadow names the earlier rule a path matches when letter case is ignored, patterns included, and nothing otherwise', () => {
+    const m = createMatcher([
+      { match: { path: '/admin/**' }, id: 'admin' },
+      { match: { path: '/Reports/*' }, id: 'reports' },
+      { match: { path: '/**' }, id: 'any' },
+    ]);
+    const shadow = (path: string) => m.caseShadow('GET', path, m.match('GET', path))?.rule.id;
+    expect(shadow('/ADMIN/x')).toBe('admin');
+    expect(shadow('/Admin')).toBe('admin');
+    expect(shadow('/reports/q1')).toBe('reports');
+    expect(shadow('/admin/x')).toBeUndefined(); // the exact match already
+    expect(shadow('/Reports/q1')).toBeUndefined();
+    expect(shadow('/Other/X')).toBeUndefined(); // /** either way
+    expect(createMatcher([{ match: { path: '/a' }, id: 'a' }]).caseShadow('GET', '/b', undefined)).toBeUndefined();
+  });
+
   it('matches HEAD wherever it matches GET: apps answer a HEAD with their GET handler, so a GET rule cannot be sidestepped by asking HEAD', () => {
     const m = createMatcher([
       { match: { path: '/admin/**', methods: ['GET'] }, id: 'admins read' },
