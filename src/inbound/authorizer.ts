@@ -119,17 +119,18 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
   };
 
   /**
-   * A verified identity against the matched rule's allow list, and against the allow list of the rule that matches
-   * when letter case is ignored, if that is another (`shadow`, see Matcher.caseShadow): an app that routes without
-   * regard to case serves `/ADMIN/x` as `/admin/x`, so a caller must pass the `/admin/**` rule too, not only `/**`.
+   * A verified identity against the matched rule's allow list, and against those of the earlier rules another
+   * spelling of the path matches (`shadows`, see Matcher.shadows): an app that routes without regard to case or to a
+   * trailing slash serves `/ADMIN/x` as `/admin/x` and `/secret/` as `/secret`, so a caller must pass the `/admin/**`
+   * or `/secret` rule too, not only the `/**` after it.
    */
-  const admit = (req: InboundRequest, target: string, rule: CompiledRule<InboundRule> | undefined, identity: Identity, shadow?: CompiledRule<InboundRule>): Decision => {
+  const admit = (req: InboundRequest, target: string, rule: CompiledRule<InboundRule> | undefined, identity: Identity, shadows: readonly CompiledRule<InboundRule>[]): Decision => {
     if (matcher) {
       if (!rule) return refuse(req, new PolicyDeniedError('no rule matches this method and path'), { target, identity });
-      for (const r of shadow ? [rule, shadow] : [rule]) {
+      for (const r of shadows.length === 0 ? [rule] : [rule, ...shadows]) {
         if (r.rule.public) continue;
         if (!r.rule.policy || !r.rule.policy(identity.claims)) {
-          const which = r === shadow ? `rule ${r.index} (${r.pattern}), which matches this path when letter case is ignored,` : `rule ${r.index}`;
+          const which = r === rule ? `rule ${r.index}` : `rule ${r.index} (${r.pattern}), which matches this path spelt in other letter case or with the trailing slash toggled,`;
           return refuse(req, new PolicyDeniedError(`no allow entry of ${which} matched this identity`), { target, identity, rule: r });
         }
       }
@@ -150,9 +151,9 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     }
     const method = req.method.toUpperCase();
     const rule = matcher?.match(method, path);
-    const shadow = matcher?.caseShadow(method, path, rule);
-    // Public only when the rule a case-blind app would apply is public too.
-    if (rule?.rule.public && (!shadow || shadow.rule.public)) {
+    const shadows = matcher ? matcher.shadows(method, path, rule) : NO_SHADOWS;
+    // Public only when every rule another spelling of the path would meet first is public too.
+    if (rule?.rule.public && shadows.every((s) => s.rule.public)) {
       metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });
       return { allowed: true, reason: 'public', target, rule };
     }
@@ -166,10 +167,10 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       // The token, when there is one, goes to the audit log as unverified claims.
       return refuseAuthentication(req, err, target, token, rule);
     }
-    if (identity) return admit(req, target, rule, identity, shadow);
+    if (identity) return admit(req, target, rule, identity, shadows);
     // A miss: verify without probing the cache a second time (one lookup, one miss counted).
     return authenticator.verify(token).then(
-      (verified) => admit(req, target, rule, verified, shadow),
+      (verified) => admit(req, target, rule, verified, shadows),
       (err: unknown) => refuseAuthentication(req, err, target, token, rule),
     );
   };
@@ -181,6 +182,8 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     },
   };
 }
+
+const NO_SHADOWS: readonly CompiledRule<InboundRule>[] = [];
 
 /** The unverified payload of a rejected token, for the audit log only (marked unverified by unverifiedClaims). */
 function peekClaims(token: ExtractedToken): Record<string, unknown> | undefined {

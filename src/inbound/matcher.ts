@@ -19,12 +19,12 @@ export interface Matcher<T = RuleConfig> {
   /** The first rule matching the method and the (already normalised) path, if any. */
   match(method: string, path: string): CompiledRule<T> | undefined;
   /**
-   * The first rule matching when letter case is ignored (path and patterns alike), when it is another than `exact`
-   * (what match() gave): an earlier rule that an app routing without regard to case (Express by default, ASP.NET
-   * Core) would apply to this path. Undefined when there is none, as for any path without an upper-case letter
-   * against patterns without one.
+   * The earlier rules than `exact` (what match() gave) that a spelling of the path many apps treat as the same one
+   * matches: in other letter case (Express by default and ASP.NET Core route without regard to case; path and
+   * patterns are compared in lower case) or with the trailing slash added or taken away (Express without `strict`,
+   * Spring MVC before 6). Empty for most paths, and always when `exact` is undefined.
    */
-  caseShadow(method: string, path: string, exact: CompiledRule<T> | undefined): CompiledRule<T> | undefined;
+  shadows(method: string, path: string, exact: CompiledRule<T> | undefined): readonly CompiledRule<T>[];
   readonly size: number;
 }
 
@@ -68,12 +68,30 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
   return {
     size: compiled.length,
     match: (method, path) => firstMatch(compiled, method, path),
-    caseShadow(method, path, exact) {
-      if (!patternsHaveUpperCase && !hasUpperCase(path)) return undefined;
-      const shadow = firstMatch(folded, method, path.toLowerCase());
-      return shadow === undefined || shadow.index === exact?.index ? undefined : compiled[shadow.index];
+    shadows(method, path, exact) {
+      if (!exact || exact.index === 0) return NO_RULES;
+      let found: CompiledRule<T>[] | undefined;
+      const consider = (r: CompiledRule<T> | undefined) => {
+        if (r && r.index < exact.index && !found?.some((f) => f.index === r.index)) (found ??= []).push(compiled[r.index]!);
+      };
+      const slashed = otherSlash(path);
+      if (slashed !== undefined) consider(firstMatch(compiled, method, slashed));
+      if (patternsHaveUpperCase || hasUpperCase(path)) {
+        const lower = path.toLowerCase();
+        consider(firstMatch(folded, method, lower));
+        if (slashed !== undefined) consider(firstMatch(folded, method, slashed.toLowerCase()));
+      }
+      return found ?? NO_RULES;
     },
   };
+}
+
+const NO_RULES: readonly never[] = [];
+
+/** The path with its trailing slash taken away, or one added; undefined for `/`. */
+function otherSlash(path: string): string | undefined {
+  if (path === '/') return undefined;
+  return path.endsWith('/') ? path.slice(0, -1) : `${path}/`;
 }
 
 function hasUpperCase(text: string): boolean {

@@ -75,10 +75,12 @@ describe('authorizer decide(): the request path', () => {
     expect(log.lines.filter((l) => l.event === 'policy_denied')).toHaveLength(2);
   });
 
-  it('a path spelt in other letter case must also pass the rule a case-blind app (Express, ASP.NET Core) would apply', async () => {
+  it('a path spelt as apps read it the same (other letter case, the trailing slash toggled) must also pass the earlier rule that spelling meets', async () => {
     const { parts, mint, request } = await setup([
       { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
       { match: { path: '/Docs/**' }, public: true },
+      { match: { path: '/secret' }, allow: [{ sub: 'deployer' }] },
+      { match: { path: '/health' }, public: true },
       { match: { path: '/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
     ]);
     const [orders, deployer] = [await mint('orders'), await mint('deployer')];
@@ -87,13 +89,20 @@ describe('authorizer decide(): the request path', () => {
     expect(await decide(orders, '/admin/users')).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
     const sidestep = await decide(orders, '/ADMIN/users');
     expect(sidestep).toMatchObject({ allowed: false, error: { code: 'policy_denied' }, rule: { index: 0 } });
-    expect((sidestep as { error: Error }).error.message).toBe('no allow entry of rule 0 (/admin/**), which matches this path when letter case is ignored, matched this identity');
-    expect(await decide(deployer, '/ADMIN/users')).toMatchObject({ allowed: true, target: '/ADMIN/users', rule: { index: 2 } });
+    expect((sidestep as { error: Error }).error.message).toBe('no allow entry of rule 0 (/admin/**), which matches this path spelt in other letter case or with the trailing slash toggled, matched this identity');
+    expect(await decide(deployer, '/ADMIN/users')).toMatchObject({ allowed: true, target: '/ADMIN/users', rule: { index: 4 } });
+    // /secret/ is /secret to Express without strict routing: the /secret rule applies as well as /**.
+    expect(await decide(orders, '/secret/')).toMatchObject({ allowed: false, error: { code: 'policy_denied' }, rule: { index: 2 } });
+    expect(await decide(orders, '/Secret')).toMatchObject({ allowed: false, error: { code: 'policy_denied' }, rule: { index: 2 } });
+    expect(await decide(deployer, '/secret/')).toMatchObject({ allowed: true, target: '/secret/' });
+    // Never wider: /health/ meets the public /health rule, but /** still wants its token.
+    expect(await decide(undefined, '/health')).toMatchObject({ allowed: true, reason: 'public' });
+    expect(await decide(undefined, '/health/')).toMatchObject({ allowed: false, error: { code: 'missing_token' } });
     // Public only when both are: /docs/x is /Docs/x to a case-blind app, but /** still wants a token here.
     expect(await decide(undefined, '/Docs/x')).toMatchObject({ allowed: true, reason: 'public' });
     expect(await decide(undefined, '/docs/x')).toMatchObject({ allowed: false, error: { code: 'missing_token' } });
     expect(await decide(orders, '/docs/x')).toMatchObject({ allowed: true, reason: 'ok' });
     // Other letter case that selects no other rule changes nothing.
-    expect(await decide(orders, '/Api/Orders')).toMatchObject({ allowed: true, target: '/Api/Orders', rule: { index: 2 } });
+    expect(await decide(orders, '/Api/Orders')).toMatchObject({ allowed: true, target: '/Api/Orders', rule: { index: 4 } });
   });
 });

@@ -231,20 +231,24 @@ describe('compileGlob and the matcher', () => {
     expect(m.match('POST', '/payments/1')?.index).toBe(1);
   });
 
-  it('caseShadow names the earlier rule a path matches when letter case is ignored, patterns included, and nothing otherwise', () => {
+  it('shadows lists the earlier rules a spelling apps treat as the same path matches: other letter case (patterns too), the trailing slash toggled', () => {
     const m = createMatcher([
       { match: { path: '/admin/**' }, id: 'admin' },
       { match: { path: '/Reports/*' }, id: 'reports' },
+      { match: { path: '/secret' }, id: 'secret' },
+      { match: { path: '/public/' }, id: 'public dir' },
       { match: { path: '/**' }, id: 'any' },
     ]);
-    const shadow = (path: string) => m.caseShadow('GET', path, m.match('GET', path))?.rule.id;
-    expect(shadow('/ADMIN/x')).toBe('admin');
-    expect(shadow('/Admin')).toBe('admin');
-    expect(shadow('/reports/q1')).toBe('reports');
-    expect(shadow('/admin/x')).toBeUndefined(); // the exact match already
-    expect(shadow('/Reports/q1')).toBeUndefined();
-    expect(shadow('/Other/X')).toBeUndefined(); // /** either way
-    expect(createMatcher([{ match: { path: '/a' }, id: 'a' }]).caseShadow('GET', '/b', undefined)).toBeUndefined();
+    const shadows = (path: string) => m.shadows('GET', path, m.match('GET', path)).map((r) => r.rule.id);
+    expect(shadows('/ADMIN/x')).toEqual(['admin']);
+    expect(shadows('/Admin')).toEqual(['admin']);
+    expect(shadows('/reports/q1')).toEqual(['reports']);
+    expect(shadows('/secret/')).toEqual(['secret']);
+    expect(shadows('/SECRET/')).toEqual(['secret']);
+    expect(shadows('/public')).toEqual(['public dir']);
+    // The exact match already, a later rule only, or /** either way: none.
+    for (const path of ['/admin/x', '/Reports/q1', '/secret', '/Other/X', '/', '/x/']) expect(shadows(path), path).toEqual([]);
+    expect(createMatcher([{ match: { path: '/a' }, id: 'a' }]).shadows('GET', '/A', undefined)).toEqual([]);
   });
 
   it('matches HEAD wherever it matches GET: apps answer a HEAD with their GET handler, so a GET rule cannot be sidestepped by asking HEAD', () => {
