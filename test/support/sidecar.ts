@@ -197,7 +197,9 @@ function runNode(nodeArgs: string[], args: string[], opts: CliOptions): Promise<
       child.kill('SIGKILL');
       rej(new Error(`oidc-sidecar ${args.join(' ')} timed out. stdout:\n${stdout}\nstderr:\n${stderr}`));
     }, opts.timeoutMs ?? 30_000);
-    child.once('exit', (code) => {
+    // 'close', not 'exit': at 'exit' the child's stdio pipes may still be open (Node's docs), with its last output
+    // not read yet, and a command that printed its result would read as one that printed nothing.
+    child.once('close', (code) => {
       clearTimeout(timer);
       res({ code, stdout, stderr });
     });
