@@ -148,6 +148,8 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
       {
         event: 'request_rejected',
         reason: refusal.reason,
+        // As the authorizer's refusals carry it (SPEC: rejections name the audience): which service refused.
+        audience: config.audience,
         path: req.url === undefined ? undefined : loggedPath(req.url),
         method: req.method?.slice(0, 16),
         peer: req.socket.remoteAddress,

@@ -231,7 +231,7 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     expect(app.connections).toBe(connectionsBefore);
     // Counted and logged like every other refusal.
     const logged = await sidecar.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'connect_not_supported');
-    expect(logged).toMatchObject({ level: 'warn', method: 'CONNECT', path: authority, peer: '127.0.0.1' });
+    expect(logged).toMatchObject({ level: 'warn', method: 'CONNECT', path: authority, peer: '127.0.0.1', audience: 'orders' });
     expect(sample(await metricsText(sidecar.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'connect_not_supported' })).toBe(1);
   });
 
@@ -348,7 +348,7 @@ describe('Expect other than 100-continue (RFC 9110 §10.1.1): 417 in the sidecar
       const ex = await rawExchange(sidecar.inbound!, bytes);
       expect(ex.responses.map((r) => [r.status, r.json().reason]), path).toEqual([[want.status, want.reason]]);
       const logged = await sidecar.waitForLog((l) => l.event === 'request_rejected' && l.reason === want.reason && l.path === path);
-      expect(logged).toMatchObject({ level: 'warn', peer: '127.0.0.1' });
+      expect(logged).toMatchObject({ level: 'warn', peer: '127.0.0.1', audience: 'orders' });
       expect(await counted(), path).toBe(countedBefore + 1);
     }
     expect(app.requests.slice(before)).toEqual([]);
