@@ -3,7 +3,7 @@ import type { Dispatcher } from 'undici';
 import { UpstreamError } from '../errors.js';
 import { ClientStalledError } from './deadline.js';
 import { buildUpstreamHeaders, forwardableResponseHeaders, hasRequestBody } from './headers.js';
-import { sendHeldContinue } from './respond.js';
+import { cutResponse, sendHeldContinue } from './respond.js';
 
 export interface ForwardOptions {
   dispatcher: Dispatcher;
@@ -211,12 +211,16 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     }
     this.settled = true;
     this.cleanup();
-    if (this.clientGone || err instanceof ClientGoneError || err instanceof ClientStalledError) {
+    if (this.clientGone || err instanceof ClientGoneError) {
       this.res.destroy();
+      this.resolve();
+    } else if (err instanceof ClientStalledError) {
+      // The client may still read what it was sent so far, later: that must not look like the whole body (cutResponse).
+      cutResponse(this.res);
       this.resolve();
     } else if (this.started || this.res.headersSent) {
       // Headers are out: the only honest signal of a broken body is a cut connection, never a fake complete response.
-      this.res.destroy();
+      cutResponse(this.res);
       this.onBrokenResponse?.(toUpstreamError(err), this.req);
       this.resolve();
     } else {

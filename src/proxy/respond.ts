@@ -1,4 +1,5 @@
 import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /**
@@ -16,7 +17,7 @@ export function sendError(
   extraBody: Record<string, string> = {},
 ): void {
   if (res.headersSent) {
-    res.destroy();
+    cutResponse(res);
     return;
   }
   const body = JSON.stringify({ error: message, reason, ...extraBody });
@@ -30,6 +31,23 @@ export function sendError(
     ...extraHeaders,
   });
   res.end(body);
+}
+
+/**
+ * Ends a response whose headers went out but whose body will never be complete, so that the client cannot take it for
+ * a whole one. A body without Content-Length sent to an HTTP/1.0 client (which gets no chunked coding) is delimited
+ * by the close of the connection (RFC 9112 §6.3, item 8): an orderly close would deliver a truncated body as the
+ * complete one. The TCP connection is reset instead, which every client reads as an error. A TLS socket cannot be
+ * reset from Node (resetAndDestroy throws for it before doing anything); it is destroyed.
+ */
+export function cutResponse(res: ServerResponse): void {
+  const socket = res.socket as (Socket & { resetAndDestroy?: () => void }) | null;
+  try {
+    if (socket && !socket.destroyed) socket.resetAndDestroy?.();
+  } catch {
+    // Not a TCP handle (TLS): destroyed below.
+  }
+  res.destroy();
 }
 
 /** The `Allow` header of a 405 to CONNECT (RFC 9110 §15.5.6): the methods the sidecar forwards. */

@@ -1,5 +1,5 @@
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { flushLogs, tokenLeaks } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
@@ -16,7 +16,7 @@ import { closedPort } from '../unit/proxy-harness.js';
  * told so with a 502); nothing is delivered twice.
  */
 
-type Behaviour = 'ok' | 'hold' | 'slow' | 'cut';
+type Behaviour = 'ok' | 'hold' | 'slow' | 'cut' | 'cut-chunked';
 
 /** An app whose behaviour the test switches, that can die and come back on the same port. */
 interface FlakyApp {
@@ -45,6 +45,11 @@ async function startFlakyApp(): Promise<FlakyApp> {
           return void setTimeout(() => res.writeHead(200).end('late'), 2500).unref();
         case 'cut':
           res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '100000' });
+          res.write(Buffer.alloc(1000, 0x61));
+          return void setTimeout(() => res.socket?.destroy(), 50);
+        case 'cut-chunked':
+          // No Content-Length: chunked to the sidecar, and close-delimited from the sidecar to an HTTP/1.0 client.
+          res.writeHead(200, { 'content-type': 'application/octet-stream' });
           res.write(Buffer.alloc(1000, 0x61));
           return void setTimeout(() => res.socket?.destroy(), 50);
       }
@@ -113,6 +118,20 @@ function send(base: string, opts: { method?: string; path?: string; host?: strin
     );
     req.on('error', (e) => resolve({ error: e.message }));
     req.end(opts.body);
+  });
+}
+
+/** An HTTP/1.0 request written raw; whether the connection ended in a reset (an error) rather than an orderly close. */
+function sendHttp10(base: string, head: string): Promise<{ text: string; reset: boolean }> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve) => {
+    const socket = connect(Number(port), hostname);
+    let text = '';
+    let reset = false;
+    socket.on('data', (c: Buffer) => (text += c.toString('latin1')));
+    socket.on('error', (e: NodeJS.ErrnoException) => (reset = e.code === 'ECONNRESET'));
+    socket.on('close', () => resolve({ text, reset }));
+    socket.write(`GET /x HTTP/1.0\r\n${head}\r\n`);
   });
 }
 
@@ -218,6 +237,25 @@ describe('the app behind the sidecar fails', () => {
     expect([await metric(inbound, 'inbound', 'upstream_reset'), await metric(outbound, 'outbound', 'upstream_reset')]).toEqual(before.map((n) => n + 1));
     await flushLogs(inbound);
     expect(inbound.output()).toMatch(/"event":"upstream_error"[^\n]*"afterHeaders":true/);
+    expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
+  });
+
+  it('app cuts a response without Content-Length short: an HTTP/1.0 client, whose body ends with the connection, gets a reset, never an orderly close that reads as the whole body', async () => {
+    app.behaviour = 'cut-chunked';
+    try {
+      for (const [base, head] of [
+        [inbound.inbound!, `Authorization: Bearer ${token}\r\n`],
+        [outbound.outbound!, 'Host: payments\r\n'],
+      ] as const) {
+        const r = await sendHttp10(base, head);
+        // The head went out, and then some of the body: with no length to compare against, only the reset tells.
+        expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
+        expect(r.text).not.toMatch(/content-length|transfer-encoding/i);
+        expect(r.reset).toBe(true);
+      }
+    } finally {
+      app.behaviour = 'ok';
+    }
     expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
   });
 
