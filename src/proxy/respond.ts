@@ -41,13 +41,19 @@ export function sendError(
  * reset from Node (resetAndDestroy throws for it before doing anything); it is destroyed.
  */
 export function cutResponse(res: ServerResponse): void {
-  const socket = res.socket as (Socket & { resetAndDestroy?: () => void }) | null;
-  try {
-    if (socket && !socket.destroyed) socket.resetAndDestroy?.();
-  } catch {
-    // Not a TCP handle (TLS): destroyed below.
-  }
+  if (res.socket) resetSocket(res.socket);
   res.destroy();
+}
+
+/** Resets a client's TCP connection (see cutResponse); destroys one that cannot be reset (TLS). */
+export function resetSocket(socket: Duplex): void {
+  const s = socket as Duplex & Partial<Pick<Socket, 'resetAndDestroy'>>;
+  try {
+    if (!s.destroyed && s.resetAndDestroy) return void s.resetAndDestroy();
+  } catch {
+    // Not a TCP handle (TLS): resetAndDestroy throws before doing anything.
+  }
+  s.destroy();
 }
 
 /** The `Allow` header of a 405 to CONNECT (RFC 9110 §15.5.6): the methods the sidecar forwards. */

@@ -8,7 +8,7 @@ import { toUpstreamError } from './forward.js';
 import { buildUpstreamHeaders, isHopByHop, isWebSocketUpgrade } from './headers.js';
 import type { Refusal } from './limits.js';
 import type { OwnConnections } from './own-connections.js';
-import { writeRawError } from './respond.js';
+import { resetSocket, writeRawError } from './respond.js';
 
 /** An `Upgrade` request that is not a WebSocket handshake, as answered, counted and logged on both listeners. */
 export const UPGRADE_NOT_SUPPORTED: Refusal = {
@@ -145,7 +145,12 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
       socket.write(responseHead(upRes, false));
       upRes.pipe(socket);
-      upRes.on('error', () => socket.destroy());
+      // The relayed body ends where the connection ends: one the upstream cut short must not end in an orderly close,
+      // which would read as the whole body (cutResponse).
+      upRes.on('error', () => resetSocket(socket));
+      upRes.on('close', () => {
+        if (!upRes.complete) resetSocket(socket);
+      });
       socket.on('close', () => upRes.destroy());
       resolve(upRes.statusCode ?? 502);
     });

@@ -1,4 +1,4 @@
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rawExchange } from '../support/attacks.js';
@@ -66,6 +66,33 @@ describe('outbound tunnels at their edges', () => {
     const ex = await rawExchange(sidecar.outbound!, handshake(`http://127.0.0.1:${peer.port}/ws`, `127.0.0.1:${peer.port}`));
     expect(ex.responses[0]?.status).toBe(502);
     expect(ex.responses[0]?.json().reason).toBe('upstream_bad_response');
+  });
+
+  it('relays a declined handshake whose body the peer cuts short with a reset, never an orderly close that reads as the whole body', async () => {
+    /** Everything the sidecar sent, and whether the connection ended in a reset rather than an orderly close. */
+    const exchange = (bytes: string) =>
+      new Promise<{ text: string; reset: boolean }>((resolve) => {
+        const s = connect(Number(new URL(sidecar.outbound!).port), '127.0.0.1');
+        let text = '';
+        let reset = false;
+        s.on('data', (c: Buffer) => (text += c.toString('latin1')));
+        s.on('error', (e: NodeJS.ErrnoException) => (reset = e.code === 'ECONNRESET'));
+        s.on('close', () => resolve({ text, reset }));
+        s.write(bytes);
+      });
+    const request = handshake(`http://127.0.0.1:${peer.port}/ws`, `127.0.0.1:${peer.port}`);
+    // The relayed answer is close-delimited (its chunked coding is hop-by-hop): the close is all that says where it ends.
+    peer.answer = (_req, s) => void s.end('HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n');
+    const whole = await exchange(request);
+    expect(whole.text).toMatch(/^HTTP\/1\.1 403 [^]*\r\n\r\nhello$/);
+    expect(whole.reset).toBe(false);
+    peer.answer = (_req, s) => {
+      s.write('HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nabc');
+      setTimeout(() => s.destroy(), 50);
+    };
+    const cut = await exchange(request);
+    expect(cut.text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(cut.reset).toBe(true);
   });
 
   it('answers 508 loop_detected to a CONNECT nested in a CONNECT to its own listener (each would open two more sockets)', async () => {
