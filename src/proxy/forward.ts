@@ -157,6 +157,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       if (statusCode === 103 && this.req.httpVersionMinor === 1 && this.req.httpVersionMajor === 1 && !this.res.headersSent) relayEarlyHints(this.res, headers);
       return;
     }
+    if (statusCode > 599) {
+      // RFC 9110 §15: status codes run from 100 to 599; a client would be sent `HTTP/1.1 999 unknown`.
+      controller.abort(new UpstreamError('upstream_bad_response', `upstream answered with status ${statusCode}, outside 100-599`));
+      return;
+    }
     if (hasUnsupportedTransferCoding(headers)) {
       controller.abort(new UpstreamError('upstream_bad_response', 'upstream used a transfer coding other than chunked'));
       return;
@@ -259,6 +264,11 @@ export function toUpstreamError(err: unknown): UpstreamError {
   // keyed by name), so the error's name is what identifies a parse error; `HPE_*` stays for a release that fixes it.
   const name = String((err as { name?: unknown }).name ?? '');
   if (name === 'HTTPParserError' || code.startsWith('HPE_') || code === 'UND_ERR_HEADERS_OVERFLOW' || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
+    return new UpstreamError('upstream_bad_response', 'upstream sent an invalid HTTP response', { cause: err });
+  }
+  // undici's words for a response it cannot take on a live connection: a 100 it never asked for (it sends no
+  // Expect), or a 101 to a request that asked for no upgrade.
+  if (code === 'UND_ERR_SOCKET' && /^bad (response|upgrade)$/.test(String((err as { message?: unknown }).message))) {
     return new UpstreamError('upstream_bad_response', 'upstream sent an invalid HTTP response', { cause: err });
   }
   if (CONNECT_FAILURES.has(code) || CONNECT_FAILURES.has(cause)) {

@@ -160,6 +160,10 @@ describe('an upstream whose response head is not HTTP/1.1', () => {
     'an empty status code': 'HTTP/1.1 \r\ncontent-length: 2\r\n\r\nok',
     'a control character in a header value': 'HTTP/1.1 200 OK\r\nx-a: a\u0001b\r\ncontent-length: 2\r\n\r\nok',
     'a header block over 16 KiB': `HTTP/1.1 200 OK\r\nx-big: ${'a'.repeat(20_000)}\r\ncontent-length: 2\r\n\r\nok`,
+    // RFC 9110 §15: codes outside 100-599 are invalid; relayed, a client would get `HTTP/1.1 999 unknown`.
+    'a status code past 599': 'HTTP/1.1 999 Whatever\r\ncontent-length: 2\r\n\r\nok',
+    // undici refuses a 100 it did not ask for (it never sends Expect): the app broke the exchange, not the connection.
+    'a 100 Continue no one asked for': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
   };
   for (const [what, head] of Object.entries(heads)) {
     it(`${what}: 502 upstream_bad_response, logged and counted as such`, async () => {
