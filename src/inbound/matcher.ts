@@ -55,10 +55,12 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
   // its own glob (lower-casing the rest changes nothing).
   const folded = compiled.map((r) => (hasUpperCase(r.pattern) ? { ...r, glob: compileGlob(r.pattern.toLowerCase()) } : r));
   const patternsHaveUpperCase = folded.some((r, i) => r !== compiled[i]);
-  const firstMatch = (list: readonly CompiledRule<T>[], method: string, path: string): CompiledRule<T> | undefined => {
+  /** The first of `list[0 .. before)` matching the method and path. */
+  const firstMatch = (list: readonly CompiledRule<T>[], method: string, path: string, before = list.length): CompiledRule<T> | undefined => {
     // Split once per request, and only if a rule with a wildcard inside the path is reached.
     let segments: readonly string[] | undefined;
-    for (const r of list) {
+    for (let i = 0; i < before; i++) {
+      const r = list[i]!;
       if (r.methods && !r.methods.has(method)) continue;
       const glob = r.glob;
       if (glob.bySegment ? glob.test(path, (segments ??= path.split('/'))) : glob.test(path)) return r;
@@ -69,17 +71,20 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
     size: compiled.length,
     match: (method, path) => firstMatch(compiled, method, path),
     shadows(method, path, exact) {
-      if (!exact || exact.index === 0) return NO_RULES;
+      // Only the rules before the exact match can shadow it; most requests have none of them for their method.
+      const before = exact?.index ?? 0;
+      let candidates = false;
+      for (let i = 0; i < before && !candidates; i++) candidates = !compiled[i]!.methods || compiled[i]!.methods!.has(method);
+      if (!candidates) return NO_RULES;
       let found: CompiledRule<T>[] | undefined;
       const consider = (r: CompiledRule<T> | undefined) => {
-        if (r && r.index < exact.index && !found?.some((f) => f.index === r.index)) (found ??= []).push(compiled[r.index]!);
+        if (r && !found?.some((f) => f.index === r.index)) (found ??= []).push(compiled[r.index]!);
       };
       const slashed = otherSlash(path);
-      if (slashed !== undefined) consider(firstMatch(compiled, method, slashed));
+      if (slashed !== undefined) consider(firstMatch(compiled, method, slashed, before));
       if (patternsHaveUpperCase || hasUpperCase(path)) {
-        const lower = path.toLowerCase();
-        consider(firstMatch(folded, method, lower));
-        if (slashed !== undefined) consider(firstMatch(folded, method, slashed.toLowerCase()));
+        consider(firstMatch(folded, method, path.toLowerCase(), before));
+        if (slashed !== undefined) consider(firstMatch(folded, method, slashed.toLowerCase(), before));
       }
       return found ?? NO_RULES;
     },
