@@ -127,12 +127,11 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
   const admit = (req: InboundRequest, target: string, rule: CompiledRule<InboundRule> | undefined, identity: Identity, shadows: readonly CompiledRule<InboundRule>[]): Decision => {
     if (matcher) {
       if (!rule) return refuse(req, new PolicyDeniedError('no rule matches this method and path'), { target, identity });
-      for (const r of shadows.length === 0 ? [rule] : [rule, ...shadows]) {
-        if (r.rule.public) continue;
-        if (!r.rule.policy || !r.rule.policy(identity.claims)) {
-          const which = r === rule ? `rule ${r.index}` : `rule ${r.index} (${r.pattern}), which matches this path spelt in other letter case or with the trailing slash toggled,`;
-          return refuse(req, new PolicyDeniedError(`no allow entry of ${which} matched this identity`), { target, identity, rule: r });
-        }
+      const denies = (r: CompiledRule<InboundRule>) => !r.rule.public && (!r.rule.policy || !r.rule.policy(identity.claims));
+      const denied = denies(rule) ? rule : shadows.find(denies);
+      if (denied) {
+        const which = denied === rule ? `rule ${denied.index}` : `rule ${denied.index} (${denied.pattern}), which matches this path spelt in other letter case or with the trailing slash toggled,`;
+        return refuse(req, new PolicyDeniedError(`no allow entry of ${which} matched this identity`), { target, identity, rule: denied });
       }
     }
     metrics.inboundRequests.inc({ decision: 'allow', reason: 'ok' });

@@ -28,8 +28,6 @@ export interface InboundComponent extends Component {
   authorize(req: IncomingMessage): Promise<Decision>;
   /** Lower-case headers removed from every forwarded request: identity headers (anti-spoofing) and the token unless keepToken. */
   readonly dropHeaders: ReadonlySet<string>;
-  /** The same plus the token header even with keepToken: what a public route's request loses (its token was never verified). */
-  readonly publicDropHeaders: ReadonlySet<string>;
   /** The path prefix of `inbound.target` ('' for none), to put before a decision's `target`. */
   readonly targetPrefix: string;
 }
@@ -183,7 +181,6 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     upgrade,
     authorize,
     dropHeaders,
-    publicDropHeaders,
     targetPrefix,
     start: () => keyStore.start(),
     waitingFor: () => keyStore.issuers.filter((k) => !k.isUsable()).map((k) => waitingLine(`inbound: keys for ${k.issuer}`, k.lastError)),

@@ -258,7 +258,8 @@ function createIssuerKeys(
         failing = true;
         lastFetchOk = false;
         const asked = err instanceof IdpHttpError ? retryAfterMs(err.retryAfter, clock.now()) : undefined;
-        if (asked !== undefined) quietUntil = clock.now() + Math.min(asked, longestRetryMs);
+        const waitMs = asked === undefined ? undefined : Math.min(asked, longestRetryMs);
+        if (waitMs !== undefined) quietUntil = clock.now() + waitMs;
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: code });
         logger.warn(
           {
@@ -266,7 +267,7 @@ function createIssuerKeys(
             error: code,
             detail: lastError,
             keysUsable: isUsable(),
-            ...(asked === undefined ? {} : { retryAfterSeconds: Math.ceil(Math.min(asked, longestRetryMs) / 1000) }),
+            ...(waitMs === undefined ? {} : { retryAfterSeconds: Math.ceil(waitMs / 1000) }),
           },
           keySet ? 'issuer key refresh failed; keeping the last good keys' : 'issuer keys could not be loaded',
         );

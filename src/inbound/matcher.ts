@@ -51,7 +51,7 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
       rule,
     };
   });
-  // The same rules with their patterns in lower case, for caseShadow; only a pattern with an upper-case letter needs
+  // The same rules with their patterns in lower case, for shadows(); only a pattern with an upper-case letter needs
   // its own glob (lower-casing the rest changes nothing).
   const folded = compiled.map((r) => (hasUpperCase(r.pattern) ? { ...r, glob: compileGlob(r.pattern.toLowerCase()) } : r));
   const patternsHaveUpperCase = folded.some((r, i) => r !== compiled[i]);
