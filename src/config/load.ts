@@ -5,7 +5,7 @@ import { describeFsError } from './configured-files.js';
 import { interpolateEnv, isPlainObject } from './interpolate.js';
 import { deepMerge } from './merge.js';
 import { REDACTED } from './redact.js';
-import { parseYaml, readBoundedText } from './yaml-file.js';
+import { parseYamlFile, readBoundedText, type YamlFile } from './yaml-file.js';
 import { type Config, configSchema } from './schema.js';
 import { startupFileIssues, tokenSourceFileIssues } from './startup-files.js';
 import { suggestKey } from './suggest-key.js';
@@ -54,33 +54,44 @@ export interface LoadOptions {
  * every problem as `path.to.key: message`.
  */
 export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
+  const files = paths.map(readLayer);
   const issues: ConfigIssue[] = [];
-  const layers = paths.map((p) => interpolateEnv(readLayer(p), env, issues));
-  layers.forEach((layer, i) => {
+  const layers = files.map((file, i) => {
+    const found: ConfigIssue[] = [];
+    const layer = interpolateEnv(file.value, env, found);
     if (i > 0 && removesRules(layer)) {
-      issues.push({ path: 'inbound.rules', message: `${paths[i]} removes the rules of an earlier layer (null, or a bare \`rules:\`), which would let every valid token in; give the whole new list instead` });
+      found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
+    issues.push(...found.map((issue) => locatedIn(issue, file, files.length > 1)));
+    return layer;
   });
   if (issues.length > 0) throw new ConfigError(issues);
   const merged = deepMerge(layers);
-  if (paths.length < 2) return parseConfig(merged, opts);
   try {
     return parseConfig(merged, opts);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    throw new ConfigError(err.issues.map((issue) => withLayer(issue, layers, paths)), { code: err.code });
+    throw new ConfigError(err.issues.map((issue) => located(issue, layers, files)), { code: err.code });
   }
 }
 
+interface ConfigFile extends YamlFile {
+  path: string;
+}
+
 /**
- * With several layers, an issue at a key one of them sets says which (the last: a later layer's value wins, and a
- * list replaces the list before it), so `outbound.routes.0.audience: …` is looked for in the file that said it.
+ * Says where an issue at a key is: its line and, with several layers, its file. The file is the last layer that sets
+ * the key (a later layer's value wins, and a list replaces the list before it), so `outbound.routes.0.audience: …` is
+ * looked for in the file that said it. For a key no layer sets (`required`), the same for the deepest key on the way
+ * to it that one does (the route that lacks it); nothing when not even the first key is set (`service: required`).
  */
-function withLayer(issue: ConfigIssue, layers: readonly unknown[], paths: readonly string[]): ConfigIssue {
+function located(issue: ConfigIssue, layers: readonly unknown[], files: readonly ConfigFile[]): ConfigIssue {
   if (!issue.path) return issue;
   const segments = issue.path.split('.');
-  for (let i = layers.length - 1; i >= 0; i--) {
-    if (hasPath(layers[i], segments)) return { path: issue.path, message: `${issue.message} (in ${paths[i]})` };
+  for (let depth = segments.length; depth > 0; depth--) {
+    for (let i = layers.length - 1; i >= 0; i--) {
+      if (hasPath(layers[i], segments.slice(0, depth))) return locatedIn(issue, files[i]!, files.length > 1);
+    }
   }
   return issue;
 }
@@ -92,6 +103,12 @@ function hasPath(doc: unknown, segments: readonly string[]): boolean {
     node = (node as Record<string, unknown>)[segment];
   }
   return true;
+}
+
+function locatedIn(issue: ConfigIssue, file: ConfigFile, nameFile: boolean): ConfigIssue {
+  const line = issue.path ? file.lineOf(issue.path) : undefined;
+  const where = [nameFile ? `in ${file.path}` : '', line ? `line ${line}` : ''].filter(Boolean).join(', ');
+  return where ? { path: issue.path, message: `${issue.message} (${where})` } : issue;
 }
 
 /**
@@ -156,7 +173,7 @@ function removesRules(layer: unknown): boolean {
 /** A config file larger than this is refused before it is parsed: real ones are a few KiB, and parsing costs ~100× the file in memory. */
 const MAX_CONFIG_BYTES = 1024 * 1024;
 
-function readLayer(path: string): unknown {
+function readLayer(path: string): ConfigFile {
   let text: string;
   try {
     text = readBoundedText(path, MAX_CONFIG_BYTES, 'no sidecar config needs');
@@ -166,11 +183,12 @@ function readLayer(path: string): unknown {
     const hint = path.includes(',') && (err as NodeJS.ErrnoException).code === 'ENOENT' ? ' (give each file its own --config; only OIDC_SIDECAR_CONFIG is a comma-separated list)' : '';
     throw new UsageError(`cannot read config file ${path}: ${describeFsError(err)}${hint}`);
   }
-  const value = parseYaml(text, path);
+  const file = parseYamlFile(text, path);
+  const { value } = file;
   if (value !== null && value !== undefined && (typeof value !== 'object' || Array.isArray(value))) {
     throw new ConfigError([{ path, message: 'the top level must be a mapping of keys' }]);
   }
-  return value ?? {};
+  return { ...file, path, value: value ?? {} };
 }
 
 function zodIssues(error: z.ZodError): ConfigIssue[] {

@@ -1,5 +1,5 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { isAlias, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
+import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 
 /**
@@ -31,6 +31,22 @@ export function readBoundedText(path: string, maxBytes: number, why: string): st
  * Never quotes the file's text (see QUOTING_MESSAGES).
  */
 export function parseYaml(text: string, path: string): unknown {
+  return parseYamlFile(text, path).value;
+}
+
+/** A parsed config file: its value, and where in the text a key path is. */
+export interface YamlFile {
+  value: unknown;
+  /**
+   * The line of the key at `keyPath` (`inbound.rules.0.match`, as a ConfigIssue names it), or, for a key the file
+   * does not have, of the deepest key on the way to it that it has (`outbound.routes.2.audience: required` points
+   * at route 2). Undefined when not even the first key is there.
+   */
+  lineOf(keyPath: string): number | undefined;
+}
+
+/** parseYaml, keeping the document so that a later problem at a key can say which line it is on. */
+export function parseYamlFile(text: string, path: string): YamlFile {
   // The YAML parser reads JSON too (JSON is a subset of YAML 1.2). `merge`: YAML 1.1's `<<: *anchor` merge keys, which
   // configs written for Kubernetes tooling use to share a block.
   const lineCounter = new LineCounter();
@@ -56,7 +72,35 @@ export function parseYaml(text: string, path: string): unknown {
     const line = unresolvedAliasLine(doc, lineCounter);
     throw new ConfigError([{ path, message: `${yamlMessage(err instanceof Error ? err.message : String(err))}${line ? ` (line ${line})` : ''}` }]);
   }
-  return value;
+  return { value, lineOf: (keyPath) => keyLine(doc, lineCounter, keyPath) };
+}
+
+/** See YamlFile.lineOf. Only called for a config already refused, so it walks the document again each time. */
+function keyLine(doc: Document, lineCounter: LineCounter, keyPath: string): number | undefined {
+  const segments = keyPath === '' ? [] : keyPath.split('.');
+  let node: unknown = doc.contents;
+  let line: number | undefined;
+  for (let i = 0; i < segments.length; ) {
+    if (isAlias(node)) node = node.resolve(doc);
+    let step: { node: unknown; offset: number | undefined; used: number } | undefined;
+    if (isMap(node)) {
+      // A key may itself hold dots (a claim named `https://example.com/groups`): the shortest join of the segments
+      // that names a key of this map is taken.
+      for (let used = 1; used <= segments.length - i && !step; used++) {
+        const name = segments.slice(i, i + used).join('.');
+        const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === name);
+        if (pair) step = { node: pair.value, offset: isScalar(pair.key) ? pair.key.range?.[0] : undefined, used };
+      }
+    } else if (isSeq(node) && /^\d+$/.test(segments[i]!)) {
+      const item: unknown = node.items[Number(segments[i])];
+      if (item !== undefined) step = { node: item, offset: (item as { range?: [number] } | null)?.range?.[0], used: 1 };
+    }
+    if (!step) break;
+    if (step.offset !== undefined) line = lineCounter.linePos(step.offset).line;
+    node = step.node;
+    i += step.used;
+  }
+  return line;
 }
 
 /**

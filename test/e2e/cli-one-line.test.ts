@@ -37,7 +37,7 @@ const failures: Array<[string, (cmd: string) => string[], RegExp]> = [
   ['several config issues', (cmd) => [cmd, '--config', severalIssues], /^oidc-sidecar: invalid config \(\d+ problems\): [^;]+: [^;]+(; [^;]+: [^;]+)+$/],
   ['a YAML syntax error', (cmd) => [cmd, '--config', yamlSyntax], /^oidc-sidecar: invalid config: .*broken\.yaml: .* \(line \d+\)$/],
   ['a missing config file', (cmd) => [cmd, '--config', missing], /^oidc-sidecar: cannot read config file .*missing\.yaml: no such file$/],
-  ['a line break in a config value', (cmd) => [cmd, '--config', lineBreakInValue], /^oidc-sidecar: invalid config( \(2 problems\))?: [a-zA-Z.0-9]+\.caFile: cannot read .*ca\\nINJECTED: line\\r\\n\.pem: no such file(; |$)/],
+  ['a line break in a config value', (cmd) => [cmd, '--config', lineBreakInValue], /^oidc-sidecar: invalid config( \(2 problems\))?: [a-zA-Z.0-9]+\.caFile: cannot read .*ca\\nINJECTED: line\\r\\n\.pem: no such file( \(line \d+\))?(; |$)/],
   ['an unknown flag', (cmd) => [cmd, '--config', writeConfig(valid), '--bogus'], /^oidc-sidecar: Unknown argument: bogus \(see "oidc-sidecar --help"\)$/],
   ['an unknown command', (cmd) => [`${cmd}x`, '--config', writeConfig(valid)], /^oidc-sidecar: unknown command "[a-z-]+x" \(commands: run, validate, [a-z, -]+; see --help\)$/],
   ['a flag without its value', (cmd) => [cmd, '--config'], /^oidc-sidecar: Not enough arguments following: config \(see "oidc-sidecar --help"\)$/],
@@ -73,14 +73,16 @@ describe('every failure is exactly one line on stderr and a non-zero exit', () =
     expect(flag.stderr).toBe('oidc-sidecar: Unknown argument: bogus (see "oidc-sidecar --help")\n');
   });
 
-  it('a single config issue reads `invalid config: path.to.key: message`', async () => {
-    const r = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, clockSkew: 5 } })]);
-    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config: inbound.clockSkew: unknown key (did you mean clockSkewSeconds?)\n']);
+  it('a single config issue reads `invalid config: path.to.key: message (line N)`', async () => {
+    const config = ['service: orders', 'inbound:', '  target: http://127.0.0.1:8080', '  audience: orders', '  issuers:', '    - issuer: https://idp.example', '  clockSkew: 5', ''];
+    const r = await runCli(['validate', '--config', writeConfig(config.join('\n'))]);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config: inbound.clockSkew: unknown key (did you mean clockSkewSeconds?) (line 7)\n']);
   });
 
   it('several config issues are counted and joined with "; "', async () => {
+    // As YAML: service, inbound and its four keys (issuers on two lines), clockSkew on 7, rulez on 8, outbound on 9-17, bogus on 18.
     const r = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, clockSkew: 5, rulez: [] }, bogus: 1 })]);
-    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config (3 problems): inbound.clockSkew: unknown key (did you mean clockSkewSeconds?); inbound.rulez: unknown key (did you mean rules?); bogus: unknown key\n']);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: invalid config (3 problems): inbound.clockSkew: unknown key (did you mean clockSkewSeconds?) (line 7); inbound.rulez: unknown key (did you mean rules?) (line 8); bogus: unknown key (line 18)\n']);
   });
 
   it('a yargs message laid out over several lines (an invalid choice) is joined into one', async () => {

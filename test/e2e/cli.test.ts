@@ -75,7 +75,7 @@ describe('oidc-sidecar CLI', () => {
 
   it('validate exits 1 and run does not start when jwks.maxStaleSeconds is shorter than a refresh can take (no periodic 503 with a healthy IdP)', async () => {
     const bad = writeConfig({ ...valid, inbound: { ...valid.inbound, jwks: { refreshIntervalSeconds: 20, maxStaleSeconds: 3 } } });
-    const message = /^oidc-sidecar: invalid config: inbound\.jwks\.maxStaleSeconds: must be at least 41 \(refreshIntervalSeconds 20 \+ retryMinSeconds 1 \+ 4 × timeoutSeconds 5\): .* 503 keys_unavailable while the IdP is healthy\n$/;
+    const message = /^oidc-sidecar: invalid config: inbound\.jwks\.maxStaleSeconds: must be at least 41 \(refreshIntervalSeconds 20 \+ retryMinSeconds 1 \+ 4 × timeoutSeconds 5\): .* 503 keys_unavailable while the IdP is healthy \(line \d+\)\n$/;
     const v = await runCli(['validate', '--config', bad]);
     expect([v.code, v.stdout]).toEqual([1, '']);
     expect(v.stderr).toMatch(message);
@@ -231,7 +231,7 @@ describe('validate reads the inbound TLS certificate and key as run does', () =>
     const missing = join(dir, 'missing.crt');
     const absent = await runCli(['validate', '--config', withTls({ certFile: missing, keyFile: a.key })]);
     expect([absent.code, absent.stdout]).toEqual([1, '']);
-    expect(absent.stderr).toBe(`oidc-sidecar: invalid config: inbound.tls.certFile: cannot read ${missing}: no such file\n`);
+    expect(absent.stderr).toBe(`oidc-sidecar: invalid config: inbound.tls.certFile: cannot read ${missing}: no such file (line 8)\n`);
 
     const mismatched = await runCli(['validate', '--config', withTls({ certFile: a.cert, keyFile: b.key })]);
     expect(mismatched.code).toBe(1);
@@ -264,12 +264,12 @@ describe('validate and run read every file the config names in one pass, before 
     const line =
       'oidc-sidecar: invalid config (6 problems): ' +
       [
-        `inbound.issuers.0.caFile: cannot read ${at('issuer-ca.pem')}: no such file`,
-        `inbound.tls.certFile: cannot read ${at('tls.crt')}: no such file`,
-        `inbound.tls.keyFile: cannot read ${at('tls.key')}: no such file`,
-        `outbound.tokenSource.caFile: cannot read ${at('idp-ca.pem')}: no such file`,
-        `outbound.tokenSource.clientSecretFile: cannot read ${at('secret')}: no such file`,
-        'outbound.routes.1.tokenSource.privateKeyFile: not a private key in PEM (PKCS#8, PKCS#1, SEC1) or JWK form',
+        `inbound.issuers.0.caFile: cannot read ${at('issuer-ca.pem')}: no such file (line 7)`,
+        `inbound.tls.certFile: cannot read ${at('tls.crt')}: no such file (line 9)`,
+        `inbound.tls.keyFile: cannot read ${at('tls.key')}: no such file (line 10)`,
+        `outbound.tokenSource.caFile: cannot read ${at('idp-ca.pem')}: no such file (line 17)`,
+        `outbound.tokenSource.clientSecretFile: cannot read ${at('secret')}: no such file (line 16)`,
+        'outbound.routes.1.tokenSource.privateKeyFile: not a private key in PEM (PKCS#8, PKCS#1, SEC1) or JWK form (line 27)',
       ].join('; ') +
       '\n';
     const validate = await runCli(['validate', '--config', config]);
@@ -293,7 +293,7 @@ describe('validate and run read every file the config names in one pass, before 
       });
       const r = await runCli(['run', '--config', config]);
       expect(r.code).toBe(1);
-      expect(r.stderr).toBe(`oidc-sidecar: invalid config: outbound.tokenSource.clientSecretFile: cannot read ${at('missing-secret')}: no such file\n`);
+      expect(r.stderr).toBe(`oidc-sidecar: invalid config: outbound.tokenSource.clientSecretFile: cannot read ${at('missing-secret')}: no such file (line 16)\n`);
       // No log line at all (no "listening", no jwks_fetch_failed) and not one request to the IdP.
       expect(r.stdout).toBe('');
       expect(idp.seen).toEqual([]);
@@ -321,7 +321,7 @@ describe('CA bundles named by caFile are read when the config loads', () => {
     const missing = join(dir, 'missing.pem');
     const bad = await runCli(['validate', '--config', writeConfig(withRouteCa(missing))]);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toBe(`oidc-sidecar: invalid config: outbound.routes.1.caFile: cannot read ${missing}: no such file\n`);
+    expect(bad.stderr).toBe(`oidc-sidecar: invalid config: outbound.routes.1.caFile: cannot read ${missing}: no such file (line 19)\n`);
     expect(bad.stdout).toBe('');
   });
 
@@ -340,7 +340,7 @@ describe('CA bundles named by caFile are read when the config loads', () => {
 
     // The shape is still checked.
     const typo = await runCli(['validate', '--skip-file-checks', '--config', writeConfig({ ...valid, outbound: { ...valid.outbound, routez: [] } })]);
-    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config: outbound.routez: unknown key (did you mean routes?)\n']);
+    expect([typo.code, typo.stderr]).toEqual([1, 'oidc-sidecar: invalid config: outbound.routez: unknown key (did you mean routes?) (line 16)\n']);
   });
 
   it('validate --help explains --skip-file-checks', async () => {
@@ -362,6 +362,6 @@ describe('CA bundles named by caFile are read when the config loads', () => {
     };
     const r = await runCli(['run', '--config', writeConfig(config)]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe(`oidc-sidecar: invalid config: inbound.issuers.0.caFile: no PEM certificate found in ${junk}\n`);
+    expect(r.stderr).toBe(`oidc-sidecar: invalid config: inbound.issuers.0.caFile: no PEM certificate found in ${junk} (line 7)\n`);
   });
 });

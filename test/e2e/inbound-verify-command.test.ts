@@ -214,7 +214,8 @@ describe('oidc-sidecar verify', () => {
     // The issuer's own bundle is still read and checked.
     const own = await runCli(['verify', '--config', both(podOnly), '--token', token]);
     expect([own.code, own.stdout]).toEqual([1, '']);
-    expect(own.stderr).toBe(`oidc-sidecar: invalid config: inbound.issuers.0.caFile: cannot read ${podOnly}: no such file\n`);
+    expect(own.stderr).toMatch(/^oidc-sidecar: invalid config: inbound\.issuers\.0\.caFile: cannot read \S+: no such file \(line \d+\)\n$/);
+    expect(own.stderr).toContain(`cannot read ${podOnly}: no such file`);
   });
 
   it('usage errors are one line with exit 1: no inbound section, bad --path', async () => {

@@ -290,7 +290,7 @@ describe('inbound TLS misconfiguration', () => {
     });
     const r = await runCli(['run', '--config', config]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^oidc-sidecar: invalid config: inbound\.tls\.keyFile: cannot read \S*missing\.key: no such file\n$/);
+    expect(r.stderr).toMatch(/^oidc-sidecar: invalid config: inbound\.tls\.keyFile: cannot read \S*missing\.key: no such file \(line \d+\)\n$/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });

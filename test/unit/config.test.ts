@@ -122,7 +122,7 @@ describe('config validation errors name the key path', () => {
       'inbound.rules.0.allow.0.claims.__proto__: a key named "__proto__" is not accepted',
     ]);
     expect(issuesOf(() => loadConfig([tmpFile('proto.yaml', 'service: s\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /** }, allow: [{ claims: { __proto__: admin, team: ops } }] }]\n')], {}))).toEqual([
-      'inbound.rules.0.allow.0.claims.__proto__: a key named "__proto__" is not accepted',
+      'inbound.rules.0.allow.0.claims.__proto__: a key named "__proto__" is not accepted (line 6)',
     ]);
     // An empty claims map is an entry that checks nothing: it would let every valid token in.
     expect(issuesOf(() => parseConfig(base({ match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }, { claims: {} }] })))).toEqual([
@@ -401,13 +401,13 @@ describe('loading files', () => {
 
   it('reports an unset variable with its key path, and keeps $${VAR} literal', () => {
     const p = tmpFile('c.yaml', 'service: "$${LITERAL}"\ninbound:\n  target: ${MISSING}\n');
-    expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default)']);
-    expect(issuesOf(() => loadConfig([p], { MISSING: '' }))).toEqual(['inbound.target: environment variable MISSING is set but empty, which counts as unset (use ${MISSING:-default} for a default)']);
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default) (line 3)']);
+    expect(issuesOf(() => loadConfig([p], { MISSING: '' }))).toEqual(['inbound.target: environment variable MISSING is set but empty, which counts as unset (use ${MISSING:-default} for a default) (line 3)']);
   });
 
   it('refuses a placeholder inside a default rather than leave it behind as literal text, whether or not the variable is set', () => {
     const p = tmpFile('nested.yaml', 'service: "${SVC:-${FALLBACK_SVC}}"\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n');
-    const message = 'service: the default of ${SVC:-…} holds another placeholder; a default is literal text (write $${ for a literal ${)';
+    const message = 'service: the default of ${SVC:-…} holds another placeholder; a default is literal text (write $${ for a literal ${) (line 1)';
     expect(issuesOf(() => loadConfig([p], { FALLBACK_SVC: 'orders' }))).toEqual([message]);
     expect(issuesOf(() => loadConfig([p], { SVC: 'orders', FALLBACK_SVC: 'orders' }))).toEqual([message]);
   });
@@ -570,29 +570,72 @@ describe('what a layer may say', () => {
     const bad = tmpFile('p.yaml', 'service: "${1X}|${X-y}|${X:=y}|${X"\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /** }, allow: [{ claims: { "${CLAIMKEY}": v } }] }]\n');
     const issues = issuesOf(() => loadConfig([bad], { CLAIMKEY: 'team', X: 'x' }));
     expect(issues.filter((i) => i.startsWith('service: a ${ that starts no placeholder'))).toHaveLength(4);
-    expect(issues).toContain('inbound.rules.0.allow.0.claims.${CLAIMKEY}: placeholders fill values only, not keys');
+    expect(issues).toContain('inbound.rules.0.allow.0.claims.${CLAIMKEY}: placeholders fill values only, not keys (line 6)');
   });
 
-  it('with several layers, names the file that set each key a problem is at (the last that did); one file alone is not named', () => {
+  it('with several layers, names the file and line that set each key a problem is at (the last that did); one file alone is not named', () => {
     const base = tmpFile('base.yaml', 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  clockSkewSeconds: -1\n  issuers: [{ issuer: "https://idp" }]\n');
     const overlay = tmpFile('ns.yaml', 'inbound:\n  rulez: []\n  issuers: [{ issuer: "https://idp", algorithms: [HS256] }]\noutbound:\n  routes: [{ host: b }]\n');
-    const named = (file: string) => ` (in ${file})`;
     const issues = issuesOf(() => loadConfig([base, overlay], {}));
     expect(issues).toHaveLength(4);
     expect(issues[0]).toMatch(/^inbound\.issuers\.0\.algorithms\.0: /);
-    expect(issues[0]!.endsWith(named(overlay))).toBe(true);
-    expect(issues[1]).toBe(`inbound.clockSkewSeconds: Too small: expected number to be >=0${named(base)}`);
-    expect(issues[2]).toBe(`inbound.rulez: unknown key (did you mean rules?)${named(overlay)}`);
-    // A key no layer set: no file to name.
-    expect(issues[3]).toBe('outbound.routes.0.audience: required');
+    expect(issues[0]!.endsWith(` (in ${overlay}, line 3)`)).toBe(true);
+    expect(issues[1]).toBe(`inbound.clockSkewSeconds: Too small: expected number to be >=0 (in ${base}, line 5)`);
+    expect(issues[2]).toBe(`inbound.rulez: unknown key (did you mean rules?) (in ${overlay}, line 2)`);
+    // A key no layer set: the route that lacks it, in the file whose list won.
+    expect(issues[3]).toBe(`outbound.routes.0.audience: required (in ${overlay}, line 5)`);
     expect(issuesOf(() => loadConfig([overlay], {})).some((i) => i.includes(overlay))).toBe(false);
+  });
+
+  it('says on which line of the file each problem is: the key itself, or the block that lacks a required one', () => {
+    const p = tmpFile(
+      'lines.yaml',
+      [
+        'service: payments',
+        'inbound:',
+        '  target: http://127.0.0.1:1',
+        '  audience: a',
+        '  issuers:',
+        '    - issuer: "https://idp"',
+        '      algorithms: [HS256]',
+        '  rules:',
+        '    - match: { path: /admin/** }',
+        '      allow:',
+        '        - claims:',
+        '            "https://example.com/groups": [admins]',
+        '            team: { nested: map }',
+        'outbound:',
+        '  listen: 127.0.0.1:15001',
+        '  tokenSource: { type: client_credentials, tokenEndpoint: "https://idp/token", clientId: c, clientSecret: s }',
+        '  routes:',
+        '    - host: orders',
+        '      audience: orders',
+        '    - host: payments',
+        '      timeoutz: 3',
+        '',
+      ].join('\n'),
+    );
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual([
+      expect.stringMatching(/^inbound\.issuers\.0\.algorithms\.0: .* \(line 7\)$/),
+      expect.stringMatching(/^inbound\.rules\.0\.allow\.0\.claims\.team: .* \(line 13\)$/),
+      'outbound.routes.1.audience: required (line 20)',
+      'outbound.routes.1.timeoutz: unknown key (line 21)',
+    ]);
+    // A claim name with dots in it is found as one key; JSON has lines too.
+    const jsonText = JSON.stringify({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [{ match: { path: '/x' }, allow: [{ claims: { 'a.b': { x: 1 } } }] }] } }, null, 2);
+    const claimLine = jsonText.split('\n').findIndex((l) => l.includes('"a.b"')) + 1;
+    expect(issuesOf(() => loadConfig([tmpFile('lines.json', jsonText)], {}))).toEqual([`inbound.rules.0.allow.0.claims.a.b: Invalid input (line ${claimLine})`]);
+    // Nothing of the path is in the file: no line to give.
+    expect(issuesOf(() => loadConfig([tmpFile('empty.yaml', 'inbound: { target: http://127.0.0.1:1, audience: a, issuers: [{ issuer: "https://idp" }] }\n')], {}))).toContainEqual(
+      "service: required (this workload's name, used in logs and metrics)",
+    );
   });
 
   it('refuses an overlay that removes inbound.rules (a bare `rules:`), which would let every valid token in', () => {
     const base = tmpFile('base.yaml', 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  rules: [{ match: { path: /healthz }, public: true }]\n');
     const overlay = tmpFile('ns.yaml', 'inbound:\n  rules:\n');
     expect(issuesOf(() => loadConfig([base, overlay], {}))).toEqual([
-      `inbound.rules: ${overlay} removes the rules of an earlier layer (null, or a bare \`rules:\`), which would let every valid token in; give the whole new list instead`,
+      `inbound.rules: removes the rules of an earlier layer (null, or a bare \`rules:\`), which would let every valid token in; give the whole new list instead (in ${overlay}, line 2)`,
     ]);
     // Replacing the list is how an overlay changes the rules.
     const replaced = tmpFile('ns2.yaml', 'inbound:\n  rules: [{ match: { path: /** }, allow: [{ sub: orders }] }]\n');
