@@ -156,12 +156,14 @@ const checkedForwardHeaderName = z
     }
   });
 const forwardHeaderName = checkedForwardHeaderName.transform((s) => s.toLowerCase());
+// Header names take their defaults with `prefault` (a default input, parsed like one written) rather than `default`:
+// the JSON Schema is of the input, and zod leaves a transformed field's `default` out of it, so editors showed none.
 
 const forwardSchema = z
   .strictObject({
-    subjectHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.subjectHeader),
-    issuerHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.issuerHeader),
-    claimsHeader: forwardHeaderName.default(DEFAULTS.inbound.forward.claimsHeader),
+    subjectHeader: forwardHeaderName.prefault(DEFAULTS.inbound.forward.subjectHeader),
+    issuerHeader: forwardHeaderName.prefault(DEFAULTS.inbound.forward.issuerHeader),
+    claimsHeader: forwardHeaderName.prefault(DEFAULTS.inbound.forward.claimsHeader),
     // Keys as written, so two spellings of one name can be told apart below; lower-cased after that.
     claimHeaders: z.record(checkedForwardHeaderName, z.string().min(1)).default({}).describe('header name -> claim name'),
     keepToken: z.boolean().default(DEFAULTS.inbound.forward.keepToken),
@@ -232,7 +234,7 @@ const inboundSchema = z
     maxTokenLifetimeSeconds: z.number().positive().optional().describe('Reject tokens whose exp - iat is longer'),
     requiredClaims: z.array(z.string().min(1)).optional().describe('Claims every token must carry'),
     typ: z.string().min(1).optional().describe('Required JWT `typ` header, e.g. at+jwt (RFC 9068)'),
-    tokenHeader: headerName.default(DEFAULTS.inbound.tokenHeader),
+    tokenHeader: headerName.prefault(DEFAULTS.inbound.tokenHeader),
     maxTokenBytes: positiveInt.default(DEFAULTS.inbound.maxTokenBytes),
     jwks: z
       .strictObject({
@@ -390,7 +392,7 @@ const outboundSchema = z
   .strictObject({
     listen: listenAddress.default(DEFAULTS.outbound.listen),
     tokenSource: tokenSourceSchema.optional().describe('Default for every route'),
-    tokenHeader: headerName.default(DEFAULTS.outbound.tokenHeader),
+    tokenHeader: headerName.prefault(DEFAULTS.outbound.tokenHeader),
     routes: z.array(routeSchema).default([]),
     unknownHosts: z.enum(['deny', 'passthrough']).default(DEFAULTS.outbound.unknownHosts),
     refreshMarginSeconds: seconds('Renew long-lived tokens no later than this before exp').default(DEFAULTS.outbound.refreshMarginSeconds),

@@ -670,6 +670,25 @@ describe('the JSON Schema', () => {
     expect(formats.filter((f) => !defined.has(f))).toEqual([]);
     expect(issuesOf(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [{ match: { path: 'x' }, public: true }] } }))).toEqual(['inbound.rules.0.match.path: must start with "/"']);
   });
+
+  it('shows an editor the default of every scalar the loader fills in, as the loader fills it', () => {
+    type Node = { properties?: Record<string, Node>; items?: Node; default?: unknown };
+    const input = { ...minimalInbound, outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host: 'b', audience: 'b' }] } };
+    const config = parseConfig(input) as unknown as Record<string, unknown>;
+    const missing: string[] = [];
+    const compare = (value: unknown, given: unknown, schema: Node | undefined, path: string): void => {
+      if (Array.isArray(value)) return value.forEach((item, i) => compare(item, (given as unknown[] | undefined)?.[i], schema?.items, `${path}${i}.`));
+      if (typeof value !== 'object' || value === null || !schema?.properties) return;
+      for (const [key, v] of Object.entries(value)) {
+        const g = (given as Record<string, unknown> | undefined)?.[key];
+        const node = schema.properties[key];
+        if (g === undefined && (typeof v !== 'object' || v === null) && node?.default !== v) missing.push(`${path}${key}: ${String(node?.default)} against ${String(v)}`);
+        compare(v, g, node, `${path}${key}.`);
+      }
+    };
+    compare(config, input, configJsonSchema() as Node, '');
+    expect(missing).toEqual([]);
+  });
 });
 
 describe('token header names', () => {
