@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { systemClock } from '../clock.js';
 import { withCaBundle } from '../config/ca-bundle.js';
-import { loadConfig, resolveConfigPaths } from '../config/load.js';
+import { loadConfig, locateConfigError, resolveConfigPaths } from '../config/load.js';
 import type { TokenSourceConfig } from '../config/schema.js';
 import { sourceFileIssues } from '../config/startup-files.js';
 import { ConfigError, issuesOf, UsageError } from '../errors.js';
@@ -35,10 +35,11 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
       // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');
       // The config's shape only: the one source used reads its own files below.
-      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: [] });
+      const paths = resolveConfigPaths(argv.config);
+      const config = loadConfig(paths, process.env, { readCaFilesFor: [] });
       if (!config.outbound) throw new UsageError('the config has no outbound section, so it names no token source');
       const chosen = sourceForAudience(config.outbound, argv.audience, argv.scope);
-      const source = createTokenSource(checkedSource(chosen.source, chosen.configPath), {
+      const source = createTokenSource(checkedSource(chosen.source, chosen.configPath, paths), {
         clock: systemClock,
         env: process.env,
         timeoutMs: config.outbound.tokenRequestTimeoutSeconds * 1000,
@@ -59,9 +60,9 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
  * The source with its CA bundle read, once all its files are checked: a missing CA file and a missing secret are
  * reported together, as `run` reports them, not one per attempt.
  */
-function checkedSource(source: TokenSourceConfig, configPath: string): TokenSourceConfig {
+function checkedSource(source: TokenSourceConfig, configPath: string, paths: readonly string[]): TokenSourceConfig {
   let withCa = source;
   const issues = [...issuesOf(() => (withCa = withCaBundle(source, configPath))), ...sourceFileIssues(source, configPath)];
-  if (issues.length > 0) throw new ConfigError(issues);
+  if (issues.length > 0) throw locateConfigError(paths, new ConfigError(issues));
   return withCa;
 }

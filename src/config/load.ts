@@ -62,7 +62,7 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     if (i > 0 && removesRules(layer)) {
       found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
-    issues.push(...found.map((issue) => locatedIn(issue, file, files.length > 1)));
+    issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
     return layer;
   });
   if (issues.length > 0) throw new ConfigError(issues);
@@ -71,8 +71,20 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     return parseConfig(merged, opts);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    throw new ConfigError(err.issues.map((issue) => located(issue, layers, files)), { code: err.code });
+    throw locatedIn(err, files);
   }
+}
+
+/**
+ * A ConfigError found after loading (a command that reads the files of one part of the config itself, as `token`
+ * does), with each issue's line and file as loadConfig gives them. The files are read again: they are small.
+ */
+export function locateConfigError(paths: readonly string[], err: ConfigError): ConfigError {
+  return locatedIn(err, paths.map(readLayer));
+}
+
+function locatedIn(err: ConfigError, files: readonly ConfigFile[]): ConfigError {
+  return new ConfigError(err.issues.map((issue) => located(issue, files)), { code: err.code });
 }
 
 interface ConfigFile extends YamlFile {
@@ -85,12 +97,13 @@ interface ConfigFile extends YamlFile {
  * looked for in the file that said it. For a key no layer sets (`required`), the same for the deepest key on the way
  * to it that one does (the route that lacks it); nothing when not even the first key is set (`service: required`).
  */
-function located(issue: ConfigIssue, layers: readonly unknown[], files: readonly ConfigFile[]): ConfigIssue {
+function located(issue: ConfigIssue, files: readonly ConfigFile[]): ConfigIssue {
   if (!issue.path) return issue;
   const segments = issue.path.split('.');
   for (let depth = segments.length; depth > 0; depth--) {
-    for (let i = layers.length - 1; i >= 0; i--) {
-      if (hasPath(layers[i], segments.slice(0, depth))) return locatedIn(issue, files[i]!, files.length > 1);
+    for (let i = files.length - 1; i >= 0; i--) {
+      // The file as written: filling in ${VAR}s changes no key.
+      if (hasPath(files[i]!.value, segments.slice(0, depth))) return issueAt(issue, files[i]!, files.length > 1);
     }
   }
   return issue;
@@ -105,7 +118,7 @@ function hasPath(doc: unknown, segments: readonly string[]): boolean {
   return true;
 }
 
-function locatedIn(issue: ConfigIssue, file: ConfigFile, nameFile: boolean): ConfigIssue {
+function issueAt(issue: ConfigIssue, file: ConfigFile, nameFile: boolean): ConfigIssue {
   const line = issue.path ? file.lineOf(issue.path) : undefined;
   const where = [nameFile ? `in ${file.path}` : '', line ? `line ${line}` : ''].filter(Boolean).join(', ');
   return where ? { path: issue.path, message: `${issue.message} (${where})` } : issue;

@@ -117,15 +117,16 @@ describe('oidc-sidecar token', () => {
     expect([r.code, r.stderr]).toEqual([0, '']);
     expect(await verifyWithIdp(idp, r.stdout.trim(), 'payments')).toMatchObject({ sub: 'orders', scope: 'pay' });
 
-    // The source it uses must have its files, and the error names the one that is missing.
-    for (const [audience, key, file] of [
-      ['ledger', 'outbound.routes.0.tokenSource.clientSecretFile', podOnly('ledger-secret')],
-      ['deployer', 'outbound.routes.2.tokenSource.privateKeyFile', podOnly('ci-job.pem')],
-      ['audit', 'outbound.routes.3.tokenSource.caFile', podOnly('ca.crt')],
-    ]) {
-      const own = await runCli(['token', '--config', config, '--audience', audience!]);
+    // The source it uses must have its files, and the error names the one that is missing, and its line (as YAML,
+    // the config above has each key on a line of its own).
+    for (const [audience, key, file, line] of [
+      ['ledger', 'outbound.routes.0.tokenSource.clientSecretFile', podOnly('ledger-secret'), 15],
+      ['deployer', 'outbound.routes.2.tokenSource.privateKeyFile', podOnly('ci-job.pem'), 26],
+      ['audit', 'outbound.routes.3.tokenSource.caFile', podOnly('ca.crt'), 34],
+    ] as const) {
+      const own = await runCli(['token', '--config', config, '--audience', audience]);
       expect([own.code, own.stdout], audience).toEqual([1, '']);
-      expect(own.stderr, audience).toBe(`oidc-sidecar: invalid config: ${key}: cannot read ${file}: no such file\n`);
+      expect(own.stderr, audience).toBe(`oidc-sidecar: invalid config: ${key}: cannot read ${file}: no such file (line ${line})\n`);
     }
   });
 
@@ -170,6 +171,7 @@ describe('oidc-sidecar token', () => {
     // The bundle of the source it uses is still read and checked.
     const own = await runCli(['token', '--config', config(podOnly), '--audience', 'ledger']);
     expect([own.code, own.stdout]).toEqual([1, '']);
-    expect(own.stderr).toBe(`oidc-sidecar: invalid config: outbound.tokenSource.caFile: cannot read ${podOnly}: no such file\n`);
+    expect(own.stderr).toMatch(/^oidc-sidecar: invalid config: outbound\.tokenSource\.caFile: cannot read \S+: no such file \(line \d+\)\n$/);
+    expect(own.stderr).toContain(`cannot read ${podOnly}: no such file`);
   });
 });
