@@ -5,6 +5,7 @@ import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
 import { parseAuthority, routeKey } from '../outbound/router.js';
+import { isHopByHop } from '../proxy/headers.js';
 import { MAX_TIMER_MS } from '../scheduler.js';
 
 /**
@@ -69,6 +70,20 @@ const headerName = z
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
   .refine((s) => !s.includes('_'), 'must not contain "_" (CGI-style apps and many proxies treat "_" and "-" alike)')
   .transform((s) => s.toLowerCase());
+
+/**
+ * Headers the outbound token cannot travel in, besides the hop-by-hop ones (and any `Proxy-*`), which are never
+ * forwarded past a proxy: framing headers (undici refuses them, so every call failed 502), `Host` (the call's
+ * routing, and the token would land in every access log), `Expect` (never forwarded), the `X-Forwarded-*` headers
+ * the sidecar writes itself, and `Cookie`, the app's own session, which would be dropped for the token.
+ */
+const RESERVED_OUTBOUND_TOKEN_HEADERS = new Set(['host', 'content-length', 'expect', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+
+const outboundTokenHeader = headerName.superRefine((name, ctx) => {
+  if (RESERVED_OUTBOUND_TOKEN_HEADERS.has(name) || isHopByHop(name)) {
+    ctx.addIssue({ code: 'custom', message: `"${name}" cannot carry the token to the peer (HTTP framing, connection, routing or the app's own header); use authorization or e.g. x-workload-token` });
+  }
+});
 
 const issuerSchema = z
   .strictObject({
@@ -392,7 +407,7 @@ const outboundSchema = z
   .strictObject({
     listen: listenAddress.default(DEFAULTS.outbound.listen),
     tokenSource: tokenSourceSchema.optional().describe('Default for every route'),
-    tokenHeader: headerName.prefault(DEFAULTS.outbound.tokenHeader),
+    tokenHeader: outboundTokenHeader.prefault(DEFAULTS.outbound.tokenHeader),
     routes: z.array(routeSchema).default([]),
     unknownHosts: z.enum(['deny', 'passthrough']).default(DEFAULTS.outbound.unknownHosts),
     refreshMarginSeconds: seconds('Renew long-lived tokens no later than this before exp').default(DEFAULTS.outbound.refreshMarginSeconds),

@@ -698,4 +698,12 @@ describe('token header names', () => {
     const outbound = issuesOf(() => parseConfig({ service: 'a', outbound: { tokenHeader: 'X_Token', tokenSource: { type: 'env', variable: 'T' } } }));
     expect(outbound[0]).toMatch(/^outbound\.tokenHeader: must not contain "_"/);
   });
+
+  it('refuse, outbound, a header that cannot carry the token to the peer: Host would carry it into access logs, framing headers failed every call with 502', () => {
+    const outbound = (tokenHeader: string) => parseConfig({ service: 'a', outbound: { tokenHeader, tokenSource: { type: 'env', variable: 'T' } } });
+    for (const name of ['Host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authorization', 'proxy-token', 'cookie', 'x-forwarded-for', 'X-Forwarded-Host']) {
+      expect(issuesOf(() => outbound(name))).toEqual([expect.stringMatching(new RegExp(`^outbound\\.tokenHeader: "${name.toLowerCase()}" cannot carry the token to the peer`))]);
+    }
+    for (const name of ['authorization', 'X-Workload-Token']) expect(outbound(name).outbound!.tokenHeader).toBe(name.toLowerCase());
+  });
 });
