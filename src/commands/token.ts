@@ -34,6 +34,9 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
     handler: async (argv) => {
       // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');
+      // yargs gathers a repeated option into a list, which the source would send joined: `-a payments -a ledger`
+      // printed a token requested for "payments,ledger" from the default source, and exited 0.
+      if (Array.isArray(argv.audience)) throw new UsageError('--audience is given more than once: a token is for one audience (run the command once per audience)');
       // The config's shape only: the one source used reads its own files below.
       const paths = resolveConfigPaths(argv.config);
       const config = loadConfig(paths, process.env, { readCaFilesFor: [] });

@@ -95,6 +95,12 @@ describe('oidc-sidecar token', () => {
     expect(r3.stdout).toBe('');
   });
 
+  it('refuses --audience given twice rather than print a token for both joined ("payments,deployer")', async () => {
+    const r = await runCli(['token', '--config', configPath, '--audience', 'payments', '-a', 'deployer']);
+    expect(r).toMatchObject({ code: 1, stdout: '' });
+    expect(r.stderr).toBe('oidc-sidecar: --audience is given more than once: a token is for one audience (run the command once per audience)\n');
+  });
+
   it("reads only the files of the source it uses: another route's missing secret, key or CA file does not stop it", async () => {
     // As in a CI job handed the pod's config: the other routes' sources name files that exist only in the pod.
     const podOnly = (name: string) => join(dir, `pod-only-${name}`);
