@@ -101,6 +101,14 @@ describe('oidc-sidecar token', () => {
     expect(r.stderr).toBe('oidc-sidecar: --audience is given more than once: a token is for one audience (run the command once per audience)\n');
   });
 
+  it('refuses an empty --scope rather than request `scope=` (or a list with a blank entry)', async () => {
+    for (const scopes of [[''], ['pay', ' ']]) {
+      const r = await runCli(['token', '--config', configPath, '--audience', 'payments', ...scopes.flatMap((s) => ['--scope', s])]);
+      expect(r).toMatchObject({ code: 1, stdout: '' });
+      expect(r.stderr).toBe('oidc-sidecar: --scope needs a scope name; an empty one is not a scope (RFC 6749 §3.3)\n');
+    }
+  });
+
   it("reads only the files of the source it uses: another route's missing secret, key or CA file does not stop it", async () => {
     // As in a CI job handed the pod's config: the other routes' sources name files that exist only in the pod.
     const podOnly = (name: string) => join(dir, `pod-only-${name}`);
