@@ -5,6 +5,7 @@ import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
 import { parseAuthority, routeKey } from '../outbound/router.js';
+import { isFileName } from '../outbound/sources/file.js';
 import { isHopByHop } from '../proxy/headers.js';
 import { MAX_TIMER_MS } from '../scheduler.js';
 
@@ -397,11 +398,6 @@ const routeSchema = z.strictObject({
   tokenSource: tokenSourceSchema.optional(),
   caFile: z.string().min(1).optional().describe('PEM CA bundle for an https target; read when the config loads'),
 });
-
-/** Whether text can be one component of a file path. */
-function isFileName(text: string): boolean {
-  return !/[/\0]/.test(text) && text !== '.' && text !== '..';
-}
 
 const outboundSchema = z
   .strictObject({

@@ -1,5 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -99,6 +99,19 @@ describe('oidc-sidecar token', () => {
     const r = await runCli(['token', '--config', configPath, '--audience', 'payments', '-a', 'deployer']);
     expect(r).toMatchObject({ code: 1, stdout: '' });
     expect(r.stderr).toBe('oidc-sidecar: --audience is given more than once: a token is for one audience (run the command once per audience)\n');
+  });
+
+  it('reads a file source only under {audience} filled with one file name: --audience ../x is refused, not the token of another file', async () => {
+    const tokens = mkdtempSync(join(tmpdir(), 'tokens-'));
+    const part = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const jwt = `${part({ alg: 'RS256' })}.${part({ aud: 'ledger-admin', exp: Math.floor(Date.now() / 1000) + 600 })}.c2ln`;
+    writeFileSync(join(tokens, 'ledger-admin'), jwt);
+    mkdirSync(join(tokens, 'mesh'));
+    const fileConfig = writeConfig({ service: 's', outbound: { tokenSource: { type: 'file', path: join(tokens, 'mesh', '{audience}') } } }, mkdtempSync(join(tmpdir(), 'x-')));
+    const r = await runCli(['token', '--config', fileConfig, '--audience', '../ledger-admin']);
+    expect(r).toMatchObject({ code: 1, stdout: '' });
+    expect(r.stderr).toMatch(/^oidc-sidecar: the audience "\.\.\/ledger-admin" cannot fill \{audience\} in .*: it must be one file name/);
+    expect(r.stderr).not.toContain(jwt);
   });
 
   it('refuses an empty --scope rather than request `scope=` (or a list with a blank entry)', async () => {

@@ -20,6 +20,11 @@ export const FILE_RECHECK_MS = 60_000;
 /** How often a watched token file is stat'ed for a change (ms); the TLS certificate files are polled as often. */
 export const FILE_POLL_MS = 1000;
 
+/** Whether text can fill `{audience}` as one file name: no `/` or NUL, and not `.` or `..`. */
+export function isFileName(text: string): boolean {
+  return !/[/\0]/.test(text) && text !== '.' && text !== '..';
+}
+
 interface Snapshot {
   /** The stat signature (inode, size, mtime, ctime) the file had when it was read. */
   signature: string;
@@ -48,6 +53,11 @@ export function createFileSource(cfg: Config, deps: SourceDeps): TokenSource {
     kind: 'file',
     readsIssuedTokens: true,
     async fetch(req) {
+      // The schema refuses such a route audience; this is for the `token` command's --audience, which is no config:
+      // `--audience ../ledger` read the token file of another audience and printed it as this one's.
+      if (cfg.path.includes('{audience}') && !isFileName(req.audience)) {
+        throw new TokenUnavailableError(`the audience "${req.audience}" cannot fill {audience} in ${cfg.path}: it must be one file name (no "/", not "." or "..")`);
+      }
       const path = pathFor(req.audience);
       let st;
       try {
