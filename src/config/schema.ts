@@ -73,16 +73,16 @@ const headerName = z
   .transform((s) => s.toLowerCase());
 
 /**
- * Headers the outbound token cannot travel in, besides the hop-by-hop ones (and any `Proxy-*`), which are never
+ * Headers a token cannot travel in between sidecars (`outbound.tokenHeader` sends it, `inbound.tokenHeader` reads it), besides the hop-by-hop ones (and any `Proxy-*`), which are never
  * forwarded past a proxy: framing headers (undici refuses them, so every call failed 502), `Host` (the call's
  * routing, and the token would land in every access log), `Expect` (never forwarded), the `X-Forwarded-*` headers
  * the sidecar writes itself, and `Cookie`, the app's own session, which would be dropped for the token.
  */
-const RESERVED_OUTBOUND_TOKEN_HEADERS = new Set(['host', 'content-length', 'expect', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+const RESERVED_TOKEN_HEADERS = new Set(['host', 'content-length', 'expect', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 
-const outboundTokenHeader = headerName.superRefine((name, ctx) => {
-  if (RESERVED_OUTBOUND_TOKEN_HEADERS.has(name) || isHopByHop(name)) {
-    ctx.addIssue({ code: 'custom', message: `"${name}" cannot carry the token to the peer (HTTP framing, connection, routing or the app's own header); use authorization or e.g. x-workload-token` });
+const tokenHeaderName = headerName.superRefine((name, ctx) => {
+  if (RESERVED_TOKEN_HEADERS.has(name) || isHopByHop(name)) {
+    ctx.addIssue({ code: 'custom', message: `"${name}" cannot carry the token between sidecars (HTTP framing, connection, routing or the app's own header); use authorization or e.g. x-workload-token` });
   }
 });
 
@@ -250,7 +250,7 @@ const inboundSchema = z
     maxTokenLifetimeSeconds: z.number().positive().optional().describe('Reject tokens whose exp - iat is longer'),
     requiredClaims: z.array(z.string().min(1)).optional().describe('Claims every token must carry'),
     typ: z.string().min(1).optional().describe('Required JWT `typ` header, e.g. at+jwt (RFC 9068)'),
-    tokenHeader: headerName.prefault(DEFAULTS.inbound.tokenHeader),
+    tokenHeader: tokenHeaderName.prefault(DEFAULTS.inbound.tokenHeader),
     maxTokenBytes: positiveInt.default(DEFAULTS.inbound.maxTokenBytes),
     jwks: z
       .strictObject({
@@ -403,7 +403,7 @@ const outboundSchema = z
   .strictObject({
     listen: listenAddress.default(DEFAULTS.outbound.listen),
     tokenSource: tokenSourceSchema.optional().describe('Default for every route'),
-    tokenHeader: outboundTokenHeader.prefault(DEFAULTS.outbound.tokenHeader),
+    tokenHeader: tokenHeaderName.prefault(DEFAULTS.outbound.tokenHeader),
     routes: z.array(routeSchema).default([]),
     unknownHosts: z.enum(['deny', 'passthrough']).default(DEFAULTS.outbound.unknownHosts),
     refreshMarginSeconds: seconds('Renew long-lived tokens no later than this before exp').default(DEFAULTS.outbound.refreshMarginSeconds),

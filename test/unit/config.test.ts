@@ -699,11 +699,17 @@ describe('token header names', () => {
     expect(outbound[0]).toMatch(/^outbound\.tokenHeader: must not contain "_"/);
   });
 
-  it('refuse, outbound, a header that cannot carry the token to the peer: Host would carry it into access logs, framing headers failed every call with 502', () => {
+  it('refuse, on both sides, a header that cannot carry the token between sidecars: Host would carry it into access logs, framing headers failed every call with 502', () => {
     const outbound = (tokenHeader: string) => parseConfig({ service: 'a', outbound: { tokenHeader, tokenSource: { type: 'env', variable: 'T' } } });
+    const inbound = (tokenHeader: string) => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, tokenHeader } });
     for (const name of ['Host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authorization', 'proxy-token', 'cookie', 'x-forwarded-for', 'X-Forwarded-Host']) {
-      expect(issuesOf(() => outbound(name))).toEqual([expect.stringMatching(new RegExp(`^outbound\\.tokenHeader: "${name.toLowerCase()}" cannot carry the token to the peer`))]);
+      const refused = (side: string) => [expect.stringMatching(new RegExp(`^${side}\\.tokenHeader: "${name.toLowerCase()}" cannot carry the token between sidecars`))];
+      expect(issuesOf(() => outbound(name))).toEqual(refused('outbound'));
+      expect(issuesOf(() => inbound(name))).toEqual(refused('inbound'));
     }
-    for (const name of ['authorization', 'X-Workload-Token']) expect(outbound(name).outbound!.tokenHeader).toBe(name.toLowerCase());
+    for (const name of ['authorization', 'X-Workload-Token']) {
+      expect(outbound(name).outbound!.tokenHeader).toBe(name.toLowerCase());
+      expect(inbound(name).inbound!.tokenHeader).toBe(name.toLowerCase());
+    }
   });
 });
