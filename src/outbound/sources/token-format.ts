@@ -56,7 +56,15 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
   // clock being off from ours, while a JWT access token's exp is what resource servers check. Either one passed
   // means the token may be refused, so it is not used past either.
   const expiresAt = fromExp === undefined ? fromExpiresIn : fromExpiresIn === undefined ? fromExp : Math.min(fromExp, fromExpiresIn);
-  if (expiresAt === undefined) throw new TokenUnavailableError(`${what}: the token has neither a JWT exp claim nor expires_in`);
+  if (expiresAt === undefined) {
+    // An expires_in that is there but unusable (0, negative, not a number) is named: "neither" would send the
+    // operator looking for a field the answer has.
+    throw new TokenUnavailableError(
+      expiresIn === undefined || expiresIn === null
+        ? `${what}: the token has neither a JWT exp claim nor expires_in`
+        : `${what}: the token has no JWT exp claim, and its expires_in (${describeExpiresIn(expiresIn)}) is not a positive number of seconds`,
+    );
+  }
   // Garbage (exp: 1e300) rather than a real far-off expiry: refused, not a token the audit log cannot describe, even
   // beside a sane expires_in.
   const inRange = (t: number | undefined) => t === undefined || (t >= -MAX_TIME_MS && t <= MAX_TIME_MS);
@@ -68,4 +76,11 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
     throw new TokenUnavailableError(`${what}: the token expires in less than 1 s (at ${new Date(expiresAt).toISOString()}), too soon to use or renew`);
   }
   return { token, expiresAt, ...(jti === undefined ? {} : { jti }), ...(issuer === undefined ? {} : { issuer }) };
+}
+
+/** An expires_in the token endpoint sent, for an error: numbers as they are, anything else by kind (it is the IdP's text, not a secret, but may be long). */
+function describeExpiresIn(value: unknown): string {
+  if (typeof value === 'number') return String(value);
+  if (typeof value === 'string') return value.length <= 20 ? JSON.stringify(value) : 'a long string';
+  return Array.isArray(value) ? 'a list' : typeof value;
 }
