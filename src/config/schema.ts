@@ -53,7 +53,10 @@ const httpUrl = z
     } catch {
       return false;
     }
-  }, 'must be an absolute http(s) URL');
+  }, 'must be an absolute http(s) URL')
+  // undici sends no `user:password@` of a URL (nor does fetch): a token endpoint or JWKS written with one was asked
+  // without those credentials, and failed as if the IdP refused them. Refused here, where it is clear why.
+  .refine((s) => !URL.canParse(s) || (new URL(s).username === '' && new URL(s).password === ''), 'must not hold a user name or password (user:password@): the sidecar would not send them (a token source authenticates with clientSecret or privateKeyFile)');
 
 const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
 

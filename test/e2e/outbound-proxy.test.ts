@@ -479,9 +479,9 @@ describe('credentials written into a configured URL', () => {
     const s = await startSidecar(
       {
         service: 'orders',
-        inbound: { target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer: 'http://idp.invalid', jwksUri: `http://jwks:hunter2@127.0.0.1:${port}/keys?key=SECRETKEY` }] },
+        inbound: { target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer: 'http://idp.invalid', jwksUri: `http://127.0.0.1:${port}/keys?key=SECRETKEY` }] },
         outbound: {
-          tokenSource: { type: 'client_credentials', tokenEndpoint: `http://orders:hunter2@127.0.0.1:${port}/token?api_key=SECRETKEY`, clientId: 'orders', clientSecret: 'orders-secret' },
+          tokenSource: { type: 'client_credentials', tokenEndpoint: `http://127.0.0.1:${port}/token?api_key=SECRETKEY&password=hunter2`, clientId: 'orders', clientSecret: 'orders-secret' },
           routes: [{ host: 'payments', target: 'http://127.0.0.1:9', audience: 'payments' }],
         },
       },

@@ -508,10 +508,11 @@ describe('redaction', () => {
       outbound: {
         tokenSource: {
           type: 'client_credentials',
-          tokenEndpoint: 'https://client:URLSECRET3@idp.example.com/token?api_key=QUERYSECRET4&tenant=t1',
+          tokenEndpoint: 'https://idp.example.com/token?api_key=QUERYSECRET4&tenant=t1',
           clientId: 'a',
           clientSecret: 'SUPERSECRET1',
-          params: { client_secret: 'PARAMSECRET2', api_key: 'PARAMSECRET2', resource: 'https://api.example' },
+          // A configured URL may hold no password (schema.ts), but a free-form param may be a URL that does.
+          params: { client_secret: 'PARAMSECRET2', api_key: 'PARAMSECRET2', resource: 'https://api.example', upstream: 'https://client:URLSECRET3@up.example/x' },
         },
         routes: [{ host: 'b', audience: 'b' }],
       },
@@ -520,8 +521,8 @@ describe('redaction', () => {
     const text = JSON.stringify(printed);
     for (const secret of ['SUPERSECRET1', 'PARAMSECRET2', 'URLSECRET3', 'QUERYSECRET4']) expect(text).not.toContain(secret);
     const source = printed.outbound!.tokenSource as Record<string, unknown>;
-    expect(source.tokenEndpoint).toBe('https://client:[redacted]@idp.example.com/token?api_key=[redacted]&tenant=t1');
-    expect(source.params).toEqual({ client_secret: '[redacted]', api_key: '[redacted]', resource: 'https://api.example' });
+    expect(source.tokenEndpoint).toBe('https://idp.example.com/token?api_key=[redacted]&tenant=t1');
+    expect(source.params).toEqual({ client_secret: '[redacted]', api_key: '[redacted]', resource: 'https://api.example', upstream: 'https://client:[redacted]@up.example/x' });
   });
 
   it('redacts params and query values named for an Authorization header or a signature (they were printed as given)', () => {
@@ -549,7 +550,7 @@ describe('validate output fed back as a config', () => {
     const c = parseConfig({
       service: 'a',
       outbound: {
-        tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://client:pw@idp.example.com/token', clientId: 'a', clientSecret: 's3cr3t' },
+        tokenSource: { type: 'client_credentials', tokenEndpoint: 'https://idp.example.com/token?sig=QUERYSIG', clientId: 'a', clientSecret: 's3cr3t' },
         routes: [{ host: 'b', audience: 'b' }],
       },
     });
@@ -560,7 +561,7 @@ describe('validate output fed back as a config', () => {
     ]);
     // With the secrets put back, the same document is a config again.
     printed.outbound.tokenSource.clientSecret = 's3cr3t';
-    printed.outbound.tokenSource.tokenEndpoint = 'https://client:pw@idp.example.com/token';
+    printed.outbound.tokenSource.tokenEndpoint = 'https://idp.example.com/token?sig=QUERYSIG';
     expect(parseConfig(printed).outbound!.tokenSource).toMatchObject({ clientSecret: 's3cr3t' });
   });
 });
@@ -688,6 +689,21 @@ describe('the JSON Schema', () => {
     };
     compare(config, input, configJsonSchema() as Node, '');
     expect(missing).toEqual([]);
+  });
+});
+
+describe('URLs', () => {
+  it('refuses user:password@ in any configured URL: undici would not send it, so the IdP or app would be asked without it', () => {
+    const message = 'must not hold a user name or password (user:password@): the sidecar would not send them (a token source authenticates with clientSecret or privateKeyFile)';
+    const config = (url: string) => ({
+      service: 'a',
+      inbound: { target: url, audience: 'a', issuers: [{ issuer: 'https://idp', jwksUri: url.replace('http:', 'https:') }] },
+      outbound: { tokenSource: { type: 'client_credentials', tokenEndpoint: url, clientId: 'a', clientSecret: 's' }, routes: [{ host: 'b', audience: 'b', target: url }] },
+    });
+    const at = ['inbound.target', 'inbound.issuers.0.jwksUri', 'outbound.tokenSource.tokenEndpoint', 'outbound.routes.0.target'];
+    expect(issuesOf(() => parseConfig(config('http://client:pw@127.0.0.1:8080/token')))).toEqual(at.map((p) => `${p}: ${message}`));
+    expect(issuesOf(() => parseConfig(config('http://client@127.0.0.1:8080/token')))).toEqual(at.map((p) => `${p}: ${message}`));
+    expect(parseConfig(config('http://127.0.0.1:8080/token')).service).toBe('a');
   });
 });
 
