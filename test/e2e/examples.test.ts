@@ -332,12 +332,17 @@ describe('kubernetes example', () => {
       expect(appEnv).toMatchObject({ HTTP_PROXY: `http://${effective.outbound.listen}`, http_proxy: `http://${effective.outbound.listen}` });
       expect(appEnv.no_proxy).toBe(appEnv.NO_PROXY);
 
-      // Shutdown: the sidecar sleeps before its SIGTERM (endpoint removal takes seconds to reach every node),
-      // and the grace period covers that sleep, the drain and a margin before the SIGKILL.
-      const preStop = sidecar.lifecycle?.preStop;
-      const preStopSeconds: number = preStop?.sleep?.seconds ?? (preStop?.exec?.command?.[0] === 'sleep' ? Number(preStop.exec.command[1]) : NaN);
-      expect(preStopSeconds).toBeGreaterThanOrEqual(3);
-      expect(pod.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(preStopSeconds + effective.lifecycle.drainTimeoutSeconds + 5);
+      // Shutdown: endpoint removal takes seconds to reach every node, and until then callers' connections keep
+      // arriving at the sidecar, which hands them to the app. So the app sleeps before its SIGTERM too (without it,
+      // the app stops at once and those calls get 502 upstream_connect_failed from a sidecar still serving), and the
+      // sidecar sleeps longer, so the app keeps its outbound proxy while it winds down. The grace period covers the
+      // sidecar's sleep, its drain and a margin before the SIGKILL.
+      const app = pod.containers.find((c: any) => c.name === 'app');
+      const appPreStop = preStopSeconds(app);
+      const sidecarPreStop = preStopSeconds(sidecar);
+      expect(appPreStop, 'the app waits out endpoint removal').toBeGreaterThanOrEqual(3);
+      expect(sidecarPreStop - appPreStop, 'the sidecar outlives the app').toBeGreaterThanOrEqual(3);
+      expect(pod.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(sidecarPreStop + effective.lifecycle.drainTimeoutSeconds + 5);
     });
   }
 
@@ -454,6 +459,12 @@ async function startApp(env: Record<string, string>): Promise<{ url: string; chi
     child.once('exit', (code) => rej(new Error(`app exited with ${code}`)));
   });
   return { url: `http://127.0.0.1:${port}`, child };
+}
+
+/** How long a container's preStop hook sleeps (`sleep: { seconds }` or `exec: sleep N`); NaN when it has none. */
+function preStopSeconds(container: any): number {
+  const preStop = container.lifecycle?.preStop;
+  return preStop?.sleep?.seconds ?? (preStop?.exec?.command?.[0] === 'sleep' ? Number(preStop.exec.command[1]) : NaN);
 }
 
 /** A Kubernetes memory quantity (`96Mi`, `100M`, `1Gi`, plain bytes) in bytes. */
