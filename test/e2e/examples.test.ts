@@ -409,6 +409,12 @@ describe('ci deploy gate example', () => {
     expect(job.environment).toBe('production');
     const script = (job.steps as Array<{ run?: string }>).map((s) => s.run ?? '').join('\n');
     expect(script).toMatch(/oidc-sidecar token --config \S*ci-token\.yaml --audience deployer/);
+    // Nothing is published as `oidc-sidecar` on the public npm registry: installing that name would fail, or run
+    // whatever someone else published under it in a job that can mint deploy tokens. It comes from a tarball.
+    expect(script).not.toMatch(/\b(?:npm\s+(?:install|i|add|exec)|npx)\b[^\n]*\soidc-sidecar(?:@|\s|$)/m);
+    const install = (job.steps as Array<{ run?: string; env?: Record<string, string> }>).find((s) => /\bnpm\s+install\b/.test(s.run ?? ''));
+    expect(install?.env?.OIDC_SIDECAR_TARBALL).toMatch(/^https:\/\/.+\.tgz$/);
+    expect(install?.run).toContain('"${OIDC_SIDECAR_TARBALL}"');
     expect(parse(readFileSync(join(gate, 'ci-token.yaml'), 'utf8')).outbound.tokenSource.type).toBe('github_actions');
   });
 
