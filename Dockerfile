@@ -42,6 +42,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force \
  && ln -s /opt/oidc-sidecar/bin/oidc-sidecar.js /usr/local/bin/oidc-sidecar
+COPY LICENSE ./
 COPY bin ./bin
 COPY config ./config
 COPY --from=build /src/dist/bundle ./dist/bundle

@@ -41,6 +41,7 @@ if [ "$version" != "$expected" ]; then
 fi
 echo "pack-smoke: oidc-sidecar ${version}"
 test -s node_modules/oidc-sidecar/dist/bundle/THIRD-PARTY-LICENSES.txt
+test -s node_modules/oidc-sidecar/LICENSE
 # Outside a pod: the cluster CA the base config names is not here, so check the shape only.
 "$bin" validate --skip-file-checks \
   --config node_modules/oidc-sidecar/config/base.yaml \

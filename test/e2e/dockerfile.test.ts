@@ -33,7 +33,7 @@ const contextSources = dockerfile
 
 describe('Dockerfile and .dockerignore', () => {
   it('copies only files that exist and that the build context lets through', () => {
-    expect(contextSources).toEqual(expect.arrayContaining(['package.json', 'src', 'bin', 'config', 'scripts/bundle.mjs']));
+    expect(contextSources).toEqual(expect.arrayContaining(['package.json', 'src', 'bin', 'config', 'scripts/bundle.mjs', 'LICENSE']));
     for (const source of contextSources) {
       expect(existsSync(join(ROOT, source)), `${source} exists`).toBe(true);
       expect(inBuildContext(source), `${source} is in the build context`).toBe(true);

@@ -1,8 +1,22 @@
-import { spawn } from 'node:child_process';
-import { resolve } from 'node:path';
+import { execFile, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
-const SCRIPT = resolve(import.meta.dirname, '../../scripts/pack-smoke.sh');
+const ROOT = resolve(import.meta.dirname, '../..');
+const SCRIPT = join(ROOT, 'scripts/pack-smoke.sh');
+
+// What `npm pack` would put in the tarball, listed without building or the registry (--ignore-scripts skips prepare).
+describe('package contents', () => {
+  it('carry the text of the licence package.json names (Apache-2.0 requires giving recipients a copy)', async () => {
+    const { stdout } = await promisify(execFile)('npm', ['pack', '--dry-run', '--ignore-scripts', '--json'], { cwd: ROOT });
+    const files = (JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>)[0]!.files.map((f) => f.path);
+    expect(JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).license).toBe('Apache-2.0');
+    expect(files).toContain('LICENSE');
+    expect(readFileSync(join(ROOT, 'LICENSE'), 'utf8')).toMatch(/^\s*Apache License\s+Version 2\.0, January 2004/);
+  }, 60_000);
+});
 
 // Packs, installs from the npm registry and runs the demo: slow and networked,
 // so it runs only when asked (CI sets OIDC_SIDECAR_PACK_TEST=1, or run the script).
