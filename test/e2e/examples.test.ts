@@ -173,6 +173,13 @@ describe('docker-compose example', () => {
     expect(compose.services.orders.environment.http_proxy).toBe('http://127.0.0.1:15001');
   });
 
+  it('its demo app stops on SIGTERM with exit 0 (as PID 1 in its container, Node ignores a signal it does not handle)', async () => {
+    const app = await startApp({ SERVICE: 'payments' });
+    const exited = new Promise<[number | null, string | null]>((res) => app.child.once('exit', (code, signal) => res([code, signal])));
+    app.child.kill('SIGTERM');
+    expect(await exited).toEqual([0, null]);
+  });
+
   it('its dev-clients.yaml is a valid dev issuer clients file', () => {
     const file = loadDevClientsFile(join(composeDir, 'dev-clients.yaml'), {});
     expect(file.clients.map((c) => c.clientId)).toEqual(['orders', 'payments']);

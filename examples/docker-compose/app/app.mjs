@@ -4,7 +4,8 @@
 //    (x-peer-sub / x-peer-iss), and whether a bearer token reached the app;
 //  - GET/POST /checkout with PEER_URL set: calls PEER_URL through the sidecar's
 //    outbound listener (HTTP_PROXY, absolute-form request) and returns what the
-//    peer answered.
+//    peer answered;
+//  - SIGTERM/SIGINT: stops listening and exits 0.
 import http from 'node:http';
 
 const service = process.env.SERVICE ?? 'app';
@@ -60,3 +61,7 @@ const server = http.createServer(async (req, res) => {
   });
 });
 server.listen(port, '127.0.0.1', () => console.log(`${service} app listening on 127.0.0.1:${server.address().port}`));
+
+// The app is its container's PID 1, and PID 1 gets no default action for a signal: without these handlers
+// `docker-compose down` would wait out its 10 s and then SIGKILL the app.
+for (const signal of ['SIGTERM', 'SIGINT']) process.once(signal, () => server.close(() => process.exit(0)));
