@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments, stringify } from 'yaml';
+import { DEFAULTS } from '../../src/config/defaults.js';
 import { DEFAULT_DEV_CLIENTS, loadDevClientsFile } from '../../src/dev/clients-file.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -178,6 +179,18 @@ describe('docker-compose example', () => {
     const exited = new Promise<[number | null, string | null]>((res) => app.child.once('exit', (code, signal) => res([code, signal])));
     app.child.kill('SIGTERM');
     expect(await exited).toEqual([0, null]);
+  });
+
+  it("gives each sidecar time to drain before the SIGKILL (Docker's default is 10 s)", () => {
+    const sidecars = Object.entries(compose.services).filter(([, svc]) => svc.environment?.OIDC_SIDECAR_CONFIG);
+    expect(sidecars.map(([name]) => name).sort()).toEqual(['orders-sidecar', 'payments-sidecar']);
+    for (const [name, svc] of sidecars) {
+      const mounted = (svc.volumes as string[]).find((v) => v.split(':')[1] === svc.environment.OIDC_SIDECAR_CONFIG)!.split(':')[0]!;
+      const drain = parse(readFileSync(resolve(composeDir, mounted), 'utf8')).lifecycle?.drainTimeoutSeconds ?? DEFAULTS.lifecycle.drainTimeoutSeconds;
+      const grace = /^(\d+)s$/.exec(String(svc.stop_grace_period ?? '10s'));
+      expect(grace, `${name}: stop_grace_period in seconds`).not.toBeNull();
+      expect(Number(grace![1]), `${name}: stop_grace_period`).toBeGreaterThanOrEqual(drain + 5);
+    }
   });
 
   it('its dev-clients.yaml is a valid dev issuer clients file', () => {
