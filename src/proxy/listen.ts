@@ -5,6 +5,7 @@ import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { closingAwareResponse } from './closing-response.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
 import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
@@ -117,6 +118,8 @@ export function createLimitedServer(
     insecureHTTPParser: false,
     // An HTTP/1.1 request without Host is refused by checkRequestHead, as JSON and counted; Node's own 400 is neither.
     requireHostHeader: false,
+    // Once close() is called the server no longer listens: what is answered from then on ends its connection.
+    ServerResponse: closingAwareResponse(() => !server.listening),
   };
   // One request of a connection at a time (RFC 9112 §9.3.2): a request pipelined behind others is served once their
   // responses are complete (pipelining.ts).

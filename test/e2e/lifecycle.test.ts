@@ -77,6 +77,30 @@ describe('SIGTERM drains in-flight requests', () => {
     expect(sidecar.logs.some((l) => l.event === 'stopped')).toBe(true);
   });
 
+  it('answers a request in flight on a keep-alive connection with `Connection: close`, so the client sends nothing more on it', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
+    const token = await idp.getToken('payments', 'orders');
+    const { hostname, port } = new URL(sidecar.inbound!);
+    const socket = connect(Number(port), hostname);
+    let answer = '';
+    socket.on('data', (d) => (answer += d));
+    const ended = new Promise<void>((r) => socket.once('close', () => r()));
+    const before = app.seen.length;
+    socket.write(`GET /slow/keep-alive HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
+    sidecar.signal('SIGTERM');
+    await sidecar.waitForLog((l) => l.event === 'shutdown');
+    await ended;
+    // It said `keep-alive`, and the drain then closed the connection as idle: a client's next request on it, sent
+    // as the close came, was lost to a reset.
+    const [head, body] = answer.split('\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 200 /);
+    expect(head).toMatch(/\r\nConnection: close(\r\n|$)/i);
+    expect(head).not.toMatch(/keep-alive/i);
+    expect(body).toMatch(/done \/slow\/keep-alive/);
+    expect(await sidecar.exited).toBe(0);
+  });
+
   it('cuts requests that outlive the drain timeout and still exits 0', async () => {
     sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 0.2 }));
     const token = await idp.getToken('payments', 'orders');
