@@ -121,9 +121,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   try {
     for (const side of SIDES) {
       if (!config[side]) continue;
-      const component = build(side, config);
-      slots.set(side, await openSlot(side, config, component));
-      void component.start();
+      slots.set(side, await openSlot(side, config, build(side, config)));
     }
     admin = await openAdmin(config.admin.listen);
   } catch (err) {
@@ -133,6 +131,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     }));
     throw err;
   }
+  // Keys and tokens are asked for only once every socket is bound: a sidecar that cannot start (say the admin port is
+  // taken) makes no request to the IdP, and logs no key or token failure of its own making as it closes them again.
+  for (const slot of slots.values()) void slot.component.start();
 
   const addresses: RunningApp['addresses'] = { admin: formatAddress(admin.address) };
   const syncAddresses = () => {

@@ -5,7 +5,7 @@ import { resolve } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { BIN, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
+import { BIN, runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 
 let idp: TestIdp;
@@ -51,6 +51,36 @@ async function metric(name: string): Promise<string> {
   const text = await (await fetch(`${sidecar!.admin}/metrics`)).text();
   return text.split('\n').filter((l) => l.startsWith(name)).join('\n');
 }
+
+describe('a sidecar that cannot start', () => {
+  it('asks the IdP for nothing and logs no key or token failure when a later listener cannot bind (admin port taken)', async () => {
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    const taken = `127.0.0.1:${(squatter.address() as AddressInfo).port}`;
+    try {
+      idp.resetCounts();
+      const config = {
+        ...inboundConfig([]),
+        admin: { listen: taken },
+        inbound: { ...inboundConfig([]).inbound, listen: '127.0.0.1:0' },
+        outbound: {
+          listen: '127.0.0.1:0',
+          tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders-secret' },
+          routes: [{ host: 'payments', audience: 'payments' }],
+        },
+      };
+      const r = await runCli(['run', '--config', writeConfig(config)]);
+      expect([r.code, r.stderr]).toEqual([1, `oidc-sidecar: admin.listen: cannot listen on ${taken}: address already in use\n`]);
+      // The inbound and outbound sockets were bound first and started their key and token fetches, which the failed
+      // start then cut: `jwks_fetch_failed` and `token_fetch_failed` (idp_unreachable) for an IdP that was up.
+      const events = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l).event);
+      expect(events).toEqual(['listening', 'listening']);
+      expect(idp.counts).toEqual({ discovery: 0, jwks: 0, token: 0, other: 0 });
+    } finally {
+      squatter.close();
+    }
+  });
+});
 
 describe('SIGTERM drains in-flight requests', () => {
   it('finishes every in-flight request, turns /readyz 503, stops accepting, exits 0', async () => {
