@@ -11,7 +11,7 @@ import { createInbound } from './inbound/index.js';
 import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
-import { createLimitedServer, formatAddress, listenOn, parseListen, type AdmitTunnel, type LimitedServer, type ListenAddress } from './proxy/listen.js';
+import { createLimitedServer, formatAddress, limitSettings, listenOn, parseListen, type AdmitTunnel, type LimitedServer, type ListenAddress } from './proxy/listen.js';
 
 type Side = 'inbound' | 'outbound';
 const SIDES = ['inbound', 'outbound'] as const;
@@ -110,8 +110,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     isAccepting: () => accepting,
     waitingFor: () => [...slots.values()].flatMap((s) => s.component.waitingFor()),
   };
-  const openAdmin = async (listen: string) => {
-    const server = createAdminServer(metrics, adminState);
+  const openAdmin = async (listen: string, limits: Config['limits']) => {
+    const server = createAdminServer(metrics, adminState, limits);
     const address = await listenAs('admin.listen', server, listen);
     logger.info({ event: 'listening', side: 'admin', address: formatAddress(address) }, `admin listening on ${formatAddress(address)}`);
     return { server, listen, address };
@@ -123,7 +123,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       if (!config[side]) continue;
       slots.set(side, await openSlot(side, config, build(side, config)));
     }
-    admin = await openAdmin(config.admin.listen);
+    admin = await openAdmin(config.admin.listen, config.limits);
   } catch (err) {
     await Promise.all([...slots.values()].map(async (s) => {
       await closeServer(s.server, 0);
@@ -208,7 +208,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         // them in place (checked here, applied below with everything else).
         else if (!hasSameSettings(slot, side, next)) reconfigured.set(side, slot.server.prepareReconfigure(next.limits, tlsOf(side, next)));
       }
-      if (!isSameAddress(admin, next.admin.listen)) newAdmin = await openAdmin(next.admin.listen);
+      if (!isSameAddress(admin, next.admin.listen)) newAdmin = await openAdmin(next.admin.listen, next.limits);
       // Past this point the swap runs to the end without waiting on anything, so shutdown cannot begin halfway.
       if (!accepting) throw shuttingDownError();
     } catch (err) {
@@ -243,6 +243,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     if (newAdmin) {
       void closeServer(admin.server, 0);
       admin = newAdmin;
+    } else {
+      // The admin listener kept: new limits apply to it in place, as to the others (see prepareReconfigure).
+      Object.assign(admin.server, limitSettings(next.limits));
     }
     if (next.service !== current.service) {
       logger.warn({ event: 'restart_required', key: 'service' }, 'the service name in logs and metrics changes at the next restart');

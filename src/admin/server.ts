@@ -1,5 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { LimitsConfig } from '../config/schema.js';
+import { limitedServerSettings } from '../proxy/listen.js';
 import { writeRawResponse } from '../proxy/respond.js';
 import type { Metrics } from './metrics.js';
 
@@ -10,9 +12,14 @@ export interface AdminState {
   waitingFor(): string[];
 }
 
-/** GET /healthz (process alive), /readyz (ready to serve), /metrics (Prometheus text). */
-export function createAdminServer(metrics: Metrics, state: AdminState): Server {
-  const server = createServer((req, res) => {
+/**
+ * GET /healthz (process alive), /readyz (ready to serve), /metrics (Prometheus text). The header size and the headers,
+ * request and keep-alive timeouts of `limits` apply here as on the other listeners: the admin port listens on every
+ * interface by default, and with Node's own timeouts a connection that sent nothing, or half a header block, was held
+ * for over a minute instead of `headersTimeoutSeconds`.
+ */
+export function createAdminServer(metrics: Metrics, state: AdminState, limits: LimitsConfig): Server {
+  const server = createServer(limitedServerSettings(limits), (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end(METHOD_NOT_ALLOWED);

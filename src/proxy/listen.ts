@@ -107,13 +107,10 @@ export function createLimitedServer(
 ): LimitedServer {
   let current = limits;
   let currentTls = tls;
-  const settings = limitSettings(limits);
+  const settings = limitedServerSettings(limits);
   const headersTimeout = settings.headersTimeout;
   const serverOptions = {
     ...settings,
-    // Node checks the headers and request timeouts only every `connectionsCheckingInterval` (30 s by default),
-    // which would let a slowloris client hold a socket up to 30 s past the limit.
-    connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 2))),
     // Node rejects a request with both Content-Length and Transfer-Encoding (smuggling); keep that strictness.
     insecureHTTPParser: false,
     // An HTTP/1.1 request without Host is refused by checkRequestHead, as JSON and counted; Node's own 400 is neither.
@@ -249,8 +246,18 @@ export function createLimitedServer(
   return limited;
 }
 
+/**
+ * The options of a server that `limits` bound (every listener, the admin one too): limitSettings, and how often Node
+ * checks the timeouts, fixed at creation. Node checks them every `connectionsCheckingInterval` (30 s by default), which
+ * would let a slowloris client hold a socket up to 30 s past the limit.
+ */
+export function limitedServerSettings(limits: LimitsConfig) {
+  const settings = limitSettings(limits);
+  return { ...settings, connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(settings.headersTimeout / 2))) };
+}
+
 /** The server options that come from `limits`, in ms: set at creation, and on the running server by a reload. */
-function limitSettings(limits: LimitsConfig) {
+export function limitSettings(limits: LimitsConfig) {
   return {
     maxHeaderSize: limits.maxHeaderBytes,
     headersTimeout: limits.headersTimeoutSeconds * 1000,
