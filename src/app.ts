@@ -177,8 +177,20 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       beginShutdown();
       logger.info({ event: 'shutdown' }, 'draining in-flight requests');
       await reloadSettled;
-      const drainMs = current.lifecycle.drainTimeoutSeconds * 1000;
+      const drainSeconds = current.lifecycle.drainTimeoutSeconds;
+      const drainMs = drainSeconds * 1000;
+      // Set before the listeners' own deadlines (same delay, so it fires first): what the deadline cuts is said before
+      // it is cut. Without it a drain that cut requests ended with the same `stopped` line and exit 0 as a clean one.
+      const deadline = setTimeout(() => {
+        const left = inflight.pending();
+        if (left.requests + left.tunnels === 0) return;
+        logger.warn(
+          { event: 'drain_timeout', drainTimeoutSeconds: drainSeconds, ...left },
+          `drain timeout reached: cutting ${left.requests} request(s) and ${left.tunnels} tunnel(s) still in flight`,
+        );
+      }, drainMs);
       await Promise.all([...[...slots.values()].map((s) => closeServer(s.server, drainMs)), inflight.drainTunnels(drainMs), ...retiring]);
+      clearTimeout(deadline);
       await Promise.all([...slots.values()].map((s) => s.component.close()));
       await closeServer(admin.server, 0);
       logger.info({ event: 'stopped' }, 'stopped');

@@ -20,6 +20,8 @@ export interface InflightTracker {
   trackTunnel(socket: Duplex): void;
   /** Resolves when every tunnel has closed, or after `timeoutMs`; then cuts those still open. */
   drainTunnels(timeoutMs: number): Promise<void>;
+  /** What is still open now, all owners together: requests being answered, and tunnels. */
+  pending(): { requests: number; tunnels: number };
 }
 
 export function createInflightTracker(): InflightTracker {
@@ -84,6 +86,12 @@ export function createInflightTracker(): InflightTracker {
         });
       }
       for (const s of tunnels) cutTunnel(s);
+    },
+    pending() {
+      let open = 0;
+      for (const n of counts.values()) open += n;
+      // A tunnel is counted for its owner too (its socket is tracked like a response).
+      return { requests: Math.max(0, open - tunnels.size), tunnels: tunnels.size };
     },
   };
 }

@@ -105,6 +105,7 @@ describe('SIGTERM drains in-flight requests', () => {
     expect(results).toEqual(Array.from({ length: 8 }, (_, i) => ({ status: 200, body: `done /slow/${i}` })));
     expect(await sidecar.exited).toBe(0);
     expect(sidecar.logs.some((l) => l.event === 'stopped')).toBe(true);
+    expect(sidecar.logs.some((l) => l.event === 'drain_timeout')).toBe(false);
   });
 
   it('answers a request in flight on a keep-alive connection with `Connection: close`, so the client sends nothing more on it', async () => {
@@ -143,6 +144,10 @@ describe('SIGTERM drains in-flight requests', () => {
     sidecar.signal('SIGTERM');
     expect(await slow).toBe('cut');
     expect(await sidecar.exited).toBe(0);
+    // Said before the cut, so the operator can tell this drain from a clean one (both end `stopped`, exit 0).
+    const drain = sidecar.logs.filter((l) => l.event === 'drain_timeout');
+    expect(drain).toEqual([expect.objectContaining({ level: 'warn', drainTimeoutSeconds: 0.2, requests: 1, tunnels: 0 })]);
+    expect(sidecar.logs.findIndex((l) => l.event === 'drain_timeout')).toBeLessThan(sidecar.logs.findIndex((l) => l.event === 'stopped'));
   });
 });
 
@@ -401,6 +406,7 @@ describe('SIGTERM with an open WebSocket tunnel', () => {
       sidecar.signal('SIGTERM');
       expect(await sidecar.exited).toBe(0);
       await closed;
+      expect(sidecar.logs.filter((l) => l.event === 'drain_timeout')).toEqual([expect.objectContaining({ requests: 0, tunnels: 1 })]);
     } finally {
       await wsApp.close();
     }
