@@ -1,7 +1,8 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import { limitedServerSettings } from '../proxy/listen.js';
+import { inTurn } from '../proxy/pipelining.js';
 import { writeRawResponse } from '../proxy/respond.js';
 import type { Metrics } from './metrics.js';
 
@@ -19,7 +20,15 @@ export interface AdminState {
  * for over a minute instead of `headersTimeoutSeconds`.
  */
 export function createAdminServer(metrics: Metrics, state: AdminState, limits: LimitsConfig): Server {
-  const server = createServer(limitedServerSettings(limits), (req, res) => {
+  // One request of a connection at a time, as on the other listeners (pipelining.ts), each answered in an event-loop
+  // turn of its own. Node hands every pipelined request over as soon as it is parsed, and a /metrics answer is
+  // rendered asynchronously, so one connection that pipelined thousands of `GET /metrics` had them all rendered at
+  // once (the heap grew by over 100 MB); and answered in turn without a break, one answer's end starts the next in
+  // the same turn, so the inbound and outbound listeners waited seconds for the whole series, even after the client
+  // had gone.
+  const server = createServer(limitedServerSettings(limits), (request, response) => inTurn(request, response, inTurnOfItsOwn));
+  const inTurnOfItsOwn = (req: IncomingMessage, res: ServerResponse) => void setImmediate(serve, req, res);
+  const serve = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end(METHOD_NOT_ALLOWED);
@@ -45,7 +54,7 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
       default:
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
-  });
+  };
   // Without a listener Node closes a CONNECT's socket with no answer at all; the other methods get a 405 above.
   server.on('connect', (_req, socket: Duplex) => {
     socket.on('error', () => socket.destroy());

@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net';
+import { Gauge } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/admin/metrics.js';
 import { createAdminServer } from '../../src/admin/server.js';
@@ -10,8 +11,8 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await new Promise<void>((r) => s.close(() => r()));
 });
 
-async function startAdmin(limits: LimitsConfig = limitsWith()): Promise<number> {
-  const server = createAdminServer(createMetrics({ processMetrics: false }), { isAccepting: () => true, waitingFor: () => [] }, limits);
+async function startAdmin(limits: LimitsConfig = limitsWith(), metrics = createMetrics({ processMetrics: false })): Promise<number> {
+  const server = createAdminServer(metrics, { isAccepting: () => true, waitingFor: () => [] }, limits);
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return (server.address() as AddressInfo).port;
@@ -50,5 +51,42 @@ describe('admin server', () => {
     for (const text of answers) expect(text).toMatch(/^HTTP\/1\.1 408 /);
     // And it still serves.
     expect(await rawExchange(port, 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).toMatch(/^HTTP\/1\.1 200 /);
+  });
+
+  it('answers requests pipelined on one connection one at a time, each in an event-loop turn of its own, so a /metrics series cannot hold up the rest', async () => {
+    const metrics = createMetrics({ processMetrics: false });
+    // Event-loop turns, counted by an immediate that sets itself again: what the other listeners' connections get.
+    let turn = 0;
+    let ticking = true;
+    const tick = () => {
+      turn++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    // A metric whose collection takes a moment, as the process metrics do: how many renders run at once, and in which turn.
+    let rendering = 0;
+    let mostAtOnce = 0;
+    const turns: number[] = [];
+    new Gauge({
+      name: 'test_render_probe',
+      help: 'test',
+      registers: [metrics.registry],
+      async collect() {
+        mostAtOnce = Math.max(mostAtOnce, ++rendering);
+        turns.push(turn);
+        await Promise.resolve();
+        rendering--;
+      },
+    });
+    const port = await startAdmin(limitsWith(), metrics);
+    const n = 20;
+    const answer = await rawExchange(port, 'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(n - 1) + 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    ticking = false;
+    expect(answer.match(/HTTP\/1\.1 200 OK/g)).toHaveLength(n);
+    // Every pipelined request used to be rendered at once (here 20; thousands took over 100 MB of heap), and each
+    // answer's end started the next in the same turn: a long series held up every other connection until it was done.
+    expect(mostAtOnce).toBe(1);
+    expect(turns).toHaveLength(n);
+    for (let i = 1; i < n; i++) expect(turns[i]).toBeGreaterThan(turns[i - 1]!);
   });
 });
