@@ -381,7 +381,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       // A reload reads it again: refused with the key path, and the old config keeps serving.
       s.signal('SIGHUP');
       const refused = await s.waitForLog((l) => l.event === 'config_reload_refused');
-      expect(refused.errors).toEqual([`outbound.routes.0.caFile: cannot read ${caFile}: no such file`]);
+      expect(refused.errors).toEqual([`outbound.routes.0.caFile: cannot read ${caFile}: no such file (line 11)`]);
       expect(await call()).toBe(200);
       expect(sample(await metricsText(s.admin), 'oidc_sidecar_config_reloads_total', { result: 'invalid' })).toBe(1);
 
@@ -561,8 +561,8 @@ describe('outbound reload and the files its token sources read', () => {
     s.signal('SIGHUP');
     const refused = await s.waitForLog((l) => l.event === 'config_reload_refused');
     expect(refused.errors).toEqual([
-      `outbound.tokenSource.clientSecretFile: cannot read ${secretFile}: no such file`,
-      `outbound.routes.1.tokenSource.privateKeyFile: cannot read ${keyFile}: no such file`,
+      `outbound.tokenSource.clientSecretFile: cannot read ${secretFile}: no such file (line 7)`,
+      `outbound.routes.1.tokenSource.privateKeyFile: cannot read ${keyFile}: no such file (line 21)`,
     ]);
     expect(sample(await metricsText(s.admin), 'oidc_sidecar_config_reloads_total', { result: 'invalid' })).toBe(1);
     expect(s.logs.filter((l) => l.event === 'config_reload_failed')).toEqual([]);
