@@ -1,3 +1,5 @@
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   bearerRequest,
@@ -16,7 +18,7 @@ import {
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { tamperHeader } from '../support/tokens.js';
-import { inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
+import { eventually, inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
 
 /**
  * HTTP-level attacks: duplicate credentials (CVE-2025-64527 class), request
@@ -247,6 +249,34 @@ describe('request smuggling: ambiguous framing is refused by the parser, nothing
     // sees them in the order they were sent.
     expect(app.requests.slice(before).map((r) => `${r.method} ${r.url}`)).toEqual(['POST /public/x', 'POST /public/y']);
     expect(adminSeen()).toEqual([]);
+  });
+
+  it('a connection that pipelines thousands of requests the sidecar answers itself does not keep other connections waiting for all of them', async () => {
+    // 2,000 token-less requests in one write: each is refused (401) by the sidecar itself, with no upstream to wait
+    // for. Answered back to back in one event-loop turn, every other connection waited for the whole series.
+    const pipelined = 2000;
+    const flood = connect(Number(new URL(sidecar.inbound!).port), '127.0.0.1');
+    const other = connect(Number(new URL(sidecar.inbound!).port), '127.0.0.1');
+    await Promise.all([once(flood, 'connect'), once(other, 'connect')]);
+    let floodAnswers = 0;
+    let tail = '';
+    flood.on('data', (d: Buffer) => {
+      const text = tail + d.toString('latin1');
+      floodAnswers += text.split('HTTP/1.1 401 ').length - 1;
+      tail = text.slice(-16);
+    });
+    // The other request is sent once the flood's first answer is in: the series is then under way.
+    const firstAnswer = once(flood, 'data');
+    flood.write('GET /api/x HTTP/1.1\r\nHost: orders\r\n\r\n'.repeat(pipelined));
+    await firstAnswer;
+    other.write('GET /api/y HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n');
+    await once(other, 'data');
+    const answeredBefore = floodAnswers;
+    other.destroy();
+    // Its answer came while the flood's series went on, not after it.
+    expect(answeredBefore).toBeLessThan(pipelined / 2);
+    await eventually(() => floodAnswers === pipelined, 15_000, 'every pipelined request answered');
+    flood.destroy();
   });
 
   it('a request with a body refused by the verifier does not get its body parsed as the next request', async () => {
