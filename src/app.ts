@@ -117,6 +117,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     return { server, listen, address };
   };
 
+  /** The counterpart of `listening`, for a listener a reload closes: moved to another address, or its side removed. */
+  const logStoppedListening = (side: Side | 'admin', address: ListenAddress, why: 'moved' | 'removed') => {
+    const where = formatAddress(address);
+    logger.info({ event: 'stopped_listening', side, address: where, reason: why }, `${side} stopped listening on ${where} (${why === 'moved' ? 'the reload moved it' : 'the reload removed it'})`);
+  };
+
   let admin: Awaited<ReturnType<typeof openAdmin>>;
   try {
     for (const side of SIDES) {
@@ -238,7 +244,10 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       const component = fresh.get(side);
       if (replacement) {
         slots.set(side, replacement);
-        if (slot) retireInBackground(closeServer(slot.server, drainMs));
+        if (slot) {
+          logStoppedListening(side, slot.address, 'moved');
+          retireInBackground(closeServer(slot.server, drainMs));
+        }
       } else if (component && slot) {
         slot.component = component;
         const reconfigure = reconfigured.get(side);
@@ -249,10 +258,12 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         }
       } else if (slot) {
         slots.delete(side);
+        logStoppedListening(side, slot.address, 'removed');
         retireInBackground(closeServer(slot.server, drainMs));
       }
     }
     if (newAdmin) {
+      logStoppedListening('admin', admin.address, 'moved');
       void closeServer(admin.server, 0);
       admin = newAdmin;
     } else {

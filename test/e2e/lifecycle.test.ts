@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { BIN, runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { eventually } from './inbound-support.js';
 
 let idp: TestIdp;
 let app: UpstreamApp;
@@ -284,6 +285,28 @@ describe('reload', () => {
     sidecar.signal('SIGTERM');
     expect(await inFlight).toEqual({ status: 200, body: 'done /long/moved' });
     expect(await sidecar.exited).toBe(0);
+  });
+
+  it('says which listeners a reload closed: one it moved, and a side it removed, with the address each had', async () => {
+    const both = { ...inboundConfig(allowSub('payments')), outbound: { tokenSource: { type: 'env', variable: 'UNUSED_TOKEN' }, routes: [] } };
+    sidecar = await startSidecar(both);
+    const [inboundAt, outboundAt] = [new URL(sidecar.inbound!).host, new URL(sidecar.outbound!).host];
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    const next = inboundConfig(allowSub('payments')) as Record<string, any>;
+    next.inbound.listen = `127.0.0.1:${port}`;
+    sidecar.rewriteConfig(next);
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    const stopped = sidecar.logs.filter((l) => l.event === 'stopped_listening').map(({ side, address, reason }) => ({ side, address, reason }));
+    expect(stopped).toEqual([
+      { side: 'inbound', address: inboundAt, reason: 'moved' },
+      { side: 'outbound', address: outboundAt, reason: 'removed' },
+    ]);
+    // The removed side's port no longer takes connections once its drain is over (nothing was in flight).
+    await eventually(async () => (await fetch(`http://${outboundAt}/`).then(() => false, () => true)), 5_000, 'the outbound port to close');
   });
 
   it('reloads when the config file changes on disk', async () => {
