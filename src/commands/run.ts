@@ -7,6 +7,7 @@ import { signaturesOf, type FileSignatures } from '../config/poll-files.js';
 import { createReloadWatch } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
 import { ConfigError, SidecarError, UsageError, formatIssue } from '../errors.js';
+import { logCrashes } from '../crash.js';
 import { createLogger, type Logger } from '../log.js';
 import { tuneRuntimeForProxy } from '../proxy/runtime.js';
 import { withConfigOption } from './shared.js';
@@ -32,6 +33,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // missing one is the same one line `validate` prints, and nothing else happens.
       const config = loadConfig(paths, process.env, { checkStartupFiles: true });
       const logger = createLogger({ level: config.log.level, service: config.service });
+      logCrashes(logger);
       const metrics = createMetrics({ service: config.service });
       const app = await startApp(config, { logger, metrics });
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');

@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
@@ -404,6 +405,28 @@ describe('SIGHUP while the sidecar starts', () => {
     } finally {
       clearInterval(timer);
       child.kill('SIGKILL');
+    }
+  });
+});
+
+describe('a bug that escapes every handler', () => {
+  it('ends the process with exit 1 after one JSON log line (level fatal, event crashed), with JWT-like text masked', async () => {
+    // A fault put into the process from outside, as a bug would throw: a listener of a signal the sidecar does not use.
+    const dir = mkdtempSync(join(tmpdir(), 'crash-'));
+    const bug = join(dir, 'bug.cjs');
+    writeFileSync(bug, "process.on('SIGUSR2', () => { throw new Error('a bug holding eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJvcmRlcnMifQ.c2ln'); });\n");
+    try {
+      sidecar = await startSidecar(inboundConfig(allowSub('orders')), { env: { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${bug}`.trim() } });
+      sidecar.signal('SIGUSR2');
+      expect(await sidecar.exited).toBe(1);
+      const last = sidecar.logs.at(-1)!;
+      expect(last).toMatchObject({ level: 'fatal', event: 'crashed', origin: 'uncaughtException', error: 'a bug holding [redacted]' });
+      expect(String(last.stack)).toMatch(/^Error: a bug holding \[redacted\]\n\s+at /);
+      // Nothing else, and no stack trace of Node's own on stderr.
+      expect(sidecar.output()).not.toContain('eyJ');
+      expect(sidecar.output().trim().split('\n').every((l) => l.startsWith('{'))).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
