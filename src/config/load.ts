@@ -101,12 +101,30 @@ function located(issue: ConfigIssue, files: readonly ConfigFile[]): ConfigIssue 
   if (!issue.path) return issue;
   const segments = issue.path.split('.');
   for (let depth = segments.length; depth > 0; depth--) {
+    const prefix = segments.slice(0, depth);
     for (let i = files.length - 1; i >= 0; i--) {
       // The file as written: filling in ${VAR}s changes no key.
-      if (hasPath(files[i]!.value, segments.slice(0, depth))) return issueAt(issue, files[i]!, files.length > 1);
+      if (hasPath(files[i]!.value, prefix) && !isReplacedLater(files, i, prefix)) return issueAt(issue, files[i]!, files.length > 1);
     }
   }
   return issue;
+}
+
+/**
+ * Whether a later layer replaced what layer `i` says at `segments` as a whole: a list, a scalar or null at a key on
+ * the way (see deepMerge). An overlay's `routes:` list replaces the base's, so the base's `routes.0.audience` is not
+ * the route a problem at `outbound.routes.0.audience` is about.
+ */
+function isReplacedLater(files: readonly ConfigFile[], i: number, segments: readonly string[]): boolean {
+  for (let j = i + 1; j < files.length; j++) {
+    let node: unknown = files[j]!.value;
+    for (let d = 0; d < segments.length - 1; d++) {
+      if (!isPlainObject(node) || !Object.hasOwn(node, segments[d]!)) break;
+      node = node[segments[d]!];
+      if (!isPlainObject(node)) return true;
+    }
+  }
+  return false;
 }
 
 function hasPath(doc: unknown, segments: readonly string[]): boolean {

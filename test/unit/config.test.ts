@@ -588,6 +588,13 @@ describe('what a layer may say', () => {
     expect(issuesOf(() => loadConfig([overlay], {})).some((i) => i.includes(overlay))).toBe(false);
   });
 
+  it('names the overlay whose list replaced the base\'s, not the base line of a key the replaced list had', () => {
+    const base = tmpFile('base.yaml', 'service: orders\noutbound:\n  tokenSource: { type: env, variable: TOK }\n  routes:\n    - host: payments\n      audience: payments\n');
+    const overlay = tmpFile('ns.yaml', 'outbound:\n  routes:\n    - host: billing\n');
+    // The base's routes.0.audience (line 6) is gone with its list: the route that lacks one is the overlay's.
+    expect(issuesOf(() => loadConfig([base, overlay], {}))).toEqual([`outbound.routes.0.audience: required (in ${overlay}, line 3)`]);
+  });
+
   it('says on which line of the file each problem is: the key itself, or the block that lacks a required one', () => {
     const p = tmpFile(
       'lines.yaml',
