@@ -44,6 +44,13 @@ export const listenAddress = z
     if (Number(port) > 65535) ctx.addIssue({ code: 'custom', message: 'port must be 0-65535' });
   });
 
+// undici sends no `user:password@` of a URL (nor does fetch): a token endpoint, JWKS or discovery URL written with one
+// was asked without those credentials, and failed as if the IdP refused them. Refused here, where it is clear why.
+const NO_USERINFO = 'must not hold a user name or password (user:password@): the sidecar would not send them (a token source authenticates with clientSecret or privateKeyFile)';
+function hasNoUserinfo(s: string): boolean {
+  return !URL.canParse(s) || (new URL(s).username === '' && new URL(s).password === '');
+}
+
 const httpUrl = z
   .string()
   .refine((s) => {
@@ -54,9 +61,7 @@ const httpUrl = z
       return false;
     }
   }, 'must be an absolute http(s) URL')
-  // undici sends no `user:password@` of a URL (nor does fetch): a token endpoint or JWKS written with one was asked
-  // without those credentials, and failed as if the IdP refused them. Refused here, where it is clear why.
-  .refine((s) => !URL.canParse(s) || (new URL(s).username === '' && new URL(s).password === ''), 'must not hold a user name or password (user:password@): the sidecar would not send them (a token source authenticates with clientSecret or privateKeyFile)');
+  .refine(hasNoUserinfo, NO_USERINFO);
 
 const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
 
@@ -91,7 +96,7 @@ const tokenHeaderName = headerName.superRefine((name, ctx) => {
 
 const issuerSchema = z
   .strictObject({
-    issuer: z.string().min(1).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
+    issuer: z.string().min(1).refine(hasNoUserinfo, NO_USERINFO).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
     jwksUri: httpUrl.optional().describe('Skip discovery and fetch keys from here (https when the issuer is https)'),
     algorithms: z.array(z.enum(ALGORITHMS)).min(1).default([...DEFAULTS.inbound.algorithms]),
     audience: stringOrList.optional().describe('Overrides inbound.audience for tokens of this issuer'),
@@ -327,7 +332,7 @@ const clientAuthFields = {
 };
 
 const tokenEndpointFields = {
-  issuer: z.string().min(1).optional().describe('Discover the token endpoint from this issuer'),
+  issuer: z.string().min(1).refine(hasNoUserinfo, NO_USERINFO).optional().describe('Discover the token endpoint from this issuer'),
   tokenEndpoint: httpUrl.optional(),
   audienceParam: z.enum(['resource', 'audience', 'none']).default(DEFAULTS.outbound.audienceParam),
   params: z.record(z.string().min(1), z.string()).optional().describe('Extra form fields for the token request'),

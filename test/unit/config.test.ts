@@ -704,10 +704,13 @@ describe('URLs', () => {
     const message = 'must not hold a user name or password (user:password@): the sidecar would not send them (a token source authenticates with clientSecret or privateKeyFile)';
     const config = (url: string) => ({
       service: 'a',
-      inbound: { target: url, audience: 'a', issuers: [{ issuer: 'https://idp', jwksUri: url.replace('http:', 'https:') }] },
-      outbound: { tokenSource: { type: 'client_credentials', tokenEndpoint: url, clientId: 'a', clientSecret: 's' }, routes: [{ host: 'b', audience: 'b', target: url }] },
+      inbound: { target: url, audience: 'a', issuers: [{ issuer: 'https://idp', jwksUri: url.replace('http:', 'https:') }, { issuer: url }] },
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: url, clientId: 'a', clientSecret: 's' },
+        routes: [{ host: 'b', audience: 'b', target: url, tokenSource: { type: 'client_credentials', issuer: url, clientId: 'a', clientSecret: 's' } }],
+      },
     });
-    const at = ['inbound.target', 'inbound.issuers.0.jwksUri', 'outbound.tokenSource.tokenEndpoint', 'outbound.routes.0.target'];
+    const at = ['inbound.target', 'inbound.issuers.0.jwksUri', 'inbound.issuers.1.issuer', 'outbound.tokenSource.tokenEndpoint', 'outbound.routes.0.target', 'outbound.routes.0.tokenSource.issuer'];
     expect(issuesOf(() => parseConfig(config('http://client:pw@127.0.0.1:8080/token')))).toEqual(at.map((p) => `${p}: ${message}`));
     expect(issuesOf(() => parseConfig(config('http://client@127.0.0.1:8080/token')))).toEqual(at.map((p) => `${p}: ${message}`));
     expect(parseConfig(config('http://127.0.0.1:8080/token')).service).toBe('a');
