@@ -30,7 +30,7 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
     builder: (y) =>
       withConfigOption(y)
         .option('audience', { alias: 'a', type: 'string', demandOption: true, requiresArg: true, describe: 'Audience of the service the token is for' })
-        .option('scope', { type: 'string', array: true, describe: "Scopes to request (repeatable); default: the route's scopes" }) as never,
+        .option('scope', { type: 'string', array: true, requiresArg: true, describe: "Scopes to request (repeatable); default: the route's scopes" }) as never,
     handler: async (argv) => {
       // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');

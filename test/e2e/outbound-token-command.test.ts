@@ -120,6 +120,9 @@ describe('oidc-sidecar token', () => {
       expect(r).toMatchObject({ code: 1, stdout: '' });
       expect(r.stderr).toBe('oidc-sidecar: --scope needs a scope name; an empty one is not a scope (RFC 6749 §3.3)\n');
     }
+    // A bare --scope at the end of the line: it used to fall back to the route's scopes, exit 0.
+    const bare = await runCli(['token', '--config', configPath, '--audience', 'payments', '--scope']);
+    expect(bare).toMatchObject({ code: 1, stdout: '', stderr: 'oidc-sidecar: Not enough arguments following: scope (see "oidc-sidecar --help")\n' });
   });
 
   it("reads only the files of the source it uses: another route's missing secret, key or CA file does not stop it", async () => {
