@@ -45,10 +45,31 @@ export async function signingKeyFromJwk(jwk: JWK): Promise<DevSigningKey> {
   } catch (err) {
     throw new UsageError(`signing key: not a valid private JWK (${(err as Error).message})`);
   }
+  const unfit = unfitForAlg(privateKey, alg);
+  if (unfit) throw new UsageError(`signing key: ${unfit}`);
   const bare = createPublicKey(privateKey).export({ format: 'jwk' }) as JWK;
   const kid = jwk.kid ?? (await calculateJwkThumbprint(bare));
   const publicJwk: JWK = { ...bare, kid, alg, use: 'sig' };
   return { kid, alg, privateJwk: { ...jwk, kid, alg, use: 'sig' }, privateKey, publicJwk };
+}
+
+/**
+ * Why a key cannot sign with `alg`, or undefined when it can. oidc-provider takes such a key and the dev issuer would
+ * start, then fail every token request with server_error: RS256/PS256 need 2048 bits (RFC 7518 §3.3, §3.5; jose
+ * refuses less), ES256 the P-256 curve (§3.4), and EdDSA here is Ed25519 (the one curve oidc-provider signs with).
+ */
+function unfitForAlg(key: KeyObject, alg: DevAlg): string | undefined {
+  const details = key.asymmetricKeyDetails ?? {};
+  if (alg === 'RS256' || alg === 'PS256') {
+    const bits = details.modulusLength ?? 0;
+    return bits < 2048 ? `alg ${alg} needs an RSA key of at least 2048 bits, got ${bits}` : undefined;
+  }
+  if (alg === 'ES256') return details.namedCurve === 'prime256v1' ? undefined : `alg ES256 needs a P-256 key (crv P-256), got ${curveName(details.namedCurve)}`;
+  return key.asymmetricKeyType === 'ed25519' ? undefined : `alg EdDSA needs an Ed25519 key (crv Ed25519), got ${key.asymmetricKeyType === 'ed448' ? 'Ed448' : String(key.asymmetricKeyType)}`;
+}
+
+function curveName(namedCurve: string | undefined): string {
+  return ({ secp384r1: 'P-384', secp521r1: 'P-521', secp256k1: 'secp256k1' } as Record<string, string>)[namedCurve ?? ''] ?? String(namedCurve);
 }
 
 /**

@@ -278,6 +278,24 @@ describe('oidc-sidecar dev-issuer', () => {
     expect([zero.code, zero.stderr]).toEqual([1, 'oidc-sidecar: invalid clients file /dev/zero: larger than 1 MiB, which no clients file needs\n']);
   });
 
+  it('refuses a key file whose key cannot sign with its alg: it started and then failed every token request with server_error', async () => {
+    const dir = tempDir();
+    const keyFile = (name: string, key: ReturnType<typeof generateKeyPairSync>['privateKey'], alg: string) => {
+      const path = join(dir, `${name}.json`);
+      writeFileSync(path, JSON.stringify({ keys: [{ ...key.export({ format: 'jwk' }), alg }] }));
+      return path;
+    };
+    const cases: Array<[string, string]> = [
+      [keyFile('rsa1024', generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey, 'RS256'), 'alg RS256 needs an RSA key of at least 2048 bits, got 1024'],
+      [keyFile('p384', generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey, 'ES256'), 'alg ES256 needs a P-256 key (crv P-256), got P-384'],
+      [keyFile('ed448', generateKeyPairSync('ed448').privateKey, 'EdDSA'), 'alg EdDSA needs an Ed25519 key (crv Ed25519), got Ed448'],
+    ];
+    for (const [path, message] of cases) {
+      const r = await runCli(['dev-issuer', '--port', '0', '--key-file', path]);
+      expect([r.code, r.stderr]).toEqual([1, `oidc-sidecar: key file ${path}: keys.0: ${message}\n`]);
+    }
+  });
+
   it('gives one clear line for a missing clients file, a broken key file, a bad port and a port in use', async () => {
     const dir = tempDir();
     const missing = await runCli(['dev-issuer', '--clients', join(dir, 'nope.yaml')]);
