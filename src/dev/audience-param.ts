@@ -58,6 +58,9 @@ export async function withNormalizedAudience(req: IncomingMessage, tokenPath: st
   const copy = new IncomingMessage(req.socket);
   copy.method = req.method;
   copy.url = req.url!;
+  // Where the issuer is served under a path (issuer.ts), the full URL the provider writes its endpoint URLs from.
+  const { originalUrl } = req as IncomingMessage & { originalUrl?: string };
+  if (originalUrl !== undefined) (copy as IncomingMessage & { originalUrl?: string }).originalUrl = originalUrl;
   copy.httpVersion = req.httpVersion;
   copy.httpVersionMajor = req.httpVersionMajor;
   copy.httpVersionMinor = req.httpVersionMinor;

@@ -56,6 +56,10 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
   let current = build();
   await checkClients(current.provider, opts.clients);
   const clientsById = new Map(opts.clients.map((c) => [c.clientId, c]));
+  // An issuer with a path (`http://dev-issuer:9000/realms/dev`, as Keycloak names them) is served under that path:
+  // discovery is `{issuer}/.well-known/openid-configuration` (OpenID Connect Discovery §4), and it names the
+  // endpoints under the path too.
+  const mountPath = new URL(issuer).pathname.replace(/\/+$/, '');
 
   return {
     issuer,
@@ -65,6 +69,10 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
       return keys;
     },
     handle(req, res) {
+      if (mountPath && !unmount(req, mountPath)) {
+        res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_request', error_description: `this issuer is served under ${mountPath}` }));
+        return;
+      }
       if ((req.url ?? '').split('?')[0] === GITHUB_ACTIONS_PATH) {
         const ttlSeconds = opts.accessTokenTtlSeconds ?? DEV_ACCESS_TOKEN_TTL_SECONDS;
         return handleGithubActionsRequest(req, res, { issuer, clients: clientsById, signingKey: keys[0]!, ttlSeconds, logger: opts.logger });
@@ -87,6 +95,19 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
       return fresh;
     },
   };
+}
+
+/**
+ * Takes the issuer's path off a request under it, as a mounting framework does: oidc-provider routes on `url` and
+ * puts back in the URLs it writes what `originalUrl` has in front of it. False for a request outside the path.
+ */
+function unmount(req: IncomingMessage, mountPath: string): boolean {
+  const url = req.url ?? '/';
+  if (url !== mountPath && !url.startsWith(`${mountPath}/`) && !url.startsWith(`${mountPath}?`)) return false;
+  (req as IncomingMessage & { originalUrl?: string }).originalUrl = url;
+  const rest = url.slice(mountPath.length);
+  req.url = rest.startsWith('/') ? rest : `/${rest}`;
+  return true;
 }
 
 /** oidc-provider checks client metadata on first use; do it now so a bad client fails the start, not a request. */

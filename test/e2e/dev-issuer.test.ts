@@ -229,6 +229,23 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(decodeJwt(issued.body.access_token).iss).toBe('http://dev-issuer:9000');
   });
 
+  it('serves an --issuer with a path under that path, where discovery is looked up (its URLs all answered 404)', async () => {
+    const p = await startDevIssuerCli(['--issuer', 'http://dev-issuer:9000/realms/dev']);
+    expect(p.issuer).toBe('http://dev-issuer:9000/realms/dev');
+    const base = `${p.local}/realms/dev`;
+    const discovery = await fetch(`${base}/.well-known/openid-configuration`);
+    expect(discovery.status).toBe(200);
+    expect(await discovery.json()).toMatchObject({ issuer: 'http://dev-issuer:9000/realms/dev', token_endpoint: `${base}/token`, jwks_uri: `${base}/jwks` });
+    expect((await fetch(`${base}/jwks`)).status).toBe(200);
+    const issued = await token(base, { grant_type: 'client_credentials', audience: 'payments' }, 'orders:orders-secret');
+    expect(decodeJwt(issued.body.access_token)).toMatchObject({ iss: 'http://dev-issuer:9000/realms/dev', sub: 'orders' });
+    const ci = await fetch(`${base}/github-actions/token?client=github-main&audience=deployer`, { headers: { authorization: 'bearer github-main-secret' } });
+    expect(ci.status).toBe(200);
+    // Outside the path there is nothing: a client pointed at the bare origin is told where the issuer is.
+    const outside = await fetch(`${p.local}/.well-known/openid-configuration`);
+    expect([outside.status, await outside.json()]).toEqual([404, { error: 'invalid_request', error_description: 'this issuer is served under /realms/dev' }]);
+  });
+
   it('emulates the GitHub Actions OIDC request endpoint for CI-shaped clients', async () => {
     const p = await startDevIssuerCli([]);
     const url = `${p.issuer}/github-actions/token?client=github-feature&audience=deployer`;
