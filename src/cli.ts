@@ -40,6 +40,7 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       if (err && err.name !== 'YError') throw err;
       throw commandMissing(argv, commands.map((c) => String(c.command).split(' ')[0]!)) ?? new UsageError(msg ?? err?.message ?? 'invalid command line', true);
     });
+  dropOutputToClosedPipe(io.stdout);
   try {
     await cli.parseAsync();
   } catch (err) {
@@ -47,6 +48,21 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     return 1;
   }
   return exitCode;
+}
+
+const guardedOutputs = new WeakSet<NodeJS.WritableStream>();
+
+/**
+ * A reader that stops early (`oidc-sidecar demo | head -1`, `schema | head`) closes the pipe: the rest of the output
+ * has nowhere to go, and the command still ends with its own exit code. Unhandled, the EPIPE was a stack trace and
+ * exit 1. Kept for the life of the stream: the error of a command's last write arrives after the command returned.
+ */
+function dropOutputToClosedPipe(stdout: NodeJS.WritableStream): void {
+  if (guardedOutputs.has(stdout)) return;
+  guardedOutputs.add(stdout);
+  stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
 }
 
 /**

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -6,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { selfSignedCert } from '../support/certs.js';
-import { runCli, runCliMain, writeConfig } from '../support/sidecar.js';
+import { BIN, runCli, runCliMain, writeConfig } from '../support/sidecar.js';
 import { startUpstream } from '../support/upstream.js';
 
 const valid = {
@@ -172,6 +173,23 @@ describe('oidc-sidecar CLI', () => {
     expect(schema.additionalProperties).toBe(false);
     expect(Object.keys(schema.properties)).toEqual(expect.arrayContaining(['service', 'inbound', 'outbound', 'admin', 'log']));
     expect(schema.properties.inbound.properties.issuers.items.properties.algorithms.items.enum).not.toContain('HS256');
+  });
+
+  it('a reader that closes the pipe early (`| head -1`) ends the output, not with a stack trace: the command keeps its own exit code', async () => {
+    /** The command with a stdout pipe whose reader is gone before the first write, as after `head -1` has its line. */
+    const withClosedStdout = (args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((done) => {
+        const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+        child.stdout.destroy();
+        let stderr = '';
+        child.stderr.on('data', (d) => (stderr += d));
+        child.on('close', (code) => done({ code, stderr }));
+      });
+    expect(await withClosedStdout(['schema'])).toEqual({ code: 0, stderr: '' });
+    expect(await withClosedStdout(['validate', '--config', writeConfig(valid)])).toEqual({ code: 0, stderr: '' });
+    // A token refused is still exit 1, and a missing file still its one line.
+    expect(await withClosedStdout(['verify', '--config', writeConfig(valid), '--token', 'x.y.z'])).toEqual({ code: 1, stderr: '' });
+    expect(await withClosedStdout(['validate', '--config', '/nonexistent/sidecar.yaml'])).toEqual({ code: 1, stderr: 'oidc-sidecar: cannot read config file /nonexistent/sidecar.yaml: no such file\n' });
   });
 
   it("--version prints this package's version wherever it is run from, and --help is English whatever the locale", async () => {
