@@ -1,5 +1,4 @@
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import * as z from '../zod.js';
 import type { JWK } from 'jose';
@@ -144,8 +143,9 @@ function fail(path: string, issues: ConfigIssue[]): never {
 function readPublicKeys(file: string, clientsPath: string, keyPath: string): { keys: JWK[] } {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readBoundedText(file, 1024 * 1024, 'no public key needs');
   } catch (err) {
+    if (err instanceof ConfigError) fail(clientsPath, [{ path: keyPath, message: `${file}: ${err.issues[0]!.message}` }]);
     fail(clientsPath, [{ path: keyPath, message: `cannot read ${file}: ${describeFsError(err)}` }]);
   }
   try {

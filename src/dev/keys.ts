@@ -1,9 +1,10 @@
 import { generateKeyPairSync, createPrivateKey, createPublicKey, type KeyObject, type JsonWebKey } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
-import { UsageError } from '../errors.js';
+import { ConfigError, UsageError } from '../errors.js';
 import { describeFsError } from '../config/configured-files.js';
+import { readBoundedText } from '../config/yaml-file.js';
 
 /** Signing algorithms the dev issuer can use (all asymmetric; RFC 8725 §3.1). */
 export const DEV_ALGORITHMS = ['RS256', 'PS256', 'ES256', 'EdDSA'] as const;
@@ -80,8 +81,10 @@ function curveName(namedCurve: string | undefined): string {
 export async function loadOrCreateKeyFile(path: string, alg: DevAlg = 'RS256'): Promise<DevSigningKey[]> {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    // Bounded, as the clients file is: `--key-file /dev/zero` read until the heap ran out.
+    text = readBoundedText(path, 1024 * 1024, 'no key file needs');
   } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(`key file ${path}: ${err.issues[0]!.message}`);
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
       throw new UsageError(`cannot read key file ${path}: ${describeFsError(err)}`);
     }

@@ -327,6 +327,15 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(badKey.code).toBe(1);
     expect(badKey.stderr).toMatch(/^oidc-sidecar: key file .*: keys\.0: a private key is needed[^\n]*\n$/);
 
+    // Read bounded, as the clients file is: `--key-file /dev/zero` read until the heap ran out.
+    const big = join(dir, 'big.json');
+    writeFileSync(big, `{"keys": [${' '.repeat(2 * 1024 * 1024)}]}`);
+    const bigKey = await runCli(['dev-issuer', '--port', '0', '--key-file', big]);
+    expect([bigKey.code, bigKey.stderr]).toEqual([1, `oidc-sidecar: key file ${big}: larger than 1 MiB, which no key file needs\n`]);
+    writeFileSync(join(dir, 'bigpub.yaml'), `clients:\n  - { clientId: x, publicKeyFile: ${big} }\n`);
+    const bigPub = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'bigpub.yaml')]);
+    expect([bigPub.code, bigPub.stderr]).toEqual([1, `oidc-sidecar: invalid clients file ${join(dir, 'bigpub.yaml')}: clients.0.publicKeyFile: ${big}: larger than 1 MiB, which no public key needs\n`]);
+
     writeFileSync(join(dir, 'badjwks.yaml'), 'clients:\n  - clientId: x\n    jwks: { keys: [ { kty: EC } ] }\n');
     const badJwks = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'badjwks.yaml')]);
     // The development-only banner comes once the issuer listens: a failed start is the one line alone.
