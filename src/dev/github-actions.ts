@@ -30,7 +30,10 @@ export function handleGithubActionsRequest(
   const client = ctx.clients.get(url.searchParams.get('client') ?? '');
   const presented = /^bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1]?.trim();
   if (!client?.clientSecret || !presented || !sameSecret(presented, client.clientSecret)) {
-    ctx.logger?.warn({ event: 'dev_token_refused', client: url.searchParams.get('client'), source: 'github_actions' }, 'token refused');
+    // Only a known client is named, as on /token: the `client` parameter is whatever the request put there, and a
+    // request token pasted into it by mistake (`?client=<secret>`) would be written to the log.
+    const error = client ? 'invalid_client' : 'unknown_client';
+    ctx.logger?.warn({ event: 'dev_token_refused', ...(client ? { client: client.clientId } : {}), error, source: 'github_actions' }, 'token refused');
     return send(401, { message: 'unknown client or bad request token (ACTIONS_ID_TOKEN_REQUEST_TOKEN must be the client secret)' });
   }
   const audience = url.searchParams.get('audience') || `https://github.com/${String(client.extraClaims?.repository_owner ?? client.clientId)}`;

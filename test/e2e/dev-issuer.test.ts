@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from '
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import { BIN, runCli } from '../support/sidecar.js';
 import { clientAssertion } from '../support/idp.js';
@@ -256,6 +256,18 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(payload).toMatchObject({ sub: 'repo:acme/app:ref:refs/heads/feature/login', ref: 'refs/heads/feature/login', repository: 'acme/app' });
     expect((await fetch(url, { headers: { authorization: 'bearer wrong' } })).status).toBe(401);
     expect((await fetch(url)).status).toBe(401);
+    // The client secret pasted as the client by mistake: refused, and the log names no client it was not given one of.
+    const swapped = `${p.issuer}/github-actions/token?client=github-feature-secret&audience=deployer`;
+    expect((await fetch(swapped, { headers: { authorization: 'bearer github-feature' } })).status).toBe(401);
+    const refusals = () => p.stdout().split('\n').filter((l) => l.includes('"dev_token_refused"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    // Its log is written asynchronously (pino): wait for the third line.
+    await vi.waitFor(() => expect(refusals()).toHaveLength(3));
+    expect(refusals().map(({ client, error }) => ({ client, error }))).toEqual([
+      { client: 'github-feature', error: 'invalid_client' },
+      { client: 'github-feature', error: 'invalid_client' },
+      { client: undefined, error: 'unknown_client' },
+    ]);
+    expect(p.stdout()).not.toContain('github-feature-secret');
   });
 
   it('rejects an invalid clients file with every problem as a key path, and no stack trace', async () => {
