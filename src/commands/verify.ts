@@ -35,7 +35,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
     builder: (y) =>
       withConfigOption(y)
         .option('token', { type: 'string', requiresArg: true, describe: 'The JWT; read from stdin when omitted' })
-        .option('method', { type: 'string', requiresArg: true, default: 'GET', describe: 'Request method the rules are evaluated for' })
+        .option('method', { type: 'string', requiresArg: true, describe: 'Request method the rules are evaluated for, with --path (default GET)' })
         .option('path', { type: 'string', requiresArg: true, describe: 'Request path the rules are evaluated for; omit to check only the token' })
         .option('json', { type: 'boolean', default: false, describe: 'Print the result as JSON' })
         .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the keys of the token\'s issuer' }) as never,
@@ -44,6 +44,8 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
       const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'] });
       if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');
       if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
+      // Without --path the rules are not evaluated, so a method alone would be ignored while the answer looked like one for it.
+      if (argv.method !== undefined && argv.path === undefined) throw new UsageError('--method applies to the rules, which are evaluated only with --path; add --path');
       // NaN or a negative number gave up at once, and one past what a Node timer holds printed a TimeoutOverflowWarning and waited 1 ms.
       const timeout = argv.timeout ?? 10;
       if (!(timeout > 0 && timeout <= MAX_TIMER_SECONDS)) throw new UsageError(`--timeout must be a number of seconds above 0 and at most ${MAX_TIMER_SECONDS}, got ${Number.isNaN(timeout) ? 'something that is not a number' : timeout}`);
@@ -76,7 +78,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           await keyStore.start([needs.issuer]);
           if (!(await keyStore.waitUntilReady(timeout * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
-            if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail })}\n`);
+            if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail }, null, 2)}\n`);
             io.stderr.write(`oidc-sidecar: ${oneLine(`keys_unavailable: cannot load keys for ${detail}`)}\n`);
             setExit(1);
             return;

@@ -141,6 +141,19 @@ describe('oidc-sidecar verify', () => {
     const malformed = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--json']);
     expect([malformed.code, malformed.stderr]).toEqual([1, '']);
     expect(JSON.parse(malformed.stdout)).toMatchObject({ decision: 'reject', reason: 'malformed_token' });
+    // With --json, stdout is the same document as for every other result, laid out alike.
+    const json = await runCli(['verify', '--config', cfg, '--token', token, '--timeout', '1', '--json']);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({ decision: 'error', reason: 'keys_unavailable', detail: expect.stringContaining(url) });
+    expect(json.stdout).toBe(`${JSON.stringify(JSON.parse(json.stdout), null, 2)}\n`);
+  });
+
+  it('refuses --method without --path: the rules, which the method is for, are evaluated only with a path', async () => {
+    const cfg = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'http://127.0.0.1:9' }] } });
+    const r = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', 'POST']);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, '', 'oidc-sidecar: --method applies to the rules, which are evaluated only with --path; add --path\n']);
+    // With a path it is taken (a malformed token is refused before any rule).
+    expect((await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', 'POST', '--path', '/x'])).stdout).toMatch(/^decision: reject$/m);
   });
 
   it('with one of two issuers down, decides every token as a running sidecar does: it waits only for the keys the token needs', async () => {
