@@ -20,12 +20,11 @@ export interface AdminState {
  * for over a minute instead of `headersTimeoutSeconds`.
  */
 export function createAdminServer(metrics: Metrics, state: AdminState, limits: LimitsConfig): Server {
-  // One request of a connection at a time, as on the other listeners (pipelining.ts), each answered in an event-loop
-  // turn of its own. Node hands every pipelined request over as soon as it is parsed, and a /metrics answer is
-  // rendered asynchronously, so one connection that pipelined thousands of `GET /metrics` had them all rendered at
-  // once (the heap grew by over 100 MB); and answered in turn without a break, one answer's end starts the next in
-  // the same turn, so the inbound and outbound listeners waited seconds for the whole series, even after the client
-  // had gone.
+  // One request of a connection at a time, as on the other listeners (pipelining.ts). Node hands every pipelined
+  // request over as soon as it is parsed, and a /metrics answer is rendered asynchronously, so one connection that
+  // pipelined thousands of `GET /metrics` had them all rendered at once (the heap grew by over 100 MB). Each is also
+  // answered in an event-loop turn of its own, where the data listeners yield every 16th: a /metrics answer costs
+  // far more than a refusal, and sixteen in a row would hold the inbound and outbound listeners that much longer.
   const server = createServer(limitedServerSettings(limits), (request, response) => inTurn(request, response, inTurnOfItsOwn));
   const inTurnOfItsOwn = (req: IncomingMessage, res: ServerResponse) => void setImmediate(serve, req, res);
   const serve = (req: IncomingMessage, res: ServerResponse) => {
