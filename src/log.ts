@@ -1,4 +1,5 @@
 import { pino, type Logger, type DestinationStream } from 'pino';
+import { isoTimestamp } from './time-text.js';
 
 export type { Logger } from 'pino';
 
@@ -32,7 +33,8 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
       level: opts.level ?? 'info',
       base: opts.service ? { service: opts.service } : {},
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      // pino's isoTime, without Date.prototype.toISOString (src/time-text.ts says why).
+      timestamp: () => `,"time":"${isoTimestamp(Date.now())}"`,
       formatters: { level: (label) => ({ level: label }) },
     },
     opts.destination ?? pino.destination({ dest: 1, sync: false }),

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import { limitedServerSettings } from '../proxy/listen.js';
+import { DatedResponse } from '../proxy/dated-response.js';
 import { inTurn } from '../proxy/pipelining.js';
 import { writeRawResponse } from '../proxy/respond.js';
 import type { Metrics } from './metrics.js';
@@ -25,7 +26,7 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
   // pipelined thousands of `GET /metrics` had them all rendered at once (the heap grew by over 100 MB). Each is also
   // answered in an event-loop turn of its own, where the data listeners yield every 16th: a /metrics answer costs
   // far more than a refusal, and sixteen in a row would hold the inbound and outbound listeners that much longer.
-  const server = createServer(limitedServerSettings(limits), (request, response) => inTurn(request, response, inTurnOfItsOwn));
+  const server = createServer({ ...limitedServerSettings(limits), ServerResponse: DatedResponse }, (request, response) => inTurn(request, response, inTurnOfItsOwn));
   const inTurnOfItsOwn = (req: IncomingMessage, res: ServerResponse) => void setImmediate(serve, req, res);
   const serve = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];

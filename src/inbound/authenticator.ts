@@ -8,6 +8,7 @@ import { fromJoseError } from './jose-errors.js';
 import type { IssuerKeys, KeyStore } from './key-store.js';
 import type { Claims } from './policy.js';
 import type { CacheEntry, VerifyCache } from './verify-cache.js';
+import { isoTimestamp } from '../time-text.js';
 
 /** Verifies one token against the issuer it names. */
 export interface Authenticator {
@@ -234,8 +235,7 @@ function withTimes(err: unknown, payload: Claims, now: number, skew: number): un
 
 /** A NumericDate (seconds) as an ISO time, or the number itself when no Date can hold it. */
 function isoTime(seconds: number): string {
-  const d = new Date(seconds * 1000);
-  return Number.isNaN(d.getTime()) ? String(seconds) : d.toISOString().replace('.000Z', 'Z');
+  return isoTimestamp(seconds * 1000)?.replace('.000Z', 'Z') ?? String(seconds);
 }
 
 /** exp minus iat (else nbf, else now) must not exceed `max` seconds. */

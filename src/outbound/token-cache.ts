@@ -5,6 +5,7 @@ import { SidecarError, TokenUnavailableError } from '../errors.js';
 import { audit, type Logger } from '../log.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import type { IssuedToken, TokenSource } from './sources/index.js';
+import { isoTimeOrNumber } from '../time-text.js';
 
 /** One cached token's identity: which source, for which audience and scopes. */
 export interface TokenBinding {
@@ -134,7 +135,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         e.token = inherited.token;
         e.refreshAt = inherited.refreshAt;
         logger.info(
-          { event: 'token_handed_over', source: binding.source.kind, audience: binding.audience, expiresAt: new Date(inherited.token.expiresAt).toISOString() },
+          { event: 'token_handed_over', source: binding.source.kind, audience: binding.audience, expiresAt: isoTimeOrNumber(inherited.token.expiresAt) },
           'token carried over from the previous config',
         );
         arm(e, e.refreshAt);
@@ -241,9 +242,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       issuer: token.issuer,
       audience,
       scopes,
-      expiresAt: new Date(token.expiresAt).toISOString(),
+      expiresAt: isoTimeOrNumber(token.expiresAt),
       jti: token.jti,
-      refreshAt: new Date(e.refreshAt).toISOString(),
+      refreshAt: isoTimeOrNumber(e.refreshAt),
     });
     if (!closed) arm(e, e.refreshAt);
     return token;

@@ -1,4 +1,5 @@
-import { ServerResponse, type IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { DatedResponse } from './dated-response.js';
 
 /**
  * The response class of a listener (the `ServerResponse` server option): once the listener is closing (a drain at
@@ -9,7 +10,7 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
  * writeHead (Node's implicit header calls it too), so this is the one place to decide, at no cost per request.
  */
 export function closingAwareResponse(isClosing: () => boolean): typeof ServerResponse {
-  return class ClosingAwareResponse<Request extends IncomingMessage = IncomingMessage> extends ServerResponse<Request> {
+  return class ClosingAwareResponse<Request extends IncomingMessage = IncomingMessage> extends DatedResponse<Request> {
     // The arguments go on as they came: Node tells `(status, headers)` from `(status, message, headers)` by their types.
     override writeHead(...args: [statusCode: number, ...rest: unknown[]]): this {
       if (isClosing()) this.shouldKeepAlive = false;

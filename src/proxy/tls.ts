@@ -5,6 +5,7 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 import { describeFsError, FILE_LIMITS, readSmallFileSync } from '../config/configured-files.js';
 import { pollFiles } from '../config/poll-files.js';
 import type { Logger } from '../log.js';
+import { isoTimeOrNumber } from '../time-text.js';
 
 export interface TlsFiles {
   certFile: string;
@@ -73,8 +74,8 @@ export function certificateValidityProblem(cert: Buffer, now: number = Date.now(
   }
   const notBefore = Date.parse(x509.validFrom);
   const notAfter = Date.parse(x509.validTo);
-  if (now > notAfter) return `expired at ${new Date(notAfter).toISOString()}`;
-  if (now < notBefore) return `not valid until ${new Date(notBefore).toISOString()}`;
+  if (now > notAfter) return `expired at ${isoTimeOrNumber(notAfter)}`;
+  if (now < notBefore) return `not valid until ${isoTimeOrNumber(notBefore)}`;
   return undefined;
 }
 

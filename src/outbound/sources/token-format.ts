@@ -1,6 +1,7 @@
 import { decodeJwt } from 'jose';
 import { TokenUnavailableError } from '../../errors.js';
 import type { IssuedToken } from './types.js';
+import { isoTimeOrNumber } from '../../time-text.js';
 
 /**
  * RFC 6750 §2.1 b64token: the only characters a bearer token may carry. The
@@ -70,10 +71,10 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
   const inRange = (t: number | undefined) => t === undefined || (t >= -MAX_TIME_MS && t <= MAX_TIME_MS);
   if (!inRange(fromExp) || !inRange(fromExpiresIn)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`);
   if (expiresAt <= nowMs) {
-    throw new TokenUnavailableError(`${what}: the token expired at ${new Date(expiresAt).toISOString()}`);
+    throw new TokenUnavailableError(`${what}: the token expired at ${isoTimeOrNumber(expiresAt)}`);
   }
   if (expiresAt - nowMs < MIN_TOKEN_LIFETIME_MS) {
-    throw new TokenUnavailableError(`${what}: the token expires in less than 1 s (at ${new Date(expiresAt).toISOString()}), too soon to use or renew`);
+    throw new TokenUnavailableError(`${what}: the token expires in less than 1 s (at ${isoTimeOrNumber(expiresAt)}), too soon to use or renew`);
   }
   return { token, expiresAt, ...(jti === undefined ? {} : { jti }), ...(issuer === undefined ? {} : { issuer }) };
 }
