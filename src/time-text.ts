@@ -1,5 +1,6 @@
 /**
- * Times as text (log lines, messages, the `Date` header) without `Date.prototype.toISOString` or `toUTCString`.
+ * Times as text (log lines, messages, the `Date` header) without `Date.prototype.toISOString` or `toUTCString`, and
+ * HTTP dates read without `Date.parse`.
  *
  * Why: the first call of either makes V8 set up its time zone cache, which reads the ICU time zone data embedded in
  * the `node` binary. Those file-backed pages then count in the process's RSS for its whole life: about 1 MiB on
@@ -57,4 +58,39 @@ export function currentHttpDate(now: number = Date.now()): string {
     cachedDate = httpDate(second * 1000);
   }
   return cachedDate;
+}
+
+const MONTH = '(?<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)';
+const TIME = '(?<h>\\d\\d):(?<m>\\d\\d):(?<s>\\d\\d)';
+// RFC 9110 §5.6.7: the three forms a recipient must accept, case-sensitive, all in UTC.
+const HTTP_DATE_FORMS = [
+  new RegExp(`^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?<day>\\d\\d) ${MONTH} (?<year>\\d{4}) ${TIME} GMT$`),
+  new RegExp(`^(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (?<day>\\d\\d)-${MONTH}-(?<yy>\\d\\d) ${TIME} GMT$`),
+  new RegExp(`^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ${MONTH} (?<day>[ \\d]\\d) ${TIME} (?<year>\\d{4})$`),
+];
+
+/**
+ * An HTTP-date (RFC 9110 §5.6.7) as ms since the epoch; undefined for anything else, or a date that does not exist.
+ * Not `Date.parse`: that takes the asctime form, which has no zone, as local time (hours off wherever TZ is not UTC,
+ * and it would load V8's time zone data), and it accepts many strings that are no HTTP-date at all. A two-digit
+ * rfc850 year that would be more than 50 years after `nowMs` is the most recent such year in the past.
+ */
+export function parseHttpDate(value: string, nowMs: number): number | undefined {
+  const g = HTTP_DATE_FORMS.map((form) => form.exec(value)).find(Boolean)?.groups;
+  if (!g) return undefined;
+  let year = Number(g.year);
+  if (g.yy !== undefined) {
+    const thisYear = new Date(nowMs).getUTCFullYear();
+    year = thisYear - (thisYear % 100) + Number(g.yy);
+    if (year > thisYear + 50) year -= 100;
+  }
+  const [month, day, h, m, s] = [MONTHS.indexOf(g.month!), Number(g.day), Number(g.h), Number(g.m), Number(g.s)];
+  // The grammar allows a leap second (:60), read as the next second.
+  if (h > 23 || m > 59 || s > 60) return undefined;
+  // setUTCFullYear, not Date.UTC, which reads the years 0-99 as 1900-1999. Both carry over (Feb 30 is Mar 2), and
+  // such a day does not exist.
+  const date = new Date(0);
+  date.setUTCFullYear(year, month, day);
+  if (date.getUTCMonth() !== month || date.getUTCDate() !== day) return undefined;
+  return date.getTime() + ((h * 60 + m) * 60 + s) * 1000;
 }

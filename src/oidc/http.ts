@@ -2,6 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { CaBundle } from '../config/ca-bundle.js';
 import { SidecarError } from '../errors.js';
 import { Agent } from '../proxy/undici-core.js';
+import { parseHttpDate } from '../time-text.js';
 
 /** Control-plane responses (discovery, JWKS, token) larger than this are refused. */
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -53,8 +54,8 @@ export function retryAfterMs(header: string | string[] | undefined, nowMs: numbe
   const value = (Array.isArray(header) ? header[0] : header)?.trim();
   if (!value) return undefined;
   if (/^\d+$/.test(value)) return Number(value) * 1000;
-  const at = Date.parse(value);
-  return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
+  const at = parseHttpDate(value, nowMs);
+  return at === undefined ? undefined : Math.max(0, at - nowMs);
 }
 
 export interface JsonResponse {

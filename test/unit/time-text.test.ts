@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { currentHttpDate, httpDate, isoTimeOrNumber, isoTimestamp } from '../../src/time-text.js';
+import { currentHttpDate, httpDate, isoTimeOrNumber, isoTimestamp, parseHttpDate } from '../../src/time-text.js';
 import { fuzzRuns } from '../support/attacks.js';
 
 // The largest time value a Date holds (ECMA-262 §21.4.1.31), in ms either side of the epoch.
@@ -57,4 +57,53 @@ describe('time-text: times written without Date.prototype.toISOString/toUTCStrin
     expect(currentHttpDate(at - 1)).toBe('Tue, 01 Dec 2026 03:56:17 GMT');
   });
 
+  it('property: parseHttpDate reads back every IMF-fixdate httpDate writes, to the second', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: Date.UTC(1000, 0, 1), max: Date.UTC(9999, 11, 31, 23, 59, 59, 999) }), (ms) => {
+        expect(parseHttpDate(httpDate(ms), 0)).toBe(ms - (((ms % 1000) + 1000) % 1000));
+      }),
+      { numRuns: fuzzRuns() },
+    );
+  });
+
+  it('parseHttpDate reads the three forms of RFC 9110 §5.6.7 as UTC, wherever the process is', () => {
+    const at = Date.UTC(1994, 10, 6, 8, 49, 37);
+    const now = Date.UTC(2026, 11, 1);
+    expect(parseHttpDate('Sun, 06 Nov 1994 08:49:37 GMT', now)).toBe(at);
+    expect(parseHttpDate('Sunday, 06-Nov-94 08:49:37 GMT', now)).toBe(at);
+    // asctime has no zone: Date.parse reads it as local time, hours off wherever TZ is not UTC.
+    expect(parseHttpDate('Sun Nov  6 08:49:37 1994', now)).toBe(at);
+    expect(parseHttpDate('Sun Nov 16 08:49:37 1994', now)).toBe(at + 10 * 86_400_000);
+    // A two-digit year more than 50 years ahead is the latest such year in the past; within 50 years, the future.
+    expect(parseHttpDate('Friday, 01-Jan-77 00:00:00 GMT', now)).toBe(Date.UTC(1977, 0, 1));
+    expect(parseHttpDate('Friday, 01-Jan-76 00:00:00 GMT', now)).toBe(Date.UTC(2076, 0, 1));
+    expect(parseHttpDate('Tuesday, 01-Dec-26 00:00:00 GMT', now)).toBe(now);
+    // A leap second is the next second; the years 0-99 of a four-digit year are not 1900-1999.
+    expect(parseHttpDate('Wed, 31 Dec 2025 23:59:60 GMT', now)).toBe(Date.UTC(2026, 0, 1));
+    expect(parseHttpDate('Sat, 01 Jan 0094 00:00:00 GMT', now)).toBe(new Date('0094-01-01T00:00:00Z').getTime());
+  });
+
+  it('parseHttpDate refuses what is no HTTP-date, though Date.parse takes much of it', () => {
+    const now = Date.UTC(2026, 11, 1);
+    for (const value of [
+      '',
+      '2026-12-01T00:00:00Z',
+      'Tue, 1 Dec 2026 00:00:00 GMT',
+      'tue, 01 dec 2026 00:00:00 gmt',
+      'Tue, 01 Dec 2026 00:00:00 UTC',
+      'Tue, 01 Dec 2026 00:00:00 GMT ',
+      'Tue, 01 Dec 2026 00:00 GMT',
+      'Tue Dec  1 00:00:00 2026 GMT',
+      'Dec 1 2026',
+      'Tue, 30 Feb 2026 00:00:00 GMT',
+      'Tue, 00 Dec 2026 00:00:00 GMT',
+      'Tue, 01 Dec 2026 24:00:00 GMT',
+      'Tue, 01 Dec 2026 23:60:00 GMT',
+      'Tue, 01 Dec 2026 23:59:61 GMT',
+      'Tuesday, 01-Dec-2026 00:00:00 GMT',
+    ]) {
+      expect(parseHttpDate(value, now), value).toBeUndefined();
+    }
+    expect(Number.isNaN(Date.parse('Dec 1 2026'))).toBe(false);
+  });
 });
