@@ -3,7 +3,7 @@
 // applying a rule → app), loads each with autocannon in interleaved rounds, probes unloaded latency, samples
 // peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
 // Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_WARMUP (5 s), BENCH_SAMPLES (3000),
-// BENCH_PROBE_BLOCK (100), BENCH_RENEW_TTL (20 s), BENCH_NODE_OPTIONS, BENCH_MALLOC_ENV, BENCH_SIDECAR_NODE_FLAGS,
+// BENCH_PROBE_BLOCK (100), BENCH_RENEW_TTL (20 s), BENCH_NODE_OPTIONS, BENCH_MALLOC_ENV, BENCH_SIDECAR_NODE_FLAGS, BENCH_HOST_NODE_ENV,
 // BENCH_CPU_PROF_DIR, VERIFY_ITERATIONS (2000).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
@@ -11,7 +11,7 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startBenchIdp } from './lib/idp.js';
-import { imageRuntime } from './lib/image-runtime.js';
+import { benchChildEnv, imageRuntime } from './lib/image-runtime.js';
 import { latencyProbe, loadRun } from './lib/load.js';
 import { cpuSecondsOf, memoryOf, startNode } from './lib/procs.js';
 import { checkRenewals, startTrickle } from './lib/renewal.js';
@@ -42,8 +42,13 @@ const settings = {
   nodeOptions: process.env.BENCH_NODE_OPTIONS ?? image.env.NODE_OPTIONS ?? '',
   mallocEnv: process.env.BENCH_MALLOC_ENV ?? envString(Object.entries(image.env).filter(([k]) => k.startsWith('MALLOC_'))),
   sidecarNodeFlags: process.env.BENCH_SIDECAR_NODE_FLAGS ?? image.nodeFlags.join(' '),
+  keepHostNodeEnv: process.env.BENCH_HOST_NODE_ENV === 'keep',
 };
-const childEnv = { NODE_OPTIONS: settings.nodeOptions, ...Object.fromEntries(settings.mallocEnv.split(' ').filter(Boolean).map((kv) => kv.split('='))) };
+// Node's other settings are the image's too, not this machine's (benchChildEnv says why); both lists are printed.
+const children = benchChildEnv({ image, hostEnv: process.env, ...settings });
+settings.imageEnv = children.imageEnv;
+settings.hostNodeEnvLeftOut = children.leftOut;
+const childEnv = children.env;
 
 const listening = (l) => typeof l.listening === 'number';
 const procs = [];

@@ -79,6 +79,10 @@ export function printReport(report) {
   out.push(`NODE_OPTIONS for every process: ${settings.nodeOptions ? `"${settings.nodeOptions}"` : "(none: Node's defaults)"}`);
   out.push(`allocator settings for every process: ${settings.mallocEnv || "(none: glibc's defaults)"}`);
   out.push(`Node flags of the sidecars: ${settings.sidecarNodeFlags || '(none)'}`);
+  // Reports written before these settings existed have neither.
+  if (settings.imageEnv) out.push(`the image's other environment for every process: ${settings.imageEnv}`);
+  if (settings.keepHostNodeEnv) out.push("this machine's Node settings (NODE_*, UV_*): passed on to every process (BENCH_HOST_NODE_ENV=keep)");
+  else if (settings.hostNodeEnvLeftOut) out.push(`this machine's Node settings left out of every process: ${settings.hostNodeEnvLeftOut.join(' ') || '(none set)'}`);
   out.push(
     `\nThroughput at ${settings.connections} connections (autocannon, ${settings.rounds} interleaved rounds of ${settings.durationSeconds} s after ${settings.warmupSeconds ?? 2} s of warm-up per chain; median of rounds; latency in whole ms as autocannon records it, rounded down)\n`,
   );

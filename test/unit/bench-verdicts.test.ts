@@ -8,6 +8,7 @@ const lib = (name: string) => import(pathToFileURL(resolve(import.meta.dirname, 
 const { percentile } = await lib('load.js');
 const { summarize } = await lib('report.js');
 const { checkRenewals } = await lib('renewal.js');
+const { benchChildEnv, imageRuntime } = await lib('image-runtime.js');
 
 const run = (rps: number, cpu: [number, number]) => ({ rps, p50: 1, p99: 2, total: rps * 8, non2xx: 0, cpuUsPerRequest: cpu });
 const probe = (us: Record<string, [number, number]>) => Object.entries(us).map(([name, [p50, p99]]) => ({ name, p50, p99, mean: p50 }));
@@ -53,5 +54,27 @@ describe('benchmark verdicts (bench/lib)', () => {
     expect(checkRenewals([0, 9_300], 20).ok).toBe(false); // renewed twice within one lifetime
     expect(checkRenewals([0, 19_000], 20).ok).toBe(false); // the token could already have expired
     expect(checkRenewals([0], 20).ok).toBe(false); // no renewal seen at all
+  });
+
+  it("every process runs with the image's environment: its ENV and knobs in, this machine's own Node settings out", () => {
+    const image = imageRuntime(resolve(import.meta.dirname, '../../Dockerfile'));
+    const hostEnv = { PATH: '/usr/bin', NODE_EXTRA_CA_CERTS: '/etc/ssl/certs/ca-certificates.crt', UV_THREADPOOL_SIZE: '16', NODE_ENV: 'development', NODE_OPTIONS: '--inspect' };
+    const knobs = { nodeOptions: '--max-semi-space-size=2', mallocEnv: 'MALLOC_ARENA_MAX=2 MALLOC_TRIM_THRESHOLD_=131072' };
+    const { env, leftOut, imageEnv } = benchChildEnv({ image, hostEnv, ...knobs });
+    // spawn() skips a variable whose value is undefined: the child does not get the host's.
+    expect(leftOut).toEqual(['NODE_EXTRA_CA_CERTS', 'UV_THREADPOOL_SIZE']);
+    expect(env).toEqual({
+      NODE_EXTRA_CA_CERTS: undefined,
+      UV_THREADPOOL_SIZE: undefined,
+      NODE_ENV: 'production',
+      NODE_OPTIONS: '--max-semi-space-size=2',
+      MALLOC_ARENA_MAX: '2',
+      MALLOC_TRIM_THRESHOLD_: '131072',
+    });
+    expect(imageEnv).toBe('NODE_ENV=production');
+    // The knobs win over the image; BENCH_HOST_NODE_ENV=keep leaves the host's settings in.
+    const kept = benchChildEnv({ image, hostEnv, nodeOptions: '', mallocEnv: '', keepHostNodeEnv: true });
+    expect(kept.leftOut).toEqual([]);
+    expect(kept.env).toEqual({ NODE_ENV: 'production', NODE_OPTIONS: '' });
   });
 });
