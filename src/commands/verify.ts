@@ -1,3 +1,4 @@
+import { METHODS } from 'node:http';
 import type { CommandModule } from 'yargs';
 import { createMetrics } from '../admin/metrics.js';
 import { oneLine } from '../cli-failure.js';
@@ -46,6 +47,9 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
       if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
       // Without --path the rules are not evaluated, so a method alone would be ignored while the answer looked like one for it.
       if (argv.method !== undefined && argv.path === undefined) throw new UsageError('--method applies to the rules, which are evaluated only with --path; add --path');
+      const method = (argv.method ?? 'GET').toUpperCase();
+      // A decision for a request that cannot arrive: Node's HTTP parser answers any other method 400 itself.
+      if (!METHODS.includes(method)) throw new UsageError(`--method ${argv.method}: no request arrives with this method (Node's HTTP parser refuses it); use one such as GET, POST, PUT, PATCH or DELETE`);
       // NaN or a negative number gave up at once, and one past what a Node timer holds printed a TimeoutOverflowWarning and waited 1 ms.
       const timeout = argv.timeout ?? 10;
       if (!(timeout > 0 && timeout <= MAX_TIMER_SECONDS)) throw new UsageError(`--timeout must be a number of seconds above 0 and at most ${MAX_TIMER_SECONDS}, got ${Number.isNaN(timeout) ? 'something that is not a number' : timeout}`);
@@ -62,7 +66,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
       const { tokenHeader } = config.inbound;
       const authorize = () =>
         authorizer.authorize({
-          method: (argv.method ?? 'GET').toUpperCase(),
+          method,
           url: path,
           // The header the inbound listener reads the token from (`inbound.tokenHeader`), as a caller would send it.
           // A value copied from a request (`Bearer eyJ…`, any case) is taken as the header value it already is.
@@ -90,7 +94,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           decision: decision.allowed ? 'allow' : decision.error.status === 403 ? 'deny' : decision.error.status >= 500 ? 'error' : 'reject',
           reason: decision.allowed ? decision.reason : decision.error.code,
           ...(decision.allowed ? {} : { detail: !token && decision.error.code === 'missing_token' ? noTokenDetail(argv.token) : decision.error.message }),
-          ...(argv.path !== undefined ? { method: (argv.method ?? 'GET').toUpperCase(), path: decision.target ?? path } : {}),
+          ...(argv.path !== undefined ? { method, path: decision.target ?? path } : {}),
           ...(rule ? { rule } : {}),
           ...(decision.identity ? { issuer: decision.identity.issuer, claims: decision.identity.claims } : {}),
         };

@@ -156,6 +156,17 @@ describe('oidc-sidecar verify', () => {
     expect((await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', 'POST', '--path', '/x'])).stdout).toMatch(/^decision: reject$/m);
   });
 
+  it('refuses a --method no request can arrive with (Node answers 400 before any rule), and takes any other, in any case', async () => {
+    const cfg = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'http://127.0.0.1:9' }] } });
+    const r = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', 'FOO', '--path', '/x']);
+    expect([r.code, r.stdout]).toEqual([1, '']);
+    expect(r.stderr).toBe("oidc-sidecar: --method FOO: no request arrives with this method (Node's HTTP parser refuses it); use one such as GET, POST, PUT, PATCH or DELETE\n");
+    // A method no rule can name still arrives (WebDAV's PROPFIND): the rules without methods apply to it.
+    for (const method of ['propfind', 'DELETE']) {
+      expect((await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', method, '--path', '/x'])).stdout).toMatch(/^decision: reject$/m);
+    }
+  });
+
   it('with one of two issuers down, decides every token as a running sidecar does: it waits only for the keys the token needs', async () => {
     const down = await startIdp();
     down.setDown('hang'); // accepts and never answers: anything that waited on it would end in keys_unavailable
