@@ -5,7 +5,7 @@ import { createLogger } from '../log.js';
 import { importHoldingWarnings, type Io } from './shared.js';
 
 interface DevIssuerArgs {
-  port: number;
+  port: string;
   host: string;
   clients?: string;
   'key-file'?: string;
@@ -36,7 +36,8 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
     builder: async (y) => {
       const { DEFAULT_DEV_CLIENTS } = await import('../dev/clients-file.js');
       return y
-        .option('port', { alias: 'p', requiresArg: true, type: 'number', default: 9000, describe: 'Port to listen on (0 picks a free one)' })
+        // A string, read below: yargs turns an empty value of a number option into 0, which would pick a random port.
+        .option('port', { alias: 'p', requiresArg: true, type: 'string', default: '9000', describe: 'Port to listen on (0 picks a free one)' })
         .option('host', { requiresArg: true, type: 'string', default: '127.0.0.1', describe: 'Address to listen on (0.0.0.0 in a container)' })
         .option('clients', { requiresArg: true, type: 'string', describe: `Clients file (YAML/JSON); default: built-in demo clients ${DEFAULT_DEV_CLIENTS.map((c) => c.clientId).join(', ')}` })
         .option('key-file', { requiresArg: true, type: 'string', describe: 'JWKS file of private signing keys; created with a new key if missing, so tokens survive restarts' })
@@ -46,10 +47,13 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
         .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Level of its JSON log lines on stdout (start, tokens issued and refused, errors)' });
     },
     handler: async (argv) => {
-      if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0-65535, got ${given(argv.port)}`);
-      if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0)) throw new UsageError(`--ttl must be a positive whole number of seconds, got ${given(argv.ttl)}`);
+      const port = /^\d{1,5}$/.test(argv.port) ? Number(argv.port) : Number.NaN;
+      if (!(port <= 65535)) throw new UsageError(`--port must be 0-65535, got ${argv.port === '' ? 'an empty value' : argv.port}`);
       if (argv.issuer !== undefined && !/^https?:\/\/[^/]+/.test(argv.issuer)) throw new UsageError(`--issuer must be an http(s) URL, got ${argv.issuer}`);
-      const { DEFAULT_DEV_CLIENTS, loadDevClientsFile } = await import('../dev/clients-file.js');
+      const { DEFAULT_DEV_CLIENTS, loadDevClientsFile, MAX_DEV_TOKEN_TTL_SECONDS } = await import('../dev/clients-file.js');
+      if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0 || argv.ttl > MAX_DEV_TOKEN_TTL_SECONDS)) {
+        throw new UsageError(`--ttl must be a whole number of seconds from 1 to ${MAX_DEV_TOKEN_TTL_SECONDS} (a year), got ${given(argv.ttl)}`);
+      }
       const { loadOrCreateKeyFile } = await import('../dev/keys.js');
       const file = argv.clients ? loadDevClientsFile(argv.clients, process.env) : undefined;
       const alg = (argv.alg ?? file?.alg ?? 'RS256') as 'RS256';
@@ -64,7 +68,7 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
       try {
         running = await startDevIssuer({
           host: argv.host,
-          port: argv.port,
+          port,
           clients,
           alg,
           logger,
@@ -74,6 +78,7 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
+        if (e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: no such host name here (check --host)`);
         if (e.code === 'EADDRINUSE') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: address already in use (try --port 0)`);
         if (e.code === 'EADDRNOTAVAIL') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: address not available on this host (check --host)`);
         if (e.code === 'EACCES') throw new UsageError(`cannot listen on ${argv.host}:${argv.port}: permission denied (try a port above 1023)`);

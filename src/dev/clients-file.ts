@@ -10,6 +10,12 @@ import { DEV_ALGORITHMS, type DevAlg } from './keys.js';
 import type { DevClient } from './provider.js';
 
 /**
+ * The longest access token lifetime the dev issuer hands out: a year. Unbounded, `--ttl 1e300` passed as a whole
+ * number and the start failed inside oidc-provider, in its words (`ttl.AccessToken must be a positive integer`).
+ */
+export const MAX_DEV_TOKEN_TTL_SECONDS = 365 * 24 * 3600;
+
+/**
  * The dev issuer's clients file (YAML or JSON). Strict like the sidecar
  * config: a typo is an error, reported with its key path.
  */
@@ -40,7 +46,11 @@ const clientSchema = z
 export const devClientsFileSchema = z
   .strictObject({
     clients: z.array(clientSchema).min(1, 'at least one client is required'),
-    accessTokenTtlSeconds: z.number().int().positive().optional().describe('Access token lifetime (seconds); default 300'),
+    accessTokenTtlSeconds: z
+      .number()
+      .refine((n) => Number.isInteger(n) && n > 0 && n <= MAX_DEV_TOKEN_TTL_SECONDS, `must be a whole number of seconds from 1 to ${MAX_DEV_TOKEN_TTL_SECONDS} (a year)`)
+      .optional()
+      .describe('Access token lifetime (seconds); default 300, at most a year'),
     alg: z.enum(DEV_ALGORITHMS).optional().describe('Signing algorithm of generated keys; default RS256'),
   })
   .superRefine((f, ctx) => {

@@ -356,7 +356,20 @@ describe('oidc-sidecar dev-issuer', () => {
     const badPort = await runCli(['dev-issuer', '--port', '70000']);
     expect([badPort.code, badPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got 70000\n']);
     const wordPort = await runCli(['dev-issuer', '--port', 'abc']);
-    expect([wordPort.code, wordPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got something that is not a number\n']);
+    expect([wordPort.code, wordPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got abc\n']);
+    // yargs reads an empty number as 0, which would have listened on a random port.
+    const emptyPort = await runCli(['dev-issuer', '--port', '']);
+    expect([emptyPort.code, emptyPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got an empty value\n']);
+    for (const ttl of ['1e300', '0', '31536001']) {
+      const badTtl = await runCli(['dev-issuer', '--port', '0', '--ttl', ttl]);
+      expect([badTtl.code, badTtl.stderr]).toEqual([1, `oidc-sidecar: --ttl must be a whole number of seconds from 1 to 31536000 (a year), got ${Number(ttl)}\n`]);
+    }
+    writeFileSync(join(dir, 'longttl.yaml'), 'accessTokenTtlSeconds: 1e300\nclients:\n  - { clientId: x, clientSecret: x-secret }\n');
+    const longTtl = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'longttl.yaml')]);
+    expect([longTtl.code, longTtl.stderr]).toEqual([1, `oidc-sidecar: invalid clients file ${join(dir, 'longttl.yaml')}: accessTokenTtlSeconds: must be a whole number of seconds from 1 to 31536000 (a year)\n`]);
+    // A host name that does not resolve: one line that names the option, not getaddrinfo's.
+    const noHost = await runCli(['dev-issuer', '--host', 'nonexist.invalid', '--port', '0']);
+    expect([noHost.code, noHost.stderr]).toEqual([1, 'oidc-sidecar: cannot listen on nonexist.invalid:0: no such host name here (check --host)\n']);
     // An address this host does not have (TEST-NET-1, RFC 5737): the bind fails, nothing is sent.
     const notHere = await runCli(['dev-issuer', '--host', '192.0.2.1', '--port', '0']);
     expect([notHere.code, notHere.stderr]).toEqual([1, 'oidc-sidecar: cannot listen on 192.0.2.1:0: address not available on this host (check --host)\n']);
