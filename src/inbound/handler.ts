@@ -140,8 +140,10 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   // Refused before any token check (by the listener, or an Upgrade that is not a WebSocket handshake): a reject like
   // bad_path, logged the same way. One refused by Node's parser has no method or path yet: the line says who sent it.
+  // One whose body broke or stalled after its head was decided (`handled`) was counted then, as allowed or not: it is
+  // logged, not counted again (inbound_requests_total is one per request).
   const refused = (req: RefusedRequest, refusal: Refusal) => {
-    metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
+    if (!req.handled) metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(
       {
         event: 'request_rejected',
@@ -155,7 +157,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
       },
       'request_rejected',
     );
-    observe(performance.now());
+    if (!req.handled) observe(performance.now());
   };
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));

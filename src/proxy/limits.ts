@@ -17,6 +17,11 @@ export interface RefusedRequest {
   method?: string | undefined;
   url?: string | undefined;
   socket: { remoteAddress?: string | undefined };
+  /**
+   * True when the listener had already handed this request to the handler (its head passed; its body then broke or
+   * timed out): the refusal is that request's answer, and the handler may have counted the request already.
+   */
+  handled?: boolean;
 }
 
 /** Told of each request the listener refuses itself, as it answers it: for whoever serves the listener to count and log it. */
@@ -157,13 +162,14 @@ export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex, re
   const refusal = clientErrorResponse(err.code);
   const peer = socket as Duplex & { remoteAddress?: string; bytesRead?: number };
   refusalPending.add(socket);
-  afterEarlierResponses(socket as ServerSocket, () => {
+  afterEarlierResponses(socket as ServerSocket, (handled) => {
     // A response that ended the connection itself (`connection: close`) was the last word: Node is closing the socket.
     // That response was this request's own answer (a refusal of its head, or a 401 sent before its body came), which
     // was counted and logged when it was sent: reported again here, one request would be two refusals.
     if (!socket.writable) return;
-    // bytesRead counts what the client sent after any TLS handshake, decrypted.
-    if (refused && peer.bytesRead) refused({ socket: peer }, refusal);
+    // bytesRead counts what the client sent after any TLS handshake, decrypted. A request the handler already has
+    // (allowed, its body then broke or stalled) is named, and marked so that it is not counted a second time.
+    if (refused && peer.bytesRead) refused(handled ? { method: handled.method, url: handled.url, socket: peer, handled: true } : { socket: peer }, refusal);
     writeRawError(socket, refusal.status, refusal.reason, refusal.message);
   });
 }
@@ -185,19 +191,19 @@ function isTlsError(err: NodeJS.ErrnoException & { library?: string }): boolean 
  * the next pipelined response, so this follows the queue. Every request before
  * the bad one was parsed whole; a response whose request is incomplete is the
  * bad request's own (its head parsed, then its framing or body failed): it is
- * replaced by the refusal if it has not started, left to finish if it is
- * complete already, else the connection is cut so a half-sent response is
- * never taken for a whole one. A response that fails destroys the socket, and
- * `then` never runs.
+ * replaced by the refusal if it has not started (`then` gets that request,
+ * which the handler already has), left to finish if it is complete already,
+ * else the connection is cut so a half-sent response is never taken for a
+ * whole one. A response that fails destroys the socket, and `then` never runs.
  */
-export function afterEarlierResponses(socket: ServerSocket, then: () => void): void {
+export function afterEarlierResponses(socket: ServerSocket, then: (handled?: IncomingMessage) => void): void {
   const res = socket._httpMessage;
   if (!res) return then();
   if (!res.req.complete) {
     // Answered in full already (a refusal, or an app that did not wait for the body): end the connection after it.
     if (res.writableEnded) res.once('finish', () => socket.end());
     else if (res.headersSent) socket.destroy();
-    else then();
+    else then(res.req);
     return;
   }
   res.once('finish', () => afterEarlierResponses(socket, then));

@@ -156,6 +156,30 @@ describe('one refused request is one log line and one count', () => {
       expect(await counted(s, metric)).toBe(before + 2);
     });
   }
+
+  // The head passes and the request is decided (allowed, and counted so) before its body breaks: the 400 that
+  // follows is that same request's answer, not a second request to count as a reject.
+  it('inbound: an allowed request whose chunked body then does not parse', async () => {
+    const s = await startSidecar({
+      service: 'orders',
+      inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] },
+    });
+    running.push(s);
+    const token = await idp.mint({ aud: 'orders' });
+    const before = await counted(s, 'oidc_sidecar_inbound_requests_total');
+    const answer = await exchange(s.inbound!, `POST /upload?k=v HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n`);
+    expect(answer.match(/^HTTP\/1\.1 \d{3} /gm), answer).toHaveLength(1);
+    expect(answer).toMatch(/ 400 /);
+    await exchange(s.inbound!, 'GET /marker HTTP/1.1\r\nHost: a\r\nExpect: marker\r\n\r\n');
+    await s.waitForLog((l) => l.component === 'inbound' && l.detail === 'the only expectation supported is 100-continue');
+    const refusals = s.logs.filter((l) => l.component === 'inbound' && ['request_rejected', 'token_rejected'].includes(l.event ?? '') && l.detail !== 'the only expectation supported is 100-continue');
+    // Still logged, naming the request (its head was parsed), without the query.
+    expect(refusals.map((l) => `${l.event}:${l.reason}:${l.method}:${l.path}`)).toEqual(['request_rejected:bad_request:POST:/upload']);
+    expect(await counted(s, 'oidc_sidecar_inbound_requests_total')).toBe(before + 2);
+    const text = await (await fetch(`${s.admin}/metrics`)).text();
+    expect(text).toContain('oidc_sidecar_inbound_requests_total{decision="allow",reason="ok"} 1');
+    expect(s.output()).not.toContain(token);
+  });
 });
 
 describe('a token a caller puts where a path or a host goes never reaches a log line', () => {
