@@ -119,6 +119,19 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     logger.warn({ event: 'upstream_error', route: label, reason: e.code, target }, e.message);
   };
 
+  // The route of an upgrade taking a tunnel slot: a listener with none left answers 503 too_many_tunnels and reports it
+  // through `refused`, synchronously inside admit(), where it is counted under that route like the upgrade's other
+  // refusals rather than as route="none".
+  let admittingRoute: string | undefined;
+  const admitUnder = (route: string, admit: AdmitTunnel): boolean => {
+    admittingRoute = route;
+    try {
+      return admit();
+    } finally {
+      admittingRoute = undefined;
+    }
+  };
+
   /**
    * Route and token for a request, shared by plain requests and upgrades; a refusal says what to answer.
    * Synchronous when the route's token is cached (nearly every request), a promise only while one is fetched.
@@ -130,7 +143,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       rejected(req, 'none', r, started, r.host);
       return { ok: false, status: r.status, reason: r.reason, message: r.message };
     }
-    if (admit && !admit()) return NOT_ADMITTED;
+    if (admit && !admitUnder(r.kind === 'route' ? r.route.host : 'passthrough', admit)) return NOT_ADMITTED;
     if (r.kind !== 'route') return { ok: true, r, label: 'passthrough', addHeaders: NO_HEADERS, dropHeaders: dropPassthrough };
     const label = r.route.host;
     const binding = broker.forRoute(r.route);
@@ -259,8 +272,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
     },
-    // Refused by the listener before routing: counted and logged like the router's own refusals, under route "none".
-    refused: (req, refusal) => rejected(req, 'none', refusal, performance.now()),
+    // Refused by the listener before routing: counted and logged like the router's own refusals, under route "none"
+    // (an upgrade refused for want of a tunnel slot was routed already: under its route, see admitUnder).
+    refused: (req, refusal) => rejected(req, admittingRoute ?? 'none', refusal, performance.now()),
     isOwnConnection: own.isOwn,
     connect: (req, socket, head, admit) => connect.handle(req, socket, head, admit),
     async start() {

@@ -172,4 +172,25 @@ describe('tunnel limits', () => {
     expect(third.answer).toMatch(/^HTTP\/1\.1 200 /);
     await third.closed;
   });
+
+  it('outbound: a WebSocket handshake to a routed host refused for want of a slot is counted and logged under its route', async () => {
+    const target = `127.0.0.1:${tcpPeer.port}`;
+    const first = await openTunnel(outbound.outbound!, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
+    expect(first.answer).toMatch(/^HTTP\/1\.1 200 /);
+    try {
+      const ws = await rawExchange(
+        outbound.outbound!,
+        'GET http://chat/ws HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      expect(ws.responses[0]?.status).toBe(503);
+      expect(ws.raw).toContain('"reason":"too_many_tunnels"');
+      const line = await outbound.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'too_many_tunnels' && l.path === 'http://chat/ws');
+      expect(line.route).toBe('chat');
+      const text = await metricsText(outbound.admin);
+      expect(sample(text, 'oidc_sidecar_outbound_requests_total', { route: 'chat', status: 'too_many_tunnels' })).toBe(1);
+    } finally {
+      first.socket.destroy();
+    }
+    await eventually(() => tcpPeer.sockets.size === 0, 5000, 'the peer\'s socket to close');
+  });
 });
