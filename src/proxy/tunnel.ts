@@ -140,6 +140,13 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
         upRes.destroy();
         return fail(new UpstreamError('upstream_bad_response', 'upstream answered 101 without naming the protocol it switched to'));
       }
+      // RFC 9110 §15: 100-599, as forward() holds plain responses to. Relayed, a client would read `HTTP/1.1 999
+      // Unknown`, and the outbound side would count the handshake under a status no other response can have.
+      const status = upRes.statusCode ?? 502;
+      if (status < 100 || status > 599) {
+        upRes.destroy();
+        return fail(new UpstreamError('upstream_bad_response', `upstream answered with status ${status}, outside 100-599`));
+      }
       settled = true;
       socket.off('close', onClientClose);
       // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
@@ -152,7 +159,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
         if (!upRes.complete) resetSocket(socket);
       });
       socket.on('close', () => upRes.destroy());
-      resolve(upRes.statusCode ?? 502);
+      resolve(status);
     });
 
     upReq.end();

@@ -166,6 +166,21 @@ describe('tunnel(): WebSocket through the proxy', () => {
     expect(afterSwitch).toBe('');
   });
 
+  it('answers 502 upstream_bad_response when the upstream declines with a status outside 100-599, as a plain request is answered', async () => {
+    const app = await echo();
+    app.server.removeAllListeners('upgrade');
+    app.server.on('upgrade', (_req, socket: Duplex) => {
+      socket.on('error', () => {});
+      socket.end('HTTP/1.1 999 Weird\r\ncontent-length: 2\r\n\r\nhi');
+    });
+    const { proxy, outcomes } = await tunnelProxy(app.url);
+    const answer = await rawExchange(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 502 /);
+    expect(answer).toContain('"reason":"upstream_bad_response"');
+    // The status the outbound side counts a declined handshake under (`status` label): never the upstream's 999.
+    expect(outcomes).toEqual(['upstream_bad_response']);
+  });
+
   it('answers 502 upstream_connect_failed when the upstream is down', async () => {
     const port = await closedPort();
     const { proxy, outcomes } = await tunnelProxy(`http://127.0.0.1:${port}`);
