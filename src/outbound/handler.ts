@@ -116,7 +116,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const upstreamFailed = (label: string, target: string, e: UpstreamError, started: number) => {
     metrics.upstreamErrors.inc({ direction: 'outbound', reason: e.code });
     record(label, e.code, started);
-    logger.warn({ event: 'upstream_error', route: label, reason: e.code, target }, e.message);
+    // A passthrough target is the host the app named, as long as the header block allows: cut like every such host.
+    logger.warn({ event: 'upstream_error', route: label, reason: e.code, target: capped(target, MAX_LOGGED_HOST) }, e.message);
   };
 
   // The route of an upgrade taking a tunnel slot: a listener with none left answers 503 too_many_tunnels and reports it
@@ -177,7 +178,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   /** A request's route label (as in the metrics) and target, looked up again on the rare paths that need them. */
   const routeOf = (req: IncomingMessage): { route: string; target?: string } => {
     const r = router.resolve(req.url ?? '/', req.headers.host);
-    return r.kind === 'reject' ? { route: 'none' } : { route: r.kind === 'route' ? r.route.host : 'passthrough', target: r.target.origin };
+    return r.kind === 'reject' ? { route: 'none' } : { route: r.kind === 'route' ? r.route.host : 'passthrough', target: capped(r.target.origin, MAX_LOGGED_HOST) };
   };
 
   // The request was recorded with its status when the headers came; a body that broke after them is counted as an

@@ -212,6 +212,18 @@ describe('a token a caller puts where a path or a host goes never reaches a log 
   });
 });
 
+describe('a host an app names is capped in every log line', () => {
+  it('passthrough: the upstream_error target of a host as long as the header block allows is cut, as no_route and CONNECT lines are', async () => {
+    const s = await startSidecar({ service: 'orders', outbound: { routes: [], unknownHosts: 'passthrough' } });
+    running.push(s);
+    const host = `${'a'.repeat(3000)}.invalid`;
+    expect(await exchange(s.outbound!, `GET http://${host}/x HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`)).toMatch(/^HTTP\/1\.1 502 /);
+    const line = await s.waitForLog((l) => l.event === 'upstream_error' && l.route === 'passthrough');
+    expect(String(line.target).length).toBeLessThanOrEqual(300);
+    expect(line.target).toMatch(/^http:\/\/a+…$/);
+  });
+});
+
 describe('metric labels a token endpoint cannot multiply', () => {
   it('an OAuth error code the IdP invents per request is result="oauth_error"; a registered one is itself', async () => {
     let n = 0;
