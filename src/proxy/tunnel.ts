@@ -225,6 +225,9 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   b.on('error', destroyBoth);
   a.on('end', onEnd);
   b.on('end', onEnd);
+  // A client that ended while its handshake was checked or on its way upstream emitted 'end' before these listeners:
+  // pipe() still passes that end on, and the grace must start for it all the same.
+  if (a.readableEnded || b.readableEnded) onEnd();
   // A side that is destroyed emits 'close' without 'end': half-close the other and start the same grace,
   // so a peer that ignores the FIN cannot hold the tunnel (and a terminating process) open.
   a.on('close', () => {

@@ -242,6 +242,23 @@ describe('tunnel(): WebSocket through the proxy', () => {
     await until(() => clientSockets[0]!.destroyed);
   });
 
+  it('cuts a tunnel whose client ended before the upstream answered, when the upstream ignores that end', async () => {
+    // The client's end arrives while the upgrade is still on its way upstream, before the tunnel is spliced: its grace
+    // must start all the same, or the tunnel (and its limits.maxTunnels slot) stays until the idle limit.
+    const app = await echo({ ignoreEnd: true });
+    const { proxy, clientSockets } = await tunnelProxy(app.url, 300);
+    const s = await rawConnect(proxy.port);
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    s.end('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    const cut = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
+    expect(got).toMatch(/^HTTP\/1\.1 101 /);
+    expect(cut).toBe(true);
+    await until(() => clientSockets[0]!.destroyed);
+  });
+
   it('ends open tunnels when the server cuts all connections (drain deadline)', async () => {
     const app = await echo();
     const { proxy } = await tunnelProxy(app.url);
