@@ -151,6 +151,10 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       socket.off('close', onClientClose);
       // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
       socket.write(responseHead(upRes, false));
+      // Closed once the answer is flushed, as writeRawResponse closes the sidecar's own refusals: the listener's
+      // sockets allow half-open connections, so ending our side alone would leave the socket (and its tunnel slot) to
+      // a client that never ends its own.
+      socket.once('finish', () => socket.destroy());
       upRes.pipe(socket);
       // The relayed body ends where the connection ends: one the upstream cut short must not end in an orderly close,
       // which would read as the whole body (cutResponse).

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -145,6 +145,24 @@ describe('tunnel(): WebSocket through the proxy', () => {
     expect(answer).toMatch(/connection: close\r\n/i);
     expect(answer.endsWith('\r\n\r\nnot here')).toBe(true);
     expect(outcomes).toEqual([403]);
+  });
+
+  it('closes a declined handshake once the answer is sent, though its client never ends its side: it holds no tunnel slot', async () => {
+    const app = await echo({ refuse: { status: 403, body: 'not here' } });
+    const { proxy, outcomes, clientSockets } = await tunnelProxy(app.url, 5000, { limits: { maxTunnels: 1 } });
+    // A client that keeps its side open after the answer (allowHalfOpen), as a client that ignores `connection: close` may.
+    const s = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true });
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    s.write('GET /no HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    await until(() => got.endsWith('not here'));
+    await until(() => clientSockets[0]!.destroyed);
+    // The slot is free again: the next handshake reaches the app (and is declined by it), not 503 too_many_tunnels.
+    const answer = await rawExchange(proxy.port, 'GET /no HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(outcomes).toEqual([403, 403]);
+    s.destroy();
   });
 
   it('answers 502 upstream_bad_response when the upstream switches to a protocol other than the WebSocket it was asked for', async () => {
