@@ -246,7 +246,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         slots.set(side, replacement);
         if (slot) {
           logStoppedListening(side, slot.address, 'moved');
-          retireInBackground(closeServer(slot.server, drainMs));
+          retireInBackground(closeServer(slot.server, drainMs, true));
         }
       } else if (component && slot) {
         slot.component = component;
@@ -259,7 +259,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       } else if (slot) {
         slots.delete(side);
         logStoppedListening(side, slot.address, 'removed');
-        retireInBackground(closeServer(slot.server, drainMs));
+        retireInBackground(closeServer(slot.server, drainMs, true));
       }
     }
     if (newAdmin) {
@@ -313,11 +313,19 @@ function isSameAddress(bound: { listen: string; address: ListenAddress }, listen
   return next.port !== 0 && next.port === bound.address.port && next.host === bound.address.host;
 }
 
-/** Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. */
-function closeServer(server: Server, drainMs: number): Promise<void> {
+/**
+ * Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. With `keepTunnels` (a
+ * listener a reload retires), open tunnels are left to run their course as at an address the reload kept: only HTTP
+ * connections are cut, and the promise settles once the tunnels have closed too (a SIGTERM cuts them at its deadline).
+ */
+function closeServer(server: Server, drainMs: number, keepTunnels = false): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
-    const cut = setTimeout(() => server.closeAllConnections(), drainMs);
+    const cut = setTimeout(() => {
+      if (!keepTunnels) return server.closeAllConnections();
+      clearInterval(idle);
+      (server as LimitedServer).closeHttpConnections();
+    }, drainMs);
     const idle = setInterval(() => server.closeIdleConnections(), 100);
     server.close(() => {
       clearTimeout(cut);

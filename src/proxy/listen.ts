@@ -89,6 +89,8 @@ export interface LimitedServer extends Server {
    * one.
    */
   prepareReconfigure(limits: LimitsConfig, tls: TlsFiles | undefined): () => void;
+  /** Node's own closeAllConnections: cuts the HTTP connections and leaves open tunnels alone (closeAllConnections cuts those too). */
+  closeHttpConnections(): void;
 }
 
 /**
@@ -222,6 +224,7 @@ export function createLimitedServer(
   // comes next; connections already open keep their TLS session. The interval at which Node checks the timeouts was
   // set at listen time from the first headers timeout: at most 1 s, so a shorter new timeout is enforced to within 1 s.
   const limited = server as LimitedServer;
+  limited.closeHttpConnections = closeAll;
   limited.prepareReconfigure = (nextLimits, nextTls) => {
     if (Boolean(nextTls) !== Boolean(https)) {
       throw new SidecarError('restart_required', `inbound.tls: turning TLS ${nextTls ? 'on' : 'off'} at the same listen address takes a restart`, 1);

@@ -459,6 +459,53 @@ describe('SIGTERM with an open WebSocket tunnel', () => {
   });
 });
 
+describe('reload that moves the listener of an open WebSocket tunnel', () => {
+  it('keeps the tunnel open past the drain timeout, as at the same address; SIGTERM then cuts it and exits 0', async () => {
+    const { startWsEcho } = await import('../unit/proxy-ws-echo.js');
+    const { WebSocket } = await import('undici');
+    const wsApp = await startWsEcho();
+    try {
+      const config = (listen: string) => ({
+        service: 'chat',
+        lifecycle: { watchConfig: false, drainTimeoutSeconds: 0.3 },
+        inbound: { listen, target: wsApp.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] },
+      });
+      sidecar = await startSidecar(config('127.0.0.1:0'));
+      const token = await idp.getToken('payments', 'orders');
+      const ws = new WebSocket(`${sidecar.inbound!.replace(/^http/, 'ws')}/ws`, { headers: { authorization: `Bearer ${token}` } } as never);
+      const messages: string[] = [];
+      ws.addEventListener('message', (e) => messages.push(String(e.data)));
+      await new Promise((resolve, reject) => {
+        ws.addEventListener('open', resolve);
+        ws.addEventListener('error', reject);
+      });
+      let closed = false;
+      const closedEvent = new Promise((r) => ws.addEventListener('close', r));
+      void closedEvent.then(() => (closed = true));
+      // A port the OS just handed out and took back: the reload opens a second inbound socket and retires the first.
+      const probe = createServer();
+      await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+      const port = (probe.address() as AddressInfo).port;
+      await new Promise((r) => probe.close(r));
+      sidecar.rewriteConfig(config(`127.0.0.1:${port}`));
+      sidecar.signal('SIGHUP');
+      await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+      // Well past the 0.3 s drain of the retired listener, which used to cut its tunnels with its keep-alive connections.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(closed).toBe(false);
+      ws.send('after-reload');
+      await eventually(() => messages.includes('echo:after-reload') || closed, 5000, 'the echo');
+      expect(messages).toEqual(['echo:after-reload']);
+
+      sidecar.signal('SIGTERM');
+      expect(await sidecar.exited).toBe(0);
+      await closedEvent;
+    } finally {
+      await wsApp.close();
+    }
+  });
+});
+
 describe('reload with an open CONNECT tunnel (outbound passthrough)', () => {
   it('keeps the tunnel open past the drain timeout, as it does WebSocket tunnels; SIGTERM then cuts it and exits 0', async () => {
     const echo = createServer((s) => s.pipe(s));
