@@ -37,23 +37,27 @@ export function sendError(
  * Ends a response whose headers went out but whose body will never be complete, so that the client cannot take it for
  * a whole one. A body without Content-Length sent to an HTTP/1.0 client (which gets no chunked coding) is delimited
  * by the close of the connection (RFC 9112 §6.3, item 8): an orderly close would deliver a truncated body as the
- * complete one. The TCP connection is reset instead, which every client reads as an error. A TLS socket cannot be
- * reset from Node (resetAndDestroy throws for it before doing anything); it is destroyed.
+ * complete one. The TCP connection is reset instead, which every client reads as an error (under TLS too: see
+ * resetSocket).
  */
 export function cutResponse(res: ServerResponse): void {
   if (res.socket) resetSocket(res.socket);
   res.destroy();
 }
 
-/** Resets a client's TCP connection (see cutResponse); destroys one that cannot be reset (TLS). */
+/** Resets a client's TCP connection (see cutResponse), under TLS too; destroys one that cannot be reset. */
 export function resetSocket(socket: Duplex): void {
-  const s = socket as Duplex & Partial<Pick<Socket, 'resetAndDestroy'>>;
+  type Resettable = Duplex & Partial<Pick<Socket, 'resetAndDestroy'>>;
+  // A TLS socket's own resetAndDestroy throws (its handle is not TCP), and destroying it ends the connection in what
+  // clients read as an orderly close. The TCP socket under it (`_parent`, kept by tls.Server for each connection it
+  // accepts) can be reset.
+  const tcp = ((socket as { _parent?: Resettable })._parent ?? socket) as Resettable;
   try {
-    if (!s.destroyed && s.resetAndDestroy) return void s.resetAndDestroy();
+    if (!socket.destroyed && !tcp.destroyed && tcp.resetAndDestroy) tcp.resetAndDestroy();
   } catch {
-    // Not a TCP handle (TLS): resetAndDestroy throws before doing anything.
+    // Not a TCP handle: resetAndDestroy throws before doing anything.
   }
-  s.destroy();
+  socket.destroy();
 }
 
 /** The `Allow` header of a 405 to CONNECT (RFC 9110 §15.5.6): the methods the sidecar forwards. */

@@ -1,15 +1,18 @@
 import type { IncomingMessage } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { createServer } from 'node:http';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { UpstreamError } from '../../src/errors.js';
 import { writeRawError } from '../../src/proxy/respond.js';
 import type { LimitsConfig } from '../../src/config/schema.js';
-import type { AdmitTunnel, Refusal } from '../../src/proxy/listen.js';
+import type { AdmitTunnel, Refusal, TlsFiles } from '../../src/proxy/listen.js';
 import { tunnel } from '../../src/proxy/tunnel.js';
 import { closedPort, rawConnect, rawExchange, startTestProxy, type TestProxy } from './proxy-harness.js';
 import { startWsEcho, type WsEcho } from './proxy-ws-echo.js';
+import { selfSignedCert } from '../support/certs.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -20,7 +23,7 @@ afterEach(async () => {
 async function tunnelProxy(
   target: string,
   timeoutMs = 5000,
-  more: { idleTimeoutMs?: number; limits?: Partial<LimitsConfig>; refused?: Refusal[] } = {},
+  more: { idleTimeoutMs?: number; limits?: Partial<LimitsConfig>; refused?: Refusal[]; tls?: TlsFiles } = {},
 ): Promise<{ proxy: TestProxy; outcomes: Array<number | string>; clientSockets: Duplex[]; idled: number[] }> {
   const outcomes: Array<number | string> = [];
   const clientSockets: Duplex[] = [];
@@ -47,6 +50,7 @@ async function tunnelProxy(
   const refused = more.refused;
   const proxy = await startTestProxy(target, {
     ...(more.limits ? { limits: more.limits } : {}),
+    ...(more.tls ? { tls: more.tls } : {}),
     server: { upgrade, ...(refused ? { refused: (_req, r) => void refused.push(r) } : {}) },
   });
   cleanups.push(() => proxy.close());
@@ -163,6 +167,32 @@ describe('tunnel(): WebSocket through the proxy', () => {
     expect(answer).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
     expect(outcomes).toEqual([403, 403]);
     s.destroy();
+  });
+
+  it('on a TLS listener too, ends a declined answer the upstream cuts short in a reset, never an orderly close that reads as the whole body', async () => {
+    // The relayed answer is close-delimited (its chunked coding is hop-by-hop): the close is all that says where it ends.
+    const app = createServer();
+    app.on('upgrade', (_req, s: Socket) => {
+      s.on('error', () => {});
+      s.write('HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nabc');
+      setTimeout(() => s.destroy(), 50);
+    });
+    await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => app.close(() => r())));
+    const cert = selfSignedCert('tunnel');
+    const { proxy, outcomes } = await tunnelProxy(`http://127.0.0.1:${(app.address() as AddressInfo).port}`, 5000, { tls: { certFile: cert.cert, keyFile: cert.key } });
+    const { text, reset } = await new Promise<{ text: string; reset: boolean }>((resolve) => {
+      const s = tlsConnect({ port: proxy.port, host: '127.0.0.1', ca: cert.pem });
+      let text = '';
+      let reset = false;
+      s.on('data', (c: Buffer) => (text += c.toString('latin1')));
+      s.on('error', (e: NodeJS.ErrnoException) => (reset = e.code === 'ECONNRESET'));
+      s.on('close', () => resolve({ text, reset }));
+      s.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    });
+    expect(text).toMatch(/^HTTP\/1\.1 403 [^]*\r\n\r\nhello/);
+    expect(reset).toBe(true);
+    expect(outcomes).toEqual([403]);
   });
 
   it('answers 502 upstream_bad_response when the upstream switches to a protocol other than the WebSocket it was asked for', async () => {
