@@ -155,7 +155,13 @@ export function createLimitedServer(
   } else {
     server = createHttpServer(serverOptions, guarded);
   }
-  server.once('close', () => stopTls());
+  // Watching stops once the server stops listening, not at its 'close', which waits for every connection: tunnels too,
+  // which a listener a reload retired leaves open (app.ts), and whose files may be gone or another listener's by then.
+  const closeServer = server.close.bind(server);
+  server.close = ((callback?: (err?: Error) => void) => {
+    stopTls();
+    return closeServer(callback);
+  }) as typeof server.close;
   // Node would answer `Expect: 100-continue` with 100 as soon as the head is parsed, before any check or token
   // verification: a caller about to be refused would be invited to send its whole body for nothing. With this
   // listener Node leaves it to us; forward() sends the 100 once the request is allowed and about to go upstream, and

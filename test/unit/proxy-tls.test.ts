@@ -4,6 +4,7 @@ import { createServer as createHttpsServer, request as httpsRequest, type Server
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
@@ -156,6 +157,32 @@ describe('inbound TLS', () => {
     const { logger, lines } = captureLogs();
     const server = createLimitedServer(limitsWith(), () => {}, live, { logger, tlsPollMs: 20 });
     await expect(listenOn(server, { host: '127.0.0.1', port: Number(new URL(taken.url).port) })).rejects.toThrow(/EADDRINUSE/);
+    copyFileSync(b.key, live.keyFile);
+    copyFileSync(b.cert, live.certFile);
+    await new Promise((r) => setTimeout(r, 3 * SETTLE_MS));
+    expect(lines.filter((l) => String(l.event).startsWith('tls_'))).toEqual([]);
+  });
+
+  it('a closed TLS listener stops watching its files, though a tunnel it still carries keeps it from closing', async () => {
+    const a = selfSigned('retired-a');
+    const b = selfSigned('retired-b');
+    const live = { certFile: join(dir, 'retired.crt'), keyFile: join(dir, 'retired.key') };
+    copyFileSync(a.cert, live.certFile);
+    copyFileSync(a.key, live.keyFile);
+    const { logger, lines } = captureLogs();
+    // An upgrade answered 101 and then left open: a tunnel, which close() does not cut (a listener a reload retired).
+    const upgrade = (_req: unknown, socket: Duplex) => void socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+    const server = createLimitedServer(limitsWith(), () => {}, live, { logger, tlsPollMs: 20, upgrade });
+    const { port } = await listenOn(server, { host: '127.0.0.1', port: 0 });
+    const client = tlsConnect({ port, host: '127.0.0.1', ca: a.pem });
+    client.on('error', () => {});
+    cleanups.push(async () => void client.destroy());
+    let got = '';
+    client.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    client.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    await until(() => got.includes('\r\n\r\n'));
+    await new Promise((r) => setTimeout(r, 3 * SETTLE_MS)); // the watcher's first look is done
+    server.close();
     copyFileSync(b.key, live.keyFile);
     copyFileSync(b.cert, live.certFile);
     await new Promise((r) => setTimeout(r, 3 * SETTLE_MS));
