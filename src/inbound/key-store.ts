@@ -190,7 +190,7 @@ function createIssuerKeys(
 
   /** Installs a key set fetched at `at`; false when it is the set already held. */
   const apply = (keys: JWK[], at: number): boolean => {
-    const next = JSON.stringify(keys);
+    const next = keySetFingerprint(keys);
     fetchedAt = at;
     if (next === fingerprint) return false;
     fingerprint = next;
@@ -342,4 +342,13 @@ function createIssuerKeys(
       if (a) await a.destroy().catch(() => {});
     },
   };
+}
+
+/**
+ * The same keys whatever the order of the set and of each key's members: an IdP that builds its JWKS from a map may
+ * list them differently at each fetch, and a new fingerprint empties the verified-token cache and logs a change.
+ * A JWK's members are strings and arrays of strings (RFC 7517), so sorting the top-level names is enough.
+ */
+function keySetFingerprint(keys: readonly JWK[]): string {
+  return JSON.stringify(keys.map((k) => JSON.stringify(k, Object.keys(k).sort())).sort());
 }

@@ -209,6 +209,21 @@ describe('key store', () => {
     expect(lines.filter((l) => l.event === 'jwks_updated').map((l) => l.kids)).toEqual([['k1'], ['k2']]);
   });
 
+  it('takes the same keys in another order, or with their members in another order, as the set it holds', async () => {
+    const { k1, store, server, scheduler, keys, lines } = await setup({}, undefined);
+    const k2 = await testKeyPair('ES256', 'k2');
+    server.set({ keys: [k1.publicJwk, k2.publicJwk] });
+    await store.start();
+    expect(keys().version).toBe(1);
+    // An IdP that builds its JWKS from a map may list the keys, and their members, in another order each time: the
+    // verified-token cache was emptied and "issuer keys changed" logged at every refresh.
+    const reordered = (jwk: JWK) => Object.fromEntries(Object.entries(jwk).reverse()) as JWK;
+    server.set({ keys: [reordered(k2.publicJwk), reordered(k1.publicJwk)] });
+    await fireTimer(server, scheduler);
+    expect(keys().version).toBe(1);
+    expect(lines.filter((l) => l.event === 'jwks_updated')).toHaveLength(1);
+  });
+
   it('keeps the last good keys when the IdP serves an empty, unusable or non-JSON key set', async () => {
     const { store, server, scheduler, metrics, keys } = await setup();
     await store.start();
