@@ -1,6 +1,6 @@
 import type { Metrics } from '../admin/metrics.js';
 import type { InboundConfig, RuleConfig } from '../config/schema.js';
-import { KeysUnavailableError, PolicyDeniedError, SidecarError, TokenRejectedError } from '../errors.js';
+import { INBOUND_REASONS, KeysUnavailableError, PolicyDeniedError, SidecarError, TokenRejectedError, type InboundReason } from '../errors.js';
 import { audit, capped, loggedPath, unverifiedClaims, type Logger } from '../log.js';
 import type { Authenticator } from './authenticator.js';
 import type { ExtractedToken, Extractor } from './extractor.js';
@@ -79,6 +79,12 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
   // issuer of the config, and otherwise stays inside `claims`, marked unverified (SPEC: claims from an unverified
   // token are marked). An `unknown_issuer` line never states an attacker's URL as the issuer.
   const configuredIssuers = new Set(config.issuers.map((i) => i.issuer));
+  // Every series of the contract's reason codes exists from the start, at 0: a series that first appears at 1 has no
+  // earlier sample, so Prometheus' increase() and rate() miss that first request, and an alert on the first
+  // bad_signature would not fire. Listener refusals (bad_request, request_timeout, ...) appear when they happen.
+  metrics.inboundRequests.inc({ decision: 'allow', reason: 'ok' }, 0);
+  if (config.rules?.some((r) => r.public)) metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' }, 0);
+  for (const reason of INBOUND_REASONS) metrics.inboundRequests.inc({ decision: decisionFor(reason), reason }, 0);
 
   const refuse = (
     req: InboundRequest,
@@ -192,4 +198,9 @@ function peekClaims(token: ExtractedToken): Record<string, unknown> | undefined 
   } catch {
     return undefined;
   }
+}
+
+/** The decision label a contract reason code is counted under, as `refuse` counts it. */
+function decisionFor(reason: InboundReason): 'deny' | 'error' | 'reject' {
+  return reason === 'policy_denied' ? 'deny' : reason === 'keys_unavailable' ? 'error' : 'reject';
 }

@@ -105,4 +105,30 @@ describe('authorizer decide(): the request path', () => {
     // Other letter case that selects no other rule changes nothing.
     expect(await decide(orders, '/Api/Orders')).toMatchObject({ allowed: true, target: '/Api/Orders', rule: { index: 4 } });
   });
+
+  it('starts every series of the contract at 0, and counts each refusal in the series it started', async () => {
+    const { parts, metrics, mint, request } = await setup();
+    const series = async () =>
+      Object.fromEntries((await metrics.inboundRequests.get()).values.map((v) => [`${v.labels.decision}/${v.labels.reason}`, v.value]));
+    const reasons = ['missing_token', 'malformed_token', 'unsupported_alg', 'unknown_issuer', 'unknown_key', 'bad_signature', 'expired', 'not_yet_valid', 'issued_in_future', 'audience_mismatch', 'lifetime_too_long', 'missing_claim'];
+    expect(await series()).toEqual({
+      'allow/ok': 0,
+      'allow/public': 0,
+      ...Object.fromEntries(reasons.map((r) => [`reject/${r}`, 0])),
+      'deny/policy_denied': 0,
+      'error/keys_unavailable': 0,
+    });
+    // Refusals of each kind that the authorizer tells apart by the error's class land in those series, no new ones.
+    const [, payload] = (await mint('orders')).split('.');
+    const unsigned = `eyJhbGciOiJub25lIn0.${payload}.`;
+    await parts.authorizer.decide(request(undefined));
+    await parts.authorizer.decide(request('not-a-jwt'));
+    await parts.authorizer.decide(request(unsigned));
+    await parts.authorizer.decide(request(await mint('someone-else')));
+    await parts.authorizer.decide(request(await mint('orders')));
+    parts.authorizer.decide(request(undefined, '/health'));
+    const after = await series();
+    expect(Object.keys(after)).toHaveLength(2 + reasons.length + 2);
+    expect(after).toMatchObject({ 'reject/missing_token': 1, 'reject/malformed_token': 1, 'reject/unsupported_alg': 1, 'deny/policy_denied': 1, 'allow/ok': 1, 'allow/public': 1 });
+  });
 });
