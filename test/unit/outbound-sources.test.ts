@@ -121,6 +121,20 @@ describe('client_credentials request shape and response checks (stand-in token e
     expect(t.expiresAt).toBeLessThanOrEqual(Date.now() + 300_000);
   });
 
+  it('expires_in counts from when the request was sent, not from a slow answer: the token is not used past its lifetime', async () => {
+    let now = Date.UTC(2030, 0, 1);
+    const s = source({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: 's' }, { clock: { now: () => now } });
+    const release = stub.hold();
+    const asked = stub.requests.length;
+    const pending = s.fetch({ audience: 'payments', scopes: [] });
+    const sentAt = now;
+    while (stub.requests.length === asked) await new Promise((r) => setTimeout(r, 5));
+    // The IdP issues the token, then takes 8 s to answer.
+    now += 8_000;
+    release();
+    expect((await pending).expiresAt).toBe(sentAt + 300_000);
+  });
+
   it('a JWT access token whose exp and expires_in disagree expires at the earlier of the two', async () => {
     stub.reply = () => ({ body: { access_token: jwtWith({ exp: inSeconds(86_400) }), token_type: 'Bearer', expires_in: 60 } });
     const before = Date.now();

@@ -68,6 +68,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };
       await auth.apply(form, headers, endpoint);
       let res;
+      const sentAt = deps.clock.now();
       try {
         res = await requestJson(dispatcher, endpoint, { method: 'POST', headers, body: form.toString(), timeoutMs: deps.timeoutMs });
       } catch (err) {
@@ -90,7 +91,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
           throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
         }
       }
-      return toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what);
+      return toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
     },
     async close() {
       // Destroy, not close: close() would wait for a token request in flight, up to tokenRequestTimeoutSeconds against

@@ -42,17 +42,19 @@ export function jwtClaims(token: string): Record<string, unknown> | undefined {
 
 /**
  * Expiry of a token: the JWT's `exp` or `expires_in` (seconds, RFC 6749
- * §5.1) counted from `nowMs`, the earlier of the two when it has both. A token with neither is an
- * error: without an expiry the cache could neither renew nor stop using it.
+ * §5.1) counted from `requestedAtMs` (when the request was sent, default `nowMs`), the earlier of the two when it has
+ * both. A token with neither is an error: without an expiry the cache could neither renew nor stop using it.
  */
-export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, what: string): IssuedToken {
+export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, what: string, requestedAtMs = nowMs): IssuedToken {
   const claims = jwtClaims(token);
   const jti = typeof claims?.jti === 'string' ? claims.jti.slice(0, 128) : undefined;
   const issuer = typeof claims?.iss === 'string' ? claims.iss.slice(0, 256) : undefined;
   const fromExp = typeof claims?.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp * 1000 : undefined;
+  // The lifetime runs from when the IdP issued the token, which is no earlier than the request was sent: counted from
+  // the answer's arrival, a slow answer would stretch it, and the token would be sent for that long after it expired.
   let fromExpiresIn: number | undefined;
-  if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) fromExpiresIn = nowMs + expiresIn * 1000;
-  else if (typeof expiresIn === 'string' && /^\d+$/.test(expiresIn) && Number(expiresIn) > 0) fromExpiresIn = nowMs + Number(expiresIn) * 1000;
+  if (typeof expiresIn === 'number' && Number.isFinite(expiresIn) && expiresIn > 0) fromExpiresIn = requestedAtMs + expiresIn * 1000;
+  else if (typeof expiresIn === 'string' && /^\d+$/.test(expiresIn) && Number(expiresIn) > 0) fromExpiresIn = requestedAtMs + Number(expiresIn) * 1000;
   // With both, the earlier wins: expires_in is the AS's word on the lifetime (RFC 6749 §5.1) and is immune to its
   // clock being off from ours, while a JWT access token's exp is what resource servers check. Either one passed
   // means the token may be refused, so it is not used past either.
@@ -70,7 +72,8 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
   // beside a sane expires_in.
   const inRange = (t: number | undefined) => t === undefined || (t >= -MAX_TIME_MS && t <= MAX_TIME_MS);
   if (!inRange(fromExp) || !inRange(fromExpiresIn)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`);
-  if (expiresAt <= nowMs) {
+  // An expires_in too short to outlast the round trip (`0.001`) is a lifetime too short, below, not an expired token.
+  if (expiresAt <= nowMs && expiresAt === fromExp) {
     throw new TokenUnavailableError(`${what}: the token expired at ${isoTimeOrNumber(expiresAt)}`);
   }
   if (expiresAt - nowMs < MIN_TOKEN_LIFETIME_MS) {
