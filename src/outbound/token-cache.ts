@@ -193,6 +193,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const err = raw instanceof TokenUnavailableError
         ? raw
         : new TokenUnavailableError(`token source failed: ${raw instanceof Error ? raw.message : String(raw)}`, undefined, { cause: raw });
+      // Closed (a reload retired this config, or shutdown), the fetch was cut by us closing its source, not failed by
+      // the IdP: counted and logged, every reload during a renewal would report an IdP failure that never happened.
+      if (closed) throw err;
       const now = clock.now();
       e.failures += 1;
       e.lastError = err;

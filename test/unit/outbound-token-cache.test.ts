@@ -325,6 +325,19 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(cache.hasValid('k1')).toBe(false);
   });
 
+  it('a renewal cut short by close() (a reload retiring the config) is neither counted nor logged as a failed fetch', async () => {
+    await cache.get(binding);
+    stub.hold();
+    time.advance(TTL_S * 1000 * 0.6);
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+    cache.close();
+    // What the retired component's close does next: its source hangs up on the IdP.
+    await binding.source.close();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(obs.lines.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+    expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'idp_unreachable' })).toBeUndefined();
+  });
+
   it('close() cancels renewals and refuses further calls', async () => {
     await cache.get(binding);
     expect(time.pending()).toHaveLength(1);
