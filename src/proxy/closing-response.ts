@@ -11,10 +11,10 @@ import { DatedResponse } from './dated-response.js';
  */
 export function closingAwareResponse(isClosing: () => boolean): typeof ServerResponse {
   return class ClosingAwareResponse<Request extends IncomingMessage = IncomingMessage> extends DatedResponse<Request> {
-    // The arguments go on as they came: Node tells `(status, headers)` from `(status, message, headers)` by their types.
-    override writeHead(...args: [statusCode: number, ...rest: unknown[]]): this {
+    // The arguments go on as they came (DatedResponse tells the two forms apart).
+    override writeHead(statusCode: number, messageOrHeaders?: unknown, headers?: unknown): this {
       if (isClosing()) this.shouldKeepAlive = false;
-      return (super.writeHead as (...a: unknown[]) => this)(...args);
+      return (super.writeHead as (...a: unknown[]) => this).call(this, statusCode, messageOrHeaders, headers);
     }
   };
 }

@@ -14,17 +14,29 @@ export class DatedResponse<Request extends IncomingMessage = IncomingMessage> ex
     this.sendDate = false;
   }
 
-  // The arguments go on as they came: Node tells `(status, headers)` from `(status, message, headers)` by their types.
-  override writeHead(...args: [statusCode: number, ...rest: unknown[]]): this {
-    if (!this.hasHeader('date') && !namesDate(args[args.length - 1])) this.setHeader('date', currentHttpDate());
-    return (super.writeHead as (...a: unknown[]) => this)(...args);
+  // Node tells `(status, headers)` from `(status, message, headers)` by the second argument's type. The Date goes into
+  // the headers given, not through setHeader: once a header is set, Node merges the given ones in one by one, so one
+  // that fails validation left the others set for the 502 that follows, and on Node 20 a repeated name in a raw array
+  // kept only its last value.
+  override writeHead(statusCode: number, messageOrHeaders?: unknown, headers?: unknown): this {
+    const withMessage = typeof messageOrHeaders === 'string';
+    let given = withMessage ? headers : messageOrHeaders;
+    if (!namesDate(given) && !this.hasHeader('date')) {
+      const date = currentHttpDate();
+      if (given === undefined || given === null) this.setHeader('date', date);
+      else if (Array.isArray(given)) given = Array.isArray(given[0]) ? [...(given as unknown[]), ['date', date]] : [...(given as unknown[]), 'date', date];
+      else given = { ...(given as OutgoingHttpHeaders), date };
+    }
+    const write = super.writeHead as (...a: unknown[]) => this;
+    return withMessage ? write.call(this, statusCode, messageOrHeaders, given) : write.call(this, statusCode, given);
   }
 }
 
-/** Whether the headers given to writeHead (an object, or Node's flat [name, value, ...] array) have a Date. */
+/** Whether the headers given to writeHead (an object, Node's flat [name, value, ...] array, or [name, value] pairs) have a Date. */
 function namesDate(headers: unknown): boolean {
   if (headers === null || typeof headers !== 'object') return false;
   if (Array.isArray(headers)) {
+    if (Array.isArray(headers[0])) return headers.some((pair: unknown[]) => isDate(pair[0]));
     for (let i = 0; i < headers.length; i += 2) if (isDate(headers[i])) return true;
     return false;
   }
