@@ -24,6 +24,12 @@ export interface RefusedRequest {
   handled?: boolean;
 }
 
+/**
+ * Set on a request the listener refused after handing it to the handler (`RefusedRequest.handled`): the refusal is its
+ * answer, timed then, so a decision that comes later does not time it again.
+ */
+export const REFUSED_BY_LISTENER = Symbol('refusedByListener');
+
 /** Told of each request the listener refuses itself, as it answers it: for whoever serves the listener to count and log it. */
 export type RefusalObserver = (req: RefusedRequest, refusal: Refusal) => void;
 
@@ -169,6 +175,7 @@ export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex, re
     if (!socket.writable) return;
     // bytesRead counts what the client sent after any TLS handshake, decrypted. A request the handler already has
     // (allowed, its body then broke or stalled) is named, and marked so that it is not counted a second time.
+    if (handled) (handled as IncomingMessage & { [REFUSED_BY_LISTENER]?: true })[REFUSED_BY_LISTENER] = true;
     if (refused && peer.bytesRead) refused(handled ? { method: handled.method, url: handled.url, socket: peer, handled: true } : { socket: peer }, refusal);
     writeRawError(socket, refusal.status, refusal.reason, refusal.message);
   });

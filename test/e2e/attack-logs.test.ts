@@ -167,6 +167,7 @@ describe('one refused request is one log line and one count', () => {
     running.push(s);
     const token = await idp.mint({ aud: 'orders' });
     const before = await counted(s, 'oidc_sidecar_inbound_requests_total');
+    const timedBefore = await counted(s, 'oidc_sidecar_request_duration_seconds_count');
     const answer = await exchange(s.inbound!, `POST /upload?k=v HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n`);
     expect(answer.match(/^HTTP\/1\.1 \d{3} /gm), answer).toHaveLength(1);
     expect(answer).toMatch(/ 400 /);
@@ -176,6 +177,8 @@ describe('one refused request is one log line and one count', () => {
     // Still logged, naming the request (its head was parsed), without the query.
     expect(refusals.map((l) => `${l.event}:${l.reason}:${l.method}:${l.path}`)).toEqual(['request_rejected:bad_request:POST:/upload']);
     expect(await counted(s, 'oidc_sidecar_inbound_requests_total')).toBe(before + 2);
+    // And timed once each (the duration histogram counts requests too): the broken one ends with its 400.
+    expect(await counted(s, 'oidc_sidecar_request_duration_seconds_count')).toBe(timedBefore + 2);
     const text = await (await fetch(`${s.admin}/metrics`)).text();
     expect(text).toContain('oidc_sidecar_inbound_requests_total{decision="allow",reason="ok"} 1');
     expect(s.output()).not.toContain(token);
