@@ -7,7 +7,7 @@
  * Node 22 (0.55 MiB of the binary's ICU data and code around it; docs/performance.md, "Memory"). A sidecar logs a
  * timestamp on every line and Node's HTTP server writes a `Date` on every response it completes itself, so either
  * would pay it at startup. The `getUTC*` accessors do plain arithmetic on the time value and touch none of it.
- * `test/e2e/bundle.test.ts` checks that a running sidecar calls neither method, and `test/unit/time-text.test.ts`
+ * `test/e2e/date-text.test.ts` checks that a running sidecar calls neither method, and `test/unit/time-text.test.ts`
  * that the text is the same as theirs.
  */
 
@@ -78,19 +78,27 @@ const HTTP_DATE_FORMS = [
 export function parseHttpDate(value: string, nowMs: number): number | undefined {
   const g = HTTP_DATE_FORMS.map((form) => form.exec(value)).find(Boolean)?.groups;
   if (!g) return undefined;
-  let year = Number(g.year);
-  if (g.yy !== undefined) {
-    const thisYear = new Date(nowMs).getUTCFullYear();
-    year = thisYear - (thisYear % 100) + Number(g.yy);
-    if (year > thisYear + 50) year -= 100;
-  }
   const [month, day, h, m, s] = [MONTHS.indexOf(g.month!), Number(g.day), Number(g.h), Number(g.m), Number(g.s)];
   // The grammar allows a leap second (:60), read as the next second.
   if (h > 23 || m > 59 || s > 60) return undefined;
-  // setUTCFullYear, not Date.UTC, which reads the years 0-99 as 1900-1999. Both carry over (Feb 30 is Mar 2), and
-  // such a day does not exist.
-  const date = new Date(0);
-  date.setUTCFullYear(year, month, day);
-  if (date.getUTCMonth() !== month || date.getUTCDate() !== day) return undefined;
-  return date.getTime() + ((h * 60 + m) * 60 + s) * 1000;
+  // setUTCFullYear, not Date.UTC, which reads the years 0-99 as 1900-1999. Both carry over (Feb 30 is Mar 2).
+  const timeIn = (year: number) => {
+    const date = new Date(0);
+    date.setUTCFullYear(year, month, day);
+    return { date, ms: date.getTime() + ((h * 60 + m) * 60 + s) * 1000 };
+  };
+  let year = Number(g.year);
+  if (g.yy !== undefined) {
+    // RFC 9110: a two-digit year that would put the date more than 50 years in the future is the most recent year in
+    // the past with those digits: of this century's candidate and its neighbours, the latest that is not.
+    const thisYear = new Date(nowMs).getUTCFullYear();
+    const limit = new Date(nowMs);
+    limit.setUTCFullYear(thisYear + 50);
+    const century = thisYear - (thisYear % 100);
+    const candidates = [century + 100, century, century - 100].map((c) => c + Number(g.yy));
+    year = candidates.find((y) => timeIn(y).ms <= limit.getTime()) ?? candidates[2]!;
+  }
+  const { date, ms } = timeIn(year);
+  // A day the month does not have (Feb 30, or Feb 29 outside a leap year) carried over: no such date.
+  return date.getUTCMonth() === month && date.getUTCDate() === day ? ms : undefined;
 }

@@ -78,6 +78,13 @@ describe('time-text: times written without Date.prototype.toISOString/toUTCStrin
     expect(parseHttpDate('Friday, 01-Jan-77 00:00:00 GMT', now)).toBe(Date.UTC(1977, 0, 1));
     expect(parseHttpDate('Friday, 01-Jan-76 00:00:00 GMT', now)).toBe(Date.UTC(2076, 0, 1));
     expect(parseHttpDate('Tuesday, 01-Dec-26 00:00:00 GMT', now)).toBe(now);
+    // The 50 years are counted to the second, not by the year's number, and the candidate may be in the next century.
+    expect(parseHttpDate('Thursday, 31-Dec-76 23:59:59 GMT', now)).toBe(Date.UTC(1976, 11, 31, 23, 59, 59));
+    expect(parseHttpDate('Monday, 01-Dec-76 00:00:00 GMT', now)).toBe(Date.UTC(2076, 11, 1));
+    expect(parseHttpDate('Sunday, 01-Jan-20 00:00:00 GMT', Date.UTC(2080, 0, 1))).toBe(Date.UTC(2120, 0, 1));
+    // Feb 29 of the year the rule picks: 2000 was a leap year; 1900, which the rule picks for 00 in 1930, was not.
+    expect(parseHttpDate('Tuesday, 29-Feb-00 00:00:00 GMT', now)).toBe(Date.UTC(2000, 1, 29));
+    expect(parseHttpDate('Thursday, 29-Feb-00 00:00:00 GMT', Date.UTC(1930, 0, 1))).toBeUndefined();
     // A leap second is the next second; the years 0-99 of a four-digit year are not 1900-1999.
     expect(parseHttpDate('Wed, 31 Dec 2025 23:59:60 GMT', now)).toBe(Date.UTC(2026, 0, 1));
     expect(parseHttpDate('Sat, 01 Jan 0094 00:00:00 GMT', now)).toBe(new Date('0094-01-01T00:00:00Z').getTime());
