@@ -48,8 +48,10 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
       // Without --path the rules are not evaluated, so a method alone would be ignored while the answer looked like one for it.
       if (argv.method !== undefined && argv.path === undefined) throw new UsageError('--method applies to the rules, which are evaluated only with --path; add --path');
       const method = (argv.method ?? 'GET').toUpperCase();
-      // A decision for a request that cannot arrive: Node's HTTP parser answers any other method 400 itself.
+      // A decision for a request that cannot reach the rules: Node's HTTP parser answers any other method 400 itself,
+      // and the inbound listener answers CONNECT 405 before any token check.
       if (!METHODS.includes(method)) throw new UsageError(`--method ${argv.method}: no request arrives with this method (Node's HTTP parser refuses it); use one such as GET, POST, PUT, PATCH or DELETE`);
+      if (method === 'CONNECT') throw new UsageError('--method CONNECT: the inbound listener answers every CONNECT 405 connect_not_supported before the rules');
       // NaN or a negative number gave up at once, and one past what a Node timer holds printed a TimeoutOverflowWarning and waited 1 ms.
       const timeout = argv.timeout ?? 10;
       if (!(timeout > 0 && timeout <= MAX_TIMER_SECONDS)) throw new UsageError(`--timeout must be a number of seconds above 0 and at most ${MAX_TIMER_SECONDS}, got ${Number.isNaN(timeout) ? 'something that is not a number' : timeout}`);

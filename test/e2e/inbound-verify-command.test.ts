@@ -161,6 +161,8 @@ describe('oidc-sidecar verify', () => {
     const r = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', 'FOO', '--path', '/x']);
     expect([r.code, r.stdout]).toEqual([1, '']);
     expect(r.stderr).toBe("oidc-sidecar: --method FOO: no request arrives with this method (Node's HTTP parser refuses it); use one such as GET, POST, PUT, PATCH or DELETE\n");
+    const connect = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', 'connect', '--path', '/x']);
+    expect([connect.code, connect.stdout, connect.stderr]).toEqual([1, '', 'oidc-sidecar: --method CONNECT: the inbound listener answers every CONNECT 405 connect_not_supported before the rules\n']);
     // A method no rule can name still arrives (WebDAV's PROPFIND): the rules without methods apply to it.
     for (const method of ['propfind', 'DELETE']) {
       expect((await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--method', method, '--path', '/x'])).stdout).toMatch(/^decision: reject$/m);
