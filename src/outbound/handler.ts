@@ -273,8 +273,10 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
     },
-    // Refused by the listener before routing: counted and logged like the router's own refusals, under route "none"
-    // (an upgrade refused for want of a tunnel slot was routed already: under its route, see admitUnder).
+    // Refused by the listener: counted and logged like the router's own refusals, under route "none". Most come before
+    // routing; a routed request whose body then broke (`req.handled`) is counted here too, its only count, still under
+    // "none" (its route is not kept per request). An upgrade refused for want of a tunnel slot is counted under its
+    // route, see admitUnder.
     refused: (req, refusal) => rejected(req, admittingRoute ?? 'none', refusal, performance.now()),
     isOwnConnection: own.isOwn,
     connect: (req, socket, head, admit) => connect.handle(req, socket, head, admit),
