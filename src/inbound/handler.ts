@@ -6,7 +6,7 @@ import { SidecarError, type UpstreamError } from '../errors.js';
 import { loggedPath } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { hasRequestBody } from '../proxy/headers.js';
-import { REFUSED_BY_LISTENER } from '../proxy/limits.js';
+import { refusedAfterHandOff } from '../proxy/limits.js';
 import { sendError } from '../proxy/respond.js';
 import type { Refusal, RefusedRequest } from '../proxy/listen.js';
 import { createOwnConnections } from '../proxy/own-connections.js';
@@ -103,7 +103,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   const proceed = (req: IncomingMessage, res: ServerResponse, decision: Decision, started: number): void => {
     if (!decision.allowed) {
       // Refused by the listener while this decision was pending (its body broke): timed at that refusal.
-      if (!(REFUSED_BY_LISTENER in req)) observe(started);
+      if (!refusedAfterHandOff(req)) observe(started);
       return reject(req, res, decision.error);
     }
     // The caller hung up while we were deciding: nobody is left to answer, so the app is not called.
@@ -142,11 +142,11 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   // Refused before any token check (by the listener, or an Upgrade that is not a WebSocket handshake): a reject like
   // bad_path, logged the same way. One refused by Node's parser has no method or path yet: the line says who sent it.
-  // One whose body broke or stalled after its head was decided (`handled`) was counted then, as allowed or not: it is
+  // One whose body broke or stalled after it was handed on (refusedAfterHandOff) is counted by its decision: it is
   // logged and timed (its duration ends with this answer), not counted again (inbound_requests_total is one per
   // request).
   const refused = (req: RefusedRequest, refusal: Refusal) => {
-    if (!req.handled) metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
+    if (!refusedAfterHandOff(req)) metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(
       {
         event: 'request_rejected',

@@ -274,7 +274,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       });
     },
     // Refused by the listener: counted and logged like the router's own refusals, under route "none". Most come before
-    // routing; a routed request whose body then broke (`req.handled`) is counted here too, its only count, still under
+    // routing; a routed request whose body then broke (refusedAfterHandOff) is counted here too, its only count, still under
     // "none" (its route is not kept per request). An upgrade refused for want of a tunnel slot is counted under its
     // route, see admitUnder.
     refused: (req, refusal) => rejected(req, admittingRoute ?? 'none', refusal, performance.now()),

@@ -17,18 +17,19 @@ export interface RefusedRequest {
   method?: string | undefined;
   url?: string | undefined;
   socket: { remoteAddress?: string | undefined };
-  /**
-   * True when the listener had already handed this request to the handler (its head passed; its body then broke or
-   * timed out): the refusal is that request's answer, and the handler may have counted the request already.
-   */
-  handled?: boolean;
 }
 
+/** Marks a request the listener refused after handing it to the handler: see refusedAfterHandOff. */
+const REFUSED_BY_LISTENER = Symbol('refusedByListener');
+
 /**
- * Set on a request the listener refused after handing it to the handler (`RefusedRequest.handled`): the refusal is its
- * answer, timed then, so a decision that comes later does not time it again.
+ * Whether the listener refused this request after handing it to the handler (its head passed; its body then broke or
+ * timed out): the refusal is that request's answer, and the handler may have counted it, or will when its decision
+ * comes, so it is counted once and timed once.
  */
-export const REFUSED_BY_LISTENER = Symbol('refusedByListener');
+export function refusedAfterHandOff(req: object): boolean {
+  return REFUSED_BY_LISTENER in req;
+}
 
 /** Told of each request the listener refuses itself, as it answers it: for whoever serves the listener to count and log it. */
 export type RefusalObserver = (req: RefusedRequest, refusal: Refusal) => void;
@@ -174,9 +175,9 @@ export function handleClientError(err: NodeJS.ErrnoException, socket: Duplex, re
     // was counted and logged when it was sent: reported again here, one request would be two refusals.
     if (!socket.writable) return;
     // bytesRead counts what the client sent after any TLS handshake, decrypted. A request the handler already has
-    // (allowed, its body then broke or stalled) is named, and marked so that it is not counted a second time.
+    // (allowed, its body then broke or stalled) is reported itself, named, and marked so that it is counted once.
     if (handled) (handled as IncomingMessage & { [REFUSED_BY_LISTENER]?: true })[REFUSED_BY_LISTENER] = true;
-    if (refused && peer.bytesRead) refused(handled ? { method: handled.method, url: handled.url, socket: peer, handled: true } : { socket: peer }, refusal);
+    if (refused && peer.bytesRead) refused(handled ?? { socket: peer }, refusal);
     writeRawError(socket, refusal.status, refusal.reason, refusal.message);
   });
 }
