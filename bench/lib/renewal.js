@@ -1,6 +1,6 @@
 // The renewal check of `npm run bench`. One route of the outbound sidecar gets its tokens from a second issuer
 // whose tokens live a short time, and a steady trickle of requests uses that route through both sidecars while the
-// chains are under load. The sidecar renews a token ahead of expiry, at a jittered 50–80 % of its lifetime
+// chains are under load. The sidecar renews a token ahead of expiry, at a jittered 50–80 % of its lifetime (50–60 % for tokens as short as this one)
 // (src/outbound/token-cache.ts), so every token request after the first must reach the issuer between half the
 // previous token's lifetime and its expiry: one request per token lifetime, never two, never late. A late renewal
 // would also show as errors in the trickle, since the inbound sidecar refuses an expired token.

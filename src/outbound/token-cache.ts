@@ -76,16 +76,19 @@ interface Entry {
 
 /**
  * When to renew a token obtained at `obtainedAt` that expires at `expiresAt`
- * (ms): a jittered point between 50% and 80% of its lifetime, moved earlier
- * to `expiresAt - marginMs` for long-lived tokens, but never before half the
- * lifetime so short tokens do not loop; a source's `recheckAt` wins when earlier.
+ * (ms): a point spread evenly between 50% and 80% of its lifetime, no later
+ * than `expiresAt - marginMs`, but never before half the lifetime so short
+ * tokens do not loop. A token too short for both (at most 2.5 margins) is renewed
+ * between 50% and 60%: the window never shrinks to a single point, or a fleet
+ * that got its tokens together (an IdP back after an outage) would renew in
+ * step for as long as it runs. A source's `recheckAt` wins when earlier.
  */
 export function computeRefreshAt(obtainedAt: number, expiresAt: number, marginMs: number, random: number, recheckAt?: number): number {
   const lifetime = expiresAt - obtainedAt;
   const earliest = obtainedAt + lifetime * 0.5;
-  const latest = Math.min(obtainedAt + lifetime * 0.8, expiresAt - marginMs);
-  const jittered = obtainedAt + lifetime * (0.5 + 0.3 * clamp01(random));
-  const at = Math.max(earliest, Math.min(jittered, latest));
+  const latest = Math.max(Math.min(obtainedAt + lifetime * 0.8, expiresAt - marginMs), obtainedAt + lifetime * 0.6);
+  // Spread over the whole window: clamping a wider spread to its end would put a share of the fleet on one point.
+  const at = earliest + (latest - earliest) * clamp01(random);
   return recheckAt !== undefined ? Math.min(at, Math.max(obtainedAt, recheckAt)) : at;
 }
 

@@ -15,7 +15,7 @@ const SECRET = 'cache-test-s3cret';
 const TTL_S = 600;
 
 describe('computeRefreshAt', () => {
-  it('always lands between 50% and 80% of the lifetime, and never after exp - margin unless that is before half-life', () => {
+  it('always lands between 50% and 80% of the lifetime, and never after exp - margin unless that is before 60% of it', () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 0, max: 4e12 }),
@@ -26,7 +26,7 @@ describe('computeRefreshAt', () => {
           const at = computeRefreshAt(obtained, obtained + lifetime, margin, r);
           expect(at).toBeGreaterThanOrEqual(obtained + lifetime * 0.5);
           expect(at).toBeLessThanOrEqual(obtained + lifetime * 0.8 + 1e-6);
-          expect(at).toBeLessThanOrEqual(Math.max(obtained + lifetime * 0.5, obtained + lifetime - margin) + 1e-6);
+          expect(at).toBeLessThanOrEqual(Math.max(obtained + lifetime * 0.6, obtained + lifetime - margin) + 1e-6);
         },
       ),
     );
@@ -38,11 +38,27 @@ describe('computeRefreshAt', () => {
     expect(computeRefreshAt(0, 1000_000, 60_000, 0.5)).toBe(650_000);
   });
 
-  it('renews long-lived tokens by the margin and short ones at half-life, so they do not loop', () => {
+  it('renews long-lived tokens by the margin and short ones between 50% and 60%, so they do not loop', () => {
     // 1 h token, 20 min margin: 80% (48 min) is later than exp - margin (40 min).
     expect(computeRefreshAt(0, 3_600_000, 1_200_000, 1)).toBe(2_400_000);
-    // 100 s token, 60 s margin: exp - margin (40 s) is before half-life, so half-life wins.
-    expect(computeRefreshAt(0, 100_000, 60_000, 0.9)).toBe(50_000);
+    // 100 s token, 60 s margin: exp - margin (40 s) is before half-life; the window is 50 s..60 s.
+    expect(computeRefreshAt(0, 100_000, 60_000, 0)).toBe(50_000);
+    expect(computeRefreshAt(0, 100_000, 60_000, 0.9)).toBe(59_000);
+    // 200 s token, 60 s margin: the window is 100 s..140 s, and the jitter spreads over all of it.
+    expect(computeRefreshAt(0, 200_000, 60_000, 0.5)).toBe(120_000);
+  });
+
+  it('keeps a jitter window for every lifetime, so tokens fetched together are not renewed in step', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1_000, max: 90 * 86_400_000 }),
+        fc.integer({ min: 0, max: 3_600_000 }),
+        (lifetime, margin) => {
+          const spread = computeRefreshAt(0, lifetime, margin, 1) - computeRefreshAt(0, lifetime, margin, 0);
+          expect(spread).toBeGreaterThanOrEqual(lifetime * 0.1 - 1e-6);
+        },
+      ),
+    );
   });
 
   it('lets a source ask for an earlier recheck (file sources re-read every minute)', () => {
