@@ -19,26 +19,68 @@ const REDACT_PATHS = [
   'secret', '*.secret', 'password', '*.password',
 ];
 
+/**
+ * Bytes of log lines held for stdout while it does not take them (a stuck container log driver, a pipe nobody
+ * reads); a line that would pass this is dropped whole and counted, as Envoy drops access-log lines, so a log
+ * consumer's failure costs log lines and not the data plane: unbounded, a flood of rejections (each one a warn
+ * line) grew the heap until the process was killed. 4 MiB is about 10,000 rejection lines (most are 300-500
+ * bytes), seconds of logging at thousands of refusals a second: enough to ride out a log driver's hiccup, and
+ * small beside the sidecar's own 60-90 MB. Docker's non-blocking log mode buffers 1 MB by default. Not a config
+ * key: a bigger buffer only delays the drops when stdout is stuck, and a smaller one saves too little to tune.
+ */
+export const MAX_BUFFERED_LOG_BYTES = 4 * 1024 * 1024;
+
 export interface LoggerOptions {
   level?: string;
   service?: string;
   /** Where lines go; default stdout. Tests pass a stream to assert on log lines. */
   destination?: DestinationStream;
+  /**
+   * Told how many lines stdout's buffer dropped (past MAX_BUFFERED_LOG_BYTES), each time it drops some; the
+   * default destination only: a stream passed as `destination` is not bounded here.
+   */
+  onLinesDropped?: (lines: number) => void;
 }
 
-/** A JSON logger with the sidecar's redaction rules. */
+/**
+ * A JSON logger with the sidecar's redaction rules. On stdout, once a full buffer has dropped lines and stdout
+ * has taken all it held, one warn line (`log_lines_dropped`) says how many were lost.
+ */
 export function createLogger(opts: LoggerOptions = {}): Logger {
-  return pino(
-    {
-      level: opts.level ?? 'info',
-      base: opts.service ? { service: opts.service } : {},
-      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-      // pino's isoTime, without Date.prototype.toISOString (src/time-text.ts says why).
-      timestamp: () => `,"time":"${isoTimestamp(Date.now())}"`,
-      formatters: { level: (label) => ({ level: label }) },
-    },
-    opts.destination ?? pino.destination({ dest: 1, sync: false }),
-  );
+  const options = {
+    level: opts.level ?? 'info',
+    base: opts.service ? { service: opts.service } : {},
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    // pino's isoTime, without Date.prototype.toISOString (src/time-text.ts says why).
+    timestamp: () => `,"time":"${isoTimestamp(Date.now())}"`,
+    formatters: { level: (label: string) => ({ level: label }) },
+  };
+  if (opts.destination) return pino(options, opts.destination);
+  // sonic-boom (4.x) drops a write whole, never a part of it, and pino writes each line with one write.
+  const stdout = pino.destination({ dest: 1, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
+  const logger = pino(options, stdout);
+  let unreported = 0;
+  stdout.on('drop', (data: string | Buffer) => {
+    const lines = countLines(data);
+    unreported += lines;
+    opts.onLinesDropped?.(lines);
+  });
+  // 'drain' comes when a write finished and nothing is left to write, so the notice always fits, and it is said
+  // once per run of drops: it cannot itself overflow the buffer or call for another notice.
+  stdout.on('drain', () => {
+    if (unreported === 0) return;
+    const dropped = unreported;
+    unreported = 0;
+    logger.warn({ event: 'log_lines_dropped', dropped }, `${dropped} log lines dropped: stdout did not take them in time`);
+  });
+  return logger;
+}
+
+/** Lines in a dropped write: pino ends each with a newline; a write without one is still a line lost. */
+function countLines(data: string | Buffer): number {
+  let lines = 0;
+  for (let i = data.indexOf('\n'); i >= 0; i = data.indexOf('\n', i + 1)) lines++;
+  return Math.max(lines, 1);
 }
 
 /** Audit events named by the product contract. */

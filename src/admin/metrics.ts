@@ -19,6 +19,7 @@ export interface Metrics {
   upstreamErrors: Counter<'direction' | 'reason'>;
   configReloads: Counter<'result'>;
   verifyCacheLookups: Counter<'result'>;
+  logLinesDropped: Counter;
 }
 
 /** Each reader lists the outbound tokens one token cache holds, as (audience, expiry in ms) pairs. */
@@ -134,6 +135,11 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
       name: 'oidc_sidecar_verify_cache_lookups_total',
       help: 'Verified-token cache lookups by result (hit, miss)',
       labelNames: ['result'],
+      registers,
+    }),
+    logLinesDropped: new Counter({
+      name: 'oidc_sidecar_log_lines_dropped_total',
+      help: 'Log lines dropped whole because stdout did not take them and the log buffer (4 MiB) was full',
       registers,
     }),
   };

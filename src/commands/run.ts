@@ -32,9 +32,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // Every file the config names is read and checked here, before a listener binds or a request leaves: a
       // missing one is the same one line `validate` prints, and nothing else happens.
       const config = loadConfig(paths, process.env, { checkStartupFiles: true });
-      const logger = createLogger({ level: config.log.level, service: config.service });
-      logCrashes(logger);
       const metrics = createMetrics({ service: config.service });
+      const logger = createLogger({ level: config.log.level, service: config.service, onLinesDropped: (lines) => metrics.logLinesDropped.inc(lines) });
+      logCrashes(logger);
       const app = await startApp(config, { logger, metrics });
       logger.info({ event: 'started', addresses: app.addresses, configFiles: paths }, 'oidc-sidecar started');
 
