@@ -23,10 +23,11 @@ const REDACT_PATHS = [
  * Bytes of log lines held for stdout while it does not take them (a stuck container log driver, a pipe nobody
  * reads); a line that would pass this is dropped whole and counted, as Envoy drops access-log lines, so a log
  * consumer's failure costs log lines and not the data plane: unbounded, a flood of rejections (each one a warn
- * line) grew the heap until the process was killed. 4 MiB is about 10,000 rejection lines (most are 300-500
- * bytes), seconds of logging at thousands of refusals a second: enough to ride out a log driver's hiccup, and
- * small beside the sidecar's own 60-90 MB. Docker's non-blocking log mode buffers 1 MB by default. Not a config
- * key: a bigger buffer only delays the drops when stdout is stuck, and a smaller one saves too little to tune.
+ * line) grew the heap until the process was killed. 4 MiB is about 10,000 rejection lines (most are 300-500 bytes;
+ * 3,000 of the longest, with claims and path at their caps), seconds of logging at thousands of refusals a second:
+ * enough to ride out a log driver's hiccup, and small beside the sidecar's own 60-90 MB. Docker's non-blocking log
+ * mode buffers 1 MB by default. Not a config key: a bigger buffer only delays the drops when stdout is stuck, and a
+ * smaller one saves too little to tune.
  */
 export const MAX_BUFFERED_LOG_BYTES = 4 * 1024 * 1024;
 
