@@ -47,7 +47,7 @@ export interface KeyStore {
 /** One issuer's last good keys, as handed from a key store to its successor. */
 export interface IssuerKeysSnapshot {
   keys: JWK[];
-  /** Clock time (ms) they were fetched: staleness keeps counting from here. */
+  /** Monotonic clock time (ms) they were fetched: staleness keeps counting from here (a reload is the same process). */
   fetchedAt: number;
   /** The last fetch failed: the successor fetches at once instead of waiting a refresh interval. */
   failing: boolean;
@@ -155,16 +155,19 @@ function createIssuerKeys(
   let keySet: JWTVerifyGetKey | undefined;
   let fingerprint = '';
   let version = 0;
-  /** Clock time (ms) of the last successful fetch. */
+  // The intervals below (staleness, cooldown, Retry-After) are kept on the monotonic clock: a wall clock stepping back
+  // (NTP, a resumed VM) would otherwise hold off every refetch for as long as the step, and one stepping forward would
+  // call fresh keys stale.
+  /** Monotonic time (ms) of the last successful fetch. */
   let fetchedAt = -Infinity;
-  /** Clock time (ms) the last fetch of any kind started: the unknown-kid cooldown counts from here. */
+  /** Monotonic time (ms) the last fetch of any kind started: the unknown-kid cooldown counts from here. */
   let lastAttemptAt = -Infinity;
   let discoveredUri: string | undefined;
   let inflight: Promise<FetchResult> | undefined;
   let cancelTimer: (() => void) | undefined;
   let retryDelay = jwks.retryMinSeconds;
   /**
-   * Clock time (ms) before which the IdP asked not to be asked again (a 429 or 503 with `Retry-After` from its JWKS or
+   * Monotonic time (ms) before which the IdP asked not to be asked again (a 429 or 503 with `Retry-After` from its JWKS or
    * discovery endpoint), at most as far off as a retry could be: neither the backoff nor an unknown kid fetches sooner.
    */
   let quietUntil = -Infinity;
@@ -186,7 +189,7 @@ function createIssuerKeys(
   /** The longest a failing fetch waits before the next: the backoff's ceiling, and never past a normal refresh. */
   const longestRetryMs = Math.min(jwks.retryMaxSeconds, jwks.refreshIntervalSeconds) * 1000;
 
-  const isUsable = () => keySet !== undefined && clock.now() - fetchedAt <= jwks.maxStaleSeconds * 1000;
+  const isUsable = () => keySet !== undefined && clock.monotonic() - fetchedAt <= jwks.maxStaleSeconds * 1000;
 
   /** Installs a key set fetched at `at`; false when it is the set already held. */
   const apply = (keys: JWK[], at: number): boolean => {
@@ -204,7 +207,7 @@ function createIssuerKeys(
     apply(seed.keys, seed.fetchedAt);
     failing = seed.failing;
     lastFetchOk = !seed.failing;
-    logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.now() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
+    logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.monotonic() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
   }
 
   const fetchKeys = async (): Promise<void> => {
@@ -229,7 +232,7 @@ function createIssuerKeys(
       }
     }
     const first = keySet === undefined;
-    if (apply(keys, clock.now())) {
+    if (apply(keys, clock.monotonic())) {
       logger.info(
         { event: 'jwks_updated', kids: keys.map((k) => (k.kid === undefined ? null : shownKid(k.kid))), keyCount: keys.length },
         first ? 'issuer keys loaded' : 'issuer keys changed',
@@ -239,7 +242,7 @@ function createIssuerKeys(
 
   const fetchOnce = (): Promise<FetchResult> => {
     if (inflight) return inflight;
-    lastAttemptAt = clock.now();
+    lastAttemptAt = clock.monotonic();
     inflight = (async () => {
       try {
         await fetchKeys();
@@ -259,7 +262,7 @@ function createIssuerKeys(
         lastFetchOk = false;
         const asked = err instanceof IdpHttpError ? retryAfterMs(err.retryAfter, clock.now()) : undefined;
         const waitMs = asked === undefined ? undefined : Math.min(asked, longestRetryMs);
-        if (waitMs !== undefined) quietUntil = clock.now() + waitMs;
+        if (waitMs !== undefined) quietUntil = clock.monotonic() + waitMs;
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: code });
         logger.warn(
           {
@@ -289,7 +292,7 @@ function createIssuerKeys(
     } else {
       // Backoff while failing (Istio doubles its retry the same way), never slower than the normal refresh; an IdP's
       // Retry-After is waited for within the same bound.
-      delay = Math.max(Math.min(retryDelay, jwks.refreshIntervalSeconds), (quietUntil - clock.now()) / 1000);
+      delay = Math.max(Math.min(retryDelay, jwks.refreshIntervalSeconds), (quietUntil - clock.monotonic()) / 1000);
       retryDelay = Math.min(retryDelay * 2, jwks.retryMaxSeconds);
     }
     cancelTimer?.();
@@ -320,7 +323,8 @@ function createIssuerKeys(
       if (inflight) return (await inflight).ok;
       // Inside the cooldown, or while the IdP asked for quiet, no fetch is made; whether the JWKS is reachable is what
       // the last attempt said.
-      if (clock.now() - lastAttemptAt < jwks.cooldownSeconds * 1000 || clock.now() < quietUntil) return lastFetchOk;
+      const now = clock.monotonic();
+      if (now - lastAttemptAt < jwks.cooldownSeconds * 1000 || now < quietUntil) return lastFetchOk;
       return (await fetchOnce()).ok;
     },
     async start() {

@@ -66,7 +66,7 @@ describe('files read while serving (readSmallFile) follow the same rules off the
 });
 
 describe('the client credentials read at build time use these limits', () => {
-  const deps = { clock: { now: () => Date.now() }, configPath: 'outbound.tokenSource' };
+  const deps = { clock: { now: () => Date.now(), monotonic: () => performance.now() }, configPath: 'outbound.tokenSource' };
 
   it('clientSecretFile: a FIFO or an oversized file stops the build at the key path', () => {
     expect(issuesOf(() => createClientAuth({ clientId: 'orders', clientSecretFile: fifo }, deps))).toEqual([`${KEY}: cannot read ${fifo}: is not a regular file`]);

@@ -184,6 +184,34 @@ describe('key store', () => {
     expect(server.count).toBe(2);
   });
 
+  it("counts the cooldown, an IdP's Retry-After and maxStaleSeconds on the monotonic clock: a wall clock step neither holds off a refetch nor makes fresh keys stale", async () => {
+    const { store, server, clock, keys } = await setup({ cooldownSeconds: 1, maxStaleSeconds: 3600, refreshIntervalSeconds: 60 });
+    const hour = 3_600_000;
+    await store.start();
+    // The wall clock steps back an hour (NTP, a resumed VM): an unknown kid a cooldown later still refetches.
+    clock.set(clock.now() - hour);
+    clock.advance(1000);
+    expect(await keys().refetchForUnknownKey()).toBe(true);
+    expect(server.count).toBe(2);
+    // It steps forward two hours: keys fetched a moment ago are not stale.
+    clock.set(clock.now() + 2 * hour);
+    expect(store.isReady()).toBe(true);
+    expect(typeof keys().keySet()).toBe('function');
+    // The IdP asks for 20 s of quiet and the wall clock steps back: 20 s later a fetch goes out again.
+    server.set({ status: 429, body: '{}', headers: { 'retry-after': '20' } });
+    clock.advance(1000);
+    expect(await keys().refetchForUnknownKey()).toBe(false);
+    expect(server.count).toBe(3);
+    clock.set(clock.now() - hour);
+    clock.advance(19_999);
+    expect(await keys().refetchForUnknownKey()).toBe(false);
+    expect(server.count).toBe(3);
+    server.set({ keys: [(await testKeyPair('ES256', 'e1')).publicJwk] });
+    clock.advance(1);
+    expect(await keys().refetchForUnknownKey()).toBe(true);
+    expect(server.count).toBe(4);
+  });
+
   it('shares one in-flight fetch between concurrent unknown-kid callers (single-flight)', async () => {
     const { store, server, clock, keys } = await setup({ cooldownSeconds: 1 });
     await store.start();

@@ -10,15 +10,19 @@ import { createLogger, type Logger } from '../../src/log.js';
 
 /** A clock that moves only when told (milliseconds). */
 export interface ManualClock extends Clock {
+  /** Time passes: the wall clock and the monotonic one move together. */
   advance(ms: number): void;
+  /** The wall clock steps to `ms` (NTP, a resumed VM) while no time passes: the monotonic clock stays. */
   set(ms: number): void;
 }
 
 export function manualClock(start = Date.now()): ManualClock {
   let t = start;
+  let m = 0;
   return {
     now: () => t,
-    advance: (ms) => void (t += ms),
+    monotonic: () => m,
+    advance: (ms) => void ((t += ms), (m += ms)),
     set: (ms) => void (t = ms),
   };
 }

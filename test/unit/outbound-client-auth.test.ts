@@ -15,7 +15,7 @@ function file(content: string): string {
   writeFileSync(p, content);
   return p;
 }
-const clock = { now: () => Date.now() };
+const clock = { now: () => Date.now(), monotonic: () => performance.now() };
 const deps = { clock, configPath: 'outbound.tokenSource' };
 const ENDPOINT = 'https://idp.example/oauth2/token';
 

@@ -23,7 +23,7 @@ export function createFakeTime(start = Date.UTC(2030, 0, 1)): FakeTime {
   const tasks: { at: number; seq: number; fn: () => void }[] = [];
   const byDue = () => tasks.sort((a, b) => a.at - b.at || a.seq - b.seq);
   return {
-    clock: { now: () => now },
+    clock: { now: () => now, monotonic: () => now },
     scheduler: {
       schedule(delayMs, fn) {
         const task = { at: now + Math.max(0, delayMs), seq: seq++, fn };

@@ -19,7 +19,7 @@ import { rawToken } from '../support/tokens.js';
 import { startStubTokenEndpoint, type StubTokenEndpoint } from './outbound-harness.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'outbound-sources-'));
-const clock = { now: () => Date.now() };
+const clock = { now: () => Date.now(), monotonic: () => performance.now() };
 const deps = (extra: Partial<SourceDeps> = {}): SourceDeps => ({ clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource', ...extra });
 const sources: TokenSource[] = [];
 function source(cfg: Record<string, unknown>, extra: Partial<SourceDeps> = {}): TokenSource {
@@ -123,7 +123,7 @@ describe('client_credentials request shape and response checks (stand-in token e
 
   it('expires_in counts from when the request was sent, not from a slow answer: the token is not used past its lifetime', async () => {
     let now = Date.UTC(2030, 0, 1);
-    const s = source({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: 's' }, { clock: { now: () => now } });
+    const s = source({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: 's' }, { clock: { now: () => now, monotonic: () => now } });
     const release = stub.hold();
     const asked = stub.requests.length;
     const pending = s.fetch({ audience: 'payments', scopes: [] });
@@ -284,7 +284,7 @@ describe('token_exchange (RFC 8693)', () => {
 describe('file source', () => {
   it('re-reads when the file changes (kubelet-style atomic swap; in place with only ctime changed), at least every minute, and substitutes {audience}', async () => {
     let now = Date.now();
-    const fakeClock = { now: () => now };
+    const fakeClock = { now: () => now, monotonic: () => now };
     const path = join(dir, 'tokens-payments.jwt');
     const first = jwtWith({ aud: 'payments', exp: inSeconds(3600), jti: 'f-1' });
     writeFileSync(path, `${first}\n`);
