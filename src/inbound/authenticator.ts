@@ -89,20 +89,31 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     }
   };
 
-  const verify = async (token: string, issuer: IssuerConfig, keys: IssuerKeys, opts: JWTVerifyOptions): Promise<{ claims: Claims; version: number }> => {
+  const verify = async (token: string, issuer: IssuerConfig, keys: IssuerKeys, opts: JWTVerifyOptions, hasKid: boolean): Promise<{ claims: Claims; version: number }> => {
     let version = keys.version;
     let keySet = keys.keySet();
+    let failure: TokenRejectedError;
+    let unknownKid: boolean;
     try {
       return { claims: await verifyWith(token, keySet, opts), version };
     } catch (err) {
-      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw fromJoseError(err);
+      unknownKid = (err as { code?: string }).code === 'ERR_JWKS_NO_MATCHING_KEY';
+      failure = fromJoseError(err);
     }
-    // Unknown kid: maybe the issuer rotated. Refetch (rate-limited per issuer), then try once more if the keys changed.
+    // A token with a kid whose signature fails is refused as it is: its key is known, and a forged signature must cost
+    // no network call. One without a kid that no candidate key verifies may be signed by a key we do not have yet.
+    const kidlessBadSignature = !hasKid && failure.code === 'bad_signature';
+    if (!unknownKid && !kidlessBadSignature) throw failure;
+    // Unknown kid, or no kid and no key of the right type verifies it: maybe the issuer rotated. Refetch (rate-limited
+    // per issuer, the same limit for both), then try once more if the keys changed.
     const reachable = await keys.refetchForUnknownKey();
     if (keys.version === version) {
       // The issuer may have rotated to a key we cannot fetch: that is "keys unobtainable", not a bad token (SPEC: 503).
-      if (!reachable) throw new KeysUnavailableError(issuer.issuer, `no key of issuer ${issuer.issuer} matches the token, and its JWKS cannot be fetched to look for it`);
-      throw new TokenRejectedError('unknown_key', 'no key of the issuer matches the token (kid)');
+      if (!reachable) {
+        const what = unknownKid ? 'matches the token' : 'verifies the token (it has no kid)';
+        throw new KeysUnavailableError(issuer.issuer, `no key of issuer ${issuer.issuer} ${what}, and its JWKS cannot be fetched to look for it`);
+      }
+      throw unknownKid ? new TokenRejectedError('unknown_key', 'no key of the issuer matches the token (kid)') : failure;
     }
     version = keys.version;
     keySet = keys.keySet();
@@ -169,7 +180,7 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     }
     checkClaims(unverified);
 
-    const { claims, version } = await verify(token, issuer, keys, opts);
+    const { claims, version } = await verify(token, issuer, keys, opts, header.kid !== undefined);
     checkClaims(claims);
     // Verified claims go on as JSON (x-peer-claims, claim headers, `verify` output, the policy_denied line).
     // JSON.stringify overflows the stack a few thousand levels down, which a 13 KB token reaches, and apps'

@@ -20,7 +20,8 @@ export interface IssuerKeys {
   /** True when keySet() would not throw. */
   isUsable(): boolean;
   /**
-   * Refetches for an unknown `kid`: at most once per cooldown, concurrent callers share one fetch.
+   * Refetches for a key the set may lack (an unknown `kid`, or a token without kid that no key verifies): at most once
+   * per cooldown, concurrent callers share one fetch.
    * Resolves false when the JWKS could not be fetched (now, or at the last attempt inside the cooldown).
    */
   refetchForUnknownKey(): Promise<boolean>;

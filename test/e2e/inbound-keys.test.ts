@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
-import { accessTokenClaims, signToken, tamperHeader, testKeyPair, unusableJwks } from '../support/tokens.js';
+import { accessTokenClaims, signToken, tamperHeader, testKeyPair, unusableJwks, type SigningKey } from '../support/tokens.js';
 import { startJwksServer } from '../unit/inbound-support.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { call, eventually, inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
@@ -74,6 +74,26 @@ describe('inbound keys: readiness, rotation, outages, kid floods', () => {
     expect(res.status).toBe(401);
     expect(res.body.reason).toBe('unknown_key');
     await sidecar.waitForLog((l) => l.event === 'jwks_updated' && Array.isArray(l.kids) && (l.kids as unknown[]).length === 1 && l.msg === 'issuer keys changed');
+  });
+
+  it('key rotation, token without kid: one signed by the new key is accepted after one refetch; a forged one stays 401 bad_signature', async () => {
+    const { idp, sidecar } = await setup({ jwks: { cooldownSeconds: 1 } });
+    const kidless = (key: SigningKey = idp.signingKeys[0]!.private) => signToken(accessTokenClaims({ iss: idp.issuer, aud: 'orders' }), { key, alg: 'RS256' });
+    expect((await call(sidecar.inbound!, '/x', { token: await kidless() })).status).toBe(200);
+
+    const before = idp.counts.jwks;
+    await idp.rotateKeys({ keepOld: false }); // the one RSA key replaced: the sidecar's old key is the only candidate it has
+    const token = await kidless();
+    await eventually(async () => {
+      const res = await call(sidecar.inbound!, '/x', { token });
+      if (res.status !== 200) expect(res.body.reason).toBe('bad_signature');
+      return res.status === 200;
+    }, 5000, 'the new key found for a token without kid after the cooldown');
+    expect(idp.counts.jwks - before).toBe(1);
+
+    const forged = await call(sidecar.inbound!, '/x', { token: await kidless((await testKeyPair('RS256')).privateKey) });
+    expect(forged.status).toBe(401);
+    expect(forged.body.reason).toBe('bad_signature');
   });
 
   it('JWKS outage: last good keys keep verifying within maxStaleSeconds, then 503 keys_unavailable, then recovery', async () => {

@@ -194,6 +194,48 @@ describe('authenticator', () => {
     expect(await reason(await mint({}, { key: await testKeyPair('RS256'), kid: null }))).toBe('bad_signature');
   });
 
+  it('a token without kid signed by a key the issuer just rotated to is accepted after one refetch; forged, it stays bad_signature at one refetch per cooldown', async () => {
+    const a = await testKeyPair('RS256', 'a');
+    const b = await testKeyPair('RS256', 'b');
+    const { mint, reason, server, keyStore, clock } = await setup({ jwks: { cooldownSeconds: 1 } }, { keys: [a] });
+    // The issuer rotates from a to b; the sidecar holds only a, the one key a token without kid can be tried with.
+    server.set({ keys: [b.publicJwk] });
+    clock.advance(1000);
+    const before = server.count;
+    expect(await reason(await mint({}, { key: b, kid: null }))).toBe('accepted');
+    expect(server.count - before).toBe(1);
+    expect(keyStore.get(ISS)!.version).toBe(2);
+    // Forgeries without kid: the first refetch finds nothing new (bad_signature), the rest inside the cooldown fetch nothing.
+    clock.advance(1000);
+    const forger = await testKeyPair('RS256');
+    for (let i = 0; i < 10; i++) expect(await reason(await mint({ jti: `f${i}` }, { key: forger, kid: null }))).toBe('bad_signature');
+    expect(server.count - before).toBe(2);
+    // A token with a kid whose signature fails costs no fetch, cooldown over or not: its key is known.
+    clock.advance(1000);
+    expect(await reason(corruptSignature(await mint({}, { key: b })))).toBe('bad_signature');
+    expect(await reason(await mint({}, { key: await testKeyPair('RS256', 'b') }))).toBe('bad_signature');
+    expect(server.count - before).toBe(2);
+  });
+
+  it('a token without kid that none of several candidate keys verifies refetches too, and gets 503 keys_unavailable when the JWKS cannot be fetched, as an unknown kid does', async () => {
+    const [a, b, c] = await Promise.all(['a', 'b', 'c'].map((kid) => testKeyPair('RS256', kid)));
+    const { mint, reason, server, clock } = await setup({ jwks: { cooldownSeconds: 1 } }, { keys: [a!, b!] });
+    server.set({ keys: [b!.publicJwk, c!.publicJwk] });
+    clock.advance(1000);
+    expect(await reason(await mint({}, { key: c, kid: null }))).toBe('accepted');
+    // The JWKS goes down: a token without kid that no key verifies may be signed by a key the sidecar cannot fetch.
+    server.set({ status: 503 });
+    clock.advance(1000);
+    const before = server.count;
+    expect(await reason(await mint({}, { key: await testKeyPair('RS256'), kid: null }))).toBe('keys_unavailable');
+    expect(await reason(await mint({}, { kid: 'unknown' }))).toBe('keys_unavailable');
+    expect(server.count - before).toBe(1);
+    // A kid whose signature fails stays bad_signature (no fetch, so nothing is unobtainable); the held keys still verify.
+    expect(await reason(corruptSignature(await mint({}, { key: c })))).toBe('bad_signature');
+    expect(await reason(await mint({ jti: 'x' }, { key: b, kid: null }))).toBe('accepted');
+    expect(server.count - before).toBe(1);
+  });
+
   it('a token without kid verifies when keys that cannot be used (RSA under 2048 bits, malformed) come first in the JWKS', async () => {
     const a = await testKeyPair('RS256', 'a');
     for (const bad of await unusableJwks(() => null)) {
