@@ -66,7 +66,10 @@ interface Entry {
   refreshAt: number;
   inflight?: Promise<IssuedToken>;
   failures: number;
-  /** No caller-triggered fetch before this time after a failure (backoff). */
+  /**
+   * No caller-triggered fetch before this monotonic time (ms) after a failure (backoff): a backoff is elapsed time, which
+   * a step of the wall clock (NTP, a resumed VM) must not stretch.
+   */
   retryAt: number;
   lastError?: TokenUnavailableError;
   cancel?: () => void;
@@ -128,7 +131,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   const entryFor = (binding: TokenBinding): Entry => {
     let e = entries.get(binding.key);
     if (!e) {
-      e = { binding, refreshAt: 0, failures: 0, retryAt: 0 };
+      e = { binding, refreshAt: 0, failures: 0, retryAt: -Infinity };
       entries.set(binding.key, e);
       // Before the first fetch, so that fetch reads the version the watch starts from, or a later one.
       const entry = e;
@@ -149,15 +152,20 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
 
   const isValid = (e: Entry, now: number): e is Entry & { token: IssuedToken } => e.token !== undefined && now < e.token.expiresAt;
 
-  const arm = (e: Entry, at: number): void => {
+  /** Renews at `at` on the wall clock (a refresh point, which follows the token's exp). */
+  const arm = (e: Entry, at: number): void => armIn(e, at - clock.now(), () => at - clock.now());
+
+  /** Renews after `delayMs`; `left` says how long is left when the timer fires. */
+  const armIn = (e: Entry, delayMs: number, left: () => number = () => 0): void => {
     e.cancel?.();
     e.cancel = undefined;
     if (closed) return;
-    e.cancel = scheduler.schedule(at - clock.now(), () => {
+    e.cancel = scheduler.schedule(delayMs, () => {
       e.cancel = undefined;
       if (closed || entries.get(e.binding.key) !== e) return;
       // Timers cap at ~24.8 days; a far-off renewal re-arms instead of firing early.
-      if (at - clock.now() > 1000) return arm(e, at);
+      const ms = left();
+      if (ms > 1000) return armIn(e, ms, left);
       if (!e.inflight) void renew(e).catch(() => {});
     });
   };
@@ -207,10 +215,11 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
       // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to retryMaxSeconds.
       const asked = err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
-      const retryAt = now + Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
+      const backoffMs = Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
       // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
       // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
-      e.retryAt = isValid(e, now) ? Math.min(retryAt, e.token.expiresAt) : retryAt;
+      const retryInMs = isValid(e, now) ? Math.min(backoffMs, e.token.expiresAt - now) : backoffMs;
+      e.retryAt = clock.monotonic() + retryInMs;
       const result = resultLabel(err);
       metrics.tokenRequests.inc({ source: source.kind, audience, result });
       audit(logger, 'token_fetch_failed', {
@@ -222,9 +231,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         error: err.message,
         failures: e.failures,
         keepingToken: isValid(e, now),
-        retryInMs: Math.round(e.retryAt - now),
+        retryInMs: Math.round(retryInMs),
       });
-      if (!closed) arm(e, e.retryAt);
+      if (!closed) armIn(e, retryInMs);
       throw err;
     }
     const now = clock.now();
@@ -235,7 +244,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     const isSameToken = (onChange || source.readsIssuedTokens === true) && e.failures === 0 && e.token?.token === token.token;
     e.token = token;
     e.failures = 0;
-    e.retryAt = 0;
+    e.retryAt = -Infinity;
     e.lastError = undefined;
     e.refreshAt = computeRefreshAt(now, token.expiresAt, marginMs, random(), token.recheckAt);
     if (isSameToken) {
@@ -262,7 +271,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     const now = clock.now();
     if (!isValid(e, now)) return undefined;
     // The timer normally renews; this catches a late timer (suspended process, fake clock).
-    if (now >= e.refreshAt && now >= e.retryAt && !e.inflight) void renew(e).catch(() => {});
+    if (now >= e.refreshAt && clock.monotonic() >= e.retryAt && !e.inflight) void renew(e).catch(() => {});
     return e.token.token;
   };
 
@@ -271,9 +280,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     const cached = peek(binding);
     if (cached !== undefined) return cached;
     const e = entryFor(binding);
-    const now = clock.now();
     // During backoff, fail fast with the last error instead of sending every call to a failing IdP.
-    if (!e.inflight && now < e.retryAt && e.lastError) throw e.lastError;
+    if (!e.inflight && clock.monotonic() < e.retryAt && e.lastError) throw e.lastError;
     return (await renew(e)).token;
   };
 

@@ -12,21 +12,25 @@ export interface FakeTime {
   scheduler: Scheduler;
   /** Moves time forward, running every task that falls due on the way, in order. */
   advance(ms: number): void;
-  /** Due times (ms since epoch) of pending tasks, earliest first. */
+  /** Steps the wall clock by `ms` (NTP, a resumed VM) while no time passes: the monotonic clock and the tasks stay. */
+  step(ms: number): void;
+  /** Due times (ms since epoch, as the wall clock will read then) of pending tasks, earliest first. */
   pending(): number[];
   now(): number;
 }
 
 export function createFakeTime(start = Date.UTC(2030, 0, 1)): FakeTime {
   let now = start;
+  /** Monotonic time: moves with `now` except when the wall clock steps. Tasks are due on it. */
+  let mono = start;
   let seq = 0;
   const tasks: { at: number; seq: number; fn: () => void }[] = [];
   const byDue = () => tasks.sort((a, b) => a.at - b.at || a.seq - b.seq);
   return {
-    clock: { now: () => now, monotonic: () => now },
+    clock: { now: () => now, monotonic: () => mono },
     scheduler: {
       schedule(delayMs, fn) {
-        const task = { at: now + Math.max(0, delayMs), seq: seq++, fn };
+        const task = { at: mono + Math.max(0, delayMs), seq: seq++, fn };
         tasks.push(task);
         return () => {
           const i = tasks.indexOf(task);
@@ -35,18 +39,21 @@ export function createFakeTime(start = Date.UTC(2030, 0, 1)): FakeTime {
       },
     },
     advance(ms) {
-      const target = now + ms;
+      const target = mono + ms;
       for (;;) {
         byDue();
         const next = tasks[0];
         if (!next || next.at > target) break;
         tasks.shift();
-        now = next.at;
+        now += next.at - mono;
+        mono = next.at;
         next.fn();
       }
-      now = target;
+      now += target - mono;
+      mono = target;
     },
-    pending: () => byDue().map((t) => t.at),
+    step: (ms) => void (now += ms),
+    pending: () => byDue().map((t) => t.at - mono + now),
     now: () => now,
   };
 }

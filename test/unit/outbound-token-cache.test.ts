@@ -301,6 +301,19 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(failed[0]).toMatchObject({ level: 'warn', source: 'client_credentials', audience: 'payments', oauthError: 'invalid_client', reason: 'invalid_client' });
   });
 
+  it('counts the backoff on the monotonic clock: the wall clock stepping back an hour does not hold off the retry for an hour', async () => {
+    random = 0.5;
+    stub.reply = refused;
+    await cache.get(binding).catch(() => {});
+    expect(time.pending()).toEqual([time.now() + 1000]);
+    time.step(-3_600_000);
+    stub.reply = ok;
+    time.advance(1000);
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+    await vi.waitFor(() => expect(cache.hasValid('k1')).toBe(true));
+    expect(await cache.get(binding)).toBe('opaque-1');
+  });
+
   it('while it holds no valid token, retries at most every 5 s, so calls recover soon after the IdP does', async () => {
     random = 0.5;
     stub.reply = refused;
