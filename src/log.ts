@@ -60,6 +60,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   // sonic-boom (4.x) drops a write whole, never a part of it, and pino writes each line with one write.
   const stdout = pino.destination({ dest: 1, sync: false, maxLength: MAX_BUFFERED_LOG_BYTES });
   const logger = pino(options, stdout);
+  stdoutOf.set(logger, stdout);
   let unreported = 0;
   stdout.on('drop', (data: string | Buffer) => {
     const lines = countLines(data);
@@ -75,6 +76,20 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     logger.warn({ event: 'log_lines_dropped', dropped }, `${dropped} log lines dropped: stdout did not take them in time`);
   });
   return logger;
+}
+
+/** The stdout stream of each logger createLogger made with the default destination. */
+const stdoutOf = new WeakMap<Logger, { destroy(): void }>();
+
+/**
+ * Gives up on the lines stdout has not taken yet, just before the process exits. pino writes what is still held
+ * synchronously at exit, and a write to a pipe nobody reads blocks for ever: a sidecar whose log consumer was stuck
+ * did not exit after its drain and stayed until the orchestrator's SIGKILL. Called once the normal flush had its
+ * time, so it only cuts what stdout would not take.
+ */
+export function abandonUnwrittenLogs(logger: Logger): void {
+  // sonic-boom's destroy() drops what it holds at once (the fd, stdout's, stays open) and does nothing the second time.
+  stdoutOf.get(logger)?.destroy();
 }
 
 /** Lines in a dropped write: pino ends each with a newline; a write without one is still a line lost. */

@@ -8,7 +8,7 @@ import { createReloadWatch } from '../config/watch.js';
 import { createMetrics } from '../admin/metrics.js';
 import { ConfigError, SidecarError, UsageError, formatIssue } from '../errors.js';
 import { logCrashes } from '../crash.js';
-import { createLogger, type Logger } from '../log.js';
+import { abandonUnwrittenLogs, createLogger, type Logger } from '../log.js';
 import { tuneRuntimeForProxy } from '../proxy/runtime.js';
 import { withConfigOption } from './shared.js';
 
@@ -98,7 +98,11 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       logger.flush();
       // Everything we own is closed; should a library still hold a handle, it must not keep a
       // terminating pod alive until SIGKILL.
-      setTimeout(() => process.exit(process.exitCode ?? (failure ? 1 : 0)), 2000).unref();
+      // A stdout that has not taken the last lines by then is stuck: they are given up rather than waited for.
+      setTimeout(() => {
+        abandonUnwrittenLogs(logger);
+        process.exit(process.exitCode ?? (failure ? 1 : 0));
+      }, 2000).unref();
       // The CLI reports it on stderr and exits 1.
       if (failure) throw failure;
     },

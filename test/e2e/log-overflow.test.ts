@@ -104,4 +104,19 @@ describe('stdout that stops draining', () => {
     // Nothing is left held that would keep it from stopping cleanly.
     expect(await sidecar.stop()).toBe(0);
   });
+
+  it('does not keep a stopping sidecar alive: what stdout never took is given up after the drain, and it exits 0', { timeout: 60_000 }, async () => {
+    const stuck = await startSidecar(inboundSidecarConfig(app, [idp]));
+    try {
+      stuck.child.stdout!.pause();
+      expect(await flood(stuck.inbound!, `/orders/${'p'.repeat(300)}`, untrustedToken(), 6000)).toEqual({ 401: 6000 });
+      expect(await sample(await metricsText(stuck.admin), 'oidc_sidecar_log_lines_dropped_total', {})).toBeGreaterThan(0);
+      // stop() sends SIGTERM and, ten seconds on, SIGKILL (exit code null). pino writes what it holds synchronously at
+      // exit, and that write to a pipe nobody reads never returned.
+      expect(await stuck.stop()).toBe(0);
+    } finally {
+      stuck.child.stdout!.resume();
+      await stuck.stop();
+    }
+  });
 });
