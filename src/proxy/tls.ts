@@ -38,12 +38,43 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
   const cert = readPem(files.certFile, 'certFile', issues);
   const key = readPem(files.keyFile, 'keyFile', issues);
   if (!cert || !key) throw new TlsConfigError(issues);
+  const contentIssues = pemContentIssues(cert, key);
+  if (contentIssues.length > 0) throw new TlsConfigError(contentIssues);
   try {
     createSecureContext({ cert, key });
   } catch (err) {
-    throw new TlsConfigError([{ path: 'inbound.tls', message: `certFile and keyFile are not a usable pair: ${(err as Error).message}` }], { cause: err });
+    const mismatch = (err as { code?: string }).code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH';
+    const why = mismatch ? 'the key in keyFile is not the certificate\'s key' : (err as Error).message;
+    throw new TlsConfigError([{ path: 'inbound.tls', message: `certFile and keyFile are not a usable pair: ${why}` }], { cause: err });
   }
   return { cert, key };
+}
+
+/** The label of each PEM block in `text` ("CERTIFICATE", "EC PRIVATE KEY", ...), in order. */
+function pemLabels(text: string): string[] {
+  return [...text.matchAll(/^-----BEGIN ([A-Z0-9 ]{1,64})-----\s*$/gm)].map((m) => m[1]!);
+}
+
+/**
+ * What OpenSSL would only call "bad decrypt", "unsupported" or "no start line": a key protected by a passphrase
+ * (the sidecar has no passphrase to give; the file's permissions or the Secret it is mounted from protect it), the
+ * two files swapped, or a file with no PEM block of the kind its key expects. Named on the file's own key path.
+ */
+function pemContentIssues(cert: Buffer, key: Buffer): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const certLabels = pemLabels(cert.toString('latin1'));
+  const keyText = key.toString('latin1');
+  const keyLabels = pemLabels(keyText);
+  const found = (labels: string[]) => (labels.length > 0 ? `it holds ${[...new Set(labels)].join(', ')}` : 'it holds no PEM block');
+  if (!certLabels.includes('CERTIFICATE')) {
+    issues.push({ path: 'inbound.tls.certFile', message: `no PEM certificate (-----BEGIN CERTIFICATE-----): ${found(certLabels)}` });
+  }
+  if (keyLabels.includes('ENCRYPTED PRIVATE KEY') || /^Proc-Type:\s*4,\s*ENCRYPTED\s*$/m.test(keyText)) {
+    issues.push({ path: 'inbound.tls.keyFile', message: 'the private key is encrypted with a passphrase, which the sidecar cannot supply: give it the key unencrypted (e.g. `openssl pkey -in <file> -out <new file>`) and protect the file with its permissions or a Secret' });
+  } else if (!keyLabels.some((l) => l.endsWith('PRIVATE KEY'))) {
+    issues.push({ path: 'inbound.tls.keyFile', message: `no PEM private key (-----BEGIN PRIVATE KEY----- or similar): ${found(keyLabels)}` });
+  }
+  return issues;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { createPrivateKey } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer, request as httpsRequest, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -314,6 +315,39 @@ describe('inbound TLS', () => {
     const garbage = join(dir, 'garbage.pem');
     writeFileSync(garbage, 'not a pem');
     expect(() => loadTlsMaterial({ certFile: garbage, keyFile: a.key })).toThrow(TlsConfigError);
+  });
+
+  it('says what is wrong with the files OpenSSL would only call "bad decrypt" or "unsupported": a passphrase, swapped files, no key', () => {
+    const a = selfSigned('contents');
+    const b = selfSigned('contents-other');
+    const key = createPrivateKey(readFileSync(a.key));
+    const write = (name: string, text: string) => {
+      writeFileSync(join(dir, name), text);
+      return join(dir, name);
+    };
+    const encryptedPkcs8 = write('enc-pkcs8.key', String(key.export({ format: 'pem', type: 'pkcs8', cipher: 'aes-256-cbc', passphrase: 'pw' })));
+    const encryptedSec1 = write('enc-sec1.key', String(key.export({ format: 'pem', type: 'sec1', cipher: 'aes-256-cbc', passphrase: 'pw' })));
+    for (const keyFile of [encryptedPkcs8, encryptedSec1]) {
+      expect(issuesOf(() => loadTlsMaterial({ certFile: a.cert, keyFile }))).toEqual([
+        expect.stringMatching(/^inbound\.tls\.keyFile: the private key is encrypted with a passphrase, which the sidecar cannot supply/),
+      ]);
+    }
+    // The two files swapped: each named on its own key path, with what it holds instead.
+    expect(issuesOf(() => loadTlsMaterial({ certFile: a.key, keyFile: a.cert }))).toEqual([
+      'inbound.tls.certFile: no PEM certificate (-----BEGIN CERTIFICATE-----): it holds PRIVATE KEY',
+      'inbound.tls.keyFile: no PEM private key (-----BEGIN PRIVATE KEY----- or similar): it holds CERTIFICATE',
+    ]);
+    const text = write('text.key', 'not a pem');
+    expect(issuesOf(() => loadTlsMaterial({ certFile: a.cert, keyFile: text }))).toEqual([
+      'inbound.tls.keyFile: no PEM private key (-----BEGIN PRIVATE KEY----- or similar): it holds no PEM block',
+    ]);
+    // Both PEM, of the right kinds, but not a pair.
+    expect(issuesOf(() => loadTlsMaterial({ certFile: a.cert, keyFile: b.key }))).toEqual([
+      "inbound.tls: certFile and keyFile are not a usable pair: the key in keyFile is not the certificate's key",
+    ]);
+    // A key file that also holds the chain, and a certificate file that also holds the key, are both fine.
+    const both = write('both.pem', readFileSync(a.cert, 'utf8') + readFileSync(a.key, 'utf8'));
+    expect(loadTlsMaterial({ certFile: both, keyFile: both }).cert.length).toBeGreaterThan(0);
   });
 
   it('refuses a FIFO, a device or an oversized file as certFile/keyFile without reading it (a FIFO would block the event loop)', () => {
