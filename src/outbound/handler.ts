@@ -9,6 +9,7 @@ import { capped, loggedPath, MAX_LOGGED_HOST } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { AdmitTunnel, RefusedRequest } from '../proxy/listen.js';
+import { refusedAfterHandOff } from '../proxy/limits.js';
 import { sendError, writeRawError } from '../proxy/respond.js';
 import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import { createOwnConnections } from '../proxy/own-connections.js';
@@ -273,11 +274,12 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         writeRawError(socket, 500, 'internal_error', 'internal error');
       });
     },
-    // Refused by the listener: counted and logged like the router's own refusals, under route "none". Most come before
-    // routing; a routed request whose body then broke (refusedAfterHandOff) is counted here too, its only count, still under
-    // "none" (its route is not kept per request). An upgrade refused for want of a tunnel slot is counted under its
-    // route, see admitUnder.
-    refused: (req, refusal) => rejected(req, admittingRoute ?? 'none', refusal, performance.now()),
+    // Refused by the listener: counted and logged like the router's own refusals. Most come before routing, under route
+    // "none". A request whose body broke after it was handed on (refusedAfterHandOff) is counted here too, its only
+    // count, under the route it was for (looked up again: rare, and not worth a field per request). An upgrade refused
+    // for want of a tunnel slot is counted under its route, see admitUnder.
+    refused: (req, refusal) =>
+      rejected(req, admittingRoute ?? (refusedAfterHandOff(req) ? routeOf(req as IncomingMessage).route : 'none'), refusal, performance.now()),
     isOwnConnection: own.isOwn,
     connect: (req, socket, head, admit) => connect.handle(req, socket, head, admit),
     async start() {

@@ -183,6 +183,25 @@ describe('one refused request is one log line and one count', () => {
     expect(text).toContain('oidc_sidecar_inbound_requests_total{decision="allow",reason="ok"} 1');
     expect(s.output()).not.toContain(token);
   });
+
+  // The outbound side has no decision to count before the body: the 400 is the request's only count, and it belongs
+  // to the route the request was sent to, not to route="none" (no route), where it read as a call to an unknown host.
+  it('outbound: a routed request whose chunked body then does not parse', async () => {
+    const s = await startSidecar({
+      service: 'orders',
+      outbound: { tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders-secret' }, routes: [{ host: 'payments', target: app.url, audience: 'payments' }] },
+    });
+    running.push(s);
+    const before = await counted(s, 'oidc_sidecar_outbound_requests_total');
+    const answer = await exchange(s.outbound!, 'POST /upload?k=v HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n');
+    expect(answer.match(/^HTTP\/1\.1 \d{3} /gm), answer).toHaveLength(1);
+    expect(answer).toMatch(/ 400 /);
+    const logged = await s.waitForLog((l) => l.component === 'outbound' && l.event === 'request_rejected' && l.reason === 'bad_request');
+    expect(logged).toMatchObject({ route: 'payments', method: 'POST', path: '/upload' });
+    expect(await counted(s, 'oidc_sidecar_outbound_requests_total')).toBe(before + 1);
+    const text = await (await fetch(`${s.admin}/metrics`)).text();
+    expect(text).toContain('oidc_sidecar_outbound_requests_total{route="payments",status="bad_request"} 1');
+  });
 });
 
 describe('a token a caller puts where a path or a host goes never reaches a log line', () => {
