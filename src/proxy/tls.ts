@@ -50,6 +50,12 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
   return { cert, key };
 }
 
+/**
+ * The labels under which OpenSSL reads a certificate for a server (PEM_read_bio_X509_AUX): the usual one, the old
+ * "X509 CERTIFICATE", and the "TRUSTED CERTIFICATE" that `openssl x509 -trustout` writes. Node serves all three.
+ */
+const CERTIFICATE_LABELS: ReadonlySet<string> = new Set(['CERTIFICATE', 'X509 CERTIFICATE', 'TRUSTED CERTIFICATE']);
+
 /** The label of each PEM block in `text` ("CERTIFICATE", "EC PRIVATE KEY", ...), in order. */
 function pemLabels(text: string): string[] {
   return [...text.matchAll(/^-----BEGIN ([A-Z0-9 ]{1,64})-----\s*$/gm)].map((m) => m[1]!);
@@ -66,7 +72,7 @@ function pemContentIssues(cert: Buffer, key: Buffer): ConfigIssue[] {
   const keyText = key.toString('latin1');
   const keyLabels = pemLabels(keyText);
   const found = (labels: string[]) => (labels.length > 0 ? `it holds ${[...new Set(labels)].join(', ')}` : 'it holds no PEM block');
-  if (!certLabels.includes('CERTIFICATE')) {
+  if (!certLabels.some((l) => CERTIFICATE_LABELS.has(l))) {
     issues.push({ path: 'inbound.tls.certFile', message: `no PEM certificate (-----BEGIN CERTIFICATE-----): ${found(certLabels)}` });
   }
   if (keyLabels.includes('ENCRYPTED PRIVATE KEY') || /^Proc-Type:\s*4,\s*ENCRYPTED\s*$/m.test(keyText)) {

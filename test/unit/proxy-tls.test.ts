@@ -350,6 +350,19 @@ describe('inbound TLS', () => {
     expect(loadTlsMaterial({ certFile: both, keyFile: both }).cert.length).toBeGreaterThan(0);
   });
 
+  it('takes every certificate label OpenSSL serves: "TRUSTED CERTIFICATE" (openssl x509 -trustout) and the old "X509 CERTIFICATE"', () => {
+    const a = selfSigned('cert-labels');
+    const pem = readFileSync(a.cert, 'utf8');
+    const trusted = join(dir, 'trusted.crt');
+    execFileSync('openssl', ['x509', '-in', a.cert, '-trustout', '-addtrust', 'serverAuth', '-out', trusted]);
+    expect(readFileSync(trusted, 'utf8')).toMatch(/^-----BEGIN TRUSTED CERTIFICATE-----/m);
+    const old = join(dir, 'old-label.crt');
+    writeFileSync(old, pem.replace(/(BEGIN|END) CERTIFICATE/g, '$1 X509 CERTIFICATE'));
+    for (const certFile of [trusted, old]) {
+      expect(loadTlsMaterial({ certFile, keyFile: a.key }).cert.length).toBeGreaterThan(0);
+    }
+  });
+
   it('refuses a FIFO, a device or an oversized file as certFile/keyFile without reading it (a FIFO would block the event loop)', () => {
     const a = selfSigned('odd-files');
     const fifo = join(dir, 'cert.fifo');
