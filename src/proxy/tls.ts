@@ -56,9 +56,13 @@ export function loadTlsMaterial(files: TlsFiles): TlsMaterial {
  */
 const CERTIFICATE_LABELS: ReadonlySet<string> = new Set(['CERTIFICATE', 'X509 CERTIFICATE', 'TRUSTED CERTIFICATE']);
 
-/** The label of each PEM block in `text` ("CERTIFICATE", "EC PRIVATE KEY", ...), in order. */
+/**
+ * The label of each PEM block in `text` (read as latin1) ("CERTIFICATE", "EC PRIVATE KEY", ...), in order. A BEGIN line
+ * may start with a UTF-8 byte order mark, as a file saved by a Windows editor (or one such file concatenated into a
+ * chain) does: OpenSSL reads those blocks.
+ */
 function pemLabels(text: string): string[] {
-  return [...text.matchAll(/^-----BEGIN ([A-Z0-9 ]{1,64})-----\s*$/gm)].map((m) => m[1]!);
+  return [...text.matchAll(/^(?:\u00EF\u00BB\u00BF)?-----BEGIN ([A-Z0-9 ]{1,64})-----\s*$/gm)].map((m) => m[1]!);
 }
 
 /**

@@ -363,6 +363,21 @@ describe('inbound TLS', () => {
     }
   });
 
+  it('takes PEM files whose BEGIN lines start with a UTF-8 byte order mark (a Windows editor), as OpenSSL does', () => {
+    const a = selfSigned('plain-for-bom');
+    const bom = '\uFEFF';
+    const cert = join(dir, 'bom.crt');
+    const key = join(dir, 'bom.key');
+    const both = join(dir, 'bom-both.pem');
+    writeFileSync(cert, bom + readFileSync(a.cert, 'utf8'));
+    writeFileSync(key, bom + readFileSync(a.key, 'utf8'));
+    // A chain put together with cat, the key's file saved with a mark: the mark is mid-file.
+    writeFileSync(both, readFileSync(a.cert, 'utf8') + bom + readFileSync(a.key, 'utf8'));
+    for (const files of [{ certFile: cert, keyFile: a.key }, { certFile: a.cert, keyFile: key }, { certFile: both, keyFile: both }]) {
+      expect(loadTlsMaterial(files).cert.length).toBeGreaterThan(0);
+    }
+  });
+
   it('refuses a FIFO, a device or an oversized file as certFile/keyFile without reading it (a FIFO would block the event loop)', () => {
     const a = selfSigned('odd-files');
     const fifo = join(dir, 'cert.fifo');
