@@ -155,8 +155,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     return cache.get(binding).then(routed, (err: unknown) => {
       const e = asTokenError(err);
       // Each call refused for want of a token is logged as well as the failed fetch behind it (token_fetch_failed),
-      // which comes once per attempt while these come once per call: the count shows what the outage cost.
-      rejected(req, label, { reason: e.code, message: e.message }, started);
+      // which comes once per attempt while these come once per call: the count shows what the outage cost. A request
+      // the listener refused while it waited (its body broke) was answered, counted and logged then: not a second time.
+      if (!refusedAfterHandOff(req)) rejected(req, label, { reason: e.code, message: e.message }, started);
       return { ok: false, status: 503, reason: e.code, message: e.message, tokenError: e };
     });
   };

@@ -202,6 +202,50 @@ describe('one refused request is one log line and one count', () => {
     const text = await (await fetch(`${s.admin}/metrics`)).text();
     expect(text).toContain('oidc_sidecar_outbound_requests_total{route="payments",status="bad_request"} 1');
   });
+
+  // The request waits for a token (the one held expired, its renewal is slow) when its body breaks: the listener's 400
+  // is its answer and its one count. The renewal that then fails must not count and log it again as token_unavailable.
+  it('outbound: a routed request whose chunked body breaks while it waits for a token that then cannot be had', { timeout: 30_000 }, async () => {
+    let calls = 0;
+    let failed!: () => void;
+    const renewalFailed = new Promise<void>((resolve) => (failed = resolve));
+    const tokenEndpoint: Server = createServer((req, res) => {
+      req.resume();
+      res.setHeader('content-type', 'application/json');
+      // The first token lives four seconds; every renewal answers 500, five seconds later.
+      if (++calls === 1) return void res.end(JSON.stringify({ access_token: 'opaque-token', token_type: 'Bearer', expires_in: 4 }));
+      setTimeout(() => {
+        res.statusCode = 500;
+        res.end('{"error":"server_error"}');
+        failed();
+      }, 5000);
+    });
+    await new Promise<void>((resolve) => tokenEndpoint.listen(0, '127.0.0.1', resolve));
+    try {
+      const s = await startSidecar({
+        service: 'orders',
+        outbound: {
+          tokenSource: { type: 'client_credentials', tokenEndpoint: `http://127.0.0.1:${(tokenEndpoint.address() as AddressInfo).port}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+          routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+        },
+      });
+      running.push(s);
+      const issued = await s.waitForLog((l) => l.event === 'token_issued');
+      // Past the token's expiry (the renewal, started at 50-60 % of its lifetime, is still waiting for its answer).
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(String(issued.expiresAt)) - Date.now()) + 100));
+      const before = await counted(s, 'oidc_sidecar_outbound_requests_total');
+      const answer = await exchange(s.outbound!, 'POST /upload HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n');
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      await renewalFailed;
+      await s.waitForLog((l) => l.event === 'token_fetch_failed');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const refusals = s.logs.filter((l) => l.component === 'outbound' && l.event === 'request_rejected');
+      expect(refusals.map((l) => `${l.route}:${l.reason}`)).toEqual(['payments:bad_request']);
+      expect(await counted(s, 'oidc_sidecar_outbound_requests_total')).toBe(before + 1);
+    } finally {
+      tokenEndpoint.close();
+    }
+  });
 });
 
 describe('a token a caller puts where a path or a host goes never reaches a log line', () => {
