@@ -217,7 +217,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const serve = (req: IncomingMessage, res: ServerResponse): void => {
     const started = performance.now();
     const p = prepare(req, started);
-    if (p instanceof Promise) p.then((ready) => send(req, res, ready, started)).catch((err: unknown) => internalError(res, err));
+    // A request the listener refused while its token was fetched (its body broke) has had its answer and its count,
+    // even if its socket is not closed yet: it is not sent on when the token comes.
+    if (p instanceof Promise) p.then((ready) => refusedAfterHandOff(req) || send(req, res, ready, started)).catch((err: unknown) => internalError(res, err));
     else send(req, res, p, started);
   };
 
