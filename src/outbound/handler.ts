@@ -193,7 +193,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
     // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
-    if (req.socket.destroyed) return;
+    if (req.socket.destroyed) return record(p.label, CLIENT_CLOSED, started);
     let dispatcher: Dispatcher;
     try {
       // Throws once the pools are closed (the request waited for a token while its component retired): a counted 502.
@@ -201,6 +201,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     } catch (err) {
       return failedUpstream(res, p, started, err);
     }
+    let answered = false;
     forward(req, res, {
       dispatcher,
       path: p.r.path,
@@ -208,9 +209,17 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       addHeaders: p.addHeaders,
       // The authority routed to (the absolute-form URL's, else Host's), not a Host the request also carried.
       forwardedHost: p.r.authority,
-      onResponse: (status) => record(p.label, String(status), started),
+      onResponse: (status) => {
+        answered = true;
+        record(p.label, String(status), started);
+      },
       onBrokenResponse: brokenResponse,
-    }).catch((err: unknown) => failedUpstream(res, p, started, err));
+    }).then(
+      // Over with no answer from the peer: the app went away first (its request was cancelled), or the listener refused
+      // the request when its body broke (counted there).
+      () => answered || refusedAfterHandOff(req) || record(p.label, CLIENT_CLOSED, started),
+      (err: unknown) => failedUpstream(res, p, started, err),
+    );
   };
 
   /** Plain requests: no promise chain before the upstream dispatch when the token is cached. */
@@ -303,6 +312,12 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
 }
 
 type Routed = Exclude<Resolution, { kind: 'reject' }>;
+
+/**
+ * The status a call is counted under when the app went away before the peer answered (nginx's 499): cancelled, not
+ * refused, so it is counted but not logged, and every call the app made is in oidc_sidecar_outbound_requests_total.
+ */
+const CLIENT_CLOSED = 'client_closed';
 
 
 type Prepared =

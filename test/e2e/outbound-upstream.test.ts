@@ -1,9 +1,10 @@
 import { request } from 'node:http';
-import { createServer as createNetServer, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { listenTracked, tokenLeaks } from '../support/attacks.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { b64url, epochSeconds } from '../support/tokens.js';
+import { eventually, metricsText, sample } from './inbound-support.js';
 
 /**
  * The outbound side against upstreams that behave in legal but awkward ways,
@@ -151,6 +152,32 @@ describe('an upstream that closes a keep-alive connection as a request arrives (
     expect(reasonOf(r)).toBe('upstream_reset');
     expect(up.received.slice(before).map((l) => l.split(' ')[1])).toEqual(['/x', '/x']);
     expect(tokenLeaks(s.output(), [TOKEN])).toEqual([]);
+  });
+});
+
+describe('an app that goes away before the peer answers', () => {
+  it('cancels the peer\'s request and counts the call as client_closed, with no refusal logged', async () => {
+    let requests = 0;
+    let closed = false;
+    // A peer that takes the request and never answers: only the app's hang-up can end the call.
+    const server = createNetServer((socket: Socket) => {
+      socket.on('error', () => {});
+      socket.on('data', () => requests++);
+      socket.on('close', () => (closed = true));
+    });
+    const listening = await listenTracked(server);
+    servers.push(listening);
+    const s = await outbound(listening.url);
+    const { hostname, port } = new URL(s.outbound!);
+    const app = connect(Number(port), hostname);
+    app.on('error', () => {});
+    app.write('GET /slow HTTP/1.1\r\nHost: payments\r\n\r\n');
+    await eventually(() => requests > 0, 15_000, 'the request at the peer');
+    app.destroy();
+    await eventually(() => closed, 15_000, 'the peer\'s request cancelled');
+    const counted = () => metricsText(s.admin).then((t) => sample(t, 'oidc_sidecar_outbound_requests_total', { route: 'payments', status: 'client_closed' }));
+    await eventually(async () => (await counted()) === 1, 15_000, 'the call counted as client_closed');
+    expect(s.logs.filter((l) => l.event === 'request_rejected' || l.event === 'upstream_error')).toEqual([]);
   });
 });
 
