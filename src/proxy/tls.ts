@@ -6,6 +6,7 @@ import { describeFsError, FILE_LIMITS, readSmallFileSync } from '../config/confi
 import { pollFiles } from '../config/poll-files.js';
 import type { Logger } from '../log.js';
 import { isoTimeOrNumber } from '../time-text.js';
+import { ENCRYPTED_KEY_MESSAGE, isEncryptedPrivateKeyPem } from '../encrypted-pem.js';
 
 export interface TlsFiles {
   certFile: string;
@@ -79,8 +80,8 @@ function pemContentIssues(cert: Buffer, key: Buffer): ConfigIssue[] {
   if (!certLabels.some((l) => CERTIFICATE_LABELS.has(l))) {
     issues.push({ path: 'inbound.tls.certFile', message: `no PEM certificate (-----BEGIN CERTIFICATE-----): ${found(certLabels)}` });
   }
-  if (keyLabels.includes('ENCRYPTED PRIVATE KEY') || /^Proc-Type:\s*4,\s*ENCRYPTED\s*$/m.test(keyText)) {
-    issues.push({ path: 'inbound.tls.keyFile', message: 'the private key is encrypted with a passphrase, which the sidecar cannot supply: give it the key unencrypted (e.g. `openssl pkey -in <file> -out <new file>`) and protect the file with its permissions or a Secret' });
+  if (isEncryptedPrivateKeyPem(keyText)) {
+    issues.push({ path: 'inbound.tls.keyFile', message: ENCRYPTED_KEY_MESSAGE });
   } else if (!keyLabels.some((l) => l.endsWith('PRIVATE KEY'))) {
     issues.push({ path: 'inbound.tls.keyFile', message: `no PEM private key (-----BEGIN PRIVATE KEY----- or similar): ${found(keyLabels)}` });
   }

@@ -146,6 +146,11 @@ describe('private_key_jwt (RFC 7523)', () => {
     expect(attempt({ privateKeyFile: file(JSON.stringify(publicKey.export({ format: 'jwk' }))) })).toThrow(/privateKeyFile: the JWK is a public key/);
     expect(attempt({ privateKeyFile: file(publicKey.export({ type: 'spki', format: 'pem' }).toString()) })).toThrow(/privateKeyFile: not a private key/);
     expect(attempt({ privateKeyFile: file('hello') })).toThrow(/privateKeyFile: not a private key/);
+    // A key protected by a passphrase is said to be one (OpenSSL alone would only fail to read it).
+    for (const type of ['pkcs8', 'sec1'] as const) {
+      const encrypted = privateKey.export({ type, format: 'pem', cipher: 'aes-256-cbc', passphrase: 'pw' }).toString();
+      expect(attempt({ privateKeyFile: file(encrypted) }), type).toThrow(/privateKeyFile: the private key is encrypted with a passphrase, which the sidecar cannot supply/);
+    }
     expect(attempt({ privateKeyFile: file(JSON.stringify({ keys: [] })) })).toThrow(/exactly one private key, found 0/);
     expect(attempt({ privateKeyFile: join(dir, 'missing.pem') })).toThrow(/privateKeyFile: cannot read .*missing\.pem: no such file/);
     for (const bad of [attempt({ privateKeyFile: file('hello') }), attempt({ privateKeyFile: join(dir, 'missing.pem') })]) {

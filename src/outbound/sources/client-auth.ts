@@ -4,6 +4,7 @@ import type { Clock } from '../../clock.js';
 import { FILE_LIMITS, readConfiguredFile } from '../../config/configured-files.js';
 import { ConfigError } from '../../errors.js';
 import { readRuntimeFile } from './files.js';
+import { ENCRYPTED_KEY_MESSAGE, isEncryptedPrivateKeyPem } from '../../encrypted-pem.js';
 
 /** The client-authentication fields shared by client_credentials and token_exchange sources. */
 export interface ClientAuthConfig {
@@ -172,6 +173,7 @@ export function loadSigningKey(text: string, alg: string | undefined, configPath
     }
   } catch (err) {
     if (err instanceof ConfigError) throw err;
+    if (isEncryptedPrivateKeyPem(trimmed)) return fail('privateKeyFile', ENCRYPTED_KEY_MESSAGE);
     return fail('privateKeyFile', 'not a private key in PEM (PKCS#8, PKCS#1, SEC1) or JWK form');
   }
   const supported = algorithmsFor(key);
