@@ -2,7 +2,10 @@
 export interface Clock {
   /** Milliseconds since the epoch: the wall clock, for token times (exp, nbf, iat) and dates. It can step (NTP, a resumed VM). */
   now(): number;
-  /** Milliseconds since an arbitrary origin, never stepping: for intervals (cooldowns, staleness), which a step must not stretch. */
+  /**
+   * Milliseconds since an arbitrary origin, never stepping: for intervals (cooldowns, staleness), which a step must not
+   * stretch. It does not count time the machine spent suspended.
+   */
   monotonic(): number;
 }
 

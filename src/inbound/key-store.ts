@@ -157,7 +157,7 @@ function createIssuerKeys(
   let fingerprint = '';
   let version = 0;
   // The intervals below (staleness, cooldown, Retry-After) are kept on the monotonic clock: a wall clock stepping back
-  // (NTP, a resumed VM) would otherwise hold off every refetch for as long as the step, and one stepping forward would
+  // (NTP, `date -s`) would otherwise hold off every refetch for as long as the step, and one stepping forward would
   // call fresh keys stale.
   /** Monotonic time (ms) of the last successful fetch. */
   let fetchedAt = -Infinity;

@@ -68,7 +68,7 @@ interface Entry {
   failures: number;
   /**
    * No caller-triggered fetch before this monotonic time (ms) after a failure (backoff): a backoff is elapsed time, which
-   * a step of the wall clock (NTP, a resumed VM) must not stretch.
+   * a step of the wall clock (NTP, `date -s`) must not stretch.
    */
   retryAt: number;
   lastError?: TokenUnavailableError;
