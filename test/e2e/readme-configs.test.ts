@@ -1,5 +1,5 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -7,12 +7,15 @@ import { parse } from 'yaml';
 import { loadDevClientsFile } from '../../src/dev/clients-file.js';
 import { runCli, writeConfig } from '../support/sidecar.js';
 
-// Every ```yaml block of README.md is a sidecar config a user can paste and run `validate` on, unless it is listed
-// below with the reason it is something else. The real CLI decides, as it does for the user.
+// Every ```yaml block of README.md and of docs/*.md is a sidecar config a user can paste and run `validate` on, unless
+// it is listed below with the reason it is something else. The real CLI decides, as it does for the user.
 const ROOT = resolve(import.meta.dirname, '../..');
-const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
+/** The documents whose YAML blocks are checked, relative to ROOT. */
+const DOC_FILES = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
 
 interface YamlBlock {
+  /** The document it is in, relative to ROOT. */
+  file: string;
   /** Line of the opening fence. */
   line: number;
   /** The nearest heading above it, without the #s. */
@@ -22,9 +25,9 @@ interface YamlBlock {
   text: string;
 }
 
-function readmeYamlBlocks(markdown: string): YamlBlock[] {
+function docYamlBlocks(file: string): YamlBlock[] {
   const blocks: YamlBlock[] = [];
-  const lines = markdown.split('\n');
+  const lines = readFileSync(join(ROOT, file), 'utf8').split('\n');
   let heading = '';
   for (let i = 0; i < lines.length; i++) {
     const fence = /^```(\S*)/.exec(lines[i]!);
@@ -36,7 +39,7 @@ function readmeYamlBlocks(markdown: string): YamlBlock[] {
     const end = lines.findIndex((l, j) => j > i && l.startsWith('```'));
     if (/^ya?ml$/.test(fence[1]!)) {
       const text = `${lines.slice(i + 1, end).join('\n')}\n`;
-      blocks.push({ line: i + 1, heading, firstKey: Object.keys(parse(text) ?? {})[0] ?? '', text });
+      blocks.push({ file, line: i + 1, heading, firstKey: Object.keys(parse(text) ?? {})[0] ?? '', text });
     }
     i = end;
   }
@@ -78,11 +81,11 @@ async function validate(text: string, layers: string[] = []): Promise<{ code: nu
   return runCli(['validate', '--skip-file-checks', ...[...layers, file].flatMap((f) => ['--config', f])], { env: envFor(text) });
 }
 
-const blocks = readmeYamlBlocks(README);
+const blocks = DOC_FILES.flatMap(docYamlBlocks);
 const excused = (b: YamlBlock) => NOT_WHOLE_CONFIGS.find((s) => s.heading === b.heading && s.firstKey === b.firstKey);
 const configs = blocks.filter((b) => !excused(b));
 
-describe('README.md YAML examples', () => {
+describe('README.md and docs/*.md YAML examples', () => {
   it('finds the blocks: every entry of the list of non-configs matches exactly one', () => {
     expect(configs.length).toBeGreaterThanOrEqual(20);
     for (const s of NOT_WHOLE_CONFIGS) {
@@ -91,7 +94,7 @@ describe('README.md YAML examples', () => {
   });
 
   for (const b of configs) {
-    it.concurrent(`README.md:${b.line} (${b.heading}) validates as pasted`, async () => {
+    it.concurrent(`${b.file}:${b.line} (${b.heading}) validates as pasted`, async () => {
       const r = await validate(b.text);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
