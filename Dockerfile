@@ -2,7 +2,7 @@
 #
 # oidc-sidecar image.
 #   docker build -t oidc-sidecar .
-#   docker run -v $PWD/sidecar.yaml:/etc/oidc-sidecar/config.yaml:ro oidc-sidecar
+#   docker run -v $PWD/oidc-sidecar:/etc/oidc-sidecar:ro oidc-sidecar      # ./oidc-sidecar/config.yaml; a directory, so edits reach the container
 #   docker run -e OIDC_SIDECAR_CONFIG=/cfg/base.yaml,/cfg/local.yaml -v $PWD/my-config:/cfg:ro oidc-sidecar   # your layers, merged in order
 # The image ships config/ (base.yaml, namespaces/*.yaml). Those layers run only in a Kubernetes pod: they read the
 # pod's service-account CA and projected tokens and call kubernetes.default.svc. Elsewhere, check them without
