@@ -133,6 +133,18 @@ describe('docker-compose example', () => {
   const composeDir = at('examples/docker-compose');
   const compose = parse(readFileSync(join(composeDir, 'docker-compose.yaml'), 'utf8'), { merge: true }) as { services: Record<string, any>; networks: Record<string, any> };
 
+  /** The volume entry (`source:target[:ro]`) whose target is `path` or a directory holding it. */
+  const mountOf = (svc: any, path: string) =>
+    ((svc.volumes ?? []) as string[]).find((v) => {
+      const target = v.split(':')[1]!;
+      return path === target || path.startsWith(`${target.replace(/\/$/, '')}/`);
+    });
+  /** Where a path inside a service's container is on the host, through its volumes. */
+  const hostPathOf = (svc: any, path: string) => {
+    const [source, target] = mountOf(svc, path)?.split(':') ?? [];
+    return resolve(composeDir, source ?? '/nonexistent', path.slice(target?.length ?? 0).replace(/^\//, ''));
+  };
+
   it.skipIf(!hasCommand('docker-compose', ['version']))('passes `docker-compose config`', () => {
     const r = spawnSync('docker-compose', ['-f', join(composeDir, 'docker-compose.yaml'), 'config', '-q'], { encoding: 'utf8' });
     expect(r.stderr).toBe('');
@@ -147,10 +159,18 @@ describe('docker-compose example', () => {
       }
       if (svc.build) expect(existsSync(resolve(composeDir, svc.build.context, svc.build.dockerfile ?? 'Dockerfile')), `${name}: build`).toBe(true);
       const cfg = svc.environment?.OIDC_SIDECAR_CONFIG as string | undefined;
-      if (cfg) {
-        const mounted = (svc.volumes as string[]).find((v) => v.split(':')[1] === cfg);
-        expect(mounted, `${name}: ${cfg} is mounted`).toBeDefined();
-      }
+      if (cfg) expect(existsSync(hostPathOf(svc, cfg)), `${name}: ${cfg} is mounted`).toBe(true);
+    }
+  });
+
+  it("mounts each sidecar's config through its directory, so an edit saved by rename (vim, sed -i) reaches the config watch", () => {
+    // A single-file bind mount pins the inode the host had at start: after a rename-save the container still reads
+    // the old file, and the reload it logs applies nothing.
+    for (const [name, svc] of Object.entries(compose.services)) {
+      const cfg = svc.environment?.OIDC_SIDECAR_CONFIG as string | undefined;
+      if (!cfg) continue;
+      const target = mountOf(svc, cfg)!.split(':')[1]!;
+      expect(target, `${name}: mounts ${cfg} through its directory`).not.toBe(cfg);
     }
   });
 
@@ -185,8 +205,7 @@ describe('docker-compose example', () => {
     const sidecars = Object.entries(compose.services).filter(([, svc]) => svc.environment?.OIDC_SIDECAR_CONFIG);
     expect(sidecars.map(([name]) => name).sort()).toEqual(['orders-sidecar', 'payments-sidecar']);
     for (const [name, svc] of sidecars) {
-      const mounted = (svc.volumes as string[]).find((v) => v.split(':')[1] === svc.environment.OIDC_SIDECAR_CONFIG)!.split(':')[0]!;
-      const drain = parse(readFileSync(resolve(composeDir, mounted), 'utf8')).lifecycle?.drainTimeoutSeconds ?? DEFAULTS.lifecycle.drainTimeoutSeconds;
+      const drain = parse(readFileSync(hostPathOf(svc, svc.environment.OIDC_SIDECAR_CONFIG), 'utf8')).lifecycle?.drainTimeoutSeconds ?? DEFAULTS.lifecycle.drainTimeoutSeconds;
       const grace = /^(\d+)s$/.exec(String(svc.stop_grace_period ?? '10s'));
       expect(grace, `${name}: stop_grace_period in seconds`).not.toBeNull();
       expect(Number(grace![1]), `${name}: stop_grace_period`).toBeGreaterThanOrEqual(drain + 5);
