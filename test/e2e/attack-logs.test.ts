@@ -105,6 +105,45 @@ describe('credentials an IdP quotes back never reach a log line or the app', () 
   });
 });
 
+describe('a client secret of three characters or fewer', () => {
+  it('is masked where the IdP quotes it, as a longer one is, and the letters of other words are left alone', async () => {
+    const echo = await startEchoingIdp();
+    try {
+      // Weak, but still the secret: an IdP quoting the request back must not put it in a log line or the app's answer.
+      const secrets = { post: 'Zq7', basic: 'k9', one: 'x' };
+      const source = (extra: Record<string, unknown>) => ({ type: 'client_credentials', tokenEndpoint: echo.url, clientId: 'orders', ...extra });
+      const routes = [
+        { host: 'post', target: app.url, audience: 'post', tokenSource: source({ clientSecret: secrets.post, authMethod: 'client_secret_post' }) },
+        { host: 'basic', target: app.url, audience: 'basic', tokenSource: source({ clientSecret: secrets.basic }) },
+        { host: 'one', target: app.url, audience: 'one', tokenSource: source({ clientSecret: secrets.one, authMethod: 'client_secret_post' }) },
+      ];
+      const s = await startSidecar({ service: 'orders', log: { level: 'trace' }, outbound: { routes } }, { waitReady: false });
+      running.push(s);
+      const bodies: string[] = [];
+      for (const { host } of routes) {
+        const res = await send(s.outbound!, { target: `http://${host}/call`, host });
+        expect(res.status, host).toBe(503);
+        expect(res.json(), host).toMatchObject({ reason: 'token_unavailable', oauth_error: 'invalid_client' });
+        bodies.push(res.text);
+      }
+      expect(JSON.parse(bodies[0]!).error).toContain('client_secret=[redacted]');
+      // The one-letter secret is masked where it stands alone, not inside the words around it.
+      expect(JSON.parse(bodies[2]!).error).toContain('client_secret=[redacted]');
+      expect(JSON.parse(bodies[2]!).error).toContain('grant_type=client_credentials');
+      const failed = s.logs.filter((l) => l.event === 'token_fetch_failed');
+      expect(new Set(failed.map((l) => l.audience))).toEqual(new Set(routes.map((r) => r.audience)));
+      const everything = `${s.output()}\n${bodies.join('\n')}`;
+      for (const secret of Object.values(secrets)) {
+        const standing = new RegExp(`.{0,40}(?<![A-Za-z0-9])${secret}(?![A-Za-z0-9]).{0,40}`, 'g');
+        expect(everything.match(standing), secret).toBeNull();
+      }
+      expect(everything).not.toContain('orders:k9');
+    } finally {
+      await echo.close();
+    }
+  });
+});
+
 /** Writes `bytes` on a fresh connection and resolves with everything the listener answered, once it closes the connection. */
 function exchange(listener: string, bytes: string): Promise<string> {
   const url = new URL(listener);

@@ -1,8 +1,8 @@
 import { isSecretName } from '../../config/redact.js';
 import { JWT_LIKE } from '../../log.js';
 
-/** Credentials shorter than this are left alone: see sentSecrets. */
-const MIN_MASKED_LENGTH = 4;
+/** Credentials shorter than this are masked only where they stand alone: see withoutSecrets. */
+const SHORT_SECRET_LENGTH = 4;
 
 /**
  * The credentials one token request carries, for masking an answer that quotes them: the values of the form's
@@ -23,8 +23,7 @@ export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<stri
       secrets.push(basic, pair, secret, formDecode(secret));
     }
   }
-  // A value this short is no secret, and masking it would mask letters of every word ("s" in "invalid_scope").
-  return secrets.filter((s) => s.length >= MIN_MASKED_LENGTH);
+  return secrets.filter((s) => s.length > 0);
 }
 
 /**
@@ -32,14 +31,24 @@ export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<stri
  * spelling an IdP echoing the request back would use (as sent, form-encoded, percent-encoded), and any JWT-like
  * text (a header or payload segment alone is enough to leak a token) masked: SPEC says a secret never reaches a
  * log line, and this text does, and the app's 503 body too. Mask before cutting, so a cut cannot split a secret.
+ * A credential of any length is masked: one shorter than four characters (a weak secret, but still the secret)
+ * wherever no letter or digit touches it on either side, which is how an echoed request shows it (`client_secret=ab&`,
+ * `'ab'`), rather than everywhere, which would mask letters of every word ("s" in "invalid_scope").
  */
 export function withoutSecrets(text: string, secrets: readonly string[]): string {
   const spellings = new Set<string>();
   for (const s of secrets) for (const v of [s, new URLSearchParams({ v: s }).toString().slice(2), encodeURIComponent(s), s.replaceAll(' ', '+')]) spellings.add(v);
   let out = text;
   // Longest first, so a secret that contains another is masked whole.
-  for (const s of [...spellings].sort((a, b) => b.length - a.length)) out = out.split(s).join('[redacted]');
+  for (const s of [...spellings].sort((a, b) => b.length - a.length)) {
+    out = s.length >= SHORT_SECRET_LENGTH ? out.split(s).join('[redacted]') : out.replace(standingAlone(s), '[redacted]');
+  }
   return out.replace(JWT_LIKE, '[redacted]');
+}
+
+/** Every occurrence of `s` with no letter or digit right before or after it. */
+function standingAlone(s: string): RegExp {
+  return new RegExp(`(?<![A-Za-z0-9])${s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?![A-Za-z0-9])`, 'g');
 }
 
 function formDecode(s: string): string {
