@@ -154,9 +154,17 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
 
   /** Closes a replaced component once its in-flight requests are done (at most the drain timeout). */
   const retire = async (component: Component, drainMs: number) => {
-    await inflight.settled(component, drainMs);
-    await component.close();
+    retiringComponents.add(component);
+    try {
+      await inflight.settled(component, drainMs);
+      await component.close();
+    } finally {
+      retiringComponents.delete(component);
+    }
   };
+  // Components a reload replaced that still serve requests: a shutdown's drain deadline cuts those requests too. (A
+  // reload alone cuts nothing they serve unless it moved or removed their listener: see closeServer's onCut below.)
+  const retiringComponents = new Set<Component>();
   // What reloads replaced and is still finishing its requests (a listener whose address changed, the components it
   // served): shutdown waits for it too, or a SIGTERM soon after such a reload would cut those requests at exit.
   const retiring = new Set<Promise<void>>();
@@ -190,6 +198,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       const deadline = setTimeout(() => {
         const left = inflight.pending();
         if (left.requests + left.tunnels === 0) return;
+        for (const c of [...[...slots.values()].map((s) => s.component), ...retiringComponents]) c.drainExpired?.();
         logger.warn(
           { event: 'drain_timeout', drainTimeoutSeconds: drainSeconds, ...left },
           `drain timeout reached: cutting ${left.requests} request(s) and ${left.tunnels} tunnel(s) still in flight`,
@@ -246,7 +255,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         slots.set(side, replacement);
         if (slot) {
           logStoppedListening(side, slot.address, 'moved');
-          retireInBackground(closeServer(slot.server, drainMs, true));
+          retireInBackground(closeServer(slot.server, drainMs, true, () => slot.component.drainExpired?.()));
         }
       } else if (component && slot) {
         slot.component = component;
@@ -259,7 +268,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       } else if (slot) {
         slots.delete(side);
         logStoppedListening(side, slot.address, 'removed');
-        retireInBackground(closeServer(slot.server, drainMs, true));
+        retireInBackground(closeServer(slot.server, drainMs, true, () => slot.component.drainExpired?.()));
       }
     }
     if (newAdmin) {
@@ -317,11 +326,13 @@ function isSameAddress(bound: { listen: string; address: ListenAddress }, listen
  * Stops accepting, closes idle keep-alive sockets, and cuts what is left after `drainMs`. With `keepTunnels` (a
  * listener a reload retires), open tunnels are left to run their course as at an address the reload kept: only HTTP
  * connections are cut, and the promise settles once the tunnels have closed too (a SIGTERM cuts them at its deadline).
+ * `onCut` runs just before the cut, so what the cut ends is counted as the sidecar's doing, not the client's.
  */
-function closeServer(server: Server, drainMs: number, keepTunnels = false): Promise<void> {
+function closeServer(server: Server, drainMs: number, keepTunnels = false, onCut?: () => void): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
     const cut = setTimeout(() => {
+      onCut?.();
       if (!keepTunnels) return server.closeAllConnections();
       clearInterval(idle);
       (server as LimitedServer).closeHttpConnections();

@@ -32,6 +32,12 @@ export interface Component {
   waitingFor(): string[];
   /** Stops timers and closes its pools after in-flight work ends. */
   close(): Promise<void>;
+  /**
+   * A drain deadline has passed (a shutdown's, or that of a listener a reload moved or removed): what this component
+   * still has in flight is about to be cut by the sidecar, so a call that ends unanswered from now on was not given up
+   * by its client.
+   */
+  drainExpired?(): void;
   /** State worth keeping across a config reload (keys, tokens), handed to the successor's factory. */
   handover?(): Handover;
 }

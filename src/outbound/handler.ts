@@ -76,6 +76,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const dropWithToken = new Set(['host', 'proxy-authorization', tokenHeader]);
   const dropPassthrough = new Set(['host', 'proxy-authorization']);
 
+  // Set once a drain deadline passes: a call that ends unanswered from then on was cut by the sidecar, not the app.
+  let isDrainExpired = false;
+  const unanswered = () => (isDrainExpired ? DRAIN_TIMEOUT : CLIENT_CLOSED);
   const duration = metrics.requestDuration.labels({ direction: 'outbound' });
   const record = (route: string, status: string, started: number) => {
     metrics.outboundRequests.inc({ route, status });
@@ -193,7 +196,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
     // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
-    if (req.socket.destroyed) return record(p.label, CLIENT_CLOSED, started);
+    if (req.socket.destroyed) return record(p.label, unanswered(), started);
     let dispatcher: Dispatcher;
     try {
       // Throws once the pools are closed (the request waited for a token while its component retired): a counted 502.
@@ -217,7 +220,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     }).then(
       // Over with no answer from the peer: the app went away first (its request was cancelled), or the listener refused
       // the request when its body broke (counted there).
-      () => answered || refusedAfterHandOff(req) || record(p.label, CLIENT_CLOSED, started),
+      () => answered || refusedAfterHandOff(req) || record(p.label, unanswered(), started),
       (err: unknown) => failedUpstream(res, p, started, err),
     );
   };
@@ -303,6 +306,9 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         .filter((b) => !cache.hasValid(b.key))
         .map((b) => waitingLine(`outbound: a token for audience ${b.audience}`, cache.lastError(b.key))),
     handover: () => ({ tokens: cache.snapshot() }),
+    drainExpired() {
+      isDrainExpired = true;
+    },
     async close() {
       cache.close();
       await pools.close();
@@ -319,6 +325,11 @@ type Routed = Exclude<Resolution, { kind: 'reject' }>;
  */
 const CLIENT_CLOSED = 'client_closed';
 
+/**
+ * The status of a call the sidecar itself cut at a drain deadline (shutdown, or the listener a reload retired), the
+ * same word as the `drain_timeout` log line that announces the cut: the app did not give up on it.
+ */
+const DRAIN_TIMEOUT = 'drain_timeout';
 
 type Prepared =
   | { ok: true; r: Routed; label: string; addHeaders: readonly string[]; dropHeaders: ReadonlySet<string> }

@@ -181,6 +181,60 @@ describe('an app that goes away before the peer answers', () => {
   });
 });
 
+describe('a call still in flight when a drain deadline passes', () => {
+  /** A sidecar whose peer takes the call and never answers, and an app whose call is waiting at that peer. */
+  async function callWaitingAtPeer() {
+    let requests = 0;
+    const server = createNetServer((socket: Socket) => {
+      socket.on('error', () => {});
+      socket.on('data', () => requests++);
+    });
+    const listening = await listenTracked(server);
+    servers.push(listening);
+    const config = {
+      service: 'orders',
+      lifecycle: { watchConfig: false, drainTimeoutSeconds: 0.3 },
+      admin: { listen: '127.0.0.1:0' },
+      outbound: { listen: '127.0.0.1:0', tokenSource: { type: 'env', variable: 'PAYMENTS_TOKEN' }, routes: [{ host: 'payments', target: listening.url, audience: 'payments' }] },
+    };
+    const s = await startSidecar(config, { env: { PAYMENTS_TOKEN: TOKEN } });
+    running.push(s);
+    const { hostname, port } = new URL(s.outbound!);
+    const app = connect(Number(port), hostname);
+    app.on('error', () => {});
+    let appClosed = false;
+    app.on('close', () => (appClosed = true));
+    app.write('GET /slow HTTP/1.1\r\nHost: payments\r\n\r\n');
+    await eventually(() => requests > 0, 15_000, 'the request at the peer');
+    const counted = (status: string) => metricsText(s.admin).then((t) => sample(t, 'oidc_sidecar_outbound_requests_total', { route: 'payments', status }) ?? 0);
+    return { s, config, app, isAppClosed: () => appClosed, counted };
+  }
+
+  it('is counted as status="drain_timeout" when the sidecar cuts it, not as client_closed: the app did not give up on it', async () => {
+    const { s, config, isAppClosed, counted } = await callWaitingAtPeer();
+    // A reload that moves the listener drains the old one, and cuts what is left at the deadline, as a shutdown does.
+    s.rewriteConfig({ ...config, outbound: { ...config.outbound, listen: '127.0.0.2:0' } });
+    s.signal('SIGHUP');
+    await s.waitForLog((l) => l.event === 'config_reloaded');
+    await eventually(isAppClosed, 15_000, 'the call cut at the drain deadline');
+    await eventually(async () => (await counted('drain_timeout')) === 1, 15_000, 'the call counted as drain_timeout');
+    expect(await counted('client_closed')).toBe(0);
+  });
+
+  it('is still the app\'s to give up on when a reload kept its listener (nothing was cut): client_closed', async () => {
+    const { s, config, app, isAppClosed, counted } = await callWaitingAtPeer();
+    // Same address, another rule: the old component keeps serving the call past the drain deadline, uncut.
+    s.rewriteConfig({ ...config, outbound: { ...config.outbound, routes: [...config.outbound.routes, { host: 'ledger', target: 'http://127.0.0.1:9', audience: 'ledger' }] } });
+    s.signal('SIGHUP');
+    await s.waitForLog((l) => l.event === 'config_reloaded');
+    await new Promise((r) => setTimeout(r, 1000)); // well past drainTimeoutSeconds (0.3 s)
+    expect(isAppClosed()).toBe(false);
+    app.destroy();
+    await eventually(async () => (await counted('client_closed')) === 1, 15_000, 'the call counted as client_closed');
+    expect(await counted('drain_timeout')).toBe(0);
+  });
+});
+
 describe('an upstream whose response head is not HTTP/1.1', () => {
   const heads: Record<string, string> = {
     'no status line (HTTP/0.9 style)': 'hello, no status line here\r\n\r\n',
