@@ -19,7 +19,7 @@ import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 
 /**
- * The fuzzing of test/unit/fuzz-inbound.test.ts, end to end: random and
+ * The fuzzing of test/unit/fuzz-inbound-*.test.ts, end to end: random and
  * mutated requests as raw bytes into a sidecar started through the CLI, in
  * front of a recording app. For every request: no 5xx, the app sees it if
  * and only if the answer is 2xx, and a 2xx only ever goes to a public path
