@@ -59,10 +59,15 @@ describe('client_credentials against a real OpenID provider', () => {
   it('client_secret_basic with a secret full of specials, token endpoint from discovery, audience as RFC 8707 resource', async () => {
     const s = source({ type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders s3cret:with+specials' });
     const before = idp.counts.discovery;
+    const sentAfter = Date.now();
     const t = await s.fetch({ audience: 'payments', scopes: ['read', 'write'] });
     const claims = await verifyAtIdp(t.token);
     expect(claims).toMatchObject({ aud: 'payments', client_id: 'orders', scope: 'read write' });
-    expect(t.expiresAt).toBe((claims.exp as number) * 1000);
+    // The earlier of exp and expires_in counted from when the request was sent: the IdP's exp is its whole second of
+    // issue plus the lifetime, so when the request crosses into the next second, expires_in is the earlier one.
+    const exp = (claims.exp as number) * 1000;
+    expect(t.expiresAt).toBeLessThanOrEqual(exp);
+    expect(t.expiresAt).toBeGreaterThanOrEqual(Math.min(exp, sentAfter + ((claims.exp as number) - (claims.iat as number)) * 1000));
     expect(t.jti).toBe(claims.jti);
     await s.fetch({ audience: 'ledger', scopes: [] });
     expect(idp.counts.discovery - before).toBe(1);
