@@ -10,7 +10,7 @@ import { defineConfig } from 'vitest/config';
  * the run must reach with FUZZ_MIN_TOTAL (0 to skip the check).
  */
 const env = {
-  FUZZ_RUNS: process.env.FUZZ_RUNS ?? '60000',
+  FUZZ_RUNS: process.env.FUZZ_RUNS ?? '54000',
   FUZZ_E2E_RUNS: process.env.FUZZ_E2E_RUNS ?? '20000',
   FUZZ_MIN_TOTAL: process.env.FUZZ_MIN_TOTAL ?? '1000000',
   FUZZ_TALLY_DIR: process.env.FUZZ_TALLY_DIR ?? join(tmpdir(), `oidc-sidecar-fuzz-tally-${process.pid}`),

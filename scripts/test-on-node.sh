@@ -6,6 +6,7 @@
 #
 #   npm run build && bash scripts/test-on-node.sh 22
 #   npm run build && bash scripts/test-on-node.sh 24 test/e2e/proxy-runtime.test.ts   # only these test files
+#   npm run build && bash scripts/test-on-node.sh 22 --config vitest.hard.config.ts   # the hard suite (vitest's own flags pass through)
 #
 # Needs the npm registry. Linux and macOS, x64 and arm64.
 set -euo pipefail
