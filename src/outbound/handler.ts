@@ -312,7 +312,14 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     async close() {
       cache.close();
       await pools.close();
-      await broker.close();
+      // A token request a reload handed to the new config runs on this config's source, and closing the source would
+      // cut it: the sources close once it has settled (within tokenRequestTimeoutSeconds) or the new config has let go
+      // of it by closing too. Not awaited: a drain (retire, shutdown) does not wait for a token request.
+      const handedOver = cache.handedOverFetches();
+      if (handedOver.length === 0) return broker.close();
+      void Promise.allSettled(handedOver)
+        .then(() => broker.close())
+        .catch((err: unknown) => logger.error({ event: 'internal_error', error: err instanceof Error ? err.message : String(err) }, 'closing the token sources failed'));
     },
   };
 }

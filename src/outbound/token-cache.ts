@@ -35,13 +35,25 @@ export interface TokenCacheOptions {
   /**
    * The predecessor's tokens (config reload): a binding whose source, audience and scopes are
    * unchanged starts with the token it had, so a reload neither refetches nor, while the IdP is
-   * down, loses a token that is still valid.
+   * down, loses a token that is still valid. A request for a token that was in flight is awaited,
+   * not sent again.
    */
   handover?: TokenCacheSnapshot;
 }
 
-/** Valid tokens by binding identity, with when each was due for renewal. */
-export type TokenCacheSnapshot = ReadonlyMap<string, { token: IssuedToken; refreshAt: number }>;
+/** What one binding had when a reload took the snapshot: a valid token, a request for one in flight, or both. */
+export interface HandedOverToken {
+  token?: IssuedToken;
+  /** When `token` was due for renewal. */
+  refreshAt: number;
+  /** The request in flight. It runs on the predecessor's source, which counts and logs its outcome. */
+  fetch?: Promise<IssuedToken>;
+  /** Called by the successor when it closes: it no longer waits for `fetch`, so the predecessor may cut it. */
+  release?: () => void;
+}
+
+/** By binding identity (TokenBinding.identity). */
+export type TokenCacheSnapshot = ReadonlyMap<string, HandedOverToken>;
 
 export interface TokenCache {
   /** A valid token for the binding: cached, or fetched (one request per key however many callers wait). Rejects with TokenUnavailableError. */
@@ -56,8 +68,13 @@ export interface TokenCache {
   lastError(key: string): string | undefined;
   /** Cancels every timer, stops watching the sources, and forgets every token. */
   close(): void;
-  /** The tokens that are still valid, for a successor built by a config reload. */
+  /** The tokens that are still valid and the requests in flight, for a successor built by a config reload. */
   snapshot(): TokenCacheSnapshot;
+  /**
+   * One promise per request snapshot() handed to a successor, resolved when the request settles or the successor
+   * closes: the sources must stay open until then, or closing this cache's config would cut what the new one waits on.
+   */
+  handedOverFetches(): Promise<void>[];
 }
 
 interface Entry {
@@ -75,6 +92,8 @@ interface Entry {
   cancel?: () => void;
   /** Stops the source's watch (file sources), if it has one. */
   unwatch?: () => void;
+  /** Tells the predecessor this cache no longer waits for the request it adopted (see HandedOverToken.release). */
+  releaseAdopted?: () => void;
 }
 
 /**
@@ -123,6 +142,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   const retryMaxMs = (opts.retryMaxSeconds ?? DEFAULTS.outbound.retryMaxSeconds) * 1000;
   const noTokenRetryMaxMs = DEFAULTS.outbound.retryMaxWithoutTokenSeconds * 1000;
   const entries = new Map<string, Entry>();
+  /** Requests in flight that snapshot() handed to a successor, each until it settles or the successor closes. */
+  const handedOver = new Map<Promise<IssuedToken>, { done: Promise<void>; release: () => void }>();
   let closed = false;
   const untrackExpiries = metrics.tokenExpiry.track(function* () {
     for (const e of entries.values()) if (e.token) yield [e.binding.audience, e.token.expiresAt] as const;
@@ -137,7 +158,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const entry = e;
       e.unwatch = binding.source.watch?.({ audience: binding.audience, scopes: binding.scopes }, () => onSourceChanged(entry));
       const inherited = opts.handover?.get(binding.identity);
-      if (inherited && inherited.token.expiresAt > clock.now()) {
+      if (inherited?.token && inherited.token.expiresAt > clock.now()) {
         e.token = inherited.token;
         e.refreshAt = inherited.refreshAt;
         logger.info(
@@ -146,8 +167,38 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         );
         arm(e, e.refreshAt);
       }
+      if (inherited?.fetch) {
+        adopt(e, inherited.fetch);
+        e.releaseAdopted = inherited.release;
+      }
     }
     return e;
+  };
+
+  /**
+   * Waits on the predecessor's request for this binding's token instead of sending another: a reload during a
+   * cold start or a renewal would otherwise ask the IdP twice for one token. The predecessor counts and logs the
+   * outcome; this cache takes the token, or the failure's backoff, as if the request had been its own.
+   */
+  const adopt = (e: Entry, fetch: Promise<IssuedToken>): void => {
+    logger.info({ event: 'token_fetch_handed_over', source: e.binding.source.kind, audience: e.binding.audience }, 'token request in flight carried over from the previous config');
+    const p = fetch
+      .then(
+        (token) => {
+          if (isCurrent(e) && token.expiresAt > clock.now()) noteSuccess(e, token);
+          return token;
+        },
+        (raw: unknown) => {
+          const err = asTokenError(raw);
+          if (isCurrent(e)) noteFailure(e, err, false);
+          throw err;
+        },
+      )
+      .finally(() => {
+        if (e.inflight === p) e.inflight = undefined;
+      });
+    e.inflight = p;
+    p.catch(() => {});
   };
 
   const isValid = (e: Entry, now: number): e is Entry & { token: IssuedToken } => e.token !== undefined && now < e.token.expiresAt;
@@ -171,6 +222,20 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   };
 
   const isCurrent = (e: Entry): boolean => !closed && entries.get(e.binding.key) === e;
+
+  /** Marks a request in flight as handed to a successor, until it settles or the successor releases it. */
+  const lend = (fetch: Promise<IssuedToken>) => {
+    let lent = handedOver.get(fetch);
+    if (!lent) {
+      let release!: () => void;
+      const done = new Promise<void>((r) => (release = r));
+      lent = { done, release };
+      handedOver.set(fetch, lent);
+      void fetch.then(release, release);
+      void done.then(() => handedOver.delete(fetch));
+    }
+    return lent;
+  };
 
   /**
    * The source says its token may have changed (a token file was replaced): fetch now rather than at the refresh
@@ -201,25 +266,62 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       token = await source.fetch({ audience, scopes });
       if (!(token.expiresAt > clock.now())) throw new TokenUnavailableError('the token source returned a token that has already expired');
     } catch (raw) {
-      const err = raw instanceof TokenUnavailableError
-        ? raw
-        : new TokenUnavailableError(`token source failed: ${raw instanceof Error ? raw.message : String(raw)}`, undefined, { cause: raw });
+      const err = asTokenError(raw);
       // Closed (a reload retired this config, or shutdown), the fetch was cut by us closing its source, not failed by
       // the IdP: counted and logged, every reload during a renewal would report an IdP failure that never happened.
-      if (closed) throw err;
-      const now = clock.now();
-      e.failures += 1;
-      e.lastError = err;
-      // With no usable token every call is failing, so retry sooner: a recovered IdP should
-      // bring calls back within seconds, not after a full backoff ceiling.
-      const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
-      // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to retryMaxSeconds.
-      const asked = err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
-      const backoffMs = Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
-      // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
-      // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
-      const retryInMs = isValid(e, now) ? Math.min(backoffMs, e.token.expiresAt - now) : backoffMs;
-      e.retryAt = clock.monotonic() + retryInMs;
+      // A fetch handed to the successor is the exception: its source stays open until it settles, so it really failed.
+      if (closed && !(e.inflight && handedOver.has(e.inflight))) throw err;
+      noteFailure(e, err, true);
+      throw err;
+    }
+    const now = clock.now();
+    // A fetch that brings back the very token held, on a change (the file touched, or rewritten with the same
+    // content) or from a source that only reads tokens (a file's once-a-minute re-read), issued nothing: it moves the
+    // renewal point but is neither announced nor counted. After failures it is, as the recovery. An IdP that answers
+    // with the token it gave before was still asked, so that stays a counted request.
+    const isSameToken = (onChange || source.readsIssuedTokens === true) && e.failures === 0 && e.token?.token === token.token;
+    noteSuccess(e, token);
+    if (isSameToken) return token;
+    metrics.tokenRequests.inc({ source: source.kind, audience, result: 'success' });
+    audit(logger, 'token_issued', {
+      source: source.kind,
+      issuer: token.issuer,
+      audience,
+      scopes,
+      expiresAt: isoTimeOrNumber(token.expiresAt),
+      jti: token.jti,
+      refreshAt: isoTimeOrNumber(e.refreshAt),
+    });
+    return token;
+  };
+
+  /** Holds a new token and schedules its renewal. */
+  const noteSuccess = (e: Entry, token: IssuedToken): void => {
+    e.token = token;
+    e.failures = 0;
+    e.retryAt = -Infinity;
+    e.lastError = undefined;
+    e.refreshAt = computeRefreshAt(clock.now(), token.expiresAt, marginMs, random(), token.recheckAt);
+    if (!closed) arm(e, e.refreshAt);
+  };
+
+  /** Backs off after a failed request and schedules the retry; `count`: metric and audit line (the cache that sent it). */
+  const noteFailure = (e: Entry, err: TokenUnavailableError, count: boolean): void => {
+    const { source, audience, scopes } = e.binding;
+    const now = clock.now();
+    e.failures += 1;
+    e.lastError = err;
+    // With no usable token every call is failing, so retry sooner: a recovered IdP should
+    // bring calls back within seconds, not after a full backoff ceiling.
+    const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
+    // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to retryMaxSeconds.
+    const asked = err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
+    const backoffMs = Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
+    // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
+    // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
+    const retryInMs = isValid(e, now) ? Math.min(backoffMs, e.token.expiresAt - now) : backoffMs;
+    e.retryAt = clock.monotonic() + retryInMs;
+    if (count) {
       const result = resultLabel(err);
       metrics.tokenRequests.inc({ source: source.kind, audience, result });
       audit(logger, 'token_fetch_failed', {
@@ -233,36 +335,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         keepingToken: isValid(e, now),
         retryInMs: Math.round(retryInMs),
       });
-      if (!closed) armIn(e, retryInMs);
-      throw err;
     }
-    const now = clock.now();
-    // A fetch that brings back the very token held, on a change (the file touched, or rewritten with the same
-    // content) or from a source that only reads tokens (a file's once-a-minute re-read), issued nothing: it moves the
-    // renewal point but is neither announced nor counted. After failures it is, as the recovery. An IdP that answers
-    // with the token it gave before was still asked, so that stays a counted request.
-    const isSameToken = (onChange || source.readsIssuedTokens === true) && e.failures === 0 && e.token?.token === token.token;
-    e.token = token;
-    e.failures = 0;
-    e.retryAt = -Infinity;
-    e.lastError = undefined;
-    e.refreshAt = computeRefreshAt(now, token.expiresAt, marginMs, random(), token.recheckAt);
-    if (isSameToken) {
-      if (!closed) arm(e, e.refreshAt);
-      return token;
-    }
-    metrics.tokenRequests.inc({ source: source.kind, audience, result: 'success' });
-    audit(logger, 'token_issued', {
-      source: source.kind,
-      issuer: token.issuer,
-      audience,
-      scopes,
-      expiresAt: isoTimeOrNumber(token.expiresAt),
-      jti: token.jti,
-      refreshAt: isoTimeOrNumber(e.refreshAt),
-    });
-    if (!closed) arm(e, e.refreshAt);
-    return token;
+    if (!closed) armIn(e, retryInMs);
   };
 
   const peek = (binding: TokenBinding): string | undefined => {
@@ -302,16 +376,35 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       for (const e of entries.values()) {
         e.cancel?.();
         e.unwatch?.();
+        // An adopted request this cache handed on in turn (a second reload) is released when the next one lets go.
+        const onward = e.inflight && handedOver.get(e.inflight);
+        if (e.releaseAdopted) void (onward ? onward.done.then(e.releaseAdopted) : e.releaseAdopted());
       }
       entries.clear();
     },
     snapshot() {
       const now = clock.now();
-      const out = new Map<string, { token: IssuedToken; refreshAt: number }>();
-      for (const e of entries.values()) if (isValid(e, now)) out.set(e.binding.identity, { token: e.token, refreshAt: e.refreshAt });
+      const out = new Map<string, HandedOverToken>();
+      for (const e of entries.values()) {
+        const fetch = e.inflight;
+        if (!isValid(e, now) && !fetch) continue;
+        const lent = fetch ? lend(fetch) : undefined;
+        out.set(e.binding.identity, {
+          ...(isValid(e, now) ? { token: e.token } : {}),
+          refreshAt: e.refreshAt,
+          ...(fetch && lent ? { fetch, release: lent.release } : {}),
+        });
+      }
       return out;
     },
+    handedOverFetches: () => [...handedOver.values()].map((l) => l.done),
   };
+}
+
+function asTokenError(raw: unknown): TokenUnavailableError {
+  return raw instanceof TokenUnavailableError
+    ? raw
+    : new TokenUnavailableError(`token source failed: ${raw instanceof Error ? raw.message : String(raw)}`, undefined, { cause: raw });
 }
 
 /**

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startFaultyFront } from '../support/attacks.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -138,6 +139,68 @@ describe('reload during an IdP outage', () => {
     // Within the cooldown no new fetch is made, and the answer still reflects the failed attempt.
     expect((await call()).status).toBe(503);
     expect(app.seen.filter((s) => s.url === '/x')).toHaveLength(0);
+  });
+});
+
+describe('reload while a token is being requested', () => {
+  /** A sidecar whose token requests go through a front that holds them, started while the first one is held. */
+  async function startWithHeldToken() {
+    const front = await startFaultyFront(idp.issuer);
+    front.mode = 'hold';
+    const config = {
+      service: 'orders',
+      log: { level: 'info' },
+      lifecycle: { watchConfig: false },
+      outbound: {
+        // Long enough that a shutdown waiting for the held request would be cut by the test's SIGKILL (10 s).
+        tokenRequestTimeoutSeconds: 60,
+        tokenSource: { type: 'client_credentials', tokenEndpoint: `${front.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+        routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+      },
+    };
+    const s = await startSidecar(config, { waitReady: false });
+    await eventually(async () => front.counts.hold === 1, 10_000, 'the first token request to reach the IdP');
+    // The same token source and audience under a second host: the reload keeps the binding.
+    const reloaded = { ...config, outbound: { ...config.outbound, routes: [...config.outbound.routes, { host: 'payments-v2', target: app.url, audience: 'payments' }] } };
+    s.rewriteConfig(reloaded);
+    s.signal('SIGHUP');
+    await s.waitForLog((l) => l.event === 'token_fetch_handed_over');
+    return { sidecar: s, front };
+  }
+
+  it('the new config waits for that request: the IdP is asked once, and the call through the new route carries its token', async () => {
+    const { sidecar: s, front } = await startWithHeldToken();
+    sidecar = s;
+    try {
+      const tokenRequests = idp.counts.token;
+      front.release();
+      await s.waitForLog((l) => l.event === 'config_reloaded');
+      await s.waitReady();
+      const r = await request(`${s.outbound}/after-reload`, { headers: { host: 'payments-v2' } });
+      expect(r.statusCode).toBe(200);
+      const seen = (await r.body.json()) as { headers: Record<string, string> };
+      expect(seen.headers.authorization).toMatch(/^Bearer ey/);
+      expect(front.counts).toEqual({ hold: 1 });
+      expect(idp.counts.token).toBe(tokenRequests + 1);
+      expect(s.logs.filter((l) => l.event === 'token_issued')).toHaveLength(1);
+      expect(s.logs.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+      const metrics = await (await fetch(`${s.admin}/metrics`)).text();
+      expect(metrics).toMatch(/oidc_sidecar_token_requests_total\{[^}]*result="success"[^}]*\} 1\n/);
+    } finally {
+      await front.close();
+    }
+  });
+
+  it('a SIGTERM while the new config waits for it exits at once: the drain does not wait for a token no one will use', async () => {
+    const { sidecar: s, front } = await startWithHeldToken();
+    try {
+      expect(await s.stop()).toBe(0);
+      expect(s.logs.some((l) => l.event === 'config_reload_abandoned')).toBe(true);
+      expect(s.logs.some((l) => l.event === 'stopped')).toBe(true);
+    } finally {
+      front.release();
+      await front.close();
+    }
   });
 });
 

@@ -367,6 +367,148 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'idp_unreachable' })).toBeUndefined();
   });
 
+  /** The cache a config reload builds: its own source for the same config, the predecessor's snapshot handed over. */
+  function successorOf(predecessor: TokenCache) {
+    const next = observed();
+    const source = createTokenSource(
+      tokenSourceSchema.parse({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: SECRET }),
+      { clock: time.clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource' },
+    );
+    const nextCache = createTokenCache({
+      clock: time.clock,
+      scheduler: time.scheduler,
+      random: () => random,
+      logger: next.logger,
+      metrics: next.metrics,
+      refreshMarginSeconds: 60,
+      handover: predecessor.snapshot(),
+    });
+    const nextBinding: TokenBinding = { ...binding, key: 'k1-next', source };
+    return { cache: nextCache, binding: nextBinding, obs: next, close: async () => (nextCache.close(), await source.close()) };
+  }
+
+  it('a reload while the first token is being requested: the new cache waits for that request instead of sending another', async () => {
+    const release = stub.hold();
+    const waiting = cache.get(binding);
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const next = successorOf(cache);
+    try {
+      const call = next.cache.get(next.binding);
+      cache.close(); // the predecessor retires; its source stays open while the request it handed over is in flight
+      expect(cache.handedOverFetches()).toHaveLength(1);
+      expect(next.obs.lines.filter((l) => l.event === 'token_fetch_handed_over')).toEqual([expect.objectContaining({ audience: 'payments' })]);
+      release();
+      expect(await call).toBe('opaque-1');
+      expect(await waiting).toBe('opaque-1');
+      expect(stub.requests).toHaveLength(1);
+      await vi.waitFor(() => expect(cache.handedOverFetches()).toEqual([]));
+      // One request, counted and logged once: by the cache that sent it.
+      const success = { source: 'client_credentials', audience: 'payments', result: 'success' };
+      expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', success)).toBe(1);
+      expect(await metricValue(next.obs.metrics, 'oidc_sidecar_token_requests_total', success)).toBeUndefined();
+      expect(next.obs.lines.filter((l) => l.event === 'token_issued')).toEqual([]);
+      // From here the token is the new cache's own: it renews it at half its life (random 0), with its own source.
+      expect(next.cache.hasValid('k1-next')).toBe(true);
+      time.advance(TTL_S * 500);
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+      await vi.waitFor(async () => expect(await next.cache.get(next.binding)).toBe('opaque-2'));
+      expect(await metricValue(next.obs.metrics, 'oidc_sidecar_token_requests_total', success)).toBe(1);
+    } finally {
+      await next.close();
+    }
+  });
+
+  it('a second reload while the request is still in flight hands it on again; the sender lets go of it only when the last cache waiting for it closes', async () => {
+    const release = stub.hold();
+    void cache.get(binding).catch(() => {});
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const first = successorOf(cache);
+    void first.cache.get(first.binding).catch(() => {}); // as its warm-up does, before a reload can replace it
+    const second = successorOf(first.cache);
+    try {
+      const call = second.cache.get(second.binding);
+      cache.close();
+      await first.close();
+      const settled = (p: Promise<void>) => Promise.race([p.then(() => true), new Promise((r) => setTimeout(() => r(false), 50))]);
+      const lent = cache.handedOverFetches();
+      expect(lent).toHaveLength(1);
+      expect(await settled(lent[0]!)).toBe(false); // the second successor still waits on it
+      release();
+      expect(await call).toBe('opaque-1');
+      expect(stub.requests).toHaveLength(1);
+      expect(await settled(lent[0]!)).toBe(true);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('a successor that closes (a reload abandoned at shutdown) lets go of the request it waited on, so the sender can cut it', async () => {
+    stub.hold();
+    void cache.get(binding).catch(() => {});
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const next = successorOf(cache);
+    void next.cache.get(next.binding).catch(() => {});
+    const lent = cache.handedOverFetches();
+    expect(lent).toHaveLength(1);
+    await next.close();
+    await lent[0]; // resolves although the request is still held
+    expect(cache.handedOverFetches()).toEqual([]);
+    // Cut by its own config closing, with no one waiting: neither counted nor logged, like any request cut by a close.
+    cache.close();
+    await binding.source.close();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(obs.lines.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+  });
+
+  it('a renewal in flight at a reload is handed over with the token: the new cache neither renews again nor drops the token', async () => {
+    expect(await cache.get(binding)).toBe('opaque-1');
+    const release = stub.hold();
+    time.advance(TTL_S * 500); // the renewal point (random 0): the renewal is sent and held
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+    const next = successorOf(cache);
+    try {
+      expect(await next.cache.get(next.binding)).toBe('opaque-1');
+      cache.close();
+      time.advance(1000); // the inherited renewal point has passed: the new cache must not send a renewal of its own
+      expect(next.cache.peek(next.binding)).toBe('opaque-1');
+      expect(stub.requests).toHaveLength(2);
+      release();
+      await vi.waitFor(async () => expect(await next.cache.get(next.binding)).toBe('opaque-2'));
+      expect(stub.requests).toHaveLength(2);
+    } finally {
+      await next.close();
+    }
+  });
+
+  it('a handed-over request that fails is counted and logged by the retired cache, and the new cache backs off as after its own failure', async () => {
+    stub.reply = refused;
+    const release = stub.hold();
+    void cache.get(binding).catch(() => {});
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const next = successorOf(cache);
+    try {
+      const call = next.cache.get(next.binding);
+      cache.close();
+      release();
+      await expect(call).rejects.toThrow(/invalid_client/);
+      // A real answer from the IdP, not a request cut by the close: counted, although its cache has closed.
+      const failed = { source: 'client_credentials', audience: 'payments', result: 'invalid_client' };
+      expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', failed)).toBe(1);
+      expect(obs.lines.filter((l) => l.event === 'token_fetch_failed')).toHaveLength(1);
+      expect(next.obs.lines.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+      // In backoff the new cache fails fast with that error, without asking the IdP, and retries when it is over.
+      await expect(next.cache.get(next.binding)).rejects.toThrow(/invalid_client/);
+      expect(stub.requests).toHaveLength(1);
+      stub.reply = ok;
+      expect(time.pending()).toHaveLength(1);
+      time.advance(time.pending()[0]! - time.now());
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+      await vi.waitFor(async () => expect(await next.cache.get(next.binding)).toBe('opaque-1'));
+    } finally {
+      await next.close();
+    }
+  });
+
   it('close() cancels renewals and refuses further calls', async () => {
     await cache.get(binding);
     expect(time.pending()).toHaveLength(1);
