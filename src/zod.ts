@@ -29,4 +29,28 @@ export function missingKeyMessage(issue: core.$ZodRawIssue): string | undefined 
   return description ? `required (${description.replace(/^[A-Z](?=[a-z])/, (c) => c.toLowerCase())})` : 'required';
 }
 
+/**
+ * The message of a union for a value none of its forms takes, which zod words as a bare "Invalid input":
+ * `expected a string or a non-empty list of strings, got a number`. A list names its first item of the wrong kind.
+ * A missing value is left to missingKeyMessage (`required`).
+ */
+export function unionMessage(expected: string, isItem: (item: unknown) => boolean): (issue: core.$ZodRawIssue) => string | undefined {
+  return (issue) => {
+    const value = issue.input;
+    if (value === undefined) return undefined;
+    const bad = Array.isArray(value) ? value.findIndex((item) => !isItem(item)) : -1;
+    const got = bad >= 0 ? `a list whose item ${bad} is ${kindOf((value as unknown[])[bad])}` : kindOf(value);
+    return `expected ${expected}, got ${got}`;
+  };
+}
+
+/** What a config value is, in the words of YAML: a map, a list, null. */
+function kindOf(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a map';
+  if (value === '') return 'an empty string';
+  return `a ${typeof value}`;
+}
+
 export * from 'zod';

@@ -63,7 +63,10 @@ const httpUrl = z
   }, 'must be an absolute http(s) URL')
   .refine(hasNoUserinfo, NO_USERINFO);
 
-const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
+const isText = (v: unknown) => typeof v === 'string' && v !== '';
+const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)], {
+  error: z.unionMessage('a string or a non-empty list of strings', isText),
+});
 
 /** Asymmetric JWS algorithms only: `none` and HS* are not even expressible (RFC 8725 §3.1, CVE-2015-9235). */
 export const ALGORITHMS = [
@@ -109,7 +112,11 @@ const issuerSchema = z
     }
   });
 
-const claimValue = z.union([z.string(), z.number(), z.boolean(), z.array(z.union([z.string(), z.number(), z.boolean()])).min(1)]);
+const isScalar = (v: unknown) => typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
+const CLAIM_VALUE = 'a string, number or boolean, or a non-empty list of them';
+const claimValue = z.union([z.string(), z.number(), z.boolean(), z.array(z.union([z.string(), z.number(), z.boolean()], { error: z.unionMessage(CLAIM_VALUE, isScalar) })).min(1)], {
+  error: z.unionMessage(CLAIM_VALUE, isScalar),
+});
 
 const allowEntrySchema = z
   .strictObject({

@@ -102,6 +102,22 @@ describe('config validation errors name the key path', () => {
     expect(issuesOf(() => parseConfig({ ...minimalInbound, service: '' }))).toEqual(['service: Too small: expected string to have >=1 characters']);
   });
 
+  it('a key that takes a value or a list says what it takes and what it got, not a bare "Invalid input"', () => {
+    const withAudience = (audience: unknown) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, audience } });
+    const audienceTakes = 'inbound.audience: expected a string or a non-empty list of strings, got';
+    expect(issuesOf(() => parseConfig(withAudience(3)))).toEqual([`${audienceTakes} a number`]);
+    expect(issuesOf(() => parseConfig(withAudience(null)))).toEqual([`${audienceTakes} null`]);
+    expect(issuesOf(() => parseConfig(withAudience({ orders: true })))).toEqual([`${audienceTakes} a map`]);
+    expect(issuesOf(() => parseConfig(withAudience(['orders', 2])))).toEqual([`${audienceTakes} a list whose item 1 is a number`]);
+    // Where one form fits but breaks a check, that check's words stay.
+    expect(issuesOf(() => parseConfig(withAudience([])))).toEqual(['inbound.audience: Too small: expected array to have >=1 items']);
+    const withAllow = (allow: unknown) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [{ match: { path: '/x' }, allow: [allow] }] } });
+    expect(issuesOf(() => parseConfig(withAllow({ sub: [true] })))).toEqual(['inbound.rules.0.allow.0.sub: expected a string or a non-empty list of strings, got a list whose item 0 is a boolean']);
+    expect(issuesOf(() => parseConfig(withAllow({ claims: { team: ['a', ['b']] } })))).toEqual([
+      'inbound.rules.0.allow.0.claims.team: expected a string, number or boolean, or a non-empty list of them, got a list whose item 1 is a list',
+    ]);
+  });
+
   it('never accepts none or HS* algorithms', () => {
     for (const alg of ['none', 'HS256', 'HS512']) {
       const issues = issuesOf(() =>
@@ -632,7 +648,9 @@ describe('what a layer may say', () => {
     // A claim name with dots in it is found as one key; JSON has lines too.
     const jsonText = JSON.stringify({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [{ match: { path: '/x' }, allow: [{ claims: { 'a.b': { x: 1 } } }] }] } }, null, 2);
     const claimLine = jsonText.split('\n').findIndex((l) => l.includes('"a.b"')) + 1;
-    expect(issuesOf(() => loadConfig([tmpFile('lines.json', jsonText)], {}))).toEqual([`inbound.rules.0.allow.0.claims.a.b: Invalid input (line ${claimLine})`]);
+    expect(issuesOf(() => loadConfig([tmpFile('lines.json', jsonText)], {}))).toEqual([
+      `inbound.rules.0.allow.0.claims.a.b: expected a string, number or boolean, or a non-empty list of them, got a map (line ${claimLine})`,
+    ]);
     // Nothing of the path is in the file: no line to give.
     expect(issuesOf(() => loadConfig([tmpFile('empty.yaml', 'inbound: { target: http://127.0.0.1:1, audience: a, issuers: [{ issuer: "https://idp" }] }\n')], {}))).toContainEqual(
       "service: required (this workload's name, used in logs and metrics)",
