@@ -4,6 +4,7 @@ import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
+import { canonicalHost } from '../outbound/canonical-host.js';
 import { parseAuthority, routeKey } from '../outbound/router.js';
 import { isFileName } from '../outbound/sources/file.js';
 import { isHopByHop } from '../proxy/headers.js';
@@ -506,23 +507,31 @@ export const configSchema = z
       ['outbound', c.outbound?.listen],
       ['admin', c.admin.listen],
     ];
-    const bound: Array<[string, { host: string; port: number }]> = [];
+    // Hosts are compared as the addresses they bind: `127.1` and `localhost` are 127.0.0.1 too.
+    const bound: Array<[string, { addresses: string[]; port: number }]> = [];
     for (const [side, listen] of listeners) {
       if (listen === undefined) continue;
       const at = splitListen(listen);
-      const clash = at.port !== 0 && bound.find(([, b]) => b.port === at.port && (b.host === at.host || isWildcard(b.host) || isWildcard(at.host)));
+      const clash = at.port !== 0 && bound.find(([, b]) => b.port === at.port && sharesAnAddress(b.addresses, at.addresses));
       if (clash) ctx.addIssue({ code: 'custom', path: [side, 'listen'], message: `port ${at.port} is already taken by ${clash[0]}.listen; each listener needs its own port` });
       bound.push([side, at]);
     }
   });
 
-function splitListen(listen: string): { host: string; port: number } {
+const WILDCARDS = new Set(['', '0.0.0.0', '[::]']);
+
+/** The port, and the addresses a listener on the host may bind: an IP literal's one spelling, both loopbacks for `localhost`. */
+function splitListen(listen: string): { addresses: string[]; port: number } {
   const i = listen.lastIndexOf(':');
-  return { host: listen.slice(0, i).replace(/^\[(.*)\]$/, '$1').toLowerCase(), port: Number(listen.slice(i + 1)) };
+  const host = listen.slice(0, i).toLowerCase();
+  const name = host.endsWith('.') ? host.slice(0, -1) : host;
+  // Node binds `localhost` to whichever loopback address the resolver lists first (/etc/hosts: 127.0.0.1 or ::1).
+  const addresses = name === 'localhost' ? ['127.0.0.1', '[::1]'] : [canonicalHost(host) ?? host];
+  return { addresses, port: Number(listen.slice(i + 1)) };
 }
 
-function isWildcard(host: string): boolean {
-  return host === '' || host === '0.0.0.0' || host === '::' || /^[0:]+$/.test(host);
+function sharesAnAddress(a: string[], b: string[]): boolean {
+  return a.some((x) => WILDCARDS.has(x) || b.includes(x)) || b.some((x) => WILDCARDS.has(x));
 }
 
 /** The validated, fully defaulted config. */

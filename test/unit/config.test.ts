@@ -345,7 +345,7 @@ describe('config validation errors name the key path', () => {
     expect(parseConfig(withIssuer({ issuer: 'http://dev-issuer:9000', jwksUri: 'https://keys.example/jwks' })).inbound!.issuers).toHaveLength(2);
   });
 
-  it('refuses two listeners on one port (run would stop with EADDRINUSE), a wildcard host clashing with any host; port 0 never clashes', () => {
+  it('refuses two listeners on one port (run would stop with EADDRINUSE), a wildcard host clashing with any host and hosts compared as the addresses they bind; port 0 never clashes', () => {
     const config = (inbound: string, outbound: string, admin: string) => ({
       ...minimalInbound,
       inbound: { ...minimalInbound.inbound, listen: inbound },
@@ -357,6 +357,15 @@ describe('config validation errors name the key path', () => {
     expect(issuesOf(() => parseConfig(config('[::]:1', '127.0.0.1:3', '[::1]:1')))).toEqual(['admin.listen: port 1 is already taken by inbound.listen; each listener needs its own port']);
     expect(parseConfig(config('127.0.0.1:0', '127.0.0.1:0', '127.0.0.1:0')).admin.listen).toBe('127.0.0.1:0');
     expect(parseConfig(config('127.0.0.1:5', '127.0.0.2:5', '[::1]:5')).admin.listen).toBe('[::1]:5');
+    // Hosts are compared as the addresses they bind, however they are spelt.
+    const clash = (side: string, port: number, by: string) => [`${side}.listen: port ${port} is already taken by ${by}.listen; each listener needs its own port`];
+    expect(issuesOf(() => parseConfig(config('localhost:15099', '127.0.0.1:15099', ':15020')))).toEqual(clash('outbound', 15099, 'inbound'));
+    expect(issuesOf(() => parseConfig(config('[::1]:6', 'LOCALHOST.:6', ':15020')))).toEqual(clash('outbound', 6, 'inbound'));
+    expect(issuesOf(() => parseConfig(config('127.1:7', '0x7f.0.0.1:7', ':15020')))).toEqual(clash('outbound', 7, 'inbound'));
+    expect(issuesOf(() => parseConfig(config('[0:0:0:0:0:0:0:1]:8', '127.0.0.1:9', '[::1]:8')))).toEqual(clash('admin', 8, 'inbound'));
+    expect(issuesOf(() => parseConfig(config('0:10', '10.0.0.1:10', ':15020')))).toEqual(clash('outbound', 10, 'inbound'));
+    expect(issuesOf(() => parseConfig(config('[0::]:11', '127.0.0.1:12', '10.0.0.1:11')))).toEqual(clash('admin', 11, 'inbound'));
+    expect(parseConfig(config('localhost:13', '127.0.0.2:13', 'sidecar.internal:13')).admin.listen).toBe('sidecar.internal:13');
   });
 
   it('gives a listen address of the wrong form one message, and refuses a bracketed host that is no IPv6 address (run failed with ENOTFOUND)', () => {
