@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import type { Clock } from '../clock.js';
 import type { OutboundConfig, RouteConfig, TokenSourceConfig } from '../config/schema.js';
@@ -24,6 +25,8 @@ interface SourceEntry {
   id: string;
   /** Canonical JSON of the source's config as written (the CA bundle's path, not the bytes loaded from it). */
   shape: string;
+  /** What its requests carry beyond `shape`: the request timeout, the CA bundle and the credentials read from files. */
+  sentWith: string;
   source: TokenSource;
 }
 
@@ -40,7 +43,8 @@ export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps)
     let entry = byShape.get(shape);
     if (!entry) {
       const source = createTokenSource(cfg, { clock: deps.clock, env: deps.env, timeoutMs, configPath, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });
-      entry = { id: `s${byShape.size}`, shape, source };
+      const sentWith = createHash('sha256').update(`${timeoutMs}\u0000${cfg.ca?.pem ?? ''}\u0000${source.credentialDigest ?? ''}`).digest('hex');
+      entry = { id: `s${byShape.size}`, shape, sentWith, source };
       byShape.set(shape, entry);
     }
     return entry;
@@ -50,7 +54,7 @@ export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps)
   const bind = (entry: SourceEntry, audience: string, scopes: readonly string[] | undefined): TokenBinding => {
     const normal = normalScopes(scopes);
     const rest = `\u0000${audience}\u0000${normal.join(' ')}`;
-    return { key: entry.id + rest, identity: entry.shape + rest, source: entry.source, audience, scopes: normal };
+    return { key: entry.id + rest, identity: entry.shape + rest, requestIdentity: `${entry.sentWith}\u0000${entry.shape}${rest}`, source: entry.source, audience, scopes: normal };
   };
 
   const routes = new Map<RouteConfig, { entry: SourceEntry; binding: TokenBinding }>();

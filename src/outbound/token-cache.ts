@@ -13,6 +13,11 @@ export interface TokenBinding {
   key: string;
   /** The same, stable across config reloads (the source's config rather than its position), for handover. */
   identity: string;
+  /**
+   * `identity` plus what a request is sent with beyond the config as written (the secret or key read from a file,
+   * the CA bundle, the request timeout): a request in flight is handed over only where this is unchanged too.
+   */
+  requestIdentity: string;
   source: TokenSource;
   audience: string;
   /** Sorted, de-duplicated. */
@@ -46,10 +51,19 @@ export interface HandedOverToken {
   token?: IssuedToken;
   /** When `token` was due for renewal. */
   refreshAt: number;
-  /** The request in flight. It runs on the predecessor's source, which counts and logs its outcome. */
-  fetch?: Promise<IssuedToken>;
-  /** Called by the successor when it closes: it no longer waits for `fetch`, so the predecessor may cut it. */
-  release?: () => void;
+  fetch?: HandedOverFetch;
+}
+
+/** A request in flight. It runs on the predecessor's source, which counts and logs its outcome. */
+export interface HandedOverFetch {
+  promise: Promise<IssuedToken>;
+  /** TokenBinding.requestIdentity of the binding that sent it: only a binding with the same one may adopt it. */
+  requestIdentity: string;
+  /**
+   * Called by a successor that adopts it: the predecessor keeps its source open until the request settles or every
+   * adopter has called the function returned (when it closes), instead of cutting it when it closes itself.
+   */
+  claim(): () => void;
 }
 
 /** By binding identity (TokenBinding.identity). */
@@ -71,8 +85,8 @@ export interface TokenCache {
   /** The tokens that are still valid and the requests in flight, for a successor built by a config reload. */
   snapshot(): TokenCacheSnapshot;
   /**
-   * One promise per request snapshot() handed to a successor, resolved when the request settles or the successor
-   * closes: the sources must stay open until then, or closing this cache's config would cut what the new one waits on.
+   * One promise per request a successor adopted (HandedOverFetch.claim), resolved when the request settles or every
+   * adopter has closed: the sources must stay open until then, or closing this config would cut what a new one waits on.
    */
   handedOverFetches(): Promise<void>[];
 }
@@ -142,8 +156,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   const retryMaxMs = (opts.retryMaxSeconds ?? DEFAULTS.outbound.retryMaxSeconds) * 1000;
   const noTokenRetryMaxMs = DEFAULTS.outbound.retryMaxWithoutTokenSeconds * 1000;
   const entries = new Map<string, Entry>();
-  /** Requests in flight that snapshot() handed to a successor, each until it settles or the successor closes. */
-  const handedOver = new Map<Promise<IssuedToken>, { done: Promise<void>; release: () => void }>();
+  /** Requests in flight that successors adopted: how many adopters still wait, and `done` once none does or it settled. */
+  const handedOver = new Map<Promise<IssuedToken>, { adopters: number; done: Promise<void>; end: () => void }>();
   let closed = false;
   const untrackExpiries = metrics.tokenExpiry.track(function* () {
     for (const e of entries.values()) if (e.token) yield [e.binding.audience, e.token.expiresAt] as const;
@@ -167,10 +181,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         );
         arm(e, e.refreshAt);
       }
-      if (inherited?.fetch) {
-        adopt(e, inherited.fetch);
-        e.releaseAdopted = inherited.release;
-      }
+      const inFlight = inherited?.fetch;
+      if (inFlight && inFlight.requestIdentity === binding.requestIdentity) adopt(e, inFlight);
     }
     return e;
   };
@@ -180,20 +192,21 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
    * cold start or a renewal would otherwise ask the IdP twice for one token. The predecessor counts and logs the
    * outcome; this cache takes the token, or the failure's backoff, as if the request had been its own.
    */
-  const adopt = (e: Entry, fetch: Promise<IssuedToken>): void => {
+  const adopt = (e: Entry, fetch: HandedOverFetch): void => {
     logger.info({ event: 'token_fetch_handed_over', source: e.binding.source.kind, audience: e.binding.audience }, 'token request in flight carried over from the previous config');
-    const p = fetch
-      .then(
-        (token) => {
-          if (isCurrent(e) && token.expiresAt > clock.now()) noteSuccess(e, token);
-          return token;
-        },
-        (raw: unknown) => {
-          const err = asTokenError(raw);
-          if (isCurrent(e)) noteFailure(e, err, false);
-          throw err;
-        },
-      )
+    e.releaseAdopted = fetch.claim();
+    const p = fetch.promise
+      .then((token) => {
+        // Checked by the sender, but time has passed since: an expired token is a failure here too, never handed out.
+        if (!(token.expiresAt > clock.now())) throw new TokenUnavailableError('the token source returned a token that has already expired');
+        if (isCurrent(e)) noteSuccess(e, token);
+        return token;
+      })
+      .catch((raw: unknown) => {
+        const err = asTokenError(raw);
+        if (isCurrent(e)) noteFailure(e, err, false);
+        throw err;
+      })
       .finally(() => {
         if (e.inflight === p) e.inflight = undefined;
       });
@@ -223,18 +236,33 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
 
   const isCurrent = (e: Entry): boolean => !closed && entries.get(e.binding.key) === e;
 
-  /** Marks a request in flight as handed to a successor, until it settles or the successor releases it. */
-  const lend = (fetch: Promise<IssuedToken>) => {
+  /** A successor adopts `fetch`: it is handed over until it settles or every adopter lets go (the function returned). */
+  const claim = (fetch: Promise<IssuedToken>): (() => void) => {
     let lent = handedOver.get(fetch);
     if (!lent) {
-      let release!: () => void;
-      const done = new Promise<void>((r) => (release = r));
-      lent = { done, release };
-      handedOver.set(fetch, lent);
-      void fetch.then(release, release);
-      void done.then(() => handedOver.delete(fetch));
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => (resolve = r));
+      const entry = {
+        adopters: 0,
+        done,
+        // Synchronous, so a request the sources cut after every adopter let go is no longer handed over when it fails.
+        end: () => {
+          if (handedOver.get(fetch) === entry) handedOver.delete(fetch);
+          resolve();
+        },
+      };
+      lent = entry;
+      handedOver.set(fetch, entry);
+      void fetch.then(entry.end, entry.end);
     }
-    return lent;
+    const adopted = lent;
+    adopted.adopters += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--adopted.adopters === 0) adopted.end();
+    };
   };
 
   /**
@@ -269,7 +297,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const err = asTokenError(raw);
       // Closed (a reload retired this config, or shutdown), the fetch was cut by us closing its source, not failed by
       // the IdP: counted and logged, every reload during a renewal would report an IdP failure that never happened.
-      // A fetch handed to the successor is the exception: its source stays open until it settles, so it really failed.
+      // A fetch a successor adopted is the exception while it waits for it: its source stays open, so it really failed.
       if (closed && !(e.inflight && handedOver.has(e.inflight))) throw err;
       noteFailure(e, err, true);
       throw err;
@@ -331,9 +359,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         reason: result,
         oauthError: err.oauthError,
         error: err.message,
-        failures: e.failures,
-        keepingToken: isValid(e, now),
-        retryInMs: Math.round(retryInMs),
+        // Closed, it was handed over: what happens next (keeping a token, when to retry) is the new config's to decide.
+        ...(closed ? { handedOver: true } : { failures: e.failures, keepingToken: isValid(e, now), retryInMs: Math.round(retryInMs) }),
       });
     }
     if (!closed) armIn(e, retryInMs);
@@ -386,13 +413,12 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const now = clock.now();
       const out = new Map<string, HandedOverToken>();
       for (const e of entries.values()) {
-        const fetch = e.inflight;
-        if (!isValid(e, now) && !fetch) continue;
-        const lent = fetch ? lend(fetch) : undefined;
+        const promise = e.inflight;
+        if (!isValid(e, now) && !promise) continue;
         out.set(e.binding.identity, {
           ...(isValid(e, now) ? { token: e.token } : {}),
           refreshAt: e.refreshAt,
-          ...(fetch && lent ? { fetch, release: lent.release } : {}),
+          ...(promise ? { fetch: { promise, requestIdentity: e.binding.requestIdentity, claim: () => claim(promise) } } : {}),
         });
       }
       return out;

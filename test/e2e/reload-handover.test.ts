@@ -150,28 +150,74 @@ describe('reload while a token is being requested', () => {
     front = undefined;
   });
 
-  /** A sidecar whose token requests go through a front that holds them, started while the first one is held. */
+  let shortIdp: TestIdp | undefined;
+  afterEach(async () => {
+    await shortIdp?.close();
+    shortIdp = undefined;
+  });
+
+  /** The outbound config of these tests: its token requests go through `front`, with a 60 s request timeout. */
+  const outboundConfig = (f: FaultyFront) => ({
+    service: 'orders',
+    log: { level: 'info' },
+    lifecycle: { watchConfig: false },
+    outbound: {
+      // Long enough that a shutdown waiting for a held request would be cut by the test's SIGKILL (10 s).
+      tokenRequestTimeoutSeconds: 60,
+      tokenSource: { type: 'client_credentials', tokenEndpoint: `${f.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+      routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+    },
+  });
+
+  /** The same token source and audience under a second host: the reload keeps the binding. */
+  function reloadWithSecondRoute(s: SidecarProcess, config: ReturnType<typeof outboundConfig>) {
+    s.rewriteConfig({ ...config, outbound: { ...config.outbound, routes: [...config.outbound.routes, { host: 'payments-v2', target: app.url, audience: 'payments' }] } });
+    s.signal('SIGHUP');
+  }
+
+  /** A sidecar with 4 s tokens, the first fetched, reloaded while its renewal is held at the IdP, its old config retired. */
+  async function reloadDuringHeldRenewal() {
+    shortIdp = await startIdp({ accessTokenTtlSeconds: 4 });
+    front = await startFaultyFront(shortIdp.issuer);
+    const config = outboundConfig(front);
+    const s = (sidecar = await startSidecar(config));
+    front.mode = 'hold';
+    await eventually(async () => front!.counts.hold === 1, 10_000, 'the renewal (at 50-60 % of 4 s) to reach the IdP');
+    reloadWithSecondRoute(s, config);
+    await s.waitForLog((l) => l.event === 'token_fetch_handed_over');
+    await s.waitForLog((l) => l.event === 'config_reloaded');
+    // The old config is closed as soon as nothing is in flight on it: give that a moment before the renewal returns.
+    await new Promise((r) => setTimeout(r, 300));
+    return { sidecar: s, front };
+  }
+
+  it('a renewal in flight when the reload retires the old config is waited for, not cut: one request, no failure, calls carry the renewed token', async () => {
+    const { sidecar: s, front: f } = await reloadDuringHeldRenewal();
+    f.release();
+    await eventually(async () => s.logs.filter((l) => l.event === 'token_issued').length === 2, 10_000, 'the renewal to be issued');
+    const r = await request(`${s.outbound}/after-renewal`, { headers: { host: 'payments-v2' } });
+    expect(r.statusCode).toBe(200);
+    const { headers } = (await r.body.json()) as { headers: Record<string, string> };
+    const jti = JSON.parse(Buffer.from(headers.authorization!.split('.')[1]!, 'base64url').toString()).jti;
+    expect(jti).toBe(s.logs.filter((l) => l.event === 'token_issued')[1]!.jti);
+    expect(f.counts).toEqual({ pass: 1, hold: 1 });
+    expect(s.logs.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+  });
+
+  it('a SIGTERM while the new config waits for a renewal the old one sent drains and exits 0 without waiting out the request', async () => {
+    const { sidecar: s } = await reloadDuringHeldRenewal();
+    expect(await s.stop()).toBe(0);
+    expect(s.logs.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+  });
+
+  /** A sidecar whose token requests go through a front that holds them, reloaded while its first one is held. */
   async function startWithHeldToken() {
     front = await startFaultyFront(idp.issuer);
     front.mode = 'hold';
-    const config = {
-      service: 'orders',
-      log: { level: 'info' },
-      lifecycle: { watchConfig: false },
-      outbound: {
-        // Long enough that a shutdown waiting for the held request would be cut by the test's SIGKILL (10 s).
-        tokenRequestTimeoutSeconds: 60,
-        tokenSource: { type: 'client_credentials', tokenEndpoint: `${front.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
-        routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
-      },
-    };
-    const s = await startSidecar(config, { waitReady: false });
-    sidecar = s; // stopped by afterEach whatever happens below
+    const config = outboundConfig(front);
+    const s = (sidecar = await startSidecar(config, { waitReady: false }));
     await eventually(async () => front!.counts.hold === 1, 10_000, 'the first token request to reach the IdP');
-    // The same token source and audience under a second host: the reload keeps the binding.
-    const reloaded = { ...config, outbound: { ...config.outbound, routes: [...config.outbound.routes, { host: 'payments-v2', target: app.url, audience: 'payments' }] } };
-    s.rewriteConfig(reloaded);
-    s.signal('SIGHUP');
+    reloadWithSecondRoute(s, config);
     await s.waitForLog((l) => l.event === 'token_fetch_handed_over');
     return { sidecar: s, front };
   }

@@ -101,7 +101,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
       tokenSourceSchema.parse({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: SECRET }),
       { clock: time.clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource' },
     );
-    binding = { key: 'k1', identity: 'k1', source, audience: 'payments', scopes: [] };
+    binding = { key: 'k1', identity: 'k1', requestIdentity: 'k1', source, audience: 'payments', scopes: [] };
     cache = createTokenCache({
       clock: time.clock,
       scheduler: time.scheduler,
@@ -368,7 +368,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
   });
 
   /** The cache a config reload builds: its own source for the same config, the predecessor's snapshot handed over. */
-  function successorOf(predecessor: TokenCache) {
+  function successorOf(predecessor: TokenCache, requestIdentity = binding.requestIdentity) {
     const next = observed();
     const source = createTokenSource(
       tokenSourceSchema.parse({ type: 'client_credentials', tokenEndpoint: stub.url, clientId: 'orders', clientSecret: SECRET }),
@@ -383,7 +383,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
       refreshMarginSeconds: 60,
       handover: predecessor.snapshot(),
     });
-    const nextBinding: TokenBinding = { ...binding, key: 'k1-next', source };
+    const nextBinding: TokenBinding = { ...binding, key: 'k1-next', requestIdentity, source };
     return { cache: nextCache, binding: nextBinding, obs: next, close: async () => (nextCache.close(), await source.close()) };
   }
 
@@ -458,6 +458,52 @@ describe('token cache (clock-controlled, real client_credentials source against 
     await binding.source.close();
     await new Promise((r) => setTimeout(r, 50));
     expect(obs.lines.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+  });
+
+  it('a request sent with what the reload changed (a rotated secret, another CA, another timeout) is not adopted: the new cache sends its own, the old one cuts its own uncounted', async () => {
+    const release = stub.hold();
+    void cache.get(binding).catch(() => {});
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const next = successorOf(cache, 'k1 with the rotated secret');
+    try {
+      const call = next.cache.get(next.binding);
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
+      expect(next.obs.lines.filter((l) => l.event === 'token_fetch_handed_over')).toEqual([]);
+      cache.close();
+      expect(cache.handedOverFetches()).toEqual([]);
+      await binding.source.close(); // nothing waits on the old request: the old config's close cuts it at once
+      release();
+      expect(await call).toMatch(/^opaque-/);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(obs.lines.filter((l) => l.event === 'token_fetch_failed')).toEqual([]);
+    } finally {
+      await next.close();
+    }
+  });
+
+  it('an adopted token that has expired by the time it arrives is a failure, never handed out, and the new cache retries', async () => {
+    const release = stub.hold();
+    void cache.get(binding).catch(() => {});
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const next = successorOf(cache);
+    try {
+      const call = next.cache.get(next.binding);
+      cache.close();
+      stub.reply = () => ({ body: { access_token: 'short-lived', token_type: 'Bearer', expires_in: 1 } });
+      // The sender checks the token when it arrives and logs it; the clock moves on before the new cache sees it.
+      const push = obs.lines.push.bind(obs.lines);
+      obs.lines.push = (...lines) => (lines.some((l) => l.event === 'token_issued') && time.advance(1000), push(...lines));
+      release();
+      await expect(call).rejects.toThrow(/already expired/);
+      expect(obs.lines.filter((l) => l.event === 'token_issued')).toHaveLength(1);
+      expect(next.cache.hasValid('k1-next')).toBe(false);
+      stub.reply = ok;
+      expect(time.pending()).toHaveLength(1); // the new cache's own retry
+      time.advance(time.pending()[0]! - time.now());
+      await vi.waitFor(async () => expect(await next.cache.get(next.binding)).toBe('opaque-1'));
+    } finally {
+      await next.close();
+    }
   });
 
   it('a renewal in flight at a reload is handed over with the token: the new cache neither renews again nor drops the token', async () => {
@@ -536,7 +582,7 @@ describe('token cache over a file source (the fake clock stands still, so only t
       timeoutMs: 5000,
       configPath: 'outbound.tokenSource',
     });
-    const binding: TokenBinding = { key: 'f1', identity: 'f1', source, audience: 'payments', scopes: [] };
+    const binding: TokenBinding = { key: 'f1', identity: 'f1', requestIdentity: 'f1', source, audience: 'payments', scopes: [] };
     const cache = createTokenCache({ clock: time.clock, scheduler: time.scheduler, logger: obs.logger, metrics: obs.metrics, refreshMarginSeconds: 60 });
     const issued = () => obs.lines.filter((l) => l.event === 'token_issued').map((l) => l.jti);
     const reads = () => metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'file', audience: 'payments', result: 'success' });

@@ -1,4 +1,4 @@
-import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Clock } from '../../clock.js';
 import { FILE_LIMITS, readConfiguredFile } from '../../config/configured-files.js';
@@ -22,6 +22,8 @@ export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'p
 /** How a token request proves the client's identity (RFC 6749 §2.3, RFC 7523 §2.2). */
 export interface ClientAuth {
   readonly method: ClientAuthMethod;
+  /** SHA-256 of the secret or private key read from config (hex), so two configs can tell theirs apart without holding each other's. */
+  readonly credentialDigest: string;
   /** Adds the credentials for a request to `tokenEndpoint` to the form and headers. */
   apply(form: URLSearchParams, headers: Record<string, string>, tokenEndpoint: string): Promise<void>;
 }
@@ -40,9 +42,11 @@ const ASSERTION_TTL_SECONDS = 60;
  */
 export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; configPath: string }): ClientAuth {
   if (cfg.privateKeyFile !== undefined) {
-    const signing = loadSigningKey(readConfiguredFile(cfg.privateKeyFile, `${deps.configPath}.privateKeyFile`, FILE_LIMITS.privateKey), cfg.privateKeyAlg, deps.configPath);
+    const keyText = readConfiguredFile(cfg.privateKeyFile, `${deps.configPath}.privateKeyFile`, FILE_LIMITS.privateKey);
+    const signing = loadSigningKey(keyText, cfg.privateKeyAlg, deps.configPath);
     return {
       method: 'private_key_jwt',
+      credentialDigest: sha256(keyText),
       async apply(form, _headers, tokenEndpoint) {
         const now = Math.floor(deps.clock.now() / 1000);
         // RFC 7523 §3: iss = sub = client_id, aud = the token endpoint, a unique jti and a short exp.
@@ -63,6 +67,8 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
     const path = cfg.clientAssertionFile;
     return {
       method: 'client_assertion_file',
+      // Read at every request: nothing held to tell apart.
+      credentialDigest: '',
       async apply(form) {
         setAssertion(form, cfg.clientId, await readRuntimeFile(path, 'clientAssertionFile'));
       },
@@ -75,6 +81,7 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
   if (cfg.authMethod === 'client_secret_post') {
     return {
       method: 'client_secret_post',
+      credentialDigest: sha256(secret),
       async apply(form) {
         form.set('client_id', cfg.clientId);
         form.set('client_secret', secret);
@@ -84,10 +91,15 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
   const authorization = basicAuthorization(cfg.clientId, secret);
   return {
     method: 'client_secret_basic',
+    credentialDigest: sha256(secret),
     async apply(_form, headers) {
       headers.authorization = authorization;
     },
   };
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
 }
 
 function setAssertion(form: URLSearchParams, clientId: string, assertion: string): void {

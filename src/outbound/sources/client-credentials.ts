@@ -12,6 +12,7 @@ export function createClientCredentialsSource(cfg: Config, deps: SourceDeps): To
   const endpoint = createTokenEndpoint(cfg, deps);
   return {
     kind: 'client_credentials',
+    credentialDigest: auth.credentialDigest,
     fetch: (req) => endpoint.request(oauthForm('client_credentials', req, cfg.audienceParam, cfg.params), auth, ['bearer']),
     close: () => endpoint.close(),
   };

@@ -21,6 +21,7 @@ export function createTokenExchangeSource(cfg: Config, deps: SourceDeps): TokenS
   const endpoint = createTokenEndpoint(cfg, deps);
   return {
     kind: 'token_exchange',
+    credentialDigest: auth.credentialDigest,
     async fetch(req) {
       const subjectToken = await readRuntimeFile(cfg.subjectTokenFile, 'subjectTokenFile');
       const form = oauthForm(TOKEN_EXCHANGE_GRANT, req, cfg.audienceParam, cfg.params);

@@ -30,6 +30,8 @@ export interface TokenSource {
    * announced nor counted.
    */
   readonly readsIssuedTokens?: true;
+  /** What its requests are made with that its config as written does not show: see ClientAuth.credentialDigest. */
+  readonly credentialDigest?: string;
   /** Resolves with a fresh token or rejects with a TokenUnavailableError. */
   fetch(req: TokenRequest): Promise<IssuedToken>;
   /**
