@@ -367,6 +367,14 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'idp_unreachable' })).toBeUndefined();
   });
 
+  /** The first token request, sent and held at the stand-in IdP until the function returned is called. */
+  async function heldFirstRequest(): Promise<() => void> {
+    const release = stub.hold();
+    void cache.get(binding).catch(() => {});
+    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    return release;
+  }
+
   /** The cache a config reload builds: its own source for the same config, the predecessor's snapshot handed over. */
   function successorOf(predecessor: TokenCache, requestIdentity = binding.requestIdentity) {
     const next = observed();
@@ -419,9 +427,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
   });
 
   it('a second reload while the request is still in flight hands it on again; the sender lets go of it only when the last cache waiting for it closes', async () => {
-    const release = stub.hold();
-    void cache.get(binding).catch(() => {});
-    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const release = await heldFirstRequest();
     const first = successorOf(cache);
     void first.cache.get(first.binding).catch(() => {}); // as its warm-up does, before a reload can replace it
     const second = successorOf(first.cache);
@@ -443,9 +449,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
   });
 
   it('a successor that closes (a reload abandoned at shutdown) lets go of the request it waited on, so the sender can cut it', async () => {
-    stub.hold();
-    void cache.get(binding).catch(() => {});
-    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    await heldFirstRequest();
     const next = successorOf(cache);
     void next.cache.get(next.binding).catch(() => {});
     const lent = cache.handedOverFetches();
@@ -461,9 +465,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
   });
 
   it('a request sent with what the reload changed (a rotated secret, another CA, another timeout) is not adopted: the new cache sends its own, the old one cuts its own uncounted', async () => {
-    const release = stub.hold();
-    void cache.get(binding).catch(() => {});
-    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const release = await heldFirstRequest();
     const next = successorOf(cache, 'k1 with the rotated secret');
     try {
       const call = next.cache.get(next.binding);
@@ -482,9 +484,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
   });
 
   it('an adopted token that has expired by the time it arrives is a failure, never handed out, and the new cache retries', async () => {
-    const release = stub.hold();
-    void cache.get(binding).catch(() => {});
-    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const release = await heldFirstRequest();
     const next = successorOf(cache);
     try {
       const call = next.cache.get(next.binding);
@@ -528,9 +528,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
 
   it('a handed-over request that fails is counted and logged by the retired cache, and the new cache backs off as after its own failure', async () => {
     stub.reply = refused;
-    const release = stub.hold();
-    void cache.get(binding).catch(() => {});
-    await vi.waitFor(() => expect(stub.requests).toHaveLength(1));
+    const release = await heldFirstRequest();
     const next = successorOf(cache);
     try {
       const call = next.cache.get(next.binding);
