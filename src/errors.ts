@@ -25,11 +25,19 @@ export type InboundReason = (typeof INBOUND_REASONS)[number];
 
 /** Base class: `code` is stable, `status` is the HTTP status a proxy answers with. */
 export class SidecarError extends Error {
+  /**
+   * The error is an answer to a caller (a refused token, path or route), not a fault: it gets no stack. No one reads
+   * one, and capturing it was a fifth of the CPU of refusing an expired token (docs/performance.md, "Verifying tokens").
+   */
+  static readonly isAnswer: boolean = false;
   readonly code: string;
   readonly status: number;
 
   constructor(code: string, message: string, status: number, options?: { cause?: unknown }) {
+    const limit = Error.stackTraceLimit;
+    if ((new.target as typeof SidecarError).isAnswer) Error.stackTraceLimit = 0;
     super(message, options);
+    Error.stackTraceLimit = limit;
     this.name = new.target.name;
     this.code = code;
     this.status = status;
@@ -38,6 +46,7 @@ export class SidecarError extends Error {
 
 /** A bearer token that is missing, malformed or fails verification: 401 (RFC 6750 §3.1 invalid_token). */
 export class TokenRejectedError extends SidecarError {
+  static override readonly isAnswer = true;
   declare readonly code: InboundReason;
   constructor(reason: InboundReason, message: string, options?: { cause?: unknown }) {
     super(reason, message, 401, options);
@@ -46,6 +55,7 @@ export class TokenRejectedError extends SidecarError {
 
 /** A valid token that the route's rules do not allow: 403 (RFC 6750 §3.1 insufficient_scope). */
 export class PolicyDeniedError extends SidecarError {
+  static override readonly isAnswer = true;
   constructor(message = 'no allow rule matched this identity') {
     super('policy_denied', message, 403);
   }
@@ -53,6 +63,7 @@ export class PolicyDeniedError extends SidecarError {
 
 /** The issuer's keys cannot be obtained, so the token cannot be judged: 503, never a pass. */
 export class KeysUnavailableError extends SidecarError {
+  static override readonly isAnswer = true;
   /** The configured issuer whose keys are missing (the `verify` command waits for that one only). */
   readonly issuer: string;
   constructor(issuer: string, message: string, options?: { cause?: unknown }) {
@@ -63,6 +74,7 @@ export class KeysUnavailableError extends SidecarError {
 
 /** The outbound side has no route for the requested host: 403. */
 export class RouteNotFoundError extends SidecarError {
+  static override readonly isAnswer = true;
   constructor(host: string) {
     super('no_route', `no outbound route for host "${host}"`, 403);
   }

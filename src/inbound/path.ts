@@ -2,6 +2,7 @@ import { SidecarError } from '../errors.js';
 
 /** A request path the sidecar refuses to interpret: 400, never forwarded. */
 export class BadPathError extends SidecarError {
+  static override readonly isAnswer = true;
   constructor(message: string) {
     super('bad_path', message, 400);
   }

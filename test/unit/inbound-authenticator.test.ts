@@ -2,7 +2,7 @@ import { createHmac, KeyObject, sign } from 'node:crypto';
 import fc from 'fast-check';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterEach, describe, expect, it } from 'vitest';
-import { KeysUnavailableError, TokenRejectedError } from '../../src/errors.js';
+import { KeysUnavailableError, SidecarError, TokenRejectedError } from '../../src/errors.js';
 import { checkLifetime, checkTimes, createAuthenticator, MAX_CLAIMS_DEPTH } from '../../src/inbound/authenticator.js';
 import { fromJoseError } from '../../src/inbound/jose-errors.js';
 import { checkShape } from '../../src/inbound/extractor.js';
@@ -116,6 +116,22 @@ describe('authenticator', () => {
     const iat = await detail(await mint({ iat: t + 600 }));
     expect(iat[0]).toBe('issued_in_future');
     expect(iat[1]).toMatch(new RegExp(`^token is issued at ${iso(t + 600)}, \\d+ s in the future \\(iat; 30 s of clock skew allowed\\)$`));
+  });
+
+  it('a refusal carries no stack (an answer, not a fault: capturing stacks was a third of refusing an expired token), and leaves the stack limit as it found it', async () => {
+    const { mint, verify, now } = await setup();
+    const limit = Error.stackTraceLimit;
+    const refusalOf = (token: string) => verify(token).then(() => undefined, (err: unknown) => err as Error);
+    const expired = await refusalOf(await mint({ exp: Math.floor(now()) - 3600 }));
+    expect(expired).toBeInstanceOf(TokenRejectedError);
+    expect(expired!.stack).not.toMatch(/\n\s+at /);
+    // Nor does jose's refusal it was made from, which stays its cause.
+    const elsewhere = await refusalOf(await mint({ aud: 'payments' }));
+    expect(elsewhere).toMatchObject({ code: 'audience_mismatch', cause: expect.objectContaining({ code: 'ERR_JWT_CLAIM_VALIDATION_FAILED' }) });
+    expect((elsewhere!.cause as Error).stack).not.toMatch(/\n\s+at /);
+    expect(Error.stackTraceLimit).toBe(limit);
+    // A fault keeps its stack.
+    expect(new SidecarError('internal_error', 'a fault', 500).stack).toMatch(/\n\s+at /);
   });
 
   it('refuses a non-finite exp (1e400 parses as Infinity and would never expire)', async () => {
