@@ -106,7 +106,7 @@ interface Entry {
   cancel?: () => void;
   /** Stops the source's watch (file sources), if it has one. */
   unwatch?: () => void;
-  /** Tells the predecessor this cache no longer waits for the request it adopted (see HandedOverToken.release). */
+  /** Tells the predecessor this cache no longer waits for the request it adopted (see HandedOverFetch.claim). */
   releaseAdopted?: () => void;
 }
 
