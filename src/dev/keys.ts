@@ -1,5 +1,5 @@
 import { generateKeyPairSync, createPrivateKey, createPublicKey, type KeyObject, type JsonWebKey } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { ConfigError, UsageError } from '../errors.js';
@@ -74,6 +74,16 @@ function curveName(namedCurve: string | undefined): string {
 }
 
 /**
+ * `mkdir -p`, one level at a time from the nearest directory that exists: Node's recursive mkdir never returns where
+ * a parent cannot be created (under /proc it spins at full CPU), and a missing one should be a one-line error.
+ */
+function makeDirectories(dir: string): void {
+  const missing: string[] = [];
+  for (let d = dir; !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.push(d);
+  for (const d of missing.reverse()) mkdirSync(d);
+}
+
+/**
  * Reads the dev issuer's signing keys from a JWKS file of private keys, or
  * creates the file (mode 0600) with one new key when it does not exist, so
  * tokens stay verifiable across restarts.
@@ -90,7 +100,7 @@ export async function loadOrCreateKeyFile(path: string, alg: DevAlg = 'RS256'): 
     }
     const key = await generateSigningKey(alg);
     try {
-      mkdirSync(dirname(path), { recursive: true });
+      makeDirectories(dirname(path));
       writeFileSync(path, `${JSON.stringify({ keys: [key.privateJwk] }, null, 2)}\n`, { mode: 0o600, flag: 'wx' });
     } catch (werr) {
       throw new UsageError(`cannot create key file ${path}: ${describeFsError(werr)}`);

@@ -339,6 +339,16 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(badKey.code).toBe(1);
     expect(badKey.stderr).toMatch(/^oidc-sidecar: key file .*: keys\.0: a private key is needed[^\n]*\n$/);
 
+    // A directory that cannot be made is one line too (Node's recursive mkdir never returned under /proc).
+    if (process.platform === 'linux') {
+      const underProc = await runCli(['dev-issuer', '--port', '0', '--key-file', '/proc/oidc-sidecar-test/keys/key.json']);
+      expect([underProc.code, underProc.stderr]).toEqual([1, 'oidc-sidecar: cannot create key file /proc/oidc-sidecar-test/keys/key.json: no such file\n']);
+    }
+    const nested = join(dir, 'a', 'b', 'key.json');
+    const created = await startDevIssuerCli(['--key-file', nested]);
+    await created.stop();
+    expect(JSON.parse(readFileSync(nested, 'utf8')).keys).toHaveLength(1);
+
     // Read bounded, as the clients file is: `--key-file /dev/zero` read until the heap ran out.
     const big = join(dir, 'big.json');
     writeFileSync(big, `{"keys": [${' '.repeat(2 * 1024 * 1024)}]}`);
