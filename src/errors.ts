@@ -35,12 +35,28 @@ export class SidecarError extends Error {
 
   constructor(code: string, message: string, status: number, options?: { cause?: unknown }) {
     const limit = Error.stackTraceLimit;
-    if ((new.target as typeof SidecarError).isAnswer) Error.stackTraceLimit = 0;
-    super(message, options);
-    Error.stackTraceLimit = limit;
+    const stackless = (new.target as typeof SidecarError).isAnswer && setStackTraceLimit(0);
+    try {
+      super(message, options);
+    } finally {
+      if (stackless) setStackTraceLimit(limit);
+    }
     this.name = new.target.name;
     this.code = code;
     this.status = status;
+  }
+}
+
+/**
+ * Sets V8's `Error.stackTraceLimit`; false where it cannot be set (`--frozen-intrinsics`), and the stacks are then
+ * captured as usual.
+ */
+export function setStackTraceLimit(limit: number): boolean {
+  try {
+    Error.stackTraceLimit = limit;
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -134,5 +134,6 @@ export function describeFsError(err: unknown): string {
   if (code === 'EISDIR') return 'is a directory';
   if (code === 'ELOOP') return 'too many symbolic links (a symlink loop?)';
   if (code === 'ENOTDIR') return 'a part of the path is not a directory';
+  if (code === 'EEXIST') return 'already exists';
   return code ?? (err instanceof Error ? err.message : String(err));
 }

@@ -1,5 +1,5 @@
 import { generateKeyPairSync, createPrivateKey, createPublicKey, type KeyObject, type JsonWebKey } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { ConfigError, UsageError } from '../errors.js';
@@ -80,7 +80,17 @@ function curveName(namedCurve: string | undefined): string {
 function makeDirectories(dir: string): void {
   const missing: string[] = [];
   for (let d = dir; !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.push(d);
-  for (const d of missing.reverse()) mkdirSync(d);
+  for (const d of missing.reverse()) {
+    try {
+      mkdirSync(d);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      // A directory after all: made meanwhile by another process (two dev issuers starting together), or a `.` or
+      // `..` of the path (`new/../keys`, made as `mkdir -p` makes it). Anything else there (a file, a broken symlink)
+      // is a part of the path that is not a directory.
+      if (!statSync(d, { throwIfNoEntry: false })?.isDirectory()) throw Object.assign(new Error(`${d} is not a directory`), { code: 'ENOTDIR' });
+    }
+  }
 }
 
 /**

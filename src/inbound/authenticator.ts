@@ -1,7 +1,7 @@
 import { jwtVerify, UnsecuredJWT, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyObject, type CryptoKey } from 'jose';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
-import { KeysUnavailableError, TokenRejectedError } from '../errors.js';
+import { KeysUnavailableError, setStackTraceLimit, TokenRejectedError } from '../errors.js';
 import type { ExtractedToken } from './extractor.js';
 import type { Identity } from './identity.js';
 import { fromJoseError } from './jose-errors.js';
@@ -215,14 +215,15 @@ function claimsBeforeSignature(header: Record<string, unknown>, payloadSegment: 
     // not), so nothing else is copied: JSON.stringify overflows the stack on deeply nested values JSON.parse took.
     const standIn = Buffer.from(JSON.stringify(typeof header.typ === 'string' ? { alg: 'none', typ: header.typ } : { alg: 'none' })).toString('base64url');
     // jose's refusal (JWTExpired, JWTClaimValidationFailed) becomes a TokenRejectedError at once, so its stack is
-    // never read: capturing it was a sixth of the CPU of refusing an expired token. Synchronous, so nothing else
-    // runs with the limit at 0.
+    // never read: capturing it was a sixth of the CPU of refusing an expired token. (Anything else thrown here is
+    // refused as malformed_token by fromJoseError, whose line carries no stack either.) Synchronous, so nothing
+    // else runs with the limit at 0.
     const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
+    const stackless = setStackTraceLimit(0);
     try {
       return UnsecuredJWT.decode(`${standIn}.${payloadSegment}.`, opts).payload;
     } finally {
-      Error.stackTraceLimit = limit;
+      if (stackless) setStackTraceLimit(limit);
     }
   } catch (err) {
     throw fromJoseError(err);
