@@ -48,10 +48,24 @@ export class SidecarError extends Error {
 }
 
 /**
+ * Runs `fn` with V8's stack capture off, for synchronous code whose errors are answers (see SidecarError.isAnswer):
+ * nothing else runs meanwhile, and the limit is restored however `fn` ends.
+ */
+export function withoutStackTraces<T>(fn: () => T): T {
+  const limit = Error.stackTraceLimit;
+  const stackless = setStackTraceLimit(0);
+  try {
+    return fn();
+  } finally {
+    if (stackless) setStackTraceLimit(limit);
+  }
+}
+
+/**
  * Sets V8's `Error.stackTraceLimit`; false where it cannot be set (`--frozen-intrinsics`), and the stacks are then
  * captured as usual.
  */
-export function setStackTraceLimit(limit: number): boolean {
+function setStackTraceLimit(limit: number): boolean {
   try {
     Error.stackTraceLimit = limit;
     return true;

@@ -1,7 +1,7 @@
 import { jwtVerify, UnsecuredJWT, type JWTVerifyGetKey, type JWTVerifyOptions, type KeyObject, type CryptoKey } from 'jose';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
-import { KeysUnavailableError, setStackTraceLimit, TokenRejectedError } from '../errors.js';
+import { KeysUnavailableError, TokenRejectedError, withoutStackTraces } from '../errors.js';
 import type { ExtractedToken } from './extractor.js';
 import type { Identity } from './identity.js';
 import { fromJoseError } from './jose-errors.js';
@@ -218,13 +218,7 @@ function claimsBeforeSignature(header: Record<string, unknown>, payloadSegment: 
     // never read: capturing it was a sixth of the CPU of refusing an expired token. (Anything else thrown here is
     // refused as malformed_token by fromJoseError, whose line carries no stack either.) Synchronous, so nothing
     // else runs with the limit at 0.
-    const limit = Error.stackTraceLimit;
-    const stackless = setStackTraceLimit(0);
-    try {
-      return UnsecuredJWT.decode(`${standIn}.${payloadSegment}.`, opts).payload;
-    } finally {
-      if (stackless) setStackTraceLimit(limit);
-    }
+    return withoutStackTraces(() => UnsecuredJWT.decode(`${standIn}.${payloadSegment}.`, opts).payload);
   } catch (err) {
     throw fromJoseError(err);
   }

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import type { Clock } from '../clock.js';
 import type { OutboundConfig, RouteConfig, TokenSourceConfig } from '../config/schema.js';
@@ -43,7 +43,7 @@ export function createTokenBroker(config: OutboundConfig, deps: TokenBrokerDeps)
     let entry = byShape.get(shape);
     if (!entry) {
       const source = createTokenSource(cfg, { clock: deps.clock, env: deps.env, timeoutMs, configPath, ...(deps.dispatcher ? { dispatcher: deps.dispatcher } : {}) });
-      const sentWith = createHash('sha256').update(`${timeoutMs}\u0000${cfg.ca?.pem ?? ''}\u0000${source.credentialDigest ?? ''}`).digest('hex');
+      const sentWith = hash('sha256', `${timeoutMs}\u0000${cfg.ca?.pem ?? ''}\u0000${source.credentialDigest ?? ''}`);
       entry = { id: `s${byShape.size}`, shape, sentWith, source };
       byShape.set(shape, entry);
     }

@@ -198,7 +198,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     const p = fetch.promise
       .then((token) => {
         // Checked by the sender, but time has passed since: an expired token is a failure here too, never handed out.
-        if (!(token.expiresAt > clock.now())) throw new TokenUnavailableError('the token source returned a token that has already expired');
+        assertUnexpired(token);
         if (isCurrent(e)) noteSuccess(e, token);
         return token;
       })
@@ -235,6 +235,10 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
   };
 
   const isCurrent = (e: Entry): boolean => !closed && entries.get(e.binding.key) === e;
+
+  const assertUnexpired = (token: IssuedToken): void => {
+    if (!(token.expiresAt > clock.now())) throw new TokenUnavailableError('the token source returned a token that has already expired');
+  };
 
   /** A successor adopts `fetch`: it is handed over until it settles or every adopter lets go (the function returned). */
   const claim = (fetch: Promise<IssuedToken>): (() => void) => {
@@ -292,7 +296,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     let token: IssuedToken;
     try {
       token = await source.fetch({ audience, scopes });
-      if (!(token.expiresAt > clock.now())) throw new TokenUnavailableError('the token source returned a token that has already expired');
+      assertUnexpired(token);
     } catch (raw) {
       const err = asTokenError(raw);
       // Closed (a reload retired this config, or shutdown), the fetch was cut by us closing its source, not failed by

@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
+import { createPrivateKey, hash, randomUUID, type KeyObject } from 'node:crypto';
 import { SignJWT } from 'jose';
 import type { Clock } from '../../clock.js';
 import { FILE_LIMITS, readConfiguredFile } from '../../config/configured-files.js';
@@ -46,7 +46,7 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
     const signing = loadSigningKey(keyText, cfg.privateKeyAlg, deps.configPath);
     return {
       method: 'private_key_jwt',
-      credentialDigest: sha256(keyText),
+      credentialDigest: hash('sha256', keyText),
       async apply(form, _headers, tokenEndpoint) {
         const now = Math.floor(deps.clock.now() / 1000);
         // RFC 7523 §3: iss = sub = client_id, aud = the token endpoint, a unique jti and a short exp.
@@ -81,7 +81,7 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
   if (cfg.authMethod === 'client_secret_post') {
     return {
       method: 'client_secret_post',
-      credentialDigest: sha256(secret),
+      credentialDigest: hash('sha256', secret),
       async apply(form) {
         form.set('client_id', cfg.clientId);
         form.set('client_secret', secret);
@@ -91,15 +91,11 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
   const authorization = basicAuthorization(cfg.clientId, secret);
   return {
     method: 'client_secret_basic',
-    credentialDigest: sha256(secret),
+    credentialDigest: hash('sha256', secret),
     async apply(_form, headers) {
       headers.authorization = authorization;
     },
   };
-}
-
-function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
 }
 
 function setAssertion(form: URLSearchParams, clientId: string, assertion: string): void {
