@@ -18,10 +18,25 @@ export interface ExtractedToken {
 /** A function taking Node's flat rawHeaders list and returning the one bearer token in it. */
 export type Extractor = (rawHeaders: readonly string[]) => ExtractedToken;
 
-// Bytes allowed in a base64url segment (RFC 7515 §2, RFC 4648 §5), as a lookup table for a single linear scan.
+// Bytes allowed in a base64url segment (RFC 7515 §2, RFC 4648 §5), as a lookup table for a single linear scan:
+// each character's 6-bit value plus one, 0 for a character outside the alphabet.
 const BASE64URL = new Uint8Array(128);
-for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_') BASE64URL[c.charCodeAt(0)] = 1;
+[...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'].forEach((c, i) => (BASE64URL[c.charCodeAt(0)] = i + 1));
 const DOT = 0x2e;
+
+/**
+ * Whether the segment `token[start, end)` is the one spelling an encoder writes (RFC 4648 §3.5): a length that
+ * leaves 1 character over is no encoding at all, and the bits of the last character past the data must be zero.
+ * Decoders ignore those bits, so without this check one signature could be written four or sixteen ways, and
+ * anything keyed on the token's text (a deny list, a replay cache, a log search) would see different tokens.
+ */
+function isCanonicalSegment(token: string, start: number, end: number): boolean {
+  const spare = (end - start) % 4;
+  if (spare === 0) return true;
+  if (spare === 1) return false;
+  const last = BASE64URL[token.charCodeAt(end - 1)]! - 1;
+  return (last & (spare === 2 ? 0x0f : 0x03)) === 0;
+}
 
 /**
  * Builds the token extractor. The token is taken only from the configured
@@ -61,10 +76,11 @@ export function createExtractor(opts: ExtractorOptions): Extractor {
 }
 
 /**
- * Compact JWS shape (RFC 7515 §7.1): exactly three base64url segments, header
- * and payload non-empty. One pass, no allocation per dot, so a token full of
- * dots costs O(n) time and O(1) memory (CVE-2025-30204). An empty signature is
- * let through so that `alg: none` is reported as `unsupported_alg`.
+ * Compact JWS shape (RFC 7515 §7.1): exactly three base64url segments, each in
+ * its canonical spelling, header and payload non-empty. One pass, no
+ * allocation per dot, so a token full of dots costs O(n) time and O(1) memory
+ * (CVE-2025-30204). An empty signature is let through so that `alg: none` is
+ * reported as `unsupported_alg`.
  */
 export function checkShape(token: string): ExtractedToken {
   let dot1 = -1;
@@ -76,7 +92,7 @@ export function checkShape(token: string): ExtractedToken {
       dots++;
       if (dots === 1) dot1 = i;
       else if (dots === 2) dot2 = i;
-    } else if (c >= 128 || BASE64URL[c] !== 1) {
+    } else if (c >= 128 || BASE64URL[c] === 0) {
       throw new TokenRejectedError('malformed_token', 'token is not a compact JWS (invalid character)');
     }
   }
@@ -84,5 +100,8 @@ export function checkShape(token: string): ExtractedToken {
   if (dots === 4) throw new TokenRejectedError('malformed_token', 'encrypted tokens (JWE) are not accepted');
   if (dots !== 2) throw new TokenRejectedError('malformed_token', 'token is not a compact JWS (expected three segments)');
   if (dot1 === 0 || dot2 === dot1 + 1) throw new TokenRejectedError('malformed_token', 'token has an empty header or payload');
+  if (!isCanonicalSegment(token, 0, dot1) || !isCanonicalSegment(token, dot1 + 1, dot2) || !isCanonicalSegment(token, dot2 + 1, token.length)) {
+    throw new TokenRejectedError('malformed_token', 'token is not a compact JWS (a segment is not canonical base64url)');
+  }
   return { token, dot1, dot2 };
 }

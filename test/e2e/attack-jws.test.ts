@@ -177,6 +177,18 @@ describe('RFC 8725 §3.4: validate cryptographic inputs', () => {
       await refused('empty', `${h}.${p}.`, reject('bad_signature'));
     }
   });
+
+  it("a real signature re-spelt through base64url's spare bits (the same bytes, another text) is malformed_token", async () => {
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    for (const idp of [rsa, ec, ed]) {
+      const [h, p, s] = real(idp).split('.') as [string, string, string];
+      const bytes = Buffer.from(s, 'base64url');
+      const respelt = [...alphabet].map((c) => s.slice(0, -1) + c).filter((t) => t !== s && Buffer.from(t, 'base64url').equals(bytes));
+      // RS256 (256 bytes), ES256 and EdDSA (64 bytes) all leave spare bits in the last character.
+      expect(respelt.length, keyOf(idp).alg).toBeGreaterThan(0);
+      await refused(`${keyOf(idp).alg} re-spelt`, `${h}.${p}.${respelt[0]}`, reject('malformed_token'));
+    }
+  });
 });
 
 describe('RFC 8725 §3.6 and JOSE serializations: only compact JWS is accepted', () => {

@@ -43,14 +43,14 @@ describe('extractor', () => {
 
   it('refuses a token over the size cap before parsing it', () => {
     const small = createExtractor({ header: 'authorization', maxTokenBytes: 64 });
-    const big = `${'a'.repeat(40)}.${'b'.repeat(40)}.c`;
+    const big = `${'a'.repeat(40)}.${'b'.repeat(40)}.AA`;
     expect(reason(() => small(['authorization', `Bearer ${big}`]))).toBe('malformed_token');
     try {
       small(['authorization', `Bearer ${big}`]);
     } catch (err) {
       expect((err as Error).message).toMatch(/larger than 64 bytes/);
     }
-    expect(small(['authorization', `Bearer ${'a'.repeat(31)}.${'b'.repeat(30)}.c`]).token).toHaveLength(64);
+    expect(small(['authorization', `Bearer ${'a'.repeat(32)}.${'b'.repeat(28)}.AA`]).token).toHaveLength(64);
   });
 
   it('rejects anything that is not a compact JWS: JWE, wrong segment count, empty parts, bad characters', () => {
@@ -71,8 +71,26 @@ describe('extractor', () => {
     expect(() => checkShape('a.b.c.d.e')).toThrow(/JWE/);
   });
 
+  it('refuses a segment in any spelling but the canonical one (RFC 4648 §3.5): spare bits set, or a length no encoder writes', () => {
+    // An ES256-sized signature: 64 bytes are 86 characters, whose last one carries 4 spare bits.
+    const [h, p] = jwt.split('.') as [string, string];
+    const bytes = Buffer.alloc(64, 0xa5);
+    const sig = bytes.toString('base64url');
+    // Every re-spelling of the same signature bytes through the last character's spare bits.
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const respelt = [...alphabet].map((c) => sig.slice(0, -1) + c).filter((s) => s !== sig && Buffer.from(s, 'base64url').equals(bytes));
+    expect(respelt.length).toBeGreaterThan(0);
+    for (const s of respelt) expect(reason(() => extract(['authorization', `Bearer ${h}.${p}.${s}`])), s).toBe('malformed_token');
+    expect(() => checkShape(`${h}.${p}.${respelt[0]}`)).toThrow(/canonical base64url/);
+    // The same in the header and payload, and a segment one character past a whole group (no encoding at all).
+    expect(p.length % 4).toBe(2);
+    expect(reason(() => extract(['authorization', `Bearer ${h}.${p.slice(0, -1)}R.${sig}`]))).toBe('malformed_token');
+    expect(reason(() => extract(['authorization', `Bearer ${h}.${p}.${sig}AAAAB`]))).toBe('malformed_token');
+    expect(extract(['authorization', `Bearer ${h}.${p}.${sig}`]).token).toBe(`${h}.${p}.${sig}`);
+  });
+
   it('lets an empty signature through the shape check, so alg "none" is reported by the authenticator', () => {
-    expect(extract(['authorization', 'Bearer a.b.']).token).toBe('a.b.');
+    expect(extract(['authorization', 'Bearer e30.e30.']).token).toBe('e30.e30.');
   });
 
   it('CVE-2025-30204: a header full of dots is refused in one linear pass', () => {
@@ -89,12 +107,21 @@ describe('extractor', () => {
     expect(reason(() => custom(['authorization', `Bearer ${jwt}`]))).toBe('missing_token');
   });
 
-  it('property: accepts exactly three non-empty base64url header/payload segments, rejects everything else with a coded error', () => {
-    const seg = fc.stringMatching(/^[A-Za-z0-9_-]{1,20}$/);
+  it('property: accepts exactly three canonical base64url segments, header and payload non-empty, rejects everything else with a coded error', () => {
+    const seg = (min: number) => fc.uint8Array({ minLength: min, maxLength: 20 }).map((b) => Buffer.from(b).toString('base64url'));
     fc.assert(
-      fc.property(seg, seg, fc.stringMatching(/^[A-Za-z0-9_-]{0,20}$/), (h, p, s) => {
+      fc.property(seg(1), seg(1), seg(0), (h, p, s) => {
         const t = `${h}.${p}.${s}`;
         expect(extract(['authorization', `Bearer ${t}`]).token).toBe(t);
+      }),
+    );
+    // Any base64url text is accepted exactly when it is the encoding of what it decodes to.
+    fc.assert(
+      fc.property(fc.stringMatching(/^[A-Za-z0-9_-]{1,20}$/), (s) => {
+        const canonical = Buffer.from(s, 'base64url').toString('base64url') === s;
+        const t = `e30.e30.${s}`;
+        if (canonical) expect(extract(['authorization', `Bearer ${t}`]).token).toBe(t);
+        else expect(reason(() => extract(['authorization', `Bearer ${t}`]))).toBe('malformed_token');
       }),
     );
     fc.assert(
