@@ -79,7 +79,8 @@ export function createDevProvider(opts: DevProviderOptions): Provider {
         defaultResource: async (ctx, client) => {
           const fallback = client ? byId.get(client.clientId)?.defaultAudience : undefined;
           if (fallback) return resourceForAudience(fallback);
-          if (ctx.oidc.route === 'token') throw new errors.InvalidTarget('name the audience with a "resource" or "audience" parameter');
+          // error_description may not hold '"' (RFC 6749 §5.2: %x20-21 / %x23-5B / %x5D-7E); oidc-provider turns one into '?'.
+          if (ctx.oidc.route === 'token') throw new errors.InvalidTarget("name the audience with a 'resource' or 'audience' parameter");
           return undefined as unknown as string;
         },
         useGrantedResource: async () => true,

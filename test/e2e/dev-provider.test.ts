@@ -142,6 +142,8 @@ describe('dev provider (oidc-provider) as the test IdP', () => {
     expect([unknown.status, unknown.body.error]).toEqual([401, 'invalid_client']);
     const none = await idp.tokenRequest({ grant_type: 'client_credentials' }, { user: 'orders', password: 'orders-secret' });
     expect([none.status, none.body.error]).toEqual([400, 'invalid_target']);
+    // Said so that it arrives as written: an error_description cannot carry '"' (RFC 6749 §5.2).
+    expect(none.body.error_description).toBe("name the audience with a 'resource' or 'audience' parameter");
     const two = await idp.tokenRequest({ grant_type: 'client_credentials', resource: ['a', 'b'] }, { user: 'orders', password: 'orders-secret' });
     expect([two.status, two.body.error]).toEqual([400, 'invalid_target']);
     const grant = await idp.tokenRequest({ grant_type: 'password', resource: 'payments' }, { user: 'orders', password: 'orders-secret' });
