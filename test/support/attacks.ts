@@ -682,21 +682,6 @@ export function applyMutation(token: string, m: Mutation): string {
   }
 }
 
-/**
- * True when `candidate` is the same signed object as `original`: identical
- * header and payload segments (the signing input) and the same signature
- * bytes. base64url's spare bits make a few different strings decode to the
- * same signature; that is not a forgery.
- */
-export function sameSignedToken(candidate: string, original: string): boolean {
-  const [ch, cp, cs, ...rest] = candidate.split('.');
-  const [oh, op, os] = original.split('.');
-  if (rest.length > 0 || ch !== oh || cp !== op || cs === undefined || os === undefined) return false;
-  // Node's decoder skips foreign characters, so insist on the same length and alphabet before comparing bytes.
-  if (cs.length !== os.length || !/^[A-Za-z0-9_-]*$/.test(cs)) return false;
-  return Buffer.from(cs, 'base64url').equals(Buffer.from(os, 'base64url'));
-}
-
 // ---------------------------------------------------------------- fuzz budget
 
 /**
