@@ -204,6 +204,19 @@ function createIssuerKeys(
     return true;
   };
 
+  /** Drops the keys held: nothing verifies for this issuer until a fetch finds usable keys again. */
+  const withdraw = (why: string): void => {
+    if (keySet === undefined) return;
+    logger.warn(
+      { event: 'jwks_keys_withdrawn', kids: currentKeys.map((k) => (k.kid === undefined ? null : shownKid(k.kid))), detail: why },
+      "the issuer's JWKS lists no usable key; the keys held before are withdrawn",
+    );
+    keySet = undefined;
+    currentKeys = [];
+    fingerprint = '';
+    version++;
+  };
+
   if (seed) {
     apply(seed.keys, seed.fetchedAt);
     failing = seed.failing;
@@ -222,7 +235,18 @@ function createIssuerKeys(
     if (res.status !== 200) {
       throw new IdpHttpError('jwks_http_error', `${shownUrl(uri)}: HTTP ${res.status}`, res.status, undefined, { retryAfter: res.headers['retry-after'] });
     }
-    const { keys, dropped, ignored } = await filterJwks(res.body, cfg.algorithms);
+    let filtered: Awaited<ReturnType<typeof filterJwks>>;
+    try {
+      filtered = await filterJwks(res.body, cfg.algorithms);
+    } catch (err) {
+      // A JWKS the IdP serves with nothing usable in it (no keys, or only keys we cannot verify with) is still its
+      // word on which keys it vouches for: the ones held before are withdrawn, as a rotation that removes them would
+      // withdraw them, and the fetch counts as failed. A document that is no JWKS at all (garbage, an error page)
+      // says nothing about the keys, and the last good ones stay.
+      if (err instanceof IdpHttpError && err.code === 'jwks_no_usable_keys') withdraw(err.message);
+      throw err;
+    }
+    const { keys, dropped, ignored } = filtered;
     // Said once per change of the list, not at every refresh: the IdP publishes them until someone fixes it.
     const droppedNow = JSON.stringify([dropped, ignored]);
     if (droppedNow !== droppedLogged) {

@@ -1,7 +1,8 @@
+import { createPublicKey } from 'node:crypto';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { bearerRequest, flushLogs, rawExchange, rawRequestBytes, signRaw, startRecordingApp, tokenLeaks } from '../support/attacks.js';
 import { startIdp, type DownMode, type TestIdp } from '../support/idp.js';
-import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startSidecar, type LogLine, type SidecarProcess } from '../support/sidecar.js';
 import { signToken, tamperHeader, testKeyPair } from '../support/tokens.js';
 
 /**
@@ -230,5 +231,29 @@ describe('key rotation with the verified-token cache in play', () => {
     await sidecar.waitForLog((l) => l.event === 'config_reloaded');
     for (const t of [minted, another]) expect(await probe(sidecar, 'stolen after SIGHUP', t)).toMatchObject({ status: 401, reason: 'unknown_key' });
     expect((await probe(sidecar, 'new key', await idp.getToken('orders', 'orders'))).status).toBe(200);
+  });
+
+  it('emergency withdrawal with no replacement key: a JWKS with nothing usable in it withdraws the held keys at SIGHUP, and usable keys bring them back', async (ctx) => {
+    const { idp, sidecar } = await setup(ctx, {});
+    const token = await idp.getToken('orders', 'orders');
+    expect((await probe(sidecar, 'before', token)).status).toBe(200);
+
+    // The IdP's only key is withdrawn and nothing replaces it yet: an empty set, then a set whose only key is for
+    // encryption. Each is the IdP's word that it vouches for no signing key, not an outage.
+    const encryptionKey = { ...createPublicKey(idp.signingKeys[0]!.private).export({ format: 'jwk' }), kid: idp.signingKeys[0]!.kid, use: 'enc' };
+    const withdrawn = (l: LogLine) => l.event === 'jwks_keys_withdrawn';
+    const loaded = (l: LogLine) => l.event === 'jwks_updated' && l.msg === 'issuer keys loaded';
+    const nth = (pred: (l: LogLine) => boolean, n: number) => sidecar.waitForLog((l) => pred(l) && sidecar.logs.filter(pred).length >= n);
+    for (const [i, published] of [{ keys: [] }, { keys: [encryptionKey] }].entries()) {
+      idp.publishJwks(published);
+      sidecar.signal('SIGHUP');
+      await nth(withdrawn, i + 1);
+      expect(await probe(sidecar, 'withdrawn', token)).toMatchObject({ status: 503, reason: 'keys_unavailable' });
+      expect((await fetch(`${sidecar.admin}/readyz`)).status).toBe(503);
+      idp.publishJwks(undefined);
+      sidecar.signal('SIGHUP');
+      await nth(loaded, i + 2);
+      expect((await probe(sidecar, 'keys back', token)).status).toBe(200);
+    }
   });
 });

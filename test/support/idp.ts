@@ -54,6 +54,8 @@ export interface TestIdp {
   mint(claims: Record<string, unknown> & { aud: string | string[] }, opts?: { kid?: string; typ?: string | null; header?: Record<string, unknown> }): Promise<string>;
   rotateKeys(opts?: { keepOld?: boolean }): Promise<void>;
   setDown(mode: DownMode | true): void;
+  /** Serves this body (HTTP 200, JSON) at the JWKS endpoint instead of the provider's keys; undefined to stop. */
+  publishJwks(body: unknown): void;
   /** Closes the listener (connections cut); `restart` listens again on the same port. */
   stop(): Promise<void>;
   restart(): Promise<void>;
@@ -75,6 +77,7 @@ export async function startIdp(opts: TestIdpOptions = {}): Promise<TestIdp> {
   for (const c of clients) devClients.push(await toDevClient(c));
 
   let down: DownMode = false;
+  let jwksOverride: string | undefined;
   let issuer: DevIssuer | undefined;
   const counts = { discovery: 0, jwks: 0, token: 0, other: 0 };
   const sockets = new Set<Socket>();
@@ -91,6 +94,7 @@ export async function startIdp(opts: TestIdpOptions = {}): Promise<TestIdp> {
     if (down === '503' || !issuer) {
       return void res.writeHead(503, { 'content-type': 'application/json' }).end('{"error":"temporarily_unavailable"}');
     }
+    if (path === '/jwks' && jwksOverride !== undefined) return void res.writeHead(200, { 'content-type': 'application/json' }).end(jwksOverride);
     issuer.handle(req, res);
   });
   server.on('connection', (s: Socket) => {
@@ -185,6 +189,9 @@ export async function startIdp(opts: TestIdpOptions = {}): Promise<TestIdp> {
     },
     async rotateKeys(o = {}) {
       await dev.rotateKeys(o.keepOld === false ? { keepOld: false } : {});
+    },
+    publishJwks(body) {
+      jwksOverride = body === undefined ? undefined : JSON.stringify(body);
     },
     setDown(mode) {
       const next: DownMode = mode === true ? '503' : mode;

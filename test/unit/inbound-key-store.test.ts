@@ -252,18 +252,45 @@ describe('key store', () => {
     expect(lines.filter((l) => l.event === 'jwks_updated')).toHaveLength(1);
   });
 
-  it('keeps the last good keys when the IdP serves an empty, unusable or non-JSON key set', async () => {
+  it('keeps the last good keys when the IdP answers with something that is not a JWKS', async () => {
     const { store, server, scheduler, metrics, keys } = await setup();
     await store.start();
     const good = keys().keySet();
-    for (const bad of [{ keys: [] }, { keys: [{ kty: 'oct', k: 'c2VjcmV0' }] }, { status: 200, body: 'not json' }, { status: 200, body: '{"nokeys":1}' }]) {
+    for (const bad of [{ status: 200, body: 'not json' }, { status: 200, body: '{"nokeys":1}' }]) {
       server.set(bad as never);
       await fireTimer(server, scheduler);
       expect(keys().keySet()).toBe(good);
     }
-    expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'jwks_no_usable_keys' })).toBe(2);
+    expect(store.isReady()).toBe(true);
     expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'idp_bad_response' })).toBe(1);
     expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'jwks_invalid' })).toBe(1);
+  });
+
+  it('withdraws the keys it holds when the IdP serves a JWKS with nothing usable in it, until usable keys come back', async () => {
+    for (const unusable of [{ keys: [] }, { keys: [{ kty: 'oct', k: 'c2VjcmV0' }] }, { keys: [{ kty: 'RSA', kid: 'k1', use: 'enc', n: 'AQAB', e: 'AQAB' }] }]) {
+      const { k1, store, server, scheduler, metrics, keys, lines } = await setup();
+      await store.start();
+      expect(keys().version).toBe(1);
+      // The IdP withdrew k1 (a stolen key) and publishes nothing we can verify with: k1 must stop verifying now, not
+      // after maxStaleSeconds; a SIGHUP's refetch must not bring it back either (the successor gets no snapshot).
+      server.set(unusable);
+      await fireTimer(server, scheduler);
+      expect(() => keys().keySet()).toThrow(KeysUnavailableError);
+      expect(() => keys().keySet()).toThrow(/not loaded \(JWKS has no key usable/);
+      expect(store.isReady()).toBe(false);
+      expect(keys().version).toBe(2);
+      expect(store.snapshot().size).toBe(0);
+      expect(lines.filter((l) => l.event === 'jwks_keys_withdrawn').map((l) => l.kids)).toEqual([['k1']]);
+      expect(await counterValue(metrics, 'jwksFetches', { issuer: 'http://idp.test', result: 'jwks_no_usable_keys' })).toBe(1);
+      // A second empty answer withdraws nothing more and logs no second withdrawal.
+      await fireTimer(server, scheduler);
+      expect(lines.filter((l) => l.event === 'jwks_keys_withdrawn')).toHaveLength(1);
+      server.set({ keys: [k1.publicJwk] });
+      await fireTimer(server, scheduler);
+      expect(store.isReady()).toBe(true);
+      expect(keys().version).toBe(3);
+      while (cleanups.length) await cleanups.pop()!();
+    }
   });
 
   it('does not follow a redirect from the JWKS endpoint', async () => {
