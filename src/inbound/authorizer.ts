@@ -6,7 +6,7 @@ import type { Authenticator } from './authenticator.js';
 import type { ExtractedToken, Extractor } from './extractor.js';
 import type { Identity } from './identity.js';
 import type { CompiledRule, Matcher } from './matcher.js';
-import { BadPathError, normalizeTarget } from './path.js';
+import { BadPathError, normalizeTarget, ruleSpelling } from './path.js';
 import type { Policy } from './policy.js';
 import { InternalError } from './rejection.js';
 
@@ -155,8 +155,9 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       return refuse(req, err instanceof SidecarError ? err : new InternalError(err), {});
     }
     const method = req.method.toUpperCase();
-    const rule = matcher?.match(method, path);
-    const shadows = matcher ? matcher.shadows(method, path, rule) : NO_SHADOWS;
+    const spelt = matcher ? ruleSpelling(path) : path;
+    const rule = matcher?.match(method, spelt);
+    const shadows = matcher ? matcher.shadows(method, spelt, rule) : NO_SHADOWS;
     // Public only when every rule another spelling of the path would meet first is public too.
     if (rule?.rule.public && shadows.every((s) => s.rule.public)) {
       metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });

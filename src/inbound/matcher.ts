@@ -1,6 +1,6 @@
 import { ConfigError } from '../errors.js';
 import type { RuleConfig } from '../config/schema.js';
-import { BadPathError, normalizePath } from './path.js';
+import { BadPathError, normalizePath, ruleSpelling } from './path.js';
 
 /** One rule, compiled once when the component is built. */
 export interface CompiledRule<T = RuleConfig> {
@@ -16,7 +16,7 @@ export interface CompiledRule<T = RuleConfig> {
 
 /** First-match rule lookup on a normalised path. */
 export interface Matcher<T = RuleConfig> {
-  /** The first rule matching the method and the (already normalised) path, if any. */
+  /** The first rule matching the method and the path (normalised, in its rule spelling: see ruleSpelling), if any. */
   match(method: string, path: string): CompiledRule<T> | undefined;
   /**
    * The earlier rules than `exact` (what match() gave) that a spelling of the path many apps treat as the same one
@@ -83,8 +83,8 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
       const slashed = otherSlash(path);
       if (slashed !== undefined) consider(firstMatch(compiled, method, slashed, before));
       if (patternsHaveUpperCase || hasUpperCase(path)) {
-        consider(firstMatch(folded, method, path.toLowerCase(), before));
-        if (slashed !== undefined) consider(firstMatch(folded, method, slashed.toLowerCase(), before));
+        consider(firstMatch(folded, method, foldCase(path), before));
+        if (slashed !== undefined) consider(firstMatch(folded, method, foldCase(slashed), before));
       }
       return found ?? NO_RULES;
     },
@@ -97,6 +97,12 @@ const NO_RULES: readonly never[] = [];
 function otherSlash(path: string): string | undefined {
   if (path === '/') return undefined;
   return path.endsWith('/') ? path.slice(0, -1) : `${path}/`;
+}
+
+/** A path in lower case but for its escapes, whose hex stays upper case as in every normalised path and rule (`/CAF%C3%A9` → `/caf%C3%A9`). */
+function foldCase(path: string): string {
+  const lower = path.toLowerCase();
+  return lower.includes('%') ? lower.replace(/%[0-9a-f]{2}/g, (e) => e.toUpperCase()) : lower;
 }
 
 function hasUpperCase(text: string): boolean {
@@ -153,7 +159,7 @@ export function compileGlob(glob: string): PathGlob {
   let canonical: string;
   try {
     // '*' is a legal path character (RFC 3986 sub-delim), so it survives normalisation unchanged.
-    canonical = normalizePath(glob);
+    canonical = ruleSpelling(normalizePath(glob), true);
   } catch (err) {
     if (err instanceof BadPathError) throw new Error(err.message.replace(/^path/, 'glob'));
     throw err;

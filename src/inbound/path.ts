@@ -85,6 +85,23 @@ export function normalizePath(path: string): string {
   return removeDotSegments(decoded);
 }
 
+/** Escapes of the characters a path segment may also carry plain (RFC 3986 §3.3: sub-delims, ":" and "@"), but for `;` (refused) and `*`. */
+const ESCAPED_SEGMENT_DELIM = /%(?:21|24|26|27|28|29|2B|2C|3A|3D|40)/g;
+
+/**
+ * The spelling of a normalised path that rules are matched in. RFC 3986 §6.2.2.2 keeps `%40` and `@` apart, but an
+ * app that decodes the path before routing (WSGI's PATH_INFO, servlets, ASP.NET Core, Go) reads them as one, so a
+ * rule for `/users/@admin/**` must meet `/users/%40admin/keys` too, and a rule written `/jobs/*%3Arun` must meet
+ * `/jobs/7:run`: the escapes of `! $ & ' ( ) + , : = @` are decoded here. `*` goes the other way, since in a rule it
+ * is the wildcard and a literal star is written `%2A`: a request's plain `*` is compared as `%2A` (`forGlob` leaves a
+ * rule's stars alone). The app still receives the path as normalised: an app that decodes it sees what the rules
+ * saw, and one that routes on the escapes as sent meets a rule at least as strict.
+ */
+export function ruleSpelling(path: string, forGlob = false): string {
+  const decoded = path.includes('%') ? path.replace(ESCAPED_SEGMENT_DELIM, (e) => String.fromCharCode(Number.parseInt(e.slice(1), 16))) : path;
+  return forGlob || !decoded.includes('*') ? decoded : decoded.replaceAll('*', '%2A');
+}
+
 /** RFC 3986 §5.2.4 on an absolute path, also collapsing empty segments. Keeps a trailing slash. */
 function removeDotSegments(path: string): string {
   const segments = path.split('/');

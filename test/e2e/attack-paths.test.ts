@@ -25,6 +25,14 @@ const rules = [
   { match: { path: '/public/**' }, public: true },
   { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
   { match: { path: '/api/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+  // Reserved characters a path may carry plain or escaped: each rule must meet both spellings (an app that decodes the
+  // path routes them as one), written plain (`:`), escaped (`%40`) or as a literal star (`%2A`, `*` being the wildcard).
+  { match: { path: '/jobs/*:run' }, allow: [{ sub: 'deployer' }] },
+  { match: { path: '/jobs/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+  { match: { path: '/users/%40admin/**' }, allow: [{ sub: 'deployer' }] },
+  { match: { path: '/users/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+  { match: { path: '/files/%2A' }, allow: [{ sub: 'deployer' }] },
+  { match: { path: '/files/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
 ];
 
 /** [method, raw target, canonical path + query the app must receive | 'bad_path', rule that decides] */
@@ -76,6 +84,17 @@ const ROWS: [string, string, string, Rule][] = [
   ['GET', '/public/%252e%252e/admin/users', '/public/%252e%252e/admin/users', 'public'],
   ['GET', '/public/%c0%ae%c0%ae/admin', '/public/%C0%AE%C0%AE/admin', 'public'],
   ['GET', '/public/%ef%bc%8e%ef%bc%8e/admin', '/public/%EF%BC%8E%EF%BC%8E/admin', 'public'],
+  // reserved characters, plain or escaped, meet the same rule; the app receives them as sent (escapes in upper case)
+  ['POST', '/jobs/7:run', '/jobs/7:run', 'admin'],
+  ['POST', '/jobs/7%3Arun', '/jobs/7%3Arun', 'admin'],
+  ['POST', '/jobs/7%3arun', '/jobs/7%3Arun', 'admin'],
+  ['POST', '/jobs/7', '/jobs/7', 'api'],
+  ['GET', '/users/%40admin/keys', '/users/%40admin/keys', 'admin'],
+  ['GET', '/users/@admin/keys', '/users/@admin/keys', 'admin'],
+  ['GET', '/users/%40bob/keys', '/users/%40bob/keys', 'api'],
+  ['GET', '/files/*', '/files/*', 'admin'],
+  ['GET', '/files/%2a', '/files/%2A', 'admin'],
+  ['GET', '/files/x', '/files/x', 'api'],
   // a query is not a path
   ['GET', '/public/x?/../../admin', '/public/x?/../../admin', 'public'],
   ['GET', '/admin/users?next=/public', '/admin/users?next=/public', 'admin'],

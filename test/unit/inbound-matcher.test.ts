@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { compileGlob, createMatcher } from '../../src/inbound/matcher.js';
-import { BadPathError, normalizePath, normalizeTarget } from '../../src/inbound/path.js';
+import { BadPathError, normalizePath, normalizeTarget, ruleSpelling } from '../../src/inbound/path.js';
 import { fuzzRuns } from '../support/attacks.js';
 
 function badPath(p: string): string {
@@ -174,6 +174,30 @@ describe('compileGlob and the matcher', () => {
     expect(compileGlob('/caf%c3%a9').test(normalizePath('/caf%C3%A9'))).toBe(true);
   });
 
+  it('matches the plain and the escaped spelling of ! $ & \' ( ) + , : = @ as one, as an app that decodes the path reads them, and a literal star only as %2A', () => {
+    const m = createMatcher([
+      { match: { path: '/jobs/*:run' }, id: 'run' },
+      { match: { path: '/users/%40admin/**' }, id: 'admin' },
+      { match: { path: "/p/!$&'()+,=" }, id: 'delims' },
+      { match: { path: '/files/%2A' }, id: 'star' },
+      { match: { path: '/files/*.txt' }, id: 'txt' },
+      { match: { path: '/**' }, id: 'any' },
+    ]);
+    const ruleFor = (raw: string) => m.match('GET', ruleSpelling(normalizePath(raw)))?.rule.id;
+    for (const raw of ['/jobs/7:run', '/jobs/7%3Arun', '/jobs/7%3arun']) expect(ruleFor(raw), raw).toBe('run');
+    for (const raw of ['/users/@admin/keys', '/users/%40admin/keys', '/users/%40admin']) expect(ruleFor(raw), raw).toBe('admin');
+    for (const raw of ["/p/!$&'()+,=", '/p/%21%24%26%27%28%29%2B%2C%3D', "/p/%21$&'()%2b,="]) expect(ruleFor(raw), raw).toBe('delims');
+    for (const raw of ['/files/*', '/files/%2A', '/files/%2a']) expect(ruleFor(raw), raw).toBe('star');
+    // A rule's * is still the wildcard, and a request's star is text it matches like any other.
+    expect(ruleFor('/files/a*.txt')).toBe('txt');
+    expect(ruleFor('/files/ab')).toBe('any');
+    // Escapes of what would change the path's structure, or of what is not allowed plain, stay escaped.
+    expect(ruleSpelling('/a%3Fb%23c%25d%5B%5D%20%C3%A9')).toBe('/a%3Fb%23c%25d%5B%5D%20%C3%A9');
+    expect(ruleSpelling('/plain/path')).toBe('/plain/path');
+    // The app receives the path as normalised, escapes and all: only the matching reads the other spelling.
+    expect(normalizePath('/users/%40admin/keys')).toBe('/users/%40admin/keys');
+  });
+
   it('refuses globs with dot segments or characters requests can never have, naming the rule key path', () => {
     for (const g of ['/a/../b', '/a/./b', '/a/%2e%2e/b', '/a;b', '/a\\b', '/a%2Fb']) {
       expect(() => compileGlob(g), g).toThrow();
@@ -249,6 +273,19 @@ describe('compileGlob and the matcher', () => {
     // The exact match already, a later rule only, or /** either way: none.
     for (const path of ['/admin/x', '/Reports/q1', '/secret', '/Other/X', '/', '/x/']) expect(shadows(path), path).toEqual([]);
     expect(createMatcher([{ match: { path: '/a' }, id: 'a' }]).shadows('GET', '/A', undefined)).toEqual([]);
+  });
+
+  it('shadows folds the letter case of a path with escapes without folding their hex, which stays upper case in rules', () => {
+    const m = createMatcher([
+      { match: { path: '/files/caf%C3%A9/**' }, id: 'cafe' },
+      { match: { path: '/Docs/%E2%9C%93' }, id: 'check' },
+      { match: { path: '/**' }, id: 'any' },
+    ]);
+    const shadows = (path: string) => m.shadows('GET', path, m.match('GET', path)).map((r) => r.rule.id);
+    expect(shadows(normalizePath('/FILES/caf%c3%a9/x'))).toEqual(['cafe']);
+    expect(shadows(normalizePath('/Files/CAF%C3%A9'))).toEqual(['cafe']);
+    expect(shadows(normalizePath('/docs/%e2%9c%93'))).toEqual(['check']);
+    expect(shadows(normalizePath('/files/caf%C3%A9/x'))).toEqual([]);
   });
 
   it('matches HEAD wherever it matches GET: apps answer a HEAD with their GET handler, so a GET rule cannot be sidestepped by asking HEAD', () => {
