@@ -1,4 +1,5 @@
 import type { ForwardConfig } from '../config/schema.js';
+import { cgiSpelling } from '../proxy/headers.js';
 import type { Claims } from './policy.js';
 
 /** A verified caller, with the identity headers for the app computed once (they are cached with it). */
@@ -35,16 +36,19 @@ export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, 
 /**
  * Every header the sidecar sets for the app (and the token header unless
  * `keepToken`): removed from the incoming request first, on every route, so a
- * caller can never supply its own identity. Each name is listed also with `_`
- * as `-`, so with the proxy's `_`-tolerant comparison (isDropped) every
- * spelling an app could read as the same CGI variable is removed. A kept
- * token header is listed in its `_` spelling: it passes, but an `X_Token`
- * beside `X-Token` (the same HTTP_X_TOKEN to a CGI-style app) does not.
+ * caller can never supply its own identity. Each name is listed also in its
+ * cgiSpelling (punctuation as `-`), so with the proxy's comparison (isDropped)
+ * every spelling an app could read as the same CGI variable is removed. A kept
+ * token header is listed in its `_` spelling: it passes, but an `X_Token` or
+ * `X.Token` beside `X-Token` (the same HTTP_X_TOKEN to a CGI-style app) does not.
  */
 export function identityHeaderNames(forward: ForwardConfig, tokenHeader: string): Set<string> {
   const names = new Set([forward.subjectHeader, forward.issuerHeader, forward.claimsHeader, ...Object.keys(forward.claimHeaders)]);
   if (!forward.keepToken) names.add(tokenHeader);
-  for (const name of names) if (name.includes('_')) names.add(name.replaceAll('_', '-'));
+  for (const name of names) {
+    const dashed = cgiSpelling(name);
+    if (dashed !== undefined) names.add(dashed);
+  }
   if (forward.keepToken && tokenHeader.includes('-') && !tokenHeader.includes('_')) names.add(tokenHeader.replaceAll('-', '_'));
   return names;
 }

@@ -27,26 +27,38 @@ export function isHopByHop(lowerName: string): boolean {
 }
 
 /**
- * The X-Forwarded-* headers this proxy appends to, spelt with `_`: a caller's
- * `X_Forwarded_For` would reach the app beside the real list and read as the
- * same HTTP_X_FORWARDED_FOR, so these spellings are always dropped.
+ * The X-Forwarded-* headers this proxy appends to, with every `-` written `_`: a caller's `X_Forwarded_For` (or
+ * `X.Forwarded.For`) would reach the app beside the real list and read as the same HTTP_X_FORWARDED_FOR, so those
+ * spellings are always dropped.
  */
 const FORWARDED_UNDERSCORED = new Set(['x_forwarded_for', 'x_forwarded_proto', 'x_forwarded_host']);
 
+/** A character of a lower-case header name other than a letter, a digit or `-` (a token may also hold `!#$%&'*+.^_`|~`). */
+const PUNCTUATION = /[^a-z0-9-]/;
+const EVERY_PUNCTUATION = /[^a-z0-9]/g;
+
 /**
- * Whether a lower-case header name is dropped. CGI-style apps (WSGI, Rack,
- * PHP-FPM) read `X_Peer_Sub`, `X-Peer_Sub` and `X-Peer-Sub` alike as
- * HTTP_X_PEER_SUB, so a name with `_` is compared in its `-` spelling too:
- * a `drop` entry in `-` spelling drops every spelling; an entry in `_`
- * spelling (every `-` written `_`) drops only the spellings with a `_`, for
- * a header that passes but must not be doubled (a kept token header); and
- * the `_` spellings of X-Forwarded-For/-Proto/-Host are always dropped. Names
- * without `_` (nearly all) cost one Set lookup.
+ * A lower-case header name with every character other than a letter or a digit written `-`, as a CGI-style app sees
+ * it; undefined when that is the name itself. lighttpd turns each such character into `_` when it makes the variable
+ * (`X.Peer.Sub`, `x+peer+sub` and `X_Peer_Sub` all become HTTP_X_PEER_SUB), WSGI servers, Rack and PHP-FPM at least
+ * `-`.
+ */
+export function cgiSpelling(lowerName: string): string | undefined {
+  return PUNCTUATION.test(lowerName) ? lowerName.replace(EVERY_PUNCTUATION, '-') : undefined;
+}
+
+/**
+ * Whether a lower-case header name is dropped. CGI-style apps read `X_Peer_Sub`, `X.Peer-Sub` and `X-Peer-Sub` alike
+ * as HTTP_X_PEER_SUB, so a name with punctuation other than `-` is compared in its cgiSpelling too: a `drop` entry in
+ * `-` spelling drops every spelling; an entry in `_` spelling (every `-` written `_`) drops only the spellings with
+ * such punctuation, for a header that passes but must not be doubled (a kept token header); and those spellings of
+ * X-Forwarded-For/-Proto/-Host are always dropped. Names of letters, digits and `-` (nearly all) cost one Set lookup
+ * and one scan.
  */
 export function isDropped(lowerName: string, drop: ReadonlySet<string>): boolean {
   if (drop.has(lowerName)) return true;
-  if (!lowerName.includes('_')) return false;
-  const dashed = lowerName.replaceAll('_', '-');
+  const dashed = cgiSpelling(lowerName);
+  if (dashed === undefined) return false;
   if (drop.has(dashed)) return true;
   const underscored = dashed.replaceAll('-', '_');
   return FORWARDED_UNDERSCORED.has(underscored) || drop.has(underscored);

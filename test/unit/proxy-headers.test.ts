@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { buildUpstreamHeaders, forwardableResponseHeaders, isHopByHop, isWebSocketUpgrade } from '../../src/proxy/headers.js';
+import { buildUpstreamHeaders, cgiSpelling, forwardableResponseHeaders, isHopByHop, isWebSocketUpgrade } from '../../src/proxy/headers.js';
 
 /** A request as Node's parser hands it over: only the fields header building reads. */
 function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): IncomingMessage {
@@ -67,9 +67,21 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
     ]);
   });
 
+  it('drops a dropped name spelt with any other punctuation for - too (lighttpd reads X.Peer.Sub, x+peer+sub and X~Peer~Sub as HTTP_X_PEER_SUB)', () => {
+    const drop = new Set(['x-peer-sub', 'x-peer-env']);
+    const raw = [
+      ...['X.Peer.Sub', 'admin', 'x+peer+sub', 'admin', 'X~Peer~Sub', 'admin', "x!peer'env", 'prod', 'X-Peer|Env', 'prod', 'x^peer`sub', 'admin'],
+      ...['X.Forwarded.For', '10.0.0.1', 'x*forwarded#host', 'evil', 'X.Peer.Subject', 'kept', 'x.custom', 'kept'],
+    ];
+    const pairs = (flat: string[]) => flat.flatMap((n, i) => (i % 2 === 0 && !/^x-forwarded-/i.test(n) ? [[n, flat[i + 1]]] : []));
+    expect(pairs(buildUpstreamHeaders(request(raw), drop, []))).toEqual([['X.Peer.Subject', 'kept'], ['x.custom', 'kept']]);
+    expect(cgiSpelling('x.peer+sub')).toBe('x-peer-sub');
+    expect(cgiSpelling('x-peer-sub')).toBeUndefined();
+  });
+
   it('a drop entry spelt with _ drops only the spellings with _: a kept token header passes, a second one beside it does not', () => {
     const drop = new Set(['x_service_token']);
-    const raw = ['X-Service-Token', 'verified', 'X_Service_Token', 'forged', 'x-service_token', 'forged', 'x_service-token', 'forged'];
+    const raw = ['X-Service-Token', 'verified', 'X_Service_Token', 'forged', 'x-service_token', 'forged', 'x_service-token', 'forged', 'x.service.token', 'forged'];
     const pairs = (flat: string[]) => flat.flatMap((n, i) => (i % 2 === 0 && !/^x-forwarded-/i.test(n) ? [[n, flat[i + 1]]] : []));
     expect(pairs(buildUpstreamHeaders(request(raw), drop, []))).toEqual([['X-Service-Token', 'verified']]);
   });
