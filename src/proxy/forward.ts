@@ -4,6 +4,7 @@ import { UpstreamError } from '../errors.js';
 import { ClientStalledError } from './deadline.js';
 import { buildUpstreamHeaders, forwardableResponseHeaders, hasRequestBody } from './headers.js';
 import { cutResponse, sendHeldContinue } from './respond.js';
+import { endingOnReset } from './upstream-reset.js';
 
 export interface ForwardOptions {
   dispatcher: Dispatcher;
@@ -112,6 +113,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private settled = false;
   private clientGone = false;
   private retried = false;
+  /** The response has neither Content-Length nor chunked framing: its body ends where the connection does. */
+  private closeDelimited = false;
 
   constructor(
     private readonly req: IncomingMessage,
@@ -187,6 +190,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       this.resolve();
       return;
     }
+    this.closeDelimited = headers['content-length'] === undefined && headers['transfer-encoding'] === undefined;
     this.res.on('drain', this.onDrain);
   }
 
@@ -195,8 +199,12 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     if (!this.res.write(chunk)) controller.pause();
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(controller: Dispatcher.DispatchController): void {
     if (this.settled) return;
+    if (this.closeDelimited && endingOnReset()) {
+      this.onResponseError(controller, new UpstreamError('upstream_reset', 'upstream reset the connection during a body that ends with the connection'));
+      return;
+    }
     this.settled = true;
     this.cleanup();
     this.res.end();

@@ -125,7 +125,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       settled = true;
       socket.off('close', onClientClose);
       upSocket.setTimeout(0);
-      socket.write(responseHead(upRes, true));
+      socket.write(responseHead(upRes, true), 'latin1');
       if (upHead.length > 0) socket.write(upHead);
       if (head.length > 0) upSocket.write(head);
       splice(socket, upSocket, { graceMs: opts.timeoutMs, idleMs: opts.idleTimeoutMs, ...(opts.onIdle ? { onIdle: opts.onIdle } : {}) });
@@ -150,7 +150,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       settled = true;
       socket.off('close', onClientClose);
       // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
-      socket.write(responseHead(upRes, false));
+      socket.write(responseHead(upRes, false), 'latin1');
       // Closed once the answer is flushed, as writeRawResponse closes the sidecar's own refusals: the listener's
       // sockets allow half-open connections, so ending our side alone would leave the socket (and its tunnel slot) to
       // a client that never ends its own.
@@ -160,6 +160,11 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       // which would read as the whole body (cutResponse).
       upRes.on('error', () => resetSocket(socket));
       upRes.on('close', () => {
+        if (!upRes.complete) resetSocket(socket);
+      });
+      // Node's client completes a body delimited by the connection's end also when the connection is reset, but it
+      // reports the reset on the request first (socketErrorListener), while the body is not complete yet.
+      upReq.on('error', () => {
         if (!upRes.complete) resetSocket(socket);
       });
       socket.on('close', () => upRes.destroy());
@@ -175,7 +180,10 @@ function hasHost(headers: readonly string[]): boolean {
   return false;
 }
 
-/** The status line and filtered headers of an upstream answer, as raw bytes for the client socket. */
+/**
+ * The status line and filtered headers of an upstream answer, as text for the client socket. Node decodes header
+ * bytes as latin1, so the text is written as latin1: a byte outside ASCII (obs-text, RFC 9110 §5.5) goes out as it came.
+ */
 function responseHead(upRes: IncomingMessage, upgraded: boolean): string {
   const status = upRes.statusCode ?? 502;
   let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;

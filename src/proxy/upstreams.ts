@@ -7,6 +7,7 @@ import { UpstreamError } from '../errors.js';
 import { createDeadlineWatch } from './deadline.js';
 import type { OwnConnections } from './own-connections.js';
 import { buildConnector, Pool } from './undici-core.js';
+import { watchUpstreamResets } from './upstream-reset.js';
 
 export interface UpstreamPools {
   /**
@@ -149,12 +150,15 @@ export function createUpstreamPools(
 
 type Dispatch = Dispatcher['dispatch'];
 
-/** undici's own connector, with every socket it connects recorded in `own` (see OwnConnections). */
+/** undici's own connector, with every socket it connects recorded in `own` (see OwnConnections) and its resets marked (see upstream-reset.ts). */
 function trackingConnector(options: BuildConnector.BuildOptions, own: OwnConnections): BuildConnector.connector {
   const connect = buildConnector(options);
   return (o, callback) =>
     connect(o, (...args) => {
-      if (args[1]) own.track(args[1]);
+      if (args[1]) {
+        own.track(args[1]);
+        watchUpstreamResets(args[1]);
+      }
       callback(...args);
     });
 }

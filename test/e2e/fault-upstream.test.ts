@@ -16,7 +16,7 @@ import { closedPort } from '../unit/proxy-harness.js';
  * told so with a 502); nothing is delivered twice.
  */
 
-type Behaviour = 'ok' | 'hold' | 'slow' | 'cut' | 'cut-chunked';
+type Behaviour = 'ok' | 'hold' | 'slow' | 'cut' | 'cut-chunked' | 'close-delimited' | 'close-delimited-reset';
 
 /** An app whose behaviour the test switches, that can die and come back on the same port. */
 interface FlakyApp {
@@ -52,6 +52,14 @@ async function startFlakyApp(): Promise<FlakyApp> {
           res.writeHead(200, { 'content-type': 'application/octet-stream' });
           res.write(Buffer.alloc(1000, 0x61));
           return void setTimeout(() => res.socket?.destroy(), 50);
+        case 'close-delimited':
+        case 'close-delimited-reset': {
+          // Neither Content-Length nor chunked: the body ends with the connection (RFC 9112 §6.3, item 8), here after
+          // 1000 bytes, closed in order (FIN) or reset (RST) as an app that gives up part-way resets it.
+          const socket = res.socket!;
+          socket.write(`HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n${'a'.repeat(1000)}`);
+          return void setTimeout(() => (app.behaviour === 'close-delimited' ? socket.end() : socket.resetAndDestroy()), 50);
+        }
       }
     });
   };
@@ -256,6 +264,34 @@ describe('the app behind the sidecar fails', () => {
     } finally {
       app.behaviour = 'ok';
     }
+    expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
+  });
+
+  it('app resets a response whose body ends with the connection: the client sees a broken response (an HTTP/1.1 one too), where an orderly close passes it whole', async () => {
+    const before = [await metric(inbound, 'inbound', 'upstream_reset'), await metric(outbound, 'outbound', 'upstream_reset')];
+    try {
+      app.behaviour = 'close-delimited';
+      for (const r of [await send(inbound.inbound!, { token }), await send(outbound.outbound!, { host: 'payments' })]) expect(r).toMatchObject({ status: 200, body: 'a'.repeat(1000) });
+      for (const [base, head] of [[inbound.inbound!, `Authorization: Bearer ${token}\r\n`], [outbound.outbound!, 'Host: payments\r\n']] as const) {
+        const r = await sendHttp10(base, head);
+        expect(r.reset).toBe(false);
+        expect(r.text).toMatch(new RegExp(`\r\n\r\n${'a'.repeat(1000)}$`));
+      }
+
+      // undici takes the reset for the end of such a body; the sidecar must not pass it on as one.
+      app.behaviour = 'close-delimited-reset';
+      for (const r of [await send(inbound.inbound!, { token }), await send(outbound.outbound!, { host: 'payments' })]) {
+        expect(r, 'a reset body was delivered as complete').toHaveProperty('error');
+      }
+      for (const [base, head] of [[inbound.inbound!, `Authorization: Bearer ${token}\r\n`], [outbound.outbound!, 'Host: payments\r\n']] as const) {
+        const r = await sendHttp10(base, head);
+        expect(r.text).toMatch(/^HTTP\/1\.1 200 /);
+        expect(r.reset).toBe(true);
+      }
+    } finally {
+      app.behaviour = 'ok';
+    }
+    expect([await metric(inbound, 'inbound', 'upstream_reset'), await metric(outbound, 'outbound', 'upstream_reset')]).toEqual(before.map((n) => n + 2));
     expect(await send(inbound.inbound!, { token })).toMatchObject({ status: 200 });
   });
 
