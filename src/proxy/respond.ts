@@ -1,6 +1,7 @@
 import { STATUS_CODES, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { currentHttpDate } from '../time-text.js';
 
 /**
  * Sends the sidecar's own small JSON error response: `{"error": "...", "reason": "<code>"}`.
@@ -88,7 +89,8 @@ export function writeRawResponse(socket: Duplex, status: number, headers: Record
     socket.destroy();
     return;
   }
-  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nconnection: close\r\n`;
+  // A Date as on every answer Node writes (RFC 9110 §6.6.1), from the same once-a-second text (dated-response.ts).
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\ndate: ${currentHttpDate()}\r\nconnection: close\r\n`;
   // Values are ours (e.g. WWW-Authenticate), but a stray CR/LF must never split the response.
   for (const name in headers) if (name !== 'connection') head += `${name}: ${headers[name]!.replace(/[\r\n]/g, ' ')}\r\n`;
   // Closed once the answer is flushed, as Node closes a `connection: close` response's socket: the listener's sockets

@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { rawExchange } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
@@ -79,6 +80,17 @@ describe('times as text without V8 time zone data', () => {
     for (const path of ['/healthz', '/readyz', '/metrics', '/nope']) {
       const reply = await send(outbound.admin, { target: path });
       expectCurrentDate(reply);
+    }
+    // Answers written straight onto the socket, with no ServerResponse: a CONNECT refused, an upgrade without a
+    // token, and a request Node's parser refuses.
+    for (const [base, bytes, status] of [
+      [inbound.inbound!, 'CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n', 405],
+      [inbound.inbound!, 'GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', 401],
+      [outbound.outbound!, 'GET /x HTTP/1.1\r\nHost: payments\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n', 400],
+    ] as const) {
+      const raw = (await rawExchange(base, bytes)).responses[0]!;
+      expect(raw.status, bytes).toBe(status);
+      expectCurrentDate({ status: raw.status, headers: raw.headers } as unknown as Reply);
     }
   });
 
