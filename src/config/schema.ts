@@ -64,6 +64,15 @@ const httpUrl = z
   }, 'must be an absolute http(s) URL')
   .refine(hasNoUserinfo, NO_USERINFO);
 
+/**
+ * Where a listener forwards to. A request's own path and query are put after the target's path, so a query or a
+ * fragment in the target would be dropped at run time while `validate` printed it as if it applied: refused here.
+ */
+const proxyTarget = httpUrl.refine(
+  (s) => !/[?#]/.test(s),
+  "must not have a query or fragment (?... or #...): each request's own path and query go after the target's path, and these would be dropped",
+);
+
 const isText = (v: unknown) => typeof v === 'string' && v !== '';
 const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)], {
   error: z.unionMessage('a string or a non-empty list of strings', isText),
@@ -240,7 +249,7 @@ const secondsText = (s: number) => String(Math.round(s * 1000) / 1000);
 const inboundSchema = z
   .strictObject({
     listen: listenAddress.default(DEFAULTS.inbound.listen),
-    target: httpUrl.describe('The app, e.g. http://127.0.0.1:8080'),
+    target: proxyTarget.describe('The app, e.g. http://127.0.0.1:8080'),
     audience: stringOrList.describe("The token's aud must contain one of these"),
     issuers: z
       .array(issuerSchema)
@@ -408,7 +417,7 @@ const routeSchema = z.strictObject({
     .min(1)
     .refine((s) => parseAuthority(s, 0) !== undefined, 'must be a host name, optionally with a port 1-65535')
     .transform((s) => s.toLowerCase()),
-  target: httpUrl.optional().describe('Default http://{host}'),
+  target: proxyTarget.optional().describe('Default http://{host}'),
   audience: z.string().min(1),
   scopes: z.array(z.string().min(1)).optional(),
   tokenSource: tokenSourceSchema.optional(),

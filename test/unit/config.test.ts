@@ -199,6 +199,17 @@ describe('config validation errors name the key path', () => {
     for (const host of ['payments', 'Payments:8443', 'payments.svc.cluster.local:65535', '[::1]:80', '10.0.0.1']) expect(withRoute(host), host).not.toThrow();
   });
 
+  it('refuses a query or fragment in inbound.target or a route target: run would drop it, so validate must not print it as if it applied', () => {
+    const message = "must not have a query or fragment (?... or #...): each request's own path and query go after the target's path, and these would be dropped";
+    for (const target of ['http://127.0.0.1:8080/app?tenant=acme', 'http://127.0.0.1:8080/app#frag', 'http://127.0.0.1:8080/?']) {
+      expect(issuesOf(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, target } })), target).toEqual([`inbound.target: ${message}`]);
+      expect(issuesOf(() => parseConfig({ service: 'a', outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host: 'b', audience: 'b', target }] } })), target).toEqual([
+        `outbound.routes.0.target: ${message}`,
+      ]);
+    }
+    expect(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, target: 'https://app.internal:8443/base/' } })).not.toThrow();
+  });
+
   it('takes tunnel limits: maxTunnels a positive whole number, tunnelIdleTimeoutSeconds 0 (off) or more', () => {
     const withLimits = (limits: Record<string, unknown>) => () => parseConfig({ ...minimalInbound, limits });
     expect(withLimits({})().limits).toMatchObject({ maxTunnels: 1024, tunnelIdleTimeoutSeconds: 3600 });
