@@ -116,10 +116,13 @@ export class TokenUnavailableError extends SidecarError {
   readonly oauthError: string | undefined;
   /** How long the IdP asked us to wait before asking again (its `Retry-After`, ms), when it said. */
   readonly retryAfterMs: number | undefined;
+  /** Monotonic clock time (ms) of the token cache's next request for this token, once it has chosen one: the app's `Retry-After`. */
+  retryAt: number | undefined;
   constructor(message: string, oauthError?: string, options?: { cause?: unknown; retryAfterMs?: number | undefined }) {
     super('token_unavailable', message, 503, options?.cause === undefined ? undefined : { cause: options.cause });
     this.oauthError = oauthError;
     this.retryAfterMs = options?.retryAfterMs;
+    this.retryAt = undefined;
   }
 }
 

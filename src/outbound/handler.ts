@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { waitingLine, type Component, type ComponentDeps } from '../component.js';
+import type { Clock } from '../clock.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
 import { capped, loggedPath, MAX_LOGGED_HOST } from '../log.js';
@@ -194,7 +195,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   };
 
   const send = (req: IncomingMessage, res: ServerResponse, p: Prepared, started: number): void => {
-    if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError) : sendError(res, p.status, p.reason, p.message);
+    if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError, clock) : sendError(res, p.status, p.reason, p.message);
     // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
     if (req.socket.destroyed) return record(p.label, unanswered(), started);
     let dispatcher: Dispatcher;
@@ -249,7 +250,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
       return refuseUpgrade(socket);
     }
     const p = await prepare(req, started, admit);
-    if (!p.ok) return p.answered ? undefined : p.tokenError ? writeTokenUnavailable(socket, p.tokenError) : writeRawError(socket, p.status, p.reason, p.message);
+    if (!p.ok) return p.answered ? undefined : p.tokenError ? writeTokenUnavailable(socket, p.tokenError, clock) : writeRawError(socket, p.status, p.reason, p.message);
     // The app's socket already failed while its token was fetched: nobody is left to talk to. (A socket handed over for
     // an upgrade is paused, so an app that merely closed is not noticed until the tunnel starts reading it.)
     if (socket.destroyed) return;
@@ -346,13 +347,23 @@ type Prepared =
 const NOT_ADMITTED: Prepared = { ok: false, status: 503, reason: 'too_many_tunnels', message: '', answered: true };
 
 /** 503 with the reason and, when the IdP sent one, its OAuth error code (RFC 6749 §5.2) for the app's logs. */
-function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError): void {
-  sendError(res, 503, err.code, err.message, {}, oauthBody(err));
+function sendTokenUnavailable(res: ServerResponse, err: TokenUnavailableError, clock: Clock): void {
+  sendError(res, 503, err.code, err.message, retryAfter(err, clock), oauthBody(err));
 }
 
 /** The same answer on a socket that asked for an upgrade. */
-function writeTokenUnavailable(socket: Duplex, err: TokenUnavailableError): void {
-  writeRawError(socket, 503, err.code, err.message, {}, oauthBody(err));
+function writeTokenUnavailable(socket: Duplex, err: TokenUnavailableError, clock: Clock): void {
+  writeRawError(socket, 503, err.code, err.message, retryAfter(err, clock), oauthBody(err));
+}
+
+/**
+ * When the app may try again (RFC 9110 §10.2.3): the seconds until the token cache asks the IdP next, which is no
+ * sooner than the IdP's own Retry-After; 1 when no retry is scheduled (as the inbound side's 503 says). An app that
+ * retries at once would only be refused again, each refusal an audit line.
+ */
+function retryAfter(err: TokenUnavailableError, clock: Clock): Record<string, string> {
+  const seconds = err.retryAt === undefined ? 1 : Math.max(1, Math.ceil((err.retryAt - clock.monotonic()) / 1000));
+  return { 'retry-after': String(seconds) };
 }
 
 function oauthBody(err: TokenUnavailableError): Record<string, string> {

@@ -353,6 +353,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
     const retryInMs = isValid(e, now) ? Math.min(backoffMs, e.token.expiresAt - now) : backoffMs;
     e.retryAt = clock.monotonic() + retryInMs;
+    // Every call refused with this error until then is told when to come back (the outbound 503's Retry-After).
+    err.retryAt = e.retryAt;
     if (count) {
       const result = resultLabel(err);
       metrics.tokenRequests.inc({ source: source.kind, audience, result });

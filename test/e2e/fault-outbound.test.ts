@@ -218,6 +218,50 @@ describe('token file rotated the way the kubelet does it (..data symlink swap)',
   });
 });
 
+describe('token endpoint rate-limiting', () => {
+  it("tells the app when to come back: the 503's Retry-After counts down to the sidecar's next request, which waits out the IdP's own", async () => {
+    let requests = 0;
+    const server = createServer((req, res) => {
+      requests++;
+      req.resume();
+      req.on('end', () => res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '7' }).end('{"error":"slow_down"}'));
+    });
+    const endpoint = await listenTracked(server);
+    const app = await startRecordingApp();
+    const s = await startSidecar({
+      service: 'orders',
+      lifecycle: { watchConfig: false },
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: `${endpoint.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+        routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+      },
+    }, { waitReady: false });
+    try {
+      await s.waitForLog((l) => l.event === 'token_fetch_failed');
+      const retryAfter = async (bytes: string) => {
+        const res = (await rawExchange(s.outbound!, bytes)).responses[0]!;
+        expect(res.status).toBe(503);
+        expect(res.json().reason).toBe('token_unavailable');
+        return Number(res.headers['retry-after']);
+      };
+      const plain = rawRequestBytes('/charge', [['Host', 'payments']]);
+      const first = await retryAfter(plain);
+      expect(first).toBeGreaterThanOrEqual(5);
+      expect(first).toBeLessThanOrEqual(7);
+      await sleep(1100);
+      expect(await retryAfter(plain)).toBeLessThan(first);
+      // A WebSocket handshake is refused on the raw socket with the same header.
+      const upgrade = rawRequestBytes('/ws', [['Host', 'payments'], ['Connection', 'Upgrade'], ['Upgrade', 'websocket'], ['Sec-WebSocket-Version', '13'], ['Sec-WebSocket-Key', 'dGhlIHNhbXBsZSBub25jZQ==']]);
+      expect(await retryAfter(upgrade)).toBeGreaterThanOrEqual(1);
+      expect(requests).toBe(1);
+      expect(app.requests).toEqual([]);
+    } finally {
+      await s.stop();
+      await Promise.all([endpoint.close(), app.close()]);
+    }
+  });
+});
+
 describe('token endpoint answering 200 with an expiry that cannot be used', () => {
   /** A token endpoint (the network edge) that answers every request with `reply()`; counts the requests. */
   async function startTokenEndpoint(reply: () => Record<string, unknown>) {
