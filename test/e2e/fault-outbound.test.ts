@@ -1,5 +1,5 @@
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -218,25 +218,36 @@ describe('token file rotated the way the kubelet does it (..data symlink swap)',
   });
 });
 
+/** A token endpoint (the network edge) that answers every request with `answer`, counting them; a sidecar whose one route's tokens come from it. */
+async function withTokenEndpoint(answer: (res: ServerResponse) => void, body: (s: SidecarProcess, app: RecordingApp, idpRequests: () => number) => Promise<void>) {
+  const endpoint = { url: '', requests: 0, close: async () => {} };
+  const server = createServer((req, res) => {
+    endpoint.requests++;
+    req.resume();
+    req.on('end', () => answer(res));
+  });
+  Object.assign(endpoint, await listenTracked(server));
+  const app = await startRecordingApp();
+  const s = await startSidecar({
+    service: 'orders',
+    lifecycle: { watchConfig: false },
+    outbound: {
+      tokenSource: { type: 'client_credentials', tokenEndpoint: `${endpoint.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
+      routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
+    },
+  }, { waitReady: false });
+  try {
+    await body(s, app, () => endpoint.requests);
+  } finally {
+    await s.stop();
+    await Promise.all([endpoint.close(), app.close()]);
+  }
+}
+
 describe('token endpoint rate-limiting', () => {
   it("tells the app when to come back: the 503's Retry-After counts down to the sidecar's next request, which waits out the IdP's own", async () => {
-    let requests = 0;
-    const server = createServer((req, res) => {
-      requests++;
-      req.resume();
-      req.on('end', () => res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '7' }).end('{"error":"slow_down"}'));
-    });
-    const endpoint = await listenTracked(server);
-    const app = await startRecordingApp();
-    const s = await startSidecar({
-      service: 'orders',
-      lifecycle: { watchConfig: false },
-      outbound: {
-        tokenSource: { type: 'client_credentials', tokenEndpoint: `${endpoint.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
-        routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
-      },
-    }, { waitReady: false });
-    try {
+    const throttled = (res: ServerResponse) => res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '7' }).end('{"error":"slow_down"}');
+    await withTokenEndpoint(throttled, async (s, app, idpRequests) => {
       await s.waitForLog((l) => l.event === 'token_fetch_failed');
       const retryAfter = async (bytes: string) => {
         const res = (await rawExchange(s.outbound!, bytes)).responses[0]!;
@@ -253,46 +264,15 @@ describe('token endpoint rate-limiting', () => {
       // A WebSocket handshake is refused on the raw socket with the same header.
       const upgrade = rawRequestBytes('/ws', [['Host', 'payments'], ['Connection', 'Upgrade'], ['Upgrade', 'websocket'], ['Sec-WebSocket-Version', '13'], ['Sec-WebSocket-Key', 'dGhlIHNhbXBsZSBub25jZQ==']]);
       expect(await retryAfter(upgrade)).toBeGreaterThanOrEqual(1);
-      expect(requests).toBe(1);
+      expect(idpRequests()).toBe(1);
       expect(app.requests).toEqual([]);
-    } finally {
-      await s.stop();
-      await Promise.all([endpoint.close(), app.close()]);
-    }
+    });
   });
 });
 
 describe('token endpoint answering 200 with an expiry that cannot be used', () => {
-  /** A token endpoint (the network edge) that answers every request with `reply()`; counts the requests. */
-  async function startTokenEndpoint(reply: () => Record<string, unknown>) {
-    const endpoint = { url: '', requests: 0, close: async () => {} };
-    const server = createServer((req, res) => {
-      endpoint.requests++;
-      req.resume();
-      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply())));
-    });
-    Object.assign(endpoint, await listenTracked(server));
-    return endpoint;
-  }
-
-  const withEndpoint = async (reply: () => Record<string, unknown>, body: (s: SidecarProcess, app: RecordingApp, idpRequests: () => number) => Promise<void>) => {
-    const endpoint = await startTokenEndpoint(reply);
-    const app = await startRecordingApp();
-    const s = await startSidecar({
-      service: 'orders',
-      lifecycle: { watchConfig: false },
-      outbound: {
-        tokenSource: { type: 'client_credentials', tokenEndpoint: `${endpoint.url}/token`, clientId: 'orders', clientSecret: 'orders-secret' },
-        routes: [{ host: 'payments', target: app.url, audience: 'payments' }],
-      },
-    }, { waitReady: false });
-    try {
-      await body(s, app, () => endpoint.requests);
-    } finally {
-      await s.stop();
-      await Promise.all([endpoint.close(), app.close()]);
-    }
-  };
+  const withEndpoint = (reply: () => Record<string, unknown>, body: (s: SidecarProcess, app: RecordingApp, idpRequests: () => number) => Promise<void>) =>
+    withTokenEndpoint((res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply())), body);
 
   it('a token that expires within a second (expires_in: 0.001) is refused, not renewed in a loop; lost: no call sent with it', async () => {
     await withEndpoint(
