@@ -118,6 +118,31 @@ describe('client_credentials request shape and response checks (stand-in token e
     expect(Object.fromEntries(form)).toEqual({ tenant: 't1', grant_type: 'client_credentials', scope: 'api://payments/.default' });
   });
 
+  it('refuses a JWT issued for another audience than the one the request named (an IdP that ignored resource/audience); with audienceParam none the IdP decides', async () => {
+    const saved = stub.reply;
+    const answer = (aud: unknown) => () => ({ body: { access_token: jwtWith({ sub: 'orders', aud, exp: inSeconds(300) }), token_type: 'Bearer', expires_in: 300 } });
+    try {
+      stub.reply = answer('payments');
+      for (const audienceParam of ['resource', 'audience']) {
+        const err = await cc({ audienceParam }).fetch({ audience: 'ledger', scopes: [] }).catch((e: unknown) => e);
+        expect(err, audienceParam).toBeInstanceOf(TokenUnavailableError);
+        expect((err as Error).message).toMatch(/: the token is for aud "payments", not "ledger" as asked; an IdP that sets aud itself .* needs audienceParam: none$/);
+      }
+      expect((await cc().fetch({ audience: 'payments', scopes: [] })).token.split('.')).toHaveLength(3);
+      expect((await cc({ audienceParam: 'none' }).fetch({ audience: 'ledger', scopes: [] })).token.split('.')).toHaveLength(3);
+      // A list that names it passes; one that does not is shown (capped) in the refusal.
+      stub.reply = answer(['other', 'ledger']);
+      expect((await cc().fetch({ audience: 'ledger', scopes: [] })).token.split('.')).toHaveLength(3);
+      stub.reply = answer(['a', 'b', 'c', 'd']);
+      await expect(cc().fetch({ audience: 'ledger', scopes: [] })).rejects.toThrow(/the token is for aud "a", "b", "c", …, not "ledger"/);
+      // An opaque token, or a JWT without aud, cannot be checked here: the peer checks it.
+      stub.reply = () => ({ body: { access_token: jwtWith({ sub: 'orders', exp: inSeconds(300) }), token_type: 'Bearer', expires_in: 300 } });
+      expect((await cc().fetch({ audience: 'ledger', scopes: [] })).token.split('.')).toHaveLength(3);
+    } finally {
+      stub.reply = saved;
+    }
+  });
+
   it('expires_in gives the expiry of an opaque token', async () => {
     const before = Date.now();
     const t = await cc().fetch({ audience: 'payments', scopes: [] });
@@ -343,6 +368,8 @@ describe('github_actions source (stand-in for the Actions token endpoint)', () =
   let base: string;
   let close: () => Promise<void>;
   let status = 200;
+  /** When set, the stand-in issues its token for this audience instead of the one asked for. */
+  let issuedFor: string | undefined;
   beforeAll(async () => {
     seen = [];
     const server = createServer((req, res) => {
@@ -351,7 +378,7 @@ describe('github_actions source (stand-in for the Actions token endpoint)', () =
       if (status !== 200) return void res.writeHead(status, status === 429 ? { 'retry-after': '42' } : {}).end('{"message":"nope"}');
       void new SignJWT({ repository: 'acme/app' })
         .setProtectedHeader({ alg: 'ES256' })
-        .setAudience(audience!)
+        .setAudience(issuedFor ?? audience!)
         .setExpirationTime('5m')
         .setJti(randomUUID())
         .sign(pkjwtKey.privateKey)
@@ -371,6 +398,18 @@ describe('github_actions source (stand-in for the Actions token endpoint)', () =
     expect(t.expiresAt).toBe(payload.exp! * 1000);
     expect(seen.at(-1)!.url).toBe('/_apis/idtoken?api-version=2.0&audience=https%3A%2F%2Fpayments.example');
     expect(seen.at(-1)!.headers.authorization).toBe('bearer runner-request-token');
+  });
+
+  it('refuses a token for another audience than the one asked for', async () => {
+    const env = { ACTIONS_ID_TOKEN_REQUEST_URL: `${base}/_apis/idtoken?api-version=2.0`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'runner-request-token' };
+    issuedFor = 'https://other.example';
+    try {
+      await expect(source({ type: 'github_actions' }, { env }).fetch({ audience: 'https://payments.example', scopes: [] })).rejects.toThrow(
+        /GitHub Actions token endpoint .*: the token is for aud "https:\/\/other\.example", not "https:\/\/payments\.example" as asked$/,
+      );
+    } finally {
+      issuedFor = undefined;
+    }
   });
 
   it('explains missing permissions and refuses non-200 answers', async () => {

@@ -1,6 +1,6 @@
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { createClientAuth } from './client-auth.js';
-import { oauthForm } from './oauth-form.js';
+import { askedAudience, oauthForm } from './oauth-form.js';
 import { createTokenEndpoint } from './token-endpoint.js';
 import type { SourceDeps, TokenSource } from './types.js';
 
@@ -13,7 +13,7 @@ export function createClientCredentialsSource(cfg: Config, deps: SourceDeps): To
   return {
     kind: 'client_credentials',
     credentialDigest: auth.credentialDigest,
-    fetch: (req) => endpoint.request(oauthForm('client_credentials', req, cfg.audienceParam, cfg.params), auth, ['bearer']),
+    fetch: (req) => endpoint.request(oauthForm('client_credentials', req, cfg.audienceParam, cfg.params), auth, ['bearer'], askedAudience(req, cfg.audienceParam)),
     close: () => endpoint.close(),
   };
 }

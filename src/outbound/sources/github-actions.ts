@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { TokenUnavailableError } from '../../errors.js';
 import { createIdpAgent, requestJson, retryAfterMs } from '../../oidc/http.js';
-import { assertBearerToken, toIssuedToken } from './token-format.js';
+import { assertBearerToken, assertIssuedFor, toIssuedToken } from './token-format.js';
 import type { SourceDeps, TokenSource } from './types.js';
 
 /**
@@ -47,7 +47,8 @@ export function createGithubActionsSource(deps: SourceDeps): TokenSource {
       const value = (res.body as { value?: unknown } | undefined)?.value;
       const what = `GitHub Actions token endpoint ${where}`;
       assertBearerToken(value, what);
-      return toIssuedToken(value, undefined, deps.clock.now(), what);
+      // The request names the audience (`audience=`), and GitHub puts it in `aud`.
+      return assertIssuedFor(toIssuedToken(value, undefined, deps.clock.now(), what), req.audience, what);
     },
     async close() {
       // As the token endpoint's: a request in flight is cut, not waited for (token-endpoint.ts).

@@ -25,3 +25,8 @@ export function oauthForm(
   if (req.scopes.length > 0) form.set('scope', req.scopes.join(' '));
   return form;
 }
+
+/** The audience the form names, which the issued token must then be for; undefined with `none` (the IdP decides). */
+export function askedAudience(req: TokenRequest, audienceParam: AudienceParam): string | undefined {
+  return audienceParam === 'none' ? undefined : req.audience;
+}

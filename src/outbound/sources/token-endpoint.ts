@@ -5,7 +5,7 @@ import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
 import { sentSecrets, withoutSecrets } from './sent-secrets.js';
-import { assertBearerToken, toIssuedToken } from './token-format.js';
+import { assertBearerToken, assertIssuedFor, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps } from './types.js';
 
 export interface TokenEndpointConfig {
@@ -24,7 +24,8 @@ export interface TokenEndpoint {
    * authentication and returns the token. `tokenTypes` are the accepted
    * `token_type` values, lower-case (absent is accepted).
    */
-  request(form: URLSearchParams, auth: ClientAuth, tokenTypes: readonly string[]): Promise<IssuedToken>;
+  /** `audience`: the audience the form names (audienceParam resource or audience), which the token must then be for. */
+  request(form: URLSearchParams, auth: ClientAuth, tokenTypes: readonly string[], audience?: string): Promise<IssuedToken>;
   close(): Promise<void>;
 }
 
@@ -63,7 +64,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
 
   return {
     url,
-    async request(form, auth, tokenTypes) {
+    async request(form, auth, tokenTypes, audience) {
       const endpoint = await url();
       const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };
       await auth.apply(form, headers, endpoint);
@@ -91,7 +92,8 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
           throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
         }
       }
-      return toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
+      const issued = toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
+      return audience === undefined ? issued : assertIssuedFor(issued, audience, what, AUDIENCE_HINT);
     },
     async close() {
       // Destroy, not close: close() would wait for a token request in flight, up to tokenRequestTimeoutSeconds against
@@ -115,6 +117,9 @@ function oauthError(status: number, body: Record<string, unknown>, secrets: read
   }
   return new TokenUnavailableError(`token endpoint answered HTTP ${status} without an OAuth error`, undefined, options);
 }
+
+/** What to change when the IdP names the audience its own way (README: Token sources). */
+const AUDIENCE_HINT = '; an IdP that sets aud itself rather than from the request (Keycloak for client credentials) needs audienceParam: none';
 
 /** RFC 6749 §5.2 allows only printable ASCII without `"` and `\` in error fields; anything else is masked and the length capped. */
 export function safeText(s: string, max: number): string {

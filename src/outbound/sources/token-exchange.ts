@@ -1,7 +1,7 @@
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { createClientAuth } from './client-auth.js';
 import { readRuntimeFile } from './files.js';
-import { oauthForm } from './oauth-form.js';
+import { askedAudience, oauthForm } from './oauth-form.js';
 import { createTokenEndpoint } from './token-endpoint.js';
 import type { SourceDeps, TokenSource } from './types.js';
 
@@ -29,7 +29,7 @@ export function createTokenExchangeSource(cfg: Config, deps: SourceDeps): TokenS
       form.set('subject_token_type', cfg.subjectTokenType);
       if (cfg.requestedTokenType) form.set('requested_token_type', cfg.requestedTokenType);
       // RFC 8693 §2.2.1: token_type is "N_A" when the issued token is not an access token (e.g. an ID token).
-      return endpoint.request(form, auth, ['bearer', 'n_a']);
+      return endpoint.request(form, auth, ['bearer', 'n_a'], askedAudience(req, cfg.audienceParam));
     },
     close: () => endpoint.close(),
   };

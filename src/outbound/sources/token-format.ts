@@ -41,6 +41,22 @@ export function jwtClaims(token: string): Record<string, unknown> | undefined {
 }
 
 /**
+ * Throws unless a JWT that was asked for `audience` by name carries it in `aud` (RFC 7519 §4.1.3: a string or a
+ * list). The token goes to the service of that audience; one issued for another audience is accepted by that other
+ * service, so a peer holding it could replay it there (RFC 8707 §2, RFC 8725 §3.9): an IdP that ignored the request's
+ * audience must not have its token sent on. An opaque token, or a JWT without `aud`, cannot be checked here and is
+ * left to the peer. `hint` ends the message (what to change).
+ */
+export function assertIssuedFor(issued: IssuedToken, audience: string, what: string, hint = ''): IssuedToken {
+  const aud = jwtClaims(issued.token)?.aud;
+  if (aud === undefined) return issued;
+  const list: unknown[] = Array.isArray(aud) ? aud : [aud];
+  if (list.includes(audience)) return issued;
+  const shown = list.slice(0, 3).map((a) => JSON.stringify(String(a).slice(0, 128))).join(', ') + (list.length > 3 ? ', …' : '');
+  throw new TokenUnavailableError(`${what}: the token is for aud ${shown || '[]'}, not ${JSON.stringify(audience)} as asked${hint}`);
+}
+
+/**
  * Expiry of a token: the JWT's `exp` or `expires_in` (seconds, RFC 6749
  * §5.1) counted from `requestedAtMs` (when the request was sent, default `nowMs`), the earlier of the two when it has
  * both. A token with neither is an error: without an expiry the cache could neither renew nor stop using it.
