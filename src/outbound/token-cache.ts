@@ -46,12 +46,27 @@ export interface TokenCacheOptions {
   handover?: TokenCacheSnapshot;
 }
 
-/** What one binding had when a reload took the snapshot: a valid token, a request for one in flight, or both. */
+/** What one binding had when a reload took the snapshot: a valid token, a request for one in flight, a backoff, or some of them. */
 export interface HandedOverToken {
   token?: IssuedToken;
   /** When `token` was due for renewal. */
   refreshAt: number;
   fetch?: HandedOverFetch;
+  backoff?: HandedOverBackoff;
+}
+
+/**
+ * A binding whose last request failed and whose next one waits (backoff, or the IdP's Retry-After). A reload must not
+ * ask sooner: during an IdP throttle a config rollout would otherwise send the whole fleet's requests at the moment the
+ * IdP asked for quiet, and reset each backoff to its minimum.
+ */
+export interface HandedOverBackoff {
+  failures: number;
+  /** Monotonic clock time (ms) of the next request (the same process, so the same clock). */
+  retryAt: number;
+  lastError: TokenUnavailableError;
+  /** TokenBinding.requestIdentity of the binding that failed: a request sent another way (a rotated secret) goes at once. */
+  requestIdentity: string;
 }
 
 /** A request in flight. It runs on the predecessor's source, which counts and logs its outcome. */
@@ -183,6 +198,14 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       }
       const inFlight = inherited?.fetch;
       if (inFlight && inFlight.requestIdentity === binding.requestIdentity) adopt(e, inFlight);
+      const backoff = inherited?.backoff;
+      if (backoff && !e.inflight && backoff.requestIdentity === binding.requestIdentity && clock.monotonic() < backoff.retryAt) {
+        // The predecessor's next request, not an earlier one: calls fail fast with its last error until then.
+        e.failures = backoff.failures;
+        e.retryAt = backoff.retryAt;
+        e.lastError = backoff.lastError;
+        armIn(e, backoff.retryAt - clock.monotonic());
+      }
     }
     return e;
   };
@@ -420,11 +443,13 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       const out = new Map<string, HandedOverToken>();
       for (const e of entries.values()) {
         const promise = e.inflight;
-        if (!isValid(e, now) && !promise) continue;
+        const backingOff = !promise && e.lastError !== undefined && clock.monotonic() < e.retryAt;
+        if (!isValid(e, now) && !promise && !backingOff) continue;
         out.set(e.binding.identity, {
           ...(isValid(e, now) ? { token: e.token } : {}),
           refreshAt: e.refreshAt,
           ...(promise ? { fetch: { promise, requestIdentity: e.binding.requestIdentity, claim: () => claim(promise) } } : {}),
+          ...(backingOff ? { backoff: { failures: e.failures, retryAt: e.retryAt, lastError: e.lastError!, requestIdentity: e.binding.requestIdentity } } : {}),
         });
       }
       return out;

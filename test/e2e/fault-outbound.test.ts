@@ -245,7 +245,7 @@ async function withTokenEndpoint(answer: (res: ServerResponse) => void, body: (s
 }
 
 describe('token endpoint rate-limiting', () => {
-  it("tells the app when to come back: the 503's Retry-After counts down to the sidecar's next request, which waits out the IdP's own", async () => {
+  it("tells the app when to come back: the 503's Retry-After counts down to the sidecar's next request, which waits out the IdP's own, across a reload too", async () => {
     const throttled = (res: ServerResponse) => res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '7' }).end('{"error":"slow_down"}');
     await withTokenEndpoint(throttled, async (s, app, idpRequests) => {
       await s.waitForLog((l) => l.event === 'token_fetch_failed');
@@ -264,6 +264,11 @@ describe('token endpoint rate-limiting', () => {
       // A WebSocket handshake is refused on the raw socket with the same header.
       const upgrade = rawRequestBytes('/ws', [['Host', 'payments'], ['Connection', 'Upgrade'], ['Upgrade', 'websocket'], ['Sec-WebSocket-Version', '13'], ['Sec-WebSocket-Key', 'dGhlIHNhbXBsZSBub25jZQ==']]);
       expect(await retryAfter(upgrade)).toBeGreaterThanOrEqual(1);
+      // A reload (SIGHUP, a ConfigMap rollout) keeps the wait: the IdP is not asked before it said.
+      s.signal('SIGHUP');
+      await s.waitForLog((l) => l.event === 'config_reloaded');
+      expect(await retryAfter(plain)).toBeGreaterThanOrEqual(3);
+      await sleep(300);
       expect(idpRequests()).toBe(1);
       expect(app.requests).toEqual([]);
     });

@@ -553,6 +553,33 @@ describe('token cache (clock-controlled, real client_credentials source against 
     }
   });
 
+  it("a reload during a backoff keeps it: the new cache asks the IdP when the old one would have (its Retry-After), not at once; a request sent another way goes at once", async () => {
+    stub.reply = () => ({ status: 429, body: { error: 'slow_down' }, headers: { 'retry-after': '20' } });
+    const start = time.now();
+    await expect(cache.get(binding)).rejects.toThrow(/slow_down/);
+    expect(stub.requests).toHaveLength(1);
+    time.advance(5_000);
+    const next = successorOf(cache);
+    const rotated = successorOf(cache, 'k1 with the rotated secret');
+    try {
+      cache.close();
+      // Fails fast with the predecessor's error, 15 s before the IdP said to come back: no request.
+      await expect(next.cache.get(next.binding)).rejects.toThrow(/slow_down/);
+      expect(stub.requests).toHaveLength(1);
+      stub.reply = ok;
+      // A binding whose request changed (a rotated secret) is not held back by a failure of the old request.
+      expect(await rotated.cache.get(rotated.binding)).toMatch(/^opaque-/);
+      expect(stub.requests).toHaveLength(2);
+      expect(time.pending()).toContain(start + 20_000);
+      time.advance(start + 20_000 - time.now());
+      await vi.waitFor(() => expect(stub.requests).toHaveLength(3));
+      await vi.waitFor(async () => expect(await next.cache.get(next.binding)).toMatch(/^opaque-/));
+    } finally {
+      await next.close();
+      await rotated.close();
+    }
+  });
+
   it('close() cancels renewals and refuses further calls', async () => {
     await cache.get(binding);
     expect(time.pending()).toHaveLength(1);
