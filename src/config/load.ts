@@ -54,7 +54,7 @@ export interface LoadOptions {
  * every problem as `path.to.key: message`.
  */
 export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
-  const files = paths.map(readLayer);
+  const files = readLayers(paths);
   const issues: ConfigIssue[] = [];
   const layers = files.map((file, i) => {
     const found: ConfigIssue[] = [];
@@ -65,14 +65,47 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
     return layer;
   });
-  if (issues.length > 0) throw new ConfigError(issues);
   const merged = deepMerge(layers);
+  if (issues.length > 0) throw new ConfigError([...issues, ...shapeIssuesBeside(merged, files, issues)]);
   try {
     return parseConfig(merged, opts);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     throw locatedIn(err, files);
   }
+}
+
+/**
+ * The schema's findings in a config whose `${VAR}`s could not all be filled in, so that one `validate` names every
+ * problem (a typo beside an unset variable in CI) rather than the variables first and the rest on the next try. The
+ * keys already reported, and what lies under or above them, are left out (their value is not what the file will
+ * hold), and no file is read: a path may be one of those values.
+ */
+function shapeIssuesBeside(merged: unknown, files: readonly ConfigFile[], reported: readonly ConfigIssue[]): ConfigIssue[] {
+  try {
+    parseConfig(merged, { readCaFilesFor: [] });
+    return [];
+  } catch (err) {
+    if (!(err instanceof ConfigError)) return [];
+    const related = (a: string, b: string) => a === b || a.startsWith(`${b}.`) || b.startsWith(`${a}.`);
+    return locatedIn(err, files).issues.filter((i) => !reported.some((r) => related(i.path, r.path)));
+  }
+}
+
+/** Reads every layer; the problems of all of them (a YAML error in two files) are reported together. */
+function readLayers(paths: readonly string[]): ConfigFile[] {
+  const files: ConfigFile[] = [];
+  const problems: ConfigIssue[] = [];
+  for (const path of paths) {
+    try {
+      files.push(readLayer(path));
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      problems.push(...err.issues);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return files;
 }
 
 /**

@@ -436,9 +436,31 @@ describe('loading files', () => {
   });
 
   it('reports an unset variable with its key path, and keeps $${VAR} literal', () => {
-    const p = tmpFile('c.yaml', 'service: "$${LITERAL}"\ninbound:\n  target: ${MISSING}\n');
+    const p = tmpFile('c.yaml', 'service: "$${LITERAL}"\ninbound:\n  target: ${MISSING}\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n');
     expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default) (line 3)']);
     expect(issuesOf(() => loadConfig([p], { MISSING: '' }))).toEqual(['inbound.target: environment variable MISSING is set but empty, which counts as unset (use ${MISSING:-default} for a default) (line 3)']);
+  });
+
+  it('names every problem at once: the rest of the config beside an unset variable, and a YAML error in each of two files', () => {
+    const p = tmpFile(
+      'mixed.yaml',
+      'service: ${NOPE}\nsevrice: typo\ninbound:\n  target: http://127.0.0.1:1\n  audience: ${ALSO_NOPE}\n  issuers: [{ issuer: "https://idp" }]\n  clockSkewSeconds: "30"\n',
+    );
+    const issues = issuesOf(() => loadConfig([p], {}));
+    expect(issues).toEqual([
+      'service: environment variable NOPE is not set (use ${NOPE:-default} for a default) (line 1)',
+      'inbound.audience: environment variable ALSO_NOPE is not set (use ${ALSO_NOPE:-default} for a default) (line 5)',
+      expect.stringMatching(/^inbound\.clockSkewSeconds: .* \(line 7\)$/),
+      expect.stringMatching(/^sevrice: unknown key \(did you mean service\?\) \(line 2\)$/),
+    ]);
+    // The keys whose variables are unset are not reported a second time as a missing or wrong value.
+    expect(issues.filter((i) => i.startsWith('service:') || i.startsWith('inbound.audience:'))).toHaveLength(2);
+    const broken = tmpFile('broken.yaml', 'service: [unclosed\n');
+    const duplicate = tmpFile('dup.yaml', 'service: a\nservice: b\n');
+    const both = issuesOf(() => loadConfig([broken, duplicate], {}));
+    expect(both).toHaveLength(2);
+    expect(both[0]).toContain('broken.yaml');
+    expect(both[1]).toContain('dup.yaml');
   });
 
   it('refuses a placeholder inside a default rather than leave it behind as literal text, whether or not the variable is set', () => {
