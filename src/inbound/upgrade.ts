@@ -24,6 +24,8 @@ export interface InboundUpgradeDeps {
   targetPrefix: string;
   /** How long the app may take to accept the upgrade, milliseconds. */
   timeoutMs: number;
+  /** How long the connect to the app may take, milliseconds. */
+  connectTimeoutMs: number;
   /** An open tunnel with no bytes either way for this long is cut, milliseconds; 0: no limit. */
   idleTimeoutMs: number;
   /** Where the tunnel's upstream connection is recorded (a loop back to this listener is refused there). */
@@ -75,6 +77,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): SocketHandler {
             dropHeaders: decision.reason === 'public' ? deps.publicDropHeaders : deps.dropHeaders,
             addHeaders: decision.identity?.headers ?? [],
             timeoutMs: deps.timeoutMs,
+            connectTimeoutMs: deps.connectTimeoutMs,
             idleTimeoutMs: deps.idleTimeoutMs,
             onIdle: () => logIdleTunnel(deps.logger, deps.idleTimeoutMs, { path: loggedPath(req.url ?? '/'), peer: req.socket.remoteAddress }),
             own: deps.own,

@@ -263,6 +263,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         addHeaders: p.addHeaders,
         forwardedHost: p.r.authority,
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
+        connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
         idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
         onIdle: () => logIdleTunnel(logger, limits.tunnelIdleTimeoutSeconds * 1000, { route: p.label, peer: req.socket.remoteAddress }),
         own,

@@ -37,8 +37,10 @@ export interface TunnelOptions {
   addHeaders: readonly string[];
   /** The X-Forwarded-Host to send instead of the request's Host (see buildUpstreamHeaders). */
   forwardedHost?: string;
-  /** How long the upstream may take to connect and answer the upgrade, and how long a tunnel may linger after one side ended, milliseconds. */
+  /** How long the upstream may take to answer the upgrade once connected, and how long a tunnel may linger after one side ended, milliseconds. */
   timeoutMs: number;
+  /** How long the TCP (and TLS) connect to the upstream may take, milliseconds (limits.upstreamConnectTimeoutSeconds). */
+  connectTimeoutMs: number;
   /** An open tunnel with no bytes either way for this long is cut, milliseconds; 0: no limit. */
   idleTimeoutMs: number;
   /** Told when the idle limit cut the tunnel. */
@@ -80,7 +82,8 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       path: opts.path,
       headers,
       agent: false,
-      timeout: opts.timeoutMs,
+      // The connect first, as for plain requests; the answer's own limit once connected (below).
+      timeout: opts.connectTimeoutMs,
       ...(opts.ca ? { ca: opts.ca } : {}),
     });
 
@@ -104,10 +107,16 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
     };
     socket.once('close', onClientClose);
 
+    let connected = false;
+    upReq.once('socket', (s: Socket) => {
+      s.once(isHttps ? 'secureConnect' : 'connect', () => {
+        connected = true;
+        upReq.setTimeout(opts.timeoutMs);
+      });
+    });
     upReq.on('timeout', () => {
-      const connecting = (upReq.socket as Socket | null)?.connecting ?? true;
       upReq.destroy(
-        connecting
+        !connected
           ? new UpstreamError('upstream_connect_failed', 'upstream is unreachable')
           : new UpstreamError('upstream_timeout', 'upstream did not answer the upgrade in time'),
       );

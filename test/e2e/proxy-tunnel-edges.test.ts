@@ -169,3 +169,37 @@ describe('outbound tunnels at their edges', () => {
     expect(ex.responses[0]?.json()).toMatchObject({ reason: 'token_unavailable', oauth_error: 'invalid_client' });
   });
 });
+
+describe('the connect of a WebSocket tunnel', () => {
+  it('is bounded by limits.upstreamConnectTimeoutSeconds, as a plain request is, not by the longer upstreamTimeoutSeconds', async () => {
+    // An https app that accepts the TCP connection and never says a word of TLS: the connect never completes.
+    const held = new Set<Socket>();
+    const silent = createServer((s) => {
+      held.add(s);
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const inbound = await startSidecar({
+      service: 'orders',
+      limits: { upstreamConnectTimeoutSeconds: 1, upstreamTimeoutSeconds: 30 },
+      inbound: {
+        target: `https://127.0.0.1:${(silent.address() as AddressInfo).port}`,
+        audience: 'orders',
+        issuers: [{ issuer: idp.issuer }],
+        rules: [{ match: { path: '/**' }, public: true }],
+      },
+    });
+    try {
+      for (const bytes of [handshake('/ws', 'orders'), 'GET /plain HTTP/1.1\r\nHost: orders\r\n\r\n']) {
+        const ex = await rawExchange(inbound.inbound!, bytes);
+        // With the answer's 30 s as the only limit the handshake ended in 504 upstream_timeout, 30 s later.
+        expect(ex.responses[0]?.status, bytes).toBe(502);
+        expect(ex.responses[0]?.json().reason, bytes).toBe('upstream_connect_failed');
+      }
+    } finally {
+      await inbound.stop();
+      for (const s of held) s.destroy();
+      await new Promise((r) => silent.close(r));
+    }
+  }, 20_000);
+});

@@ -37,6 +37,7 @@ async function tunnelProxy(
       dropHeaders: new Set(['x-peer-sub', 'authorization']),
       addHeaders: ['x-peer-sub', 'verified-caller'],
       timeoutMs,
+      connectTimeoutMs: timeoutMs,
       idleTimeoutMs: more.idleTimeoutMs ?? 0,
       onIdle: () => idled.push(clientSockets.indexOf(socket)),
     }).then(
