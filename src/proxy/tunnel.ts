@@ -242,8 +242,14 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   const onEnd = () => {
     grace ??= setTimeout(destroyBoth, opts.graceMs).unref();
   };
-  a.on('error', destroyBoth);
-  b.on('error', destroyBoth);
+  // A side that reset its connection cuts the other one the same way: passed on as an orderly close, a download cut
+  // short would read as finished. Any other error (a cut at shutdown) destroys both.
+  const onError = (other: Duplex) => (err: NodeJS.ErrnoException) => {
+    if (err?.code === 'ECONNRESET') resetSocket(other);
+    destroyBoth();
+  };
+  a.on('error', onError(b));
+  b.on('error', onError(a));
   a.on('end', onEnd);
   b.on('end', onEnd);
   // A client that ended while its handshake was checked or on its way upstream emitted 'end' before these listeners:

@@ -110,6 +110,44 @@ describe('outbound tunnels at their edges', () => {
     expect(reset.reset).toBe(true);
   });
 
+  it('passes a reset on: a peer that resets its end of a CONNECT or WebSocket tunnel makes the client see a reset, where an orderly close stays one', async () => {
+    /** Writes `first`, then `then` once the sidecar answered it; what came back, and whether it ended in a reset. */
+    const tunnelled = (first: string, then: string) =>
+      new Promise<{ text: string; reset: boolean }>((resolve) => {
+        const s = connect(Number(new URL(sidecar.outbound!).port), '127.0.0.1');
+        let text = '';
+        let reset = false;
+        s.on('data', (c: Buffer) => {
+          if (text === '') s.write(then);
+          text += c.toString('latin1');
+        });
+        s.on('error', (e: NodeJS.ErrnoException) => (reset = e.code === 'ECONNRESET'));
+        s.on('close', () => resolve({ text, reset }));
+        s.write(first);
+      });
+    const connectTo = `CONNECT 127.0.0.1:${peer.port} HTTP/1.1\r\nHost: 127.0.0.1:${peer.port}\r\n\r\n`;
+    const upgradeTo = handshake(`http://127.0.0.1:${peer.port}/ws`, `127.0.0.1:${peer.port}`);
+    const switched = 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n';
+    for (const [first, opening] of [[connectTo, ''], [upgradeTo, switched]] as const) {
+      for (const ending of ['reset', 'close'] as const) {
+        peer.answer = (_req, s) => {
+          if (opening) {
+            // The handshake first; the bytes the client sends through the tunnel next get the partial answer.
+            s.write(opening);
+            s.once('data', () => finish(s));
+          } else finish(s);
+        };
+        const finish = (s: Socket) => {
+          s.write('partial');
+          setTimeout(() => (ending === 'reset' ? s.resetAndDestroy() : s.end()), 50);
+        };
+        const r = await tunnelled(first, 'hello');
+        expect(r.text, `${first.slice(0, 7)} ${ending}`).toContain('partial');
+        expect(r.reset, `${first.slice(0, 7)} ${ending}`).toBe(ending === 'reset');
+      }
+    }
+  });
+
   it('answers 508 loop_detected to a CONNECT nested in a CONNECT to its own listener (each would open two more sockets)', async () => {
     const self = new URL(sidecar.outbound!).host;
     const connect = `CONNECT ${self} HTTP/1.1\r\nHost: ${self}\r\n\r\n`;
