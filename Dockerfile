@@ -20,7 +20,7 @@ COPY package.json package-lock.json ./
 # --ignore-scripts: `prepare` would build before the sources are copied.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
-COPY scripts/bundle.mjs ./scripts/
+COPY scripts/bundle.mjs scripts/undici-finish-patch.cjs ./scripts/
 COPY src ./src
 # esbuild needs no install script: its binary comes as an optional dependency for the build platform.
 RUN npm run build

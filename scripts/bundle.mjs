@@ -10,6 +10,7 @@ import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { isBuiltin } from 'node:module';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import drainPausedParserOnFinish from './undici-finish-patch.cjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const outdir = `${root}dist/bundle`;
@@ -37,7 +38,7 @@ const { metafile } = await build({
   legalComments: 'external',
   logLevel: 'warning',
   metafile: true,
-  plugins: [builtinsByRequire(), lazyStringWidthSegmenter(), lazyUndiciHttp2()],
+  plugins: [builtinsByRequire(), lazyStringWidthSegmenter(), lazyUndiciHttp2(), undiciPausedParserFinish()],
 });
 // What went into the bundle, for test/e2e/bundle.test.ts and for anyone asking why it is the size it is.
 // Beside dist/bundle/, not in it: it is not shipped.
@@ -137,6 +138,18 @@ function lazyUndiciHttp2() {
       const values = JSON.stringify(Object.fromEntries(names.map((name) => [name, constants[name]])));
       return source.replace(eager, () => `http2 = { constants: ${values}, connect: (...args) => require('node:http2').connect(...args) }`);
     },
+  });
+}
+
+/**
+ * undici 7 crashes the process when an upstream ends its connection while the response parser is paused for
+ * backpressure; scripts/undici-finish-patch.cjs has the why and the change (nodejs/undici#5360, #5474).
+ */
+function undiciPausedParserFinish() {
+  return rewriteDependency({
+    name: 'undici-paused-parser-finish',
+    files: /node_modules[\\/]undici[\\/]lib[\\/]dispatcher[\\/]client-h1\.js$/,
+    rewrite: drainPausedParserOnFinish,
   });
 }
 

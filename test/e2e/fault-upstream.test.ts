@@ -1,5 +1,5 @@
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { flushLogs, tokenLeaks } from '../support/attacks.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
@@ -304,4 +304,57 @@ describe('the app behind the sidecar fails', () => {
     expect(tokenLeaks(inbound.output() + outbound.output(), [token])).toEqual([]);
     expect(outbound.output()).not.toMatch(/eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\./);
   });
+});
+
+describe('an app that ends its connection while the client reads slowly', () => {
+  it('does not take the sidecar down: a body with Content-Length or none, closed while the response waits on the client, arrives whole (undici asserted, nodejs/undici#5360)', async () => {
+    // The app answers with `connection: close` and MiBs of body, and ends its connection while the client has not read
+    // for a while, so the sidecar's parser is often paused for backpressure when the end arrives (whether it is depends
+    // on timing; test/unit/undici-finish-patch.test.ts makes it so every time). Each body must arrive whole.
+    let framing: 'length' | 'none' = 'none';
+    let size = 0;
+    const raw = createNetServer((s) => {
+      s.on('error', () => {});
+      s.once('data', () => {
+        s.write(`HTTP/1.1 200 OK\r\n${framing === 'length' ? `content-length: ${size}\r\n` : ''}connection: close\r\n\r\n`);
+        s.write(Buffer.alloc(size, 0x61));
+        setTimeout(() => s.end(), 700);
+      });
+    });
+    await new Promise<void>((r) => raw.listen(0, '127.0.0.1', r));
+    const sidecar = await startSidecar({
+      service: 'orders',
+      lifecycle: { watchConfig: false },
+      inbound: { target: `http://127.0.0.1:${(raw.address() as AddressInfo).port}`, audience: 'orders', issuers: [{ issuer: idp.issuer }], rules: [{ match: { path: '/**' }, public: true }] },
+    });
+    /** One GET whose response is not read for 1.2 s; how many body bytes came, and whether it ended whole. */
+    const slowly = () =>
+      new Promise<{ bytes: number; whole: boolean }>((resolve) => {
+        const { hostname, port } = new URL(sidecar.inbound!);
+        const req = request({ host: hostname, port, path: '/big', agent: false }, (res) => {
+          res.pause();
+          setTimeout(() => res.resume(), 1200);
+          let bytes = 0;
+          res.on('data', (c: Buffer) => (bytes += c.length));
+          res.on('end', () => resolve({ bytes, whole: true }));
+          res.on('error', () => resolve({ bytes, whole: false }));
+        });
+        req.on('error', () => resolve({ bytes: 0, whole: false }));
+        req.end();
+      });
+    try {
+      for (const f of ['none', 'length'] as const) {
+        for (const mib of [2, 4, 6]) {
+          framing = f;
+          size = mib * 1024 * 1024;
+          expect(await slowly(), `${f} ${mib} MiB`).toEqual({ bytes: size, whole: true });
+        }
+      }
+      expect(sidecar.logs.filter((l) => l.event === 'crashed')).toEqual([]);
+      expect(sidecar.child.exitCode).toBeNull();
+    } finally {
+      await sidecar.stop();
+      await new Promise((r) => raw.close(r));
+    }
+  }, 30_000);
 });
