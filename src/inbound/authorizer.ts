@@ -136,7 +136,7 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
       const denies = (r: CompiledRule<InboundRule>) => !r.rule.public && (!r.rule.policy || !r.rule.policy(identity.claims));
       const denied = denies(rule) ? rule : shadows.find(denies);
       if (denied) {
-        const which = denied === rule ? `rule ${denied.index}` : `rule ${denied.index} (${denied.pattern}), which matches this path spelt in other letter case or with the trailing slash toggled,`;
+        const which = denied === rule ? `rule ${denied.index}` : `rule ${denied.index} (${denied.pattern}), which matches this path spelt in other letter case, with the trailing slash toggled or with its escapes as sent,`;
         return refuse(req, new PolicyDeniedError(`no allow entry of ${which} matched this identity`), { target, identity, rule: denied });
       }
     }
@@ -157,7 +157,10 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     const method = req.method.toUpperCase();
     const spelt = matcher ? ruleSpelling(path) : path;
     const rule = matcher?.match(method, spelt);
-    const shadows = matcher ? matcher.shadows(method, spelt, rule) : NO_SHADOWS;
+    let shadows = matcher ? matcher.shadows(method, spelt, rule) : NO_SHADOWS;
+    // An app that routes on the escapes as sent reads `/api/a%3Ab` as another path than `/api/a:b`: the rule that
+    // spelling meets judges the request too, so neither spelling passes on the other's looser rule.
+    if (matcher && spelt !== path) shadows = withSpellingAsSent(matcher, method, path, rule, shadows);
     // Public only when every rule another spelling of the path would meet first is public too.
     if (rule?.rule.public && shadows.every((s) => s.rule.public)) {
       metrics.inboundRequests.inc({ decision: 'allow', reason: 'public' });
@@ -190,6 +193,23 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
 }
 
 const NO_SHADOWS: readonly CompiledRule<InboundRule>[] = [];
+
+/** `shadows` plus the rule the path as sent meets (its escapes kept) and that spelling's own shadows, once each. */
+function withSpellingAsSent(
+  matcher: Matcher<InboundRule>,
+  method: string,
+  sent: string,
+  rule: CompiledRule<InboundRule> | undefined,
+  shadows: readonly CompiledRule<InboundRule>[],
+): readonly CompiledRule<InboundRule>[] {
+  const asSent = matcher.match(method, sent);
+  if (!asSent) return shadows;
+  const out = [...shadows];
+  for (const r of [asSent, ...matcher.shadows(method, sent, asSent)]) {
+    if (r.index !== rule?.index && !out.some((o) => o.index === r.index)) out.push(r);
+  }
+  return out;
+}
 
 /** The unverified payload of a rejected token, for the audit log only (marked unverified by unverifiedClaims). */
 function peekClaims(token: ExtractedToken): Record<string, unknown> | undefined {

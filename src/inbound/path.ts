@@ -85,20 +85,30 @@ export function normalizePath(path: string): string {
   return removeDotSegments(decoded);
 }
 
-/** Escapes of the characters a path segment may also carry plain (RFC 3986 §3.3: sub-delims, ":" and "@"), but for `;` (refused) and `*`. */
-const ESCAPED_SEGMENT_DELIM = /%(?:21|24|26|27|28|29|2B|2C|3A|3D|40)/g;
+/**
+ * The printable characters a request path may also carry plain (normalizePath takes them raw), whose escapes rules
+ * read as the character: all of 0x21-0x7E but `%`, `/` and `\\` (refused encoded), `;` and `#` (refused raw), `?` (a
+ * query would begin) and `*` (a rule's wildcard). The unreserved ones are decoded already.
+ */
+const PLAIN_IN_RULES = new Uint8Array(128);
+for (let c = 0x21; c <= 0x7e; c++) PLAIN_IN_RULES[c] = '%/\\;#?*'.includes(String.fromCharCode(c)) ? 0 : 1;
+const ESCAPE = /%[0-9A-F]{2}/g;
+const asPlain = (escape: string): string => {
+  const byte = Number.parseInt(escape.slice(1), 16);
+  return byte < 128 && PLAIN_IN_RULES[byte] === 1 ? String.fromCharCode(byte) : escape;
+};
 
 /**
  * The spelling of a normalised path that rules are matched in. RFC 3986 §6.2.2.2 keeps `%40` and `@` apart, but an
  * app that decodes the path before routing (WSGI's PATH_INFO, servlets, ASP.NET Core, Go) reads them as one, so a
  * rule for `/users/@admin/**` must meet `/users/%40admin/keys` too, and a rule written `/jobs/*%3Arun` must meet
- * `/jobs/7:run`: the escapes of `! $ & ' ( ) + , : = @` are decoded here. `*` goes the other way, since in a rule it
- * is the wildcard and a literal star is written `%2A`: a request's plain `*` is compared as `%2A` (`forGlob` leaves a
- * rule's stars alone). The app still receives the path as normalised: an app that decodes it sees what the rules
- * saw, and one that routes on the escapes as sent meets a rule at least as strict.
+ * `/jobs/7:run`: every escape of a character a path may carry plain is decoded here. `*` goes the other way, since in a
+ * rule it is the wildcard and a literal star is written `%2A`: a request's plain `*` is compared as `%2A` (`forGlob`
+ * leaves a rule's stars alone). An app that routes on the escapes as sent may see another path than this spelling,
+ * so the authorizer holds a request to the rule its spelling as sent meets as well (the stricter of the two wins).
  */
 export function ruleSpelling(path: string, forGlob = false): string {
-  const decoded = path.includes('%') ? path.replace(ESCAPED_SEGMENT_DELIM, (e) => String.fromCharCode(Number.parseInt(e.slice(1), 16))) : path;
+  const decoded = path.includes('%') ? path.replace(ESCAPE, asPlain) : path;
   return forGlob || !decoded.includes('*') ? decoded : decoded.replaceAll('*', '%2A');
 }
 

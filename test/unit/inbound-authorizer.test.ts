@@ -75,6 +75,26 @@ describe('authorizer decide(): the request path', () => {
     expect(log.lines.filter((l) => l.event === 'policy_denied')).toHaveLength(2);
   });
 
+  it('a path with escapes meets the rule its decoded spelling meets and the rule its spelling as sent meets: the stricter decides, and it is public only if both are', async () => {
+    const { parts, mint, request } = await setup([
+      { match: { path: '/api/a:b' }, public: true },
+      { match: { path: '/admin/[ops]/**' }, allow: [{ sub: 'deployer' }] },
+      { match: { path: '/**' }, allow: [{ sub: ['orders', 'deployer'] }] },
+    ]);
+    const [orders, deployer] = [await mint('orders'), await mint('deployer')];
+    const decide = async (token: string | undefined, url: string) => parts.authorizer.decide(request(token, url));
+    expect(await decide(undefined, '/api/a:b')).toMatchObject({ allowed: true, reason: 'public' });
+    // An app that decodes reads /api/a%3Ab as the public /api/a:b; one that routes on the escapes as sent reads another
+    // path, which /** guards: so a token is needed, and /** decides it.
+    expect(await decide(undefined, '/api/a%3Ab')).toMatchObject({ allowed: false, error: { code: 'missing_token' } });
+    expect(await decide(orders, '/api/a%3Ab')).toMatchObject({ allowed: true, reason: 'ok', target: '/api/a%3Ab' });
+    // Brackets, escaped or not, meet the deployer's rule ([ and ] are no RFC 3986 sub-delims, but apps decode them).
+    for (const url of ['/admin/[ops]/x', '/admin/%5Bops%5D/x', '/admin/%5bops%5d/x']) {
+      expect(await decide(orders, url), url).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
+      expect(await decide(deployer, url), url).toMatchObject({ allowed: true });
+    }
+  });
+
   it('a path spelt as apps read it the same (other letter case, the trailing slash toggled) must also pass the earlier rule that spelling meets', async () => {
     const { parts, mint, request } = await setup([
       { match: { path: '/admin/**' }, allow: [{ sub: 'deployer' }] },
@@ -89,7 +109,7 @@ describe('authorizer decide(): the request path', () => {
     expect(await decide(orders, '/admin/users')).toMatchObject({ allowed: false, error: { code: 'policy_denied' } });
     const sidestep = await decide(orders, '/ADMIN/users');
     expect(sidestep).toMatchObject({ allowed: false, error: { code: 'policy_denied' }, rule: { index: 0 } });
-    expect((sidestep as { error: Error }).error.message).toBe('no allow entry of rule 0 (/admin/**), which matches this path spelt in other letter case or with the trailing slash toggled, matched this identity');
+    expect((sidestep as { error: Error }).error.message).toBe('no allow entry of rule 0 (/admin/**), which matches this path spelt in other letter case, with the trailing slash toggled or with its escapes as sent, matched this identity');
     expect(await decide(deployer, '/ADMIN/users')).toMatchObject({ allowed: true, target: '/ADMIN/users', rule: { index: 4 } });
     // /secret/ is /secret to Express without strict routing: the /secret rule applies as well as /**.
     expect(await decide(orders, '/secret/')).toMatchObject({ allowed: false, error: { code: 'policy_denied' }, rule: { index: 2 } });

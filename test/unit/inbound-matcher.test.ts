@@ -174,7 +174,7 @@ describe('compileGlob and the matcher', () => {
     expect(compileGlob('/caf%c3%a9').test(normalizePath('/caf%C3%A9'))).toBe(true);
   });
 
-  it('matches the plain and the escaped spelling of ! $ & \' ( ) + , : = @ as one, as an app that decodes the path reads them, and a literal star only as %2A', () => {
+  it('matches the plain and the escaped spelling of a printable character (! $ & \' ( ) + , : = @ [ ] ...) as one, as an app that decodes the path reads them, and a literal star only as %2A', () => {
     const m = createMatcher([
       { match: { path: '/jobs/*:run' }, id: 'run' },
       { match: { path: '/users/%40admin/**' }, id: 'admin' },
@@ -191,8 +191,10 @@ describe('compileGlob and the matcher', () => {
     // A rule's * is still the wildcard, and a request's star is text it matches like any other.
     expect(ruleFor('/files/a*.txt')).toBe('txt');
     expect(ruleFor('/files/ab')).toBe('any');
-    // Escapes of what would change the path's structure, or of what is not allowed plain, stay escaped.
-    expect(ruleSpelling('/a%3Fb%23c%25d%5B%5D%20%C3%A9')).toBe('/a%3Fb%23c%25d%5B%5D%20%C3%A9');
+    // Every escape of a printable character a path may carry plain is read as that character ([ ] { } | ^ ` " < >
+    // as well as the RFC 3986 sub-delims); those that would change the path's structure, or are not allowed plain, stay.
+    expect(ruleSpelling('/%5Bops%5D%7B%7D%7C%5E%60%22%3C%3E')).toBe('/[ops]{}|^`"<>');
+    expect(ruleSpelling('/a%3Fb%23c%25d%20%C3%A9%3B')).toBe('/a%3Fb%23c%25d%20%C3%A9%3B');
     expect(ruleSpelling('/plain/path')).toBe('/plain/path');
     // The app receives the path as normalised, escapes and all: only the matching reads the other spelling.
     expect(normalizePath('/users/%40admin/keys')).toBe('/users/%40admin/keys');
