@@ -86,11 +86,21 @@ export const ALGORITHMS = [
   'EdDSA', 'Ed25519',
 ] as const;
 
-/** A token header name. `_` is refused: `X_Token` and `X-Token` are one header to CGI-style apps, so dropping one spelling would leave the other. */
+/**
+ * Identity and token header names may hold letters, digits and `-` only. CGI-style apps read every other character
+ * of a name as `_` (lighttpd), or at least `_` and `-` alike (WSGI, Rack, PHP-FPM): `X_Token`, `X.Token` and `X-Token`
+ * are one HTTP_X_TOKEN to them, so a header named with `_` or `.` would have a second spelling the sidecar cannot
+ * tell from its own (a forged copy beside a kept token, two identity values read as one).
+ */
+const PLAIN_HEADER_NAME = /^[A-Za-z0-9-]+$/;
+const PUNCTUATED_NAME_MESSAGE =
+  'must be letters, digits and "-" only: CGI-style apps read "_" and other punctuation as "-" (HTTP_X_PEER_SUB), so another spelling would reach the app as the same header';
+
+/** A token header name (see PLAIN_HEADER_NAME). */
 const headerName = z
   .string()
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
-  .refine((s) => !s.includes('_'), 'must not contain "_" (CGI-style apps and many proxies treat "_" and "-" alike)')
+  .refine((s) => PLAIN_HEADER_NAME.test(s), PUNCTUATED_NAME_MESSAGE)
   .transform((s) => s.toLowerCase());
 
 /**
@@ -179,11 +189,7 @@ const ruleSchema = z
 /** Headers that frame the message, belong to one connection, or carry the caller's own credentials: never an identity header. */
 const RESERVED_FORWARD_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer', 'upgrade', 'keep-alive', 'cookie', 'authorization']);
 
-/**
- * A header the sidecar sets for the app. Besides the reserved names, `_` is
- * refused: CGI-style apps (WSGI, Rack, PHP-FPM) read `X_Peer` and `X-Peer`
- * as the same HTTP_X_PEER, and many proxies drop names with `_`.
- */
+/** A header the sidecar sets for the app: not a reserved name, and letters, digits and `-` only (see PLAIN_HEADER_NAME). */
 const checkedForwardHeaderName = z
   .string()
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
@@ -192,9 +198,7 @@ const checkedForwardHeaderName = z
     if (RESERVED_FORWARD_HEADERS.has(lower) || lower.startsWith('proxy-')) {
       ctx.addIssue({ code: 'custom', message: `"${lower}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*` });
     }
-    if (lower.includes('_')) {
-      ctx.addIssue({ code: 'custom', message: 'must not contain "_": CGI-style apps read "_" and "-" alike (HTTP_X_PEER_SUB) and many proxies drop such headers' });
-    }
+    if (!PLAIN_HEADER_NAME.test(lower)) ctx.addIssue({ code: 'custom', message: PUNCTUATED_NAME_MESSAGE });
   });
 const forwardHeaderName = checkedForwardHeaderName.transform((s) => s.toLowerCase());
 // Header names take their defaults with `prefault` (a default input, parsed like one written) rather than `default`:
