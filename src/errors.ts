@@ -116,13 +116,30 @@ export class TokenUnavailableError extends SidecarError {
   readonly oauthError: string | undefined;
   /** How long the IdP asked us to wait before asking again (its `Retry-After`, ms), when it said. */
   readonly retryAfterMs: number | undefined;
-  /** Monotonic clock time (ms) of the token cache's next request for this token, once it has chosen one: the app's `Retry-After`. */
-  retryAt: number | undefined;
-  constructor(message: string, oauthError?: string, options?: { cause?: unknown; retryAfterMs?: number | undefined }) {
+  /** Asking again soon would get the same answer (a token for another audience): retried at the backoff's ceiling. */
+  readonly lasting: boolean;
+  /** Monotonic clock time (ms) of the token cache's next request for this binding's token: the app's `Retry-After`. */
+  readonly retryAt: number | undefined;
+  constructor(
+    message: string,
+    oauthError?: string,
+    options?: { cause?: unknown; retryAfterMs?: number | undefined; lasting?: boolean; retryAt?: number | undefined },
+  ) {
     super('token_unavailable', message, 503, options?.cause === undefined ? undefined : { cause: options.cause });
     this.oauthError = oauthError;
     this.retryAfterMs = options?.retryAfterMs;
-    this.retryAt = undefined;
+    this.lasting = options?.lasting ?? false;
+    this.retryAt = options?.retryAt;
+  }
+
+  /** The same failure for one binding, with when that binding asks next (one failed request can fail several). */
+  retryingAt(retryAt: number): TokenUnavailableError {
+    return new TokenUnavailableError(this.message, this.oauthError, {
+      ...(this.cause === undefined ? {} : { cause: this.cause }),
+      retryAfterMs: this.retryAfterMs,
+      lasting: this.lasting,
+      retryAt,
+    });
   }
 }
 

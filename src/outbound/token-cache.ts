@@ -227,8 +227,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       })
       .catch((raw: unknown) => {
         const err = asTokenError(raw);
-        if (isCurrent(e)) noteFailure(e, err, false);
-        throw err;
+        throw isCurrent(e) ? noteFailure(e, err, false) : err;
       })
       .finally(() => {
         if (e.inflight === p) e.inflight = undefined;
@@ -326,8 +325,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       // the IdP: counted and logged, every reload during a renewal would report an IdP failure that never happened.
       // A fetch a successor adopted is the exception while it waits for it: its source stays open, so it really failed.
       if (closed && !(e.inflight && handedOver.has(e.inflight))) throw err;
-      noteFailure(e, err, true);
-      throw err;
+      throw noteFailure(e, err, true);
     }
     const now = clock.now();
     // A fetch that brings back the very token held, on a change (the file touched, or rewritten with the same
@@ -360,24 +358,28 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     if (!closed) arm(e, e.refreshAt);
   };
 
-  /** Backs off after a failed request and schedules the retry; `count`: metric and audit line (the cache that sent it). */
-  const noteFailure = (e: Entry, err: TokenUnavailableError, count: boolean): void => {
+  /**
+   * Backs off after a failed request and schedules the retry; `count`: metric and audit line (the cache that sent it).
+   * Returns the failure as this binding's callers get it, with when the binding asks next (TokenUnavailableError.retryAt).
+   */
+  const noteFailure = (e: Entry, err: TokenUnavailableError, count: boolean): TokenUnavailableError => {
     const { source, audience, scopes } = e.binding;
     const now = clock.now();
     e.failures += 1;
-    e.lastError = err;
     // With no usable token every call is failing, so retry sooner: a recovered IdP should
     // bring calls back within seconds, not after a full backoff ceiling.
     const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
-    // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to retryMaxSeconds.
-    const asked = err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
+    // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to
+    // retryMaxSeconds; a failure that asking again soon would only repeat (a token for another audience, each one
+    // minted for nothing) waits the whole of it.
+    const asked = err.lasting ? retryMaxMs : err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
     const backoffMs = Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
     // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
     // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.
     const retryInMs = isValid(e, now) ? Math.min(backoffMs, e.token.expiresAt - now) : backoffMs;
     e.retryAt = clock.monotonic() + retryInMs;
     // Every call refused with this error until then is told when to come back (the outbound 503's Retry-After).
-    err.retryAt = e.retryAt;
+    e.lastError = err.retryingAt(e.retryAt);
     if (count) {
       const result = resultLabel(err);
       metrics.tokenRequests.inc({ source: source.kind, audience, result });
@@ -393,6 +395,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       });
     }
     if (!closed) armIn(e, retryInMs);
+    return e.lastError;
   };
 
   const peek = (binding: TokenBinding): string | undefined => {

@@ -580,6 +580,41 @@ describe('token cache (clock-controlled, real client_credentials source against 
     }
   });
 
+  it('a token for another audience than asked is not asked for again soon: each retry would mint one more for nothing, so the cache waits its longest', async () => {
+    stub.reply = () => ({ body: { access_token: rawToken({ alg: 'RS256' }, { aud: 'ledger', exp: Math.floor(time.now() / 1000) + TTL_S }, 'c2ln'), token_type: 'Bearer', expires_in: TTL_S } });
+    const start = time.now();
+    const err = await cache.get(binding).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TokenUnavailableError);
+    expect((err as Error).message).toMatch(/the token is for aud "ledger", not "payments" as asked/);
+    // retryMaxSeconds (60 by default), not the 1-5 s of a transient failure with no token held.
+    expect(time.pending()).toEqual([start + 60_000]);
+    expect((err as TokenUnavailableError).retryAt).toBe(time.clock.monotonic() + 60_000);
+  });
+
+  it('one failed request that fails several bindings (a shared discovery) gives each binding its own error, with its own next attempt', async () => {
+    const discovery = await startStubTokenEndpoint(() => ({ status: 503, body: { error: 'temporarily_unavailable' } }));
+    const source = createTokenSource(
+      tokenSourceSchema.parse({ type: 'client_credentials', issuer: discovery.origin, clientId: 'orders', clientSecret: SECRET }),
+      { clock: time.clock, env: {}, timeoutMs: 5000, configPath: 'outbound.tokenSource' },
+    );
+    try {
+      const a: TokenBinding = { key: 'a', identity: 'a', requestIdentity: 'a', source, audience: 'payments', scopes: [] };
+      const b: TokenBinding = { key: 'b', identity: 'b', requestIdentity: 'b', source, audience: 'ledger', scopes: [] };
+      const [errA, errB] = await Promise.all([cache.get(a).catch((e: unknown) => e), cache.get(b).catch((e: unknown) => e)]);
+      expect(discovery.requests).toHaveLength(1);
+      expect(errA).toBeInstanceOf(TokenUnavailableError);
+      expect(errB).toBeInstanceOf(TokenUnavailableError);
+      expect(errA).not.toBe(errB);
+      expect((errA as TokenUnavailableError).retryAt).toBeGreaterThan(time.clock.monotonic());
+      // During the backoff each binding answers with its own.
+      await expect(cache.get(a)).rejects.toBe(errA);
+      await expect(cache.get(b)).rejects.toBe(errB);
+    } finally {
+      await source.close();
+      await discovery.close();
+    }
+  });
+
   it('close() cancels renewals and refuses further calls', async () => {
     await cache.get(binding);
     expect(time.pending()).toHaveLength(1);

@@ -53,7 +53,8 @@ export function assertIssuedFor(issued: IssuedToken, audience: string, what: str
   const list: unknown[] = Array.isArray(aud) ? aud : [aud];
   if (list.includes(audience)) return issued;
   const shown = list.slice(0, 3).map((a) => JSON.stringify(String(a).slice(0, 128))).join(', ') + (list.length > 3 ? ', …' : '');
-  throw new TokenUnavailableError(`${what}: the token is for aud ${shown || '[]'}, not ${JSON.stringify(audience)} as asked${hint}`);
+  // Lasting: the IdP would mint another such token at every retry, so the cache waits its longest before asking again.
+  throw new TokenUnavailableError(`${what}: the token is for aud ${shown || '[]'}, not ${JSON.stringify(audience)} as asked${hint}`, undefined, { lasting: true });
 }
 
 /**
