@@ -82,8 +82,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       path: opts.path,
       headers,
       agent: false,
-      // The connect first, as for plain requests; the answer's own limit once connected (below).
-      timeout: opts.connectTimeoutMs,
+      timeout: opts.timeoutMs,
       ...(opts.ca ? { ca: opts.ca } : {}),
     });
 
@@ -107,11 +106,15 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
     };
     socket.once('close', onClientClose);
 
+    // The TCP (and TLS) connect has a deadline of its own, as undici gives plain requests: not the socket's idle timer,
+    // which an upstream trickling handshake bytes would keep from ever firing.
     let connected = false;
+    const connectDeadline = setTimeout(() => upReq.destroy(new UpstreamError('upstream_connect_failed', 'upstream is unreachable')), opts.connectTimeoutMs);
+    upReq.once('close', () => clearTimeout(connectDeadline));
     upReq.once('socket', (s: Socket) => {
       s.once(isHttps ? 'secureConnect' : 'connect', () => {
         connected = true;
-        upReq.setTimeout(opts.timeoutMs);
+        clearTimeout(connectDeadline);
       });
     });
     upReq.on('timeout', () => {
