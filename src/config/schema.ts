@@ -7,7 +7,7 @@ import { downgradesToCleartext } from '../oidc/discovery.js';
 import { canonicalHost } from '../outbound/canonical-host.js';
 import { parseAuthority, routeKey } from '../outbound/router.js';
 import { isFileName } from '../outbound/sources/file.js';
-import { isHopByHop } from '../proxy/headers.js';
+import { cgiSpelling, isHopByHop } from '../proxy/headers.js';
 import { MAX_TIMER_MS } from '../scheduler.js';
 
 /**
@@ -87,20 +87,20 @@ export const ALGORITHMS = [
 ] as const;
 
 /**
- * Identity and token header names may hold letters, digits and `-` only. CGI-style apps read every other character
- * of a name as `_` (lighttpd), or at least `_` and `-` alike (WSGI, Rack, PHP-FPM): `X_Token`, `X.Token` and `X-Token`
- * are one HTTP_X_TOKEN to them, so a header named with `_` or `.` would have a second spelling the sidecar cannot
- * tell from its own (a forged copy beside a kept token, two identity values read as one).
+ * Identity and token header names may hold letters, digits and `-` only: a name with other punctuation has a
+ * cgiSpelling, another name a CGI-style app reads as the same variable (`X_Token`, `X.Token` and `X-Token` are one
+ * HTTP_X_TOKEN), which the sidecar could not tell from its own (a forged copy beside a kept token, two identity
+ * values read as one).
  */
-const PLAIN_HEADER_NAME = /^[A-Za-z0-9-]+$/;
+const isPlainHeaderName = (name: string) => cgiSpelling(name.toLowerCase()) === undefined;
 const PUNCTUATED_NAME_MESSAGE =
   'must be letters, digits and "-" only: CGI-style apps read "_" and other punctuation as "-" (HTTP_X_PEER_SUB), so another spelling would reach the app as the same header';
 
-/** A token header name (see PLAIN_HEADER_NAME). */
+/** A token header name (see isPlainHeaderName). */
 const headerName = z
   .string()
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
-  .refine((s) => PLAIN_HEADER_NAME.test(s), PUNCTUATED_NAME_MESSAGE)
+  .refine(isPlainHeaderName, PUNCTUATED_NAME_MESSAGE)
   .transform((s) => s.toLowerCase());
 
 /**
@@ -189,7 +189,7 @@ const ruleSchema = z
 /** Headers that frame the message, belong to one connection, or carry the caller's own credentials: never an identity header. */
 const RESERVED_FORWARD_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer', 'upgrade', 'keep-alive', 'cookie', 'authorization']);
 
-/** A header the sidecar sets for the app: not a reserved name, and letters, digits and `-` only (see PLAIN_HEADER_NAME). */
+/** A header the sidecar sets for the app: not a reserved name, and letters, digits and `-` only (see isPlainHeaderName). */
 const checkedForwardHeaderName = z
   .string()
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
@@ -198,7 +198,7 @@ const checkedForwardHeaderName = z
     if (RESERVED_FORWARD_HEADERS.has(lower) || lower.startsWith('proxy-')) {
       ctx.addIssue({ code: 'custom', message: `"${lower}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*` });
     }
-    if (!PLAIN_HEADER_NAME.test(lower)) ctx.addIssue({ code: 'custom', message: PUNCTUATED_NAME_MESSAGE });
+    if (!isPlainHeaderName(lower)) ctx.addIssue({ code: 'custom', message: PUNCTUATED_NAME_MESSAGE });
   });
 const forwardHeaderName = checkedForwardHeaderName.transform((s) => s.toLowerCase());
 // Header names take their defaults with `prefault` (a default input, parsed like one written) rather than `default`:

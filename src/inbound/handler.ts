@@ -172,7 +172,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
     target: targetUrl,
     targetPrefix,
     timeoutMs: limits.upstreamTimeoutSeconds * 1000,
-        connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
+    connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
     idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
     own,
     refused,

@@ -109,7 +109,8 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
     // The TCP (and TLS) connect has a deadline of its own, as undici gives plain requests: not the socket's idle timer,
     // which an upstream trickling handshake bytes would keep from ever firing.
     let connected = false;
-    const connectDeadline = setTimeout(() => upReq.destroy(new UpstreamError('upstream_connect_failed', 'upstream is unreachable')), opts.connectTimeoutMs);
+    const unreachable = () => new UpstreamError('upstream_connect_failed', 'upstream is unreachable');
+    const connectDeadline = setTimeout(() => upReq.destroy(unreachable()), opts.connectTimeoutMs);
     upReq.once('close', () => clearTimeout(connectDeadline));
     upReq.once('socket', (s: Socket) => {
       s.once(isHttps ? 'secureConnect' : 'connect', () => {
@@ -118,11 +119,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       });
     });
     upReq.on('timeout', () => {
-      upReq.destroy(
-        !connected
-          ? new UpstreamError('upstream_connect_failed', 'upstream is unreachable')
-          : new UpstreamError('upstream_timeout', 'upstream did not answer the upgrade in time'),
-      );
+      upReq.destroy(connected ? new UpstreamError('upstream_timeout', 'upstream did not answer the upgrade in time') : unreachable());
     });
     upReq.on('error', (err) => fail(toUpstreamError(err)));
 
@@ -171,14 +168,13 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       // The relayed body ends where the connection ends: one the upstream cut short must not end in an orderly close,
       // which would read as the whole body (cutResponse).
       upRes.on('error', () => resetSocket(socket));
-      upRes.on('close', () => {
+      const cutIfIncomplete = () => {
         if (!upRes.complete) resetSocket(socket);
-      });
+      };
+      upRes.on('close', cutIfIncomplete);
       // Node's client completes a body delimited by the connection's end also when the connection is reset, but it
       // reports the reset on the request first (socketErrorListener), while the body is not complete yet.
-      upReq.on('error', () => {
-        if (!upRes.complete) resetSocket(socket);
-      });
+      upReq.on('error', cutIfIncomplete);
       socket.on('close', () => upRes.destroy());
       resolve(status);
     });

@@ -22,9 +22,10 @@ export interface TokenEndpoint {
   /**
    * POSTs a token request (RFC 6749 §4.4.2 / RFC 8693 §2.1) with client
    * authentication and returns the token. `tokenTypes` are the accepted
-   * `token_type` values, lower-case (absent is accepted).
+   * `token_type` values, lower-case (absent is accepted). `audience`: the
+   * audience the form names (audienceParam resource or audience), which the
+   * token must then be for.
    */
-  /** `audience`: the audience the form names (audienceParam resource or audience), which the token must then be for. */
   request(form: URLSearchParams, auth: ClientAuth, tokenTypes: readonly string[], audience?: string): Promise<IssuedToken>;
   close(): Promise<void>;
 }
