@@ -5,13 +5,18 @@
 // V8's heap settings go in before anything else is loaded: the first full GC already runs while the modules
 // load, and the old-generation limit it sets holds until the next one (docs/performance.md).
 import { tuneRuntimeForProxy } from '../dist/bundle/runtime.js';
+import { holdStopSignals } from '../dist/bundle/startup-signals.js';
 
 tuneRuntimeForProxy();
 // To a sidecar, SIGHUP means "reload". Until `run` installs that handler, once its modules are loaded and it
 // listens, Node's default for SIGHUP would end the process; a sidecar ignores it instead. The config that
 // startup reads is the newest, and with `lifecycle.watchConfig` an edit that lands meanwhile still triggers a
-// reload (the watch compares with what startup read).
-if (process.argv[2] === 'run') process.on('SIGHUP', () => {});
+// reload (the watch compares with what startup read). SIGTERM and SIGINT are held until then, and `run` stops as
+// soon as it can, in the usual way, rather than being ended without a word by Node's default (src/startup-signals.ts).
+if (process.argv[2] === 'run') {
+  process.on('SIGHUP', () => {});
+  holdStopSignals();
+}
 const { main } = await import('../dist/bundle/main.js');
 
 main(process.argv.slice(2)).then(

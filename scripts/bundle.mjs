@@ -18,7 +18,7 @@ const outdir = `${root}dist/bundle`;
 await rm(outdir, { recursive: true, force: true });
 const { metafile } = await build({
   absWorkingDir: root,
-  entryPoints: { main: 'dist/main.js', cli: 'dist/cli.js', runtime: 'dist/proxy/runtime.js' },
+  entryPoints: { main: 'dist/main.js', cli: 'dist/cli.js', runtime: 'dist/proxy/runtime.js', 'startup-signals': 'dist/startup-signals.js' },
   outdir,
   bundle: true,
   // Code that only `demo` and `dev-issuer` load stays in chunks of its own, read when those commands run.

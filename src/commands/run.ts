@@ -10,6 +10,7 @@ import { ConfigError, SidecarError, UsageError, formatIssue } from '../errors.js
 import { logCrashes } from '../crash.js';
 import { abandonUnwrittenLogs, createLogger, type Logger } from '../log.js';
 import { tuneRuntimeForProxy } from '../proxy/runtime.js';
+import { releaseStopSignals } from '../startup-signals.js';
 import { withConfigOption } from './shared.js';
 
 /**
@@ -75,7 +76,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       process.on('SIGHUP', () => reload('SIGHUP'));
 
       const failure = await new Promise<unknown>((resolve) => {
-        const stop = (signal: NodeJS.Signals) => {
+        const stop = (signal: NodeJS.Signals, whileStarting = false) => {
           // A second signal must not end the drain it started: with `once`, a second SIGTERM would fall to Node's
           // default and kill the process mid-drain. A second SIGTERM is ignored (an orchestrator's SIGKILL is the
           // hard stop); SIGINT is a second Ctrl-C, someone at a terminal who wants out now: exit 130 at once,
@@ -86,7 +87,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             logger.flush();
             process.exit(130);
           }
-          logger.info({ event: 'signal', signal }, `received ${signal}`);
+          logger.info({ event: 'signal', signal, ...(whileStarting && { whileStarting }) }, `received ${signal}${whileStarting ? ' while starting' : ''}`);
           stopping = true;
           watch.stop();
           // A reload under way gives up at once (app.shutdown); one queued behind it never starts (`stopping`).
@@ -94,6 +95,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
         };
         process.on('SIGTERM', stop);
         process.on('SIGINT', stop);
+        // Only now, with these listening, do the launcher's stop up: a moment with neither would leave Node's default.
+        const heldSignal = releaseStopSignals();
+        if (heldSignal) stop(heldSignal, true);
       });
       logger.flush();
       // Everything we own is closed; should a library still hold a handle, it must not keep a

@@ -60,6 +60,12 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
   it('is what the launcher runs', () => {
     expect(launcher).toContain(`'../${main}'`);
     expect(launcher).toContain(`'../${outputOf('dist/proxy/runtime.js')}'`);
+    expect(launcher).toContain(`'../${outputOf('dist/startup-signals.js')}'`);
+    // The launcher holds the stop signals in the module that `run` takes them from: one copy of it, or `run` would
+    // read a copy that never saw them.
+    const holders = Object.entries(outputs).filter(([, o]) => (o.inputs['dist/startup-signals.js']?.bytesInOutput ?? 0) > 0);
+    expect(holders).toHaveLength(1);
+    expect(staticallyLoaded(main).has(holders[0]![0])).toBe(true);
     // The full CLI is there for every other command line, loaded on demand.
     expect(outputs[main]!.imports).toContainEqual(expect.objectContaining({ path: cli, kind: 'dynamic-import' }));
   });

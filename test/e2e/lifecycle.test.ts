@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -361,49 +361,88 @@ describe('reload', () => {
   });
 });
 
+/**
+ * Starts a sidecar and calls `signal(child)` once the launcher starts loading the bundle, as a module hook reports
+ * (test/support/bundle-loads/): from then on the launcher's own signal listeners are in place, while most of the
+ * sidecar's startup (the bundle itself, the config, the listeners) is still ahead.
+ */
+function startAndSignalEarly(service: string, signal: (child: ChildProcess) => void) {
+  const config = writeConfig({ service, admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } });
+  const hook = resolve(import.meta.dirname, '../support/bundle-loads/register.mjs');
+  const child = spawn(process.execPath, [BIN, 'run', '--config', config], {
+    env: { ...process.env, NODE_OPTIONS: `--import="${hook}"` },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out = { stdout: '', stderr: '' };
+  let signalled = false;
+  child.stdout.on('data', (d) => (out.stdout += d));
+  child.stderr.on('data', (d) => {
+    out.stderr += d;
+    if (!signalled && out.stderr.includes('bundle-load: main.js')) {
+      signalled = true;
+      signal(child);
+    }
+  });
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.once('exit', (code, sig) => r([code, sig])));
+  return { child, out, exited };
+}
+
 describe('SIGHUP while the sidecar starts', () => {
   it('is ignored until the sidecar listens (Node would end the process), then reloads as usual', async () => {
-    const config = writeConfig({ service: 'early-hup', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } });
-    // The module hook reports when the launcher starts loading the bundle (test/support/bundle-loads/): from then
-    // on the sidecar has its own SIGHUP listener, while most of its startup is still ahead.
-    const hook = resolve(import.meta.dirname, '../support/bundle-loads/register.mjs');
-    const child = spawn(process.execPath, [BIN, 'run', '--config', config], {
-      env: { ...process.env, NODE_OPTIONS: `--import="${hook}"` },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
     let hups = 0;
     let timer: NodeJS.Timeout | undefined;
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => {
-      stderr += d;
-      if (!timer && stderr.includes('bundle-load: main.js')) {
-        timer = setInterval(() => {
-          if (stdout.includes('"event":"started"')) return clearInterval(timer);
-          hups++;
-          child.kill('SIGHUP');
-        }, 2);
-      }
+    const { child, out, exited } = startAndSignalEarly('early-hup', (c) => {
+      timer = setInterval(() => {
+        if (out.stdout.includes('"event":"started"')) return clearInterval(timer);
+        hups++;
+        c.kill('SIGHUP');
+      }, 2);
     });
-    const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.once('exit', (code, signal) => r([code, signal])));
     try {
       const started = await Promise.race([
         (async () => {
-          while (!stdout.includes('"event":"started"')) await new Promise((r) => setTimeout(r, 10));
+          while (!out.stdout.includes('"event":"started"')) await new Promise((r) => setTimeout(r, 10));
           return true;
         })(),
         exited.then(() => false),
       ]);
-      expect(started, `the process ended after ${hups} SIGHUPs:\n${stderr}`).toBe(true);
+      expect(started, `the process ended after ${hups} SIGHUPs:\n${out.stderr}`).toBe(true);
       expect(hups).toBeGreaterThan(0);
       // Started: SIGHUP is the reload signal again.
       child.kill('SIGHUP');
-      while (!stdout.includes('"event":"config_reloaded"')) await new Promise((r) => setTimeout(r, 10));
+      while (!out.stdout.includes('"event":"config_reloaded"')) await new Promise((r) => setTimeout(r, 10));
       child.kill('SIGTERM');
       expect(await exited).toEqual([0, null]);
     } finally {
       clearInterval(timer);
+      child.kill('SIGKILL');
+    }
+  });
+});
+
+describe('SIGTERM and SIGINT while the sidecar starts', () => {
+  it('SIGTERM is held until the sidecar can stop the usual way (Node would end it with 143 and no log line): started, signal, drained, exit 0', async () => {
+    const { child, out, exited } = startAndSignalEarly('early-term', (c) => c.kill('SIGTERM'));
+    try {
+      expect(await exited, out.stderr).toEqual([0, null]);
+      const events = out.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event?: string; signal?: string; whileStarting?: boolean });
+      const lifecycle = ['started', 'signal', 'shutdown', 'stopped'];
+      expect(events.map((e) => e.event).filter((e) => lifecycle.includes(e!))).toEqual(lifecycle);
+      expect(events.find((e) => e.event === 'signal')).toMatchObject({ signal: 'SIGTERM', whileStarting: true });
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  it('a second SIGINT while starting (Ctrl-C twice) ends it at once with exit 130', async () => {
+    // Apart, so that the kernel delivers both rather than merging the second into the first still pending.
+    const { child, out, exited } = startAndSignalEarly('early-int', (c) => {
+      c.kill('SIGINT');
+      setTimeout(() => c.kill('SIGINT'), 20);
+    });
+    try {
+      expect(await exited, out.stderr).toEqual([130, null]);
+    } finally {
       child.kill('SIGKILL');
     }
   });
