@@ -93,8 +93,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
           // A reload under way gives up at once (app.shutdown); one queued behind it never starts (`stopping`).
           shutDown(app, logger).then(() => resolve(undefined), resolve);
         };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
+        // Not `stop` itself: Node passes a signal listener the signal's number too, which would land in `whileStarting`.
+        process.on('SIGTERM', (signal) => stop(signal));
+        process.on('SIGINT', (signal) => stop(signal));
         // Only now, with these listening, do the launcher's stop up: a moment with neither would leave Node's default.
         const heldSignal = releaseStopSignals();
         if (heldSignal) stop(heldSignal, true);

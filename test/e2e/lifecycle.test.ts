@@ -96,6 +96,9 @@ describe('SIGTERM drains in-flight requests', () => {
     while (app.seen.length < before + 8) await new Promise((r) => setTimeout(r, 20));
     sidecar.signal('SIGTERM');
     await sidecar.waitForLog((l) => l.event === 'shutdown');
+    // A signal after startup is an ordinary one (one held while starting says `whileStarting: true`).
+    expect(sidecar.logs.find((l) => l.event === 'signal')).toEqual(expect.objectContaining({ signal: 'SIGTERM', msg: 'received SIGTERM' }));
+    expect(sidecar.logs.find((l) => l.event === 'signal')).not.toHaveProperty('whileStarting');
 
     const ready = await fetch(`${sidecar.admin}/readyz`);
     expect(ready.status).toBe(503);
@@ -442,6 +445,8 @@ describe('SIGTERM and SIGINT while the sidecar starts', () => {
     });
     try {
       expect(await exited, out.stderr).toEqual([130, null]);
+      // Ended while starting, not by the second Ctrl-C of a drain.
+      expect(out.stdout).not.toContain('"event":"started"');
     } finally {
       child.kill('SIGKILL');
     }
