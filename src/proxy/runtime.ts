@@ -25,8 +25,14 @@ const HEAP_GROWING_PERCENT = 50;
  *   CPU per proxied request measured the same. Wasm flags are read when a
  *   module is compiled, and undici compiles its parser lazily.
  * - A smaller old-generation growth factor (read at every full GC).
+ * - JavaScript goes from the interpreter straight to TurboFan, with neither of V8's in-between tiers: Sparkplug
+ *   (baseline code for every warm function) and Maglev (a second optimising compiler, on by default from Node 24,
+ *   and in Node 22 before 22.9). A proxy's hot path ends in TurboFan either way; the in-between tiers' code and
+ *   compile memory only added to the peak: 2-4 MiB on Node 24, 1.5-2 MiB on Node 22, for the same CPU per request
+ *   under load. V8 reads both when it decides to tier a function up, so setting them here, before the bundle
+ *   loads, takes effect for all of our code.
  *
- * Both are runtime-settable; the young generation size is not, hence the
+ * All of these can be set at run time; the young generation size cannot, hence the
  * `NODE_OPTIONS=--max-semi-space-size=2` in the container image.
  */
 export function tuneRuntimeForProxy(): void {
@@ -37,5 +43,7 @@ export function tuneRuntimeForProxy(): void {
   setFlagsFromString('--no-wasm-dynamic-tiering');
   setFlagsFromString('--no-wasm-tier-up');
   setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
+  setFlagsFromString('--no-sparkplug');
+  setFlagsFromString('--no-maglev');
 }
 

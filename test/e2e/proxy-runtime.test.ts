@@ -80,6 +80,36 @@ describe('runtime footprint choices (docs/performance.md)', () => {
     expect(JSON.parse(untuned.stdout)).toEqual({ liftoff: false, turbofan: true });
   });
 
+  // Sparkplug (baseline code for every warm function) and Maglev (Node 24's default mid-tier compiler) only add code
+  // and compile memory to a proxy whose hot path ends in TurboFan anyway (docs/performance.md, "Memory"). The tier is
+  // read after every call, so a tier the function passes through is seen however briefly it lasts. V8 compiles
+  // Sparkplug code in batches, and a lone hot function sometimes reached TurboFan before its batch was due; with
+  // batching off, both probes see Sparkplug every time it is on.
+  it('sends hot JavaScript from the interpreter straight to TurboFan, and without the settings V8 would use a tier in between', async () => {
+    const probe = (tune: boolean) => `
+      ${tune ? `(await import(${JSON.stringify(`${DIST}/proxy/runtime.js`)})).tuneRuntimeForProxy();` : ''}
+      function f(a) { let s = 0; for (let i = 0; i < 50; i++) s += (a * i) ^ i; return s; }
+      const between = new Set();
+      let x = 0;
+      const deadline = Date.now() + 5000;
+      do {
+        for (let i = 0; i < 200; i++) {
+          x = f(x & 0xff);
+          if (%ActiveTierIsSparkplug(f)) between.add('sparkplug');
+          if (%ActiveTierIsMaglev(f)) between.add('maglev');
+        }
+        await new Promise((r) => setImmediate(r));
+      } while (!%ActiveTierIsTurbofan(f) && Date.now() < deadline);
+      console.log(JSON.stringify({ between: [...between], turbofan: %ActiveTierIsTurbofan(f) }));
+    `;
+    const flags = ['--allow-natives-syntax', '--no-baseline-batch-compilation'];
+    const tuned = await runFresh(probe(true), flags);
+    expect(tuned.stderr).toBe('');
+    expect(JSON.parse(tuned.stdout)).toEqual({ between: [], turbofan: true });
+    const untuned = await runFresh(probe(false), flags);
+    expect(JSON.parse(untuned.stdout).between).not.toEqual([]);
+  });
+
   // Linux only: /proc/<pid>/status counts the main thread's voluntary context switches, i.e. how often it slept
   // and was woken. A count, not a duration, so a busy machine does not make it fail.
   it.runIf(process.platform === 'linux')('lets an idle sidecar sleep: its event loop wakes ~10 times a second, not 100, and still reports its lag', async () => {
