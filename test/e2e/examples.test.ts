@@ -79,6 +79,16 @@ describe('shipped configs validate with the CLI', () => {
     expect(uncovered).toEqual([]);
   });
 
+  // Kubernetes puts <SERVICE>_PORT=tcp://ip:port, <SERVICE>_SERVICE_HOST and the like into every pod of a namespace
+  // (service links, on by default): a config variable of that shape, such as APP_PORT, takes a Service's address as
+  // soon as someone creates a Service with that name, and every sidecar of the namespace then fails to start.
+  it('reads no ${VAR} whose name Kubernetes service links can set', () => {
+    const serviceLink = /(_SERVICE_HOST|_SERVICE_PORT|_PORT|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$/;
+    const names = new Set(sidecarConfigSets().flatMap((set) => set.layers.flatMap((l) => [...readFileSync(at(l), 'utf8').matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1]!))));
+    expect(names).toContain('OIDC_SIDECAR_APP_URL');
+    expect([...names].filter((n) => serviceLink.test(n))).toEqual([]);
+  });
+
   it('the Kubernetes ConfigMap sources are exactly config/base.yaml and config/namespaces/<ns>.yaml', () => {
     expect(readFileSync(at('examples/kubernetes/base/config/base.yaml'), 'utf8')).toBe(readFileSync(at('config/base.yaml'), 'utf8'));
     const overlays = readdirSync(at('examples/kubernetes/overlays'));
@@ -470,7 +480,7 @@ describe('ci deploy gate example', () => {
     const cfg = parse(readFileSync(join(gate, 'deployer-sidecar.yaml'), 'utf8'));
     cfg.inbound.listen = '127.0.0.1:0';
     cfg.admin.listen = '127.0.0.1:0';
-    sidecar = await startSidecar(cfg, { env: { DEPLOY_GATE_ISSUER: idp.issuer, DEPLOYER_PORT: String(new URL(deployer.url).port) } });
+    sidecar = await startSidecar(cfg, { env: { DEPLOY_GATE_ISSUER: idp.issuer, DEPLOYER_APP_URL: deployer.url } });
     const deploy = (token: string | undefined, method = 'POST') =>
       fetch(`${sidecar!.inbound}/deploy`, { method, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(method === 'POST' ? { body: '{"sha":"abc"}' } : {}) });
 
