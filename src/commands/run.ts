@@ -138,7 +138,7 @@ async function reloadFrom(
 ): Promise<{ config: Config; baselines: { config: FileSignatures; ca: FileSignatures } } | undefined> {
   let next: Config;
   try {
-    next = loadConfig(paths, process.env, { checkSourceFiles: true });
+    next = loadConfig(paths, process.env, { checkSourceFiles: true, regularFilesOnly: true });
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
     // A config file that cannot be read is a UsageError to the CLI; its `usage` code would only puzzle in a log line.

@@ -46,6 +46,8 @@ export interface LoadOptions {
    * half-written.
    */
   checkSourceFiles?: boolean;
+  /** Config files must be regular files (see readBoundedText): what a reload reads. Default false. */
+  regularFilesOnly?: boolean;
 }
 
 /**
@@ -54,7 +56,7 @@ export interface LoadOptions {
  * every problem as `path.to.key: message`.
  */
 export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
-  const files = readLayers(paths);
+  const files = readLayers(paths, opts.regularFilesOnly);
   const issues: ConfigIssue[] = [];
   const layers = files.map((file, i) => {
     const found: ConfigIssue[] = [];
@@ -93,12 +95,12 @@ function shapeIssuesBeside(merged: unknown, files: readonly ConfigFile[], report
 }
 
 /** Reads every layer; the problems of all of them (a YAML error in two files) are reported together. */
-function readLayers(paths: readonly string[]): ConfigFile[] {
+function readLayers(paths: readonly string[], regularFileOnly = false): ConfigFile[] {
   const files: ConfigFile[] = [];
   const problems: ConfigIssue[] = [];
   for (const path of paths) {
     try {
-      files.push(readLayer(path));
+      files.push(readLayer(path, regularFileOnly));
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       problems.push(...err.issues);
@@ -113,7 +115,7 @@ function readLayers(paths: readonly string[]): ConfigFile[] {
  * does), with each issue's line and file as loadConfig gives them. The files are read again: they are small.
  */
 export function locateConfigError(paths: readonly string[], err: ConfigError): ConfigError {
-  return locatedIn(err, paths.map(readLayer));
+  return locatedIn(err, paths.map((path) => readLayer(path, false)));
 }
 
 function locatedIn(err: ConfigError, files: readonly ConfigFile[]): ConfigError {
@@ -237,10 +239,10 @@ function removesRules(layer: unknown): boolean {
 /** A config file larger than this is refused before it is parsed: real ones are a few KiB, and parsing costs ~100× the file in memory. */
 const MAX_CONFIG_BYTES = 1024 * 1024;
 
-function readLayer(path: string): ConfigFile {
+function readLayer(path: string, regularFileOnly: boolean): ConfigFile {
   let text: string;
   try {
-    text = readBoundedText(path, MAX_CONFIG_BYTES, 'no sidecar config needs');
+    text = readBoundedText(path, MAX_CONFIG_BYTES, 'no sidecar config needs', { regularFileOnly });
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     // `--config base.yaml,ns.yaml` is one path: only OIDC_SIDECAR_CONFIG is split at commas.

@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 
@@ -6,23 +6,53 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
  * A config file's text (or the dev issuer's clients file's), read to its end but never past `maxBytes` (a
  * ConfigError). A FIFO or /dev/stdin (`--config <(envsubst < cfg.yaml)`) is read too, so nothing is refused on what
  * stat says: the cap is on the bytes read, which also stops a device that never ends (`--config /dev/zero` grew to
- * gigabytes) and a file growing meanwhile.
+ * gigabytes) and a file growing meanwhile. With `regularFileOnly` (a reload) anything else is refused without
+ * waiting on it: a pipe was read at startup and has nothing more, and a FIFO put in the file's place would hold the
+ * sidecar's one thread until something wrote to it.
+ * The text must be UTF-8: decoded leniently, a Latin-1 `é` in a claim value or a secret would silently become U+FFFD.
  */
-export function readBoundedText(path: string, maxBytes: number, why: string): string {
-  const fd = openSync(path, 'r');
+export function readBoundedText(path: string, maxBytes: number, why: string, { regularFileOnly = false } = {}): string {
+  const fd = openSync(path, regularFileOnly ? constants.O_RDONLY | constants.O_NONBLOCK : 'r');
   try {
+    if (regularFileOnly && !fstatSync(fd).isFile()) {
+      throw new ConfigError([{ path, message: 'not a regular file: a reload reads the config files again, which a pipe or device cannot give; restart the sidecar to read it' }]);
+    }
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
       const chunk = Buffer.allocUnsafe(64 * 1024);
       const n = readSync(fd, chunk, 0, chunk.length, null);
-      if (n === 0) return Buffer.concat(chunks, total).toString('utf8');
+      if (n === 0) return utf8Text(Buffer.concat(chunks, total), path);
       total += n;
       if (total > maxBytes) throw new ConfigError([{ path, message: `larger than ${maxBytes / 1024 / 1024} MiB, which ${why}` }]);
       chunks.push(chunk.subarray(0, n));
     }
   } finally {
     closeSync(fd);
+  }
+}
+
+/** The bytes as UTF-8 text (a leading byte order mark dropped), or a ConfigError naming the first line that is not. */
+function utf8Text(bytes: Buffer, path: string): string {
+  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) {
+    throw new ConfigError([{ path, message: 'UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8' }]);
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    let line = 1;
+    for (let start = 0; start < bytes.length; line++) {
+      const end = bytes.indexOf(0x0a, start);
+      const stop = end < 0 ? bytes.length : end;
+      try {
+        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(start, stop));
+      } catch {
+        break;
+      }
+      start = stop + 1;
+    }
+    // The bytes are not quoted: a config holds secrets.
+    throw new ConfigError([{ path, message: `not UTF-8 text (line ${line}); save it as UTF-8` }]);
   }
 }
 
@@ -53,16 +83,18 @@ export function parseYamlFile(text: string, path: string): YamlFile {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true, lineCounter });
   // The parser only warns about a tag it does not know and keeps the text: `clientSecret: !env CLIENT_SECRET` would
   // send the word CLIENT_SECRET as the secret. Refused instead, as every other thing the sidecar would not do as written.
+  // The message never names the tag: to YAML an unquoted secret that starts with `!` (`clientSecret: !Pa55w0rd`) is a
+  // tag too, and a refused reload is logged.
   const unknownTags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
   if (doc.errors.length > 0 || unknownTags.length > 0) {
-    throw new ConfigError([
-      ...doc.errors.map((e) => ({ path, message: `${yamlMessage(e.message)}${e.linePos ? ` (line ${e.linePos[0].line})` : ''}` })),
-      ...flowPlaceholderHint(text, doc.errors, path),
-      ...unknownTags.map((w) => ({
-        path,
-        message: `${yamlMessage(w.message).replace(/^Unresolved tag:/, 'unsupported YAML tag').replace('tag:yaml.org,2002:', '!!')}${w.linePos ? ` (line ${w.linePos[0].line})` : ''}: the value would be its text as written; use \${VAR} for the environment`,
-      })),
-    ]);
+    const issues = [...doc.errors, ...unknownTags].map((e) => {
+      const line = e.linePos ? ` (line ${e.linePos[0].line})` : '';
+      return e.code === 'TAG_RESOLVE_FAILED'
+        ? `a value that starts with ! is a YAML tag, which a config cannot use${line}: quote the value, or use \${VAR} for the environment`
+        : `${yamlMessage(e.message)}${line}`;
+    });
+    // One tag can fail twice over (`!abc!`: no suffix, and unresolved); said once.
+    throw new ConfigError([...[...new Set(issues)].map((message) => ({ path, message })), ...flowPlaceholderHint(text, doc.errors, path)]);
   }
   let value: unknown;
   try {

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -230,6 +230,19 @@ describe('reload', () => {
     const missing = await sidecar.waitForLog((l) => l.event === 'config_reload_refused' && String(l.errors).includes('cannot read config file'));
     expect(missing.errors).toEqual([`cannot read config file ${sidecar.configPath}: no such file`]);
     expect(sidecar.output()).not.toContain('Sup3rS3cret');
+  });
+
+  // A FIFO in the config's place would have held the sidecar's one thread in the read until something wrote to it:
+  // no request served, no /healthz, no SIGTERM handled. Startup still reads a pipe (`--config <(envsubst < f)`).
+  it.runIf(process.platform !== 'win32')('refuses a FIFO put in the config file\'s place without waiting on it, and keeps serving', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { watchConfig: true }));
+    const token = await idp.getToken('payments', 'orders');
+    rmSync(sidecar.configPath);
+    execFileSync('mkfifo', [sidecar.configPath]);
+    const refused = await sidecar.waitForLog((l) => l.event === 'config_reload_refused' && String(l.errors).includes('not a regular file'));
+    expect(refused.errors).toEqual([`${sidecar.configPath}: not a regular file: a reload reads the config files again, which a pipe or device cannot give; restart the sidecar to read it`]);
+    expect((await fetch(`${sidecar.admin}/healthz`)).status).toBe(200);
+    expect(await call('/fifo', token)).toBe(200);
   });
 
   it('a reload that cannot bind its new address changes nothing and the old listener keeps serving', async () => {

@@ -501,23 +501,38 @@ describe('loading files', () => {
 
   it('never quotes the file\'s text in a YAML error, so a secret written inline is not printed (or logged on a reload)', () => {
     const secret = 'S3cr3tXYZ';
-    for (const value of [`*${secret}`, `|2- ${secret}`, `>${secret}`, `{a: b}}${secret}`, `"\\U${secret}"`]) {
+    // `!`: to YAML a tag, whichever way it fails (unknown, no suffix, a verbatim `!<...>`).
+    for (const value of [`*${secret}`, `|2- ${secret}`, `>${secret}`, `{a: b}}${secret}`, `"\\U${secret}"`, `!${secret}`, `!a!${secret}`, `!${secret}!`, `!<${secret}>`]) {
       const p = tmpFile('s.yaml', `service: a\noutbound:\n  tokenSource:\n    clientSecret: ${value}\n`);
       const issues = issuesOf(() => loadConfig([p], {}));
       expect(issues.length).toBeGreaterThan(0);
       for (const issue of issues) {
         expect(issue).not.toContain(secret.slice(0, 4));
-        expect(issue).toMatch(/\(line 4\)$/);
+        expect(issue).toMatch(/\(line 4\)(:|$)/);
       }
     }
     expect(issuesOf(() => loadConfig([tmpFile('alias.yaml', `service: *${secret}\n`)], {}))[0]).toMatch(/names no anchor .*\(line 1\)$/);
   });
 
+  it('takes only UTF-8: a Latin-1 byte or UTF-16 is refused with its line, not read as U+FFFD; a UTF-8 byte order mark is fine', () => {
+    const bytesFile = (name: string, bytes: number[] | Buffer) => {
+      const p = tmpFile(name, '');
+      writeFileSync(p, Buffer.from(bytes));
+      return p;
+    };
+    const latin1 = bytesFile('latin1.yaml', Buffer.concat([Buffer.from('service: a\noutbound:\n  routes: []\ninbound:\n  audience: caf'), Buffer.from([0xe9]), Buffer.from('\n')]));
+    expect(issuesOf(() => loadConfig([latin1], {}))).toEqual([`${latin1}: not UTF-8 text (line 5); save it as UTF-8`]);
+    const utf16 = bytesFile('utf16.yaml', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('service: a\n', 'utf16le')]));
+    expect(issuesOf(() => loadConfig([utf16], {}))).toEqual([`${utf16}: UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8`]);
+    const bom = bytesFile('bom.yaml', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('service: caf\u00e9\noutbound:\n  routes: []\n')]));
+    expect(loadConfig([bom], {}).service).toBe('caf\u00e9');
+  });
+
   it('refuses a YAML tag it does not know rather than take the text after it (`!env NAME` would make NAME the secret)', () => {
     const p = tmpFile('tags.yaml', 'service: !!js/function f\noutbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "http://idp/t", clientId: a, clientSecret: !env SECRET }\n');
     expect(issuesOf(() => loadConfig([p], {}))).toEqual([
-      `${p}: unsupported YAML tag !!js/function (line 1): the value would be its text as written; use \${VAR} for the environment`,
-      `${p}: unsupported YAML tag !env (line 3): the value would be its text as written; use \${VAR} for the environment`,
+      `${p}: a value that starts with ! is a YAML tag, which a config cannot use (line 1): quote the value, or use \${VAR} for the environment`,
+      `${p}: a value that starts with ! is a YAML tag, which a config cannot use (line 3): quote the value, or use \${VAR} for the environment`,
     ]);
     // The standard tags still work.
     const std = tmpFile('std.yaml', 'service: !!str a\noutbound: !!map { tokenSource: { type: env, variable: T }, routes: !!seq [] }\n');
