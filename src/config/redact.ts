@@ -9,9 +9,11 @@ const SECRET_KEYS = new Set(['clientSecret']);
 /**
  * Names of extra form fields (`params`) and URL query parameters that carry a credential: their values are
  * redacted too. `params` is free-form, so it can carry a `client_secret` or an API key as easily as a `resource`,
- * and a URL a signed query (`sig=`, as Azure SAS URLs carry).
+ * and a URL a signed query (`sig=`, as Azure SAS URLs carry). Any name ending in `key` (`api_key`,
+ * `subscription-key`, `Ocp-Apim-Subscription-Key`, `x-functions-key`), a `passphrase`, and `code` (an Azure
+ * Functions key, an OAuth authorization code) too: a key name redacted needlessly costs nothing.
  */
-const SECRET_NAME = /secret|passw|pwd|token|assertion|credential|api[-_]?key|^key$|private|authoriz|^auth$|signature|^sig$/i;
+const SECRET_NAME = /secret|passw|passphrase|pwd|token|assertion|credential|key$|private|authoriz|^auth$|signature|^sig$|^code$/i;
 
 /** Whether a form field or query parameter of this name carries a credential (see SECRET_NAME). */
 export function isSecretName(name: string): boolean {
@@ -44,13 +46,21 @@ function walk(v: unknown, secretNames = false): unknown {
   return v;
 }
 
-/** An http(s) URL with its password and secret-looking query values redacted; any other string as it is. */
+/**
+ * An http(s) URL with its password, secret-looking query values and fragment redacted; any other string as it is.
+ * The config refuses a fragment in its URLs (it is never sent); one in a value the schema has not yet refused
+ * (`#access_token=...`, pasted from a browser) is still not printed.
+ */
 function redactUrl(s: string): string {
   if (!/^https?:\/\//i.test(s) || !URL.canParse(s)) return s;
   const u = new URL(s);
   let changed = false;
   if (u.password) {
     u.password = REDACTED;
+    changed = true;
+  }
+  if (u.hash) {
+    u.hash = REDACTED;
     changed = true;
   }
   for (const name of [...u.searchParams.keys()]) {

@@ -200,14 +200,24 @@ describe('config validation errors name the key path', () => {
   });
 
   it('refuses a query or fragment in inbound.target or a route target: run would drop it, so validate must not print it as if it applied', () => {
-    const message = "must not have a query or fragment (?... or #...): each request's own path and query go after the target's path, and these would be dropped";
+    const query = "must not have a query (?...): each request's own path and query go after the target's path, and it would be dropped";
+    const fragment = 'must not have a fragment (#...): it is never sent with a request';
     for (const target of ['http://127.0.0.1:8080/app?tenant=acme', 'http://127.0.0.1:8080/app#frag', 'http://127.0.0.1:8080/?']) {
+      const message = target.includes('#') ? fragment : query;
       expect(issuesOf(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, target } })), target).toEqual([`inbound.target: ${message}`]);
       expect(issuesOf(() => parseConfig({ service: 'a', outbound: { tokenSource: { type: 'env', variable: 'T' }, routes: [{ host: 'b', audience: 'b', target }] } })), target).toEqual([
         `outbound.routes.0.target: ${message}`,
       ]);
     }
     expect(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, target: 'https://app.internal:8443/base/' } })).not.toThrow();
+  });
+
+  it('refuses a fragment in every configured URL (never sent; `#access_token=...` pasted from a browser is a secret)', () => {
+    const fragment = 'must not have a fragment (#...): it is never sent with a request';
+    const source = { type: 'client_credentials', tokenEndpoint: 'https://idp.example.com/token#access_token=FRAG1', clientId: 'a', clientSecret: 's' };
+    expect(issuesOf(() => parseConfig({ service: 'a', outbound: { tokenSource: source, routes: [{ host: 'b', audience: 'b' }] } }))).toEqual([`outbound.tokenSource.tokenEndpoint: ${fragment}`]);
+    const issuers = [{ issuer: 'https://idp.example.com', jwksUri: 'https://idp.example.com/jwks#k' }];
+    expect(issuesOf(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, issuers } }))).toEqual([`inbound.issuers.0.jwksUri: ${fragment}`]);
   });
 
   it('takes tunnel limits: maxTunnels a positive whole number, tunnelIdleTimeoutSeconds 0 (off) or more', () => {
@@ -586,17 +596,37 @@ describe('redaction', () => {
           clientId: 'a',
           clientSecret: 'SUPERSECRET1',
           // A configured URL may hold no password (schema.ts), but a free-form param may be a URL that does.
-          params: { client_secret: 'PARAMSECRET2', api_key: 'PARAMSECRET2', resource: 'https://api.example', upstream: 'https://client:URLSECRET3@up.example/x' },
+          params: {
+            client_secret: 'PARAMSECRET2',
+            api_key: 'PARAMSECRET2',
+            'subscription-key': 'PARAMSECRET2',
+            'Ocp-Apim-Subscription-Key': 'PARAMSECRET2',
+            passphrase: 'PARAMSECRET2',
+            code: 'PARAMSECRET2',
+            resource: 'https://api.example',
+            upstream: 'https://client:URLSECRET3@up.example/x',
+            callback: 'https://app.example/cb?x-functions-key=QUERYSECRET4#access_token=FRAGSECRET5',
+          },
         },
         routes: [{ host: 'b', audience: 'b' }],
       },
     });
     const printed = redactConfig(c);
     const text = JSON.stringify(printed);
-    for (const secret of ['SUPERSECRET1', 'PARAMSECRET2', 'URLSECRET3', 'QUERYSECRET4']) expect(text).not.toContain(secret);
+    for (const secret of ['SUPERSECRET1', 'PARAMSECRET2', 'URLSECRET3', 'QUERYSECRET4', 'FRAGSECRET5']) expect(text).not.toContain(secret);
     const source = printed.outbound!.tokenSource as Record<string, unknown>;
     expect(source.tokenEndpoint).toBe('https://idp.example.com/token?api_key=[redacted]&tenant=t1');
-    expect(source.params).toEqual({ client_secret: '[redacted]', api_key: '[redacted]', resource: 'https://api.example', upstream: 'https://client:[redacted]@up.example/x' });
+    expect(source.params).toEqual({
+      client_secret: '[redacted]',
+      api_key: '[redacted]',
+      'subscription-key': '[redacted]',
+      'Ocp-Apim-Subscription-Key': '[redacted]',
+      passphrase: '[redacted]',
+      code: '[redacted]',
+      resource: 'https://api.example',
+      upstream: 'https://client:[redacted]@up.example/x',
+      callback: 'https://app.example/cb?x-functions-key=[redacted]#[redacted]',
+    });
   });
 
   it('redacts params and query values named for an Authorization header or a signature (they were printed as given)', () => {
