@@ -54,7 +54,10 @@ function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssu
       issues.push({ path: path.join('.'), message: `the default of \${${name}:-…} holds another placeholder; a default is literal text (write $\${ for a literal \${)` });
       return '';
     }
-    const value = env[name];
+    // Line breaks at the end dropped, as a secret file's are (configured-files.ts): a Kubernetes Secret made from a
+    // file (`--from-file`) puts its final newline into the variable, and `abc\n` sent as a client secret is refused
+    // by the IdP with nothing to say why.
+    const value = env[name]?.replace(/[\r\n]+$/, '');
     if (value !== undefined && value !== '') return value;
     // A default may itself hold an escaped `$${` (it cannot hold a `}`), e.g. `${A:-$${B}}` gives `${B}`.
     if (fallback !== undefined) return fallback.replaceAll('$${', '${');

@@ -446,6 +446,14 @@ describe('loading files', () => {
     expect(c.inbound!.audience).toBe('x\ninbound: evil');
   });
 
+  it('drops line breaks at the end of a variable, as from a secret file (`abc\\n` was sent as the client secret), and only there', () => {
+    const p = tmpFile('nl.yaml', 'service: "${SVC}"\noutbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "https://idp/t", clientId: a, clientSecret: "${SEC}" }\n  routes: []\n');
+    const c = loadConfig([p], { SVC: 'orders\r\n', SEC: 'ab\nc\n\n' });
+    expect(c.service).toBe('orders');
+    expect((c.outbound!.tokenSource as { clientSecret: string }).clientSecret).toBe('ab\nc');
+    expect(issuesOf(() => loadConfig([p], { SVC: 'orders', SEC: '\n' }))[0]).toMatch(/^outbound\.tokenSource\.clientSecret: environment variable SEC is set but empty/);
+  });
+
   it('reports an unset variable with its key path, and keeps $${VAR} literal', () => {
     const p = tmpFile('c.yaml', 'service: "$${LITERAL}"\ninbound:\n  target: ${MISSING}\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n');
     expect(issuesOf(() => loadConfig([p], {}))).toEqual(['inbound.target: environment variable MISSING is not set (use ${MISSING:-default} for a default) (line 3)']);
