@@ -137,7 +137,15 @@ const issuerSchema = z
 
 const isScalar = (v: unknown) => typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
 const CLAIM_VALUE = 'a string, number or boolean, or a non-empty list of them';
-const claimValue = z.union([z.string(), z.number(), z.boolean(), z.array(z.union([z.string(), z.number(), z.boolean()], { error: z.unionMessage(CLAIM_VALUE, isScalar) })).min(1)], {
+/**
+ * A number in a claim rule. YAML reads numbers as doubles, so a whole number past 2^53 (an unquoted numeric ID,
+ * `google_sub: 112233445566778899001`) has already lost digits by the time it is checked: the rule would match a
+ * different ID, or (as most such IDs are strings in a token) none. Refused, with the fix.
+ */
+const claimNumber = z
+  .number()
+  .refine((n) => !Number.isInteger(n) || Number.isSafeInteger(n), 'a whole number this large loses digits (past 2^53); quote it ("...") to match the claim as a string');
+const claimValue = z.union([z.string(), claimNumber, z.boolean(), z.array(z.union([z.string(), claimNumber, z.boolean()], { error: z.unionMessage(CLAIM_VALUE, isScalar) })).min(1)], {
   error: z.unionMessage(CLAIM_VALUE, isScalar),
 });
 

@@ -212,6 +212,15 @@ describe('config validation errors name the key path', () => {
     expect(() => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, target: 'https://app.internal:8443/base/' } })).not.toThrow();
   });
 
+  it('refuses a whole number past 2^53 in a claim rule: YAML has already rounded it, so the rule would match another ID', () => {
+    const withClaims = (claims: Record<string, unknown>) => () =>
+      parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, rules: [{ match: { path: '/**' }, allow: [{ claims }] }] } });
+    const message = 'a whole number this large loses digits (past 2^53); quote it ("...") to match the claim as a string';
+    expect(issuesOf(withClaims({ google_sub: 112233445566778899001 }))).toEqual([`inbound.rules.0.allow.0.claims.google_sub: ${message}`]);
+    expect(issuesOf(withClaims({ org: [1, 2 ** 53] }))).toEqual([`inbound.rules.0.allow.0.claims.org.1: ${message}`]);
+    expect(() => withClaims({ n: 1.5, m: Number.MAX_SAFE_INTEGER, s: '112233445566778899001' })()).not.toThrow();
+  });
+
   it('refuses a fragment in every configured URL (never sent; `#access_token=...` pasted from a browser is a secret)', () => {
     const fragment = 'must not have a fragment (#...): it is never sent with a request';
     const source = { type: 'client_credentials', tokenEndpoint: 'https://idp.example.com/token#access_token=FRAG1', clientId: 'a', clientSecret: 's' };
