@@ -21,6 +21,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
   };
   const commands = [runCommand(), validateCommand(io, setExit), schemaCommand(io, setExit), ...extraCommands.map((make) => make(io, setExit))];
   const cli = yargs(argv)
+    // No `--config.x y` objects: every option is a string, a number or a flag (an object reached the handlers as a
+    // path list and failed as "(flags ?? []).filter is not a function"). With it off, strict() names the flag.
+    .parserConfiguration({ 'dot-notation': false })
     .scriptName('oidc-sidecar')
     .usage('$0 <command> [options]\n\nA sidecar proxy that gives every service-to-service hop a short-lived OIDC identity.');
   for (const command of commands) cli.command(command);

@@ -39,6 +39,8 @@ const failures: Array<[string, (cmd: string) => string[], RegExp]> = [
   ['a missing config file', (cmd) => [cmd, '--config', missing], /^oidc-sidecar: cannot read config file .*missing\.yaml: no such file$/],
   ['a line break in a config value', (cmd) => [cmd, '--config', lineBreakInValue], /^oidc-sidecar: invalid config( \(2 problems\))?: [a-zA-Z.0-9]+\.caFile: cannot read .*ca\\nINJECTED: line\\r\\n\.pem: no such file( \(line \d+\))?(; |$)/],
   ['an unknown flag', (cmd) => [cmd, '--config', writeConfig(valid), '--bogus'], /^oidc-sidecar: Unknown argument: bogus \(see "oidc-sidecar --help"\)$/],
+  // yargs' dot notation made `--config` an object, which reached the handler as its path list.
+  ['a dotted flag', (cmd) => [cmd, '--config.x', writeConfig(valid)], /^oidc-sidecar: Unknown argument: config\.x \(see "oidc-sidecar --help"\)$/],
   ['an unknown command', (cmd) => [`${cmd}x`, '--config', writeConfig(valid)], /^oidc-sidecar: unknown command "[a-z-]+x" \(commands: run, validate, [a-z, -]+; see --help\)$/],
   ['a flag without its value', (cmd) => [cmd, '--config'], /^oidc-sidecar: Not enough arguments following: config \(see "oidc-sidecar --help"\)$/],
 ];
