@@ -63,6 +63,9 @@ describe('client_secret_basic (RFC 6749 §2.3.1)', () => {
       /outbound\.tokenSource\.clientSecretFile: cannot read .*nope: no such file/,
     );
     expect(() => createClientAuth({ clientId: 'o', clientSecretFile: file('\n') }, deps)).toThrow(/clientSecretFile: the client secret is empty/);
+    // Only blanks is as empty: a file of spaces was sent as the secret.
+    expect(() => createClientAuth({ clientId: 'o', clientSecretFile: file('   \t\n') }, deps)).toThrow(/clientSecretFile: the client secret is empty/);
+    expect(() => createClientAuth({ clientId: 'o', clientSecret: '  ' }, deps)).toThrow(/clientSecret: the client secret is empty/);
   });
 });
 

@@ -75,7 +75,8 @@ export function createClientAuth(cfg: ClientAuthConfig, deps: { clock: Clock; co
     };
   }
   const secret = cfg.clientSecret ?? readConfiguredFile(cfg.clientSecretFile ?? '', `${deps.configPath}.clientSecretFile`, FILE_LIMITS.clientSecret);
-  if (secret.length === 0) {
+  // Only blanks is as empty (a file of spaces, a placeholder's default of one): sent, every token request would fail.
+  if (secret.trim().length === 0) {
     throw new ConfigError([{ path: `${deps.configPath}.${cfg.clientSecret !== undefined ? 'clientSecret' : 'clientSecretFile'}`, message: 'the client secret is empty' }]);
   }
   if (cfg.authMethod === 'client_secret_post') {
