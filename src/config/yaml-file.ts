@@ -147,6 +147,9 @@ const QUOTING_MESSAGES: ReadonlyArray<[RegExp, string]> = [
   [/^Invalid escape sequence\b/, 'an invalid \\ escape in a double-quoted value; use single quotes for a value with a literal \\'],
   [/^Unresolved plain scalar\b/, 'a value the YAML parser cannot read'],
   [/^Source contains multiple documents\b/, 'more than one YAML document (a second after ---); a config file is one document, give overlays as further --config files'],
+  // Not a quote, but JavaScript's own words for thousands of nested `[` or `{`, which say nothing about the file (on
+  // Node 24 the parser's regular expressions also run out of stack: "Invalid regular expression: /…/: Stack overflow").
+  [/^Maximum call stack size exceeded\b|\bStack overflow$/, 'nested too deeply (thousands of levels of [ or {)'],
 ];
 
 /** A YAML parser message without the text it quotes (see QUOTING_MESSAGES), on one line. */

@@ -541,6 +541,11 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([tmpFile('alias.yaml', `service: *${secret}\n`)], {}))[0]).toMatch(/names no anchor .*\(line 1\)$/);
   });
 
+  it('says a document nested thousands of levels deep is that, not "Maximum call stack size exceeded"', () => {
+    const p = tmpFile('deep.yaml', `service: ${'['.repeat(100_000)}${']'.repeat(100_000)}\n`);
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual([`${p}: nested too deeply (thousands of levels of [ or {) (line 1)`]);
+  });
+
   it('takes only UTF-8: a Latin-1 byte or UTF-16 is refused with its line, not read as U+FFFD; a UTF-8 byte order mark is fine', () => {
     const bytesFile = (name: string, bytes: number[] | Buffer) => {
       const p = tmpFile(name, '');
