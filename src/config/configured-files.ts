@@ -135,5 +135,8 @@ export function describeFsError(err: unknown): string {
   if (code === 'ELOOP') return 'too many symbolic links (a symlink loop?)';
   if (code === 'ENOTDIR') return 'a part of the path is not a directory';
   if (code === 'EEXIST') return 'already exists';
+  // Any other system error in libuv's words and its code ("i/o error (EIO)"), without the path its message repeats.
+  const words = err instanceof Error ? /^[A-Z0-9_]+: ([^,]+),/.exec(err.message)?.[1] : undefined;
+  if (code && words) return `${words} (${code})`;
   return code ?? (err instanceof Error ? err.message : String(err));
 }

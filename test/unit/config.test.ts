@@ -442,6 +442,9 @@ describe('loading files', () => {
     expect(() => loadConfig([join(dir, 'loop-a')], {})).toThrow(new UsageError(`cannot read config file ${join(dir, 'loop-a')}: too many symbolic links (a symlink loop?)`));
     const file = tmpFile('f.yaml', 'service: a\n');
     expect(() => loadConfig([join(file, 'x.yaml')], {})).toThrow(new UsageError(`cannot read config file ${join(file, 'x.yaml')}: a part of the path is not a directory`));
+    // Any other system error: its words and its code, not the bare code.
+    const long = join(dir, 'x'.repeat(300));
+    expect(() => loadConfig([long], {})).toThrow(new UsageError(`cannot read config file ${long}: name too long (ENAMETOOLONG)`));
   });
 
   it('interpolates ${VAR} and ${VAR:-default} after parsing, so values cannot inject YAML', () => {
