@@ -64,6 +64,7 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     if (i > 0 && removesRules(layer)) {
       found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
+    if (i > 0) found.push(...bareRemovals(layer, file));
     issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
     return layer;
   });
@@ -234,6 +235,26 @@ function sectionRank(path: string): number {
 function removesRules(layer: unknown): boolean {
   if (!isPlainObject(layer) || !isPlainObject(layer.inbound)) return false;
   return Object.hasOwn(layer.inbound, 'rules') && layer.inbound.rules === null;
+}
+
+/**
+ * Inbound checks an overlay may remove on purpose (`tls: null`), but not by leaving a bare key behind: a `tls:` whose
+ * lines below were commented out is null to YAML too, and would silently remove what an earlier layer set.
+ */
+const BARE_REMOVAL_GUARDED: ReadonlyArray<[key: string, loses: string]> = [
+  ['tls', 'the inbound listener would serve plain HTTP'],
+  ['requiredClaims', 'tokens would no longer need those claims'],
+  ['typ', "tokens' type would no longer be checked"],
+  ['maxTokenLifetimeSeconds', 'tokens of any lifetime would be taken'],
+];
+
+function bareRemovals(layer: unknown, file: YamlFile): ConfigIssue[] {
+  if (!isPlainObject(layer) || !isPlainObject(layer.inbound)) return [];
+  const inbound = layer.inbound;
+  return BARE_REMOVAL_GUARDED.filter(([key]) => Object.hasOwn(inbound, key) && inbound[key] === null && file.isBare(`inbound.${key}`)).map(([key, loses]) => ({
+    path: `inbound.${key}`,
+    message: `a bare \`${key}:\` (no value: its lines commented out?) removes what an earlier layer set, and ${loses}; write \`${key}: null\` to remove it on purpose`,
+  }));
 }
 
 /** A config file larger than this is refused before it is parsed: real ones are a few KiB, and parsing costs ~100× the file in memory. */

@@ -73,6 +73,11 @@ export interface YamlFile {
    * at route 2). Undefined when not even the first key is there.
    */
   lineOf(keyPath: string): number | undefined;
+  /**
+   * Whether the file gives the key at `keyPath` no value at all (`tls:` with nothing after it, which YAML reads as
+   * null), as against an explicit `null`, `~` or `!!null`: what is left when a section's keys are commented out.
+   */
+  isBare(keyPath: string): boolean;
 }
 
 /** parseYaml, keeping the document so that a later problem at a key can say which line it is on. */
@@ -104,11 +109,21 @@ export function parseYamlFile(text: string, path: string): YamlFile {
     const line = unresolvedAliasLine(doc, lineCounter);
     throw new ConfigError([{ path, message: `${yamlMessage(err instanceof Error ? err.message : String(err))}${line ? ` (line ${line})` : ''}` }]);
   }
-  return { value, lineOf: (keyPath) => keyLine(doc, lineCounter, keyPath) };
+  return {
+    value,
+    lineOf: (keyPath) => walkTo(doc, lineCounter, keyPath).line,
+    isBare: (keyPath) => {
+      const { node, reached } = walkTo(doc, lineCounter, keyPath);
+      return reached && isScalar(node) && node.value === null && node.source === '' && !node.tag;
+    },
+  };
 }
 
-/** See YamlFile.lineOf. Only called for a config already refused, so it walks the document again each time. */
-function keyLine(doc: Document, lineCounter: LineCounter, keyPath: string): number | undefined {
+/**
+ * The node at `keyPath` (`reached`), or the deepest one on the way to it, and the line of the last key found (see
+ * YamlFile.lineOf). Only called for a few keys, or for a config already refused: it walks the document each time.
+ */
+function walkTo(doc: Document, lineCounter: LineCounter, keyPath: string): { node: unknown; line: number | undefined; reached: boolean } {
   const segments = keyPath === '' ? [] : keyPath.split('.');
   let node: unknown = doc.contents;
   let line: number | undefined;
@@ -127,12 +142,12 @@ function keyLine(doc: Document, lineCounter: LineCounter, keyPath: string): numb
       const item: unknown = node.items[Number(segments[i])];
       if (item !== undefined) step = { node: item, offset: (item as { range?: [number] } | null)?.range?.[0], used: 1 };
     }
-    if (!step) break;
+    if (!step) return { node, line, reached: false };
     if (step.offset !== undefined) line = lineCounter.linePos(step.offset).line;
     node = step.node;
     i += step.used;
   }
-  return line;
+  return { node, line, reached: true };
 }
 
 /**

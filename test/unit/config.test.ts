@@ -781,6 +781,25 @@ describe('what a layer may say', () => {
     expect(loadConfig([base, replaced], {}).inbound!.rules).toHaveLength(1);
   });
 
+  it('refuses an overlay that removes TLS or a token check with a bare key (its lines commented out); an explicit null removes it', () => {
+    const base = tmpFile(
+      'base.yaml',
+      'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n' +
+        '  tls: { certFile: /etc/tls/tls.crt, keyFile: /etc/tls/tls.key }\n  requiredClaims: [tenant]\n  typ: at+jwt\n  maxTokenLifetimeSeconds: 3600\n',
+    );
+    const bare = tmpFile('ns.yaml', 'inbound:\n  tls:\n    # certFile: /etc/tls/ns.crt\n  requiredClaims:\n  typ:\n  maxTokenLifetimeSeconds:\n');
+    const issues = issuesOf(() => loadConfig([base, bare], {}));
+    expect(issues).toHaveLength(4);
+    expect(issues[0]).toBe(
+      `inbound.tls: a bare \`tls:\` (no value: its lines commented out?) removes what an earlier layer set, and the inbound listener would serve plain HTTP; write \`tls: null\` to remove it on purpose (in ${bare}, line 2)`,
+    );
+    expect(issues.slice(1).map((i) => i.split(':')[0])).toEqual(['inbound.requiredClaims', 'inbound.typ', 'inbound.maxTokenLifetimeSeconds']);
+    for (const explicit of ['null', '~', '!!null']) {
+      const removed = loadConfig([base, tmpFile('ns2.yaml', `inbound:\n  tls: ${explicit}\n  requiredClaims: ${explicit}\n  typ: ${explicit}\n  maxTokenLifetimeSeconds: ${explicit}\n`)], {}).inbound!;
+      expect([removed.tls, removed.requiredClaims, removed.typ, removed.maxTokenLifetimeSeconds], explicit).toEqual([undefined, undefined, undefined, undefined]);
+    }
+  });
+
   it('takes YAML merge keys (<<: *anchor) to share a block', () => {
     const p = tmpFile('merge.yaml', 'service: a\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers:\n    - &idp { issuer: "https://one", algorithms: [ES256] }\n    - <<: *idp\n      issuer: "https://two"\n');
     const issuers = loadConfig([p], {}).inbound!.issuers;
