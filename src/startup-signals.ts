@@ -5,6 +5,9 @@
  * a sidecar that was killed rather than one that stopped. The launcher (bin/oidc-sidecar.js) holds them from its first
  * line instead, and `run` takes the one held once it can stop the way it always does (a `signal` line, a drain,
  * exit 0). A second SIGINT while starting is someone at a terminal who wants out now: exit 130 at once, as in a drain.
+ * Node runs signal listeners from its event loop, and Node 22 and later load the bundle without turning it, so there
+ * the signal often reaches JavaScript only once `run`'s own listeners are in place: what matters is that a listener
+ * was there when the signal arrived, so Node's default never applied.
  */
 let held: NodeJS.Signals | undefined;
 
