@@ -106,9 +106,9 @@ function limitedText(limit: FileLimit): { add(chunk: Buffer, bytesRead: number):
   };
 }
 
-/** Removes the trailing newline editors and `kubectl create secret --from-file` leave behind. */
+/** Removes the trailing line breaks editors and `kubectl create secret --from-file` leave behind (`\n`, `\r\n`, several). */
 export function trimTrailingNewline(s: string): string {
-  return s.replace(/\r?\n+$/, '');
+  return s.replace(/[\r\n]+$/, '');
 }
 
 /**

@@ -1,3 +1,4 @@
+import { trimTrailingNewline } from './configured-files.js';
 import type { ConfigIssue } from '../errors.js';
 
 /**
@@ -57,7 +58,7 @@ function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssu
     // Line breaks at the end dropped, as a secret file's are (configured-files.ts): a Kubernetes Secret made from a
     // file (`--from-file`) puts its final newline into the variable, and `abc\n` sent as a client secret is refused
     // by the IdP with nothing to say why.
-    const value = env[name]?.replace(/[\r\n]+$/, '');
+    const value = env[name] === undefined ? undefined : trimTrailingNewline(env[name]);
     if (value !== undefined && value !== '') return value;
     // A default may itself hold an escaped `$${` (it cannot hold a `}`), e.g. `${A:-$${B}}` gives `${B}`.
     if (fallback !== undefined) return fallback.replaceAll('$${', '${');

@@ -58,16 +58,17 @@ export interface LoadOptions {
 export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
   const files = readLayers(paths, opts.regularFilesOnly);
   const issues: ConfigIssue[] = [];
-  const layers = files.map((file, i) => {
+  const layers: unknown[] = [];
+  for (const [i, file] of files.entries()) {
     const found: ConfigIssue[] = [];
     const layer = interpolateEnv(file.value, env, found);
     if (i > 0 && removesRules(layer)) {
       found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
-    if (i > 0) found.push(...bareRemovals(layer, file));
+    if (i > 0) found.push(...bareRemovals(layer, file, deepMerge(layers)));
     issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
-    return layer;
-  });
+    layers.push(layer);
+  }
   const merged = deepMerge(layers);
   if (issues.length > 0) throw new ConfigError([...issues, ...shapeIssuesBeside(merged, files, issues)]);
   try {
@@ -239,7 +240,8 @@ function removesRules(layer: unknown): boolean {
 
 /**
  * Inbound checks an overlay may remove on purpose (`tls: null`), but not by leaving a bare key behind: a `tls:` whose
- * lines below were commented out is null to YAML too, and would silently remove what an earlier layer set.
+ * lines below were commented out is null to YAML too, and would silently remove what an earlier layer set. A key no
+ * earlier layer set removes nothing, so a template's bare keys are fine.
  */
 const BARE_REMOVAL_GUARDED: ReadonlyArray<[key: string, loses: string]> = [
   ['tls', 'the inbound listener would serve plain HTTP'],
@@ -248,10 +250,12 @@ const BARE_REMOVAL_GUARDED: ReadonlyArray<[key: string, loses: string]> = [
   ['maxTokenLifetimeSeconds', 'tokens of any lifetime would be taken'],
 ];
 
-function bareRemovals(layer: unknown, file: YamlFile): ConfigIssue[] {
+function bareRemovals(layer: unknown, file: YamlFile, earlier: unknown): ConfigIssue[] {
   if (!isPlainObject(layer) || !isPlainObject(layer.inbound)) return [];
   const inbound = layer.inbound;
-  return BARE_REMOVAL_GUARDED.filter(([key]) => Object.hasOwn(inbound, key) && inbound[key] === null && file.isBare(`inbound.${key}`)).map(([key, loses]) => ({
+  const before = isPlainObject(earlier) && isPlainObject(earlier.inbound) ? earlier.inbound : {};
+  const removesSet = (key: string) => Object.hasOwn(inbound, key) && inbound[key] === null && before[key] !== undefined && before[key] !== null;
+  return BARE_REMOVAL_GUARDED.filter(([key]) => removesSet(key) && !file.isExplicitNull(`inbound.${key}`)).map(([key, loses]) => ({
     path: `inbound.${key}`,
     message: `a bare \`${key}:\` (no value: its lines commented out?) removes what an earlier layer set, and ${loses}; write \`${key}: null\` to remove it on purpose`,
   }));

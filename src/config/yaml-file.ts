@@ -74,10 +74,11 @@ export interface YamlFile {
    */
   lineOf(keyPath: string): number | undefined;
   /**
-   * Whether the file gives the key at `keyPath` no value at all (`tls:` with nothing after it, which YAML reads as
-   * null), as against an explicit `null`, `~` or `!!null`: what is left when a section's keys are commented out.
+   * Whether the file writes `null`, `~` or `!!null` at `keyPath` (through an alias too), as against a key with no
+   * value at all (`tls:` with nothing after it, `{ tls }`, `? tls`), which YAML also reads as null: what is left when a
+   * section's keys are commented out.
    */
-  isBare(keyPath: string): boolean;
+  isExplicitNull(keyPath: string): boolean;
 }
 
 /** parseYaml, keeping the document so that a later problem at a key can say which line it is on. */
@@ -112,9 +113,10 @@ export function parseYamlFile(text: string, path: string): YamlFile {
   return {
     value,
     lineOf: (keyPath) => walkTo(doc, lineCounter, keyPath).line,
-    isBare: (keyPath) => {
+    isExplicitNull: (keyPath) => {
       const { node, reached } = walkTo(doc, lineCounter, keyPath);
-      return reached && isScalar(node) && node.value === null && node.source === '' && !node.tag;
+      const value = isAlias(node) ? node.resolve(doc) : node;
+      return reached && isScalar(value) && value.value === null && (value.source !== '' || value.tag !== undefined);
     },
   };
 }

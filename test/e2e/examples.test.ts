@@ -83,7 +83,7 @@ describe('shipped configs validate with the CLI', () => {
   // (service links, on by default): a config variable of that shape, such as APP_PORT, takes a Service's address as
   // soon as someone creates a Service with that name, and every sidecar of the namespace then fails to start.
   it('reads no ${VAR} whose name Kubernetes service links can set', () => {
-    const serviceLink = /(_SERVICE_HOST|_SERVICE_PORT|_PORT|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$/;
+    const serviceLink = /(_SERVICE_HOST|_SERVICE_PORT(_[A-Z0-9_]+)?|_PORT|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$/;
     const names = new Set(sidecarConfigSets().flatMap((set) => set.layers.flatMap((l) => [...readFileSync(at(l), 'utf8').matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1]!))));
     expect(names).toContain('OIDC_SIDECAR_APP_URL');
     expect([...names].filter((n) => serviceLink.test(n))).toEqual([]);

@@ -630,7 +630,12 @@ describe('redaction', () => {
             code: 'PARAMSECRET2',
             resource: 'https://api.example',
             upstream: 'https://client:URLSECRET3@up.example/x',
-            callback: 'https://app.example/cb?x-functions-key=QUERYSECRET4#access_token=FRAGSECRET5',
+            callback: 'https://app.example/cb?x-functions-key=QUERYSECRET4#access_token=FRAGSECRET5&state=s1',
+            // No secrets: printed as written, or validate's output would not load again.
+            public_key: 'pk1',
+            idempotency_key: 'ik1',
+            monkey: 'm1',
+            portal: 'https://app.example/#tenant',
           },
         },
         routes: [{ host: 'b', audience: 'b' }],
@@ -650,7 +655,11 @@ describe('redaction', () => {
       code: '[redacted]',
       resource: 'https://api.example',
       upstream: 'https://client:[redacted]@up.example/x',
-      callback: 'https://app.example/cb?x-functions-key=[redacted]#[redacted]',
+      callback: 'https://app.example/cb?x-functions-key=[redacted]#access_token=[redacted]&state=s1',
+      public_key: 'pk1',
+      idempotency_key: 'ik1',
+      monkey: 'm1',
+      portal: 'https://app.example/#tenant',
     });
   });
 
@@ -794,6 +803,13 @@ describe('what a layer may say', () => {
       `inbound.tls: a bare \`tls:\` (no value: its lines commented out?) removes what an earlier layer set, and the inbound listener would serve plain HTTP; write \`tls: null\` to remove it on purpose (in ${bare}, line 2)`,
     );
     expect(issues.slice(1).map((i) => i.split(':')[0])).toEqual(['inbound.requiredClaims', 'inbound.typ', 'inbound.maxTokenLifetimeSeconds']);
+    // The other ways YAML has of giving a key no value.
+    for (const overlay of ['inbound: { tls }\n', 'inbound:\n  ? tls\n', 'inbound:\n  <<: { tls: }\n']) {
+      expect(issuesOf(() => loadConfig([base, tmpFile('form.yaml', overlay)], {}))[0], overlay).toMatch(/^inbound\.tls: a bare `tls:`/);
+    }
+    // A key no earlier layer set removes nothing: a template's bare keys are fine.
+    const noTls = tmpFile('plain.yaml', 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n');
+    expect(loadConfig([noTls, tmpFile('template.yaml', 'inbound:\n  tls:\n    # certFile: /etc/tls/ns.crt\n  typ:\n')], {}).inbound!.tls).toBeUndefined();
     for (const explicit of ['null', '~', '!!null']) {
       const removed = loadConfig([base, tmpFile('ns2.yaml', `inbound:\n  tls: ${explicit}\n  requiredClaims: ${explicit}\n  typ: ${explicit}\n  maxTokenLifetimeSeconds: ${explicit}\n`)], {}).inbound!;
       expect([removed.tls, removed.requiredClaims, removed.typ, removed.maxTokenLifetimeSeconds], explicit).toEqual([undefined, undefined, undefined, undefined]);
