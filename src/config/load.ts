@@ -58,18 +58,18 @@ export interface LoadOptions {
 export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = process.env, opts: LoadOptions = {}): Config {
   const files = readLayers(paths, opts.regularFilesOnly);
   const issues: ConfigIssue[] = [];
-  const layers: unknown[] = [];
+  // The layers merged so far: what each overlay is checked against, and in the end the config.
+  let merged: unknown;
   for (const [i, file] of files.entries()) {
     const found: ConfigIssue[] = [];
     const layer = interpolateEnv(file.value, env, found);
     if (i > 0 && removesRules(layer)) {
       found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
-    if (i > 0) found.push(...bareRemovals(layer, file, deepMerge(layers)));
+    if (i > 0) found.push(...bareRemovals(layer, file, merged));
     issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
-    layers.push(layer);
+    merged = deepMerge([merged, layer]);
   }
-  const merged = deepMerge(layers);
   if (issues.length > 0) throw new ConfigError([...issues, ...shapeIssuesBeside(merged, files, issues)]);
   try {
     return parseConfig(merged, opts);
