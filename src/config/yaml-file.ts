@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type YAMLError } from 'yaml';
 import { ConfigError, type ConfigIssue } from '../errors.js';
@@ -37,23 +38,17 @@ function utf8Text(bytes: Buffer, path: string): string {
   if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) {
     throw new ConfigError([{ path, message: 'UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8' }]);
   }
-  try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch {
-    let line = 1;
-    for (let start = 0; start < bytes.length; line++) {
-      const end = bytes.indexOf(0x0a, start);
-      const stop = end < 0 ? bytes.length : end;
-      try {
-        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(start, stop));
-      } catch {
-        break;
-      }
-      start = stop + 1;
-    }
-    // The bytes are not quoted: a config holds secrets.
-    throw new ConfigError([{ path, message: `not UTF-8 text (line ${line}); save it as UTF-8` }]);
+  if (isUtf8(bytes)) return new TextDecoder().decode(bytes);
+  // A line break is never part of a multi-byte character, so the first line that is not UTF-8 on its own is the one
+  // (the last line, when every one before it is).
+  let line = 1;
+  for (let start = 0; ; line++) {
+    const end = bytes.indexOf(0x0a, start);
+    if (end < 0 || !isUtf8(bytes.subarray(start, end))) break;
+    start = end + 1;
   }
+  // The bytes are not quoted: a config holds secrets.
+  throw new ConfigError([{ path, message: `not UTF-8 text (line ${line}); save it as UTF-8` }]);
 }
 
 /**
