@@ -1,6 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join, posix, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
@@ -16,7 +16,37 @@ describe('package contents', () => {
     expect(files).toContain('LICENSE');
     expect(readFileSync(join(ROOT, 'LICENSE'), 'utf8')).toMatch(/^\s*Apache License\s+Version 2\.0, January 2004/);
   }, 60_000);
+
+  it('hold every file and section that their Markdown links to, so a link in an installed README leads somewhere', async () => {
+    const { stdout } = await promisify(execFile)('npm', ['pack', '--dry-run', '--ignore-scripts', '--json'], { cwd: ROOT });
+    const files = new Set((JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>)[0]!.files.map((f) => f.path));
+    const markdown = [...files].filter((f) => f.endsWith('.md'));
+    expect(markdown).toEqual(expect.arrayContaining(['README.md', 'SECURITY.md']));
+    const broken: string[] = [];
+    let relativeLinks = 0;
+    for (const file of markdown) {
+      for (const [, target] of readFileSync(join(ROOT, file), 'utf8').matchAll(/\]\(([^)\s]+)\)/g)) {
+        if (/^[a-z][a-z0-9+.-]*:/i.test(target!)) continue;
+        relativeLinks++;
+        const [path, anchor] = target!.split('#') as [string, string | undefined];
+        const linked = path === '' ? file : posix.normalize(posix.join(posix.dirname(file), path));
+        if (!files.has(linked)) broken.push(`${file}: ${target} (no ${linked} in the package)`);
+        else if (anchor !== undefined && !headingSlugs(readFileSync(join(ROOT, linked), 'utf8')).has(anchor)) broken.push(`${file}: ${target} (no such heading)`);
+      }
+    }
+    expect(relativeLinks).toBeGreaterThan(0);
+    expect(broken).toEqual([]);
+  }, 60_000);
 });
+
+/** The anchors GitHub and npm give a Markdown file's headings: lower case, punctuation dropped, spaces as `-`. */
+function headingSlugs(markdown: string): Set<string> {
+  const slugs = new Set<string>();
+  for (const [, text] of markdown.matchAll(/^#{1,6}\s+(.+?)\s*#*\s*$/gm)) {
+    slugs.add(text!.toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, '').replace(/\s/g, '-'));
+  }
+  return slugs;
+}
 
 // Packs, installs from the npm registry and runs the demo: slow and networked,
 // so it runs only when asked (CI sets OIDC_SIDECAR_PACK_TEST=1, or run the script).
