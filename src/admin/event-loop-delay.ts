@@ -1,5 +1,5 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Gauge, type Registry } from 'prom-client';
+import { Gauge, type Registry } from './prom-client-core.js';
 
 /**
  * How often the event loop is sampled, ms. prom-client's default, 10 ms, is a

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from './prom-client-core.js';
 import { packageVersion } from '../version.js';
 import { PROM_CLIENT_EVENT_LOOP_SAMPLE_MS, registerEventLoopDelay } from './event-loop-delay.js';
 

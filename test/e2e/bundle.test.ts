@@ -113,7 +113,7 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
       expect(imports.filter((p) => p.startsWith('node:') || isBuiltin(p))).toEqual([]);
     });
 
-    it("a sidecar loads neither Node's own undici (an import of node:http does, from Node 22.5) nor node:http2", async () => {
+    it("a sidecar loads neither Node's own undici (an import of node:http does, from Node 22.5), node:http2 nor node:zlib", async () => {
       // A sidecar loads all of its code at startup (the static graph above), whichever listeners its config has.
       const sidecar = await startSidecar(
         { service: 'builtins-check', admin: { listen: '127.0.0.1:0' }, outbound: { listen: '127.0.0.1:0', routes: [] } },
@@ -128,6 +128,8 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
       expect(loaded).not.toContain(nodesUndici);
       // Nor node:http2, which undici's HTTP/2 client loads only on its first connect() in the bundle (scripts/bundle.mjs).
       expect(loaded).not.toContain('http2');
+      // Nor node:zlib, which prom-client's entry point loads for its Pushgateway client (src/admin/prom-client-core.ts).
+      expect(loaded).not.toContain('zlib');
       // The control: an ESM import of node:http, in the same Node. Only a Node whose http has these getters (22.5 and
       // later) loads its undici then.
       const control = spawnSync(process.execPath, ['--input-type=module', '-e', "import 'node:http';"], {
@@ -179,13 +181,17 @@ describe('the bundle the CLI runs from (docs/performance.md, "The bundle")', () 
     for (const [file] of importers) expect(loadedByCli.has(file) || loadedBySidecar.has(file)).toBe(false);
   });
 
-  it("leaves out what a sidecar never runs: zod's translations, and undici's entry point, fetch(), WebSocket and caches", () => {
+  it("leaves out what a sidecar never runs: zod's translations, undici's entry point, fetch(), WebSocket and caches, and prom-client's Pushgateway, Summary and cluster aggregator", () => {
     expect(sourcesLoadedBySidecar).toContain('node_modules/zod/v4/locales/en.js');
     expect(sourcesLoadedBySidecar).toContain('node_modules/undici/lib/dispatcher/pool.js');
     expect(sourcesLoadedBySidecar.filter((s) => /zod\/v4\/locales\/(?!en\.js)/.test(s))).toEqual([]);
     // Parts of lib/web/fetch/ stay: undici's HTTP/1.1 client requires its body helpers, lazily, for FormData bodies.
     const undiciLeftOut = /undici\/(index\.js|lib\/web\/(fetch\/index|websocket|eventsource|cache)|lib\/(cache|interceptor|mock)\/)/;
     expect([...sourcesLoadedBySidecar, ...sourcesLoadedByCli].filter((s) => undiciLeftOut.test(s))).toEqual([]);
+    // Of prom-client, the registry, the three metric types and the process metrics (src/admin/prom-client-core.ts).
+    expect(sourcesLoadedBySidecar).toContain('node_modules/prom-client/lib/histogram.js');
+    const promClientLeftOut = /prom-client\/(index\.js|lib\/(pushgateway|summary|cluster)\.js)|node_modules\/(tdigest|bintrees)\//;
+    expect([...sourcesLoadedBySidecar, ...sourcesLoadedByCli].filter((s) => promClientLeftOut.test(s))).toEqual([]);
   });
 
   it("names every package it contains, with that package's licence text, in THIRD-PARTY-LICENSES.txt", () => {
