@@ -352,6 +352,26 @@ describe('file source', () => {
   });
 });
 
+describe('a file or variable without {audience} serving routes of several audiences', () => {
+  it("gives each audience the token only if its aud names that audience (a list counts; a JWT without aud is the peer's to judge)", async () => {
+    const forPayments = jwtWith({ aud: ['payments', 'mesh'], exp: inSeconds(600) });
+    writeFileSync(join(dir, 'mesh-token'), forPayments);
+    const file = source({ type: 'file', path: join(dir, 'mesh-token') });
+    expect((await file.fetch({ audience: 'payments', scopes: [] })).token).toBe(forPayments);
+    // The second read comes from the snapshot of the unchanged file: it is checked all the same.
+    const refused = file.fetch({ audience: 'ledger', scopes: [] });
+    await expect(refused).rejects.toThrow(/token file .*mesh-token: the token is for aud "payments", "mesh", not "ledger" as asked; project one token per audience/);
+    await expect(refused).rejects.toMatchObject({ lasting: true });
+    expect((await file.fetch({ audience: 'mesh', scopes: [] })).token).toBe(forPayments);
+    const variable = source({ type: 'env', variable: 'MESH_TOKEN' }, { env: { MESH_TOKEN: forPayments } });
+    expect((await variable.fetch({ audience: 'payments', scopes: [] })).token).toBe(forPayments);
+    await expect(variable.fetch({ audience: 'ledger', scopes: [] })).rejects.toThrow(/environment variable MESH_TOKEN: the token is for aud "payments", "mesh", not "ledger" as asked; give each audience its own variable/);
+    const noAud = jwtWith({ exp: inSeconds(600) });
+    const unchecked = source({ type: 'env', variable: 'ANY' }, { env: { ANY: noAud } });
+    expect((await unchecked.fetch({ audience: 'ledger', scopes: [] })).token).toBe(noAud);
+  });
+});
+
 describe('env source', () => {
   it('reads the variable named after the audience (GitLab id_tokens style)', async () => {
     const token = jwtWith({ aud: 'payments', exp: inSeconds(600), jti: 'e-1' });

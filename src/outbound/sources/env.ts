@@ -1,6 +1,6 @@
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { TokenUnavailableError } from '../../errors.js';
-import { assertBearerToken, jwtClaims, toIssuedToken } from './token-format.js';
+import { assertBearerToken, assertIssuedFor, jwtClaims, toIssuedToken } from './token-format.js';
 import type { SourceDeps, TokenSource } from './types.js';
 
 type Config = Extract<TokenSourceConfig, { type: 'env' }>;
@@ -22,7 +22,9 @@ export function createEnvSource(cfg: Config, deps: SourceDeps): TokenSource {
       const what = `environment variable ${name}`;
       assertBearerToken(value, what);
       if (!jwtClaims(value)) throw new TokenUnavailableError(`${what} does not hold a JWT (its exp claim gives the expiry)`);
-      return toIssuedToken(value, undefined, deps.clock.now(), what);
+      // A variable without {audience} may serve routes of several audiences: each gets the token only if it is for it.
+      const hint = '; give each audience its own variable and put {audience} in variable';
+      return assertIssuedFor(toIssuedToken(value, undefined, deps.clock.now(), what), req.audience, what, hint);
     },
     async close() {},
   };

@@ -4,7 +4,7 @@ import { pollFiles, signature } from '../../config/poll-files.js';
 import type { TokenSourceConfig } from '../../config/schema.js';
 import { TokenUnavailableError } from '../../errors.js';
 import { readRuntimeFile } from './files.js';
-import { assertBearerToken, jwtClaims, toIssuedToken } from './token-format.js';
+import { assertBearerToken, assertIssuedFor, jwtClaims, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps, TokenSource } from './types.js';
 
 type Config = Extract<TokenSourceConfig, { type: 'file' }>;
@@ -19,6 +19,8 @@ export const FILE_RECHECK_MS = 60_000;
 
 /** How often a watched token file is stat'ed for a change (ms); the TLS certificate files are polled as often. */
 export const FILE_POLL_MS = 1000;
+
+const FILE_AUDIENCE_HINT = '; project one token per audience (serviceAccountToken { audience, path }) and put {audience} in path';
 
 /** Whether text can fill `{audience}` as one file name: no `/` or NUL, and not `.` or `..`. */
 export function isFileName(text: string): boolean {
@@ -69,17 +71,18 @@ export function createFileSource(cfg: Config, deps: SourceDeps): TokenSource {
       const now = deps.clock.now();
       const sig = signature(st);
       const snap = snapshots.get(path);
+      const what = `token file ${path}`;
+      // A file without {audience} may serve routes of several audiences: each gets the token only if it is for it.
       if (snap && snap.signature === sig && now - snap.readAt < FILE_RECHECK_MS && now < snap.token.expiresAt) {
-        return { ...snap.token, recheckAt: now + FILE_RECHECK_MS };
+        return { ...assertIssuedFor(snap.token, req.audience, what, FILE_AUDIENCE_HINT), recheckAt: now + FILE_RECHECK_MS };
       }
       const text = await readRuntimeFile(path, 'token file');
-      const what = `token file ${path}`;
       assertBearerToken(text, what);
       if (!jwtClaims(text)) throw new TokenUnavailableError(`${what} does not hold a JWT (its exp claim gives the expiry)`);
       const token = toIssuedToken(text, undefined, now, what);
       // The signature taken before the read: a change that lands during the read differs from it and is read again.
       snapshots.set(path, { signature: sig, readAt: now, token });
-      return { ...token, recheckAt: now + FILE_RECHECK_MS };
+      return { ...assertIssuedFor(token, req.audience, what, FILE_AUDIENCE_HINT), recheckAt: now + FILE_RECHECK_MS };
     },
     watch(req, onChange) {
       // The baseline is the file as it is now: the caller starts watching before its first fetch, so that fetch
