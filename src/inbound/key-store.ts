@@ -4,11 +4,14 @@ import type { Metrics } from '../admin/metrics.js';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
 import { KeysUnavailableError, SidecarError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { capped, type Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../oidc/http.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import { filterJwks, MAX_JWKS_KEYS, shownKid } from './jwks-filter.js';
+
+/** The longest error text kept from a failed key fetch (it quotes what the IdP answered). */
+const MAX_ERROR_TEXT = 512;
 
 /** The keys of one trusted issuer. */
 export interface IssuerKeys {
@@ -279,8 +282,12 @@ function createIssuerKeys(
         quietUntil = -Infinity;
         return { ok: true };
       } catch (err) {
+        // Cut by close() (shutdown, or a reload that retired this store): not the IdP failing, so neither counted nor
+        // logged, as a token fetch cut the same way is not; nothing reads this store's state any more.
+        if (closed) return { ok: false };
         const code = err instanceof SidecarError ? err.code : 'error';
-        lastError = err instanceof Error ? err.message : String(err);
+        // Capped once here for the log line, /readyz and the 503 that name it: an IdP's text can be any length.
+        lastError = capped(err instanceof Error ? err.message : String(err), MAX_ERROR_TEXT);
         // The discovery document may have moved the JWKS; look again next time.
         discoveredUri = undefined;
         failing = true;

@@ -1,5 +1,9 @@
 import type { Dispatcher } from 'undici';
+import { capped } from '../log.js';
 import { IdpHttpError, requestJson, shownUrl } from './http.js';
+
+/** The longest part of a discovery document's own `issuer` an error quotes: the document can hold any text there. */
+const MAX_SHOWN_ISSUER = 256;
 
 /** The subset of OpenID Provider Metadata (OIDC Discovery 1.0 §3) the sidecar uses. */
 export interface ProviderMetadata {
@@ -40,7 +44,7 @@ export async function discover(issuer: string, dispatcher: Dispatcher, timeoutMs
   const meta = res.body as Partial<ProviderMetadata> | undefined;
   if (!meta || typeof meta !== 'object') throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: not a JSON object`);
   if (meta.issuer !== issuer) {
-    throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: metadata names issuer "${String(meta.issuer)}", expected exactly "${issuer}"`);
+    throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: metadata names issuer "${capped(String(meta.issuer), MAX_SHOWN_ISSUER)}", expected exactly "${issuer}"`);
   }
   if (typeof meta.jwks_uri !== 'string' || !/^https?:\/\//.test(meta.jwks_uri)) {
     throw new IdpHttpError('discovery_failed', `${shownUrl(url)}: no usable jwks_uri`);

@@ -410,6 +410,56 @@ describe('key store discovery never downgrades to cleartext', () => {
   });
 });
 
+describe('key store: what the IdP says, and what the sidecar cut itself', () => {
+  /** An issuer on 127.0.0.1:0 whose discovery document's `issuer` is `claimed(origin)`, or that never answers with `hang`. */
+  async function issuerServer(opts: { claimed?: (origin: string) => string; hang?: boolean }) {
+    let requests = 0;
+    const server = createHttpServer((req, res) => {
+      requests++;
+      if (opts.hang) return;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ issuer: opts.claimed!(origin), jwks_uri: `${origin}/jwks` }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    return { origin, requests: () => requests };
+  }
+  const storeFor = (issuer: string) => {
+    const config = inboundConfig({ issuers: [{ issuer }] });
+    const metrics = testMetrics();
+    const { logger, lines } = captureLogger();
+    const store = createKeyStore(config.issuers, config.jwks, { logger, metrics, clock: manualClock(), scheduler: manualScheduler() });
+    cleanups.push(() => store.close());
+    return { store, metrics, lines };
+  };
+
+  it("quotes a discovery document's issuer of any length capped, in the log line, /readyz's reason and the 503 that name the failure", async () => {
+    const idp = await issuerServer({ claimed: () => 'x'.repeat(500_000) });
+    const { store, lines } = storeFor(idp.origin);
+    await store.start();
+    const lastError = store.get(idp.origin)!.lastError!;
+    expect(lastError).toMatch(/metadata names issuer "x{256}…", expected exactly/);
+    expect(lastError.length).toBeLessThanOrEqual(513);
+    const failed = lines.filter((l) => l.event === 'jwks_fetch_failed');
+    expect(failed).toHaveLength(1);
+    expect(failed[0]!.detail).toBe(lastError);
+    expect(() => store.get(idp.origin)!.keySet()).toThrow(lastError);
+    expect(JSON.stringify(lines).length).toBeLessThan(5000);
+  });
+
+  it('neither logs nor counts as an IdP failure a fetch that close() cut (shutdown, or a reload retiring the store)', async () => {
+    const idp = await issuerServer({ hang: true });
+    const { store, metrics, lines } = storeFor(idp.origin);
+    const starting = store.start();
+    await vi.waitFor(() => expect(idp.requests()).toBe(1));
+    await store.close();
+    await starting;
+    expect(lines.filter((l) => l.event === 'jwks_fetch_failed')).toEqual([]);
+    const { values } = await (metrics.jwksFetches as unknown as { get(): Promise<{ values: { value: number }[] }> }).get();
+    expect(values.reduce((n, v) => n + v.value, 0)).toBe(0);
+  });
+});
+
 describe('filterJwks', () => {
   it('keeps only asymmetric signing keys usable with the allowed algorithms and without private parts', async () => {
     const rsa = await testKeyPair('RS256', 'rsa');

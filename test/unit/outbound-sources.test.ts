@@ -272,6 +272,24 @@ describe('token endpoint discovery', () => {
   });
 });
 
+describe('token endpoint discovery naming another issuer', () => {
+  it("quotes the document's issuer capped: the error reaches the app's 503 and every token_fetch_failed line", async () => {
+    const server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ issuer: 'x'.repeat(500_000) })));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const s = source({ type: 'client_credentials', issuer: origin, clientId: 'orders', clientSecret: 'discovery-test-secret' });
+      const err = (await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e)) as Error;
+      expect(err).toBeInstanceOf(TokenUnavailableError);
+      expect(err.message).toMatch(/metadata names issuer "x{256}…", expected exactly/);
+      expect(err.message.length).toBeLessThan(1000);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
+
 describe('token_exchange (RFC 8693)', () => {
   it('sends the subject token re-read from its file, its type, the requested type and the audience', async () => {
     const exchanged = jwtWith({ aud: 'payments', exp: inSeconds(300), jti: 'x-1' });
