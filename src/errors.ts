@@ -143,9 +143,12 @@ export class TokenUnavailableError extends SidecarError {
   }
 }
 
+/** Every reason an UpstreamError gives (`oidc_sidecar_upstream_errors_total{reason}`). */
+export const UPSTREAM_ERROR_CODES = ['upstream_connect_failed', 'upstream_timeout', 'upstream_reset', 'upstream_bad_response'] as const;
+
 /** Upstream (the app or the peer sidecar) could not be reached, answered too slowly, or answered with broken HTTP. */
 export class UpstreamError extends SidecarError {
-  constructor(code: 'upstream_connect_failed' | 'upstream_timeout' | 'upstream_reset' | 'upstream_bad_response', message: string, options?: { cause?: unknown }) {
+  constructor(code: (typeof UPSTREAM_ERROR_CODES)[number], message: string, options?: { cause?: unknown }) {
     super(code, message, code === 'upstream_timeout' ? 504 : 502, options);
   }
 }

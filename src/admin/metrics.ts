@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from './prom-client-core.js';
+import { UPSTREAM_ERROR_CODES } from '../errors.js';
 import { packageVersion } from '../version.js';
 import { PROM_CLIENT_EVENT_LOOP_SAMPLE_MS, registerEventLoopDelay } from './event-loop-delay.js';
 
@@ -80,7 +81,7 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
       for (const [audience, at] of soonest) this.set({ audience }, Math.floor(at / 1000));
     },
   });
-  return {
+  const metrics: Metrics = {
     registry,
     inboundRequests: new Counter({
       name: 'oidc_sidecar_inbound_requests_total',
@@ -143,4 +144,13 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
       registers,
     }),
   };
+  // Every result a reload can have is a series from the start, at 0: a series that first appears at 1 hides that
+  // first reload from increase() and rate(), and an alert on refused configs would miss the first one.
+  for (const result of ['success', 'invalid', 'error']) metrics.configReloads.inc({ result }, 0);
+  return metrics;
+}
+
+/** The upstream error series of one direction, at 0 from the start (see createMetrics); its listener's component calls it. */
+export function initUpstreamErrors(metrics: Metrics, direction: 'inbound' | 'outbound'): void {
+  for (const reason of UPSTREAM_ERROR_CODES) metrics.upstreamErrors.inc({ direction, reason }, 0);
 }

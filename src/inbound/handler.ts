@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import { initUpstreamErrors } from '../admin/metrics.js';
 import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { InboundConfig, LimitsConfig } from '../config/schema.js';
 import { SidecarError, type UpstreamError } from '../errors.js';
@@ -87,6 +88,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   // forged one included) under the header that otherwise only ever carries a verified token: it is removed there.
   const publicDropHeaders = config.forward.keepToken ? identityHeaderNames({ ...config.forward, keepToken: false }, config.tokenHeader) : dropHeaders;
   const duration = metrics.requestDuration.labels({ direction: 'inbound' });
+  initUpstreamErrors(metrics, 'inbound');
 
   const observe = (started: number) => duration.observe((performance.now() - started) / 1000);
   const failed = (res: ServerResponse, err: unknown) => {

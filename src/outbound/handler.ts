@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
+import { initUpstreamErrors } from '../admin/metrics.js';
 import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { Clock } from '../clock.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
@@ -57,6 +58,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     ...(deps.scheduler ? { scheduler: deps.scheduler } : {}),
   });
   const router = createRouter(config.routes, config.unknownHosts);
+  initUpstreamErrors(metrics, 'outbound');
   const own = createOwnConnections();
   const pools = createUpstreamPools(limits, { own });
   const connect = createConnectHandler({

@@ -198,6 +198,15 @@ describe('reload', () => {
     const inboundUrl = sidecar.inbound;
     const token = await idp.getToken('payments', 'orders');
     expect(await call('/x', token)).toBe(403);
+    // Every reload result, and every upstream error of the listener's direction, is a series from the start, at 0:
+    // one that first appeared at 1 would hide the first refused config from increase() and alerts on it.
+    const reloadsAtStart = await metric('oidc_sidecar_config_reloads_total');
+    for (const result of ['success', 'invalid', 'error']) expect(reloadsAtStart).toContain(`oidc_sidecar_config_reloads_total{result="${result}"} 0`);
+    const upstreamAtStart = await metric('oidc_sidecar_upstream_errors_total');
+    for (const reason of ['upstream_connect_failed', 'upstream_timeout', 'upstream_reset', 'upstream_bad_response']) {
+      expect(upstreamAtStart).toContain(`oidc_sidecar_upstream_errors_total{direction="inbound",reason="${reason}"} 0`);
+    }
+    expect(upstreamAtStart).not.toContain('direction="outbound"');
 
     sidecar.rewriteConfig(inboundConfig(allowSub('payments')));
     sidecar.signal('SIGHUP');
