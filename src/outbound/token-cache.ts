@@ -155,6 +155,15 @@ export function backoffDelay(failures: number, minMs: number, maxMs: number, ran
   return Math.min(maxMs, Math.max(minMs, base * (0.8 + 0.4 * clamp01(random))));
 }
 
+/**
+ * A wait an IdP asked for (Retry-After), with 0-20% added and capped at `maxMs`: never sooner than asked, and
+ * spread, so a fleet throttled at once (an HTTP-date Retry-After names one instant for all) does not come back at once
+ * and get throttled again. The ceiling itself is not spread upwards; the fleet's own failures are.
+ */
+export function spreadWait(askedMs: number, maxMs: number, random: number): number {
+  return Math.min(maxMs, askedMs * (1 + 0.2 * clamp01(random)));
+}
+
 function clamp01(n: number): number {
   return Math.min(Math.max(n, 0), 1);
 }
@@ -375,7 +384,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to
     // retryMaxSeconds; a failure that asking again soon would only repeat (a token for another audience, each one
     // minted for nothing) waits the whole of it.
-    const asked = err.lasting ? retryMaxMs : err.retryAfterMs === undefined ? 0 : Math.min(err.retryAfterMs, retryMaxMs);
+    const asked = err.lasting ? retryMaxMs : err.retryAfterMs === undefined ? 0 : spreadWait(err.retryAfterMs, retryMaxMs, random());
     const backoffMs = Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
     // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long
     // ceiling would leave them failing for up to retryMaxSeconds after the IdP is back.

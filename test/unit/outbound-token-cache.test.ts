@@ -7,7 +7,7 @@ import { tokenSourceSchema } from '../../src/config/schema.js';
 import { TokenUnavailableError } from '../../src/errors.js';
 import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
 import { createTokenSource } from '../../src/outbound/sources/index.js';
-import { backoffDelay, computeRefreshAt, createTokenCache, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
+import { backoffDelay, computeRefreshAt, createTokenCache, spreadWait, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
 import { rawToken } from '../support/tokens.js';
 import { createFakeTime, metricValue, observed, startStubTokenEndpoint, type FakeTime, type StubTokenEndpoint, type TokenReply } from './outbound-harness.js';
 
@@ -237,6 +237,20 @@ describe('token cache (clock-controlled, real client_credentials source against 
     time.advance(60_000);
     await vi.waitFor(async () => expect(await cache.get(binding)).toBe('opaque-2'));
     expect(stub.requests).toHaveLength(4);
+  });
+
+  it('spreads a Retry-After wait by up to a fifth more, never less, so a fleet throttled at once does not come back at once', async () => {
+    for (const [r, expected] of [[0, 20_000], [0.5, 22_000], [1, 24_000]] as const) {
+      random = r;
+      stub.reply = () => ({ status: 429, body: { error: 'slow_down' }, headers: { 'retry-after': '20' } });
+      const key = `spread-${r}`;
+      const start = time.now();
+      await expect(cache.get({ ...binding, key, identity: key })).rejects.toBeInstanceOf(TokenUnavailableError);
+      expect(time.pending()).toContain(start + expected);
+    }
+    // At the ceiling (retryMaxSeconds, 60 s) the wait stays the ceiling.
+    expect(spreadWait(55_000, 60_000, 1)).toBe(60_000);
+    expect(spreadWait(20_000, 60_000, 7)).toBe(24_000);
   });
 
   it('with no token held, a 429 Retry-After is honoured too: calls fail at once meanwhile, the IdP is not asked', async () => {
