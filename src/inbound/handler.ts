@@ -8,6 +8,7 @@ import { loggedPath } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { hasRequestBody } from '../proxy/headers.js';
 import { refusedAfterHandOff } from '../proxy/limits.js';
+import { markStarted, refusalStartedAt } from '../proxy/request-start.js';
 import { sendError } from '../proxy/respond.js';
 import type { Refusal, RefusedRequest } from '../proxy/listen.js';
 import { createOwnConnections } from '../proxy/own-connections.js';
@@ -132,7 +133,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
 
   // A cached token is decided synchronously, so the common request has no promise before the upstream dispatch.
   const handle = (req: IncomingMessage, res: ServerResponse) => {
-    const started = performance.now();
+    const started = markStarted(req);
     try {
       const decision = authorizer.decide(toInboundRequest(req));
       if (decision instanceof Promise) decision.then((d) => proceed(req, res, d, started)).catch((err: unknown) => failed(res, err));
@@ -145,8 +146,8 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   // Refused before any token check (by the listener, or an Upgrade that is not a WebSocket handshake): a reject like
   // bad_path, logged the same way. One refused by Node's parser has no method or path yet: the line says who sent it.
   // One whose body broke or stalled after it was handed on (refusedAfterHandOff) is counted by its decision: it is
-  // logged and timed (its duration ends with this answer), not counted again (inbound_requests_total is one per
-  // request).
+  // logged and timed (from when the handler took it to this answer, see refusalStartedAt), not counted again
+  // (inbound_requests_total is one per request).
   const refused = (req: RefusedRequest, refusal: Refusal) => {
     if (!refusedAfterHandOff(req)) metrics.inboundRequests.inc({ decision: 'reject', reason: refusal.reason });
     logger.warn(
@@ -162,7 +163,8 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
       },
       'request_rejected',
     );
-    observe(performance.now());
+    const started = refusalStartedAt(req, refusal);
+    if (started !== undefined) observe(started);
   };
 
   const authorize = (req: IncomingMessage) => authorizer.authorize(toInboundRequest(req));

@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { initUpstreamErrors } from '../admin/metrics.js';
+import { markStarted, refusalStartedAt } from '../proxy/request-start.js';
 import { waitingLine, type Component, type ComponentDeps } from '../component.js';
 import type { Clock } from '../clock.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
@@ -83,15 +84,16 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
   let isDrainExpired = false;
   const unanswered = () => (isDrainExpired ? DRAIN_TIMEOUT : CLIENT_CLOSED);
   const duration = metrics.requestDuration.labels({ direction: 'outbound' });
-  const record = (route: string, status: string, started: number) => {
+  /** Counts a call, and times it from `started` (undefined: not timed, see refusalStartedAt). */
+  const record = (route: string, status: string, started: number | undefined) => {
     metrics.outboundRequests.inc({ route, status });
-    duration.observe((performance.now() - started) / 1000);
+    if (started !== undefined) duration.observe((performance.now() - started) / 1000);
   };
   // Every refusal is counted and logged, not only counted: an app calling a host it has no route for is what a
   // compromised dependency reaching for its own server looks like, and the line names the host and the path (as the
   // inbound side's lines do, with the query and any credential taken out). The host (and the message quoting it)
   // can be as long as the header block allows, so both are capped.
-  const rejected = (req: RefusedRequest, route: string, refusal: { reason: string; message: string }, started: number, host?: string) => {
+  const rejected = (req: RefusedRequest, route: string, refusal: { reason: string; message: string }, started: number | undefined, host?: string) => {
     logger.warn(
       {
         event: 'request_rejected',
@@ -230,7 +232,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
 
   /** Plain requests: no promise chain before the upstream dispatch when the token is cached. */
   const serve = (req: IncomingMessage, res: ServerResponse): void => {
-    const started = performance.now();
+    const started = markStarted(req);
     const p = prepare(req, started);
     // A request the listener refused while its token was fetched (its body broke) has had its answer and its count,
     // even if its socket is not closed yet: it is not sent on when the token comes.
@@ -246,7 +248,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
    * rule, so the listener has one; CONNECT is their opaque tunnel.
    */
   const serveUpgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel): Promise<void> => {
-    const started = performance.now();
+    const started = markStarted(req);
     if (!isWebSocketHandshake(req)) {
       rejected(req, routeOf(req).route, UPGRADE_NOT_SUPPORTED, started);
       return refuseUpgrade(socket);
@@ -298,7 +300,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     // count, under the route it was for (looked up again: rare, and not worth a field per request). An upgrade refused
     // for want of a tunnel slot is counted under its route, see admitUnder.
     refused: (req, refusal) =>
-      rejected(req, admittingRoute ?? (refusedAfterHandOff(req) ? routeOf(req as IncomingMessage).route : 'none'), refusal, performance.now()),
+      rejected(req, admittingRoute ?? (refusedAfterHandOff(req) ? routeOf(req as IncomingMessage).route : 'none'), refusal, refusalStartedAt(req, refusal)),
     isOwnConnection: own.isOwn,
     connect: (req, socket, head, admit) => connect.handle(req, socket, head, admit),
     async start() {

@@ -384,3 +384,43 @@ describe('an outbound refusal names the path it was for', () => {
     expect(s.output()).not.toMatch(/QUERYTOKEN|QUERYCARD|svc:pw/);
   });
 });
+
+describe('a request the listener refuses is timed as long as it took', () => {
+  /** Sends `bytes` and never ends the request; resolves with everything the listener answered once it closes. */
+  function stall(listener: string, bytes: string): Promise<string> {
+    const url = new URL(listener);
+    return new Promise((resolve, reject) => {
+      const socket = connect(Number(url.port), url.hostname);
+      let answer = '';
+      socket.on('data', (c: Buffer) => (answer += c.toString('latin1')));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(answer));
+      socket.write(bytes);
+    });
+  }
+
+  it('inbound: an allowed request whose body stalls is timed from its start to its 408; one whose head never came whole is counted, not timed', { timeout: 30_000 }, async () => {
+    const s = await startSidecar({
+      service: 'orders',
+      limits: { headersTimeoutSeconds: 1, requestTimeoutSeconds: 2 },
+      inbound: { target: app.url, audience: 'orders', issuers: [{ issuer: idp.issuer }] },
+    });
+    running.push(s);
+    const token = await idp.mint({ aud: 'orders' });
+    const timed = () => counted(s, 'oidc_sidecar_request_duration_seconds_count');
+    const seconds = () => counted(s, 'oidc_sidecar_request_duration_seconds_sum');
+    const [countBefore, sumBefore] = [await timed(), await seconds()];
+    const stalled = await stall(s.inbound!, `POST /upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${token}\r\nContent-Length: 100\r\n\r\n0123456789`);
+    expect(stalled).toMatch(/^HTTP\/1\.1 408 /);
+    expect(await timed()).toBe(countBefore + 1);
+    // At least the two seconds it stalled for (it used to read as a few microseconds).
+    expect((await seconds()) - sumBefore).toBeGreaterThanOrEqual(1.9);
+
+    const requestsBefore = await counted(s, 'oidc_sidecar_inbound_requests_total');
+    const slowloris = await stall(s.inbound!, 'GET /x HTTP/1.1\r\nHost: a\r\n');
+    expect(slowloris).toMatch(/^HTTP\/1\.1 408 /);
+    expect(await counted(s, 'oidc_sidecar_inbound_requests_total')).toBe(requestsBefore + 1);
+    expect(await timed()).toBe(countBefore + 1);
+    expect(s.output()).not.toContain(token);
+  });
+});
