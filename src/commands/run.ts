@@ -50,8 +50,13 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // with the operator's edit) only after all the others.
       let reloading: Promise<void> = Promise.resolve();
       let queued: string | undefined;
+      // A refused or failed reload is tried again, with backoff, until one applies or another trigger comes: in
+      // Kubernetes a ConfigMap and the Secret it names are updated apart, often tens of seconds apart, so a config
+      // naming a file that is not there yet is refused, and the file's arrival is no change of the config files.
+      const retry = createReloadRetry(() => reload('retry'));
       const reload = (trigger: string) => {
         if (stopping) return;
+        retry.cancel();
         // A SIGHUP or a CA change merged into a waiting file_changed reload must not be skipped as "unchanged".
         const wasQueued = queued !== undefined;
         if (queued === undefined || queued === 'file_changed') queued = trigger;
@@ -66,8 +71,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
               return void logger.debug({ event: 'config_unchanged', trigger }, 'config files unchanged since they were last read; not reloading');
             }
             lastRead = now;
-            const applied = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now);
-            if (applied && !stopping) watch.update(applied.config, applied.baselines);
+            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now, retry.lastFailure);
+            if (stopping) return;
+            if (outcome.applied) watch.update(outcome.applied.config, outcome.applied.baselines);
+            retry.settled(outcome.failure, trigger);
           })
           // Nothing above is expected to throw; if it did, later reloads and shutdown must still run after it.
           .catch((err) => logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config'));
@@ -90,6 +97,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
           logger.info({ event: 'signal', signal, ...(whileStarting && { whileStarting }) }, `received ${signal}${whileStarting ? ' while starting' : ''}`);
           stopping = true;
           watch.stop();
+          retry.cancel();
           // A reload under way gives up at once (app.shutdown); one queued behind it never starts (`stopping`).
           shutDown(app, logger).then(() => resolve(undefined), resolve);
         };
@@ -127,6 +135,12 @@ export async function shutDown(app: Pick<RunningApp, 'shutdown'>, logger: Logger
   }
 }
 
+interface ReloadOutcome {
+  applied?: { config: Config; baselines: { config: FileSignatures; ca: FileSignatures } };
+  /** What went wrong, as logged (refused or failed; not a reload a shutdown abandoned): the reload is tried again. */
+  failure?: string;
+}
+
 async function reloadFrom(
   paths: string[],
   trigger: string,
@@ -135,7 +149,11 @@ async function reloadFrom(
   apply: (c: Config) => Promise<void>,
   // Taken before the read, so an edit that lands while this config loads or is applied triggers the next reload.
   configBaseline: FileSignatures,
-): Promise<{ config: Config; baselines: { config: FileSignatures; ca: FileSignatures } } | undefined> {
+  // The previous attempt's failure: a retry that fails the same way is logged at debug, so a config that stays broken
+  // is one error line, not one per retry. It is counted each time (config_reloads_total counts every attempt).
+  previousFailure: string | undefined,
+): Promise<ReloadOutcome> {
+  const level = (failure: string) => (trigger === 'retry' && failure === previousFailure ? 'debug' : 'error');
   let next: Config;
   try {
     next = loadConfig(paths, process.env, { checkSourceFiles: true, regularFilesOnly: true });
@@ -143,24 +161,57 @@ async function reloadFrom(
     metrics.configReloads.inc({ result: 'invalid' });
     // A config file that cannot be read is a UsageError to the CLI; its `usage` code would only puzzle in a log line.
     const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : err instanceof UsageError ? [err.message] : [errorSummary(err)];
-    logger.error({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
-    return undefined;
+    const failure = `invalid: ${errors.join('\n')}`;
+    logger[level(failure)]({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
+    return { failure };
   }
   try {
     await apply(next);
     metrics.configReloads.inc({ result: 'success' });
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
-    return { config: next, baselines: { config: configBaseline, ca: caBaselineOf(next) } };
+    return { applied: { config: next, baselines: { config: configBaseline, ca: caBaselineOf(next) } } };
   } catch (err) {
     // Shutdown began while the new config warmed up: nothing failed, it will not be needed.
     if (err instanceof SidecarError && err.code === 'shutting_down') {
       logger.info({ event: 'config_reload_abandoned', trigger }, 'shutdown began; the new config is not applied');
-      return undefined;
+      return {};
     }
     metrics.configReloads.inc({ result: 'error' });
-    logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
-    return undefined;
+    const failure = `error: ${errorSummary(err)}`;
+    logger[level(failure)]({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
+    return { failure };
   }
+}
+
+/** The first retry of a refused or failed reload comes this long after it (ms); each next one waits twice as long. */
+export const RELOAD_RETRY_MIN_MS = 5_000;
+/** ... up to this (ms). */
+export const RELOAD_RETRY_MAX_MS = 60_000;
+
+/** Schedules the retries of a reload that did not apply (see `reload` in runCommand). */
+function createReloadRetry(retry: () => void) {
+  let timer: NodeJS.Timeout | undefined;
+  let delayMs = RELOAD_RETRY_MIN_MS;
+  const state = {
+    /** The last attempt's failure while retries go on; undefined once one applied. */
+    lastFailure: undefined as string | undefined,
+    /** Called with each attempt's failure, or undefined when it applied (or was abandoned), and what triggered it. */
+    settled(failure: string | undefined, trigger: string) {
+      state.lastFailure = failure;
+      // A new edit or signal starts the backoff again: its config is another one.
+      if (failure === undefined || trigger !== 'retry') delayMs = RELOAD_RETRY_MIN_MS;
+      if (failure === undefined) return;
+      timer = setTimeout(retry, delayMs);
+      // A pending retry never holds the process: shutdown cancels it anyway.
+      timer.unref();
+      delayMs = Math.min(delayMs * 2, RELOAD_RETRY_MAX_MS);
+    },
+    cancel() {
+      clearTimeout(timer);
+      timer = undefined;
+    },
+  };
+  return state;
 }
 
 function isSameSignatures(a: FileSignatures, b: FileSignatures): boolean {

@@ -1,10 +1,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { BIN, runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
@@ -239,6 +240,31 @@ describe('reload', () => {
     const missing = await sidecar.waitForLog((l) => l.event === 'config_reload_refused' && String(l.errors).includes('cannot read config file'));
     expect(missing.errors).toEqual([`cannot read config file ${sidecar.configPath}: no such file`]);
     expect(sidecar.output()).not.toContain('Sup3rS3cret');
+  });
+
+  // Kubernetes updates a ConfigMap and the Secret it names apart, often tens of seconds apart: the config naming a file
+  // that is not there yet is refused, and the file's arrival changes no config file. The refused reload is tried again.
+  it('tries a refused reload again, with backoff, and applies it once the file it named is there; a retry refused the same way logs nothing new', { timeout: 45_000 }, async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('orders')));
+    const token = await idp.getToken('payments', 'orders');
+    expect(await call('/x', token)).toBe(403);
+    const caFile = join(mkdtempSync(join(tmpdir(), 'lifecycle-later-ca-')), 'idp-ca.pem');
+    const next = inboundConfig(allowSub('payments')) as Record<string, any>;
+    next.inbound.issuers[0].caFile = caFile;
+    sidecar.rewriteConfig(next);
+    sidecar.signal('SIGHUP');
+    const refused = await sidecar.waitForLog((l) => l.event === 'config_reload_refused');
+    expect(String(refused.errors)).toContain(caFile);
+    // The first retry (5 s later) is refused the same way: counted, not logged again at error.
+    await eventually(async () => /result="invalid"\} 2$/m.test(await metric('oidc_sidecar_config_reloads_total')), 15_000, 'the first retry');
+    expect(sidecar.logs.filter((l) => l.event === 'config_reload_refused')).toHaveLength(1);
+    expect(await call('/x', token)).toBe(403);
+    copyFileSync(selfSignedCert('later-ca').cert, caFile);
+    // The next retry (10 s after the first) applies it.
+    const applied = await sidecar.waitForLog((l) => l.event === 'config_reloaded', 20_000);
+    expect(applied.trigger).toBe('retry');
+    expect(await call('/x', token)).toBe(200);
+    expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="success"\} 1$/m);
   });
 
   // A FIFO in the config's place would have held the sidecar's one thread in the read until something wrote to it:
