@@ -1,6 +1,6 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
@@ -141,11 +141,19 @@ export function createLimitedServer(
   let server: Server;
   let https: HttpsServer | undefined;
   let stopTls = () => {};
+  // With TLS, every TCP connection as accepted: Node's HTTP layer knows a connection only once its handshake is done,
+  // so its closeAllConnections() leaves one still in the handshake (a silent client, a port scanner) to the handshake
+  // timeout, and server.close() waits for it: the drain deadline would not hold. closeAllConnections cuts these too.
+  const accepted = new Set<Socket>();
   if (tls) {
     const material = loadTlsMaterial(tls);
     // A client gets as long to finish the TLS handshake as to send its headers once it is done. Node's default
     // (120 s) would let silent TCP connections and stalled ClientHellos hold a socket long past the slowloris guard.
     const tlsServer = createHttpsServer({ ...serverOptions, ...material, handshakeTimeout: headersTimeout }, guarded);
+    tlsServer.on('connection', (socket: Socket) => {
+      accepted.add(socket);
+      socket.once('close', () => accepted.delete(socket));
+    });
     // Watch only once listening: a listener that never binds (address in use on a reload) never closes either.
     tlsServer.once('listening', () => {
       stopTls = watchTlsFiles(tlsServer, tls, material, options.logger, options.tlsPollMs);
@@ -188,6 +196,8 @@ export function createLimitedServer(
   server.closeAllConnections = () => {
     closeAll();
     for (const s of detached) cutTunnel(s);
+    // What is left: connections still in their TLS handshake (the others were closed just above).
+    for (const s of accepted) s.destroy();
   };
   const refuseSocket = (req: IncomingMessage, socket: Duplex, refusal: Refusal, headers?: Record<string, string>) => {
     options.refused?.(req, refusal);

@@ -261,6 +261,25 @@ describe('inbound TLS', () => {
     expect(app.seen.map((r) => r.url)).toEqual(['/meanwhile', '/after']);
   });
 
+  it("cuts a connection still in its TLS handshake when the drain's deadline cuts the rest: the handshake timeout does not hold a stop", async () => {
+    const a = selfSigned('drain');
+    const app = await startUpstream();
+    const proxy = await startTestProxy(app.url, { tls: { certFile: a.cert, keyFile: a.key }, limits: { headersTimeoutSeconds: 30, requestTimeoutSeconds: 60 } });
+    cleanups.push(() => app.close(), () => proxy.close());
+    const silent = await rawConnect(proxy.port);
+    const served = await new Promise<TLSSocket>((resolve) => {
+      const s = tlsConnect({ port: proxy.port, host: '127.0.0.1', ca: a.pem, servername: 'drain' }, () => resolve(s));
+    });
+    const closed = (s: Duplex) => new Promise<void>((r) => (s.destroyed ? r() : s.once('close', () => r())));
+    [silent, served].forEach((s) => s.on('error', () => {}));
+    cleanups.push(async () => [silent, served].forEach((s) => s.destroy()));
+    // What app.ts's closeServer does when a drain's deadline passes.
+    const stopped = new Promise<void>((r) => proxy.server.close(() => r()));
+    proxy.server.closeAllConnections();
+    // Both at once, not the silent one 30 s later (the handshake timeout), which is when close() would have called back.
+    await Promise.all([closed(silent), closed(served), stopped]);
+  });
+
   it('reports a TLS client too slow with its request (408), but not one that finished its handshake and never asked anything', async () => {
     const a = selfSigned('slow-request');
     const app = await startUpstream();
