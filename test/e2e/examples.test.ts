@@ -194,6 +194,13 @@ describe('docker-compose example', () => {
     expect(compose.networks.mesh.internal).toBe(true);
   });
 
+  it('publishes its ports on 127.0.0.1 only (Docker would bind every interface), and restarts the sidecars as it does the apps', () => {
+    const published = Object.entries(compose.services).flatMap(([name, svc]) => ((svc.ports ?? []) as string[]).map((p) => [name, String(p)]));
+    expect(published.length).toBeGreaterThan(0);
+    for (const [name, port] of published) expect(port, `${name}: ${port}`).toMatch(/^127\.0\.0\.1:\d+:\d+$/);
+    for (const [name, svc] of Object.entries(compose.services)) expect(svc.restart, name).toBe('unless-stopped');
+  });
+
   it('sets each proxy variable in both spellings (curl reads only the lowercase one)', () => {
     for (const [name, svc] of Object.entries(compose.services)) {
       const env = (svc.environment ?? {}) as Record<string, string>;
