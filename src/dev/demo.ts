@@ -81,6 +81,8 @@ function summary(results: ScenarioResult[], lines: number, leaked: number): stri
 
 function keepInstructions(t: DemoTopology): string {
   const u = t.urls;
+  const ciToken = (client: string) =>
+    `$(curl -s -H 'authorization: bearer ${client}-secret' '${t.issuer.issuer}/github-actions/token?client=${client}&audience=deployer' | sed -E 's/.*"value":"([^"]+)".*/\\1/')`;
   const token = (client: string, aud: string) =>
     `$(curl -s -u ${client}:${client}-secret -d grant_type=client_credentials -d audience=${aud} ${t.issuer.tokenEndpoint} | sed -E 's/.*"access_token":"([^"]+)".*/\\1/')`;
   return [
@@ -90,10 +92,14 @@ function keepInstructions(t: DemoTopology): string {
     `  curl -si -X POST ${u.paymentsInbound}/payments/charge                  # 401 missing_token`,
     `  TOKEN=${token('orders', 'payments')}`,
     `  curl -s -X POST -H "authorization: Bearer $TOKEN" ${u.paymentsInbound}/payments/charge   # 200`,
+    `  WRONG=${token('orders', 'orders')}`,
+    `  curl -si -X POST -H "authorization: Bearer $WRONG" ${u.paymentsInbound}/payments/charge  # 401 audience_mismatch`,
     `  OTHER=${token('analytics', 'payments')}`,
     `  curl -si -X POST -H "authorization: Bearer $OTHER" ${u.paymentsInbound}/payments/charge  # 403 policy_denied`,
-    `  CI=$(curl -s -H 'authorization: bearer github-main-secret' '${t.issuer.issuer}/github-actions/token?client=github-main&audience=deployer' | sed -E 's/.*"value":"([^"]+)".*/\\1/')`,
+    `  CI=${ciToken('github-main')}`,
     `  curl -s -X POST -H "authorization: Bearer $CI" ${u.deployerInbound}/deploy                 # 200`,
+    `  BRANCH=${ciToken('github-feature')}`,
+    `  curl -si -X POST -H "authorization: Bearer $BRANCH" ${u.deployerInbound}/deploy            # 403 policy_denied`,
     `  curl -s ${u.paymentsAdmin}/metrics | grep oidc_sidecar_inbound_requests_total    # the payments sidecar's counters`,
     '',
     'Press Ctrl-C to stop and clean up.',

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -217,6 +217,24 @@ describe('oidc-sidecar CLI', () => {
       expect(r.code).toBe(0);
       expect(r.stdout).toContain(`oidc-sidecar ${cmd}`);
     }
+  });
+});
+
+describe('a launcher without its bundle', () => {
+  // A checkout installed with --ignore-scripts (no build), a package that lost files, or a build under way.
+  it.each([['--help'], ['run', '--config', 'sidecar.yaml']])('says in one line that the CLI is not built, and exits 1: %s', async (...args) => {
+    const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-unbuilt-'));
+    cpSync(resolve(BIN, '..'), join(dir, 'bin'), { recursive: true });
+    cpSync(resolve(BIN, '../../package.json'), join(dir, 'package.json'));
+    const r = await new Promise<{ code: number | null; stderr: string }>((res) => {
+      const child = spawn(process.execPath, [join(dir, 'bin/oidc-sidecar.js'), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c));
+      child.on('close', (code) => res({ code, stderr }));
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^oidc-sidecar: the CLI is not built: Cannot find module '.*dist\/bundle\/runtime\.js' .*run `npm run build`.*\n$/);
+    expect(r.stderr.split('\n')).toHaveLength(2);
   });
 });
 

@@ -1,6 +1,8 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { BIN, runCli } from '../support/sidecar.js';
+
+const hasCurl = spawnSync('curl', ['--version'], { stdio: 'ignore' }).status === 0;
 
 /** The demo's rows as the product contract describes them: scenario and outcome. */
 const ROWS: Array<[string, string]> = [
@@ -65,6 +67,21 @@ describe('oidc-sidecar demo', () => {
     expect(((await viaOrders.json()) as { peer: { sub: string } }).peer.sub).toBe('orders');
     const noToken = await fetch(`${payments}/payments/charge`, { method: 'POST' });
     expect(noToken.status).toBe(401);
+    if (hasCurl) {
+      // Every printed command that names its status gets it, run as printed (with bash and curl, as a user would).
+      const printed = out.slice(out.indexOf('Try it'), out.indexOf('Press Ctrl-C')).split('\n').map((l) => l.trim());
+      const expected: string[] = [];
+      const script = printed.flatMap((line) => {
+        if (/^[A-Z]+=\$\(curl /.test(line)) return [line];
+        const status = /^(curl .*?)\s+# (\d{3})\b/.exec(line);
+        if (!status) return [];
+        expected.push(status[2]!);
+        return [`${status[1]} -o /dev/null -w '%{http_code}\\n'`];
+      });
+      expect(expected).toEqual(['401', '200', '401', '403', '200', '403']);
+      const ran = spawnSync('bash', ['-c', script.join('\n')], { encoding: 'utf8' });
+      expect(ran.stdout.trim().split('\n'), ran.stderr).toEqual(expected);
+    }
 
     child.kill('SIGINT');
     expect(await exited).toBe(0);
