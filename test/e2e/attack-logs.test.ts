@@ -145,7 +145,8 @@ describe('a client secret of three characters or fewer', () => {
 });
 
 /** Writes `bytes` on a fresh connection and resolves with everything the listener answered, once it closes the connection. */
-function exchange(listener: string, bytes: string): Promise<string> {
+/** Sends `bytes` (and ends the request, unless `end` is false) and resolves with all the listener answered once it closes. */
+function exchange(listener: string, bytes: string, end = true): Promise<string> {
   const url = new URL(listener);
   return new Promise((resolve, reject) => {
     const socket = connect(Number(url.port), url.hostname);
@@ -153,7 +154,8 @@ function exchange(listener: string, bytes: string): Promise<string> {
     socket.on('data', (c: Buffer) => (answer += c.toString('latin1')));
     socket.on('error', reject);
     socket.on('close', () => resolve(answer));
-    socket.end(bytes);
+    if (end) socket.end(bytes);
+    else socket.write(bytes);
   });
 }
 
@@ -386,18 +388,7 @@ describe('an outbound refusal names the path it was for', () => {
 });
 
 describe('a request the listener refuses is timed as long as it took', () => {
-  /** Sends `bytes` and never ends the request; resolves with everything the listener answered once it closes. */
-  function stall(listener: string, bytes: string): Promise<string> {
-    const url = new URL(listener);
-    return new Promise((resolve, reject) => {
-      const socket = connect(Number(url.port), url.hostname);
-      let answer = '';
-      socket.on('data', (c: Buffer) => (answer += c.toString('latin1')));
-      socket.on('error', reject);
-      socket.on('close', () => resolve(answer));
-      socket.write(bytes);
-    });
-  }
+  const stall = (listener: string, bytes: string) => exchange(listener, bytes, false);
 
   it('inbound: an allowed request whose body stalls is timed from its start to its 408; one whose head never came whole is counted, not timed', { timeout: 30_000 }, async () => {
     const s = await startSidecar({
