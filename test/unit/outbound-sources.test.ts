@@ -398,6 +398,8 @@ describe('env source', () => {
     await expect(s.fetch({ audience: 'ledger', scopes: [] })).rejects.toThrow(/environment variable ID_TOKEN_ledger is not set or empty/);
     await expect(s.fetch({ audience: 'old', scopes: [] })).rejects.toThrow(/expired/);
     await expect(s.fetch({ audience: 'junk', scopes: [] })).rejects.toThrow(/not a valid bearer token/);
+    // None of these can change under a running process: the cache waits its longest before asking again.
+    for (const audience of ['ledger', 'old', 'junk']) await expect(s.fetch({ audience, scopes: [] })).rejects.toMatchObject({ lasting: true });
   });
 });
 
