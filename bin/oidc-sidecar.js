@@ -35,7 +35,8 @@ async function loadBuilt(path) {
   try {
     return await import(path);
   } catch (err) {
-    const notBuilt = err && err.code === 'ERR_MODULE_NOT_FOUND' && String(err.message).includes('/dist/bundle/');
+    // The module asked for is missing (not a package it imports): the bundle is not there.
+    const notBuilt = err && err.code === 'ERR_MODULE_NOT_FOUND' && err.url === new URL(path, import.meta.url).href;
     const advice = 'in a source checkout run `npm run build`; an installed package is incomplete: install it again';
     process.stderr.write(`oidc-sidecar: ${notBuilt ? `the CLI is not built: ${oneLine(err)} (${advice})` : oneLine(err)}\n`);
     process.exit(1);

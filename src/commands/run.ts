@@ -50,13 +50,13 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // with the operator's edit) only after all the others.
       let reloading: Promise<void> = Promise.resolve();
       let queued: string | undefined;
-      // A refused or failed reload is tried again, with backoff, until one applies or another trigger comes: in
-      // Kubernetes a ConfigMap and the Secret it names are updated apart, often tens of seconds apart, so a config
-      // naming a file that is not there yet is refused, and the file's arrival is no change of the config files.
+      // A reload refused for its config (or its TLS files) is tried again, with backoff, until one applies or another
+      // reload runs: in Kubernetes a ConfigMap and the Secret it names are updated apart, often tens of seconds apart,
+      // so a config naming a file that is not there yet is refused, and the file's arrival is no change of the config
+      // files.
       const retry = createReloadRetry(() => reload('retry'));
       const reload = (trigger: string) => {
         if (stopping) return;
-        retry.cancel();
         // A SIGHUP or a CA change merged into a waiting file_changed reload must not be skipped as "unchanged".
         const wasQueued = queued !== undefined;
         if (queued === undefined || queued === 'file_changed') queued = trigger;
@@ -67,14 +67,17 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             queued = undefined;
             if (stopping) return;
             const now = signaturesOf(paths);
+            // An edit already read (and refused) by a SIGHUP leaves its retry pending: only a reload that runs replaces it.
             if (trigger === 'file_changed' && isSameSignatures(now, lastRead)) {
               return void logger.debug({ event: 'config_unchanged', trigger }, 'config files unchanged since they were last read; not reloading');
             }
+            retry.cancel();
             lastRead = now;
             const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now, retry.lastFailure);
             if (stopping) return;
             if (outcome.applied) watch.update(outcome.applied.config, outcome.applied.baselines);
-            retry.settled(outcome.failure, trigger);
+            // A reload waiting behind this one reads the files anew: its outcome decides whether to retry.
+            retry.settled(outcome, trigger, queued !== undefined);
           })
           // Nothing above is expected to throw; if it did, later reloads and shutdown must still run after it.
           .catch((err) => logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config'));
@@ -137,8 +140,15 @@ export async function shutDown(app: Pick<RunningApp, 'shutdown'>, logger: Logger
 
 interface ReloadOutcome {
   applied?: { config: Config; baselines: { config: FileSignatures; ca: FileSignatures } };
-  /** What went wrong, as logged (refused or failed; not a reload a shutdown abandoned): the reload is tried again. */
+  /** What went wrong, as logged (refused or failed; not a reload a shutdown abandoned). */
   failure?: string;
+  /**
+   * Whether trying again later may succeed with the same config files: a refused config (a file it names may come,
+   * a variable is set by then) or TLS files that are not there or not a pair yet. Not a listener that cannot bind or
+   * a change that takes a restart: retried, each would warm the config up again (keys fetched, tokens handed over)
+   * and fail the same way.
+   */
+  retryable?: boolean;
 }
 
 async function reloadFrom(
@@ -163,7 +173,7 @@ async function reloadFrom(
     const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : err instanceof UsageError ? [err.message] : [errorSummary(err)];
     const failure = `invalid: ${errors.join('\n')}`;
     logger[level(failure)]({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
-    return { failure };
+    return { failure, retryable: true };
   }
   try {
     await apply(next);
@@ -179,11 +189,11 @@ async function reloadFrom(
     metrics.configReloads.inc({ result: 'error' });
     const failure = `error: ${errorSummary(err)}`;
     logger[level(failure)]({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config');
-    return { failure };
+    return { failure, retryable: err instanceof ConfigError };
   }
 }
 
-/** The first retry of a refused or failed reload comes this long after it (ms); each next one waits twice as long. */
+/** The first retry of a refused reload comes this long after it (ms); each next one waits twice as long. */
 export const RELOAD_RETRY_MIN_MS = 5_000;
 /** ... up to this (ms). */
 export const RELOAD_RETRY_MAX_MS = 60_000;
@@ -195,12 +205,16 @@ function createReloadRetry(retry: () => void) {
   const state = {
     /** The last attempt's failure while retries go on; undefined once one applied. */
     lastFailure: undefined as string | undefined,
-    /** Called with each attempt's failure, or undefined when it applied (or was abandoned), and what triggered it. */
-    settled(failure: string | undefined, trigger: string) {
-      state.lastFailure = failure;
+    /**
+     * Called with each attempt's outcome and what triggered it; `superseded` when another reload waits behind it,
+     * which reads the files anew and whose own outcome decides.
+     */
+    settled(outcome: ReloadOutcome, trigger: string, superseded: boolean) {
+      state.cancel();
+      state.lastFailure = outcome.failure;
       // A new edit or signal starts the backoff again: its config is another one.
-      if (failure === undefined || trigger !== 'retry') delayMs = RELOAD_RETRY_MIN_MS;
-      if (failure === undefined) return;
+      if (outcome.failure === undefined || trigger !== 'retry') delayMs = RELOAD_RETRY_MIN_MS;
+      if (!outcome.retryable || superseded) return;
       timer = setTimeout(retry, delayMs);
       // A pending retry never holds the process: shutdown cancels it anyway.
       timer.unref();

@@ -144,8 +144,7 @@ describe('a client secret of three characters or fewer', () => {
   });
 });
 
-/** Writes `bytes` on a fresh connection and resolves with everything the listener answered, once it closes the connection. */
-/** Sends `bytes` (and ends the request, unless `end` is false) and resolves with all the listener answered once it closes. */
+/** Writes `bytes` on a fresh connection (and ends the request, unless `end` is false); resolves with all the listener answered once it closes. */
 function exchange(listener: string, bytes: string, end = true): Promise<string> {
   const url = new URL(listener);
   return new Promise((resolve, reject) => {

@@ -245,11 +245,13 @@ describe('reload', () => {
   // Kubernetes updates a ConfigMap and the Secret it names apart, often tens of seconds apart: the config naming a file
   // that is not there yet is refused, and the file's arrival changes no config file. The refused reload is tried again.
   it('tries a refused reload again, with backoff, and applies it once the file it named is there; a retry refused the same way logs nothing new', { timeout: 45_000 }, async () => {
-    sidecar = await startSidecar(inboundConfig(allowSub('orders')));
+    // With the config watched, the edit the SIGHUP already read is seen again a moment later as a file change, which
+    // finds it unchanged: that must leave the retry in place.
+    sidecar = await startSidecar(inboundConfig(allowSub('orders'), { watchConfig: true }));
     const token = await idp.getToken('payments', 'orders');
     expect(await call('/x', token)).toBe(403);
     const caFile = join(mkdtempSync(join(tmpdir(), 'lifecycle-later-ca-')), 'idp-ca.pem');
-    const next = inboundConfig(allowSub('payments')) as Record<string, any>;
+    const next = inboundConfig(allowSub('payments'), { watchConfig: true }) as Record<string, any>;
     next.inbound.issuers[0].caFile = caFile;
     sidecar.rewriteConfig(next);
     sidecar.signal('SIGHUP');
@@ -296,6 +298,11 @@ describe('reload', () => {
       // Old rules and old socket: still allowed.
       expect(await call('/z', token)).toBe(200);
       expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="error".* 1/);
+      // Not tried again (the first retry of a refused config comes after 5 s): each try would warm the config up
+      // again, fetching keys, and fail the same way until someone frees the port or edits the config.
+      await new Promise((r) => setTimeout(r, 6_000));
+      expect(await metric('oidc_sidecar_config_reloads_total')).toMatch(/result="error".* 1/);
+      expect(sidecar.logs.filter((l) => l.event === 'config_reload_failed')).toHaveLength(1);
     } finally {
       squatter.close();
     }
