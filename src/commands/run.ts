@@ -76,8 +76,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now, retry.lastFailure);
             if (stopping) return;
             if (outcome.applied) watch.update(outcome.applied.config, outcome.applied.baselines);
-            // A reload waiting behind this one reads the files anew: its outcome decides whether to retry.
-            retry.settled(outcome, trigger, queued !== undefined);
+            // A reload waiting behind this one cancels the retry when it runs, and its outcome decides; one that finds
+            // the files unchanged (this edit, seen again by the watch) does not run, and leaves the retry in place.
+            retry.settled(outcome, trigger);
           })
           // Nothing above is expected to throw; if it did, later reloads and shutdown must still run after it.
           .catch((err) => logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config'));
@@ -205,16 +206,13 @@ function createReloadRetry(retry: () => void) {
   const state = {
     /** The last attempt's failure while retries go on; undefined once one applied. */
     lastFailure: undefined as string | undefined,
-    /**
-     * Called with each attempt's outcome and what triggered it; `superseded` when another reload waits behind it,
-     * which reads the files anew and whose own outcome decides.
-     */
-    settled(outcome: ReloadOutcome, trigger: string, superseded: boolean) {
+    /** Called with each attempt's outcome and what triggered it. */
+    settled(outcome: ReloadOutcome, trigger: string) {
       state.cancel();
       state.lastFailure = outcome.failure;
       // A new edit or signal starts the backoff again: its config is another one.
       if (outcome.failure === undefined || trigger !== 'retry') delayMs = RELOAD_RETRY_MIN_MS;
-      if (!outcome.retryable || superseded) return;
+      if (!outcome.retryable) return;
       timer = setTimeout(retry, delayMs);
       // A pending retry never holds the process: shutdown cancels it anyway.
       timer.unref();
