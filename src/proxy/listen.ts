@@ -141,7 +141,7 @@ export function createLimitedServer(
   let server: Server;
   let https: HttpsServer | undefined;
   let stopTls = () => {};
-  // With TLS, every TCP connection as accepted: Node's HTTP layer knows a connection only once its handshake is done,
+  // With TLS, every TCP connection as it is accepted: Node's HTTP layer knows a connection only once its handshake is done,
   // so its closeAllConnections() leaves one still in the handshake (a silent client, a port scanner) to the handshake
   // timeout, and server.close() waits for it: the drain deadline would not hold. closeAllConnections cuts these too.
   const accepted = new Set<Socket>();
