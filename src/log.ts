@@ -182,6 +182,12 @@ export const MAX_LOGGED_HOST = 256;
 export const JWT_LIKE = /eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/g;
 
 /**
+ * The longest error text from outside (an IdP's answer, a token file's complaint, a refusal quoting the request) that a
+ * log line, `/readyz` or an error body carries, with `capped`.
+ */
+export const MAX_ERROR_TEXT = 512;
+
+/**
  * A value a caller chose (a path, a host, a message quoting either), cut to `max` characters for a log line, with
  * anything JWT-like in it shown as `[redacted]`: a caller can put a token where a path or host goes
  * (`/verify/eyJ…`, `CONNECT eyJ….eyJ…:443`), and SPEC says a token never appears in a log line.

@@ -4,14 +4,11 @@ import type { Metrics } from '../admin/metrics.js';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
 import { KeysUnavailableError, SidecarError } from '../errors.js';
-import { capped, type Logger } from '../log.js';
+import { capped, MAX_ERROR_TEXT, type Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../oidc/http.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import { filterJwks, MAX_JWKS_KEYS, shownKid } from './jwks-filter.js';
-
-/** The longest error text kept from a failed key fetch (it quotes what the IdP answered). */
-const MAX_ERROR_TEXT = 512;
 
 /** The keys of one trusted issuer. */
 export interface IssuerKeys {

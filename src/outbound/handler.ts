@@ -8,7 +8,7 @@ import { waitingLine, type Component, type ComponentDeps } from '../component.js
 import type { Clock } from '../clock.js';
 import type { LimitsConfig, OutboundConfig } from '../config/schema.js';
 import { TokenUnavailableError, UpstreamError } from '../errors.js';
-import { capped, loggedPath, MAX_LOGGED_HOST } from '../log.js';
+import { capped, loggedPath, MAX_ERROR_TEXT, MAX_LOGGED_HOST } from '../log.js';
 import { forward, NO_HEADERS } from '../proxy/forward.js';
 import { isWebSocketHandshake } from '../proxy/headers.js';
 import type { AdmitTunnel, RefusedRequest } from '../proxy/listen.js';
@@ -33,8 +33,6 @@ export interface OutboundDeps extends ComponentDeps {
   /** Dispatcher for token requests instead of the sources' own agents. */
   idpDispatcher?: Dispatcher;
 }
-
-const MAX_LOGGED_DETAIL = 512;
 
 /**
  * The outbound half: route by host → token for the route's audience (cached)
@@ -103,7 +101,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         path: req.url === undefined ? undefined : loggedPath(req.url),
         method: req.method?.slice(0, 16),
         peer: req.socket.remoteAddress,
-        detail: capped(refusal.message, MAX_LOGGED_DETAIL),
+        detail: capped(refusal.message, MAX_ERROR_TEXT),
       },
       'request_rejected',
     );

@@ -2,13 +2,10 @@ import type { Metrics } from '../admin/metrics.js';
 import type { Clock } from '../clock.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { SidecarError, TokenUnavailableError } from '../errors.js';
-import { audit, capped, type Logger } from '../log.js';
+import { audit, capped, MAX_ERROR_TEXT, type Logger } from '../log.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import type { IssuedToken, TokenSource } from './sources/index.js';
 import { isoTimeOrNumber } from '../time-text.js';
-
-/** The longest error text a `token_fetch_failed` line carries: it quotes what the IdP or the token file said. */
-const MAX_LOGGED_ERROR = 512;
 
 /** One cached token's identity: which source, for which audience and scopes. */
 export interface TokenBinding {
@@ -401,7 +398,7 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
         scopes,
         reason: result,
         oauthError: err.oauthError,
-        error: capped(err.message, MAX_LOGGED_ERROR),
+        error: capped(err.message, MAX_ERROR_TEXT),
         // Closed, it was handed over: what happens next (keeping a token, when to retry) is the new config's to decide.
         ...(closed ? { handedOver: true } : { failures: e.failures, keepingToken: isValid(e, now), retryInMs: Math.round(retryInMs) }),
       });
