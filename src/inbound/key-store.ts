@@ -4,6 +4,7 @@ import type { Metrics } from '../admin/metrics.js';
 import type { Clock } from '../clock.js';
 import type { InboundConfig, IssuerConfig } from '../config/schema.js';
 import { KeysUnavailableError, SidecarError } from '../errors.js';
+import { spreadWait } from '../jitter.js';
 import { capped, MAX_ERROR_TEXT, type Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../oidc/http.js';
@@ -68,6 +69,8 @@ export interface KeyStoreDeps {
   clock: Clock;
   /** Default: real unref'd timers. */
   scheduler?: Scheduler;
+  /** [0, 1) source for spreading an IdP's Retry-After wait; default Math.random. */
+  random?: () => number;
   /**
    * The predecessor's keys (config reload): an unchanged issuer starts with them, so a reload
    * during an IdP outage keeps verifying for what is left of `maxStaleSeconds` instead of failing.
@@ -150,6 +153,7 @@ function createIssuerKeys(
   seed: IssuerKeysSnapshot | undefined,
 ): IssuerKeysInternal {
   const { clock, metrics } = deps;
+  const random = deps.random ?? Math.random;
   const logger = deps.logger.child({ issuer: cfg.issuer });
   const timeoutMs = jwks.timeoutSeconds * 1000;
   let agent: Agent | undefined;
@@ -290,7 +294,9 @@ function createIssuerKeys(
         failing = true;
         lastFetchOk = false;
         const asked = err instanceof IdpHttpError ? retryAfterMs(err.retryAfter, clock.now()) : undefined;
-        const waitMs = asked === undefined ? undefined : Math.min(asked, longestRetryMs);
+        // Spread by up to a fifth more, as the token cache does: an HTTP-date Retry-After names one instant for a
+        // whole fleet, which would otherwise come back to the IdP together and be throttled again.
+        const waitMs = asked === undefined ? undefined : spreadWait(asked, longestRetryMs, random());
         if (waitMs !== undefined) quietUntil = clock.monotonic() + waitMs;
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: code });
         logger.warn(

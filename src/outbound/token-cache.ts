@@ -3,6 +3,7 @@ import type { Clock } from '../clock.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { SidecarError, TokenUnavailableError } from '../errors.js';
 import { audit, capped, MAX_ERROR_TEXT, type Logger } from '../log.js';
+import { backoffDelay, clamp01, spreadWait } from '../jitter.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import type { IssuedToken, TokenSource } from './sources/index.js';
 import { isoTimeOrNumber } from '../time-text.js';
@@ -141,28 +142,6 @@ export function computeRefreshAt(obtainedAt: number, expiresAt: number, marginMs
   // Spread over the whole window: clamping a wider spread to its end would put a share of the fleet on one point.
   const at = earliest + (latest - earliest) * clamp01(random);
   return recheckAt !== undefined ? Math.min(at, Math.max(obtainedAt, recheckAt)) : at;
-}
-
-/**
- * Delay before retry number `failures` (1-based), ms: exponential from
- * `minMs`, ±20% jitter so a fleet does not retry in step, within [minMs, maxMs].
- */
-export function backoffDelay(failures: number, minMs: number, maxMs: number, random: number): number {
-  const base = Math.min(maxMs, minMs * 2 ** Math.min(failures - 1, 30));
-  return Math.min(maxMs, Math.max(minMs, base * (0.8 + 0.4 * clamp01(random))));
-}
-
-/**
- * A wait an IdP asked for (Retry-After), with 0-20% added and capped at `maxMs`: never sooner than asked, and
- * spread, so a fleet throttled at once (an HTTP-date Retry-After names one instant for all) does not come back at once
- * and get throttled again. The ceiling itself is not spread upwards; the fleet's own failures are.
- */
-export function spreadWait(askedMs: number, maxMs: number, random: number): number {
-  return Math.min(maxMs, askedMs * (1 + 0.2 * clamp01(random)));
-}
-
-function clamp01(n: number): number {
-  return Math.min(Math.max(n, 0), 1);
 }
 
 /**

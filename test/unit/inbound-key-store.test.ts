@@ -26,7 +26,8 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
 });
 
-async function setup(jwks: Record<string, unknown> = {}, initialKeys?: (k1: JWK) => unknown[]) {
+/** `random` spreads a Retry-After wait; 0 (none added) unless a test is about the spread. */
+async function setup(jwks: Record<string, unknown> = {}, initialKeys?: (k1: JWK) => unknown[], random = () => 0) {
   const k1 = await testKeyPair('RS256', 'k1');
   const server = await startJwksServer({ keys: initialKeys?.(k1.publicJwk) ?? [k1.publicJwk] });
   cleanups.push(() => server.close());
@@ -35,7 +36,7 @@ async function setup(jwks: Record<string, unknown> = {}, initialKeys?: (k1: JWK)
   const scheduler = manualScheduler();
   const metrics = testMetrics();
   const { logger, lines } = captureLogger();
-  const store = createKeyStore(config.issuers, config.jwks, { logger, metrics, clock, scheduler });
+  const store = createKeyStore(config.issuers, config.jwks, { logger, metrics, clock, scheduler, random });
   cleanups.push(() => store.close());
   return { k1, server, config, clock, scheduler, metrics, lines, store, keys: () => store.get('http://idp.test')! };
 }
@@ -142,6 +143,23 @@ describe('key store', () => {
     server.set({ keys: [(await testKeyPair('RS256', 'k2')).publicJwk] });
     await fireTimer(server, scheduler);
     expect(store.isReady()).toBe(true);
+  });
+
+  it("spreads a Retry-After wait by up to a fifth more, never past the backoff's ceiling, so a fleet throttled at once does not come back at once", async () => {
+    const { store, server, scheduler, clock, keys, lines } = await setup({ retryMinSeconds: 1, retryMaxSeconds: 60, cooldownSeconds: 1 }, undefined, () => 1);
+    server.set({ status: 429, body: '{}', headers: { 'retry-after': '20' } });
+    await store.start();
+    expect(scheduler.pending()).toEqual([{ ms: 24_000 }]);
+    expect(lines.find((l) => l.event === 'jwks_fetch_failed')).toMatchObject({ retryAfterSeconds: 24 });
+    // The spread quiet holds an unknown kid off too.
+    clock.advance(23_999);
+    expect(await keys().refetchForUnknownKey()).toBe(false);
+    expect(server.count).toBe(1);
+    // 55 s plus a fifth would pass retryMaxSeconds: the wait stops there.
+    server.set({ status: 429, body: '{}', headers: { 'retry-after': '55' } });
+    clock.advance(1);
+    await fireTimer(server, scheduler);
+    expect(scheduler.pending()).toEqual([{ ms: 60_000 }]);
   });
 
   it('with the shortest maxStaleSeconds the schema accepts, the keys outlive a refresh and a retry that each take their whole timeout budget', async () => {

@@ -7,7 +7,8 @@ import { tokenSourceSchema } from '../../src/config/schema.js';
 import { TokenUnavailableError } from '../../src/errors.js';
 import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
 import { createTokenSource } from '../../src/outbound/sources/index.js';
-import { backoffDelay, computeRefreshAt, createTokenCache, spreadWait, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
+import { backoffDelay, spreadWait } from '../../src/jitter.js';
+import { computeRefreshAt, createTokenCache, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
 import { rawToken } from '../support/tokens.js';
 import { createFakeTime, metricValue, observed, startStubTokenEndpoint, type FakeTime, type StubTokenEndpoint, type TokenReply } from './outbound-harness.js';
 
