@@ -413,4 +413,21 @@ describe('a request the listener refuses is timed as long as it took', () => {
     expect(await timed()).toBe(countBefore + 1);
     expect(s.output()).not.toContain(token);
   });
+
+  it('outbound: an allowed call whose body stalls is timed from its start to its 408', { timeout: 30_000 }, async () => {
+    writeFileSync(join(dir, 'payments-token'), await idp.mint({ aud: 'payments' }));
+    const s = await startSidecar({
+      service: 'orders',
+      limits: { headersTimeoutSeconds: 1, requestTimeoutSeconds: 2 },
+      outbound: { tokenSource: { type: 'file', path: join(dir, 'payments-token') }, routes: [{ host: 'payments', target: app.url, audience: 'payments' }] },
+    });
+    running.push(s);
+    const timed = () => counted(s, 'oidc_sidecar_request_duration_seconds_count');
+    const seconds = () => counted(s, 'oidc_sidecar_request_duration_seconds_sum');
+    const [countBefore, sumBefore] = [await timed(), await seconds()];
+    const stalled = await stall(s.outbound!, 'POST /upload HTTP/1.1\r\nHost: payments\r\nContent-Length: 100\r\n\r\n0123456789');
+    expect(stalled).toMatch(/^HTTP\/1\.1 408 /);
+    expect(await timed()).toBe(countBefore + 1);
+    expect((await seconds()) - sumBefore).toBeGreaterThanOrEqual(1.9);
+  });
 });
