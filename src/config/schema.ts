@@ -3,6 +3,7 @@ import * as z from '../zod.js';
 import type { CaBundle } from './ca-bundle.js';
 import { DEFAULTS } from './defaults.js';
 import { compileGlob } from '../inbound/matcher.js';
+import { SPACE_DELIMITED } from '../inbound/policy.js';
 import { downgradesToCleartext } from '../oidc/discovery.js';
 import { canonicalHost } from '../outbound/canonical-host.js';
 import { parseAuthority, routeKey } from '../outbound/router.js';
@@ -159,6 +160,16 @@ const allowEntrySchema = z
       .record(z.string().min(1), claimValue)
       // `claims: {}` (say a template's empty map) would be an entry with nothing to check, which every verified token matches.
       .refine((c) => Object.keys(c).length > 0, 'needs at least one claim: an empty map checks nothing, so the entry would allow every valid token')
+      .superRefine((c, ctx) => {
+        // A scope value is read as the token's is, a list of scopes split at spaces: a blank one names none, and
+        // "all of none" would be granted to every token.
+        for (const name of Object.keys(c).filter((n) => SPACE_DELIMITED.has(n))) {
+          const values = Array.isArray(c[name]) ? c[name] : [c[name]];
+          if (values.some((v) => typeof v === 'string' && v.trim() === '')) {
+            ctx.addIssue({ code: 'custom', path: [name], message: 'names no scope: a scope value is one or more scopes separated by spaces' });
+          }
+        }
+      })
       .optional(),
   })
   .refine((e) => Object.values(e).some((v) => v !== undefined), 'an allow entry needs at least one of sub, iss, azp, client_id, claims');
@@ -197,8 +208,12 @@ const ruleSchema = z
   })
   .refine((r) => !(r.public && r.allow), { message: 'a public rule takes no `allow` list', path: ['public'] });
 
-/** Headers that frame the message, belong to one connection, or carry the caller's own credentials: never an identity header. */
-const RESERVED_FORWARD_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer', 'upgrade', 'keep-alive', 'cookie', 'authorization']);
+/**
+ * Headers that frame the message (`expect` too: undici refuses it, so every allowed request failed 502), carry the
+ * caller's own credentials, or that the sidecar writes itself (X-Forwarded-*): never an identity header. Hop-by-hop
+ * headers (and any `Proxy-*`), which belong to one connection, are refused too (isHopByHop).
+ */
+const RESERVED_FORWARD_HEADERS = new Set(['host', 'content-length', 'expect', 'cookie', 'authorization', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 
 /** A header the sidecar sets for the app: not a reserved name, and letters, digits and `-` only (see isPlainHeaderName). */
 const checkedForwardHeaderName = z
@@ -206,8 +221,8 @@ const checkedForwardHeaderName = z
   .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be an HTTP header name')
   .superRefine((name, ctx) => {
     const lower = name.toLowerCase();
-    if (RESERVED_FORWARD_HEADERS.has(lower) || lower.startsWith('proxy-')) {
-      ctx.addIssue({ code: 'custom', message: `"${lower}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*` });
+    if (RESERVED_FORWARD_HEADERS.has(lower) || isHopByHop(lower)) {
+      ctx.addIssue({ code: 'custom', message: `"${lower}" is reserved (HTTP framing, connection, credentials or the sidecar's own X-Forwarded-*); name identity headers e.g. x-peer-*` });
     }
     if (!isPlainHeaderName(lower)) ctx.addIssue({ code: 'custom', message: PUNCTUATED_NAME_MESSAGE });
   });

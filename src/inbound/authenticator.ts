@@ -57,6 +57,7 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
   const skew = config.clockSkewSeconds;
   const defaultAudience = listOf(config.audience);
   const required = ['exp', ...(config.requiredClaims ?? [])];
+  const requiredByUs = config.requiredClaims ?? [];
   const issuers = new Map<string, IssuerConfig>(config.issuers.map((i) => [i.issuer, i]));
   const algorithms = new Map(config.issuers.map((i) => [i.issuer, new Set<string>(i.algorithms)]));
 
@@ -131,6 +132,8 @@ export function createAuthenticator(config: InboundConfig, deps: AuthenticatorDe
     for (const c of ['exp', 'nbf', 'iat'] as const) {
       if (claims[c] !== undefined && !Number.isFinite(claims[c])) throw new TokenRejectedError('malformed_token', `"${c}" is not a finite number`);
     }
+    // jose counts a claim set to null as present; a token must carry a required claim with a value.
+    for (const c of requiredByUs) if (claims[c] === null) throw new TokenRejectedError('missing_claim', `required "${c}" claim is null`);
     checkTimes(claims, now, skew);
     checkLifetime(claims, now, config.maxTokenLifetimeSeconds);
   };
@@ -274,16 +277,45 @@ function nestsDeeperThan(value: unknown, max: number): boolean {
 }
 
 function decodeSegment(segment: string, what: 'header' | 'payload'): Record<string, unknown> {
+  let text: string;
   let value: unknown;
   try {
-    value = JSON.parse(utf8.decode(Buffer.from(segment, 'base64url')));
+    text = utf8.decode(Buffer.from(segment, 'base64url'));
+    value = JSON.parse(text);
   } catch {
     throw new TokenRejectedError('malformed_token', `token ${what} is not base64url JSON`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new TokenRejectedError('malformed_token', `token ${what} is not a JSON object`);
   }
+  // The bytes are UTF-8 (decoded fatally above), so only a \u escape can make a lone surrogate.
+  if (text.includes('\\u') && holdsLoneSurrogate(value)) {
+    throw new TokenRejectedError('malformed_token', `token ${what} holds text that is not Unicode (an unpaired surrogate escape such as \\ud800)`);
+  }
   return value as Record<string, unknown>;
+}
+
+/** A lone UTF-16 surrogate: with the `u` flag a regex reads a surrogate pair as one code point, so only lone ones match. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
+ * Whether a parsed JSON value holds a string (or a key) with a lone surrogate (RFC 8259 §8.2: such text has no UTF-8
+ * form). An identity header's value is a claim's UTF-8 bytes, in which every lone surrogate reads as U+FFFD: "alice\ud800"
+ * and "alice\udfff" would reach the app as one `x-peer-sub`, and a rule's comparison would not see what the app sees.
+ */
+function holdsLoneSurrogate(value: unknown): boolean {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'string') {
+      if (LONE_SURROGATE.test(v)) return true;
+    } else if (Array.isArray(v)) {
+      for (const child of v) stack.push(child);
+    } else if (typeof v === 'object' && v !== null) {
+      for (const [k, child] of Object.entries(v)) stack.push(k, child);
+    }
+  }
+  return false;
 }
 
 function listOf(v: string | readonly string[]): string[] {

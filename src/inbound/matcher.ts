@@ -152,6 +152,9 @@ type SegmentGlob = { pieces: readonly string[]; nonEmpty: boolean };
  */
 export function compileGlob(glob: string): PathGlob {
   if (!glob.startsWith('/')) throw new Error('must start with "/"');
+  // A request's path never holds a raw "?": the query is split off before rules are matched, so a rule written with
+  // one (`/reports?format=csv`) could never match, and the next, wider rule would decide instead.
+  if (glob.includes('?')) throw new Error('must not contain "?": rules match the path only, never the query string (a literal "?" in a path segment is written %3F)');
   const segments = glob.split('/').slice(1);
   if (segments.map((s) => s.replace(/%2e/gi, '.')).some((s) => s === '.' || s === '..')) {
     throw new Error('must not contain "." or ".." segments');

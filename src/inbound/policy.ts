@@ -11,9 +11,10 @@ type Scalar = string | number | boolean;
 /**
  * Claims whose string value is a space-delimited list (RFC 9068 §2.2.3 and
  * RFC 8693 §4.2 for `scope`; `scp` is the same thing in Azure AD and Okta), so
- * `claims: { scope: read }` matches `"scope": "read write"`.
+ * `claims: { scope: read }` matches `"scope": "read write"`. A configured value
+ * is read the same way: `scope: "read write"` asks for both scopes.
  */
-const SPACE_DELIMITED = new Set(['scope', 'scp']);
+export const SPACE_DELIMITED: ReadonlySet<string> = new Set(['scope', 'scp']);
 
 /**
  * Compiles an `allow` list: any entry matching allows, and every key of an
@@ -42,15 +43,28 @@ function compileEntry(entry: AllowEntry): Policy {
   }
   for (const [name, want] of Object.entries(entry.claims ?? {})) {
     const expected: readonly Scalar[] = Array.isArray(want) ? want : [want as Scalar];
-    const splitSpaces = SPACE_DELIMITED.has(name);
-    checks.push((claims) => claimMatches(claims[name], expected, splitSpaces));
+    if (SPACE_DELIMITED.has(name)) {
+      const wanted = expected.map((v) => (typeof v === 'string' ? v.split(' ').filter((w) => w !== '') : [v]));
+      checks.push((claims) => scopesMatch(claims[name], wanted));
+    } else {
+      checks.push((claims) => claimMatches(claims[name], expected));
+    }
   }
   return (claims) => checks.every((check) => check(claims));
 }
 
-function claimMatches(actual: unknown, expected: readonly Scalar[], splitSpaces: boolean): boolean {
+function claimMatches(actual: unknown, expected: readonly Scalar[]): boolean {
   if (actual === undefined || actual === null) return false;
   if (Array.isArray(actual)) return actual.some((a) => expected.includes(a as Scalar));
-  if (splitSpaces && typeof actual === 'string') return actual.split(' ').some((a) => a !== '' && expected.includes(a));
   return (typeof actual === 'string' || typeof actual === 'number' || typeof actual === 'boolean') && expected.includes(actual);
+}
+
+/**
+ * A scope claim (a space-delimited string, or an array of scopes) against the values configured: it matches when
+ * it grants every scope of one of them. The schema refuses a value with no scope in it, which would match anything.
+ */
+function scopesMatch(actual: unknown, wanted: readonly (readonly Scalar[])[]): boolean {
+  if (actual === undefined || actual === null) return false;
+  const granted: readonly unknown[] = typeof actual === 'string' ? actual.split(' ') : Array.isArray(actual) ? actual : [actual];
+  return wanted.some((scopes) => scopes.every((scope) => granted.includes(scope)));
 }

@@ -107,6 +107,14 @@ describe('RFC 8725 §3.8: validate issuer and subject', () => {
       await refused(`sub ${JSON.stringify(sub)}`, await mintA({ sub }), deny, '/admin/users');
     }
   });
+
+  it('a sub or claim holding a lone surrogate (no UTF-8 form: "a\\ud800" and "a\\udfff" would reach the app as one x-peer-sub) is malformed_token', async () => {
+    for (const over of [{ sub: 'deployer\ud800' }, { sub: '\udfffdeployer' }, { roles: ['admin\udc00'] }]) {
+      await refused(`claims ${JSON.stringify(over)}`, await mintA(over), reject('malformed_token'), '/admin/users');
+    }
+    // Control: a character outside the BMP is a surrogate pair, and goes through percent-encoded.
+    expect(decodeURIComponent(String((await accepted(await mintA({ sub: 'deployer\u{1F511}' })))['x-peer-sub']))).toBe('deployer\u{1F511}');
+  });
 });
 
 describe('RFC 8725 §3.9: use and validate audience', () => {

@@ -305,15 +305,33 @@ describe('config validation errors name the key path', () => {
       ...minimalInbound,
       inbound: { ...minimalInbound.inbound, ...extra, forward },
     });
-    const reserved = ['host', 'Content-Length', 'transfer-encoding', 'connection', 'te', 'trailer', 'upgrade', 'keep-alive', 'proxy-authorization', 'Proxy-Sub', 'cookie', 'Authorization'];
+    const reserved = [
+      'host',
+      'Content-Length',
+      'transfer-encoding',
+      'Expect',
+      'connection',
+      'te',
+      'trailer',
+      'upgrade',
+      'keep-alive',
+      'http2-settings',
+      'proxy-authorization',
+      'Proxy-Sub',
+      'cookie',
+      'Authorization',
+      'X-Forwarded-For',
+      'x-forwarded-proto',
+      'x-forwarded-host',
+    ];
     for (const name of reserved) {
       for (const key of ['subjectHeader', 'issuerHeader', 'claimsHeader']) {
         expect(issuesOf(() => parseConfig(withForward({ [key]: name }))), `${key}: ${name}`).toEqual([
-          `inbound.forward.${key}: "${name.toLowerCase()}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*`,
+          `inbound.forward.${key}: "${name.toLowerCase()}" is reserved (HTTP framing, connection, credentials or the sidecar's own X-Forwarded-*); name identity headers e.g. x-peer-*`,
         ]);
       }
       expect(issuesOf(() => parseConfig(withForward({ claimHeaders: { [name]: 'env' } }))), `claimHeaders: ${name}`).toEqual([
-        `inbound.forward.claimHeaders.${name}: "${name.toLowerCase()}" is reserved (HTTP framing, connection or credentials); name identity headers e.g. x-peer-*`,
+        `inbound.forward.claimHeaders.${name}: "${name.toLowerCase()}" is reserved (HTTP framing, connection, credentials or the sidecar's own X-Forwarded-*); name identity headers e.g. x-peer-*`,
       ]);
     }
     const underscore = 'must be letters, digits and "-" only: CGI-style apps read "_" and other punctuation as "-" (HTTP_X_PEER_SUB), so another spelling would reach the app as the same header';

@@ -139,6 +139,18 @@ describe('authenticator', () => {
     expect(await reason(token)).toBe('malformed_token');
   });
 
+  it('refuses a token whose header or claims hold a lone surrogate (no UTF-8 form: identity headers would merge "a\\ud800" and "a\\udfff"); a pair is text', async () => {
+    const { rsa, mint, reason, verify, claims } = await setup();
+    for (const over of [{ sub: 'alice\ud800' }, { sub: 'alice\udfff' }, { roles: ['a', { deep: ['x\udc00'] }] }, { ['key\ud800']: 1 }]) {
+      expect(await reason(await mint(over)), JSON.stringify(over)).toBe('malformed_token');
+    }
+    expect(await reason(await mint({}, { header: { note: '\ud800' } }))).toBe('malformed_token');
+    // A surrogate pair, escaped or as UTF-8, is one character: accepted, and its header value decodes to it.
+    const escapedPair = await signRaw(JSON.stringify(claims()).replace('"sub":"orders"', '"sub":"\\ud83d\\ude00 \\u00e9"'), rsa);
+    expect((await verify(escapedPair)).claims.sub).toBe('\u{1F600} é');
+    expect(decodeURIComponent(Object.fromEntries(pairs((await verify(await mint({ sub: 'é\u{1F600}' }))).headers))['x-peer-sub']!)).toBe('é\u{1F600}');
+  });
+
   it('checks audience (string or list, per-issuer override) and a missing aud', async () => {
     const { mint, reason } = await setup({ audience: ['orders', 'orders-v2'] });
     expect(await reason(await mint({ aud: 'payments' }))).toBe('audience_mismatch');
@@ -274,11 +286,13 @@ describe('authenticator', () => {
   });
 
   it('enforces typ, requiredClaims and maxTokenLifetimeSeconds when configured', async () => {
-    const { mint, reason, now } = await setup({ typ: 'at+jwt', requiredClaims: ['client_id'], maxTokenLifetimeSeconds: 600 });
+    const { mint, reason, verify, now } = await setup({ typ: 'at+jwt', requiredClaims: ['client_id'], maxTokenLifetimeSeconds: 600 });
     expect(await reason(await mint({ client_id: 'orders' }))).toBe('accepted');
     expect(await reason(await mint({ client_id: 'orders' }, { typ: 'JWT' }))).toBe('malformed_token');
     expect(await reason(await mint({ client_id: 'orders' }, { typ: 'application/at+jwt' }))).toBe('accepted');
     expect(await reason(await mint({}))).toBe('missing_claim');
+    // null is no value: present to jose, missing to us.
+    expect(await verify(await mint({ client_id: null })).catch((err: unknown) => err)).toMatchObject({ code: 'missing_claim', message: 'required "client_id" claim is null' });
     expect(await reason(await mint({ client_id: 'orders', exp: now() + 601 }))).toBe('lifetime_too_long');
     expect(await reason(await mint({ client_id: 'orders', iat: undefined, exp: now() + 601 }))).toBe('lifetime_too_long');
     expect(await reason(await mint({ client_id: 'orders', iat: undefined, nbf: now() - 100, exp: now() + 550 }))).toBe('lifetime_too_long');

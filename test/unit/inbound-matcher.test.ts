@@ -204,6 +204,11 @@ describe('compileGlob and the matcher', () => {
     for (const g of ['/a/../b', '/a/./b', '/a/%2e%2e/b', '/a;b', '/a\\b', '/a%2Fb']) {
       expect(() => compileGlob(g), g).toThrow();
     }
+    // The query is split off before rules are matched: a rule naming one could never match, and a wider one would decide.
+    for (const g of ['/reports?format=csv', '/search?', '/a/**?x']) {
+      expect(() => compileGlob(g), g).toThrow('must not contain "?": rules match the path only, never the query string (a literal "?" in a path segment is written %3F)');
+    }
+    expect(compileGlob('/a%3Fb').test(normalizeTarget('/a%3Fb?x=1').path)).toBe(true);
     try {
       createMatcher([{ match: { path: '/ok' } }, { match: { path: '/a/../admin' } }]);
       throw new Error('expected a ConfigError');

@@ -73,6 +73,31 @@ describe('policy', () => {
     expect(other({ team: 'a b' })).toBe(false);
   });
 
+  it('reads a configured scope value as the token does: "export admin" asks for both scopes, in any order or form', () => {
+    const both = compilePolicy(allow([{ claims: { scope: 'export  admin' } }]));
+    expect(both({ scope: 'export admin' })).toBe(true);
+    expect(both({ scope: 'admin read export' })).toBe(true);
+    expect(both({ scope: ['admin', 'export'] })).toBe(true);
+    expect(both({ scope: 'export' })).toBe(false);
+    expect(both({ scope: ['export admin'] })).toBe(false);
+    // A list is any of its values, each of which may ask for several scopes.
+    const either = compilePolicy(allow([{ claims: { scp: ['export admin', 'root'] } }]));
+    expect(either({ scp: 'root' })).toBe(true);
+    expect(either({ scp: 'admin export' })).toBe(true);
+    expect(either({ scp: 'admin' })).toBe(false);
+    expect(either({ scp: null })).toBe(false);
+  });
+
+  it('refuses a scope value that names no scope, which would match every token', () => {
+    const rule = (claims: Record<string, unknown>) => ({
+      service: 't',
+      inbound: { target: 'http://127.0.0.1:9', audience: 'a', issuers: [{ issuer: 'https://i' }], rules: [{ match: { path: '/**' }, allow: [{ claims }] }] },
+    });
+    expect(() => parseConfig(rule({ scope: ' ' }))).toThrow('inbound.rules.0.allow.0.claims.scope: names no scope: a scope value is one or more scopes separated by spaces');
+    expect(() => parseConfig(rule({ scp: ['read', ''] }))).toThrow('inbound.rules.0.allow.0.claims.scp: names no scope');
+    expect(() => parseConfig(rule({ team: ' ', scope: 'read write' }))).not.toThrow();
+  });
+
   it('never matches missing, null or object claims', () => {
     const p = compilePolicy(allow([{ claims: { team: 'core' } }]));
     expect(p({})).toBe(false);
