@@ -20,10 +20,12 @@ export const HOP_BY_HOP = new Set([
 
 /**
  * True for a header that must not cross this proxy: the hop-by-hop list plus
- * any `Proxy-*` header (credentials and state meant for the proxy itself).
+ * any `Proxy-*` header (credentials and state meant for the proxy itself), and
+ * `Proxy` itself, which no standard defines but CGI-style apps read as the
+ * HTTP_PROXY variable their HTTP clients route through (httpoxy, CVE-2016-5385).
  */
 export function isHopByHop(lowerName: string): boolean {
-  return HOP_BY_HOP.has(lowerName) || lowerName.startsWith('proxy-');
+  return HOP_BY_HOP.has(lowerName) || lowerName.startsWith('proxy-') || lowerName === 'proxy';
 }
 
 /**
@@ -116,7 +118,7 @@ function namedByConnection(rawHeaders: readonly string[]): Set<string> | undefin
  * de-facto convention; RFC 7239 §4 for the idea), several lines merged into
  * one with no empty element (see mergeList); then `add` appended. `X-Forwarded-Host` says `forwardedHost` when
  * given (a forward proxy names the authority it routed to: RFC 9112 §3.2.2 has it ignore the Host of an
- * absolute-form request), else the request's Host.
+ * absolute-form request), else the request's Host; with neither, the caller's X-Forwarded-Host is removed.
  * `traceparent`/`tracestate` and every other end-to-end header pass untouched.
  */
 export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<string>, add: readonly string[], forwardedHost?: string): string[] {
@@ -141,6 +143,9 @@ export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<str
   appendAt(out, xfp, 'x-forwarded-proto', socket.encrypted ? 'https' : 'http');
   const host = forwardedHost ?? req.headers.host;
   if (host) appendAt(out, xfh, 'x-forwarded-host', host);
+  // No Host to append (an empty one, or an HTTP/1.0 request without): the caller's list would reach the app with its
+  // own last element, the one an app trusts as the sidecar's, so it does not pass at all.
+  else if (xfh >= 0) out.splice(xfh - 1, 2);
   for (let i = 0; i < add.length; i++) out.push(add[i]!);
   return out;
 }

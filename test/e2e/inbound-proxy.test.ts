@@ -156,6 +156,23 @@ describe('inbound: a verified call reaches the app with identity headers', () =>
     expect(seen.rawHeaders.filter((n, i) => i % 2 === 0 && /^x-forwarded-/i.test(n))).toHaveLength(3);
   });
 
+  it("never passes Proxy (httpoxy) nor, with no Host to append, the caller's X-Forwarded-Host, whose last element an app trusts as the sidecar's", async () => {
+    const token = await idp.getToken('orders', 'orders');
+    const sends = [
+      'GET /healthz HTTP/1.1\r\nHost:\r\nConnection: close\r\nProxy: http://evil.example:8080\r\nX-Forwarded-Host: evil.example\r\n\r\n',
+      'GET /healthz HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\nProxy: http://evil.example:8080\r\n\r\n',
+      `GET /x HTTP/1.1\r\nHost:\r\nConnection: close\r\nAuthorization: Bearer ${token}\r\nX-Forwarded-Host: evil.example\r\nPROXY: http://evil.example:8080\r\n\r\n`,
+    ];
+    for (const bytes of sends) {
+      const before = app.seen.length;
+      expect((await rawExchange(sidecar.inbound!, bytes)).responses.map((r) => r.status), bytes).toEqual([200]);
+      expect(app.seen.length).toBe(before + 1);
+      const seen = app.seen.at(-1)!;
+      expect(seen.headers.proxy, bytes).toBeUndefined();
+      expect(seen.headers['x-forwarded-host'], bytes).toBeUndefined();
+    }
+  });
+
   it('streams request bodies to the app unchanged', async () => {
     const token = await idp.getToken('orders', 'orders');
     const body = randomBytes(2 * 1024 * 1024);

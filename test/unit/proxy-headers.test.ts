@@ -11,7 +11,7 @@ function request(rawHeaders: string[], peer = '10.1.2.3', encrypted = false): In
 }
 
 const randomCase = (name: string) => fc.array(fc.boolean(), { minLength: name.length, maxLength: name.length }).map((up) => [...name].map((c, i) => (up[i] ? c.toUpperCase() : c)).join(''));
-const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host', 'x_peer_sub', 'x-peer_sub', 'x_other', 'x_forwarded_for', 'x-forwarded_host', 'x_forwarded_proto'];
+const NAMES = ['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy', 'proxy-authorization', 'proxy-connection', 'proxy-x-debug', 'expect', 'x-named', 'x-other', 'traceparent', 'tracestate', 'accept', 'x-peer-sub', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'host', 'x_peer_sub', 'x-peer_sub', 'x_other', 'x_forwarded_for', 'x-forwarded_host', 'x_forwarded_proto'];
 const headerName = fc.oneof(fc.constantFrom(...NAMES), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)).chain(randomCase);
 const headerValue = fc.stringMatching(/^[\x21-\x7e]([\x20-\x7e]{0,20}[\x21-\x7e])?$/);
 const connectionValue = fc.array(fc.oneof(fc.constantFrom('keep-alive', 'close', 'X-Named', 'x-other', 'Upgrade'), fc.stringMatching(/^x-[a-z0-9]{1,6}$/)), { minLength: 1, maxLength: 4 }).map((t) => t.join(' , '));
@@ -91,6 +91,21 @@ describe('buildUpstreamHeaders (RFC 9110 §7.6.1)', () => {
     expect(buildUpstreamHeaders(request(raw, '10.1.2.3'), new Set(), [])).toEqual([
       'Host', 'svc', 'X-Forwarded-For', '192.0.2.7, 10.1.2.3', 'X-Forwarded-Host', 'a.example, svc', 'x-forwarded-proto', 'http',
     ]);
+  });
+
+  it('never forwards Proxy (httpoxy, CVE-2016-5385: CGI-style apps read it as HTTP_PROXY and send their own calls through it)', () => {
+    expect(isHopByHop('proxy')).toBe(true);
+    expect(buildUpstreamHeaders(request(['Host', 'svc', 'Proxy', 'http://evil.example:8080', 'PROXY', 'x', 'Proxyish', 'kept']), new Set(), []).slice(0, 4)).toEqual(['Host', 'svc', 'Proxyish', 'kept']);
+  });
+
+  it("with no Host to append (empty, or none from an HTTP/1.0 client), the caller's X-Forwarded-Host does not pass: its last element would be the caller's", () => {
+    const xfh = (raw: string[]) => buildUpstreamHeaders(request(raw), new Set(), []).filter((_, i, out) => i % 2 === 1 && out[i - 1]!.toLowerCase() === 'x-forwarded-host');
+    expect(xfh(['Host', '', 'X-Forwarded-Host', 'evil.example', 'x-forwarded-host', 'b.example'])).toEqual([]);
+    expect(xfh(['X-Forwarded-Host', 'evil.example', 'Accept', '*/*'])).toEqual([]);
+    expect(buildUpstreamHeaders(request(['X-Forwarded-Host', 'evil.example', 'Accept', '*/*']), new Set(), ['x-peer-sub', 's'])).toEqual([
+      'Accept', '*/*', 'x-forwarded-for', '10.1.2.3', 'x-forwarded-proto', 'http', 'x-peer-sub', 's',
+    ]);
+    expect(xfh(['Host', 'svc', 'X-Forwarded-Host', 'edge.example'])).toEqual(['edge.example, svc']);
   });
 
   it('appends this hop to X-Forwarded-For/-Proto/-Host in a single line each', () => {
