@@ -255,6 +255,34 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
 
+/**
+ * An https upstream whose certificate is not trusted (OpenSSL's verification results, as Node names them), or with
+ * which no TLS could be agreed (Node's ERR_TLS_* and OpenSSL's ERR_SSL_*, e.g. TLS sent to a plain-HTTP port): no
+ * connection to the app was ever made, so a connect failure, named by its code, rather than a reset.
+ */
+const TLS_FAILURES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_NOT_YET_VALID',
+  'CERT_HAS_EXPIRED',
+  'CERT_REVOKED',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'CERT_CHAIN_TOO_LONG',
+  'INVALID_CA',
+  'INVALID_PURPOSE',
+  'PATH_LENGTH_EXCEEDED',
+  'HOSTNAME_MISMATCH',
+  'ERROR_IN_CERT_NOT_BEFORE_FIELD',
+  'ERROR_IN_CERT_NOT_AFTER_FIELD',
+]);
+const isTlsFailure = (code: string) => TLS_FAILURES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_');
+
 /** undici error codes → our coded upstream errors (timeout → 504, connect failure → 502). */
 export function toUpstreamError(err: unknown): UpstreamError {
   if (err instanceof UpstreamError) return err;
@@ -279,6 +307,8 @@ export function toUpstreamError(err: unknown): UpstreamError {
   if (code === 'UND_ERR_SOCKET' && /^bad (response|upgrade)$/.test(String((err as { message?: unknown }).message))) {
     return new UpstreamError('upstream_bad_response', 'upstream sent an invalid HTTP response', { cause: err });
   }
+  const tls = isTlsFailure(code) ? code : isTlsFailure(cause) ? cause : undefined;
+  if (tls !== undefined) return new UpstreamError('upstream_connect_failed', `upstream TLS handshake failed (${tls})`, { cause: err });
   if (CONNECT_FAILURES.has(code) || CONNECT_FAILURES.has(cause)) {
     return new UpstreamError('upstream_connect_failed', 'upstream is unreachable', { cause: err });
   }

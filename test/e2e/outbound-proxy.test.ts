@@ -350,7 +350,9 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect([ok.status, ok.text]).toEqual([200, 'tls ok']);
       expect((await verifyWithIdp(idp, bearerOf(seen[0]!.authorization)!, 'payments')).sub).toBe('orders');
       const bad = await send(s.outbound!, { target: '/x', host: 'unverified' });
-      expect(bad.status).toBe(502);
+      // Not a reset: the app was never reached, and the code says why.
+      expect([bad.status, JSON.parse(bad.text)]).toEqual([502, { error: 'upstream TLS handshake failed (DEPTH_ZERO_SELF_SIGNED_CERT)', reason: 'upstream_connect_failed' }]);
+      expect(await s.waitForLog((l) => l.event === 'upstream_error' && l.route === 'unverified')).toMatchObject({ reason: 'upstream_connect_failed', msg: 'upstream TLS handshake failed (DEPTH_ZERO_SELF_SIGNED_CERT)' });
       expect(seen).toHaveLength(1);
     } finally {
       peer.closeAllConnections();
