@@ -6,6 +6,7 @@ import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { closingAwareResponse } from './closing-response.js';
+import { isWebSocketUpgrade } from './headers.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
 import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
@@ -119,6 +120,12 @@ export function createLimitedServer(
     requireHostHeader: false,
     // Once close() is called the server no longer listens: what is answered from then on ends its connection.
     ServerResponse: closingAwareResponse(() => !server.listening),
+    // Only an Upgrade to WebSocket alone leaves HTTP for the upgrade handler. Any other (h2c, which `curl --http2`
+    // and Java's HttpClient offer on every plain-http request; TLS/1.0; a list) is served as the ordinary request it
+    // also is: RFC 9110 §7.8 lets a server ignore Upgrade, and its Upgrade and Connection headers are hop-by-hop, so
+    // the app never sees the offer (no h2c smuggling). Node 22.21 and 24.9 read this option; older Node ignores it and
+    // hands every Upgrade to the handler, which refuses these with 400 upgrade_not_supported.
+    ...(options.upgrade ? { shouldUpgradeCallback: (req: IncomingMessage) => isWebSocketUpgrade(req.rawHeaders) } : {}),
   };
   // One request of a connection at a time (RFC 9112 §9.3.2): a request pipelined behind others is served once their
   // responses are complete (pipelining.ts).
@@ -136,6 +143,10 @@ export function createLimitedServer(
     if (isOwnConnection(req.socket)) return refuse(req, res, LOOP_DETECTED);
     const violation = checkRequestHead(req, current.maxHeaderCount);
     if (violation) return refuse(req, res, violation);
+    // An Upgrade served as a plain request (shouldUpgradeCallback below): Node drops whatever the client pipelined
+    // behind it in the same read, so the connection ends with this answer, which tells the client that nothing after
+    // it was read (RFC 9112 §9.3.2: it retries those on a new connection).
+    if (req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
     handler(req, res);
   };
   let server: Server;

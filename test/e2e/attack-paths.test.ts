@@ -177,7 +177,8 @@ describe('path tricks never reach the app under a more permissive rule than the 
     const password = 's3cr3t-pass';
     const session = 'SESSION-0f9e8d7c6b5a';
     const token = tokens.orders!;
-    const ws = [['Connection', 'Upgrade'], ['Upgrade', 'h2c']] as [string, string][];
+    // A WebSocket handshake that is no GET: refused by the upgrade check on every Node.
+    const ws = [['Connection', 'Upgrade'], ['Upgrade', 'websocket'], ['Content-Length', '0']] as [string, string][];
     // [label, request bytes, status, reason, the path the log line must carry]
     const cases: [string, string, number, string, string][] = [
       // Refused by the normaliser (bad_path): the raw target is what gets logged.
@@ -190,9 +191,9 @@ describe('path tricks never reach the app under a more permissive rule than the 
       ['userinfo and query', rawRequestBytes(`http://svc:${password}@orders/admin/users?access_token=${token}`, [['Host', 'orders']]), 400, 'bad_path', 'http://orders/admin/users'],
       // Normalised, then refused for the token: the canonical path.
       ['query, missing token', rawRequestBytes(`http://orders/admin/users?access_token=${token}`, [['Host', 'orders']]), 401, 'missing_token', '/admin/users'],
-      // Refused by the listener (two Host headers), by the upgrade check (h2c) and as CONNECT: the raw req.url.
+      // Refused by the listener (two Host headers), by the upgrade check and as CONNECT: the raw req.url.
       ['listener', rawRequestBytes(`http://svc:${password}@orders/public/x#access_token=${token}`, [['Host', 'orders'], ['Host', 'admin']]), 400, 'bad_request', 'http://orders/public/x'],
-      ['upgrade', rawRequestBytes(`http://svc:${password}@orders/public/ws?access_token=${token}`, [['Host', 'orders'], ...ws]), 400, 'upgrade_not_supported', 'http://orders/public/ws'],
+      ['upgrade', rawRequestBytes(`http://svc:${password}@orders/public/ws?access_token=${token}`, [['Host', 'orders'], ...ws], { method: 'POST' }), 400, 'upgrade_not_supported', 'http://orders/public/ws'],
       ['CONNECT', rawRequestBytes(`svc:${password}@orders:443`, [['Host', 'orders:443']], { method: 'CONNECT' }), 405, 'connect_not_supported', 'orders:443'],
     ];
     const before = app.requests.length;

@@ -7,7 +7,7 @@ import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { expectContinueExchange, rawExchange as rawHttpExchange, startUpgradingApp } from '../support/attacks.js';
+import { expectContinueExchange, rawExchange as rawHttpExchange, SERVES_OTHER_UPGRADES_AS_REQUESTS, startUpgradingApp } from '../support/attacks.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -296,13 +296,25 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     }
   });
 
-  it('refuses an Upgrade to anything but WebSocket (h2c), and a WebSocket one that is not a bodiless GET, with 400 upgrade_not_supported; the peer gets no connection', async () => {
+  it('never tunnels an Upgrade to anything but WebSocket (h2c): served as a plain request (Node 22.21+) or refused 400 (older Node); a WebSocket one that is not a bodiless GET is 400 upgrade_not_supported and the peer gets no connection', async () => {
     const peer = await startUpgradingApp();
     try {
       const base = outboundConfig();
       const s = await sidecar({ ...base, outbound: { ...base.outbound, routes: [{ host: 'legacy', target: peer.url, audience: 'payments' }] } });
+      const h2c = ['h2c', 'websocket, h2c'].map((upgrade) => `GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`);
+      if (SERVES_OTHER_UPGRADES_AS_REQUESTS) {
+        // As `curl --http2` and Java's HttpClient send every plain-http call: it goes out as HTTP/1.1, with its token
+        // and without the offer (the peer would have switched to whatever it was offered).
+        for (const request of h2c) {
+          const raw = await rawExchange(s.outbound!, request);
+          expect(raw, request).toMatch(/^HTTP\/1\.1 200 [\s\S]*\r\n\r\nplain$/);
+          expect(peer.connections.at(-1), request).toMatch(/^GET \/x HTTP\/1\.1\r\n[\s\S]*\r\nauthorization: Bearer /i);
+          expect(peer.connections.at(-1), request).not.toMatch(/^(upgrade|http2-settings):|^connection:.*upgrade/im);
+        }
+        peer.connections.length = 0;
+      }
       const requests = [
-        ...['h2c', 'websocket, h2c'].map((upgrade) => `GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: ${upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`),
+        ...(SERVES_OTHER_UPGRADES_AS_REQUESTS ? [] : h2c),
         'POST /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n',
         'GET /x HTTP/1.1\r\nHost: legacy\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello',
       ];
@@ -315,7 +327,7 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
       expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'legacy', status: 'upgrade_not_supported' })).toBe(requests.length);
       const refusals = () => s.logs.filter((l) => l.event === 'request_rejected' && l.route === 'legacy' && l.reason === 'upgrade_not_supported');
       await s.waitForLog(() => refusals().length === requests.length);
-      expect(refusals()[0]).toMatchObject({ level: 'warn', method: 'GET', peer: '127.0.0.1', detail: expect.stringContaining('WebSocket') });
+      expect(refusals().find((l) => l.method === 'GET')).toMatchObject({ level: 'warn', peer: '127.0.0.1', detail: expect.stringContaining('WebSocket') });
     } finally {
       await peer.close();
     }

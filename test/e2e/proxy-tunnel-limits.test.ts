@@ -123,9 +123,9 @@ describe('tunnel limits', () => {
       expect(second.raw).toContain('"reason":"too_many_tunnels"');
       expect(app.seen).toHaveLength(seenBefore + 1);
       // A request refused for good gets that refusal, not the 503 a retry could get past.
-      const h2c = await rawExchange(inbound.inbound!, handshake.replace('Upgrade: websocket', 'Upgrade: h2c'));
-      expect(h2c.responses[0]?.status).toBe(400);
-      expect(h2c.raw).toContain('"reason":"upgrade_not_supported"');
+      const notGet = await rawExchange(inbound.inbound!, handshake.replace(/^GET /, 'POST '));
+      expect(notGet.responses[0]?.status).toBe(400);
+      expect(notGet.raw).toContain('"reason":"upgrade_not_supported"');
       await inbound.waitForLog((l) => l.event === 'request_rejected' && l.reason === 'too_many_tunnels');
       expect(sample(await metricsText(inbound.admin), 'oidc_sidecar_inbound_requests_total', { decision: 'reject', reason: 'too_many_tunnels' })).toBe(1);
       // Still open: a byte every 100 ms is not idle.

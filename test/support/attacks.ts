@@ -249,7 +249,8 @@ export interface UpgradingApp {
  * An app that switches to whatever protocol an `Upgrade` request offers, as
  * an h2c-capable server does (RFC 7540 §3.2), preferring `h2c` when a list
  * names it: `101` naming the protocol, then it answers whatever follows on
- * the connection with `switched:<bytes>` and closes. A raw TCP server, so it
+ * the connection with `switched:<bytes>` and closes. A request that offers no
+ * upgrade gets `200 plain` and the connection closes. A raw TCP server, so it
  * records everything, including bytes sent after the switch.
  */
 export async function startUpgradingApp(): Promise<UpgradingApp> {
@@ -265,7 +266,7 @@ export async function startUpgradingApp(): Promise<UpgradingApp> {
       if (switched) return void sock.end(`switched:${d.toString('latin1')}`);
       if (end < 0) return;
       const offered = [...text.slice(0, end).matchAll(/^upgrade:(.*)$/gim)].flatMap((m) => m[1]!.split(',').map((p) => p.trim())).filter(Boolean);
-      if (offered.length === 0) return void sock.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      if (offered.length === 0) return void sock.end('HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nplain');
       const protocol = offered.find((p) => p.toLowerCase() === 'h2c') ?? offered[0]!;
       switched = true;
       sock.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${protocol}\r\n\r\n`);
@@ -701,3 +702,10 @@ export async function tallyFuzzCases(name: string, cases: number): Promise<void>
   const { join } = await import('node:path');
   appendFileSync(join(dir, `tally-${process.pid}.txt`), `${name}\t${cases}\n`);
 }
+
+/**
+ * Whether this Node serves an Upgrade other than WebSocket as the plain request it also is (the listener's
+ * shouldUpgradeCallback, read from Node 22.21 and 24.9), rather than handing it to the upgrade handler, which
+ * refuses it with 400 upgrade_not_supported.
+ */
+export const SERVES_OTHER_UPGRADES_AS_REQUESTS = typeof (createServer() as { shouldUpgradeCallback?: unknown }).shouldUpgradeCallback === 'function';
