@@ -53,16 +53,23 @@ function hasNoUserinfo(s: string): boolean {
   return !URL.canParse(s) || (new URL(s).username === '' && new URL(s).password === '');
 }
 
+function isHttpUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
+/** The URL parser drops spaces at the edges, so "https://idp.example.com " parses: as an issuer it never equals a token's iss. */
+const NO_EDGE_SPACE = 'must not begin or end with whitespace';
+const hasNoEdgeSpace = (s: string) => s === s.trim();
+
 const httpUrl = z
   .string()
-  .refine((s) => {
-    try {
-      const u = new URL(s);
-      return u.protocol === 'http:' || u.protocol === 'https:';
-    } catch {
-      return false;
-    }
-  }, 'must be an absolute http(s) URL')
+  .refine(isHttpUrl, 'must be an absolute http(s) URL')
+  .refine(hasNoEdgeSpace, NO_EDGE_SPACE)
   .refine(hasNoUserinfo, NO_USERINFO)
   // A fragment is never sent: `validate` would print an endpoint the sidecar does not use as written.
   .refine((s) => !s.includes('#'), 'must not have a fragment (#...): it is never sent with a request');
@@ -123,13 +130,18 @@ const tokenHeaderName = headerName.superRefine((name, ctx) => {
 
 const issuerSchema = z
   .strictObject({
-    issuer: z.string().min(1).refine(hasNoUserinfo, NO_USERINFO).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
+    issuer: z.string().min(1).refine(hasNoUserinfo, NO_USERINFO).refine(hasNoEdgeSpace, `${NO_EDGE_SPACE}: a token's iss is compared exactly`).describe('Exact `iss` value; discovery at {issuer}/.well-known/openid-configuration'),
     jwksUri: httpUrl.optional().describe('Skip discovery and fetch keys from here (https when the issuer is https)'),
     algorithms: z.array(z.enum(ALGORITHMS)).min(1).default([...DEFAULTS.inbound.algorithms]),
     audience: stringOrList.optional().describe('Overrides inbound.audience for tokens of this issuer'),
     caFile: z.string().min(1).optional().describe('PEM CA bundle for an IdP behind a private CA; read when the config loads'),
   })
   .superRefine((i, ctx) => {
+    // Without jwksUri the issuer is where the keys are discovered; an issuer that is no URL (`idp.example.com`) only
+    // failed at run time, every key fetch "Invalid URL" and /readyz 503 for good. With jwksUri any exact iss will do.
+    if (i.jwksUri === undefined && !isHttpUrl(i.issuer)) {
+      ctx.addIssue({ code: 'custom', message: 'must be an absolute http(s) URL: the keys are discovered at {issuer}/.well-known/openid-configuration (an issuer that is no URL needs jwksUri)', path: ['issuer'] });
+    }
     // Keys fetched over cleartext can be swapped on the way: an https issuer's keys come over https too.
     if (i.jwksUri !== undefined && downgradesToCleartext(i.issuer, i.jwksUri)) {
       ctx.addIssue({ code: 'custom', message: 'must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way', path: ['jwksUri'] });
@@ -379,7 +391,7 @@ const clientAuthFields = {
 };
 
 const tokenEndpointFields = {
-  issuer: z.string().min(1).refine(hasNoUserinfo, NO_USERINFO).optional().describe('Discover the token endpoint from this issuer'),
+  issuer: httpUrl.optional().describe('Discover the token endpoint from this issuer'),
   tokenEndpoint: httpUrl.optional(),
   audienceParam: z.enum(['resource', 'audience', 'none']).default(DEFAULTS.outbound.audienceParam),
   params: z.record(z.string().min(1), z.string()).optional().describe('Extra form fields for the token request'),

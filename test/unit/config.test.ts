@@ -899,6 +899,23 @@ describe('URLs', () => {
     expect(issuesOf(() => parseConfig(config('http://client@127.0.0.1:8080/token')))).toEqual(at.map((p) => `${p}: ${message}`));
     expect(parseConfig(config('http://127.0.0.1:8080/token')).service).toBe('a');
   });
+
+  it('refuses an issuer the keys or the token endpoint cannot be discovered from (no http(s) URL), and one with spaces at its edges, which no iss equals', () => {
+    const config = (issuer: string, sourceIssuer = 'https://idp.example') => ({
+      service: 'a',
+      inbound: { target: 'http://127.0.0.1:8080', audience: 'a', issuers: [{ issuer }] },
+      outbound: { tokenSource: { type: 'client_credentials', issuer: sourceIssuer, clientId: 'a', clientSecret: 's' }, routes: [{ host: 'b', audience: 'b', target: 'http://127.0.0.1:9' }] },
+    });
+    const discovered = 'inbound.issuers.0.issuer: must be an absolute http(s) URL: the keys are discovered at {issuer}/.well-known/openid-configuration (an issuer that is no URL needs jwksUri)';
+    expect(issuesOf(() => parseConfig(config('idp.example.com')))).toEqual([discovered]);
+    expect(issuesOf(() => parseConfig(config('ftp://idp.example.com')))).toEqual([discovered]);
+    expect(issuesOf(() => parseConfig(config('https://idp.example.com ')))).toEqual(["inbound.issuers.0.issuer: must not begin or end with whitespace: a token's iss is compared exactly"]);
+    expect(issuesOf(() => parseConfig(config('https://idp.example', 'idp.example.com')))).toEqual(['outbound.tokenSource.issuer: must be an absolute http(s) URL']);
+    expect(issuesOf(() => parseConfig(config('https://idp.example', ' https://idp.example')))).toEqual(['outbound.tokenSource.issuer: must not begin or end with whitespace']);
+    // With jwksUri, any exact iss (a Kubernetes service account issuer may be no URL).
+    const k8s = { ...config('https://idp.example'), inbound: { target: 'http://127.0.0.1:8080', audience: 'a', issuers: [{ issuer: 'kubernetes/serviceaccount', jwksUri: 'https://k8s.example/openid/v1/jwks' }] } };
+    expect(parseConfig(k8s).inbound!.issuers[0]!.issuer).toBe('kubernetes/serviceaccount');
+  });
 });
 
 describe('token header names', () => {
