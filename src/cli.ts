@@ -28,6 +28,8 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .usage('$0 <command> [options]\n\nA sidecar proxy that gives every service-to-service hop a short-lived OIDC identity.');
   for (const command of commands) cli.command(command);
   cli
+    // getOptions() is yargs' (the check() it documents reads it) but missing from its type definitions.
+    .middleware((args) => refuseRepeatedOptions(args, (cli as unknown as { getOptions(): ParserOptions }).getOptions()), true)
     .demandCommand(1)
     .strict()
     .help()
@@ -51,6 +53,36 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     return 1;
   }
   return exitCode;
+}
+
+/** What refuseRepeatedOptions reads of yargs' parser options: the list options, and each option's aliases. */
+interface ParserOptions {
+  array: string[];
+  alias: Record<string, string[]>;
+}
+
+/** Why an option that takes one value cannot take several, where there is more to say than that it takes one. */
+const ONE_VALUE_BECAUSE: Record<string, string> = {
+  audience: 'a token is for one audience (run the command once per audience)',
+};
+
+/**
+ * yargs gathers an option given twice into a list, which reached handlers that expect one string and failed as
+ * "argv.path.startsWith is not a function" (or, for --audience, asked for a token for "payments,ledger"). Options
+ * declared as lists (`--config`, `--scope`) are meant to be repeated; any other given twice is a usage error.
+ */
+function refuseRepeatedOptions(args: Record<string, unknown>, options: ParserOptions): void {
+  const repeatable = new Set(options.array);
+  // A short alias (-a) holds the same list as its option (--audience), which is the one named.
+  const aliases = new Set(Object.values(options.alias).flat());
+  for (const [key, value] of Object.entries(args)) {
+    if (!Array.isArray(value) || key === '_' || aliases.has(key)) continue;
+    // yargs also sets a camel-case copy of a dashed option (logLevel beside log-level); the option is the dashed one.
+    const name = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    if (repeatable.has(key) || repeatable.has(name)) continue;
+    const flag = name.length === 1 ? `-${name}` : `--${name}`;
+    throw new UsageError(`${flag} is given more than once: ${ONE_VALUE_BECAUSE[name] ?? 'it takes one value'}`);
+  }
 }
 
 const guardedOutputs = new WeakSet<NodeJS.WritableStream>();

@@ -34,9 +34,6 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
     handler: async (argv) => {
       // `--audience ""` passes yargs' check; an empty audience is never what the user meant.
       if (!argv.audience) throw new UsageError('--audience is required: the audience of the service the token is for');
-      // yargs gathers a repeated option into a list, which the source would send joined: `-a payments -a ledger`
-      // printed a token requested for "payments,ledger" from the default source, and exited 0.
-      if (Array.isArray(argv.audience)) throw new UsageError('--audience is given more than once: a token is for one audience (run the command once per audience)');
       // As a route's `scopes` (the schema refuses ""): an empty one went out as `scope=` or a list with a blank entry.
       if (argv.scope?.some((s) => s.trim() === '')) throw new UsageError('--scope needs a scope name; an empty one is not a scope (RFC 6749 §3.3)');
       // The config's shape only: the one source used reads its own files below.

@@ -48,6 +48,23 @@ describe('oidc-sidecar CLI', () => {
     expect(r.stdout).toBe('');
   });
 
+  it('an option that takes one value, given twice, is one line naming it, not an internal error; list options may repeat', async () => {
+    const config = writeConfig(valid);
+    const cases: [string[], string][] = [
+      [['verify', '--config', config, '--token', 'x', '--path', '/a', '--path', '/b'], '--path is given more than once: it takes one value'],
+      [['verify', '--config', config, '--token', 'x', '--token', 'y'], '--token is given more than once: it takes one value'],
+      [['verify', '--config', config, '--token', 'x', '--method', 'GET', '--method', 'POST'], '--method is given more than once: it takes one value'],
+      [['dev-issuer', '--port', '0', '--log-level', 'info', '--log-level', 'warn'], '--log-level is given more than once: it takes one value'],
+      [['token', '--config', config, '-a', 'payments', '--audience', 'ledger'], '--audience is given more than once: a token is for one audience (run the command once per audience)'],
+    ];
+    for (const [args, message] of cases) {
+      const r = await runCli(args);
+      expect([r.code, r.stderr], args.join(' ')).toEqual([1, `oidc-sidecar: ${message}\n`]);
+    }
+    const twice = await runCli(['validate', '--config', config, '-c', config]);
+    expect(twice.code).toBe(0);
+  });
+
   it('run refuses an invalid config before listening', async () => {
     const r = await runCli(['run', '--config', writeConfig({ service: 'x' })]);
     expect(r.code).toBe(1);
