@@ -543,6 +543,9 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([bad]))[0]).toMatch(/bad\.yaml: .*line/);
     const dup = tmpFile('dup.yaml', 'service: a\nservice: b\n');
     expect(issuesOf(() => loadConfig([dup]))[0]).toMatch(/dup\.yaml: .*(unique|duplicate)/i);
+    // In every map, block or flow, each with its line; a number and a string that read alike are two keys.
+    const nested = tmpFile('nested.yaml', "service: a\nlog: {level: info, level: warn}\nservice: b\nlabels: {1: a, '1': b}\n");
+    expect(issuesOf(() => loadConfig([nested]))).toEqual([`${nested}: Map keys must be unique (line 2)`, `${nested}: Map keys must be unique (line 3)`]);
     const list = tmpFile('list.yaml', '- a\n- b\n');
     expect(issuesOf(() => loadConfig([list]))).toEqual([`${list}: the top level must be a mapping of keys`]);
   });
