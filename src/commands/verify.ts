@@ -42,7 +42,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the keys of the token\'s issuer' }) as never,
     handler: async (argv) => {
       // Only the issuers' CA bundles: the outbound side's may exist only in the pod.
-      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'] });
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'], only: 'inbound' });
       if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');
       if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
       // Without --path the rules are not evaluated, so a method alone would be ignored while the answer looked like one for it.

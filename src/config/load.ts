@@ -48,6 +48,12 @@ export interface LoadOptions {
   checkSourceFiles?: boolean;
   /** Config files must be regular files (see readBoundedText): what a reload reads. Default false. */
   regularFilesOnly?: boolean;
+  /**
+   * Load this side alone (`verify`: inbound, `token`: outbound): the other side's section is left out before its
+   * `${VAR}`s are filled in and the schema runs, so a variable that only the pod sets for the other side (an outbound
+   * client secret, when verifying a token in CI) does not stop the command. Default: both.
+   */
+  only?: 'inbound' | 'outbound';
 }
 
 /**
@@ -60,9 +66,11 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   const issues: ConfigIssue[] = [];
   // The layers merged so far: what each overlay is checked against, and in the end the config.
   let merged: unknown;
+  // A config without the side asked for is loaded whole, for the command to say what it lacks.
+  const only = files.some((f) => hasKey(f.value, opts.only)) ? opts.only : undefined;
   for (const [i, file] of files.entries()) {
     const found: ConfigIssue[] = [];
-    const layer = interpolateEnv(file.value, env, found);
+    const layer = interpolateEnv(withoutOtherSide(file.value, only), env, found);
     if (i > 0 && removesRules(layer)) {
       found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
@@ -77,6 +85,17 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     if (!(err instanceof ConfigError)) throw err;
     throw locatedIn(err, files);
   }
+}
+
+function hasKey(layer: unknown, key: string | undefined): boolean {
+  return key !== undefined && typeof layer === 'object' && layer !== null && Object.hasOwn(layer, key);
+}
+
+/** A layer without the section of the side `only` leaves out (see LoadOptions.only). */
+function withoutOtherSide(layer: unknown, only: LoadOptions['only']): unknown {
+  if (only === undefined || typeof layer !== 'object' || layer === null || Array.isArray(layer)) return layer;
+  const { [only === 'inbound' ? 'outbound' : 'inbound']: _left, ...rest } = layer as Record<string, unknown>;
+  return rest;
 }
 
 /**

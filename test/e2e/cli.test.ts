@@ -65,6 +65,32 @@ describe('oidc-sidecar CLI', () => {
     expect(twice.code).toBe(0);
   });
 
+  it('verify and token fill in the ${VAR}s of the side they use only: a variable only the pod sets for the other side does not stop them', async () => {
+    const both = writeConfig({
+      service: 'orders',
+      inbound: { target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer: '${CLI_TEST_UNSET_ISSUER}' }] },
+      outbound: {
+        tokenSource: { type: 'client_credentials', tokenEndpoint: 'http://127.0.0.1:9/token', clientId: 'orders', clientSecret: '${CLI_TEST_UNSET_SECRET}' },
+        routes: [{ host: 'payments', target: 'http://127.0.0.1:9', audience: 'payments' }],
+      },
+    });
+    const issuer = 'inbound.issuers.0.issuer: environment variable CLI_TEST_UNSET_ISSUER is not set';
+    const secret = 'outbound.tokenSource.clientSecret: environment variable CLI_TEST_UNSET_SECRET is not set';
+    const verify = await runCli(['verify', '--config', both, '--token', 'x']);
+    expect(verify.stderr).toContain(issuer);
+    expect(verify.stderr).not.toContain('CLI_TEST_UNSET_SECRET');
+    const token = await runCli(['token', '--config', both, '--audience', 'payments']);
+    expect(token.stderr).toContain(secret);
+    expect(token.stderr).not.toContain('CLI_TEST_UNSET_ISSUER');
+    // With the side it uses filled in, each gets on with its work: the token judged, the token endpoint asked.
+    const verified = await runCli(['verify', '--config', both, '--token', 'x'], { env: { CLI_TEST_UNSET_ISSUER: 'https://idp.example' } });
+    expect([verified.code, verified.stdout]).toEqual([1, expect.stringContaining('malformed_token')]);
+    const fetched = await runCli(['token', '--config', both, '--audience', 'payments'], { env: { CLI_TEST_UNSET_SECRET: 's3cret' } });
+    expect([fetched.code, fetched.stderr]).toEqual([1, expect.not.stringContaining('invalid config')]);
+    // validate and run need both.
+    expect((await runCli(['validate', '--config', both])).stderr).toMatch(/2 problems.*CLI_TEST_UNSET_ISSUER.*CLI_TEST_UNSET_SECRET/);
+  });
+
   it('run refuses an invalid config before listening', async () => {
     const r = await runCli(['run', '--config', writeConfig({ service: 'x' })]);
     expect(r.code).toBe(1);
