@@ -84,7 +84,9 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           await keyStore.start([needs.issuer]);
           if (!(await keyStore.waitUntilReady(timeout * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
-            if (argv.json) io.stdout.write(`${JSON.stringify({ decision: 'error', reason: 'keys_unavailable', detail }, null, 2)}\n`);
+            // On stdout as every other result is (a script reads `decision:` there), and as the one error line on stderr.
+            const result = { decision: 'error', reason: 'keys_unavailable', detail };
+            io.stdout.write(argv.json ? `${JSON.stringify(result, null, 2)}\n` : humanReadable(result));
             io.stderr.write(`oidc-sidecar: ${oneLine(`keys_unavailable: cannot load keys for ${detail}`)}\n`);
             setExit(1);
             return;

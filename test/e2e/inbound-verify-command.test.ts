@@ -137,7 +137,8 @@ describe('oidc-sidecar verify', () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^oidc-sidecar: keys_unavailable: cannot load keys for http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)/);
-    expect(r.stdout).toBe('');
+    // stdout says the decision as for every other result, for a script that reads it there.
+    expect(r.stdout).toMatch(/^decision: error\nreason:   keys_unavailable\ndetail:   http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)\n$/);
     const malformed = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--json']);
     expect([malformed.code, malformed.stderr]).toEqual([1, '']);
     expect(JSON.parse(malformed.stdout)).toMatchObject({ decision: 'reject', reason: 'malformed_token' });
