@@ -86,12 +86,13 @@ export function parseYamlFile(text: string, path: string): YamlFile {
   // thread during a reload.
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: false, merge: true, lineCounter });
   const duplicates = duplicateKeyLines(doc, lineCounter);
+  const unusedAnchors = unusedAnchorLines(doc, lineCounter);
   // The parser only warns about a tag it does not know and keeps the text: `clientSecret: !env CLIENT_SECRET` would
   // send the word CLIENT_SECRET as the secret. Refused instead, as every other thing the sidecar would not do as written.
   // The message never names the tag: to YAML an unquoted secret that starts with `!` (`clientSecret: !Pa55w0rd`) is a
   // tag too, and a refused reload is logged.
   const unknownTags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
-  if (doc.errors.length > 0 || unknownTags.length > 0 || duplicates.length > 0) {
+  if (doc.errors.length > 0 || unknownTags.length > 0 || duplicates.length > 0 || unusedAnchors.length > 0) {
     const issues = [...doc.errors, ...unknownTags].map((e) => {
       const line = e.linePos ? ` (line ${e.linePos[0].line})` : '';
       return e.code === 'TAG_RESOLVE_FAILED'
@@ -99,6 +100,9 @@ export function parseYamlFile(text: string, path: string): YamlFile {
         : `${yamlMessage(e.message)}${line}`;
     });
     issues.push(...duplicates.map((line) => `Map keys must be unique${line === undefined ? '' : ` (line ${line})`}`));
+    issues.push(
+      ...unusedAnchors.map((line) => `an anchor (&name) that no alias (*name) uses${line === undefined ? '' : ` (line ${line})`}: quote a value that starts with &`),
+    );
     // One tag can fail twice over (`!abc!`: no suffix, and unresolved); said once.
     throw new ConfigError([...[...new Set(issues)].map((message) => ({ path, message })), ...flowPlaceholderHint(text, doc.errors, path)]);
   }
@@ -139,6 +143,26 @@ function duplicateKeyLines(doc: Document, lineCounter: LineCounter): Array<numbe
   });
   // visit() sees a map before the maps inside it: in line order, as the parser reported them.
   return lines.sort((a, b) => (a ?? 0) - (b ?? 0));
+}
+
+/**
+ * The line of every anchor (`&name`) no alias (`*name`) refers to. To YAML an unquoted secret that starts with `&`
+ * (`clientSecret: &S3cr3t rest`) is an anchor on what follows it: the secret became "rest", or null, without a word.
+ * An anchor no alias uses does nothing (aliases do not reach across files), so refusing one loses nothing. The name
+ * is never said: it may be that secret.
+ */
+function unusedAnchorLines(doc: Document, lineCounter: LineCounter): Array<number | undefined> {
+  const anchored: Array<{ name: string; offset: number | undefined }> = [];
+  const used = new Set<string>();
+  visit(doc, {
+    Alias(_, alias) {
+      used.add(alias.source);
+    },
+    Node(_, node) {
+      if (node.anchor !== undefined) anchored.push({ name: node.anchor, offset: node.range?.[0] });
+    },
+  });
+  return anchored.filter((a) => !used.has(a.name)).map((a) => (a.offset === undefined ? undefined : lineCounter.linePos(a.offset).line));
 }
 
 /** Each map's scalar keys (as text) to their first pair, built once per map: walkTo runs once per issue. */

@@ -553,7 +553,8 @@ describe('loading files', () => {
   it('never quotes the file\'s text in a YAML error, so a secret written inline is not printed (or logged on a reload)', () => {
     const secret = 'S3cr3tXYZ';
     // `!`: to YAML a tag, whichever way it fails (unknown, no suffix, a verbatim `!<...>`).
-    for (const value of [`*${secret}`, `|2- ${secret}`, `>${secret}`, `{a: b}}${secret}`, `"\\U${secret}"`, `!${secret}`, `!a!${secret}`, `!${secret}!`, `!<${secret}>`]) {
+    // `&`: an anchor on what follows, or on nothing (the secret became "rest", or null, and validated).
+    for (const value of [`*${secret}`, `|2- ${secret}`, `>${secret}`, `{a: b}}${secret}`, `"\\U${secret}"`, `!${secret}`, `!a!${secret}`, `!${secret}!`, `!<${secret}>`, `&${secret} rest`, `&${secret}`]) {
       const p = tmpFile('s.yaml', `service: a\noutbound:\n  tokenSource:\n    clientSecret: ${value}\n`);
       const issues = issuesOf(() => loadConfig([p], {}));
       expect(issues.length).toBeGreaterThan(0);
@@ -563,6 +564,10 @@ describe('loading files', () => {
       }
     }
     expect(issuesOf(() => loadConfig([tmpFile('alias.yaml', `service: *${secret}\n`)], {}))[0]).toMatch(/names no anchor .*\(line 1\)$/);
+    const anchor = tmpFile('anchor.yaml', `service: a\noutbound:\n  tokenSource: {clientSecret: &${secret} rest}\n`);
+    expect(issuesOf(() => loadConfig([anchor], {}))).toEqual([`${anchor}: an anchor (&name) that no alias (*name) uses (line 3): quote a value that starts with &`]);
+    // An anchor an alias uses is YAML's way to share a block, and fine.
+    expect(loadConfig([tmpFile('shared.yaml', 'service: &name orders\nlog: {level: info}\nadmin: {listen: "127.0.0.1:0"}\ninbound: {target: "http://127.0.0.1:1", audience: *name, issuers: [{issuer: "https://i"}]}\n')], {}).inbound!.audience).toBe('orders');
   });
 
   it('says a document nested thousands of levels deep is that, not "Maximum call stack size exceeded"', () => {
