@@ -199,6 +199,9 @@ export function capped(s: string, max: number): string {
 
 const MAX_LOGGED_PATH = 256;
 
+/** A percent-encoded unreserved character (RFC 3986 §2.3): A-Z, a-z, 0-9, `-`, `.`, `_`, `~`. */
+const ENCODED_UNRESERVED = /%(?:4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2[DE]|5F|7E)/gi;
+
 /**
  * A request target as a log line may hold it, capped, with every part that can carry a credential taken out:
  * - the query (a token, RFC 6750 §2.3) and a fragment, which a client never sends (RFC 9110 §7.1) but a broken one
@@ -211,6 +214,8 @@ const MAX_LOGGED_PATH = 256;
  * before normalisation is logged as the caller sent it, and the host a caller named (a client that takes the
  * sidecar for a forward proxy, say) is what an operator reading that line needs. Targets that passed
  * normalisation are logged as the canonical path alone. Used by both listeners' refusal lines.
+ * Percent-encoded letters, digits and `-._~` are decoded first (RFC 3986 §6.2.2.2: the same URI), so a token spelt
+ * `%65yJ…` in a target refused before normalisation is still seen, and masked, as one.
  */
 export function loggedPath(target: string): string {
   const cut = target.search(/[?#]/);
@@ -221,5 +226,6 @@ export function loggedPath(target: string): string {
     const at = path.lastIndexOf('@', slash < 0 ? path.length : slash);
     if (at >= authorityAt) path = path.slice(0, authorityAt) + path.slice(at + 1);
   }
+  if (path.includes('%')) path = path.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(parseInt(escape.slice(1), 16)));
   return capped(path.includes(';') ? path.replace(/;[^/]*/g, ';…') : path, MAX_LOGGED_PATH);
 }
