@@ -34,9 +34,22 @@ export function validateCommand(io: Io, setExit: (code: number) => void): Comman
     handler: async (argv) => {
       const skipFiles = argv['skip-file-checks'] === true;
       const config = loadConfig(resolveConfigPaths(argv.config), process.env, skipFiles ? { readCaFilesFor: [] } : { checkStartupFiles: true });
-      const redacted = redactConfig(config);
+      const redacted = escapePlaceholders(redactConfig(config));
       io.stdout.write(argv.json ? `${JSON.stringify(redacted, null, 2)}\n` : stringify(redacted));
       setExit(0);
     },
   };
+}
+
+/**
+ * The printed config with every literal `${` written `$${`, as a config file writes it: the values are printed after
+ * their placeholders were filled in, so a value that is a literal `${HOME}` (written `$${HOME}`) would otherwise be
+ * filled in from the environment when the output is loaded as a config.
+ */
+function escapePlaceholders(value: unknown): unknown {
+  // A function, not '$${': in a replacement string $$ stands for one $.
+  if (typeof value === 'string') return value.replaceAll('${', () => '$${');
+  if (Array.isArray(value)) return value.map(escapePlaceholders);
+  if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, escapePlaceholders(v)]));
+  return value;
 }

@@ -91,6 +91,26 @@ describe('oidc-sidecar CLI', () => {
     expect((await runCli(['validate', '--config', both])).stderr).toMatch(/2 problems.*CLI_TEST_UNSET_ISSUER.*CLI_TEST_UNSET_SECRET/);
   });
 
+  it("validate's output, loaded as a config, holds what the config held: a literal ${ is printed escaped ($${), never filled in from the environment", async () => {
+    const template = '${HOME} and a$$${b';
+    const escaped = template.replaceAll('${', () => '$${'); // a function: in a replacement string $$ is one $
+    const config = writeConfig({
+      service: 'orders',
+      inbound: { target: 'http://127.0.0.1:9', audience: 'orders', issuers: [{ issuer: 'https://idp.example' }], rules: [{ match: { path: '/x' }, allow: [{ claims: { template: escaped } }] }] },
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-validate-'));
+    for (const format of [[], ['--json']]) {
+      const printed = await runCli(['validate', '--config', config, ...format], { env: { HOME: '/home/someone' } });
+      expect(printed.code).toBe(0);
+      const again = join(dir, `again${format.length ? '.json' : '.yaml'}`);
+      writeFileSync(again, printed.stdout);
+      const reloaded = await runCli(['validate', '--config', again, '--json'], { env: { HOME: '/home/someone' } });
+      expect(reloaded.code, reloaded.stderr).toBe(0);
+      expect(JSON.parse(reloaded.stdout).inbound.rules[0].allow[0].claims.template).toBe(escaped);
+      expect(reloaded.stdout).not.toContain('/home/someone');
+    }
+  });
+
   it('run refuses an invalid config before listening', async () => {
     const r = await runCli(['run', '--config', writeConfig({ service: 'x' })]);
     expect(r.code).toBe(1);
