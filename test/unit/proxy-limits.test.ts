@@ -274,10 +274,10 @@ describe('pipelining: one request of a connection at a time', () => {
 });
 
 describe('pipelining: an Upgrade request behind requests still being answered', () => {
-  it('gets its answer after theirs, in order (here the refusal of an upgrade to anything but websocket)', async () => {
-    // The listener's upgrade handler answers at once, as the sidecars do for h2c.
+  it('gets its answer after theirs, in order (here a refusal the upgrade handler sends at once)', async () => {
+    // The listener's upgrade handler answers at once, as the sidecars do for a WebSocket handshake they refuse.
     const p = await heldPipeline({ server: { upgrade: (_req, socket) => refuseUpgrade(socket) } });
-    p.socket.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n');
+    p.socket.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /h2 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
     await p.untilHeld();
     // The upgrade request has been parsed and handled by now; its answer must not have taken the first one's place.
     await new Promise((r) => setTimeout(r, 50));
