@@ -535,6 +535,11 @@ describe('loading files', () => {
     expect(c.inbound!.target).toBe('http://127.0.0.1:1');
     expect(c.outbound).toBeUndefined();
     expect(deepMerge([{ a: { b: 1, c: [1, 2] } }, { a: { c: [3] } }])).toEqual({ a: { b: 1, c: [3] } });
+    // Inside a section no earlier layer has, null removes too: the default applies (it used to reach the schema as null).
+    const nulls = tmpFile('nulls.yaml', 'log: { level: ~ }\ninbound:\n  jwks: { timeoutSeconds: null }\n');
+    const d = loadConfig([base, nulls], {});
+    expect([d.log.level, d.inbound!.jwks.timeoutSeconds]).toEqual([DEFAULTS.log.level, DEFAULTS.inbound.jwks.timeoutSeconds]);
+    expect(deepMerge([{ a: 1 }, { b: { c: null, d: { e: null, f: 2 } } }])).toEqual({ a: 1, b: { d: { f: 2 } } });
   });
 
   it('gives a clear error for missing files, YAML syntax errors, duplicate keys and non-mapping documents', () => {
