@@ -199,7 +199,7 @@ describe('oidc-sidecar verify', () => {
       // None of them made verify contact the issuer that is down.
       expect(down.counts).toMatchObject({ discovery: 0, jwks: 0 });
       const v = await runCli(['verify', '--config', cfg, '--token', needsKeys, '--timeout', '1']);
-      expect([v.code, v.stdout]).toEqual([1, '']);
+      expect([v.code, v.stdout]).toEqual([1, `decision: error\nreason:   keys_unavailable\ndetail:   ${down.issuer} (${down.discoveryUrl}: timed out)\n`]);
       expect(v.stderr).toBe(`oidc-sidecar: keys_unavailable: cannot load keys for ${down.issuer} (${down.discoveryUrl}: timed out)\n`);
 
       // The running sidecar, with the same config and the same issuer down, answers each token the same way.
