@@ -55,8 +55,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
   return exitCode;
 }
 
-/** What refuseRepeatedOptions reads of yargs' parser options: the list options, and each option's aliases. */
+/** What refuseRepeatedOptions reads of yargs' parser options: the options declared, the list ones, and aliases. */
 interface ParserOptions {
+  key: Record<string, unknown>;
   array: string[];
   alias: Record<string, string[]>;
 }
@@ -79,7 +80,8 @@ function refuseRepeatedOptions(args: Record<string, unknown>, options: ParserOpt
     if (!Array.isArray(value) || key === '_' || aliases.has(key)) continue;
     // yargs also sets a camel-case copy of a dashed option (logLevel beside log-level); the option is the dashed one.
     const name = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    if (repeatable.has(key) || repeatable.has(name)) continue;
+    // One no command declares is strict()'s to name as unknown, given once or twice.
+    if (!Object.hasOwn(options.key, name) || repeatable.has(key) || repeatable.has(name)) continue;
     const flag = name.length === 1 ? `-${name}` : `--${name}`;
     throw new UsageError(`${flag} is given more than once: ${ONE_VALUE_BECAUSE[name] ?? 'it takes one value'}`);
   }

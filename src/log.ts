@@ -201,6 +201,12 @@ const MAX_LOGGED_PATH = 256;
 
 /** A percent-encoded unreserved character (RFC 3986 §2.3): A-Z, a-z, 0-9, `-`, `.`, `_`, `~`. */
 const ENCODED_UNRESERVED = /%(?:4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2[DE]|5F|7E)/gi;
+/** `%25` (an encoded `%`) that starts another escape. */
+const ENCODED_PERCENT = /%25(?=[0-9A-Fa-f]{2})/g;
+
+function decodeUnreserved(s: string): string {
+  return s.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(parseInt(escape.slice(1), 16)));
+}
 
 /**
  * A request target as a log line may hold it, capped, with every part that can carry a credential taken out:
@@ -215,7 +221,8 @@ const ENCODED_UNRESERVED = /%(?:4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|3[0-9]|2[DE]
  * sidecar for a forward proxy, say) is what an operator reading that line needs. Targets that passed
  * normalisation are logged as the canonical path alone. Used by both listeners' refusal lines.
  * Percent-encoded letters, digits and `-._~` are decoded first (RFC 3986 §6.2.2.2: the same URI), so a token spelt
- * `%65yJ…` in a target refused before normalisation is still seen, and masked, as one.
+ * `%65yJ…` in a target refused before normalisation is still seen, and masked, as one. One encoded twice or more
+ * (`%2565yJ…`) is seen once `%25` is undone too; only such a path is logged with it undone, as it is masked.
  */
 export function loggedPath(target: string): string {
   const cut = target.search(/[?#]/);
@@ -226,6 +233,11 @@ export function loggedPath(target: string): string {
     const at = path.lastIndexOf('@', slash < 0 ? path.length : slash);
     if (at >= authorityAt) path = path.slice(0, authorityAt) + path.slice(at + 1);
   }
-  if (path.includes('%')) path = path.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(parseInt(escape.slice(1), 16)));
+  if (path.includes('%')) path = decodeUnreserved(path);
+  if (path.includes('%25')) {
+    let probe = path;
+    for (let i = 0; i < 4 && probe.includes('%25'); i++) probe = decodeUnreserved(probe.replace(ENCODED_PERCENT, '%'));
+    if (probe.includes('eyJ')) path = probe;
+  }
   return capped(path.includes(';') ? path.replace(/;[^/]*/g, ';…') : path, MAX_LOGGED_PATH);
 }

@@ -38,8 +38,9 @@ export function tokenCommand(io: Io, setExit: (code: number) => void): CommandMo
       if (argv.scope?.some((s) => s.trim() === '')) throw new UsageError('--scope needs a scope name; an empty one is not a scope (RFC 6749 §3.3)');
       // The config's shape only: the one source used reads its own files below.
       const paths = resolveConfigPaths(argv.config);
-      const config = loadConfig(paths, process.env, { readCaFilesFor: [], only: 'outbound' });
-      if (!config.outbound) throw new UsageError('the config has no outbound section, so it names no token source');
+      const noOutbound = 'the config has no outbound section, so it names no token source';
+      const config = loadConfig(paths, process.env, { readCaFilesFor: [], only: { side: 'outbound', missing: noOutbound } });
+      if (!config.outbound) throw new UsageError(noOutbound);
       const chosen = sourceForAudience(config.outbound, argv.audience, argv.scope);
       const source = createTokenSource(checkedSource(chosen.source, chosen.configPath, paths), {
         clock: systemClock,

@@ -42,8 +42,9 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         .option('timeout', { type: 'number', requiresArg: true, default: 10, describe: 'Seconds to wait for the keys of the token\'s issuer' }) as never,
     handler: async (argv) => {
       // Only the issuers' CA bundles: the outbound side's may exist only in the pod.
-      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'], only: 'inbound' });
-      if (!config.inbound) throw new UsageError('the config has no inbound section to verify against');
+      const noInbound = 'the config has no inbound section to verify against';
+      const config = loadConfig(resolveConfigPaths(argv.config), process.env, { readCaFilesFor: ['issuers'], only: { side: 'inbound', missing: noInbound } });
+      if (!config.inbound) throw new UsageError(noInbound);
       if (argv.path !== undefined && !argv.path.startsWith('/')) throw new UsageError('--path must start with "/"');
       // Without --path the rules are not evaluated, so a method alone would be ignored while the answer looked like one for it.
       if (argv.method !== undefined && argv.path === undefined) throw new UsageError('--method applies to the rules, which are evaluated only with --path; add --path');
@@ -85,7 +86,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           if (!(await keyStore.waitUntilReady(timeout * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
             // On stdout as every other result is (a script reads `decision:` there), and as the one error line on stderr.
-            const result = { decision: 'error', reason: 'keys_unavailable', detail };
+            const result = { decision: 'error', reason: 'keys_unavailable', detail, ...(argv.path !== undefined ? { method, path: decision.target ?? path } : {}) };
             io.stdout.write(argv.json ? `${JSON.stringify(result, null, 2)}\n` : humanReadable(result));
             io.stderr.write(`oidc-sidecar: ${oneLine(`keys_unavailable: cannot load keys for ${detail}`)}\n`);
             setExit(1);

@@ -51,9 +51,10 @@ export interface LoadOptions {
   /**
    * Load this side alone (`verify`: inbound, `token`: outbound): the other side's section is left out before its
    * `${VAR}`s are filled in and the schema runs, so a variable that only the pod sets for the other side (an outbound
-   * client secret, when verifying a token in CI) does not stop the command. Default: both.
+   * client secret, when verifying a token in CI) does not stop the command. `missing` is the UsageError when the
+   * merged layers have no such section. Default: both.
    */
-  only?: 'inbound' | 'outbound';
+  only?: { side: 'inbound' | 'outbound'; missing: string };
 }
 
 /**
@@ -66,8 +67,9 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   const issues: ConfigIssue[] = [];
   // The layers merged so far: what each overlay is checked against, and in the end the config.
   let merged: unknown;
-  // A config without the side asked for is loaded whole, for the command to say what it lacks.
-  const only = files.some((f) => hasKey(f.value, opts.only)) ? opts.only : undefined;
+  // Whether the layers, merged as written, have the side asked for at all (an overlay's `outbound: null` removes it).
+  const only = opts.only?.side;
+  if (only !== undefined && !hasSection(deepMerge(files.map((f) => f.value)), only)) throw new UsageError(opts.only!.missing);
   for (const [i, file] of files.entries()) {
     const found: ConfigIssue[] = [];
     const layer = interpolateEnv(withoutOtherSide(file.value, only), env, found);
@@ -87,12 +89,12 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   }
 }
 
-function hasKey(layer: unknown, key: string | undefined): boolean {
-  return key !== undefined && typeof layer === 'object' && layer !== null && Object.hasOwn(layer, key);
+function hasSection(config: unknown, key: string): boolean {
+  return typeof config === 'object' && config !== null && Object.hasOwn(config, key) && (config as Record<string, unknown>)[key] != null;
 }
 
 /** A layer without the section of the side `only` leaves out (see LoadOptions.only). */
-function withoutOtherSide(layer: unknown, only: LoadOptions['only']): unknown {
+function withoutOtherSide(layer: unknown, only: 'inbound' | 'outbound' | undefined): unknown {
   if (only === undefined || typeof layer !== 'object' || layer === null || Array.isArray(layer)) return layer;
   const { [only === 'inbound' ? 'outbound' : 'inbound']: _left, ...rest } = layer as Record<string, unknown>;
   return rest;

@@ -141,6 +141,10 @@ const issuerSchema = z
     // failed at run time, every key fetch "Invalid URL" and /readyz 503 for good. With jwksUri any exact iss will do.
     if (i.jwksUri === undefined && !isHttpUrl(i.issuer)) {
       ctx.addIssue({ code: 'custom', message: 'must be an absolute http(s) URL: the keys are discovered at {issuer}/.well-known/openid-configuration (an issuer that is no URL needs jwksUri)', path: ['issuer'] });
+    } else if (i.jwksUri === undefined && /[?#]/.test(i.issuer)) {
+      // OpenID Connect Discovery 1.0 §3: an issuer has no query or fragment; appending the well-known path to one
+      // would ask another URL (`…#x/.well-known/…` is the issuer's root).
+      ctx.addIssue({ code: 'custom', message: 'must not have a query or fragment: the keys are discovered at {issuer}/.well-known/openid-configuration (or give jwksUri)', path: ['issuer'] });
     }
     // Keys fetched over cleartext can be swapped on the way: an https issuer's keys come over https too.
     if (i.jwksUri !== undefined && downgradesToCleartext(i.issuer, i.jwksUri)) {

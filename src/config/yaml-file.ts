@@ -126,18 +126,25 @@ export function parseYamlFile(text: string, path: string): YamlFile {
 }
 
 /**
- * The line of every key that repeats an earlier key of its map (the same scalar value, as the parser's `uniqueKeys`
- * compares them), found with one set per map.
+ * The line of every key that repeats an earlier key of its map, found with one set per map. Keys are compared as the
+ * config sees them, as text: `1` and `"1"` are one key once the document is read, and so are `team` and an alias
+ * (`*t`) to it, which the parser's own `uniqueKeys` told apart, and the later value silently replaced the earlier.
  */
 function duplicateKeyLines(doc: Document, lineCounter: LineCounter): Array<number | undefined> {
   const lines: Array<number | undefined> = [];
   visit(doc, {
     Map(_, map) {
-      const seen = new Set<unknown>();
+      const seen = new Set<string>();
       for (const { key } of map.items) {
-        if (!isScalar(key)) continue;
-        if (!seen.has(key.value)) seen.add(key.value);
-        else lines.push(key.range ? lineCounter.linePos(key.range[0]).line : undefined);
+        const resolved = isAlias(key) ? key.resolve(doc) : key;
+        if (!isScalar(resolved)) continue;
+        const text = String(resolved.value);
+        if (!seen.has(text)) {
+          seen.add(text);
+          continue;
+        }
+        const at = (key as { range?: [number] } | null)?.range?.[0];
+        lines.push(at === undefined ? undefined : lineCounter.linePos(at).line);
       }
     },
   });

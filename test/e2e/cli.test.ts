@@ -63,6 +63,8 @@ describe('oidc-sidecar CLI', () => {
     }
     const twice = await runCli(['validate', '--config', config, '-c', config]);
     expect(twice.code).toBe(0);
+    // An option no command has is unknown, given once or twice.
+    expect((await runCli(['validate', '--config', config, '--bogus', '1', '--bogus', '2'])).stderr).toMatch(/^oidc-sidecar: Unknown argument: bogus/);
   });
 
   it('verify and token fill in the ${VAR}s of the side they use only: a variable only the pod sets for the other side does not stop them', async () => {
@@ -89,6 +91,11 @@ describe('oidc-sidecar CLI', () => {
     expect([fetched.code, fetched.stderr]).toEqual([1, expect.not.stringContaining('invalid config')]);
     // validate and run need both.
     expect((await runCli(['validate', '--config', both])).stderr).toMatch(/2 problems.*CLI_TEST_UNSET_ISSUER.*CLI_TEST_UNSET_SECRET/);
+    // A config whose layers, merged, lack the side (an overlay removed it) says that, not what the other side lacks.
+    const noOutbound = writeConfig({ outbound: null });
+    expect((await runCli(['token', '--config', both, '--config', noOutbound, '--audience', 'payments'])).stderr).toBe(
+      'oidc-sidecar: the config has no outbound section, so it names no token source\n',
+    );
   });
 
   it("validate's output, loaded as a config, holds what the config held: a literal ${ is printed escaped ($${), never filled in from the environment", async () => {

@@ -147,6 +147,9 @@ describe('oidc-sidecar verify', () => {
     expect(json.code).toBe(1);
     expect(JSON.parse(json.stdout)).toMatchObject({ decision: 'error', reason: 'keys_unavailable', detail: expect.stringContaining(url) });
     expect(json.stdout).toBe(`${JSON.stringify(JSON.parse(json.stdout), null, 2)}\n`);
+    // With --path, the request it was for, as every other result says it.
+    const forPath = await runCli(['verify', '--config', cfg, '--token', token, '--timeout', '1', '--method', 'post', '--path', '/a/../b']);
+    expect(forPath.stdout).toMatch(/^decision: error\nreason:   keys_unavailable\ndetail:   .*\nrequest:  POST \/b\n$/);
   });
 
   it('refuses --method without --path: the rules, which the method is for, are evaluated only with a path', async () => {

@@ -548,9 +548,9 @@ describe('loading files', () => {
     expect(issuesOf(() => loadConfig([bad]))[0]).toMatch(/bad\.yaml: .*line/);
     const dup = tmpFile('dup.yaml', 'service: a\nservice: b\n');
     expect(issuesOf(() => loadConfig([dup]))[0]).toMatch(/dup\.yaml: .*(unique|duplicate)/i);
-    // In every map, block or flow, each with its line; a number and a string that read alike are two keys.
-    const nested = tmpFile('nested.yaml', "service: a\nlog: {level: info, level: warn}\nservice: b\nlabels: {1: a, '1': b}\n");
-    expect(issuesOf(() => loadConfig([nested]))).toEqual([`${nested}: Map keys must be unique (line 2)`, `${nested}: Map keys must be unique (line 3)`]);
+    // In every map, block or flow, each with its line, compared as the config reads keys: as text, through aliases.
+    const nested = tmpFile('nested.yaml', "service: a\nlog: {level: info, level: warn}\nservice: b\nlabels: {1: a, '1': b}\nx: {&t team: core, *t : ops}\n");
+    expect(issuesOf(() => loadConfig([nested]))).toEqual([2, 3, 4, 5].map((line) => `${nested}: Map keys must be unique (line ${line})`));
     const list = tmpFile('list.yaml', '- a\n- b\n');
     expect(issuesOf(() => loadConfig([list]))).toEqual([`${list}: the top level must be a mapping of keys`]);
   });
@@ -922,6 +922,11 @@ describe('URLs', () => {
     const discovered = 'inbound.issuers.0.issuer: must be an absolute http(s) URL: the keys are discovered at {issuer}/.well-known/openid-configuration (an issuer that is no URL needs jwksUri)';
     expect(issuesOf(() => parseConfig(config('idp.example.com')))).toEqual([discovered]);
     expect(issuesOf(() => parseConfig(config('ftp://idp.example.com')))).toEqual([discovered]);
+    for (const issuer of ['https://idp.example.com#frag', 'https://idp.example.com?tenant=a']) {
+      expect(issuesOf(() => parseConfig(config(issuer)))).toEqual([
+        'inbound.issuers.0.issuer: must not have a query or fragment: the keys are discovered at {issuer}/.well-known/openid-configuration (or give jwksUri)',
+      ]);
+    }
     expect(issuesOf(() => parseConfig(config('https://idp.example.com ')))).toEqual(["inbound.issuers.0.issuer: must not begin or end with whitespace: a token's iss is compared exactly"]);
     expect(issuesOf(() => parseConfig(config('https://idp.example', 'idp.example.com')))).toEqual(['outbound.tokenSource.issuer: must be an absolute http(s) URL']);
     expect(issuesOf(() => parseConfig(config('https://idp.example', ' https://idp.example')))).toEqual(['outbound.tokenSource.issuer: must not begin or end with whitespace']);
