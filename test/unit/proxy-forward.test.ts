@@ -585,7 +585,7 @@ describe('forward(): upstream failures', () => {
     expect(proxy.errors).toEqual([]);
   });
 
-  it('does not send a request again after the upstream answered it with a 100 or 101 nobody asked for (502, sent once)', async () => {
+  it('does not send a request again after the upstream answered it with a 100 or 101 nobody asked for (502 upstream_bad_response, sent once)', async () => {
     for (const interim of ['HTTP/1.1 100 Continue\r\n\r\n', 'HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n']) {
       let received = 0;
       const app = await rawTcpApp(() => {
@@ -596,6 +596,7 @@ describe('forward(): upstream failures', () => {
       // DELETE is idempotent: only the stale-connection retry could send it twice, and this connection was not stale.
       const res = await get(`${proxy.url}/orders/42`, {}, 'DELETE');
       expect(res.status, interim).toBe(502);
+      expect(JSON.parse(res.body.toString()).reason, interim).toBe('upstream_bad_response');
       expect(received, interim).toBe(1);
     }
   });
