@@ -29,6 +29,8 @@ export const DEFAULTS = Object.freeze({
       claimsHeader: 'x-peer-claims',
       keepToken: false,
     }),
+    /** The caller's X-Forwarded-* and the like reach the app with this hop appended (`replace`: only this hop's). */
+    forwardedHeaders: 'append' as const,
   }),
   outbound: Object.freeze({
     listen: '127.0.0.1:15001',

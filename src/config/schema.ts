@@ -8,7 +8,7 @@ import { downgradesToCleartext } from '../oidc/discovery.js';
 import { canonicalHost } from '../outbound/canonical-host.js';
 import { parseAuthority, routeKey } from '../outbound/router.js';
 import { isFileName } from '../outbound/sources/file.js';
-import { cgiSpelling, isHopByHop } from '../proxy/headers.js';
+import { CLIENT_INFO_HEADERS, cgiSpelling, isHopByHop } from '../proxy/headers.js';
 import { MAX_TIMER_MS } from '../scheduler.js';
 
 /**
@@ -368,9 +368,17 @@ const inboundSchema = z
       .prefault({}),
     rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),
     forward: forwardSchema,
+    forwardedHeaders: z
+      .enum(['append', 'replace'])
+      .default(DEFAULTS.inbound.forwardedHeaders)
+      .describe("append: this hop is added to the caller's X-Forwarded-For/-Proto/-Host; replace: the app gets this hop's alone, and none of the caller's Forwarded, X-Real-IP and the like"),
     tls: tlsSchema.optional().describe('Serve the inbound listener over HTTPS'),
   })
   .superRefine((inb, ctx) => {
+    // `replace` removes these from every request; a token kept under one of their names would never reach the app.
+    if (inb.forwardedHeaders === 'replace' && inb.forward.keepToken && CLIENT_INFO_HEADERS.includes(inb.tokenHeader)) {
+      ctx.addIssue({ code: 'custom', message: `"${inb.tokenHeader}" is removed from every request with forwardedHeaders: replace, so keepToken could not pass it on; use another token header`, path: ['tokenHeader'] });
+    }
     // The token header holds the caller's credential and is removed before the app (unless keepToken): identity must not share its name.
     const f = inb.forward;
     const named: Array<[string, (string | number)[]]> = [

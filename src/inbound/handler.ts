@@ -84,10 +84,10 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
   const targetUrl = new URL(config.target);
   const dispatcher = pools.get(targetUrl.origin);
   const targetPrefix = targetUrl.pathname.replace(/\/+$/, '');
-  const dropHeaders = identityHeaderNames(config.forward, config.tokenHeader);
+  const dropHeaders = identityHeaderNames(config.forward, config.tokenHeader, config.forwardedHeaders);
   // A public route decides without looking at the token, so a kept token there would reach the app unverified (a
   // forged one included) under the header that otherwise only ever carries a verified token: it is removed there.
-  const publicDropHeaders = config.forward.keepToken ? identityHeaderNames({ ...config.forward, keepToken: false }, config.tokenHeader) : dropHeaders;
+  const publicDropHeaders = config.forward.keepToken ? identityHeaderNames({ ...config.forward, keepToken: false }, config.tokenHeader, config.forwardedHeaders) : dropHeaders;
   const duration = metrics.requestDuration.labels({ direction: 'inbound' });
   initUpstreamErrors(metrics, 'inbound');
 

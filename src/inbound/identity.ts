@@ -1,5 +1,5 @@
 import type { ForwardConfig } from '../config/schema.js';
-import { cgiSpelling } from '../proxy/headers.js';
+import { CLIENT_INFO_HEADERS, cgiSpelling } from '../proxy/headers.js';
 import type { Claims } from './policy.js';
 
 /** A verified caller, with the identity headers for the app computed once (they are cached with it). */
@@ -41,9 +41,12 @@ export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, 
  * every spelling an app could read as the same CGI variable is removed. A kept
  * token header is listed in its `_` spelling: it passes, but an `X_Token` or
  * `X.Token` beside `X-Token` (the same HTTP_X_TOKEN to a CGI-style app) does not.
+ * With `forwardedHeaders: replace`, the caller's CLIENT_INFO_HEADERS are removed too.
  */
-export function identityHeaderNames(forward: ForwardConfig, tokenHeader: string): Set<string> {
+export function identityHeaderNames(forward: ForwardConfig, tokenHeader: string, forwardedHeaders: 'append' | 'replace'): Set<string> {
   const names = new Set([forward.subjectHeader, forward.issuerHeader, forward.claimsHeader, ...Object.keys(forward.claimHeaders)]);
+  // The caller's, dropped here, are then not merged: buildUpstreamHeaders sends this hop's alone.
+  if (forwardedHeaders === 'replace') for (const name of CLIENT_INFO_HEADERS) names.add(name);
   if (!forward.keepToken) names.add(tokenHeader);
   for (const name of names) {
     const dashed = cgiSpelling(name);

@@ -35,6 +35,31 @@ export function isHopByHop(lowerName: string): boolean {
  */
 const FORWARDED_UNDERSCORED = new Set(['x_forwarded_for', 'x_forwarded_proto', 'x_forwarded_host']);
 
+/**
+ * Headers by which a proxy in front tells an app who the client is, how and where it connected, or which URL it asked
+ * for. With `inbound.forwardedHeaders: replace` the caller's are removed, so the app hears of these from this sidecar
+ * alone: Express and Koa behind a trusted proxy take the scheme and host from the first element of
+ * X-Forwarded-Proto/-Host, which with `append` is the caller's to choose, and older Symfony and Zend apps route by
+ * X-Original-URL/X-Rewrite-URL, past the path the rules judged.
+ */
+export const CLIENT_INFO_HEADERS: readonly string[] = [
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-port',
+  'x-forwarded-prefix',
+  'x-forwarded-scheme',
+  'x-forwarded-server',
+  'x-forwarded-ssl',
+  'x-forwarded-uri',
+  'x-real-ip',
+  'x-client-ip',
+  'true-client-ip',
+  'x-original-url',
+  'x-rewrite-url',
+];
+
 /** A character of a lower-case header name other than a letter, a digit or `-` (a token may also hold `!#$%&'*+.^_`|~`). */
 const PUNCTUATION = /[^a-z0-9-]/;
 const EVERY_PUNCTUATION = /[^a-z0-9]/g;

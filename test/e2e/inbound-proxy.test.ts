@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { rawExchange, startUpgradingApp } from '../support/attacks.js';
 import { accessTokenClaims, algNoneToken, tamperPayload } from '../support/tokens.js';
@@ -265,6 +265,50 @@ describe('inbound: forwarding options and upstream failures', () => {
     } finally {
       await sidecar.stop();
     }
+  });
+
+  it("forwardedHeaders: replace gives the app this hop's X-Forwarded-For/-Proto/-Host alone and none of the caller's Forwarded, X-Real-IP, X-Original-URL and the like, on public and protected routes", async () => {
+    const sidecar = await startSidecar(
+      inboundSidecarConfig(app, [idp], {
+        forwardedHeaders: 'replace',
+        rules: [
+          { match: { path: '/pub' }, public: true },
+          { match: { path: '/**' }, allow: [{ sub: 'orders' }] },
+        ],
+      }),
+    );
+    try {
+      const token = await idp.getToken('orders', 'orders');
+      // What a caller would send to make Express or Koa (trusting their proxy) read https, evil.example and its own
+      // client address, or an older Symfony app route to /admin.
+      const spoof = [
+        'X-Forwarded-For', '203.0.113.9', 'X-Forwarded-Proto', 'https', 'X-Forwarded-Host', 'evil.example', 'X-Forwarded-Port', '443',
+        'Forwarded', 'for=203.0.113.9;proto=https;host=evil.example', 'X-Real-IP', '203.0.113.9', 'X_Real_IP', '203.0.113.9',
+        'True-Client-IP', '203.0.113.9', 'X-Original-URL', '/admin', 'X-Rewrite-URL', '/admin', 'X-Forwarded-Prefix', '/evil',
+        'traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+      ];
+      for (const [path, auth] of [['/pub', []], ['/orders', ['Authorization', `Bearer ${token}`]]] as const) {
+        expect(await getWithRawHeaders(sidecar.inbound!, path, [...auth, ...spoof]), path).toBe(200);
+        const seen = app.seen.at(-1)!;
+        expect(seen.url).toBe(path);
+        const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+        expect(names.filter((n) => /forwarded|real.ip|client-ip|original-url|rewrite-url/.test(n)).sort(), path).toEqual(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto']);
+        expect(seen.headers['x-forwarded-for'], path).toBe('127.0.0.1');
+        expect(seen.headers['x-forwarded-proto'], path).toBe('http');
+        expect(seen.headers['x-forwarded-host'], path).toBe(new URL(sidecar.inbound!).host);
+        // End-to-end headers still pass untouched.
+        expect(seen.headers.traceparent, path).toBe('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
+      }
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
+  it('forwardedHeaders: replace refuses a kept token header it would remove', async () => {
+    const config = inboundSidecarConfig(app, [idp], { forwardedHeaders: 'replace', tokenHeader: 'x-real-ip', forward: { keepToken: true } });
+    const res = await runCli(['validate', '--skip-file-checks', '--config', writeConfig(config)]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain('inbound.tokenHeader: "x-real-ip" is removed from every request with forwardedHeaders: replace');
   });
 
   it('keepToken never hands the app an unverified token: a public route removes the token header, forged or real', async () => {

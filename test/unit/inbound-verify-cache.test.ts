@@ -78,16 +78,16 @@ describe('identity headers', () => {
   });
 
   it('drops every identity header name (and the token unless keepToken) from incoming requests', () => {
-    expect([...identityHeaderNames(forward({ claimHeaders: { 'x-peer-env': 'environment' } }), 'authorization')].sort()).toEqual(
+    expect([...identityHeaderNames(forward({ claimHeaders: { 'x-peer-env': 'environment' } }), 'authorization', 'append')].sort()).toEqual(
       ['authorization', 'x-peer-claims', 'x-peer-env', 'x-peer-iss', 'x-peer-sub'],
     );
-    expect(identityHeaderNames(forward({ keepToken: true }), 'authorization').has('authorization')).toBe(false);
+    expect(identityHeaderNames(forward({ keepToken: true }), 'authorization', 'append').has('authorization')).toBe(false);
     // A kept token header is listed in its `_` spelling: it passes, an X_Service_Token beside it does not (see isDropped).
-    const kept = identityHeaderNames(forward({ keepToken: true }), 'x-service-token');
+    const kept = identityHeaderNames(forward({ keepToken: true }), 'x-service-token', 'append');
     expect(kept.has('x-service-token')).toBe(false);
     expect(kept.has('x_service_token')).toBe(true);
     // A token header written with `_` is dropped in its `-` spelling too (the proxy compares `_` as `-`).
-    expect(identityHeaderNames(forward(), 'x_workload_token')).toEqual(new Set(['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x_workload_token', 'x-workload-token']));
+    expect(identityHeaderNames(forward(), 'x_workload_token', 'append')).toEqual(new Set(['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x_workload_token', 'x-workload-token']));
   });
 
   it('percent-encodes claim values that are not plain printable ASCII, so CR/LF can never split a header', () => {
