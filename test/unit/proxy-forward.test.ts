@@ -650,6 +650,26 @@ describe('forward(): upstream failures', () => {
     expect(proxy.errors).toEqual([]);
   });
 
+  it('takes a client that half-closes after its request (FIN, as a closed socket sends) as gone: the upstream request is cancelled', async () => {
+    // A socket closed by a client that gave up (a timeout, a killed process) sends the same FIN as `nc -N` does after
+    // its request, and the server cannot tell them apart; like nginx and Envoy, the sidecar stops the work.
+    let upstreamClosed: Promise<boolean> | undefined;
+    const app = await rawApp((_req, res) => {
+      upstreamClosed = new Promise((resolve) => res.on('close', () => resolve(!res.writableFinished)));
+    });
+    const proxy = await proxyTo(app.url);
+    const s = await rawConnect(proxy.port);
+    let answer = '';
+    s.on('data', (d: Buffer) => (answer += d.toString()));
+    s.write('GET /wait HTTP/1.1\r\nHost: x\r\n\r\n');
+    while (!upstreamClosed) await new Promise((r) => setTimeout(r, 10));
+    s.end();
+    expect(await upstreamClosed).toBe(true);
+    await new Promise((r) => (s.closed ? r(undefined) : s.once('close', r)));
+    expect(answer).toBe('');
+    expect(proxy.errors).toEqual([]);
+  });
+
   it('does not call the upstream for a client that went away before forward() began (while a token was fetched)', async () => {
     let requests = 0;
     const app = await rawApp((_req, res) => {
