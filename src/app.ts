@@ -11,6 +11,7 @@ import { createInbound } from './inbound/index.js';
 import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
+import { throttledCount } from './proxy/connection-cap.js';
 import { createLimitedServer, formatAddress, limitSettings, listenOn, parseListen, type AdmitTunnel, type LimitedServer, type ListenAddress } from './proxy/listen.js';
 
 type Side = 'inbound' | 'outbound';
@@ -81,6 +82,11 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       if (kind === 'upgrade') c.upgrade(req, socket, head, admit);
       else c.connect!(req, socket, head, admit);
     };
+    metrics.connectionsDropped.inc({ direction: side }, 0);
+    const reportDropped = throttledCount((count) => {
+      const maxConnections = slot.server.maxConnections;
+      logger.warn({ event: 'connections_dropped', side, count, maxConnections }, `${side} closed ${count} new connection(s) at once: it holds limits.maxConnections (${maxConnections})`);
+    });
     const server = createLimitedServer(
       cfg.limits,
       (req: IncomingMessage, res: ServerResponse) => {
@@ -94,6 +100,10 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
         refused: (req, refusal) => slot.component.refused(req, refusal),
         isOwnConnection: (socket) => slot.component.isOwnConnection(socket),
+        dropped: () => {
+          metrics.connectionsDropped.inc({ direction: side });
+          reportDropped();
+        },
         upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel) => tunnelled(req, socket, head, admit, 'upgrade'),
         // CONNECT is the outbound side's alone (passthrough hosts); without a handler the listener refuses it (405).
         // A reload swaps the component for one of the same side, so this holds for the life of the listener.
@@ -102,7 +112,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     );
     slot.server = server;
     slot.address = await listenAs(`${side}.listen`, server, listen);
-    logger.info({ event: 'listening', side, address: formatAddress(slot.address) }, `${side} listening on ${formatAddress(slot.address)}`);
+    const cap = server.maxConnections;
+    logger.info({ event: 'listening', side, address: formatAddress(slot.address), ...(Number.isFinite(cap) ? { maxConnections: cap } : {}) }, `${side} listening on ${formatAddress(slot.address)}`);
     return slot;
   };
 

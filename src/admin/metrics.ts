@@ -21,6 +21,7 @@ export interface Metrics {
   configReloads: Counter<'result'>;
   verifyCacheLookups: Counter<'result'>;
   logLinesDropped: Counter;
+  connectionsDropped: Counter<'direction'>;
 }
 
 /** Each reader lists the outbound tokens one token cache holds, as (audience, expiry in ms) pairs. */
@@ -141,6 +142,12 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     logLinesDropped: new Counter({
       name: 'oidc_sidecar_log_lines_dropped_total',
       help: 'Log lines dropped whole because stdout did not take them and the log buffer (4 MiB) was full',
+      registers,
+    }),
+    connectionsDropped: new Counter({
+      name: 'oidc_sidecar_connections_dropped_total',
+      help: 'Client connections closed as they were accepted because the listener held limits.maxConnections, by direction',
+      labelNames: ['direction'],
       registers,
     }),
   };

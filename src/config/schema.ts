@@ -542,6 +542,9 @@ export const configSchema = z
         upstreamTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.upstreamTimeoutSeconds),
         upstreamConnectTimeoutSeconds: fitsTimer(z.number().positive()).default(DEFAULTS.limits.upstreamConnectTimeoutSeconds),
         upstreamConnections: positiveInt.default(DEFAULTS.limits.upstreamConnections),
+        maxConnections: positiveInt
+          .optional()
+          .describe('Client connections each traffic listener holds at once; one more is closed as it is accepted. Default: a quarter of the open-file limit'),
         maxTunnels: positiveInt.describe('Open WebSocket and CONNECT tunnels per listener; one more gets 503 too_many_tunnels').default(DEFAULTS.limits.maxTunnels),
         tunnelIdleTimeoutSeconds: fitsTimer(seconds('A tunnel with no bytes either way for this long is closed; 0 disables')).default(DEFAULTS.limits.tunnelIdleTimeoutSeconds),
       })

@@ -6,6 +6,7 @@ import type { LimitsConfig } from '../config/schema.js';
 import { SidecarError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { closingAwareResponse } from './closing-response.js';
+import { connectionCap, openFileLimit } from './connection-cap.js';
 import { isWebSocketUpgrade } from './headers.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
 import { LOOP_DETECTED } from './own-connections.js';
@@ -59,6 +60,8 @@ export interface LimitedServerOptions {
    * on it is refused with 508 loop_detected instead of being served, which would forward it to itself once more.
    */
   isOwnConnection?: (socket: Duplex) => boolean;
+  /** Told of each client connection closed as it was accepted because the listener held `limits.maxConnections`. */
+  dropped?: (maxConnections: number) => void;
   /** For TLS reload events. */
   logger?: Logger;
   /** How often TLS files are polled for changes, milliseconds (default 1000). */
@@ -198,6 +201,9 @@ export function createLimitedServer(
   // in the way: Node 20 truncates req.headers past it, and Node 22+ fails the parse with the same error code as an
   // oversize header block (headers_too_large). Unlimited here is still bounded: the parser enforces maxHeaderBytes.
   server.maxHeadersCount = 0;
+  // Node closes a connection over the cap as it accepts it, before any byte is read, and says so with 'drop'.
+  server.maxConnections = connectionCap(limits.maxConnections, openFileLimit());
+  server.on('drop', () => options.dropped?.(server.maxConnections));
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => handleClientError(err, socket, options.refused));
 
   // Node stops tracking a socket once it leaves HTTP (Upgrade, CONNECT): closeAllConnections() would not cut it and
@@ -263,6 +269,7 @@ export function createLimitedServer(
       // The options of the same names are stored on the server as these properties, and read from there (maxHeaderSize,
       // not in Node's types, by each new connection's parser).
       Object.assign(server, settings);
+      server.maxConnections = connectionCap(nextLimits.maxConnections, openFileLimit());
       if (!https) return;
       setHandshakeTimeout(https, settings.headersTimeout);
       if (material && nextTls) {

@@ -1,0 +1,47 @@
+import { readFileSync } from 'node:fs';
+
+/**
+ * How many client connections a traffic listener holds at once. A connection flood (or a fleet of callers with large
+ * keep-alive pools) would otherwise take every file descriptor the process may open: the sidecar then cannot connect
+ * to its app or its IdP (every request 502, keys not refreshed) and the admin listener cannot accept the kubelet's
+ * probes. With a cap, a connection over it is closed as it is accepted and everything else keeps working.
+ *
+ * Without `limits.maxConnections` the cap is a quarter of the open-file limit for each of the two traffic listeners:
+ * half of the descriptors for clients, the other half for what they cause (an outbound call's upstream connection, up
+ * to one per client connection; the app's pool; IdP fetches; the admin listener; files). Node raises the soft limit to
+ * the hard one as it starts, so the limit read here is the one that applies.
+ */
+export function connectionCap(configured: number | undefined, fileLimit: number | undefined): number {
+  if (configured !== undefined) return configured;
+  return fileLimit === undefined ? Infinity : Math.max(1, Math.floor(fileLimit / 4));
+}
+
+/** The process's soft limit on open files, from /proc/self/limits; undefined where there is none (not Linux) or it is unlimited. */
+export function openFileLimit(read: () => string = () => readFileSync('/proc/self/limits', 'utf8')): number | undefined {
+  let text: string;
+  try {
+    text = read();
+  } catch {
+    return undefined;
+  }
+  const soft = /^Max open files\s+(\S+)/m.exec(text)?.[1];
+  const n = Number(soft);
+  return soft !== undefined && Number.isSafeInteger(n) && n > 0 ? n : undefined;
+}
+
+/**
+ * Counts dropped connections and reports them at most once per `everyMs`: the first at once, then how many were
+ * dropped since the last report. A flood drops thousands a second; a log line each would bury every other line.
+ */
+export function throttledCount(report: (count: number) => void, everyMs = 10_000, now: () => number = Date.now): () => void {
+  let count = 0;
+  let last = -Infinity;
+  return () => {
+    count++;
+    const t = now();
+    if (t - last < everyMs) return;
+    last = t;
+    report(count);
+    count = 0;
+  };
+}

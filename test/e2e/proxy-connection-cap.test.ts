@@ -1,0 +1,75 @@
+import { connect, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startIdp, type TestIdp } from '../support/idp.js';
+import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { startUpstream, type UpstreamApp } from '../support/upstream.js';
+import { eventually, inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
+
+const MAX = 3;
+
+/** A connection that says nothing: it holds its slot until the headers timeout closes it, or the test does. */
+function idleConnection(listener: string): Promise<Socket> {
+  const { hostname, port } = new URL(listener);
+  return new Promise((resolve, reject) => {
+    const s = connect(Number(port), hostname, () => resolve(s));
+    s.on('error', reject);
+  });
+}
+
+/** Connects and sends a whole request; resolves with what came back before the connection closed. */
+function requestOnNewConnection(listener: string): Promise<string> {
+  const { hostname, port } = new URL(listener);
+  return new Promise((resolve) => {
+    let text = '';
+    const s = connect(Number(port), hostname, () => s.write('GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+    s.on('data', (d) => (text += d.toString('latin1')));
+    // A connection dropped as it is accepted may be reset before or after the request was written.
+    s.on('error', () => {});
+    s.on('close', () => resolve(text));
+  });
+}
+
+/**
+ * `limits.maxConnections` through the CLI: a listener holding its cap closes one connection more as it accepts it,
+ * counts and logs that, and goes on serving the connections it holds; the admin listener is not capped by it.
+ */
+describe('limits.maxConnections', () => {
+  let idp: TestIdp;
+  let app: UpstreamApp;
+  let sidecar: SidecarProcess;
+  const held: Socket[] = [];
+
+  beforeAll(async () => {
+    idp = await startIdp();
+    app = await startUpstream();
+    sidecar = await startSidecar(
+      inboundSidecarConfig(app, [idp], { rules: [{ match: { path: '/public' }, public: true }] }, { limits: { maxConnections: MAX, headersTimeoutSeconds: 60, requestTimeoutSeconds: 120 } }),
+    );
+  });
+  afterAll(async () => {
+    for (const s of held) s.destroy();
+    await sidecar?.stop();
+    await app?.close();
+    await idp?.close();
+  });
+
+  it('closes a connection over the cap as it is accepted, counts and logs it, and serves again once one closes', async () => {
+    expect(await requestOnNewConnection(sidecar.inbound!)).toMatch(/^HTTP\/1\.1 200 /);
+    // That connection closed with its answer: the cap is reached by the idle ones alone.
+    for (let i = 0; i < MAX; i++) held.push(await idleConnection(sidecar.inbound!));
+    const before = app.seen.length;
+    expect(await requestOnNewConnection(sidecar.inbound!)).toBe('');
+    expect(app.seen.length).toBe(before);
+    const metrics = await metricsText(sidecar.admin);
+    expect(sample(metrics, 'oidc_sidecar_connections_dropped_total', { direction: 'inbound' })).toBeGreaterThanOrEqual(1);
+    const line = await eventually(() => sidecar.logs.find((l) => l.event === 'connections_dropped'));
+    expect(line).toMatchObject({ level: 'warn', side: 'inbound', maxConnections: MAX });
+    expect(line!.count).toBeGreaterThanOrEqual(1);
+    // A held connection is still served.
+    held[0]!.write('GET /public HTTP/1.1\r\nHost: x\r\n\r\n');
+    await eventually(() => app.seen.length === before + 1);
+    // One closes: a new connection is accepted again.
+    held.pop()!.destroy();
+    await eventually(async () => (await requestOnNewConnection(sidecar.inbound!)).startsWith('HTTP/1.1 200'));
+  });
+});
