@@ -302,8 +302,8 @@ describe('RFC 8725 §3.10: do not trust received claims (keys come only from the
 });
 
 describe('CVE-2025-30204 class: oversized tokens and headers full of dots', () => {
-  it('a token over inbound.maxTokenBytes (8192), or made of dots, is malformed_token without being parsed', async () => {
-    await refused('8193 bytes', `${'a'.repeat(4096)}.${'b'.repeat(4095)}.c`, reject('malformed_token'));
+  it('an 8194-byte blob, or a token made of dots, is malformed_token (a validly signed token over the limit: inbound-attacks)', async () => {
+    await refused('8194 bytes', `${'a'.repeat(4096)}.${'b'.repeat(4095)}.c`, reject('malformed_token'));
     await refused('8000 dots', '.'.repeat(8000), reject('malformed_token'));
     await refused('a. x 4000', 'a.'.repeat(4000), reject('malformed_token'));
     await refused('8192 bytes of dots and base64url', `${'a.'.repeat(4095)}ab`, reject('malformed_token'));

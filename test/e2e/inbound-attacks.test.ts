@@ -173,8 +173,19 @@ describe('inbound: rejects the attack catalogue before the app sees anything', (
     await expectRejected({ token: 'not-a-jwt' }, 401, 'malformed_token');
   });
 
-  it('an oversized token is refused before parsing; a header full of dots (CVE-2025-30204) is cheap to refuse', async () => {
-    await expectRejected({ token: `${'a'.repeat(4096)}.${'b'.repeat(4096)}.c` }, 401, 'malformed_token');
+  it('a token over inbound.maxTokenBytes (8192) is refused though a trusted issuer signed it; one of 8192 bytes passes', async () => {
+    // Padded with a claim to either side of the limit, each validly signed: only the size can refuse the larger one.
+    let fits = '';
+    let over = '';
+    for (let pad = 5500; !over; pad++) {
+      const token = await mint({ pad: 'x'.repeat(pad) });
+      if (token.length <= 8192) fits = token;
+      else over = token;
+    }
+    expect(fits.length).toBeGreaterThan(8180);
+    expect(over.length).toBeGreaterThan(8192);
+    expect((await call(sidecar.inbound!, '/api/orders', { token: fits })).status).toBe(200);
+    await expectRejected({ token: over }, 401, 'malformed_token');
     await expectRejected({ token: '.'.repeat(8000) }, 401, 'malformed_token');
   });
 
@@ -194,6 +205,7 @@ describe('inbound: rejects the attack catalogue before the app sees anything', (
   it('the kid tricks above cost at most one JWKS refetch per issuer (cooldown) and no extra discovery', async () => {
     expect(idp.counts.jwks - jwksBefore.rs).toBeLessThanOrEqual(1);
     expect(idpEc.counts.jwks - jwksBefore.ec).toBeLessThanOrEqual(1);
+    expect(idp.counts.discovery + idpEc.counts.discovery).toBe(jwksBefore.discovery);
   });
 
   it('audits every rejection with reason, path, method, peer and unverified claims, and never logs a token', async () => {

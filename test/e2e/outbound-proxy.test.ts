@@ -624,7 +624,7 @@ describe('outbound token lifetime with short-lived tokens', () => {
     for (const l of lines) expect(l).toMatchObject({ source: 'client_credentials', audience: 'payments', jti: expect.any(String), expiresAt: expect.any(String) });
   });
 
-  it('keeps using the cached token while the IdP is down, until it expires', async () => {
+  it('keeps using the cached token while the IdP is down (what happens once it expires: fault-outbound)', async () => {
     const s = await sidecar(cfg());
     const before = (await send(s.outbound!, { target: '/a', host: 'payments' })).status;
     shortIdp.setDown('503');

@@ -98,6 +98,19 @@ describe('extractor', () => {
     expect(reason(() => extract(['authorization', `Bearer ${dots}`]))).toBe('malformed_token');
     const manyParts = 'a.'.repeat(4000);
     expect(reason(() => extract(['authorization', `Bearer ${manyParts}`]))).toBe('malformed_token');
+    // With the size limit out of the way, two million dots: one pass takes milliseconds. A scan that goes back over
+    // the token for each dot (the CVE's pattern) needs about 10^12 steps, so such a change shows as this test not
+    // returning (no timer can stop synchronous code), not as a slow pass.
+    const unlimited = createExtractor({ header: 'authorization', maxTokenBytes: 8 * 1024 * 1024 });
+    for (const bomb of ['.'.repeat(2 * 1024 * 1024), 'a.'.repeat(1024 * 1024)]) {
+      let message = '';
+      try {
+        unlimited(['authorization', `Bearer ${bomb}`]);
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toBe('token is not a compact JWS (expected three segments)');
+    }
   });
 
   it('reads a custom header with or without the Bearer prefix, and never the Authorization header then', () => {
