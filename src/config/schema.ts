@@ -146,11 +146,19 @@ const issuerSchema = z
       // would ask another URL (`…#x/.well-known/…` is the issuer's root).
       ctx.addIssue({ code: 'custom', message: 'must not have a query or fragment: the keys are discovered at {issuer}/.well-known/openid-configuration (or give jwksUri)', path: ['issuer'] });
     }
-    // Keys fetched over cleartext can be swapped on the way: an https issuer's keys come over https too.
-    if (i.jwksUri !== undefined && downgradesToCleartext(i.issuer, i.jwksUri)) {
-      ctx.addIssue({ code: 'custom', message: 'must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way', path: ['jwksUri'] });
+    // Keys fetched over cleartext can be swapped on the way: an https issuer's keys come over https too. A jwksUri the
+    // operator wrote for this host's loopback (a node-local agent or key mirror) never crosses a network.
+    if (i.jwksUri !== undefined && downgradesToCleartext(i.issuer, i.jwksUri) && !isLoopbackUrl(i.jwksUri)) {
+      ctx.addIssue({ code: 'custom', message: 'must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way (http is allowed on loopback only: 127.0.0.1, [::1], localhost)', path: ['jwksUri'] });
     }
   });
+
+/** An http(s) URL whose host is this machine's loopback: 127.0.0.0/8, [::1] or localhost. */
+function isLoopbackUrl(url: string): boolean {
+  if (!URL.canParse(url)) return false;
+  const host = new URL(url).hostname;
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
 
 const isScalar = (v: unknown) => typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
 const CLAIM_VALUE = 'a string, number or boolean, or a non-empty list of them';

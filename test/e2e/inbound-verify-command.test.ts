@@ -125,6 +125,22 @@ describe('oidc-sidecar verify', () => {
     expect(JSON.parse(forged.stdout)).toMatchObject({ decision: 'reject', reason: 'bad_signature' });
   });
 
+  it('an https issuer whose jwksUri is plain http on loopback (a node-local key mirror): the keys load and its tokens verify', async () => {
+    const key = await testKeyPair('RS256');
+    const jwks: Server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [key.publicJwk] })));
+    await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', r));
+    try {
+      const jwksUri = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`;
+      const cfg = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'https://idp.example.com', jwksUri }] } });
+      const token = await signToken(accessTokenClaims({ iss: 'https://idp.example.com', aud: 'orders' }), { key: key.privateKey, alg: 'RS256', kid: key.kid });
+      const r = await runCli(['verify', '--config', cfg, '--token', token, '--json']);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ decision: 'allow', reason: 'ok', claims: { iss: 'https://idp.example.com' } });
+    } finally {
+      await new Promise((r) => jwks.close(r));
+    }
+  });
+
   it('IdP unreachable: one clear line, keys_unavailable, exit 1 for a token that needs its keys; a malformed one needs none', async () => {
     const dead: Server = createServer((_req, res) => res.writeHead(503).end());
     await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));

@@ -385,8 +385,15 @@ describe('config validation errors name the key path', () => {
   it('refuses an http jwksUri for an https issuer (keys over cleartext)', () => {
     const withIssuer = (issuer: Record<string, unknown>) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, issuers: [{ issuer: 'https://idp.example' }, issuer] } });
     expect(issuesOf(() => parseConfig(withIssuer({ issuer: 'https://idp.example/realms/a', jwksUri: 'http://idp.example/realms/a/certs' })))).toEqual([
-      'inbound.issuers.1.jwksUri: must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way',
+      'inbound.issuers.1.jwksUri: must be an https URL: the issuer is https, and keys fetched over http could be replaced on the way (http is allowed on loopback only: 127.0.0.1, [::1], localhost)',
     ]);
+    // This host's loopback never crosses a network (a node-local agent or key mirror); a name that only starts so does.
+    for (const jwksUri of ['http://127.0.0.1:8081/jwks', 'http://127.9.9.9/keys', 'http://[::1]:8081/jwks', 'http://localhost:8081/jwks', 'http://LOCALHOST/jwks']) {
+      expect(parseConfig(withIssuer({ issuer: 'https://idp.example/l', jwksUri })).inbound!.issuers[1]!.jwksUri, jwksUri).toBe(jwksUri);
+    }
+    for (const jwksUri of ['http://127.0.0.1.evil.example/jwks', 'http://localhost.evil.example/jwks', 'http://10.0.0.1/jwks', 'http://[::2]/jwks', 'http://0.0.0.0/jwks']) {
+      expect(issuesOf(() => parseConfig(withIssuer({ issuer: 'https://idp.example/l', jwksUri })))[0], jwksUri).toMatch(/^inbound\.issuers\.1\.jwksUri: must be an https URL/);
+    }
     expect(issuesOf(() => parseConfig(withIssuer({ issuer: 'HTTPS://idp.example', jwksUri: 'HTTP://idp.example/certs' })))[0]).toMatch(/^inbound\.issuers\.1\.jwksUri: must be an https URL/);
     expect(parseConfig(withIssuer({ issuer: 'https://idp.example/b', jwksUri: 'https://keys.example/b' })).inbound!.issuers[1]!.jwksUri).toBe('https://keys.example/b');
     // A plain-http issuer (dev, in-cluster) may name either; https is never a downgrade.
