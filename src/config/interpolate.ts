@@ -18,29 +18,44 @@ const PLACEHOLDER = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
  * is a `${` that starts no placeholder of this syntax, and one in a key:
  * left as literal text they would give a value nobody meant (a claim rule
  * that can never match, an issuer URL with `${` in it).
+ *
+ * `wholeValues`, when given, gets the key path of every value that was one
+ * placeholder and nothing else (`clockSkewSeconds: ${SKEW:-30}`): the text it
+ * gave may stand for a number or a boolean where the schema wants one
+ * (typedPlaceholders in load.ts).
  */
-export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[] = [], ancestors = new Set<object>()): unknown {
-  if (typeof doc === 'string') return interpolateString(doc, env, issues, path);
-  if (typeof doc !== 'object' || doc === null) return doc;
-  // A YAML alias may point at one of its own ancestors (`x: &a [*a]`); walking it would never end.
-  if (ancestors.has(doc)) {
-    issues.push({ path: path.join('.'), message: 'a YAML alias makes this value contain itself' });
-    return undefined;
-  }
-  ancestors.add(doc);
-  let out: unknown = doc;
-  if (Array.isArray(doc)) out = doc.map((v, i) => interpolateEnv(v, env, issues, [...path, String(i)], ancestors));
-  else if (isPlainObject(doc)) {
-    const obj: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(doc)) {
-      if (k.includes('${')) issues.push({ path: [...path, k].join('.'), message: 'placeholders fill values only, not keys' });
-      setOwn(obj, k, interpolateEnv(v, env, issues, [...path, k], ancestors));
+export function interpolateEnv(doc: unknown, env: NodeJS.ProcessEnv, issues: ConfigIssue[], wholeValues?: string[][]): unknown {
+  const ancestors = new Set<object>();
+  const walk = (node: unknown, path: string[]): unknown => {
+    if (typeof node === 'string') {
+      if (wholeValues && WHOLE_PLACEHOLDER.test(node)) wholeValues.push(path);
+      return interpolateString(node, env, issues, path);
     }
-    out = obj;
-  }
-  ancestors.delete(doc);
-  return out;
+    if (typeof node !== 'object' || node === null) return node;
+    // A YAML alias may point at one of its own ancestors (`x: &a [*a]`); walking it would never end.
+    if (ancestors.has(node)) {
+      issues.push({ path: path.join('.'), message: 'a YAML alias makes this value contain itself' });
+      return undefined;
+    }
+    ancestors.add(node);
+    let out: unknown = node;
+    if (Array.isArray(node)) out = node.map((v, i) => walk(v, [...path, String(i)]));
+    else if (isPlainObject(node)) {
+      const obj: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(node)) {
+        if (k.includes('${')) issues.push({ path: [...path, k].join('.'), message: 'placeholders fill values only, not keys' });
+        setOwn(obj, k, walk(v, [...path, k]));
+      }
+      out = obj;
+    }
+    ancestors.delete(node);
+    return out;
+  };
+  return walk(doc, []);
 }
+
+/** A value that is one `${VAR}` or `${VAR:-default}` and nothing else. */
+const WHOLE_PLACEHOLDER = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$/;
 
 function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssue[], path: string[]): string {
   if (!s.includes('${')) return s;

@@ -70,9 +70,13 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   // Whether the layers, merged as written, have the side asked for at all (an overlay's `outbound: null` removes it).
   const only = opts.only?.side;
   if (only !== undefined && !hasSection(deepMerge(files.map((f) => f.value)), only)) throw new UsageError(opts.only!.missing);
+  // Values that were one placeholder each, by key path; a later layer that sets the same key replaces the entry.
+  let wholeValues: string[][] = [];
   for (const [i, file] of files.entries()) {
     const found: ConfigIssue[] = [];
-    const layer = interpolateEnv(withoutOtherSide(file.value, only), env, found);
+    const filled: string[][] = [];
+    const layer = interpolateEnv(withoutOtherSide(file.value, only), env, found, filled);
+    wholeValues = [...wholeValues.filter((p) => !hasPath(layer, p)), ...filled];
     if (i > 0 && removesRules(layer)) {
       found.push({ path: 'inbound.rules', message: 'removes the rules of an earlier layer (null, or a bare `rules:`), which would let every valid token in; give the whole new list instead' });
     }
@@ -82,11 +86,59 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
   }
   if (issues.length > 0) throw new ConfigError([...issues, ...shapeIssuesBeside(merged, files, issues)]);
   try {
-    return parseConfig(merged, opts);
+    return parseConfig(typedPlaceholders(merged, wholeValues), opts);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     throw locatedIn(err, files);
   }
+}
+
+/**
+ * A placeholder gives text, since the document is parsed before it is filled in (no variable can inject structure).
+ * Where it was a whole value and the schema wants a number or a boolean there, the text is read as YAML would read it
+ * written in place: `drainTimeoutSeconds: ${DRAIN:-20}` is 20, `keepToken: ${KEEP:-false}` is false. Where the schema
+ * takes text (a client id of digits), it stays text. Text that is no number (or boolean) stays, for the schema to
+ * refuse as before.
+ */
+function typedPlaceholders(merged: unknown, wholeValues: readonly string[][]): unknown {
+  if (wholeValues.length === 0) return merged;
+  const result = configSchema.safeParse(merged ?? {});
+  if (result.success) return merged;
+  const filled = new Set(wholeValues.map((p) => JSON.stringify(p)));
+  for (const issue of result.error.issues) {
+    if (issue.code !== 'invalid_type' || (issue.expected !== 'number' && issue.expected !== 'boolean')) continue;
+    const path = issue.path.map(String);
+    if (!filled.has(JSON.stringify(path))) continue;
+    const parent = valueAt(merged, path.slice(0, -1));
+    const key = path.at(-1)!;
+    if (typeof parent !== 'object' || parent === null) continue;
+    const text = (parent as Record<string, unknown>)[key];
+    if (typeof text !== 'string') continue;
+    const typed = issue.expected === 'number' ? yamlNumber(text) : yamlBoolean(text);
+    if (typed !== undefined) (parent as Record<string, unknown>)[key] = typed;
+  }
+  return merged;
+}
+
+/** YAML 1.2 core schema's decimal numbers (`30`, `-1.5`, `1e3`); anything else (hex, `Infinity`, `1_000`, ``) is not one. */
+function yamlNumber(text: string): number | undefined {
+  return /^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$/.test(text) ? Number(text) : undefined;
+}
+
+/** YAML 1.2 core schema's booleans. */
+function yamlBoolean(text: string): boolean | undefined {
+  if (/^(?:true|True|TRUE)$/.test(text)) return true;
+  if (/^(?:false|False|FALSE)$/.test(text)) return false;
+  return undefined;
+}
+
+function valueAt(doc: unknown, segments: readonly string[]): unknown {
+  let node = doc;
+  for (const segment of segments) {
+    if (typeof node !== 'object' || node === null || !Object.hasOwn(node, segment)) return undefined;
+    node = (node as Record<string, unknown>)[segment];
+  }
+  return node;
 }
 
 function hasSection(config: unknown, key: string): boolean {

@@ -483,6 +483,44 @@ describe('loading files', () => {
     expect(c.inbound!.audience).toBe('x\ninbound: evil');
   });
 
+  it('a whole-value placeholder fills a number or a boolean where the schema wants one, and stays text where it wants text', () => {
+    const p = tmpFile(
+      'typed.yaml',
+      [
+        'service: ${SVC}',
+        'inbound:',
+        '  target: http://127.0.0.1:8080',
+        '  audience: ${AUD}',
+        '  issuers: [{ issuer: "https://idp" }]',
+        '  clockSkewSeconds: ${SKEW:-30}',
+        '  forward: { keepToken: "${KEEP:-false}" }',
+        '  rules: [{ match: { path: /** }, allow: [{ claims: { level: "${LEVEL}" } }] }]',
+        'lifecycle:',
+        '  drainTimeoutSeconds: ${DRAIN}',
+        '',
+      ].join('\n'),
+    );
+    const c = loadConfig([p], { SVC: '12345', AUD: '42', SKEW: '10', KEEP: 'true', LEVEL: '3', DRAIN: '2.5' });
+    expect(c.inbound!.clockSkewSeconds).toBe(10);
+    expect(c.inbound!.forward.keepToken).toBe(true);
+    expect(c.lifecycle.drainTimeoutSeconds).toBe(2.5);
+    // Where text is wanted (a name, an audience, a claim value that may be either), the digits stay text.
+    expect(c.service).toBe('12345');
+    expect(c.inbound!.audience).toBe('42');
+    expect(c.inbound!.rules![0]!.allow![0]!.claims).toEqual({ level: '3' });
+    // Defaults are read alike; text that is no number, or a placeholder inside other text, is still refused.
+    expect(loadConfig([p], { SVC: 's', AUD: 'a', LEVEL: 'x', DRAIN: '20' }).inbound!.clockSkewSeconds).toBe(30);
+    expect(issuesOf(() => loadConfig([p], { SVC: 's', AUD: 'a', LEVEL: 'x', DRAIN: '0x14', KEEP: 'yes' }))).toEqual([
+      'inbound.forward.keepToken: Invalid input: expected boolean, received string (line 7)',
+      'lifecycle.drainTimeoutSeconds: Invalid input: expected number, received string (line 10)',
+    ]);
+    const inText = tmpFile('in-text.yaml', 'service: s\ninbound:\n  target: http://127.0.0.1:8080\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  clockSkewSeconds: "1${SKEW}"\n');
+    expect(issuesOf(() => loadConfig([inText], { SKEW: '0' }))).toEqual(['inbound.clockSkewSeconds: Invalid input: expected number, received string (line 6)']);
+    // A later layer that sets the key itself decides: its quoted text is not read as a number.
+    const over = tmpFile('over.yaml', 'inbound:\n  clockSkewSeconds: "15"\n');
+    expect(issuesOf(() => loadConfig([p, over], { SVC: 's', AUD: 'a', LEVEL: 'x', DRAIN: '20', SKEW: '10' }))[0]).toMatch(/^inbound\.clockSkewSeconds: Invalid input: expected number, received string/);
+  });
+
   it('drops line breaks at the end of a variable, as from a secret file (`abc\\n` was sent as the client secret), and only there', () => {
     const p = tmpFile('nl.yaml', 'service: "${SVC}"\noutbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "https://idp/t", clientId: a, clientSecret: "${SEC}" }\n  routes: []\n');
     const c = loadConfig([p], { SVC: 'orders\r\n', SEC: 'ab\nc\n\n' });
