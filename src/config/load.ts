@@ -84,9 +84,10 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
     merged = deepMerge([merged, layer]);
   }
+  merged = typedPlaceholders(merged, wholeValues);
   if (issues.length > 0) throw new ConfigError([...issues, ...shapeIssuesBeside(merged, files, issues)]);
   try {
-    return parseConfig(typedPlaceholders(merged, wholeValues), opts);
+    return parseConfig(merged, opts);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     throw locatedIn(err, files);
@@ -95,10 +96,10 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
 
 /**
  * A placeholder gives text, since the document is parsed before it is filled in (no variable can inject structure).
- * Where it was a whole value and the schema wants a number or a boolean there, the text is read as YAML would read it
- * written in place: `drainTimeoutSeconds: ${DRAIN:-20}` is 20, `keepToken: ${KEEP:-false}` is false. Where the schema
- * takes text (a client id of digits), it stays text. Text that is no number (or boolean) stays, for the schema to
- * refuse as before.
+ * Where it was a whole value and the schema wants a number or a boolean there, text that is a plain decimal number, or
+ * true/false, becomes one: `drainTimeoutSeconds: ${DRAIN:-20}` is 20, `keepToken: ${KEEP:-false}` is false. Where the
+ * schema takes text (a client id of digits), it stays text. Anything else (`0x14`, `.inf`, ` 10`) stays text, for the
+ * schema to refuse as before. Changes `merged` in place: interpolateEnv made it of fresh objects.
  */
 function typedPlaceholders(merged: unknown, wholeValues: readonly string[][]): unknown {
   if (wholeValues.length === 0) return merged;
@@ -120,7 +121,7 @@ function typedPlaceholders(merged: unknown, wholeValues: readonly string[][]): u
   return merged;
 }
 
-/** YAML 1.2 core schema's decimal numbers (`30`, `-1.5`, `1e3`); anything else (hex, `Infinity`, `1_000`, ``) is not one. */
+/** A plain decimal number (`30`, `-1.5`, `1e3`): YAML 1.2 core's, less its hex, octal and `.inf`/`.nan` forms. */
 function yamlNumber(text: string): number | undefined {
   return /^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$/.test(text) ? Number(text) : undefined;
 }

@@ -516,6 +516,10 @@ describe('loading files', () => {
     ]);
     const inText = tmpFile('in-text.yaml', 'service: s\ninbound:\n  target: http://127.0.0.1:8080\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n  clockSkewSeconds: "1${SKEW}"\n');
     expect(issuesOf(() => loadConfig([inText], { SKEW: '0' }))).toEqual(['inbound.clockSkewSeconds: Invalid input: expected number, received string (line 6)']);
+    // Beside another variable's problem, typed values are not reported as text.
+    expect(issuesOf(() => loadConfig([p], { SVC: 's', LEVEL: 'x', DRAIN: '20', SKEW: '10', KEEP: 'true' }))).toEqual([
+      'inbound.audience: environment variable AUD is not set (use ${AUD:-default} for a default) (line 4)',
+    ]);
     // A later layer that sets the key itself decides: its quoted text is not read as a number.
     const over = tmpFile('over.yaml', 'inbound:\n  clockSkewSeconds: "15"\n');
     expect(issuesOf(() => loadConfig([p, over], { SVC: 's', AUD: 'a', LEVEL: 'x', DRAIN: '20', SKEW: '10' }))[0]).toMatch(/^inbound\.clockSkewSeconds: Invalid input: expected number, received string/);
