@@ -85,7 +85,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     metrics.connectionsDropped.inc({ direction: side }, 0);
     const reportDropped = throttledCount((count) => {
       const maxConnections = slot.server.maxConnections;
-      logger.warn({ event: 'connections_dropped', side, count, maxConnections }, `${side} closed ${count} new connection(s) at once: it holds limits.maxConnections (${maxConnections})`);
+      logger.warn({ event: 'connections_dropped', side, count, maxConnections }, `${side} closed ${count} new connection(s) as it accepted them: it holds limits.maxConnections (${maxConnections})`);
     });
     const server = createLimitedServer(
       cfg.limits,

@@ -561,6 +561,12 @@ export const configSchema = z
         message: 'must be <= limits.requestTimeoutSeconds (or set requestTimeoutSeconds to 0)',
         path: ['headersTimeoutSeconds'],
       })
+      // Each tunnel holds its client connection: at or under maxTunnels, WebSockets alone could take every place, and
+      // a plain request would then find its connection closed unanswered instead of the tunnel getting its 503.
+      .refine((l) => l.maxConnections === undefined || l.maxConnections > l.maxTunnels, {
+        message: 'must be more than limits.maxTunnels: each tunnel holds one of these connections, and tunnels alone would take them all',
+        path: ['maxConnections'],
+      })
       .prefault({}),
     lifecycle: z
       .strictObject({

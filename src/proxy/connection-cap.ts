@@ -30,18 +30,27 @@ export function openFileLimit(read: () => string = () => readFileSync('/proc/sel
 }
 
 /**
- * Counts dropped connections and reports them at most once per `everyMs`: the first at once, then how many were
- * dropped since the last report. A flood drops thousands a second; a log line each would bury every other line.
+ * Counts dropped connections and reports them at most once per `everyMs`: the first at once, then, `everyMs` after
+ * the last report, how many were dropped since. A flood drops thousands a second; a log line each would bury every
+ * other line, and a count held back until the next drop (hours later, perhaps) would be reported as if it were new.
+ * The timer does not keep the process alive.
  */
-export function throttledCount(report: (count: number) => void, everyMs = 10_000, now: () => number = Date.now): () => void {
+export function throttledCount(report: (count: number) => void, everyMs = 10_000): () => void {
   let count = 0;
   let last = -Infinity;
-  return () => {
-    count++;
-    const t = now();
-    if (t - last < everyMs) return;
-    last = t;
+  let pending: NodeJS.Timeout | undefined;
+  const flush = () => {
+    pending = undefined;
+    if (count === 0) return;
+    last = performance.now();
     report(count);
     count = 0;
+  };
+  return () => {
+    count++;
+    if (pending) return;
+    const wait = last + everyMs - performance.now();
+    if (wait <= 0) flush();
+    else pending = setTimeout(flush, wait).unref();
   };
 }

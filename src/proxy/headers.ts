@@ -40,7 +40,8 @@ const FORWARDED_UNDERSCORED = new Set(['x_forwarded_for', 'x_forwarded_proto', '
  * for. With `inbound.forwardedHeaders: replace` the caller's are removed, so the app hears of these from this sidecar
  * alone: Express and Koa behind a trusted proxy take the scheme and host from the first element of
  * X-Forwarded-Proto/-Host, which with `append` is the caller's to choose, and older Symfony and Zend apps route by
- * X-Original-URL/X-Rewrite-URL, past the path the rules judged.
+ * X-Original-URL/X-Rewrite-URL, past the path the rules judged. Rails reads Client-IP, Tomcat X-Forwarded-By, and an
+ * app behind Envoy takes X-Forwarded-Client-Cert for its caller's certificate.
  */
 export const CLIENT_INFO_HEADERS: readonly string[] = [
   'forwarded',
@@ -53,9 +54,17 @@ export const CLIENT_INFO_HEADERS: readonly string[] = [
   'x-forwarded-server',
   'x-forwarded-ssl',
   'x-forwarded-uri',
+  'x-forwarded-protocol',
+  'x-forwarded-by',
+  'x-forwarded-client-cert',
   'x-real-ip',
   'x-client-ip',
+  'client-ip',
+  'x-cluster-client-ip',
   'true-client-ip',
+  'x-url-scheme',
+  'front-end-https',
+  'x-original-host',
   'x-original-url',
   'x-rewrite-url',
 ];

@@ -293,6 +293,7 @@ describe('inbound: forwarding options and upstream failures', () => {
         'X-Forwarded-For', '203.0.113.9', 'X-Forwarded-Proto', 'https', 'X-Forwarded-Host', 'evil.example', 'X-Forwarded-Port', '443',
         'Forwarded', 'for=203.0.113.9;proto=https;host=evil.example', 'X-Real-IP', '203.0.113.9', 'X_Real_IP', '203.0.113.9',
         'True-Client-IP', '203.0.113.9', 'X-Original-URL', '/admin', 'X-Rewrite-URL', '/admin', 'X-Forwarded-Prefix', '/evil',
+        'Client-IP', '203.0.113.9', 'X-Forwarded-Client-Cert', 'By=spiffe://evil;URI=spiffe://evil',
         'traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
       ];
       for (const [path, auth] of [['/pub', []], ['/orders', ['Authorization', `Bearer ${token}`]]] as const) {
@@ -301,6 +302,7 @@ describe('inbound: forwarding options and upstream failures', () => {
         expect(seen.url).toBe(path);
         const names = seen.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
         expect(names.filter((n) => /forwarded|real.ip|client-ip|original-url|rewrite-url/.test(n)).sort(), path).toEqual(['x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto']);
+        expect(names, path).not.toContain('x-forwarded-client-cert');
         expect(seen.headers['x-forwarded-for'], path).toBe('127.0.0.1');
         expect(seen.headers['x-forwarded-proto'], path).toBe('http');
         expect(seen.headers['x-forwarded-host'], path).toBe(new URL(sidecar.inbound!).host);
@@ -309,6 +311,22 @@ describe('inbound: forwarding options and upstream failures', () => {
       }
     } finally {
       await sidecar.stop();
+    }
+    // A WebSocket handshake leaves HTTP through the upgrade path, which drops the same headers.
+    const wsApp = await startUpgradingApp();
+    const wsSidecar = await startSidecar(inboundSidecarConfig(wsApp, [idp], { forwardedHeaders: 'replace' }));
+    try {
+      const token = await idp.getToken('orders', 'orders');
+      const handshake =
+        `GET /ws HTTP/1.1\r\nHost: ${new URL(wsSidecar.inbound!).host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n` +
+        `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer ${token}\r\nX-Forwarded-Proto: https\r\nX_Real_IP: 203.0.113.9\r\nForwarded: for=203.0.113.9\r\n\r\n`;
+      expect((await rawExchange(wsSidecar.inbound!, handshake, { idleMs: 300 })).responses[0]!.status).toBe(101);
+      const head = wsApp.connections[0]!;
+      expect(head).toMatch(/^x-forwarded-proto: http$/im);
+      expect(head).not.toMatch(/https|203\.0\.113\.9|^forwarded:|^x_real_ip:/im);
+    } finally {
+      await wsSidecar.stop();
+      await wsApp.close();
     }
   });
 

@@ -483,6 +483,15 @@ describe('loading files', () => {
     expect(c.inbound!.audience).toBe('x\ninbound: evil');
   });
 
+  it('refuses limits.maxConnections at or under maxTunnels: tunnels alone would take every connection', () => {
+    const withLimits = (limits: Record<string, unknown>) => ({ ...minimalInbound, limits });
+    expect(issuesOf(() => parseConfig(withLimits({ maxConnections: 1024 })))).toEqual([
+      'limits.maxConnections: must be more than limits.maxTunnels: each tunnel holds one of these connections, and tunnels alone would take them all',
+    ]);
+    expect(parseConfig(withLimits({ maxConnections: 10, maxTunnels: 9 })).limits.maxConnections).toBe(10);
+    expect(parseConfig(withLimits({})).limits.maxConnections).toBeUndefined();
+  });
+
   it('a whole-value placeholder fills a number or a boolean where the schema wants one, and stays text where it wants text', () => {
     const p = tmpFile(
       'typed.yaml',

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { createIdentityBuilder, headerValue, identityHeaderNames } from '../../src/inbound/identity.js';
 import { createVerifyCache } from '../../src/inbound/verify-cache.js';
+import { CLIENT_INFO_HEADERS, isDropped } from '../../src/proxy/headers.js';
 import { counterValue, manualClock, testMetrics } from './inbound-support.js';
 
 describe('verify cache', () => {
@@ -88,6 +89,18 @@ describe('identity headers', () => {
     expect(kept.has('x_service_token')).toBe(true);
     // A token header written with `_` is dropped in its `-` spelling too (the proxy compares `_` as `-`).
     expect(identityHeaderNames(forward(), 'x_workload_token', 'append')).toEqual(new Set(['x-peer-sub', 'x-peer-iss', 'x-peer-claims', 'x_workload_token', 'x-workload-token']));
+  });
+
+  it("with forwardedHeaders: replace also drops the caller's client-info headers, and nothing else", () => {
+    const appended = identityHeaderNames(forward(), 'authorization', 'append');
+    const replaced = identityHeaderNames(forward(), 'authorization', 'replace');
+    expect([...replaced].filter((n) => !appended.has(n)).sort()).toEqual([...CLIENT_INFO_HEADERS].sort());
+    for (const name of ['x-forwarded-for', 'forwarded', 'x-real-ip', 'client-ip', 'x-forwarded-client-cert', 'x-original-url']) expect(replaced.has(name), name).toBe(true);
+    // Through the proxy's comparison, every spelling an app reads as the same variable.
+    expect(isDropped('x_real_ip', replaced)).toBe(true);
+    expect(isDropped('x.forwarded.port', replaced)).toBe(true);
+    expect(isDropped('x_real_ip', appended)).toBe(false);
+    expect(isDropped('traceparent', replaced)).toBe(false);
   });
 
   it('percent-encodes claim values that are not plain printable ASCII, so CR/LF can never split a header', () => {
