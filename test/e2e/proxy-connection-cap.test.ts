@@ -43,7 +43,7 @@ describe('limits.maxConnections', () => {
     idp = await startIdp();
     app = await startUpstream();
     sidecar = await startSidecar(
-      inboundSidecarConfig(app, [idp], { rules: [{ match: { path: '/public' }, public: true }] }, { limits: { maxConnections: MAX, headersTimeoutSeconds: 60, requestTimeoutSeconds: 120 } }),
+      inboundSidecarConfig(app, [idp], { rules: [{ match: { path: '/public' }, public: true }] }, { limits: { maxConnections: MAX, maxTunnels: MAX - 1, headersTimeoutSeconds: 60, requestTimeoutSeconds: 120 } }),
     );
   });
   afterAll(async () => {
