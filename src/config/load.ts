@@ -133,6 +133,7 @@ function yamlBoolean(text: string): boolean | undefined {
   return undefined;
 }
 
+/** The value at a key path, or undefined where the path is not there. */
 function valueAt(doc: unknown, segments: readonly string[]): unknown {
   let node = doc;
   for (const segment of segments) {
@@ -238,13 +239,11 @@ function isReplacedLater(files: readonly ConfigFile[], i: number, segments: read
   return false;
 }
 
+/** Whether the key path is there, whatever its value (null included). */
 function hasPath(doc: unknown, segments: readonly string[]): boolean {
-  let node = doc;
-  for (const segment of segments) {
-    if (typeof node !== 'object' || node === null || !Object.hasOwn(node, segment)) return false;
-    node = (node as Record<string, unknown>)[segment];
-  }
-  return true;
+  if (segments.length === 0) return true;
+  const parent = valueAt(doc, segments.slice(0, -1));
+  return typeof parent === 'object' && parent !== null && Object.hasOwn(parent, segments.at(-1)!);
 }
 
 function issueAt(issue: ConfigIssue, file: ConfigFile, nameFile: boolean): ConfigIssue {
