@@ -243,6 +243,13 @@ describe('oidc-sidecar CLI', () => {
     expect(schema.additionalProperties).toBe(false);
     expect(Object.keys(schema.properties)).toEqual(expect.arrayContaining(['service', 'inbound', 'outbound', 'admin', 'log']));
     expect(schema.properties.inbound.properties.issuers.items.properties.algorithms.items.enum).not.toContain('HS256');
+    // A number or boolean key also takes a whole-value ${VAR}, as the loader does; its own bounds stay in force.
+    const skew = schema.properties.inbound.properties.clockSkewSeconds;
+    expect(skew).toMatchObject({ default: 30, anyOf: [{ type: 'number', minimum: 0, maximum: 300 }, { type: 'string' }] });
+    const placeholder = new RegExp(skew.anyOf[1].pattern);
+    expect(['${SKEW}', '${SKEW:-30}'].filter((v) => placeholder.test(v))).toHaveLength(2);
+    expect(['30', 'abc', '1${SKEW}', '${SKEW} ', '${1X}'].filter((v) => placeholder.test(v))).toEqual([]);
+    expect(schema.properties.inbound.properties.forward.properties.keepToken.anyOf[0]).toEqual({ type: 'boolean' });
   });
 
   it('a reader that closes the pipe early (`| head -1`) ends the output, not with a stack trace: the command keeps its own exit code', async () => {
