@@ -2,6 +2,7 @@ import { stringify } from 'yaml';
 import type { CommandModule } from 'yargs';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { redactConfig } from '../config/redact.js';
+import { describeUnreachable, unreachableRules } from '../inbound/unreachable-rules.js';
 import { withConfigOption, type Io } from './shared.js';
 
 interface ValidateArgs {
@@ -17,7 +18,8 @@ interface ValidateArgs {
  * secrets and private keys (nothing is sent to an IdP), and the inbound TLS
  * certificate and key; every problem is reported at once.
  * `--skip-file-checks` checks the shape alone, for CI, where the files a pod
- * mounts do not exist.
+ * mounts do not exist. A rule that can never be used is a warning on stderr,
+ * not an error: the config is valid, and `run` logs the same.
  */
 export function validateCommand(io: Io, setExit: (code: number) => void): CommandModule<object, ValidateArgs> {
   return {
@@ -36,6 +38,9 @@ export function validateCommand(io: Io, setExit: (code: number) => void): Comman
       const config = loadConfig(resolveConfigPaths(argv.config), process.env, skipFiles ? { readCaFilesFor: [] } : { checkStartupFiles: true });
       const redacted = escapePlaceholders(redactConfig(config));
       io.stdout.write(argv.json ? `${JSON.stringify(redacted, null, 2)}\n` : stringify(redacted));
+      // Valid, and loaded as is by `run`, which logs the same lines (rule_unreachable): on stderr, so stdout stays the config.
+      const rules = config.inbound?.rules ?? [];
+      for (const u of unreachableRules(rules)) io.stderr.write(`oidc-sidecar: warning: ${describeUnreachable(u, rules)}\n`);
       setExit(0);
     },
   };

@@ -114,7 +114,7 @@ function hasUpperCase(text: string): boolean {
  * the GET handler (and Kubernetes RBAC reads HEAD as `get`), so a GET rule that left HEAD to a later, wider rule would
  * let a caller run that handler by asking HEAD.
  */
-function methodSet(methods: readonly string[]): ReadonlySet<string> {
+export function methodSet(methods: readonly string[]): ReadonlySet<string> {
   const set = new Set(methods.map((m) => m.toUpperCase()));
   if (set.has('GET')) set.add('HEAD');
   return set;
@@ -151,22 +151,7 @@ type SegmentGlob = { pieces: readonly string[]; nonEmpty: boolean };
  * glob parts) segment tests, each at most (segment length × its pieces).
  */
 export function compileGlob(glob: string): PathGlob {
-  if (!glob.startsWith('/')) throw new Error('must start with "/"');
-  // A request's path never holds a raw "?": the query is split off before rules are matched, so a rule written with
-  // one (`/reports?format=csv`) could never match, and the next, wider rule would decide instead.
-  if (glob.includes('?')) throw new Error('must not contain "?": rules match the path only, never the query string (a literal "?" in a path segment is written %3F)');
-  const segments = glob.split('/').slice(1);
-  if (segments.map((s) => s.replace(/%2e/gi, '.')).some((s) => s === '.' || s === '..')) {
-    throw new Error('must not contain "." or ".." segments');
-  }
-  let canonical: string;
-  try {
-    // '*' is a legal path character (RFC 3986 sub-delim), so it survives normalisation unchanged.
-    canonical = ruleSpelling(normalizePath(glob), true);
-  } catch (err) {
-    if (err instanceof BadPathError) throw new Error(err.message.replace(/^path/, 'glob'));
-    throw err;
-  }
+  const canonical = canonicalGlob(glob);
   // Most rules are a literal path, or a literal prefix and `/**`: a comparison per request, with nothing allocated.
   const firstStar = canonical.indexOf('*');
   if (firstStar < 0) return { bySegment: false, test: (path) => path === canonical };
@@ -178,6 +163,28 @@ export function compileGlob(glob: string): PathGlob {
     part === '**' ? ANY_SEGMENTS : { pieces: part.split(/\*+/), nonEmpty: part === '*' },
   );
   return { bySegment: true, test: (path, segments = path.split('/')) => matchSegments(parts, segments) };
+}
+
+/**
+ * A glob in the spelling request paths are matched in (see normalizePath and ruleSpelling), or an Error saying why no
+ * request path could match it. Two globs with the same canonical form match the same paths.
+ */
+export function canonicalGlob(glob: string): string {
+  if (!glob.startsWith('/')) throw new Error('must start with "/"');
+  // A request's path never holds a raw "?": the query is split off before rules are matched, so a rule written with
+  // one (`/reports?format=csv`) could never match, and the next, wider rule would decide instead.
+  if (glob.includes('?')) throw new Error('must not contain "?": rules match the path only, never the query string (a literal "?" in a path segment is written %3F)');
+  const segments = glob.split('/').slice(1);
+  if (segments.map((s) => s.replace(/%2e/gi, '.')).some((s) => s === '.' || s === '..')) {
+    throw new Error('must not contain "." or ".." segments');
+  }
+  try {
+    // '*' is a legal path character (RFC 3986 sub-delim), so it survives normalisation unchanged.
+    return ruleSpelling(normalizePath(glob), true);
+  } catch (err) {
+    if (err instanceof BadPathError) throw new Error(err.message.replace(/^path/, 'glob'));
+    throw err;
+  }
 }
 
 /** `segments` is a path split at `/` (so `segments[0]` is the empty string before the leading `/`). */

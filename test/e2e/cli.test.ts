@@ -37,6 +37,20 @@ describe('oidc-sidecar CLI', () => {
     expect(JSON.parse(r.stdout).inbound.audience).toBe('orders');
   });
 
+  it('validate warns on stderr about a rule an earlier rule hides, and still prints the config and exits 0', async () => {
+    const rules = [
+      { match: { path: '/**', methods: ['GET'] }, allow: [{ sub: 'reader' }] },
+      { match: { path: '/admin/**', methods: ['POST'] }, allow: [{ sub: 'ops' }] },
+      { match: { path: '/admin/users', methods: ['GET', 'POST'] }, allow: [{ sub: 'ops' }] },
+    ];
+    const r = await runCli(['validate', '--config', writeConfig({ ...valid, inbound: { ...valid.inbound, rules } })]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('/admin/users');
+    expect(r.stderr).toBe(
+      'oidc-sidecar: warning: inbound.rules.2 (/admin/users) is never used: rules 0 (/** for GET) and 1 (/admin/** for POST) match every request it would match and come first (the first matching rule decides); move it before them, or remove it\n',
+    );
+  });
+
   it('validate lists every error as path: message and exits 1, without a stack trace', async () => {
     const bad = writeConfig({ service: 'x', inbound: { target: 'nope', audience: 'a', issuers: [{ issuer: 'https://i', algorithms: ['HS256'] }], rulez: [] } });
     const r = await runCli(['validate', '--config', bad]);

@@ -120,6 +120,40 @@ describe('inbound rules', () => {
     expect((await call(sidecar.inbound!, '/files/secrets', { token: orders })).status).toBe(200);
   });
 
+  it('logs no rule_unreachable line for rules that can each decide a request', () => {
+    expect(sidecar.logs.filter((l) => l.event === 'rule_unreachable')).toEqual([]);
+  });
+
+  it('a rule an earlier one hides is logged at start and at each reload, and the earlier rule decides, as the line says', async () => {
+    const hidden = [
+      { match: { path: '/api/**' }, allow: [{ sub: 'orders' }] },
+      { match: { path: '/api/admin/**' }, allow: [{ sub: 'deployer' }] },
+    ];
+    const s = await startSidecar(inboundSidecarConfig(app, [idp], { rules: hidden }));
+    try {
+      const line = await s.waitForLog((l) => l.event === 'rule_unreachable');
+      expect(line).toMatchObject({ level: 'warn', key: 'inbound.rules.1', pattern: '/api/admin/**', coveredBy: [0] });
+      expect(line.msg).toBe('inbound.rules.1 (/api/admin/**) is never used: rule 0 (/api/**) matches every request it would match and comes first (the first matching rule decides); move it before that rule, or remove it');
+      // What the operator is warned about: the admin rule's policy is not applied.
+      expect((await call(s.inbound!, '/api/admin/users', { token: orders })).status).toBe(200);
+      expect((await call(s.inbound!, '/api/admin/users', { token: deployer })).status).toBe(403);
+
+      s.rewriteConfig(inboundSidecarConfig(app, [idp], { rules: [hidden[1], hidden[0]] }));
+      s.signal('SIGHUP');
+      await s.waitForLog((l) => l.event === 'config_reloaded');
+      expect(s.logs.filter((l) => l.event === 'rule_unreachable')).toHaveLength(1);
+      expect((await call(s.inbound!, '/api/admin/users', { token: orders })).status).toBe(403);
+      expect((await call(s.inbound!, '/api/admin/users', { token: deployer })).status).toBe(200);
+
+      s.rewriteConfig(inboundSidecarConfig(app, [idp], { rules: [...hidden, { match: { path: '/api/admin/**', methods: ['GET'] }, public: true }] }));
+      s.signal('SIGHUP');
+      await s.waitForLog((l) => l.event === 'config_reloaded' && s.logs.filter((r) => r.event === 'rule_unreachable').length === 3);
+      expect(s.logs.filter((l) => l.event === 'rule_unreachable').slice(1).map((l) => l.key)).toEqual(['inbound.rules.1', 'inbound.rules.2']);
+    } finally {
+      await s.stop();
+    }
+  });
+
   it('absolute-form request targets are matched on their path', async () => {
     const res = await rawRequest(sidecar.inbound!, `GET http://orders/public/../admin/x HTTP/1.1\r\nHost: orders`);
     expect(res.status).toBe(401);
