@@ -272,7 +272,13 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         slot.component = component;
         const reconfigure = reconfigured.get(side);
         if (reconfigure) {
+          const capBefore = slot.server.maxConnections;
           reconfigure();
+          // The cap is on the `listening` line; a reload that changes it in place says so, as one that moves the listener does.
+          const cap = slot.server.maxConnections;
+          if (cap !== capBefore && Number.isFinite(cap)) {
+            logger.info({ event: 'max_connections_changed', side, maxConnections: cap, ...(Number.isFinite(capBefore) ? { previous: capBefore } : {}) }, `${side} now holds at most ${cap} connections (limits.maxConnections)`);
+          }
           slot.limits = next.limits;
           slot.tls = tlsOf(side, next);
         }

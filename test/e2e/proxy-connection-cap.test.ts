@@ -38,13 +38,13 @@ describe('limits.maxConnections', () => {
   let app: UpstreamApp;
   let sidecar: SidecarProcess;
   const held: Socket[] = [];
+  const config = (maxConnections: number) =>
+    inboundSidecarConfig(app, [idp], { rules: [{ match: { path: '/public' }, public: true }] }, { limits: { maxConnections, maxTunnels: MAX - 1, headersTimeoutSeconds: 60, requestTimeoutSeconds: 120 } });
 
   beforeAll(async () => {
     idp = await startIdp();
     app = await startUpstream();
-    sidecar = await startSidecar(
-      inboundSidecarConfig(app, [idp], { rules: [{ match: { path: '/public' }, public: true }] }, { limits: { maxConnections: MAX, maxTunnels: MAX - 1, headersTimeoutSeconds: 60, requestTimeoutSeconds: 120 } }),
-    );
+    sidecar = await startSidecar(config(MAX));
   });
   afterAll(async () => {
     for (const s of held) s.destroy();
@@ -71,5 +71,22 @@ describe('limits.maxConnections', () => {
     // One closes: a new connection is accepted again.
     held.pop()!.destroy();
     await eventually(async () => (await requestOnNewConnection(sidecar.inbound!)).startsWith('HTTP/1.1 200'));
+  });
+
+  it('a reload that changes the cap applies it to the listener in place, and says so', async () => {
+    sidecar.rewriteConfig(config(MAX + 1));
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    expect(sidecar.logs.find((l) => l.event === 'max_connections_changed')).toMatchObject({ level: 'info', side: 'inbound', maxConnections: MAX + 1, previous: MAX });
+    // The listener kept its address (no new `listening` line), and now takes one connection more before it drops.
+    expect(sidecar.logs.filter((l) => l.event === 'listening' && l.side === 'inbound')).toHaveLength(1);
+    while (held.length < MAX + 1) held.push(await idleConnection(sidecar.inbound!));
+    // The last of them has a place: it is served (under the old cap it would have been closed as it was accepted).
+    const before = app.seen.length;
+    held.at(-1)!.write('GET /public HTTP/1.1\r\nHost: x\r\n\r\n');
+    await eventually(() => app.seen.length === before + 1);
+    const dropped = sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'inbound' });
+    expect(await requestOnNewConnection(sidecar.inbound!)).toBe('');
+    await eventually(async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'inbound' }) === dropped + 1);
   });
 });
