@@ -52,8 +52,12 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
     };
   });
   // The same rules with their patterns in lower case, for shadows(); only a pattern with an upper-case letter needs
-  // its own glob (lower-casing the rest changes nothing).
-  const folded = compiled.map((r) => (hasUpperCase(r.pattern) ? { ...r, glob: compileGlob(r.pattern.toLowerCase()) } : r));
+  // its own glob (lower-casing the rest changes nothing). Folded in canonical form, so a letter written as an escape
+  // (`/%41dmin/**` is `/Admin/**`) is folded as the letter it stands for, and an escape's hex is left as it is.
+  const folded = compiled.map((r) => {
+    const canonical = canonicalGlob(r.pattern);
+    return hasUpperCase(withoutEscapes(canonical)) ? { ...r, glob: compileGlob(foldCase(canonical)) } : r;
+  });
   const patternsHaveUpperCase = folded.some((r, i) => r !== compiled[i]);
   /** The first of `list[0 .. before)` matching the method and path. */
   const firstMatch = (list: readonly CompiledRule<T>[], method: string, path: string, before = list.length): CompiledRule<T> | undefined => {
@@ -103,6 +107,10 @@ function otherSlash(path: string): string | undefined {
 function foldCase(path: string): string {
   const lower = path.toLowerCase();
   return lower.includes('%') ? lower.replace(/%[0-9a-f]{2}/g, (e) => e.toUpperCase()) : lower;
+}
+
+function withoutEscapes(canonical: string): string {
+  return canonical.includes('%') ? canonical.replace(/%[0-9A-F]{2}/g, '') : canonical;
 }
 
 function hasUpperCase(text: string): boolean {

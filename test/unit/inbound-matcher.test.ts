@@ -282,6 +282,16 @@ describe('compileGlob and the matcher', () => {
     expect(createMatcher([{ match: { path: '/a' }, id: 'a' }]).shadows('GET', '/A', undefined)).toEqual([]);
   });
 
+  it('shadows folds a pattern\'s letters however the rule spells them: /%41dmin/** is /Admin/**, and shadows /admin/x as that does', () => {
+    for (const pattern of ['/Admin/**', '/%41dmin/**', '/%41DMIN/**']) {
+      const m = createMatcher([
+        { match: { path: pattern }, id: 'admin' },
+        { match: { path: '/**' }, id: 'any' },
+      ]);
+      expect(m.shadows('GET', '/admin/x', m.match('GET', '/admin/x')).map((r) => r.rule.id), pattern).toEqual(['admin']);
+    }
+  });
+
   it('shadows folds the letter case of a path with escapes without folding their hex, which stays upper case in rules', () => {
     const m = createMatcher([
       { match: { path: '/files/caf%C3%A9/**' }, id: 'cafe' },
