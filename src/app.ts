@@ -8,6 +8,7 @@ import { systemClock, type Clock } from './clock.js';
 import type { Component, ComponentDeps, Handover } from './component.js';
 import { ListenError, SidecarError } from './errors.js';
 import { createInbound } from './inbound/index.js';
+import { describeUnreachable, unreachableRules } from './inbound/unreachable-rules.js';
 import { createInflightTracker } from './inflight.js';
 import { createOutbound } from './outbound/index.js';
 import type { Logger } from './log.js';
@@ -65,6 +66,18 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   let reloadSettled: Promise<unknown> = Promise.resolve();
   const shuttingDownError = () => new SidecarError('shutting_down', 'the sidecar is shutting down', 503);
   const slots = new Map<Side, Slot>();
+  // A rule that can never decide is a policy that is not applied: said for the rules that serve, at start and after a
+  // reload that changed what there is to say (not again for each retry or SIGHUP of the same rules).
+  let reportedRules: string | undefined;
+  const reportUnreachableRules = (cfg: Config) => {
+    const rules = cfg.inbound?.rules ?? [];
+    const lines = unreachableRules(rules).map((u) => ({ fields: { event: 'rule_unreachable', key: `inbound.rules.${u.index}`, pattern: u.pattern, coveredBy: u.coveredBy }, msg: describeUnreachable(u, rules) }));
+    const said = lines.map((l) => l.msg).join('\n');
+    if (said === reportedRules) return;
+    reportedRules = said;
+    const inboundLogger = logger.child({ component: 'inbound' });
+    for (const l of lines) inboundLogger.warn(l.fields, l.msg);
+  };
 
   const build = (side: Side, cfg: Config, handover?: Handover): Component => {
     const deps: ComponentDeps = { logger: logger.child({ component: side }), metrics, clock, service: cfg.service, ...(handover ? { handover } : {}) };
@@ -151,6 +164,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   // Keys and tokens are asked for only once every socket is bound: a sidecar that cannot start (say the admin port is
   // taken) makes no request to the IdP, and logs no key or token failure of its own making as it closes them again.
   for (const slot of slots.values()) void slot.component.start();
+  reportUnreachableRules(config);
 
   const addresses: RunningApp['addresses'] = { admin: formatAddress(admin.address) };
   const syncAddresses = () => {
@@ -276,8 +290,13 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
           reconfigure();
           // The cap is on the `listening` line; a reload that changes it in place says so, as one that moves the listener does.
           const cap = slot.server.maxConnections;
-          if (cap !== capBefore && Number.isFinite(cap)) {
-            logger.info({ event: 'max_connections_changed', side, maxConnections: cap, ...(Number.isFinite(capBefore) ? { previous: capBefore } : {}) }, `${side} now holds at most ${cap} connections (limits.maxConnections)`);
+          if (cap !== capBefore) {
+            // No cap (where the open-file limit cannot be read and the key is not set) is a field left out, as on `listening`.
+            const finite = (n: number) => (Number.isFinite(n) ? n : undefined);
+            logger.info(
+              { event: 'max_connections_changed', side, maxConnections: finite(cap), previous: finite(capBefore) },
+              Number.isFinite(cap) ? `${side} now holds at most ${cap} connections (limits.maxConnections)` : `${side} no longer limits its connections (limits.maxConnections)`,
+            );
           }
           slot.limits = next.limits;
           slot.tls = tlsOf(side, next);
@@ -301,6 +320,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     }
     current = next;
     syncAddresses();
+    reportUnreachableRules(next);
     const notReady = SIDES.filter((side) => slots.get(side) && slots.get(side)!.component.waitingFor().length > 0);
     if (notReady.length > 0) logger.warn({ event: 'reloaded_not_ready', sides: notReady }, 'new config is serving but not ready yet (keys or tokens still loading)');
   }

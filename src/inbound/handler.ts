@@ -22,7 +22,6 @@ import type { Scheduler } from '../scheduler.js';
 import { createMatcher } from './matcher.js';
 import { compilePolicy } from './policy.js';
 import { rejectionResponse } from './rejection.js';
-import { describeUnreachable, unreachableRules } from './unreachable-rules.js';
 import { createInboundUpgrade } from './upgrade.js';
 import { createVerifyCache } from './verify-cache.js';
 
@@ -57,10 +56,6 @@ export function createInboundParts(config: InboundConfig, deps: ComponentDeps & 
     buildIdentity: createIdentityBuilder(config.forward),
   });
   const rules: InboundRule[] | undefined = config.rules?.map((r) => ({ ...r, ...(r.allow ? { policy: compilePolicy(r.allow) } : {}) }));
-  // Each time the rules are loaded (start, reload): a rule that can never decide is a policy that is not applied.
-  for (const u of unreachableRules(config.rules ?? [])) {
-    deps.logger.warn({ event: 'rule_unreachable', key: `inbound.rules.${u.index}`, pattern: u.pattern, coveredBy: u.coveredBy }, describeUnreachable(u, config.rules!));
-  }
   const authorizer = createAuthorizer(config, {
     extractor: createExtractor({ header: config.tokenHeader, maxTokenBytes: config.maxTokenBytes }),
     authenticator,

@@ -47,7 +47,7 @@ describe('oidc-sidecar CLI', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('/admin/users');
     expect(r.stderr).toBe(
-      'oidc-sidecar: warning: inbound.rules.2 (/admin/users) is never used: rules 0 (/** for GET) and 1 (/admin/** for POST) match every request it would match and come first (the first matching rule decides); move it before them, or remove it\n',
+      'oidc-sidecar: warning: inbound.rules.2 (/admin/users) is never used: rules 0 (/** for GET (and HEAD)) and 1 (/admin/** for POST) match every request it would match and come first (the first matching rule decides); move it before them, or remove it\n',
     );
   });
 
