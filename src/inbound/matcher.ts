@@ -54,10 +54,7 @@ export function createMatcher<T extends { match: { path: string; methods?: reado
   // The same rules with their patterns in lower case, for shadows(); only a pattern with an upper-case letter needs
   // its own glob (lower-casing the rest changes nothing). Folded in canonical form, so a letter written as an escape
   // (`/%41dmin/**` is `/Admin/**`) is folded as the letter it stands for, and an escape's hex is left as it is.
-  const folded = compiled.map((r) => {
-    const canonical = canonicalGlob(r.pattern);
-    return hasUpperCase(withoutEscapes(canonical)) ? { ...r, glob: compileGlob(foldCase(canonical)) } : r;
-  });
+  const folded = compiled.map((r) => (hasUpperCase(withoutEscapes(r.glob.canonical)) ? { ...r, glob: compileGlob(foldCase(r.glob.canonical)) } : r));
   const patternsHaveUpperCase = folded.some((r, i) => r !== compiled[i]);
   /** The first of `list[0 .. before)` matching the method and path. */
   const firstMatch = (list: readonly CompiledRule<T>[], method: string, path: string, before = list.length): CompiledRule<T> | undefined => {
@@ -134,6 +131,8 @@ export interface PathGlob {
   test(path: string, segments?: readonly string[]): boolean;
   /** Whether test() reads the path's segments (the matcher then splits a path once for all such rules). */
   readonly bySegment: boolean;
+  /** The glob in the spelling request paths are matched in: two globs with the same canonical form match the same paths. */
+  readonly canonical: string;
 }
 
 const SLASH = 0x2f;
@@ -161,23 +160,29 @@ type SegmentGlob = { pieces: readonly string[]; nonEmpty: boolean };
 export function compileGlob(glob: string): PathGlob {
   const canonical = canonicalGlob(glob);
   // Most rules are a literal path, or a literal prefix and `/**`: a comparison per request, with nothing allocated.
-  const firstStar = canonical.indexOf('*');
-  if (firstStar < 0) return { bySegment: false, test: (path) => path === canonical };
-  if (firstStar === canonical.length - 2 && canonical.endsWith('/**')) {
-    const prefix = canonical.slice(0, -3);
-    return { bySegment: false, test: (path) => path === prefix || (path.startsWith(prefix) && path.charCodeAt(prefix.length) === SLASH) };
+  if (!canonical.includes('*')) return { bySegment: false, canonical, test: (path) => path === canonical };
+  const prefix = anyBelowPrefix(canonical);
+  if (prefix !== undefined) {
+    return { bySegment: false, canonical, test: (path) => path === prefix || (path.startsWith(prefix) && path.charCodeAt(prefix.length) === SLASH) };
   }
   const parts = (canonical === '/' ? [''] : canonical.split('/').slice(1)).map((part): SegmentGlob | typeof ANY_SEGMENTS =>
     part === '**' ? ANY_SEGMENTS : { pieces: part.split(/\*+/), nonEmpty: part === '*' },
   );
-  return { bySegment: true, test: (path, segments = path.split('/')) => matchSegments(parts, segments) };
+  return { bySegment: true, canonical, test: (path, segments = path.split('/')) => matchSegments(parts, segments) };
+}
+
+/** P for a canonical glob `P/**` whose P has no wildcard (`/**` gives ''): the glob matches P and every path under it. Else undefined. */
+export function anyBelowPrefix(canonical: string): string | undefined {
+  if (!canonical.endsWith('/**')) return undefined;
+  const prefix = canonical.slice(0, -3);
+  return prefix.includes('*') ? undefined : prefix;
 }
 
 /**
  * A glob in the spelling request paths are matched in (see normalizePath and ruleSpelling), or an Error saying why no
- * request path could match it. Two globs with the same canonical form match the same paths.
+ * request path could match it.
  */
-export function canonicalGlob(glob: string): string {
+function canonicalGlob(glob: string): string {
   if (!glob.startsWith('/')) throw new Error('must start with "/"');
   // A request's path never holds a raw "?": the query is split off before rules are matched, so a rule written with
   // one (`/reports?format=csv`) could never match, and the next, wider rule would decide instead.

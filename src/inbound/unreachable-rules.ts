@@ -1,5 +1,5 @@
 import { METHODS } from 'node:http';
-import { canonicalGlob, compileGlob, methodSet, type PathGlob } from './matcher.js';
+import { anyBelowPrefix, compileGlob, methodSet, type PathGlob } from './matcher.js';
 
 /** A rule no request can reach, and the earlier rules that take every request it would match. */
 export interface UnreachableRule {
@@ -22,7 +22,6 @@ interface RuleShape {
 const EVERY_METHOD: readonly string[] = METHODS.filter((m) => m !== 'CONNECT');
 
 interface Compiled {
-  canonical: string;
   glob: PathGlob;
   methods: ReadonlySet<string> | undefined;
 }
@@ -50,15 +49,15 @@ export function unreachableRules(rules: readonly RuleShape[]): UnreachableRule[]
   const compiled: Compiled[] = [];
   const found: UnreachableRule[] = [];
   rules.forEach((rule, index) => {
-    const canonical = canonicalGlob(rule.match.path);
-    const later: Compiled = { canonical, glob: compileGlob(rule.match.path), methods: rule.match.methods ? methodSet(rule.match.methods) : undefined };
+    const later: Compiled = { glob: compileGlob(rule.match.path), methods: rule.match.methods ? methodSet(rule.match.methods) : undefined };
+    const { canonical } = later.glob;
     const covering = coveringRules(later, compiled, sameGlob, anyBelow, otherWildcards);
     const coveredBy = firstForEachMethod(later, covering, compiled);
     if (coveredBy) found.push({ index, pattern: rule.match.path, coveredBy });
 
     compiled.push(later);
     push(sameGlob, canonical, index);
-    const prefix = literalPrefixOfAnyBelow(canonical);
+    const prefix = anyBelowPrefix(canonical);
     if (prefix !== undefined) push(anyBelow, prefix, index);
     else if (canonical.includes('*')) otherWildcards.push(index);
   });
@@ -67,7 +66,7 @@ export function unreachableRules(rules: readonly RuleShape[]): UnreachableRule[]
 
 /** The earlier rules whose glob matches every path `later`'s does, in rule order. */
 function coveringRules(later: Compiled, earlier: readonly Compiled[], sameGlob: Map<string, number[]>, anyBelow: Map<string, number[]>, otherWildcards: readonly number[]): number[] {
-  const { canonical } = later;
+  const { canonical } = later.glob;
   const out = [...(sameGlob.get(canonical) ?? [])];
   // Every path a glob matches starts with its text up to its first `*`, less at most the slash before a `**` that
   // matches no segment (`/a/b/**` matches `/a/b`), so a glob whose text is P or lies under `P/` matches only paths
@@ -98,13 +97,6 @@ function firstForEachMethod(later: Compiled, covering: readonly number[], compil
     coveredBy.add(first);
   }
   return [...coveredBy].sort((a, b) => a - b);
-}
-
-/** P for a canonical glob `P/**` whose P has no wildcard (`/**` gives ''), else undefined. */
-function literalPrefixOfAnyBelow(canonical: string): string | undefined {
-  if (!canonical.endsWith('/**')) return undefined;
-  const prefix = canonical.slice(0, -3);
-  return prefix.includes('*') ? undefined : prefix;
 }
 
 function push(map: Map<string, number[]>, key: string, index: number): void {
