@@ -260,7 +260,7 @@ function issueAt(issue: ConfigIssue, file: ConfigFile, nameFile: boolean): Confi
  */
 export function parseConfig(doc: unknown, opts: LoadOptions = {}): Config {
   const result = configSchema.safeParse(doc ?? {});
-  const reported = result.success ? [] : zodIssues(result.error);
+  const reported = result.success ? [] : zodIssues(result.error, doc);
   // Strict objects report a `__proto__` key as unknown, but zod's records (claims, claimHeaders, params) skip it
   // without a word: `claims: { __proto__: admin, ... }` would lose that check and allow more than it says.
   const found = documentIssues(doc).filter((f) => !reported.some((i) => i.path === f.path));
@@ -355,11 +355,18 @@ function readLayer(path: string, regularFileOnly: boolean): ConfigFile {
   return { ...file, path, value: value ?? {} };
 }
 
-function zodIssues(error: z.ZodError): ConfigIssue[] {
+function zodIssues(error: z.ZodError, doc: unknown): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   for (const issue of error.issues) {
     const base = issue.path.map(String);
-    if (issue.code === 'unrecognized_keys') {
+    if (isNullValue(issue, doc, base)) {
+      // Zod's "expected object, received null" does not say how a key came to be null: a `tls:` whose lines below were
+      // commented out is null to YAML. Null removes a key only in a later layer (merge.ts), and in the first layer
+      // the schema sees it, so the way out is one of two.
+      const rules = base.join('.') === 'inbound.rules';
+      const wayOut = rules ? 'give the list of rules (with no rules at all, any valid token passes)' : 'give it one, or leave the key out';
+      out.push({ path: base.join('.'), message: `has no value (null, or nothing after the colon): ${wayOut}` });
+    } else if (issue.code === 'unrecognized_keys') {
       for (const key of issue.keys) {
         const meant = suggestKey(issue.path, key);
         out.push({ path: [...base, key].join('.'), message: meant ? `unknown key (did you mean ${meant}?)` : 'unknown key' });
@@ -374,6 +381,12 @@ function zodIssues(error: z.ZodError): ConfigIssue[] {
     }
   }
   return out;
+}
+
+/** Whether a type issue (a discriminated union's included) is about a key whose value is null. */
+function isNullValue(issue: z.core.$ZodIssue, doc: unknown, path: readonly string[]): boolean {
+  const union = issue.code === 'invalid_union' && 'note' in issue && issue.note === 'No matching discriminator';
+  return (issue.code === 'invalid_type' || union) && path.length > 0 && hasPath(doc, path) && valueAt(doc, path) === null;
 }
 
 function deepFreeze<T>(value: T): T {

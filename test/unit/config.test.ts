@@ -905,6 +905,25 @@ describe('what a layer may say', () => {
     }
   });
 
+  it("refuses a null in the first file with its line, saying how a key comes to be null, not zod's 'received null'", () => {
+    const head = 'service: payments\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n';
+    const noValue = 'has no value (null, or nothing after the colon): give it one, or leave the key out';
+    const cases: [string, string][] = [
+      ['  tls:\n    # certFile: /etc/tls/tls.crt\n', `inbound.tls: ${noValue} (line 6)`],
+      ['  tls: ~\n', `inbound.tls: ${noValue} (line 6)`],
+      ['log: null\n', `log: ${noValue} (line 6)`],
+      ['  rules:\n', 'inbound.rules: has no value (null, or nothing after the colon): give the list of rules (with no rules at all, any valid token passes) (line 6)'],
+    ];
+    for (const [tail, issue] of cases) expect(issuesOf(() => loadConfig([tmpFile('first.yaml', head + tail)], {})), tail).toEqual([issue]);
+    const route = 'outbound:\n  routes:\n    - host: orders\n      audience: orders\n      target: http://127.0.0.1:2\n      tokenSource:\n';
+    expect(issuesOf(() => loadConfig([tmpFile('route.yaml', head + route)], {}))).toEqual([`outbound.routes.0.tokenSource: ${noValue} (line 11)`]);
+    // With an overlay after it, the file named is the one whose null is left.
+    const base = tmpFile('base.yaml', `${head}limits:\n`);
+    expect(issuesOf(() => loadConfig([base, tmpFile('ns.yaml', 'log: { level: debug }\n')], {}))).toEqual([`limits: ${noValue} (in ${base}, line 6)`]);
+    // An overlay that gives the section a value replaces the first file's null.
+    expect(loadConfig([base, tmpFile('ns.yaml', 'limits: { requestTimeoutSeconds: 70 }\n')], {}).limits.requestTimeoutSeconds).toBe(70);
+  });
+
   it('takes YAML merge keys (<<: *anchor) to share a block', () => {
     const p = tmpFile('merge.yaml', 'service: a\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers:\n    - &idp { issuer: "https://one", algorithms: [ES256] }\n    - <<: *idp\n      issuer: "https://two"\n');
     const issuers = loadConfig([p], {}).inbound!.issuers;
