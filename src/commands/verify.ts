@@ -83,6 +83,12 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         const needs = !decision.allowed && decision.error instanceof KeysUnavailableError ? keyStore.get(decision.error.issuer) : undefined;
         if (needs && !needs.isUsable()) {
           await keyStore.start([needs.issuer]);
+          // The first fetch failed, and the key store now retries with its backoff: say so at once, rather than sit
+          // silent for the whole --timeout in front of an IdP that refuses connections.
+          if (!needs.isUsable()) {
+            const why = needs.lastError ? ` (${needs.lastError})` : '';
+            io.stderr.write(`oidc-sidecar: ${oneLine(`cannot load keys for ${needs.issuer} yet${why}; retrying for up to ${timeout} s (--timeout)`)}\n`);
+          }
           if (!(await keyStore.waitUntilReady(timeout * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
             // On stdout as every other result is (a script reads `decision:` there), and as the one error line on stderr.

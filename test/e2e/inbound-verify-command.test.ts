@@ -141,7 +141,7 @@ describe('oidc-sidecar verify', () => {
     }
   });
 
-  it('IdP unreachable: one clear line, keys_unavailable, exit 1 for a token that needs its keys; a malformed one needs none', async () => {
+  it('IdP unreachable: says at once that it retries, then one clear line, keys_unavailable, exit 1 for a token that needs its keys; a malformed one needs none', async () => {
     const dead: Server = createServer((_req, res) => res.writeHead(503).end());
     await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
     const url = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
@@ -151,8 +151,11 @@ describe('oidc-sidecar verify', () => {
     const token = await signToken(accessTokenClaims({ iss: url, aud: 'orders' }), { key: key.privateKey, alg: 'RS256', kid: key.kid });
     const r = await runCli(['verify', '--config', cfg, '--token', token, '--timeout', '1']);
     expect(r.code).toBe(1);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/^oidc-sidecar: keys_unavailable: cannot load keys for http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)/);
+    const [waiting, failed, ...more] = r.stderr.trim().split('\n');
+    expect(more).toEqual([]);
+    // Before the wait, not after it: the first fetch failed, and the key store retries for --timeout.
+    expect(waiting).toMatch(/^oidc-sidecar: cannot load keys for http:\/\/127\.0\.0\.1:\d+ yet \(.*connection refused\); retrying for up to 1 s \(--timeout\)$/);
+    expect(failed).toMatch(/^oidc-sidecar: keys_unavailable: cannot load keys for http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)/);
     // stdout says the decision as for every other result, for a script that reads it there.
     expect(r.stdout).toMatch(/^decision: error\nreason:   keys_unavailable\ndetail:   http:\/\/127\.0\.0\.1:\d+ \(.*connection refused\)\n$/);
     const malformed = await runCli(['verify', '--config', cfg, '--token', 'a.b.c', '--json']);
@@ -166,6 +169,30 @@ describe('oidc-sidecar verify', () => {
     // With --path, the request it was for, as every other result says it.
     const forPath = await runCli(['verify', '--config', cfg, '--token', token, '--timeout', '1', '--method', 'post', '--path', '/a/../b']);
     expect(forPath.stdout).toMatch(/^decision: error\nreason:   keys_unavailable\ndetail:   .*\nrequest:  POST \/b\n$/);
+  });
+
+  it('an IdP that fails the first key fetch and then serves: the retry line, then the decision on the keys the retry loaded', async () => {
+    const key = await testKeyPair('RS256');
+    let fetches = 0;
+    const jwks: Server = createServer((_req, res) => {
+      fetches++;
+      if (fetches === 1) res.writeHead(503).end();
+      else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [key.publicJwk] }));
+    });
+    await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', r));
+    try {
+      const jwksUri = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks`;
+      const cfg = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: 'https://idp.example.com', jwksUri }] } });
+      const token = await signToken(accessTokenClaims({ iss: 'https://idp.example.com', aud: 'orders' }), { key: key.privateKey, alg: 'RS256', kid: key.kid });
+      // The key store's first retry comes after inbound.jwks.retryMinSeconds (1 s by default).
+      const r = await runCli(['verify', '--config', cfg, '--token', token, '--timeout', '30']);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/^oidc-sidecar: cannot load keys for https:\/\/idp\.example\.com yet \(.*HTTP 503\); retrying for up to 30 s \(--timeout\)\n$/);
+      expect(r.stdout).toMatch(/^decision: allow\nreason:   ok\n/);
+      expect(fetches).toBe(2);
+    } finally {
+      await new Promise((r) => jwks.close(r));
+    }
   });
 
   it('refuses --method without --path: the rules, which the method is for, are evaluated only with a path', async () => {
@@ -219,7 +246,10 @@ describe('oidc-sidecar verify', () => {
       expect(down.counts).toMatchObject({ discovery: 0, jwks: 0 });
       const v = await runCli(['verify', '--config', cfg, '--token', needsKeys, '--timeout', '1']);
       expect([v.code, v.stdout]).toEqual([1, `decision: error\nreason:   keys_unavailable\ndetail:   ${down.issuer} (${down.discoveryUrl}: timed out)\n`]);
-      expect(v.stderr).toBe(`oidc-sidecar: keys_unavailable: cannot load keys for ${down.issuer} (${down.discoveryUrl}: timed out)\n`);
+      expect(v.stderr).toBe(
+        `oidc-sidecar: cannot load keys for ${down.issuer} yet (${down.discoveryUrl}: timed out); retrying for up to 1 s (--timeout)\n` +
+          `oidc-sidecar: keys_unavailable: cannot load keys for ${down.issuer} (${down.discoveryUrl}: timed out)\n`,
+      );
 
       // The running sidecar, with the same config and the same issuer down, answers each token the same way.
       const sidecar = await startSidecar(config, { waitReady: false });
