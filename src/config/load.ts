@@ -8,7 +8,7 @@ import { REDACTED } from './redact.js';
 import { parseYamlFile, readBoundedText, type YamlFile } from './yaml-file.js';
 import { type Config, configSchema } from './schema.js';
 import { startupFileIssues, tokenSourceFileIssues } from './startup-files.js';
-import { suggestKey } from './suggest-key.js';
+import { nestedKeyHint, suggestKey } from './suggest-key.js';
 
 /** Where config files come from: the `--config` flags, else `OIDC_SIDECAR_CONFIG` (comma-separated). */
 export function resolveConfigPaths(flags: readonly string[] | undefined, env: NodeJS.ProcessEnv = process.env): string[] {
@@ -219,6 +219,11 @@ function located(issue: ConfigIssue, files: readonly ConfigFile[]): ConfigIssue 
       if (hasPath(files[i]!.value, prefix) && !isReplacedLater(files, i, prefix)) return issueAt(issue, files[i]!, files.length > 1);
     }
   }
+  // A key whose own name has a dot (`log.level` at the top) is not found by splitting the path at every dot; the
+  // file's line lookup takes such a key as one.
+  for (let i = files.length - 1; i >= 0; i--) {
+    if (files[i]!.lineOf(issue.path) !== undefined) return issueAt(issue, files[i]!, files.length > 1);
+  }
   return issue;
 }
 
@@ -368,8 +373,15 @@ function zodIssues(error: z.ZodError, doc: unknown): ConfigIssue[] {
       out.push({ path: base.join('.'), message: `has no value (null, or nothing after the colon): ${wayOut}` });
     } else if (issue.code === 'unrecognized_keys') {
       for (const key of issue.keys) {
-        const meant = suggestKey(issue.path, key);
-        out.push({ path: [...base, key].join('.'), message: meant ? `unknown key (did you mean ${meant}?)` : 'unknown key' });
+        // `log.level: debug` (Helm's and Spring's spelling) is one key named with a dot, not log's level.
+        const nested = nestedKeyHint(issue.path, key);
+        const meant = nested ? undefined : suggestKey(issue.path, key);
+        const message = nested
+          ? `unknown key: a dot does not nest keys here; write ${nested}`
+          : meant
+            ? `unknown key (did you mean ${meant}?)`
+            : 'unknown key';
+        out.push({ path: [...base, key].join('.'), message });
       }
     } else if (issue.code === 'invalid_union' && 'note' in issue && issue.note === 'No matching discriminator') {
       out.push({ path: (base.at(-1) === 'type' ? base : [...base, 'type']).join('.'), message: 'must be one of client_credentials, token_exchange, file, github_actions, env' });

@@ -32,6 +32,19 @@ export function suggestKey(path: readonly PropertyKey[], unknown: string): strin
   return best?.key;
 }
 
+/**
+ * For an unknown key with dots whose parts are each a known key below the one before (`log.level` at the top,
+ * Helm's and Spring's spelling), how YAML nests it: `log: { level: … }`. Undefined for any other key.
+ */
+export function nestedKeyHint(path: readonly PropertyKey[], unknown: string): string | undefined {
+  const parts = unknown.split('.');
+  if (parts.length < 2) return undefined;
+  for (let i = 0; i < parts.length; i++) {
+    if (!keysAt([...path, ...parts.slice(0, i)]).includes(parts[i]!)) return undefined;
+  }
+  return parts.slice(0, -1).reduceRight((inner, part) => `${part}: { ${inner} }`, `${parts.at(-1)}: …`);
+}
+
 function normalize(key: string): string {
   return key.toLowerCase().replace(/[_-]/g, '');
 }

@@ -15,7 +15,10 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 export function readBoundedText(path: string, maxBytes: number, why: string, { regularFileOnly = false } = {}): string {
   const fd = openSync(path, regularFileOnly ? constants.O_RDONLY | constants.O_NONBLOCK : 'r');
   try {
-    if (regularFileOnly && !fstatSync(fd).isFile()) {
+    const stat = regularFileOnly ? fstatSync(fd) : undefined;
+    // Said as at startup, where reading a directory fails with EISDIR: "restart the sidecar" would not help.
+    if (stat?.isDirectory()) throw Object.assign(new Error(`EISDIR: illegal operation on a directory, read`), { code: 'EISDIR' });
+    if (stat && !stat.isFile()) {
       throw new ConfigError([{ path, message: 'not a regular file: a reload reads the config files again, which a pipe or device cannot give; restart the sidecar to read it' }]);
     }
     const chunks: Buffer[] = [];
@@ -84,15 +87,19 @@ export function parseYamlFile(text: string, path: string): YamlFile {
   // Duplicate keys are found below rather than by the parser's `uniqueKeys`, which compares each key with every
   // earlier one of its map: a 1 MiB file of 60,000 `params` took 40 s to read, the whole time on the sidecar's one
   // thread during a reload.
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: false, merge: true, lineCounter });
+  // resolveKnownTags off: YAML 1.1's `!!omap`, `!!set`, `!!pairs`, `!!binary` and `!!timestamp` would otherwise become a
+  // Map, a Set, bytes or a Date, which the schema took as an object with no keys (a `claimHeaders: !!omap` validated
+  // as `{}` and forwarded nothing). Unresolved, they are refused below as every other tag a config cannot use.
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: false, merge: true, resolveKnownTags: false, lineCounter });
   const duplicates = duplicateKeyLines(doc, lineCounter);
+  const unnamed = unnamedKeyLines(doc, lineCounter);
   const unusedAnchors = unusedAnchorLines(doc, lineCounter);
   // The parser only warns about a tag it does not know and keeps the text: `clientSecret: !env CLIENT_SECRET` would
   // send the word CLIENT_SECRET as the secret. Refused instead, as every other thing the sidecar would not do as written.
   // The message never names the tag: to YAML an unquoted secret that starts with `!` (`clientSecret: !Pa55w0rd`) is a
   // tag too, and a refused reload is logged.
   const unknownTags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
-  if (doc.errors.length > 0 || unknownTags.length > 0 || duplicates.length > 0 || unusedAnchors.length > 0) {
+  if (doc.errors.length > 0 || unknownTags.length > 0 || duplicates.length > 0 || unusedAnchors.length > 0 || unnamed.length > 0) {
     const issues = [...doc.errors, ...unknownTags].map((e) => {
       const line = e.linePos ? ` (line ${e.linePos[0].line})` : '';
       return e.code === 'TAG_RESOLVE_FAILED'
@@ -100,6 +107,7 @@ export function parseYamlFile(text: string, path: string): YamlFile {
         : `${yamlMessage(e.message)}${line}`;
     });
     issues.push(...duplicates.map((line) => `Map keys must be unique${line === undefined ? '' : ` (line ${line})`}`));
+    issues.push(...unnamed.map(({ line, what }) => `${what}, which no config key is${line === undefined ? '' : ` (line ${line})`}`));
     issues.push(
       ...unusedAnchors.map((line) => `an anchor (&name) that no alias (*name) uses${line === undefined ? '' : ` (line ${line})`}: quote a value that starts with &`),
     );
@@ -150,6 +158,25 @@ function duplicateKeyLines(doc: Document, lineCounter: LineCounter): Array<numbe
   });
   // visit() sees a map before the maps inside it: in line order, as the parser reported them.
   return lines.sort((a, b) => (a ?? 0) - (b ?? 0));
+}
+
+/**
+ * Keys no config has: a list or a map as a key (`? [a]`), which reading the document would turn into text with a
+ * warning from Node on stderr, and an empty one (`"": 1`, `? ~`), which the schema could only call an unknown key
+ * without a name or a line.
+ */
+function unnamedKeyLines(doc: Document, lineCounter: LineCounter): Array<{ line: number | undefined; what: string }> {
+  const found: Array<{ line: number | undefined; what: string }> = [];
+  visit(doc, {
+    Pair(_, pair) {
+      const key = isAlias(pair.key) ? pair.key.resolve(doc) : pair.key;
+      const empty = key === null || (isScalar(key) && (key.value === null || key.value === ''));
+      if (isScalar(key) && !empty) return;
+      const at = (pair.key as { range?: [number] } | null)?.range?.[0] ?? (pair.value as { range?: [number] } | null)?.range?.[0];
+      found.push({ line: at === undefined ? undefined : lineCounter.linePos(at).line, what: empty ? 'an empty key' : 'a key that is a list or a map' });
+    },
+  });
+  return found.sort((a, b) => (a.line ?? 0) - (b.line ?? 0));
 }
 
 /**

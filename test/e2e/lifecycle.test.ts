@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -239,6 +239,12 @@ describe('reload', () => {
     sidecar.signal('SIGHUP');
     const missing = await sidecar.waitForLog((l) => l.event === 'config_reload_refused' && String(l.errors).includes('cannot read config file'));
     expect(missing.errors).toEqual([`cannot read config file ${sidecar.configPath}: no such file`]);
+    // A directory in its place is said as at startup, not as a pipe that a restart would read.
+    mkdirSync(sidecar.configPath);
+    sidecar.signal('SIGHUP');
+    const directory = await sidecar.waitForLog((l) => l.event === 'config_reload_refused' && String(l.errors).includes('directory'));
+    expect(directory.errors).toEqual([`cannot read config file ${sidecar.configPath}: is a directory`]);
+    rmdirSync(sidecar.configPath);
     expect(sidecar.output()).not.toContain('Sup3rS3cret');
   });
 

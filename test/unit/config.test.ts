@@ -80,6 +80,16 @@ describe('config validation errors name the key path', () => {
     );
   });
 
+  it('says how to nest a key written with dots (`log.level: debug`, as Helm and Spring write it), with its line', () => {
+    const p = tmpFile('dotted.yaml', 'service: a\nlog.level: debug\ninbound.jwks.timeoutSeconds: 3\nsome.thing: 1\noutbound: { tokenSource: { type: env, variable: T }, routes: [] }\n');
+    expect(issuesOf(() => loadConfig([p], {}))).toEqual([
+      'log.level: unknown key: a dot does not nest keys here; write log: { level: … } (line 2)',
+      'inbound.jwks.timeoutSeconds: unknown key: a dot does not nest keys here; write inbound: { jwks: { timeoutSeconds: … } } (line 3)',
+      // Not every part a key: no nesting to suggest.
+      'some.thing: unknown key (line 4)',
+    ]);
+  });
+
   it('reports every problem at once', () => {
     const issues = issuesOf(() => parseConfig({ inbound: { target: 'not a url', audience: [], issuers: [] } }));
     expect(issues.some((i) => i.startsWith('service:'))).toBe(true);
@@ -661,6 +671,37 @@ describe('loading files', () => {
     // The standard tags still work.
     const std = tmpFile('std.yaml', 'service: !!str a\noutbound: !!map { tokenSource: { type: env, variable: T }, routes: !!seq [] }\n');
     expect(loadConfig([std], {}).service).toBe('a');
+  });
+
+  it("refuses YAML 1.1's !!omap, !!set, !!pairs, !!binary and !!timestamp, which became a Map or a Set the schema read as a section with no keys", () => {
+    // A claimHeaders written as an ordered map validated as {} and forwarded no header; a lifecycle one fell back to
+    // every default.
+    const head = 'service: a\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers: [{ issuer: "https://idp" }]\n';
+    const tag = (line: number) => `a value that starts with ! is a YAML tag, which a config cannot use (line ${line}): quote the value, or use \${VAR} for the environment`;
+    for (const [tail, line] of [
+      ['  forward:\n    claimHeaders: !!omap\n      - x-peer-client: client_id\n', 7],
+      ['lifecycle: !!omap\n  - watchConfig: false\n', 6],
+      ['  forward:\n    claimHeaders: !!set\n      ? x-peer-client\n', 7],
+      ['lifecycle: !!pairs\n  - watchConfig: false\n', 6],
+      ['  typ: !!binary YXQrand0\n', 6],
+      ['log: { level: !!timestamp 2001-12-14 }\n', 6],
+    ] as const) {
+      const p = tmpFile('tagged.yaml', head + tail);
+      expect(issuesOf(() => loadConfig([p], {})), tail).toEqual([`${p}: ${tag(line)}`]);
+    }
+  });
+
+  it('refuses a key that is a list, a map or empty, with its line: no config key is one (a list key printed a warning of Node on stderr)', () => {
+    const cases: [string, string][] = [
+      ['service: a\n? [a]\n: b\n', 'a key that is a list or a map, which no config key is (line 2)'],
+      ['service: a\nlog: { ? { x: 1 } : 1 }\n', 'a key that is a list or a map, which no config key is (line 2)'],
+      ['service: a\n"": 1\n', 'an empty key, which no config key is (line 2)'],
+      ['service: a\nlog:\n  ? ~\n  : 1\n', 'an empty key, which no config key is (line 3)'],
+    ];
+    for (const [text, issue] of cases) {
+      const p = tmpFile('keys.yaml', text);
+      expect(issuesOf(() => loadConfig([p], {})), text).toEqual([`${p}: ${issue}`]);
+    }
   });
 
   it('says a placeholder in a flow collection must be quoted, after the parser\'s own messages about its braces', () => {
