@@ -200,9 +200,15 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError, clock) : sendError(res, p.status, p.reason, p.message);
     // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
     if (req.socket.destroyed) return record(p.label, unanswered(), started);
+    // The call waited for its token past the drain deadline of the config it came under (a reload replaced it),
+    // whose connections are closed now: the sidecar's own cut, answered and counted as one. The peer was
+    // never asked, so no upstream error is logged or counted against it.
+    if (pools.closed) {
+      rejected(req, p.label, CUT_WAITING_FOR_TOKEN, started);
+      return sendError(res, 503, CUT_WAITING_FOR_TOKEN.reason, CUT_WAITING_FOR_TOKEN.message);
+    }
     let dispatcher: Dispatcher;
     try {
-      // Throws once the pools are closed (the request waited for a token while its component retired): a counted 502.
       dispatcher = pools.get(p.r.target.origin, p.r.target.ca);
     } catch (err) {
       return failedUpstream(res, p, started, err);
@@ -341,6 +347,12 @@ const CLIENT_CLOSED = 'client_closed';
  * same word as the `drain_timeout` log line that announces the cut: the app did not give up on it.
  */
 const DRAIN_TIMEOUT = 'drain_timeout';
+
+/** A call that waited for its token past its config's drain deadline (see send). */
+const CUT_WAITING_FOR_TOKEN = {
+  reason: DRAIN_TIMEOUT,
+  message: 'this call waited for its token past drainTimeoutSeconds after a reload retired the config it came under; send it again',
+};
 
 type Prepared =
   | { ok: true; r: Routed; label: string; addHeaders: readonly string[]; dropHeaders: ReadonlySet<string> }

@@ -15,6 +15,8 @@ export interface UpstreamPools {
    * (as the config loaded it) for https. Throws UpstreamError once closed.
    */
   get(origin: string, ca?: CaBundle): Dispatcher;
+  /** Whether close() or destroy() was called: get() would throw. */
+  readonly closed: boolean;
   /** Drains: in-flight requests finish, then connections close. */
   close(): Promise<void>;
   /** Cuts every connection now. */
@@ -132,6 +134,9 @@ export function createUpstreamPools(
       if (stopped) throw new UpstreamError('upstream_reset', 'the upstream connections are closed');
       const key = ca ? `${origin}|${ca.file}` : origin;
       return (cache.get(key, GET) ?? open(key, origin, ca)).dispatcher;
+    },
+    get closed() {
+      return stopped;
     },
     async close() {
       stop('close');

@@ -240,6 +240,30 @@ describe('reload while a token is being requested', () => {
     expect(metrics).toMatch(/oidc_sidecar_token_requests_total\{[^}]*result="success"[^}]*\} 1\n/);
   });
 
+  it('a call that waits for its token past the drain of the config it came under is 503 drain_timeout, not an upstream error of a peer never asked', async () => {
+    front = await startFaultyFront(idp.issuer);
+    front.mode = 'hold';
+    const config = { ...outboundConfig(front), lifecycle: { watchConfig: false, drainTimeoutSeconds: 1 } };
+    const s = (sidecar = await startSidecar(config, { waitReady: false }));
+    await eventually(async () => front!.counts.hold === 1, 10_000, 'the first token request to reach the IdP');
+    const call = request(`${s.outbound}/waited`, { headers: { host: 'payments' } });
+    reloadWithSecondRoute(s, config);
+    await s.waitForLog((l) => l.event === 'token_fetch_handed_over');
+    // The new config's warm-up gives up on the held request after 10 s and swaps in; the old one's 1 s drain follows.
+    await s.waitForLog((l) => l.event === 'config_reloaded', 20_000);
+    await new Promise((r) => setTimeout(r, 2_500));
+    front.release();
+    const r = await call;
+    expect(r.statusCode).toBe(503);
+    expect(await r.body.json()).toEqual({ error: expect.stringContaining('drainTimeoutSeconds'), reason: 'drain_timeout' });
+    expect(app.seen.filter((seen) => seen.url === '/waited')).toEqual([]);
+    expect(await s.waitForLog((l) => l.event === 'request_rejected')).toMatchObject({ route: 'payments', reason: 'drain_timeout', path: '/waited' });
+    expect(s.logs.filter((l) => l.event === 'upstream_error')).toEqual([]);
+    const metrics = await (await fetch(`${s.admin}/metrics`)).text();
+    expect(metrics).toMatch(/oidc_sidecar_outbound_requests_total\{route="payments",status="drain_timeout"\} 1\n/);
+    expect(metrics).not.toMatch(/oidc_sidecar_upstream_errors_total\{[^}]*direction="outbound"[^}]*\} [1-9]/);
+  });
+
   it('a SIGTERM while the new config waits for it drains and exits 0 without waiting out the token request (60 s timeout)', async () => {
     const { sidecar: s } = await startWithHeldToken();
     expect(await s.stop()).toBe(0);
