@@ -129,6 +129,8 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(await cache.get(binding)).toBe('opaque-1');
     expect(stub.requests).toHaveLength(1);
     expect(stub.requests[0]!.form.get('resource')).toBe('payments');
+    // An opaque token has no claims to read, so nothing on its line needs the unverified mark.
+    expect(obs.lines.filter((l) => l.event === 'token_issued').map((l) => [l.issuer, l.jti, l.claimsVerified])).toEqual([[undefined, undefined, undefined]]);
     expect(await metricValue(obs.metrics, 'oidc_sidecar_token_requests_total', { source: 'client_credentials', audience: 'payments', result: 'success' })).toBe(1);
   });
 
@@ -357,6 +359,8 @@ describe('token cache (clock-controlled, real client_credentials source against 
       audience: 'payments',
       jti: 'jti-123',
       expiresAt: new Date(exp * 1000).toISOString(),
+      // Read from the token as the IdP sent it: SPEC's mark for claims of a token whose signature nobody checked here.
+      claimsVerified: false,
     });
     expect(obs.text()).not.toContain(jwt.split('.')[1]);
     expect(obs.text()).not.toContain(SECRET);
