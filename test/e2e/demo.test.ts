@@ -1,7 +1,11 @@
 import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { BIN, runCli } from '../support/sidecar.js';
 
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const hasCurl = spawnSync('curl', ['--version'], { stdio: 'ignore' }).status === 0;
 
 /** The demo's rows as the product contract describes them: scenario and outcome. */
@@ -88,8 +92,13 @@ describe('oidc-sidecar demo', () => {
     await expect(fetch(`${payments}/payments/charge`, { method: 'POST' })).rejects.toThrow();
   });
 
-  it('--keep --json keeps stdout one JSON document (the curl how-to goes to stderr), and SIGTERM cleans up with exit 0', async () => {
-    const child = spawn(process.execPath, [BIN, 'demo', '--keep', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  it('--keep --json keeps stdout one JSON document (the curl how-to goes to stderr), and SIGTERM cleans up with exit 0, started as `npm run demo` starts it', async () => {
+    // npm runs a script with `sh -c`, and sends its SIGTERM (CI cancelling a job, `timeout`) to that shell. Debian's sh
+    // exits on it without passing it on, so unless the script execs node, the demo was left running, adopted by init,
+    // with every port bound. The script's last command is run here as npm runs it, after the build it starts with.
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: { demo: string } };
+    const command = pkg.scripts.demo.split('&&').at(-1)!.trim();
+    const child = spawn('sh', ['-c', `${command} --keep --json`], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     let out = '';
     let err = '';
