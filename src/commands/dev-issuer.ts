@@ -50,6 +50,9 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
       const port = /^\d{1,5}$/.test(argv.port) ? Number(argv.port) : Number.NaN;
       if (!(port <= 65535)) throw new UsageError(`--port must be 0-65535, got ${argv.port === '' ? 'an empty value' : argv.port}`);
       if (argv.issuer !== undefined && !/^https?:\/\/[^/]+/.test(argv.issuer)) throw new UsageError(`--issuer must be an http(s) URL, got ${argv.issuer}`);
+      // Tokens and discovery would carry it without the slash, and an inbound config that names the issuer as given
+      // (\`iss\` is compared exactly) would refuse every token as unknown_issuer.
+      if (argv.issuer?.endsWith('/')) throw new UsageError(`--issuer must not end with "/": tokens carry the issuer exactly as given, and the endpoints are under it (got ${argv.issuer})`);
       const { DEFAULT_DEV_CLIENTS, loadDevClientsFile, MAX_DEV_TOKEN_TTL_SECONDS } = await import('../dev/clients-file.js');
       if (argv.ttl !== undefined && (!Number.isInteger(argv.ttl) || argv.ttl <= 0 || argv.ttl > MAX_DEV_TOKEN_TTL_SECONDS)) {
         throw new UsageError(`--ttl must be a whole number of seconds from 1 to ${MAX_DEV_TOKEN_TTL_SECONDS} (a year), got ${given(argv.ttl)}`);

@@ -21,38 +21,57 @@ export function audienceForResource(resource: string): string {
 /**
  * Rewrites a token request form: `audience=X` (the parameter many IdPs use,
  * e.g. Auth0, Okta; also RFC 8693 §2.1) and a `resource` that is not an
- * absolute URI both become `resource=<URN>`. Everything else is kept as sent.
+ * absolute URI both become `resource=<URN>`. Everything else is kept as sent. Undefined when one of them is empty or
+ * blank (`audience=$AUD` with AUD unset): as a URN that was a token for the audience "" or " ", and the provider
+ * itself drops an empty `resource`, which gave a client with a default audience its default instead.
  */
-export function normalizeTokenForm(body: string): string {
+export function normalizeTokenForm(body: string): string | undefined {
   const form = new URLSearchParams(body);
   const resources = [...form.getAll('resource'), ...form.getAll('audience')];
   if (resources.length === 0) return body;
+  if (resources.some((r) => r.trim() === '')) return undefined;
   form.delete('resource');
   form.delete('audience');
   for (const r of resources) form.append('resource', resourceForAudience(r));
   return form.toString();
 }
 
+/**
+ * Whether a request path reaches the token endpoint at `tokenPath`: oidc-provider's router takes it in any letter
+ * case and with a trailing slash (`/Token`, `/token/`), and a request it routes there unrewritten would have its
+ * `audience` ignored (a client's default given instead) or refused.
+ */
+function isTokenPath(path: string, tokenPath: string): boolean {
+  return path.toLowerCase().replace(/\/$/, '') === tokenPath.toLowerCase();
+}
+
 /** Token request bodies above this are refused by oidc-provider anyway (it caps at 56 KiB). */
 const MAX_FORM_BYTES = 64 * 1024;
+
+/** A token request answered without the provider: status and OAuth error body (RFC 6749 §5.2). */
+export interface TokenRefusal {
+  status: number;
+  body: { error: string; error_description: string };
+}
 
 /**
  * Reads a urlencoded token request, rewrites its audience parameters and
  * returns an equivalent request to hand to the provider. Any other request is
- * returned as is. Resolves undefined when the body is too large (the caller answers 413).
+ * returned as is. Resolves to a refusal for a body that is too large, or an empty audience.
  */
-export async function withNormalizedAudience(req: IncomingMessage, tokenPath: string): Promise<IncomingMessage | undefined> {
-  const path = (req.url ?? '').split('?')[0];
+export async function withNormalizedAudience(req: IncomingMessage, tokenPath: string): Promise<IncomingMessage | TokenRefusal> {
   const isForm = (req.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-www-form-urlencoded');
-  if (req.method !== 'POST' || path !== tokenPath || !isForm) return req;
+  if (req.method !== 'POST' || !isTokenPath((req.url ?? '').split('?')[0]!, tokenPath) || !isForm) return req;
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_FORM_BYTES) return undefined;
+    if (size > MAX_FORM_BYTES) return { status: 413, body: { error: 'invalid_request', error_description: 'request body too large' } };
     chunks.push(chunk as Buffer);
   }
-  const body = Buffer.from(normalizeTokenForm(Buffer.concat(chunks).toString('utf8')), 'utf8');
+  const form = normalizeTokenForm(Buffer.concat(chunks).toString('utf8'));
+  if (form === undefined) return { status: 400, body: { error: 'invalid_target', error_description: 'the audience (or resource) is empty' } };
+  const body = Buffer.from(form, 'utf8');
   // A fresh IncomingMessage on the same socket: the provider reads it like the original
   // (headers, peer address), with the rewritten body and a matching content-length.
   const copy = new IncomingMessage(req.socket);

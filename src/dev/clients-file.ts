@@ -129,7 +129,7 @@ export function loadDevClientsFile(path: string, env: NodeJS.ProcessEnv): DevCli
     const out: DevClient = { clientId: c.clientId };
     if (c.clientSecret !== undefined) out.clientSecret = c.clientSecret;
     if (c.authMethod !== undefined) out.authMethod = c.authMethod;
-    if (c.jwks !== undefined) out.jwks = c.jwks as { keys: JWK[] };
+    if (c.jwks !== undefined) out.jwks = { keys: c.jwks.keys.map((k, j) => publicJwk(k as JsonWebKey, path, `clients.${i}.jwks.keys.${j}`)) };
     if (c.jwksUri !== undefined) out.jwksUri = c.jwksUri;
     if (c.publicKeyFile !== undefined) out.jwks = readPublicKeys(resolve(dir, c.publicKeyFile), path, `clients.${i}.publicKeyFile`);
     if (c.subject !== undefined) out.subject = c.subject;
@@ -162,12 +162,33 @@ function readPublicKeys(file: string, clientsPath: string, keyPath: string): { k
     if (text.trimStart().startsWith('{')) {
       const doc = JSON.parse(text) as { keys?: JsonWebKey[] } & JsonWebKey;
       const jwks = Array.isArray(doc.keys) ? doc.keys : [doc];
-      return { keys: jwks.map((k) => ({ ...(createPublicKey({ key: k, format: 'jwk' }).export({ format: 'jwk' }) as JWK), ...pick(k) })) };
+      return { keys: jwks.map((k) => publicHalf(k)) };
     }
     return { keys: [createPublicKey(text).export({ format: 'jwk' }) as JWK] };
   } catch (err) {
     fail(clientsPath, [{ path: keyPath, message: `${file} is not a PEM key, JWK or JWKS (${(err as Error).message})` }]);
   }
+}
+
+/**
+ * A client's inline JWK as the key oidc-provider is given: checked here as a key file's are, so a broken one fails
+ * the start with its key path, not every request later as an unexplained invalid_client. A symmetric key (`oct`) is
+ * no public key at all, and a private one would put the client's secret half in a file meant for public keys: both
+ * are refused, where a key file's private half is reduced to its public one (a key file may well be the client's own).
+ */
+function publicJwk(k: JsonWebKey, clientsPath: string, keyPath: string): JWK {
+  if (k.kty === 'oct') fail(clientsPath, [{ path: keyPath, message: 'a symmetric (oct) key is no public key; private_key_jwt needs the public key of an RSA, EC or OKP pair' }]);
+  if (k.d !== undefined) fail(clientsPath, [{ path: keyPath, message: 'a private key (it has "d"): give only its public half here' }]);
+  try {
+    return publicHalf(k);
+  } catch (err) {
+    fail(clientsPath, [{ path: keyPath, message: `not a usable public key (${(err as Error).message})` }]);
+  }
+}
+
+/** A JWK's public key as node:crypto reads it, with its kid and alg. Throws for a key it cannot read. */
+function publicHalf(k: JsonWebKey): JWK {
+  return { ...(createPublicKey({ key: k, format: 'jwk' }).export({ format: 'jwk' }) as JWK), ...pick(k) };
 }
 
 function pick(k: JsonWebKey): Partial<JWK> {

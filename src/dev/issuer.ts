@@ -1,4 +1,4 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type Provider from 'oidc-provider';
 import { UsageError } from '../errors.js';
@@ -80,8 +80,8 @@ export async function createDevIssuer(opts: DevIssuerOptions): Promise<DevIssuer
       const { callback } = current;
       withNormalizedAudience(req, TOKEN_PATH).then(
         (normalized) => {
-          if (normalized) return callback(normalized, res);
-          res.writeHead(413, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_request', error_description: 'request body too large' }));
+          if (normalized instanceof IncomingMessage) return callback(normalized, res);
+          res.writeHead(normalized.status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(normalized.body));
         },
         () => res.destroy(),
       );

@@ -42,7 +42,7 @@ export interface DevProviderOptions {
 export const DEV_ACCESS_TOKEN_TTL_SECONDS = 300;
 
 /** Claims a client's `extraClaims` may not replace: they are what verifiers trust. */
-const PROTECTED_CLAIMS = new Set(['iss', 'aud', 'exp', 'iat', 'nbf', 'jti', 'client_id', 'scope', 'cnf']);
+export const PROTECTED_CLAIMS: ReadonlySet<string> = new Set(['iss', 'aud', 'exp', 'iat', 'nbf', 'jti', 'client_id', 'scope', 'cnf']);
 
 /**
  * Builds an oidc-provider v9 Provider that issues client_credentials access

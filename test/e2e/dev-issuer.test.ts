@@ -365,7 +365,25 @@ describe('oidc-sidecar dev-issuer', () => {
     writeFileSync(join(dir, 'badjwks.yaml'), 'clients:\n  - clientId: x\n    jwks: { keys: [ { kty: EC } ] }\n');
     const badJwks = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'badjwks.yaml')]);
     // The development-only banner comes once the issuer listens: a failed start is the one line alone.
-    expect([badJwks.code, badJwks.stderr]).toEqual([1, 'oidc-sidecar: dev issuer client x: client JSON Web Key Set is invalid\n']);
+    expect([badJwks.code, badJwks.stderr]).toEqual([1, expect.stringMatching(new RegExp(`^oidc-sidecar: invalid clients file ${join(dir, 'badjwks.yaml')}: clients\\.0\\.jwks\\.keys\\.0: not a usable public key \\([^\\n]+\\)\\n$`))]);
+    // Checked at the start as a publicKeyFile's keys are: a broken one started and then refused every request as an
+    // unexplained invalid_client; a private or symmetric one failed with no key path.
+    const { privateKey: inlinePrivate } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    for (const [key, message] of [
+      [{ kty: 'EC', crv: 'P-256', x: 'abc', y: 'def' }, /not a usable public key/],
+      [inlinePrivate.export({ format: 'jwk' }), /^a private key \(it has "d"\): give only its public half here$/],
+      [{ kty: 'oct', k: 'c2VjcmV0' }, /^a symmetric \(oct\) key is no public key/],
+    ] as const) {
+      writeFileSync(join(dir, 'inline.yaml'), `clients:\n  - clientId: x\n  - clientId: y\n    jwks: { keys: [ ${JSON.stringify(key)} ] }\n`.replace('- clientId: x\n', '- { clientId: x, clientSecret: s }\n'));
+      const inline = await runCli(['dev-issuer', '--port', '0', '--clients', join(dir, 'inline.yaml')]);
+      const prefix = `oidc-sidecar: invalid clients file ${join(dir, 'inline.yaml')}: clients.1.jwks.keys.0: `;
+      expect(inline.code, JSON.stringify(key)).toBe(1);
+      expect(inline.stderr.startsWith(prefix), inline.stderr).toBe(true);
+      expect(inline.stderr.slice(prefix.length).trimEnd()).toMatch(message);
+    }
+    // --issuer with a trailing slash: tokens carried it without, and a config naming it as given refused them all.
+    const slash = await runCli(['dev-issuer', '--port', '0', '--issuer', 'http://127.0.0.1:9000/']);
+    expect([slash.code, slash.stderr]).toEqual([1, 'oidc-sidecar: --issuer must not end with "/": tokens carry the issuer exactly as given, and the endpoints are under it (got http://127.0.0.1:9000/)\n']);
 
     const badPort = await runCli(['dev-issuer', '--port', '70000']);
     expect([badPort.code, badPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got 70000\n']);

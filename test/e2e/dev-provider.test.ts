@@ -148,6 +148,45 @@ describe('dev provider (oidc-provider) as the test IdP', () => {
     expect([two.status, two.body.error]).toEqual([400, 'invalid_target']);
     const grant = await idp.tokenRequest({ grant_type: 'password', resource: 'payments' }, { user: 'orders', password: 'orders-secret' });
     expect(grant.status).toBe(400);
+    // An empty or blank audience (`audience=$AUD`, AUD unset) names none: it was a token for aud "" (or " ").
+    for (const [param, blank] of [['audience', ''], ['resource', ''], ['audience', ' ']] as const) {
+      const r = await idp.tokenRequest({ grant_type: 'client_credentials', [param]: blank }, { user: 'orders', password: 'orders-secret' });
+      expect([r.status, r.body], `${param}=${blank}`).toEqual([400, { error: 'invalid_target', error_description: 'the audience (or resource) is empty' }]);
+    }
+  });
+
+  it('an empty audience does not fall back to a client\'s defaultAudience: it is refused', async () => {
+    const idp = await idpWith({ clients: [{ clientId: 'ci', clientSecret: 'ci-secret', defaultAudience: 'deployer' }] });
+    const r = await idp.tokenRequest({ grant_type: 'client_credentials', audience: '' }, { user: 'ci', password: 'ci-secret' });
+    expect([r.status, r.body.error]).toEqual([400, 'invalid_target']);
+    expect((await verifyAt(idp, await idp.getToken('ci', 'payments'), 'payments')).payload.aud).toBe('payments');
+  });
+
+  it('reads the audience on every path its router takes as the token endpoint (/Token, /token/), not only /token', async () => {
+    const idp = await idpWith({ clients: [{ clientId: 'ci', clientSecret: 'ci-secret', defaultAudience: 'deployer' }] });
+    for (const path of ['/Token', '/token/', '/TOKEN']) {
+      const res = await fetch(`${idp.issuer}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from('ci:ci-secret').toString('base64')}` },
+        body: new URLSearchParams({ grant_type: 'client_credentials', audience: 'payments' }),
+      });
+      const body = (await res.json()) as { access_token?: string };
+      expect(res.status, path).toBe(200);
+      // Not the client's default (deployer), which the provider gave when the audience was not rewritten.
+      expect((await verifyAt(idp, body.access_token!, 'payments')).payload.aud, path).toBe('payments');
+    }
+  });
+
+  it('the GitHub Actions emulation keeps a client\'s claims from setting client_id, scope or cnf, as /token does', async () => {
+    const idp = await idpWith({
+      clients: [{ clientId: 'gh', clientSecret: 'gh-secret', extraClaims: { repository: 'acme/app', client_id: 'orders', scope: 'admin', cnf: { jkt: 'x' }, iss: 'https://evil.example' } }],
+    });
+    const res = await fetch(`${idp.issuer}/github-actions/token?client=gh&audience=deployer`, { headers: { authorization: 'bearer gh-secret' } });
+    expect(res.status).toBe(200);
+    const { value } = (await res.json()) as { value: string };
+    const { payload } = await jwtVerify(value, createLocalJWKSet(await jwksOf(idp)), { issuer: idp.issuer, audience: 'deployer' });
+    expect(payload).toMatchObject({ repository: 'acme/app', sub: 'gh' });
+    expect([payload.client_id, payload.scope, payload.cnf]).toEqual([undefined, undefined, undefined]);
   });
 
   for (const alg of ['ES256', 'EdDSA', 'PS256'] as const) {
