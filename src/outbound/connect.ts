@@ -72,7 +72,9 @@ export function createConnectHandler(opts: {
       // Only a tunnel that would open takes a slot: the refusals above answer for good, whatever the count.
       if (!admit()) return;
       const host = authority.host.replace(/^\[|\]$/g, '');
-      const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs });
+      // allowHalfOpen: a peer that has said all it will (FIN) may still read. Without it Node ends this socket's write
+      // side at once, and what the app sends during the grace (see splice) was dropped without a word.
+      const upstream = netConnect({ host, port: authority.port, timeout: opts.connectTimeoutMs, allowHalfOpen: true });
       opts.own.track(upstream);
       const started = performance.now();
       let settled = false;

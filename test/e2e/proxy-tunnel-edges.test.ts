@@ -201,6 +201,35 @@ describe('outbound tunnels at their edges', () => {
     }
   }, 15_000);
 
+  it('keeps carrying the client\'s bytes after the peer half-closes a CONNECT tunnel, for the grace, as it does the other way round', async () => {
+    // A peer that has said all it will (FIN) but still reads. The sidecar's socket to it did not allow half-open, so
+    // Node ended that socket's write side at once, and what the client sent next was dropped without a word.
+    let received = '';
+    const readsOn = createServer({ allowHalfOpen: true }, (s) => {
+      s.on('data', (d) => (received += d.toString('latin1')));
+      s.on('error', () => {});
+      s.end('bye');
+    });
+    await new Promise<void>((r) => readsOn.listen(0, '127.0.0.1', r));
+    const port = (readsOn.address() as AddressInfo).port;
+    const url = new URL(sidecar.outbound!);
+    const client = connect({ host: url.hostname, port: Number(url.port), allowHalfOpen: true });
+    try {
+      client.on('error', () => {});
+      let got = '';
+      client.on('data', (d) => (got += d.toString('latin1')));
+      const ended = new Promise<void>((r) => client.once('end', () => r()));
+      client.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\nfirst`);
+      await ended;
+      expect(got).toBe('HTTP/1.1 200 Connection Established\r\n\r\nbye');
+      client.write('|second');
+      await eventually(() => received === 'first|second', GRACE_S * 1000 - 200, 'the bytes sent after the peer\'s FIN to reach it');
+    } finally {
+      client.destroy();
+      await new Promise((r) => readsOn.close(r));
+    }
+  });
+
   it('refuses an upgrade it has no token for with 503 token_unavailable and the OAuth error, as a plain request', async () => {
     const ex = await rawExchange(sidecar.outbound!, handshake('/ws', 'payments'));
     expect(ex.responses[0]?.status).toBe(503);
