@@ -148,8 +148,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   };
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
+    // Nothing written yet (the client left while the request waited for a connection, or before forward() began):
+    // throwing here makes undici drop the request unsent and keep the connection, which abort() would destroy, as the
+    // deadline watch does for a request that timed out in the queue. The error reaches onResponseError.
+    if (this.clientGone) throw new ClientGoneError('client went away');
     this.controller = controller;
-    if (this.clientGone) controller.abort(new ClientGoneError('client went away'));
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {

@@ -635,6 +635,36 @@ describe('forward(): upstream failures', () => {
     });
   }
 
+  it('drops a queued request whose client went away before a connection was free, unsent, and keeps that connection', async () => {
+    // One connection, busy with /slow until the test lets it answer. The client of /abandoned, queued behind it, leaves.
+    // When the connection comes free undici hands it the abandoned request: aborting it there (as for a request
+    // already sent) destroyed the healthy keep-alive connection, at the moment a struggling app's callers give up.
+    const seen: string[] = [];
+    let connections = 0;
+    let answerSlow!: () => void;
+    const app = await rawApp((req, res) => {
+      seen.push(`${req.method} ${req.url}`);
+      if (req.url === '/slow') answerSlow = () => res.end('slow');
+      else res.end('ok');
+    });
+    app.server.on('connection', () => connections++);
+    const proxy = await proxyTo(app.url, { limits: { upstreamConnections: 1 } });
+    const slow = get(`${proxy.url}/slow`);
+    await vi.waitFor(() => expect(seen).toEqual(['GET /slow']));
+    // The proxy has the request once its handler ran (forward() queues it in the pool at once), and knows its client
+    // left once the response closed.
+    const gone = new Promise<void>((resolve) => proxy.server.once('request', (_req, res) => (abandoned.destroy(), res.once('close', () => resolve()))));
+    const abandoned = await rawConnect(proxy.port);
+    abandoned.write('GET /abandoned HTTP/1.1\r\nHost: x\r\n\r\n');
+    await gone;
+    answerSlow();
+    expect((await slow).status).toBe(200);
+    const next = await get(`${proxy.url}/next`);
+    expect([next.status, next.body.toString()]).toEqual([200, 'ok']);
+    expect(seen).toEqual(['GET /slow', 'GET /next']);
+    expect(connections).toBe(1);
+  });
+
   it('cancels the upstream request when the client goes away while waiting', async () => {
     let upstreamClosed: Promise<boolean> | undefined;
     const app = await rawApp((req, res) => {
