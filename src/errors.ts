@@ -157,6 +157,8 @@ export class UpstreamError extends SidecarError {
 export interface ConfigIssue {
   path: string;
   message: string;
+  /** The key path as exact keys, where one of them holds a dot of its own (`log.level` written as one key). */
+  keys?: readonly string[];
 }
 
 /**

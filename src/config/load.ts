@@ -8,7 +8,7 @@ import { REDACTED } from './redact.js';
 import { parseYamlFile, readBoundedText, type YamlFile } from './yaml-file.js';
 import { type Config, configSchema } from './schema.js';
 import { startupFileIssues, tokenSourceFileIssues } from './startup-files.js';
-import { nestedKeyHint, suggestKey } from './suggest-key.js';
+import { isRequiredKey, nestedKeyHint, suggestKey } from './suggest-key.js';
 
 /** Where config files come from: the `--config` flags, else `OIDC_SIDECAR_CONFIG` (comma-separated). */
 export function resolveConfigPaths(flags: readonly string[] | undefined, env: NodeJS.ProcessEnv = process.env): string[] {
@@ -211,18 +211,13 @@ interface ConfigFile extends YamlFile {
  */
 function located(issue: ConfigIssue, files: readonly ConfigFile[]): ConfigIssue {
   if (!issue.path) return issue;
-  const segments = issue.path.split('.');
+  const segments = issue.keys ?? issue.path.split('.');
   for (let depth = segments.length; depth > 0; depth--) {
     const prefix = segments.slice(0, depth);
     for (let i = files.length - 1; i >= 0; i--) {
       // The file as written: filling in ${VAR}s changes no key.
       if (hasPath(files[i]!.value, prefix) && !isReplacedLater(files, i, prefix)) return issueAt(issue, files[i]!, files.length > 1);
     }
-  }
-  // A key whose own name has a dot (`log.level` at the top) is not found by splitting the path at every dot; the
-  // file's line lookup takes such a key as one.
-  for (let i = files.length - 1; i >= 0; i--) {
-    if (files[i]!.lineOf(issue.path) !== undefined) return issueAt(issue, files[i]!, files.length > 1);
   }
   return issue;
 }
@@ -252,7 +247,7 @@ function hasPath(doc: unknown, segments: readonly string[]): boolean {
 }
 
 function issueAt(issue: ConfigIssue, file: ConfigFile, nameFile: boolean): ConfigIssue {
-  const line = issue.path ? file.lineOf(issue.path) : undefined;
+  const line = issue.path ? file.lineOf(issue.keys ?? issue.path) : undefined;
   const where = [nameFile ? `in ${file.path}` : '', line ? `line ${line}` : ''].filter(Boolean).join(', ');
   return where ? { path: issue.path, message: `${issue.message} (${where})` } : issue;
 }
@@ -368,20 +363,15 @@ function zodIssues(error: z.ZodError, doc: unknown): ConfigIssue[] {
       // Zod's "expected object, received null" does not say how a key came to be null: a `tls:` whose lines below were
       // commented out is null to YAML. Null removes a key only in a later layer (merge.ts), and in the first layer
       // the schema sees it, so the way out is one of two.
-      const rules = base.join('.') === 'inbound.rules';
-      const wayOut = rules ? 'give the list of rules (with no rules at all, any valid token passes)' : 'give it one, or leave the key out';
-      out.push({ path: base.join('.'), message: `has no value (null, or nothing after the colon): ${wayOut}` });
+      out.push({ path: base.join('.'), message: nullValueMessage(base) });
     } else if (issue.code === 'unrecognized_keys') {
       for (const key of issue.keys) {
         // `log.level: debug` (Helm's and Spring's spelling) is one key named with a dot, not log's level.
         const nested = nestedKeyHint(issue.path, key);
         const meant = nested ? undefined : suggestKey(issue.path, key);
-        const message = nested
-          ? `unknown key: a dot does not nest keys here; write ${nested}`
-          : meant
-            ? `unknown key (did you mean ${meant}?)`
-            : 'unknown key';
-        out.push({ path: [...base, key].join('.'), message });
+        const message = nested ? `unknown key: a dot does not nest keys; ${nested}` : meant ? `unknown key (did you mean ${meant}?)` : 'unknown key';
+        // A key with a dot of its own is named by its exact keys, or its line would be looked for under `log:`.
+        out.push({ path: [...base, key].join('.'), message, ...(key.includes('.') ? { keys: [...base, key] } : {}) });
       }
     } else if (issue.code === 'invalid_union' && 'note' in issue && issue.note === 'No matching discriminator') {
       out.push({ path: (base.at(-1) === 'type' ? base : [...base, 'type']).join('.'), message: 'must be one of client_credentials, token_exchange, file, github_actions, env' });
@@ -393,6 +383,15 @@ function zodIssues(error: z.ZodError, doc: unknown): ConfigIssue[] {
     }
   }
   return out;
+}
+
+/** What to do about a null at `path`: a list item, a key the schema requires, one it can do without, or the rules. */
+function nullValueMessage(path: readonly string[]): string {
+  const last = path.at(-1)!;
+  if (/^\d+$/.test(last)) return 'a list item with no value (a lone "-", or null): give it one, or remove the item';
+  const noValue = 'has no value (null, or nothing after the colon)';
+  if (path.join('.') === 'inbound.rules') return `${noValue}: give the list of rules (with no rules at all, any valid token passes)`;
+  return isRequiredKey(path.slice(0, -1), last) ? `${noValue}: give it one (it is required)` : `${noValue}: give it one, or leave the key out`;
 }
 
 /** Whether a type issue (a discriminated union's included) is about a key whose value is null. */

@@ -4,6 +4,7 @@ import { configSchema } from './schema.js';
 /** The parts of the config's JSON Schema a key lookup walks. */
 interface SchemaNode {
   properties?: Record<string, SchemaNode>;
+  required?: string[];
   items?: SchemaNode;
   additionalProperties?: SchemaNode | boolean;
   anyOf?: SchemaNode[];
@@ -34,7 +35,7 @@ export function suggestKey(path: readonly PropertyKey[], unknown: string): strin
 
 /**
  * For an unknown key with dots whose parts are each a known key below the one before (`log.level` at the top,
- * Helm's and Spring's spelling), how YAML nests it: `log: { level: … }`. Undefined for any other key.
+ * Helm's and Spring's spelling), where it goes: `put level under log (log: { level: … })`. Undefined for any other key.
  */
 export function nestedKeyHint(path: readonly PropertyKey[], unknown: string): string | undefined {
   const parts = unknown.split('.');
@@ -42,7 +43,8 @@ export function nestedKeyHint(path: readonly PropertyKey[], unknown: string): st
   for (let i = 0; i < parts.length; i++) {
     if (!keysAt([...path, ...parts.slice(0, i)]).includes(parts[i]!)) return undefined;
   }
-  return parts.slice(0, -1).reduceRight((inner, part) => `${part}: { ${inner} }`, `${parts.at(-1)}: …`);
+  const nested = parts.slice(0, -1).reduceRight((inner, part) => `${part}: { ${inner} }`, `${parts.at(-1)}: …`);
+  return `put ${parts.at(-1)} under ${parts.slice(0, -1).join('.')} (${nested})`;
 }
 
 function normalize(key: string): string {
@@ -57,8 +59,18 @@ function allowedDistance(typed: string): number {
   return typed.length <= 4 ? 1 : typed.length <= 8 ? 2 : 3;
 }
 
+/** Whether an object at `path` must have `key`, in some branch of a union: no default fills it in. */
+export function isRequiredKey(path: readonly PropertyKey[], key: string): boolean {
+  return nodesAt(path).some((node) => node.required?.includes(key));
+}
+
 /** Every key an object at `path` takes, over every branch of a union (the token source types). */
 function keysAt(path: readonly PropertyKey[]): string[] {
+  return [...new Set(nodesAt(path).flatMap((node) => Object.keys(node.properties ?? {})))];
+}
+
+/** The schema nodes at `path`, one per branch of each union on the way. */
+function nodesAt(path: readonly PropertyKey[]): SchemaNode[] {
   root ??= z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any' }) as SchemaNode;
   let nodes = branches(root);
   for (const segment of path) {
@@ -67,7 +79,7 @@ function keysAt(path: readonly PropertyKey[]): string[] {
       return next ? branches(next) : [];
     });
   }
-  return [...new Set(nodes.flatMap((node) => Object.keys(node.properties ?? {})))];
+  return nodes;
 }
 
 function branches(node: SchemaNode): SchemaNode[] {

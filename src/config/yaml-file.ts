@@ -70,7 +70,7 @@ export interface YamlFile {
    * does not have, of the deepest key on the way to it that it has (`outbound.routes.2.audience: required` points
    * at route 2). Undefined when not even the first key is there.
    */
-  lineOf(keyPath: string): number | undefined;
+  lineOf(keyPath: string | readonly string[]): number | undefined;
   /**
    * Whether the file writes `null`, `~` or `!!null` at `keyPath` (through an alias too), as against a key with no
    * value at all (`tls:` with nothing after it, `{ tls }`, `? tls`), which YAML also reads as null: what is left when a
@@ -99,7 +99,11 @@ export function parseYamlFile(text: string, path: string): YamlFile {
   // The message never names the tag: to YAML an unquoted secret that starts with `!` (`clientSecret: !Pa55w0rd`) is a
   // tag too, and a refused reload is logged.
   const unknownTags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED');
-  if (doc.errors.length > 0 || unknownTags.length > 0 || duplicates.length > 0 || unusedAnchors.length > 0 || unnamed.length > 0) {
+  // `%YAML 1.1` switches the parser to YAML 1.1's schema, where `!!omap` and `!!set` are a Map and a Set again (read as
+  // sections with no keys), a plain 2001-12-14 is a Date, and yes/no are booleans: not what the file reads as anywhere
+  // else in the config's rules. Refused rather than read two ways.
+  const yaml11 = doc.directives?.yaml.version === '1.1';
+  if (doc.errors.length > 0 || unknownTags.length > 0 || duplicates.length > 0 || unusedAnchors.length > 0 || unnamed.length > 0 || yaml11) {
     const issues = [...doc.errors, ...unknownTags].map((e) => {
       const line = e.linePos ? ` (line ${e.linePos[0].line})` : '';
       return e.code === 'TAG_RESOLVE_FAILED'
@@ -107,6 +111,7 @@ export function parseYamlFile(text: string, path: string): YamlFile {
         : `${yamlMessage(e.message)}${line}`;
     });
     issues.push(...duplicates.map((line) => `Map keys must be unique${line === undefined ? '' : ` (line ${line})`}`));
+    if (yaml11) issues.unshift('a %YAML 1.1 directive: a config is read as YAML 1.2 (its only schema here); remove the directive');
     issues.push(...unnamed.map(({ line, what }) => `${what}, which no config key is${line === undefined ? '' : ` (line ${line})`}`));
     issues.push(
       ...unusedAnchors.map((line) => `an anchor (&name) that no alias (*name) uses${line === undefined ? '' : ` (line ${line})`}: quote a value that starts with &`),
@@ -215,8 +220,10 @@ function keyIndex(map: { items: Array<{ key: unknown; value: unknown }> }): Map<
  * The node at `keyPath` (`reached`), or the deepest one on the way to it, and the line of the last key found (see
  * YamlFile.lineOf). One lookup per key on the way (keyIndex): a file with 100,000 unknown keys has as many issues.
  */
-function walkTo(doc: Document, lineCounter: LineCounter, keyPath: string): { node: unknown; line: number | undefined; reached: boolean } {
-  const segments = keyPath === '' ? [] : keyPath.split('.');
+function walkTo(doc: Document, lineCounter: LineCounter, keyPath: string | readonly string[]): { node: unknown; line: number | undefined; reached: boolean } {
+  // Given as exact keys, each segment is one key; given as text, a key may span several segments (below).
+  const exact = typeof keyPath !== 'string';
+  const segments = exact ? keyPath : keyPath === '' ? [] : keyPath.split('.');
   let node: unknown = doc.contents;
   let line: number | undefined;
   for (let i = 0; i < segments.length; ) {
@@ -225,7 +232,7 @@ function walkTo(doc: Document, lineCounter: LineCounter, keyPath: string): { nod
     if (isMap(node)) {
       // A key may itself hold dots (a claim named `https://example.com/groups`): the shortest join of the segments
       // that names a key of this map is taken.
-      for (let used = 1; used <= segments.length - i && !step; used++) {
+      for (let used = 1; used <= (exact ? 1 : segments.length - i) && !step; used++) {
         const name = segments.slice(i, i + used).join('.');
         const pair = keyIndex(node).get(name);
         if (pair) step = { node: pair.value, offset: isScalar(pair.key) ? pair.key.range?.[0] : undefined, used };

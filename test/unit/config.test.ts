@@ -83,10 +83,18 @@ describe('config validation errors name the key path', () => {
   it('says how to nest a key written with dots (`log.level: debug`, as Helm and Spring write it), with its line', () => {
     const p = tmpFile('dotted.yaml', 'service: a\nlog.level: debug\ninbound.jwks.timeoutSeconds: 3\nsome.thing: 1\noutbound: { tokenSource: { type: env, variable: T }, routes: [] }\n');
     expect(issuesOf(() => loadConfig([p], {}))).toEqual([
-      'log.level: unknown key: a dot does not nest keys here; write log: { level: … } (line 2)',
-      'inbound.jwks.timeoutSeconds: unknown key: a dot does not nest keys here; write inbound: { jwks: { timeoutSeconds: … } } (line 3)',
+      'log.level: unknown key: a dot does not nest keys; put level under log (log: { level: … }) (line 2)',
+      'inbound.jwks.timeoutSeconds: unknown key: a dot does not nest keys; put timeoutSeconds under inbound.jwks (inbound: { jwks: { timeoutSeconds: … } }) (line 3)',
       // Not every part a key: no nesting to suggest.
       'some.thing: unknown key (line 4)',
+    ]);
+    // Beside a real `log:` section, in the same file or in an earlier one, the line is the dotted key's own, not log's.
+    const both = tmpFile('both.yaml', 'service: a\nlog:\n  level: info\nlog.level: debug\noutbound: { tokenSource: { type: env, variable: T }, routes: [] }\n');
+    expect(issuesOf(() => loadConfig([both], {}))).toEqual(['log.level: unknown key: a dot does not nest keys; put level under log (log: { level: … }) (line 4)']);
+    const base = tmpFile('base.yaml', 'service: a\nlog:\n  level: info\noutbound: { tokenSource: { type: env, variable: T }, routes: [] }\n');
+    const overlay = tmpFile('helm.yaml', 'log.level: debug\n');
+    expect(issuesOf(() => loadConfig([base, overlay], {}))).toEqual([
+      `log.level: unknown key: a dot does not nest keys; put level under log (log: { level: … }) (in ${overlay}, line 1)`,
     ]);
   });
 
@@ -689,6 +697,10 @@ describe('loading files', () => {
       const p = tmpFile('tagged.yaml', head + tail);
       expect(issuesOf(() => loadConfig([p], {})), tail).toEqual([`${p}: ${tag(line)}`]);
     }
+    // `%YAML 1.1` would bring them back as YAML 1.1's own types (and yes/no as booleans): the directive is refused.
+    const v11 = tmpFile('v11.yaml', `%YAML 1.1\n---\n${head}  forward:\n    claimHeaders: !!omap\n      - x-peer-client: client_id\n`);
+    expect(issuesOf(() => loadConfig([v11], {}))).toEqual([`${v11}: a %YAML 1.1 directive: a config is read as YAML 1.2 (its only schema here); remove the directive`]);
+    expect(loadConfig([tmpFile('v12.yaml', `%YAML 1.2\n---\n${head}`)], {}).service).toBe('a');
   });
 
   it('refuses a key that is a list, a map or empty, with its line: no config key is one (a list key printed a warning of Node on stderr)', () => {
@@ -956,6 +968,12 @@ describe('what a layer may say', () => {
       ['  rules:\n', 'inbound.rules: has no value (null, or nothing after the colon): give the list of rules (with no rules at all, any valid token passes) (line 6)'],
     ];
     for (const [tail, issue] of cases) expect(issuesOf(() => loadConfig([tmpFile('first.yaml', head + tail)], {})), tail).toEqual([issue]);
+    // A key the schema requires cannot be left out, and a list item has no key.
+    const required = 'service:\ninbound:\n  target: http://127.0.0.1:1\n  audience: a\n  issuers:\n    - issuer: "https://idp"\n    -\n';
+    expect(issuesOf(() => loadConfig([tmpFile('required.yaml', required)], {}))).toEqual([
+      'service: has no value (null, or nothing after the colon): give it one (it is required) (line 1)',
+      'inbound.issuers.1: a list item with no value (a lone "-", or null): give it one, or remove the item (line 7)',
+    ]);
     const route = 'outbound:\n  routes:\n    - host: orders\n      audience: orders\n      target: http://127.0.0.1:2\n      tokenSource:\n';
     expect(issuesOf(() => loadConfig([tmpFile('route.yaml', head + route)], {}))).toEqual([`outbound.routes.0.tokenSource: ${noValue} (line 11)`]);
     // With an overlay after it, the file named is the one whose null is left.
