@@ -91,7 +91,8 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           }
           if (!(await keyStore.waitUntilReady(timeout * 1000, [needs.issuer]))) {
             const detail = `${needs.issuer}${needs.lastError ? ` (${needs.lastError})` : ''}`;
-            // On stdout as every other result is (a script reads `decision:` there), and as the one error line on stderr.
+            // On stdout as every other result is (a script reads `decision:` there), and as the error line on stderr
+            // (after the retry notice above).
             const result = { decision: 'error', reason: 'keys_unavailable', detail, ...(argv.path !== undefined ? { method, path: decision.target ?? path } : {}) };
             io.stdout.write(argv.json ? `${JSON.stringify(result, null, 2)}\n` : humanReadable(result));
             io.stderr.write(`oidc-sidecar: ${oneLine(`keys_unavailable: cannot load keys for ${detail}`)}\n`);
