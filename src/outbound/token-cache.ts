@@ -6,6 +6,7 @@ import { audit, capped, MAX_ERROR_TEXT, type Logger } from '../log.js';
 import { backoffDelay, clamp01, spreadWait } from '../jitter.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
 import type { IssuedToken, TokenSource } from './sources/index.js';
+import { jwtClaims } from './sources/token-format.js';
 import { isoTimeOrNumber } from '../time-text.js';
 
 /** One cached token's identity: which source, for which audience and scopes. */
@@ -332,9 +333,9 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
       expiresAt: isoTimeOrNumber(token.expiresAt),
       jti: token.jti,
       refreshAt: isoTimeOrNumber(e.refreshAt),
-      // issuer and jti are read from the JWT as the IdP sent it, with no signature check (the peer's sidecar does that):
-      // marked, as SPEC asks of claims from an unverified token.
-      ...(token.issuer !== undefined || token.jti !== undefined ? { claimsVerified: false } : {}),
+      // issuer, jti and (when it is the earlier) expiresAt are read from the JWT as the IdP sent it, with no signature
+      // check (the peer's sidecar does that): marked, as SPEC asks of claims from an unverified token. Once per token.
+      ...(jwtClaims(token.token) !== undefined ? { claimsVerified: false } : {}),
     });
     return token;
   };

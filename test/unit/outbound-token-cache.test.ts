@@ -366,6 +366,15 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect(obs.text()).not.toContain(SECRET);
   });
 
+  it('marks a JWT with only exp as unverified too: the expiry on its token_issued line may come from it', async () => {
+    const exp = Math.floor(time.now() / 1000) + 120;
+    stub.reply = () => ({ body: { access_token: rawToken({ alg: 'RS256' }, { exp }, 'c2ln'), token_type: 'Bearer' } });
+    await cache.get(binding);
+    const line = obs.lines.find((l) => l.event === 'token_issued');
+    expect(line).toMatchObject({ expiresAt: new Date(exp * 1000).toISOString(), claimsVerified: false });
+    expect([line!.issuer, line!.jti]).toEqual([undefined, undefined]);
+  });
+
   it('treats a token that is already expired as a failure', async () => {
     const jwt = rawToken({ alg: 'RS256' }, { exp: Math.floor(time.now() / 1000) - 5 }, 'c2ln');
     stub.reply = () => ({ body: { access_token: jwt, token_type: 'Bearer' } });
