@@ -262,6 +262,11 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     // The app's socket already failed while its token was fetched: nobody is left to talk to. (A socket handed over for
     // an upgrade is paused, so an app that merely closed is not noticed until the tunnel starts reading it.)
     if (socket.destroyed) return;
+    // Waited for its token past the drain of a config a reload retired, as a plain call can (see send).
+    if (pools.closed) {
+      rejected(req, p.label, CUT_WAITING_FOR_TOKEN, started);
+      return writeRawError(socket, 503, CUT_WAITING_FOR_TOKEN.reason, CUT_WAITING_FOR_TOKEN.message);
+    }
     try {
       const ca = p.r.target.ca?.pem;
       const status = await tunnel(req, socket, head, {

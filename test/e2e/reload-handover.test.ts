@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFaultyFront, type FaultyFront } from '../support/attacks.js';
+import { rawExchange, startFaultyFront, type FaultyFront } from '../support/attacks.js';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
 import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
@@ -247,6 +247,12 @@ describe('reload while a token is being requested', () => {
     const s = (sidecar = await startSidecar(config, { waitReady: false }));
     await eventually(async () => front!.counts.hold === 1, 10_000, 'the first token request to reach the IdP');
     const call = request(`${s.outbound}/waited`, { headers: { host: 'payments' } });
+    // A WebSocket handshake waiting for the same token, which would open a tunnel under the retired config.
+    const upgrade = rawExchange(
+      s.outbound!,
+      'GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      { idleMs: 25_000 },
+    );
     reloadWithSecondRoute(s, config);
     await s.waitForLog((l) => l.event === 'token_fetch_handed_over');
     // The new config's warm-up gives up on the held request after 10 s and swaps in; the old one's 1 s drain follows.
@@ -256,11 +262,17 @@ describe('reload while a token is being requested', () => {
     const r = await call;
     expect(r.statusCode).toBe(503);
     expect(await r.body.json()).toEqual({ error: expect.stringContaining('drainTimeoutSeconds'), reason: 'drain_timeout' });
-    expect(app.seen.filter((seen) => seen.url === '/waited')).toEqual([]);
-    expect(await s.waitForLog((l) => l.event === 'request_rejected')).toMatchObject({ route: 'payments', reason: 'drain_timeout', path: '/waited' });
+    const refusedUpgrade = (await upgrade).responses[0]!;
+    expect([refusedUpgrade.status, refusedUpgrade.json().reason]).toEqual([503, 'drain_timeout']);
+    expect(app.seen.filter((seen) => seen.url === '/waited' || seen.url === '/ws')).toEqual([]);
+    await eventually(async () => s.logs.filter((l) => l.event === 'request_rejected').length === 2, 5_000, 'both refusals to be logged');
+    expect(s.logs.filter((l) => l.event === 'request_rejected').map((l) => [l.route, l.reason, l.path]).sort()).toEqual([
+      ['payments', 'drain_timeout', '/waited'],
+      ['payments', 'drain_timeout', '/ws'],
+    ]);
     expect(s.logs.filter((l) => l.event === 'upstream_error')).toEqual([]);
     const metrics = await (await fetch(`${s.admin}/metrics`)).text();
-    expect(metrics).toMatch(/oidc_sidecar_outbound_requests_total\{route="payments",status="drain_timeout"\} 1\n/);
+    expect(metrics).toMatch(/oidc_sidecar_outbound_requests_total\{route="payments",status="drain_timeout"\} 2\n/);
     expect(metrics).not.toMatch(/oidc_sidecar_upstream_errors_total\{[^}]*direction="outbound"[^}]*\} [1-9]/);
   });
 
