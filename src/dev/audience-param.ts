@@ -45,6 +45,11 @@ function isTokenPath(path: string, tokenPath: string): boolean {
   return path.toLowerCase().replace(/\/$/, '') === tokenPath.toLowerCase();
 }
 
+/** The path of a request target, origin-form (`/token?x`) or absolute-form (`http://host/token`), as a router reads it. */
+function requestPath(target: string): string {
+  return URL.canParse(target) ? new URL(target).pathname : target.split('?')[0]!;
+}
+
 /** Token request bodies above this are refused by oidc-provider anyway (it caps at 56 KiB). */
 const MAX_FORM_BYTES = 64 * 1024;
 
@@ -61,7 +66,7 @@ export interface TokenRefusal {
  */
 export async function withNormalizedAudience(req: IncomingMessage, tokenPath: string): Promise<IncomingMessage | TokenRefusal> {
   const isForm = (req.headers['content-type'] ?? '').toLowerCase().startsWith('application/x-www-form-urlencoded');
-  if (req.method !== 'POST' || !isTokenPath((req.url ?? '').split('?')[0]!, tokenPath) || !isForm) return req;
+  if (req.method !== 'POST' || !isTokenPath(requestPath(req.url ?? '/'), tokenPath) || !isForm) return req;
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {

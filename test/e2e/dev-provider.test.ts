@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
+import { rawExchange } from '../support/attacks.js';
 import { clientAssertion, startIdp, type TestIdp } from '../support/idp.js';
 import { algNoneToken, corruptSignature, decodeToken, tamperPayload, testKeyPair } from '../support/tokens.js';
 
@@ -175,6 +176,16 @@ describe('dev provider (oidc-provider) as the test IdP', () => {
       // Not the client's default (deployer), which the provider gave when the audience was not rewritten.
       expect((await verifyAt(idp, body.access_token!, 'payments')).payload.aud, path).toBe('payments');
     }
+    // And in absolute form (`POST http://host/token`), which its router takes by the path.
+    const form = 'grant_type=client_credentials&audience=payments';
+    const { host } = new URL(idp.issuer);
+    const absolute = await rawExchange(
+      idp.issuer,
+      `POST ${idp.issuer}/token HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Basic ${Buffer.from('ci:ci-secret').toString('base64')}\r\n` +
+        `Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ${form.length}\r\nConnection: close\r\n\r\n${form}`,
+    );
+    expect(absolute.responses[0]!.status).toBe(200);
+    expect((await verifyAt(idp, absolute.responses[0]!.json().access_token, 'payments')).payload.aud).toBe('payments');
   });
 
   it('the GitHub Actions emulation keeps a client\'s claims from setting client_id, scope or cnf, as /token does', async () => {
