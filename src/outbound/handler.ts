@@ -278,7 +278,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
         connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
         idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
-        onIdle: () => logIdleTunnel(logger, limits.tunnelIdleTimeoutSeconds * 1000, { route: p.label, peer: req.socket.remoteAddress }),
+        onIdle: () => logIdleTunnel(logger, limits.tunnelIdleTimeoutSeconds * 1000, { route: p.label, target: capped(p.r.target.origin, MAX_LOGGED_HOST), peer: req.socket.remoteAddress }),
         own,
         ...(ca ? { ca } : {}),
       });

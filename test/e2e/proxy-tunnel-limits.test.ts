@@ -46,7 +46,10 @@ beforeAll(async () => {
       outbound: {
         tokenSource: { type: 'client_credentials', issuer: idp.issuer, clientId: 'orders', clientSecret: 'orders-secret' },
         unknownHosts: 'passthrough',
-        routes: [{ host: 'chat', audience: 'chat' }],
+        routes: [
+          { host: 'chat', audience: 'chat' },
+          { host: 'echo', target: app.url, audience: 'chat' },
+        ],
       },
     }),
   ]);
@@ -192,5 +195,16 @@ describe('tunnel limits', () => {
       first.socket.destroy();
     }
     await eventually(() => tcpPeer.sockets.size === 0, 5000, 'the peer\'s socket to close');
+  });
+
+  it('outbound: an idle WebSocket tunnel to a routed host is closed and logged with its route and target', async () => {
+    const tunnel = await openTunnel(
+      outbound.outbound!,
+      'GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
+    expect(tunnel.answer).toMatch(/^HTTP\/1\.1 101 /);
+    await tunnel.closed;
+    const line = await outbound.waitForLog((l) => l.event === 'tunnel_idle_timeout' && l.route === 'echo');
+    expect(line).toMatchObject({ route: 'echo', target: new URL(app.url).origin, idleSeconds: IDLE_S });
   });
 });
