@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { send } from './outbound-support.js';
 
@@ -93,6 +93,14 @@ describe('credentials an IdP quotes back never reach a log line or the app', () 
       await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'exchange');
       const failed = s.logs.filter((l) => l.event === 'token_fetch_failed');
       expect(new Set(failed.map((l) => l.audience))).toEqual(new Set(routes.map((r) => r.audience)));
+      // `oidc-sidecar token` says the IdP's refusal in its one error line: masked the same way.
+      const config = writeConfig({ service: 'orders', outbound: { routes } });
+      for (const { audience } of routes) {
+        const r = await runCli(['token', '--config', config, '--audience', audience]);
+        expect([r.code, r.stdout], audience).toEqual([1, '']);
+        expect(r.stderr, audience).toMatch(/^oidc-sidecar: .*\[redacted\][^\n]*\n$/);
+        bodies.push(r.stderr);
+      }
       const everything = `${s.output()}\n${bodies.join('\n')}`;
       const basicValue = Buffer.from(`orders:${new URLSearchParams({ v: secrets.basic }).toString().slice(2)}`).toString('base64');
       for (const leak of [secrets.basic, secrets.post, encodeURIComponent(secrets.post), basicValue, 'client_assertion=ey', 'subject_token=ey', 'eyJ']) {

@@ -120,6 +120,23 @@ describe('an upstream that closes a keep-alive connection as a request arrives (
     expect(up.received).toEqual(['POST /a c1#1', 'POST /b c1#2']);
   });
 
+  it('the other idempotent methods without a body (PUT, DELETE, OPTIONS) are sent again too; a PUT with a body never', async () => {
+    for (const method of ['PUT', 'DELETE', 'OPTIONS']) {
+      const up = await rawUpstream((n) => (n === 1 ? OK : 'close'));
+      const s = await outbound(up.url);
+      expect(await call(s, method, '/a'), method).toEqual({ status: 200, body: 'ok' });
+      expect(await call(s, method, '/b'), method).toEqual({ status: 200, body: 'ok' });
+      expect(up.received, method).toEqual([`${method} /a c1#1`, `${method} /b c1#2`, `${method} /b c2#1`]);
+    }
+    // A body could not be sent again (it was streamed through, not kept): RFC 9110 allows the retry, the sidecar cannot.
+    const up = await rawUpstream((n) => (n === 1 ? OK : 'close'));
+    const s = await outbound(up.url);
+    expect(await call(s, 'PUT', '/a', 'one')).toEqual({ status: 200, body: 'ok' });
+    const second = await call(s, 'PUT', '/b', 'two');
+    expect(reasonOf(second)).toBe('upstream_reset');
+    expect(up.received).toEqual(['PUT /a c1#1', 'PUT /b c1#2']);
+  });
+
   it('a GET that a new connection closes unanswered is not sent again: 502 upstream_reset, received once', async () => {
     const up = await rawUpstream(() => 'close');
     const s = await outbound(up.url);
