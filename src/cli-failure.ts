@@ -12,7 +12,10 @@ export function describeFailure(err: unknown): string {
 function failureText(err: unknown): string {
   if (err instanceof ConfigError) return summarizeIssues('invalid config', err.issues);
   // yargs lays some messages out over lines ("Invalid values:\n  Argument: ..."); its own layout, so it is joined, not escaped.
-  if (err instanceof UsageError && err.fromParser) return `${err.message.trim().replace(/\s*\n\s*/g, ' ')} (see "oidc-sidecar --help")`;
+  if (err instanceof UsageError && err.fromParser) {
+    // The command's own help: the top-level one lists only the commands, not the option that was wrong.
+    return `${err.message.trim().replace(/\s*\n\s*/g, ' ')} (see "oidc-sidecar ${err.command ? `${err.command} ` : ''}--help")`;
+  }
   if (err instanceof SidecarError) return err.message;
   return err instanceof Error ? err.message : String(err);
 }

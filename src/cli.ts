@@ -43,7 +43,8 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     .fail((msg, err) => {
       // Throwing stops yargs before the command's handler runs (a missing required option must not run it).
       if (err && err.name !== 'YError') throw err;
-      throw commandMissing(argv, commands.map((c) => String(c.command).split(' ')[0]!)) ?? new UsageError(msg ?? err?.message ?? 'invalid command line', true);
+      const names = commands.map((c) => String(c.command).split(' ')[0]!);
+      throw commandMissing(argv, names) ?? new UsageError(msg ?? err?.message ?? 'invalid command line', true, commandNamed(argv, names));
     });
   dropOutputToClosedPipe(io.stdout);
   try {
@@ -107,10 +108,20 @@ function dropOutputToClosedPipe(stdout: NodeJS.WritableStream): void {
  * would say "Unknown argument: bogus", as if a command were a flag's value.
  */
 function commandMissing(argv: string[], names: string[]): UsageError | undefined {
-  // Parsed as yargs parses the top level (only --help and --version are known there), so `--config x bogus` names bogus.
-  const [first] = Parser(argv, { boolean: ['help', 'version'], alias: { help: ['h'] } })._;
+  const first = firstWord(argv);
   const list = `commands: ${names.join(', ')}; see --help`;
   if (first === undefined) return new UsageError(`name a command (${list})`);
   if (!names.includes(String(first))) return new UsageError(`unknown command "${String(first)}" (${list})`);
   return undefined;
+}
+
+/** The command the command line names, if it names one of `names`. */
+function commandNamed(argv: string[], names: string[]): string | undefined {
+  const first = firstWord(argv);
+  return first !== undefined && names.includes(String(first)) ? String(first) : undefined;
+}
+
+/** The first word that is not an option. Parsed as yargs parses the top level (only --help and --version are known there), so `--config x bogus` names bogus. */
+function firstWord(argv: string[]): string | number | undefined {
+  return Parser(argv, { boolean: ['help', 'version'], alias: { help: ['h'] } })._[0];
 }

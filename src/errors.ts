@@ -220,8 +220,11 @@ export class ListenError extends SidecarError {
 export class UsageError extends SidecarError {
   /** True when yargs rejected the command line (then --help is worth pointing at). */
   readonly fromParser: boolean;
-  constructor(message: string, fromParser = false) {
+  /** The command whose options were wrong, when one was named: its own --help lists them. */
+  readonly command: string | undefined;
+  constructor(message: string, fromParser = false, command?: string) {
     super('usage', message, 1);
     this.fromParser = fromParser;
+    this.command = command;
   }
 }

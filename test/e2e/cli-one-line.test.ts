@@ -33,16 +33,17 @@ const lineBreakInValue = writeConfig({
 /** What each command needs besides --config to get as far as reading it. */
 const commands: Record<string, string[]> = { run: [], validate: [], token: ['--audience', 'payments'], verify: ['--token', 'x.y.z'] };
 
-const failures: Array<[string, (cmd: string) => string[], RegExp]> = [
+const failures: Array<[string, (cmd: string) => string[], RegExp | ((cmd: string) => RegExp)]> = [
   ['several config issues', (cmd) => [cmd, '--config', severalIssues], /^oidc-sidecar: invalid config \(\d+ problems\): [^;]+: [^;]+(; [^;]+: [^;]+)+$/],
   ['a YAML syntax error', (cmd) => [cmd, '--config', yamlSyntax], /^oidc-sidecar: invalid config: .*broken\.yaml: .* \(line \d+\)$/],
   ['a missing config file', (cmd) => [cmd, '--config', missing], /^oidc-sidecar: cannot read config file .*missing\.yaml: no such file$/],
   ['a line break in a config value', (cmd) => [cmd, '--config', lineBreakInValue], /^oidc-sidecar: invalid config( \(2 problems\))?: [a-zA-Z.0-9]+\.caFile: cannot read .*ca\\nINJECTED: line\\r\\n\.pem: no such file( \(line \d+\))?(; |$)/],
-  ['an unknown flag', (cmd) => [cmd, '--config', writeConfig(valid), '--bogus'], /^oidc-sidecar: Unknown argument: bogus \(see "oidc-sidecar --help"\)$/],
+  // Each points at its own command's help, which lists its options.
+  ['an unknown flag', (cmd) => [cmd, '--config', writeConfig(valid), '--bogus'], (cmd) => new RegExp(`^oidc-sidecar: Unknown argument: bogus \\(see "oidc-sidecar ${cmd} --help"\\)$`)],
   // yargs' dot notation made `--config` an object, which reached the handler as its path list.
-  ['a dotted flag', (cmd) => [cmd, '--config.x', writeConfig(valid)], /^oidc-sidecar: Unknown argument: config\.x \(see "oidc-sidecar --help"\)$/],
+  ['a dotted flag', (cmd) => [cmd, '--config.x', writeConfig(valid)], (cmd) => new RegExp(`^oidc-sidecar: Unknown argument: config\\.x \\(see "oidc-sidecar ${cmd} --help"\\)$`)],
   ['an unknown command', (cmd) => [`${cmd}x`, '--config', writeConfig(valid)], /^oidc-sidecar: unknown command "[a-z-]+x" \(commands: run, validate, [a-z, -]+; see --help\)$/],
-  ['a flag without its value', (cmd) => [cmd, '--config'], /^oidc-sidecar: Not enough arguments following: config \(see "oidc-sidecar --help"\)$/],
+  ['a flag without its value', (cmd) => [cmd, '--config'], (cmd) => new RegExp(`^oidc-sidecar: Not enough arguments following: config \\(see "oidc-sidecar ${cmd} --help"\\)$`)],
 ];
 
 describe('every failure is exactly one line on stderr and a non-zero exit', () => {
@@ -53,7 +54,7 @@ describe('every failure is exactly one line on stderr and a non-zero exit', () =
         const [what, , line] = failures[i]!;
         expect(r.code, `${cmd}: ${what}`).not.toBe(0);
         expect(r.stderr, `${cmd}: ${what}`).toMatch(/^[^\n]*\n$/);
-        expect(r.stderr.trimEnd(), `${cmd}: ${what}`).toMatch(line);
+        expect(r.stderr.trimEnd(), `${cmd}: ${what}`).toMatch(typeof line === 'function' ? line(cmd) : line);
         expect(r.stdout, `${cmd}: ${what}`).not.toContain('"event":"started"');
       });
     });
@@ -72,7 +73,8 @@ describe('every failure is exactly one line on stderr and a non-zero exit', () =
     }
     // A known command keeps yargs' own message for what is wrong with it.
     const flag = await runCli(['validate', '--config', writeConfig(valid), '--bogus']);
-    expect(flag.stderr).toBe('oidc-sidecar: Unknown argument: bogus (see "oidc-sidecar --help")\n');
+    // Pointing at the command's own help, which lists its options (the top-level one lists only the commands).
+    expect(flag.stderr).toBe('oidc-sidecar: Unknown argument: bogus (see "oidc-sidecar validate --help")\n');
   });
 
   it('a single config issue reads `invalid config: path.to.key: message (line N)`', async () => {
@@ -90,7 +92,7 @@ describe('every failure is exactly one line on stderr and a non-zero exit', () =
   it('a yargs message laid out over several lines (an invalid choice) is joined into one', async () => {
     const r = await runCli(['dev-issuer', '--alg', 'HS256']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe('oidc-sidecar: Invalid values: Argument: alg, Given: "HS256", Choices: "RS256", "PS256", "ES256", "EdDSA" (see "oidc-sidecar --help")\n');
+    expect(r.stderr).toBe('oidc-sidecar: Invalid values: Argument: alg, Given: "HS256", Choices: "RS256", "PS256", "ES256", "EdDSA" (see "oidc-sidecar dev-issuer --help")\n');
   });
 
   it('--help is still the full usage text, on stdout', async () => {

@@ -334,7 +334,7 @@ describe('required options stop the command before it runs', () => {
     const noAudience = await runCli(['token', '--config', writeConfig(valid)]);
     expect(noAudience.code).toBe(1);
     expect(noAudience.stderr).toContain('Missing required argument: audience');
-    expect(noAudience.stderr).toContain('oidc-sidecar --help');
+    expect(noAudience.stderr).toContain('(see "oidc-sidecar token --help")');
     expect(noAudience.stdout).toBe('');
 
     const noValue = await runCli(['validate', '--config']);

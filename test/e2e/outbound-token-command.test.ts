@@ -122,7 +122,7 @@ describe('oidc-sidecar token', () => {
     }
     // A bare --scope at the end of the line: it used to fall back to the route's scopes, exit 0.
     const bare = await runCli(['token', '--config', configPath, '--audience', 'payments', '--scope']);
-    expect(bare).toMatchObject({ code: 1, stdout: '', stderr: 'oidc-sidecar: Not enough arguments following: scope (see "oidc-sidecar --help")\n' });
+    expect(bare).toMatchObject({ code: 1, stdout: '', stderr: 'oidc-sidecar: Not enough arguments following: scope (see "oidc-sidecar token --help")\n' });
   });
 
   it("reads only the files of the source it uses: another route's missing secret, key or CA file does not stop it", async () => {

@@ -36,6 +36,8 @@ describe('describeFailure: what a failed command prints after `oidc-sidecar: `, 
   it("joins yargs' own multi-line layout and points at --help", () => {
     const err = new UsageError('Invalid values:\n  Argument: alg, Given: "x", Choices: "RS256", "ES256"', true);
     expect(describeFailure(err)).toBe('Invalid values: Argument: alg, Given: "x", Choices: "RS256", "ES256" (see "oidc-sidecar --help")');
+    // With the command known, at that command's help, which lists the option.
+    expect(describeFailure(new UsageError('Missing required argument: audience', true, 'token'))).toBe('Missing required argument: audience (see "oidc-sidecar token --help")');
   });
 
   it('makes any other multi-line message one line (an IdP error_description, a code frame)', () => {
