@@ -117,7 +117,9 @@ export function parseYamlFile(text: string, path: string): YamlFile {
       ...unusedAnchors.map((line) => `an anchor (&name) that no alias (*name) uses${line === undefined ? '' : ` (line ${line})`}: quote a value that starts with &`),
     );
     // One tag can fail twice over (`!abc!`: no suffix, and unresolved); said once.
-    throw new ConfigError([...[...new Set(issues)].map((message) => ({ path, message })), ...flowPlaceholderHint(text, doc.errors, path)]);
+    // The placeholder hint first: an unquoted `${VAR}` in `{ }` makes a dozen parser errors of the lines after it,
+    // and the one thing to do comes before them.
+    throw new ConfigError([...flowPlaceholderHint(text, doc.errors, path), ...[...new Set(issues)].map((message) => ({ path, message }))]);
   }
   let value: unknown;
   try {

@@ -719,7 +719,7 @@ describe('loading files', () => {
   it('says a placeholder in a flow collection must be quoted, after the parser\'s own messages about its braces', () => {
     const p = tmpFile('flow.yaml', 'service: a\noutbound:\n  routes: []\nlog: { level: ${LEVEL:-info} }\n');
     const issues = issuesOf(() => loadConfig([p], {}));
-    expect(issues.at(-1)).toBe(`${p}: a \${VAR} inside { } or [ ] must be quoted ("\${VAR}"), or its braces are read as YAML (line 4)`);
+    expect(issues[0]).toBe(`${p}: a \${VAR} inside { } or [ ] must be quoted ("\${VAR}"), or its braces are read as YAML (line 4)`);
     const quoted = tmpFile('quoted.yaml', 'service: a\noutbound: { routes: [], tokenSource: { type: env, variable: T } }\nlog: { level: "${LEVEL:-debug}" }\n');
     expect(loadConfig([quoted], {}).log.level).toBe('debug');
     expect(issuesOf(() => loadConfig([tmpFile('plain.yaml', 'service: [a\n')], {})).join()).not.toContain('${VAR}');
