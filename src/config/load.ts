@@ -369,7 +369,13 @@ function zodIssues(error: z.ZodError, doc: unknown): ConfigIssue[] {
         // `log.level: debug` (Helm's and Spring's spelling) is one key named with a dot, not log's level.
         const nested = nestedKeyHint(issue.path, key);
         const meant = nested ? undefined : suggestKey(issue.path, key);
-        const message = nested ? `unknown key: a dot does not nest keys; ${nested}` : meant ? `unknown key (did you mean ${meant}?)` : 'unknown key';
+        const message = nested
+          ? `unknown key: a dot does not nest keys; ${nested}`
+          : meant === key
+            ? otherTypesKey(key, valueAt(doc, [...base, 'type']))
+            : meant
+              ? `unknown key (did you mean ${meant}?)`
+              : 'unknown key';
         // A key with a dot of its own is named by its exact keys, or its line would be looked for under `log:`.
         out.push({ path: [...base, key].join('.'), message, ...(key.includes('.') ? { keys: [...base, key] } : {}) });
       }
@@ -383,6 +389,16 @@ function zodIssues(error: z.ZodError, doc: unknown): ConfigIssue[] {
     }
   }
   return out;
+}
+
+/**
+ * An unknown key that another branch of a union takes (a token source's `path` under `type: client_credentials`):
+ * "did you mean path?" would name the key itself. Most often an overlay changed the type and the base file's keys of
+ * the old one stayed.
+ */
+function otherTypesKey(key: string, type: unknown): string {
+  const kind = typeof type === 'string' ? `type ${type}` : 'this type';
+  return `unknown key for ${kind} (a key of another type; an overlay that changes the type removes it with \`${key}: null\`)`;
 }
 
 /** What to do about a null at `path`: a list item, a key the schema requires, one it can do without, or the rules. */

@@ -80,6 +80,16 @@ describe('config validation errors name the key path', () => {
     );
   });
 
+  it("names a key of another token source type as that, not 'did you mean' the key itself, and how an overlay removes it", () => {
+    const base = tmpFile('base.yaml', 'service: a\noutbound:\n  tokenSource: { type: file, path: /x }\n  routes: []\n');
+    const overlay = tmpFile('cc.yaml', 'outbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "http://127.0.0.1:1/t", clientId: a, clientSecret: s }\n');
+    expect(issuesOf(() => loadConfig([base, overlay], {}))).toEqual([
+      `outbound.tokenSource.path: unknown key for type client_credentials (a key of another type; an overlay that changes the type removes it with \`path: null\`) (in ${base}, line 3)`,
+    ]);
+    const removed = tmpFile('cc2.yaml', 'outbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "http://127.0.0.1:1/t", clientId: a, clientSecret: s, path: null }\n');
+    expect(loadConfig([base, removed], {}).outbound!.tokenSource).toMatchObject({ type: 'client_credentials', clientId: 'a' });
+  });
+
   it('says how to nest a key written with dots (`log.level: debug`, as Helm and Spring write it), with its line', () => {
     const p = tmpFile('dotted.yaml', 'service: a\nlog.level: debug\ninbound.jwks.timeoutSeconds: 3\nsome.thing: 1\noutbound: { tokenSource: { type: env, variable: T }, routes: [] }\n');
     expect(issuesOf(() => loadConfig([p], {}))).toEqual([
