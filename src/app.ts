@@ -326,13 +326,20 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   }
 }
 
-/** Binds `listen`; a failure (the address in use) names the config key that gave the address. */
+/** The default address of each listener: a config that never names the key still binds it (two sidecars on one host). */
+const DEFAULT_LISTEN: Readonly<Record<string, string>> = {
+  'inbound.listen': DEFAULTS.inbound.listen,
+  'outbound.listen': DEFAULTS.outbound.listen,
+  'admin.listen': DEFAULTS.admin.listen,
+};
+
+/** Binds `listen`; a failure (the address in use) names the config key that gave the address, and says when it is that key's default. */
 async function listenAs(key: string, server: Server, listen: string): Promise<ListenAddress> {
   const address = parseListen(listen);
   try {
     return await listenOn(server, address);
   } catch (err) {
-    throw new ListenError(key, formatAddress(address), err);
+    throw new ListenError(key, formatAddress(address), err, listen === DEFAULT_LISTEN[key]);
   }
 }
 

@@ -209,10 +209,12 @@ const LISTEN_REASONS: Record<string, string> = {
 
 /** A listener could not bind the address its config key names: `inbound.listen: cannot listen on 127.0.0.1:15006: address already in use`. */
 export class ListenError extends SidecarError {
-  constructor(key: string, address: string, cause: unknown) {
+  /** `isDefault`: the config does not name the address (or names the default): the user may not know the key is there. */
+  constructor(key: string, address: string, cause: unknown, isDefault = false) {
     const code = (cause as NodeJS.ErrnoException | undefined)?.code;
     const reason = (code && LISTEN_REASONS[code]) ?? code ?? (cause instanceof Error ? cause.message : String(cause));
-    super('listen_failed', `${key}: cannot listen on ${address}: ${reason}`, 1, { cause });
+    const hint = isDefault ? ` (the default ${key}; set it to a free address, such as 127.0.0.1:0 for any free port)` : '';
+    super('listen_failed', `${key}: cannot listen on ${address}: ${reason}${hint}`, 1, { cause });
   }
 }
 

@@ -10,6 +10,11 @@ describe('describeFailure: what a failed command prints after `oidc-sidecar: `, 
   it('says in words why a listener could not bind, a host name that does not resolve too (not a bare ENOTFOUND)', () => {
     const cause = Object.assign(new Error('getaddrinfo ENOTFOUND sidecar.invalid'), { code: 'ENOTFOUND' });
     expect(describeFailure(new ListenError('admin.listen', 'sidecar.invalid:15020', cause))).toBe('admin.listen: cannot listen on sidecar.invalid:15020: host name not found');
+    // A listener the config never named (a second sidecar on one host, both on the default admin port) says so.
+    const inUse = Object.assign(new Error('listen EADDRINUSE'), { code: 'EADDRINUSE' });
+    expect(describeFailure(new ListenError('admin.listen', '0.0.0.0:15020', inUse, true))).toBe(
+      'admin.listen: cannot listen on 0.0.0.0:15020: address already in use (the default admin.listen; set it to a free address, such as 127.0.0.1:0 for any free port)',
+    );
   });
 
   it('counts several issues and joins them with "; "', () => {
