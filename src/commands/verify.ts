@@ -1,4 +1,5 @@
 import { METHODS } from 'node:http';
+import { decodeJwt } from 'jose';
 import type { CommandModule } from 'yargs';
 import { createMetrics } from '../admin/metrics.js';
 import { oneLine } from '../cli-failure.js';
@@ -7,7 +8,8 @@ import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { MAX_TIMER_SECONDS } from '../config/schema.js';
 import { KeysUnavailableError, UsageError } from '../errors.js';
 import { createInboundParts } from '../inbound/handler.js';
-import { createLogger } from '../log.js';
+import { createLogger, unverifiedClaims } from '../log.js';
+import type { InboundConfig } from '../config/schema.js';
 import { withConfigOption, type Io } from './shared.js';
 
 interface VerifyArgs {
@@ -102,6 +104,10 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           decision = await authorize();
         }
         const rule = decision.rule ? `#${decision.rule.index} ${decision.rule.methods ? [...decision.rule.methods].join(',') : '*'} ${decision.rule.pattern}` : undefined;
+        // A refused token's own claims, as sent (never verified), and what the config expected where that is the
+        // question: `token issuer is not trusted` alone leaves the operator to decode the token by hand.
+        const asSent = decision.allowed || decision.identity ? undefined : claimsAsSent(token);
+        const expected = decision.allowed ? undefined : expectedFor(decision.error.code, config.inbound, asSent);
         const result = {
           decision: decision.allowed ? 'allow' : decision.error.status === 403 ? 'deny' : decision.error.status >= 500 ? 'error' : 'reject',
           reason: decision.allowed ? decision.reason : decision.error.code,
@@ -109,6 +115,8 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
           ...(argv.path !== undefined ? { method, path: decision.target ?? path } : {}),
           ...(rule ? { rule } : {}),
           ...(decision.identity ? { issuer: decision.identity.issuer, claims: decision.identity.claims } : {}),
+          ...(asSent ? { unverifiedClaims: asSent } : {}),
+          ...(expected ? { expected } : {}),
         };
         io.stdout.write(argv.json ? `${JSON.stringify(result, null, 2)}\n` : humanReadable(result));
         setExit(decision.allowed ? 0 : 1);
@@ -124,6 +132,23 @@ function noTokenDetail(flag: string | undefined): string {
   return flag === undefined ? 'no token given: stdin was empty (pipe a token in, or pass --token JWT)' : 'no token given: --token is empty';
 }
 
+/** The JWT's registered claims as sent, marked unverified and capped as the audit log has them; undefined for no JWT. */
+function claimsAsSent(token: string): Record<string, unknown> | undefined {
+  try {
+    return unverifiedClaims(decodeJwt(token.replace(/^bearer[ \t]+/i, '')) as Record<string, unknown>);
+  } catch {
+    return undefined;
+  }
+}
+
+/** What the config would have taken, for a refusal about the issuer or the audience. */
+function expectedFor(code: string, inbound: InboundConfig, claims: Record<string, unknown> | undefined): Record<string, string[]> | undefined {
+  if (code === 'unknown_issuer') return { issuers: inbound.issuers.map((i) => i.issuer) };
+  if (code !== 'audience_mismatch') return undefined;
+  const issuer = inbound.issuers.find((i) => i.issuer === claims?.iss);
+  return { audience: ([] as string[]).concat(issuer?.audience ?? inbound.audience) };
+}
+
 function humanReadable(r: Record<string, unknown>): string {
   const lines = [`decision: ${r.decision}`, `reason:   ${r.reason}`];
   if (r.detail) lines.push(`detail:   ${r.detail}`);
@@ -131,6 +156,8 @@ function humanReadable(r: Record<string, unknown>): string {
   if (r.rule) lines.push(`rule:     ${r.rule}`);
   if (r.issuer) lines.push(`issuer:   ${r.issuer}`);
   if (r.claims) lines.push('claims (verified):', ...JSON.stringify(r.claims, null, 2).split('\n').map((l) => `  ${l}`));
+  if (r.expected) for (const [key, values] of Object.entries(r.expected as Record<string, string[]>)) lines.push(`expected: ${key} ${values.join(', ')}`);
+  if (r.unverifiedClaims) lines.push('claims (as sent, NOT verified):', ...JSON.stringify(r.unverifiedClaims, null, 2).split('\n').map((l) => `  ${l}`));
   return `${lines.join('\n')}\n`;
 }
 

@@ -83,6 +83,25 @@ describe('oidc-sidecar verify', () => {
     }
   });
 
+  it('a token refused on its issuer or audience shows its claims as sent (marked unverified) and what the config expected', async () => {
+    const token = await idp.getToken('orders', 'payments');
+    const wrongAudience = await runCli(['verify', '--config', config, '--json', '--token', token]);
+    expect(JSON.parse(wrongAudience.stdout)).toMatchObject({
+      reason: 'audience_mismatch',
+      unverifiedClaims: { verified: false, iss: idp.issuer, aud: 'payments', sub: 'orders' },
+      expected: { audience: ['orders'] },
+    });
+    // `localhost` for an IdP whose tokens say 127.0.0.1: the two values side by side.
+    const localhost = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: idp.issuer.replace('127.0.0.1', 'localhost') }] } });
+    const r = await runCli(['verify', '--config', localhost, '--token', await idp.getToken('orders', 'orders')]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain(`reason:   unknown_issuer\ndetail:   token issuer is not trusted\nexpected: issuers ${idp.issuer.replace('127.0.0.1', 'localhost')}\nclaims (as sent, NOT verified):\n`);
+    expect(r.stdout).toContain(`"iss": "${idp.issuer}"`);
+    // An allowed token's claims are the verified ones, and a malformed one has none to show.
+    expect(JSON.parse((await runCli(['verify', '--config', config, '--json', '--token', await idp.getToken('orders', 'orders')])).stdout)).not.toHaveProperty('unverifiedClaims');
+    expect(JSON.parse((await runCli(['verify', '--config', config, '--json', '--token', 'a.b.c'])).stdout)).not.toHaveProperty('unverifiedClaims');
+  });
+
   it('no token at all says that none was given on stdin or --token, not that a header was missing (reason stays missing_token)', async () => {
     const piped = await runCli(['verify', '--config', config], { input: '' });
     expect([piped.code, piped.stderr]).toEqual([1, '']);
