@@ -81,7 +81,10 @@ function interpolateString(s: string, env: NodeJS.ProcessEnv, issues: ConfigIssu
     // the operator looking for a variable that is there.
     const state = value === '' ? 'is set but empty, which counts as unset' : 'is not set';
     issues.push({ path: path.join('.'), message: `environment variable ${name} ${state} (use \${${name}:-default} for a default)` });
-    return '';
+    // The config is refused for this issue; the value only goes on to the check for the rest of the config's problems
+    // (load.ts, shapeIssuesBeside). As the placeholder text it is a value there, as it will be: empty, `issuer` would be
+    // missing too and "set exactly one of issuer or tokenEndpoint" would be said of a key the config sets.
+    return match;
   });
 }
 

@@ -590,6 +590,9 @@ describe('loading files', () => {
     ]);
     // The keys whose variables are unset are not reported a second time as a missing or wrong value.
     expect(issues.filter((i) => i.startsWith('service:') || i.startsWith('inbound.audience:'))).toHaveLength(2);
+    // Nor as a missing value of a check across keys: the issuer is set, by a variable that is not.
+    const source = tmpFile('source.yaml', 'service: a\noutbound:\n  tokenSource: { type: client_credentials, issuer: "${ISSUER}", clientId: a, clientSecret: s }\n  routes: []\n');
+    expect(issuesOf(() => loadConfig([source], {}))).toEqual(['outbound.tokenSource.issuer: environment variable ISSUER is not set (use ${ISSUER:-default} for a default) (line 3)']);
     const broken = tmpFile('broken.yaml', 'service: [unclosed\n');
     const duplicate = tmpFile('dup.yaml', 'service: a\nservice: b\n');
     const both = issuesOf(() => loadConfig([broken, duplicate], {}));
