@@ -146,7 +146,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
    * An upgrade passes `admit`, called once the route is known and before any token work.
    */
   const prepare = (req: IncomingMessage, started: number, admit?: AdmitTunnel): Prepared | Promise<Prepared> => {
-    const r = router.resolve(req.url ?? '/', req.headers.host);
+    const r0 = router.resolve(req.url ?? '/', req.headers.host);
+    const r = r0.kind === 'reject' && r0.reason === 'no_route' && namesThisListener(req) ? { ...r0, message: `${r0.message}: ${HOST_IS_LISTENER}` } : r0;
     if (r.kind === 'reject') {
       rejected(req, 'none', r, started, r.host);
       return { ok: false, status: r.status, reason: r.reason, message: r.message };
@@ -352,6 +353,20 @@ const CLIENT_CLOSED = 'client_closed';
  * same word as the `drain_timeout` log line that announces the cut: the app did not give up on it.
  */
 const DRAIN_TIMEOUT = 'drain_timeout';
+
+/**
+ * What an app that sent its call to the listener's own address without naming the peer is told: Node's `fetch` drops
+ * a `Host` header it is given, so its calls arrive as `Host: 127.0.0.1:15001`.
+ */
+const HOST_IS_LISTENER =
+  'the Host header names this listener, not the peer; name the peer in Host (Host: payments) or use the sidecar as an HTTP proxy (curl -x, or an undici ProxyAgent as fetch\'s dispatcher: fetch drops a Host header it is given)';
+
+/** Whether an origin-form request's Host is this listener's own port, as an app that did not name the peer sends it. */
+function namesThisListener(req: IncomingMessage): boolean {
+  if (!req.url?.startsWith('/')) return false;
+  const port = /:(\d+)$/.exec(req.headers.host ?? '')?.[1];
+  return port !== undefined && Number(port) === req.socket.localPort;
+}
 
 /** A call that waited for its token past its config's drain deadline (see send). */
 const CUT_WAITING_FOR_TOKEN = {

@@ -144,6 +144,11 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     const logged = await s.waitForLog((l) => l.event === 'request_rejected' && String(l.host).startsWith('aaaa'));
     expect(logged.host).toBe(`${'a'.repeat(256)}…`);
     expect(String(logged.detail).length).toBeLessThanOrEqual(513);
+    // A call whose Host is the listener itself (Node's fetch drops the Host it is given) is told how to name the peer.
+    const own = new URL(s.outbound!).host;
+    const toListener = await send(s.outbound!, { target: '/x', host: own });
+    expect(toListener.status).toBe(403);
+    expect(toListener.json().error).toBe(`no outbound route for host "${own}": the Host header names this listener, not the peer; name the peer in Host (Host: payments) or use the sidecar as an HTTP proxy (curl -x, or an undici ProxyAgent as fetch's dispatcher: fetch drops a Host header it is given)`);
   });
 
   it('sends 100 Continue only for a call it forwards: an unknown host gets 403 no_route instead and never sends its body', async () => {
