@@ -106,8 +106,9 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         const rule = decision.rule ? `#${decision.rule.index} ${decision.rule.methods ? [...decision.rule.methods].join(',') : '*'} ${decision.rule.pattern}` : undefined;
         // A refused token's own claims, as sent (never verified), and what the config expected where that is the
         // question: `token issuer is not trusted` alone leaves the operator to decode the token by hand.
-        const asSent = decision.allowed || decision.identity ? undefined : claimsAsSent(token);
-        const expected = decision.allowed ? undefined : expectedFor(decision.error.code, config.inbound, asSent);
+        const payload = decision.allowed || decision.identity ? undefined : payloadOf(token);
+        const asSent = unverifiedClaims(payload);
+        const expected = decision.allowed ? undefined : expectedFor(decision.error.code, config.inbound, payload);
         const result = {
           decision: decision.allowed ? 'allow' : decision.error.status === 403 ? 'deny' : decision.error.status >= 500 ? 'error' : 'reject',
           reason: decision.allowed ? decision.reason : decision.error.code,
@@ -132,20 +133,20 @@ function noTokenDetail(flag: string | undefined): string {
   return flag === undefined ? 'no token given: stdin was empty (pipe a token in, or pass --token JWT)' : 'no token given: --token is empty';
 }
 
-/** The JWT's registered claims as sent, marked unverified and capped as the audit log has them; undefined for no JWT. */
-function claimsAsSent(token: string): Record<string, unknown> | undefined {
+/** The JWT's payload as sent, undefined for no JWT. Shown through unverifiedClaims (marked, capped as the audit log has it). */
+function payloadOf(token: string): Record<string, unknown> | undefined {
   try {
-    return unverifiedClaims(decodeJwt(token.replace(/^bearer[ \t]+/i, '')) as Record<string, unknown>);
+    return decodeJwt(token.replace(/^bearer[ \t]+/i, '')) as Record<string, unknown>;
   } catch {
     return undefined;
   }
 }
 
-/** What the config would have taken, for a refusal about the issuer or the audience. */
-function expectedFor(code: string, inbound: InboundConfig, claims: Record<string, unknown> | undefined): Record<string, string[]> | undefined {
+/** What the config would have taken, for a refusal about the issuer or the audience (the issuer found by the whole `iss`). */
+function expectedFor(code: string, inbound: InboundConfig, payload: Record<string, unknown> | undefined): Record<string, string[]> | undefined {
   if (code === 'unknown_issuer') return { issuers: inbound.issuers.map((i) => i.issuer) };
   if (code !== 'audience_mismatch') return undefined;
-  const issuer = inbound.issuers.find((i) => i.issuer === claims?.iss);
+  const issuer = inbound.issuers.find((i) => i.issuer === payload?.iss);
   return { audience: ([] as string[]).concat(issuer?.audience ?? inbound.audience) };
 }
 

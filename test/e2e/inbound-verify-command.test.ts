@@ -97,6 +97,12 @@ describe('oidc-sidecar verify', () => {
     expect(r.code).toBe(1);
     expect(r.stdout).toContain(`reason:   unknown_issuer\ndetail:   token issuer is not trusted\nexpected: issuers ${idp.issuer.replace('127.0.0.1', 'localhost')}\nclaims (as sent, NOT verified):\n`);
     expect(r.stdout).toContain(`"iss": "${idp.issuer}"`);
+    // The expected audience is the issuer's own, found by the whole iss (the one shown is cut at 128 characters).
+    const longIss = `https://idp.example.com/${'a'.repeat(140)}`;
+    const own = writeConfig({ service: 'orders', inbound: { target: 'http://127.0.0.1:8080', audience: 'orders', issuers: [{ issuer: longIss, jwksUri: idp.jwksUri, audience: ['special-aud'] }] } });
+    const longOne = JSON.parse((await runCli(['verify', '--config', own, '--json', '--token', await idp.mint({ iss: longIss, aud: 'wrong-aud' })])).stdout);
+    expect(longOne).toMatchObject({ reason: 'audience_mismatch', expected: { audience: ['special-aud'] } });
+    expect(String(longOne.unverifiedClaims.iss)).toMatch(/…$/);
     // An allowed token's claims are the verified ones, and a malformed one has none to show.
     expect(JSON.parse((await runCli(['verify', '--config', config, '--json', '--token', await idp.getToken('orders', 'orders')])).stdout)).not.toHaveProperty('unverifiedClaims');
     expect(JSON.parse((await runCli(['verify', '--config', config, '--json', '--token', 'a.b.c'])).stdout)).not.toHaveProperty('unverifiedClaims');
