@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
@@ -361,11 +362,14 @@ const DRAIN_TIMEOUT = 'drain_timeout';
 const HOST_IS_LISTENER =
   'the Host header names this listener, not the peer; name the peer in Host (Host: payments) or use the sidecar as an HTTP proxy (curl -x, or an undici ProxyAgent as fetch\'s dispatcher: fetch drops a Host header it is given)';
 
-/** Whether an origin-form request's Host is this listener's own port, as an app that did not name the peer sends it. */
+/**
+ * Whether an origin-form request's Host is this listener's own address, as an app that did not name the peer sends it:
+ * an IP address or `localhost`, at the listener's port. A name at that port (`orders:15001`) is a peer's, not ours.
+ */
 function namesThisListener(req: IncomingMessage): boolean {
   if (!req.url?.startsWith('/')) return false;
-  const port = /:(\d+)$/.exec(req.headers.host ?? '')?.[1];
-  return port !== undefined && Number(port) === req.socket.localPort;
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(req.headers.host ?? '');
+  return m !== null && Number(m[2]) === req.socket.localPort && (isIP(m[1]!) !== 0 || m[1]!.toLowerCase() === 'localhost');
 }
 
 /** A call that waited for its token past its config's drain deadline (see send). */

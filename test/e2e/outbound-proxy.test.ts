@@ -149,6 +149,10 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     const toListener = await send(s.outbound!, { target: '/x', host: own });
     expect(toListener.status).toBe(403);
     expect(toListener.json().error).toBe(`no outbound route for host "${own}": the Host header names this listener, not the peer; name the peer in Host (Host: payments) or use the sidecar as an HTTP proxy (curl -x, or an undici ProxyAgent as fetch's dispatcher: fetch drops a Host header it is given)`);
+    expect((await send(s.outbound!, { target: '/x', host: `localhost:${new URL(s.outbound!).port}` })).json().error).toContain('names this listener');
+    // A name at the same port is some other host's, not the listener's: no hint.
+    const otherHost = `orders:${new URL(s.outbound!).port}`;
+    expect((await send(s.outbound!, { target: '/x', host: otherHost })).json().error).toBe(`no outbound route for host "${otherHost}"`);
   });
 
   it('sends 100 Continue only for a call it forwards: an unknown host gets 403 no_route instead and never sends its body', async () => {
