@@ -213,7 +213,9 @@ export class ListenError extends SidecarError {
   constructor(key: string, address: string, cause: unknown, isDefault = false) {
     const code = (cause as NodeJS.ErrnoException | undefined)?.code;
     const reason = (code && LISTEN_REASONS[code]) ?? code ?? (cause instanceof Error ? cause.message : String(cause));
-    const hint = isDefault ? ` (the default ${key}; set it to a free address, such as 127.0.0.1:0 for any free port)` : '';
+    // Any free port suits a listener only its own host calls; the inbound one is what peers are pointed at.
+    const free = key === 'inbound.listen' ? 'another port' : 'a free address, such as 127.0.0.1:0 for any free port';
+    const hint = isDefault ? ` (the default ${key}; set it to ${free})` : '';
     super('listen_failed', `${key}: cannot listen on ${address}: ${reason}${hint}`, 1, { cause });
   }
 }

@@ -15,6 +15,10 @@ describe('describeFailure: what a failed command prints after `oidc-sidecar: `, 
     expect(describeFailure(new ListenError('admin.listen', '0.0.0.0:15020', inUse, true))).toBe(
       'admin.listen: cannot listen on 0.0.0.0:15020: address already in use (the default admin.listen; set it to a free address, such as 127.0.0.1:0 for any free port)',
     );
+    // Peers are pointed at the inbound listener: any free port would not do there.
+    expect(describeFailure(new ListenError('inbound.listen', '0.0.0.0:15006', inUse, true))).toBe(
+      'inbound.listen: cannot listen on 0.0.0.0:15006: address already in use (the default inbound.listen; set it to another port)',
+    );
   });
 
   it('counts several issues and joins them with "; "', () => {
