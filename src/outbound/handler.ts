@@ -160,7 +160,17 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     const routed = (token: string): Prepared => ({ ok: true, r, label, addHeaders: tokenHeadersFor(binding.key, token), dropHeaders: dropWithToken });
     const cached = cache.peek(binding);
     if (cached !== undefined) return routed(cached);
-    return cache.get(binding).then(routed, (err: unknown) => {
+    // A call that waited for its token past the drain deadline of the config it came under (a reload replaced it) finds
+    // that config's connections closed: the sidecar's own cut, answered and counted as one, for a plain call and a
+    // WebSocket handshake alike. The peer was never asked, so no upstream error is logged or counted against it. (An
+    // app that hung up meanwhile is left to send's and serveUpgrade's own check, as before.) Only here: a call whose
+    // token was cached is dispatched before its component can retire.
+    const routedUnlessRetired = (token: string): Prepared => {
+      if (!pools.closed || req.socket.destroyed) return routed(token);
+      if (!refusedAfterHandOff(req)) rejected(req, label, CUT_WAITING_FOR_TOKEN, started);
+      return { ok: false, status: 503, ...CUT_WAITING_FOR_TOKEN };
+    };
+    return cache.get(binding).then(routedUnlessRetired, (err: unknown) => {
       const e = asTokenError(err);
       // Each call refused for want of a token is logged as well as the failed fetch behind it (token_fetch_failed),
       // which comes once per attempt while these come once per call: the count shows what the outage cost. A request
@@ -202,13 +212,6 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     if (!p.ok) return p.tokenError ? sendTokenUnavailable(res, p.tokenError, clock) : sendError(res, p.status, p.reason, p.message);
     // The app hung up while its token was fetched: nobody is left to answer, so the peer is not called.
     if (req.socket.destroyed) return record(p.label, unanswered(), started);
-    // The call waited for its token past the drain deadline of the config it came under (a reload replaced it),
-    // whose connections are closed now: the sidecar's own cut, answered and counted as one. The peer was
-    // never asked, so no upstream error is logged or counted against it.
-    if (pools.closed) {
-      rejected(req, p.label, CUT_WAITING_FOR_TOKEN, started);
-      return sendError(res, 503, CUT_WAITING_FOR_TOKEN.reason, CUT_WAITING_FOR_TOKEN.message);
-    }
     let dispatcher: Dispatcher;
     try {
       dispatcher = pools.get(p.r.target.origin, p.r.target.ca);
@@ -264,11 +267,6 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     // The app's socket already failed while its token was fetched: nobody is left to talk to. (A socket handed over for
     // an upgrade is paused, so an app that merely closed is not noticed until the tunnel starts reading it.)
     if (socket.destroyed) return;
-    // Waited for its token past the drain of a config a reload retired, as a plain call can (see send).
-    if (pools.closed) {
-      rejected(req, p.label, CUT_WAITING_FOR_TOKEN, started);
-      return writeRawError(socket, 503, CUT_WAITING_FOR_TOKEN.reason, CUT_WAITING_FOR_TOKEN.message);
-    }
     try {
       const ca = p.r.target.ca?.pem;
       const status = await tunnel(req, socket, head, {
@@ -372,7 +370,7 @@ function namesThisListener(req: IncomingMessage): boolean {
   return m !== null && Number(m[2]) === req.socket.localPort && (isIP(m[1]!) !== 0 || m[1]!.toLowerCase() === 'localhost');
 }
 
-/** A call that waited for its token past its config's drain deadline (see send). */
+/** A call that waited for its token past its config's drain deadline (see prepare). */
 const CUT_WAITING_FOR_TOKEN = {
   reason: DRAIN_TIMEOUT,
   message: 'this call waited for its token past drainTimeoutSeconds after a reload retired the config it came under; send it again',
