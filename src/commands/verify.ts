@@ -1,5 +1,4 @@
 import { METHODS } from 'node:http';
-import { decodeJwt } from 'jose';
 import type { CommandModule } from 'yargs';
 import { createMetrics } from '../admin/metrics.js';
 import { oneLine } from '../cli-failure.js';
@@ -8,6 +7,7 @@ import { loadConfig, resolveConfigPaths } from '../config/load.js';
 import { MAX_TIMER_SECONDS } from '../config/schema.js';
 import { KeysUnavailableError, UsageError } from '../errors.js';
 import { createInboundParts } from '../inbound/handler.js';
+import { jwtClaims } from '../outbound/sources/token-format.js';
 import { createLogger, unverifiedClaims } from '../log.js';
 import type { InboundConfig } from '../config/schema.js';
 import { withConfigOption, type Io } from './shared.js';
@@ -106,7 +106,7 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
         const rule = decision.rule ? `#${decision.rule.index} ${decision.rule.methods ? [...decision.rule.methods].join(',') : '*'} ${decision.rule.pattern}` : undefined;
         // A refused token's own claims, as sent (never verified), and what the config expected where that is the
         // question: `token issuer is not trusted` alone leaves the operator to decode the token by hand.
-        const payload = decision.allowed || decision.identity ? undefined : payloadOf(token);
+        const payload = decision.allowed || decision.identity ? undefined : jwtClaims(token.replace(/^bearer[ \t]+/i, ''));
         const asSent = unverifiedClaims(payload);
         const expected = decision.allowed ? undefined : expectedFor(decision.error.code, config.inbound, payload);
         const result = {
@@ -131,15 +131,6 @@ export function verifyCommand(io: Io, setExit: (code: number) => void): CommandM
 /** Why there was no token, in the CLI's terms: the sidecar's own "no authorization header" would point at a header nobody sent. */
 function noTokenDetail(flag: string | undefined): string {
   return flag === undefined ? 'no token given: stdin was empty (pipe a token in, or pass --token JWT)' : 'no token given: --token is empty';
-}
-
-/** The JWT's payload as sent, undefined for no JWT. Shown through unverifiedClaims (marked, capped as the audit log has it). */
-function payloadOf(token: string): Record<string, unknown> | undefined {
-  try {
-    return decodeJwt(token.replace(/^bearer[ \t]+/i, '')) as Record<string, unknown>;
-  } catch {
-    return undefined;
-  }
 }
 
 /** What the config would have taken, for a refusal about the issuer or the audience (the issuer found by the whole `iss`). */
