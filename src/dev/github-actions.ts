@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SignJWT } from 'jose';
 import type { Logger } from '../log.js';
 import type { DevSigningKey } from './keys.js';
-import { PROTECTED_CLAIMS, type DevClient } from './provider.js';
+import { allowedExtraClaims, type DevClient } from './provider.js';
 
 /** Path of the GitHub Actions OIDC request emulation on the dev issuer. */
 export const GITHUB_ACTIONS_PATH = '/github-actions/token';
@@ -40,8 +40,7 @@ export function handleGithubActionsRequest(
   const now = Math.floor(Date.now() / 1000);
   // The same claims a client's `claims` can never set as on /token: the ones the issuer itself sets, and client_id,
   // scope and cnf, which a sidecar or app may read as the caller's identity or its rights.
-  const extra = Object.fromEntries(Object.entries(client.extraClaims ?? {}).filter(([k]) => !PROTECTED_CLAIMS.has(k)));
-  const claims = { ...extra, jti: randomUUID() };
+  const claims = { ...allowedExtraClaims(client), jti: randomUUID() };
   new SignJWT(claims)
     .setProtectedHeader({ alg: ctx.signingKey.alg, kid: ctx.signingKey.kid, typ: 'JWT' })
     .setIssuer(ctx.issuer)

@@ -42,7 +42,12 @@ export interface DevProviderOptions {
 export const DEV_ACCESS_TOKEN_TTL_SECONDS = 300;
 
 /** Claims a client's `extraClaims` may not replace: they are what verifiers trust. */
-export const PROTECTED_CLAIMS: ReadonlySet<string> = new Set(['iss', 'aud', 'exp', 'iat', 'nbf', 'jti', 'client_id', 'scope', 'cnf']);
+const PROTECTED_CLAIMS: ReadonlySet<string> = new Set(['iss', 'aud', 'exp', 'iat', 'nbf', 'jti', 'client_id', 'scope', 'cnf']);
+
+/** A client's `extraClaims` without the protected ones, as every token the dev issuer signs for it carries them. */
+export function allowedExtraClaims(client: DevClient): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(client.extraClaims ?? {}).filter(([k]) => !PROTECTED_CLAIMS.has(k)));
+}
 
 /**
  * Builds an oidc-provider v9 Provider that issues client_credentials access
@@ -100,9 +105,7 @@ export function createDevProvider(opts: DevProviderOptions): Provider {
         jwt: async (_ctx, token, jwt) => {
           const client = token.clientId ? byId.get(token.clientId) : undefined;
           if (!client) return;
-          for (const [k, v] of Object.entries(client.extraClaims ?? {})) {
-            if (!PROTECTED_CLAIMS.has(k)) jwt.payload[k] = v;
-          }
+          Object.assign(jwt.payload, allowedExtraClaims(client));
           if (client.subject) jwt.payload.sub = client.subject;
         },
       },
