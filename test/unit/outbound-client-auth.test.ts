@@ -155,6 +155,13 @@ describe('private_key_jwt (RFC 7523)', () => {
       expect(attempt({ privateKeyFile: file(encrypted) }), type).toThrow(/privateKeyFile: the private key is encrypted with a passphrase, which the sidecar cannot supply/);
     }
     expect(attempt({ privateKeyFile: file(JSON.stringify({ keys: [] })) })).toThrow(/exactly one private key, found 0/);
+    // Keys that read but that jose cannot sign with: each token request would fail instead of startup.
+    const short = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey;
+    for (const text of [short.export({ type: 'pkcs8', format: 'pem' }).toString(), JSON.stringify(short.export({ format: 'jwk' }))]) {
+      expect(attempt({ privateKeyFile: file(text) })).toThrow(/privateKeyFile: the RSA key has 1024 bits; RS256 and PS256 need at least 2048/);
+    }
+    const pss = generateKeyPairSync('rsa-pss', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    expect(attempt({ privateKeyFile: file(pss), privateKeyAlg: 'PS256' })).toThrow(/privateKeyFile: an RSA-PSS key \(id-RSASSA-PSS\) cannot sign here; use an RSA key/);
     expect(attempt({ privateKeyFile: join(dir, 'missing.pem') })).toThrow(/privateKeyFile: cannot read .*missing\.pem: no such file/);
     for (const bad of [attempt({ privateKeyFile: file('hello') }), attempt({ privateKeyFile: join(dir, 'missing.pem') })]) {
       expect(bad).toThrow(ConfigError);

@@ -134,8 +134,6 @@ function algorithmsFor(key: KeyObject): readonly string[] {
   switch (key.asymmetricKeyType) {
     case 'rsa':
       return ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
-    case 'rsa-pss':
-      return ['PS256', 'PS384', 'PS512'];
     case 'ec': {
       const curve = key.asymmetricKeyDetails?.namedCurve;
       if (curve === 'prime256v1') return ['ES256'];
@@ -185,6 +183,13 @@ export function loadSigningKey(text: string, alg: string | undefined, configPath
     if (isEncryptedPrivateKeyPem(trimmed)) return fail('privateKeyFile', ENCRYPTED_KEY_MESSAGE);
     return fail('privateKeyFile', 'not a private key in PEM (PKCS#8, PKCS#1, SEC1) or JWK form');
   }
+  // Both would read and validate, then fail every signing in jose (and so every token request), also after a reload
+  // that swapped in such a key while the old one served.
+  if (key.asymmetricKeyType === 'rsa-pss') {
+    return fail('privateKeyFile', 'an RSA-PSS key (id-RSASSA-PSS) cannot sign here; use an RSA key (rsaEncryption, e.g. openssl genpkey -algorithm RSA) with privateKeyAlg: PS256 to sign with PSS');
+  }
+  const bits = key.asymmetricKeyType === 'rsa' ? key.asymmetricKeyDetails?.modulusLength : undefined;
+  if (bits !== undefined && bits < 2048) return fail('privateKeyFile', `the RSA key has ${bits} bits; RS256 and PS256 need at least 2048 (RFC 7518 §3.3)`);
   const supported = algorithmsFor(key);
   if (supported.length === 0) return fail('privateKeyFile', `unsupported key type ${key.asymmetricKeyType ?? 'unknown'} (use RSA, EC P-256/384/521 or Ed25519)`);
   const chosen = alg ?? jwkAlg ?? supported[0]!;
