@@ -362,8 +362,8 @@ export function createTokenCache(opts: TokenCacheOptions): TokenCache {
     // bring calls back within seconds, not after a full backoff ceiling.
     const ceilingMs = isValid(e, now) ? retryMaxMs : Math.min(retryMaxMs, noTokenRetryMaxMs);
     // An IdP that says how long to wait (429/503 Retry-After, RFC 9110 §10.2.3) is not asked sooner, up to
-    // retryMaxSeconds; a failure that asking again soon would only repeat (a token for another audience, each one
-    // minted for nothing) waits the whole of it.
+    // retryMaxSeconds; a failure that asking again soon would only repeat (a token for another audience, or one it cannot
+    // use, each minted for nothing) waits the whole of it.
     const asked = err.lasting ? retryMaxMs : err.retryAfterMs === undefined ? 0 : spreadWait(err.retryAfterMs, retryMaxMs, random());
     const backoffMs = Math.max(asked, backoffDelay(e.failures, retryMinMs, ceilingMs, random()));
     // Nor past the expiry of the token still held: from then on calls fail, and a retry chosen under the long

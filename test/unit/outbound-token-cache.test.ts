@@ -619,6 +619,22 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect((err as TokenUnavailableError).retryAt).toBe(time.clock.monotonic() + 60_000);
   });
 
+  it('nor is a token it cannot use (a DPoP type, no expiry, a space in it): the IdP answers its client the same way every time', async () => {
+    const answers: [string, Record<string, unknown>, RegExp][] = [
+      ['DPoP', { access_token: 'opaque-1', token_type: 'DPoP', expires_in: TTL_S }, /token_type "dpop" is not a bearer token/],
+      ['no expiry', { access_token: 'opaque-2', token_type: 'Bearer' }, /neither a JWT exp claim nor expires_in/],
+      ['a space', { access_token: 'opaque 3', token_type: 'Bearer', expires_in: TTL_S }, /not a valid bearer token/],
+    ];
+    for (const [label, body, message] of answers) {
+      stub.reply = () => ({ body });
+      const err = await cache.get({ ...binding, key: label, identity: label, requestIdentity: label }).catch((e: unknown) => e);
+      expect(err, label).toBeInstanceOf(TokenUnavailableError);
+      expect((err as Error).message, label).toMatch(message);
+      expect((err as TokenUnavailableError).retryAt, label).toBe(time.clock.monotonic() + 60_000);
+    }
+    expect(stub.requests).toHaveLength(3);
+  });
+
   it('one failed request that fails several bindings (a shared discovery) gives each binding its own error, with its own next attempt', async () => {
     const discovery = await startStubTokenEndpoint(() => ({ status: 503, body: { error: 'temporarily_unavailable' } }));
     const source = createTokenSource(

@@ -83,18 +83,26 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       const secrets = () => sentSecrets(form, headers);
       if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets(), retryAfterMs(res.headers['retry-after'], deps.clock.now()));
       const what = `token endpoint ${shownUrl(endpoint)}`;
-      assertBearerToken(body.access_token, what);
-      // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
-      // type, so `123` or `["DPoP"]` is refused like "DPoP" rather than taken for absent.
-      if (body.token_type !== undefined) {
-        const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
-        if (type === undefined || !tokenTypes.includes(type)) {
-          const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets()).toLowerCase(), 32)}"` : jsonKind(body.token_type);
-          throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
+      try {
+        assertBearerToken(body.access_token, what);
+        // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
+        // type, so `123` or `["DPoP"]` is refused like "DPoP" rather than taken for absent.
+        if (body.token_type !== undefined) {
+          const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
+          if (type === undefined || !tokenTypes.includes(type)) {
+            const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets()).toLowerCase(), 32)}"` : jsonKind(body.token_type);
+            throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
+          }
         }
+        const issued = toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
+        return audience === undefined ? issued : assertIssuedFor(issued, audience, what, AUDIENCE_HINT);
+      } catch (err) {
+        // A token the IdP issued that cannot be used (a DPoP type, no usable expiry, characters a header cannot
+        // carry) comes from how its client is set up: each retry would mint one more just like it, so the cache
+        // waits its longest (retryMaxSeconds) before asking again, as for a token for another audience.
+        if (err instanceof TokenUnavailableError && !err.lasting) throw new TokenUnavailableError(err.message, undefined, { cause: err, lasting: true });
+        throw err;
       }
-      const issued = toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
-      return audience === undefined ? issued : assertIssuedFor(issued, audience, what, AUDIENCE_HINT);
     },
     async close() {
       // Destroy, not close: close() would wait for a token request in flight, up to tokenRequestTimeoutSeconds against
