@@ -74,7 +74,9 @@ const MAX_LOGGED_DETAIL = 200;
  */
 export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): Authorizer {
   const { extractor, authenticator, matcher, metrics, logger } = deps;
-  const audience = config.audience;
+  // The audience a token of each configured issuer is checked against (its own, else inbound.audience), so a refusal
+  // names the audience that was checked; a token of no configured issuer was checked against none, and gets the default.
+  const audienceOf = new Map(config.issuers.map((i) => [i.issuer, i.audience ?? config.audience]));
   // A refused token's `iss` is the caller's word: it goes on the line's top-level `issuer` only when it names an
   // issuer of the config, and otherwise stays inside `claims`, marked unverified (SPEC: claims from an unverified
   // token are marked). An `unknown_issuer` line never states an attacker's URL as the issuer.
@@ -93,9 +95,11 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
   ): Decision => {
     const decision = error instanceof PolicyDeniedError ? 'deny' : error instanceof TokenRejectedError || error instanceof BadPathError ? 'reject' : 'error';
     metrics.inboundRequests.inc({ decision, reason: error.code });
+    const claims = !ctx.identity && ctx.token ? peekClaims(ctx.token) : undefined;
+    const issuer = ctx.identity?.issuer ?? (typeof claims?.iss === 'string' && configuredIssuers.has(claims.iss) ? claims.iss : undefined);
     const fields = {
       reason: error.code,
-      audience,
+      audience: (issuer !== undefined ? audienceOf.get(issuer) : undefined) ?? config.audience,
       path: loggedPath(ctx.target ?? req.url),
       method: capped(req.method, 16),
       peer: req.peer,
@@ -109,10 +113,9 @@ export function createAuthorizer(config: InboundConfig, deps: AuthorizerDeps): A
     } else if (ctx.identity) {
       audit(logger, 'policy_denied', { ...fields, issuer: ctx.identity.issuer, claims: { ...unverifiedClaims(ctx.identity.claims), verified: true } });
     } else {
-      const claims = ctx.token ? peekClaims(ctx.token) : undefined;
       audit(logger, 'token_rejected', {
         ...fields,
-        ...(typeof claims?.iss === 'string' && configuredIssuers.has(claims.iss) ? { issuer: claims.iss } : {}),
+        ...(issuer !== undefined ? { issuer } : {}),
         ...(claims ? { claims: unverifiedClaims(claims) } : {}),
       });
     }

@@ -121,6 +121,12 @@ describe('RFC 8725 §3.9: use and validate audience', () => {
   it('a token of issuer A with the audience of B, and of B with the audience of A, are audience_mismatch', async () => {
     await refused('A with aud orders-b', await idp.getToken('orders', 'orders-b'), reject('audience_mismatch'));
     await refused('B with aud orders', await mintB({ aud: 'orders' }), reject('audience_mismatch'));
+    // Each line names the audience that was checked: the issuer's own for B, inbound.audience for A.
+    const line = (iss: string) => sidecar.waitForLog((l) => l.event === 'token_rejected' && l.reason === 'audience_mismatch' && l.issuer === iss);
+    expect((await line(A)).audience).toBe('orders');
+    expect((await line(TENANT_B)).audience).toBe('orders-b');
+    await refused('B on /tenant-a', await mintB(), deny, '/tenant-a/orders');
+    expect((await sidecar.waitForLog((l) => l.event === 'policy_denied' && l.issuer === TENANT_B)).audience).toBe('orders-b');
   });
 
   it('aud must contain the configured audience exactly: near-misses, wrong types and a missing aud are audience_mismatch', async () => {
