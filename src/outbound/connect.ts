@@ -3,6 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { Metrics } from '../admin/metrics.js';
+import { RouteNotFoundError } from '../errors.js';
 import { capped, MAX_LOGGED_HOST, type Logger } from '../log.js';
 import type { AdmitTunnel, Refusal } from '../proxy/listen.js';
 import type { OwnConnections } from '../proxy/own-connections.js';
@@ -26,7 +27,7 @@ export interface ConnectHandler {
  * silently send the call without identity; it is refused with 405 telling
  * the app to send plain http:// through the proxy. With `unknownHosts:
  * passthrough` an unrouted host gets a plain TCP tunnel (no token, as for
- * any passthrough).
+ * any passthrough); with `deny` it gets 403 no_route, as a plain call to it does.
  */
 export function createConnectHandler(opts: {
   router: Router;
@@ -43,11 +44,11 @@ export function createConnectHandler(opts: {
   /** Records the time from the CONNECT to the tunnel being up, or to its failure, in the request duration histogram. */
   observe(started: number): void;
   /** Counts and logs a refused CONNECT, as the outbound component does every refusal. */
-  rejected(req: IncomingMessage, route: string, refusal: Refusal): void;
+  rejected(req: IncomingMessage, route: string, refusal: Refusal, host?: string): void;
 }): ConnectHandler {
   const count = (route: string, status: string) => opts.metrics.outboundRequests.inc({ route, status });
-  const refuse = (req: IncomingMessage, socket: Duplex, route: string, refusal: Refusal) => {
-    opts.rejected(req, route, refusal);
+  const refuse = (req: IncomingMessage, socket: Duplex, route: string, refusal: Refusal, host?: string) => {
+    opts.rejected(req, route, refusal, host);
     writeRawError(socket, refusal.status, refusal.reason, refusal.message, refusal.status === 405 ? ALLOW_PLAIN_METHODS : {});
   };
   return {
@@ -62,12 +63,12 @@ export function createConnectHandler(opts: {
           message: `CONNECT tunnels cannot carry a token: send plain http:// requests for ${route.host} through the sidecar (HTTP proxy without tunnelling, or origin-form with a Host header)`,
         });
       }
+      // No route is what refuses it, as it refuses a plain call to the same host (SPEC: no route → 403); with
+      // passthrough the same CONNECT would be tunnelled, so 405 ("CONNECT is not supported") would be untrue.
       if (opts.unknownHosts !== 'passthrough') {
-        return refuse(req, socket, 'none', {
-          status: 405,
-          reason: 'connect_not_supported',
-          message: `CONNECT tunnels are refused (asked for ${authority.host}:${authority.port}): the sidecar only forwards plain HTTP so it can attach a token`,
-        });
+        const named = `${authority.host}:${authority.port}`;
+        const e = new RouteNotFoundError(named);
+        return refuse(req, socket, 'none', { status: e.status, reason: e.code, message: e.message }, named);
       }
       // Only a tunnel that would open takes a slot: the refusals above answer for good, whatever the count.
       if (!admit()) return;

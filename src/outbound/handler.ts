@@ -71,7 +71,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     logger,
     metrics,
     observe: (started) => duration.observe((performance.now() - started) / 1000),
-    rejected: (req, route, refusal) => rejected(req, route, refusal, performance.now()),
+    rejected: (req, route, refusal, host) => rejected(req, route, refusal, performance.now(), host),
   });
   const tokenHeader = config.tokenHeader;
   // Host is re-derived from the target by the dispatcher (virtual-hosted peers and TLS need their own name);

@@ -202,17 +202,22 @@ describe('outbound sidecar (CLI) with a real OpenID provider', () => {
     expect(app.seen).toHaveLength(0);
   });
 
-  it('refuses CONNECT with a clear 405 (a tunnel cannot carry a token), counted and logged', async () => {
+  it('refuses CONNECT to a routed host with a clear 405 (a tunnel cannot carry a token), and to an unrouted one with 403 no_route, counted and logged', async () => {
     const s = await sidecar(outboundConfig());
-    for (const [target, route] of [['payments:443', 'payments'], ['elsewhere:443', 'none']] as const) {
-      const raw = await rawExchange(s.outbound!, `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
-      expect(raw).toMatch(/^HTTP\/1\.1 405 /);
-      expect(raw).toContain('"reason":"connect_not_supported"');
-      expect(raw).toMatch(/\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/);
-      const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.route === route && l.reason === 'connect_not_supported');
-      expect(logged, target).toMatchObject({ level: 'warn', method: 'CONNECT', peer: '127.0.0.1', detail: expect.stringContaining(target.split(':')[0]!) });
-      expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route, status: 'connect_not_supported' }), target).toBe(1);
-    }
+    const raw = await rawExchange(s.outbound!, 'CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n\r\n');
+    expect(raw).toMatch(/^HTTP\/1\.1 405 /);
+    expect(raw).toContain('"reason":"connect_not_supported"');
+    expect(raw).toMatch(/\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/);
+    const logged = await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'payments' && l.reason === 'connect_not_supported');
+    expect(logged).toMatchObject({ level: 'warn', method: 'CONNECT', peer: '127.0.0.1', detail: expect.stringContaining('payments') });
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'payments', status: 'connect_not_supported' })).toBe(1);
+    // With unknownHosts: deny the host has no route, as a plain call to it has (passthrough would tunnel it).
+    const unrouted = await rawExchange(s.outbound!, 'CONNECT elsewhere:443 HTTP/1.1\r\nHost: elsewhere:443\r\n\r\n');
+    expect(unrouted).toMatch(/^HTTP\/1\.1 403 /);
+    expect(unrouted).toContain('"reason":"no_route"');
+    const refused = await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'none' && l.reason === 'no_route');
+    expect(refused).toMatchObject({ level: 'warn', method: 'CONNECT', host: 'elsewhere:443', detail: 'no outbound route for host "elsewhere:443"' });
+    expect(sample(await metricsText(s.admin), 'oidc_sidecar_outbound_requests_total', { route: 'none', status: 'no_route' })).toBe(1);
     const noPort = await rawExchange(s.outbound!, 'CONNECT elsewhere HTTP/1.1\r\nHost: elsewhere\r\n\r\n');
     expect(noPort).toMatch(/^HTTP\/1\.1 400 /);
     await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'none' && l.reason === 'bad_request' && l.method === 'CONNECT');
