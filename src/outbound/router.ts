@@ -66,6 +66,22 @@ export function routeTarget(route: RouteConfig): Target {
 const reject = (status: number, reason: string, message: string): Resolution => ({ kind: 'reject', status, reason, message });
 
 /**
+ * Whether a request path (query excluded) has a `.` or `..` segment, escaped (`%2e`) or not. Paths are forwarded as
+ * sent, so behind a target path `/payments` the call `/../orders/admin` would reach `/payments/../orders/admin`, which
+ * a gateway in front of several services resolves to `/orders/admin`: the payments token sent to another service's
+ * path. Clients resolve dot segments before sending (RFC 3986 §5.2.4), so such a path is refused rather than guessed at.
+ */
+export function hasDotSegment(pathAndQuery: string): boolean {
+  const q = pathAndQuery.indexOf('?');
+  const path = q === -1 ? pathAndQuery : pathAndQuery.slice(0, q);
+  if (!path.includes('.') && !path.includes('%')) return false;
+  return path.split('/').some((segment) => {
+    const dots = segment.replace(/%2e/gi, '.');
+    return dots === '.' || dots === '..';
+  });
+}
+
+/**
  * Outbound routing by host. A route host with a port matches only that port;
  * one without matches any port; both compare exactly once canonicalised (no
  * suffix or wildcard match, so `payments.evil` is not `payments`). Route hosts
@@ -94,6 +110,9 @@ export function createRouter(routes: readonly RouteConfig[], unknownHosts: 'deny
     const authority = formatAuthority(a);
     if (route) {
       const target = targets.get(route)!;
+      if (target.basePath !== '' && hasDotSegment(path)) {
+        return reject(400, 'bad_request', `the path has a "." or ".." segment, which would take the call out of the route target's path ${target.basePath} (with the ${route.host} token)`);
+      }
       return { kind: 'route', route, target, path: target.basePath + path, authority };
     }
     if (unknownHosts === 'passthrough') return { kind: 'passthrough', target: { origin: `${scheme}://${authority}`, basePath: '' }, path, authority };

@@ -68,6 +68,16 @@ describe('outbound router', () => {
     expect(router.resolve('/q?a=1', 'search')).toMatchObject({ route: search, path: '/api/q?a=1', target: { origin: 'https://search.internal' } });
   });
 
+  it('refuses a dot segment behind a target base path: /api/../orders would take the token out of /api (a path gateway resolves it)', () => {
+    for (const path of ['/../orders/admin', '/a/%2e%2e/b', '/%2E./x', '/./q', '/a/..', 'http://search/../x?y=1']) {
+      const r = path.startsWith('/') ? router.resolve(path, 'search') : router.resolve(path, undefined);
+      expect(r, path).toMatchObject({ kind: 'reject', status: 400, reason: 'bad_request', message: expect.stringContaining('out of the route target\'s path /api') });
+    }
+    // Dots inside a segment, or in the query, are no segment; without a base path the path goes as sent.
+    for (const path of ['/a..b/.well-known/x', '/q?next=/../x', '/...']) expect(router.resolve(path, 'search'), path).toMatchObject({ kind: 'route', path: `/api${path}` });
+    expect(router.resolve('/../x', 'payments')).toMatchObject({ kind: 'route', path: '/../x' });
+  });
+
   it('refuses malformed targets and hosts with 400', () => {
     expect(router.resolve('/x', undefined)).toMatchObject({ kind: 'reject', status: 400, reason: 'bad_request' });
     expect(router.resolve('/x', 'pay ments')).toMatchObject({ status: 400 });
