@@ -53,7 +53,7 @@ export function normalizeTarget(target: string): RequestTarget {
  * - `.` and `..` segments are resolved (RFC 3986 §5.2.4; `..` never climbs above `/`);
  * - empty segments (`//`) collapse.
  * Refused with 400 because servers disagree about them (path confusion):
- * encoded `/` (`%2F`) and `\` (`%5C`), NUL (`%00`), a raw `\` (treated as `/`
+ * encoded `/` (`%2F`) and `\` (`%5C`), NUL (`%00`) and other control characters (`%0A`), a raw `\` (treated as `/`
  * by some stacks), `;` (path parameters are stripped before routing by some
  * frameworks, e.g. Java servlet containers), `#`, control characters, bytes
  * outside printable ASCII and broken escapes. Case is kept: paths are
@@ -72,6 +72,9 @@ export function normalizePath(path: string): string {
       const byte = hi * 16 + lo;
       if (byte === 0x2f || byte === 0x5c) throw new BadPathError('path has an encoded "/" or "\\"');
       if (byte === 0) throw new BadPathError('path has an encoded NUL');
+      // Refused raw, so refused escaped: an app that decodes before routing would meet the raw byte anyway, and a
+      // line break is what a rule pattern compiled to a regex without dotall misses (`/admin%0a`, CVE-2022-22978).
+      if (byte < 0x20 || byte === 0x7f) throw new BadPathError('path has an encoded control character');
       decoded += byte < 128 && UNRESERVED[byte] === 1 ? String.fromCharCode(byte) : `%${HEX[hi]}${HEX[lo]}`;
       i += 2;
       continue;

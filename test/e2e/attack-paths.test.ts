@@ -76,6 +76,9 @@ const ROWS: [string, string, string, Rule][] = [
   ['GET', '/public/..%5cadmin', 'bad_path', 'none'],
   ['GET', '/public/..%5Cadmin', 'bad_path', 'none'],
   ['GET', '/public/%00/../admin', 'bad_path', 'none'],
+  // an encoded line break: a rule compiled to a regex without dotall would not see past it (CVE-2022-22978)
+  ['GET', '/admin%0a/users', 'bad_path', 'none'],
+  ['GET', '/admin/users%0D%0A', 'bad_path', 'none'],
   ['GET', '/public#/../admin', 'bad_path', 'none'],
   ['GET', '/public/%zz/../admin', 'bad_path', 'none'],
   ['GET', '/public/%2/../admin', 'bad_path', 'none'],
