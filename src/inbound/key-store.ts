@@ -360,7 +360,12 @@ function createIssuerKeys(
       // the last attempt said.
       const now = clock.monotonic();
       if (now - lastAttemptAt < jwks.cooldownSeconds * 1000 || now < quietUntil) return lastFetchOk;
-      return (await fetchOnce()).ok;
+      const r = await fetchOnce();
+      // A failure is retried on the backoff, as one the timer's fetch met: left to the refresh timer, keys this fetch
+      // withdrew (an empty set for a moment) stayed away for up to refreshIntervalSeconds, and a caller can time an
+      // unknown kid to catch such a moment at every cooldown.
+      if (!r.ok) schedule(false);
+      return r.ok;
     },
     async start() {
       if (closed) return;

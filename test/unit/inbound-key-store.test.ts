@@ -311,6 +311,22 @@ describe('key store', () => {
     }
   });
 
+  it('retries on the backoff when an unknown-kid refetch fails or withdraws the keys, not at the next refresh', async () => {
+    const { k1, store, server, clock, scheduler, keys } = await setup({ cooldownSeconds: 30, refreshIntervalSeconds: 300, retryMinSeconds: 1 });
+    await store.start();
+    expect(scheduler.pending()).toEqual([{ ms: 300_000 }]);
+    // An empty set for a moment, met by a refetch a caller's unknown kid set off.
+    server.set({ keys: [] });
+    clock.advance(31_000);
+    expect(await keys().refetchForUnknownKey()).toBe(false);
+    expect(store.isReady()).toBe(false);
+    expect(scheduler.pending()).toEqual([{ ms: 1000 }]);
+    server.set({ keys: [k1.publicJwk] });
+    await fireTimer(server, scheduler);
+    expect(store.isReady()).toBe(true);
+    expect(scheduler.pending()).toEqual([{ ms: 300_000 }]);
+  });
+
   it('does not follow a redirect from the JWKS endpoint', async () => {
     const { store, server, keys } = await setup();
     server.set({ status: 302, body: '' });
