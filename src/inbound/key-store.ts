@@ -255,7 +255,12 @@ function createIssuerKeys(
     const droppedNow = JSON.stringify([dropped, ignored]);
     if (droppedNow !== droppedLogged) {
       droppedLogged = droppedNow;
-      if (dropped.length) logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
+      if (dropped.some((d) => d.compromised)) {
+        // Not a key to fix at leisure: whoever read the JWKS can sign as the issuer wherever else that key is trusted.
+        logger.error({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes a private signing key: that key is compromised and left out, with its public half');
+      } else if (dropped.length) {
+        logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
+      }
       if (ignored > 0) {
         logger.warn({ event: 'jwks_keys_ignored', ignored, limit: MAX_JWKS_KEYS }, `issuer publishes more than ${MAX_JWKS_KEYS} keys; only the first ${MAX_JWKS_KEYS} are used`);
       }

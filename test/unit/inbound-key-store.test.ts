@@ -508,7 +508,7 @@ describe('filterJwks', () => {
       { ...ec.publicJwk, kid: 'enc', use: 'enc' },
       { ...ec.publicJwk, kid: 'ops', key_ops: ['encrypt'] },
       { kty: 'oct', kid: 'hmac', k: 'c2VjcmV0' },
-      { ...rsa.privateJwk, kid: 'private' },
+      { ...(await testKeyPair('RS256', 'other')).privateJwk, kid: 'private' },
       { ...ec.publicJwk, kid: 'ps', alg: 'PS256' }, // alg allowed but EC cannot do PS256
       { ...ec.publicJwk, kid: 123 },
       'garbage',
@@ -516,7 +516,7 @@ describe('filterJwks', () => {
     ];
     const kept = await filterJwks({ keys }, ['RS256', 'ES256', 'EdDSA']);
     expect(kept.keys.map((k) => k.kid)).toEqual(['rsa', 'ec', 'ed']);
-    expect(kept.dropped).toEqual([]);
+    expect(kept.dropped).toEqual([{ kid: 'private', reason: 'the JWKS publishes its private key: anyone who read it can sign with it', compromised: true }]);
     expect((await filterJwks({ keys }, ['ES256'])).keys.map((k) => k.kid)).toEqual(['ec']);
     await expect(filterJwks({ keys }, ['PS512'])).rejects.toThrow(/no key usable/);
   });
@@ -536,6 +536,49 @@ describe('filterJwks', () => {
     await expect(filterJwks({ keys: bad.map(({ kid: _kid, ...k }) => k) }, ['RS256', 'ES256'])).rejects.toThrow(
       /^JWKS has no key usable with the allowed algorithms \(a key without kid: RSA modulus of 1024 bits, under the 2048 that RS256 requires; a key without kid: RSA modulus of 0 bits, .*; a key without kid: cannot be imported for ES256: .*\)$/,
     );
+  });
+
+  it('leaves out a published private key and its public half, whatever their use or alg, and says it at error level', async () => {
+    const leaked = await testKeyPair('ES256', 'leaked');
+    const good = await testKeyPair('ES256', 'good');
+    const { keys, dropped } = await filterJwks({ keys: [{ ...leaked.publicJwk, kid: 'leaked-pub' }, good.publicJwk, { ...leaked.privateJwk, use: 'enc' }] }, ['ES256']);
+    expect(keys.map((k) => k.kid)).toEqual(['good']);
+    expect(dropped).toEqual([
+      { kid: 'leaked', reason: 'the JWKS publishes its private key: anyone who read it can sign with it', compromised: true },
+      { kid: 'leaked-pub', reason: "the JWKS also publishes this key's private key: anyone who read it can sign with it", compromised: true },
+    ]);
+    // Only the private key: nothing usable, and the error says why rather than "no key usable".
+    await expect(filterJwks({ keys: [leaked.privateJwk] }, ['ES256'])).rejects.toThrow(/\(kid "leaked": the JWKS publishes its private key/);
+    const { store, lines } = await setup({}, (k1) => [k1, leaked.publicJwk, leaked.privateJwk]);
+    await store.start();
+    expect(lines.find((l) => l.event === 'jwks_keys_dropped')).toMatchObject({ level: 'error', dropped: [{ kid: 'leaked', compromised: true }, { kid: 'leaked', compromised: true }] });
+    expect(lines.find((l) => l.event === 'jwks_updated')!.kids).toEqual(['k1']);
+    expect(JSON.stringify(lines)).not.toContain(String(leaked.privateJwk.d));
+  });
+
+  it('leaves out public keys anyone can sign for: an RSA exponent of 1 or an even one, an Ed25519 point of small order', async () => {
+    const rsa = await testKeyPair('RS256', 'rsa');
+    const ed = await testKeyPair('EdDSA', 'ed');
+    const point = (hex: string) => Buffer.from(hex, 'hex').toString('base64url');
+    const ff = 'ff'.repeat(30);
+    const weak = [
+      { ...rsa.publicJwk, kid: 'e-1', e: 'AQ' },
+      { ...rsa.publicJwk, kid: 'e-2', e: 'Ag' },
+      { ...rsa.publicJwk, kid: 'e-65536', e: 'AQAA' },
+      { ...ed.publicJwk, kid: 'zero', x: point('00'.repeat(32)) },
+      { ...ed.publicJwk, kid: 'identity', x: point(`01${'00'.repeat(31)}`) },
+      { ...ed.publicJwk, kid: 'order-2', x: point(`ec${ff}7f`) },
+      { ...ed.publicJwk, kid: 'order-8-signed', x: point('26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85') },
+      { ...ed.publicJwk, kid: 'p-plus-1', x: point(`ee${ff}ff`) },
+    ];
+    const { keys, dropped } = await filterJwks({ keys: [...weak, rsa.publicJwk, ed.publicJwk, { ...rsa.publicJwk, kid: 'e-3', e: 'Aw' }] }, ['RS256', 'EdDSA']);
+    expect(keys.map((k) => k.kid)).toEqual(['rsa', 'ed', 'e-3']);
+    expect(dropped.map((d) => [d.kid, d.reason.split(':')[0]])).toEqual([
+      ['e-1', 'RSA public exponent is not an odd number of 3 or more'],
+      ['e-2', 'RSA public exponent is not an odd number of 3 or more'],
+      ['e-65536', 'RSA public exponent is not an odd number of 3 or more'],
+      ...['zero', 'identity', 'order-2', 'order-8-signed', 'p-plus-1'].map((kid) => [kid, 'Ed25519 public key is a point of small order, with no private key behind it']),
+    ]);
   });
 
   it('logs the unusable keys it left out by kid and reason, without key material, once until the list changes', async () => {
