@@ -228,8 +228,13 @@ function createIssuerKeys(
     logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.monotonic() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
   }
 
-  const fetchKeys = async (): Promise<void> => {
-    let uri = cfg.jwksUri ?? discoveredUri;
+  /**
+   * `rediscover`: read the discovery document again rather than use the jwks_uri it gave last time. The refresh timer
+   * does, so a jwks_uri the IdP moved (or a discovery answer that was wrong once) is left within a refresh interval,
+   * not kept for as long as the old URL answers; an unknown-kid refetch, which a caller can set off, uses the last one.
+   */
+  const fetchKeys = async (rediscover: boolean): Promise<void> => {
+    let uri = cfg.jwksUri ?? (rediscover ? undefined : discoveredUri);
     if (!uri) {
       uri = (await discover(cfg.issuer, dispatcher(), timeoutMs)).jwks_uri;
       discoveredUri = uri;
@@ -274,12 +279,12 @@ function createIssuerKeys(
     }
   };
 
-  const fetchOnce = (): Promise<FetchResult> => {
+  const fetchOnce = (rediscover = false): Promise<FetchResult> => {
     if (inflight) return inflight;
     lastAttemptAt = clock.monotonic();
     inflight = (async () => {
       try {
-        await fetchKeys();
+        await fetchKeys(rediscover);
         metrics.jwksFetches.inc({ issuer: cfg.issuer, result: 'success' });
         if (failing) logger.info({ event: 'jwks_fetch_recovered' }, 'issuer keys fetched again');
         failing = false;
@@ -337,7 +342,7 @@ function createIssuerKeys(
     }
     cancelTimer?.();
     cancelTimer = scheduler.schedule(delay * 1000, () => {
-      void fetchOnce().then((r) => schedule(r.ok));
+      void fetchOnce(true).then((r) => schedule(r.ok));
     });
   };
 

@@ -467,6 +467,38 @@ describe('key store: what the IdP says, and what the sidecar cut itself', () => 
     return { store, metrics, lines };
   };
 
+  it('reads the discovery document again at each refresh, so a moved jwks_uri is followed while the old one still answers; an unknown kid uses the last one', async () => {
+    const k1 = await testKeyPair('ES256', 'k1');
+    const k2 = await testKeyPair('ES256', 'k2');
+    let jwksPath = '/old';
+    const hits: string[] = [];
+    const server = createHttpServer((req, res) => {
+      hits.push(req.url!);
+      const body =
+        req.url === '/.well-known/openid-configuration' ? { issuer: origin, jwks_uri: `${origin}${jwksPath}` }
+        : req.url === '/old' ? { keys: [k1.publicJwk] }
+        : { keys: [k1.publicJwk, k2.publicJwk] };
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const config = inboundConfig({ issuers: [{ issuer: origin }], jwks: { cooldownSeconds: 30 } });
+    const clock = manualClock();
+    const scheduler = manualScheduler();
+    const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock, scheduler });
+    cleanups.push(() => store.close());
+    await store.start();
+    jwksPath = '/new';
+    clock.advance(31_000);
+    await store.get(origin)!.refetchForUnknownKey();
+    expect(hits).toEqual(['/.well-known/openid-configuration', '/old', '/old']);
+    expect(scheduler.runAll()).toBe(1);
+    await vi.waitFor(() => expect(hits).toHaveLength(5));
+    expect(hits.slice(3)).toEqual(['/.well-known/openid-configuration', '/new']);
+    await vi.waitFor(() => expect(store.get(origin)!.version).toBe(2));
+  });
+
   it("quotes a discovery document's issuer of any length capped, in the log line, /readyz's reason and the 503 that name the failure", async () => {
     const idp = await issuerServer({ claimed: () => 'x'.repeat(500_000) });
     const { store, lines } = storeFor(idp.origin);
