@@ -328,11 +328,28 @@ describe('key store', () => {
   });
 
   it('does not follow a redirect from the JWKS endpoint', async () => {
-    const { store, server, keys } = await setup();
-    server.set({ status: 302, body: '' });
+    // The redirect names a real place that serves a valid JWKS: a client that followed it would be ready. (A 302
+    // with no Location, as this test once used, cannot be followed at all, so it proved nothing.)
+    const jwk = (await testKeyPair()).publicJwk;
+    const hits = { jwks: 0, elsewhere: 0 };
+    const server = createHttpServer((req, res) => {
+      if (req.url === '/jwks') {
+        hits.jwks++;
+        res.writeHead(302, { location: '/elsewhere' }).end();
+      } else if (req.url === '/elsewhere') {
+        hits.elsewhere++;
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
+      } else res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const config = inboundConfig({ issuers: [{ issuer: 'http://idp.test', jwksUri: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks` }] });
+    const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock: manualClock(), scheduler: manualScheduler() });
+    cleanups.push(() => store.close());
     await store.start();
     expect(store.isReady()).toBe(false);
-    expect(keys().lastError).toMatch(/HTTP 302/);
+    expect(store.get('http://idp.test')!.lastError).toMatch(/HTTP 302/);
+    expect(hits).toEqual({ jwks: 1, elsewhere: 0 });
   });
 
   it('close() clears the refresh timer and later fetches never start', async () => {
