@@ -239,6 +239,35 @@ describe('token endpoint discovery never downgrades to cleartext', () => {
   });
 });
 
+describe('the token endpoint never redirects the client credentials', () => {
+  it('a 307 from the token endpoint is an error, and the place it names gets no request (no second copy of the secret)', async () => {
+    // 307 keeps the method and body, so a client that followed it would POST the form (and Basic credentials) again
+    // to /elsewhere, which answers a usable token: following it would make the fetch succeed.
+    const hits = { token: 0, elsewhere: 0 };
+    const server = createServer((req, res) => {
+      if (req.url === '/token') {
+        hits.token++;
+        req.resume().on('end', () => res.writeHead(307, { location: '/elsewhere' }).end());
+      } else if (req.url === '/elsewhere') {
+        hits.elsewhere++;
+        req.resume().on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ access_token: 'redirected', token_type: 'Bearer', expires_in: 300 })));
+      } else res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const tokenEndpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}/token`;
+      const s = source({ type: 'client_credentials', tokenEndpoint, clientId: 'orders', clientSecret: 'stays-home' });
+      const err = await s.fetch({ audience: 'payments', scopes: [] }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TokenUnavailableError);
+      expect((err as Error).message).toBe('token endpoint answered HTTP 307 without an OAuth error');
+      expect(hits).toEqual({ token: 1, elsewhere: 0 });
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
+
 describe('token endpoint discovery', () => {
   it("passes on a 503's Retry-After from the discovery endpoint (seconds or a date), and finds the endpoint once it answers", async () => {
     let origin = '';
