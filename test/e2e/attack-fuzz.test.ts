@@ -2,9 +2,11 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   applyMutation,
+  contractTarget,
   credentialValueArb,
   flushLogs,
   headerNameArb,
+  isPublicPath,
   latin1String,
   mutationArb,
   rawExchange,
@@ -85,7 +87,8 @@ describe('fuzz end to end: random and mutated requests through the CLI-started s
         } else if (c.credential) value = c.credential.raw;
         const headers: [string, string][] = [['Host', 'orders'], ...c.extra.filter(([n]) => !/^(host|content-length|transfer-encoding|connection)$/i.test(n))];
         if (value !== undefined) headers.push(['Authorization', value]);
-        let bytes = `${c.method} ${oneLine(c.target) || '/'} HTTP/1.1\r\n`;
+        const target = oneLine(c.target) || '/';
+        let bytes = `${c.method} ${target} HTTP/1.1\r\n`;
         for (const [n, v] of headers) bytes += `${n}: ${oneLine(v)}\r\n`;
         bytes += 'Connection: close\r\n\r\n';
         if (token) {
@@ -105,8 +108,14 @@ describe('fuzz end to end: random and mutated requests through the CLI-started s
           return;
         }
         expect(seen, 'allowed but the app saw a different number of requests').toHaveLength(1);
-        const path = seen[0]!.url.split('?')[0]!;
-        if (path.startsWith('/public/') || path === '/public') {
+        // Which resource was asked for is judged from the target as sent, resolved by the README's path contract
+        // (contractTarget), not from the URL the app received: a sidecar that matched and forwarded a raw
+        // "/public/../admin/x" would hand the app a URL that looks public too. And the app must get that canonical path.
+        const want = contractTarget(target);
+        expect(want, `allowed ${JSON.stringify(target)}, which the path contract refuses`).toBeDefined();
+        const path = want!.path;
+        expect(seen[0]!.url, `the app received another path than ${JSON.stringify(target)} names`).toBe(path + want!.query);
+        if (isPublicPath(path)) {
           expect(seen[0]!.headers['x-peer-sub']).toBeUndefined();
           return;
         }
@@ -125,11 +134,15 @@ describe('fuzz end to end: random and mutated requests through the CLI-started s
         // Always tried: a space after the token (the end of the field value, which HTTP does not count; an allow is
         // right) and one just before its end (inside the signature: refused). The first once failed a 20,000-run
         // pass as "altered" when the check above did not yet strip it.
-        examples: [seeds[1]!.token.length, seeds[1]!.token.length - 1].map(
-          (at): [Case] => [
-            { method: 'GET', target: '/api/x', credential: { seed: 1, mutations: [{ op: 'insert', at, text: ' ' }] }, extra: [] },
-          ],
-        ),
+        // And, whatever the seed, a climb out of the public tree with no token.
+        examples: [
+          ...[seeds[1]!.token.length, seeds[1]!.token.length - 1].map(
+            (at): [Case] => [
+              { method: 'GET', target: '/api/x', credential: { seed: 1, mutations: [{ op: 'insert', at, text: ' ' }] }, extra: [] },
+            ],
+          ),
+          [{ method: 'GET', target: '/public/../admin/x', credential: null, extra: [] }],
+        ],
       },
     );
     await tallyFuzzCases('e2e.requests', RUNS);

@@ -683,6 +683,63 @@ export function applyMutation(token: string, m: Mutation): string {
   }
 }
 
+/**
+ * What the README's "Paths" section says a request target names: the path rules must judge and the app must
+ * receive, and the query, forwarded untouched. Worked out here from that contract and RFC 3986, not with
+ * src/inbound/path.ts, so an oracle built on it cannot share a bug with the code it judges. undefined where the
+ * contract refuses the target (400 bad_path, or not a path or an http(s) URL with a host and no user info).
+ */
+export function contractTarget(target: string): { path: string; query: string } | undefined {
+  let rest = target;
+  if (!rest.startsWith('/')) {
+    // Absolute-form is matched on its path; the authority runs to the first "/", "?" or "#" (RFC 3986 §3.2).
+    const absolute = /^https?:\/\/([^/?#]*)/i.exec(rest);
+    if (!absolute) return undefined;
+    const host = absolute[1]!.replace(/:[0-9]*$/, '');
+    if (host === '' || absolute[1]!.includes('@')) return undefined;
+    rest = rest.slice(absolute[0].length);
+    if (!rest.startsWith('/')) rest = `/${rest}`;
+  }
+  const q = rest.indexOf('?');
+  const raw = q === -1 ? rest : rest.slice(0, q);
+  const query = q === -1 ? '' : rest.slice(q);
+  // 400 bad_path: broken escapes; %2F, %5C, %00; a raw \, ";" or "#"; spaces, control characters, non-ASCII.
+  if (/%(?![0-9a-f]{2})/i.test(raw) || /%(2f|5c|00)/i.test(raw) || /[\\;#]/.test(raw) || /[^\x21-\x7e]/.test(raw)) return undefined;
+  // RFC 3986 §6.2.2: escapes of unreserved characters decoded (so %2e%2e is ".."), the rest in upper-case hex.
+  const decoded = raw.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => {
+    const c = String.fromCharCode(Number.parseInt(hex, 16));
+    return /^[A-Za-z0-9._~-]$/.test(c) ? c : `%${hex.toUpperCase()}`;
+  });
+  // Empty segments collapse, then dot segments are resolved. The README lists both without an order; the sidecar
+  // collapses first, so "/x//../y" is "/y" (RFC 3986 alone would give "/x/y"). Either way the app gets what was judged.
+  return { path: removeDotSegments(decoded.replace(/\/{2,}/g, '/')), query };
+}
+
+/** RFC 3986 §5.2.4 as written there (its steps A to E), on an absolute path: ".." never climbs above "/". */
+function removeDotSegments(path: string): string {
+  let input = path;
+  let output = '';
+  const dropLastSegment = () => (output = output.slice(0, Math.max(0, output.lastIndexOf('/'))));
+  while (input.length > 0) {
+    if (input.startsWith('../')) input = input.slice(3); // A
+    else if (input.startsWith('./')) input = input.slice(2); // A
+    else if (input.startsWith('/./')) input = input.slice(2); // B
+    else if (input === '/.') input = '/'; // B
+    else if (input.startsWith('/../')) (input = input.slice(3)), dropLastSegment(); // C
+    else if (input === '/..') (input = '/'), dropLastSegment(); // C
+    else if (input === '.' || input === '..') input = ''; // D
+    else {
+      const segment = /^\/?[^/]*/.exec(input)![0]; // E
+      output += segment;
+      input = input.slice(segment.length);
+    }
+  }
+  return output || '/';
+}
+
+/** Whether the fuzz suites' rules (`/public/**` public, first) make a canonical path public: `/public` and below. */
+export const isPublicPath = (path: string): boolean => path === '/public' || path.startsWith('/public/');
+
 // ---------------------------------------------------------------- fuzz budget
 
 /**

@@ -157,9 +157,10 @@ export function seedTokens(): string[] {
   return out;
 }
 
-export async function check(name: string, runs: number, property: fc.IAsyncProperty<any>): Promise<void> {
+/** `examples` are cases tried on every run, whatever the seed. */
+export async function check<T>(name: string, runs: number, property: fc.IAsyncProperty<T>, examples: T[] = []): Promise<void> {
   const before = unhandled;
-  await fc.assert(property, { numRuns: runs });
+  await fc.assert(property, { numRuns: runs, examples });
   expect(unhandled - before, 'unhandled rejections').toBe(0);
   await tallyFuzzCases(name, runs);
 }
