@@ -213,10 +213,18 @@ describe('authenticator', () => {
   });
 
   it('tries each candidate key when a token has no kid (bounded), accepting the right one', async () => {
-    const a = await testKeyPair('RS256', 'a');
-    const b = await testKeyPair('RS256', 'b');
-    const { mint, reason } = await setup({}, { keys: [a, b] });
-    expect(await reason(await mint({}, { key: b, kid: null }))).toBe('accepted');
+    // README: "A token without kid is tried against each matching key (at most 8)" (MAX_CANDIDATE_KEYS in
+    // src/inbound/authenticator.ts). Nine published RS256 keys all match a kid-less RS256 token and are tried in JWKS
+    // order, so the 8th verifies it and the 9th is past the bound. (With two keys, as this test once had, the bound
+    // was never reached: removing it changed nothing.)
+    const BOUND = 8;
+    const keys = await Promise.all(Array.from({ length: BOUND + 1 }, (_, i) => testKeyPair('RS256', `k${i}`)));
+    const { mint, reason } = await setup({}, { keys });
+    expect(await reason(await mint({}, { key: keys[BOUND - 1], kid: null }))).toBe('accepted');
+    // Signed by a key the issuer does publish, but past the bound: refused as if no key verified it.
+    expect(await reason(await mint({}, { key: keys[BOUND], kid: null }))).toBe('bad_signature');
+    // The same key named by its kid is fine: the refusal above is the bound, not the key.
+    expect(await reason(await mint({ jti: 'with-kid' }, { key: keys[BOUND] }))).toBe('accepted');
     expect(await reason(await mint({}, { key: await testKeyPair('RS256'), kid: null }))).toBe('bad_signature');
   });
 
