@@ -1098,7 +1098,8 @@ describe('token header names', () => {
   it('refuse, on both sides, a header that cannot carry the token between sidecars: Host would carry it into access logs, framing headers failed every call with 502', () => {
     const outbound = (tokenHeader: string) => parseConfig({ service: 'a', outbound: { tokenHeader, tokenSource: { type: 'env', variable: 'T' } } });
     const inbound = (tokenHeader: string) => parseConfig({ ...minimalInbound, inbound: { ...minimalInbound.inbound, tokenHeader } });
-    for (const name of ['Host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authorization', 'proxy-token', 'cookie', 'x-forwarded-for', 'X-Forwarded-Host']) {
+    // SECURITY.md's list: hop-by-hop and framing headers, proxy-*, host, cookie, and all three X-Forwarded-* the sidecar writes.
+    for (const name of ['Host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authorization', 'proxy-token', 'cookie', 'x-forwarded-for', 'x-forwarded-proto', 'X-Forwarded-Host']) {
       const refused = (side: string) => [expect.stringMatching(new RegExp(`^${side}\\.tokenHeader: "${name.toLowerCase()}" cannot carry the token between sidecars`))];
       expect(issuesOf(() => outbound(name))).toEqual(refused('outbound'));
       expect(issuesOf(() => inbound(name))).toEqual(refused('inbound'));
