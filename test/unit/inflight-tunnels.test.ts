@@ -46,7 +46,17 @@ describe('inflight tracker: tunnels at the drain deadline', () => {
     await tracker.drainTunnels(60_000);
     const [caller, callerEnd] = await socketPair();
     tracker.trackTunnel(callerEnd);
-    const drained = tracker.drainTunnels(60_000);
+    let drainedYet = false;
+    const drained = tracker.drainTunnels(60_000).then(() => void (drainedYet = true));
+    // While the tunnel is open the drain waits and leaves it alone: a round trip through it still arrives, and the drain
+    // has not resolved. (A drain that cut at once would close callerEnd instead; it would also pass the checks below.)
+    caller.write('still open');
+    const seen = await new Promise<string>((resolve) => {
+      callerEnd.once('data', (chunk: Buffer) => resolve(String(chunk)));
+      callerEnd.once('close', () => resolve('closed'));
+    });
+    expect(seen).toBe('still open');
+    expect(drainedYet).toBe(false);
     caller.end();
     callerEnd.on('end', () => callerEnd.end());
     await drained;
