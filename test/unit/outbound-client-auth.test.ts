@@ -48,13 +48,20 @@ describe('client_secret_basic (RFC 6749 §2.3.1)', () => {
   });
 
   it('is the default and reads clientSecretFile once, trimming the trailing newline', async () => {
-    const auth = createClientAuth({ clientId: 'orders', clientSecretFile: file('from-file\n') }, deps);
+    const path = file('from-file\n');
+    const auth = createClientAuth({ clientId: 'orders', clientSecretFile: path }, deps);
     const form = new URLSearchParams();
     const headers: Record<string, string> = {};
     await auth.apply(form, headers, ENDPOINT);
     expect(auth.method).toBe('client_secret_basic');
     expect(headers.authorization).toBe(basicAuthorization('orders', 'from-file'));
     expect([...form.keys()]).toEqual([]);
+    // "Read once at start" (README): a request does not read the file again, so a half-written or emptied file
+    // never reaches the IdP; a new secret comes in with a reload, which builds a new client auth.
+    writeFileSync(path, 'rotated-on-disk\n');
+    const later: Record<string, string> = {};
+    await auth.apply(new URLSearchParams(), later, ENDPOINT);
+    expect(later.authorization).toBe(basicAuthorization('orders', 'from-file'));
   });
 
   it('names the key path when the secret file is missing or empty', () => {
