@@ -66,7 +66,9 @@ describe('deadline watch (upstream timeouts without per-request timers)', () => 
     const origin = await app((req, res) => {
       if (req.url !== '/stall') res.end('ok');
     });
-    const watch = createDeadlineWatch(150);
+    // The /ok requests must be answered (connection included) within the timeout, so it is far longer than a loopback
+    // exchange on a loaded machine; the stalled ones wait it out, the price in a passing run.
+    const watch = createDeadlineWatch(1_000);
     const pool = new Pool(origin, { connections: 16, headersTimeout: 0, bodyTimeout: 0 });
     cleanups.push(async () => {
       await pool.destroy();
@@ -85,15 +87,17 @@ describe('deadline watch (upstream timeouts without per-request timers)', () => 
   it('gives a request its queue timeout to get a connection, connecting included, then the upstream timeout', async () => {
     const origin = await app((_req, res) => res.end('ok'));
     const { port } = new URL(origin);
-    // Connections take 300 ms to open: longer than the 100 ms upstream timeout, within the queue's 1 s.
+    // Connections take 800 ms to open: longer than the 500 ms upstream timeout and the quarter of it by which the watch
+    // may fire late (so the timeout would have cut the request had it counted connecting), well within the queue's 5 s.
+    // The answer, once connected, has the 500 ms: far more than a loopback exchange needs on a loaded machine.
     const slowConnect = (_opts: object, done: (err: Error | null, socket: unknown) => void) => {
       setTimeout(() => {
         const socket = tcpConnect(Number(port), '127.0.0.1', () => done(null, socket));
         socket.once('error', (e) => done(e, null));
-      }, 300);
+      }, 800);
     };
     const run = async (queueTimeoutMs: number) => {
-      const watch = createDeadlineWatch(100, queueTimeoutMs);
+      const watch = createDeadlineWatch(500, queueTimeoutMs);
       const pool = new Pool(origin, { connect: slowConnect as never, headersTimeout: 0, bodyTimeout: 0 });
       cleanups.push(async () => {
         await pool.destroy();
@@ -104,7 +108,7 @@ describe('deadline watch (upstream timeouts without per-request timers)', () => 
         .request({ path: '/', method: 'GET' })
         .then((r) => r.body.text(), (e: unknown) => e);
     };
-    expect(await run(1_000)).toBe('ok');
+    expect(await run(5_000)).toBe('ok');
     const err = await run(100);
     expect(err).toBeInstanceOf(UpstreamDeadlineError);
     expect((err as UpstreamDeadlineError).code).toBe('UPSTREAM_QUEUE_TIMEOUT');
