@@ -570,13 +570,16 @@ describe('forward(): upstream failures', () => {
       req.on('data', (c) => (body += c));
       req.on('end', () => res.writeHead(200, { 'content-length': body.length }).end(body));
     });
-    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.2 } });
+    // The upstream gets 0.5 s (to connect, then to answer once the body is in): far more than a loopback exchange takes
+    // on a loaded machine. A slow machine only makes the client's pauses longer, never shorter.
+    const proxy = await proxyTo(app.url, { limits: { upstreamTimeoutSeconds: 0.5 } });
     const s = await rawConnect(proxy.port);
     cleanups.push(async () => void s.destroy());
     s.write('POST /slow-upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab');
-    // The upload takes far longer than the upstream timeout, in small pieces.
+    // The upload takes far longer than the upstream timeout, in small pieces: each pause alone is longer than the
+    // timeout and the quarter of it by which the watch may fire late.
     for (const piece of ['cd', 'ef']) {
-      await new Promise((r) => setTimeout(r, 400));
+      await new Promise((r) => setTimeout(r, 800));
       s.write(piece);
     }
     const res = await readResponse(s);
