@@ -591,7 +591,7 @@ export const rawHeadersArb: fc.Arbitrary<string[]> = fc
 
 /** Request targets built from the pieces path tricks are made of, plus arbitrary ones. */
 export const requestTargetArb: fc.Arbitrary<string> = fc.oneof(
-  fc.array(fc.constantFrom('/', '/', '.', '..', '%2e', '%2E', '%2f', '%2F', '%5c', '%5C', '%00', '%25', '%', ';', '\\', '#', '?', 'admin', 'public', 'api', 'x', '//', ' ', '\u0000', '\u00e9', '*'), { maxLength: 12 })
+  fc.array(fc.constantFrom('/', '/', '.', '..', '%2e', '%2E', '%2f', '%2F', '%5c', '%5C', '%00', '%0a', '%7F', '%25', '%', ';', '\\', '#', '?', 'admin', 'public', 'api', 'x', '//', ' ', '\u0000', '\u00e9', '*'), { maxLength: 12 })
     .map((parts) => `/${parts.join('')}`),
   fc.webPath().map((p) => p || '/'),
   fc.tuple(fc.constantFrom('http://orders', 'https://x:1', 'HTTP://a'), fc.webPath()).map(([a, p]) => `${a}${p}`),
@@ -703,8 +703,9 @@ export function contractTarget(target: string): { path: string; query: string } 
   const q = rest.indexOf('?');
   const raw = q === -1 ? rest : rest.slice(0, q);
   const query = q === -1 ? '' : rest.slice(q);
-  // 400 bad_path: broken escapes; %2F, %5C, %00; a raw \, ";" or "#"; spaces, control characters, non-ASCII.
-  if (/%(?![0-9a-f]{2})/i.test(raw) || /%(2f|5c|00)/i.test(raw) || /[\\;#]/.test(raw) || /[^\x21-\x7e]/.test(raw)) return undefined;
+  // 400 bad_path: broken escapes; %2F, %5C, %00 and the other escaped control characters; a raw \, ";" or "#";
+  // spaces, control characters, non-ASCII.
+  if (/%(?![0-9a-f]{2})/i.test(raw) || /%(2f|5c|[01][0-9a-f]|7f)/i.test(raw) || /[\\;#]/.test(raw) || /[^\x21-\x7e]/.test(raw)) return undefined;
   // RFC 3986 §6.2.2: escapes of unreserved characters decoded (so %2e%2e is ".."), the rest in upper-case hex.
   const decoded = raw.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => {
     const c = String.fromCharCode(Number.parseInt(hex, 16));
