@@ -22,7 +22,8 @@ export const DEFAULTS = Object.freeze({
       retryMinSeconds: 1,
       retryMaxSeconds: 60,
     }),
-    cache: Object.freeze({ maxEntries: 10_000 }),
+    /** maxBytes: 32 MiB. Tokens of about 1 KB fill maxEntries first; a flood of large distinct tokens stops here. */
+    cache: Object.freeze({ maxEntries: 10_000, maxBytes: 32 * 1024 * 1024 }),
     forward: Object.freeze({
       subjectHeader: 'x-peer-sub',
       issuerHeader: 'x-peer-iss',

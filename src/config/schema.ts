@@ -372,6 +372,13 @@ const inboundSchema = z
           // and 2^32 stopped `run` with "Invalid array length" (validate accepted both).
           .max(MAX_CACHE_ENTRIES, `must be at most ${MAX_CACHE_ENTRIES}: the cache sets aside room for every entry when it starts (about 16 MB for a million)`)
           .default(DEFAULTS.inbound.cache.maxEntries),
+        maxBytes: z
+          .number()
+          .int()
+          .min(64 * 1024, 'must be at least 65536 (64 KiB): a budget smaller than a few identities caches nothing')
+          .max(Number.MAX_SAFE_INTEGER)
+          .describe('About how much memory the cached identities may take, in bytes (default 32 MiB): a flood of large, distinct valid tokens stops here before maxEntries')
+          .default(DEFAULTS.inbound.cache.maxBytes),
       })
       .prefault({}),
     rules: z.array(ruleSchema).optional().describe('First match wins; when present, no match = deny'),

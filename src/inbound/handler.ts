@@ -16,7 +16,7 @@ import { createUpstreamPools } from '../proxy/upstreams.js';
 import { createAuthenticator } from './authenticator.js';
 import { createAuthorizer, type Authorizer, type Decision, type InboundRequest, type InboundRule } from './authorizer.js';
 import { createExtractor } from './extractor.js';
-import { createIdentityBuilder, identityHeaderNames, type Identity } from './identity.js';
+import { createIdentityBuilder, identityBytes, identityHeaderNames, type Identity } from './identity.js';
 import { createKeyStore, type KeyStore } from './key-store.js';
 import type { Scheduler } from '../scheduler.js';
 import { createMatcher } from './matcher.js';
@@ -51,7 +51,7 @@ export function createInboundParts(config: InboundConfig, deps: ComponentDeps & 
   });
   const authenticator = createAuthenticator(config, {
     keyStore,
-    cache: createVerifyCache<Identity>({ maxEntries: config.cache.maxEntries, clock: deps.clock, metrics: deps.metrics }),
+    cache: createVerifyCache<Identity>({ maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes, sizeOf: identityBytes, clock: deps.clock, metrics: deps.metrics }),
     clock: deps.clock,
     buildIdentity: createIdentityBuilder(config.forward),
   });

@@ -34,6 +34,18 @@ export function createIdentityBuilder(forward: ForwardConfig): (claims: Claims, 
 }
 
 /**
+ * About how many bytes an identity holds in memory, for the verified-token cache's budget: its header strings, and
+ * its claims object, which takes about as much again as their base64url JSON (the largest header) does. Measured
+ * (heap growth over 5,000 entries): 12.2 KB per identity of an 8.2 KB token (this says 16.1), 1.7 KB for a 0.9 KB
+ * token (1.8), 1.0 KB for a 0.4 KB token (0.8).
+ */
+export function identityBytes(identity: Identity): number {
+  let chars = 0;
+  for (const h of identity.headers) chars += h.length;
+  return 2 * chars + 256;
+}
+
+/**
  * Every header the sidecar sets for the app (and the token header unless
  * `keepToken`): removed from the incoming request first, on every route, so a
  * caller can never supply its own identity. Each name is listed also in its

@@ -20,26 +20,37 @@ export interface VerifyCache<T> {
   readonly size: number;
 }
 
-export interface VerifyCacheOptions {
+export interface VerifyCacheOptions<T> {
   /** Most entries kept (least recently used go first); 0 disables the cache. Default 10000. */
   maxEntries: number;
+  /** Most memory the values may take together, as `sizeOf` estimates it; least recently used go first. */
+  maxBytes?: number;
+  /** About how many bytes a value holds in memory (required with maxBytes). */
+  sizeOf?: (value: T) => number;
   clock: Clock;
   metrics: Metrics;
 }
 
 /**
  * The verified-token cache, so a hot caller costs a hash and a map lookup
- * instead of a signature check. Keyed by the SHA-256 of the token, so memory
- * per entry does not grow with token size and the cache never holds a token.
+ * instead of a signature check. Keyed by the SHA-256 of the token, so the
+ * cache never holds a token; what an entry holds (the identity) grows with
+ * the token's claims, so the entries are weighed too (`maxBytes`).
  * An entry never outlives its token (`expiresAt`), and the caller vetoes
  * entries verified against an older key set (rotation removes keys).
  */
-export function createVerifyCache<T>(opts: VerifyCacheOptions): VerifyCache<T> {
+export function createVerifyCache<T>(opts: VerifyCacheOptions<T>): VerifyCache<T> {
   const { clock, metrics } = opts;
   if (opts.maxEntries === 0) {
     return { get: () => undefined, set: () => {}, size: 0 };
   }
-  const lru = new LRUCache<string, CacheEntry<T>>({ max: opts.maxEntries });
+  // Entries are counted and, with a size, weighed: a count alone let 10,000 identities of 8 KB tokens take 120 MB.
+  const { maxBytes, sizeOf } = opts;
+  const lru = new LRUCache<string, CacheEntry<T>>(
+    maxBytes !== undefined && sizeOf !== undefined
+      ? { max: opts.maxEntries, maxSize: maxBytes, sizeCalculation: (entry) => Math.max(1, sizeOf(entry.value)) }
+      : { max: opts.maxEntries },
+  );
   // One-shot hash: no Hash object (a native handle) per request on the hot path.
   const keyOf = (token: string) => hash('sha256', token, 'base64url');
   return {

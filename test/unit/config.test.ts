@@ -466,6 +466,14 @@ describe('config validation errors name the key path', () => {
     expect(issuesOf(() => parseConfig(cache(2 ** 32)))).toEqual(['inbound.cache.maxEntries: must be at most 1000000: the cache sets aside room for every entry when it starts (about 16 MB for a million)']);
   });
 
+  it('weighs the cache in bytes too: 32 MiB by default, at least 64 KiB', () => {
+    const cache = (c: Record<string, unknown>) => ({ ...minimalInbound, inbound: { ...minimalInbound.inbound, cache: c } });
+    expect(parseConfig(cache({})).inbound!.cache).toEqual({ maxEntries: 10_000, maxBytes: 32 * 1024 * 1024 });
+    expect(parseConfig(cache({ maxBytes: 65_536 })).inbound!.cache.maxBytes).toBe(65_536);
+    expect(issuesOf(() => parseConfig(cache({ maxBytes: 1000 })))).toEqual(['inbound.cache.maxBytes: must be at least 65536 (64 KiB): a budget smaller than a few identities caches nothing']);
+    expect(issuesOf(() => parseConfig(cache({ maxBytes: 1.5e6 + 0.5 })))).toHaveLength(1);
+  });
+
   it('needs inbound or outbound', () => {
     expect(issuesOf(() => parseConfig({ service: 'a' }))).toEqual(['inbound: configure `inbound`, `outbound` or both']);
   });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { createIdentityBuilder, headerValue, identityHeaderNames } from '../../src/inbound/identity.js';
+import { createIdentityBuilder, headerValue, identityBytes, identityHeaderNames } from '../../src/inbound/identity.js';
 import { createVerifyCache } from '../../src/inbound/verify-cache.js';
 import { CLIENT_INFO_HEADERS, isDropped } from '../../src/proxy/headers.js';
 import { counterValue, manualClock, testMetrics } from './inbound-support.js';
@@ -48,6 +48,28 @@ describe('verify cache', () => {
     expect(cache.get('b')).toBeUndefined();
     expect(cache.get('a')?.value).toBe('a');
     expect(cache.get('d')?.value).toBe('d');
+  });
+
+  it('is bounded in bytes too: large identities are fewer, the least recently used going first', () => {
+    const cache = createVerifyCache<string>({ maxEntries: 100, maxBytes: 10_000, sizeOf: (v) => v.length, clock: manualClock(0), metrics: testMetrics() });
+    for (const t of ['a', 'b', 'c', 'd']) cache.set(t, { value: t.repeat(3000), expiresAt: 10_000, keyVersion: 1 });
+    expect(cache.size).toBe(3);
+    expect(cache.get('a')).toBeUndefined();
+    for (const t of ['b', 'c', 'd']) expect(cache.get(t)?.value, t).toHaveLength(3000);
+    // Small ones are bounded by maxEntries as before.
+    const small = createVerifyCache<string>({ maxEntries: 5, maxBytes: 10_000, sizeOf: (v) => v.length, clock: manualClock(0), metrics: testMetrics() });
+    for (let i = 0; i < 20; i++) small.set(`t${i}`, { value: 'x', expiresAt: 10_000, keyVersion: 1 });
+    expect(small.size).toBe(5);
+  });
+
+  it("weighs an identity by its headers and claims, so 100 times the claims weigh dozens of times as much", () => {
+    const build = createIdentityBuilder(parseConfig({ service: 't', inbound: { target: 'http://127.0.0.1:9', audience: 'a', issuers: [{ issuer: 'https://i' }] } }).inbound!.forward);
+    const groups = (n: number) => Array.from({ length: n }, (_, i) => `group-${i}`);
+    const small = identityBytes(build({ sub: 'orders', groups: groups(10) }, 'https://i'));
+    const large = identityBytes(build({ sub: 'orders', groups: groups(1000) }, 'https://i'));
+    expect(small).toBeGreaterThan(256);
+    expect(large / small).toBeGreaterThan(25);
+    expect(large).toBeGreaterThan(2 * Buffer.byteLength(JSON.stringify({ sub: 'orders', groups: groups(1000) })));
   });
 
   it('maxEntries 0 disables caching', () => {
