@@ -197,6 +197,13 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     retiring.add(work);
     void work.finally(() => retiring.delete(work));
   };
+  // Listeners a reload moved or removed, still finishing their requests under that reload's drain: a shutdown's own
+  // deadline cuts them too. Left to the reload's (a drain of 30 s, then SIGTERM with 3 s) they held the exit for the rest.
+  const retiringServers = new Set<LimitedServer>();
+  const retireServer = (slot: Slot, drainMs: number) => {
+    retiringServers.add(slot.server);
+    retireInBackground(closeServer(slot.server, drainMs, true, () => slot.component.drainExpired?.()).finally(() => retiringServers.delete(slot.server)));
+  };
 
   return {
     addresses,
@@ -224,6 +231,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         const left = inflight.pending();
         if (left.requests + left.tunnels === 0) return;
         for (const c of [...[...slots.values()].map((s) => s.component), ...retiringComponents]) c.drainExpired?.();
+        // Tunnels on them are cut with the others (drainTunnels).
+        for (const server of retiringServers) server.closeHttpConnections();
         logger.warn(
           { event: 'drain_timeout', drainTimeoutSeconds: drainSeconds, ...left },
           `drain timeout reached: cutting ${left.requests} request(s) and ${left.tunnels} tunnel(s) still in flight`,
@@ -280,7 +289,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         slots.set(side, replacement);
         if (slot) {
           logStoppedListening(side, slot.address, 'moved');
-          retireInBackground(closeServer(slot.server, drainMs, true, () => slot.component.drainExpired?.()));
+          retireServer(slot, drainMs);
         }
       } else if (component && slot) {
         slot.component = component;
@@ -304,7 +313,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       } else if (slot) {
         slots.delete(side);
         logStoppedListening(side, slot.address, 'removed');
-        retireInBackground(closeServer(slot.server, drainMs, true, () => slot.component.drainExpired?.()));
+        retireServer(slot, drainMs);
       }
     }
     if (newAdmin) {

@@ -352,6 +352,36 @@ describe('reload', () => {
     expect(await sidecar.exited).toBe(0);
   });
 
+  it("SIGTERM's drain deadline cuts a request on a listener an earlier reload moved, as it cuts the others", async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
+    const token = await idp.getToken('payments', 'orders');
+    const before = app.seen.length;
+    const inFlight = fetch(`${sidecar.inbound}/long/moved-then-cut`, { headers: { authorization: `Bearer ${token}` } }).then(
+      async (r) => ({ status: r.status, body: await r.text() }),
+      () => 'cut' as const,
+    );
+    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    // The first reload moves the listener and retires the old one under its 10 s drain; the second shortens the drain.
+    const moved = inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }) as Record<string, any>;
+    moved.inbound.listen = `127.0.0.1:${port}`;
+    sidecar.rewriteConfig(moved);
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    moved.lifecycle.drainTimeoutSeconds = 0.2;
+    sidecar.rewriteConfig(moved);
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog(() => sidecar!.logs.filter((l) => l.event === 'config_reloaded').length === 2);
+    sidecar.signal('SIGTERM');
+    // The app answers after 4 s; the 0.2 s deadline must end the request first (it used to finish, holding the exit).
+    expect(await inFlight).toBe('cut');
+    expect(await sidecar.exited).toBe(0);
+    expect(sidecar.logs.filter((l) => l.event === 'drain_timeout')).toEqual([expect.objectContaining({ drainTimeoutSeconds: 0.2, requests: 1 })]);
+  });
+
   it('says which listeners a reload closed: one it moved, and a side it removed, with the address each had', async () => {
     const both = { ...inboundConfig(allowSub('payments')), outbound: { tokenSource: { type: 'env', variable: 'UNUSED_TOKEN' }, routes: [] } };
     sidecar = await startSidecar(both);
