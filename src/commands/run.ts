@@ -44,6 +44,8 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // SIGHUP, as config management does) is seen by the watch a moment later: reloading it again would refetch the
       // keys and log, count and (for a bad file) refuse the same edit twice.
       let lastRead = configBaseline;
+      // The config serving now: a reload that would drop all of its inbound rules is refused (see reloadFrom).
+      let running = config;
       // Reloads run one at a time, and never once shutdown has begun. At most one waits behind the one running: it
       // reads the config when it starts, so it takes in every trigger that came while it waited. A queue of one
       // reload per trigger made repeated SIGHUPs during an IdP outage each wait out a warm-up, the last (the one
@@ -73,9 +75,12 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             }
             retry.cancel();
             lastRead = now;
-            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now, retry.lastFailure);
+            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now, retry.lastFailure, running);
             if (stopping) return;
-            if (outcome.applied) watch.update(outcome.applied.config, outcome.applied.baselines);
+            if (outcome.applied) {
+              running = outcome.applied.config;
+              watch.update(outcome.applied.config, outcome.applied.baselines);
+            }
             // A reload waiting behind this one cancels the retry when it runs, and its outcome decides; one that finds
             // the files unchanged (this edit, seen again by the watch) does not run, and leaves the retry in place.
             retry.settled(outcome, trigger);
@@ -163,11 +168,18 @@ async function reloadFrom(
   // The previous attempt's failure: a retry that fails the same way is logged at debug, so a config that stays broken
   // is one error line, not one per retry. It is counted each time (config_reloads_total counts every attempt).
   previousFailure: string | undefined,
+  running: Config,
 ): Promise<ReloadOutcome> {
   const level = (failure: string) => (trigger === 'retry' && failure === previousFailure ? 'debug' : 'error');
   let next: Config;
   try {
     next = loadConfig(paths, process.env, { checkSourceFiles: true, regularFilesOnly: true });
+    // A file read while it is being written (a script that appends, a template piped from a slow producer) ends
+    // before its last section, which is often the rules: applied, it would let every valid token in. Removing the
+    // rules on purpose is rare enough to take a restart; the same edit in an overlay is refused at load already.
+    if (running.inbound?.rules && next.inbound && !next.inbound.rules) {
+      throw new ConfigError([{ path: 'inbound.rules', message: 'the running config has rules and this one has none, which would let every valid token in (a file read half-written looks the same); to run without rules, restart the sidecar' }]);
+    }
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
     // A config file that cannot be read is a UsageError to the CLI; its `usage` code would only puzzle in a log line.

@@ -85,5 +85,9 @@ export function pollFiles(paths: readonly string[], onChange: () => void, interv
   };
 }
 
-/** How long files must stay unchanged before a change is reported (milliseconds). */
-export const SETTLE_MS = 200;
+/**
+ * How long files must stay unchanged before a change is reported (milliseconds): one poll interval. A writer that
+ * pauses longer than this mid-file (200 ms was too short for a script appending section by section) has its partial
+ * file read; writing to a temporary file and renaming it over the config is the way to never be read half-written.
+ */
+export const SETTLE_MS = 1000;

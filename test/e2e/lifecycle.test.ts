@@ -229,6 +229,24 @@ describe('reload', () => {
     expect(sidecar.output()).not.toContain(token);
   });
 
+  it('refuses a reload that drops every inbound rule (a file read half-written, cut before its rules), and the rules keep applying', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('orders')));
+    const token = await idp.getToken('payments', 'orders');
+    expect(await call('/x', token)).toBe(403);
+    const cut = inboundConfig(allowSub('orders')) as Record<string, any>;
+    delete cut.inbound.rules;
+    sidecar.rewriteConfig(cut);
+    sidecar.signal('SIGHUP');
+    const refused = await sidecar.waitForLog((l) => l.event === 'config_reload_refused');
+    expect(refused.errors).toEqual([expect.stringMatching(/^inbound\.rules: the running config has rules and this one has none, which would let every valid token in .*restart the sidecar$/)]);
+    expect(await call('/x', token)).toBe(403);
+    // A config with other rules is a reload like any other.
+    sidecar.rewriteConfig(inboundConfig(allowSub('payments')));
+    sidecar.signal('SIGHUP');
+    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    expect(await call('/x', token)).toBe(200);
+  });
+
   it('a refused reload logs only what is wrong: a missing file in words (no `usage:` code), a YAML error without the file\'s text', async () => {
     sidecar = await startSidecar(inboundConfig(allowSub('payments')));
     sidecar.rewriteConfig('service: orders\noutbound:\n  tokenSource: { type: client_credentials, tokenEndpoint: "http://127.0.0.1:1/t", clientId: a, clientSecret: *Sup3rS3cret }\n');
