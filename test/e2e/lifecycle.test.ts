@@ -332,6 +332,26 @@ describe('reload', () => {
     }
   });
 
+  it('a reload that changes only the host of a listener to a wildcard, on the same port, says a restart does it (not "address already in use")', async () => {
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    const first = inboundConfig(allowSub('payments')) as Record<string, any>;
+    first.inbound.listen = `127.0.0.1:${port}`;
+    sidecar = await startSidecar(first);
+    const token = await idp.getToken('payments', 'orders');
+    const next = inboundConfig(allowSub('nobody')) as Record<string, any>;
+    next.inbound.listen = `0.0.0.0:${port}`;
+    sidecar.rewriteConfig(next);
+    sidecar.signal('SIGHUP');
+    const failed = await sidecar.waitForLog((l) => l.event === 'config_reload_failed');
+    expect(String(failed.error)).toBe(
+      `restart_required: inbound.listen: moving from 127.0.0.1:${port} to 0.0.0.0:${port} keeps the port, which the listener there holds until the new one is open; restart the sidecar to change only the host, or move to another port`,
+    );
+    expect(await call('/z', token)).toBe(200);
+  });
+
   it('a reload naming the admin port it is bound to (the config said port 0) keeps the admin listener', async () => {
     sidecar = await startSidecar(inboundConfig(allowSub('orders')));
     const token = await idp.getToken('payments', 'orders');
