@@ -142,9 +142,10 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
 
   /** The counterpart of `listening`, for a listener a reload closes: moved to another address, or its side removed. */
-  const logStoppedListening = (side: Side | 'admin', address: ListenAddress, why: 'moved' | 'removed') => {
+  const STOPPED_BECAUSE = { moved: 'the reload moved it', removed: 'the reload removed it', rolled_back: 'the reload that opened it failed' } as const;
+  const logStoppedListening = (side: Side | 'admin', address: ListenAddress, why: keyof typeof STOPPED_BECAUSE) => {
     const where = formatAddress(address);
-    logger.info({ event: 'stopped_listening', side, address: where, reason: why }, `${side} stopped listening on ${where} (${why === 'moved' ? 'the reload moved it' : 'the reload removed it'})`);
+    logger.info({ event: 'stopped_listening', side, address: where, reason: why }, `${side} stopped listening on ${where} (${STOPPED_BECAUSE[why]})`);
   };
 
   let admin: Awaited<ReturnType<typeof openAdmin>>;
@@ -276,6 +277,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       if (!accepting) throw shuttingDownError();
     } catch (err) {
       logger.level = previousLevel;
+      // Each was announced `listening` as it opened; the line that takes that back, so no log claims a dead address.
+      for (const [side, slot] of opened) logStoppedListening(side, slot.address, 'rolled_back');
+      if (newAdmin) logStoppedListening('admin', newAdmin.address, 'rolled_back');
       await Promise.all([...opened.values()].map((s) => closeServer(s.server, 0)));
       if (newAdmin) await closeServer(newAdmin.server, 0);
       await Promise.all([...fresh.values()].map((c) => c.close()));

@@ -332,6 +332,30 @@ describe('reload', () => {
     }
   });
 
+  it('a reload that fails after opening a new listener takes its `listening` line back with `stopped_listening` (rolled_back)', async () => {
+    sidecar = await startSidecar(inboundConfig(allowSub('payments')));
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    try {
+      const probe = createServer();
+      await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+      const free = (probe.address() as AddressInfo).port;
+      await new Promise((r) => probe.close(r));
+      const next = inboundConfig(allowSub('payments')) as Record<string, any>;
+      next.inbound.listen = `127.0.0.1:${free}`;
+      // The admin listener opens after the sides, so the new inbound socket is open when this one fails.
+      next.admin = { listen: `127.0.0.1:${(squatter.address() as AddressInfo).port}` };
+      sidecar.rewriteConfig(next);
+      sidecar.signal('SIGHUP');
+      await sidecar.waitForLog((l) => l.event === 'config_reload_failed');
+      const opened = sidecar.logs.filter((l) => l.event === 'listening' && l.side === 'inbound').at(-1)!;
+      expect(opened.address).toBe(`127.0.0.1:${free}`);
+      expect(sidecar.logs.filter((l) => l.event === 'stopped_listening')).toEqual([expect.objectContaining({ side: 'inbound', address: opened.address, reason: 'rolled_back' })]);
+    } finally {
+      squatter.close();
+    }
+  });
+
   it('a reload that changes only the host of a listener to a wildcard, on the same port, says a restart does it (not "address already in use")', async () => {
     const probe = createServer();
     await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
