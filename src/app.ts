@@ -32,8 +32,10 @@ export interface RunningApp {
   /**
    * Swaps in a new config; listeners whose address is unchanged keep their sockets, and keys and
    * tokens carry over where their config is unchanged. All or nothing: on failure nothing changed.
+   * `superseded` settling while the new config warms up gives it up (a SidecarError `superseded`): a newer config is
+   * on its way, and this one, applied, could only discard what serves now for nothing.
    */
-  reload(next: Config): Promise<void>;
+  reload(next: Config, superseded?: Promise<void>): Promise<void>;
   /** Stops accepting, lets in-flight requests and tunnels finish (bounded by the drain timeout), then closes everything. */
   shutdown(): Promise<void>;
 }
@@ -211,9 +213,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     metrics,
     isReady: () => accepting && adminState.waitingFor().length === 0,
 
-    reload(next) {
+    reload(next, superseded) {
       if (!accepting) return Promise.reject(shuttingDownError());
-      const applied = applyReload(next);
+      const applied = applyReload(next, superseded);
       reloadSettled = applied.catch(() => {});
       return applied;
     },
@@ -248,7 +250,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   };
 
   /** Builds, warms up and binds the new config, then swaps it in; see RunningApp.reload. */
-  async function applyReload(next: Config): Promise<void> {
+  async function applyReload(next: Config, superseded?: Promise<void>): Promise<void> {
     const previousLevel = logger.level;
     // Before building, so the new components' loggers are born with the new level.
     logger.level = next.log.level;
@@ -261,8 +263,10 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     try {
       for (const side of SIDES) if (next[side]) fresh.set(side, build(side, next, slots.get(side)?.component.handover?.()));
       const warmUp = Promise.all([...fresh.values()].map((c) => withTimeout(c.start(), DEFAULTS.lifecycle.reloadWarmupSeconds * 1000)));
-      await Promise.race([warmUp, shutdownBegun]);
+      let givenUp = false;
+      await Promise.race([warmUp, shutdownBegun, ...(superseded ? [superseded.then(() => void (givenUp = true))] : [])]);
       if (!accepting) throw shuttingDownError();
+      if (givenUp) throw new SidecarError('superseded', 'a newer config arrived while this one warmed up', 1);
       for (const [side, component] of fresh) {
         const slot = slots.get(side);
         if (slot) refuseHostOnlyMove(`${side}.listen`, slot, listenOf(side, next));

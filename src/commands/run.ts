@@ -52,6 +52,8 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // with the operator's edit) only after all the others.
       let reloading: Promise<void> = Promise.resolve();
       let queued: string | undefined;
+      /** Gives up the reload warming up now, if any (see app.reload's `superseded`). */
+      let supersede: (() => void) | undefined;
       // A reload refused for its config (or its TLS files) is tried again, with backoff, until one applies or another
       // reload runs: in Kubernetes a ConfigMap and the Secret it names are updated apart, often tens of seconds apart,
       // so a config naming a file that is not there yet is refused, and the file's arrival is no change of the config
@@ -59,6 +61,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       const retry = createReloadRetry(() => reload('retry'));
       const reload = (trigger: string) => {
         if (stopping) return;
+        // Config files that changed since the running reload read them: it would apply a config already replaced, and
+        // while it waits on a hanging IdP that takes up to the warm-up's 10 s, and can drop a token still valid (a
+        // typo pushed and reverted at once, during an IdP outage). The reload queued below reads the newer files.
+        if (supersede && !isSameSignatures(signaturesOf(paths), lastRead)) supersede();
         // A SIGHUP or a CA change merged into a waiting file_changed reload must not be skipped as "unchanged".
         const wasQueued = queued !== undefined;
         if (queued === undefined || queued === 'file_changed') queued = trigger;
@@ -75,7 +81,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             }
             retry.cancel();
             lastRead = now;
-            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next), now, retry.lastFailure, running);
+            const superseded = new Promise<void>((resolve) => (supersede = resolve));
+            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next, superseded), now, retry.lastFailure, running).finally(
+              () => (supersede = undefined),
+            );
             if (stopping) return;
             if (outcome.applied) {
               running = outcome.applied.config;
@@ -196,7 +205,12 @@ async function reloadFrom(
   } catch (err) {
     // Shutdown began while the new config warmed up: nothing failed, it will not be needed.
     if (err instanceof SidecarError && err.code === 'shutting_down') {
-      logger.info({ event: 'config_reload_abandoned', trigger }, 'shutdown began; the new config is not applied');
+      logger.info({ event: 'config_reload_abandoned', trigger, reason: 'shutdown' }, 'shutdown began; the new config is not applied');
+      return {};
+    }
+    // The config files changed while it warmed up: the reload queued behind this one reads them.
+    if (err instanceof SidecarError && err.code === 'superseded') {
+      logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed while the new config warmed up; the newer one is read instead');
       return {};
     }
     metrics.configReloads.inc({ result: 'error' });

@@ -276,6 +276,24 @@ describe('reload while a token is being requested', () => {
     expect(metrics).not.toMatch(/oidc_sidecar_upstream_errors_total\{[^}]*direction="outbound"[^}]*\} [1-9]/);
   });
 
+  it('a reload waiting for it is given up when the config files change again: the newer config is the one applied', async () => {
+    const { sidecar: s, front } = await startWithHeldToken();
+    // The operator reverts the edit while the reload that read it still waits on the IdP.
+    s.rewriteConfig({ ...outboundConfig(front), log: { level: 'debug' } });
+    s.signal('SIGHUP');
+    const abandoned = await s.waitForLog((l) => l.event === 'config_reload_abandoned');
+    expect(abandoned).toMatchObject({ reason: 'superseded', trigger: 'SIGHUP' });
+    expect(s.logs.filter((l) => l.event === 'config_reloaded')).toEqual([]);
+    front.release();
+    await s.waitForLog((l) => l.event === 'config_reloaded');
+    await s.waitReady();
+    // The route of the given-up config never served; the reverted config's does, with the one token asked for.
+    expect((await request(`${s.outbound}/x`, { headers: { host: 'payments-v2' } })).statusCode).toBe(403);
+    expect((await request(`${s.outbound}/x`, { headers: { host: 'payments' } })).statusCode).toBe(200);
+    expect(front.counts).toEqual({ hold: 1 });
+    expect(s.logs.filter((l) => l.event === 'config_reloaded')).toHaveLength(1);
+  });
+
   it('a SIGTERM while the new config waits for it drains and exits 0 without waiting out the token request (60 s timeout)', async () => {
     const { sidecar: s } = await startWithHeldToken();
     expect(await s.stop()).toBe(0);
