@@ -50,6 +50,15 @@ async function call(path: string, token: string): Promise<number> {
   return r.status;
 }
 
+/** A port the OS just handed out and took back: free for a listener a reload moves to. */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
 async function metric(name: string): Promise<string> {
   const text = await (await fetch(`${sidecar!.admin}/metrics`)).text();
   return text.split('\n').filter((l) => l.startsWith(name)).join('\n');
@@ -337,10 +346,7 @@ describe('reload', () => {
     const squatter = createServer();
     await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
     try {
-      const probe = createServer();
-      await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-      const free = (probe.address() as AddressInfo).port;
-      await new Promise((r) => probe.close(r));
+      const free = await freePort();
       const next = inboundConfig(allowSub('payments')) as Record<string, any>;
       next.inbound.listen = `127.0.0.1:${free}`;
       // The admin listener opens after the sides, so the new inbound socket is open when this one fails.
@@ -357,10 +363,7 @@ describe('reload', () => {
   });
 
   it('a reload that changes only the host of a listener to a wildcard, on the same port, says a restart does it (not "address already in use")', async () => {
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise((r) => probe.close(r));
+    const port = await freePort();
     const first = inboundConfig(allowSub('payments')) as Record<string, any>;
     first.inbound.listen = `127.0.0.1:${port}`;
     sidecar = await startSidecar(first);
@@ -399,10 +402,7 @@ describe('reload', () => {
     );
     while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
     // A port the OS just handed out and took back: the reload opens a second inbound socket and retires the first.
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise((r) => probe.close(r));
+    const port = await freePort();
     const moved = inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }) as Record<string, any>;
     moved.inbound.listen = `127.0.0.1:${port}`;
     sidecar.rewriteConfig(moved);
@@ -423,10 +423,7 @@ describe('reload', () => {
       () => 'cut' as const,
     );
     while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise((r) => probe.close(r));
+    const port = await freePort();
     // The first reload moves the listener and retires the old one under its 10 s drain; the second shortens the drain.
     const moved = inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }) as Record<string, any>;
     moved.inbound.listen = `127.0.0.1:${port}`;
@@ -448,10 +445,7 @@ describe('reload', () => {
     const both = { ...inboundConfig(allowSub('payments')), outbound: { tokenSource: { type: 'env', variable: 'UNUSED_TOKEN' }, routes: [] } };
     sidecar = await startSidecar(both);
     const [inboundAt, outboundAt] = [new URL(sidecar.inbound!).host, new URL(sidecar.outbound!).host];
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise((r) => probe.close(r));
+    const port = await freePort();
     const next = inboundConfig(allowSub('payments')) as Record<string, any>;
     next.inbound.listen = `127.0.0.1:${port}`;
     sidecar.rewriteConfig(next);
@@ -505,12 +499,16 @@ describe('reload', () => {
       }
       sidecar.rewriteConfig(withRules('payments'));
       sidecar.signal('SIGHUP');
-      await sidecar.waitForLog((l) => sidecar!.logs.filter((x) => x.event === 'config_reloaded').length === 2, 30_000);
+      await sidecar.waitForLog((l) => l.event === 'config_reloaded', 30_000);
       expect(await call('/merged', token)).toBe(200);
       // A reload still queued would now be warming up, and the SIGTERM would abandon it.
       sidecar.signal('SIGTERM');
       expect(await sidecar.exited).toBe(0);
-      expect(sidecar.logs.filter((l) => /^config_reload/.test(l.event ?? '')).map((l) => l.event)).toEqual(['config_reloaded', 'config_reloaded']);
+      // The first reload read the files before the edit: it is given up for the one that reads the edit.
+      expect(sidecar.logs.filter((l) => /^config_reload/.test(l.event ?? '')).map((l) => [l.event, l.reason])).toEqual([
+        ['config_reload_abandoned', 'superseded'],
+        ['config_reloaded', undefined],
+      ]);
     } finally {
       idp.setDown(false);
     }
@@ -682,10 +680,7 @@ describe('reload that moves the listener of an open WebSocket tunnel', () => {
       const closedEvent = new Promise((r) => ws.addEventListener('close', r));
       void closedEvent.then(() => (closed = true));
       // A port the OS just handed out and took back: the reload opens a second inbound socket and retires the first.
-      const probe = createServer();
-      await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-      const port = (probe.address() as AddressInfo).port;
-      await new Promise((r) => probe.close(r));
+      const port = await freePort();
       sidecar.rewriteConfig(config(`127.0.0.1:${port}`));
       sidecar.signal('SIGHUP');
       await sidecar.waitForLog((l) => l.event === 'config_reloaded');
