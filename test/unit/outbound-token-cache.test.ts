@@ -619,7 +619,7 @@ describe('token cache (clock-controlled, real client_credentials source against 
     expect((err as TokenUnavailableError).retryAt).toBe(time.clock.monotonic() + 60_000);
   });
 
-  it('nor is a token it cannot use (a DPoP type, no expiry, a space in it): the IdP answers its client the same way every time', async () => {
+  it('nor is a token it cannot use (a DPoP type, no expiry, a space in it): the IdP makes every token of its client that way', async () => {
     const answers: [string, Record<string, unknown>, RegExp][] = [
       ['DPoP', { access_token: 'opaque-1', token_type: 'DPoP', expires_in: TTL_S }, /token_type "dpop" is not a bearer token/],
       ['no expiry', { access_token: 'opaque-2', token_type: 'Bearer' }, /neither a JWT exp claim nor expires_in/],
@@ -633,6 +633,12 @@ describe('token cache (clock-controlled, real client_credentials source against 
       expect((err as TokenUnavailableError).retryAt, label).toBe(time.clock.monotonic() + 60_000);
     }
     expect(stub.requests).toHaveLength(3);
+    // A token missing from the answer, or expired on arrival (the IdP's clock stepped), may be a passing fault.
+    for (const [label, body] of [['missing', { token_type: 'Bearer', expires_in: TTL_S }], ['expired', { access_token: rawToken({ alg: 'RS256' }, { exp: Math.floor(time.now() / 1000) - 10 }, 'c2ln'), token_type: 'Bearer' }]] as const) {
+      stub.reply = () => ({ body });
+      const err = await cache.get({ ...binding, key: label, identity: label, requestIdentity: label }).catch((e: unknown) => e);
+      expect((err as TokenUnavailableError).retryAt! - time.clock.monotonic(), label).toBeLessThanOrEqual(5_000);
+    }
   });
 
   it('one failed request that fails several bindings (a shared discovery) gives each binding its own error, with its own next attempt', async () => {

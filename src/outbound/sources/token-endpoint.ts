@@ -5,7 +5,7 @@ import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
 import { sentSecrets, withoutSecrets } from './sent-secrets.js';
-import { assertBearerToken, assertIssuedFor, toIssuedToken } from './token-format.js';
+import { assertBearerToken, assertIssuedFor, LASTING, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps } from './types.js';
 
 export interface TokenEndpointConfig {
@@ -83,26 +83,19 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       const secrets = () => sentSecrets(form, headers);
       if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets(), retryAfterMs(res.headers['retry-after'], deps.clock.now()));
       const what = `token endpoint ${shownUrl(endpoint)}`;
-      try {
-        assertBearerToken(body.access_token, what);
-        // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
-        // type, so `123` or `["DPoP"]` is refused like "DPoP" rather than taken for absent.
-        if (body.token_type !== undefined) {
-          const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
-          if (type === undefined || !tokenTypes.includes(type)) {
-            const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets()).toLowerCase(), 32)}"` : jsonKind(body.token_type);
-            throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`);
-          }
+      assertBearerToken(body.access_token, what);
+      // Absent is taken for bearer (some IdPs leave it out); anything present must be a string naming an accepted
+      // type, so `123` or `["DPoP"]` is refused like "DPoP" rather than taken for absent.
+      if (body.token_type !== undefined) {
+        const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : undefined;
+        if (type === undefined || !tokenTypes.includes(type)) {
+          const shown = type !== undefined ? `"${safeText(withoutSecrets(body.token_type as string, secrets()).toLowerCase(), 32)}"` : jsonKind(body.token_type);
+          // Lasting: the type comes from how the client is set up at the IdP, so every retry mints one more (see LASTING).
+          throw new TokenUnavailableError(`${what}: token_type ${shown} is not a bearer token`, undefined, LASTING);
         }
-        const issued = toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
-        return audience === undefined ? issued : assertIssuedFor(issued, audience, what, AUDIENCE_HINT);
-      } catch (err) {
-        // A token the IdP issued that cannot be used (a DPoP type, no usable expiry, characters a header cannot
-        // carry) comes from how its client is set up: each retry would mint one more just like it, so the cache
-        // waits its longest (retryMaxSeconds) before asking again, as for a token for another audience.
-        if (err instanceof TokenUnavailableError && !err.lasting) throw new TokenUnavailableError(err.message, undefined, { cause: err, lasting: true });
-        throw err;
       }
+      const issued = toIssuedToken(body.access_token, body.expires_in, deps.clock.now(), what, sentAt);
+      return audience === undefined ? issued : assertIssuedFor(issued, audience, what, AUDIENCE_HINT);
     },
     async close() {
       // Destroy, not close: close() would wait for a token request in flight, up to tokenRequestTimeoutSeconds against

@@ -10,14 +10,22 @@ import { isoTimeOrNumber } from '../../time-text.js';
  */
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 
+/**
+ * For a token refused for what the IdP makes of every token of this client (too large, characters a header cannot
+ * carry, no usable expiry, another audience): each retry would mint one more just like it, so the cache waits its
+ * longest before asking again. A token that is missing or already expired may be a passing fault (an IdP's clock
+ * stepped), and is retried at the usual pace.
+ */
+export const LASTING = { lasting: true } as const;
+
 /** Tokens larger than this are refused (a peer's default header limit is 16 KiB). */
 export const MAX_TOKEN_BYTES = 12 * 1024;
 
 /** Throws a TokenUnavailableError unless `value` can be sent as a bearer token. `what` names where it came from. */
 export function assertBearerToken(value: unknown, what: string): asserts value is string {
   if (typeof value !== 'string' || value.length === 0) throw new TokenUnavailableError(`${what}: no token`);
-  if (value.length > MAX_TOKEN_BYTES) throw new TokenUnavailableError(`${what}: token larger than ${MAX_TOKEN_BYTES} bytes`);
-  if (!B64TOKEN.test(value)) throw new TokenUnavailableError(`${what}: not a valid bearer token (RFC 6750 §2.1 characters only)`);
+  if (value.length > MAX_TOKEN_BYTES) throw new TokenUnavailableError(`${what}: token larger than ${MAX_TOKEN_BYTES} bytes`, undefined, LASTING);
+  if (!B64TOKEN.test(value)) throw new TokenUnavailableError(`${what}: not a valid bearer token (RFC 6750 §2.1 characters only)`, undefined, LASTING);
 }
 
 /**
@@ -53,8 +61,7 @@ export function assertIssuedFor(issued: IssuedToken, audience: string, what: str
   const list: unknown[] = Array.isArray(aud) ? aud : [aud];
   if (list.includes(audience)) return issued;
   const shown = list.slice(0, 3).map((a) => JSON.stringify(String(a).slice(0, 128))).join(', ') + (list.length > 3 ? ', …' : '');
-  // Lasting: the IdP would mint another such token at every retry, so the cache waits its longest before asking again.
-  throw new TokenUnavailableError(`${what}: the token is for aud ${shown || '[]'}, not ${JSON.stringify(audience)} as asked${hint}`, undefined, { lasting: true });
+  throw new TokenUnavailableError(`${what}: the token is for aud ${shown || '[]'}, not ${JSON.stringify(audience)} as asked${hint}`, undefined, LASTING);
 }
 
 /**
@@ -83,12 +90,14 @@ export function toIssuedToken(token: string, expiresIn: unknown, nowMs: number, 
       expiresIn === undefined || expiresIn === null
         ? `${what}: the token has neither a JWT exp claim nor expires_in`
         : `${what}: the token has no JWT exp claim, and its expires_in (${describeExpiresIn(expiresIn)}) is not a positive number of seconds`,
+      undefined,
+      LASTING,
     );
   }
   // Garbage (exp: 1e300) rather than a real far-off expiry: refused, not a token the audit log cannot describe, even
   // beside a sane expires_in.
   const inRange = (t: number | undefined) => t === undefined || (t >= -MAX_TIME_MS && t <= MAX_TIME_MS);
-  if (!inRange(fromExp) || !inRange(fromExpiresIn)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`);
+  if (!inRange(fromExp) || !inRange(fromExpiresIn)) throw new TokenUnavailableError(`${what}: the token's expiry is out of range`, undefined, LASTING);
   // An expires_in too short to outlast the round trip (`0.001`) is a lifetime too short, below, not an expired token.
   if (expiresAt <= nowMs && expiresAt === fromExp) {
     throw new TokenUnavailableError(`${what}: the token expired at ${isoTimeOrNumber(expiresAt)}`);
