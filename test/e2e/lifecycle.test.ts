@@ -392,53 +392,47 @@ describe('reload', () => {
     expect((await fetch(`${sidecar.admin}/healthz`)).status).toBe(200);
   });
 
-  it('a request in flight on a listener that a reload moved finishes when SIGTERM comes before it does', async () => {
-    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
+  /**
+   * A sidecar with a 10 s drain and a request to /long/* in flight (the app answers after 4 s), whose inbound listener a
+   * reload then moved to a port the OS just handed out: the reload opened a second socket and retired the first.
+   */
+  async function movedWithLongRequest(path: string) {
+    const s = (sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 })));
     const token = await idp.getToken('payments', 'orders');
     const before = app.seen.length;
-    const inFlight = fetch(`${sidecar.inbound}/long/moved`, { headers: { authorization: `Bearer ${token}` } }).then(
+    const inFlight = fetch(`${s.inbound}${path}`, { headers: { authorization: `Bearer ${token}` } }).then(
       async (r) => ({ status: r.status, body: await r.text() }),
       () => 'cut' as const,
     );
     while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
-    // A port the OS just handed out and took back: the reload opens a second inbound socket and retires the first.
-    const port = await freePort();
     const moved = inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }) as Record<string, any>;
-    moved.inbound.listen = `127.0.0.1:${port}`;
-    sidecar.rewriteConfig(moved);
-    sidecar.signal('SIGHUP');
-    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    moved.inbound.listen = `127.0.0.1:${await freePort()}`;
+    s.rewriteConfig(moved);
+    s.signal('SIGHUP');
+    await s.waitForLog((l) => l.event === 'config_reloaded');
+    return { s, inFlight, moved };
+  }
+
+  it('a request in flight on a listener that a reload moved finishes when SIGTERM comes before it does', async () => {
+    const { s, inFlight } = await movedWithLongRequest('/long/moved');
     // Shutdown drained only the new socket and exited while the old one still carried this request.
-    sidecar.signal('SIGTERM');
+    s.signal('SIGTERM');
     expect(await inFlight).toEqual({ status: 200, body: 'done /long/moved' });
-    expect(await sidecar.exited).toBe(0);
+    expect(await s.exited).toBe(0);
   });
 
   it("SIGTERM's drain deadline cuts a request on a listener an earlier reload moved, as it cuts the others", async () => {
-    sidecar = await startSidecar(inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }));
-    const token = await idp.getToken('payments', 'orders');
-    const before = app.seen.length;
-    const inFlight = fetch(`${sidecar.inbound}/long/moved-then-cut`, { headers: { authorization: `Bearer ${token}` } }).then(
-      async (r) => ({ status: r.status, body: await r.text() }),
-      () => 'cut' as const,
-    );
-    while (app.seen.length < before + 1) await new Promise((r) => setTimeout(r, 20));
-    const port = await freePort();
     // The first reload moves the listener and retires the old one under its 10 s drain; the second shortens the drain.
-    const moved = inboundConfig(allowSub('payments'), { drainTimeoutSeconds: 10 }) as Record<string, any>;
-    moved.inbound.listen = `127.0.0.1:${port}`;
-    sidecar.rewriteConfig(moved);
-    sidecar.signal('SIGHUP');
-    await sidecar.waitForLog((l) => l.event === 'config_reloaded');
+    const { s, inFlight, moved } = await movedWithLongRequest('/long/moved-then-cut');
     moved.lifecycle.drainTimeoutSeconds = 0.2;
-    sidecar.rewriteConfig(moved);
-    sidecar.signal('SIGHUP');
-    await sidecar.waitForLog(() => sidecar!.logs.filter((l) => l.event === 'config_reloaded').length === 2);
-    sidecar.signal('SIGTERM');
+    s.rewriteConfig(moved);
+    s.signal('SIGHUP');
+    await s.waitForLog(() => s.logs.filter((l) => l.event === 'config_reloaded').length === 2);
+    s.signal('SIGTERM');
     // The app answers after 4 s; the 0.2 s deadline must end the request first (it used to finish, holding the exit).
     expect(await inFlight).toBe('cut');
-    expect(await sidecar.exited).toBe(0);
-    expect(sidecar.logs.filter((l) => l.event === 'drain_timeout')).toEqual([expect.objectContaining({ drainTimeoutSeconds: 0.2, requests: 1 })]);
+    expect(await s.exited).toBe(0);
+    expect(s.logs.filter((l) => l.event === 'drain_timeout')).toEqual([expect.objectContaining({ drainTimeoutSeconds: 0.2, requests: 1 })]);
   });
 
   it('says which listeners a reload closed: one it moved, and a side it removed, with the address each had', async () => {
