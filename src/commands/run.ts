@@ -54,6 +54,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       let queued: string | undefined;
       /** Gives up the reload warming up now, if any (see app.reload's `superseded`). */
       let supersede: (() => void) | undefined;
+      // The reload after one given up is never given up itself: files rewritten more often than a warm-up lasts (a
+      // loop that writes the same config every few seconds during an IdP outage) would otherwise apply none.
+      let lastWasSuperseded = false;
       // A reload refused for its config (or its TLS files) is tried again, with backoff, until one applies or another
       // reload runs: in Kubernetes a ConfigMap and the Secret it names are updated apart, often tens of seconds apart,
       // so a config naming a file that is not there yet is refused, and the file's arrival is no change of the config
@@ -81,10 +84,11 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             }
             retry.cancel();
             lastRead = now;
-            const superseded = new Promise<void>((resolve) => (supersede = resolve));
+            const superseded = lastWasSuperseded ? undefined : new Promise<void>((resolve) => (supersede = resolve));
             const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next, superseded), now, retry.lastFailure, running).finally(
               () => (supersede = undefined),
             );
+            lastWasSuperseded = outcome.superseded === true;
             if (stopping) return;
             if (outcome.applied) {
               running = outcome.applied.config;
@@ -164,7 +168,12 @@ interface ReloadOutcome {
    * and fail the same way.
    */
   retryable?: boolean;
+  /** Given up for config files that changed again: the reload queued behind it reads them. */
+  superseded?: true;
 }
+
+/** How long a config seen on disk that drops every inbound rule waits before it is read as final (ms). */
+export const RULES_DROPPED_HOLD_MS = 3_000;
 
 async function reloadFrom(
   paths: string[],
@@ -183,12 +192,6 @@ async function reloadFrom(
   let next: Config;
   try {
     next = loadConfig(paths, process.env, { checkSourceFiles: true, regularFilesOnly: true });
-    // A file read while it is being written (a script that appends, a template piped from a slow producer) ends
-    // before its last section, which is often the rules: applied, it would let every valid token in. Removing the
-    // rules on purpose is rare enough to take a restart; the same edit in an overlay is refused at load already.
-    if (running.inbound?.rules && next.inbound && !next.inbound.rules) {
-      throw new ConfigError([{ path: 'inbound.rules', message: 'the running config has rules and this one has none, which would let every valid token in (a file read half-written looks the same); to run without rules, restart the sidecar' }]);
-    }
   } catch (err) {
     metrics.configReloads.inc({ result: 'invalid' });
     // A config file that cannot be read is a UsageError to the CLI; its `usage` code would only puzzle in a log line.
@@ -196,6 +199,20 @@ async function reloadFrom(
     const failure = `invalid: ${errors.join('\n')}`;
     logger[level(failure)]({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
     return { failure, retryable: true };
+  }
+  if (running.inbound?.rules && next.inbound && !next.inbound.rules) {
+    // A file read while it is being written (a script that appends, a template piped from a slow producer) ends
+    // before its last section, often the rules: applied, it would let every valid token in. A change seen on disk that
+    // drops them all is read again after a while, and given up if the files changed meanwhile (the reload queued
+    // behind this one reads them); a SIGHUP is the operator saying the files are ready.
+    if (trigger === 'file_changed' || trigger === 'retry') {
+      await new Promise((resolve) => setTimeout(resolve, RULES_DROPPED_HOLD_MS));
+      if (!isSameSignatures(signaturesOf(paths), configBaseline)) {
+        logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed again while a config without inbound.rules waited; the newer one is read instead');
+        return { superseded: true };
+      }
+    }
+    logger.warn({ event: 'inbound_rules_removed', trigger }, 'the new config has no inbound.rules: every valid token is let in');
   }
   try {
     await apply(next);
@@ -211,7 +228,7 @@ async function reloadFrom(
     // The config files changed while it warmed up: the reload queued behind this one reads them.
     if (err instanceof SidecarError && err.code === 'superseded') {
       logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed while the new config warmed up; the newer one is read instead');
-      return {};
+      return { superseded: true };
     }
     metrics.configReloads.inc({ result: 'error' });
     const failure = `error: ${errorSummary(err)}`;
