@@ -52,6 +52,16 @@ export interface DroppedKey {
   compromised?: true;
 }
 
+/** A JWKS with nothing usable in it: the IdP vouches for no signing key. `dropped` says which keys were left out and why. */
+export class NoUsableKeysError extends IdpHttpError {
+  constructor(
+    message: string,
+    readonly dropped: readonly DroppedKey[],
+  ) {
+    super('jwks_no_usable_keys', message);
+  }
+}
+
 /** The keys to verify with, the signing keys left out because they cannot be used, and how many entries past MAX_JWKS_KEYS were not looked at. */
 export interface FilteredJwks {
   keys: JWK[];
@@ -86,7 +96,7 @@ export async function filterJwks(body: unknown, algorithms: readonly string[]): 
     if (!isObject(k) || typeof k.kty !== 'string') continue;
     // Checked before use or alg: a published private key is compromised whatever it was meant for, and its public
     // half, listed beside it (or as the same entry), must not verify anything either.
-    if (k.kty !== 'oct' && PRIVATE_MEMBERS.some((m) => m in k)) {
+    if (k.kty !== 'oct' && PRIVATE_MEMBERS.some((m) => k[m] !== undefined && k[m] !== null)) {
       published.add(publicPart(k));
       dropped.push({ kid: kidOf(k), reason: 'the JWKS publishes its private key: anyone who read it can sign with it', compromised: true });
       continue;
@@ -113,7 +123,7 @@ export async function filterJwks(body: unknown, algorithms: readonly string[]): 
     if (dropped.length > MAX_NAMED_DROPPED) named.push(`${dropped.length - MAX_NAMED_DROPPED} more unusable`);
     if (ignored > 0) named.push(`${ignored} keys past the first ${MAX_JWKS_KEYS} not looked at`);
     const why = named.join('; ');
-    throw new IdpHttpError('jwks_no_usable_keys', `JWKS has no key usable with the allowed algorithms${why ? ` (${why})` : ''}`);
+    throw new NoUsableKeysError(`JWKS has no key usable with the allowed algorithms${why ? ` (${why})` : ''}`, dropped);
   }
   try {
     createLocalJWKSet({ keys });

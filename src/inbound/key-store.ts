@@ -9,7 +9,7 @@ import { capped, MAX_ERROR_TEXT, type Logger } from '../log.js';
 import { discover } from '../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../oidc/http.js';
 import { timerScheduler, type Scheduler } from '../scheduler.js';
-import { filterJwks, MAX_JWKS_KEYS, shownKid } from './jwks-filter.js';
+import { filterJwks, MAX_JWKS_KEYS, NoUsableKeysError, shownKid, type DroppedKey } from './jwks-filter.js';
 
 /** The keys of one trusted issuer. */
 export interface IssuerKeys {
@@ -228,17 +228,31 @@ function createIssuerKeys(
     logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.monotonic() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
   }
 
+  // Not a key to fix at leisure: whoever read the JWKS can sign as the issuer wherever else that key is trusted.
+  const logPublishedPrivateKey = (dropped: readonly DroppedKey[]) =>
+    logger.error({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes a private signing key: that key is compromised and left out, with its public half');
+
+  /** The jwks_uri to fetch: the configured one, else the discovery document's (read again with `rediscover`). */
+  const jwksUri = async (rediscover: boolean): Promise<string> => {
+    if (cfg.jwksUri) return cfg.jwksUri;
+    if (discoveredUri && !rediscover) return discoveredUri;
+    try {
+      discoveredUri = (await discover(cfg.issuer, dispatcher(), timeoutMs)).jwks_uri;
+    } catch (err) {
+      // A discovery document that cannot be read now says nothing against the jwks_uri it gave before.
+      if (!discoveredUri || closed) throw err;
+      logger.debug({ event: 'discovery_failed', detail: capped(err instanceof Error ? err.message : String(err), MAX_ERROR_TEXT) }, 'discovery failed; fetching the jwks_uri it gave last time');
+    }
+    return discoveredUri;
+  };
+
   /**
    * `rediscover`: read the discovery document again rather than use the jwks_uri it gave last time. The refresh timer
    * does, so a jwks_uri the IdP moved (or a discovery answer that was wrong once) is left within a refresh interval,
    * not kept for as long as the old URL answers; an unknown-kid refetch, which a caller can set off, uses the last one.
    */
   const fetchKeys = async (rediscover: boolean): Promise<void> => {
-    let uri = cfg.jwksUri ?? (rediscover ? undefined : discoveredUri);
-    if (!uri) {
-      uri = (await discover(cfg.issuer, dispatcher(), timeoutMs)).jwks_uri;
-      discoveredUri = uri;
-    }
+    const uri = await jwksUri(rediscover);
     const res = await requestJson(dispatcher(), uri, { timeoutMs });
     // Only a 200 counts (no redirects are followed, see createIdpAgent): anything else keeps the last good keys.
     if (res.status !== 200) {
@@ -252,7 +266,15 @@ function createIssuerKeys(
       // word on which keys it vouches for: the ones held before are withdrawn, as a rotation that removes them would
       // withdraw them, and the fetch counts as failed. A document that is no JWKS at all (garbage, an error page)
       // says nothing about the keys, and the last good ones stay.
-      if (err instanceof IdpHttpError && err.code === 'jwks_no_usable_keys') withdraw(err.message);
+      if (err instanceof NoUsableKeysError) {
+        // A leaked private key is said as loudly when it was the only key (the likeliest shape of the mistake).
+        const droppedNow = JSON.stringify([err.dropped, 0]);
+        if (err.dropped.some((d) => d.compromised) && droppedNow !== droppedLogged) {
+          droppedLogged = droppedNow;
+          logPublishedPrivateKey(err.dropped);
+        }
+        withdraw(err.message);
+      }
       throw err;
     }
     const { keys, dropped, ignored } = filtered;
@@ -261,8 +283,7 @@ function createIssuerKeys(
     if (droppedNow !== droppedLogged) {
       droppedLogged = droppedNow;
       if (dropped.some((d) => d.compromised)) {
-        // Not a key to fix at leisure: whoever read the JWKS can sign as the issuer wherever else that key is trusted.
-        logger.error({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes a private signing key: that key is compromised and left out, with its public half');
+        logPublishedPrivateKey(dropped);
       } else if (dropped.length) {
         logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
       }
@@ -299,8 +320,6 @@ function createIssuerKeys(
         const code = err instanceof SidecarError ? err.code : 'error';
         // Capped once here for the log line, /readyz and the 503 that name it: an IdP's text can be any length.
         lastError = capped(err instanceof Error ? err.message : String(err), MAX_ERROR_TEXT);
-        // The discovery document may have moved the JWKS; look again next time.
-        discoveredUri = undefined;
         failing = true;
         lastFetchOk = false;
         const asked = err instanceof IdpHttpError ? retryAfterMs(err.retryAfter, clock.now()) : undefined;

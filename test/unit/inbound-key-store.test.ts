@@ -488,9 +488,11 @@ describe('key store: what the IdP says, and what the sidecar cut itself', () => 
     const k1 = await testKeyPair('ES256', 'k1');
     const k2 = await testKeyPair('ES256', 'k2');
     let jwksPath = '/old';
+    let discoveryDown = false;
     const hits: string[] = [];
     const server = createHttpServer((req, res) => {
       hits.push(req.url!);
+      if (discoveryDown && req.url === '/.well-known/openid-configuration') return void res.writeHead(503).end();
       const body =
         req.url === '/.well-known/openid-configuration' ? { issuer: origin, jwks_uri: `${origin}${jwksPath}` }
         : req.url === '/old' ? { keys: [k1.publicJwk] }
@@ -514,6 +516,14 @@ describe('key store: what the IdP says, and what the sidecar cut itself', () => 
     await vi.waitFor(() => expect(hits).toHaveLength(5));
     expect(hits.slice(3)).toEqual(['/.well-known/openid-configuration', '/new']);
     await vi.waitFor(() => expect(store.get(origin)!.version).toBe(2));
+    // A discovery document that cannot be read says nothing against the jwks_uri it gave: the refresh still fetches it.
+    discoveryDown = true;
+    await vi.waitFor(() => expect(scheduler.pending()).toHaveLength(1));
+    expect(scheduler.runAll()).toBe(1);
+    await vi.waitFor(() => expect(hits).toHaveLength(7));
+    expect(hits.slice(5)).toEqual(['/.well-known/openid-configuration', '/new']);
+    await vi.waitFor(() => expect(scheduler.pending()).toEqual([{ ms: 300_000 }]));
+    expect(store.get(origin)!.lastError).toBeUndefined();
   });
 
   it("quotes a discovery document's issuer of any length capped, in the log line, /readyz's reason and the 503 that name the failure", async () => {
@@ -598,11 +608,18 @@ describe('filterJwks', () => {
     ]);
     // Only the private key: nothing usable, and the error says why rather than "no key usable".
     await expect(filterJwks({ keys: [leaked.privateJwk] }, ['ES256'])).rejects.toThrow(/\(kid "leaked": the JWKS publishes its private key/);
+    // A member set to null is no private key.
+    expect((await filterJwks({ keys: [{ ...leaked.publicJwk, d: null }, good.publicJwk] }, ['ES256'])).dropped).toEqual([]);
     const { store, lines } = await setup({}, (k1) => [k1, leaked.publicJwk, leaked.privateJwk]);
     await store.start();
     expect(lines.find((l) => l.event === 'jwks_keys_dropped')).toMatchObject({ level: 'error', dropped: [{ kid: 'leaked', compromised: true }, { kid: 'leaked', compromised: true }] });
     expect(lines.find((l) => l.event === 'jwks_updated')!.kids).toEqual(['k1']);
     expect(JSON.stringify(lines)).not.toContain(String(leaked.privateJwk.d));
+    // Published as the only key, it is said as loudly (once), beside the keys withdrawn for want of a usable one.
+    const alone = await setup({}, () => [leaked.privateJwk]);
+    await alone.store.start();
+    await fireTimer(alone.server, alone.scheduler);
+    expect(alone.lines.filter((l) => l.event === 'jwks_keys_dropped')).toEqual([expect.objectContaining({ level: 'error', dropped: [expect.objectContaining({ kid: 'leaked', compromised: true })] })]);
   });
 
   it('leaves out public keys anyone can sign for: an RSA exponent of 1 or an even one, an Ed25519 point of small order', async () => {
