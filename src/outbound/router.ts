@@ -69,14 +69,16 @@ const reject = (status: number, reason: string, message: string): Resolution => 
  * Whether a request path (query excluded) has a `.` or `..` segment, escaped (`%2e`) or not. Paths are forwarded as
  * sent, so behind a target path `/payments` the call `/../orders/admin` would reach `/payments/../orders/admin`, which
  * a gateway in front of several services resolves to `/orders/admin`: the payments token sent to another service's
- * path. Clients resolve dot segments before sending (RFC 3986 §5.2.4), so such a path is refused rather than guessed at.
+ * path. Segments are cut where any server might cut them: at `/`, `\` and their escapes, and before a `;` (`..;` is
+ * `..` to Tomcat). Clients resolve dot segments before sending (RFC 3986 §5.2.4), so such a path is refused rather
+ * than guessed at.
  */
 export function hasDotSegment(pathAndQuery: string): boolean {
   const q = pathAndQuery.indexOf('?');
   const path = q === -1 ? pathAndQuery : pathAndQuery.slice(0, q);
-  if (!path.includes('.') && !path.includes('%')) return false;
-  return path.split('/').some((segment) => {
-    const dots = segment.replace(/%2e/gi, '.');
+  if (!path.includes('.') && !/%2e/i.test(path)) return false;
+  return path.split(/\/|\\|%2f|%5c/i).some((segment) => {
+    const dots = segment.split(';', 1)[0]!.replace(/%2e/gi, '.');
     return dots === '.' || dots === '..';
   });
 }

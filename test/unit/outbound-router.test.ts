@@ -69,12 +69,13 @@ describe('outbound router', () => {
   });
 
   it('refuses a dot segment behind a target base path: /api/../orders would take the token out of /api (a path gateway resolves it)', () => {
-    for (const path of ['/../orders/admin', '/a/%2e%2e/b', '/%2E./x', '/./q', '/a/..', 'http://search/../x?y=1']) {
+    // Spelt as gateways read them too: `..;` (Tomcat, Spring), and `..` next to an escaped or back slash.
+    for (const path of ['/../orders/admin', '/a/%2e%2e/b', '/%2E./x', '/./q', '/a/..', 'http://search/../x?y=1', '/..;/orders', '/..;x=1/o', '/..%2forders', '/..%5Corders', '/..\\orders']) {
       const r = path.startsWith('/') ? router.resolve(path, 'search') : router.resolve(path, undefined);
       expect(r, path).toMatchObject({ kind: 'reject', status: 400, reason: 'bad_request', message: expect.stringContaining('out of the route target\'s path /api') });
     }
     // Dots inside a segment, or in the query, are no segment; without a base path the path goes as sent.
-    for (const path of ['/a..b/.well-known/x', '/q?next=/../x', '/...']) expect(router.resolve(path, 'search'), path).toMatchObject({ kind: 'route', path: `/api${path}` });
+    for (const path of ['/a..b/.well-known/x', '/q?next=/../x', '/...', '/v1;v=2/x', '/a.b%2Fc']) expect(router.resolve(path, 'search'), path).toMatchObject({ kind: 'route', path: `/api${path}` });
     expect(router.resolve('/../x', 'payments')).toMatchObject({ kind: 'route', path: '/../x' });
   });
 
