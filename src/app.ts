@@ -269,14 +269,14 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       if (givenUp) throw new SidecarError('superseded', 'a newer config arrived while this one warmed up', 1);
       for (const [side, component] of fresh) {
         const slot = slots.get(side);
-        if (slot) refuseHostOnlyMove(`${side}.listen`, slot, listenOf(side, next));
-        if (!slot || !isSameAddress(slot, listenOf(side, next))) opened.set(side, await openSlot(side, next, component));
+        if (!slot || !isSameAddress(slot, listenOf(side, next))) {
+          opened.set(side, await openSlot(side, next, component).catch((err: unknown) => ownPortTaken(`${side}.listen`, slot, listenOf(side, next), err)));
+        }
         // Same address, other limits or TLS files: a second socket could not be bound there, so the listener takes
         // them in place (checked here, applied below with everything else).
         else if (!hasSameSettings(slot, side, next)) reconfigured.set(side, slot.server.prepareReconfigure(next.limits, tlsOf(side, next)));
       }
-      refuseHostOnlyMove('admin.listen', admin, next.admin.listen);
-      if (!isSameAddress(admin, next.admin.listen)) newAdmin = await openAdmin(next.admin.listen, next.limits);
+      if (!isSameAddress(admin, next.admin.listen)) newAdmin = await openAdmin(next.admin.listen, next.limits).catch((err: unknown) => ownPortTaken('admin.listen', admin, next.admin.listen, err));
       // Past this point the swap runs to the end without waiting on anything, so shutdown cannot begin halfway.
       if (!accepting) throw shuttingDownError();
     } catch (err) {
@@ -376,27 +376,26 @@ function hasSameSettings(slot: Slot, side: Side, next: Config): boolean {
 }
 
 /**
- * Same text, or the address the socket is actually bound to (`:0` became port 43857, `:9090` is `0.0.0.0:9090`):
- * rebinding it would fail with EADDRINUSE.
- */
-/**
  * A reload opens the new socket before it closes the old one, so that no connection is refused meanwhile; on the same
- * port with only the host changed to or from a wildcard (`127.0.0.1:15006` to `0.0.0.0:15006`, or back), the old
- * socket holds the port and the new one cannot bind. Said as what it is, not as an "address already in use" that blames another program.
+ * port with only the host changed (`127.0.0.1:15006` to `0.0.0.0:15006`, or back), the old socket may hold the port,
+ * and the new one cannot bind. An "address already in use" there is said as what it is, not blamed on another program.
  */
-function refuseHostOnlyMove(key: string, bound: { listen: string; address: ListenAddress }, listen: string): void {
-  const next = parseListen(listen);
-  if (isSameAddress(bound, listen) || next.port === 0 || next.port !== bound.address.port) return;
-  // Two specific addresses (127.0.0.1 and 127.0.0.2) can share a port; a wildcard on either side cannot.
-  const wildcard = (host: string) => host === '0.0.0.0' || host === '::' || host === '';
-  if (!wildcard(next.host) && !wildcard(bound.address.host)) return;
+function ownPortTaken(key: string, bound: { address: ListenAddress } | undefined, listen: string, err: unknown): never {
+  const port = parseListen(listen).port;
+  const inUse = err instanceof ListenError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
+  if (!inUse || bound === undefined || port === 0 || port !== bound.address.port) throw err;
   throw new SidecarError(
     'restart_required',
     `${key}: moving from ${formatAddress(bound.address)} to ${listen} keeps the port, which the listener there holds until the new one is open; restart the sidecar to change only the host, or move to another port`,
     1,
+    { cause: err },
   );
 }
 
+/**
+ * Same text, or the address the socket is actually bound to (`:0` became port 43857, `:9090` is `0.0.0.0:9090`):
+ * rebinding it would fail with EADDRINUSE.
+ */
 function isSameAddress(bound: { listen: string; address: ListenAddress }, listen: string): boolean {
   if (bound.listen === listen) return true;
   const next = parseListen(listen);
