@@ -20,16 +20,20 @@ export interface VerifyCache<T> {
   readonly size: number;
 }
 
-export interface VerifyCacheOptions<T> {
+export type VerifyCacheOptions<T> = {
   /** Most entries kept (least recently used go first); 0 disables the cache. Default 10000. */
   maxEntries: number;
-  /** Most memory the values may take together, as `sizeOf` estimates it; least recently used go first. */
-  maxBytes?: number;
-  /** About how many bytes a value holds in memory (required with maxBytes). */
-  sizeOf?: (value: T) => number;
   clock: Clock;
   metrics: Metrics;
-}
+} & (
+  | {
+      /** Most memory the values may take together, as `sizeOf` estimates it; least recently used go first. */
+      maxBytes: number;
+      /** About how many bytes a value holds in memory. */
+      sizeOf: (value: T) => number;
+    }
+  | { maxBytes?: undefined; sizeOf?: undefined }
+);
 
 /**
  * The verified-token cache, so a hot caller costs a hash and a map lookup
@@ -48,7 +52,8 @@ export function createVerifyCache<T>(opts: VerifyCacheOptions<T>): VerifyCache<T
   const { maxBytes, sizeOf } = opts;
   const lru = new LRUCache<string, CacheEntry<T>>(
     maxBytes !== undefined && sizeOf !== undefined
-      ? { max: opts.maxEntries, maxSize: maxBytes, sizeCalculation: (entry) => Math.max(1, sizeOf(entry.value)) }
+      ? // lru-cache throws on a size that is not a positive integer, and it would throw on the request's path.
+        { max: opts.maxEntries, maxSize: maxBytes, sizeCalculation: (entry) => Math.max(1, Math.ceil(sizeOf(entry.value)) || 1) }
       : { max: opts.maxEntries },
   );
   // One-shot hash: no Hash object (a native handle) per request on the hot path.

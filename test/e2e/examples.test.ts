@@ -1,6 +1,5 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -8,7 +7,7 @@ import { parse, parseAllDocuments, stringify } from 'yaml';
 import { DEFAULTS } from '../../src/config/defaults.js';
 import { DEFAULT_DEV_CLIENTS, loadDevClientsFile } from '../../src/dev/clients-file.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { freePort, runCli, startSidecar, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -537,13 +536,4 @@ function bytes(quantity: string): number {
   return Number(m[1]) * unit;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => res(port));
-    });
-  });
-}
 

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { selfSignedCert } from '../support/certs.js';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { BIN, runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
+import { BIN, freePort, runCli, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { eventually } from './inbound-support.js';
 
@@ -48,15 +48,6 @@ async function call(path: string, token: string): Promise<number> {
   const r = await fetch(`${sidecar!.inbound}${path}`, { headers: { authorization: `Bearer ${token}` } });
   await r.arrayBuffer();
   return r.status;
-}
-
-/** A port the OS just handed out and took back: free for a listener a reload moves to. */
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-  const port = (probe.address() as AddressInfo).port;
-  await new Promise((r) => probe.close(r));
-  return port;
 }
 
 async function metric(name: string): Promise<string> {

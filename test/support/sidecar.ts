@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
@@ -205,4 +206,13 @@ function runNode(nodeArgs: string[], args: string[], opts: CliOptions): Promise<
     });
     child.stdin.end(opts.input ?? '');
   });
+}
+
+/** A port on 127.0.0.1 the OS just handed out and took back: free for a listener a config names (a reload's move). */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  return port;
 }
