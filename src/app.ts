@@ -1,5 +1,6 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { isIP } from 'node:net';
 import type { Config, InboundConfig } from './config/schema.js';
 import { DEFAULTS } from './config/defaults.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
@@ -381,9 +382,13 @@ function hasSameSettings(slot: Slot, side: Side, next: Config): boolean {
  * and the new one cannot bind. An "address already in use" there is said as what it is, not blamed on another program.
  */
 function ownPortTaken(key: string, bound: { address: ListenAddress } | undefined, listen: string, err: unknown): never {
-  const port = parseListen(listen).port;
+  const { host, port } = parseListen(listen);
   const inUse = err instanceof ListenError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
   if (!inUse || bound === undefined || port === 0 || port !== bound.address.port) throw err;
+  // Two different IP addresses neither of which is a wildcard (127.0.0.1 and 127.0.0.2, or ::1) do not share a port:
+  // what holds it there is another program, and a restart would not help.
+  const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
+  if (isIP(host) !== 0 && isIP(bound.address.host) !== 0 && !wildcard(host) && !wildcard(bound.address.host) && host !== bound.address.host) throw err;
   throw new SidecarError(
     'restart_required',
     `${key}: moving from ${formatAddress(bound.address)} to ${listen} keeps the port, which the listener there holds until the new one is open; restart the sidecar to change only the host, or move to another port`,

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { CommandModule } from 'yargs';
 import { startApp, type RunningApp } from '../app.js';
 import { loadConfig, resolveConfigPaths } from '../config/load.js';
@@ -44,8 +45,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       // SIGHUP, as config management does) is seen by the watch a moment later: reloading it again would refetch the
       // keys and log, count and (for a bad file) refuse the same edit twice.
       let lastRead = configBaseline;
-      // The config serving now: a reload that would drop all of its inbound rules is refused (see reloadFrom).
+      // The config serving now: a change on disk that would drop all of its inbound rules is held (see reloadFrom).
       let running = config;
+      // Cut short by shutdown: a reload holding a config (see reloadFrom) gives up at once.
+      const shutdownBegun = new AbortController();
       // Reloads run one at a time, and never once shutdown has begun. At most one waits behind the one running: it
       // reads the config when it starts, so it takes in every trigger that came while it waited. A queue of one
       // reload per trigger made repeated SIGHUPs during an IdP outage each wait out a warm-up, the last (the one
@@ -85,7 +88,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             retry.cancel();
             lastRead = now;
             const superseded = lastWasSuperseded ? undefined : new Promise<void>((resolve) => (supersede = resolve));
-            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next, superseded), now, retry.lastFailure, running).finally(
+            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next, superseded), now, retry.lastFailure, running, shutdownBegun.signal).finally(
               () => (supersede = undefined),
             );
             lastWasSuperseded = outcome.superseded === true;
@@ -118,6 +121,7 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
           }
           logger.info({ event: 'signal', signal, ...(whileStarting && { whileStarting }) }, `received ${signal}${whileStarting ? ' while starting' : ''}`);
           stopping = true;
+          shutdownBegun.abort();
           watch.stop();
           retry.cancel();
           // A reload under way gives up at once (app.shutdown); one queued behind it never starts (`stopping`).
@@ -187,6 +191,7 @@ async function reloadFrom(
   // is one error line, not one per retry. It is counted each time (config_reloads_total counts every attempt).
   previousFailure: string | undefined,
   running: Config,
+  shutdownBegun: AbortSignal,
 ): Promise<ReloadOutcome> {
   const level = (failure: string) => (trigger === 'retry' && failure === previousFailure ? 'debug' : 'error');
   let next: Config;
@@ -200,23 +205,27 @@ async function reloadFrom(
     logger[level(failure)]({ event: 'config_reload_refused', trigger, errors }, 'new config is invalid; keeping the current one');
     return { failure, retryable: true };
   }
-  if (running.inbound?.rules && next.inbound && !next.inbound.rules) {
-    // A file read while it is being written (a script that appends, a template piped from a slow producer) ends
-    // before its last section, often the rules: applied, it would let every valid token in. A change seen on disk that
-    // drops them all is read again after a while, and given up if the files changed meanwhile (the reload queued
-    // behind this one reads them); a SIGHUP is the operator saying the files are ready.
-    if (trigger === 'file_changed' || trigger === 'retry') {
-      await new Promise((resolve) => setTimeout(resolve, RULES_DROPPED_HOLD_MS));
-      if (!isSameSignatures(signaturesOf(paths), configBaseline)) {
-        logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed again while a config without inbound.rules waited; the newer one is read instead');
-        return { superseded: true };
-      }
+  const dropsRules = running.inbound?.rules !== undefined && next.inbound !== undefined && next.inbound.rules === undefined;
+  // A file read while it is being written (a script that appends, a template piped from a slow producer) ends before
+  // its last section, often the rules: applied, it would let every valid token in. Read from disk for any trigger but
+  // a SIGHUP (the operator saying the files are ready), a config that drops them all is read again after a while, and
+  // given up if the files changed meanwhile (the reload queued behind this one reads them).
+  if (dropsRules && trigger !== 'SIGHUP') {
+    logger.debug({ event: 'config_reload_held', trigger, holdSeconds: RULES_DROPPED_HOLD_MS / 1000 }, 'the new config has no inbound.rules; waiting to see that the files are complete');
+    await sleep(RULES_DROPPED_HOLD_MS, undefined, { signal: shutdownBegun, ref: false }).catch(() => {});
+    if (shutdownBegun.aborted) {
+      logger.info({ event: 'config_reload_abandoned', trigger, reason: 'shutdown' }, 'shutdown began; the new config is not applied');
+      return {};
     }
-    logger.warn({ event: 'inbound_rules_removed', trigger }, 'the new config has no inbound.rules: every valid token is let in');
+    if (!isSameSignatures(signaturesOf(paths), configBaseline)) {
+      logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed again while a config without inbound.rules waited; the newer one is read instead');
+      return { superseded: true };
+    }
   }
   try {
     await apply(next);
     metrics.configReloads.inc({ result: 'success' });
+    if (dropsRules) logger.warn({ event: 'inbound_rules_removed', trigger }, 'the new config has no inbound.rules: every valid token is let in');
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
     return { applied: { config: next, baselines: { config: configBaseline, ca: caBaselineOf(next) } } };
   } catch (err) {

@@ -105,7 +105,6 @@ export async function filterJwks(body: unknown, algorithms: readonly string[]): 
     if (k.key_ops !== undefined && !(Array.isArray(k.key_ops) && k.key_ops.includes('verify'))) continue;
     if (k.alg !== undefined && !(typeof k.alg === 'string' && algorithms.includes(k.alg))) continue;
     if (k.kid !== undefined && typeof k.kid !== 'string') continue;
-    if (PRIVATE_MEMBERS.some((m) => m in k)) continue;
     const alg = typeof k.alg === 'string' ? k.alg : algorithms.find((a) => fits(k, a));
     if (alg === undefined || !fits(k, alg)) continue;
     const unusable = await whyUnusable(k as JWK, alg);

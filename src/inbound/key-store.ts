@@ -53,6 +53,8 @@ export interface IssuerKeysSnapshot {
   fetchedAt: number;
   /** The last fetch failed: the successor fetches at once instead of waiting a refresh interval. */
   failing: boolean;
+  /** The jwks_uri discovery gave last, which the successor falls back on while the discovery document fails. */
+  discoveredUri?: string | undefined;
 }
 
 /** Keyed by what decides which keys an issuer has (issuer, jwksUri, algorithms, caFile). */
@@ -168,6 +170,8 @@ function createIssuerKeys(
   /** Monotonic time (ms) the last fetch of any kind started: the unknown-kid cooldown counts from here. */
   let lastAttemptAt = -Infinity;
   let discoveredUri: string | undefined;
+  /** The discovery failure last logged while the jwks_uri found before was used instead. */
+  let discoveryFailure: string | undefined;
   let inflight: Promise<FetchResult> | undefined;
   let cancelTimer: (() => void) | undefined;
   let retryDelay = jwks.retryMinSeconds;
@@ -223,6 +227,7 @@ function createIssuerKeys(
 
   if (seed) {
     apply(seed.keys, seed.fetchedAt);
+    discoveredUri = seed.discoveredUri;
     failing = seed.failing;
     lastFetchOk = !seed.failing;
     logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.monotonic() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
@@ -238,10 +243,16 @@ function createIssuerKeys(
     if (discoveredUri && !rediscover) return discoveredUri;
     try {
       discoveredUri = (await discover(cfg.issuer, dispatcher(), timeoutMs)).jwks_uri;
+      discoveryFailure = undefined;
     } catch (err) {
-      // A discovery document that cannot be read now says nothing against the jwks_uri it gave before.
+      // A discovery document that cannot be read now says nothing against the jwks_uri it gave before; said once per
+      // failure, not hidden, since a document that stays broken is a restart (or a changed jwksUri) from an outage.
       if (!discoveredUri || closed) throw err;
-      logger.debug({ event: 'discovery_failed', detail: capped(err instanceof Error ? err.message : String(err), MAX_ERROR_TEXT) }, 'discovery failed; fetching the jwks_uri it gave last time');
+      const detail = capped(err instanceof Error ? err.message : String(err), MAX_ERROR_TEXT);
+      if (detail !== discoveryFailure) {
+        discoveryFailure = detail;
+        logger.warn({ event: 'discovery_failed', detail, jwksUri: shownUrl(discoveredUri) }, 'discovery failed; fetching the jwks_uri it gave last time');
+      }
     }
     return discoveredUri;
   };
@@ -399,12 +410,12 @@ function createIssuerKeys(
     async start() {
       if (closed) return;
       // Always fetch, handed-over keys or not: a SIGHUP doubles as "refresh the keys now" (e.g. after
-      // a key compromise); if the fetch fails, the handed-over keys keep verifying as before.
-      const r = await fetchOnce();
+      // a key compromise), discovery included; if the fetch fails, the handed-over keys keep verifying as before.
+      const r = await fetchOnce(true);
       schedule(r.ok);
     },
     snapshot() {
-      return keySet ? { keys: currentKeys, fetchedAt, failing } : undefined;
+      return keySet ? { keys: currentKeys, fetchedAt, failing, discoveredUri } : undefined;
     },
     async close() {
       closed = true;

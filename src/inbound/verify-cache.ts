@@ -53,7 +53,7 @@ export function createVerifyCache<T>(opts: VerifyCacheOptions<T>): VerifyCache<T
   const lru = new LRUCache<string, CacheEntry<T>>(
     maxBytes !== undefined && sizeOf !== undefined
       ? // lru-cache throws on a size that is not a positive integer, and it would throw on the request's path.
-        { max: opts.maxEntries, maxSize: maxBytes, sizeCalculation: (entry) => Math.max(1, Math.ceil(sizeOf(entry.value)) || 1) }
+        { max: opts.maxEntries, maxSize: maxBytes, sizeCalculation: (entry) => entrySize(sizeOf(entry.value), maxBytes) }
       : { max: opts.maxEntries },
   );
   // One-shot hash: no Hash object (a native handle) per request on the hot path.
@@ -78,4 +78,10 @@ export function createVerifyCache<T>(opts: VerifyCacheOptions<T>): VerifyCache<T
       return lru.size;
     },
   };
+}
+
+/** A size lru-cache takes (a positive integer): what cannot be told is 1, what is beyond counting is too big to keep. */
+function entrySize(bytes: number, maxBytes: number): number {
+  if (Number.isFinite(bytes)) return Math.max(1, Math.ceil(bytes));
+  return bytes === Number.POSITIVE_INFINITY ? maxBytes + 1 : 1;
 }

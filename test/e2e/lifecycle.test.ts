@@ -233,21 +233,40 @@ describe('reload', () => {
     const watched = (rules?: unknown[]) => {
       const c = inboundConfig(rules ?? []) as Record<string, any>;
       c.lifecycle.watchConfig = true;
+      c.log.level = 'debug';
       if (!rules) delete c.inbound.rules;
       return c;
     };
     sidecar = await startSidecar(watched(allowSub('orders')));
     const token = await idp.getToken('payments', 'orders');
     expect(await call('/x', token)).toBe(403);
-    // The writer stops after everything but the rules, for longer than the files must stay unchanged (1 s)...
+    // The writer stops after everything but the rules, for longer than the files must stay unchanged (1 s), so that
+    // part is read...
     sidecar.rewriteConfig(watched());
-    await sidecar.waitForLog((l) => l.event === 'config_reload_abandoned' || l.event === 'config_reloaded', 4_000).catch(() => undefined);
-    // ... then writes the whole file, with other rules.
+    await sidecar.waitForLog((l) => l.event === 'config_reload_held');
+    // ... and then writes the whole file, with other rules, within the hold.
     sidecar.rewriteConfig(watched(allowSub('nobody')));
     await sidecar.waitForLog((l) => l.event === 'config_reloaded', 15_000);
     expect(sidecar.logs.filter((l) => l.event === 'inbound_rules_removed')).toEqual([]);
     expect(sidecar.logs.filter((l) => l.event === 'config_reload_abandoned').map((l) => l.reason)).toEqual(['superseded']);
     expect(await call('/x', token)).toBe(403);
+  });
+
+  it('a SIGTERM during that hold gives the held config up at once, before the sidecar stops', async () => {
+    const c = inboundConfig(allowSub('orders')) as Record<string, any>;
+    c.lifecycle.watchConfig = true;
+    c.log.level = 'debug';
+    sidecar = await startSidecar(c);
+    delete c.inbound.rules;
+    sidecar.rewriteConfig(c);
+    await sidecar.waitForLog((l) => l.event === 'config_reload_held');
+    sidecar.signal('SIGTERM');
+    expect(await sidecar.exited).toBe(0);
+    const events = sidecar.logs.map((l) => l.event);
+    expect(events.filter((e) => e === 'inbound_rules_removed')).toEqual([]);
+    expect(sidecar.logs.find((l) => l.event === 'config_reload_abandoned')).toMatchObject({ reason: 'shutdown' });
+    // The hold used to run its 3 s out under the shutdown, and say its piece after `stopped`.
+    expect(events.indexOf('config_reload_abandoned')).toBeLessThan(events.indexOf('stopped'));
   });
 
   it('applies a config without inbound.rules on SIGHUP, saying every valid token is now let in', async () => {
@@ -384,6 +403,18 @@ describe('reload', () => {
       `restart_required: inbound.listen: moving from 127.0.0.1:${port} to 0.0.0.0:${port} keeps the port, which the listener there holds until the new one is open; restart the sidecar to change only the host, or move to another port`,
     );
     expect(await call('/z', token)).toBe(200);
+    // Another loopback address on the same port is taken by another program, not by the sidecar: said as such.
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(port, '127.0.0.2', r));
+    try {
+      next.inbound.listen = `127.0.0.2:${port}`;
+      sidecar.rewriteConfig(next);
+      sidecar.signal('SIGHUP');
+      await sidecar.waitForLog(() => sidecar!.logs.filter((l) => l.event === 'config_reload_failed').length === 2);
+      expect(String(sidecar.logs.filter((l) => l.event === 'config_reload_failed')[1]!.error)).toBe(`listen_failed: inbound.listen: cannot listen on 127.0.0.2:${port}: address already in use`);
+    } finally {
+      squatter.close();
+    }
   });
 
   it('a reload naming the admin port it is bound to (the config said port 0) keeps the admin listener', async () => {

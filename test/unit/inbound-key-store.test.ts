@@ -505,7 +505,8 @@ describe('key store: what the IdP says, and what the sidecar cut itself', () => 
     const config = inboundConfig({ issuers: [{ issuer: origin }], jwks: { cooldownSeconds: 30 } });
     const clock = manualClock();
     const scheduler = manualScheduler();
-    const store = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock, scheduler });
+    const { logger, lines } = captureLogger();
+    const store = createKeyStore(config.issuers, config.jwks, { logger, metrics: testMetrics(), clock, scheduler });
     cleanups.push(() => store.close());
     await store.start();
     jwksPath = '/new';
@@ -524,6 +525,16 @@ describe('key store: what the IdP says, and what the sidecar cut itself', () => 
     expect(hits.slice(5)).toEqual(['/.well-known/openid-configuration', '/new']);
     await vi.waitFor(() => expect(scheduler.pending()).toEqual([{ ms: 300_000 }]));
     expect(store.get(origin)!.lastError).toBeUndefined();
+    // Said once, at warn: a document that stays broken is an outage waiting for the next restart.
+    expect(scheduler.runAll()).toBe(1);
+    await vi.waitFor(() => expect(hits).toHaveLength(9));
+    expect(lines.filter((l) => l.event === 'discovery_failed')).toEqual([expect.objectContaining({ level: 'warn', jwksUri: `${origin}/new` })]);
+    // A reload's store reads discovery again, and falls back on the jwks_uri taken over with the keys.
+    const next = createKeyStore(config.issuers, config.jwks, { logger: captureLogger().logger, metrics: testMetrics(), clock, scheduler: manualScheduler(), handover: store.snapshot() });
+    cleanups.push(() => next.close());
+    await next.start();
+    expect(hits.slice(9)).toEqual(['/.well-known/openid-configuration', '/new']);
+    expect(next.get(origin)!.lastError).toBeUndefined();
   });
 
   it("quotes a discovery document's issuer of any length capped, in the log line, /readyz's reason and the 503 that name the failure", async () => {
@@ -608,8 +619,10 @@ describe('filterJwks', () => {
     ]);
     // Only the private key: nothing usable, and the error says why rather than "no key usable".
     await expect(filterJwks({ keys: [leaked.privateJwk] }, ['ES256'])).rejects.toThrow(/\(kid "leaked": the JWKS publishes its private key/);
-    // A member set to null is no private key.
-    expect((await filterJwks({ keys: [{ ...leaked.publicJwk, d: null }, good.publicJwk] }, ['ES256'])).dropped).toEqual([]);
+    // A member set to null publishes no private key: not called compromised, and left out with the reason jose gives.
+    expect((await filterJwks({ keys: [{ ...leaked.publicJwk, d: null }, good.publicJwk] }, ['ES256'])).dropped).toEqual([
+      { kid: 'leaked', reason: expect.stringMatching(/^cannot be imported for ES256: /) },
+    ]);
     const { store, lines } = await setup({}, (k1) => [k1, leaked.publicJwk, leaked.privateJwk]);
     await store.start();
     expect(lines.find((l) => l.event === 'jwks_keys_dropped')).toMatchObject({ level: 'error', dropped: [{ kid: 'leaked', compromised: true }, { kid: 'leaked', compromised: true }] });

@@ -61,9 +61,12 @@ describe('verify cache', () => {
     for (let i = 0; i < 20; i++) small.set(`t${i}`, { value: 'x', expiresAt: 10_000, keyVersion: 1 });
     expect(small.size).toBe(5);
     // A size that is no positive integer is taken as 1, never thrown on the request's path.
-    const odd = createVerifyCache<string>({ maxEntries: 5, maxBytes: 100, sizeOf: (v) => (v === 'nan' ? Number.NaN : 0.5), clock: manualClock(0), metrics: testMetrics() });
-    for (const t of ['nan', 'half']) odd.set(t, { value: t, expiresAt: 10_000, keyVersion: 1 });
+    const sizes: Record<string, number> = { nan: Number.NaN, half: 0.5, endless: Number.POSITIVE_INFINITY };
+    const odd = createVerifyCache<string>({ maxEntries: 5, maxBytes: 100, sizeOf: (v) => sizes[v]!, clock: manualClock(0), metrics: testMetrics() });
+    for (const t of ['nan', 'half', 'endless']) odd.set(t, { value: t, expiresAt: 10_000, keyVersion: 1 });
+    // An endless size is too big to keep; the others weigh 1.
     expect(odd.size).toBe(2);
+    expect(odd.get('endless')).toBeUndefined();
   });
 
   it("weighs an identity by its headers and claims, so 100 times the claims weigh dozens of times as much", () => {
