@@ -385,10 +385,11 @@ function ownPortTaken(key: string, bound: { address: ListenAddress } | undefined
   const { host, port } = parseListen(listen);
   const inUse = err instanceof ListenError && (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
   if (!inUse || bound === undefined || port === 0 || port !== bound.address.port) throw err;
-  // Two different IP addresses neither of which is a wildcard (127.0.0.1 and 127.0.0.2, or ::1) do not share a port:
-  // what holds it there is another program, and a restart would not help.
-  const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
-  if (isIP(host) !== 0 && isIP(bound.address.host) !== 0 && !wildcard(host) && !wildcard(bound.address.host) && host !== bound.address.host) throw err;
+  // Two different IPv4 addresses, neither the wildcard (127.0.0.1 and 127.0.0.2), do not share a port: what holds it
+  // there is another program, and a restart would not help. IPv6 spellings (`[::0]`, `[::ffff:127.0.0.1]`) and names
+  // can overlap the old socket, so they are taken for the sidecar's own.
+  const otherIpv4 = isIP(host) === 4 && isIP(bound.address.host) === 4 && host !== '0.0.0.0' && bound.address.host !== '0.0.0.0' && host !== bound.address.host;
+  if (otherIpv4) throw err;
   throw new SidecarError(
     'restart_required',
     `${key}: moving from ${formatAddress(bound.address)} to ${listen} keeps the port, which the listener there holds until the new one is open; restart the sidecar to change only the host, or move to another port`,

@@ -49,6 +49,9 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
       let running = config;
       // Cut short by shutdown: a reload holding a config (see reloadFrom) gives up at once.
       const shutdownBegun = new AbortController();
+      // The config files as they were at the last SIGHUP: the operator vouched for those, not for what a writer left
+      // on disk by the time a SIGHUP queued behind a slow reload runs.
+      let filesAtSighup: FileSignatures | undefined;
       // Reloads run one at a time, and never once shutdown has begun. At most one waits behind the one running: it
       // reads the config when it starts, so it takes in every trigger that came while it waited. A queue of one
       // reload per trigger made repeated SIGHUPs during an IdP outage each wait out a warm-up, the last (the one
@@ -88,7 +91,8 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
             retry.cancel();
             lastRead = now;
             const superseded = lastWasSuperseded ? undefined : new Promise<void>((resolve) => (supersede = resolve));
-            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next, superseded), now, retry.lastFailure, running, shutdownBegun.signal).finally(
+            const vouched = trigger === 'SIGHUP' && filesAtSighup !== undefined && isSameSignatures(now, filesAtSighup);
+            const outcome = await reloadFrom(paths, trigger, logger, metrics, (next) => app.reload(next, superseded), now, retry.lastFailure, running, { shutdownBegun: shutdownBegun.signal, vouched }).finally(
               () => (supersede = undefined),
             );
             lastWasSuperseded = outcome.superseded === true;
@@ -105,7 +109,10 @@ export function runCommand(): CommandModule<object, { config?: string[] }> {
           .catch((err) => logger.error({ event: 'config_reload_failed', trigger, error: errorSummary(err) }, 'reload failed; keeping the current config'));
       };
       watch.update(config, { config: configBaseline, ca: caBaselineOf(config) });
-      process.on('SIGHUP', () => reload('SIGHUP'));
+      process.on('SIGHUP', () => {
+        filesAtSighup = signaturesOf(paths);
+        reload('SIGHUP');
+      });
 
       const failure = await new Promise<unknown>((resolve) => {
         const stop = (signal: NodeJS.Signals, whileStarting = false) => {
@@ -191,8 +198,13 @@ async function reloadFrom(
   // is one error line, not one per retry. It is counted each time (config_reloads_total counts every attempt).
   previousFailure: string | undefined,
   running: Config,
-  shutdownBegun: AbortSignal,
+  opts: {
+    shutdownBegun: AbortSignal;
+    /** Read by a SIGHUP as the files were when it came: the operator saying they are ready. */
+    vouched: boolean;
+  },
 ): Promise<ReloadOutcome> {
+  const { shutdownBegun } = opts;
   const level = (failure: string) => (trigger === 'retry' && failure === previousFailure ? 'debug' : 'error');
   let next: Config;
   try {
@@ -207,10 +219,10 @@ async function reloadFrom(
   }
   const dropsRules = running.inbound?.rules !== undefined && next.inbound !== undefined && next.inbound.rules === undefined;
   // A file read while it is being written (a script that appends, a template piped from a slow producer) ends before
-  // its last section, often the rules: applied, it would let every valid token in. Read from disk for any trigger but
-  // a SIGHUP (the operator saying the files are ready), a config that drops them all is read again after a while, and
-  // given up if the files changed meanwhile (the reload queued behind this one reads them).
-  if (dropsRules && trigger !== 'SIGHUP') {
+  // its last section, often the rules: applied, it would let every valid token in. Unless a SIGHUP vouched for these
+  // very files, a config that drops them all is held a while, and given up if the files changed meanwhile (the reload
+  // queued behind this one reads them).
+  if (dropsRules && !opts.vouched) {
     logger.debug({ event: 'config_reload_held', trigger, holdSeconds: RULES_DROPPED_HOLD_MS / 1000 }, 'the new config has no inbound.rules; waiting to see that the files are complete');
     await sleep(RULES_DROPPED_HOLD_MS, undefined, { signal: shutdownBegun, ref: false }).catch(() => {});
     if (shutdownBegun.aborted) {

@@ -269,6 +269,36 @@ describe('reload', () => {
     expect(events.indexOf('config_reload_abandoned')).toBeLessThan(events.indexOf('stopped'));
   });
 
+  it('a SIGHUP vouches only for the files as they were when it came: one queued behind a slow reload holds what a writer left since', async () => {
+    const withRules = (rules?: unknown[]) => {
+      const c = inboundConfig(rules ?? []) as Record<string, any>;
+      c.log.level = 'debug';
+      c.inbound.jwks = { timeoutSeconds: 3 };
+      if (!rules) delete c.inbound.rules;
+      return c;
+    };
+    sidecar = await startSidecar(withRules(allowSub('orders')));
+    const token = await idp.getToken('payments', 'orders');
+    idp.setDown('hang');
+    try {
+      const asked = idp.counts.discovery + idp.counts.jwks;
+      sidecar.signal('SIGHUP');
+      while (idp.counts.discovery + idp.counts.jwks === asked) await new Promise((r) => setTimeout(r, 20));
+      // Queued behind the reload stuck on the IdP, for the files as they are now...
+      sidecar.signal('SIGHUP');
+      await new Promise((r) => setTimeout(r, 200));
+      // ... which a writer then leaves without their rules.
+      sidecar.rewriteConfig(withRules());
+      await sidecar.waitForLog((l) => l.event === 'config_reload_held' && l.trigger === 'SIGHUP', 15_000);
+      sidecar.rewriteConfig(withRules(allowSub('nobody')));
+      await sidecar.waitForLog((l) => l.event === 'config_reload_abandoned' && l.reason === 'superseded');
+      expect(sidecar.logs.filter((l) => l.event === 'inbound_rules_removed')).toEqual([]);
+    } finally {
+      idp.setDown(false);
+    }
+    expect(await call('/x', token)).toBe(403);
+  });
+
   it('applies a config without inbound.rules on SIGHUP, saying every valid token is now let in', async () => {
     sidecar = await startSidecar(inboundConfig(allowSub('orders')));
     const token = await idp.getToken('payments', 'orders');
@@ -405,7 +435,7 @@ describe('reload', () => {
     expect(await call('/z', token)).toBe(200);
     // Another loopback address on the same port is taken by another program, not by the sidecar: said as such.
     const squatter = createServer();
-    await new Promise<void>((r) => squatter.listen(port, '127.0.0.2', r));
+    await new Promise<void>((r, reject) => squatter.once('error', reject).listen(port, '127.0.0.2', r));
     try {
       next.inbound.listen = `127.0.0.2:${port}`;
       sidecar.rewriteConfig(next);
