@@ -50,6 +50,13 @@ async function call(path: string, token: string): Promise<number> {
   return r.status;
 }
 
+/** SIGHUP, then wait until that reload's warm-up has asked the (hanging) IdP for its keys. */
+async function sighupStuckOnIdp(s: SidecarProcess): Promise<void> {
+  const asked = idp.counts.discovery + idp.counts.jwks;
+  s.signal('SIGHUP');
+  while (idp.counts.discovery + idp.counts.jwks === asked) await new Promise((r) => setTimeout(r, 20));
+}
+
 async function metric(name: string): Promise<string> {
   const text = await (await fetch(`${sidecar!.admin}/metrics`)).text();
   return text.split('\n').filter((l) => l.startsWith(name)).join('\n');
@@ -281,9 +288,7 @@ describe('reload', () => {
     const token = await idp.getToken('payments', 'orders');
     idp.setDown('hang');
     try {
-      const asked = idp.counts.discovery + idp.counts.jwks;
-      sidecar.signal('SIGHUP');
-      while (idp.counts.discovery + idp.counts.jwks === asked) await new Promise((r) => setTimeout(r, 20));
+      await sighupStuckOnIdp(sidecar);
       // Queued behind the reload stuck on the IdP, for the files as they are now...
       sidecar.signal('SIGHUP');
       await new Promise((r) => setTimeout(r, 200));
@@ -552,10 +557,8 @@ describe('reload', () => {
     const token = await idp.getToken('payments', 'orders');
     idp.setDown('hang');
     try {
-      const asked = idp.counts.discovery + idp.counts.jwks;
-      sidecar.signal('SIGHUP');
       // The first reload is warming up, stuck on the IdP; four more SIGHUPs and an edit arrive meanwhile.
-      while (idp.counts.discovery + idp.counts.jwks === asked) await new Promise((r) => setTimeout(r, 20));
+      await sighupStuckOnIdp(sidecar);
       for (let i = 0; i < 4; i++) {
         sidecar.signal('SIGHUP');
         await new Promise((r) => setTimeout(r, 100));
@@ -585,17 +588,11 @@ describe('reloads given up for newer files', () => {
     const token = await idp.getToken('payments', 'orders');
     idp.setDown('hang');
     try {
-      /** SIGHUP, then wait until that reload's warm-up is stuck on the IdP. */
-      const hupAndWait = async () => {
-        const asked = idp.counts.discovery + idp.counts.jwks;
-        sidecar!.signal('SIGHUP');
-        while (idp.counts.discovery + idp.counts.jwks === asked) await new Promise((r) => setTimeout(r, 20));
-      };
       sidecar.rewriteConfig(withRules('a'));
-      await hupAndWait();
+      await sighupStuckOnIdp(sidecar);
       // B supersedes A; C arrives while B warms up, and must wait for B rather than give it up too.
       sidecar.rewriteConfig(withRules('b'));
-      await hupAndWait();
+      await sighupStuckOnIdp(sidecar);
       sidecar.rewriteConfig(withRules('payments'));
       sidecar.signal('SIGHUP');
       await sidecar.waitForLog(() => sidecar!.logs.filter((l) => l.event === 'config_reloaded').length === 2, 30_000);
