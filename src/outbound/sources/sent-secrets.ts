@@ -43,7 +43,40 @@ export function withoutSecrets(text: string, secrets: readonly string[]): string
   for (const s of [...spellings].sort((a, b) => b.length - a.length)) {
     out = s.length >= SHORT_SECRET_LENGTH ? out.split(s).join('[redacted]') : out.replace(standingAlone(s), '[redacted]');
   }
-  return out.replace(JWT_LIKE, '[redacted]');
+  return withoutPieces(out, secrets).replace(JWT_LIKE, '[redacted]');
+}
+
+/** How long a run of a credential's characters must be for withoutPieces to mask it. */
+const PIECE_LENGTH = 8;
+
+/**
+ * `text` with every run of PIECE_LENGTH or more characters of a credential masked, in any letter case: an IdP or a
+ * gateway that quotes the request shortened (`secret is Sup3r:Secr…`) or re-cased would otherwise pass part of it on.
+ * Masking a common word that happens to be in a secret is the price, and it only ever hides text.
+ */
+function withoutPieces(text: string, secrets: readonly string[]): string {
+  const lower = text.toLowerCase();
+  // A case mapping that changes the length (some non-ASCII letters) would shift every position found below.
+  if (lower.length !== text.length) return text;
+  const masked = new Uint8Array(text.length);
+  let any = false;
+  for (const secret of secrets) {
+    const s = secret.toLowerCase();
+    for (let i = 0; i + PIECE_LENGTH <= s.length; i++) {
+      const piece = s.slice(i, i + PIECE_LENGTH);
+      for (let at = lower.indexOf(piece); at !== -1; at = lower.indexOf(piece, at + 1)) {
+        masked.fill(1, at, at + PIECE_LENGTH);
+        any = true;
+      }
+    }
+  }
+  if (!any) return text;
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    if (masked[i] !== 1) out += text[i];
+    else if (i === 0 || masked[i - 1] !== 1) out += '[redacted]';
+  }
+  return out;
 }
 
 /** Every occurrence of `s` with no letter or digit right before or after it. */

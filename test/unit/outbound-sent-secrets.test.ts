@@ -1,0 +1,19 @@
+import { describe, expect, it } from 'vitest';
+import { sentSecrets, withoutSecrets } from '../../src/outbound/sources/sent-secrets.js';
+
+describe('withoutSecrets: what an IdP quotes of the request', () => {
+  const secret = 'Sup3r:Secr3t/Value+x=';
+  const secrets = sentSecrets(new URLSearchParams({ client_id: 'orders', client_secret: secret }), {});
+
+  it('masks the credential as sent and form-encoded', () => {
+    expect(withoutSecrets(`bad secret ${secret}`, secrets)).toBe('bad secret [redacted]');
+    expect(withoutSecrets(`client_secret=${new URLSearchParams({ v: secret }).toString().slice(2)}&x`, secrets)).toBe('client_secret=[redacted]&x');
+  });
+
+  it('masks a shortened or re-cased copy too: any run of 8 of its characters, in any case', () => {
+    expect(withoutSecrets('secret is SUP3R:SECR3T/VALUE+X= / Sup3r:Secr…', secrets)).toBe('secret is [redacted] / [redacted]…');
+    expect(withoutSecrets('tail: 3t/Value+x', secrets)).toBe('tail: [redacted]');
+    // Shorter runs are words like any other.
+    expect(withoutSecrets('invalid_client: Sup3r is not known', secrets)).toBe('invalid_client: Sup3r is not known');
+  });
+});
