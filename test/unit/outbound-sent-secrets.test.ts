@@ -16,4 +16,10 @@ describe('withoutSecrets: what an IdP quotes of the request', () => {
     // Shorter runs are words like any other.
     expect(withoutSecrets('invalid_client: Sup3r is not known', secrets)).toBe('invalid_client: Sup3r is not known');
   });
+
+  it('masks the Basic value and pair whole, but a client id alone, even a long one, stays readable', () => {
+    const basic = sentSecrets(new URLSearchParams(), { authorization: `Basic ${Buffer.from(`payments-service-client:${secret}`).toString('base64')}` });
+    expect(withoutSecrets(`unknown client payments-service-client (payments-service-client:${secret})`, basic)).toBe('unknown client payments-service-client ([redacted])');
+    expect(withoutSecrets('secret SUP3R:SECR3T/V', basic)).toBe('secret [redacted]');
+  });
 });

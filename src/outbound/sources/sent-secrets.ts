@@ -4,26 +4,37 @@ import { JWT_LIKE } from '../../log.js';
 /** Credentials shorter than this are masked only where they stand alone: see withoutSecrets. */
 const SHORT_SECRET_LENGTH = 4;
 
+/** What one token request carried that an answer quoting it must not repeat. */
+export interface SentSecrets {
+  /** Every spelling of a credential as sent, masked where it appears whole. */
+  readonly whole: readonly string[];
+  /** The credentials themselves, masked in pieces too (withoutPieces): not the Basic value or pair, whose pieces would also be the client id's. */
+  readonly pieces: readonly string[];
+}
+
 /**
  * The credentials one token request carries, for masking an answer that quotes them: the values of the form's
  * credential fields (`client_secret`, `client_assertion`, `subject_token`, `actor_token`, and any secret-looking
  * field from `params`) and the `Authorization` header, with a Basic pair's secret decoded too.
  */
-export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<string, string>>): string[] {
-  const secrets: string[] = [];
+export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<string, string>>): SentSecrets {
+  const credentials: string[] = [];
+  const spellings: string[] = [];
   // `subject_token_type` and the like name a kind of token; their values are URNs, not credentials.
-  for (const [name, value] of form) if (isSecretName(name) && !name.endsWith('_type')) secrets.push(value);
+  for (const [name, value] of form) if (isSecretName(name) && !name.endsWith('_type')) credentials.push(value);
   const authorization = headers.authorization;
   if (authorization) {
-    secrets.push(authorization);
+    spellings.push(authorization);
     const basic = /^basic\s+(\S+)/i.exec(authorization)?.[1];
     if (basic) {
       const pair = Buffer.from(basic, 'base64').toString('utf8');
       const secret = pair.slice(pair.indexOf(':') + 1);
-      secrets.push(basic, pair, secret, formDecode(secret));
+      spellings.push(basic, pair);
+      credentials.push(secret, formDecode(secret));
     }
   }
-  return secrets.filter((s) => s.length > 0);
+  const given = (s: string) => s.length > 0;
+  return { whole: [...credentials, ...spellings].filter(given), pieces: credentials.filter(given) };
 }
 
 /**
@@ -35,15 +46,15 @@ export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<stri
  * wherever no letter or digit touches it on either side, which is how an echoed request shows it (`client_secret=ab&`,
  * `'ab'`), rather than everywhere, which would mask letters of every word ("s" in "invalid_scope").
  */
-export function withoutSecrets(text: string, secrets: readonly string[]): string {
+export function withoutSecrets(text: string, secrets: SentSecrets): string {
   const spellings = new Set<string>();
-  for (const s of secrets) for (const v of [s, new URLSearchParams({ v: s }).toString().slice(2), encodeURIComponent(s), s.replaceAll(' ', '+')]) spellings.add(v);
+  for (const s of secrets.whole) for (const v of [s, new URLSearchParams({ v: s }).toString().slice(2), encodeURIComponent(s), s.replaceAll(' ', '+')]) spellings.add(v);
   let out = text;
   // Longest first, so a secret that contains another is masked whole.
   for (const s of [...spellings].sort((a, b) => b.length - a.length)) {
     out = s.length >= SHORT_SECRET_LENGTH ? out.split(s).join('[redacted]') : out.replace(standingAlone(s), '[redacted]');
   }
-  return withoutPieces(out, secrets).replace(JWT_LIKE, '[redacted]');
+  return withoutPieces(out, secrets.pieces).replace(JWT_LIKE, '[redacted]');
 }
 
 /** How long a run of a credential's characters must be for withoutPieces to mask it. */

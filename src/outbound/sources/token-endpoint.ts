@@ -4,7 +4,7 @@ import { TokenUnavailableError } from '../../errors.js';
 import { discover, downgradesToCleartext } from '../../oidc/discovery.js';
 import { createIdpAgent, IdpHttpError, requestJson, retryAfterMs, shownUrl } from '../../oidc/http.js';
 import type { ClientAuth } from './client-auth.js';
-import { sentSecrets, withoutSecrets } from './sent-secrets.js';
+import { sentSecrets, withoutSecrets, type SentSecrets } from './sent-secrets.js';
 import { assertBearerToken, assertIssuedFor, LASTING, toIssuedToken } from './token-format.js';
 import type { IssuedToken, SourceDeps } from './types.js';
 
@@ -110,7 +110,7 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
  * and `error_description`, which reach the logs and the app's 503 body. The
  * request's own secrets are never part of it: any the IdP quotes are masked.
  */
-function oauthError(status: number, body: Record<string, unknown>, secrets: readonly string[], retryAfter: number | undefined): TokenUnavailableError {
+function oauthError(status: number, body: Record<string, unknown>, secrets: SentSecrets, retryAfter: number | undefined): TokenUnavailableError {
   const options = { retryAfterMs: retryAfter };
   if (typeof body.error === 'string' && body.error.length > 0) {
     const code = safeText(withoutSecrets(body.error, secrets), 64);
