@@ -233,9 +233,21 @@ function createIssuerKeys(
     logger.info({ event: 'jwks_handed_over', keyCount: seed.keys.length, ageSeconds: Math.round((clock.monotonic() - seed.fetchedAt) / 1000) }, 'issuer keys carried over from the previous config');
   }
 
-  // Not a key to fix at leisure: whoever read the JWKS can sign as the issuer wherever else that key is trusted.
-  const logPublishedPrivateKey = (dropped: readonly DroppedKey[]) =>
-    logger.error({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes a private signing key: that key is compromised and left out, with its public half');
+  /** Says which keys the JWKS has that were left out, once per change of that list: the IdP publishes them until someone fixes it. */
+  const reportDropped = (dropped: readonly DroppedKey[], ignored: number) => {
+    const droppedNow = JSON.stringify([dropped, ignored]);
+    if (droppedNow === droppedLogged) return;
+    droppedLogged = droppedNow;
+    if (dropped.some((d) => d.compromised)) {
+      // Not a key to fix at leisure: whoever read the JWKS can sign as the issuer wherever else that key is trusted.
+      logger.error({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes a private signing key: that key is compromised and left out, with its public half');
+    } else if (dropped.length) {
+      logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
+    }
+    if (ignored > 0) {
+      logger.warn({ event: 'jwks_keys_ignored', ignored, limit: MAX_JWKS_KEYS }, `issuer publishes more than ${MAX_JWKS_KEYS} keys; only the first ${MAX_JWKS_KEYS} are used`);
+    }
+  };
 
   /** The jwks_uri to fetch: the configured one, else the discovery document's (read again with `rediscover`). */
   const jwksUri = async (rediscover: boolean): Promise<string> => {
@@ -278,30 +290,15 @@ function createIssuerKeys(
       // withdraw them, and the fetch counts as failed. A document that is no JWKS at all (garbage, an error page)
       // says nothing about the keys, and the last good ones stay.
       if (err instanceof NoUsableKeysError) {
-        // A leaked private key is said as loudly when it was the only key (the likeliest shape of the mistake).
-        const droppedNow = JSON.stringify([err.dropped, 0]);
-        if (err.dropped.some((d) => d.compromised) && droppedNow !== droppedLogged) {
-          droppedLogged = droppedNow;
-          logPublishedPrivateKey(err.dropped);
-        }
+        // A leaked private key is said as loudly when it was the only key (the likeliest shape of the mistake); other
+        // unusable keys are named in the failure itself.
+        if (err.dropped.some((d) => d.compromised)) reportDropped(err.dropped, 0);
         withdraw(err.message);
       }
       throw err;
     }
     const { keys, dropped, ignored } = filtered;
-    // Said once per change of the list, not at every refresh: the IdP publishes them until someone fixes it.
-    const droppedNow = JSON.stringify([dropped, ignored]);
-    if (droppedNow !== droppedLogged) {
-      droppedLogged = droppedNow;
-      if (dropped.some((d) => d.compromised)) {
-        logPublishedPrivateKey(dropped);
-      } else if (dropped.length) {
-        logger.warn({ event: 'jwks_keys_dropped', dropped }, 'issuer publishes signing keys that cannot be used; they are left out');
-      }
-      if (ignored > 0) {
-        logger.warn({ event: 'jwks_keys_ignored', ignored, limit: MAX_JWKS_KEYS }, `issuer publishes more than ${MAX_JWKS_KEYS} keys; only the first ${MAX_JWKS_KEYS} are used`);
-      }
-    }
+    reportDropped(dropped, ignored);
     const first = keySet === undefined;
     if (apply(keys, clock.monotonic())) {
       logger.info(
