@@ -205,6 +205,11 @@ async function reloadFrom(
   },
 ): Promise<ReloadOutcome> {
   const { shutdownBegun } = opts;
+  // Shutdown began before the new config was applied: nothing failed, it will not be needed.
+  const abandonedForShutdown = (): ReloadOutcome => {
+    logger.info({ event: 'config_reload_abandoned', trigger, reason: 'shutdown' }, 'shutdown began; the new config is not applied');
+    return {};
+  };
   const level = (failure: string) => (trigger === 'retry' && failure === previousFailure ? 'debug' : 'error');
   let next: Config;
   try {
@@ -225,10 +230,7 @@ async function reloadFrom(
   if (dropsRules && !opts.vouched) {
     logger.debug({ event: 'config_reload_held', trigger, holdSeconds: RULES_DROPPED_HOLD_MS / 1000 }, 'the new config has no inbound.rules; waiting to see that the files are complete');
     await sleep(RULES_DROPPED_HOLD_MS, undefined, { signal: shutdownBegun, ref: false }).catch(() => {});
-    if (shutdownBegun.aborted) {
-      logger.info({ event: 'config_reload_abandoned', trigger, reason: 'shutdown' }, 'shutdown began; the new config is not applied');
-      return {};
-    }
+    if (shutdownBegun.aborted) return abandonedForShutdown();
     if (!isSameSignatures(signaturesOf(paths), configBaseline)) {
       logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed again while a config without inbound.rules waited; the newer one is read instead');
       return { superseded: true };
@@ -241,11 +243,7 @@ async function reloadFrom(
     logger.info({ event: 'config_reloaded', trigger }, 'config reloaded');
     return { applied: { config: next, baselines: { config: configBaseline, ca: caBaselineOf(next) } } };
   } catch (err) {
-    // Shutdown began while the new config warmed up: nothing failed, it will not be needed.
-    if (err instanceof SidecarError && err.code === 'shutting_down') {
-      logger.info({ event: 'config_reload_abandoned', trigger, reason: 'shutdown' }, 'shutdown began; the new config is not applied');
-      return {};
-    }
+    if (err instanceof SidecarError && err.code === 'shutting_down') return abandonedForShutdown();
     // The config files changed while it warmed up: the reload queued behind this one reads them.
     if (err instanceof SidecarError && err.code === 'superseded') {
       logger.info({ event: 'config_reload_abandoned', trigger, reason: 'superseded' }, 'the config files changed while the new config warmed up; the newer one is read instead');
