@@ -44,6 +44,9 @@ function inboundConfig(rules: unknown[], lifecycle: Record<string, unknown> = {}
 
 const allowSub = (sub: string) => [{ match: { path: '/**' }, allow: [{ sub }] }];
 
+/** A config allowing `sub` whose key fetches (so each reload's warm-up, with the IdP hanging) wait `seconds`. */
+const withKeyTimeout = (sub: string, seconds: number) => ({ ...inboundConfig(allowSub(sub)), inbound: { ...inboundConfig(allowSub(sub)).inbound, jwks: { timeoutSeconds: seconds } } });
+
 async function call(path: string, token: string): Promise<number> {
   const r = await fetch(`${sidecar!.inbound}${path}`, { headers: { authorization: `Bearer ${token}` } });
   await r.arrayBuffer();
@@ -552,7 +555,7 @@ describe('reload', () => {
   it('SIGHUPs sent while a reload waits on a hanging IdP make one more reload, not one each', async () => {
     // A short JWKS timeout: each reload's warm-up (refetching the keys) waits that long on the hanging IdP.
     // Long enough that the edit below surely lands while the first reload still waits, on a busy machine too.
-    const withRules = (sub: string) => ({ ...inboundConfig(allowSub(sub)), inbound: { ...inboundConfig(allowSub(sub)).inbound, jwks: { timeoutSeconds: 5 } } });
+    const withRules = (sub: string) => withKeyTimeout(sub, 5);
     sidecar = await startSidecar(withRules('orders'));
     const token = await idp.getToken('payments', 'orders');
     idp.setDown('hang');
@@ -583,7 +586,7 @@ describe('reload', () => {
 
 describe('reloads given up for newer files', () => {
   it('the reload after one given up is applied even if the files change again meanwhile: edits faster than a warm-up still land', async () => {
-    const withRules = (sub: string) => ({ ...inboundConfig(allowSub(sub)), inbound: { ...inboundConfig(allowSub(sub)).inbound, jwks: { timeoutSeconds: 3 } } });
+    const withRules = (sub: string) => withKeyTimeout(sub, 3);
     sidecar = await startSidecar(withRules('orders'));
     const token = await idp.getToken('payments', 'orders');
     idp.setDown('hang');
