@@ -176,6 +176,14 @@ describe('path tricks never reach the app under a more permissive rule than the 
     }
   });
 
+  it('raw control characters, raw non-ASCII bytes and an authority-form target are malformed request lines: 400 bad_request, as README says', async () => {
+    const targets = ['/public/a\tb', '/public/a\u0001b', '/public/a\u007fb', '/public/caf\u00c3\u00a9', 'orders:80'];
+    for (const target of targets) {
+      const bytes = Buffer.from(rawRequestBytes(target, [['Host', 'orders']]), 'latin1');
+      await expectRefused(sidecar, app, JSON.stringify(target), bytes, { status: 400, reason: 'bad_request' });
+    }
+  });
+
   it('credentials in a request target never reach the log: userinfo, #fragment, ;params and query are cut from every logged path', async () => {
     const password = 's3cr3t-pass';
     const session = 'SESSION-0f9e8d7c6b5a';
