@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import type { Config, InboundConfig } from './config/schema.js';
 import { DEFAULTS } from './config/defaults.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
-import { createAdminServer } from './admin/server.js';
+import { ADMIN_MAX_CONNECTIONS, createAdminServer } from './admin/server.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Component, ComponentDeps, Handover } from './component.js';
 import { ListenError, SidecarError } from './errors.js';
@@ -87,6 +87,20 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     return side === 'inbound' ? createInbound(cfg.inbound!, cfg.limits, deps) : createOutbound(cfg.outbound!, cfg.limits, deps);
   };
 
+  /** Counts (from 0, so the first shows in increase()) and logs, throttled, the connections a full listener closes as it accepts them. */
+  const droppedConnections = (side: Side | 'admin', maxConnections: () => number) => {
+    metrics.connectionsDropped.inc({ direction: side }, 0);
+    const cap = side === 'admin' ? 'its cap' : 'limits.maxConnections';
+    const report = throttledCount((count) => {
+      const max = maxConnections();
+      logger.warn({ event: 'connections_dropped', side, count, maxConnections: max }, `${side} closed ${count} new connection(s) as it accepted them: it holds ${cap} (${max})`);
+    });
+    return () => {
+      metrics.connectionsDropped.inc({ direction: side });
+      report();
+    };
+  };
+
   const openSlot = async (side: Side, cfg: Config, component: Component): Promise<Slot> => {
     const listen = listenOf(side, cfg);
     const tls = tlsOf(side, cfg);
@@ -98,11 +112,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
       if (kind === 'upgrade') c.upgrade(req, socket, head, admit);
       else c.connect!(req, socket, head, admit);
     };
-    metrics.connectionsDropped.inc({ direction: side }, 0);
-    const reportDropped = throttledCount((count) => {
-      const maxConnections = slot.server.maxConnections;
-      logger.warn({ event: 'connections_dropped', side, count, maxConnections }, `${side} closed ${count} new connection(s) as it accepted them: it holds limits.maxConnections (${maxConnections})`);
-    });
+    const dropped = droppedConnections(side, () => slot.server.maxConnections);
     const server = createLimitedServer(
       cfg.limits,
       (req: IncomingMessage, res: ServerResponse) => {
@@ -116,10 +126,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
         // Limits (header count, Host) and socket error handling live in createLimitedServer; refusals are JSON like every other error.
         refused: (req, refusal) => slot.component.refused(req, refusal),
         isOwnConnection: (socket) => slot.component.isOwnConnection(socket),
-        dropped: () => {
-          metrics.connectionsDropped.inc({ direction: side });
-          reportDropped();
-        },
+        dropped,
         upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer, admit: AdmitTunnel) => tunnelled(req, socket, head, admit, 'upgrade'),
         // CONNECT is the outbound side's alone (passthrough hosts); without a handler the listener refuses it (405).
         // A reload swaps the component for one of the same side, so this holds for the life of the listener.
@@ -138,7 +145,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     waitingFor: () => [...slots.values()].flatMap((s) => s.component.waitingFor()),
   };
   const openAdmin = async (listen: string, limits: Config['limits']) => {
-    const server = createAdminServer(metrics, adminState, limits);
+    const server = createAdminServer(metrics, adminState, limits, droppedConnections('admin', () => ADMIN_MAX_CONNECTIONS));
     const address = await listenAs('admin.listen', server, listen);
     logger.info({ event: 'listening', side: 'admin', address: formatAddress(address) }, `admin listening on ${formatAddress(address)}`);
     return { server, listen, address };

@@ -20,7 +20,7 @@ export interface AdminState {
  * interface by default, and with Node's own timeouts a connection that sent nothing, or half a header block, was held
  * for over a minute instead of `headersTimeoutSeconds`.
  */
-export function createAdminServer(metrics: Metrics, state: AdminState, limits: LimitsConfig): Server {
+export function createAdminServer(metrics: Metrics, state: AdminState, limits: LimitsConfig, dropped: () => void): Server {
   // One request of a connection at a time, as on the other listeners (pipelining.ts). Node hands every pipelined
   // request over as soon as it is parsed, and a /metrics answer is rendered asynchronously, so one connection that
   // pipelined thousands of `GET /metrics` had them all rendered at once (the heap grew by over 100 MB). Each is also
@@ -55,6 +55,11 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
   };
+  // A cap of its own: the traffic listeners' caps keep descriptors for the probes, and without one here a flood on
+  // this port (every interface by default, no authentication) took every descriptor the process may open, so the
+  // probes, the callers and the app's and the IdP's connections all failed. A flood here now costs the probes alone.
+  server.maxConnections = ADMIN_MAX_CONNECTIONS;
+  server.on('drop', dropped);
   // Without a listener Node closes a CONNECT's socket with no answer at all; the other methods get a 405 above.
   server.on('connect', (_req, socket: Duplex) => {
     socket.on('error', () => socket.destroy());
@@ -64,3 +69,9 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
 }
 
 const METHOD_NOT_ALLOWED = 'method not allowed\n';
+
+/**
+ * Connections the admin listener holds at once. Kubelet opens one per probe and closes it; Prometheus keeps one per
+ * scraper; an idle one is closed after `limits.keepAliveTimeoutSeconds`. 64 leaves room for several of each.
+ */
+export const ADMIN_MAX_CONNECTIONS = 64;

@@ -31,7 +31,8 @@ function requestOnNewConnection(listener: string): Promise<string> {
 
 /**
  * `limits.maxConnections` through the CLI: a listener holding its cap closes one connection more as it accepts it,
- * counts and logs that, and goes on serving the connections it holds; the admin listener is not capped by it.
+ * counts and logs that, and goes on serving the connections it holds; the admin listener is not capped by it, but by
+ * a cap of its own.
  */
 describe('limits.maxConnections', () => {
   let idp: TestIdp;
@@ -88,5 +89,22 @@ describe('limits.maxConnections', () => {
     const dropped = sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'inbound' });
     expect(await requestOnNewConnection(sidecar.inbound!)).toBe('');
     await eventually(async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'inbound' }) === dropped + 1);
+  });
+
+  it('the admin listener holds 64 connections of its own: a flood on it is closed as accepted, counted and logged, and the traffic listener serves on', async () => {
+    for (const s of held.splice(0)) s.destroy();
+    const admin: Socket[] = [];
+    try {
+      for (let i = 0; i < 64; i++) admin.push(await idleConnection(sidecar.admin));
+      expect(await requestOnNewConnection(sidecar.admin)).toBe('');
+      // Without a cap of its own such a flood took every descriptor, and the inbound listener's callers were reset too.
+      await eventually(async () => (await requestOnNewConnection(sidecar.inbound!)).startsWith('HTTP/1.1 200'));
+      admin.pop()!.destroy();
+      await eventually(async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'admin' }) >= 1);
+      const line = await eventually(() => sidecar.logs.find((l) => l.event === 'connections_dropped' && l.side === 'admin'));
+      expect(line).toMatchObject({ level: 'warn', maxConnections: 64 });
+    } finally {
+      for (const s of admin) s.destroy();
+    }
   });
 });

@@ -12,7 +12,7 @@ afterEach(async () => {
 });
 
 async function startAdmin(limits: LimitsConfig = limitsWith(), metrics = createMetrics({ processMetrics: false })): Promise<number> {
-  const server = createAdminServer(metrics, { isAccepting: () => true, waitingFor: () => [] }, limits);
+  const server = createAdminServer(metrics, { isAccepting: () => true, waitingFor: () => [] }, limits, () => {});
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return (server.address() as AddressInfo).port;
