@@ -265,8 +265,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
     const p = await prepare(req, started, admit);
     if (!p.ok) return p.answered ? undefined : p.tokenError ? writeTokenUnavailable(socket, p.tokenError, clock) : writeRawError(socket, p.status, p.reason, p.message);
     // The app's socket already failed while its token was fetched: nobody is left to talk to. (A socket handed over for
-    // an upgrade is paused, so an app that merely closed is not noticed until the tunnel starts reading it.)
-    if (socket.destroyed) return;
+    // an upgrade is unread, so an app that merely closed is noticed once tunnel() starts reading it, at once.)
+    if (socket.destroyed) return record(p.label, unanswered(), started);
     try {
       const ca = p.r.target.ca?.pem;
       const status = await tunnel(req, socket, head, {
@@ -282,7 +282,8 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         own,
         ...(ca ? { ca } : {}),
       });
-      if (status !== 0) record(p.label, String(status), started);
+      // 0: the app went away before the peer answered, counted as a plain request it gave up is.
+      record(p.label, status === 0 ? unanswered() : String(status), started);
     } catch (err) {
       const e = asUpstreamError(err);
       upstreamFailed(p.label, p.r.target.origin, e, started);

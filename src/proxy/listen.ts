@@ -11,7 +11,7 @@ import { isWebSocketUpgrade } from './headers.js';
 import { afterEarlierResponses, checkRequestHead, handleClientError, type RefusalObserver, type Refusal, type ServerSocket } from './limits.js';
 import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
-import { cutTunnel } from './tunnel.js';
+import { cutTunnel, watchForHangUp } from './tunnel.js';
 import { ALLOW_PLAIN_METHODS, holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
@@ -249,7 +249,13 @@ export function createLimitedServer(
       else fallback(req, socket);
     });
   };
-  if (options.upgrade) server.on('upgrade', guardSocket(options.upgrade, () => {}));
+  const upgrade = options.upgrade;
+  if (upgrade) {
+    server.on('upgrade', guardSocket((req, socket, head, admit) => {
+      watchForHangUp(socket);
+      upgrade(req, socket, head, admit);
+    }, () => {}));
+  }
   server.on('connect', guardSocket(options.connect, (req, socket) => refuseSocket(req, socket, CONNECT_NOT_SUPPORTED, ALLOW_PLAIN_METHODS)));
 
   // A reload at the same address cannot bind a second socket beside this one (EADDRINUSE): new limits and TLS files

@@ -95,6 +95,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       if (settled) return;
       settled = true;
       socket.off('close', onClientClose);
+      stopWatching();
       reject(err);
     };
     // The client gave up while we were still connecting: nothing to tunnel to.
@@ -105,6 +106,9 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       resolve(0);
     };
     socket.once('close', onClientClose);
+    // The listener began this at handover; a socket handed over by other means (the unit tests) is watched from here.
+    watchForHangUp(socket);
+    const stopWatching = () => stopWatchingForHangUp(socket);
 
     // The TCP (and TLS) connect has a deadline of its own, as undici gives plain requests: not the socket's idle timer,
     // which an upstream trickling handshake bytes would keep from ever firing.
@@ -133,10 +137,12 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       }
       settled = true;
       socket.off('close', onClientClose);
+      const early = stopWatching();
       upSocket.setTimeout(0);
       socket.write(responseHead(upRes, true), 'latin1');
       if (upHead.length > 0) socket.write(upHead);
       if (head.length > 0) upSocket.write(head);
+      for (const chunk of early) upSocket.write(chunk);
       splice(socket, upSocket, { graceMs: opts.timeoutMs, idleMs: opts.idleTimeoutMs, ...(opts.onIdle ? { onIdle: opts.onIdle } : {}) });
       resolve(upRes.statusCode ?? 101);
     });
@@ -158,6 +164,7 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
       }
       settled = true;
       socket.off('close', onClientClose);
+      stopWatching();
       // Declined: relay the answer, delimited by closing the connection (RFC 9112 §6.3, item 8).
       socket.write(responseHead(upRes, false), 'latin1');
       // Closed once the answer is flushed, as writeRawResponse closes the sidecar's own refusals: the listener's
@@ -182,6 +189,48 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
     upReq.end();
   });
 }
+
+/**
+ * Reads a WebSocket handshake's client until its tunnel starts. Node hands an upgrade's socket over unread, so a client
+ * that went away (a FIN, which Node takes as the end of a plain request) went unnoticed while its token was checked or
+ * fetched and until the upstream answered: its tunnel slot held (real clients got 503 too_many_tunnels), a handshake
+ * sent to the app for nobody, a peer blamed for not answering in time, a SIGTERM's drain waiting it out. The listener
+ * starts this as it hands the socket over; the client's end then destroys the socket, which its owners see as its
+ * close. A WebSocket client sends nothing before the 101 (RFC 6455 §4.1); what one sends anyway is kept, up to
+ * MAX_EARLY_BYTES (then the socket is left unread, as before), for tunnel() to pass on after the handshake.
+ * Not for CONNECT: a client may half-close a raw tunnel and still read.
+ */
+export function watchForHangUp(socket: Duplex): void {
+  if (hangUpWatches.has(socket) || socket.destroyed) return;
+  const early: Buffer[] = [];
+  let size = 0;
+  const onData = (chunk: Buffer) => {
+    early.push(chunk);
+    size += chunk.length;
+    if (size >= MAX_EARLY_BYTES) socket.pause();
+  };
+  const hungUp = () => socket.destroy();
+  socket.on('data', onData);
+  socket.once('end', hungUp);
+  socket.resume();
+  hangUpWatches.set(socket, () => {
+    // Paused before the listener goes: a flowing stream with no 'data' listener would drop what it reads.
+    socket.pause();
+    socket.off('data', onData);
+    socket.off('end', hungUp);
+    return early;
+  });
+}
+
+/** Stops watchForHangUp, leaving the socket paused for splice() to read; gives back what the client sent meanwhile. */
+function stopWatchingForHangUp(socket: Duplex): Buffer[] {
+  const stop = hangUpWatches.get(socket);
+  hangUpWatches.delete(socket);
+  return stop ? stop() : [];
+}
+
+const hangUpWatches = new WeakMap<Duplex, () => Buffer[]>();
+const MAX_EARLY_BYTES = 16 * 1024;
 
 function hasHost(headers: readonly string[]): boolean {
   for (let i = 0; i < headers.length; i += 2) if (headers[i]!.toLowerCase() === 'host') return true;
@@ -251,8 +300,8 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   b.on('error', onError(a));
   a.on('end', onEnd);
   b.on('end', onEnd);
-  // A client that ended while its handshake was checked or on its way upstream emitted 'end' before these listeners:
-  // pipe() still passes that end on, and the grace must start for it all the same.
+  // A client that ended before these listeners (a CONNECT's, while its upstream connected; a WebSocket client's end is
+  // taken as its hang-up until the 101, see watchForHangUp): pipe() still passes that end on, and the grace must start.
   if (a.readableEnded || b.readableEnded) onEnd();
   // A side that is destroyed emits 'close' without 'end': half-close the other and start the same grace,
   // so a peer that ignores the FIN cannot hold the tunnel (and a terminating process) open.

@@ -273,3 +273,78 @@ describe('the connect of a WebSocket tunnel', () => {
     }
   }, 20_000);
 });
+
+describe('a client that goes away before the app or peer answers its WebSocket handshake', () => {
+  // Both sides, with the default 30 s upstream timeout: an abandoned handshake must be noticed long before it.
+  let tunnels: SidecarProcess;
+  /** A raw peer that reads each handshake and answers it only when told. */
+  const held = new Map<Socket, string>();
+  const silent = createServer((s) => {
+    held.set(s, '');
+    s.on('error', () => {});
+    s.on('data', (d: Buffer) => held.set(s, held.get(s)! + d.toString('latin1')));
+    s.once('close', () => held.delete(s));
+  });
+  const NOTICED_MS = 5000;
+
+  beforeAll(async () => {
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const port = (silent.address() as AddressInfo).port;
+    tunnels = await startSidecar({
+      service: 'orders',
+      lifecycle: { watchConfig: false, drainTimeoutSeconds: 3 },
+      inbound: { target: `http://127.0.0.1:${port}`, audience: 'orders', issuers: [{ issuer: idp.issuer }], rules: [{ match: { path: '/**' }, public: true }] },
+      outbound: { unknownHosts: 'passthrough', routes: [] },
+    });
+  });
+  afterAll(async () => {
+    await tunnels?.stop();
+    for (const s of held.keys()) s.destroy();
+    await new Promise((r) => silent.close(r));
+  });
+
+  const port = () => (silent.address() as AddressInfo).port;
+  const requests = {
+    inbound: () => ({ listener: tunnels.inbound!, bytes: handshake('/ws', 'orders') }),
+    outbound: () => ({ listener: tunnels.outbound!, bytes: handshake(`http://127.0.0.1:${port()}/ws`, `127.0.0.1:${port()}`) }),
+  };
+  /** Sends a handshake and resolves once the peer holds it, with the client's socket and the peer's. */
+  const handshakeHeld = async (side: keyof typeof requests) => {
+    const { listener, bytes } = requests[side]();
+    const before = new Set(held.keys());
+    const client = connect(Number(new URL(listener).port), '127.0.0.1');
+    client.on('error', () => {});
+    client.write(bytes);
+    const peer = await eventually(() => [...held.keys()].find((s) => !before.has(s) && held.get(s)!.includes('\r\n\r\n')), NOTICED_MS, 'the handshake at the peer');
+    return { client, peer: peer! };
+  };
+
+  for (const side of ['inbound', 'outbound'] as const) {
+    it(`${side}: the handshake to the peer is cancelled at once, not after the upstream timeout`, async () => {
+      const { client, peer } = await handshakeHeld(side);
+      client.destroy();
+      await eventually(() => !held.has(peer), NOTICED_MS, 'the peer\'s connection to close');
+      if (side === 'outbound') {
+        // Counted as a plain request the app gave up is, not as the peer's upstream_timeout 30 s later.
+        await eventually(async () => sample(await metricsText(tunnels.admin), 'oidc_sidecar_outbound_requests_total', { route: 'passthrough', status: 'client_closed' }) === 1, NOTICED_MS, 'client_closed');
+      }
+      expect(tunnels.logs.filter((l) => l.event === 'upstream_error')).toEqual([]);
+    });
+  }
+
+  it('what a client sends before the 101 (RFC 6455 §4.1 says it should not) still reaches the peer after it', async () => {
+    const { client, peer } = await handshakeHeld('outbound');
+    client.write('early bytes');
+    await new Promise((r) => setTimeout(r, 200));
+    const handshakeOnly = held.get(peer)!;
+    peer.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
+    await eventually(() => held.get(peer)?.endsWith('early bytes'), NOTICED_MS, 'the early bytes at the peer');
+    expect(held.get(peer)).toBe(`${handshakeOnly}early bytes`);
+    client.destroy();
+  });
+
+  it('a SIGTERM after such hang-ups has no handshake left to wait for: no drain timeout', async () => {
+    await tunnels.stop();
+    expect(tunnels.logs.filter((l) => l.event === 'drain_timeout')).toEqual([]);
+  });
+});

@@ -292,8 +292,9 @@ describe('tunnel(): WebSocket through the proxy', () => {
   });
 
   it('cuts a tunnel whose client ended before the upstream answered, when the upstream ignores that end', async () => {
-    // The client's end arrives while the upgrade is still on its way upstream, before the tunnel is spliced: its grace
-    // must start all the same, or the tunnel (and its limits.maxTunnels slot) stays until the idle limit.
+    // The client's end arrives while the upgrade is still on its way upstream. Read before the 101 (watchForHangUp),
+    // it ends the attempt: the client is gone, as a FIN ends a plain request. Read after, it is passed on and the grace
+    // starts. Either way the tunnel (and its limits.maxTunnels slot) must not stay until the idle limit.
     const app = await echo({ ignoreEnd: true });
     const { proxy, clientSockets } = await tunnelProxy(app.url, 300);
     const s = await rawConnect(proxy.port);
@@ -303,7 +304,7 @@ describe('tunnel(): WebSocket through the proxy', () => {
     const closed = new Promise<void>((r) => s.on('close', () => r()));
     s.end('GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
     const cut = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
-    expect(got).toMatch(/^HTTP\/1\.1 101 /);
+    expect(got === '' || /^HTTP\/1\.1 101 /.test(got), got).toBe(true);
     expect(cut).toBe(true);
     await until(() => clientSockets[0]!.destroyed);
   });
