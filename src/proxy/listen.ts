@@ -12,7 +12,7 @@ import { afterEarlierResponses, checkRequestHead, handleClientError, type Refusa
 import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
 import { cutTunnel, watchForHangUp } from './tunnel.js';
-import { ALLOW_PLAIN_METHODS, holdContinue, sendError, writeRawError } from './respond.js';
+import { ALLOW_PLAIN_METHODS, holdContinue, resetSocket, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
 export type { TlsFiles } from './tls.js';
@@ -93,7 +93,7 @@ export interface LimitedServer extends Server {
    * one.
    */
   prepareReconfigure(limits: LimitsConfig, tls: TlsFiles | undefined): () => void;
-  /** Node's own closeAllConnections: cuts the HTTP connections and leaves open tunnels alone (closeAllConnections cuts those too). */
+  /** Cuts the HTTP connections (with a reset) and leaves open tunnels alone; closeAllConnections cuts those too. */
   closeHttpConnections(): void;
 }
 
@@ -155,19 +155,21 @@ export function createLimitedServer(
   let server: Server;
   let https: HttpsServer | undefined;
   let stopTls = () => {};
-  // With TLS, every TCP connection as it is accepted: Node's HTTP layer knows a connection only once its handshake is done,
-  // so its closeAllConnections() leaves one still in the handshake (a silent client, a port scanner) to the handshake
-  // timeout, and server.close() waits for it: the drain deadline would not hold. closeAllConnections cuts these too.
+  // Every TCP connection as it is accepted, so that a deadline can cut them (cutHttpConnections). With TLS, Node's HTTP
+  // layer knows a connection only once its handshake is done, so its closeAllConnections() leaves one still in the
+  // handshake (a silent client, a port scanner) to the handshake timeout, and server.close() waits for it: the drain
+  // deadline would not hold.
   const accepted = new Set<Socket>();
+  const track = (socket: Socket) => {
+    accepted.add(socket);
+    socket.once('close', () => accepted.delete(socket));
+  };
   if (tls) {
     const material = loadTlsMaterial(tls);
     // A client gets as long to finish the TLS handshake as to send its headers once it is done. Node's default
     // (120 s) would let silent TCP connections and stalled ClientHellos hold a socket long past the slowloris guard.
     const tlsServer = createHttpsServer({ ...serverOptions, ...material, handshakeTimeout: headersTimeout }, guarded);
-    tlsServer.on('connection', (socket: Socket) => {
-      accepted.add(socket);
-      socket.once('close', () => accepted.delete(socket));
-    });
+    tlsServer.on('connection', track);
     // Watch only once listening: a listener that never binds (address in use on a reload) never closes either.
     tlsServer.once('listening', () => {
       stopTls = watchTlsFiles(tlsServer, tls, material, options.logger, options.tlsPollMs);
@@ -176,6 +178,7 @@ export function createLimitedServer(
     server = tlsServer as HttpsServer as unknown as Server;
   } else {
     server = createHttpServer(serverOptions, guarded);
+    server.on('connection', track);
   }
   // Watching stops once the server stops listening, not at its 'close', which waits for every connection: tunnels too,
   // which a listener a reload retired leaves open (app.ts), and whose files may be gone or another listener's by then.
@@ -210,11 +213,19 @@ export function createLimitedServer(
   // server.close() would wait for it forever. Track them here so a drain deadline also ends open tunnels.
   const detached = new Set<Duplex>();
   const closeAll = server.closeAllConnections.bind(server);
-  server.closeAllConnections = () => {
+  // At a deadline the idle connections are closed already: what is left has a request or a response on its way, and is
+  // reset, as a response the upstream cuts short is (respond.ts): with Node's orderly close, an HTTP/1.0 client took a
+  // body without Content-Length, cut where the connection ended, for the whole of it. Tunnels are left to cutTunnel.
+  const cutHttpConnections = () => {
+    const underTunnels = new Set<Duplex>();
+    for (const d of detached) underTunnels.add((d as { _parent?: Duplex })._parent ?? d);
+    for (const s of accepted) if (!underTunnels.has(s)) resetSocket(s);
+    // Node's own bookkeeping; what it would close is closed already.
     closeAll();
+  };
+  server.closeAllConnections = () => {
+    cutHttpConnections();
     for (const s of detached) cutTunnel(s);
-    // What is left: connections still in their TLS handshake (the others were closed just above).
-    for (const s of accepted) s.destroy();
   };
   const refuseSocket = (req: IncomingMessage, socket: Duplex, refusal: Refusal, headers?: Record<string, string>) => {
     options.refused?.(req, refusal);
@@ -263,7 +274,7 @@ export function createLimitedServer(
   // comes next; connections already open keep their TLS session. The interval at which Node checks the timeouts was
   // set at listen time from the first headers timeout: at most 1 s, so a shorter new timeout is enforced to within 1 s.
   const limited = server as LimitedServer;
-  limited.closeHttpConnections = closeAll;
+  limited.closeHttpConnections = cutHttpConnections;
   limited.prepareReconfigure = (nextLimits, nextTls) => {
     if (Boolean(nextTls) !== Boolean(https)) {
       throw new SidecarError('restart_required', `inbound.tls: turning TLS ${nextTls ? 'on' : 'off'} at the same listen address takes a restart`, 1);

@@ -1,6 +1,7 @@
 import { request as httpRequest, STATUS_CODES, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import { UpstreamError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -261,7 +262,7 @@ function responseHead(upRes: IncomingMessage, upgraded: boolean): string {
 }
 
 export interface SpliceOptions {
-  /** Once one side has ended, how long the other has to finish before both are cut, milliseconds. */
+  /** Once one side has ended, how long the tunnel may carry nothing before both are cut, milliseconds. */
   graceMs: number;
   /** No bytes either way for this long cuts both sides, milliseconds; 0: no limit. */
   idleMs: number;
@@ -273,31 +274,48 @@ export interface SpliceOptions {
  * Pipes two sockets into each other. An orderly end on one side is passed on
  * as an end on the other, after what is queued is flushed (so a WebSocket
  * close handshake completes). WebSocket does not use TCP half-close, so once
- * one side has ended the other gets `graceMs` to finish before both are cut;
- * an error or reset on either side (cutTunnel, too) cuts both at once, and so
- * does `idleMs` without a byte either way. No half-dead or forgotten tunnel
+ * one side has ended the tunnel is cut when it has carried nothing for
+ * `graceMs` (a download still flowing to a client that half-closed goes on);
+ * an error or reset on either side cuts both at once, and so do `idleMs`
+ * without a byte either way and cutTunnel. No half-dead or forgotten tunnel
  * lingers.
+ *
+ * Every cut is a reset on both sides, never an orderly close: a stream without
+ * its own length (an HTTP/1.0 body over CONNECT, raw TCP) ends where the
+ * connection ends, and a close would pass the part sent so far off as the whole.
  */
 export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   a.pipe(b);
   b.pipe(a);
+  partners.set(a, b);
+  partners.set(b, a);
   let grace: NodeJS.Timeout | undefined;
-  const destroyBoth = () => {
+  const cutBoth = () => {
     clearTimeout(grace);
-    a.destroy();
-    b.destroy();
+    resetSocket(a);
+    resetSocket(b);
+  };
+  let lastByteAt = 0;
+  const sawBytes = () => {
+    lastByteAt = performance.now();
   };
   const onEnd = () => {
-    grace ??= setTimeout(destroyBoth, opts.graceMs).unref();
+    if (grace) return;
+    // Bytes are timed only from here: an open tunnel's own limit is idleMs, kept by the sockets' timers.
+    sawBytes();
+    a.on('data', sawBytes);
+    b.on('data', sawBytes);
+    const check = () => {
+      const left = lastByteAt + opts.graceMs - performance.now();
+      if (left <= 0) cutBoth();
+      else grace = setTimeout(check, left).unref();
+    };
+    grace = setTimeout(check, opts.graceMs).unref();
   };
-  // A side that reset its connection cuts the other one the same way: passed on as an orderly close, a download cut
-  // short would read as finished. Any other error (a cut at shutdown) destroys both.
-  const onError = (other: Duplex) => (err: NodeJS.ErrnoException) => {
-    if (err?.code === 'ECONNRESET') resetSocket(other);
-    destroyBoth();
-  };
-  a.on('error', onError(b));
-  b.on('error', onError(a));
+  // A side that failed (a reset, a cut at shutdown) cuts the other one the same way: passed on as an orderly close, a
+  // download cut short would read as finished.
+  a.on('error', cutBoth);
+  b.on('error', cutBoth);
   a.on('end', onEnd);
   b.on('end', onEnd);
   // A client that ended before these listeners (a CONNECT's, while its upstream connected; a WebSocket client's end is
@@ -323,7 +341,7 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
     // bytes pass, with no new timer per chunk.
     const onIdle = () => {
       if (a.destroyed && b.destroyed) return;
-      destroyBoth();
+      cutBoth();
       opts.onIdle?.();
     };
     for (const s of [a, b] as Array<Duplex & Partial<Pick<Socket, 'setTimeout'>>>) {
@@ -333,16 +351,22 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   }
 }
 
+/** Each spliced socket's other side, for cutTunnel. */
+const partners = new WeakMap<Duplex, Duplex>();
+
 /** The line for a tunnel the idle limit cut: closed by the sidecar, not by either side, so an operator sees why. */
 export function logIdleTunnel(logger: Logger, idleMs: number, fields: Record<string, string | undefined>): void {
   logger.info({ event: 'tunnel_idle_timeout', ...fields, idleSeconds: idleMs / 1000 }, `tunnel closed: no bytes either way for ${idleMs / 1000} s`);
 }
 
 /**
- * Cuts a tunnel's client socket at a deadline (shutdown's drain, a listener closing all its connections). Destroyed
- * with an error, so splice() cuts the upstream side at once too, instead of ending it and waiting out the grace for a
- * peer that may ignore the end; a tunnel still being opened just loses its client.
+ * Cuts a tunnel's client socket at a deadline (shutdown's drain, a listener closing all its connections), and its
+ * upstream side with it at once, instead of ending that and waiting out the grace for a peer that may ignore the end.
+ * Both are reset, as splice() cuts (an orderly close would pass a stream cut short off as finished); a tunnel still
+ * being opened just loses its client.
  */
 export function cutTunnel(socket: Duplex): void {
-  socket.destroy(new Error('tunnel cut: the listener is closing'));
+  const other = partners.get(socket);
+  resetSocket(socket);
+  if (other) resetSocket(other);
 }
