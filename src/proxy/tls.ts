@@ -104,10 +104,20 @@ function readPem(path: string, key: string, issues: ConfigIssue[]): Buffer | und
 
 /**
  * Why clients would refuse the (first) certificate of `cert` at `now`: expired, or not valid yet. Such a pair is still
- * served, since refusing it would leave the listener with none (or, on a reload, keep one that is older still); the
- * warning is what an operator acts on.
+ * served when nothing better is at hand (at startup, or over a pair that is not valid either); the warning is what an
+ * operator acts on. A reload does not swap it in for a pair that is valid: see watchTlsFiles.
  */
 export function certificateValidityProblem(cert: Buffer, now: number = Date.now()): string | undefined {
+  return validityOf(cert, now)?.problem;
+}
+
+interface ValidityProblem {
+  problem: string;
+  /** For a certificate not valid yet: when it becomes valid (epoch milliseconds). */
+  validFrom?: number;
+}
+
+function validityOf(cert: Buffer, now: number): ValidityProblem | undefined {
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(cert);
@@ -116,8 +126,8 @@ export function certificateValidityProblem(cert: Buffer, now: number = Date.now(
   }
   const notBefore = Date.parse(x509.validFrom);
   const notAfter = Date.parse(x509.validTo);
-  if (now > notAfter) return `expired at ${isoTimeOrNumber(notAfter)}`;
-  if (now < notBefore) return `not valid until ${isoTimeOrNumber(notBefore)}`;
+  if (now > notAfter) return { problem: `expired at ${isoTimeOrNumber(notAfter)}` };
+  if (now < notBefore) return { problem: `not valid until ${isoTimeOrNumber(notBefore)}`, validFrom: notBefore };
   return undefined;
 }
 
@@ -140,17 +150,36 @@ export const TLS_POLL_MS = 1000;
  * The first look always reads the files and compares them with `serving`, the
  * pair the server was started with, rather than trusting a first stat: a
  * renewal that lands between startup and that stat is still picked up. After
- * that, the files are read again only when a stat changes. A certificate that
- * is expired or not valid yet is served with a warning
- * (`tls_certificate_not_valid`). Returns a function that stops watching.
+ * that, the files are read again only when a stat changes.
+ *
+ * A new pair whose certificate is expired or not valid yet does not replace one that is valid now: clients would
+ * refuse it, and the pair serving is the better of the two (a Secret rolled back to an old revision, a clock ahead of
+ * the issuer's). An expired one is refused (`tls_reload_failed`); one not valid yet is taken up the moment it becomes
+ * valid (`tls_reload_deferred`), with no further change on disk needed. Over a pair that is not valid either, it is
+ * served, with a warning (`tls_certificate_not_valid`), as at startup. Returns a function that stops watching.
  */
 export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: TlsMaterial, logger: Logger | undefined, pollMs = TLS_POLL_MS): () => void {
   let current = serving;
+  let deferred: NodeJS.Timeout | undefined;
   warnIfNotValid(serving, files, logger);
   const reload = () => {
+    clearTimeout(deferred);
     try {
       const next = loadTlsMaterial(files);
       if (next.cert.equals(current.cert) && next.key.equals(current.key)) return;
+      const now = Date.now();
+      const nextProblem = validityOf(next.cert, now);
+      const keepServing = nextProblem !== undefined && validityOf(current.cert, now) === undefined;
+      if (nextProblem?.validFrom !== undefined && keepServing) {
+        // Looked at again once it is valid (plus a second: notBefore has whole seconds), whatever the files do meanwhile.
+        deferred = setTimeout(reload, Math.min(nextProblem.validFrom - now + 1000, MAX_TIMER_MS)).unref();
+        logger?.warn(
+          { event: 'tls_reload_deferred', certFile: files.certFile, problem: nextProblem.problem },
+          `the new TLS certificate is ${nextProblem.problem}: keeping the current one until then`,
+        );
+        return;
+      }
+      if (nextProblem && keepServing) throw new Error(`the new certificate is ${nextProblem.problem}, and the current one is still valid`);
       server.setSecureContext(next);
       current = next;
       logger?.info({ event: 'tls_reloaded', certFile: files.certFile }, 'inbound TLS certificate reloaded');
@@ -159,5 +188,12 @@ export function watchTlsFiles(server: HttpsServer, files: TlsFiles, serving: Tls
       logger?.error({ event: 'tls_reload_failed', error: (err as Error).message }, 'new TLS certificate refused; keeping the current one');
     }
   };
-  return pollFiles([files.certFile, files.keyFile], reload, pollMs, new Map());
+  const stopPolling = pollFiles([files.certFile, files.keyFile], reload, pollMs, new Map());
+  return () => {
+    clearTimeout(deferred);
+    stopPolling();
+  };
 }
+
+/** The longest delay setTimeout takes; a longer one fires at once. */
+const MAX_TIMER_MS = 2_147_483_647;

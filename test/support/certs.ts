@@ -34,7 +34,12 @@ export function selfSignedCert(name: string, dir = mkdtempSync(join(tmpdir(), 'o
  * dates. Files go to a fresh temp directory.
  */
 export function expiredSelfSignedCert(name: string): SelfSignedCert {
-  const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-expired-'));
+  return datedSelfSignedCert(name, new Date('2020-01-01T00:00:00Z'), new Date('2020-01-02T00:00:00Z'));
+}
+
+/** A self-signed P-256 certificate for 127.0.0.1 valid from `notBefore` to `notAfter` (whole seconds), as expiredSelfSignedCert. */
+export function datedSelfSignedCert(name: string, notBefore: Date, notAfter: Date): SelfSignedCert {
+  const dir = mkdtempSync(join(tmpdir(), 'oidc-sidecar-dated-'));
   const [cert, key, csr, config] = ['crt', 'key', 'csr', 'cnf'].map((ext) => join(dir, `${name}.${ext}`)) as [string, string, string, string];
   writeFileSync(join(dir, 'index.txt'), '');
   writeFileSync(join(dir, 'serial'), '01\n');
@@ -42,7 +47,9 @@ export function expiredSelfSignedCert(name: string): SelfSignedCert {
     config,
     ['[ca]', 'default_ca = self', '[self]', `database = ${join(dir, 'index.txt')}`, `new_certs_dir = ${dir}`, `serial = ${join(dir, 'serial')}`, 'default_md = sha256', 'policy = any', '[any]', 'commonName = supplied', ''].join('\n'),
   );
+  // openssl's date form: YYYYMMDDHHMMSSZ.
+  const asn1 = (d: Date) => `${d.toISOString().slice(0, 19).replace(/[-T:]/g, '')}Z`;
   execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`], { stdio: 'ignore' });
-  execFileSync('openssl', ['ca', '-batch', '-config', config, '-selfsign', '-keyfile', key, '-in', csr, '-out', cert, '-notext', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z'], { stdio: 'ignore' });
+  execFileSync('openssl', ['ca', '-batch', '-config', config, '-selfsign', '-keyfile', key, '-in', csr, '-out', cert, '-notext', '-startdate', asn1(notBefore), '-enddate', asn1(notAfter)], { stdio: 'ignore' });
   return { cert, key, pem: readFileSync(cert, 'utf8') };
 }

@@ -13,7 +13,7 @@ import { createLimitedServer, listenOn } from '../../src/proxy/listen.js';
 import { SETTLE_MS } from '../../src/config/poll-files.js';
 import { issuesOf } from '../support/config-errors.js';
 import { certificateValidityProblem, loadTlsMaterial, TlsConfigError, watchTlsFiles, type TlsFiles, type TlsMaterial } from '../../src/proxy/tls.js';
-import { expiredSelfSignedCert, selfSignedCert } from '../support/certs.js';
+import { datedSelfSignedCert, expiredSelfSignedCert, selfSignedCert } from '../support/certs.js';
 import { startUpstream } from '../support/upstream.js';
 import { limitsWith, rawConnect, startTestProxy } from './proxy-harness.js';
 
@@ -60,6 +60,18 @@ function samePadded(x: string, y: string): [string, string] {
   return [x.padEnd(n, '\n'), y.padEnd(n, '\n')];
 }
 
+/** The common name of the certificate a TLS server at `url` presents, whatever its dates. */
+function servedName(url: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: hostname, port: Number(port), rejectUnauthorized: false }, () => {
+      resolve(String(s.getPeerCertificate().subject?.CN));
+      s.destroy();
+    });
+    s.on('error', reject);
+  });
+}
+
 async function until(pred: () => boolean | Promise<boolean>): Promise<void> {
   while (!(await pred())) await new Promise((r) => setTimeout(r, 25));
 }
@@ -74,30 +86,66 @@ describe('inbound TLS', () => {
     expect(certificateValidityProblem(cert, Date.now() - day)).toMatch(/^not valid until \d{4}-\d\d-\d\dT/);
     expect(certificateValidityProblem(Buffer.from('not a certificate'))).toBeUndefined();
 
-    // A pair that is valid now is served without a warning; an expired one is served with one, when it starts being
-    // served and when a reload brings it in.
+    // A pair that is valid now is served without a warning. An expired one is served, with a warning, where nothing
+    // better is at hand: when it starts being served, and when a reload brings it in over a pair not valid either.
+    const valid = captureLogs();
+    const validFiles = { certFile: c.cert, keyFile: c.key };
+    const validMaterial = loadTlsMaterial(validFiles);
+    const stopValid = watchTlsFiles((await serveHttps(validMaterial)).server, validFiles, validMaterial, valid.logger, 20);
+    cleanups.push(async () => stopValid());
+    expect(valid.lines.filter((l) => l.event === 'tls_certificate_not_valid')).toEqual([]);
+
+    const older = expiredSelfSignedCert('older');
     const expired = expiredSelfSignedCert('expired');
     expect(certificateValidityProblem(readFileSync(expired.cert))).toBe('expired at 2020-01-02T00:00:00.000Z');
     const { logger, lines } = captureLogs();
     const warnings = () => lines.filter((l) => l.event === 'tls_certificate_not_valid');
     const files = { certFile: join(dir, 'validity-serving.crt'), keyFile: join(dir, 'validity-serving.key') };
-    copyFileSync(c.cert, files.certFile);
-    copyFileSync(c.key, files.keyFile);
+    copyFileSync(older.cert, files.certFile);
+    copyFileSync(older.key, files.keyFile);
     const material = loadTlsMaterial(files);
-    const { server } = await serveHttps(material);
+    const { server, url } = await serveHttps(material);
     const stop = watchTlsFiles(server, files, material, logger, 20);
     cleanups.push(async () => stop());
-    expect(warnings()).toEqual([]);
+    const warning = expect.objectContaining({ level: 'warn', certFile: files.certFile, problem: 'expired at 2020-01-02T00:00:00.000Z' });
+    expect(warnings()).toEqual([warning]);
     copyFileSync(expired.key, files.keyFile);
     copyFileSync(expired.cert, files.certFile);
-    await until(() => warnings().length > 0);
-    expect(warnings()).toEqual([expect.objectContaining({ level: 'warn', certFile: files.certFile, problem: 'expired at 2020-01-02T00:00:00.000Z' })]);
-    expect(lines.some((l) => l.event === 'tls_reloaded')).toBe(true);
+    await until(() => lines.some((l) => l.event === 'tls_reloaded'));
+    expect(warnings()).toEqual([warning, warning]);
+    expect(await servedName(url)).toBe('expired');
+  });
 
-    const atStart = captureLogs();
-    const stopped = watchTlsFiles(server, files, loadTlsMaterial(files), atStart.logger, 20);
-    cleanups.push(async () => stopped());
-    expect(atStart.lines.filter((l) => l.event === 'tls_certificate_not_valid')).toHaveLength(1);
+  it('keeps a valid pair over an expired one a reload brings, and takes up one not valid yet the moment it becomes valid', async () => {
+    const good = selfSigned('keep-good');
+    const expired = expiredSelfSignedCert('keep-expired');
+    const files = { certFile: join(dir, 'keep.crt'), keyFile: join(dir, 'keep.key') };
+    copyFileSync(good.cert, files.certFile);
+    copyFileSync(good.key, files.keyFile);
+    const material = loadTlsMaterial(files);
+    const { server, url } = await serveHttps(material);
+    const { logger, lines } = captureLogs();
+    const stop = watchTlsFiles(server, files, material, logger, 20);
+    cleanups.push(async () => stop());
+    const events = () => lines.map((l) => l.event);
+
+    // A Secret rolled back to an old revision: clients would refuse every handshake.
+    copyFileSync(expired.key, files.keyFile);
+    copyFileSync(expired.cert, files.certFile);
+    await until(() => events().includes('tls_reload_failed'));
+    expect(lines.find((l) => l.event === 'tls_reload_failed')).toMatchObject({ level: 'error', error: 'the new certificate is expired at 2020-01-02T00:00:00.000Z, and the current one is still valid' });
+    expect(await servedName(url)).toBe('keep-good');
+
+    // Issued by a clock a little ahead: served from its notBefore on, with no further change on disk.
+    const soon = datedSelfSignedCert('keep-soon', new Date(Date.now() + 2000), new Date(Date.now() + 24 * 3600 * 1000));
+    copyFileSync(soon.key, files.keyFile);
+    copyFileSync(soon.cert, files.certFile);
+    await until(() => events().includes('tls_reload_deferred'));
+    expect(lines.find((l) => l.event === 'tls_reload_deferred')).toMatchObject({ level: 'warn', certFile: files.certFile, problem: expect.stringMatching(/^not valid until /) });
+    expect(await servedName(url)).toBe('keep-good');
+    await until(() => events().includes('tls_reloaded'));
+    expect(await servedName(url)).toBe('keep-soon');
+    expect(events().filter((e) => e === 'tls_certificate_not_valid')).toEqual([]);
   });
 
   it('serves HTTPS, tells the app X-Forwarded-Proto: https, and reloads the certificate when its files change', async () => {
