@@ -330,7 +330,19 @@ function setHandshakeTimeout(server: HttpsServer, ms: number): void {
 }
 
 /** Listens and resolves with the bound address (port 0 → the real port). */
-export function listenOn(server: Server, addr: ListenAddress): Promise<ListenAddress> {
+export async function listenOn(server: Server, addr: ListenAddress): Promise<ListenAddress> {
+  try {
+    return await bind(server, addr);
+  } catch (err) {
+    // `[::]` is every address, IPv6 and IPv4 (Linux's sockets take both), so one config serves IPv4, IPv6 and
+    // dual-stack pods alike; where the kernel has no IPv6 at all (booted with ipv6.disable=1) it is every IPv4 address,
+    // as Node's own listen() does for no host.
+    if (addr.host === '::' && (err as NodeJS.ErrnoException).code === 'EAFNOSUPPORT') return bind(server, { host: '0.0.0.0', port: addr.port });
+    throw err;
+  }
+}
+
+function bind(server: Server, addr: ListenAddress): Promise<ListenAddress> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);

@@ -424,6 +424,35 @@ describe('kubernetes example', () => {
     });
   }
 
+  it('its listeners take IPv6 and IPv4 connections: probes and the Service reach the pod on an IPv6, IPv4 or dual-stack cluster', async () => {
+    const r = await runCli(['validate', '--skip-file-checks', '--config', at('config/base.yaml'), '--config', at('config/namespaces/orders.yaml')]);
+    expect(r.code).toBe(0);
+    const effective = parse(r.stdout);
+    const host = (listen: string) => listen.replace(/:\d+$/, '');
+    expect([host(effective.inbound.listen), host(effective.admin.listen)]).toEqual(['[::]', '[::]']);
+    const sidecar = await startSidecar({
+      service: 'dual-stack',
+      inbound: {
+        listen: `${host(effective.inbound.listen)}:0`,
+        target: 'http://127.0.0.1:1',
+        audience: 'x',
+        issuers: [{ issuer: 'http://127.0.0.1:1', jwksUri: 'http://127.0.0.1:1/jwks' }],
+        rules: [{ match: { path: '/healthz', methods: ['GET'] }, public: true }],
+      },
+      admin: { listen: `${host(effective.admin.listen)}:0` },
+    }, { waitReady: false });
+    try {
+      const status = (url: string) => fetch(url).then((res) => res.status, (err: Error) => String(err.cause ?? err));
+      for (const loopback of ['127.0.0.1', '[::1]']) {
+        expect(await status(`http://${loopback}:${new URL(sidecar.admin).port}/healthz`), `admin over ${loopback}`).toBe(200);
+        // The app behind it is not there: any HTTP answer shows the listener took the connection.
+        expect(typeof (await status(`http://${loopback}:${new URL(sidecar.inbound!).port}/healthz`)), `inbound over ${loopback}`).toBe('number');
+      }
+    } finally {
+      await sidecar.stop();
+    }
+  });
+
   it.skipIf(!hasKubectl)('cluster/ builds (the issuer discovery binding)', () => {
     const rendered = execFileSync('kubectl', ['kustomize', at('examples/kubernetes/cluster')], { encoding: 'utf8' });
     expect(parse(rendered)).toMatchObject({ kind: 'ClusterRoleBinding', roleRef: { name: 'system:service-account-issuer-discovery' } });
