@@ -83,7 +83,9 @@ export const DEFAULT_DEV_CLIENTS: readonly DevClient[] = Object.freeze([
     subject: 'repo:acme/app:environment:production',
     extraClaims: {
       repository: 'acme/app',
+      repository_id: '123456789',
       repository_owner: 'acme',
+      repository_owner_id: '987654321',
       ref: 'refs/heads/main',
       environment: 'production',
       job_workflow_ref: 'acme/app/.github/workflows/deploy.yml@refs/heads/main',
@@ -95,7 +97,9 @@ export const DEFAULT_DEV_CLIENTS: readonly DevClient[] = Object.freeze([
     subject: 'repo:acme/app:ref:refs/heads/feature/login',
     extraClaims: {
       repository: 'acme/app',
+      repository_id: '123456789',
       repository_owner: 'acme',
+      repository_owner_id: '987654321',
       ref: 'refs/heads/feature/login',
       job_workflow_ref: 'acme/app/.github/workflows/deploy.yml@refs/heads/feature/login',
     },

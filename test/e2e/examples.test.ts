@@ -485,14 +485,16 @@ describe('ci deploy gate example', () => {
 
   beforeAll(async () => {
     // The dev issuer's GitHub-Actions-shaped clients, with its GitHub token request emulation.
-    idp = await startIdp({
-      clients: DEFAULT_DEV_CLIENTS.filter((c) => c.clientId.startsWith('github-')).map((c) => ({
-        clientId: c.clientId,
-        clientSecret: c.clientSecret!,
-        subject: c.subject!,
-        extraClaims: c.extraClaims!,
-      })),
-    });
+    const github = DEFAULT_DEV_CLIENTS.filter((c) => c.clientId.startsWith('github-')).map((c) => ({
+      clientId: c.clientId,
+      clientSecret: c.clientSecret!,
+      subject: c.subject!,
+      extraClaims: c.extraClaims!,
+    }));
+    // Every name as github-main's, under other ids: acme/app registered again by someone else after a rename.
+    const main = github.find((c) => c.clientId === 'github-main')!;
+    const recycled = { ...main, clientId: 'github-recycled', clientSecret: 'github-recycled-secret', extraClaims: { ...main.extraClaims, repository_id: '555', repository_owner_id: '666' } };
+    idp = await startIdp({ clients: [...github, recycled] });
     deployer = await startUpstream();
   });
   afterAll(async () => {
@@ -516,11 +518,19 @@ describe('ci deploy gate example', () => {
     expect(script).not.toMatch(/\b(?:npm\s+(?:install|i|add|exec)|npx)\b[^\n]*\soidc-sidecar(?:@|\s|$)/m);
     const install = (job.steps as Array<{ run?: string; env?: Record<string, string> }>).find((s) => /\bnpm\s+install\b/.test(s.run ?? ''));
     expect(install?.env?.OIDC_SIDECAR_TARBALL).toMatch(/^https:\/\/.+\.tgz$/);
-    expect(install?.run).toContain('"${OIDC_SIDECAR_TARBALL}"');
+    expect(install?.env?.OIDC_SIDECAR_TARBALL_SHA256).toMatch(/^[0-9a-f]{64}$/);
+    // The tarball is installed only once its checksum is checked, and only that file: never the URL itself.
+    const lines = install!.run!.split('\n');
+    const check = lines.findIndex((l) => /sha256sum --check/.test(l) && l.includes('${OIDC_SIDECAR_TARBALL_SHA256}'));
+    const npmInstall = lines.findIndex((l) => /\bnpm\s+install\b/.test(l));
+    expect(check).toBeGreaterThanOrEqual(0);
+    expect(npmInstall).toBeGreaterThan(check);
+    expect(lines[npmInstall]).not.toContain('${OIDC_SIDECAR_TARBALL}');
+    expect(install!.run).toMatch(/^set -euo pipefail$/m);
     expect(parse(readFileSync(join(gate, 'ci-token.yaml'), 'utf8')).outbound.tokenSource.type).toBe('github_actions');
   });
 
-  async function ciToken(client: 'github-main' | 'github-feature'): Promise<string> {
+  async function ciToken(client: 'github-main' | 'github-feature' | 'github-recycled'): Promise<string> {
     const r = await runCli(['token', '--config', join(gate, 'ci-token.yaml'), '--audience', 'deployer'], {
       env: { ACTIONS_ID_TOKEN_REQUEST_URL: `${idp.issuer}/github-actions/token?client=${client}`, ACTIONS_ID_TOKEN_REQUEST_TOKEN: `${client}-secret` },
     });
@@ -546,6 +556,8 @@ describe('ci deploy gate example', () => {
 
     const feature = await deploy(await ciToken('github-feature'));
     expect([feature.status, ((await feature.json()) as any).reason]).toEqual([403, 'policy_denied']);
+    const recycled = await deploy(await ciToken('github-recycled'));
+    expect([recycled.status, ((await recycled.json()) as any).reason]).toEqual([403, 'policy_denied']);
     expect((await deploy(main, 'GET')).status).toBe(403);
     const none = await deploy(undefined);
     expect([none.status, ((await none.json()) as any).reason]).toEqual([401, 'missing_token']);
