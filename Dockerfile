@@ -10,8 +10,11 @@
 #   docker run oidc-sidecar validate --skip-file-checks --config /opt/oidc-sidecar/config/base.yaml
 
 # Debian's slim image carries the official glibc build of Node, the one CI tests and the memory figures in
-# docs/performance.md were measured on; Alpine's is a musl build, an experimental platform for Node.
-ARG NODE_IMAGE=node:22-trixie-slim
+# docs/performance.md were measured on; Alpine's is a musl build, an experimental platform for Node. The exact
+# release, so that two builds of one commit run the same Node: CI's Node 22 tests run this release
+# (scripts/test-on-node.sh reads it here), and the memory settings below were measured on it. Bump it to take a new
+# Node release; add its digest (`node:22.x.y-trixie-slim@sha256:...`) for builds that also pin Debian's packages.
+ARG NODE_IMAGE=node:22.23.5-trixie-slim
 
 # ---- build: compile TypeScript and bundle the CLI with the dev dependencies ----
 FROM ${NODE_IMAGE} AS build

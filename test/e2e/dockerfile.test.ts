@@ -32,6 +32,16 @@ const contextSources = dockerfile
   .map((s) => s.replace(/^\.\//, '').replace(/\/$/, ''));
 
 describe('Dockerfile and .dockerignore', () => {
+  it('builds on an exact Node release, the one CI runs its Node 22 tests on', async () => {
+    const image = /^ARG NODE_IMAGE=(\S+)$/m.exec(dockerfile)?.[1];
+    const version = /^node:(\d+\.\d+\.\d+)-trixie-slim(?:@sha256:[0-9a-f]{64})?$/.exec(image ?? '')?.[1];
+    expect(version, `${image}: a floating tag gives two builds of one commit different Nodes`).toBeDefined();
+    const run = (major: string) =>
+      promisify(execFile)('bash', [join(ROOT, 'scripts/test-on-node.sh'), major], { env: { ...process.env, TEST_ON_NODE_PRINT_PACKAGE: '1' } }).then((r) => r.stdout.trim());
+    expect(await run(version!.split('.')[0]!)).toBe(`node-${process.platform}-${process.arch}@${version}`);
+    expect(await run('24')).toBe(`node-${process.platform}-${process.arch}@24`);
+  });
+
   it('copies only files that exist and that the build context lets through', () => {
     expect(contextSources).toEqual(expect.arrayContaining(['package.json', 'src', 'bin', 'config', 'scripts/bundle.mjs', 'LICENSE']));
     for (const source of contextSources) {
