@@ -798,7 +798,8 @@ describe('reload that moves the listener of an open WebSocket tunnel', () => {
 
 describe('reload with an open CONNECT tunnel (outbound passthrough)', () => {
   it('keeps the tunnel open past the drain timeout, as it does WebSocket tunnels; SIGTERM then cuts it and exits 0', async () => {
-    const echo = createServer((s) => s.pipe(s));
+    // The drain deadline resets the tunnel's upstream side too.
+    const echo = createServer((s) => s.on('error', () => {}).pipe(s));
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
     const echoPort = (echo.address() as AddressInfo).port;
     const config = (level: string) => ({
@@ -815,6 +816,9 @@ describe('reload with an open CONNECT tunnel (outbound passthrough)', () => {
       socket = tunnel;
       let received = '';
       tunnel.on('data', (d: Buffer) => (received += d.toString('latin1')));
+      // The drain deadline cuts a tunnel with a reset: a stream cut short must not read as ended.
+      let cutWith: string | undefined;
+      tunnel.on('error', (err: NodeJS.ErrnoException) => (cutWith = err.code));
       const closed = new Promise<void>((r) => tunnel.once('close', () => r()));
       const until = async (text: string) => {
         while (!received.includes(text)) {
@@ -839,6 +843,7 @@ describe('reload with an open CONNECT tunnel (outbound passthrough)', () => {
       sidecar.signal('SIGTERM');
       await closed;
       expect(await sidecar.exited).toBe(0);
+      expect(cutWith).toBe('ECONNRESET');
     } finally {
       socket?.destroy();
       echo.close();
