@@ -67,6 +67,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     unreported += lines;
     opts.onLinesDropped?.(lines);
   });
+  holdThroughWriteErrors(stdout);
   // 'drain' comes when a write finished and nothing is left to write, so the notice always fits, and it is said
   // once per run of drops: it cannot itself overflow the buffer or call for another notice.
   stdout.on('drain', () => {
@@ -76,6 +77,39 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     logger.warn({ event: 'log_lines_dropped', dropped }, `${dropped} log lines dropped: stdout did not take them in time`);
   });
   return logger;
+}
+
+/** The part of sonic-boom (pino.destination) that holdThroughWriteErrors needs. */
+interface StdoutStream {
+  on(event: 'error', listener: (err: NodeJS.ErrnoException) => void): unknown;
+  on(event: 'write', listener: () => void): unknown;
+  flushSync(): void;
+}
+
+/**
+ * Keeps a stdout that fails its writes (ENOSPC from a log file on a full disk, EIO from the terminal of a closed SSH
+ * session) from stopping the process. pino lets only EPIPE pass; any other write error was an uncaught exception,
+ * and at exit sonic-boom's flushSync retries such a write for ever: the sidecar held its ports, answered nothing and
+ * ignored SIGTERM. A line that failed stays held and is written again with the next one, so the log resumes when
+ * stdout takes writes again; meanwhile the buffer's bound (MAX_BUFFERED_LOG_BYTES) drops and counts lines, as for a
+ * stuck pipe. Said once per run of failures on stderr, the one place left to say it.
+ */
+function holdThroughWriteErrors(stdout: StdoutStream, stderr: NodeJS.WritableStream = process.stderr): void {
+  let failing = false;
+  stdout.on('error', (err) => {
+    // pino's own listener hands every error but EPIPE on again: the same failure arrives twice.
+    if (failing || err.code === 'EPIPE') return;
+    failing = true;
+    stderr.write(`oidc-sidecar: cannot write the log to stdout (${err.code ?? err.message}): lines are held, then dropped and counted, until it takes them again\n`);
+  });
+  stdout.on('write', () => {
+    failing = false;
+  });
+  const flushSync = stdout.flushSync.bind(stdout);
+  // At exit (pino flushes synchronously), a stdout that is failing is given up on rather than retried for ever.
+  stdout.flushSync = () => {
+    if (!failing) flushSync();
+  };
 }
 
 /** The stdout stream of each logger createLogger made with the default destination. */

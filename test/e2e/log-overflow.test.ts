@@ -1,7 +1,9 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startIdp, type TestIdp } from '../support/idp.js';
-import { startSidecar, type SidecarProcess } from '../support/sidecar.js';
+import { BIN, freePort, startSidecar, writeConfig, type SidecarProcess } from '../support/sidecar.js';
 import { startUpstream, type UpstreamApp } from '../support/upstream.js';
 import { eventually, inboundSidecarConfig, metricsText, sample } from './inbound-support.js';
 
@@ -119,4 +121,35 @@ describe('stdout that stops draining', () => {
       await stuck.stop();
     }
   });
+});
+
+describe.runIf(process.platform === 'linux')('a stdout that fails its writes (a log file on a full disk, the terminal of a closed session)', () => {
+  it('costs log lines, not the data plane: requests are answered, one notice goes to stderr, and SIGTERM still ends it with 0', async () => {
+    const [inboundPort, adminPort] = [await freePort(), await freePort()];
+    const config = writeConfig(
+      inboundSidecarConfig(app, [idp], { listen: `127.0.0.1:${inboundPort}`, rules: [{ match: { path: '/public' }, public: true }] }, { admin: { listen: `127.0.0.1:${adminPort}` } }),
+    );
+    // /dev/full: every write fails with ENOSPC. pino lets only EPIPE pass; any other write error used to end in an
+    // exit whose synchronous flush retried the write for ever: no answers, and SIGTERM ignored.
+    const full = openSync('/dev/full', 'w');
+    const child = spawn(process.execPath, [BIN, 'run', '--config', config], { stdio: ['ignore', full, 'pipe'] });
+    closeSync(full);
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const get = (url: string) => fetch(url, { signal: AbortSignal.timeout(2000) }).then((r) => r.status, (e: Error) => e.name);
+      await eventually(async () => (await get(`http://127.0.0.1:${adminPort}/healthz`)) === 200, 10_000, 'the sidecar to listen');
+      // Each refusal is a warn line that fails to be written, again and again.
+      for (let i = 0; i < 20; i++) expect(await get(`http://127.0.0.1:${inboundPort}/private`)).toBe(401);
+      expect(await get(`http://127.0.0.1:${inboundPort}/public`)).toBe(200);
+      expect(await get(`http://127.0.0.1:${adminPort}/healthz`)).toBe(200);
+      expect(stderr.match(/^oidc-sidecar: cannot write the log to stdout \(ENOSPC\)/gm)).toHaveLength(1);
+      child.kill('SIGTERM');
+      expect(await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000, 'still running 10 s after SIGTERM'))])).toBe(0);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    }
+  }, 40_000);
 });
