@@ -1,6 +1,7 @@
 import yargs from 'yargs';
 import { Parser } from 'yargs/helpers';
 import { describeFailure } from './cli-failure.js';
+import { describeFsError } from './config/configured-files.js';
 import { UsageError } from './errors.js';
 import { runCommand } from './commands/run.js';
 import { validateCommand } from './commands/validate.js';
@@ -46,7 +47,7 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       const names = commands.map((c) => String(c.command).split(' ')[0]!);
       throw commandMissing(argv, names) ?? new UsageError(msg ?? err?.message ?? 'invalid command line', true, commandNamed(argv, names));
     });
-  dropOutputToClosedPipe(io.stdout);
+  dropOutputToClosedPipe(io.stdout, io.stderr);
   try {
     await cli.parseAsync();
   } catch (err) {
@@ -93,13 +94,18 @@ const guardedOutputs = new WeakSet<NodeJS.WritableStream>();
 /**
  * A reader that stops early (`oidc-sidecar demo | head -1`, `schema | head`) closes the pipe: the rest of the output
  * has nowhere to go, and the command still ends with its own exit code. Unhandled, the EPIPE was a stack trace and
- * exit 1. Kept for the life of the stream: the error of a command's last write arrives after the command returned.
+ * exit 1. Any other failure (ENOSPC: the output redirected to a file on a full disk) leaves the output incomplete
+ * where the reader expects it whole: one line on stderr and exit 1 (it was a stack trace with minified source).
+ * Kept for the life of the stream: the error of a command's last write arrives after the command returned.
  */
-function dropOutputToClosedPipe(stdout: NodeJS.WritableStream): void {
+function dropOutputToClosedPipe(stdout: NodeJS.WritableStream, stderr: NodeJS.WritableStream): void {
   if (guardedOutputs.has(stdout)) return;
   guardedOutputs.add(stdout);
   stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') throw err;
+    if (err.code === 'EPIPE') return;
+    stderr.write(`oidc-sidecar: cannot write the output: ${describeFsError(err)}\n`);
+    // Not an exit code for main() to return: the failure can come after it returned, and later writes fail too.
+    process.exit(1);
   });
 }
 

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, cpSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -281,6 +281,22 @@ describe('oidc-sidecar CLI', () => {
     // A token refused is still exit 1, and a missing file still its one line.
     expect(await withClosedStdout(['verify', '--config', writeConfig(valid), '--token', 'x.y.z'])).toEqual({ code: 1, stderr: '' });
     expect(await withClosedStdout(['validate', '--config', '/nonexistent/sidecar.yaml'])).toEqual({ code: 1, stderr: 'oidc-sidecar: cannot read config file /nonexistent/sidecar.yaml: no such file\n' });
+  });
+
+  it.runIf(process.platform === 'linux')('an output that fails otherwise (ENOSPC: a full disk) is one line on stderr and exit 1, never a stack trace', async () => {
+    /** The command with stdout on /dev/full: every write fails with ENOSPC. */
+    const withFullStdout = (args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((done) => {
+        const full = openSync('/dev/full', 'w');
+        const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', full, 'pipe'] });
+        closeSync(full);
+        let stderr = '';
+        child.stderr.on('data', (d) => (stderr += d));
+        child.on('close', (code) => done({ code, stderr }));
+      });
+    for (const args of [['schema'], ['validate', '--config', writeConfig(valid)], ['--version'], ['--help']]) {
+      expect(await withFullStdout(args), args.join(' ')).toEqual({ code: 1, stderr: 'oidc-sidecar: cannot write the output: no space left on device (ENOSPC)\n' });
+    }
   });
 
   it("--version prints this package's version wherever it is run from, and --help is English whatever the locale", async () => {
