@@ -1,4 +1,5 @@
 import { ConfigError, SidecarError, UsageError, summarizeIssues } from './errors.js';
+import { JWT_LIKE } from './log.js';
 
 /**
  * What a failed command prints after `oidc-sidecar: `: one line (a config's issues joined with "; "), never a
@@ -6,8 +7,13 @@ import { ConfigError, SidecarError, UsageError, summarizeIssues } from './errors
  * message, so any line break in one is escaped (`oneLine`).
  */
 export function describeFailure(err: unknown): string {
-  return oneLine(failureText(err));
+  const line = oneLine(failureText(err));
+  // A token given without --token (`verify --config f.yaml eyJ...`) reaches the message as a config file's name or
+  // an unknown argument, and a CI job's log would keep it whole, usable until it expires.
+  return line.includes('eyJ') ? line.replace(JWT_LIKE, TOKEN_NOT_SHOWN) : line;
 }
+
+const TOKEN_NOT_SHOWN = '[a JWT, not shown; verify takes one with --token]';
 
 function failureText(err: unknown): string {
   if (err instanceof ConfigError) return summarizeIssues('invalid config', err.issues);

@@ -291,11 +291,23 @@ describe('oidc-sidecar CLI', () => {
         const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', full, 'pipe'] });
         closeSync(full);
         let stderr = '';
-        child.stderr.on('data', (d) => (stderr += d));
+        child.stderr!.on('data', (d) => (stderr += d));
         child.on('close', (code) => done({ code, stderr }));
       });
     for (const args of [['schema'], ['validate', '--config', writeConfig(valid)], ['--version'], ['--help']]) {
       expect(await withFullStdout(args), args.join(' ')).toEqual({ code: 1, stderr: 'oidc-sidecar: cannot write the output: no space left on device (ENOSPC)\n' });
+    }
+  });
+
+  it('a token given without --token is never echoed to stderr: it would stay whole in a CI job\'s log', async () => {
+    const token = 'eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwOi8vMTI3LjAuMC4xOjkiLCJzdWIiOiJvcmRlcnMifQ.c2lnbmF0dXJlLXNlY3JldA';
+    const config = writeConfig(valid);
+    // `--config` takes the word after it as a second config file; after the command, it is an unknown argument.
+    for (const args of [['verify', '--config', config, token], ['verify', token, '--config', config]]) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).not.toContain('eyJ');
+      expect(r.stderr, args.join(' ')).toContain('[a JWT, not shown; verify takes one with --token]');
     }
   });
 
