@@ -49,10 +49,11 @@ export interface LoadOptions {
   /** Config files must be regular files (see readBoundedText): what a reload reads. Default false. */
   regularFilesOnly?: boolean;
   /**
-   * Load this side alone (`verify`: inbound, `token`: outbound): the other side's section is left out before its
-   * `${VAR}`s are filled in and the schema runs, so a variable that only the pod sets for the other side (an outbound
-   * client secret, when verifying a token in CI) does not stop the command. `missing` is the UsageError when the
-   * merged layers have no such section. Default: both.
+   * Load this side alone (`verify`: inbound, `token`: outbound): every other key (the other side's section, and
+   * `service`, `admin`, `log`, `limits`, `lifecycle`, which neither command reads) is left out before its `${VAR}`s
+   * are filled in and the schema runs, so a variable that only the pod sets (an outbound client secret, or
+   * `service: ${POD_NAME}`, when verifying a token in CI) does not stop the command. The config's `service` is then
+   * ONE_SIDE_SERVICE. `missing` is the UsageError when the merged layers have no such section. Default: both.
    */
   only?: { side: 'inbound' | 'outbound'; missing: string };
 }
@@ -84,6 +85,7 @@ export function loadConfig(paths: readonly string[], env: NodeJS.ProcessEnv = pr
     issues.push(...found.map((issue) => issueAt(issue, file, files.length > 1)));
     merged = deepMerge([merged, layer]);
   }
+  if (only !== undefined) merged = { service: ONE_SIDE_SERVICE, ...(merged as object) };
   merged = typedPlaceholders(merged, wholeValues);
   if (issues.length > 0) throw new ConfigError([...issues, ...shapeIssuesBeside(merged, files, issues)]);
   try {
@@ -147,12 +149,15 @@ function hasSection(config: unknown, key: string): boolean {
   return typeof config === 'object' && config !== null && Object.hasOwn(config, key) && (config as Record<string, unknown>)[key] != null;
 }
 
-/** A layer without the section of the side `only` leaves out (see LoadOptions.only). */
+/** A layer with the section of the side `only` alone (see LoadOptions.only). */
 function withoutOtherSide(layer: unknown, only: 'inbound' | 'outbound' | undefined): unknown {
   if (only === undefined || typeof layer !== 'object' || layer === null || Array.isArray(layer)) return layer;
-  const { [only === 'inbound' ? 'outbound' : 'inbound']: _left, ...rest } = layer as Record<string, unknown>;
-  return rest;
+  const record = layer as Record<string, unknown>;
+  return only in record ? { [only]: record[only] } : {};
 }
+
+/** The `service` of a config loaded for one side (LoadOptions.only): the file's own is not read. */
+export const ONE_SIDE_SERVICE = 'oidc-sidecar';
 
 /**
  * The schema's findings in a config whose `${VAR}`s could not all be filled in, so that one `validate` names every
