@@ -28,6 +28,13 @@ export const DEV_ISSUER_WARNING = [
  * `dev-issuer`: a local OpenID provider (oidc-provider) issuing client
  * credentials JWTs, for laptops and docker-compose. Runs until SIGTERM/SIGINT.
  */
+/** Flags whose empty value is refused, with what to do instead. */
+const EMPTY_REFUSED = [
+  ['host', 'give an address to listen on (127.0.0.1, or 0.0.0.0 in a container)'],
+  ['clients', 'give a clients file, or leave the flag out for the built-in clients'],
+  ['key-file', 'give a path, or leave the flag out to keep the keys in memory'],
+] as const;
+
 export function devIssuerCommand(io: Io, setExit: (code: number) => void): CommandModule<object, DevIssuerArgs> {
   return {
     command: 'dev-issuer',
@@ -47,6 +54,11 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
         .option('log-level', { type: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], describe: 'Level of its JSON log lines on stdout (start, tokens issued and refused, errors)' });
     },
     handler: async (argv) => {
+      // An empty value is a variable left unset (`--host=${HOST}`), never a choice: it would fall back to what leaving
+      // the flag out gives, every interface for --host, the public built-in clients for --clients.
+      for (const [flag, leftOut] of EMPTY_REFUSED) {
+        if (argv[flag] === '') throw new UsageError(`--${flag} is empty (a variable left unset?): ${leftOut}`);
+      }
       const port = /^\d{1,5}$/.test(argv.port) ? Number(argv.port) : Number.NaN;
       if (!(port <= 65535)) throw new UsageError(`--port must be 0-65535, got ${argv.port === '' ? 'an empty value' : argv.port}`);
       if (argv.issuer !== undefined && !/^https?:\/\/[^/]+/.test(argv.issuer)) throw new UsageError(`--issuer must be an http(s) URL, got ${argv.issuer}`);
@@ -59,8 +71,16 @@ export function devIssuerCommand(io: Io, setExit: (code: number) => void): Comma
       }
       const { loadOrCreateKeyFile } = await import('../dev/keys.js');
       const file = argv.clients ? loadDevClientsFile(argv.clients, process.env) : undefined;
-      const alg = (argv.alg ?? file?.alg ?? 'RS256') as 'RS256';
+      const chosenAlg = argv.alg ?? file?.alg;
+      const alg = (chosenAlg ?? 'RS256') as 'RS256';
       const signingKeys = argv['key-file'] ? await loadOrCreateKeyFile(argv['key-file'], alg) : undefined;
+      // A key file that already holds a key signs with it: an algorithm asked for in vain would show up only as
+      // unsupported_alg at a sidecar that allows that algorithm alone.
+      const held = signingKeys?.[0]?.alg;
+      if (chosenAlg !== undefined && held !== undefined && held !== chosenAlg) {
+        const from = argv.alg !== undefined ? `--alg ${chosenAlg}` : `the clients file's alg ${chosenAlg}`;
+        throw new UsageError(`${from}: key file ${argv['key-file']} already holds an ${held} key, which signs the tokens; remove the file for a new ${chosenAlg} key, or ask for ${held}`);
+      }
       // Loaded lazily and only after the inputs are valid: oidc-provider is needed by the dev commands alone.
       const { module: { startDevIssuer }, warnings } = await importHoldingWarnings(() => import('../dev/issuer.js'));
       const ttl = argv.ttl ?? file?.accessTokenTtlSeconds;

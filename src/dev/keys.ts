@@ -35,6 +35,7 @@ export async function generateSigningKey(alg: DevAlg = 'RS256'): Promise<DevSign
 
 /** Builds a DevSigningKey from a private JWK (as stored in a key file); throws UsageError when it is not usable. */
 export async function signingKeyFromJwk(jwk: JWK): Promise<DevSigningKey> {
+  if (typeof jwk !== 'object' || jwk === null || Array.isArray(jwk)) throw new UsageError(`signing key: expected a private JWK (a JSON object), got ${jwk === null ? 'null' : Array.isArray(jwk) ? 'a list' : typeof jwk}`);
   const alg = jwk.alg as DevAlg;
   if (!DEV_ALGORITHMS.includes(alg)) throw new UsageError(`signing key: alg must be one of ${DEV_ALGORITHMS.join(', ')}, got ${String(jwk.alg)}`);
   const expectedKty = alg === 'ES256' ? 'EC' : alg === 'EdDSA' ? 'OKP' : 'RSA';

@@ -116,8 +116,11 @@ export function createDevProvider(opts: DevProviderOptions): Provider {
     },
   };
   const provider = new Provider(opts.issuer, configuration);
-  // The issuer is reached over plain HTTP on loopback or a compose network; behind a TLS proxy set `proxy` yourself.
-  provider.proxy = false;
+  // An http issuer is reached directly (loopback, a compose network): a client's X-Forwarded-* headers are not
+  // trusted. An https one is served by a proxy that terminates TLS in front of it (the dev issuer speaks plain HTTP),
+  // whose X-Forwarded-Proto makes the endpoint URLs in discovery https too: the sidecar refuses an http jwks_uri or
+  // token endpoint under an https issuer.
+  provider.proxy = new URL(opts.issuer).protocol === 'https:';
   return provider;
 }
 

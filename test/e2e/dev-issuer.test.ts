@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -217,6 +218,27 @@ describe('oidc-sidecar dev-issuer', () => {
     expect(second.issuer).toBe(first.issuer);
     expect((await verify(second.issuer, issued.body.access_token, 'payments')).payload.sub).toBe('orders');
     expect(JSON.parse(readFileSync(keyFile, 'utf8')).keys).toHaveLength(1);
+    expect(await second.stop()).toBe(0);
+
+    // The key held signs: another algorithm asked for is refused, where it was ignored and tokens came out RS256.
+    const es = await runCli(['dev-issuer', '--port', '0', '--key-file', keyFile, '--alg', 'ES256']);
+    expect([es.code, es.stderr]).toEqual([1, `oidc-sidecar: --alg ES256: key file ${keyFile} already holds an RS256 key, which signs the tokens; remove the file for a new ES256 key, or ask for RS256\n`]);
+  });
+
+  it('an https --issuer is served behind a proxy that terminates TLS: discovery names https endpoints, as the sidecar requires', async () => {
+    const p = await startDevIssuerCli(['--issuer', 'https://idp.test']);
+    const viaProxy = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      httpGet(`${p.local}/.well-known/openid-configuration`, { headers: { host: 'idp.test', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'idp.test' } }, (res) => {
+        let body = '';
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve(JSON.parse(body) as Record<string, unknown>));
+      }).on('error', reject);
+    });
+    expect(viaProxy).toMatchObject({ issuer: 'https://idp.test', jwks_uri: 'https://idp.test/jwks', token_endpoint: 'https://idp.test/token' });
+    // An http issuer trusts no forwarded header: a client cannot move the endpoints it names.
+    const plain = await startDevIssuerCli([]);
+    const direct = (await (await fetch(`${plain.local}/.well-known/openid-configuration`, { headers: { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.test' } })).json()) as Record<string, unknown>;
+    expect(direct.jwks_uri).toBe(`${plain.issuer}/jwks`);
   });
 
   it('uses --issuer as the identifier in discovery and tokens (for compose service names)', async () => {
@@ -392,6 +414,18 @@ describe('oidc-sidecar dev-issuer', () => {
     // yargs reads an empty number as 0, which would have listened on a random port.
     const emptyPort = await runCli(['dev-issuer', '--port', '']);
     expect([emptyPort.code, emptyPort.stderr]).toEqual([1, 'oidc-sidecar: --port must be 0-65535, got an empty value\n']);
+    // An empty value is a variable left unset: it fell back to every interface, the public built-in clients, keys in memory.
+    for (const [flag, leftOut] of [
+      ['--host', 'give an address to listen on (127.0.0.1, or 0.0.0.0 in a container)'],
+      ['--clients', 'give a clients file, or leave the flag out for the built-in clients'],
+      ['--key-file', 'give a path, or leave the flag out to keep the keys in memory'],
+    ]) {
+      const empty = await runCli(['dev-issuer', '--port', '0', '--issuer', 'http://dev-issuer:9000', flag!, '']);
+      expect([empty.code, empty.stderr], flag).toEqual([1, `oidc-sidecar: ${flag} is empty (a variable left unset?): ${leftOut}\n`]);
+    }
+    writeFileSync(join(dir, 'null-key.json'), '{"keys":[null]}');
+    const nullKey = await runCli(['dev-issuer', '--port', '0', '--key-file', join(dir, 'null-key.json')]);
+    expect([nullKey.code, nullKey.stderr]).toEqual([1, `oidc-sidecar: key file ${join(dir, 'null-key.json')}: keys.0: expected a private JWK (a JSON object), got null\n`]);
     for (const ttl of ['1e300', '0', '31536001']) {
       const badTtl = await runCli(['dev-issuer', '--port', '0', '--ttl', ttl]);
       expect([badTtl.code, badTtl.stderr]).toEqual([1, `oidc-sidecar: --ttl must be a whole number of seconds from 1 to 31536000 (a year), got ${Number(ttl)}\n`]);
