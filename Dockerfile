@@ -42,9 +42,12 @@ ENV NODE_ENV=production \
     OIDC_SIDECAR_CONFIG=/etc/oidc-sidecar/config.yaml
 WORKDIR /opt/oidc-sidecar
 COPY package.json package-lock.json ./
+# /var/lib/oidc-sidecar: a directory the non-root user may write, for a volume to keep state in (the dev issuer's
+# --key-file in examples/docker-compose); a new named volume mounted there takes its owner.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && npm cache clean --force \
- && ln -s /opt/oidc-sidecar/bin/oidc-sidecar.js /usr/local/bin/oidc-sidecar
+ && ln -s /opt/oidc-sidecar/bin/oidc-sidecar.js /usr/local/bin/oidc-sidecar \
+ && mkdir -p /var/lib/oidc-sidecar && chown 1000:1000 /var/lib/oidc-sidecar
 COPY LICENSE ./
 COPY bin ./bin
 COPY config ./config

@@ -140,7 +140,7 @@ describe('shipped configs validate with the CLI', () => {
 
 describe('docker-compose example', () => {
   const composeDir = at('examples/docker-compose');
-  const compose = parse(readFileSync(join(composeDir, 'docker-compose.yaml'), 'utf8'), { merge: true }) as { services: Record<string, any>; networks: Record<string, any> };
+  const compose = parse(readFileSync(join(composeDir, 'docker-compose.yaml'), 'utf8'), { merge: true }) as { services: Record<string, any>; networks: Record<string, any>; volumes?: Record<string, unknown> };
 
   /** The volume entry (`source:target[:ro]`) whose target is `path` or a directory holding it. */
   const mountOf = (svc: any, path: string) =>
@@ -244,6 +244,19 @@ describe('docker-compose example', () => {
       expect(grace, `${name}: stop_grace_period in seconds`).not.toBeNull();
       expect(Number(grace![1]), `${name}: stop_grace_period`).toBeGreaterThanOrEqual(drain + 5);
     }
+  });
+
+  it('keeps the dev issuer signing key on a volume, in a directory its image lets the non-root user write', () => {
+    // Restarted without it (after an edit of dev-clients.yaml), the issuer signed with a new key, and every token the
+    // sidecars held was refused as unknown_key until they renewed it, minutes later.
+    const issuer = compose.services['dev-issuer'];
+    const keyFile = (issuer.command as string[]).find((a) => a.startsWith('--key-file='))?.slice('--key-file='.length);
+    expect(keyFile).toBeDefined();
+    const volume = mountOf(issuer, keyFile!)!.split(':')[0]!;
+    expect(Object.keys(compose.volumes ?? {})).toContain(volume);
+    // A new named volume takes the owner of the image's directory it is mounted on: the one the Dockerfile makes for 1000.
+    const dir = mountOf(issuer, keyFile!)!.split(':')[1]!;
+    expect(readFileSync(at('Dockerfile'), 'utf8')).toContain(`mkdir -p ${dir} && chown 1000:1000 ${dir}`);
   });
 
   it('its dev-clients.yaml is a valid dev issuer clients file', () => {
