@@ -1,5 +1,6 @@
-// `npm run bench`: the data-plane benchmark. Starts on loopback a fast app, a plain two-hop node/undici proxy
-// chain (baseline) and the sidecar chain (outbound sidecar with a cached token → inbound sidecar verifying and
+// `npm run bench`: the data-plane benchmark. Starts on loopback a fast app, two plain two-hop node/undici proxy
+// chains (baselines: the obvious one, request() + pipeline(), and a tuned one, dispatch() as the sidecar forwards)
+// and the sidecar chain (outbound sidecar with a cached token → inbound sidecar verifying and
 // applying a rule → app), loads each with autocannon in interleaved rounds, probes unloaded latency, samples
 // peak RSS per process, counts IdP token requests, then runs the verify micro-benchmark.
 // Knobs (env): BENCH_CONNECTIONS (32), BENCH_DURATION (8 s), BENCH_ROUNDS (3), BENCH_WARMUP (5 s), BENCH_SAMPLES (3000),
@@ -15,7 +16,7 @@ import { benchChildEnv, imageRuntime } from './lib/image-runtime.js';
 import { latencyProbe, loadRun } from './lib/load.js';
 import { cpuSecondsOf, memoryOf, startNode } from './lib/procs.js';
 import { checkRenewals, startTrickle } from './lib/renewal.js';
-import { printReport, summarize } from './lib/report.js';
+import { printReport, summarize, verdictsOf } from './lib/report.js';
 import { runVerifyMicro } from './lib/verify-runner.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -51,6 +52,10 @@ settings.hostNodeEnvLeftOut = children.leftOut;
 const childEnv = children.env;
 
 const listening = (l) => typeof l.listening === 'number';
+/** The chains loaded: the obvious baseline, the tuned baseline, the sidecars. */
+const CHAINS = ['baseline', 'tuned', 'sidecar'];
+/** The `aud` of a `Bearer <JWT>` header value. */
+const audienceOf = (authorization) => JSON.parse(Buffer.from(authorization.split(' ')[1].split('.')[1], 'base64url').toString()).aud;
 const procs = [];
 const tempDirs = [];
 /** BENCH_CPU_PROF_DIR=dir: the process writes a V8 CPU profile there when it exits (open in Chrome DevTools). */
@@ -81,10 +86,10 @@ async function sidecar(name, config) {
   return { ...p, admin, inbound: port(a.inbound), outbound: port(a.outbound) };
 }
 
-/** The Authorization header the outbound sidecar attaches (its cached token), as the app receives it. */
-function outboundAuthorization(port) {
+/** The Authorization header the outbound sidecar attaches on a route to the app (its cached token), as the app receives it. */
+function outboundAuthorization(port, route = 'app-direct') {
   return new Promise((resolve, reject) => {
-    get({ port, host: '127.0.0.1', path: '/echo-authorization', headers: { host: 'app-direct' } }, (res) => {
+    get({ port, host: '127.0.0.1', path: '/echo-authorization', headers: { host: route } }, (res) => {
       let text = '';
       res.setEncoding('latin1').on('data', (c) => (text += c));
       res.on('end', () => (res.statusCode === 200 && text.startsWith('Bearer ') ? resolve(text) : reject(new Error(`no token from the outbound sidecar (${res.statusCode})`))));
@@ -117,6 +122,8 @@ async function main() {
 
   const hop2 = await node('baseline-hop2', [join(here, 'apps/baseline-proxy.js'), appUrl]);
   const hop1 = await node('baseline-hop1', [join(here, 'apps/baseline-proxy.js'), `http://127.0.0.1:${hop2.port}`]);
+  const tuned2 = await node('tuned-hop2', [join(here, 'apps/baseline-dispatch.js'), appUrl]);
+  const tuned1 = await node('tuned-hop1', [join(here, 'apps/baseline-dispatch.js'), `http://127.0.0.1:${tuned2.port}`]);
   const relay2 = await node('relay-hop2', [join(here, 'apps/tcp-relay.js'), String(app.port)]);
   const relay1 = await node('relay-hop1', [join(here, 'apps/tcp-relay.js'), String(relay2.port)]);
 
@@ -146,6 +153,8 @@ async function main() {
         // Through the inbound sidecar with short-lived tokens from the second issuer: renewed several times during
         // the run, and an expired token would be refused there.
         { host: 'app-renew', target: `http://127.0.0.1:${inbound.inbound}`, audience: 'bench-app', tokenSource: { type: 'client_credentials', issuer: renewIdp.issuer, ...client } },
+        // A second audience from the first issuer: one token request each, and each route's token names its own.
+        { host: 'app-other', target: appUrl, audience: 'bench-other' },
       ],
     },
   });
@@ -156,16 +165,19 @@ async function main() {
     'sidecar-inbound': memoryOf(inbound.pid),
     'baseline-hop1': memoryOf(hop1.pid),
     'baseline-hop2': memoryOf(hop2.pid),
+    'tuned-hop1': memoryOf(tuned1.pid),
+    'tuned-hop2': memoryOf(tuned2.pid),
   };
 
   const chains = {
     baseline: { url: `http://127.0.0.1:${hop1.port}/bench`, host: 'app' },
+    tuned: { url: `http://127.0.0.1:${tuned1.port}/bench`, host: 'app' },
     sidecar: { url: `http://127.0.0.1:${outbound.outbound}/bench`, host: 'app' },
   };
-  const runs = { baseline: [], sidecar: [] };
+  const runs = { baseline: [], tuned: [], sidecar: [] };
   // CPU time per request of the chain's two proxy processes: it depends less than req/s on how much of the shared
   // machine the load generator and the app got during the run (not at all is too much to say: batching changes).
-  const hopPids = { baseline: [hop1.pid, hop2.pid], sidecar: [outbound.pid, inbound.pid] };
+  const hopPids = { baseline: [hop1.pid, hop2.pid], tuned: [tuned1.pid, tuned2.pid], sidecar: [outbound.pid, inbound.pid] };
   const load = async (name, durationSeconds = settings.durationSeconds) => {
     const cpu0 = hopPids[name].map(cpuSecondsOf);
     const res = await loadRun({ ...chains[name], connections: settings.connections, durationSeconds });
@@ -178,10 +190,11 @@ async function main() {
   const trickle = startTrickle({ url: `http://127.0.0.1:${outbound.outbound}/bench`, host: 'app-renew', rate: settings.renewRate });
   process.stderr.write(`warming up (${settings.connections} connections, ${settings.warmupSeconds} s per chain)...\n`);
   const warmup = {};
-  for (const name of ['baseline', 'sidecar']) warmup[name] = await load(name, settings.warmupSeconds);
+  for (const name of CHAINS) warmup[name] = await load(name, settings.warmupSeconds);
   for (let r = 0; r < settings.rounds; r++) {
-    // Interleaved, alternating which chain goes first, so machine drift does not favour one.
-    const order = r % 2 === 0 ? ['baseline', 'sidecar'] : ['sidecar', 'baseline'];
+    // Interleaved, each chain first in turn (and in reverse every other round), so machine drift favours none.
+    const turned = [...CHAINS.slice(r % CHAINS.length), ...CHAINS.slice(0, r % CHAINS.length)];
+    const order = Math.floor(r / CHAINS.length) % 2 === 0 ? turned : turned.reverse();
     for (const name of order) {
       const res = await load(name);
       runs[name].push(res);
@@ -204,9 +217,11 @@ async function main() {
     { name: 'direct', port: app.port, host: 'app' },
     { name: 'relay', port: relay1.port, host: 'app' },
     { name: 'baseline', port: hop1.port, host: 'app' },
+    { name: 'tuned', port: tuned1.port, host: 'app' },
     { name: 'sidecar', port: outbound.outbound, host: 'app' },
     { name: 'relay-1', port: relay2.port, host: 'app' },
     { name: 'baseline-1', port: hop2.port, host: 'app' },
+    { name: 'tuned-1', port: tuned2.port, host: 'app' },
     { name: 'sidecar-1', port: outbound.outbound, host: 'app-direct' },
     { name: 'inbound-1', port: inbound.inbound, host: 'app', headers: { authorization: await outboundAuthorization(outbound.outbound) } },
   ];
@@ -221,8 +236,15 @@ async function main() {
     'sidecar-inbound': memoryOf(inbound.pid),
     'baseline-hop1': memoryOf(hop1.pid),
     'baseline-hop2': memoryOf(hop2.pid),
+    'tuned-hop1': memoryOf(tuned1.pid),
+    'tuned-hop2': memoryOf(tuned2.pid),
   };
   const idpCounts = { ...idp.counts };
+  // Each route's token, as the app receives it, names the route's audience.
+  const audiences = {
+    'bench-app': audienceOf(await outboundAuthorization(outbound.outbound, 'app-direct')),
+    'bench-other': audienceOf(await outboundAuthorization(outbound.outbound, 'app-other')),
+  };
   const renewal = { ttlSeconds: settings.renewTtlSeconds, rate: settings.renewRate, trickle: renewalTrickle, ...checkRenewals(renewIdp.tokenRequestTimes, settings.renewTtlSeconds) };
 
   for (const p of procs.reverse()) await p.stop();
@@ -250,6 +272,7 @@ async function main() {
     memory,
     idle,
     idp: idpCounts,
+    audiences,
     renewal,
     verify,
     seconds: Math.round((Date.now() - started) / 1000),
@@ -261,7 +284,8 @@ async function main() {
   const failures = [];
   const { errors } = summarize(report);
   if (errors) failures.push(`${errors} non-2xx responses or errors during load`);
-  if (idpCounts.token !== 1) failures.push(`the IdP answered ${idpCounts.token} token requests, expected 1`);
+  const verdicts = verdictsOf(report);
+  if (!verdicts.tokens) failures.push(`the IdP answered ${idpCounts.token} token requests, expected 2, one per audience, each route's token naming its own (${JSON.stringify(audiences)})`);
   if (!renewal.ok) failures.push(`the short-lived tokens were not renewed once per lifetime (${renewal.requests} requests, intervals ${renewal.intervalsSeconds.map((x) => x.toFixed(1)).join(', ')} s)`);
   if (renewal.trickle.errors) failures.push(`${renewal.trickle.errors} errors on the renewal route`);
   if (failures.length) {

@@ -42,8 +42,10 @@ function perHop(rows) {
   return {
     sidecar,
     baseline: hop('baseline'),
+    // Reports written before the tuned baseline existed have no row for it.
+    ...(by.tuned ? { tuned: hop('tuned') } : {}),
     relay: hop('relay'),
-    alone: { outbound: alone('sidecar-1'), inbound: alone('inbound-1'), baseline: alone('baseline-1'), relay: alone('relay-1') },
+    alone: { outbound: alone('sidecar-1'), inbound: alone('inbound-1'), baseline: alone('baseline-1'), tuned: alone('tuned-1'), relay: alone('relay-1') },
     worst: { p50: Math.max(sidecar.p50, ...sidecarAlone.map((a) => a.p50)), p99: Math.max(sidecar.p99, ...sidecarAlone.map((a) => a.p99)) },
   };
 }
@@ -51,19 +53,54 @@ function perHop(rows) {
 /** Summary numbers used by the table and by callers that check targets. */
 export function summarize(report) {
   const b = report.runs.baseline;
+  const t = report.runs.tuned;
   const s = report.runs.sidecar;
+  const stats = (runs) => ({ rps: median(runs.map((r) => r.rps)), p50: median(runs.map((r) => r.p50)), p99: median(runs.map((r) => r.p99)), cpu: cpuPerHop(runs) });
   return {
-    baseline: { rps: median(b.map((r) => r.rps)), p50: median(b.map((r) => r.p50)), p99: median(b.map((r) => r.p99)), cpu: cpuPerHop(b) },
-    sidecar: { rps: median(s.map((r) => r.rps)), p50: median(s.map((r) => r.p50)), p99: median(s.map((r) => r.p99)), cpu: cpuPerHop(s) },
+    baseline: stats(b),
+    sidecar: stats(s),
     rpsRatio: pairedRatio(b, s, (sr, br) => sr.rps / br.rps),
     cpuRatio: pairedRatio(b, s, (sr, br) => cpuOfChain(br) / cpuOfChain(sr)),
+    // Against the tuned baseline, where the report has one (reports written before it existed do not).
+    ...(t?.length ? { tuned: stats(t), rpsRatioTuned: pairedRatio(t, s, (sr, tr) => sr.rps / tr.rps), cpuRatioTuned: pairedRatio(t, s, (sr, tr) => cpuOfChain(tr) / cpuOfChain(sr)) } : {}),
     perHop: Object.fromEntries(Object.entries(report.latency).map(([mode, rows]) => [mode, perHop(rows)])),
-    errors: [...b, ...s, ...Object.values(report.warmup ?? {})].reduce((n, r) => n + r.non2xx, 0),
+    errors: [...b, ...(t ?? []), ...s, ...Object.values(report.warmup ?? {})].reduce((n, r) => n + r.non2xx, 0),
+  };
+}
+
+/** The sidecar's peak RSS in decimal megabytes (the target's unit; 90 MiB would be 94.4 MB): the higher of the two. */
+export function sidecarPeakMB(report) {
+  return (Math.max(report.memory['sidecar-outbound'].peakMiB, report.memory['sidecar-inbound'].peakMiB) * 2 ** 20) / 1e6;
+}
+
+/**
+ * Each target of issue 4, met or not, as printReport says it. Throughput is held to each baseline the run has, and is
+ * met only when it is met against all of them; latency to the sidecar's worst hop in the steady probe; memory to the
+ * higher sidecar peak in MB; the IdP to one token request per audience (two audiences, each route's token naming its
+ * own; a report from before the second audience expects one).
+ */
+export function verdictsOf(report) {
+  const sum = summarize(report);
+  const ratios = [sum.rpsRatio, ...(sum.rpsRatioTuned ? [sum.rpsRatioTuned] : [])];
+  const worst = sum.perHop.steady?.worst;
+  const mb = report.memory ? sidecarPeakMB(report) : NaN;
+  const audiences = report.audiences;
+  const expectedTokens = audiences ? Object.keys(audiences).length : 1;
+  return {
+    throughput: ratios.every((r) => r.median >= 0.9),
+    throughputStretch: ratios.every((r) => r.median >= 1.0),
+    latencyP50: worst !== undefined && worst.p50 <= 250,
+    latencyP50Stretch: worst !== undefined && worst.p50 <= 150,
+    latencyP99: worst !== undefined && worst.p99 <= 1000,
+    memory: mb <= 90,
+    memoryStretch: mb <= 60,
+    tokens: report.idp?.token === expectedTokens && Object.entries(audiences ?? {}).every(([want, got]) => got === want),
   };
 }
 
 export function printReport(report) {
   const sum = summarize(report);
+  const v = verdictsOf(report);
   const { settings, machine } = report;
   const out = [];
   out.push(
@@ -89,7 +126,7 @@ export function printReport(report) {
   out.push(
     table(
       ['chain (2 hops)', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/request, hop 1 + hop 2', 'rounds (req/s)'],
-      ['baseline', 'sidecar'].map((n) => [
+      ['baseline', ...(sum.tuned ? ['tuned'] : []), 'sidecar'].map((n) => [
         n,
         fmt(sum[n].rps),
         fmt(sum[n].p50, 1),
@@ -100,12 +137,13 @@ export function printReport(report) {
     ),
   );
   const rounds = (r) => r.perRound.map((x) => fmt(x, 2)).join(' / ');
-  out.push(
-    `\nthroughput, sidecar/baseline (higher is better), each round's pair: ${rounds(sum.rpsRatio)}; median ${fmt(sum.rpsRatio.median, 2)}× (target ≥ 0.9: ${verdict(sum.rpsRatio.median >= 0.9)}; stretch ≥ 1.0: ${verdict(sum.rpsRatio.median >= 1.0)})`,
-  );
+  out.push(`\nthroughput, sidecar/baseline (higher is better), each round's pair: ${rounds(sum.rpsRatio)}; median ${fmt(sum.rpsRatio.median, 2)}×`);
+  if (sum.rpsRatioTuned) out.push(`throughput, sidecar/tuned baseline, each round's pair: ${rounds(sum.rpsRatioTuned)}; median ${fmt(sum.rpsRatioTuned.median, 2)}×`);
+  out.push(`  target ≥ 0.9 against ${sum.rpsRatioTuned ? 'both baselines' : 'the baseline'}: ${verdict(v.throughput)}; stretch ≥ 1.0: ${verdict(v.throughputStretch)}`);
   out.push(
     `CPU efficiency, baseline CPU per request / sidecar CPU per request (higher is better), each round's pair: ${rounds(sum.cpuRatio)}; median ${fmt(sum.cpuRatio.median, 2)}× (what a CPU-bound deployment gets; less sensitive than req/s to how much of the machine the load generator got, not immune to it)`,
   );
+  if (sum.cpuRatioTuned) out.push(`CPU efficiency against the tuned baseline, each round's pair: ${rounds(sum.cpuRatioTuned)}; median ${fmt(sum.cpuRatioTuned.median, 2)}×`);
   if (sum.errors) out.push(`WARNING: ${sum.errors} non-2xx responses or errors during load`);
 
   const { steady, alternating } = report.latency;
@@ -116,9 +154,11 @@ export function printReport(report) {
     direct: 'app direct',
     relay: 'TCP relay (2 hops, the floor)',
     baseline: 'baseline (2 hops)',
+    tuned: 'tuned baseline (2 hops)',
     sidecar: 'sidecar (2 hops)',
     'relay-1': 'TCP relay, one alone',
     'baseline-1': 'baseline, one proxy alone',
+    'tuned-1': 'tuned baseline, one proxy alone',
     'sidecar-1': 'sidecar, outbound one alone',
     'inbound-1': 'sidecar, inbound one alone',
   };
@@ -135,6 +175,7 @@ export function printReport(report) {
     out.push(`\nadded per hop, ${mode}${checked ? ' (checked against the targets)' : ' (for information)'}; (chain − app direct) / 2, each a difference of percentiles:`);
     out.push(`  sidecar:   p50 ${ms(ph.sidecar.p50)}, p99 ${ms(ph.sidecar.p99)}`);
     out.push(`  baseline:  p50 ${ms(ph.baseline.p50)}, p99 ${ms(ph.baseline.p99)}`);
+    if (ph.tuned) out.push(`  tuned baseline: p50 ${ms(ph.tuned.p50)}, p99 ${ms(ph.tuned.p99)}`);
     out.push(`  TCP relay: p50 ${ms(ph.relay.p50)}, p99 ${ms(ph.relay.p99)} (the machine's cost of a hop without HTTP)`);
     out.push(`  sidecar over the relay: p50 ${ms(ph.sidecar.p50 - ph.relay.p50)}; baseline over the relay: p50 ${ms(ph.baseline.p50 - ph.relay.p50)}`);
     const { alone } = ph;
@@ -146,7 +187,7 @@ export function printReport(report) {
     }
     if (checked) {
       out.push(
-        `  sidecar, the worst of the chain's per-hop figure and each sidecar alone: p50 ${ms(ph.worst.p50)} (target ≤ 0.25: ${verdict(ph.worst.p50 <= 250)}; stretch ≤ 0.15: ${verdict(ph.worst.p50 <= 150)}), p99 ${ms(ph.worst.p99)} (target ≤ 1: ${verdict(ph.worst.p99 <= 1000)})`,
+        `  sidecar, the worst of the chain's per-hop figure and each sidecar alone: p50 ${ms(ph.worst.p50)} (target ≤ 0.25: ${verdict(v.latencyP50)}; stretch ≤ 0.15: ${verdict(v.latencyP50Stretch)}), p99 ${ms(ph.worst.p99)} (target ≤ 1: ${verdict(v.latencyP99)}; a difference of p99s understates a hop whose slow requests are not the app's)`,
       );
     }
   }
@@ -158,12 +199,14 @@ export function printReport(report) {
       Object.entries(report.memory).map(([n, m]) => [n, fmt(report.idle?.[n]?.rssMiB, 1), fmt(m.peakMiB, 1), fmt(m.rssMiB, 1), `${fmt(m.anonMiB, 1)} + ${fmt(m.fileMiB, 1)}`]),
     ),
   );
-  const sidecarPeak = Math.max(report.memory['sidecar-outbound'].peakMiB, report.memory['sidecar-inbound'].peakMiB);
-  const mb = (sidecarPeak * 2 ** 20) / 1e6;
+  const mb = sidecarPeakMB(report);
   // The target says 90 MB, checked in decimal megabytes: the stricter reading (90 MiB would be 94.4 MB).
-  out.push(`\nsidecar peak RSS ${fmt(sidecarPeak, 1)} MiB = ${fmt(mb, 1)} MB: ≤ 90 MB ${verdict(mb <= 90)}; stretch ≤ 60 MB: ${verdict(mb <= 60)}`);
+  out.push(`\nsidecar peak RSS ${fmt((mb * 1e6) / 2 ** 20, 1)} MiB = ${fmt(mb, 1)} MB: ≤ 90 MB ${verdict(v.memory)}; stretch ≤ 60 MB: ${verdict(v.memoryStretch)} (one token in flight, so the verified-token cache holds one entry)`);
 
-  out.push(`\nIdP requests during the whole run: token ${report.idp.token}, discovery ${report.idp.discovery}, jwks ${report.idp.jwks} (one audience, token lifetime ${settings.tokenTtlSeconds} s: expected exactly 1 token request: ${verdict(report.idp.token === 1)})`);
+  const audiences = report.audiences ? Object.keys(report.audiences) : ['one audience'];
+  out.push(
+    `\nIdP requests during the whole run: token ${report.idp.token}, discovery ${report.idp.discovery}, jwks ${report.idp.jwks} (${audiences.length} audiences, token lifetime ${settings.tokenTtlSeconds} s: expected exactly ${audiences.length} token requests${report.audiences ? `, each route's token naming its own audience (${Object.entries(report.audiences).map(([want, got]) => `${want}: ${JSON.stringify(got)}`).join(', ')})` : ''}: ${verdict(v.tokens)})`,
+  );
   const rn = report.renewal;
   if (rn) {
     out.push(

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 // wrong percentile or pairing would print a wrong "met". Loaded by URL: the files carry no types.
 const lib = (name: string) => import(pathToFileURL(resolve(import.meta.dirname, '../../bench/lib', name)).href);
 const { percentile } = await lib('load.js');
-const { summarize } = await lib('report.js');
+const { summarize, verdictsOf } = await lib('report.js');
 const { checkRenewals } = await lib('renewal.js');
 const { benchChildEnv, imageRuntime } = await lib('image-runtime.js');
 
@@ -47,6 +47,34 @@ describe('benchmark verdicts (bench/lib)', () => {
     expect(hop.alone.inbound).toEqual({ p50: 320, p99: 1300 });
     // The chain's average hides an inbound hop of 1.3 ms at p99; the verdict does not.
     expect(hop.worst).toEqual({ p50: 320, p99: 1300 });
+  });
+
+  it('holds each target at its boundary: throughput against every baseline, latency on the worst hop, memory in decimal MB, one token per audience', () => {
+    const rows = (worstP50: number, worstP99: number) =>
+      probe({ direct: [100, 300], relay: [200, 500], baseline: [400, 900], tuned: [380, 880], sidecar: [300, 700], 'sidecar-1': [100 + worstP50, 300 + worstP99], 'inbound-1': [150, 400], 'relay-1': [150, 400], 'baseline-1': [250, 600], 'tuned-1': [240, 590] });
+    const memory = (peakMiB: number) => ({ 'sidecar-outbound': { peakMiB: 50 }, 'sidecar-inbound': { peakMiB } });
+    const report = (o: { b?: number; t?: number; p50?: number; p99?: number; peakMiB?: number; token?: number; aud?: Record<string, unknown> } = {}) => ({
+      runs: { baseline: [run(o.b ?? 1000, [1, 1])], tuned: [run(o.t ?? 1000, [1, 1])], sidecar: [run(900, [1, 1])] },
+      latency: { steady: rows(o.p50 ?? 250, o.p99 ?? 1000) },
+      memory: memory(o.peakMiB ?? 90e6 / 2 ** 20),
+      idp: { token: o.token ?? 2 },
+      audiences: o.aud ?? { 'bench-app': 'bench-app', 'bench-other': 'bench-other' },
+    });
+    // Every target exactly at its limit is met; the stretch goals are not.
+    expect(verdictsOf(report())).toEqual({ throughput: true, throughputStretch: false, latencyP50: true, latencyP50Stretch: false, latencyP99: true, memory: true, memoryStretch: false, tokens: true });
+    // 0.9× the obvious baseline but under it against the tuned one: missed.
+    expect(verdictsOf(report({ t: 1001 })).throughput).toBe(false);
+    expect(verdictsOf(report({ b: 1001 })).throughput).toBe(false);
+    // The worst hop (the outbound sidecar alone here), not the chain's average, a microsecond over.
+    expect(verdictsOf(report({ p50: 251 })).latencyP50).toBe(false);
+    expect(verdictsOf(report({ p99: 1001 })).latencyP99).toBe(false);
+    // 90 MB, not 90 MiB (94.4 MB).
+    expect(verdictsOf(report({ peakMiB: 90.01e6 / 2 ** 20 })).memory).toBe(false);
+    expect(verdictsOf(report({ peakMiB: 90 })).memory).toBe(false);
+    // One token request per audience, and each route's token names its own.
+    expect(verdictsOf(report({ token: 1 })).tokens).toBe(false);
+    expect(verdictsOf(report({ token: 3 })).tokens).toBe(false);
+    expect(verdictsOf(report({ aud: { 'bench-app': 'bench-app', 'bench-other': 'bench-app' } })).tokens).toBe(false);
   });
 
   it('accepts token renewals between half the shortest lifetime and its end (exp is whole seconds), and nothing else', () => {
