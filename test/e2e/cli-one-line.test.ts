@@ -17,7 +17,8 @@ const valid = {
     routes: [{ host: 'payments', audience: 'payments' }],
   },
 };
-const severalIssues = writeConfig({ service: 'x', inbound: { target: 'nope', audience: 'a', issuers: [], clockSkew: 5 }, outbound: { routes: [], retryMinSecond: 1 }, bogus: 1 });
+// Several in each side's section: `token` and `verify` read their own section alone.
+const severalIssues = writeConfig({ service: 'x', inbound: { target: 'nope', audience: 'a', issuers: [], clockSkew: 5 }, outbound: { routes: [], retryMinSecond: 1, unknownHosts: 'maybe' }, bogus: 1 });
 const yamlSyntax = join(dir, 'broken.yaml');
 writeFileSync(yamlSyntax, 'service: orders\ninbound:\n  issuers: [\n  target: x\n');
 const missing = join(dir, 'missing.yaml');
