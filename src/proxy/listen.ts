@@ -12,7 +12,7 @@ import { afterEarlierResponses, checkRequestHead, handleClientError, type Refusa
 import { LOOP_DETECTED } from './own-connections.js';
 import { inTurn } from './pipelining.js';
 import { cutTunnel, watchForHangUp } from './tunnel.js';
-import { ALLOW_PLAIN_METHODS, holdContinue, resetSocket, sendError, writeRawError } from './respond.js';
+import { ALLOW_PLAIN_METHODS, cutSocket, holdContinue, sendError, writeRawError } from './respond.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsFiles } from './tls.js';
 
 export type { TlsFiles } from './tls.js';
@@ -214,12 +214,13 @@ export function createLimitedServer(
   const detached = new Set<Duplex>();
   const closeAll = server.closeAllConnections.bind(server);
   // At a deadline the idle connections are closed already: what is left has a request or a response on its way, and is
-  // reset, as a response the upstream cuts short is (respond.ts): with Node's orderly close, an HTTP/1.0 client took a
-  // body without Content-Length, cut where the connection ended, for the whole of it. Tunnels are left to cutTunnel.
+  // cut as a response the upstream cuts short is, with a reset (cutSocket): with Node's orderly close, an HTTP/1.0
+  // client took a body without Content-Length, cut where the connection ended, for the whole of it. Tunnels are left
+  // to cutTunnel.
   const cutHttpConnections = () => {
     const underTunnels = new Set<Duplex>();
     for (const d of detached) underTunnels.add((d as { _parent?: Duplex })._parent ?? d);
-    for (const s of accepted) if (!underTunnels.has(s)) resetSocket(s);
+    for (const s of accepted) if (!underTunnels.has(s)) cutSocket(s);
     // Node's own bookkeeping; what it would close is closed already.
     closeAll();
   };

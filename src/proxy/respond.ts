@@ -61,6 +61,16 @@ export function resetSocket(socket: Duplex): void {
   socket.destroy();
 }
 
+/**
+ * Cuts a connection the sidecar gives up on (a drain deadline, a tunnel's grace or idle limit): closed in order when
+ * what it sends is complete (ended, and all of it handed to the kernel, which still delivers what it holds to a slow
+ * reader; a reset would throw that away), reset otherwise, so that a stream cut short never reads as whole.
+ */
+export function cutSocket(socket: Duplex): void {
+  if (socket.writableFinished) socket.destroy();
+  else resetSocket(socket);
+}
+
 /** The `Allow` header of a 405 to CONNECT (RFC 9110 §15.5.6): the methods the sidecar forwards. */
 export const ALLOW_PLAIN_METHODS = { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' };
 

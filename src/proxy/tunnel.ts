@@ -9,7 +9,7 @@ import { toUpstreamError } from './forward.js';
 import { buildUpstreamHeaders, isHopByHop, isWebSocketUpgrade } from './headers.js';
 import type { Refusal } from './limits.js';
 import type { OwnConnections } from './own-connections.js';
-import { resetSocket, writeRawError } from './respond.js';
+import { cutSocket, resetSocket, writeRawError } from './respond.js';
 
 /** An `Upgrade` request that is not a WebSocket handshake, as answered, counted and logged on both listeners. */
 export const UPGRADE_NOT_SUPPORTED: Refusal = {
@@ -274,15 +274,20 @@ export interface SpliceOptions {
  * Pipes two sockets into each other. An orderly end on one side is passed on
  * as an end on the other, after what is queued is flushed (so a WebSocket
  * close handshake completes). WebSocket does not use TCP half-close, so once
- * one side has ended the tunnel is cut when it has carried nothing for
- * `graceMs` (a download still flowing to a client that half-closed goes on);
- * an error or reset on either side cuts both at once, and so do `idleMs`
- * without a byte either way and cutTunnel. No half-dead or forgotten tunnel
- * lingers.
+ * one side has ended the tunnel is cut when it has moved nothing for
+ * `graceMs` (a byte read, or a full socket taking more: a download still
+ * flowing to a client that half-closed, or draining to a slow reader after the
+ * peer ended, goes on); an error or reset on either side cuts both at once,
+ * and so do `idleMs` without a byte either way and cutTunnel. No half-dead or
+ * forgotten tunnel lingers.
  *
- * Every cut is a reset on both sides, never an orderly close: a stream without
- * its own length (an HTTP/1.0 body over CONNECT, raw TCP) ends where the
- * connection ends, and a close would pass the part sent so far off as the whole.
+ * A cut resets each socket whose stream it cuts short, never closes it in
+ * order: a stream without its own length (an HTTP/1.0 body over CONNECT, raw
+ * TCP) ends where the connection ends, and an orderly close would pass the
+ * part sent so far off as the whole. A socket whose stream is complete (its
+ * end passed on, everything handed to the kernel) is closed in order, so
+ * what the kernel still holds for a slow reader reaches it; a reset would
+ * throw that away.
  */
 export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   a.pipe(b);
@@ -292,30 +297,39 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
   let grace: NodeJS.Timeout | undefined;
   const cutBoth = () => {
     clearTimeout(grace);
-    resetSocket(a);
-    resetSocket(b);
+    cutSocket(a);
+    cutSocket(b);
   };
-  let lastByteAt = 0;
-  const sawBytes = () => {
-    lastByteAt = performance.now();
+  let movedAt = 0;
+  const moved = () => {
+    movedAt = performance.now();
   };
   const onEnd = () => {
     if (grace) return;
-    // Bytes are timed only from here: an open tunnel's own limit is idleMs, kept by the sockets' timers.
-    sawBytes();
-    a.on('data', sawBytes);
-    b.on('data', sawBytes);
+    // Progress is timed only from here: an open tunnel's own limit is idleMs, kept by the sockets' timers. A full
+    // socket that takes more says so with 'drain' (pipe() then reads its source again).
+    moved();
+    for (const s of [a, b]) {
+      s.on('data', moved);
+      s.on('drain', moved);
+    }
     const check = () => {
-      const left = lastByteAt + opts.graceMs - performance.now();
+      const left = movedAt + opts.graceMs - performance.now();
       if (left <= 0) cutBoth();
       else grace = setTimeout(check, left).unref();
     };
     grace = setTimeout(check, opts.graceMs).unref();
   };
-  // A side that failed (a reset, a cut at shutdown) cuts the other one the same way: passed on as an orderly close, a
-  // download cut short would read as finished.
-  a.on('error', cutBoth);
-  b.on('error', cutBoth);
+  // A side that failed (a reset, a cut at shutdown) cuts the other one at once, with a reset: passed on as an orderly
+  // close, a download cut short would read as finished.
+  const failed = (other: Duplex) => () => {
+    clearTimeout(grace);
+    resetSocket(other);
+    a.destroy();
+    b.destroy();
+  };
+  a.on('error', failed(b));
+  b.on('error', failed(a));
   a.on('end', onEnd);
   b.on('end', onEnd);
   // A client that ended before these listeners (a CONNECT's, while its upstream connected; a WebSocket client's end is
@@ -362,11 +376,11 @@ export function logIdleTunnel(logger: Logger, idleMs: number, fields: Record<str
 /**
  * Cuts a tunnel's client socket at a deadline (shutdown's drain, a listener closing all its connections), and its
  * upstream side with it at once, instead of ending that and waiting out the grace for a peer that may ignore the end.
- * Both are reset, as splice() cuts (an orderly close would pass a stream cut short off as finished); a tunnel still
- * being opened just loses its client.
+ * As splice() cuts: a stream cut short is reset, a complete one closed in order; a tunnel still being opened just
+ * loses its client.
  */
 export function cutTunnel(socket: Duplex): void {
   const other = partners.get(socket);
-  resetSocket(socket);
-  if (other) resetSocket(other);
+  cutSocket(socket);
+  if (other) cutSocket(other);
 }

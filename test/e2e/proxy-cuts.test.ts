@@ -85,6 +85,42 @@ describe('tunnels and responses the sidecar cuts while bytes still flow', () => 
     expect(error).toBe('ECONNRESET');
   });
 
+  it('a CONNECT download the peer finished sending reaches a slow reader whole: the grace counts what the client still takes', async () => {
+    const size = 6 * 1024 * 1024;
+    const peer = createServer((s: Socket) => {
+      s.on('error', () => {});
+      s.once('data', () => s.end(Buffer.alloc(size, 97)));
+    });
+    await new Promise<void>((r) => peer.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => peer.close(r)));
+    const port = (peer.address() as AddressInfo).port;
+    const sidecar = await startSidecar({ service: 'orders', limits: { upstreamTimeoutSeconds: 1 }, outbound: { unknownHosts: 'passthrough' } });
+    cleanups.push(() => sidecar.stop());
+    const url = new URL(sidecar.outbound!);
+    const client = connect({ host: url.hostname, port: Number(url.port), allowHalfOpen: true });
+    cleanups.push(() => void client.destroy());
+    let body = -1;
+    let error: string | undefined;
+    client.on('error', (e: NodeJS.ErrnoException) => (error = e.code));
+    client.on('data', (d: Buffer) => {
+      if (body < 0) {
+        body = d.length - (d.indexOf('\r\n\r\n') + 4);
+        return void client.write('GET /big HTTP/1.0\r\n\r\n');
+      }
+      body += d.length;
+      // About 2.5 MB/s: the peer is done long before the client has read it all, longer than the 1 s grace.
+      client.pause();
+      setTimeout(() => client.resume(), 25);
+    });
+    client.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    const how = await new Promise((r) => {
+      client.once('end', () => r('end'));
+      client.once('close', () => r('close'));
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    expect({ how, body, error }).toEqual({ how: 'end', body: size, error: undefined });
+  }, 30_000);
+
   it('a CONNECT tunnel still carrying bytes at the drain deadline is cut with a reset, not an orderly close', async () => {
     const { port } = await slowStreamer();
     const sidecar = await startSidecar({ service: 'orders', lifecycle: { drainTimeoutSeconds: 1 }, outbound: { unknownHosts: 'passthrough' } });
