@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import type { Config, InboundConfig } from './config/schema.js';
 import { DEFAULTS } from './config/defaults.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
-import { ADMIN_MAX_CONNECTIONS, createAdminServer } from './admin/server.js';
+import { createAdminServer } from './admin/server.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Component, ComponentDeps, Handover } from './component.js';
 import { ListenError, SidecarError } from './errors.js';
@@ -90,7 +90,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   /** Counts (from 0, so the first shows in increase()) and logs, throttled, the connections a full listener closes as it accepts them. */
   const droppedConnections = (side: Side | 'admin', maxConnections: () => number) => {
     metrics.connectionsDropped.inc({ direction: side }, 0);
-    const cap = side === 'admin' ? 'its cap' : 'limits.maxConnections';
+    const cap = side === 'admin' ? 'its cap (an eighth of the open-file limit)' : 'limits.maxConnections';
     const report = throttledCount((count) => {
       const max = maxConnections();
       logger.warn({ event: 'connections_dropped', side, count, maxConnections: max }, `${side} closed ${count} new connection(s) as it accepted them: it holds ${cap} (${max})`);
@@ -145,9 +145,10 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     waitingFor: () => [...slots.values()].flatMap((s) => s.component.waitingFor()),
   };
   const openAdmin = async (listen: string, limits: Config['limits']) => {
-    const server = createAdminServer(metrics, adminState, limits, droppedConnections('admin', () => ADMIN_MAX_CONNECTIONS));
+    const server: Server = createAdminServer(metrics, adminState, limits, droppedConnections('admin', () => server.maxConnections));
     const address = await listenAs('admin.listen', server, listen);
-    logger.info({ event: 'listening', side: 'admin', address: formatAddress(address) }, `admin listening on ${formatAddress(address)}`);
+    const cap = server.maxConnections;
+    logger.info({ event: 'listening', side: 'admin', address: formatAddress(address), ...(Number.isFinite(cap) ? { maxConnections: cap } : {}) }, `admin listening on ${formatAddress(address)}`);
     return { server, listen, address };
   };
 

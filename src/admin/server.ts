@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
+import { adminConnectionCap, openFileLimit } from '../proxy/connection-cap.js';
 import { limitedServerSettings } from '../proxy/listen.js';
 import { DatedResponse } from '../proxy/dated-response.js';
 import { inTurn } from '../proxy/pipelining.js';
@@ -55,11 +56,16 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
   };
-  // A cap of its own: the traffic listeners' caps keep descriptors for the probes, and without one here a flood on
-  // this port (every interface by default, no authentication) took every descriptor the process may open, so the
-  // probes, the callers and the app's and the IdP's connections all failed. A flood here now costs the probes alone.
-  server.maxConnections = ADMIN_MAX_CONNECTIONS;
-  server.on('drop', dropped);
+  // A cap of its own (adminConnectionCap): without one a flood on this port took every descriptor the process may
+  // open, so the probes, the callers and the app's and the IdP's connections all failed. At the cap, the connections
+  // that have not begun a request (a flood of silent sockets, keep-alive ones between scrapes) are closed to make
+  // room: the next probe gets in, and only a flood that keeps sending partial requests (each closed after
+  // limits.headersTimeoutSeconds) holds the places.
+  server.maxConnections = adminConnectionCap(openFileLimit());
+  server.on('drop', () => {
+    server.closeIdleConnections();
+    dropped();
+  });
   // Without a listener Node closes a CONNECT's socket with no answer at all; the other methods get a 405 above.
   server.on('connect', (_req, socket: Duplex) => {
     socket.on('error', () => socket.destroy());
@@ -69,9 +75,3 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
 }
 
 const METHOD_NOT_ALLOWED = 'method not allowed\n';
-
-/**
- * Connections the admin listener holds at once. Kubelet opens one per probe and closes it; Prometheus keeps one per
- * scraper; an idle one is closed after `limits.keepAliveTimeoutSeconds`. 64 leaves room for several of each.
- */
-export const ADMIN_MAX_CONNECTIONS = 64;

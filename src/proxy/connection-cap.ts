@@ -16,6 +16,20 @@ export function connectionCap(configured: number | undefined, fileLimit: number 
   return fileLimit === undefined ? Infinity : Math.max(1, Math.floor(fileLimit / 4));
 }
 
+/**
+ * How many connections the admin listener holds at once: an eighth of the open-file limit, and at least
+ * ADMIN_MIN_CONNECTIONS; no cap where the limit cannot be read. The cap is there so that a flood on the admin port
+ * (every interface by default, no authentication) cannot take every descriptor the process may open; set small, a
+ * few dozen connections that said nothing would have kept the kubelet's probes out, and a failed readiness probe
+ * takes the pod out of its Service. With the traffic listeners' quarters, an eighth leaves over a third of the
+ * descriptors for the app's, the IdP's and the outbound calls' connections.
+ */
+export function adminConnectionCap(fileLimit: number | undefined): number {
+  return fileLimit === undefined ? Infinity : Math.max(ADMIN_MIN_CONNECTIONS, Math.floor(fileLimit / 8));
+}
+
+export const ADMIN_MIN_CONNECTIONS = 256;
+
 /** The process's soft limit on open files, from /proc/self/limits; undefined where there is none (not Linux) or it is unlimited. */
 export function openFileLimit(read: () => string = () => readFileSync('/proc/self/limits', 'utf8')): number | undefined {
   let text: string;

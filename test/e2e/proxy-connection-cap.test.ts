@@ -32,7 +32,7 @@ function requestOnNewConnection(listener: string): Promise<string> {
 /**
  * `limits.maxConnections` through the CLI: a listener holding its cap closes one connection more as it accepts it,
  * counts and logs that, and goes on serving the connections it holds; the admin listener is not capped by it, but by
- * a cap of its own.
+ * a cap of its own, from the open-file limit.
  */
 describe('limits.maxConnections', () => {
   let idp: TestIdp;
@@ -91,20 +91,51 @@ describe('limits.maxConnections', () => {
     await eventually(async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'inbound' }) === dropped + 1);
   });
 
-  it('the admin listener holds 64 connections of its own: a flood on it is closed as accepted, counted and logged, and the traffic listener serves on', async () => {
+  it.runIf(process.platform === 'linux')('the admin listener holds an eighth of the open-file limit: a flood is closed as accepted, counted and logged, and the traffic listener serves on', async () => {
     for (const s of held.splice(0)) s.destroy();
+    // An open-file limit of 2048: the admin cap is 256 (its least), the inbound listener's MAX.
+    const small = await startSidecar(config(MAX), { openFileLimit: 2048 });
     const admin: Socket[] = [];
     try {
-      for (let i = 0; i < 64; i++) admin.push(await idleConnection(sidecar.admin));
-      expect(await requestOnNewConnection(sidecar.admin)).toBe('');
+      expect(small.logs.find((l) => l.event === 'listening' && l.side === 'admin')).toMatchObject({ maxConnections: 256 });
+      // Each has begun a request: these keep their places until limits.headersTimeoutSeconds (60 s here). Any other
+      // connection (the harness's keep-alive one from its readiness checks) is closed to make room when one is refused,
+      // so connections are opened until 256 of these are held.
+      const live = () => admin.filter((s) => !s.destroyed && !s.readableEnded).length;
+      while (live() < 256) {
+        const s = await idleConnection(small.admin);
+        s.on('error', () => {});
+        s.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
+        admin.push(s);
+        // Connected is not yet accepted: the sidecar takes them from the kernel's queue in its own time.
+        if (admin.length >= 256) await new Promise((r) => setTimeout(r, 300));
+      }
+      expect(await requestOnNewConnection(small.admin)).toBe('');
       // Without a cap of its own such a flood took every descriptor, and the inbound listener's callers were reset too.
-      await eventually(async () => (await requestOnNewConnection(sidecar.inbound!)).startsWith('HTTP/1.1 200'));
+      await eventually(async () => (await requestOnNewConnection(small.inbound!)).startsWith('HTTP/1.1 200'));
       admin.pop()!.destroy();
-      await eventually(async () => sample(await metricsText(sidecar.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'admin' }) >= 1);
-      const line = await eventually(() => sidecar.logs.find((l) => l.event === 'connections_dropped' && l.side === 'admin'));
-      expect(line).toMatchObject({ level: 'warn', maxConnections: 64 });
+      await eventually(async () => sample(await metricsText(small.admin), 'oidc_sidecar_connections_dropped_total', { direction: 'admin' }) >= 1);
+      const line = await eventually(() => small.logs.find((l) => l.event === 'connections_dropped' && l.side === 'admin'));
+      expect(line).toMatchObject({ level: 'warn', maxConnections: 256 });
     } finally {
       for (const s of admin) s.destroy();
+      await small.stop();
+    }
+  });
+
+  it.runIf(process.platform === 'linux')('at its cap the admin listener closes the connections that have not begun a request, so a probe gets in next time', async () => {
+    const small = await startSidecar(config(MAX), { openFileLimit: 2048 });
+    const silent: Socket[] = [];
+    try {
+      for (let i = 0; i < 256; i++) silent.push(await idleConnection(small.admin));
+      await new Promise((r) => setTimeout(r, 500));
+      // One over: refused, and the silent ones make room.
+      await requestOnNewConnection(small.admin);
+      await eventually(async () => (await requestOnNewConnection(small.admin)).startsWith('HTTP/1.1 404'), 5000, 'a request to get in');
+      expect(silent.filter((s) => !s.destroyed && !s.readableEnded).length).toBeLessThan(256);
+    } finally {
+      for (const s of silent) s.destroy();
+      await small.stop();
     }
   });
 });

@@ -58,10 +58,13 @@ function withEphemeralPorts(config: Record<string, any>): Record<string, any> {
  */
 export async function startSidecar(
   config: Record<string, any>,
-  opts: { env?: NodeJS.ProcessEnv; extraArgs?: string[]; waitReady?: boolean; timeoutMs?: number } = {},
+  opts: { env?: NodeJS.ProcessEnv; extraArgs?: string[]; waitReady?: boolean; timeoutMs?: number; openFileLimit?: number } = {},
 ): Promise<SidecarProcess> {
   const configPath = writeConfig(withEphemeralPorts(config));
-  const child = spawn(process.execPath, [BIN, 'run', '--config', configPath, ...(opts.extraArgs ?? [])], {
+  const args = [BIN, 'run', '--config', configPath, ...(opts.extraArgs ?? [])];
+  // Linux: util-linux's prlimit sets the open-file limit and then runs the sidecar in its own place (same pid).
+  const [command, commandArgs] = opts.openFileLimit === undefined ? [process.execPath, args] : ['prlimit', [`--nofile=${opts.openFileLimit}:${opts.openFileLimit}`, '--', process.execPath, ...args]];
+  const child = spawn(command, commandArgs, {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
