@@ -197,8 +197,9 @@ export function tunnel(req: IncomingMessage, socket: Duplex, head: Buffer, opts:
  * fetched and until the upstream answered: its tunnel slot held (real clients got 503 too_many_tunnels), a handshake
  * sent to the app for nobody, a peer blamed for not answering in time, a SIGTERM's drain waiting it out. The listener
  * starts this as it hands the socket over; the client's end then destroys the socket, which its owners see as its
- * close. A WebSocket client sends nothing before the 101 (RFC 6455 §4.1); what one sends anyway is kept, up to
- * MAX_EARLY_BYTES (then the socket is left unread, as before), for tunnel() to pass on after the handshake.
+ * close. A WebSocket client sends nothing before the 101 (RFC 6455 §4.1); what one sends anyway is kept for tunnel()
+ * to pass on after the handshake, up to MAX_EARLY_BYTES: a client that sends more is no WebSocket client, and is cut
+ * (each pending handshake would otherwise hold what it sent, up to maxTunnels of them).
  * Not for CONNECT: a client may half-close a raw tunnel and still read.
  */
 export function watchForHangUp(socket: Duplex): void {
@@ -206,9 +207,9 @@ export function watchForHangUp(socket: Duplex): void {
   const early: Buffer[] = [];
   let size = 0;
   const onData = (chunk: Buffer) => {
-    early.push(chunk);
     size += chunk.length;
-    if (size >= MAX_EARLY_BYTES) socket.pause();
+    if (size > MAX_EARLY_BYTES) return resetSocket(socket);
+    early.push(chunk);
   };
   const hungUp = () => socket.destroy();
   socket.on('data', onData);

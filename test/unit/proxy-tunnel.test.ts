@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { createServer } from 'node:http';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { WebSocket } from 'undici';
@@ -9,7 +9,7 @@ import { UpstreamError } from '../../src/errors.js';
 import { writeRawError } from '../../src/proxy/respond.js';
 import type { LimitsConfig } from '../../src/config/schema.js';
 import type { AdmitTunnel, Refusal, TlsFiles } from '../../src/proxy/listen.js';
-import { tunnel } from '../../src/proxy/tunnel.js';
+import { tunnel, watchForHangUp } from '../../src/proxy/tunnel.js';
 import { closedPort, rawConnect, rawExchange, startTestProxy, type TestProxy } from './proxy-harness.js';
 import { startWsEcho, type WsEcho } from './proxy-ws-echo.js';
 import { selfSignedCert } from '../support/certs.js';
@@ -420,3 +420,32 @@ function maskedTextFrame(text: string): Buffer {
   const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!));
   return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]);
 }
+
+describe('watchForHangUp: a WebSocket client before the 101', () => {
+  it('cuts a client that sends more than 16 KiB before the 101, holding no more than a read of it', async () => {
+    let accepted: Socket | undefined;
+    const server = createNetServer((s) => {
+      s.pause();
+      s.on('error', () => {});
+      accepted = s;
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const client = connect((server.address() as AddressInfo).port, '127.0.0.1');
+    client.on('error', () => {});
+    try {
+      while (!accepted) await new Promise((r) => setTimeout(r, 5));
+      watchForHangUp(accepted);
+      client.write(Buffer.alloc(16 * 1024));
+      await new Promise((r) => setTimeout(r, 100));
+      // What a client may send ahead is kept.
+      expect(accepted.destroyed).toBe(false);
+      client.write(Buffer.alloc(1 << 20));
+      await until(() => accepted!.destroyed);
+      // One read past the limit at most (a read takes up to 64 KiB), not the whole megabyte.
+      expect(accepted.bytesRead).toBeLessThanOrEqual(16 * 1024 + 64 * 1024);
+    } finally {
+      client.destroy();
+      server.close();
+    }
+  });
+});
