@@ -24,6 +24,7 @@ import { compilePolicy } from './policy.js';
 import { rejectionResponse } from './rejection.js';
 import { createInboundUpgrade } from './upgrade.js';
 import { createVerifyCache } from './verify-cache.js';
+import { peerAddress } from '../proxy/peer-address.js';
 
 /** The inbound component plus its decision logic, for callers that answer on something other than a ServerResponse (WebSocket upgrades). */
 export interface InboundComponent extends Component {
@@ -68,7 +69,7 @@ export function createInboundParts(config: InboundConfig, deps: ComponentDeps & 
 
 /** Adapts a Node request to what the decision needs. */
 export function toInboundRequest(req: IncomingMessage): InboundRequest {
-  return { method: req.method ?? 'GET', url: req.url ?? '/', rawHeaders: req.rawHeaders, peer: req.socket.remoteAddress };
+  return { method: req.method ?? 'GET', url: req.url ?? '/', rawHeaders: req.rawHeaders, peer: peerAddress(req.socket) };
 }
 
 /**
@@ -158,7 +159,7 @@ export function createInbound(config: InboundConfig, limits: LimitsConfig, deps:
         audience: config.audience,
         path: req.url === undefined ? undefined : loggedPath(req.url),
         method: req.method?.slice(0, 16),
-        peer: req.socket.remoteAddress,
+        peer: peerAddress(req.socket),
         detail: refusal.message,
       },
       'request_rejected',

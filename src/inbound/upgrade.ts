@@ -11,6 +11,7 @@ import { writeRawError, writeRawResponse } from '../proxy/respond.js';
 import { logIdleTunnel, refuseUpgrade, tunnel, UPGRADE_NOT_SUPPORTED } from '../proxy/tunnel.js';
 import type { Decision } from './authorizer.js';
 import { rejectionResponse } from './rejection.js';
+import { peerAddress } from '../proxy/peer-address.js';
 
 export interface InboundUpgradeDeps {
   /** The same decision as for any inbound request (counted and audited there). */
@@ -79,7 +80,7 @@ export function createInboundUpgrade(deps: InboundUpgradeDeps): SocketHandler {
             timeoutMs: deps.timeoutMs,
             connectTimeoutMs: deps.connectTimeoutMs,
             idleTimeoutMs: deps.idleTimeoutMs,
-            onIdle: () => logIdleTunnel(deps.logger, deps.idleTimeoutMs, { path: loggedPath(req.url ?? '/'), peer: req.socket.remoteAddress }),
+            onIdle: () => logIdleTunnel(deps.logger, deps.idleTimeoutMs, { path: loggedPath(req.url ?? '/'), peer: peerAddress(req.socket) }),
             own: deps.own,
           });
           observe();

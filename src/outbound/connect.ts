@@ -10,6 +10,7 @@ import type { OwnConnections } from '../proxy/own-connections.js';
 import { ALLOW_PLAIN_METHODS, writeRawError } from '../proxy/respond.js';
 import { logIdleTunnel, splice } from '../proxy/tunnel.js';
 import type { Router } from './router.js';
+import { peerAddress } from '../proxy/peer-address.js';
 
 /**
  * A tunnel lives until one side ends it, plus the grace for the other to finish: a reload retires the component that
@@ -92,7 +93,7 @@ export function createConnectHandler(opts: {
         splice(socket, upstream, {
           graceMs: opts.graceMs,
           idleMs: opts.idleTimeoutMs,
-          onIdle: () => logIdleTunnel(opts.logger, opts.idleTimeoutMs, { route: 'passthrough', target: capped(`${authority.host}:${authority.port}`, MAX_LOGGED_HOST), peer: req.socket.remoteAddress }),
+          onIdle: () => logIdleTunnel(opts.logger, opts.idleTimeoutMs, { route: 'passthrough', target: capped(`${authority.host}:${authority.port}`, MAX_LOGGED_HOST), peer: peerAddress(req.socket) }),
         });
       });
       const fail = (err?: Error) => {

@@ -23,6 +23,7 @@ import { createRouter, type Resolution } from './router.js';
 import type { Scheduler } from '../scheduler.js';
 import { createTokenBroker } from './token-broker.js';
 import { createTokenCache } from './token-cache.js';
+import { peerAddress } from '../proxy/peer-address.js';
 
 /** What createOutbound needs beyond every component's deps; all optional, for tests and embedders. */
 export interface OutboundDeps extends ComponentDeps {
@@ -101,7 +102,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         host: host === undefined ? undefined : capped(host, MAX_LOGGED_HOST),
         path: req.url === undefined ? undefined : loggedPath(req.url),
         method: req.method?.slice(0, 16),
-        peer: req.socket.remoteAddress,
+        peer: peerAddress(req.socket),
         detail: capped(refusal.message, MAX_ERROR_TEXT),
       },
       'request_rejected',
@@ -278,7 +279,7 @@ export function createOutbound(config: OutboundConfig, limits: LimitsConfig, dep
         timeoutMs: limits.upstreamTimeoutSeconds * 1000,
         connectTimeoutMs: limits.upstreamConnectTimeoutSeconds * 1000,
         idleTimeoutMs: limits.tunnelIdleTimeoutSeconds * 1000,
-        onIdle: () => logIdleTunnel(logger, limits.tunnelIdleTimeoutSeconds * 1000, { route: p.label, target: capped(p.r.target.origin, MAX_LOGGED_HOST), peer: req.socket.remoteAddress }),
+        onIdle: () => logIdleTunnel(logger, limits.tunnelIdleTimeoutSeconds * 1000, { route: p.label, target: capped(p.r.target.origin, MAX_LOGGED_HOST), peer: peerAddress(req.socket) }),
         own,
         ...(ca ? { ca } : {}),
       });

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import { peerAddress } from './peer-address.js';
 
 /**
  * Header hygiene for a forwarding proxy (RFC 9110 §7.6.1): hop-by-hop headers
@@ -173,7 +174,7 @@ export function buildUpstreamHeaders(req: IncomingMessage, drop: ReadonlySet<str
     else out.push(name, raw[i + 1]!);
   }
   const socket = req.socket as { remoteAddress?: string; encrypted?: boolean };
-  appendAt(out, xff, 'x-forwarded-for', socket.remoteAddress ?? '');
+  appendAt(out, xff, 'x-forwarded-for', peerAddress(socket) ?? '');
   appendAt(out, xfp, 'x-forwarded-proto', socket.encrypted ? 'https' : 'http');
   const host = forwardedHost ?? req.headers.host;
   if (host) appendAt(out, xfh, 'x-forwarded-host', host);

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Refusal } from './limits.js';
+import { unmapped } from './peer-address.js';
 
 /** RFC 5842 §7.2 (508 Loop Detected), for HTTP requests generally rather than WebDAV's bindings alone. */
 export const LOOP_DETECTED: Refusal = {
@@ -72,7 +73,3 @@ function connectionKey(fromAddress?: string, fromPort?: number, toAddress?: stri
   return `${unmapped(fromAddress)} ${fromPort} ${unmapped(toAddress)} ${toPort}`;
 }
 
-/** One spelling per address: on a dual-stack listener an IPv4 peer reads `::ffff:127.0.0.1`, our socket `127.0.0.1`. */
-function unmapped(address: string): string {
-  return address.startsWith('::ffff:') ? address.slice(7) : address;
-}

@@ -294,3 +294,33 @@ describe('inbound TLS misconfiguration', () => {
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });
+
+describe('a listener on [::] (the Kubernetes example)', () => {
+  it('passes an IPv4 caller on, in X-Forwarded-For and in the log, as its IPv4 address, as on 0.0.0.0', async () => {
+    const app = await startUpstream();
+    const seen: Record<string, { forwardedFor: string; peer: unknown }> = {};
+    try {
+      for (const listen of ['0.0.0.0:0', '[::]:0']) {
+        const sidecar = await startSidecar(
+          { service: 'o', inbound: { listen, target: app.url, audience: 'o', issuers: [{ issuer: 'https://idp.example' }], rules: [{ match: { path: '/open' }, public: true }] } },
+          { waitReady: false },
+        );
+        try {
+          const port = new URL(sidecar.inbound!.replace('[::]', '127.0.0.1')).port;
+          const res = await fetch(`http://127.0.0.1:${port}/open`);
+          const forwardedFor = ((await res.json()) as { headers: Record<string, string> }).headers['x-forwarded-for']!;
+          // A refusal's audit line names the peer.
+          expect((await fetch(`http://127.0.0.1:${port}/closed`)).status).toBe(401);
+          const line = await sidecar.waitForLog((l) => l.event === 'token_rejected');
+          seen[listen] = { forwardedFor, peer: line.peer };
+        } finally {
+          await sidecar.stop();
+        }
+      }
+    } finally {
+      await app.close();
+    }
+    expect(seen['[::]:0']).toEqual({ forwardedFor: '127.0.0.1', peer: '127.0.0.1' });
+    expect(seen['0.0.0.0:0']).toEqual(seen['[::]:0']);
+  });
+});
