@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
 import { adminConnectionCap, openFileLimit } from '../proxy/connection-cap.js';
@@ -27,7 +28,11 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
   // pipelined thousands of `GET /metrics` had them all rendered at once (the heap grew by over 100 MB). Each is also
   // answered in an event-loop turn of its own, where the data listeners yield every 16th: a /metrics answer costs
   // far more than a refusal, and sixteen in a row would hold the inbound and outbound listeners that much longer.
-  const server = createServer({ ...limitedServerSettings(limits), ServerResponse: DatedResponse }, (request, response) => inTurn(request, response, inTurnOfItsOwn));
+  const server = createServer({ ...limitedServerSettings(limits), ServerResponse: DatedResponse }, (request, response) => {
+    atRest.busy(request.socket, response);
+    inTurn(request, response, inTurnOfItsOwn);
+  });
+  const atRest = connectionsAtRest(server);
   const inTurnOfItsOwn = (req: IncomingMessage, res: ServerResponse) => void setImmediate(serve, req, res);
   const serve = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
@@ -58,12 +63,11 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
   };
   // A cap of its own (adminConnectionCap): without one a flood on this port took every descriptor the process may
   // open, so the probes, the callers and the app's and the IdP's connections all failed. At the cap, the connections
-  // that have not begun a request (a flood of silent sockets, keep-alive ones between scrapes) are closed to make
-  // room: the next probe gets in, and only a flood that keeps sending partial requests (each closed after
-  // limits.headersTimeoutSeconds) holds the places.
+  // at rest (see connectionsAtRest) are closed to make room: the next probe gets in, and only a flood that keeps
+  // sending partial requests (each closed after limits.headersTimeoutSeconds) holds the places.
   server.maxConnections = adminConnectionCap(openFileLimit());
   server.on('drop', () => {
-    server.closeIdleConnections();
+    atRest.close();
     dropped();
   });
   // Without a listener Node closes a CONNECT's socket with no answer at all; the other methods get a 405 above.
@@ -75,3 +79,33 @@ export function createAdminServer(metrics: Metrics, state: AdminState, limits: L
 }
 
 const METHOD_NOT_ALLOWED = 'method not allowed\n';
+
+/**
+ * The admin listener's connections at rest: none of their requests is being answered, everything answered has left
+ * for the kernel, and no byte of a new request has come since (a socket that never said anything, a scraper's
+ * keep-alive connection between scrapes). `close` closes those. Node's closeIdleConnections() was not that: it counts
+ * a connection idle once its response is ended, and cut a /metrics page still being sent to a slow scraper.
+ */
+function connectionsAtRest(server: Server): { busy(socket: Socket, response: ServerResponse): void; close(): void } {
+  const open = new Map<Socket, { answering: number; bytesReadAtRest: number }>();
+  server.on('connection', (socket: Socket) => {
+    open.set(socket, { answering: 0, bytesReadAtRest: 0 });
+    socket.once('close', () => open.delete(socket));
+  });
+  return {
+    busy(socket, response) {
+      const state = open.get(socket);
+      if (!state) return;
+      state.answering++;
+      response.once('close', () => {
+        state.answering--;
+        state.bytesReadAtRest = socket.bytesRead;
+      });
+    },
+    close() {
+      for (const [socket, state] of open) {
+        if (state.answering === 0 && socket.writableLength === 0 && socket.bytesRead === state.bytesReadAtRest) socket.destroy();
+      }
+    },
+  };
+}

@@ -1,4 +1,4 @@
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { Gauge } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createMetrics } from '../../src/admin/metrics.js';
@@ -89,4 +89,36 @@ describe('admin server', () => {
     expect(turns).toHaveLength(n);
     for (let i = 1; i < n; i++) expect(turns[i]).toBeGreaterThan(turns[i - 1]!);
   });
+
+  it('a drop at its cap does not cut a /metrics answer still on its way to a slow scraper, and closes the connections at rest', async () => {
+    const page = 'x'.repeat(16 * 1024 * 1024);
+    const metrics = { registry: { metrics: async () => page, contentType: 'text/plain; version=0.0.4' } } as unknown as ReturnType<typeof createMetrics>;
+    const server = createAdminServer(metrics, { isAccepting: () => true, waitingFor: () => [] }, limitsWith(), () => {});
+    servers.push(server);
+    server.maxConnections = 3;
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    const open = (): Promise<Socket> =>
+      new Promise((resolve) => {
+        const s = connect(port, '127.0.0.1', () => resolve(s));
+        s.on('error', () => {});
+      });
+    // The scraper asks, and reads nothing yet: the page is ended but still queued in the server.
+    const scraper = await open();
+    scraper.pause();
+    scraper.write('GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 300));
+    const silent = await open();
+    const closedSilent = new Promise((r) => silent.once('close', r));
+    // Two more: one takes the last place, one is dropped, and the drop closes what is at rest.
+    const others = [await open(), await open()];
+    await closedSilent;
+    let received = 0;
+    scraper.on('data', (c: Buffer) => (received += c.length));
+    scraper.resume();
+    await new Promise((r) => setTimeout(r, 50));
+    for (let waited = 0; received < page.length && waited < 10_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+    expect(received).toBeGreaterThan(page.length);
+    for (const s of [scraper, ...others]) s.destroy();
+  }, 30_000);
 });
