@@ -321,11 +321,11 @@ export function splice(a: Duplex, b: Duplex, opts: SpliceOptions): void {
     };
     grace = setTimeout(check, opts.graceMs).unref();
   };
-  // A side that failed (a reset, a cut at shutdown) cuts the other one at once, with a reset: passed on as an orderly
-  // close, a download cut short would read as finished.
+  // A side that failed (a reset, a cut at shutdown) cuts the other one at once, with a reset unless what it sends is
+  // complete: passed on as an orderly close, a download cut short would read as finished.
   const failed = (other: Duplex) => () => {
     clearTimeout(grace);
-    resetSocket(other);
+    cutSocket(other);
     a.destroy();
     b.destroy();
   };
