@@ -87,6 +87,11 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     return side === 'inbound' ? createInbound(cfg.inbound!, cfg.limits, deps) : createOutbound(cfg.outbound!, cfg.limits, deps);
   };
 
+  /** A listener is bound; its cap is said where it has one (no cap is a field left out, as on max_connections_changed). */
+  const logListening = (side: Side | 'admin', address: ListenAddress, server: Server) => {
+    logger.info({ event: 'listening', side, address: formatAddress(address), maxConnections: finite(server.maxConnections) }, `${side} listening on ${formatAddress(address)}`);
+  };
+
   /** Counts (from 0, so the first shows in increase()) and logs, throttled, the connections a full listener closes as it accepts them. */
   const droppedConnections = (side: Side | 'admin', maxConnections: () => number) => {
     metrics.connectionsDropped.inc({ direction: side }, 0);
@@ -135,8 +140,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
     );
     slot.server = server;
     slot.address = await listenAs(`${side}.listen`, server, listen);
-    const cap = server.maxConnections;
-    logger.info({ event: 'listening', side, address: formatAddress(slot.address), ...(Number.isFinite(cap) ? { maxConnections: cap } : {}) }, `${side} listening on ${formatAddress(slot.address)}`);
+    logListening(side, slot.address, server);
     return slot;
   };
 
@@ -147,8 +151,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
   const openAdmin = async (listen: string, limits: Config['limits']) => {
     const server: Server = createAdminServer(metrics, adminState, limits, droppedConnections('admin', () => server.maxConnections));
     const address = await listenAs('admin.listen', server, listen);
-    const cap = server.maxConnections;
-    logger.info({ event: 'listening', side: 'admin', address: formatAddress(address), ...(Number.isFinite(cap) ? { maxConnections: cap } : {}) }, `admin listening on ${formatAddress(address)}`);
+    logListening('admin', address, server);
     return { server, listen, address };
   };
 
@@ -320,7 +323,6 @@ export async function startApp(config: Config, opts: AppOptions): Promise<Runnin
           const cap = slot.server.maxConnections;
           if (cap !== capBefore) {
             // No cap (where the open-file limit cannot be read and the key is not set) is a field left out, as on `listening`.
-            const finite = (n: number) => (Number.isFinite(n) ? n : undefined);
             logger.info(
               { event: 'max_connections_changed', side, maxConnections: finite(cap), previous: finite(capBefore) },
               Number.isFinite(cap) ? `${side} now holds at most ${cap} connections (limits.maxConnections)` : `${side} no longer limits its connections (limits.maxConnections)`,
@@ -404,6 +406,11 @@ function ownPortTaken(key: string, bound: { address: ListenAddress } | undefined
     1,
     { cause: err },
   );
+}
+
+/** A number, or undefined for Infinity (no cap): a log field left out rather than written as null. */
+function finite(n: number): number | undefined {
+  return Number.isFinite(n) ? n : undefined;
 }
 
 /**
