@@ -1,5 +1,5 @@
 import { ConfigError, SidecarError, UsageError, summarizeIssues } from './errors.js';
-import { JWT_LIKE } from './log.js';
+import { maskJwts } from './log.js';
 
 /**
  * What a failed command prints after `oidc-sidecar: `: one line (a config's issues joined with "; "), never a
@@ -10,7 +10,7 @@ export function describeFailure(err: unknown): string {
   const line = oneLine(failureText(err));
   // A token given without --token (`verify --config f.yaml eyJ...`) reaches the message as a config file's name or
   // an unknown argument, and a CI job's log would keep it whole, usable until it expires.
-  return line.includes('eyJ') ? line.replace(JWT_LIKE, TOKEN_NOT_SHOWN) : line;
+  return maskJwts(line, TOKEN_NOT_SHOWN);
 }
 
 const TOKEN_NOT_SHOWN = '[a JWT, not shown; verify takes one with --token]';

@@ -213,7 +213,12 @@ export const MAX_LOGGED_HOST = 256;
  * Text that looks like a JWT: base64url of a JSON object (`{"` encodes as `eyJ`) and any segments after it. A
  * header and payload alone identify a token and tell its claims, so they are masked as the whole token is.
  */
-export const JWT_LIKE = /eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/g;
+const JWT_LIKE = /eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)*/g;
+
+/** `text` with anything JWT-like in it shown as `shown`; the regex runs only where there is an `eyJ` to find. */
+export function maskJwts(text: string, shown = '[redacted]'): string {
+  return text.includes('eyJ') ? text.replace(JWT_LIKE, shown) : text;
+}
 
 /**
  * The longest error text from outside (an IdP's answer, a token file's complaint, a refusal quoting the request) that a
@@ -227,7 +232,7 @@ export const MAX_ERROR_TEXT = 512;
  * (`/verify/eyJ…`, `CONNECT eyJ….eyJ…:443`), and SPEC says a token never appears in a log line.
  */
 export function capped(s: string, max: number): string {
-  const masked = s.includes('eyJ') ? s.replace(JWT_LIKE, '[redacted]') : s;
+  const masked = maskJwts(s);
   return masked.length > max ? `${masked.slice(0, max)}…` : masked;
 }
 

@@ -1,5 +1,5 @@
 import { isSecretName } from '../../config/redact.js';
-import { JWT_LIKE } from '../../log.js';
+import { maskJwts } from '../../log.js';
 
 /** Credentials shorter than this are masked only where they stand alone: see withoutSecrets. */
 const SHORT_SECRET_LENGTH = 4;
@@ -54,7 +54,7 @@ export function withoutSecrets(text: string, secrets: SentSecrets): string {
   for (const s of [...spellings].sort((a, b) => b.length - a.length)) {
     out = s.length >= SHORT_SECRET_LENGTH ? out.split(s).join('[redacted]') : out.replace(standingAlone(s), '[redacted]');
   }
-  return withoutPieces(out, secrets.pieces).replace(JWT_LIKE, '[redacted]');
+  return maskJwts(withoutPieces(out, secrets.pieces));
 }
 
 /** How long a run of a credential's characters must be for withoutPieces to mask it. */
