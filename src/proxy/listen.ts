@@ -93,7 +93,7 @@ export interface LimitedServer extends Server {
    * one.
    */
   prepareReconfigure(limits: LimitsConfig, tls: TlsFiles | undefined): () => void;
-  /** Cuts the HTTP connections (with a reset) and leaves open tunnels alone; closeAllConnections cuts those too. */
+  /** Cuts the HTTP connections (cutSocket: a reset where a response is cut short) and leaves open tunnels alone; closeAllConnections cuts those too. */
   closeHttpConnections(): void;
 }
 

@@ -7,7 +7,12 @@ export function peerAddress(socket: { remoteAddress?: string | undefined }): str
   return unmapped(socket.remoteAddress);
 }
 
-/** An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as its IPv4 address; any other as it is. */
+/**
+ * An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as its IPv4 address; any other as it is. X-Forwarded-For takes it on
+ * every forwarded request: the regex runs only for an address that starts with `::`.
+ */
 export function unmapped<T extends string | undefined>(address: T): T {
-  return (address !== undefined && /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address) as T;
+  return (address?.startsWith('::') && IPV4_MAPPED.test(address) ? address.slice(7) : address) as T;
 }
+
+const IPV4_MAPPED = /^::ffff:\d+\.\d+\.\d+\.\d+$/i;
