@@ -42,7 +42,7 @@ async function startEchoingIdp(): Promise<{ url: string; close(): Promise<void> 
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const form = Buffer.concat(chunks).toString('utf8');
-      const description = `bad request: ${form} / ${decodeURIComponent(form)} / authorization ${req.headers.authorization ?? 'none'}`;
+      const description = `bad request ${req.method} ${req.url}: ${form} / ${decodeURIComponent(form)} / authorization ${req.headers.authorization ?? 'none'}`;
       res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_client', error_description: description }));
     });
   });
@@ -107,6 +107,33 @@ describe('credentials an IdP quotes back never reach a log line or the app', () 
         expect(everything, leak).not.toContain(leak);
       }
       for (const jwt of [federated, subject]) for (const part of jwt.split('.')) expect(everything).not.toContain(part.slice(0, 16));
+    } finally {
+      await echo.close();
+    }
+  });
+});
+
+describe('a credential written into the token endpoint URL', () => {
+  it('is masked where the IdP quotes the request target: in the log, the app\'s 503, /readyz and `oidc-sidecar token`', async () => {
+    const echo = await startEchoingIdp();
+    try {
+      const key = 'K3y-Sup3rSecretApiKey-42';
+      const tokenSource = { type: 'client_credentials', tokenEndpoint: `${echo.url}?api_key=${key}&tenant=acme`, clientId: 'orders', clientSecret: 'client-S3cret' };
+      const routes = [{ host: 'peer', target: app.url, audience: 'peer', tokenSource }];
+      const s = await startSidecar({ service: 'orders', log: { level: 'trace' }, outbound: { routes } }, { waitReady: false });
+      running.push(s);
+      const res = await send(s.outbound!, { target: 'http://peer/x', host: 'peer' });
+      expect(res.status).toBe(503);
+      // The IdP's words are still there, with the target's query masked.
+      expect(res.json().error).toContain('bad request POST /token?[redacted]');
+      await s.waitForLog((l) => l.event === 'request_rejected' && l.route === 'peer');
+      const readyz = await (await fetch(`${s.admin}/readyz`)).text();
+      expect(readyz).toContain('not ready');
+      const cli = await runCli(['token', '--config', writeConfig({ service: 'orders', outbound: { routes } }), '--audience', 'peer']);
+      expect(cli.code).toBe(1);
+      const everything = [s.output(), res.text, readyz, cli.stderr].join('\n');
+      expect(everything).toContain('[redacted]');
+      for (const leak of [key, 'api_key=K3y', 'Sup3rSecret']) expect(everything, leak).not.toContain(leak);
     } finally {
       await echo.close();
     }

@@ -17,6 +17,14 @@ describe('withoutSecrets: what an IdP quotes of the request', () => {
     expect(withoutSecrets('invalid_client: Sup3r is not known', secrets)).toBe('invalid_client: Sup3r is not known');
   });
 
+  it("masks the values of the endpoint URL's query, and the query whole", () => {
+    const withQuery = sentSecrets(new URLSearchParams(), {}, 'https://idp.example/token?api_key=K3y%2BSecret-42&tenant=acme');
+    expect(withoutSecrets('no route for POST /token?api_key=K3y%2BSecret-42&tenant=acme', withQuery)).toBe('no route for POST /token?[redacted]');
+    expect(withoutSecrets('unknown key K3y+Secret-42', withQuery)).toBe('unknown key [redacted]');
+    // Without a query, or without an endpoint, nothing more is masked.
+    expect(sentSecrets(new URLSearchParams(), {}, 'https://idp.example/token')).toEqual({ whole: [], pieces: [] });
+  });
+
   it('masks the Basic value and pair whole, but a client id alone, even a long one, stays readable', () => {
     const basic = sentSecrets(new URLSearchParams(), { authorization: `Basic ${Buffer.from(`payments-service-client:${secret}`).toString('base64')}` });
     expect(withoutSecrets(`unknown client payments-service-client (payments-service-client:${secret})`, basic)).toBe('unknown client payments-service-client ([redacted])');

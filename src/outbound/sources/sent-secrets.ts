@@ -15,13 +15,20 @@ export interface SentSecrets {
 /**
  * The credentials one token request carries, for masking an answer that quotes them: the values of the form's
  * credential fields (`client_secret`, `client_assertion`, `subject_token`, `actor_token`, and any secret-looking
- * field from `params`) and the `Authorization` header, with a Basic pair's secret decoded too.
+ * field from `params`), the `Authorization` header, with a Basic pair's secret decoded too, and every value of the
+ * endpoint URL's query (`/token?api_key=…`): the sidecar never shows that query itself (shownUrl), so an IdP or a
+ * gateway quoting the request target back must not show it either.
  */
-export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<string, string>>): SentSecrets {
+export function sentSecrets(form: URLSearchParams, headers: Readonly<Record<string, string>>, endpoint?: string): SentSecrets {
   const credentials: string[] = [];
   const spellings: string[] = [];
   // `subject_token_type` and the like name a kind of token; their values are URNs, not credentials.
   for (const [name, value] of form) if (isSecretName(name) && !name.endsWith('_type')) credentials.push(value);
+  const query = endpoint !== undefined && URL.canParse(endpoint) ? new URL(endpoint).search.slice(1) : '';
+  if (query !== '') {
+    spellings.push(query);
+    for (const value of new URLSearchParams(query).values()) credentials.push(value);
+  }
   const authorization = headers.authorization;
   if (authorization) {
     spellings.push(authorization);

@@ -78,9 +78,9 @@ export function createTokenEndpoint(cfg: TokenEndpointConfig, deps: SourceDeps):
       }
       const body = (res.body && typeof res.body === 'object' ? res.body : {}) as Record<string, unknown>;
       // What the IdP says goes to logs and to the app's 503: an IdP (or a gateway before it) that echoes the
-      // request back must not make it say the client secret, the assertion or the subject token.
+      // request back must not make it say the client secret, the assertion, the subject token or the endpoint's query.
       // Gathered only for an answer about to be quoted: a token that is fine never needs them.
-      const secrets = () => sentSecrets(form, headers);
+      const secrets = () => sentSecrets(form, headers, endpoint);
       if (res.status < 200 || res.status > 299) throw oauthError(res.status, body, secrets(), retryAfterMs(res.headers['retry-after'], deps.clock.now()));
       const what = `token endpoint ${shownUrl(endpoint)}`;
       assertBearerToken(body.access_token, what);
