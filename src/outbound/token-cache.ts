@@ -135,15 +135,21 @@ interface Entry {
  * between 50% and 60%: the window never shrinks to a single point, or a fleet
  * that got its tokens together (an IdP back after an outage) would renew in
  * step for as long as it runs. A source's `recheckAt` wins when earlier.
+ * A token is renewed as if it lived at most LONGEST_RENEWAL_LIFETIME_MS: an IdP that says `expires_in: 1e12` (its unit
+ * wrong, or a token it may revoke long before) is asked again within a day, not held for ever. The token is still used
+ * up to its own expiry while renewals fail.
  */
 export function computeRefreshAt(obtainedAt: number, expiresAt: number, marginMs: number, random: number, recheckAt?: number): number {
-  const lifetime = expiresAt - obtainedAt;
+  const lifetime = Math.min(expiresAt - obtainedAt, LONGEST_RENEWAL_LIFETIME_MS);
   const earliest = obtainedAt + lifetime * 0.5;
   const latest = Math.max(Math.min(obtainedAt + lifetime * 0.8, expiresAt - marginMs), obtainedAt + lifetime * 0.6);
   // Spread over the whole window: clamping a wider spread to its end would put a share of the fleet on one point.
   const at = earliest + (latest - earliest) * clamp01(random);
   return recheckAt !== undefined ? Math.min(at, Math.max(obtainedAt, recheckAt)) : at;
 }
+
+/** The longest lifetime computeRefreshAt plans a renewal for: a day, so a token is renewed 12 to 19.2 hours in at the latest. */
+export const LONGEST_RENEWAL_LIFETIME_MS = 86_400_000;
 
 /**
  * The outbound token cache: keeps one token per (source, audience, scopes),

@@ -8,7 +8,7 @@ import { TokenUnavailableError } from '../../src/errors.js';
 import { FILE_RECHECK_MS } from '../../src/outbound/sources/file.js';
 import { createTokenSource } from '../../src/outbound/sources/index.js';
 import { backoffDelay, spreadWait } from '../../src/jitter.js';
-import { computeRefreshAt, createTokenCache, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
+import { computeRefreshAt, createTokenCache, LONGEST_RENEWAL_LIFETIME_MS, type TokenBinding, type TokenCache } from '../../src/outbound/token-cache.js';
 import { rawToken } from '../support/tokens.js';
 import { createFakeTime, metricValue, observed, startStubTokenEndpoint, type FakeTime, type StubTokenEndpoint, type TokenReply } from './outbound-harness.js';
 
@@ -20,7 +20,7 @@ describe('computeRefreshAt', () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 0, max: 4e12 }),
-        fc.integer({ min: 1, max: 90 * 86_400_000 }),
+        fc.integer({ min: 1, max: LONGEST_RENEWAL_LIFETIME_MS }),
         fc.integer({ min: 0, max: 3_600_000 }),
         fc.double({ min: 0, max: 1, noNaN: true }),
         (obtained, lifetime, margin, r) => {
@@ -56,10 +56,30 @@ describe('computeRefreshAt', () => {
         fc.integer({ min: 0, max: 3_600_000 }),
         (lifetime, margin) => {
           const spread = computeRefreshAt(0, lifetime, margin, 1) - computeRefreshAt(0, lifetime, margin, 0);
-          expect(spread).toBeGreaterThanOrEqual(lifetime * 0.1 - 1e-6);
+          expect(spread).toBeGreaterThanOrEqual(Math.min(lifetime, LONGEST_RENEWAL_LIFETIME_MS) * 0.1 - 1e-6);
         },
       ),
     );
+  });
+
+  it('renews a token that lives longer than a day as if it lived a day: an absurd expires_in is not held for ever', () => {
+    const day = LONGEST_RENEWAL_LIFETIME_MS;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 4e12 }),
+        fc.integer({ min: day, max: 1e15 }),
+        fc.integer({ min: 0, max: 3_600_000 }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        (obtained, lifetime, margin, r) => {
+          const at = computeRefreshAt(obtained, obtained + lifetime, margin, r);
+          expect(at).toBeGreaterThanOrEqual(obtained + day * 0.5);
+          expect(at).toBeLessThanOrEqual(obtained + day * 0.8 + 1e-3);
+        },
+      ),
+    );
+    // expires_in: 1e12 seconds, as a reviewer's IdP sent it: renewed 12 h to 19.2 h in, spread over that window.
+    expect(computeRefreshAt(0, 1e15, 60_000, 0)).toBe(day * 0.5);
+    expect(computeRefreshAt(0, 1e15, 60_000, 1)).toBe(day * 0.8);
   });
 
   it('lets a source ask for an earlier recheck (file sources re-read every minute)', () => {
