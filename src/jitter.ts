@@ -6,10 +6,15 @@
 /**
  * Delay before retry number `failures` (1-based), ms: exponential from
  * `minMs`, ±20% jitter so a fleet does not retry in step, within [minMs, maxMs].
+ * The jitter is spread over what of that ±20% lies within the bounds, rather than clamped to them: clamped, half of
+ * the draws at the ceiling (and at the first step) landed on the bound itself, and a fleet that lost its tokens
+ * together retried in step there. At the ceiling a wait is 80-100% of it.
  */
 export function backoffDelay(failures: number, minMs: number, maxMs: number, random: number): number {
   const base = Math.min(maxMs, minMs * 2 ** Math.min(failures - 1, 30));
-  return Math.min(maxMs, Math.max(minMs, base * (0.8 + 0.4 * clamp01(random))));
+  const lowest = Math.min(maxMs, Math.max(minMs, base * 0.8));
+  const highest = Math.max(lowest, Math.min(maxMs, base * 1.2));
+  return lowest + (highest - lowest) * clamp01(random);
 }
 
 /**

@@ -90,7 +90,7 @@ describe('computeRefreshAt', () => {
 
 describe('backoffDelay', () => {
   it('doubles from the minimum, stays within [min, max] whatever the jitter', () => {
-    expect([1, 2, 3, 4, 5, 6, 7, 8].map((n) => backoffDelay(n, 1000, 60_000, 0.5))).toEqual([1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+    expect([1, 2, 3, 4, 5, 6, 7, 8].map((n) => backoffDelay(n, 1000, 60_000, 0.5))).toEqual([1100, 2000, 4000, 8000, 16000, 32000, 54000, 54000]);
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 200 }), fc.double({ min: 0, max: 1, noNaN: true }), (n, r) => {
         const d = backoffDelay(n, 1000, 60_000, r);
@@ -98,6 +98,18 @@ describe('backoffDelay', () => {
         expect(d).toBeLessThanOrEqual(60_000);
       }),
     );
+  });
+
+  it('spreads every step, the first and the ceiling too: no share of a fleet lands on one bound', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 200 }), fc.integer({ min: 1, max: 10_000 }), fc.integer({ min: 2, max: 100 }), (n, minMs, factor) => {
+        const maxMs = minMs * factor;
+        // Strictly increasing in the draw: a clamp to a bound would make two draws give the same wait.
+        expect(backoffDelay(n, minMs, maxMs, 0.4)).toBeLessThan(backoffDelay(n, minMs, maxMs, 0.6));
+      }),
+    );
+    // At the 5 s ceiling used while no token is held: 4 s to 5 s, evenly.
+    expect([0, 0.5, 1].map((r) => backoffDelay(10, 1000, 5000, r))).toEqual([4000, 4500, 5000]);
   });
 });
 
@@ -328,7 +340,8 @@ describe('token cache (clock-controlled, real client_credentials source against 
       await vi.waitFor(() => expect(stub.requests).toHaveLength(i + 2));
       await vi.waitFor(() => expect(time.pending()[0]).toBeGreaterThan(time.now()));
     }
-    expect(gaps).toEqual([1000, 2000, 4000]);
+    // The middle of each step's ±20%, within the 1 s floor for the first.
+    expect(gaps).toEqual([1100, 2000, 4000]);
     stub.reply = ok;
     time.advance(time.pending()[0]! - time.now());
     await vi.waitFor(() => expect(cache.hasValid('k1')).toBe(true));
@@ -342,10 +355,10 @@ describe('token cache (clock-controlled, real client_credentials source against 
     random = 0.5;
     stub.reply = refused;
     await cache.get(binding).catch(() => {});
-    expect(time.pending()).toEqual([time.now() + 1000]);
+    expect(time.pending()).toEqual([time.now() + 1100]);
     time.step(-3_600_000);
     stub.reply = ok;
-    time.advance(1000);
+    time.advance(1100);
     await vi.waitFor(() => expect(stub.requests).toHaveLength(2));
     await vi.waitFor(() => expect(cache.hasValid('k1')).toBe(true));
     expect(await cache.get(binding)).toBe('opaque-1');
@@ -363,7 +376,8 @@ describe('token cache (clock-controlled, real client_credentials source against 
       await vi.waitFor(() => expect(stub.requests).toHaveLength(i + 2));
       await vi.waitFor(() => expect(time.pending()[0]).toBeGreaterThan(time.now()));
     }
-    expect(gaps).toEqual([1000, 2000, 4000, 5000, 5000, 5000]);
+    // At the 5 s ceiling a wait is 4 s to 5 s: the middle of it.
+    expect(gaps).toEqual([1100, 2000, 4000, 4500, 4500, 4500]);
   });
 
   it('audits token_issued with source, issuer, audience, expiry from the JWT exp and jti, never the token or the secret', async () => {
