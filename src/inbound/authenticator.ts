@@ -292,7 +292,33 @@ function decodeSegment(segment: string, what: 'header' | 'payload'): Record<stri
   if (text.includes('\\u') && holdsLoneSurrogate(value)) {
     throw new TokenRejectedError('malformed_token', `token ${what} holds text that is not Unicode (an unpaired surrogate escape such as \\ud800)`);
   }
+  // Only a run of 16 digits or an exponent can write an integer past 2^53.
+  if (what === 'payload' && /\d{16}|\d[eE]/.test(text) && holdsInexactInteger(value)) {
+    throw new TokenRejectedError('malformed_token', `token ${what} holds an integer beyond ±${Number.MAX_SAFE_INTEGER}, which no JSON number the sidecar forwards can keep exactly`);
+  }
   return value as Record<string, unknown>;
+}
+
+/**
+ * Whether a parsed JSON value holds an integer beyond Number.MAX_SAFE_INTEGER. JSON.parse rounds such a number
+ * (9007199254740993 becomes 9007199254740992), and the claims reach the app re-encoded (x-peer-claims, claim headers):
+ * two callers whose numeric ids differ in the last digit would reach it as one. An app that parses the payload itself
+ * (Python's json, Go's json.Number) reads the digits exactly, so the sidecar would judge and forward another value
+ * than the one signed. Refused, as a lone surrogate is, rather than forwarded rounded.
+ */
+function holdsInexactInteger(value: unknown): boolean {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'number') {
+      if (Number.isInteger(v) && !Number.isSafeInteger(v)) return true;
+    } else if (Array.isArray(v)) {
+      for (const child of v) stack.push(child);
+    } else if (typeof v === 'object' && v !== null) {
+      for (const child of Object.values(v)) stack.push(child);
+    }
+  }
+  return false;
 }
 
 /** A lone UTF-16 surrogate: with the `u` flag a regex reads a surrogate pair as one code point, so only lone ones match. */

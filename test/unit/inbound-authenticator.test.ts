@@ -151,6 +151,18 @@ describe('authenticator', () => {
     expect(decodeURIComponent(Object.fromEntries(pairs((await verify(await mint({ sub: 'é\u{1F600}' }))).headers))['x-peer-sub']!)).toBe('é\u{1F600}');
   });
 
+  it('refuses a token whose claims hold an integer past 2^53 (JSON.parse rounds it: two numeric ids would reach the app as one); safe ones pass', async () => {
+    const { rsa, reason, verify, claims } = await setup();
+    const withUid = (uid: string) => signRaw(JSON.stringify(claims()).replace('"sub":"orders"', `"sub":"orders","uid":${uid}`), rsa);
+    for (const uid of ['9007199254740993', '9007199254740992', '-9007199254740993', '[1,{"n":12345678901234567890}]', '1e16']) {
+      expect(await reason(await withUid(uid)), uid).toBe('malformed_token');
+    }
+    // The largest exact integers, long fractions and small exponents are numbers JSON.stringify gives back as the app reads them.
+    for (const [uid, value] of [['9007199254740991', 9007199254740991], ['-9007199254740991', -9007199254740991], ['0.12345678901234567', 0.12345678901234567], ['1e3', 1000]] as const) {
+      expect((await verify(await withUid(uid))).claims.uid, uid).toBe(value);
+    }
+  });
+
   it('checks audience (string or list, per-issuer override) and a missing aud', async () => {
     const { mint, reason } = await setup({ audience: ['orders', 'orders-v2'] });
     expect(await reason(await mint({ aud: 'payments' }))).toBe('audience_mismatch');
